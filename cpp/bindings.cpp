@@ -1,0 +1,458 @@
+// pybind11 bindings: the private module cnnfast._core.
+//
+// Every argument is checked here, once: numpy array, dtype (TypeError), number of dimensions,
+// C-contiguity, shape agreement and value ranges (ValueError naming the argument). Outputs are
+// allocated here. The kernels then run with the GIL released and trust their inputs.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cmath>
+#include <limits>
+#include <string>
+#include <vector>
+#include <omp.h>
+
+#include "gemm.hpp"
+#include "kernels.hpp"
+
+namespace py = pybind11;
+using namespace cnnfast;
+
+namespace {
+
+constexpr i64 kMaxPadding = 1 << 16;
+
+std::string shape_str(const py::array& a) {
+  std::string s = "(";
+  for (py::ssize_t d = 0; d < a.ndim(); ++d) s += (d ? ", " : "") + std::to_string(a.shape(d));
+  return s + (a.ndim() == 1 ? ",)" : ")");
+}
+
+template <typename T> const char* dtype_name();
+template <> const char* dtype_name<float>() { return "float32"; }
+template <> const char* dtype_name<std::int32_t>() { return "int32"; }
+template <> const char* dtype_name<std::int64_t>() { return "int64"; }
+template <> const char* dtype_name<std::uint8_t>() { return "uint8"; }
+
+// `obj` as a C-contiguous numpy array of T with `ndim` dimensions (any if ndim < 0).
+// `layout` names the dimensions for the error message, e.g. "[N, C, H, W]".
+template <typename T>
+py::array_t<T> checked(py::handle obj, const char* name, int ndim = -1, const char* layout = "") {
+  if (!py::isinstance<py::array>(obj))
+    throw py::type_error(std::string(name) + " must be a numpy.ndarray of " + dtype_name<T>() +
+                         ", got " + std::string(py::str(py::type::of(obj).attr("__name__"))));
+  auto a = py::reinterpret_borrow<py::array>(obj);
+  if (!py::isinstance<py::array_t<T>>(a))
+    throw py::type_error(std::string(name) + " must have dtype " + dtype_name<T>() + ", got " +
+                         std::string(py::str(a.dtype())) + " (convert with " + name + ".astype(np." +
+                         dtype_name<T>() + "))");
+  if (ndim >= 0 && a.ndim() != ndim)
+    throw py::value_error(std::string(name) + " must have " + std::to_string(ndim) + " dimensions " +
+                          layout + ", got shape " + shape_str(a));
+  if (!(a.flags() & py::array::c_style))
+    throw py::value_error(std::string(name) + " must be C-contiguous; pass np.ascontiguousarray(" +
+                          name + ")");
+  return py::reinterpret_borrow<py::array_t<T>>(a);
+}
+
+template <typename T>
+py::array_t<T> writable(py::handle obj, const char* name) {
+  auto a = checked<T>(obj, name);
+  if (!a.writeable()) throw py::value_error(std::string(name) + " is read-only; it is updated in place");
+  return a;
+}
+
+void expect(bool ok, const std::string& message) {
+  if (!ok) throw py::value_error(message);
+}
+
+std::string dims(std::initializer_list<i64> d) {
+  std::string s = "(";
+  bool first = true;
+  for (i64 v : d) { s += (first ? "" : ", ") + std::to_string(v); first = false; }
+  return s + ")";
+}
+
+void expect_same_shape(const py::array& a, const char* a_name, const py::array& b, const char* b_name) {
+  bool same = a.ndim() == b.ndim();
+  for (py::ssize_t d = 0; same && d < a.ndim(); ++d) same = a.shape(d) == b.shape(d);
+  expect(same, std::string(b_name) + " must have the shape of " + a_name + " " + shape_str(a) +
+                   ", got " + shape_str(b));
+}
+
+template <typename T>
+py::array_t<T> empty(std::vector<py::ssize_t> shape) { return py::array_t<T>(shape); }
+
+struct Conv {
+  i64 N, C, H, W, K, R, S, pad, Ho, Wo;
+};
+
+Conv conv_shape(const py::array_t<float>& x, const py::array_t<float>& w, i64 padding) {
+  Conv c{x.shape(0), x.shape(1), x.shape(2), x.shape(3), w.shape(0), w.shape(2), w.shape(3), padding, 0, 0};
+  expect(padding >= 0 && padding <= kMaxPadding,
+         "padding must be between 0 and " + std::to_string(kMaxPadding) + ", got " + std::to_string(padding));
+  expect(w.shape(1) == c.C, "w must have shape (K, " + std::to_string(c.C) +
+                                ", R, S) to match the channels of x " + shape_str(x) + ", got " + shape_str(w));
+  expect(c.R >= 1 && c.S >= 1, "w must have a kernel of at least 1x1, got shape " + shape_str(w));
+  c.Ho = c.H + 2 * padding - c.R + 1;
+  c.Wo = c.W + 2 * padding - c.S + 1;
+  expect(c.Ho >= 1 && c.Wo >= 1,
+         "kernel " + dims({c.R, c.S}) + " of w is larger than the padded input " +
+             dims({c.H + 2 * padding, c.W + 2 * padding}) + " of x");
+  return c;
+}
+
+// ---------------------------------------------------------------- conv2d
+py::array_t<float> conv2d(py::handle x_, py::handle w_, py::handle b_, i64 padding) {
+  auto x = checked<float>(x_, "x", 4, "[N, C, H, W]");
+  auto w = checked<float>(w_, "w", 4, "[K, C, R, S]");
+  auto b = checked<float>(b_, "b", 1, "[K]");
+  const Conv c = conv_shape(x, w, padding);
+  expect(b.shape(0) == c.K, "b must have shape (" + std::to_string(c.K) + ",), got " + shape_str(b));
+  auto y = empty<float>({c.N, c.K, c.Ho, c.Wo});
+  float* yp = y.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    conv2d_forward(yp, x.data(), w.data(), b.data(), c.N, c.C, c.H, c.W, c.K, c.R, c.S, c.pad);
+  }
+  return y;
+}
+
+py::array_t<float> conv2d_naive(py::handle x_, py::handle w_, py::handle b_, i64 padding) {
+  auto x = checked<float>(x_, "x", 4, "[N, C, H, W]");
+  auto w = checked<float>(w_, "w", 4, "[K, C, R, S]");
+  auto b = checked<float>(b_, "b", 1, "[K]");
+  const Conv c = conv_shape(x, w, padding);
+  expect(b.shape(0) == c.K, "b must have shape (" + std::to_string(c.K) + ",), got " + shape_str(b));
+  auto y = empty<float>({c.N, c.K, c.Ho, c.Wo});
+  float* yp = y.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    conv2d_forward_naive(yp, x.data(), w.data(), b.data(), c.N, c.C, c.H, c.W, c.K, c.R, c.S, c.pad);
+  }
+  return y;
+}
+
+py::tuple conv2d_backward(py::handle x_, py::handle w_, py::handle dy_, i64 padding) {
+  auto x = checked<float>(x_, "x", 4, "[N, C, H, W]");
+  auto w = checked<float>(w_, "w", 4, "[K, C, R, S]");
+  auto dy = checked<float>(dy_, "dy", 4, "[N, K, Ho, Wo]");
+  const Conv c = conv_shape(x, w, padding);
+  expect(dy.shape(0) == c.N && dy.shape(1) == c.K && dy.shape(2) == c.Ho && dy.shape(3) == c.Wo,
+         "dy must have the shape of conv2d's output " + dims({c.N, c.K, c.Ho, c.Wo}) + ", got " + shape_str(dy));
+  auto dx = empty<float>({c.N, c.C, c.H, c.W});
+  auto dw = empty<float>({c.K, c.C, c.R, c.S});
+  auto db = empty<float>({c.K});
+  float *dxp = dx.mutable_data(), *dwp = dw.mutable_data(), *dbp = db.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    conv2d_backward_input(dxp, w.data(), dy.data(), c.N, c.C, c.H, c.W, c.K, c.R, c.S, c.pad);
+    conv2d_backward_weight(dwp, dbp, x.data(), dy.data(), c.N, c.C, c.H, c.W, c.K, c.R, c.S, c.pad);
+  }
+  return py::make_tuple(dx, dw, db);
+}
+
+// ---------------------------------------------------------------- relu
+py::array_t<float> relu(py::handle x_) {
+  auto x = checked<float>(x_, "x");
+  std::vector<py::ssize_t> shape(x.shape(), x.shape() + x.ndim());
+  auto y = empty<float>(shape);
+  float* yp = y.mutable_data();
+  const i64 n = x.size();
+  {
+    py::gil_scoped_release nogil;
+    relu_forward(yp, x.data(), n);
+  }
+  return y;
+}
+
+py::array_t<float> relu_grad(py::handle x_, py::handle dy_) {
+  auto x = checked<float>(x_, "x");
+  auto dy = checked<float>(dy_, "dy");
+  expect_same_shape(x, "x", dy, "dy");
+  std::vector<py::ssize_t> shape(x.shape(), x.shape() + x.ndim());
+  auto dx = empty<float>(shape);
+  float* dxp = dx.mutable_data();
+  const i64 n = x.size();
+  {
+    py::gil_scoped_release nogil;
+    relu_backward(dxp, x.data(), dy.data(), n);
+  }
+  return dx;
+}
+
+// ---------------------------------------------------------------- max_pool2d
+py::tuple max_pool2d(py::handle x_, i64 k) {
+  auto x = checked<float>(x_, "x", 4, "[N, C, H, W]");
+  const i64 N = x.shape(0), C = x.shape(1), H = x.shape(2), W = x.shape(3);
+  expect(k >= 1, "k must be at least 1, got " + std::to_string(k));
+  expect(k <= H && k <= W, "window k=" + std::to_string(k) + " is larger than the input's " +
+                               dims({H, W}) + " (x has shape " + shape_str(x) + ")");
+  expect(H * W <= std::numeric_limits<std::int32_t>::max(), "x planes are too large for int32 argmax");
+  auto y = empty<float>({N, C, H / k, W / k});
+  auto argmax = empty<std::int32_t>({N, C, H / k, W / k});
+  float* yp = y.mutable_data();
+  std::int32_t* ap = argmax.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    max_pool2d_forward(yp, ap, x.data(), N, C, H, W, k);
+  }
+  return py::make_tuple(y, argmax);
+}
+
+py::array_t<float> max_pool2d_grad(py::handle dy_, py::handle argmax_, std::vector<i64> x_shape) {
+  auto dy = checked<float>(dy_, "dy", 4, "[N, C, Ho, Wo]");
+  auto argmax = checked<std::int32_t>(argmax_, "argmax", 4, "[N, C, Ho, Wo]");
+  expect_same_shape(dy, "dy", argmax, "argmax");
+  expect(x_shape.size() == 4, "x_shape must have 4 entries (N, C, H, W), got " + std::to_string(x_shape.size()));
+  const i64 N = x_shape[0], C = x_shape[1], H = x_shape[2], W = x_shape[3];
+  const i64 Ho = dy.shape(2), Wo = dy.shape(3);
+  expect(N == dy.shape(0) && C == dy.shape(1) && H >= 0 && W >= 0 && Ho <= H && Wo <= W,
+         "x_shape " + dims({N, C, H, W}) + " does not fit dy " + shape_str(dy) +
+             ": need the same N and C and a plane at least as large");
+  expect(H * W <= std::numeric_limits<std::int32_t>::max(), "x_shape planes are too large for int32 argmax");
+  const std::int32_t* ap = argmax.data();
+  const i64 n = argmax.size();
+  for (i64 i = 0; i < n; ++i)
+    expect(ap[i] >= 0 && ap[i] < H * W, "argmax holds " + std::to_string(ap[i]) +
+                                            ", outside the plane of " + std::to_string(H * W) + " pixels");
+  auto dx = empty<float>({N, C, H, W});
+  float* dxp = dx.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    max_pool2d_backward(dxp, ap, dy.data(), N, C, H, W, Ho, Wo);
+  }
+  return dx;
+}
+
+// ---------------------------------------------------------------- dropout
+py::tuple dropout(py::handle x_, double p, std::uint64_t seed) {
+  auto x = checked<float>(x_, "x");
+  expect(p >= 0.0 && p <= 1.0, "p must be a probability in [0, 1], got " + std::to_string(p));
+  std::vector<py::ssize_t> shape(x.shape(), x.shape() + x.ndim());
+  auto y = empty<float>(shape);
+  auto mask = empty<std::uint8_t>(shape);
+  float* yp = y.mutable_data();
+  std::uint8_t* mp = mask.mutable_data();
+  const i64 n = x.size();
+  {
+    py::gil_scoped_release nogil;
+    dropout_forward(yp, mp, x.data(), n, float(p), seed);
+  }
+  return py::make_tuple(y, mask);
+}
+
+py::array_t<float> dropout_grad(py::handle dy_, py::handle mask_, double p) {
+  auto dy = checked<float>(dy_, "dy");
+  auto mask = checked<std::uint8_t>(mask_, "mask");
+  expect_same_shape(dy, "dy", mask, "mask");
+  expect(p >= 0.0 && p <= 1.0, "p must be a probability in [0, 1], got " + std::to_string(p));
+  std::vector<py::ssize_t> shape(dy.shape(), dy.shape() + dy.ndim());
+  auto dx = empty<float>(shape);
+  float* dxp = dx.mutable_data();
+  const i64 n = dy.size();
+  {
+    py::gil_scoped_release nogil;
+    dropout_backward(dxp, mask.data(), dy.data(), n, float(p));
+  }
+  return dx;
+}
+
+// ---------------------------------------------------------------- linear
+void linear_shapes(const py::array_t<float>& x, const py::array_t<float>& w) {
+  expect(w.shape(1) == x.shape(1), "w must have shape (O, " + std::to_string(x.shape(1)) +
+                                       ") to match x " + shape_str(x) + ", got " + shape_str(w));
+}
+
+py::array_t<float> linear(py::handle x_, py::handle w_, py::handle b_) {
+  auto x = checked<float>(x_, "x", 2, "[N, I]");
+  auto w = checked<float>(w_, "w", 2, "[O, I]");
+  auto b = checked<float>(b_, "b", 1, "[O]");
+  linear_shapes(x, w);
+  const i64 N = x.shape(0), I = x.shape(1), O = w.shape(0);
+  expect(b.shape(0) == O, "b must have shape (" + std::to_string(O) + ",), got " + shape_str(b));
+  auto y = empty<float>({N, O});
+  float* yp = y.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    linear_forward(yp, x.data(), w.data(), b.data(), N, I, O);
+  }
+  return y;
+}
+
+py::tuple linear_grad(py::handle x_, py::handle w_, py::handle dy_) {
+  auto x = checked<float>(x_, "x", 2, "[N, I]");
+  auto w = checked<float>(w_, "w", 2, "[O, I]");
+  auto dy = checked<float>(dy_, "dy", 2, "[N, O]");
+  linear_shapes(x, w);
+  const i64 N = x.shape(0), I = x.shape(1), O = w.shape(0);
+  expect(dy.shape(0) == N && dy.shape(1) == O,
+         "dy must have shape " + dims({N, O}) + ", got " + shape_str(dy));
+  auto dx = empty<float>({N, I});
+  auto dw = empty<float>({O, I});
+  auto db = empty<float>({O});
+  float *dxp = dx.mutable_data(), *dwp = dw.mutable_data(), *dbp = db.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    linear_backward(dxp, dwp, dbp, x.data(), w.data(), dy.data(), N, I, O);
+  }
+  return py::make_tuple(dx, dw, db);
+}
+
+// ---------------------------------------------------------------- cross entropy
+template <typename Label>
+py::tuple cross_entropy_typed(const py::array_t<float>& logits, py::handle labels_) {
+  auto labels = checked<Label>(labels_, "labels", 1, "[N]");
+  const i64 N = logits.shape(0), K = logits.shape(1);
+  expect(labels.shape(0) == N, "labels must have shape (" + std::to_string(N) + ",) to match logits " +
+                                   shape_str(logits) + ", got " + shape_str(labels));
+  const Label* lp = labels.data();
+  for (i64 n = 0; n < N; ++n)
+    expect(lp[n] >= 0 && i64(lp[n]) < K, "labels[" + std::to_string(n) + "] = " + std::to_string(lp[n]) +
+                                             " is outside 0.." + std::to_string(K - 1));
+  auto dlogits = empty<float>({N, K});
+  float* dp = dlogits.mutable_data();
+  double loss;
+  {
+    py::gil_scoped_release nogil;
+    loss = softmax_cross_entropy<Label>(dp, logits.data(), lp, N, K);
+  }
+  return py::make_tuple(loss, dlogits);
+}
+
+py::tuple cross_entropy(py::handle logits_, py::handle labels_) {
+  auto logits = checked<float>(logits_, "logits", 2, "[N, K]");
+  expect(logits.shape(0) >= 1, "logits is an empty batch: the mean loss of no samples is undefined");
+  expect(logits.shape(1) >= 1, "logits must have at least one class, got shape " + shape_str(logits));
+  if (py::isinstance<py::array_t<std::int64_t>>(labels_)) return cross_entropy_typed<std::int64_t>(logits, labels_);
+  if (py::isinstance<py::array_t<std::int32_t>>(labels_)) return cross_entropy_typed<std::int32_t>(logits, labels_);
+  if (!py::isinstance<py::array>(labels_))
+    throw py::type_error("labels must be a numpy.ndarray of int32 or int64, got " +
+                         std::string(py::str(py::type::of(labels_).attr("__name__"))));
+  throw py::type_error("labels must have dtype int32 or int64, got " +
+                       std::string(py::str(py::reinterpret_borrow<py::array>(labels_).dtype())));
+}
+
+// ---------------------------------------------------------------- optimizers
+void sgd(py::handle param_, py::handle grad_, py::handle velocity_, double lr, double momentum,
+         double weight_decay) {
+  auto param = writable<float>(param_, "param");
+  auto grad = checked<float>(grad_, "grad");
+  auto velocity = writable<float>(velocity_, "velocity");
+  expect_same_shape(param, "param", grad, "grad");
+  expect_same_shape(param, "param", velocity, "velocity");
+  expect(momentum >= 0.0, "momentum must be >= 0, got " + std::to_string(momentum));
+  float *pp = param.mutable_data(), *vp = velocity.mutable_data();
+  const i64 n = param.size();
+  {
+    py::gil_scoped_release nogil;
+    sgd_step(pp, vp, grad.data(), n, float(lr), float(momentum), float(weight_decay));
+  }
+}
+
+void adam(py::handle param_, py::handle grad_, py::handle m_, py::handle v_, i64 step, double lr,
+          double beta1, double beta2, double eps, double weight_decay) {
+  auto param = writable<float>(param_, "param");
+  auto grad = checked<float>(grad_, "grad");
+  auto m = writable<float>(m_, "m");
+  auto v = writable<float>(v_, "v");
+  expect_same_shape(param, "param", grad, "grad");
+  expect_same_shape(param, "param", m, "m");
+  expect_same_shape(param, "param", v, "v");
+  expect(step >= 1, "step must be >= 1 (the number of this update), got " + std::to_string(step));
+  expect(beta1 >= 0.0 && beta1 < 1.0, "beta1 must be in [0, 1), got " + std::to_string(beta1));
+  expect(beta2 >= 0.0 && beta2 < 1.0, "beta2 must be in [0, 1), got " + std::to_string(beta2));
+  expect(eps > 0.0, "eps must be > 0, got " + std::to_string(eps));
+  float *pp = param.mutable_data(), *mp = m.mutable_data(), *vp = v.mutable_data();
+  const i64 n = param.size();
+  {
+    py::gil_scoped_release nogil;
+    adam_step(pp, mp, vp, grad.data(), n, step, float(lr), float(beta1), float(beta2), float(eps),
+              float(weight_decay));
+  }
+}
+
+// ---------------------------------------------------------------- GEMM (for tests and benchmarks)
+py::array_t<float> matmul(py::handle a_, py::handle b_, bool trans_a, bool trans_b, bool naive) {
+  auto a = checked<float>(a_, "a", 2, "[M, K] (or [K, M] with trans_a)");
+  auto b = checked<float>(b_, "b", 2, "[K, N] (or [N, K] with trans_b)");
+  const i64 M = trans_a ? a.shape(1) : a.shape(0), K = trans_a ? a.shape(0) : a.shape(1);
+  const i64 Kb = trans_b ? b.shape(1) : b.shape(0), N = trans_b ? b.shape(0) : b.shape(1);
+  expect(K == Kb, "a and b do not multiply: op(a) is " + dims({M, K}) + ", op(b) is " + dims({Kb, N}));
+  auto c = empty<float>({M, N});
+  float* cp = c.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    (naive ? sgemm_naive : sgemm_parallel)(trans_a, trans_b, M, N, K, a.data(), a.shape(1), b.data(),
+                                           b.shape(1), cp, N, false);
+  }
+  return c;
+}
+
+// ---------------------------------------------------------------- build information
+py::dict build_info() {
+  const MicroKernel* compiled[8];
+  const int n = compiled_microkernels(compiled, 8);
+  py::list isa_compiled, isa_supported;
+  for (int i = 0; i < n; ++i) {
+    isa_compiled.append(compiled[i]->name);
+    if (cpu_supports_isa(compiled[i]->name)) isa_supported.append(compiled[i]->name);
+  }
+  const MicroKernel& mk = active_microkernel();
+  py::dict d;
+  d["isa"] = mk.name;
+  d["isa_compiled"] = isa_compiled;
+  d["isa_supported"] = isa_supported;
+  d["gemm_tile"] = py::make_tuple(mk.mr, mk.nr);
+  d["openmp"] = true;
+  d["openmp_version"] = _OPENMP;
+  d["num_threads"] = get_num_threads();
+  d["max_threads"] = omp_get_num_procs();
+  d["compiler"] = CNNFAST_COMPILER;
+  d["cxx_flags"] = CNNFAST_CXX_FLAGS;
+  d["build_type"] = CNNFAST_BUILD_TYPE;
+  return d;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "cnnfast's compiled kernels (private: use cnnfast.functional)";
+  using namespace pybind11::literals;
+
+  m.def("conv2d", &conv2d, "x"_a, "w"_a, "b"_a, "padding"_a = 0);
+  m.def("conv2d_naive", &conv2d_naive, "x"_a, "w"_a, "b"_a, "padding"_a = 0);
+  m.def("conv2d_backward", &conv2d_backward, "x"_a, "w"_a, "dy"_a, "padding"_a = 0);
+  m.def("relu", &relu, "x"_a);
+  m.def("relu_backward", &relu_grad, "x"_a, "dy"_a);
+  m.def("max_pool2d", &max_pool2d, "x"_a, "k"_a);
+  m.def("max_pool2d_backward", &max_pool2d_grad, "dy"_a, "argmax"_a, "x_shape"_a);
+  m.def("dropout", &dropout, "x"_a, "p"_a, "seed"_a);
+  m.def("dropout_backward", &dropout_grad, "dy"_a, "mask"_a, "p"_a);
+  m.def("linear", &linear, "x"_a, "w"_a, "b"_a);
+  m.def("linear_backward", &linear_grad, "x"_a, "w"_a, "dy"_a);
+  m.def("softmax_cross_entropy", &cross_entropy, "logits"_a, "labels"_a);
+  m.def("sgd_step", &sgd, "param"_a, "grad"_a, "velocity"_a, "lr"_a, "momentum"_a = 0.0,
+        "weight_decay"_a = 0.0);
+  m.def("adam_step", &adam, "param"_a, "grad"_a, "m"_a, "v"_a, "step"_a, "lr"_a = 1e-3,
+        "beta1"_a = 0.9, "beta2"_a = 0.999, "eps"_a = 1e-8, "weight_decay"_a = 0.0);
+  m.def("matmul", &matmul, "a"_a, "b"_a, "trans_a"_a = false, "trans_b"_a = false, "naive"_a = false);
+
+  m.def("set_num_threads", [](int n) {
+    expect(n >= 1, "set_num_threads needs n >= 1, got " + std::to_string(n));
+    cnnfast::set_num_threads(n);
+  }, "n"_a);
+  m.def("get_num_threads", &cnnfast::get_num_threads);
+  m.def("set_isa", [](const std::string& name) {
+    if (!cnnfast::set_isa(name.c_str())) {
+      const MicroKernel* compiled[8];
+      const int n = compiled_microkernels(compiled, 8);
+      std::string available;
+      for (int i = 0; i < n; ++i)
+        if (cpu_supports_isa(compiled[i]->name)) available += std::string(available.empty() ? "" : ", ") + compiled[i]->name;
+      throw py::value_error("instruction set '" + name + "' is not available here; choose one of: " + available);
+    }
+  }, "name"_a);
+  m.def("build_info", &build_info);
+}

@@ -1,0 +1,68 @@
+// The GEMM micro-kernel, compiled once per instruction set (see CMakeLists.txt):
+//   baseline: 16-byte vectors (SSE2), avx2: 32-byte (AVX2+FMA), avx512: 64-byte (AVX-512F).
+// CNNFAST_ISA names the build, CNNFAST_VEC_BYTES the vector width, CNNFAST_MR the tile height.
+//
+// Blocking: a tile of MR rows x NR = 2 vectors of columns of C lives in 2*MR vector registers
+// for the whole k loop; each step loads two vectors of packed B, broadcasts MR values of packed
+// A, and issues 2*MR fused multiply-adds. Packing (gemm.cpp) makes both loads contiguous and
+// pads edge tiles with zeros, so every tile runs the same instructions: an element's sum does
+// not depend on where its tile falls, which keeps results independent of the thread split.
+//
+// Only this TU is compiled with -mavx2/-mavx512f. It includes nothing that defines inline
+// functions, so no AVX instruction can leak into code that runs on older CPUs.
+#include "gemm.hpp"
+
+#define CNNFAST_CAT2(a, b) a##b
+#define CNNFAST_CAT(a, b) CNNFAST_CAT2(a, b)
+#define CNNFAST_STR2(a) #a
+#define CNNFAST_STR(a) CNNFAST_STR2(a)
+
+namespace cnnfast {
+namespace {
+
+constexpr int VLEN = CNNFAST_VEC_BYTES / 4;
+constexpr int MR = CNNFAST_MR;
+constexpr int NR = 2 * VLEN;
+typedef float vfloat __attribute__((vector_size(CNNFAST_VEC_BYTES)));
+
+inline vfloat load(const float* p) { vfloat v; __builtin_memcpy(&v, p, sizeof v); return v; }
+inline void store(float* p, vfloat v) { __builtin_memcpy(p, &v, sizeof v); }
+
+void run(long kc, const float* a, const float* b, float* c, long ldc, long m, long n,
+         int accumulate) {
+  vfloat acc0[MR], acc1[MR];
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) { acc0[i] = vfloat{}; acc1[i] = vfloat{}; }
+  for (long k = 0; k < kc; ++k) {
+    const vfloat b0 = load(b + k * NR), b1 = load(b + k * NR + VLEN);
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      const float ai = a[k * MR + i];
+      acc0[i] += ai * b0;
+      acc1[i] += ai * b1;
+    }
+  }
+  if (m == MR && n == NR) {  // full tile: vector stores
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      float* ci = c + i * ldc;
+      if (accumulate) { store(ci, load(ci) + acc0[i]); store(ci + VLEN, load(ci + VLEN) + acc1[i]); }
+      else { store(ci, acc0[i]); store(ci + VLEN, acc1[i]); }
+    }
+    return;
+  }
+  for (long i = 0; i < m; ++i) {  // edge tile: the same sums, stored element by element
+    float row[NR];
+    store(row, acc0[i]);
+    store(row + VLEN, acc1[i]);
+    float* ci = c + i * ldc;
+    for (long j = 0; j < n; ++j) ci[j] = accumulate ? ci[j] + row[j] : row[j];
+  }
+}
+
+}  // namespace
+
+extern const MicroKernel CNNFAST_CAT(microkernel_, CNNFAST_ISA) = {
+    CNNFAST_STR(CNNFAST_ISA), MR, NR, &run};
+
+}  // namespace cnnfast

@@ -1,0 +1,85 @@
+// cnnfast kernels: the C++ API, one declaration per kernel, with shapes.
+//
+// Conventions (stated once, here):
+// - float32, row-major, activations NCHW. Weights in PyTorch's layout: conv [K, C, R, S]
+//   (out, in, kernel rows, kernel cols), linear [O, I] (out, in).
+// - Argument order as in llm.c: outputs first, then state saved for backward (the max-pool
+//   argmax, the dropout mask), then inputs, then sizes. Gradients carry a `d` prefix.
+// - Gradients are OVERWRITTEN, never accumulated: every kernel writes each element of each
+//   output exactly once, so callers never zero anything.
+// - Kernels trust their inputs: shapes, dtypes and contiguity are checked once, in
+//   bindings.cpp. They may throw std::bad_alloc for scratch space (before any parallel region).
+// - Results do not depend on the thread count: each output element is reduced in one fixed
+//   order by exactly one thread (OpenMP splits over the batch or over output channels).
+#pragma once
+#include <cstdint>
+
+namespace cnnfast {
+
+using i64 = std::int64_t;
+
+// ---- threads and instruction sets (cpu_features.cpp) ----
+void set_num_threads(int n);   // n >= 1
+int get_num_threads();
+// Threads worth using for `work` multiply-adds: 1 for work too small to pay for a fork/join.
+int threads_for(double work);
+
+// ---- conv2d.cpp: stride 1, zero padding `pad` on all four sides ----
+// Ho = H + 2*pad - R + 1, Wo = W + 2*pad - S + 1 (both >= 1)
+// x: [N, C, H, W], w: [K, C, R, S], b: [K] -> y: [N, K, Ho, Wo]
+void conv2d_forward(float* y, const float* x, const float* w, const float* b,
+                    i64 N, i64 C, i64 H, i64 W, i64 K, i64 R, i64 S, i64 pad);
+// dy: [N, K, Ho, Wo], w: [K, C, R, S] -> dx: [N, C, H, W]
+void conv2d_backward_input(float* dx, const float* w, const float* dy,
+                           i64 N, i64 C, i64 H, i64 W, i64 K, i64 R, i64 S, i64 pad);
+// x: [N, C, H, W], dy: [N, K, Ho, Wo] -> dw: [K, C, R, S], db: [K]
+void conv2d_backward_weight(float* dw, float* db, const float* x, const float* dy,
+                            i64 N, i64 C, i64 H, i64 W, i64 K, i64 R, i64 S, i64 pad);
+// The readable specification: seven nested loops, used by the tests as a second reference.
+void conv2d_forward_naive(float* y, const float* x, const float* w, const float* b,
+                          i64 N, i64 C, i64 H, i64 W, i64 K, i64 R, i64 S, i64 pad);
+
+// ---- relu.cpp: any shape, n elements ----
+// y = max(x, 0) (NaN propagates)
+void relu_forward(float* y, const float* x, i64 n);
+// dx = dy where x > 0, else 0
+void relu_backward(float* dx, const float* x, const float* dy, i64 n);
+
+// ---- max_pool2d.cpp: window k, stride k, floor ----
+// x: [N, C, H, W] -> y: [N, C, H/k, W/k], argmax: [N, C, H/k, W/k] (index h*W + w in the plane)
+void max_pool2d_forward(float* y, std::int32_t* argmax, const float* x,
+                        i64 N, i64 C, i64 H, i64 W, i64 k);
+// dy, argmax: [N, C, Ho, Wo] -> dx: [N, C, H, W] (each dy routed to its argmax, zero elsewhere)
+void max_pool2d_backward(float* dx, const std::int32_t* argmax, const float* dy,
+                         i64 N, i64 C, i64 H, i64 W, i64 Ho, i64 Wo);
+
+// ---- dropout.cpp: inverted dropout, keep probability 1-p, mask from a counter-based RNG ----
+// x: [n] -> y: [n], mask: [n] (1 kept, 0 dropped); y = x * mask / (1 - p)  (p == 1: y = 0)
+void dropout_forward(float* y, std::uint8_t* mask, const float* x, i64 n, float p, std::uint64_t seed);
+// dy, mask: [n] -> dx: [n]
+void dropout_backward(float* dx, const std::uint8_t* mask, const float* dy, i64 n, float p);
+
+// ---- linear.cpp ----
+// x: [N, I], w: [O, I], b: [O] -> y: [N, O] = x w^T + b
+void linear_forward(float* y, const float* x, const float* w, const float* b, i64 N, i64 I, i64 O);
+// x: [N, I], w: [O, I], dy: [N, O] -> dx: [N, I], dw: [O, I], db: [O]
+void linear_backward(float* dx, float* dw, float* db, const float* x, const float* w,
+                     const float* dy, i64 N, i64 I, i64 O);
+
+// ---- cross_entropy.cpp ----
+// logits: [N, K], labels: [N] in 0..K-1 -> returns the mean loss; dlogits: [N, K] its gradient.
+// Labels come as int32 or int64 (Label = std::int32_t or std::int64_t).
+template <typename Label>
+double softmax_cross_entropy(float* dlogits, const float* logits, const Label* labels, i64 N, i64 K);
+
+// ---- optim.cpp: in place on n float32 parameters ----
+// SGD with momentum (PyTorch's rule, dampening 0): g = grad + wd*param; v = momentum*v + g;
+// param -= lr * v   (momentum 0: param -= lr * g, velocity untouched)
+void sgd_step(float* param, float* velocity, const float* grad, i64 n,
+              float lr, float momentum, float weight_decay);
+// Adam (PyTorch's rule): m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
+// param -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps), t = step >= 1
+void adam_step(float* param, float* m, float* v, const float* grad, i64 n, i64 step,
+               float lr, float beta1, float beta2, float eps, float weight_decay);
+
+}  // namespace cnnfast

@@ -1,0 +1,112 @@
+"""The kernels as NumPy functions: the documented face of cnnfast's C++ core.
+
+Arrays are float32 and C-contiguous (a wrong dtype raises TypeError, anything else that does
+not fit raises ValueError naming the argument); activations are NCHW and weights follow
+PyTorch's [out, in, ...] layout. Every function returns new arrays, except the optimizer
+steps, which update their parameter and state arrays in place. The kernels release the GIL
+and use `cnnfast.get_num_threads()` OpenMP threads; results do not depend on the thread count.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import _core
+
+__all__ = [
+    "conv2d", "conv2d_backward", "relu", "relu_backward", "max_pool2d", "max_pool2d_backward",
+    "linear", "linear_backward", "softmax_cross_entropy", "dropout", "dropout_backward",
+    "sgd_step", "adam_step",
+]
+
+
+def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray, padding: int = 0) -> np.ndarray:
+    """2-D convolution (cross-correlation), stride 1, zero padding on all sides.
+
+    x [N, C, H, W], w [K, C, R, S], b [K] -> y [N, K, H+2p-R+1, W+2p-S+1].
+    """
+    return _core.conv2d(x, w, b, padding)
+
+
+def conv2d_backward(x: np.ndarray, w: np.ndarray, dy: np.ndarray, padding: int = 0):
+    """Gradients of `conv2d` given dy = dL/dy [N, K, Ho, Wo]: returns (dx, dw, db)."""
+    return _core.conv2d_backward(x, w, dy, padding)
+
+
+def relu(x: np.ndarray) -> np.ndarray:
+    """max(x, 0) elementwise, any shape; NaN stays NaN."""
+    return _core.relu(x)
+
+
+def relu_backward(x: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """dx = dy where x > 0, else 0 (x is relu's input)."""
+    return _core.relu_backward(x, dy)
+
+
+def max_pool2d(x: np.ndarray, k: int):
+    """Max over k x k windows, stride k: x [N, C, H, W] -> (y [N, C, H//k, W//k], argmax).
+
+    argmax (int32, same shape as y) holds the index h*W + w of each window's maximum in its
+    plane: `max_pool2d_backward` routes gradients through it. A NaN in a window wins.
+    """
+    return _core.max_pool2d(x, k)
+
+
+def max_pool2d_backward(dy: np.ndarray, argmax: np.ndarray, x_shape) -> np.ndarray:
+    """Routes each dy to its window's argmax: returns dx of shape x_shape, zero elsewhere."""
+    return _core.max_pool2d_backward(dy, argmax, [int(s) for s in x_shape])
+
+
+def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """x [N, I], w [O, I], b [O] -> y [N, O] = x @ w.T + b."""
+    return _core.linear(x, w, b)
+
+
+def linear_backward(x: np.ndarray, w: np.ndarray, dy: np.ndarray):
+    """Gradients of `linear` given dy [N, O]: returns (dx [N, I], dw [O, I], db [O])."""
+    return _core.linear_backward(x, w, dy)
+
+
+def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray):
+    """Mean cross-entropy of softmax(logits) against integer labels, and its gradient.
+
+    logits [N, K] float32, labels [N] int32 or int64 in 0..K-1 (N >= 1) ->
+    (loss: float, dlogits [N, K] = (softmax(logits) - onehot(labels)) / N).
+    Stable for large logits (computed from logits - max).
+    """
+    return _core.softmax_cross_entropy(logits, labels)
+
+
+def dropout(x: np.ndarray, p: float, seed: int):
+    """Inverted dropout: zero each element with probability p, scale the rest by 1/(1-p).
+
+    Returns (y, mask) with mask uint8 (1 = kept). The mask depends only on (seed, index),
+    so it is reproducible and the same for any thread count. seed is an integer in [0, 2**64).
+    """
+    return _core.dropout(x, float(p), int(seed))
+
+
+def dropout_backward(dy: np.ndarray, mask: np.ndarray, p: float) -> np.ndarray:
+    """dx = dy * mask / (1 - p), the gradient of `dropout` with the same mask and p."""
+    return _core.dropout_backward(dy, mask, float(p))
+
+
+def sgd_step(param: np.ndarray, grad: np.ndarray, velocity: np.ndarray, lr: float,
+             momentum: float = 0.0, weight_decay: float = 0.0) -> None:
+    """One SGD step in place (PyTorch's rule, dampening 0, no Nesterov).
+
+    g = grad + weight_decay * param; velocity = momentum * velocity + g (if momentum > 0, and
+    then g = velocity); param -= lr * g. Start with velocity = zeros.
+    """
+    _core.sgd_step(param, grad, velocity, float(lr), float(momentum), float(weight_decay))
+
+
+def adam_step(param: np.ndarray, grad: np.ndarray, m: np.ndarray, v: np.ndarray, step: int,
+              lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
+              weight_decay: float = 0.0) -> None:
+    """One Adam step in place (PyTorch's rule); `step` counts updates from 1.
+
+    m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
+    param -= lr / (1 - b1^step) * m / (sqrt(v) / sqrt(1 - b2^step) + eps). Start with m = v = 0.
+    """
+    _core.adam_step(param, grad, m, v, int(step), float(lr), float(beta1), float(beta2),
+                    float(eps), float(weight_decay))
