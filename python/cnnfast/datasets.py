@@ -1,0 +1,383 @@
+"""MNIST loading: a bounded IDX reader, local lookup and a verified download.
+
+Public API
+----------
+``load_mnist(root=None, download=True, verify=True, *, mirrors=None,
+checksums=None, timeout=TIMEOUT)``
+    ``(x_train, y_train, x_test, y_test)``: uint8 images ``[N, 28, 28]`` and
+    uint8 labels ``[N]``.
+``read_idx(path, *, sha256=None)``
+    Any single uint8 IDX file (images or labels), plain or gzip-compressed.
+``find_mnist_dir(root=None)``, ``search_dirs(root=None)``, ``cache_dir()``
+    Where the four files are looked for, in order: ``root`` (CLI
+    ``--data-dir``), ``$CNNFAST_DATA``, then ``$XDG_CACHE_HOME/cnnfast/mnist``
+    (default ``~/.cache/cnnfast/mnist``), which is also the download target.
+
+Errors
+------
+Every problem with the data (missing, truncated, corrupt, wrong checksum,
+failed download) raises :class:`DatasetError`, a subclass of ``ValueError``,
+or one of its subclasses :class:`ChecksumError` and :class:`DownloadError`.
+The message names the file (or URL) and what is wrong. Low-level errors
+(``OSError``, ``EOFError``, ``zlib.error``, ...) are chained with ``from``.
+
+Overrides (used by the tests)
+-----------------------------
+``MIRRORS`` (module list), env ``CNNFAST_MNIST_MIRRORS`` (comma-separated) or
+the ``mirrors=`` keyword, in increasing priority. ``SHA256`` (module dict of
+expected SHA-256 of the *decompressed* files) or ``checksums=`` (merged over
+``SHA256``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import http.client
+import math
+import os
+import struct
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "DatasetError", "ChecksumError", "DownloadError", "FILES", "SHA256", "MIRRORS",
+    "load_mnist", "read_idx", "find_mnist_dir", "search_dirs", "cache_dir",
+]
+
+FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+SHA256 = {
+    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+}
+MIRRORS = [
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+    "http://yann.lecun.com/exdb/mnist/",
+]
+TIMEOUT = 30.0                   # seconds, per blocking network operation
+MAX_IDX_BYTES = 4 << 30          # largest data payload an IDX header may claim
+MAX_DOWNLOAD_BYTES = 256 << 20   # largest .gz accepted from a mirror (real: < 10 MB)
+
+_IMAGES, _LABELS = 0x00000803, 0x00000801
+_GZIP_MAX_RATIO = 1032           # deflate cannot expand data by more than ~1032:1
+_CHUNK = 1 << 20
+
+
+class DatasetError(ValueError):
+    """A dataset file is missing, malformed, unverifiable or could not be fetched."""
+
+
+class ChecksumError(DatasetError):
+    """The SHA-256 of a decompressed file differs from the expected value."""
+
+
+class DownloadError(DatasetError):
+    """Every mirror failed for a file that is not available locally."""
+
+
+# ----------------------------------------------------------------------------- IDX reader
+
+def read_idx(path, *, sha256: str | None = None) -> np.ndarray:
+    """Read one uint8 IDX file (magic 0x801 labels ``[N]`` or 0x803 images ``[N, rows, cols]``).
+
+    gzip compression is detected from the content, not the name. The header's
+    claimed size is checked against the file before anything is allocated;
+    short files, trailing bytes and corrupt gzip streams raise
+    :class:`DatasetError`. If ``sha256`` is given, the hash of the
+    (decompressed) bytes must match it, else :class:`ChecksumError`.
+    """
+    return _read_idx(path, sha256, str(path))
+
+
+def _read_idx(path, sha256, name):
+    try:
+        with open(path, "rb") as raw:
+            size = os.fstat(raw.fileno()).st_size
+            if raw.read(2) == b"\x1f\x8b":
+                raw.seek(0)
+                with gzip.GzipFile(fileobj=raw, mode="rb") as f:
+                    return _parse(f, name, size * _GZIP_MAX_RATIO, False, sha256)
+            raw.seek(0)
+            return _parse(raw, name, size, True, sha256)
+    except DatasetError:
+        raise
+    except (OSError, EOFError, zlib.error, struct.error, ValueError, OverflowError) as e:
+        raise DatasetError(f"{name}: unreadable, truncated or corrupt file: {e}") from e
+
+
+def _parse(f, name, avail, exact, sha256):
+    """Parse an IDX stream; ``avail`` = file size if ``exact`` else an upper bound."""
+    head = _read_upto(f, 4)
+    if len(head) < 4:
+        raise DatasetError(f"{name}: truncated: file ends inside the 4-byte IDX magic number")
+    magic = int.from_bytes(head, "big")
+    if magic not in (_IMAGES, _LABELS):
+        raise DatasetError(f"{name}: bad magic number 0x{magic:08x} (expected 0x{_IMAGES:08x} "
+                           f"for images or 0x{_LABELS:08x} for labels); not a uint8 IDX file")
+    ndim = head[3]
+    dims_raw = _read_upto(f, 4 * ndim)
+    if len(dims_raw) < 4 * ndim:
+        raise DatasetError(f"{name}: truncated: file ends inside the IDX header")
+    dims = struct.unpack(f">{ndim}I", dims_raw)
+    n = math.prod(dims)
+    what = f"the header claims shape {dims} = {n} data bytes"
+    if n > MAX_IDX_BYTES:
+        raise DatasetError(f"{name}: {what}, more than the limit of {MAX_IDX_BYTES}")
+    if exact:  # plain file: the size must match exactly
+        have = avail - 4 - 4 * ndim
+        if have < n:
+            raise DatasetError(f"{name}: truncated: {what} but the file holds only {have}")
+        if have > n:
+            raise DatasetError(f"{name}: {have - n} unexpected trailing bytes ({what})")
+    elif n > avail:
+        raise DatasetError(f"{name}: truncated or corrupt: {what}, more than a gzip file "
+                           f"of {avail // _GZIP_MAX_RATIO} bytes can hold")
+    data = np.empty(n, dtype=np.uint8)
+    got = _read_upto(f, n, into=memoryview(data))
+    if got < n:
+        raise DatasetError(f"{name}: truncated: {what} but only {got} are present")
+    if f.read(1):
+        raise DatasetError(f"{name}: unexpected trailing bytes ({what})")
+    if sha256:
+        actual = hashlib.sha256(head + dims_raw)
+        actual.update(data)
+        if actual.hexdigest() != sha256.lower():
+            raise ChecksumError(f"{name}: SHA-256 mismatch: expected {sha256.lower()}, "
+                                f"actual {actual.hexdigest()} (corrupt, or not the official "
+                                f"MNIST file; use verify=False / --no-verify for other IDX data)")
+    return data.reshape(dims)
+
+
+def _read_upto(f, n, into=None):
+    """Read up to ``n`` bytes (stops early only at EOF); bytes, or a count if ``into``."""
+    buf = into if into is not None else memoryview(bytearray(n))
+    pos = 0
+    while pos < n:
+        k = f.readinto(buf[pos:min(n, pos + _CHUNK)])
+        if not k:
+            break
+        pos += k
+    return pos if into is not None else bytes(buf[:pos])
+
+
+# ----------------------------------------------------------------------------- lookup
+
+def cache_dir() -> Path:
+    """Download cache: ``$XDG_CACHE_HOME/cnnfast/mnist``, default ``~/.cache/cnnfast/mnist``."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "cnnfast" / "mnist"
+
+
+def search_dirs(root=None) -> list[tuple[str, Path]]:
+    """``(description, directory)`` pairs searched, in order: root, $CNNFAST_DATA, cache."""
+    places = []
+    if root is not None and str(root):
+        places.append(("root= / --data-dir", Path(root).expanduser()))
+    if os.environ.get("CNNFAST_DATA"):
+        places.append(("$CNNFAST_DATA", Path(os.environ["CNNFAST_DATA"]).expanduser()))
+    places.append(("cache", cache_dir()))
+    return places
+
+
+def _locate(directory: Path, name: str) -> Path | None:
+    """``directory/name`` or ``directory/name.gz`` (plain preferred), or None."""
+    for p in (directory / name, directory / f"{name}.gz"):
+        if os.path.isfile(p):
+            return p
+    return None
+
+
+def find_mnist_dir(root=None) -> Path | None:
+    """The first searched directory holding all four files (plain or .gz), or None."""
+    for _, d in search_dirs(root):
+        if all(_locate(d, name) for name in FILES):
+            return d
+    return None
+
+
+def _where_looked(root) -> str:
+    lines, places = ["Looked in:"], dict(search_dirs(root))
+    for desc, unset in (("root= / --data-dir", "not given"), ("$CNNFAST_DATA", "not set"),
+                        ("cache", "")):
+        d = places.get(desc)
+        if d is None:
+            state = unset
+        elif not os.path.isdir(d):
+            state = f"{d}: directory does not exist"
+        else:
+            missing = [f"{n}[.gz]" for n in FILES if _locate(d, n) is None]
+            state = f"{d}: missing " + ", ".join(missing)
+        lines.append(f"  {desc}: {state}")
+    lines.append(
+        "Provide the four files (" + ", ".join(FILES) + "; plain or .gz) by passing "
+        "root= / --data-dir DIR, setting CNNFAST_DATA=DIR, or putting them in "
+        f"{cache_dir()}; or allow download=True with network access.")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- download
+
+def _mirror_list(mirrors):
+    if mirrors is not None:
+        return list(mirrors)
+    env = os.environ.get("CNNFAST_MNIST_MIRRORS")
+    if env:
+        return [m.strip() for m in env.split(",") if m.strip()]
+    return list(MIRRORS)
+
+
+class _Progress:
+    """Progress bar on stderr, drawn only if stderr is a terminal."""
+
+    def __init__(self, label, total):
+        self.label, self.total, self.done = label, total, 0
+        self.tty = sys.stderr is not None and sys.stderr.isatty()
+
+    def update(self, n):
+        self.done += n
+        if self.tty:
+            if self.total:
+                frac = min(1.0, self.done / self.total)
+                bar = "#" * int(30 * frac)
+                sys.stderr.write(f"\r{self.label} [{bar:<30}] {100 * frac:3.0f}% "
+                                 f"{self.done / 1e6:.1f}/{self.total / 1e6:.1f} MB")
+            else:
+                sys.stderr.write(f"\r{self.label} {self.done / 1e6:.1f} MB")
+            sys.stderr.flush()
+
+    def close(self):
+        if self.tty:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def _fetch(url: str, dest: Path, sha256, timeout) -> np.ndarray:
+    """Download ``url`` to a temp file next to ``dest``, verify it, then os.replace."""
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            with urllib.request.urlopen(url, timeout=timeout) as resp:
+                length = resp.headers.get("Content-Length")
+                total = int(length) if length and length.isdigit() else None
+                if total is not None and total > MAX_DOWNLOAD_BYTES:
+                    raise DatasetError(f"{url}: refusing {total} bytes (> {MAX_DOWNLOAD_BYTES})")
+                bar, got = _Progress(dest.name, total), 0
+                try:
+                    while chunk := resp.read(64 << 10):
+                        got += len(chunk)
+                        if got > MAX_DOWNLOAD_BYTES:
+                            raise DatasetError(f"{url}: more than {MAX_DOWNLOAD_BYTES} bytes")
+                        out.write(chunk)
+                        bar.update(len(chunk))
+                finally:
+                    bar.close()
+            if total is not None and got != total:
+                raise DatasetError(f"{url}: transfer cut short: got {got} of {total} bytes")
+            out.flush()
+            os.fsync(out.fileno())
+        data = _read_idx(tmp, sha256, url)
+        os.replace(tmp, dest)
+        tmp = None
+        return data
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+def _download(name, cache: Path, mirrors, sha256, timeout, root) -> np.ndarray:
+    """Fetch ``name.gz`` into ``cache`` from the first working mirror."""
+    failures = []
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        failures.append(f"cannot create cache directory {cache}: {e}")
+    else:
+        for mirror in mirrors:
+            url = mirror.rstrip("/") + f"/{name}.gz"
+            try:
+                return _fetch(url, cache / f"{name}.gz", sha256, timeout)
+            except urllib.error.HTTPError as e:
+                e.close()
+                failures.append(f"{url}: HTTP {e.code} {e.reason}")
+            except (OSError, http.client.HTTPException, ValueError) as e:
+                failures.append(f"{url}: {type(e).__name__}: {e}")
+        if not mirrors:
+            failures.append("no mirrors configured")
+    raise DownloadError(f"MNIST data not found locally and {name}.gz could not be downloaded:\n"
+                        + "\n".join(f"  {f}" for f in failures) + "\n" + _where_looked(root))
+
+
+# ----------------------------------------------------------------------------- public loader
+
+def load_mnist(root=None, download: bool = True, verify: bool = True, *,
+               mirrors=None, checksums=None, timeout: float = TIMEOUT):
+    """Load MNIST as ``(x_train, y_train, x_test, y_test)`` (uint8 ``[N,28,28]`` / ``[N]``).
+
+    Uses the first of ``root``, ``$CNNFAST_DATA`` and :func:`cache_dir` that
+    holds all four IDX files (plain or .gz). Otherwise, if ``download``, the
+    missing .gz files are fetched into the cache (next mirror on failure); a
+    downloaded file is always checked against its expected SHA-256 before it is
+    atomically moved into place. With ``verify=False``, local files are only
+    checked for structure (any 28x28 images with labels 0..9 are accepted).
+    """
+    expected = {**SHA256, **(checksums or {})}
+    directory, sources, arrays = find_mnist_dir(root), {}, {}
+    if directory is None and not download:
+        raise DatasetError("MNIST data not found.\n" + _where_looked(root))
+    if directory is None:
+        directory = cache_dir()
+        if not all(_locate(directory, n) for n in FILES):
+            print(f"cnnfast: downloading MNIST into {directory}", file=sys.stderr)
+    for name in FILES:
+        path = _locate(directory, name)
+        if path is None:
+            sources[name] = str(directory / f"{name}.gz")
+            arrays[name] = _download(name, directory, _mirror_list(mirrors),
+                                     expected.get(name), timeout, root)
+        else:
+            sources[name] = str(path)
+            arrays[name] = read_idx(path, sha256=expected.get(name) if verify else None)
+    out = []
+    for split in ("train", "t10k"):
+        img, lbl = f"{split}-images-idx3-ubyte", f"{split}-labels-idx1-ubyte"
+        out += _check_split(arrays[img], arrays[lbl], sources[img], sources[lbl])
+    return tuple(out)
+
+
+def _check_split(images, labels, img_name, lbl_name):
+    if images.ndim != 3:
+        raise DatasetError(f"{img_name}: expected an image file (magic 0x{_IMAGES:08x}), "
+                           f"got a {images.ndim}-d IDX file")
+    if images.shape[1:] != (28, 28):
+        raise DatasetError(f"{img_name}: images are {images.shape[1]}x{images.shape[2]}, "
+                           "expected 28x28")
+    if labels.ndim != 1:
+        raise DatasetError(f"{lbl_name}: expected a label file (magic 0x{_LABELS:08x}), "
+                           f"got a {labels.ndim}-d IDX file")
+    if len(images) != len(labels):
+        raise DatasetError(f"{img_name} has {len(images)} images but {lbl_name} has "
+                           f"{len(labels)} labels")
+    if len(images) == 0:
+        raise DatasetError(f"{img_name}: contains no images")
+    bad = np.flatnonzero(labels > 9)
+    if bad.size:
+        raise DatasetError(f"{lbl_name}: label {labels[bad[0]]} at index {bad[0]} "
+                           "is outside 0..9")
+    return images, labels

@@ -1,0 +1,109 @@
+"""Float64 NumPy versions of every cnnfast kernel, written for clarity, not speed.
+
+This file is the specification the C++ kernels are tested against (test_functional.py).
+"""
+import numpy as np
+
+
+def conv2d(x, w, b, padding=0):
+    """x [N,C,H,W], w [K,C,R,S], b [K] -> y [N,K,H+2p-R+1,W+2p-S+1]."""
+    x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
+    xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    K, C, R, S = w.shape
+    Ho, Wo = xp.shape[2] - R + 1, xp.shape[3] - S + 1
+    y = np.zeros((x.shape[0], K, Ho, Wo)) + np.asarray(b, np.float64)[None, :, None, None]
+    for r in range(R):
+        for s in range(S):
+            y += np.einsum("nchw,kc->nkhw", xp[:, :, r:r + Ho, s:s + Wo], w[:, :, r, s])
+    return y
+
+
+def conv2d_backward(x, w, dy, padding=0):
+    """Gradients of conv2d: (dx, dw, db)."""
+    x, w, dy = (np.asarray(a, np.float64) for a in (x, w, dy))
+    xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    K, C, R, S = w.shape
+    Ho, Wo = dy.shape[2], dy.shape[3]
+    dxp = np.zeros_like(xp)
+    dw = np.zeros_like(w)
+    for r in range(R):
+        for s in range(S):
+            dw[:, :, r, s] = np.einsum("nkhw,nchw->kc", dy, xp[:, :, r:r + Ho, s:s + Wo])
+            dxp[:, :, r:r + Ho, s:s + Wo] += np.einsum("nkhw,kc->nchw", dy, w[:, :, r, s])
+    H, W = x.shape[2], x.shape[3]
+    dx = dxp[:, :, padding:padding + H, padding:padding + W]
+    return dx, dw, dy.sum(axis=(0, 2, 3))
+
+
+def relu(x):
+    x = np.asarray(x, np.float64)
+    return np.where(x > 0, x, 0.0)
+
+
+def relu_backward(x, dy):
+    return np.where(np.asarray(x) > 0, np.asarray(dy, np.float64), 0.0)
+
+
+def max_pool2d(x, k):
+    """-> (y, argmax) with argmax the index h*W + w of the first maximum of each window."""
+    x = np.asarray(x, np.float64)
+    N, C, H, W = x.shape
+    Ho, Wo = H // k, W // k
+    windows = x[:, :, :Ho * k, :Wo * k].reshape(N, C, Ho, k, Wo, k).transpose(0, 1, 2, 4, 3, 5)
+    flat = windows.reshape(N, C, Ho, Wo, k * k)
+    best = flat.argmax(axis=-1)
+    r, s = best // k, best % k
+    rows = np.arange(Ho)[None, None, :, None] * k + r
+    cols = np.arange(Wo)[None, None, None, :] * k + s
+    return flat.max(axis=-1), rows * W + cols
+
+
+def max_pool2d_backward(dy, argmax, x_shape):
+    N, C, H, W = x_shape
+    dx = np.zeros((N * C, H * W))
+    np.add.at(dx, (np.arange(N * C)[:, None], np.asarray(argmax).reshape(N * C, -1)),
+              np.asarray(dy, np.float64).reshape(N * C, -1))
+    return dx.reshape(x_shape)
+
+
+def linear(x, w, b):
+    return np.asarray(x, np.float64) @ np.asarray(w, np.float64).T + np.asarray(b, np.float64)
+
+
+def linear_backward(x, w, dy):
+    x, w, dy = (np.asarray(a, np.float64) for a in (x, w, dy))
+    return dy @ w, dy.T @ x, dy.sum(axis=0)
+
+
+def softmax_cross_entropy(logits, labels):
+    z = np.asarray(logits, np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    n = z.shape[0]
+    loss = -log_p[np.arange(n), labels].mean()
+    d = np.exp(log_p)
+    d[np.arange(n), labels] -= 1.0
+    return loss, d / n
+
+
+def dropout(x, mask, p):
+    return np.asarray(x, np.float64) * mask / (1.0 - p)
+
+
+def sgd_step(param, grad, velocity, lr, momentum=0.0, weight_decay=0.0):
+    """Returns the new (param, velocity)."""
+    g = grad + weight_decay * param
+    if momentum:
+        velocity = momentum * velocity + g
+        g = velocity
+    return param - lr * g, velocity
+
+
+def adam_step(param, grad, m, v, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
+    """Returns the new (param, m, v)."""
+    g = grad + weight_decay * param
+    m = beta1 * m + (1 - beta1) * g
+    v = beta2 * v + (1 - beta2) * g * g
+    m_hat = m / (1 - beta1 ** step)
+    v_hat = v / (1 - beta2 ** step)
+    return param - lr * m_hat / (np.sqrt(v_hat) + eps), m, v

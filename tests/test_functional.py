@@ -1,0 +1,357 @@
+"""Every kernel against the float64 NumPy reference (reference.py) and against central finite
+differences, once per instruction set the CPU supports (the `isa` fixture)."""
+import numpy as np
+import pytest
+
+import cnnfast
+import cnnfast.functional as F
+from cnnfast import _core
+
+import reference as ref
+
+rng = np.random.default_rng(1234)
+
+
+def rand(*shape, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+def assert_close(actual, expected, rtol=1e-4, atol=1e-4):
+    actual = np.asarray(actual, np.float64)
+    expected = np.asarray(expected, np.float64)
+    assert actual.shape == expected.shape
+    scale = max(1.0, float(np.abs(expected).max(initial=0.0)))
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol * scale)
+
+
+def numeric_grad(f, arrays, index, coords, eps):
+    """Central differences of scalar f(*arrays) in arrays[index] at the given flat coordinates."""
+    grads = []
+    for c in coords:
+        a = arrays[index]
+        old = a.flat[c]
+        a.flat[c] = old + eps
+        plus = f(*arrays)
+        a.flat[c] = old - eps
+        minus = f(*arrays)
+        a.flat[c] = old
+        grads.append((plus - minus) / (2 * eps))
+    return np.array(grads)
+
+
+def sample(a, count=12):
+    return rng.choice(a.size, size=min(count, a.size), replace=False)
+
+
+# ------------------------------------------------------------------ GEMM (under conv and linear)
+
+@pytest.mark.parametrize("M,N,K", [(1, 1, 1), (5, 7, 3), (8, 32, 1), (64, 121, 288), (97, 1030, 260)])
+@pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, False), (False, True), (True, True)])
+def test_matmul_matches_numpy_and_naive_loop(isa, M, N, K, trans_a, trans_b):
+    a = rand(K, M) if trans_a else rand(M, K)
+    b = rand(N, K) if trans_b else rand(K, N)
+    expected = (a.T if trans_a else a).astype(np.float64) @ (b.T if trans_b else b).astype(np.float64)
+    assert_close(_core.matmul(a, b, trans_a, trans_b), expected, rtol=1e-5, atol=1e-5)
+    assert_close(_core.matmul(a, b, trans_a, trans_b, naive=True), expected, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------ conv2d
+
+CONV_SHAPES = [  # N, C, H, W, K, R, S, padding
+    (2, 1, 5, 5, 3, 3, 3, 0),
+    (3, 2, 7, 6, 4, 3, 2, 1),
+    (1, 3, 4, 4, 5, 4, 4, 0),     # kernel as large as the input
+    (2, 4, 9, 11, 7, 1, 1, 0),    # 1x1
+    (2, 5, 6, 5, 3, 5, 3, 2),
+    (4, 32, 13, 13, 64, 3, 3, 0),  # the default model's second layer
+    (5, 1, 28, 28, 32, 3, 3, 0),   # the default model's first layer
+]
+
+
+@pytest.mark.parametrize("shape", CONV_SHAPES)
+def test_conv2d_forward_matches_reference(isa, shape):
+    N, C, H, W, K, R, S, p = shape
+    x, w, b = rand(N, C, H, W), rand(K, C, R, S, scale=0.3), rand(K)
+    expected = ref.conv2d(x, w, b, p)
+    assert_close(F.conv2d(x, w, b, padding=p), expected)
+    assert_close(_core.conv2d_naive(x, w, b, p), expected)
+
+
+@pytest.mark.parametrize("shape", CONV_SHAPES)
+def test_conv2d_backward_matches_reference(isa, shape):
+    N, C, H, W, K, R, S, p = shape
+    x, w = rand(N, C, H, W), rand(K, C, R, S, scale=0.3)
+    dy = rand(N, K, H + 2 * p - R + 1, W + 2 * p - S + 1)
+    dx, dw, db = F.conv2d_backward(x, w, dy, padding=p)
+    rdx, rdw, rdb = ref.conv2d_backward(x, w, dy, p)
+    assert_close(dx, rdx)
+    assert_close(dw, rdw)
+    assert_close(db, rdb)
+
+
+@pytest.mark.parametrize("shape", [(2, 2, 5, 4, 3, 3, 2, 1), (1, 3, 6, 6, 2, 3, 3, 0)])
+def test_conv2d_backward_finite_differences(isa, shape):
+    N, C, H, W, K, R, S, p = shape
+    x, w, b = rand(N, C, H, W), rand(K, C, R, S), rand(K)
+    probe = rand(N, K, H + 2 * p - R + 1, W + 2 * p - S + 1)  # L = sum(conv2d(x, w, b) * probe)
+
+    def loss(x, w, b):
+        return float((F.conv2d(x, w, b, padding=p).astype(np.float64) * probe).sum())
+
+    dx, dw, db = F.conv2d_backward(x, w, probe, padding=p)
+    for i, grad in enumerate((dx, dw, db)):
+        coords = sample(grad)
+        numeric = numeric_grad(loss, [x, w, b], i, coords, eps=1e-2)
+        np.testing.assert_allclose(grad.flat[coords], numeric, rtol=1e-2, atol=1e-2)
+
+
+def test_conv2d_padding_larger_than_kernel(isa):
+    x, w, b = rand(1, 1, 2, 2), rand(1, 1, 1, 1), rand(1)
+    y = F.conv2d(x, w, b, padding=2)
+    assert y.shape == (1, 1, 6, 6)
+    assert_close(y, ref.conv2d(x, w, b, 2))
+
+
+def test_conv2d_zero_size_batch_and_channels():
+    y = F.conv2d(np.zeros((0, 3, 5, 5), np.float32), rand(4, 3, 3, 3), rand(4))
+    assert y.shape == (0, 4, 3, 3)
+    b = rand(4)
+    y = F.conv2d(np.zeros((2, 0, 5, 5), np.float32), np.zeros((4, 0, 3, 3), np.float32), b)
+    assert_close(y, np.broadcast_to(b[None, :, None, None], (2, 4, 3, 3)))
+    dx, dw, db = F.conv2d_backward(np.zeros((0, 3, 5, 5), np.float32), rand(4, 3, 3, 3),
+                                   np.zeros((0, 4, 3, 3), np.float32))
+    assert dx.shape == (0, 3, 5, 5) and not dw.any() and not db.any()
+
+
+# ------------------------------------------------------------------ relu
+
+def test_relu_forward_backward():
+    x = rand(3, 4, 5)
+    dy = rand(3, 4, 5)
+    assert_close(F.relu(x), ref.relu(x), rtol=0, atol=0)
+    assert_close(F.relu_backward(x, dy), ref.relu_backward(x, dy), rtol=0, atol=0)
+    x = np.array([0.0, -0.0, 1.5, -2.0], np.float32)
+    assert F.relu_backward(x, np.ones(4, np.float32)).tolist() == [0.0, 0.0, 1.0, 0.0]
+
+
+def test_relu_finite_differences():
+    x = rand(40)
+    x[np.abs(x) < 0.05] = 0.5  # keep away from the kink
+    probe = rand(40)
+    numeric = numeric_grad(lambda x: float((F.relu(x).astype(np.float64) * probe).sum()),
+                           [x], 0, np.arange(40), eps=1e-3)
+    np.testing.assert_allclose(F.relu_backward(x, probe), numeric, rtol=1e-2, atol=1e-3)
+
+
+# ------------------------------------------------------------------ max_pool2d
+
+@pytest.mark.parametrize("shape,k", [((2, 3, 4, 4), 2), ((1, 2, 7, 5), 2), ((2, 1, 9, 9), 3),
+                                     ((3, 2, 26, 26), 2), ((1, 1, 3, 3), 1)])
+def test_max_pool2d_matches_reference(shape, k):
+    x = rand(*shape)
+    y, argmax = F.max_pool2d(x, k)
+    ry, rargmax = ref.max_pool2d(x, k)
+    assert argmax.dtype == np.int32
+    assert_close(y, ry, rtol=0, atol=0)
+    np.testing.assert_array_equal(argmax, rargmax)
+    dy = rand(*y.shape)
+    assert_close(F.max_pool2d_backward(dy, argmax, x.shape), ref.max_pool2d_backward(dy, rargmax, x.shape),
+                 rtol=0, atol=0)
+
+
+def test_max_pool2d_finite_differences():
+    # distinct values 0.1 apart, so a step of 1e-3 never changes a window's winner
+    x = (rng.permutation(2 * 2 * 6 * 6) * 0.1).reshape(2, 2, 6, 6).astype(np.float32)
+    y, argmax = F.max_pool2d(x, 2)
+    probe = rand(*y.shape)
+    numeric = numeric_grad(lambda x: float((F.max_pool2d(x, 2)[0].astype(np.float64) * probe).sum()),
+                           [x], 0, np.arange(x.size), eps=1e-3)
+    np.testing.assert_allclose(F.max_pool2d_backward(probe, argmax, x.shape).ravel(), numeric,
+                               rtol=1e-2, atol=1e-3)
+
+
+def test_max_pool2d_ties_pick_first_and_nan_propagates():
+    x = np.ones((1, 1, 2, 2), np.float32)
+    y, argmax = F.max_pool2d(x, 2)
+    assert argmax.ravel().tolist() == [0]
+    x[0, 0, 1, 0] = np.nan
+    y, argmax = F.max_pool2d(x, 2)
+    assert np.isnan(y).all() and argmax.ravel().tolist() == [2]
+
+
+# ------------------------------------------------------------------ linear
+
+@pytest.mark.parametrize("N,I,O", [(1, 1, 1), (3, 5, 2), (128, 1600, 10), (7, 33, 65), (300, 40, 20)])
+def test_linear_matches_reference(isa, N, I, O):
+    x, w, b, dy = rand(N, I), rand(O, I, scale=0.1), rand(O), rand(N, O)
+    assert_close(F.linear(x, w, b), ref.linear(x, w, b))
+    for got, expected in zip(F.linear_backward(x, w, dy), ref.linear_backward(x, w, dy)):
+        assert_close(got, expected)
+
+
+def test_linear_finite_differences(isa):
+    x, w, b = rand(4, 6), rand(3, 6), rand(3)
+    probe = rand(4, 3)
+    grads = F.linear_backward(x, w, probe)
+    for i, grad in enumerate(grads):
+        numeric = numeric_grad(lambda x, w, b: float((F.linear(x, w, b).astype(np.float64) * probe).sum()),
+                               [x, w, b], i, np.arange(grad.size), eps=1e-2)
+        np.testing.assert_allclose(grad.ravel(), numeric, rtol=1e-2, atol=1e-2)
+
+
+def test_linear_empty_batch():
+    y = F.linear(np.zeros((0, 4), np.float32), rand(3, 4), rand(3))
+    assert y.shape == (0, 3)
+    dx, dw, db = F.linear_backward(np.zeros((0, 4), np.float32), rand(3, 4), np.zeros((0, 3), np.float32))
+    assert dx.shape == (0, 4) and not dw.any() and not db.any()
+
+
+# ------------------------------------------------------------------ softmax cross-entropy
+
+@pytest.mark.parametrize("label_dtype", [np.int32, np.int64])
+def test_softmax_cross_entropy_matches_reference(label_dtype):
+    logits = rand(9, 10, scale=3.0)
+    labels = rng.integers(0, 10, 9).astype(label_dtype)
+    loss, dlogits = F.softmax_cross_entropy(logits, labels)
+    rloss, rd = ref.softmax_cross_entropy(logits, labels)
+    assert abs(loss - rloss) < 1e-6
+    assert_close(dlogits, rd, rtol=1e-5, atol=1e-6)
+
+
+def test_softmax_cross_entropy_finite_differences():
+    logits = rand(4, 5)
+    labels = np.array([0, 4, 2, 2])
+    _, dlogits = F.softmax_cross_entropy(logits, labels)
+    numeric = numeric_grad(lambda z: F.softmax_cross_entropy(z, labels)[0], [logits], 0,
+                           np.arange(logits.size), eps=1e-2)
+    np.testing.assert_allclose(dlogits.ravel(), numeric, rtol=1e-2, atol=1e-4)
+
+
+def test_softmax_cross_entropy_is_stable_for_large_logits():
+    logits = np.array([[1000.0, 0.0, -1000.0], [3e38, 3e38, -3e38]], np.float32)
+    loss, dlogits = F.softmax_cross_entropy(logits, np.array([0, 1]))
+    assert np.isfinite(loss) and np.isfinite(dlogits).all()
+    assert abs(loss - np.log(2) / 2) < 1e-6
+    loss, dlogits = F.softmax_cross_entropy(np.array([[np.nan, 1.0]], np.float32), np.array([1]))
+    assert np.isnan(loss)
+
+
+# ------------------------------------------------------------------ dropout
+
+def test_dropout_mask_rate_scale_and_reproducibility():
+    x = rand(100, 100)
+    y, mask = F.dropout(x, 0.5, seed=7)
+    assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 1}
+    assert 0.47 < mask.mean() < 0.53
+    assert_close(y, ref.dropout(x, mask, 0.5), rtol=0, atol=0)
+    y2, mask2 = F.dropout(x, 0.5, seed=7)
+    np.testing.assert_array_equal(mask, mask2)
+    _, mask3 = F.dropout(x, 0.5, seed=8)
+    assert (mask != mask3).any()
+    dy = rand(100, 100)
+    assert_close(F.dropout_backward(dy, mask, 0.5), ref.dropout(dy, mask, 0.5), rtol=0, atol=0)
+    assert F.dropout(x, 0.0, seed=1)[1].all()
+    assert not F.dropout(x, 1.0, seed=1)[0].any()
+
+
+def test_dropout_finite_differences():
+    x, probe = rand(30), rand(30)
+    _, mask = F.dropout(x, 0.3, seed=3)
+    numeric = numeric_grad(lambda x: float((F.dropout(x, 0.3, seed=3)[0].astype(np.float64) * probe).sum()),
+                           [x], 0, np.arange(30), eps=1e-2)
+    np.testing.assert_allclose(F.dropout_backward(probe, mask, 0.3), numeric, rtol=1e-2, atol=1e-3)
+
+
+# ------------------------------------------------------------------ optimizers
+
+@pytest.mark.parametrize("momentum,weight_decay", [(0.0, 0.0), (0.9, 0.0), (0.9, 1e-2)])
+def test_sgd_step_matches_update_rule(momentum, weight_decay):
+    param, velocity = rand(50), np.zeros(50, np.float32)
+    p64, v64 = param.astype(np.float64), velocity.astype(np.float64)
+    for _ in range(5):
+        grad = rand(50)
+        F.sgd_step(param, grad, velocity, lr=0.1, momentum=momentum, weight_decay=weight_decay)
+        p64, v64 = ref.sgd_step(p64, grad.astype(np.float64), v64, 0.1, momentum, weight_decay)
+    assert_close(param, p64, rtol=1e-5, atol=1e-6)
+    assert_close(velocity, v64, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 1e-2])
+def test_adam_step_matches_update_rule(weight_decay):
+    param, m, v = rand(7, 9), np.zeros((7, 9), np.float32), np.zeros((7, 9), np.float32)
+    p64, m64, v64 = param.astype(np.float64), m.astype(np.float64), v.astype(np.float64)
+    for step in range(1, 8):
+        grad = rand(7, 9)
+        F.adam_step(param, grad, m, v, step, lr=1e-2, weight_decay=weight_decay)
+        p64, m64, v64 = ref.adam_step(p64, grad.astype(np.float64), m64, v64, step, lr=1e-2,
+                                      weight_decay=weight_decay)
+    assert_close(param, p64, rtol=1e-5, atol=1e-6)
+    assert_close(m, m64, rtol=1e-5, atol=1e-6)
+    assert_close(v, v64, rtol=1e-5, atol=1e-7)
+
+
+# ------------------------------------------------------------------ threads and ISAs
+
+def test_results_identical_with_one_and_two_threads(isa, threads):
+    x, w, b = rand(16, 8, 12, 12), rand(16, 8, 3, 3), rand(16)
+    xl, wl, bl = rand(64, 300), rand(10, 300), rand(10)
+    labels = rng.integers(0, 10, 64)
+
+    def run():
+        y = F.conv2d(x, w, b, padding=1)
+        conv_grads = F.conv2d_backward(x, w, y, padding=1)
+        pooled, argmax = F.max_pool2d(F.relu(y), 2)
+        z = F.linear(xl, wl, bl)
+        loss, dz = F.softmax_cross_entropy(z, labels)
+        return [y, *conv_grads, pooled, argmax, z, dz, np.float64(loss), *F.linear_backward(xl, wl, dz)]
+
+    cnnfast.set_num_threads(1)
+    assert cnnfast.get_num_threads() == 1
+    one = run()
+    cnnfast.set_num_threads(2)
+    assert cnnfast.get_num_threads() == 2
+    two = run()
+    for a, b_ in zip(one, two):
+        assert a.tobytes() == b_.tobytes()
+
+
+def test_build_info_reports_what_a_bug_report_needs():
+    info = cnnfast.build_info()
+    for key in ("isa", "isa_compiled", "isa_supported", "openmp", "num_threads", "compiler", "cxx_flags"):
+        assert key in info
+    assert info["isa"] in info["isa_supported"]
+    assert set(info["isa_supported"]) <= set(info["isa_compiled"])
+    assert info["isa_compiled"][0] == "baseline"
+    assert info["openmp"] is True
+    assert info["num_threads"] == cnnfast.get_num_threads()
+
+
+def test_isa_can_be_forced_lower_and_unknown_is_rejected():
+    before = cnnfast.build_info()["isa"]
+    try:
+        _core.set_isa("baseline")
+        assert cnnfast.build_info()["isa"] == "baseline"
+        with pytest.raises(ValueError, match="not available"):
+            _core.set_isa("sse9")
+        assert cnnfast.build_info()["isa"] == "baseline"
+    finally:
+        _core.set_isa(before)
+
+
+def test_cnnfast_isa_environment_variable(tmp_path):
+    import subprocess
+    import sys
+    code = "import cnnfast; print(cnnfast.build_info()['isa'])"
+    env = {**__import__("os").environ, "CNNFAST_ISA": "baseline"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "baseline"
+    env["CNNFAST_ISA"] = "nonsense"
+    out = subprocess.run([sys.executable, "-W", "always", "-c", code], env=env, capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip() == cnnfast.build_info()["isa_supported"][-1]
+    assert "CNNFAST_ISA=nonsense ignored" in out.stderr
+
+
+def test_set_num_threads_rejects_zero():
+    with pytest.raises(ValueError):
+        cnnfast.set_num_threads(0)
