@@ -134,23 +134,24 @@ py::array_t<float> conv2d_naive(py::handle x_, py::handle w_, py::handle b_, i64
   return y;
 }
 
-py::tuple conv2d_backward(py::handle x_, py::handle w_, py::handle dy_, i64 padding) {
+py::tuple conv2d_backward(py::handle x_, py::handle w_, py::handle dy_, i64 padding, bool input_grad) {
   auto x = checked<float>(x_, "x", 4, "[N, C, H, W]");
   auto w = checked<float>(w_, "w", 4, "[K, C, R, S]");
   auto dy = checked<float>(dy_, "dy", 4, "[N, K, Ho, Wo]");
   const Conv c = conv_shape(x, w, padding);
   expect(dy.shape(0) == c.N && dy.shape(1) == c.K && dy.shape(2) == c.Ho && dy.shape(3) == c.Wo,
          "dy must have the shape of conv2d's output " + dims({c.N, c.K, c.Ho, c.Wo}) + ", got " + shape_str(dy));
-  auto dx = empty<float>({c.N, c.C, c.H, c.W});
+  auto dx = empty<float>(input_grad ? std::vector<py::ssize_t>{c.N, c.C, c.H, c.W} : std::vector<py::ssize_t>{0});
   auto dw = empty<float>({c.K, c.C, c.R, c.S});
   auto db = empty<float>({c.K});
   float *dxp = dx.mutable_data(), *dwp = dw.mutable_data(), *dbp = db.mutable_data();
   {
     py::gil_scoped_release nogil;
-    conv2d_backward_input(dxp, w.data(), dy.data(), c.N, c.C, c.H, c.W, c.K, c.R, c.S, c.pad);
+    if (input_grad)
+      conv2d_backward_input(dxp, w.data(), dy.data(), c.N, c.C, c.H, c.W, c.K, c.R, c.S, c.pad);
     conv2d_backward_weight(dwp, dbp, x.data(), dy.data(), c.N, c.C, c.H, c.W, c.K, c.R, c.S, c.pad);
   }
-  return py::make_tuple(dx, dw, db);
+  return py::make_tuple(input_grad ? py::object(dx) : py::object(py::none()), dw, db);
 }
 
 // ---------------------------------------------------------------- relu
@@ -215,8 +216,9 @@ py::array_t<float> max_pool2d_grad(py::handle dy_, py::handle argmax_, std::vect
   const std::int32_t* ap = argmax.data();
   const i64 n = argmax.size();
   for (i64 i = 0; i < n; ++i)
-    expect(ap[i] >= 0 && ap[i] < H * W, "argmax holds " + std::to_string(ap[i]) +
-                                            ", outside the plane of " + std::to_string(H * W) + " pixels");
+    if (ap[i] < 0 || ap[i] >= H * W)
+      throw py::value_error("argmax holds " + std::to_string(ap[i]) + ", outside the plane of " +
+                            std::to_string(H * W) + " pixels");
   auto dx = empty<float>({N, C, H, W});
   float* dxp = dx.mutable_data();
   {
@@ -309,8 +311,9 @@ py::tuple cross_entropy_typed(const py::array_t<float>& logits, py::handle label
                                    shape_str(logits) + ", got " + shape_str(labels));
   const Label* lp = labels.data();
   for (i64 n = 0; n < N; ++n)
-    expect(lp[n] >= 0 && i64(lp[n]) < K, "labels[" + std::to_string(n) + "] = " + std::to_string(lp[n]) +
-                                             " is outside 0.." + std::to_string(K - 1));
+    if (lp[n] < 0 || i64(lp[n]) >= K)
+      throw py::value_error("labels[" + std::to_string(n) + "] = " + std::to_string(lp[n]) +
+                            " is outside 0.." + std::to_string(K - 1));
   auto dlogits = empty<float>({N, K});
   float* dp = dlogits.mutable_data();
   double loss;
@@ -423,7 +426,7 @@ PYBIND11_MODULE(_core, m) {
 
   m.def("conv2d", &conv2d, "x"_a, "w"_a, "b"_a, "padding"_a = 0);
   m.def("conv2d_naive", &conv2d_naive, "x"_a, "w"_a, "b"_a, "padding"_a = 0);
-  m.def("conv2d_backward", &conv2d_backward, "x"_a, "w"_a, "dy"_a, "padding"_a = 0);
+  m.def("conv2d_backward", &conv2d_backward, "x"_a, "w"_a, "dy"_a, "padding"_a = 0, "input_grad"_a = true);
   m.def("relu", &relu, "x"_a);
   m.def("relu_backward", &relu_grad, "x"_a, "dy"_a);
   m.def("max_pool2d", &max_pool2d, "x"_a, "k"_a);

@@ -17,6 +17,23 @@ void max_pool2d_forward(float* y, std::int32_t* argmax, const float* x,
     const float* xp = x + plane * H * W;
     float* yp = y + plane * Ho * Wo;
     std::int32_t* ap = argmax + plane * Ho * Wo;
+    if (k == 2) {  // the common case, unrolled: the same rule (first maximum, NaN wins)
+      for (i64 oh = 0; oh < Ho; ++oh) {
+        const float* r0 = xp + 2 * oh * W;
+        const float* r1 = r0 + W;
+        for (i64 ow = 0; ow < Wo; ++ow) {
+          const float v[4] = {r0[2 * ow], r0[2 * ow + 1], r1[2 * ow], r1[2 * ow + 1]};
+          const i64 at[4] = {2 * oh * W + 2 * ow, 2 * oh * W + 2 * ow + 1, (2 * oh + 1) * W + 2 * ow,
+                             (2 * oh + 1) * W + 2 * ow + 1};
+          int best = 0;
+          for (int i = 1; i < 4; ++i)
+            if (v[i] > v[best] || (v[i] != v[i] && v[best] == v[best])) best = i;
+          yp[oh * Wo + ow] = v[best];
+          ap[oh * Wo + ow] = std::int32_t(at[best]);
+        }
+      }
+      continue;
+    }
     for (i64 oh = 0; oh < Ho; ++oh)
       for (i64 ow = 0; ow < Wo; ++ow) {
         i64 best = oh * k * W + ow * k;

@@ -12,7 +12,10 @@ void relu_forward(float* y, const float* x, i64 n) {
 // x, dy: [n] -> dx: [n], dx = dy where x > 0, else 0
 void relu_backward(float* dx, const float* x, const float* dy, i64 n) {
 #pragma omp parallel for num_threads(threads_for(n / 16.0)) schedule(static)
-  for (i64 i = 0; i < n; ++i) dx[i] = x[i] > 0.0f ? dy[i] : 0.0f;
+  for (i64 i = 0; i < n; ++i) {
+    const float g = dy[i];  // loaded unconditionally, so the select vectorises
+    dx[i] = x[i] > 0.0f ? g : 0.0f;
+  }
 }
 
 }  // namespace cnnfast

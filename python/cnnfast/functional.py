@@ -27,9 +27,13 @@ def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray, padding: int = 0) -> np.
     return _core.conv2d(x, w, b, padding)
 
 
-def conv2d_backward(x: np.ndarray, w: np.ndarray, dy: np.ndarray, padding: int = 0):
-    """Gradients of `conv2d` given dy = dL/dy [N, K, Ho, Wo]: returns (dx, dw, db)."""
-    return _core.conv2d_backward(x, w, dy, padding)
+def conv2d_backward(x: np.ndarray, w: np.ndarray, dy: np.ndarray, padding: int = 0,
+                    input_grad: bool = True):
+    """Gradients of `conv2d` given dy = dL/dy [N, K, Ho, Wo]: returns (dx, dw, db).
+
+    With input_grad=False, dx is None and is not computed (a network's first layer needs no dx).
+    """
+    return _core.conv2d_backward(x, w, dy, padding, bool(input_grad))
 
 
 def relu(x: np.ndarray) -> np.ndarray:

@@ -1,0 +1,346 @@
+"""Layers, a Sequential container, the default MNIST model, and model files.
+
+A layer holds its parameters and calls the C++ kernels (cnnfast.functional); `forward` keeps
+what `backward` needs, and `backward(dy)` sets each parameter's `.grad` (overwriting it) and
+returns the gradient with respect to the layer's input (a Conv2d skips that work, returning
+None, when called with input_grad=False, as the first layer of a network is). Everything is float32, NCHW.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+from . import functional as F
+
+FORMAT = "cnnfast-model-v1"
+
+
+class ModelFormatError(ValueError):
+    """A file that is not a cnnfast model, or whose contents do not fit its architecture."""
+
+
+class Parameter:
+    """A float32 array and the gradient the last backward pass wrote for it."""
+
+    def __init__(self, data: np.ndarray):
+        self.data = np.ascontiguousarray(data, dtype=np.float32)
+        self.grad = np.zeros_like(self.data)
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+
+class Layer:
+    training = True
+
+    def parameters(self) -> list[Parameter]:
+        return []
+
+    def config(self) -> dict:
+        """The constructor arguments: with the class name, enough to rebuild the layer."""
+        return {}
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v}" for k, v in self.config().items())
+        return f"{type(self).__name__}({args})"
+
+
+def _uniform(rng: np.random.Generator, shape, bound: float) -> np.ndarray:
+    return rng.uniform(-bound, bound, size=shape).astype(np.float32)
+
+
+class Conv2d(Layer):
+    """x [N, in, H, W] -> [N, out, H+2p-k+1, W+2p-k+1]; weight [out, in, k, k], bias [out].
+
+    Initialised as PyTorch does by default (Kaiming-uniform with a=sqrt(5): weights and bias
+    uniform in +-1/sqrt(fan_in), fan_in = in * k * k).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int = 0,
+                 rng: np.random.Generator | None = None):
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.kernel_size, self.padding = int(kernel_size), int(padding)
+        rng = rng if rng is not None else np.random.default_rng()
+        bound = 1.0 / math.sqrt(self.in_channels * self.kernel_size ** 2)
+        k = self.kernel_size
+        self.weight = Parameter(_uniform(rng, (self.out_channels, self.in_channels, k, k), bound))
+        self.bias = Parameter(_uniform(rng, (self.out_channels,), bound))
+
+    def forward(self, x):
+        self.x = x
+        return F.conv2d(x, self.weight.data, self.bias.data, self.padding)
+
+    def backward(self, dy, input_grad=True):
+        dx, self.weight.grad, self.bias.grad = F.conv2d_backward(self.x, self.weight.data, dy, self.padding,
+                                                                 input_grad)
+        return dx
+
+    def parameters(self):
+        return [self.weight, self.bias]
+
+    def config(self):
+        return {"in_channels": self.in_channels, "out_channels": self.out_channels,
+                "kernel_size": self.kernel_size, "padding": self.padding}
+
+
+class Linear(Layer):
+    """x [N, in] -> [N, out]; weight [out, in], bias [out]; PyTorch's default initialisation."""
+
+    def __init__(self, in_features: int, out_features: int, rng: np.random.Generator | None = None):
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        rng = rng if rng is not None else np.random.default_rng()
+        bound = 1.0 / math.sqrt(self.in_features)
+        self.weight = Parameter(_uniform(rng, (self.out_features, self.in_features), bound))
+        self.bias = Parameter(_uniform(rng, (self.out_features,), bound))
+
+    def forward(self, x):
+        self.x = x
+        return F.linear(x, self.weight.data, self.bias.data)
+
+    def backward(self, dy):
+        dx, self.weight.grad, self.bias.grad = F.linear_backward(self.x, self.weight.data, dy)
+        return dx
+
+    def parameters(self):
+        return [self.weight, self.bias]
+
+    def config(self):
+        return {"in_features": self.in_features, "out_features": self.out_features}
+
+
+class ReLU(Layer):
+    def forward(self, x):
+        self.x = x
+        return F.relu(x)
+
+    def backward(self, dy):
+        return F.relu_backward(self.x, dy)
+
+
+class MaxPool2d(Layer):
+    """Max over k x k windows with stride k: [N, C, H, W] -> [N, C, H//k, W//k]."""
+
+    def __init__(self, kernel_size: int):
+        self.kernel_size = int(kernel_size)
+
+    def forward(self, x):
+        self.x_shape = x.shape
+        y, self.argmax = F.max_pool2d(x, self.kernel_size)
+        return y
+
+    def backward(self, dy):
+        return F.max_pool2d_backward(dy, self.argmax, self.x_shape)
+
+    def config(self):
+        return {"kernel_size": self.kernel_size}
+
+
+class Flatten(Layer):
+    """[N, ...] -> [N, prod(...)] (a view: the arrays are C-contiguous)."""
+
+    def forward(self, x):
+        self.x_shape = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, dy):
+        return dy.reshape(self.x_shape)
+
+
+class Dropout(Layer):
+    """Zeroes each element with probability p while training (scaling the rest by 1/(1-p));
+    the identity in eval mode. Masks come from `rng`, so a seeded model drops the same units."""
+
+    def __init__(self, p: float = 0.5, rng: np.random.Generator | None = None):
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"Dropout p must be in [0, 1), got {p}")
+        self.p = float(p)
+        self.rng = rng if rng is not None else np.random.default_rng()
+
+    def forward(self, x):
+        if not self.training or self.p == 0.0:
+            self.mask = None
+            return x
+        y, self.mask = F.dropout(x, self.p, int(self.rng.integers(0, 2 ** 63)))
+        return y
+
+    def backward(self, dy):
+        return dy if self.mask is None else F.dropout_backward(dy, self.mask, self.p)
+
+    def config(self):
+        return {"p": self.p}
+
+
+LAYERS = {cls.__name__: cls for cls in (Conv2d, Linear, ReLU, MaxPool2d, Flatten, Dropout)}
+
+
+class Sequential:
+    """Layers applied in order; backward runs them in reverse (the chain rule)."""
+
+    def __init__(self, *layers: Layer):
+        self.layers = list(layers)
+        self.training = True
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    __call__ = forward
+
+    def backward(self, dy: np.ndarray, input_grad: bool = True):
+        """Backpropagate dL/d(output); returns dL/d(input), or None with input_grad=False
+        (training needs only the parameters' gradients, so the first conv skips its dx)."""
+        for layer in reversed(self.layers[1:]):
+            dy = layer.backward(dy)
+        first = self.layers[0]
+        return first.backward(dy, input_grad) if isinstance(first, Conv2d) else first.backward(dy)
+
+    def parameters(self) -> list[Parameter]:
+        return [p for layer in self.layers for p in layer.parameters()]
+
+    def train(self, mode: bool = True) -> "Sequential":
+        self.training = mode
+        for layer in self.layers:
+            layer.training = mode
+        return self
+
+    def eval(self) -> "Sequential":
+        return self.train(False)
+
+    def num_parameters(self) -> int:
+        return sum(p.data.size for p in self.parameters())
+
+    def __repr__(self):
+        return "Sequential(\n" + "".join(f"  {layer!r}\n" for layer in self.layers) + ")"
+
+    # ---------------------------------------------------------------- inference
+    def predict_proba(self, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+        """Class probabilities [N, 10] for uint8 images [N, 28, 28] or float32 [N, 1, 28, 28]."""
+        x = as_model_input(images)
+        was_training = self.training
+        self.eval()
+        try:
+            out = []
+            for i in range(0, len(x), batch_size):
+                logits = self.forward(np.ascontiguousarray(x[i:i + batch_size])).astype(np.float64)
+                logits -= logits.max(axis=1, keepdims=True)
+                p = np.exp(logits)
+                out.append(p / p.sum(axis=1, keepdims=True))
+        finally:
+            self.train(was_training)
+        return np.concatenate(out) if out else np.zeros((0, 10))
+
+    def predict(self, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+        """Predicted labels (int64 [N]) for uint8 [N, 28, 28] or float32 [N, 1, 28, 28] images."""
+        return self.predict_proba(images, batch_size).argmax(axis=1).astype(np.int64)
+
+    # ---------------------------------------------------------------- files
+    def architecture(self) -> list[dict]:
+        return [{"type": type(layer).__name__, **layer.config()} for layer in self.layers]
+
+    def save(self, path) -> str:
+        """Write weights and architecture to one .npz (atomically: a temp file, then rename)."""
+        path = os.fspath(path)
+        arrays = {"format": np.array(FORMAT), "architecture": np.array(json.dumps(self.architecture()))}
+        for i, layer in enumerate(self.layers):
+            for name, p in zip(("weight", "bias"), layer.parameters()):
+                arrays[f"{i}.{name}"] = p.data
+        directory = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(prefix=".cnnfast-", suffix=".npz.tmp", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **arrays)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return path
+
+
+def as_model_input(images: np.ndarray) -> np.ndarray:
+    """uint8 [N, 28, 28] (0..255) -> float32 [N, 1, 28, 28] in [0, 1]; float32 [N, 1, 28, 28] as is."""
+    images = np.asarray(images)
+    if images.dtype == np.uint8 and images.ndim == 3:
+        return (images.astype(np.float32) / np.float32(255.0))[:, None, :, :]
+    if images.dtype == np.float32 and images.ndim == 4 and images.shape[1] == 1:
+        return np.ascontiguousarray(images)
+    raise ValueError(f"images must be uint8 [N, 28, 28] or float32 [N, 1, 28, 28], got {images.dtype} "
+                     f"{list(images.shape)}")
+
+
+def mnist_cnn(seed: int = 0) -> Sequential:
+    """The classic Keras MNIST convnet (34,826 parameters):
+    Conv2d(1,32,3) ReLU MaxPool2d(2) Conv2d(32,64,3) ReLU MaxPool2d(2) Flatten Dropout(0.5) Linear(1600,10)."""
+    rng = np.random.default_rng(seed)
+    return Sequential(
+        Conv2d(1, 32, 3, rng=rng), ReLU(), MaxPool2d(2),
+        Conv2d(32, 64, 3, rng=rng), ReLU(), MaxPool2d(2),
+        Flatten(), Dropout(0.5, rng=np.random.default_rng([seed, 1])), Linear(1600, 10, rng=rng),
+    )
+
+
+def from_architecture(architecture: list[dict], seed: int = 0) -> Sequential:
+    """Build (untrained) layers from `Sequential.architecture()`; a ModelFormatError if it is not one."""
+    rng = np.random.default_rng(seed)
+    layers = []
+    if not isinstance(architecture, list):
+        raise ModelFormatError("architecture must be a list of layers")
+    for i, spec in enumerate(architecture):
+        if not isinstance(spec, dict) or spec.get("type") not in LAYERS:
+            raise ModelFormatError(f"layer {i} is not a known layer: {spec!r:.200}")
+        args = {k: v for k, v in spec.items() if k != "type"}
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in args.values()):
+            raise ModelFormatError(f"layer {i} has non-numeric settings: {spec!r:.200}")
+        cls = LAYERS[spec["type"]]
+        try:
+            layer = cls(**args, rng=rng) if cls in (Conv2d, Linear, Dropout) else cls(**args)
+        except (TypeError, ValueError, MemoryError) as error:
+            raise ModelFormatError(f"layer {i} ({spec['type']}) cannot be built: {error}") from None
+        layers.append(layer)
+    return Sequential(*layers)
+
+
+def load_model(path) -> Sequential:
+    """Load a model written by `Sequential.save`. Never unpickles; a ModelFormatError (a
+    ValueError) naming the file if it is not a cnnfast model or its weights do not fit."""
+    path = os.fspath(path)
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if not isinstance(f, np.lib.npyio.NpzFile):
+                raise ModelFormatError(f"{path}: not a cnnfast model (a .npy array, not an .npz archive)")
+            files = set(f.files)
+            if "format" not in files or str(f["format"]) != FORMAT:
+                raise ModelFormatError(f"{path}: not a cnnfast model (no '{FORMAT}' marker)")
+            architecture = json.loads(str(f["architecture"]))
+            model = from_architecture(architecture)
+            expected = set()
+            for i, layer in enumerate(model.layers):
+                for name, p in zip(("weight", "bias"), layer.parameters()):
+                    key = f"{i}.{name}"
+                    expected.add(key)
+                    if key not in files:
+                        raise ModelFormatError(f"{path}: missing array '{key}' for layer {i} ({layer!r})")
+                    data = f[key]
+                    if data.shape != p.shape or data.dtype != np.float32:
+                        raise ModelFormatError(f"{path}: '{key}' is {data.dtype} {list(data.shape)}, "
+                                               f"layer {i} ({layer!r}) needs float32 {list(p.shape)}")
+                    p.data = np.ascontiguousarray(data)
+            extra = files - expected - {"format", "architecture"}
+            if extra:
+                raise ModelFormatError(f"{path}: unexpected arrays {sorted(extra)[:5]}")
+    except ModelFormatError:
+        raise
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as error:
+        raise ModelFormatError(f"{path}: not a readable cnnfast model ({type(error).__name__}: {error})") from None
+    return model.eval()
