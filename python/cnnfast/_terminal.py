@@ -69,3 +69,14 @@ def histogram(counts: dict, width: int = 50, label_format: str = "{:>+4}") -> li
         bar = "#" * max(1 if n else 0, round(width * n / peak)) if peak else ""
         lines.append(f"{label_format.format(key)} | {bar} {n}")
     return lines
+
+
+def side_by_side(blocks: list[list[str]], width: int, gap: int = 1) -> list[str]:
+    """Text blocks (lists of lines) placed next to each other in columns `width` characters
+    wide (lines cut or padded to fit) separated by `gap` spaces; trailing spaces removed."""
+    height = max((len(block) for block in blocks), default=0)
+    rows = []
+    for i in range(height):
+        cells = [(block[i] if i < len(block) else "")[:width].ljust(width) for block in blocks]
+        rows.append((" " * gap).join(cells).rstrip())
+    return rows

@@ -12,6 +12,7 @@ import math
 import os
 import tempfile
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -313,34 +314,37 @@ def load_model(path) -> Sequential:
     """Load a model written by `Sequential.save`. Never unpickles; a ModelFormatError (a
     ValueError) naming the file if it is not a cnnfast model or its weights do not fit."""
     path = os.fspath(path)
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            if not isinstance(f, np.lib.npyio.NpzFile):
-                raise ModelFormatError(f"{path}: not a cnnfast model (a .npy array, not an .npz archive)")
-            files = set(f.files)
-            if "format" not in files or str(f["format"]) != FORMAT:
-                raise ModelFormatError(f"{path}: not a cnnfast model (no '{FORMAT}' marker)")
-            architecture = json.loads(str(f["architecture"]))
-            model = from_architecture(architecture)
-            expected = set()
-            for i, layer in enumerate(model.layers):
-                for name, p in zip(("weight", "bias"), layer.parameters()):
-                    key = f"{i}.{name}"
-                    expected.add(key)
-                    if key not in files:
-                        raise ModelFormatError(f"{path}: missing array '{key}' for layer {i} ({layer!r})")
-                    data = f[key]
-                    if data.shape != p.shape or data.dtype != np.float32:
-                        raise ModelFormatError(f"{path}: '{key}' is {data.dtype} {list(data.shape)}, "
-                                               f"layer {i} ({layer!r}) needs float32 {list(p.shape)}")
-                    p.data = np.ascontiguousarray(data)
-            extra = files - expected - {"format", "architecture"}
-            if extra:
-                raise ModelFormatError(f"{path}: unexpected arrays {sorted(extra)[:5]}")
-    except ModelFormatError:
-        raise
-    except FileNotFoundError:
-        raise
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as error:
-        raise ModelFormatError(f"{path}: not a readable cnnfast model ({type(error).__name__}: {error})") from None
+    with open(path, "rb") as file:  # FileNotFoundError as is: the message names the path
+        try:
+            loaded = np.load(file, allow_pickle=False)
+            if not isinstance(loaded, np.lib.npyio.NpzFile):
+                raise ModelFormatError("not a cnnfast model (a .npy array, not an .npz archive)")
+            with loaded:
+                return _model_from_npz(loaded)
+        except ModelFormatError as error:
+            raise ModelFormatError(f"{path}: {error}") from None
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+            raise ModelFormatError(f"{path}: not a readable cnnfast model "
+                                   f"({type(error).__name__}: {error})") from None
+
+
+def _model_from_npz(f) -> Sequential:
+    files = set(f.files)
+    if "format" not in files or str(f["format"]) != FORMAT:
+        raise ModelFormatError(f"not a cnnfast model (no '{FORMAT}' marker)")
+    model = from_architecture(json.loads(str(f["architecture"])))
+    expected = {"format", "architecture"}
+    for i, layer in enumerate(model.layers):
+        for name, p in zip(("weight", "bias"), layer.parameters()):
+            key = f"{i}.{name}"
+            expected.add(key)
+            if key not in files:
+                raise ModelFormatError(f"missing array '{key}' for layer {i} ({layer!r})")
+            data = f[key]
+            if data.shape != p.shape or data.dtype != np.float32:
+                raise ModelFormatError(f"'{key}' is {data.dtype} {list(data.shape)}, "
+                                       f"layer {i} ({layer!r}) needs float32 {list(p.shape)}")
+            p.data = np.ascontiguousarray(data)
+    if files - expected:
+        raise ModelFormatError(f"unexpected arrays {sorted(files - expected)[:5]}")
     return model.eval()

@@ -23,7 +23,7 @@ from .datasets import DatasetError, load_mnist
 from .nn import Sequential, as_model_input, mnist_cnn
 from .optim import SGD, Adam
 
-DEFAULT_EPOCHS = 12
+DEFAULT_EPOCHS = 15
 
 
 class TrainingDiverged(RuntimeError):

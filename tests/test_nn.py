@@ -1,0 +1,172 @@
+"""Layers and Sequential: gradients against finite differences, determinism, model files."""
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+import cnnfast
+import cnnfast.functional as F
+from cnnfast import nn
+from cnnfast.optim import SGD, Adam
+
+rng = np.random.default_rng(7)
+
+
+def small_model(seed=0):
+    r = np.random.default_rng(seed)
+    return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, rng=r), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(3, 4, 2, rng=r), nn.ReLU(), nn.Flatten(), nn.Dropout(0.3, rng=r),
+                         nn.Linear(4 * 2 * 2, 5, rng=r))
+
+
+def test_sequential_gradients_match_finite_differences():
+    model = small_model().train()
+    x = rng.standard_normal((3, 2, 6, 6)).astype(np.float32)
+    labels = np.array([0, 3, 4])
+    dropout_state = model.layers[6].rng.bit_generator.state
+
+    def loss_and_grad():
+        model.layers[6].rng.bit_generator.state = dropout_state  # the same dropout mask every time
+        return F.softmax_cross_entropy(model.forward(x), labels)
+
+    _, dlogits = loss_and_grad()
+    dx = model.backward(dlogits)
+    assert dx.shape == x.shape
+    checked = 0
+    for p in model.parameters():
+        analytic = p.grad.copy()
+        for c in rng.choice(p.data.size, size=min(6, p.data.size), replace=False):
+            old = p.data.flat[c]
+            p.data.flat[c] = old + 1e-3
+            plus = loss_and_grad()[0]
+            p.data.flat[c] = old - 1e-3
+            minus = loss_and_grad()[0]
+            p.data.flat[c] = old
+            assert analytic.flat[c] == pytest.approx((plus - minus) / 2e-3, rel=2e-2, abs=1e-3)
+            checked += 1
+    assert checked == 6 + 3 + 6 + 4 + 6 + 5  # min(6, size) per parameter
+
+
+def test_backward_without_input_grad_skips_dx_but_keeps_parameter_grads():
+    model = small_model().eval()
+    x = rng.standard_normal((2, 2, 6, 6)).astype(np.float32)
+    dy = rng.standard_normal((2, 5)).astype(np.float32)
+    model.forward(x)
+    dx = model.backward(dy)
+    grads = [p.grad.copy() for p in model.parameters()]
+    model.forward(x)
+    assert model.backward(dy, input_grad=False) is None
+    for g, p in zip(grads, model.parameters()):
+        np.testing.assert_array_equal(g, p.grad)
+    assert dx.shape == x.shape
+
+
+def test_default_model_has_the_keras_architecture():
+    model = nn.mnist_cnn(seed=0)
+    assert model.num_parameters() == 34826
+    assert [type(layer).__name__ for layer in model.layers] == [
+        "Conv2d", "ReLU", "MaxPool2d", "Conv2d", "ReLU", "MaxPool2d", "Flatten", "Dropout", "Linear"]
+    probs = model.predict_proba(np.zeros((3, 28, 28), np.uint8))
+    assert probs.shape == (3, 10)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0)
+
+
+def test_initialisation_is_seeded_and_pytorch_like():
+    a, b, c = nn.mnist_cnn(seed=1), nn.mnist_cnn(seed=1), nn.mnist_cnn(seed=2)
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert pa.data.tobytes() == pb.data.tobytes()
+    assert any(pa.data.tobytes() != pc.data.tobytes() for pa, pc in zip(a.parameters(), c.parameters()))
+    w = a.layers[3].weight.data  # Conv2d(32, 64, 3): uniform in +-1/sqrt(32*9)
+    bound = 1 / np.sqrt(32 * 9)
+    assert np.abs(w).max() <= bound and np.abs(w).max() > 0.95 * bound
+
+
+def test_dropout_is_identity_in_eval_and_scales_in_train():
+    d = nn.Dropout(0.5, rng=np.random.default_rng(0))
+    x = np.ones((4, 100), np.float32)
+    d.training = False
+    assert d.forward(x) is x and d.backward(x) is x
+    d.training = True
+    y = d.forward(x)
+    assert set(np.unique(y)) <= {0.0, 2.0}
+    with pytest.raises(ValueError):
+        nn.Dropout(1.0)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = small_model(seed=3)
+    path = model.save(tmp_path / "m.npz")
+    loaded = cnnfast.load_model(path)
+    assert loaded.architecture() == model.architecture()
+    for p, q in zip(model.parameters(), loaded.parameters()):
+        assert p.data.tobytes() == q.data.tobytes()
+    x = rng.standard_normal((4, 2, 6, 6)).astype(np.float32)
+    model.eval()
+    np.testing.assert_array_equal(model.forward(x), loaded.forward(x))
+    assert not loaded.training
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_predict_accepts_uint8_and_float_images():
+    model = nn.mnist_cnn(seed=0)
+    images = rng.integers(0, 256, (5, 28, 28)).astype(np.uint8)
+    labels = model.predict(images)
+    assert labels.dtype == np.int64 and labels.shape == (5,)
+    np.testing.assert_array_equal(labels, model.predict(images.astype(np.float32)[:, None] / 255))
+    with pytest.raises(ValueError, match="images must be uint8"):
+        model.predict(np.zeros((5, 28, 28), np.float64))
+
+
+@pytest.mark.parametrize("make_bad", [
+    lambda p: p.write_bytes(b"not a zip at all"),
+    lambda p: p.write_bytes(zipfile.ZipFile.__doc__.encode()[:10]),
+    lambda p: np.savez(p, something=np.zeros(3)),
+    lambda p: np.save(p, np.zeros(3)),
+    lambda p: np.savez(p, format=np.array("cnnfast-model-v1"), architecture=np.array("{not json")),
+    lambda p: np.savez(p, format=np.array("cnnfast-model-v1"),
+                       architecture=np.array(json.dumps([{"type": "os.system", "cmd": 1}]))),
+    lambda p: np.savez(p, format=np.array("cnnfast-model-v1"),
+                       architecture=np.array(json.dumps([{"type": "Linear", "in_features": 3, "out_features": 2}])),
+                       **{"0.weight": np.zeros((2, 4), np.float32), "0.bias": np.zeros(2, np.float32)}),
+    lambda p: np.savez(p, format=np.array("cnnfast-model-v1"),
+                       architecture=np.array(json.dumps([{"type": "Linear", "in_features": 3, "out_features": 2}])),
+                       **{"0.weight": np.zeros((2, 3), np.float32)}),
+    lambda p: np.savez(p, format=np.array("cnnfast-model-v1"),
+                       architecture=np.array(json.dumps([{"type": "Linear", "in_features": 3, "out_features": 2}])),
+                       **{"0.weight": np.array([object()] * 6, dtype=object).reshape(2, 3),
+                          "0.bias": np.zeros(2, np.float32)}),
+])
+def test_loading_a_bad_file_is_a_clear_error(tmp_path, make_bad):
+    path = tmp_path / "bad.npz"
+    make_bad(path)
+    if not path.exists():  # np.save appends .npy
+        path = tmp_path / "bad.npz.npy"
+    with pytest.raises(nn.ModelFormatError, match="bad.npz"):
+        cnnfast.load_model(path)
+
+
+def test_loading_a_truncated_model_is_a_clear_error(tmp_path):
+    path = nn.mnist_cnn().save(tmp_path / "m.npz")
+    data = (tmp_path / "m.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(nn.ModelFormatError, match="cut.npz"):
+        cnnfast.load_model(tmp_path / "cut.npz")
+    with pytest.raises(FileNotFoundError):
+        cnnfast.load_model(tmp_path / "missing.npz")
+
+
+@pytest.mark.parametrize("make_optimizer", [lambda ps: Adam(ps, lr=1e-2), lambda ps: SGD(ps, lr=0.1, momentum=0.9)])
+def test_optimizers_reduce_the_loss(make_optimizer):
+    model = small_model(seed=5).train()
+    model.layers[6].p = 0.0
+    x = rng.standard_normal((16, 2, 6, 6)).astype(np.float32)
+    labels = rng.integers(0, 5, 16)
+    optimizer = make_optimizer(model.parameters())
+    losses = []
+    for _ in range(30):
+        loss, dlogits = F.softmax_cross_entropy(model.forward(x), labels)
+        model.backward(dlogits, input_grad=False)
+        optimizer.step()
+        losses.append(loss)
+    assert losses[-1] < 0.5 * losses[0]

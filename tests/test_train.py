@@ -1,0 +1,107 @@
+"""python -m cnnfast.train: argument checks, data errors, determinism, and a real short run."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import cnnfast
+from cnnfast import train
+from cnnfast.datasets import load_mnist
+
+from _idx_helpers import synthetic_mnist, write_mnist_dir
+from conftest import mnist_dir
+
+
+@pytest.fixture
+def synthetic_dir(tmp_path):
+    directory = tmp_path / "data"
+    directory.mkdir()
+    write_mnist_dir(directory, synthetic_mnist(n_train=300, n_test=50, seed=1))
+    return str(directory)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--epochs", "-1"], "--epochs must be at least 1"),
+    (["--epochs", "0"], "--epochs must be at least 1"),
+    (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--optimizer", "rmsprop"], "invalid choice: 'rmsprop'"),
+    (["--lr", "-0.1"], "--lr must be a positive number"),
+    (["--lr", "nan"], "--lr must be a positive number"),
+    (["--threads", "0"], "--threads must be at least 1"),
+    (["--limit", "0"], "--limit must be at least 1"),
+    (["--out", "/nonexistent-dir/model.npz"], "cannot be written"),
+    (["--out", "/"], "is a directory"),
+])
+def test_bad_arguments_fail_before_any_work(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--data-dir", "/nonexistent-data"] + args)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_data_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("CNNFAST_DATA", raising=False)
+    monkeypatch.setenv("CNNFAST_MNIST_MIRRORS", "http://127.0.0.1:9/")  # nothing listens there
+    code = train.main(["--data-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "m.npz")])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "CNNFAST_DATA" in err and str(tmp_path / "empty") in err
+    assert not (tmp_path / "m.npz").exists()
+
+
+def test_same_seed_gives_bit_identical_weights(synthetic_dir, tmp_path, threads):
+    def run(name, seed):
+        out = tmp_path / name
+        assert train.main(["--data-dir", synthetic_dir, "--no-verify", "--epochs", "2", "--batch-size", "32",
+                           "--seed", str(seed), "--threads", "2", "--out", str(out)]) == 0
+        return [p.data for p in cnnfast.load_model(out).parameters()]
+
+    a, b, c = run("a.npz", 3), run("b.npz", 3), run("c.npz", 4)
+    assert all(x.tobytes() == y.tobytes() for x, y in zip(a, b))
+    assert any(x.tobytes() != y.tobytes() for x, y in zip(a, c))
+
+
+def test_json_output_and_sgd(synthetic_dir, tmp_path, capsys):
+    out = tmp_path / "m.npz"
+    code = train.main(["--data-dir", synthetic_dir, "--no-verify", "--epochs", "1", "--optimizer", "sgd",
+                       "--limit", "100", "--out", str(out), "--json"])
+    assert code == 0
+    captured = capsys.readouterr()
+    metrics = json.loads(captured.out)  # stdout holds only the JSON object
+    assert set(metrics) >= {"test_accuracy", "train_accuracy", "epochs", "seconds", "images_per_second", "model_path"}
+    assert metrics["epochs"] == 1 and metrics["model_path"] == str(out)
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0 and metrics["images_per_second"] > 0
+    assert "epoch  1/1" in captured.err and "saved the model" in captured.err
+
+
+def test_divergence_stops_with_a_message_and_saves_nothing(synthetic_dir, tmp_path, capsys):
+    out = tmp_path / "m.npz"
+    code = train.main(["--data-dir", synthetic_dir, "--no-verify", "--epochs", "3", "--optimizer", "sgd",
+                       "--lr", "1e30", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "diverged in epoch 1" in err and "lower learning rate" in err
+    assert not out.exists()
+
+
+def test_help_explains_itself():
+    out = subprocess.run([sys.executable, "-m", "cnnfast.train", "--help"], capture_output=True, text=True, check=True)
+    for flag in ("--epochs", "--batch-size", "--lr", "--optimizer", "--seed", "--threads", "--data-dir",
+                 "--no-verify", "--out", "--limit", "--json"):
+        assert flag in out.stdout
+    assert "Conv2d(1,32,3)" in out.stdout
+
+
+def test_short_real_training_run_exceeds_95_percent(tmp_path):
+    data = mnist_dir()
+    out = tmp_path / "m.npz"
+    code = train.main(["--data-dir", data, "--epochs", "1", "--limit", "20000", "--batch-size", "32",
+                       "--out", str(out), "--json"])
+    assert code == 0
+    _, _, x_test, y_test = load_mnist(data)
+    accuracy = (cnnfast.load_model(out).predict(x_test[:2000]) == y_test[:2000]).mean()
+    assert accuracy > 0.95, accuracy
