@@ -12,6 +12,9 @@
 #include <string>
 #include <vector>
 #include <omp.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #include "gemm.hpp"
 #include "kernels.hpp"
@@ -422,6 +425,14 @@ py::dict build_info() {
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "cnnfast's compiled kernels (private: use cnnfast.functional)";
+#if defined(__GLIBC__)
+  // Training allocates the same large activation arrays (up to ~11 MB) at every step. glibc
+  // serves blocks over 128 KiB with mmap and unmaps them on free, so every step would fault in
+  // and zero tens of MB afresh (about a fifth of a step). Serving them from the heap, and not
+  // trimming it, lets each step reuse the memory the previous step freed.
+  mallopt(M_MMAP_THRESHOLD, 256 << 20);
+  mallopt(M_TRIM_THRESHOLD, 512 << 20);
+#endif
   using namespace pybind11::literals;
 
   m.def("conv2d", &conv2d, "x"_a, "w"_a, "b"_a, "padding"_a = 0);

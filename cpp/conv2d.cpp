@@ -22,11 +22,12 @@ struct ConvShape {
 };
 
 // x_n: [C, H, W] -> col: [C*R*S, Ho*Wo], col[(c*R + r)*S + s][oh*Wo + ow] = x[c][oh+r-pad][ow+s-pad]
-void im2col(float* col, const float* x, const ConvShape& s) {
+// Rows of col are `ld` floats apart (ld = Ho*Wo for one image; more when images sit side by side).
+void im2col(float* col, const float* x, const ConvShape& s, i64 ld) {
   for (i64 c = 0; c < s.C; ++c)
     for (i64 r = 0; r < s.R; ++r)
       for (i64 q = 0; q < s.S; ++q) {
-        float* row = col + ((c * s.R + r) * s.S + q) * s.P();
+        float* row = col + ((c * s.R + r) * s.S + q) * ld;
         // output columns whose input column ow+q-pad lies inside [0, W)
         const i64 ow_lo = std::clamp<i64>(s.pad - q, 0, s.Wo), ow_hi = std::clamp<i64>(s.W + s.pad - q, ow_lo, s.Wo);
         for (i64 oh = 0; oh < s.Ho; ++oh) {
@@ -72,7 +73,7 @@ void conv2d_forward(float* y, const float* x, const float* w, const float* b,
   for (i64 n = 0; n < N; ++n) {
     float* col = cols.data() + size_t(omp_get_thread_num()) * CRS * P;
     float* yn = y + n * K * P;
-    im2col(col, x + n * C * H * W, s);
+    im2col(col, x + n * C * H * W, s, P);
     for (i64 k = 0; k < K; ++k) std::fill(yn + k * P, yn + (k + 1) * P, b[k]);
     sgemm(false, false, K, P, CRS, w, CRS, col, P, yn, P, /*accumulate=*/true);
   }
@@ -95,36 +96,60 @@ void conv2d_backward_input(float* dx, const float* w, const float* dy,
 }
 
 // x: [N, C, H, W], dy: [N, K, Ho, Wo] -> dw: [K, C, R, S], db: [K]
-// dw[K, C*R*S] = sum_n dy_n[K, Ho*Wo] col_n^T. The batch's im2col is built once (in parallel
-// over images); then each thread owns a block of output channels (rows of dw) and sums the
-// images in order, so no two threads write the same dw element and no atomics are needed.
+// dw[K, C*R*S] = sum_n dy_n[K, Ho*Wo] col_n^T: a product whose summed dimension runs over every
+// pixel of every image. The batch is cut into a fixed number of chunks (set by N, never by the
+// thread count, so the summation order and the result do not depend on threads); for each chunk
+// the images' im2col matrices and dy rows are laid side by side, [C*R*S, n*Ho*Wo] and
+// [K, n*Ho*Wo], so one long GEMM (packing each operand once) gives the chunk's partial dw.
+// Threads take whole chunks; the partial sums are then added in chunk order.
 void conv2d_backward_weight(float* dw, float* db, const float* x, const float* dy,
                             i64 N, i64 C, i64 H, i64 W, i64 K, i64 R, i64 S, i64 pad) {
   const ConvShape s(C, H, W, K, R, S, pad);
   const i64 P = s.P(), CRS = s.CRS();
-  const int nt = threads_for(double(N) * K * P * CRS);
-  std::vector<float> cols(size_t(N) * CRS * P);
+  const i64 chunks = std::max<i64>(1, std::min<i64>(N, 8));
+  const i64 per_chunk = (N + chunks - 1) / chunks;
+  const int nt = std::max(1, std::min<int>(threads_for(double(N) * K * P * CRS), int(chunks)));
+  // Rows of the product: output channels (dw as is) or taps (dw transposed), whichever wastes
+  // less of the micro-kernel's tile (conv1 has 9 taps: as columns they would fill 9 of 32).
+  const MicroKernel& mk = active_microkernel();
+  auto padded = [](i64 v, i64 unit) { return (v + unit - 1) / unit * unit; };
+  const bool taps_as_rows = padded(CRS, mk.mr) * padded(K, mk.nr) < padded(K, mk.mr) * padded(CRS, mk.nr);
+  std::vector<float> partial(size_t(chunks) * K * CRS);
+  const size_t scratch_per_thread = size_t(CRS + K) * per_chunk * P;
+  std::vector<float> scratch(size_t(nt) * scratch_per_thread);
 #pragma omp parallel for num_threads(nt) schedule(static)
-  for (i64 n = 0; n < N; ++n) im2col(cols.data() + n * CRS * P, x + n * C * H * W, s);
-
-  const i64 mr = active_microkernel().mr;
-  const i64 rows_per_thread = ((K + nt - 1) / nt + mr - 1) / mr * mr;
-#pragma omp parallel for num_threads(nt) schedule(static)
-  for (int t = 0; t < nt; ++t) {
-    const i64 k0 = t * rows_per_thread, rows = std::min(rows_per_thread, K - k0);
-    if (rows <= 0) continue;
-    if (N == 0) std::fill(dw + k0 * CRS, dw + (k0 + rows) * CRS, 0.0f);
-    for (i64 n = 0; n < N; ++n)
-      sgemm(false, true, rows, CRS, P, dy + (n * K + k0) * P, P, cols.data() + n * CRS * P, P,
-            dw + k0 * CRS, CRS, /*accumulate=*/n > 0);
-    for (i64 k = k0; k < k0 + rows; ++k) {  // db[k] = sum over images and pixels, in double
-      double sum = 0.0;
-      for (i64 n = 0; n < N; ++n) {
-        const float* d = dy + (n * K + k) * P;
-        for (i64 p = 0; p < P; ++p) sum += d[p];
-      }
-      db[k] = float(sum);
+  for (i64 chunk = 0; chunk < chunks; ++chunk) {
+    const i64 n0 = chunk * per_chunk, n1 = std::min(N, n0 + per_chunk), L = (n1 - n0) * P;
+    float* out = partial.data() + chunk * K * CRS;
+    if (L <= 0) { std::fill(out, out + K * CRS, 0.0f); continue; }
+    float* col = scratch.data() + size_t(omp_get_thread_num()) * scratch_per_thread;  // [CRS, L]
+    float* dy_rows = col + CRS * L;                                                  // [K, L]
+    for (i64 n = n0; n < n1; ++n) {
+      im2col(col + (n - n0) * P, x + n * C * H * W, s, L);
+      for (i64 k = 0; k < K; ++k)
+        std::copy(dy + (n * K + k) * P, dy + (n * K + k + 1) * P, dy_rows + k * L + (n - n0) * P);
     }
+    if (taps_as_rows)
+      sgemm(false, true, CRS, K, L, col, L, dy_rows, L, out, K, false);   // out: [CRS, K]
+    else
+      sgemm(false, true, K, CRS, L, dy_rows, L, col, L, out, CRS, false);  // out: [K, CRS]
+  }
+  const i64 total = K * CRS;
+#pragma omp parallel for num_threads(threads_for(double(total) * chunks)) schedule(static)
+  for (i64 i = 0; i < total; ++i) {  // i = k*CRS + t
+    const i64 at = taps_as_rows ? (i % CRS) * K + i / CRS : i;
+    float sum = 0.0f;
+    for (i64 chunk = 0; chunk < chunks; ++chunk) sum += partial[size_t(chunk) * total + at];
+    dw[i] = sum;
+  }
+#pragma omp parallel for num_threads(threads_for(double(N) * K * P)) schedule(static)
+  for (i64 k = 0; k < K; ++k) {  // db[k] = sum over images and pixels, in double
+    double sum = 0.0;
+    for (i64 n = 0; n < N; ++n) {
+      const float* d = dy + (n * K + k) * P;
+      for (i64 p = 0; p < P; ++p) sum += d[p];
+    }
+    db[k] = float(sum);
   }
 }
 

@@ -2,6 +2,8 @@
 // depends only on (seed, element index): the same for any thread count, and reproducible.
 #include "kernels.hpp"
 
+#include <algorithm>
+
 namespace cnnfast {
 namespace {
 
@@ -15,17 +17,19 @@ inline std::uint64_t mix(std::uint64_t seed, std::uint64_t i) {
 
 }  // namespace
 
-// x: [n] -> y: [n], mask: [n]; element i is kept when its uniform draw u_i >= p
+// x: [n] -> y: [n], mask: [n]. One 64-bit draw serves four elements: element i is kept when
+// its 16-bit slice u_i of draw i/4 satisfies u_i >= p * 65536 (p is resolved to 1/65536).
 void dropout_forward(float* y, std::uint8_t* mask, const float* x, i64 n, float p, std::uint64_t seed) {
-  const float scale = p < 1.0f ? 1.0f / (1.0f - p) : 0.0f;
-  const double threshold = double(p);
+  const std::uint32_t threshold = std::uint32_t(double(p) * 65536.0 + 0.5);  // 0..65536
+  const i64 groups = (n + 3) / 4;
 #pragma omp parallel for num_threads(threads_for(n / 4.0)) schedule(static)
-  for (i64 i = 0; i < n; ++i) {
-    const double u = double(mix(seed, std::uint64_t(i)) >> 11) * 0x1.0p-53;  // uniform in [0, 1)
-    const bool keep = u >= threshold;
-    mask[i] = keep;
-    y[i] = keep ? x[i] * scale : 0.0f;
+  for (i64 g = 0; g < groups; ++g) {  // integer work only: the mask
+    const std::uint64_t bits = mix(seed, std::uint64_t(g));
+    const i64 end = std::min<i64>(n, 4 * g + 4);
+    for (i64 i = 4 * g; i < end; ++i)
+      mask[i] = (std::uint32_t(bits >> (16 * (i - 4 * g))) & 0xFFFFu) >= threshold;
   }
+  dropout_backward(y, mask, x, n, p);  // then y = x * mask / (1 - p), a vectorised select
 }
 
 // dy, mask: [n] -> dx: [n] = dy * mask / (1 - p)

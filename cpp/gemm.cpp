@@ -22,12 +22,23 @@ inline float a_at(bool t, const float* A, i64 lda, i64 i, i64 k) { return t ? A[
 inline float b_at(bool t, const float* B, i64 ldb, i64 k, i64 j) { return t ? B[j * ldb + k] : B[k * ldb + j]; }
 
 // op(A)[i0 : i0+mc, k0 : k0+kc] -> panels of mr rows: dst[p*kc + k*mr + i]
+// (the loops follow A's memory order, so reads are contiguous; rows past the edge are zeros)
 void pack_a(float* dst, bool trans_a, const float* A, i64 lda, i64 i0, i64 k0, i64 mc, i64 kc, int mr) {
   for (i64 p = 0; p < mc; p += mr, dst += mr * kc) {
     const i64 rows = std::min<i64>(mr, mc - p);
-    for (i64 k = 0; k < kc; ++k)
-      for (i64 i = 0; i < mr; ++i)
-        dst[k * mr + i] = i < rows ? a_at(trans_a, A, lda, i0 + p + i, k0 + k) : 0.0f;
+    if (trans_a) {
+      for (i64 k = 0; k < kc; ++k) {
+        const float* src = A + (k0 + k) * lda + i0 + p;
+        for (i64 i = 0; i < rows; ++i) dst[k * mr + i] = src[i];
+      }
+    } else {
+      for (i64 i = 0; i < rows; ++i) {
+        const float* src = A + (i0 + p + i) * lda + k0;
+        for (i64 k = 0; k < kc; ++k) dst[k * mr + i] = src[k];
+      }
+    }
+    for (i64 i = rows; i < mr; ++i)
+      for (i64 k = 0; k < kc; ++k) dst[k * mr + i] = 0.0f;
   }
 }
 
@@ -35,14 +46,19 @@ void pack_a(float* dst, bool trans_a, const float* A, i64 lda, i64 i0, i64 k0, i
 void pack_b(float* dst, bool trans_b, const float* B, i64 ldb, i64 k0, i64 j0, i64 kc, i64 nc, int nr) {
   for (i64 q = 0; q < nc; q += nr, dst += nr * kc) {
     const i64 cols = std::min<i64>(nr, nc - q);
-    for (i64 k = 0; k < kc; ++k) {
-      float* d = dst + k * nr;
-      if (!trans_b) {
-        std::memcpy(d, B + (k0 + k) * ldb + j0 + q, sizeof(float) * cols);
-      } else {
-        for (i64 j = 0; j < cols; ++j) d[j] = B[(j0 + q + j) * ldb + k0 + k];
+    if (trans_b) {
+      for (i64 j = 0; j < cols; ++j) {
+        const float* src = B + (j0 + q + j) * ldb + k0;
+        for (i64 k = 0; k < kc; ++k) dst[k * nr + j] = src[k];
       }
-      for (i64 j = cols; j < nr; ++j) d[j] = 0.0f;
+      for (i64 k = 0; k < kc; ++k)
+        for (i64 j = cols; j < nr; ++j) dst[k * nr + j] = 0.0f;
+    } else {
+      for (i64 k = 0; k < kc; ++k) {
+        float* d = dst + k * nr;
+        std::memcpy(d, B + (k0 + k) * ldb + j0 + q, sizeof(float) * cols);
+        for (i64 j = cols; j < nr; ++j) d[j] = 0.0f;
+      }
     }
   }
 }

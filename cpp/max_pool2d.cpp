@@ -5,6 +5,36 @@
 #include <algorithm>
 
 namespace cnnfast {
+namespace {
+
+typedef float f32x4 __attribute__((vector_size(16)));
+typedef std::int32_t i32x4 __attribute__((vector_size(16)));
+
+inline f32x4 load4(const float* p) { f32x4 v; __builtin_memcpy(&v, p, sizeof v); return v; }
+
+// Four adjacent 2x2 windows: rows r0 and r1 hold 8 floats each (a b a b ...); even lanes are each
+// window's left column, odd lanes its right. The rule is the scalar one, as vector selects:
+// a later value wins when it is larger, or when it is NaN and the best so far is not.
+inline void pool2_four(float* y, std::int32_t* argmax, const float* r0, const float* r1,
+                       std::int32_t first_index, std::int32_t W) {
+  const f32x4 top0 = load4(r0), top1 = load4(r0 + 4), bottom0 = load4(r1), bottom1 = load4(r1 + 4);
+  const f32x4 candidates[3] = {__builtin_shufflevector(top0, top1, 1, 3, 5, 7),
+                               __builtin_shufflevector(bottom0, bottom1, 0, 2, 4, 6),
+                               __builtin_shufflevector(bottom0, bottom1, 1, 3, 5, 7)};
+  f32x4 best = __builtin_shufflevector(top0, top1, 0, 2, 4, 6);
+  i32x4 which = {0, 0, 0, 0};
+  for (int i = 0; i < 3; ++i) {
+    const f32x4 v = candidates[i];
+    const i32x4 take = (v > best) | ((v != v) & (best == best));
+    best = take ? v : best;
+    which = take ? i32x4{i + 1, i + 1, i + 1, i + 1} : which;
+  }
+  const i32x4 index = first_index + i32x4{0, 2, 4, 6} + (which & 1) + (which >> 1) * W;
+  __builtin_memcpy(y, &best, sizeof best);
+  __builtin_memcpy(argmax, &index, sizeof index);
+}
+
+}  // namespace
 
 // x: [N, C, H, W] -> y: [N, C, H/k, W/k], argmax: [N, C, H/k, W/k]
 // argmax holds the winner's index h*W + w inside its (n, c) plane; the first maximum wins
@@ -17,19 +47,22 @@ void max_pool2d_forward(float* y, std::int32_t* argmax, const float* x,
     const float* xp = x + plane * H * W;
     float* yp = y + plane * Ho * Wo;
     std::int32_t* ap = argmax + plane * Ho * Wo;
-    if (k == 2) {  // the common case, unrolled: the same rule (first maximum, NaN wins)
+    if (k == 2) {  // the common case, unrolled and branch-free: the same rule (first max, NaN wins)
       for (i64 oh = 0; oh < Ho; ++oh) {
         const float* r0 = xp + 2 * oh * W;
         const float* r1 = r0 + W;
-        for (i64 ow = 0; ow < Wo; ++ow) {
+        const std::int32_t row_start = std::int32_t(2 * oh * W);
+        i64 ow = 0;
+        for (; ow + 4 <= Wo; ow += 4)  // four windows at a time in 16-byte vectors
+          pool2_four(yp + oh * Wo + ow, ap + oh * Wo + ow, r0 + 2 * ow, r1 + 2 * ow,
+                     row_start + std::int32_t(2 * ow), std::int32_t(W));
+        for (; ow < Wo; ++ow) {
           const float v[4] = {r0[2 * ow], r0[2 * ow + 1], r1[2 * ow], r1[2 * ow + 1]};
-          const i64 at[4] = {2 * oh * W + 2 * ow, 2 * oh * W + 2 * ow + 1, (2 * oh + 1) * W + 2 * ow,
-                             (2 * oh + 1) * W + 2 * ow + 1};
-          int best = 0;
+          int which = 0;
           for (int i = 1; i < 4; ++i)
-            if (v[i] > v[best] || (v[i] != v[i] && v[best] == v[best])) best = i;
-          yp[oh * Wo + ow] = v[best];
-          ap[oh * Wo + ow] = std::int32_t(at[best]);
+            if (v[i] > v[which] || (v[i] != v[i] && v[which] == v[which])) which = i;
+          yp[oh * Wo + ow] = v[which];
+          ap[oh * Wo + ow] = row_start + std::int32_t(2 * ow) + (which & 1) + (which >> 1) * std::int32_t(W);
         }
       }
       continue;

@@ -170,6 +170,16 @@ def test_max_pool2d_finite_differences():
                                rtol=1e-2, atol=1e-3)
 
 
+def test_max_pool2d_nan_wins_its_window_on_every_path():
+    x = rand(2, 3, 8, 13)  # 6 windows a row: the 4-wide vector path and the scalar tail
+    x[rng.random(x.shape) < 0.1] = np.nan
+    y, argmax = F.max_pool2d(x, 2)
+    ry, rargmax = ref.max_pool2d(x, 2)  # numpy's max/argmax: NaN wins, the first NaN's index
+    np.testing.assert_array_equal(y, ry.astype(np.float32))
+    np.testing.assert_array_equal(argmax, rargmax)
+    assert np.isnan(y).any()
+
+
 def test_max_pool2d_ties_pick_first_and_nan_propagates():
     x = np.ones((1, 1, 2, 2), np.float32)
     y, argmax = F.max_pool2d(x, 2)
