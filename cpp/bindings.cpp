@@ -137,7 +137,7 @@ py::array_t<float> conv2d_naive(py::handle x_, py::handle w_, py::handle b_, i64
   return y;
 }
 
-py::tuple conv2d_backward(py::handle x_, py::handle w_, py::handle dy_, i64 padding, bool input_grad) {
+py::tuple conv2d_grad(py::handle x_, py::handle w_, py::handle dy_, i64 padding, bool input_grad) {
   auto x = checked<float>(x_, "x", 4, "[N, C, H, W]");
   auto w = checked<float>(w_, "w", 4, "[K, C, R, S]");
   auto dy = checked<float>(dy_, "dy", 4, "[N, K, Ho, Wo]");
@@ -150,9 +150,8 @@ py::tuple conv2d_backward(py::handle x_, py::handle w_, py::handle dy_, i64 padd
   float *dxp = dx.mutable_data(), *dwp = dw.mutable_data(), *dbp = db.mutable_data();
   {
     py::gil_scoped_release nogil;
-    if (input_grad)
-      conv2d_backward_input(dxp, w.data(), dy.data(), c.N, c.C, c.H, c.W, c.K, c.R, c.S, c.pad);
-    conv2d_backward_weight(dwp, dbp, x.data(), dy.data(), c.N, c.C, c.H, c.W, c.K, c.R, c.S, c.pad);
+    conv2d_backward(input_grad ? dxp : nullptr, dwp, dbp, x.data(), w.data(), dy.data(), c.N, c.C, c.H,
+                    c.W, c.K, c.R, c.S, c.pad);
   }
   return py::make_tuple(input_grad ? py::object(dx) : py::object(py::none()), dw, db);
 }
@@ -437,7 +436,7 @@ PYBIND11_MODULE(_core, m) {
 
   m.def("conv2d", &conv2d, "x"_a, "w"_a, "b"_a, "padding"_a = 0);
   m.def("conv2d_naive", &conv2d_naive, "x"_a, "w"_a, "b"_a, "padding"_a = 0);
-  m.def("conv2d_backward", &conv2d_backward, "x"_a, "w"_a, "dy"_a, "padding"_a = 0, "input_grad"_a = true);
+  m.def("conv2d_backward", &conv2d_grad, "x"_a, "w"_a, "dy"_a, "padding"_a = 0, "input_grad"_a = true);
   m.def("relu", &relu, "x"_a);
   m.def("relu_backward", &relu_grad, "x"_a, "dy"_a);
   m.def("max_pool2d", &max_pool2d, "x"_a, "k"_a);

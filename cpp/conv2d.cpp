@@ -1,8 +1,17 @@
 // conv2d: stride 1, zero padding, PyTorch weight layout [K, C, R, S].
 //
-// Fast path (im2col + GEMM): for one image, gather every receptive field into a matrix
-// col[C*R*S, Ho*Wo] (padding becomes zeros), then the convolution is one matrix product
-// y_n[K, Ho*Wo] = w[K, C*R*S] col. Each thread works on whole images, with its own col buffer.
+// Fast path (patch rows + GEMM). An image is first copied into a zero-bordered channels-last
+// copy xp[H+2p][W+2p][C]; then every output pixel's receptive field is one contiguous "patch
+// row" of R*S*C taps (R copies of S*C floats), and with the weights reordered to
+// wt[K][R][S][C] the convolution is one matrix product: y^T[pixels, K] = rows[pixels, RSC] wt^T.
+// Because rows, dy and wt are all stored with the summed dimension where the GEMM packs it from,
+// packing is plain row copies (no strided transposes), which is what kept the earlier
+// im2col[C*R*S, pixels] layout far from the micro-kernel's speed.
+//
+// Blocking: a few images are laid side by side (a chunk of ~2,048 pixels, so its operands stay
+// near L2 and the GEMM's edge tiles and packing of wt are amortised), and each thread takes
+// whole chunks. The chunking depends only on the shapes, never on the thread count, so the
+// weight gradient, summed over chunks in chunk order, is the same for any number of threads.
 #include "gemm.hpp"
 
 #include <algorithm>
@@ -14,50 +23,77 @@ namespace cnnfast {
 namespace {
 
 struct ConvShape {
-  i64 C, H, W, K, R, S, pad, Ho, Wo;
+  i64 C, H, W, K, R, S, pad, Ho, Wo, Hp, Wp;
   ConvShape(i64 C, i64 H, i64 W, i64 K, i64 R, i64 S, i64 pad)
-      : C(C), H(H), W(W), K(K), R(R), S(S), pad(pad), Ho(H + 2 * pad - R + 1), Wo(W + 2 * pad - S + 1) {}
+      : C(C), H(H), W(W), K(K), R(R), S(S), pad(pad), Ho(H + 2 * pad - R + 1), Wo(W + 2 * pad - S + 1),
+        Hp(H + 2 * pad), Wp(W + 2 * pad) {}
   i64 P() const { return Ho * Wo; }        // output pixels per channel
-  i64 CRS() const { return C * R * S; }    // taps per output pixel
+  i64 taps() const { return C * R * S; }   // patch row length
 };
 
-// x_n: [C, H, W] -> col: [C*R*S, Ho*Wo], col[(c*R + r)*S + s][oh*Wo + ow] = x[c][oh+r-pad][ow+s-pad]
-// Rows of col are `ld` floats apart (ld = Ho*Wo for one image; more when images sit side by side).
-void im2col(float* col, const float* x, const ConvShape& s, i64 ld) {
+// Images per chunk and number of chunks: ~2,048 pixels per chunk, at least one image.
+struct Chunking {
+  i64 per_chunk, chunks;
+  Chunking(i64 N, i64 P)
+      : per_chunk(std::max<i64>(1, std::min<i64>(std::max<i64>(N, 1), 2048 / std::max<i64>(P, 1)))),
+        chunks((N + per_chunk - 1) / per_chunk) {}
+};
+
+// x_n: [C, H, W] -> xp: [H+2p, W+2p, C], zeros in the border
+void to_padded_nhwc(float* xp, const float* x, const ConvShape& s) {
+  std::fill(xp, xp + s.Hp * s.Wp * s.C, 0.0f);
   for (i64 c = 0; c < s.C; ++c)
-    for (i64 r = 0; r < s.R; ++r)
-      for (i64 q = 0; q < s.S; ++q) {
-        float* row = col + ((c * s.R + r) * s.S + q) * ld;
-        // output columns whose input column ow+q-pad lies inside [0, W)
-        const i64 ow_lo = std::clamp<i64>(s.pad - q, 0, s.Wo), ow_hi = std::clamp<i64>(s.W + s.pad - q, ow_lo, s.Wo);
-        for (i64 oh = 0; oh < s.Ho; ++oh) {
-          float* out = row + oh * s.Wo;
-          const i64 ih = oh + r - s.pad;
-          if (ih < 0 || ih >= s.H) { std::fill(out, out + s.Wo, 0.0f); continue; }
-          const float* in = x + (c * s.H + ih) * s.W;  // input column of output column ow: ow+q-pad
-          std::fill(out, out + ow_lo, 0.0f);
-          std::copy(in + (ow_lo + q - s.pad), in + (ow_hi + q - s.pad), out + ow_lo);
-          std::fill(out + ow_hi, out + s.Wo, 0.0f);
-        }
-      }
+    for (i64 h = 0; h < s.H; ++h) {
+      const float* src = x + (c * s.H + h) * s.W;
+      float* dst = xp + ((h + s.pad) * s.Wp + s.pad) * s.C + c;
+      for (i64 w = 0; w < s.W; ++w) dst[w * s.C] = src[w];
+    }
 }
 
-// The adjoint of im2col: dx_n[c][ih][iw] = sum of every col entry that was gathered from it.
-void col2im(float* dx, const float* col, const ConvShape& s) {
-  std::fill(dx, dx + s.C * s.H * s.W, 0.0f);
+// xp: [H+2p, W+2p, C] -> dx_n: [C, H, W] (the border is dropped)
+void from_padded_nhwc(float* dx, const float* xp, const ConvShape& s) {
   for (i64 c = 0; c < s.C; ++c)
-    for (i64 r = 0; r < s.R; ++r)
-      for (i64 q = 0; q < s.S; ++q) {
-        const float* row = col + ((c * s.R + r) * s.S + q) * s.P();
-        const i64 ow_lo = std::clamp<i64>(s.pad - q, 0, s.Wo), ow_hi = std::clamp<i64>(s.W + s.pad - q, ow_lo, s.Wo);
-        for (i64 oh = 0; oh < s.Ho; ++oh) {
-          const i64 ih = oh + r - s.pad;
-          if (ih < 0 || ih >= s.H) continue;
-          float* out = dx + (c * s.H + ih) * s.W;
-          const float* in = row + oh * s.Wo;
-          for (i64 ow = ow_lo; ow < ow_hi; ++ow) out[ow + q - s.pad] += in[ow];
-        }
+    for (i64 h = 0; h < s.H; ++h) {
+      const float* src = xp + ((h + s.pad) * s.Wp + s.pad) * s.C + c;
+      float* dst = dx + (c * s.H + h) * s.W;
+      for (i64 w = 0; w < s.W; ++w) dst[w] = src[w * s.C];
+    }
+}
+
+// xp -> rows: [Ho*Wo, R*S*C], rows[oh*Wo + ow][(r*S + q)*C + c] = xp[oh + r][ow + q][c]
+void im2row(float* rows, const float* xp, const ConvShape& s) {
+  const i64 span = s.S * s.C;  // for fixed r, the taps (q, c) are contiguous in xp
+  for (i64 oh = 0; oh < s.Ho; ++oh)
+    for (i64 ow = 0; ow < s.Wo; ++ow) {
+      float* row = rows + (oh * s.Wo + ow) * s.taps();
+      for (i64 r = 0; r < s.R; ++r) std::memcpy(row + r * span, xp + ((oh + r) * s.Wp + ow) * s.C, sizeof(float) * span);
+    }
+}
+
+// The adjoint of im2row: xp[oh + r][ow + q][c] += rows[oh*Wo + ow][(r*S + q)*C + c] (xp zeroed first)
+void row2im(float* xp, const float* rows, const ConvShape& s) {
+  const i64 span = s.S * s.C;
+  std::fill(xp, xp + s.Hp * s.Wp * s.C, 0.0f);
+  for (i64 oh = 0; oh < s.Ho; ++oh)
+    for (i64 ow = 0; ow < s.Wo; ++ow) {
+      const float* row = rows + (oh * s.Wo + ow) * s.taps();
+      for (i64 r = 0; r < s.R; ++r) {
+        float* dst = xp + ((oh + r) * s.Wp + ow) * s.C;
+        const float* src = row + r * span;
+        for (i64 i = 0; i < span; ++i) dst[i] += src[i];
       }
+    }
+}
+
+// w: [K, C, R, S] -> wt: [K, R, S, C]
+std::vector<float> weights_rsc(const float* w, const ConvShape& s) {
+  std::vector<float> wt(size_t(s.K) * s.taps());
+  for (i64 k = 0; k < s.K; ++k)
+    for (i64 c = 0; c < s.C; ++c)
+      for (i64 r = 0; r < s.R; ++r)
+        for (i64 q = 0; q < s.S; ++q)
+          wt[((k * s.R + r) * s.S + q) * s.C + c] = w[((k * s.C + c) * s.R + r) * s.S + q];
+  return wt;
 }
 
 }  // namespace
@@ -66,82 +102,96 @@ void col2im(float* dx, const float* col, const ConvShape& s) {
 void conv2d_forward(float* y, const float* x, const float* w, const float* b,
                     i64 N, i64 C, i64 H, i64 W, i64 K, i64 R, i64 S, i64 pad) {
   const ConvShape s(C, H, W, K, R, S, pad);
-  const i64 P = s.P(), CRS = s.CRS();
-  const int nt = std::max(1, std::min<int>(threads_for(double(N) * K * P * CRS), int(std::max<i64>(N, 1))));
-  std::vector<float> cols(size_t(nt) * CRS * P);  // one im2col buffer per thread
-#pragma omp parallel for num_threads(nt) schedule(static)
-  for (i64 n = 0; n < N; ++n) {
-    float* col = cols.data() + size_t(omp_get_thread_num()) * CRS * P;
-    float* yn = y + n * K * P;
-    im2col(col, x + n * C * H * W, s, P);
-    for (i64 k = 0; k < K; ++k) std::fill(yn + k * P, yn + (k + 1) * P, b[k]);
-    sgemm(false, false, K, P, CRS, w, CRS, col, P, yn, P, /*accumulate=*/true);
-  }
-}
-
-// dy: [N, K, Ho, Wo], w: [K, C, R, S] -> dx: [N, C, H, W]
-// dcol[C*R*S, Ho*Wo] = w^T dy_n, then col2im scatters it back onto the image.
-void conv2d_backward_input(float* dx, const float* w, const float* dy,
-                           i64 N, i64 C, i64 H, i64 W, i64 K, i64 R, i64 S, i64 pad) {
-  const ConvShape s(C, H, W, K, R, S, pad);
-  const i64 P = s.P(), CRS = s.CRS();
-  const int nt = std::max(1, std::min<int>(threads_for(double(N) * K * P * CRS), int(std::max<i64>(N, 1))));
-  std::vector<float> cols(size_t(nt) * CRS * P);
-#pragma omp parallel for num_threads(nt) schedule(static)
-  for (i64 n = 0; n < N; ++n) {
-    float* dcol = cols.data() + size_t(omp_get_thread_num()) * CRS * P;
-    sgemm(true, false, CRS, P, K, w, CRS, dy + n * K * P, P, dcol, P, false);
-    col2im(dx + n * C * H * W, dcol, s);
-  }
-}
-
-// x: [N, C, H, W], dy: [N, K, Ho, Wo] -> dw: [K, C, R, S], db: [K]
-// dw[K, C*R*S] = sum_n dy_n[K, Ho*Wo] col_n^T: a product whose summed dimension runs over every
-// pixel of every image. The batch is cut into a fixed number of chunks (set by N, never by the
-// thread count, so the summation order and the result do not depend on threads); for each chunk
-// the images' im2col matrices and dy rows are laid side by side, [C*R*S, n*Ho*Wo] and
-// [K, n*Ho*Wo], so one long GEMM (packing each operand once) gives the chunk's partial dw.
-// Threads take whole chunks; the partial sums are then added in chunk order.
-void conv2d_backward_weight(float* dw, float* db, const float* x, const float* dy,
-                            i64 N, i64 C, i64 H, i64 W, i64 K, i64 R, i64 S, i64 pad) {
-  const ConvShape s(C, H, W, K, R, S, pad);
-  const i64 P = s.P(), CRS = s.CRS();
-  const i64 chunks = std::max<i64>(1, std::min<i64>(N, 8));
-  const i64 per_chunk = (N + chunks - 1) / chunks;
-  const int nt = std::max(1, std::min<int>(threads_for(double(N) * K * P * CRS), int(chunks)));
-  // Rows of the product: output channels (dw as is) or taps (dw transposed), whichever wastes
-  // less of the micro-kernel's tile (conv1 has 9 taps: as columns they would fill 9 of 32).
-  const MicroKernel& mk = active_microkernel();
-  auto padded = [](i64 v, i64 unit) { return (v + unit - 1) / unit * unit; };
-  const bool taps_as_rows = padded(CRS, mk.mr) * padded(K, mk.nr) < padded(K, mk.mr) * padded(CRS, mk.nr);
-  std::vector<float> partial(size_t(chunks) * K * CRS);
-  const size_t scratch_per_thread = size_t(CRS + K) * per_chunk * P;
+  const i64 P = s.P(), T = s.taps();
+  const Chunking ch(N, P);
+  const int nt = std::max(1, std::min<int>(threads_for(double(N) * K * P * T), int(std::max<i64>(ch.chunks, 1))));
+  const std::vector<float> wt = weights_rsc(w, s);
+  const size_t image_floats = size_t(s.Hp) * s.Wp * C, chunk_pixels = size_t(ch.per_chunk) * P;
+  const size_t scratch_per_thread = image_floats + chunk_pixels * (T + K);
   std::vector<float> scratch(size_t(nt) * scratch_per_thread);
 #pragma omp parallel for num_threads(nt) schedule(static)
-  for (i64 chunk = 0; chunk < chunks; ++chunk) {
-    const i64 n0 = chunk * per_chunk, n1 = std::min(N, n0 + per_chunk), L = (n1 - n0) * P;
-    float* out = partial.data() + chunk * K * CRS;
-    if (L <= 0) { std::fill(out, out + K * CRS, 0.0f); continue; }
-    float* col = scratch.data() + size_t(omp_get_thread_num()) * scratch_per_thread;  // [CRS, L]
-    float* dy_rows = col + CRS * L;                                                  // [K, L]
+  for (i64 chunk = 0; chunk < ch.chunks; ++chunk) {
+    const i64 n0 = chunk * ch.per_chunk, n1 = std::min(N, n0 + ch.per_chunk), L = (n1 - n0) * P;
+    float* xp = scratch.data() + size_t(omp_get_thread_num()) * scratch_per_thread;
+    float* rows = xp + image_floats;  // [L, T]
+    float* out = rows + chunk_pixels * T;  // [K, L] or [L, K]
     for (i64 n = n0; n < n1; ++n) {
-      im2col(col + (n - n0) * P, x + n * C * H * W, s, L);
-      for (i64 k = 0; k < K; ++k)
-        std::copy(dy + (n * K + k) * P, dy + (n * K + k + 1) * P, dy_rows + k * L + (n - n0) * P);
+      to_padded_nhwc(xp, x + n * C * H * W, s);
+      im2row(rows + (n - n0) * P * T, xp, s);
     }
-    if (taps_as_rows)
-      sgemm(false, true, CRS, K, L, col, L, dy_rows, L, out, K, false);   // out: [CRS, K]
+    // Long patch rows (T > K) are packed cheaply as the product's rows, y^T = rows wt^T, at the
+    // price of transposing the small result; short ones (conv1: 9 taps) go in as columns.
+    const bool pixel_rows = T > K;
+    if (pixel_rows)
+      sgemm(false, true, L, K, T, rows, T, wt.data(), T, out, K, false);   // out: [L, K]
     else
-      sgemm(false, true, K, CRS, L, dy_rows, L, col, L, out, CRS, false);  // out: [K, CRS]
+      sgemm(false, true, K, L, T, wt.data(), T, rows, T, out, L, false);   // out: [K, L]
+    const i64 pixel_stride = pixel_rows ? K : 1, channel_stride = pixel_rows ? 1 : L;
+    for (i64 n = n0; n < n1; ++n)  // y_n[k][p] = out[k][(n - n0)*P + p] + b[k]
+      for (i64 k = 0; k < K; ++k) {
+        const float* src = out + (n - n0) * P * pixel_stride + k * channel_stride;
+        float* dst = y + (n * K + k) * P;
+        for (i64 p = 0; p < P; ++p) dst[p] = src[p * pixel_stride] + b[k];
+      }
   }
-  const i64 total = K * CRS;
-#pragma omp parallel for num_threads(threads_for(double(total) * chunks)) schedule(static)
-  for (i64 i = 0; i < total; ++i) {  // i = k*CRS + t
-    const i64 at = taps_as_rows ? (i % CRS) * K + i / CRS : i;
-    float sum = 0.0f;
-    for (i64 chunk = 0; chunk < chunks; ++chunk) sum += partial[size_t(chunk) * total + at];
-    dw[i] = sum;
+}
+
+// x: [N, C, H, W], w: [K, C, R, S], dy: [N, K, Ho, Wo] -> dx: [N, C, H, W] (skipped if null),
+// dw: [K, C, R, S], db: [K]. Per chunk, dy's rows are laid side by side, dy_rows[K, pixels]:
+//   dwt += dy_rows rows          ([K, RSC]: one GEMM summing over every pixel of the chunk)
+//   drows = dy_rows^T wt, dx = row2im(drows)
+// Each chunk's dwt is a separate partial sum; they are added in chunk order at the end.
+void conv2d_backward(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,
+                     i64 N, i64 C, i64 H, i64 W, i64 K, i64 R, i64 S, i64 pad) {
+  const ConvShape s(C, H, W, K, R, S, pad);
+  const i64 P = s.P(), T = s.taps();
+  const Chunking ch(N, P);
+  const int nt = std::max(1, std::min<int>(threads_for(2.0 * N * K * P * T), int(std::max<i64>(ch.chunks, 1))));
+  const std::vector<float> wt = weights_rsc(w, s);
+  // Rows of the dw product: output channels (dwt as is) or taps (dwt transposed), whichever
+  // wastes less of the micro-kernel's tile (conv1 has 9 taps: as columns they would fill 9 of 32).
+  const MicroKernel& mk = active_microkernel();
+  auto padded = [](i64 v, i64 unit) { return (v + unit - 1) / unit * unit; };
+  const bool taps_as_rows = padded(T, mk.mr) * padded(K, mk.nr) < padded(K, mk.mr) * padded(T, mk.nr);
+  std::vector<float> partial(size_t(std::max<i64>(ch.chunks, 1)) * K * T, 0.0f);
+  const size_t image_floats = size_t(s.Hp) * s.Wp * C, chunk_pixels = size_t(ch.per_chunk) * P;
+  const size_t scratch_per_thread = image_floats + chunk_pixels * (T + K);
+  std::vector<float> scratch(size_t(nt) * scratch_per_thread);
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (i64 chunk = 0; chunk < ch.chunks; ++chunk) {
+    const i64 n0 = chunk * ch.per_chunk, n1 = std::min(N, n0 + ch.per_chunk), L = (n1 - n0) * P;
+    float* xp = scratch.data() + size_t(omp_get_thread_num()) * scratch_per_thread;
+    float* rows = xp + image_floats;           // [L, T]
+    float* dy_rows = rows + chunk_pixels * T;  // [K, L]
+    for (i64 n = n0; n < n1; ++n) {
+      for (i64 k = 0; k < K; ++k)
+        std::memcpy(dy_rows + k * L + (n - n0) * P, dy + (n * K + k) * P, sizeof(float) * P);
+      to_padded_nhwc(xp, x + n * C * H * W, s);
+      im2row(rows + (n - n0) * P * T, xp, s);
+    }
+    float* out = partial.data() + chunk * K * T;
+    if (taps_as_rows)
+      sgemm(true, true, T, K, L, rows, T, dy_rows, L, out, K, false);     // out: [T, K]
+    else
+      sgemm(false, false, K, T, L, dy_rows, L, rows, T, out, T, false);   // out: [K, T]
+    if (dx) {  // rows are no longer needed: they become drows
+      sgemm(true, false, L, T, K, dy_rows, L, wt.data(), T, rows, T, false);
+      for (i64 n = n0; n < n1; ++n) {
+        row2im(xp, rows + (n - n0) * P * T, s);
+        from_padded_nhwc(dx + n * C * H * W, xp, s);
+      }
+    }
   }
+#pragma omp parallel for num_threads(threads_for(double(K) * T * ch.chunks)) schedule(static)
+  for (i64 k = 0; k < K; ++k)  // dw[k][c][r][q] = sum over chunks of dwt[k][(r*S + q)*C + c]
+    for (i64 c = 0; c < C; ++c)
+      for (i64 r = 0; r < R; ++r)
+        for (i64 q = 0; q < S; ++q) {
+          const i64 t = (r * S + q) * C + c, at = taps_as_rows ? t * K + k : k * T + t;
+          float sum = 0.0f;
+          for (i64 chunk = 0; chunk < ch.chunks; ++chunk) sum += partial[size_t(chunk) * K * T + at];
+          dw[((k * C + c) * R + r) * S + q] = sum;
+        }
 #pragma omp parallel for num_threads(threads_for(double(N) * K * P)) schedule(static)
   for (i64 k = 0; k < K; ++k) {  // db[k] = sum over images and pixels, in double
     double sum = 0.0;

@@ -29,12 +29,10 @@ int threads_for(double work);
 // x: [N, C, H, W], w: [K, C, R, S], b: [K] -> y: [N, K, Ho, Wo]
 void conv2d_forward(float* y, const float* x, const float* w, const float* b,
                     i64 N, i64 C, i64 H, i64 W, i64 K, i64 R, i64 S, i64 pad);
-// dy: [N, K, Ho, Wo], w: [K, C, R, S] -> dx: [N, C, H, W]
-void conv2d_backward_input(float* dx, const float* w, const float* dy,
-                           i64 N, i64 C, i64 H, i64 W, i64 K, i64 R, i64 S, i64 pad);
-// x: [N, C, H, W], dy: [N, K, Ho, Wo] -> dw: [K, C, R, S], db: [K]
-void conv2d_backward_weight(float* dw, float* db, const float* x, const float* dy,
-                            i64 N, i64 C, i64 H, i64 W, i64 K, i64 R, i64 S, i64 pad);
+// x: [N, C, H, W], w: [K, C, R, S], dy: [N, K, Ho, Wo] -> dx: [N, C, H, W], dw: [K, C, R, S],
+// db: [K]. dx may be null (not computed: a network's first layer needs no input gradient).
+void conv2d_backward(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,
+                     i64 N, i64 C, i64 H, i64 W, i64 K, i64 R, i64 S, i64 pad);
 // The readable specification: seven nested loops, used by the tests as a second reference.
 void conv2d_forward_naive(float* y, const float* x, const float* w, const float* b,
                           i64 N, i64 C, i64 H, i64 W, i64 K, i64 R, i64 S, i64 pad);
