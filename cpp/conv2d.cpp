@@ -31,11 +31,12 @@ struct ConvShape {
   i64 taps() const { return C * R * S; }   // patch row length
 };
 
-// Images per chunk and number of chunks: ~2,048 pixels per chunk, at least one image.
+// Images per chunk and number of chunks: ~2,048 pixels per chunk; one image when an image
+// alone has 512 pixels or more (then dy and y are used in place, with no gather or scatter).
 struct Chunking {
   i64 per_chunk, chunks;
   Chunking(i64 N, i64 P)
-      : per_chunk(std::max<i64>(1, std::min<i64>(std::max<i64>(N, 1), 2048 / std::max<i64>(P, 1)))),
+      : per_chunk(P >= 512 ? 1 : std::max<i64>(1, std::min<i64>(std::max<i64>(N, 1), 2048 / std::max<i64>(P, 1)))),
         chunks((N + per_chunk - 1) / per_chunk) {}
 };
 
@@ -120,8 +121,15 @@ void conv2d_forward(float* y, const float* x, const float* w, const float* b,
       im2row(rows + (n - n0) * P * T, xp, s);
     }
     // Long patch rows (T > K) are packed cheaply as the product's rows, y^T = rows wt^T, at the
-    // price of transposing the small result; short ones (conv1: 9 taps) go in as columns.
+    // price of transposing the small result; short ones (conv1: 9 taps) go in as columns, and a
+    // single image's product is then written straight into y.
     const bool pixel_rows = T > K;
+    if (!pixel_rows && n1 - n0 == 1) {
+      float* yn = y + n0 * K * P;
+      for (i64 k = 0; k < K; ++k) std::fill(yn + k * P, yn + (k + 1) * P, b[k]);
+      sgemm(false, true, K, P, T, wt.data(), T, rows, T, yn, P, /*accumulate=*/true);
+      continue;
+    }
     if (pixel_rows)
       sgemm(false, true, L, K, T, rows, T, wt.data(), T, out, K, false);   // out: [L, K]
     else
@@ -162,10 +170,12 @@ void conv2d_backward(float* dx, float* dw, float* db, const float* x, const floa
     const i64 n0 = chunk * ch.per_chunk, n1 = std::min(N, n0 + ch.per_chunk), L = (n1 - n0) * P;
     float* xp = scratch.data() + size_t(omp_get_thread_num()) * scratch_per_thread;
     float* rows = xp + image_floats;           // [L, T]
-    float* dy_rows = rows + chunk_pixels * T;  // [K, L]
+    float* gathered = rows + chunk_pixels * T;  // [K, L], unless one image's dy serves as is
+    const float* dy_rows = n1 - n0 == 1 ? dy + n0 * K * P : gathered;
     for (i64 n = n0; n < n1; ++n) {
-      for (i64 k = 0; k < K; ++k)
-        std::memcpy(dy_rows + k * L + (n - n0) * P, dy + (n * K + k) * P, sizeof(float) * P);
+      if (n1 - n0 > 1)
+        for (i64 k = 0; k < K; ++k)
+          std::memcpy(gathered + k * L + (n - n0) * P, dy + (n * K + k) * P, sizeof(float) * P);
       to_padded_nhwc(xp, x + n * C * H * W, s);
       im2row(rows + (n - n0) * P * T, xp, s);
     }
@@ -193,11 +203,16 @@ void conv2d_backward(float* dx, float* dw, float* db, const float* x, const floa
           dw[((k * C + c) * R + r) * S + q] = sum;
         }
 #pragma omp parallel for num_threads(threads_for(double(N) * K * P)) schedule(static)
-  for (i64 k = 0; k < K; ++k) {  // db[k] = sum over images and pixels, in double
+  for (i64 k = 0; k < K; ++k) {  // db[k] = sum over images and pixels
     double sum = 0.0;
-    for (i64 n = 0; n < N; ++n) {
+    for (i64 n = 0; n < N; ++n) {  // each row in 16 interleaved float lanes (a vector), then in double
       const float* d = dy + (n * K + k) * P;
-      for (i64 p = 0; p < P; ++p) sum += d[p];
+      float lanes[16] = {};
+      i64 p = 0;
+      for (; p + 16 <= P; p += 16)
+        for (int j = 0; j < 16; ++j) lanes[j] += d[p + j];
+      for (; p < P; ++p) lanes[p % 16] += d[p];
+      for (int j = 0; j < 16; ++j) sum += lanes[j];
     }
     db[k] = float(sum);
   }
