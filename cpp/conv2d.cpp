@@ -97,6 +97,65 @@ std::vector<float> weights_rsc(const float* w, const ConvShape& s) {
   return wt;
 }
 
+// ---- direct path for short patches (conv1: one channel, 3x3 = 9 taps) ----
+// With so few taps each element of y or dy meets at most kDirectTaps weights: too little work to
+// pay for packing GEMM operands. Instead col[T, P] (im2col, the image's T shifted copies, in L1)
+// is combined row by row. These loops are compiled for AVX-512, AVX2 and the baseline
+// (target_clones), the best picked by the loader at run time.
+constexpr i64 kDirectTaps = 32;
+
+// x_n: [C, H, W] -> col: [C*R*S, Ho*Wo], col[(c*R + r)*S + q][oh*Wo + ow] = x[c][oh+r-pad][ow+q-pad]
+void im2col(float* col, const float* x, const ConvShape& s) {
+  for (i64 c = 0; c < s.C; ++c)
+    for (i64 r = 0; r < s.R; ++r)
+      for (i64 q = 0; q < s.S; ++q) {
+        float* row = col + ((c * s.R + r) * s.S + q) * s.P();
+        // the output columns whose input column ow+q-pad lies inside [0, W)
+        const i64 ow_lo = std::clamp<i64>(s.pad - q, 0, s.Wo), ow_hi = std::clamp<i64>(s.W + s.pad - q, ow_lo, s.Wo);
+        for (i64 oh = 0; oh < s.Ho; ++oh) {
+          float* out = row + oh * s.Wo;
+          const i64 ih = oh + r - s.pad;
+          if (ih < 0 || ih >= s.H) { std::fill(out, out + s.Wo, 0.0f); continue; }
+          const float* in = x + (c * s.H + ih) * s.W;
+          std::fill(out, out + ow_lo, 0.0f);
+          std::copy(in + (ow_lo + q - s.pad), in + (ow_hi + q - s.pad), out + ow_lo);
+          std::fill(out + ow_hi, out + s.Wo, 0.0f);
+        }
+      }
+}
+
+// y_n[k][p] = b[k] + sum_t w[k][t] col[t][p]     (w: [K, T] in PyTorch's (c, r, s) order)
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void direct_forward(float* y, const float* col, const float* w, const float* b, i64 K, i64 T, i64 P) {
+  for (i64 k = 0; k < K; ++k) {
+    float* yk = y + k * P;
+    for (i64 p = 0; p < P; ++p) yk[p] = b[k];
+    for (i64 t = 0; t < T; ++t) {
+      const float wkt = w[k * T + t];
+      const float* ct = col + t * P;
+      for (i64 p = 0; p < P; ++p) yk[p] += wkt * ct[p];
+    }
+  }
+}
+
+// dw[k][t] = sum_p dy_n[k][p] col[t][p], each sum in 16 interleaved lanes (so it vectorises)
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void direct_weight_grad(float* dw, const float* dy, const float* col, i64 K, i64 T, i64 P) {
+  for (i64 k = 0; k < K; ++k)
+    for (i64 t = 0; t < T; ++t) {
+      const float* d = dy + k * P;
+      const float* c = col + t * P;
+      float lanes[16] = {};
+      i64 p = 0;
+      for (; p + 16 <= P; p += 16)
+        for (int j = 0; j < 16; ++j) lanes[j] += d[p + j] * c[p + j];
+      for (; p < P; ++p) lanes[p % 16] += d[p] * c[p];
+      float sum = 0.0f;
+      for (int j = 0; j < 16; ++j) sum += lanes[j];
+      dw[k * T + t] = sum;
+    }
+}
+
 }  // namespace
 
 // x: [N, C, H, W], w: [K, C, R, S], b: [K] -> y: [N, K, Ho, Wo]
@@ -104,6 +163,17 @@ void conv2d_forward(float* y, const float* x, const float* w, const float* b,
                     i64 N, i64 C, i64 H, i64 W, i64 K, i64 R, i64 S, i64 pad) {
   const ConvShape s(C, H, W, K, R, S, pad);
   const i64 P = s.P(), T = s.taps();
+  if (T <= kDirectTaps) {  // short patches: the direct path, image by image
+    const int nt = std::max(1, std::min<int>(threads_for(double(N) * K * P * T), int(std::max<i64>(N, 1))));
+    std::vector<float> cols(size_t(nt) * T * P);
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (i64 n = 0; n < N; ++n) {
+      float* col = cols.data() + size_t(omp_get_thread_num()) * T * P;
+      im2col(col, x + n * C * H * W, s);
+      direct_forward(y + n * K * P, col, w, b, K, T, P);
+    }
+    return;
+  }
   const Chunking ch(N, P);
   const int nt = std::max(1, std::min<int>(threads_for(double(N) * K * P * T), int(std::max<i64>(ch.chunks, 1))));
   const std::vector<float> wt = weights_rsc(w, s);
@@ -144,15 +214,12 @@ void conv2d_forward(float* y, const float* x, const float* w, const float* b,
   }
 }
 
-// x: [N, C, H, W], w: [K, C, R, S], dy: [N, K, Ho, Wo] -> dx: [N, C, H, W] (skipped if null),
-// dw: [K, C, R, S], db: [K]. Per chunk, dy's rows are laid side by side, dy_rows[K, pixels]:
-//   dwt += dy_rows rows          ([K, RSC]: one GEMM summing over every pixel of the chunk)
-//   drows = dy_rows^T wt, dx = row2im(drows)
-// Each chunk's dwt is a separate partial sum; they are added in chunk order at the end.
-void conv2d_backward(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,
-                     i64 N, i64 C, i64 H, i64 W, i64 K, i64 R, i64 S, i64 pad) {
-  const ConvShape s(C, H, W, K, R, S, pad);
-  const i64 P = s.P(), T = s.taps();
+namespace {
+
+// dw and dx (either may be null) through GEMMs on patch rows; see conv2d_backward.
+void conv2d_backward_gemm(float* dx, float* dw, const float* x, const float* w, const float* dy,
+                          const ConvShape& s, i64 N) {
+  const i64 C = s.C, H = s.H, W = s.W, K = s.K, R = s.R, S = s.S, P = s.P(), T = s.taps();
   const Chunking ch(N, P);
   const int nt = std::max(1, std::min<int>(threads_for(2.0 * N * K * P * T), int(std::max<i64>(ch.chunks, 1))));
   const std::vector<float> wt = weights_rsc(w, s);
@@ -161,7 +228,7 @@ void conv2d_backward(float* dx, float* dw, float* db, const float* x, const floa
   const MicroKernel& mk = active_microkernel();
   auto padded = [](i64 v, i64 unit) { return (v + unit - 1) / unit * unit; };
   const bool taps_as_rows = padded(T, mk.mr) * padded(K, mk.nr) < padded(K, mk.mr) * padded(T, mk.nr);
-  std::vector<float> partial(size_t(std::max<i64>(ch.chunks, 1)) * K * T, 0.0f);
+  std::vector<float> partial(dw ? size_t(std::max<i64>(ch.chunks, 1)) * K * T : 0, 0.0f);
   const size_t image_floats = size_t(s.Hp) * s.Wp * C, chunk_pixels = size_t(ch.per_chunk) * P;
   const size_t scratch_per_thread = image_floats + chunk_pixels * (T + K);
   std::vector<float> scratch(size_t(nt) * scratch_per_thread);
@@ -180,7 +247,8 @@ void conv2d_backward(float* dx, float* dw, float* db, const float* x, const floa
       im2row(rows + (n - n0) * P * T, xp, s);
     }
     float* out = partial.data() + chunk * K * T;
-    if (taps_as_rows)
+    if (!dw) {
+    } else if (taps_as_rows)
       sgemm(true, true, T, K, L, rows, T, dy_rows, L, out, K, false);     // out: [T, K]
     else
       sgemm(false, false, K, T, L, dy_rows, L, rows, T, out, T, false);   // out: [K, T]
@@ -192,6 +260,7 @@ void conv2d_backward(float* dx, float* dw, float* db, const float* x, const floa
       }
     }
   }
+  if (!dw) return;
 #pragma omp parallel for num_threads(threads_for(double(K) * T * ch.chunks)) schedule(static)
   for (i64 k = 0; k < K; ++k)  // dw[k][c][r][q] = sum over chunks of dwt[k][(r*S + q)*C + c]
     for (i64 c = 0; c < C; ++c)
@@ -202,6 +271,43 @@ void conv2d_backward(float* dx, float* dw, float* db, const float* x, const floa
           for (i64 chunk = 0; chunk < ch.chunks; ++chunk) sum += partial[size_t(chunk) * K * T + at];
           dw[((k * C + c) * R + r) * S + q] = sum;
         }
+}
+
+// dw through the direct path: one partial per image, added in image order.
+void conv2d_backward_weight_direct(float* dw, const float* x, const float* dy, const ConvShape& s, i64 N) {
+  const i64 K = s.K, P = s.P(), T = s.taps();
+  const int nt = std::max(1, std::min<int>(threads_for(double(N) * K * P * T), int(std::max<i64>(N, 1))));
+  std::vector<float> cols(size_t(nt) * T * P), partial(size_t(std::max<i64>(N, 1)) * K * T, 0.0f);
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (i64 n = 0; n < N; ++n) {
+    float* col = cols.data() + size_t(omp_get_thread_num()) * T * P;
+    im2col(col, x + n * s.C * s.H * s.W, s);
+    direct_weight_grad(partial.data() + n * K * T, dy + n * K * P, col, K, T, P);
+  }
+  for (i64 i = 0; i < K * T; ++i) {  // w's layout [K, C, R, S] is [K, T]: no reordering
+    float sum = 0.0f;
+    for (i64 n = 0; n < N; ++n) sum += partial[size_t(n) * K * T + i];
+    dw[i] = sum;
+  }
+}
+
+}  // namespace
+
+// x: [N, C, H, W], w: [K, C, R, S], dy: [N, K, Ho, Wo] -> dx: [N, C, H, W] (skipped if null),
+// dw: [K, C, R, S], db: [K]. Per chunk, dy's rows are laid side by side, dy_rows[K, pixels]:
+//   dwt += dy_rows rows          ([K, RSC]: one GEMM summing over every pixel of the chunk)
+//   drows = dy_rows^T wt, dx = row2im(drows)
+// Each chunk's dwt is a separate partial sum; they are added in chunk order at the end.
+void conv2d_backward(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,
+                     i64 N, i64 C, i64 H, i64 W, i64 K, i64 R, i64 S, i64 pad) {
+  const ConvShape s(C, H, W, K, R, S, pad);
+  const i64 P = s.P(), T = s.taps();
+  if (T <= kDirectTaps) {  // short patches: dw by the direct path, dx (if asked) by GEMM
+    conv2d_backward_weight_direct(dw, x, dy, s, N);
+    if (dx) conv2d_backward_gemm(dx, nullptr, x, w, dy, s, N);
+  } else {
+    conv2d_backward_gemm(dx, dw, x, w, dy, s, N);
+  }
 #pragma omp parallel for num_threads(threads_for(double(N) * K * P)) schedule(static)
   for (i64 k = 0; k < K; ++k) {  // db[k] = sum over images and pixels
     double sum = 0.0;
