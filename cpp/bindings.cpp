@@ -186,7 +186,7 @@ py::array_t<float> relu_grad(py::handle x_, py::handle dy_) {
 }
 
 // ---------------------------------------------------------------- max_pool2d
-py::tuple max_pool2d(py::handle x_, i64 k) {
+py::tuple max_pool2d(py::handle x_, i64 k, bool relu) {
   auto x = checked<float>(x_, "x", 4, "[N, C, H, W]");
   const i64 N = x.shape(0), C = x.shape(1), H = x.shape(2), W = x.shape(3);
   expect(k >= 1, "k must be at least 1, got " + std::to_string(k));
@@ -199,7 +199,7 @@ py::tuple max_pool2d(py::handle x_, i64 k) {
   std::int32_t* ap = argmax.mutable_data();
   {
     py::gil_scoped_release nogil;
-    max_pool2d_forward(yp, ap, x.data(), N, C, H, W, k);
+    max_pool2d_forward(yp, ap, x.data(), N, C, H, W, k, relu);
   }
   return py::make_tuple(y, argmax);
 }
@@ -218,9 +218,9 @@ py::array_t<float> max_pool2d_grad(py::handle dy_, py::handle argmax_, std::vect
   const std::int32_t* ap = argmax.data();
   const i64 n = argmax.size();
   for (i64 i = 0; i < n; ++i)
-    if (ap[i] < 0 || ap[i] >= H * W)
+    if (ap[i] < -1 || ap[i] >= H * W)
       throw py::value_error("argmax holds " + std::to_string(ap[i]) + ", outside the plane of " +
-                            std::to_string(H * W) + " pixels");
+                            std::to_string(H * W) + " pixels (or -1: no gradient)");
   auto dx = empty<float>({N, C, H, W});
   float* dxp = dx.mutable_data();
   {
@@ -439,7 +439,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("conv2d_backward", &conv2d_grad, "x"_a, "w"_a, "dy"_a, "padding"_a = 0, "input_grad"_a = true);
   m.def("relu", &relu, "x"_a);
   m.def("relu_backward", &relu_grad, "x"_a, "dy"_a);
-  m.def("max_pool2d", &max_pool2d, "x"_a, "k"_a);
+  m.def("max_pool2d", &max_pool2d, "x"_a, "k"_a, "relu"_a = false);
   m.def("max_pool2d_backward", &max_pool2d_grad, "dy"_a, "argmax"_a, "x_shape"_a);
   m.def("dropout", &dropout, "x"_a, "p"_a, "seed"_a);
   m.def("dropout_backward", &dropout_grad, "dy"_a, "mask"_a, "p"_a);

@@ -45,9 +45,11 @@ void relu_backward(float* dx, const float* x, const float* dy, i64 n);
 
 // ---- max_pool2d.cpp: window k, stride k, floor ----
 // x: [N, C, H, W] -> y: [N, C, H/k, W/k], argmax: [N, C, H/k, W/k] (index h*W + w in the plane)
+// relu: y = pool(relu(x)) in the same pass; windows whose max is <= 0 get y = 0, argmax = -1
 void max_pool2d_forward(float* y, std::int32_t* argmax, const float* x,
-                        i64 N, i64 C, i64 H, i64 W, i64 k);
-// dy, argmax: [N, C, Ho, Wo] -> dx: [N, C, H, W] (each dy routed to its argmax, zero elsewhere)
+                        i64 N, i64 C, i64 H, i64 W, i64 k, bool relu);
+// dy, argmax: [N, C, Ho, Wo] -> dx: [N, C, H, W] (each dy routed to its argmax, zero elsewhere;
+// argmax -1 routes nothing)
 void max_pool2d_backward(float* dx, const std::int32_t* argmax, const float* dy,
                          i64 N, i64 C, i64 H, i64 W, i64 Ho, i64 Wo);
 

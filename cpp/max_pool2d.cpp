@@ -16,7 +16,7 @@ inline f32x4 load4(const float* p) { f32x4 v; __builtin_memcpy(&v, p, sizeof v);
 // window's left column, odd lanes its right. The rule is the scalar one, as vector selects:
 // a later value wins when it is larger, or when it is NaN and the best so far is not.
 inline void pool2_four(float* y, std::int32_t* argmax, const float* r0, const float* r1,
-                       std::int32_t first_index, std::int32_t W) {
+                       std::int32_t first_index, std::int32_t W, bool relu) {
   const f32x4 top0 = load4(r0), top1 = load4(r0 + 4), bottom0 = load4(r1), bottom1 = load4(r1 + 4);
   const f32x4 candidates[3] = {__builtin_shufflevector(top0, top1, 1, 3, 5, 7),
                                __builtin_shufflevector(bottom0, bottom1, 0, 2, 4, 6),
@@ -29,7 +29,11 @@ inline void pool2_four(float* y, std::int32_t* argmax, const float* r0, const fl
     best = take ? v : best;
     which = take ? i32x4{i + 1, i + 1, i + 1, i + 1} : which;
   }
-  const i32x4 index = first_index + i32x4{0, 2, 4, 6} + (which & 1) + (which >> 1) * W;
+  i32x4 index = first_index + i32x4{0, 2, 4, 6} + (which & 1) + (which >> 1) * W;
+  if (relu) {  // a maximum <= 0 outputs 0; only a maximum > 0 passes gradient (as relu_backward)
+    best = best <= f32x4{0, 0, 0, 0} ? f32x4{0, 0, 0, 0} : best;
+    index = best > f32x4{0, 0, 0, 0} ? index : i32x4{-1, -1, -1, -1};
+  }
   __builtin_memcpy(y, &best, sizeof best);
   __builtin_memcpy(argmax, &index, sizeof index);
 }
@@ -39,8 +43,11 @@ inline void pool2_four(float* y, std::int32_t* argmax, const float* r0, const fl
 // x: [N, C, H, W] -> y: [N, C, H/k, W/k], argmax: [N, C, H/k, W/k]
 // argmax holds the winner's index h*W + w inside its (n, c) plane; the first maximum wins
 // ties, and a NaN in the window wins (so NaN propagates, as in PyTorch).
+// With relu, y = relu(pool(x)) = pool(relu(x)) (max and ReLU commute), and a window whose
+// maximum is not > 0 (<= 0, or NaN) gets argmax -1: relu(x) then pooling would route its
+// gradient to such an x, where relu_backward passes none. One pass over x instead of three (relu, pool, relu's backward).
 void max_pool2d_forward(float* y, std::int32_t* argmax, const float* x,
-                        i64 N, i64 C, i64 H, i64 W, i64 k) {
+                        i64 N, i64 C, i64 H, i64 W, i64 k, bool relu) {
   const i64 Ho = H / k, Wo = W / k, planes = N * C;
 #pragma omp parallel for num_threads(threads_for(double(planes) * H * W / 8.0)) schedule(static)
   for (i64 plane = 0; plane < planes; ++plane) {
@@ -55,14 +62,15 @@ void max_pool2d_forward(float* y, std::int32_t* argmax, const float* x,
         i64 ow = 0;
         for (; ow + 4 <= Wo; ow += 4)  // four windows at a time in 16-byte vectors
           pool2_four(yp + oh * Wo + ow, ap + oh * Wo + ow, r0 + 2 * ow, r1 + 2 * ow,
-                     row_start + std::int32_t(2 * ow), std::int32_t(W));
+                     row_start + std::int32_t(2 * ow), std::int32_t(W), relu);
         for (; ow < Wo; ++ow) {
           const float v[4] = {r0[2 * ow], r0[2 * ow + 1], r1[2 * ow], r1[2 * ow + 1]};
           int which = 0;
           for (int i = 1; i < 4; ++i)
             if (v[i] > v[which] || (v[i] != v[i] && v[which] == v[which])) which = i;
-          yp[oh * Wo + ow] = v[which];
-          ap[oh * Wo + ow] = row_start + std::int32_t(2 * ow) + (which & 1) + (which >> 1) * std::int32_t(W);
+          yp[oh * Wo + ow] = relu && v[which] <= 0.0f ? 0.0f : v[which];
+          ap[oh * Wo + ow] = relu && !(v[which] > 0.0f)
+                                 ? -1 : row_start + std::int32_t(2 * ow) + (which & 1) + (which >> 1) * std::int32_t(W);
         }
       }
       continue;
@@ -77,13 +85,14 @@ void max_pool2d_forward(float* y, std::int32_t* argmax, const float* x,
             const float v = xp[i];
             if (v > best_value || (v != v && best_value == best_value)) { best_value = v; best = i; }
           }
-        yp[oh * Wo + ow] = best_value;
-        ap[oh * Wo + ow] = std::int32_t(best);
+        yp[oh * Wo + ow] = relu && best_value <= 0.0f ? 0.0f : best_value;
+        ap[oh * Wo + ow] = relu && !(best_value > 0.0f) ? -1 : std::int32_t(best);
       }
   }
 }
 
 // dy, argmax: [N, C, Ho, Wo] -> dx: [N, C, H, W]; dx is zero except at each window's argmax
+// (argmax -1: a window closed by the fused ReLU, which passes nothing)
 void max_pool2d_backward(float* dx, const std::int32_t* argmax, const float* dy,
                          i64 N, i64 C, i64 H, i64 W, i64 Ho, i64 Wo) {
   const i64 planes = N * C;
@@ -93,7 +102,8 @@ void max_pool2d_backward(float* dx, const std::int32_t* argmax, const float* dy,
     std::fill(dxp, dxp + H * W, 0.0f);
     const float* dyp = dy + plane * Ho * Wo;
     const std::int32_t* ap = argmax + plane * Ho * Wo;
-    for (i64 i = 0; i < Ho * Wo; ++i) dxp[ap[i]] += dyp[i];
+    for (i64 i = 0; i < Ho * Wo; ++i)
+      if (ap[i] >= 0) dxp[ap[i]] += dyp[i];
   }
 }
 

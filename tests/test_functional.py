@@ -180,6 +180,23 @@ def test_max_pool2d_nan_wins_its_window_on_every_path():
     assert np.isnan(y).any()
 
 
+@pytest.mark.parametrize("shape,k", [((2, 3, 8, 13), 2), ((2, 2, 9, 9), 3), ((4, 32, 26, 26), 2)])
+def test_max_pool2d_fused_relu_equals_relu_then_pool(shape, k):
+    x = rand(*shape)
+    x[0, 0] = -np.abs(x[0, 0])          # a plane where every window is off
+    x[-1, -1, :2, :2] = np.nan           # and a NaN window
+    dy = None
+    y_fused, argmax_fused = F.max_pool2d(x, k, relu=True)
+    relu_x = F.relu(x)
+    y, argmax = F.max_pool2d(relu_x, k)
+    np.testing.assert_array_equal(y_fused, y)
+    assert (argmax_fused[0, 0] == -1).all()
+    dy = rand(*y.shape)
+    dx_fused = F.max_pool2d_backward(dy, argmax_fused, x.shape)
+    dx = F.relu_backward(x, F.max_pool2d_backward(dy, argmax, x.shape))
+    np.testing.assert_array_equal(dx_fused, dx)
+
+
 def test_max_pool2d_ties_pick_first_and_nan_propagates():
     x = np.ones((1, 1, 2, 2), np.float32)
     y, argmax = F.max_pool2d(x, 2)

@@ -62,6 +62,19 @@ def test_backward_without_input_grad_skips_dx_but_keeps_parameter_grads():
     assert dx.shape == x.shape
 
 
+def test_relu_maxpool_pairs_run_fused_with_identical_results():
+    model = small_model(seed=4).eval()
+    assert [type(s).__name__ for s in model.steps] == [
+        "Conv2d", "ReLUMaxPool2d", "Conv2d", "ReLU", "Flatten", "Dropout", "Linear"]
+    x = rng.standard_normal((3, 2, 6, 6)).astype(np.float32)
+    dy = rng.standard_normal((3, 5)).astype(np.float32)
+    fused_y = model.forward(x)
+    fused_dx = model.backward(dy)
+    model.steps = list(model.layers)  # run the pair as two layers
+    np.testing.assert_array_equal(model.forward(x), fused_y)
+    np.testing.assert_array_equal(model.backward(dy), fused_dx)
+
+
 def test_default_model_has_the_keras_architecture():
     model = nn.mnist_cnn(seed=0)
     assert model.num_parameters() == 34826

@@ -46,17 +46,22 @@ def relu_backward(x: np.ndarray, dy: np.ndarray) -> np.ndarray:
     return _core.relu_backward(x, dy)
 
 
-def max_pool2d(x: np.ndarray, k: int):
+def max_pool2d(x: np.ndarray, k: int, relu: bool = False):
     """Max over k x k windows, stride k: x [N, C, H, W] -> (y [N, C, H//k, W//k], argmax).
 
     argmax (int32, same shape as y) holds the index h*W + w of each window's maximum in its
     plane: `max_pool2d_backward` routes gradients through it. A NaN in a window wins.
+    With relu=True the result is max_pool2d(relu(x)) computed in the same pass (max and ReLU
+    commute); windows whose maximum is <= 0 give 0, and those whose maximum is not > 0 (<= 0
+    or NaN) get argmax -1, so they pass no gradient,
+    exactly as relu_backward would.
     """
-    return _core.max_pool2d(x, k)
+    return _core.max_pool2d(x, k, bool(relu))
 
 
 def max_pool2d_backward(dy: np.ndarray, argmax: np.ndarray, x_shape) -> np.ndarray:
-    """Routes each dy to its window's argmax: returns dx of shape x_shape, zero elsewhere."""
+    """Routes each dy to its window's argmax: returns dx of shape x_shape, zero elsewhere
+    (an argmax of -1, from a fused ReLU, routes nothing)."""
     return _core.max_pool2d_backward(dy, argmax, [int(s) for s in x_shape])
 
 

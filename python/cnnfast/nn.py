@@ -177,19 +177,54 @@ class Dropout(Layer):
         return {"p": self.p}
 
 
+class ReLUMaxPool2d(Layer):
+    """ReLU followed by MaxPool2d, in one kernel pass over the input (the same numbers and
+    gradients as the two layers: max and ReLU commute). Sequential uses it in place of such a
+    pair; it is not part of a model's architecture."""
+
+    def __init__(self, pool: MaxPool2d):
+        self.pool = pool
+
+    def forward(self, x):
+        self.x_shape = x.shape
+        y, self.argmax = F.max_pool2d(x, self.pool.kernel_size, relu=True)
+        return y
+
+    def backward(self, dy):
+        return F.max_pool2d_backward(dy, self.argmax, self.x_shape)
+
+
+def fuse(layers: list[Layer]) -> list[Layer]:
+    """The layers to run: each ReLU directly followed by a MaxPool2d becomes one ReLUMaxPool2d."""
+    steps, i = [], 0
+    while i < len(layers):
+        if isinstance(layers[i], ReLU) and i + 1 < len(layers) and isinstance(layers[i + 1], MaxPool2d):
+            steps.append(ReLUMaxPool2d(layers[i + 1]))
+            i += 2
+        else:
+            steps.append(layers[i])
+            i += 1
+    return steps
+
+
 LAYERS = {cls.__name__: cls for cls in (Conv2d, Linear, ReLU, MaxPool2d, Flatten, Dropout)}
 
 
 class Sequential:
-    """Layers applied in order; backward runs them in reverse (the chain rule)."""
+    """Layers applied in order; backward runs them in reverse (the chain rule).
+
+    `layers` is the architecture; `steps` is what runs: the same layers, except that each
+    ReLU + MaxPool2d pair runs as one fused ReLUMaxPool2d (identical results, one pass).
+    """
 
     def __init__(self, *layers: Layer):
         self.layers = list(layers)
+        self.steps = fuse(self.layers)
         self.training = True
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        for layer in self.layers:
-            x = layer.forward(x)
+        for step in self.steps:
+            x = step.forward(x)
         return x
 
     __call__ = forward
@@ -197,9 +232,9 @@ class Sequential:
     def backward(self, dy: np.ndarray, input_grad: bool = True):
         """Backpropagate dL/d(output); returns dL/d(input), or None with input_grad=False
         (training needs only the parameters' gradients, so the first conv skips its dx)."""
-        for layer in reversed(self.layers[1:]):
-            dy = layer.backward(dy)
-        first = self.layers[0]
+        for step in reversed(self.steps[1:]):
+            dy = step.backward(dy)
+        first = self.steps[0]
         return first.backward(dy, input_grad) if isinstance(first, Conv2d) else first.backward(dy)
 
     def parameters(self) -> list[Parameter]:
