@@ -80,13 +80,16 @@ void sgemm(bool trans_a, bool trans_b, i64 M, i64 N, i64 K, const float* A, i64 
     return;
   }
   const MicroKernel& mk = active_microkernel();
+  // Depth blocks of equal size (K = 288: 144 + 144, not 256 + 32, whose short block would
+  // store and reload C for little work).
+  const i64 kc_step = (K + (K + KC - 1) / KC - 1) / ((K + KC - 1) / KC);
   static thread_local PackBuffers buffers;
   float* Ap = buffers.a.data();
   float* Bp = buffers.b.data();
   for (i64 jc = 0; jc < N; jc += NC) {
     const i64 nc = std::min(NC, N - jc);
-    for (i64 pc = 0; pc < K; pc += KC) {
-      const i64 kc = std::min(KC, K - pc);
+    for (i64 pc = 0; pc < K; pc += kc_step) {
+      const i64 kc = std::min(kc_step, K - pc);
       const int acc = accumulate || pc > 0;
       pack_b(Bp, trans_b, B, ldb, pc, jc, kc, nc, mk.nr);
       for (i64 ic = 0; ic < M; ic += MC) {
