@@ -1,7 +1,8 @@
 """cnnfast: a small, fast CPU trainer for convolutional networks, C++ kernels under a thin Python API.
 
 Reading order: cpp/ (kernels) -> cpp/bindings.cpp -> cnnfast.functional -> cnnfast.nn -> the
-commands (python -m cnnfast.train, cnnfast.backprop, cnnfast.sum_challenge).
+commands (python -m cnnfast.train, cnnfast.evaluate, cnnfast.predict, cnnfast.export,
+cnnfast.backprop, cnnfast.sum_challenge).
 """
 import os as _os
 import warnings as _warnings
@@ -49,4 +50,13 @@ def load_model(path):
     return _load(path)
 
 
-__all__ = ["set_num_threads", "get_num_threads", "build_info", "load_model", "__version__"]
+def export_onnx(model, path):
+    """Write `model` (or the path of a saved model) to `path` as a standard ONNX graph: input
+    float32 [batch, 1, 28, 28] in [0, 1], output logits [batch, 10]. Needs the onnx package
+    (pip install cnnfast[onnx]); see cnnfast.export."""
+    from .export import export_onnx as _export
+
+    return _export(model, path)
+
+
+__all__ = ["set_num_threads", "get_num_threads", "build_info", "load_model", "export_onnx", "__version__"]

@@ -80,3 +80,54 @@ def side_by_side(blocks: list[list[str]], width: int, gap: int = 1) -> list[str]
         cells = [(block[i] if i < len(block) else "")[:width].ljust(width) for block in blocks]
         rows.append((" " * gap).join(cells).rstrip())
     return rows
+
+
+BLOCKS = {(False, False): " ", (True, False): "\u2580", (False, True): "\u2584", (True, True): "\u2588"}
+FAINT = "\u2591"
+
+
+def can_draw_blocks(stream=None) -> bool:
+    """Whether `stream` (default stdout) can print the block characters (a UTF-8 terminal or
+    file can; an ASCII one, e.g. PYTHONIOENCODING=ascii, cannot)."""
+    stream = stream if stream is not None else sys.stdout
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    try:
+        "".join(BLOCKS.values()).encode(encoding)
+        FAINT.encode(encoding)
+        "\u250c\u2500\u2510\u2502\u2514\u2518".encode(encoding)
+    except (UnicodeEncodeError, LookupError):
+        return False
+    return True
+
+
+def block_rows(image: np.ndarray, threshold: int = 128, faint: int = 48) -> list[str]:
+    """A uint8 image (light ink on black, e.g. 28x28) at full resolution in half-block characters:
+    each character is one pixel wide and two tall (terminal cells are about twice as tall as
+    wide, so the digit keeps its shape); 28x28 becomes 14 rows of 28. A pixel >= `threshold`
+    is ink; a cell with no ink but a pixel >= `faint` is drawn light-shaded."""
+    image = np.asarray(image)
+    if image.shape[0] % 2:
+        image = np.concatenate([image, np.zeros((1, image.shape[1]), image.dtype)])
+    rows = []
+    for top, bottom in zip(image[0::2], image[1::2]):
+        line = []
+        for a, b in zip(top, bottom):
+            char = BLOCKS[(bool(a >= threshold), bool(b >= threshold))]
+            line.append(FAINT if char == " " and max(a, b) >= faint else char)
+        rows.append("".join(line))
+    return rows
+
+
+def digit_picture(image: np.ndarray, stream=None, frame: bool = True) -> list[str]:
+    """A 28x28 uint8 digit as it can best be printed on `stream` (default stdout): block_rows
+    in a box-drawing frame, or, where the block characters cannot be encoded, the ASCII shades
+    of digit_rows (28 wide) in a +--+ frame. 14 rows of 28 characters, plus the frame."""
+    blocks = can_draw_blocks(stream)
+    rows = block_rows(image) if blocks else digit_rows(image, width=np.asarray(image).shape[1])
+    if not frame:
+        return rows
+    width = max((len(r) for r in rows), default=0)
+    if blocks:
+        return (["\u250c" + "\u2500" * width + "\u2510"] + ["\u2502" + r.ljust(width) + "\u2502" for r in rows]
+                + ["\u2514" + "\u2500" * width + "\u2518"])
+    return ["+" + "-" * width + "+"] + ["|" + r.ljust(width) + "|" for r in rows] + ["+" + "-" * width + "+"]

@@ -1,0 +1,224 @@
+"""Training checkpoints: what `python -m cnnfast.train --resume` needs to continue a run exactly
+where it stopped, so that the resumed run ends with the same weights, bit for bit, as a run that
+was never interrupted (same seed, same settings).
+
+A checkpoint is one .npz file (written atomically: a temporary file, then a rename) holding
+
+- the weights (``param.<i>``, in `model.parameters()` order) and the optimizer's state
+  (``optim.<name>``: Adam's t, m.i, v.i or SGD's velocity.i);
+- a JSON document (``meta``): the settings the run was started with, the position (the epoch to
+  continue and how many of its steps are done), the running totals of that epoch, the history
+  of finished epochs, the shuffling generator's state as of the START of that epoch (its
+  permutation is drawn again from it) and the state of every layer's own generator (Dropout's).
+
+Nothing is pickled: generator states are plain dicts of ints and strings, stored as JSON, and
+files are read with allow_pickle=False. A checkpoint is not a model file (`load_model` rejects
+it): only `--resume` reads it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+
+import numpy as np
+
+FORMAT = "cnnfast-checkpoint-v1"
+
+# The settings a resumed run must share with the checkpoint for the continuation to be exact.
+SETTINGS = ("batch_size", "optimizer", "lr", "seed", "limit")
+HISTORY_KEYS = {"epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy"}
+
+
+class CheckpointError(ValueError):
+    """A file that is not a readable cnnfast checkpoint, or one that does not fit this run."""
+
+
+@dataclasses.dataclass
+class EpochState:
+    """Where training stands inside an epoch: steps done and the running totals so far."""
+    step: int = 0
+    total_loss: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    seconds: float = 0.0
+
+
+@dataclasses.dataclass
+class Checkpoint:
+    settings: dict                # batch_size, optimizer, lr, seed, limit, train_images
+    epoch: int                    # the epoch to continue, from 1 (epochs + 1: training is done)
+    position: EpochState          # steps of `epoch` already done, and their totals
+    shuffle_rng: dict             # the shuffling Generator's state at the start of `epoch`
+    layer_rngs: dict              # layer index -> its Generator's state now (Dropout)
+    history: list                 # one dict of metrics per finished epoch
+    train_seconds: float          # training time of the finished epochs
+    trained_images: int
+    params: list                  # float32 arrays, in model.parameters() order
+    optimizer: dict               # name -> array, as optimizer.state() returns it
+
+
+def default_path(model_path: str) -> str:
+    """The checkpoint next to the model file: mnist_cnn.npz -> mnist_cnn.ckpt.npz."""
+    base = model_path[:-4] if model_path.endswith(".npz") else model_path
+    return base + ".ckpt.npz"
+
+
+def capture(model, optimizer, *, settings, epoch, position, shuffle_rng, history, train_seconds,
+            trained_images) -> Checkpoint:
+    """A snapshot (copies) of everything a resumed run needs; call it between steps."""
+    layer_rngs = {i: layer.rng.bit_generator.state for i, layer in enumerate(model.layers)
+                  if isinstance(getattr(layer, "rng", None), np.random.Generator)}
+    return Checkpoint(settings=dict(settings), epoch=int(epoch), position=dataclasses.replace(position),
+                      shuffle_rng=shuffle_rng, layer_rngs=layer_rngs, history=list(history),
+                      train_seconds=float(train_seconds), trained_images=int(trained_images),
+                      params=[p.data.copy() for p in model.parameters()],
+                      optimizer={k: np.array(v, copy=True) for k, v in optimizer.state().items()})
+
+
+def save(checkpoint: Checkpoint, path) -> str:
+    """Write `checkpoint` to `path` atomically: a temporary file in the same directory, flushed
+    to disk, then renamed over `path`. On any error the temporary file is removed and a previous
+    file at `path` is left as it was."""
+    path = os.fspath(path)
+    meta = {
+        "settings": checkpoint.settings, "epoch": checkpoint.epoch,
+        "position": dataclasses.asdict(checkpoint.position),
+        "shuffle_rng": checkpoint.shuffle_rng,
+        "layer_rngs": {str(i): s for i, s in checkpoint.layer_rngs.items()},
+        "history": checkpoint.history, "train_seconds": checkpoint.train_seconds,
+        "trained_images": checkpoint.trained_images,
+        "params": len(checkpoint.params), "optimizer": sorted(checkpoint.optimizer),
+    }
+    arrays = {"format": np.array(FORMAT), "meta": np.array(json.dumps(meta))}
+    arrays.update({f"param.{i}": p for i, p in enumerate(checkpoint.params)})
+    arrays.update({f"optim.{k}": np.asarray(v) for k, v in checkpoint.optimizer.items()})
+    fd, tmp = tempfile.mkstemp(prefix=".cnnfast-ckpt-", suffix=".npz.tmp",
+                               dir=os.path.dirname(os.path.abspath(path)))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load(path) -> Checkpoint:
+    """Read a checkpoint written by `save`; a CheckpointError naming the file if it is not one.
+    Never unpickles. (FileNotFoundError and other errors opening the file pass through.)"""
+    path = os.fspath(path)
+    with open(path, "rb") as file:
+        try:
+            loaded = np.load(file, allow_pickle=False)
+            if not isinstance(loaded, np.lib.npyio.NpzFile):
+                raise CheckpointError("not a cnnfast checkpoint (a .npy array, not an .npz archive)")
+            with loaded:
+                return _from_npz(loaded)
+        except CheckpointError as error:
+            raise CheckpointError(f"{path}: {error}") from None
+        except Exception as error:  # noqa: BLE001 - whatever a damaged archive makes zipfile,
+            # numpy's .npy parser (ValueError, TokenError, MemoryError, ...) or json raise
+            raise CheckpointError(f"{path}: not a readable cnnfast checkpoint "
+                                  f"({type(error).__name__}: {error})") from None
+
+
+def _from_npz(f) -> Checkpoint:
+    files = set(f.files)
+    if "format" not in files:
+        raise CheckpointError(f"not a cnnfast checkpoint (no '{FORMAT}' marker)")
+    marker = str(_array(f, "format"))
+    if marker == "cnnfast-model-v1":
+        raise CheckpointError("this is a saved model, not a training checkpoint")
+    if marker != FORMAT:
+        raise CheckpointError(f"not a cnnfast checkpoint (format {marker[:40]!r}, expected '{FORMAT}')")
+    meta = json.loads(str(_array(f, "meta")))
+    _expect(isinstance(meta, dict), "meta is not a JSON object")
+    settings = meta.get("settings")
+    _expect(isinstance(settings, dict) and all(k in settings for k in SETTINGS + ("train_images",)),
+            "settings are missing")
+    position = meta.get("position")
+    _expect(isinstance(position, dict), "position is missing")
+    try:
+        position = EpochState(**position)
+    except TypeError as error:
+        raise CheckpointError(f"bad position: {error}") from None
+    _expect(all(isinstance(getattr(position, k), int) and not isinstance(getattr(position, k), bool)
+                and getattr(position, k) >= 0 for k in ("step", "correct", "seen"))
+            and all(isinstance(getattr(position, k), (int, float)) for k in ("total_loss", "seconds")),
+            "bad position")
+    epoch = meta.get("epoch")
+    _expect(isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 1, "bad epoch")
+    layer_rngs = meta.get("layer_rngs")
+    _expect(isinstance(layer_rngs, dict) and all(k.isascii() and k.isdigit() and isinstance(v, dict)
+                                                 for k, v in layer_rngs.items()), "bad layer generator states")
+    _expect(isinstance(meta.get("shuffle_rng"), dict), "bad shuffling generator state")
+    history = meta.get("history")
+    _expect(isinstance(history, list) and all(isinstance(h, dict) and HISTORY_KEYS <= set(h) for h in history),
+            "bad history")
+    n_params, optim_keys = meta.get("params"), meta.get("optimizer")
+    _expect(isinstance(n_params, int) and 0 <= n_params <= len(files) and isinstance(optim_keys, list)
+            and len(optim_keys) <= len(files) and all(isinstance(k, str) for k in optim_keys), "bad array list")
+    expected = {"format", "meta"} | {f"param.{i}" for i in range(n_params)} | {f"optim.{k}" for k in optim_keys}
+    _expect(files == expected, f"arrays {sorted(files ^ expected)[:5]} missing or unexpected")
+    params = [_array(f, f"param.{i}") for i in range(n_params)]
+    _expect(all(p.dtype == np.float32 for p in params), "weights are not float32")
+    optimizer = {k: _array(f, f"optim.{k}") for k in optim_keys}
+    _expect(all(v.dtype.kind in "fiu" for v in optimizer.values()), "optimizer state is not numeric")
+    return Checkpoint(settings=settings, epoch=epoch, position=position, shuffle_rng=meta["shuffle_rng"],
+                      layer_rngs={int(k): v for k, v in layer_rngs.items()}, history=meta["history"],
+                      train_seconds=float(meta.get("train_seconds", 0.0)),
+                      trained_images=int(meta.get("trained_images", 0)), params=params, optimizer=optimizer)
+
+
+def _array(f, key: str) -> np.ndarray:
+    value = f[key]  # np.load gives the raw bytes of a member that is not an .npy file
+    _expect(isinstance(value, np.ndarray), f"'{key}' is not an array")
+    return value
+
+
+def _expect(ok: bool, message: str) -> None:
+    if not ok:
+        raise CheckpointError(f"corrupt checkpoint: {message}")
+
+
+def mismatched_settings(checkpoint: Checkpoint, settings: dict) -> list[str]:
+    """The settings (of SETTINGS) whose values differ between the checkpoint and this run."""
+    return [k for k in SETTINGS if checkpoint.settings.get(k) != settings.get(k)]
+
+
+def restore(checkpoint: Checkpoint, model, optimizer, shuffle_rng: np.random.Generator) -> None:
+    """Put the checkpoint's weights, optimizer state and generator states into a freshly built
+    model, optimizer and shuffling generator (in place). A CheckpointError, before anything is
+    changed, if they do not fit."""
+    params = model.parameters()
+    if len(params) != len(checkpoint.params) or any(
+            p.data.shape != q.shape for p, q in zip(params, checkpoint.params)):
+        raise CheckpointError("its weights do not fit the model "
+                              f"({[list(q.shape) for q in checkpoint.params][:4]}...)")
+    current = {k: np.asarray(v) for k, v in optimizer.state().items()}
+    saved = checkpoint.optimizer
+    if set(current) != set(saved) or any(
+            current[k].shape != saved[k].shape or current[k].dtype.kind != saved[k].dtype.kind
+            or (saved[k].dtype.kind in "iu" and (saved[k] < 0).any()) for k in current):
+        raise CheckpointError("its optimizer state does not fit this optimizer")
+    rngs = {i: layer.rng for i, layer in enumerate(model.layers)
+            if isinstance(getattr(layer, "rng", None), np.random.Generator)}
+    if set(rngs) != set(checkpoint.layer_rngs):
+        raise CheckpointError("its random generators do not fit the model's layers")
+    try:  # validate every generator state on scratch generators first, then apply
+        for state in [checkpoint.shuffle_rng, *checkpoint.layer_rngs.values()]:
+            np.random.default_rng().bit_generator.state = state
+    except Exception as error:  # noqa: BLE001 - numpy's setter raises several types
+        raise CheckpointError(f"corrupt checkpoint: bad generator state ({type(error).__name__}: {error})") from None
+    for p, q in zip(params, checkpoint.params):
+        p.data[...] = q
+    optimizer.load_state(checkpoint.optimizer)
+    shuffle_rng.bit_generator.state = checkpoint.shuffle_rng
+    for i, rng in rngs.items():
+        rng.bit_generator.state = checkpoint.layer_rngs[i]
