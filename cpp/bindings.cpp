@@ -56,6 +56,9 @@ py::array_t<T> checked(py::handle obj, const char* name, int ndim = -1, const ch
   if (!(a.flags() & py::array::c_style))
     throw py::value_error(std::string(name) + " must be C-contiguous; pass np.ascontiguousarray(" +
                           name + ")");
+  if (!(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
+    throw py::value_error(std::string(name) + " is not aligned to its dtype (a view at an odd byte "
+                          "offset); pass " + name + ".copy()");
   return py::reinterpret_borrow<py::array_t<T>>(a);
 }
 
@@ -68,6 +71,16 @@ py::array_t<T> writable(py::handle obj, const char* name) {
 
 void expect(bool ok, const std::string& message) {
   if (!ok) throw py::value_error(message);
+}
+
+// In-place updates read one array while writing another: they must not share memory
+// (the same array passed twice is fine: each element is read before it is written).
+void expect_no_overlap(const py::array& a, const char* a_name, const py::array& b, const char* b_name) {
+  const char* a0 = static_cast<const char*>(a.data());
+  const char* b0 = static_cast<const char*>(b.data());
+  const bool overlap = a0 < b0 + b.nbytes() && b0 < a0 + a.nbytes();
+  expect(!overlap || (a0 == b0 && a.nbytes() == b.nbytes()),
+         std::string(a_name) + " and " + b_name + " overlap in memory; pass a copy of one");
 }
 
 std::string dims(std::initializer_list<i64> d) {
@@ -211,10 +224,12 @@ py::array_t<float> max_pool2d_grad(py::handle dy_, py::handle argmax_, std::vect
   expect(x_shape.size() == 4, "x_shape must have 4 entries (N, C, H, W), got " + std::to_string(x_shape.size()));
   const i64 N = x_shape[0], C = x_shape[1], H = x_shape[2], W = x_shape[3];
   const i64 Ho = dy.shape(2), Wo = dy.shape(3);
+  constexpr i64 kMaxPlane = std::numeric_limits<std::int32_t>::max();
+  expect(H >= 0 && W >= 0 && H <= kMaxPlane && W <= kMaxPlane && (H == 0 || W <= kMaxPlane / H),
+         "x_shape " + dims({N, C, H, W}) + " has planes too large for int32 argmax");
   expect(N == dy.shape(0) && C == dy.shape(1) && H >= 0 && W >= 0 && Ho <= H && Wo <= W,
          "x_shape " + dims({N, C, H, W}) + " does not fit dy " + shape_str(dy) +
              ": need the same N and C and a plane at least as large");
-  expect(H * W <= std::numeric_limits<std::int32_t>::max(), "x_shape planes are too large for int32 argmax");
   const std::int32_t* ap = argmax.data();
   const i64 n = argmax.size();
   for (i64 i = 0; i < n; ++i)
@@ -252,6 +267,7 @@ py::array_t<float> dropout_grad(py::handle dy_, py::handle mask_, double p) {
   auto mask = checked<std::uint8_t>(mask_, "mask");
   expect_same_shape(dy, "dy", mask, "mask");
   expect(p >= 0.0 && p <= 1.0, "p must be a probability in [0, 1], got " + std::to_string(p));
+  expect(p == 1.0 || float(p) < 1.0f, "p = " + std::to_string(p) + " rounds to 1 in float32; use p <= 1 - 6e-8 or 1");
   std::vector<py::ssize_t> shape(dy.shape(), dy.shape() + dy.ndim());
   auto dx = empty<float>(shape);
   float* dxp = dx.mutable_data();
@@ -347,7 +363,12 @@ void sgd(py::handle param_, py::handle grad_, py::handle velocity_, double lr, d
   auto velocity = writable<float>(velocity_, "velocity");
   expect_same_shape(param, "param", grad, "grad");
   expect_same_shape(param, "param", velocity, "velocity");
+  expect_no_overlap(param, "param", grad, "grad");
+  expect_no_overlap(param, "param", velocity, "velocity");
+  expect_no_overlap(velocity, "velocity", grad, "grad");
   expect(momentum >= 0.0, "momentum must be >= 0, got " + std::to_string(momentum));
+  expect(momentum == 0.0 || float(momentum) > 0.0f,
+         "momentum " + std::to_string(momentum) + " rounds to 0 in float32; use 0 or at least 1e-38");
   float *pp = param.mutable_data(), *vp = velocity.mutable_data();
   const i64 n = param.size();
   {
@@ -365,10 +386,14 @@ void adam(py::handle param_, py::handle grad_, py::handle m_, py::handle v_, i64
   expect_same_shape(param, "param", grad, "grad");
   expect_same_shape(param, "param", m, "m");
   expect_same_shape(param, "param", v, "v");
+  const std::pair<const py::array*, const char*> arrays[] = {{&param, "param"}, {&grad, "grad"}, {&m, "m"}, {&v, "v"}};
+  for (int i = 0; i < 4; ++i)
+    for (int j = i + 1; j < 4; ++j) expect_no_overlap(*arrays[i].first, arrays[i].second, *arrays[j].first, arrays[j].second);
   expect(step >= 1, "step must be >= 1 (the number of this update), got " + std::to_string(step));
-  expect(beta1 >= 0.0 && beta1 < 1.0, "beta1 must be in [0, 1), got " + std::to_string(beta1));
-  expect(beta2 >= 0.0 && beta2 < 1.0, "beta2 must be in [0, 1), got " + std::to_string(beta2));
-  expect(eps > 0.0, "eps must be > 0, got " + std::to_string(eps));
+  // Checked as the kernel sees them: rounded to float32 (1 - 1e-10 would become 1.0f).
+  expect(beta1 >= 0.0 && float(beta1) < 1.0f, "beta1 must be in [0, 1) in float32, got " + std::to_string(beta1));
+  expect(beta2 >= 0.0 && float(beta2) < 1.0f, "beta2 must be in [0, 1) in float32, got " + std::to_string(beta2));
+  expect(float(eps) > 0.0f, "eps must be > 0 in float32 (at least ~1e-45), got " + std::to_string(eps));
   float *pp = param.mutable_data(), *mp = m.mutable_data(), *vp = v.mutable_data();
   const i64 n = param.size();
   {

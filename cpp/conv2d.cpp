@@ -163,6 +163,12 @@ void conv2d_forward(float* y, const float* x, const float* w, const float* b,
                     i64 N, i64 C, i64 H, i64 W, i64 K, i64 R, i64 S, i64 pad) {
   const ConvShape s(C, H, W, K, R, S, pad);
   const i64 P = s.P(), T = s.taps();
+  if (N == 0 || K == 0) return;  // nothing to compute (and no scratch to allocate)
+  if (T == 0) {  // no input channels: y is the bias
+    for (i64 n = 0; n < N; ++n)
+      for (i64 k = 0; k < K; ++k) std::fill(y + (n * K + k) * P, y + (n * K + k + 1) * P, b[k]);
+    return;
+  }
   if (T <= kDirectTaps) {  // short patches: the direct path, image by image
     const int nt = std::max(1, std::min<int>(threads_for(double(N) * K * P * T), int(std::max<i64>(N, 1))));
     std::vector<float> cols(size_t(nt) * T * P);
@@ -302,7 +308,12 @@ void conv2d_backward(float* dx, float* dw, float* db, const float* x, const floa
                      i64 N, i64 C, i64 H, i64 W, i64 K, i64 R, i64 S, i64 pad) {
   const ConvShape s(C, H, W, K, R, S, pad);
   const i64 P = s.P(), T = s.taps();
-  if (T <= kDirectTaps) {  // short patches: dw by the direct path, dx (if asked) by GEMM
+  if (N == 0 || K == 0 || T == 0) {  // an empty product: zero gradients, no scratch
+    if (dx) std::fill(dx, dx + N * C * H * W, 0.0f);
+    std::fill(dw, dw + K * T, 0.0f);
+    if (N == 0 || T == 0) std::fill(db, db + K, 0.0f);
+    if (N == 0 || K == 0) return;
+  } else if (T <= kDirectTaps) {  // short patches: dw by the direct path, dx (if asked) by GEMM
     conv2d_backward_weight_direct(dw, x, dy, s, N);
     if (dx) conv2d_backward_gemm(dx, nullptr, x, w, dy, s, N);
   } else {

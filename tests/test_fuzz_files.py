@@ -297,11 +297,10 @@ def model_mutation(rng, data, corpus):
     return rezip(data, lambda name, c: buffer.getvalue() if name == "architecture.npy" else c)
 
 
-# Exceptions that load_model lets escape instead of raising ModelFormatError: known faults in
-# cnnfast/nn.py, each pinned by a strict xfail test at the end of this file. When those tests
-# pass, empty this tuple: the fuzz test then accepts ModelFormatError only.
-KNOWN_ESCAPES = (AttributeError, NotImplementedError, tokenize.TokenError, TypeError, MemoryError,
-                 ZeroDivisionError)
+# Exceptions that load_model let escape instead of raising ModelFormatError (faults found by
+# this fuzzing, pinned by the tests at the end of this file): none left, so the fuzz test
+# accepts ModelFormatError only.
+KNOWN_ESCAPES = ()
 
 
 def check_model(path, data, reference):
@@ -408,8 +407,6 @@ def test_checkpoint_fuzz(tmp_path):
 
 # ------------------------------------------------------------------ known faults in load_model
 
-@pytest.mark.xfail(strict=True, reason="load_model lets NotImplementedError escape when the zip's "
-                                       "compression-method field is damaged (2 bytes changed)")
 def test_damaged_zip_compression_method_is_a_model_format_error(tmp_path):
     data = bytearray(saved_bytes(small_model(), tmp_path / "m.npz"))
     for signature, offset in ((b"PK\x03\x04", 8), (b"PK\x01\x02", 10)):  # local and central headers
@@ -420,9 +417,6 @@ def test_damaged_zip_compression_method_is_a_model_format_error(tmp_path):
         cnnfast.load_model(tmp_path / "bad.npz")
 
 
-@pytest.mark.xfail(strict=True, reason="load_model lets exceptions from numpy's .npy header parser "
-                                       "escape: tokenize.TokenError (unbalanced brackets), TypeError "
-                                       "(an unhashable key) and MemoryError (a header claiming 4 TB)")
 @pytest.mark.parametrize("header", [NPY_HEADERS[1], NPY_HEADERS[3], NPY_HEADERS[0]],
                          ids=["unbalanced", "unhashable", "4TB"])
 def test_damaged_npy_header_is_a_model_format_error(tmp_path, header):
@@ -432,8 +426,6 @@ def test_damaged_npy_header_is_a_model_format_error(tmp_path, header):
         cnnfast.load_model(tmp_path / "bad.npz")
 
 
-@pytest.mark.xfail(strict=True, reason="load_model raises AttributeError when a member of the archive is "
-                                       "not an .npy file (np.load then returns its raw bytes)")
 def test_a_member_that_is_not_npy_is_a_model_format_error(tmp_path):
     data = rezip(saved_bytes(small_model(), tmp_path / "m.npz"),
                  lambda name, c: b"not an npy file" if name == "0.weight.npy" else c)
@@ -442,8 +434,6 @@ def test_a_member_that_is_not_npy_is_a_model_format_error(tmp_path):
         cnnfast.load_model(tmp_path / "bad.npz")
 
 
-@pytest.mark.xfail(strict=True, reason="from_architecture lets ZeroDivisionError escape for a layer with "
-                                       "0 inputs (the init bound 1/sqrt(fan_in))")
 @pytest.mark.parametrize("layer", [{"type": "Linear", "in_features": 0, "out_features": 2},
                                    {"type": "Conv2d", "in_channels": 1, "out_channels": 2, "kernel_size": 0,
                                     "padding": 0}])
