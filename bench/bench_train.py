@@ -15,7 +15,9 @@ What is timed, for both frameworks, on the same data, threads and batch:
   Adam step, loss and accuracy bookkeeping); the PyTorch loop does the same steps on the same
   NumPy batches. Loading the data and evaluating are not timed.
 - inference: the 10,000 test images (converted to float32 beforehand) in batches of 1,000,
-  forward pass in eval mode and argmax, right after training.
+  the eval-mode forward pass and argmax, right after training (cnnfast: `model.infer`, which
+  runs each 1,000-image batch through the layers 64 images at a time; PyTorch: its forward
+  under torch.no_grad at batch 1,000).
 Runs are interleaved (cnnfast, torch, cnnfast, torch, ...) so that both see the same machine
 load; medians are reported with the ratio cnnfast / PyTorch (above 1: cnnfast is faster).
 Keras/TensorFlow and JAX are measured by their own scripts in ../shared/peers (bench/run_peers.sh).
@@ -120,7 +122,7 @@ def cnnfast_run(data, args) -> dict:
     bs, correct = args.infer_batch_size, 0
     start = time.perf_counter()
     for i in range(0, len(x_test_f), bs):
-        pred = model.forward(x_test_f[i:i + bs]).argmax(axis=1)
+        pred = model.infer(x_test_f[i:i + bs]).argmax(axis=1)
         correct += int((pred == y_test[i:i + bs]).sum())
     infer_s = time.perf_counter() - start
     return result(len(x_train) * args.epochs, train_s, len(x_test_f), infer_s, loss, acc, correct)
@@ -133,7 +135,7 @@ def cnnfast_warmup(data, args) -> None:
     model = mnist_cnn(args.seed + 1)
     train_epoch(model, Adam(model.parameters(), lr=1e-3), x_train[:n], y_train[:n], args.batch_size,
                 np.random.default_rng(0))
-    model.eval().forward(x_test_f[:args.infer_batch_size])
+    model.infer(x_test_f[:args.infer_batch_size])
 
 
 # ------------------------------------------------------------------------------------------ PyTorch

@@ -42,6 +42,14 @@ void pack_a(float* dst, bool trans_a, const float* A, i64 lda, i64 i0, i64 k0, i
   }
 }
 
+// Packing space, one per thread, sized for the widest tile (so it never grows mid-run).
+struct PackBuffers {
+  std::vector<float> a, b;
+  PackBuffers() : a(MC * KC), b(KC * (NC + 64)) {}
+};
+
+}  // namespace
+
 // op(B)[k0 : k0+kc, j0 : j0+nc] -> panels of nr columns: dst[q*kc + k*nr + j]
 void pack_b(float* dst, bool trans_b, const float* B, i64 ldb, i64 k0, i64 j0, i64 kc, i64 nc, int nr) {
   for (i64 q = 0; q < nc; q += nr, dst += nr * kc) {
@@ -63,13 +71,11 @@ void pack_b(float* dst, bool trans_b, const float* B, i64 ldb, i64 k0, i64 j0, i
   }
 }
 
-// Packing space, one per thread, sized for the widest tile (so it never grows mid-run).
-struct PackBuffers {
-  std::vector<float> a, b;
-  PackBuffers() : a(MC * KC), b(KC * (NC + 64)) {}
-};
-
-}  // namespace
+i64 depth_block(i64 K) {
+  // Depth blocks of equal size (K = 288: 144 + 144, not 256 + 32, whose short block would
+  // store and reload C for little work).
+  return (K + (K + KC - 1) / KC - 1) / ((K + KC - 1) / KC);
+}
 
 void sgemm(bool trans_a, bool trans_b, i64 M, i64 N, i64 K, const float* A, i64 lda,
            const float* B, i64 ldb, float* C, i64 ldc, bool accumulate) {
@@ -80,9 +86,7 @@ void sgemm(bool trans_a, bool trans_b, i64 M, i64 N, i64 K, const float* A, i64 
     return;
   }
   const MicroKernel& mk = active_microkernel();
-  // Depth blocks of equal size (K = 288: 144 + 144, not 256 + 32, whose short block would
-  // store and reload C for little work).
-  const i64 kc_step = (K + (K + KC - 1) / KC - 1) / ((K + KC - 1) / KC);
+  const i64 kc_step = depth_block(K);
   static thread_local PackBuffers buffers;
   float* Ap = buffers.a.data();
   float* Bp = buffers.b.data();

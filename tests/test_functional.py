@@ -146,8 +146,9 @@ def test_relu_finite_differences():
 # ------------------------------------------------------------------ max_pool2d
 
 @pytest.mark.parametrize("shape,k", [((2, 3, 4, 4), 2), ((1, 2, 7, 5), 2), ((2, 1, 9, 9), 3),
-                                     ((3, 2, 26, 26), 2), ((1, 1, 3, 3), 1)])
-def test_max_pool2d_matches_reference(shape, k):
+                                     ((3, 2, 26, 26), 2), ((1, 1, 3, 3), 1),
+                                     ((1, 2, 5, 71), 2)])   # 35 windows a row: 16 + 16 + a tail of 3
+def test_max_pool2d_matches_reference(isa, shape, k):
     x = rand(*shape)
     y, argmax = F.max_pool2d(x, k)
     ry, rargmax = ref.max_pool2d(x, k)
@@ -170,8 +171,9 @@ def test_max_pool2d_finite_differences():
                                rtol=1e-2, atol=1e-3)
 
 
-def test_max_pool2d_nan_wins_its_window_on_every_path():
-    x = rand(2, 3, 8, 13)  # 6 windows a row: the 4-wide vector path and the scalar tail
+@pytest.mark.parametrize("width", [13, 41])  # 6 or 20 windows a row: vector steps and tails
+def test_max_pool2d_nan_wins_its_window_on_every_path(isa, width):
+    x = rand(2, 3, 8, width)
     x[rng.random(x.shape) < 0.1] = np.nan
     y, argmax = F.max_pool2d(x, 2)
     ry, rargmax = ref.max_pool2d(x, 2)  # numpy's max/argmax: NaN wins, the first NaN's index
@@ -180,8 +182,9 @@ def test_max_pool2d_nan_wins_its_window_on_every_path():
     assert np.isnan(y).any()
 
 
-@pytest.mark.parametrize("shape,k", [((2, 3, 8, 13), 2), ((2, 2, 9, 9), 3), ((4, 32, 26, 26), 2)])
-def test_max_pool2d_fused_relu_equals_relu_then_pool(shape, k):
+@pytest.mark.parametrize("shape,k", [((2, 3, 8, 13), 2), ((2, 2, 9, 9), 3), ((4, 32, 26, 26), 2),
+                                     ((1, 2, 4, 45), 2)])
+def test_max_pool2d_fused_relu_equals_relu_then_pool(isa, shape, k):
     x = rand(*shape)
     x[0, 0] = -np.abs(x[0, 0])          # a plane where every window is off
     x[-1, -1, :2, :2] = np.nan           # and a NaN window

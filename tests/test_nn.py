@@ -183,3 +183,14 @@ def test_optimizers_reduce_the_loss(make_optimizer):
         optimizer.step()
         losses.append(loss)
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_infer_matches_eval_forward_and_keeps_nothing():
+    model = nn.mnist_cnn(seed=1)
+    x = rng.standard_normal((150, 1, 28, 28)).astype(np.float32)   # 64 + 64 + 22: blocks and a tail
+    got = model.infer(x)
+    assert model.training  # infer() works in eval mode without switching the model
+    model.eval()
+    np.testing.assert_array_equal(got, model.forward(x))
+    assert model.infer(x[:0]).shape == (0, 10)
+    assert model.infer(x[:1]).shape == (1, 10)

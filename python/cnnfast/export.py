@@ -165,15 +165,9 @@ def run_onnx(path, x: np.ndarray) -> np.ndarray:
     return session.run([OUTPUT], {INPUT: np.ascontiguousarray(x, np.float32)})[0]
 
 
-def model_logits(model: Sequential, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+def model_logits(model: Sequential, x: np.ndarray) -> np.ndarray:
     """cnnfast's own logits for float32 x [N, 1, 28, 28] (eval mode: no dropout)."""
-    was_training = model.training
-    model.eval()
-    try:
-        return np.concatenate([model.forward(np.ascontiguousarray(x[i:i + batch_size]))
-                               for i in range(0, len(x), batch_size)])
-    finally:
-        model.train(was_training)
+    return model.infer(x)
 
 
 # ----------------------------------------------------------------------------- the command

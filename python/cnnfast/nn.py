@@ -45,6 +45,10 @@ class Layer:
         """The constructor arguments: with the class name, enough to rebuild the layer."""
         return {}
 
+    def infer(self, x):
+        """The eval-mode output, keeping nothing for a backward pass."""
+        return self.forward(x)
+
     def __repr__(self):
         args = ", ".join(f"{k}={v}" for k, v in self.config().items())
         return f"{type(self).__name__}({args})"
@@ -73,6 +77,9 @@ class Conv2d(Layer):
 
     def forward(self, x):
         self.x = x
+        return self.infer(x)
+
+    def infer(self, x):
         return F.conv2d(x, self.weight.data, self.bias.data, self.padding)
 
     def backward(self, dy, input_grad=True):
@@ -100,6 +107,9 @@ class Linear(Layer):
 
     def forward(self, x):
         self.x = x
+        return self.infer(x)
+
+    def infer(self, x):
         return F.linear(x, self.weight.data, self.bias.data)
 
     def backward(self, dy):
@@ -116,6 +126,9 @@ class Linear(Layer):
 class ReLU(Layer):
     def forward(self, x):
         self.x = x
+        return self.infer(x)
+
+    def infer(self, x):
         return F.relu(x)
 
     def backward(self, dy):
@@ -133,6 +146,9 @@ class MaxPool2d(Layer):
         y, self.argmax = F.max_pool2d(x, self.kernel_size)
         return y
 
+    def infer(self, x):
+        return F.max_pool2d(x, self.kernel_size)[0]
+
     def backward(self, dy):
         return F.max_pool2d_backward(dy, self.argmax, self.x_shape)
 
@@ -145,7 +161,10 @@ class Flatten(Layer):
 
     def forward(self, x):
         self.x_shape = x.shape
-        return x.reshape(x.shape[0], -1)
+        return self.infer(x)
+
+    def infer(self, x):
+        return x.reshape(x.shape[0], math.prod(x.shape[1:]))  # (not -1: an empty batch has no size to infer)
 
     def backward(self, dy):
         return dy.reshape(self.x_shape)
@@ -168,6 +187,9 @@ class Dropout(Layer):
         y, self.mask = F.dropout(x, self.p, int(self.rng.integers(0, 2 ** 63)))
         return y
 
+    def infer(self, x):
+        return x
+
     def backward(self, dy):
         return dy if self.mask is None else F.dropout_backward(dy, self.mask, self.p)
 
@@ -187,6 +209,9 @@ class ReLUMaxPool2d(Layer):
         self.x_shape = x.shape
         y, self.argmax = F.max_pool2d(x, self.pool.kernel_size, relu=True)
         return y
+
+    def infer(self, x):
+        return F.max_pool2d(x, self.pool.kernel_size, relu=True)[0]
 
     def backward(self, dy):
         return F.max_pool2d_backward(dy, self.argmax, self.x_shape)
@@ -227,6 +252,32 @@ class Sequential:
 
     __call__ = forward
 
+    # Images per block in infer(): 64 MNIST images' activations (5.5 MB at the widest layer)
+    # stay in cache from one layer to the next; a 1,000-image batch's are 86 MB and go to
+    # memory and back between every two kernels. Measured on 2 cores: 64 -> ~1.5x the
+    # images/s of one 1,000-image pass (128: 1.4x, 32: 1.45x, 16: 0.9x).
+    infer_block = 64
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        """Eval-mode outputs for a batch (dropout off, whatever `training` says), keeping
+        nothing for backward: the same numbers as forward() in eval mode, computed
+        `infer_block` images at a time so that each block's activations stay in cache."""
+        x = np.asarray(x)
+        out = None
+        for i in range(0, len(x), self.infer_block):
+            y = np.ascontiguousarray(x[i:i + self.infer_block])
+            for step in self.steps:
+                y = step.infer(y)
+            if out is None:
+                out = np.empty((len(x),) + y.shape[1:], y.dtype)
+            out[i:i + len(y)] = y
+        if out is None:  # an empty batch: the shapes still come from the layers
+            y = np.ascontiguousarray(x)
+            for step in self.steps:
+                y = step.infer(y)
+            out = y
+        return out
+
     def backward(self, dy: np.ndarray, input_grad: bool = True):
         """Backpropagate dL/d(output); returns dL/d(input), or None with input_grad=False
         (training needs only the parameters' gradients, so the first conv skips its dx)."""
@@ -257,17 +308,12 @@ class Sequential:
     def predict_proba(self, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
         """Class probabilities [N, 10] for uint8 images [N, 28, 28] or float32 [N, 1, 28, 28]."""
         x = as_model_input(images)
-        was_training = self.training
-        self.eval()
-        try:
-            out = []
-            for i in range(0, len(x), batch_size):
-                logits = self.forward(np.ascontiguousarray(x[i:i + batch_size])).astype(np.float64)
-                logits -= logits.max(axis=1, keepdims=True)
-                p = np.exp(logits)
-                out.append(p / p.sum(axis=1, keepdims=True))
-        finally:
-            self.train(was_training)
+        out = []
+        for i in range(0, len(x), batch_size):
+            logits = self.infer(x[i:i + batch_size]).astype(np.float64)
+            logits -= logits.max(axis=1, keepdims=True)
+            p = np.exp(logits)
+            out.append(p / p.sum(axis=1, keepdims=True))
         return np.concatenate(out) if out else np.zeros((0, 10))
 
     def predict(self, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:

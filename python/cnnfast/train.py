@@ -89,19 +89,14 @@ class StopRequest:
 
 def evaluate(model: Sequential, images: np.ndarray, labels: np.ndarray, batch_size: int = 1000):
     """Mean cross-entropy loss and accuracy of `model` (in eval mode) on uint8 images."""
-    was_training = model.training
-    model.eval()
     total_loss, correct = 0.0, 0
-    try:
-        for i in range(0, len(images), batch_size):
-            x = as_model_input(images[i:i + batch_size])
-            y = labels[i:i + batch_size].astype(np.int64)
-            logits = model.forward(x)
-            loss, _ = F.softmax_cross_entropy(logits, y)
-            total_loss += loss * len(y)
-            correct += int((logits.argmax(axis=1) == y).sum())
-    finally:
-        model.train(was_training)
+    for i in range(0, len(images), batch_size):
+        x = as_model_input(images[i:i + batch_size])
+        y = labels[i:i + batch_size].astype(np.int64)
+        logits = model.infer(x)
+        loss, _ = F.softmax_cross_entropy(logits, y)
+        total_loss += loss * len(y)
+        correct += int((logits.argmax(axis=1) == y).sum())
     n = max(len(images), 1)
     return total_loss / n, correct / n
 
