@@ -169,6 +169,67 @@ py::tuple conv2d_grad(py::handle x_, py::handle w_, py::handle dy_, i64 padding,
   return py::make_tuple(input_grad ? py::object(dx) : py::object(py::none()), dw, db);
 }
 
+// ---------------------------------------------------------------- conv2d + ReLU + max_pool2d
+// The pooled shape of conv2d's output: checks k against it
+std::pair<i64, i64> pooled_shape(const Conv& c, i64 k) {
+  expect(k >= 1, "k must be at least 1, got " + std::to_string(k));
+  expect(k <= c.Ho && k <= c.Wo, "window k=" + std::to_string(k) + " is larger than the convolution's output " +
+                                     dims({c.Ho, c.Wo}));
+  expect(c.Ho * c.Wo <= std::numeric_limits<std::int32_t>::max(), "the convolution's output planes are too large for int32 argmax");
+  return {c.Ho / k, c.Wo / k};
+}
+
+void check_argmax_values(const py::array_t<std::int32_t>& argmax, i64 plane) {
+  const std::int32_t* ap = argmax.data();
+  for (i64 i = 0, n = argmax.size(); i < n; ++i)
+    if (ap[i] < -1 || ap[i] >= plane)
+      throw py::value_error("argmax holds " + std::to_string(ap[i]) + ", outside the plane of " +
+                            std::to_string(plane) + " pixels (or -1: no gradient)");
+}
+
+py::tuple conv2d_relu_max_pool2d(py::handle x_, py::handle w_, py::handle b_, i64 k, i64 padding) {
+  auto x = checked<float>(x_, "x", 4, "[N, C, H, W]");
+  auto w = checked<float>(w_, "w", 4, "[K, C, R, S]");
+  auto b = checked<float>(b_, "b", 1, "[K]");
+  const Conv c = conv_shape(x, w, padding);
+  expect(b.shape(0) == c.K, "b must have shape (" + std::to_string(c.K) + ",), got " + shape_str(b));
+  const auto [Hq, Wq] = pooled_shape(c, k);
+  auto y = empty<float>({c.N, c.K, Hq, Wq});
+  auto argmax = empty<std::int32_t>({c.N, c.K, Hq, Wq});
+  float* yp = y.mutable_data();
+  std::int32_t* ap = argmax.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    conv2d_relu_max_pool2d_forward(yp, ap, x.data(), w.data(), b.data(), c.N, c.C, c.H, c.W, c.K, c.R, c.S,
+                                   c.pad, k);
+  }
+  return py::make_tuple(y, argmax);
+}
+
+py::tuple conv2d_relu_max_pool2d_grad(py::handle x_, py::handle w_, py::handle dy_, py::handle argmax_, i64 k,
+                                      i64 padding, bool input_grad) {
+  auto x = checked<float>(x_, "x", 4, "[N, C, H, W]");
+  auto w = checked<float>(w_, "w", 4, "[K, C, R, S]");
+  auto dy = checked<float>(dy_, "dy", 4, "[N, K, Ho/k, Wo/k]");
+  auto argmax = checked<std::int32_t>(argmax_, "argmax", 4, "[N, K, Ho/k, Wo/k]");
+  const Conv c = conv_shape(x, w, padding);
+  const auto [Hq, Wq] = pooled_shape(c, k);
+  expect(dy.shape(0) == c.N && dy.shape(1) == c.K && dy.shape(2) == Hq && dy.shape(3) == Wq,
+         "dy must have the shape of the pooled output " + dims({c.N, c.K, Hq, Wq}) + ", got " + shape_str(dy));
+  expect_same_shape(dy, "dy", argmax, "argmax");
+  check_argmax_values(argmax, c.Ho * c.Wo);
+  auto dx = empty<float>(input_grad ? std::vector<py::ssize_t>{c.N, c.C, c.H, c.W} : std::vector<py::ssize_t>{0});
+  auto dw = empty<float>({c.K, c.C, c.R, c.S});
+  auto db = empty<float>({c.K});
+  float *dxp = dx.mutable_data(), *dwp = dw.mutable_data(), *dbp = db.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    conv2d_relu_max_pool2d_backward(input_grad ? dxp : nullptr, dwp, dbp, x.data(), w.data(), dy.data(),
+                                    argmax.data(), c.N, c.C, c.H, c.W, c.K, c.R, c.S, c.pad, k);
+  }
+  return py::make_tuple(input_grad ? py::object(dx) : py::object(py::none()), dw, db);
+}
+
 // ---------------------------------------------------------------- relu
 py::array_t<float> relu(py::handle x_) {
   auto x = checked<float>(x_, "x");
@@ -230,12 +291,8 @@ py::array_t<float> max_pool2d_grad(py::handle dy_, py::handle argmax_, std::vect
   expect(N == dy.shape(0) && C == dy.shape(1) && H >= 0 && W >= 0 && Ho <= H && Wo <= W,
          "x_shape " + dims({N, C, H, W}) + " does not fit dy " + shape_str(dy) +
              ": need the same N and C and a plane at least as large");
+  check_argmax_values(argmax, H * W);
   const std::int32_t* ap = argmax.data();
-  const i64 n = argmax.size();
-  for (i64 i = 0; i < n; ++i)
-    if (ap[i] < -1 || ap[i] >= H * W)
-      throw py::value_error("argmax holds " + std::to_string(ap[i]) + ", outside the plane of " +
-                            std::to_string(H * W) + " pixels (or -1: no gradient)");
   auto dx = empty<float>({N, C, H, W});
   float* dxp = dx.mutable_data();
   {
@@ -462,6 +519,9 @@ PYBIND11_MODULE(_core, m) {
   m.def("conv2d", &conv2d, "x"_a, "w"_a, "b"_a, "padding"_a = 0);
   m.def("conv2d_naive", &conv2d_naive, "x"_a, "w"_a, "b"_a, "padding"_a = 0);
   m.def("conv2d_backward", &conv2d_grad, "x"_a, "w"_a, "dy"_a, "padding"_a = 0, "input_grad"_a = true);
+  m.def("conv2d_relu_max_pool2d", &conv2d_relu_max_pool2d, "x"_a, "w"_a, "b"_a, "k"_a, "padding"_a = 0);
+  m.def("conv2d_relu_max_pool2d_backward", &conv2d_relu_max_pool2d_grad, "x"_a, "w"_a, "dy"_a, "argmax"_a, "k"_a,
+        "padding"_a = 0, "input_grad"_a = true);
   m.def("relu", &relu, "x"_a);
   m.def("relu_backward", &relu_grad, "x"_a, "dy"_a);
   m.def("max_pool2d", &max_pool2d, "x"_a, "k"_a, "relu"_a = false);

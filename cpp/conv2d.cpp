@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <vector>
 #include <omp.h>
 #ifdef CNNFAST_HAVE_AVX512
@@ -162,21 +163,58 @@ void direct_forward(float* y, const float* col, const float* w, const float* b, 
     }
 }
 
-// dw[k][t] = sum_p dy_n[k][p] col[t][p], each sum in 16 interleaved lanes (so it vectorises)
+// dw[k][t] = sum_p dy_n[k][p] col[t][p], each sum in 16 interleaved lanes (one vector), added up
+// lane by lane at the end. Blocking: a block of NB taps (NB = T when T <= 12: conv1's 9) keeps NB
+// vector accumulators while one pass over the row dy_n[k] loads each 16 pixels of it once (the
+// plain loop re-read the row for every tap and kept a single dependent chain).
+template <int NB>
+__attribute__((always_inline)) inline void weight_grad_block(float* dw, const float* d, const float* col, i64 P) {
+  typedef float v16 __attribute__((vector_size(64)));
+  const i64 P16 = P / 16 * 16;
+  v16 acc[NB];
+  for (int i = 0; i < NB; ++i) acc[i] = v16{};
+  for (i64 p = 0; p < P16; p += 16) {
+    v16 dv;
+    __builtin_memcpy(&dv, d + p, sizeof dv);
+    for (int i = 0; i < NB; ++i) {
+      v16 cv;
+      __builtin_memcpy(&cv, col + i * P + p, sizeof cv);
+      acc[i] += dv * cv;
+    }
+  }
+  for (int i = 0; i < NB; ++i) {
+    float lanes[16];
+    __builtin_memcpy(lanes, &acc[i], sizeof lanes);
+    for (i64 p = P16; p < P; ++p) lanes[p % 16] += d[p] * col[i * P + p];
+    float sum = 0.0f;
+    for (int j = 0; j < 16; ++j) sum += lanes[j];
+    dw[i] = sum;
+  }
+}
+
 __attribute__((target_clones("avx512f", "avx2", "default")))
 void direct_weight_grad(float* dw, const float* dy, const float* col, i64 K, i64 T, i64 P) {
+  const i64 blocks = (T + 11) / 12;
   for (i64 k = 0; k < K; ++k)
-    for (i64 t = 0; t < T; ++t) {
+    for (i64 b = 0; b < blocks; ++b) {
+      const i64 t0 = T * b / blocks, nb = T * (b + 1) / blocks - t0;  // blocks of near-equal size <= 12
+      float* out = dw + k * T + t0;
       const float* d = dy + k * P;
-      const float* c = col + t * P;
-      float lanes[16] = {};
-      i64 p = 0;
-      for (; p + 16 <= P; p += 16)
-        for (int j = 0; j < 16; ++j) lanes[j] += d[p + j] * c[p + j];
-      for (; p < P; ++p) lanes[p % 16] += d[p] * c[p];
-      float sum = 0.0f;
-      for (int j = 0; j < 16; ++j) sum += lanes[j];
-      dw[k * T + t] = sum;
+      const float* c = col + t0 * P;
+      switch (nb) {
+        case 1: weight_grad_block<1>(out, d, c, P); break;
+        case 2: weight_grad_block<2>(out, d, c, P); break;
+        case 3: weight_grad_block<3>(out, d, c, P); break;
+        case 4: weight_grad_block<4>(out, d, c, P); break;
+        case 5: weight_grad_block<5>(out, d, c, P); break;
+        case 6: weight_grad_block<6>(out, d, c, P); break;
+        case 7: weight_grad_block<7>(out, d, c, P); break;
+        case 8: weight_grad_block<8>(out, d, c, P); break;
+        case 9: weight_grad_block<9>(out, d, c, P); break;
+        case 10: weight_grad_block<10>(out, d, c, P); break;
+        case 11: weight_grad_block<11>(out, d, c, P); break;
+        default: weight_grad_block<12>(out, d, c, P); break;
+      }
     }
 }
 
@@ -404,6 +442,16 @@ void conv2d_backward_gemm(float* dx, float* dw, const float* x, const float* w, 
 }
 
 // dw through the direct path: one partial per image, added in image order.
+// The bias gradient's partial sums of one row d[0:P] (one image, one channel): 16 interleaved
+// float lanes (so it vectorises); db[k] adds them up in double, image by image.
+inline void row_lanes(float lanes[16], const float* d, i64 P) {
+  for (int j = 0; j < 16; ++j) lanes[j] = 0.0f;
+  i64 p = 0;
+  for (; p + 16 <= P; p += 16)
+    for (int j = 0; j < 16; ++j) lanes[j] += d[p + j];
+  for (; p < P; ++p) lanes[p % 16] += d[p];
+}
+
 void conv2d_backward_weight_direct(float* dw, const float* x, const float* dy, const ConvShape& s, i64 N) {
   const i64 K = s.K, P = s.P(), T = s.taps();
   const int nt = std::max(1, std::min<int>(threads_for(double(N) * K * P * T), int(std::max<i64>(N, 1))));
@@ -446,16 +494,85 @@ void conv2d_backward(float* dx, float* dw, float* db, const float* x, const floa
 #pragma omp parallel for num_threads(threads_for(double(N) * K * P)) schedule(static)
   for (i64 k = 0; k < K; ++k) {  // db[k] = sum over images and pixels
     double sum = 0.0;
-    for (i64 n = 0; n < N; ++n) {  // each row in 16 interleaved float lanes (a vector), then in double
-      const float* d = dy + (n * K + k) * P;
-      float lanes[16] = {};
-      i64 p = 0;
-      for (; p + 16 <= P; p += 16)
-        for (int j = 0; j < 16; ++j) lanes[j] += d[p + j];
-      for (; p < P; ++p) lanes[p % 16] += d[p];
+    for (i64 n = 0; n < N; ++n) {
+      float lanes[16];
+      row_lanes(lanes, dy + (n * K + k) * P, P);
       for (int j = 0; j < 16; ++j) sum += lanes[j];
     }
     db[k] = float(sum);
+  }
+}
+
+// ---- conv2d + ReLU + max_pool2d as one layer ----
+// With short patches (conv1: 9 taps) each image is convolved into a thread's scratch (86 KB for
+// conv1, in L2) and pooled from there, and in the backward pass its d(conv) is rebuilt there from
+// dy and argmax and consumed at once: the convolution's output and its gradient (11 MB each
+// for conv1 at batch 128) never go out to memory and back. Every sum is formed in the order the
+// separate kernels use, so the results are identical to theirs. Other shapes (and dx) go
+// through the separate kernels.
+
+// x: [N, C, H, W], w: [K, C, R, S], b: [K] -> y, argmax: [N, K, Ho/k, Wo/k]
+void conv2d_relu_max_pool2d_forward(float* y, std::int32_t* argmax, const float* x, const float* w,
+                                    const float* b, i64 N, i64 C, i64 H, i64 W, i64 K, i64 R, i64 S,
+                                    i64 pad, i64 k) {
+  const ConvShape s(C, H, W, K, R, S, pad);
+  const i64 P = s.P(), T = s.taps(), pooled = K * (s.Ho / k) * (s.Wo / k);
+  if (N == 0 || K == 0) return;
+  if (T == 0 || T > kDirectTaps) {
+    std::unique_ptr<float[]> conv(new float[size_t(N) * K * P]);
+    conv2d_forward(conv.get(), x, w, b, N, C, H, W, K, R, S, pad);
+    max_pool2d_forward(y, argmax, conv.get(), N, K, s.Ho, s.Wo, k, true);
+    return;
+  }
+  const int nt = std::max(1, std::min<int>(threads_for(double(N) * K * P * T), int(N)));
+  const i64 ld = (P + 63) / 64 * 64;
+  const size_t per_thread = size_t(T) * ld + size_t(K) * P;
+  std::vector<float> scratch(size_t(nt) * per_thread);
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (i64 n = 0; n < N; ++n) {
+    float* col = scratch.data() + size_t(omp_get_thread_num()) * per_thread;
+    float* conv = col + size_t(T) * ld;  // [K, Ho, Wo]
+    im2col(col, x + n * C * H * W, s, ld);
+    direct_forward(conv, col, w, b, K, T, P, ld);
+    max_pool2d_planes(y + n * pooled, argmax + n * pooled, conv, K, s.Ho, s.Wo, k, true);
+  }
+}
+
+// dy, argmax: [N, K, Ho/k, Wo/k] -> dx: [N, C, H, W] (may be null), dw: [K, C, R, S], db: [K]
+void conv2d_relu_max_pool2d_backward(float* dx, float* dw, float* db, const float* x, const float* w,
+                                     const float* dy, const std::int32_t* argmax, i64 N, i64 C, i64 H,
+                                     i64 W, i64 K, i64 R, i64 S, i64 pad, i64 k) {
+  const ConvShape s(C, H, W, K, R, S, pad);
+  const i64 P = s.P(), T = s.taps(), Hq = s.Ho / k, Wq = s.Wo / k, pooled = K * Hq * Wq;
+  if (dx || N == 0 || K == 0 || T == 0 || T > kDirectTaps) {
+    std::unique_ptr<float[]> dconv(new float[size_t(N) * K * P]);
+    max_pool2d_backward(dconv.get(), argmax, dy, N, K, s.Ho, s.Wo, Hq, Wq);
+    conv2d_backward(dx, dw, db, x, w, dconv.get(), N, C, H, W, K, R, S, pad);
+    return;
+  }
+  const int nt = std::max(1, std::min<int>(threads_for(double(N) * K * P * T), int(N)));
+  const size_t per_thread = size_t(T) * P + size_t(K) * P;
+  std::vector<float> scratch(size_t(nt) * per_thread), partial(size_t(N) * K * T), lanes(size_t(N) * K * 16);
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (i64 n = 0; n < N; ++n) {
+    float* col = scratch.data() + size_t(omp_get_thread_num()) * per_thread;
+    float* dconv = col + size_t(T) * P;  // [K, Ho, Wo]
+    max_pool2d_backward_planes(dconv, argmax + n * pooled, dy + n * pooled, K, s.Ho, s.Wo, Hq, Wq);
+    im2col(col, x + n * C * H * W, s, P);
+    direct_weight_grad(partial.data() + n * K * T, dconv, col, K, T, P);
+    for (i64 kk = 0; kk < K; ++kk) row_lanes(lanes.data() + (n * K + kk) * 16, dconv + kk * P, P);
+  }
+  for (i64 i = 0; i < K * T; ++i) {  // as conv2d_backward_weight_direct sums its partials
+    float sum = 0.0f;
+    for (i64 n = 0; n < N; ++n) sum += partial[size_t(n) * K * T + i];
+    dw[i] = sum;
+  }
+#pragma omp parallel for num_threads(threads_for(double(N) * K * P)) schedule(static)
+  for (i64 kk = 0; kk < K; ++kk) {  // as conv2d_backward sums db
+    double sum = 0.0;
+    for (i64 n = 0; n < N; ++n)
+      for (int j = 0; j < 16; ++j) sum += lanes[size_t(n * K + kk) * 16 + j];
+    db[kk] = float(sum);
   }
 }
 

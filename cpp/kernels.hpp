@@ -52,6 +52,24 @@ void max_pool2d_forward(float* y, std::int32_t* argmax, const float* x,
 // argmax -1 routes nothing)
 void max_pool2d_backward(float* dx, const std::int32_t* argmax, const float* dy,
                          i64 N, i64 C, i64 H, i64 W, i64 Ho, i64 Wo);
+// The same two on `planes` consecutive planes, in the calling thread (for fused kernels)
+void max_pool2d_planes(float* y, std::int32_t* argmax, const float* x, i64 planes, i64 H, i64 W, i64 k,
+                       bool relu);
+void max_pool2d_backward_planes(float* dx, const std::int32_t* argmax, const float* dy, i64 planes,
+                                i64 H, i64 W, i64 Ho, i64 Wo);
+
+// ---- conv2d.cpp: convolution, ReLU and max-pooling as one layer (a CNN's usual block) ----
+// x: [N, C, H, W], w: [K, C, R, S], b: [K] -> y, argmax: [N, K, Ho/k, Wo/k]
+// y, argmax = max_pool2d(conv2d(x, w, b, pad), k, relu=true), the same numbers, without writing
+// the convolution's output to memory when the patches are short (the direct path)
+void conv2d_relu_max_pool2d_forward(float* y, std::int32_t* argmax, const float* x, const float* w,
+                                    const float* b, i64 N, i64 C, i64 H, i64 W, i64 K, i64 R, i64 S,
+                                    i64 pad, i64 k);
+// dy, argmax: [N, K, Ho/k, Wo/k] -> dx (may be null), dw, db: conv2d_backward of
+// max_pool2d_backward(dy, argmax), the same numbers
+void conv2d_relu_max_pool2d_backward(float* dx, float* dw, float* db, const float* x, const float* w,
+                                     const float* dy, const std::int32_t* argmax, i64 N, i64 C, i64 H,
+                                     i64 W, i64 K, i64 R, i64 S, i64 pad, i64 k);
 
 // ---- dropout.cpp: inverted dropout, keep probability 1-p, mask from a counter-based RNG ----
 // x: [n] -> y: [n], mask: [n] (1 kept, 0 dropped); y = x * mask / (1 - p)  (p == 1: y = 0)

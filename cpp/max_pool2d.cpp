@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <omp.h>
 #ifdef CNNFAST_HAVE_AVX512
 #include <immintrin.h>
 #endif
@@ -93,14 +94,13 @@ void pool2_row_avx512(float* y, std::int32_t* argmax, const float* r0, const flo
 // With relu, y = relu(pool(x)) = pool(relu(x)) (max and ReLU commute), and a window whose
 // maximum is not > 0 (<= 0, or NaN) gets argmax -1: relu(x) then pooling would route its
 // gradient to such an x, where relu_backward passes none. One pass over x instead of three (relu, pool, relu's backward).
-void max_pool2d_forward(float* y, std::int32_t* argmax, const float* x,
-                        i64 N, i64 C, i64 H, i64 W, i64 k, bool relu) {
-  const i64 Ho = H / k, Wo = W / k, planes = N * C;
+void max_pool2d_planes(float* y, std::int32_t* argmax, const float* x, i64 planes, i64 H, i64 W, i64 k,
+                       bool relu) {
+  const i64 Ho = H / k, Wo = W / k;
 #ifdef CNNFAST_HAVE_AVX512
   // AVX-512 rows where it is the instruction set in use and indices fit the vector arithmetic
   const bool wide = k == 2 && std::strcmp(active_microkernel().name, "avx512") == 0 && H * W < (i64(1) << 30);
 #endif
-#pragma omp parallel for num_threads(threads_for(double(planes) * H * W / 8.0)) schedule(static)
   for (i64 plane = 0; plane < planes; ++plane) {
     const float* xp = x + plane * H * W;
     float* yp = y + plane * Ho * Wo;
@@ -150,12 +150,22 @@ void max_pool2d_forward(float* y, std::int32_t* argmax, const float* x,
   }
 }
 
+void max_pool2d_forward(float* y, std::int32_t* argmax, const float* x,
+                        i64 N, i64 C, i64 H, i64 W, i64 k, bool relu) {
+  const i64 planes = N * C, out_plane = (H / k) * (W / k);
+  const int nt = std::max(1, std::min<int>(threads_for(double(planes) * H * W / 8.0), int(std::max<i64>(planes, 1))));
+#pragma omp parallel num_threads(nt)
+  {  // each thread one contiguous range of planes (as schedule(static) would give)
+    const int t = omp_get_thread_num(), n = omp_get_num_threads();
+    const i64 first = planes * t / n, last = planes * (t + 1) / n;
+    max_pool2d_planes(y + first * out_plane, argmax + first * out_plane, x + first * H * W, last - first, H, W, k, relu);
+  }
+}
+
 // dy, argmax: [N, C, Ho, Wo] -> dx: [N, C, H, W]; dx is zero except at each window's argmax
 // (argmax -1: a window closed by the fused ReLU, which passes nothing)
-void max_pool2d_backward(float* dx, const std::int32_t* argmax, const float* dy,
-                         i64 N, i64 C, i64 H, i64 W, i64 Ho, i64 Wo) {
-  const i64 planes = N * C;
-#pragma omp parallel for num_threads(threads_for(double(planes) * H * W / 8.0)) schedule(static)
+void max_pool2d_backward_planes(float* dx, const std::int32_t* argmax, const float* dy, i64 planes,
+                                i64 H, i64 W, i64 Ho, i64 Wo) {
   for (i64 plane = 0; plane < planes; ++plane) {
     float* dxp = dx + plane * H * W;
     std::fill(dxp, dxp + H * W, 0.0f);
@@ -163,6 +173,19 @@ void max_pool2d_backward(float* dx, const std::int32_t* argmax, const float* dy,
     const std::int32_t* ap = argmax + plane * Ho * Wo;
     for (i64 i = 0; i < Ho * Wo; ++i)
       if (ap[i] >= 0) dxp[ap[i]] += dyp[i];
+  }
+}
+
+void max_pool2d_backward(float* dx, const std::int32_t* argmax, const float* dy,
+                         i64 N, i64 C, i64 H, i64 W, i64 Ho, i64 Wo) {
+  const i64 planes = N * C;
+  const int nt = std::max(1, std::min<int>(threads_for(double(planes) * H * W / 8.0), int(std::max<i64>(planes, 1))));
+#pragma omp parallel num_threads(nt)
+  {
+    const int t = omp_get_thread_num(), n = omp_get_num_threads();
+    const i64 first = planes * t / n, last = planes * (t + 1) / n;
+    max_pool2d_backward_planes(dx + first * H * W, argmax + first * Ho * Wo, dy + first * Ho * Wo, last - first,
+                               H, W, Ho, Wo);
   }
 }
 

@@ -385,3 +385,57 @@ def test_cnnfast_isa_environment_variable(tmp_path):
 def test_set_num_threads_rejects_zero():
     with pytest.raises(ValueError):
         cnnfast.set_num_threads(0)
+
+
+# ------------------------------------------------------------------ conv2d + ReLU + max_pool2d
+
+FUSED_SHAPES = [  # N, C, H, W, K, R, S, padding, k
+    (3, 1, 28, 28, 32, 3, 3, 0, 2),   # the default model's first layer: the fused direct path
+    (2, 2, 7, 9, 3, 3, 2, 1, 2),      # padding, odd sizes, a dropped last row/column
+    (2, 4, 9, 9, 5, 3, 3, 0, 3),      # 36 taps: through the separate kernels
+    (1, 1, 4, 4, 2, 1, 1, 0, 1),
+]
+
+
+@pytest.mark.parametrize("shape", FUSED_SHAPES)
+def test_conv2d_relu_max_pool2d_equals_the_three_kernels(isa, shape):
+    N, C, H, W, K, R, S, p, k = shape
+    x, w, b = rand(N, C, H, W), rand(K, C, R, S, scale=0.3), rand(K)
+    y, argmax = F.conv2d_relu_max_pool2d(x, w, b, k, padding=p)
+    conv = F.conv2d(x, w, b, padding=p)
+    ry, rargmax = F.max_pool2d(conv, k, relu=True)
+    np.testing.assert_array_equal(y, ry)
+    np.testing.assert_array_equal(argmax, rargmax)
+    assert_close(y, ref.max_pool2d(np.maximum(ref.conv2d(x, w, b, p), 0), k)[0])
+    dy = rand(*y.shape)
+    dconv = F.max_pool2d_backward(dy, argmax, conv.shape)
+    for input_grad in (True, False):
+        dx, dw, db = F.conv2d_relu_max_pool2d_backward(x, w, dy, argmax, k, padding=p, input_grad=input_grad)
+        rdx, rdw, rdb = F.conv2d_backward(x, w, dconv, padding=p, input_grad=input_grad)
+        np.testing.assert_array_equal(dw, rdw)
+        np.testing.assert_array_equal(db, rdb)
+        assert (dx is None) == (not input_grad)
+        if input_grad:
+            np.testing.assert_array_equal(dx, rdx)
+    ref_dx, ref_dw, ref_db = ref.conv2d_backward(x, w, dconv.astype(np.float64), p)
+    assert_close(dw, ref_dw)
+    assert_close(db, ref_db)
+
+
+def test_conv2d_relu_max_pool2d_bad_inputs_name_the_argument():
+    x, w, b = rand(2, 1, 8, 8), rand(4, 1, 3, 3), rand(4)
+    with pytest.raises(ValueError, match="k must be at least 1"):
+        F.conv2d_relu_max_pool2d(x, w, b, 0)
+    with pytest.raises(ValueError, match="window k=7 is larger"):
+        F.conv2d_relu_max_pool2d(x, w, b, 7)
+    y, argmax = F.conv2d_relu_max_pool2d(x, w, b, 2)
+    with pytest.raises(ValueError, match="dy must have the shape of the pooled output"):
+        F.conv2d_relu_max_pool2d_backward(x, w, y[:, :3].copy(), argmax, 2)
+    with pytest.raises(ValueError, match="argmax must have the shape of dy"):
+        F.conv2d_relu_max_pool2d_backward(x, w, y, argmax[:1].copy(), 2)
+    bad = argmax.copy()
+    bad[0, 0, 0, 0] = 36   # the convolution's plane is 6 x 6
+    with pytest.raises(ValueError, match="argmax holds 36, outside the plane of 36 pixels"):
+        F.conv2d_relu_max_pool2d_backward(x, w, y, bad, 2)
+    with pytest.raises(TypeError, match="argmax must have dtype int32"):
+        F.conv2d_relu_max_pool2d_backward(x, w, y, argmax.astype(np.int64), 2)

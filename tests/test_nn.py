@@ -62,18 +62,40 @@ def test_backward_without_input_grad_skips_dx_but_keeps_parameter_grads():
     assert dx.shape == x.shape
 
 
-def test_relu_maxpool_pairs_run_fused_with_identical_results():
+def test_conv_relu_maxpool_triples_and_pairs_run_fused_with_identical_results():
     model = small_model(seed=4).eval()
     assert [type(s).__name__ for s in model.steps] == [
-        "Conv2d", "ReLUMaxPool2d", "Conv2d", "ReLU", "Flatten", "Dropout", "Linear"]
+        "Conv2dReLUMaxPool2d", "Conv2d", "ReLU", "Flatten", "Dropout", "Linear"]
+    relu_pool = nn.Sequential(nn.Conv2d(2, 3, 3, rng=np.random.default_rng(1)), nn.ReLU(), nn.ReLU(),
+                              nn.MaxPool2d(2))
+    assert [type(s).__name__ for s in relu_pool.steps] == ["Conv2d", "ReLU", "ReLUMaxPool2d"]
     x = rng.standard_normal((3, 2, 6, 6)).astype(np.float32)
     dy = rng.standard_normal((3, 5)).astype(np.float32)
     fused_y = model.forward(x)
     fused_dx = model.backward(dy)
-    model.steps = list(model.layers)  # run the pair as two layers
+    model.forward(x)
+    model.backward(dy, input_grad=False)  # the first layer's own path: no dx
+    fused_grads = [p.grad.copy() for p in model.parameters()]
+    model.steps = list(model.layers)  # run every layer on its own
     np.testing.assert_array_equal(model.forward(x), fused_y)
     np.testing.assert_array_equal(model.backward(dy), fused_dx)
+    for g, p in zip(fused_grads, model.parameters()):
+        np.testing.assert_array_equal(g, p.grad)
 
+
+def test_default_model_fused_and_unfused_agree_bit_for_bit():
+    fused = nn.mnist_cnn(seed=2).eval()
+    assert [type(s).__name__ for s in fused.steps][:2] == ["Conv2dReLUMaxPool2d", "Conv2dReLUMaxPool2d"]
+    plain = nn.mnist_cnn(seed=2).eval()
+    plain.steps = list(plain.layers)
+    x = rng.random((37, 1, 28, 28)).astype(np.float32)
+    dy = rng.standard_normal((37, 10)).astype(np.float32)
+    for model in (fused, plain):
+        model.forward(x)
+        model.backward(dy, input_grad=False)
+    for p, q in zip(fused.parameters(), plain.parameters()):
+        np.testing.assert_array_equal(p.grad, q.grad)
+    np.testing.assert_array_equal(fused.infer(x), plain.forward(x))
 
 def test_default_model_has_the_keras_architecture():
     model = nn.mnist_cnn(seed=0)

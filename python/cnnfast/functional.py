@@ -14,6 +14,7 @@ from . import _core
 
 __all__ = [
     "conv2d", "conv2d_backward", "relu", "relu_backward", "max_pool2d", "max_pool2d_backward",
+    "conv2d_relu_max_pool2d", "conv2d_relu_max_pool2d_backward",
     "linear", "linear_backward", "softmax_cross_entropy", "dropout", "dropout_backward",
     "sgd_step", "adam_step",
 ]
@@ -63,6 +64,25 @@ def max_pool2d_backward(dy: np.ndarray, argmax: np.ndarray, x_shape) -> np.ndarr
     """Routes each dy to its window's argmax: returns dx of shape x_shape, zero elsewhere
     (an argmax of -1, from a fused ReLU, routes nothing)."""
     return _core.max_pool2d_backward(dy, argmax, [int(s) for s in x_shape])
+
+
+def conv2d_relu_max_pool2d(x: np.ndarray, w: np.ndarray, b: np.ndarray, k: int, padding: int = 0):
+    """A CNN block in one call: max_pool2d(conv2d(x, w, b, padding), k, relu=True) -> (y, argmax).
+
+    The same numbers as the three layers; for short patches (such as a first layer's 3x3 on
+    one channel) each image's convolution output stays in cache instead of going to memory.
+    argmax indexes the convolution's output planes, as max_pool2d's would.
+    """
+    return _core.conv2d_relu_max_pool2d(x, w, b, k, padding)
+
+
+def conv2d_relu_max_pool2d_backward(x: np.ndarray, w: np.ndarray, dy: np.ndarray, argmax: np.ndarray,
+                                    k: int, padding: int = 0, input_grad: bool = True):
+    """Gradients of `conv2d_relu_max_pool2d` given dy = dL/dy (the pooled shape) and its argmax:
+    returns (dx, dw, db), the same as conv2d_backward(x, w, max_pool2d_backward(dy, argmax, ...)).
+    With input_grad=False, dx is None and is not computed.
+    """
+    return _core.conv2d_relu_max_pool2d_backward(x, w, dy, argmax, k, padding, bool(input_grad))
 
 
 def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -217,11 +217,41 @@ class ReLUMaxPool2d(Layer):
         return F.max_pool2d_backward(dy, self.argmax, self.x_shape)
 
 
+class Conv2dReLUMaxPool2d(Layer):
+    """Conv2d, ReLU and MaxPool2d in one kernel (F.conv2d_relu_max_pool2d): the same numbers
+    and gradients as the three layers, without storing the convolution's output. Sequential
+    uses it in place of such a triple; it is not part of a model's architecture."""
+
+    def __init__(self, conv: Conv2d, pool: MaxPool2d):
+        self.conv, self.pool = conv, pool
+
+    def forward(self, x):
+        self.x = x
+        y, self.argmax = F.conv2d_relu_max_pool2d(x, self.conv.weight.data, self.conv.bias.data,
+                                                  self.pool.kernel_size, self.conv.padding)
+        return y
+
+    def infer(self, x):
+        return F.conv2d_relu_max_pool2d(x, self.conv.weight.data, self.conv.bias.data,
+                                        self.pool.kernel_size, self.conv.padding)[0]
+
+    def backward(self, dy, input_grad=True):
+        dx, self.conv.weight.grad, self.conv.bias.grad = F.conv2d_relu_max_pool2d_backward(
+            self.x, self.conv.weight.data, dy, self.argmax, self.pool.kernel_size, self.conv.padding,
+            input_grad)
+        return dx
+
+
 def fuse(layers: list[Layer]) -> list[Layer]:
-    """The layers to run: each ReLU directly followed by a MaxPool2d becomes one ReLUMaxPool2d."""
+    """The layers to run: each Conv2d, ReLU, MaxPool2d triple becomes one Conv2dReLUMaxPool2d,
+    and any other ReLU directly followed by a MaxPool2d one ReLUMaxPool2d."""
     steps, i = [], 0
     while i < len(layers):
-        if isinstance(layers[i], ReLU) and i + 1 < len(layers) and isinstance(layers[i + 1], MaxPool2d):
+        if (isinstance(layers[i], Conv2d) and i + 2 < len(layers) and isinstance(layers[i + 1], ReLU)
+                and isinstance(layers[i + 2], MaxPool2d)):
+            steps.append(Conv2dReLUMaxPool2d(layers[i], layers[i + 2]))
+            i += 3
+        elif isinstance(layers[i], ReLU) and i + 1 < len(layers) and isinstance(layers[i + 1], MaxPool2d):
             steps.append(ReLUMaxPool2d(layers[i + 1]))
             i += 2
         else:
@@ -237,7 +267,8 @@ class Sequential:
     """Layers applied in order; backward runs them in reverse (the chain rule).
 
     `layers` is the architecture; `steps` is what runs: the same layers, except that each
-    ReLU + MaxPool2d pair runs as one fused ReLUMaxPool2d (identical results, one pass).
+    Conv2d + ReLU + MaxPool2d runs as one Conv2dReLUMaxPool2d and any other ReLU + MaxPool2d
+    pair as one ReLUMaxPool2d (identical results, fewer passes over memory).
     """
 
     def __init__(self, *layers: Layer):
@@ -284,7 +315,8 @@ class Sequential:
         for step in reversed(self.steps[1:]):
             dy = step.backward(dy)
         first = self.steps[0]
-        return first.backward(dy, input_grad) if isinstance(first, Conv2d) else first.backward(dy)
+        takes_input_grad = isinstance(first, (Conv2d, Conv2dReLUMaxPool2d))
+        return first.backward(dy, input_grad) if takes_input_grad else first.backward(dy)
 
     def parameters(self) -> list[Parameter]:
         return [p for layer in self.layers for p in layer.parameters()]
