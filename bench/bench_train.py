@@ -16,7 +16,7 @@ What is timed, for both frameworks, on the same data, threads and batch:
   NumPy batches. Loading the data and evaluating are not timed.
 - inference: the 10,000 test images (converted to float32 beforehand) in batches of 1,000,
   the eval-mode forward pass and argmax, right after training (cnnfast: `model.infer`, which
-  runs each 1,000-image batch through the layers 64 images at a time; PyTorch: its forward
+  runs each 1,000-image batch through the layers 128 images at a time; PyTorch: its forward
   under torch.no_grad at batch 1,000).
 Runs are interleaved (cnnfast, torch, cnnfast, torch, ...) so that both see the same machine
 load; medians are reported with the ratio cnnfast / PyTorch (above 1: cnnfast is faster).

@@ -246,9 +246,46 @@ void pack_patch_panel(float* ap, const float* src, const PanelRun* runs, int nru
   }
 }
 
-// x: [N, C, H, W], w: [K, C, R, S], b: [K] -> y: [N, K, Ho, Wo], chunked as the patch-row path
+// out: [images * Ho * Wo, K] (a chunk's product, pixel-major, without bias) ->
+// y, argmax: [images, K, Ho/k, Wo/k] = max_pool2d(out + b, k, relu=true), the rule of
+// max_pool2d_planes (first maximum, a NaN wins; a maximum not > 0 gives 0 and argmax -1), with
+// the channels of a pixel, contiguous here, as the vector lanes.
+__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl")))
+void relu_pool_pixel_major(float* y, std::int32_t* argmax, const float* out, const float* b, i64 images,
+                           i64 K, i64 Ho, i64 Wo, i64 k, float* best, std::int32_t* index) {
+  const i64 Hq = Ho / k, Wq = Wo / k, Q = Hq * Wq, P = Ho * Wo;
+  for (i64 n = 0; n < images; ++n)
+    for (i64 oh = 0; oh < Hq; ++oh)
+      for (i64 ow = 0; ow < Wq; ++ow) {
+        for (i64 r = 0; r < k; ++r)
+          for (i64 q = 0; q < k; ++q) {
+            const std::int32_t p = std::int32_t((oh * k + r) * Wo + ow * k + q);
+            const float* v = out + (n * P + p) * K;
+            if (r == 0 && q == 0) {
+              for (i64 c = 0; c < K; ++c) { best[c] = v[c] + b[c]; index[c] = p; }
+              continue;
+            }
+            for (i64 c = 0; c < K; ++c) {
+              const float value = v[c] + b[c];
+              const bool take = value > best[c] || (value != value && best[c] == best[c]);
+              best[c] = take ? value : best[c];
+              index[c] = take ? p : index[c];
+            }
+          }
+        float* yq = y + n * K * Q + oh * Wq + ow;
+        std::int32_t* aq = argmax + n * K * Q + oh * Wq + ow;
+        for (i64 c = 0; c < K; ++c) {
+          yq[c * Q] = best[c] <= 0.0f ? 0.0f : best[c];
+          aq[c * Q] = best[c] > 0.0f ? index[c] : -1;
+        }
+      }
+}
+
+// x: [N, C, H, W], w: [K, C, R, S], b: [K] -> y: [N, K, Ho, Wo], chunked as the patch-row path;
+// with pool_k > 0 instead y, argmax: [N, K, Ho/k, Wo/k] = max_pool2d(y, pool_k, relu=true), each
+// chunk pooled straight from its product (the convolution's output is never stored)
 void conv2d_forward_panels(float* y, const float* x, const float* w, const float* b, const ConvShape& s,
-                           i64 N, const MicroKernel& mk) {
+                           i64 N, const MicroKernel& mk, std::int32_t* argmax = nullptr, i64 pool_k = 0) {
   const i64 C = s.C, K = s.K, P = s.P(), T = s.taps();
   const int mr = mk.mr, nr = mk.nr;
   // Padded images go through a zero-bordered planar copy; unpadded ones are read in place.
@@ -266,7 +303,7 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
   const Chunking ch(N, P);
   const int nt = std::max(1, std::min<int>(threads_for(double(N) * K * P * T), int(ch.chunks)));
   const size_t padded_floats = s.pad ? size_t(ch.per_chunk) * image : 0, chunk_pixels = size_t(ch.per_chunk) * P;
-  const size_t scratch_per_thread = padded_floats + size_t(T) * mr + chunk_pixels * K;
+  const size_t scratch_per_thread = padded_floats + size_t(T) * mr + chunk_pixels * K + 2 * size_t(K);
   std::vector<float> scratch(size_t(nt) * scratch_per_thread);
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (i64 chunk = 0; chunk < ch.chunks; ++chunk) {
@@ -302,6 +339,13 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
                  std::min<i64>(nr, K - j0), k0 > 0);
       }
     }
+    if (pool_k > 0) {
+      const i64 pooled = K * (s.Ho / pool_k) * (s.Wo / pool_k);
+      float* best = out + chunk_pixels * K;
+      relu_pool_pixel_major(y + n0 * pooled, argmax + n0 * pooled, out, b, n1 - n0, K, s.Ho, s.Wo, pool_k, best,
+                            reinterpret_cast<std::int32_t*>(best + K));
+      continue;
+    }
     for (i64 n = n0; n < n1; ++n)  // y_n[k][p] = out[(n - n0)*P + p][k] + b[k]
       for (i64 k = 0; k < K; ++k) {
         const float* o = out + (n - n0) * P * K + k;
@@ -309,6 +353,10 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
         for (i64 p = 0; p < P; ++p) dst[p] = o[p * K] + b[k];
       }
   }
+}
+
+bool panels_apply(const MicroKernel& mk, const ConvShape& s) {
+  return std::strcmp(mk.name, "avx512") == 0 && mk.mr <= 16 && s.Wo > 0;
 }
 #endif
 
@@ -339,8 +387,7 @@ void conv2d_forward(float* y, const float* x, const float* w, const float* b,
   }
 #ifdef CNNFAST_HAVE_AVX512
   const MicroKernel& mk = active_microkernel();
-  if (std::strcmp(mk.name, "avx512") == 0 && mk.mr <= 16 && s.Wo > 0)
-    return conv2d_forward_panels(y, x, w, b, s, N, mk);
+  if (panels_apply(mk, s)) return conv2d_forward_panels(y, x, w, b, s, N, mk);
 #endif
   const Chunking ch(N, P);
   const int nt = std::max(1, std::min<int>(threads_for(double(N) * K * P * T), int(std::max<i64>(ch.chunks, 1))));
@@ -505,7 +552,9 @@ void conv2d_backward(float* dx, float* dw, float* db, const float* x, const floa
 
 // ---- conv2d + ReLU + max_pool2d as one layer ----
 // With short patches (conv1: 9 taps) each image is convolved into a thread's scratch (86 KB for
-// conv1, in L2) and pooled from there, and in the backward pass its d(conv) is rebuilt there from
+// conv1, in L2) and pooled from there; with long ones on AVX-512 (conv2) each chunk's product is
+// pooled straight from the GEMM's output (pixel-major: a pixel's channels are the vector lanes).
+// In the backward pass (short patches) its d(conv) is rebuilt there from
 // dy and argmax and consumed at once: the convolution's output and its gradient (11 MB each
 // for conv1 at batch 128) never go out to memory and back. Every sum is formed in the order the
 // separate kernels use, so the results are identical to theirs. Other shapes (and dx) go
@@ -518,6 +567,10 @@ void conv2d_relu_max_pool2d_forward(float* y, std::int32_t* argmax, const float*
   const ConvShape s(C, H, W, K, R, S, pad);
   const i64 P = s.P(), T = s.taps(), pooled = K * (s.Ho / k) * (s.Wo / k);
   if (N == 0 || K == 0) return;
+#ifdef CNNFAST_HAVE_AVX512
+  const MicroKernel& mk = active_microkernel();
+  if (T > kDirectTaps && panels_apply(mk, s)) return conv2d_forward_panels(y, x, w, b, s, N, mk, argmax, k);
+#endif
   if (T == 0 || T > kDirectTaps) {
     std::unique_ptr<float[]> conv(new float[size_t(N) * K * P]);
     conv2d_forward(conv.get(), x, w, b, N, C, H, W, K, R, S, pad);
