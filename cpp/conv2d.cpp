@@ -431,8 +431,32 @@ void conv2d_forward(float* y, const float* x, const float* w, const float* b,
 
 namespace {
 
-// dw and dx (either may be null) through GEMMs on patch rows; see conv2d_backward.
-void conv2d_backward_gemm(float* dx, float* dw, const float* x, const float* w, const float* dy,
+// A chunk's dy (images n0..n1, L pixels) for conv2d_backward_gemm: as [K, L] (channel-major),
+// and, where the source can give it cheaply, also as [L, K] (pixel-major), which spares the
+// weight-gradient GEMM a transposing pack. The plain source: dy itself, gathered.
+struct DyChunk {
+  const float* by_channel;  // [K, L]
+  const float* by_pixel;    // [L, K] or null
+};
+
+struct GatherDy {
+  const float* dy;
+  i64 K, P;
+  // kl: room for [K, L]; lk: room for [L, K] (unused here)
+  DyChunk operator()(i64 n0, i64 n1, float* kl, float*) const {
+    if (n1 - n0 == 1) return {dy + n0 * K * P, nullptr};  // one image's dy serves as it is
+    const i64 L = (n1 - n0) * P;
+    for (i64 n = n0; n < n1; ++n)
+      for (i64 k = 0; k < K; ++k)
+        std::memcpy(kl + k * L + (n - n0) * P, dy + (n * K + k) * P, sizeof(float) * P);
+    return {kl, nullptr};
+  }
+};
+
+// dw and dx (either may be null) through GEMMs on patch rows; see conv2d_backward. dy_of gives
+// each chunk's dy (GatherDy, or the fused pool backward).
+template <typename DyOf>
+void conv2d_backward_gemm(float* dx, float* dw, const float* x, const float* w, const DyOf& dy_of,
                           const ConvShape& s, i64 N) {
   const i64 C = s.C, H = s.H, W = s.W, K = s.K, R = s.R, S = s.S, P = s.P(), T = s.taps();
   const Chunking ch(N, P);
@@ -445,28 +469,31 @@ void conv2d_backward_gemm(float* dx, float* dw, const float* x, const float* w, 
   const bool taps_as_rows = padded(T, mk.mr) * padded(K, mk.nr) < padded(K, mk.mr) * padded(T, mk.nr);
   std::vector<float> partial(dw ? size_t(std::max<i64>(ch.chunks, 1)) * K * T : 0, 0.0f);
   const size_t image_floats = size_t(s.Hp) * s.Wp * C, chunk_pixels = size_t(ch.per_chunk) * P;
-  const size_t scratch_per_thread = image_floats + chunk_pixels * (T + K);
+  const size_t scratch_per_thread = image_floats + chunk_pixels * (T + 2 * K);
   std::vector<float> scratch(size_t(nt) * scratch_per_thread);
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (i64 chunk = 0; chunk < ch.chunks; ++chunk) {
     const i64 n0 = chunk * ch.per_chunk, n1 = std::min(N, n0 + ch.per_chunk), L = (n1 - n0) * P;
     float* xp = scratch.data() + size_t(omp_get_thread_num()) * scratch_per_thread;
-    float* rows = xp + image_floats;           // [L, T]
-    float* gathered = rows + chunk_pixels * T;  // [K, L], unless one image's dy serves as is
-    const float* dy_rows = n1 - n0 == 1 ? dy + n0 * K * P : gathered;
+    float* rows = xp + image_floats;  // [L, T]
+    float* kl = rows + chunk_pixels * T;
+    const DyChunk d = dy_of(n0, n1, kl, kl + chunk_pixels * K);
+    const float* dy_rows = d.by_channel;  // [K, L]
     for (i64 n = n0; n < n1; ++n) {
-      if (n1 - n0 > 1)
-        for (i64 k = 0; k < K; ++k)
-          std::memcpy(gathered + k * L + (n - n0) * P, dy + (n * K + k) * P, sizeof(float) * P);
       to_padded_nhwc(xp, x + n * C * H * W, s);
       im2row(rows + (n - n0) * P * T, xp, s);
     }
     float* out = partial.data() + chunk * K * T;
+    // (the same products whichever layout of dy they are packed from)
     if (!dw) {
-    } else if (taps_as_rows)
-      sgemm(true, true, T, K, L, rows, T, dy_rows, L, out, K, false);     // out: [T, K]
+    } else if (taps_as_rows && d.by_pixel)
+      sgemm(true, false, T, K, L, rows, T, d.by_pixel, K, out, K, false);  // out: [T, K]
+    else if (taps_as_rows)
+      sgemm(true, true, T, K, L, rows, T, dy_rows, L, out, K, false);
+    else if (d.by_pixel)
+      sgemm(true, false, K, T, L, d.by_pixel, K, rows, T, out, T, false);  // out: [K, T]
     else
-      sgemm(false, false, K, T, L, dy_rows, L, rows, T, out, T, false);   // out: [K, T]
+      sgemm(false, false, K, T, L, dy_rows, L, rows, T, out, T, false);
     if (dx) {  // rows are no longer needed: they become drows
       sgemm(true, false, L, T, K, dy_rows, L, wt.data(), T, rows, T, false);
       for (i64 n = n0; n < n1; ++n) {
@@ -534,9 +561,9 @@ void conv2d_backward(float* dx, float* dw, float* db, const float* x, const floa
     if (N == 0 || K == 0) return;
   } else if (T <= kDirectTaps) {  // short patches: dw by the direct path, dx (if asked) by GEMM
     conv2d_backward_weight_direct(dw, x, dy, s, N);
-    if (dx) conv2d_backward_gemm(dx, nullptr, x, w, dy, s, N);
+    if (dx) conv2d_backward_gemm(dx, nullptr, x, w, GatherDy{dy, K, P}, s, N);
   } else {
-    conv2d_backward_gemm(dx, dw, x, w, dy, s, N);
+    conv2d_backward_gemm(dx, dw, x, w, GatherDy{dy, K, P}, s, N);
   }
 #pragma omp parallel for num_threads(threads_for(double(N) * K * P)) schedule(static)
   for (i64 k = 0; k < K; ++k) {  // db[k] = sum over images and pixels
@@ -597,6 +624,34 @@ void conv2d_relu_max_pool2d_backward(float* dx, float* dw, float* db, const floa
                                      i64 W, i64 K, i64 R, i64 S, i64 pad, i64 k) {
   const ConvShape s(C, H, W, K, R, S, pad);
   const i64 P = s.P(), T = s.taps(), Hq = s.Ho / k, Wq = s.Wo / k, pooled = K * Hq * Wq;
+  if (N > 0 && K > 0 && T > kDirectTaps) {
+    // Long patches: each chunk's d(conv) is rebuilt from dy and argmax in both layouts the
+    // GEMMs want (never as a whole NCHW array), and its bias-gradient lanes taken on the way.
+    std::vector<float> lanes(size_t(N) * K * 16);
+    auto pooled_dy = [&](i64 n0, i64 n1, float* kl, float* lk) -> DyChunk {
+      const i64 L = (n1 - n0) * P;
+      std::fill(lk, lk + L * K, 0.0f);
+      for (i64 n = n0; n < n1; ++n)
+        for (i64 kk = 0; kk < K; ++kk) {
+          const i64 plane = n * pooled + kk * Hq * Wq;
+          float* row = kl + kk * L + (n - n0) * P;
+          max_pool2d_backward_planes(row, argmax + plane, dy + plane, 1, s.Ho, s.Wo, Hq, Wq);
+          row_lanes(lanes.data() + (n * K + kk) * 16, row, P);
+          for (i64 q = 0; q < Hq * Wq; ++q)
+            if (argmax[plane + q] >= 0) lk[((n - n0) * P + argmax[plane + q]) * K + kk] += dy[plane + q];
+        }
+      return {kl, lk};
+    };
+    conv2d_backward_gemm(dx, dw, x, w, pooled_dy, s, N);
+#pragma omp parallel for num_threads(threads_for(double(N) * K * P)) schedule(static)
+    for (i64 kk = 0; kk < K; ++kk) {  // as conv2d_backward sums db
+      double sum = 0.0;
+      for (i64 n = 0; n < N; ++n)
+        for (int j = 0; j < 16; ++j) sum += lanes[size_t(n * K + kk) * 16 + j];
+      db[kk] = float(sum);
+    }
+    return;
+  }
   if (dx || N == 0 || K == 0 || T == 0 || T > kDirectTaps) {
     std::unique_ptr<float[]> dconv(new float[size_t(N) * K * P]);
     max_pool2d_backward(dconv.get(), argmax, dy, N, K, s.Ho, s.Wo, Hq, Wq);

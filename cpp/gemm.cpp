@@ -26,7 +26,13 @@ inline float b_at(bool t, const float* B, i64 ldb, i64 k, i64 j) { return t ? B[
 void pack_a(float* dst, bool trans_a, const float* A, i64 lda, i64 i0, i64 k0, i64 mc, i64 kc, int mr) {
   for (i64 p = 0; p < mc; p += mr, dst += mr * kc) {
     const i64 rows = std::min<i64>(mr, mc - p);
-    if (trans_a) {
+    if (trans_a && rows == mr && (mr == 6 || mr == 12)) {  // whole panels: fixed-size row copies
+      const float* src = A + k0 * lda + i0 + p;
+      if (mr == 12)
+        for (i64 k = 0; k < kc; ++k) std::memcpy(dst + k * 12, src + k * lda, 12 * sizeof(float));
+      else
+        for (i64 k = 0; k < kc; ++k) std::memcpy(dst + k * 6, src + k * lda, 6 * sizeof(float));
+    } else if (trans_a) {
       for (i64 k = 0; k < kc; ++k) {
         const float* src = A + (k0 + k) * lda + i0 + p;
         for (i64 i = 0; i < rows; ++i) dst[k * mr + i] = src[i];

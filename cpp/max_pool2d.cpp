@@ -44,44 +44,51 @@ inline void pool2_four(float* y, std::int32_t* argmax, const float* r0, const fl
 }
 
 #ifdef CNNFAST_HAVE_AVX512
-// One output row of 2x2 windows, 16 windows per step with AVX-512 (the row's tail by masks, so
-// a 13-window row is one step): rows r0 and r1 are deinterleaved into each window's four
+// One plane of 2x2 windows, 16 windows per step with AVX-512 (a row's tail by masks, so a
+// 13-window row is one step): rows r0 and r1 are deinterleaved into each window's four
 // candidates (even and odd columns), and the same rule as pool2_four, as mask registers.
 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl")))
-void pool2_row_avx512(float* y, std::int32_t* argmax, const float* r0, const float* r1,
-                      std::int32_t row_start, std::int32_t W, i64 Wo, bool relu) {
+void pool2_plane_avx512(float* yp, std::int32_t* ap, const float* xp, i64 Ho, i64 Wo, std::int32_t W,
+                        bool relu) {
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
   const __m512 zero = _mm512_setzero_ps();
-  for (i64 ow = 0; ow < Wo; ow += 16) {
-    const i64 n = Wo - ow < 16 ? Wo - ow : 16;  // windows in this step
-    const __mmask16 out_mask = __mmask16((1u << n) - 1);
-    // 2n input columns: the first 16 in lo, the rest in hi
-    const __mmask16 lo_mask = __mmask16(n >= 8 ? 0xFFFF : (1u << (2 * n)) - 1);
-    const __mmask16 hi_mask = __mmask16(n > 8 ? (1u << (2 * n - 16)) - 1 : 0);
-    const float *a = r0 + 2 * ow, *b = r1 + 2 * ow;
-    const __m512 top_lo = _mm512_maskz_loadu_ps(lo_mask, a), top_hi = _mm512_maskz_loadu_ps(hi_mask, a + 16);
-    const __m512 bot_lo = _mm512_maskz_loadu_ps(lo_mask, b), bot_hi = _mm512_maskz_loadu_ps(hi_mask, b + 16);
-    const __m512 candidates[3] = {_mm512_permutex2var_ps(top_lo, odd, top_hi),
-                                  _mm512_permutex2var_ps(bot_lo, even, bot_hi),
-                                  _mm512_permutex2var_ps(bot_lo, odd, bot_hi)};
-    const __m512i first = _mm512_add_epi32(_mm512_set1_epi32(row_start + std::int32_t(2 * ow)), even);
-    const __m512i offsets[3] = {_mm512_set1_epi32(1), _mm512_set1_epi32(W), _mm512_set1_epi32(W + 1)};
-    __m512 best = _mm512_permutex2var_ps(top_lo, even, top_hi);
-    __m512i index = first;
-    for (int i = 0; i < 3; ++i) {
-      const __m512 v = candidates[i];
-      const __mmask16 take = _mm512_cmp_ps_mask(v, best, _CMP_GT_OQ) |
-                             (_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q) & _mm512_cmp_ps_mask(best, best, _CMP_ORD_Q));
-      best = _mm512_mask_blend_ps(take, best, v);
-      index = _mm512_mask_blend_epi32(take, index, _mm512_add_epi32(first, offsets[i]));
+  for (i64 oh = 0; oh < Ho; ++oh) {
+    const float* r0 = xp + 2 * oh * W;
+    const float* r1 = r0 + W;
+    const std::int32_t row_start = std::int32_t(2 * oh * W);
+    float* y = yp + oh * Wo;
+    std::int32_t* argmax = ap + oh * Wo;
+    for (i64 ow = 0; ow < Wo; ow += 16) {
+      const i64 n = Wo - ow < 16 ? Wo - ow : 16;  // windows in this step
+      const __mmask16 out_mask = __mmask16((1u << n) - 1);
+      // 2n input columns: the first 16 in lo, the rest in hi
+      const __mmask16 lo_mask = __mmask16(n >= 8 ? 0xFFFF : (1u << (2 * n)) - 1);
+      const __mmask16 hi_mask = __mmask16(n > 8 ? (1u << (2 * n - 16)) - 1 : 0);
+      const float *a = r0 + 2 * ow, *b = r1 + 2 * ow;
+      const __m512 top_lo = _mm512_maskz_loadu_ps(lo_mask, a), top_hi = _mm512_maskz_loadu_ps(hi_mask, a + 16);
+      const __m512 bot_lo = _mm512_maskz_loadu_ps(lo_mask, b), bot_hi = _mm512_maskz_loadu_ps(hi_mask, b + 16);
+      const __m512 candidates[3] = {_mm512_permutex2var_ps(top_lo, odd, top_hi),
+                                    _mm512_permutex2var_ps(bot_lo, even, bot_hi),
+                                    _mm512_permutex2var_ps(bot_lo, odd, bot_hi)};
+      const __m512i first = _mm512_add_epi32(_mm512_set1_epi32(row_start + std::int32_t(2 * ow)), even);
+      const __m512i offsets[3] = {_mm512_set1_epi32(1), _mm512_set1_epi32(W), _mm512_set1_epi32(W + 1)};
+      __m512 best = _mm512_permutex2var_ps(top_lo, even, top_hi);
+      __m512i index = first;
+      for (int i = 0; i < 3; ++i) {
+        const __m512 v = candidates[i];
+        const __mmask16 take = _mm512_cmp_ps_mask(v, best, _CMP_GT_OQ) |
+                               (_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q) & _mm512_cmp_ps_mask(best, best, _CMP_ORD_Q));
+        best = _mm512_mask_blend_ps(take, best, v);
+        index = _mm512_mask_blend_epi32(take, index, _mm512_add_epi32(first, offsets[i]));
+      }
+      if (relu) {
+        best = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(best, zero, _CMP_LE_OQ), best, zero);
+        index = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(best, zero, _CMP_GT_OQ), _mm512_set1_epi32(-1), index);
+      }
+      _mm512_mask_storeu_ps(y + ow, out_mask, best);
+      _mm512_mask_storeu_epi32(argmax + ow, out_mask, index);
     }
-    if (relu) {
-      best = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(best, zero, _CMP_LE_OQ), best, zero);
-      index = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(best, zero, _CMP_GT_OQ), _mm512_set1_epi32(-1), index);
-    }
-    _mm512_mask_storeu_ps(y + ow, out_mask, best);
-    _mm512_mask_storeu_epi32(argmax + ow, out_mask, index);
   }
 }
 #endif
@@ -107,9 +114,7 @@ void max_pool2d_planes(float* y, std::int32_t* argmax, const float* x, i64 plane
     std::int32_t* ap = argmax + plane * Ho * Wo;
 #ifdef CNNFAST_HAVE_AVX512
     if (wide) {
-      for (i64 oh = 0; oh < Ho; ++oh)
-        pool2_row_avx512(yp + oh * Wo, ap + oh * Wo, xp + 2 * oh * W, xp + (2 * oh + 1) * W,
-                         std::int32_t(2 * oh * W), std::int32_t(W), Wo, relu);
+      pool2_plane_avx512(yp, ap, xp, Ho, Wo, std::int32_t(W), relu);
       continue;
     }
 #endif
