@@ -36,7 +36,8 @@
 //    max-pool (one more per window for the fused ReLU), 4 per logit for softmax cross-entropy, 12 per parameter for Adam. Bytes are the
 //    compulsory traffic: every input read once, every output written once.
 // The "training step" line sums the median times of the kernels one training step calls
-// (conv1's backward without dx, conv2's with it, ReLU fused into max-pool) and turns it into images/s: the ceiling for
+// (each Conv2d-ReLU-MaxPool2d block as one conv2d_relu_max_pool2d, conv1's backward without
+// dx, conv2's with it) and turns it into images/s: the ceiling for
 // `python bench/bench_train.py` with Python overhead removed.
 #include "gemm.hpp"
 #include "kernels.hpp"
@@ -393,19 +394,40 @@ struct Bench {
     const double flop = 2.0 * N * K * Ho * Wo * C * R * S;
     const double nx = N * C * H * W, nw = K * C * R * S, ny = N * K * Ho * Wo;
     const std::string shp = "x" + shape_str({N, C, H, W}) + " w" + shape_str({K, C, R, S});
-    add(layer, "conv2d_forward", shp + " -> y" + shape_str({N, K, Ho, Wo}), true, false, flop,
+    add(layer, "conv2d_forward*", shp + " -> y" + shape_str({N, K, Ho, Wo}), false, false, flop,
         4.0 * (nx + nw + K + ny), threads,
         [&] { cnnfast::conv2d_forward(y.data(), x.data(), w.data(), b.data(), N, C, H, W, K, R, S, pad); });
     // conv2d_backward computes dw and db, and dx unless it is null: the first layer of a network
     // skips dx in training, every other conv computes all three. Both variants are timed for
     // both layers; the one a training step does not call is starred.
     const std::string bshp = "x" + shape_str({N, C, H, W}) + " dy" + shape_str({N, K, Ho, Wo});
-    add(layer, first_layer ? "conv2d_backward dw,db" : "conv2d_backward dw,db*", bshp, first_layer, false, flop,
+    add(layer, "conv2d_backward dw,db*", bshp, false, false, flop,
         4.0 * (nx + ny + nw + K), threads,
         [&] { cnnfast::conv2d_backward(nullptr, dw.data(), db.data(), x.data(), w.data(), dy.data(), N, C, H, W, K, R, S, pad); });
-    add(layer, first_layer ? "conv2d_backward dx,dw,db*" : "conv2d_backward dx,dw,db", bshp, !first_layer, false,
+    add(layer, "conv2d_backward dx,dw,db*", bshp, false, false,
         2 * flop, 4.0 * (nx + ny + nw + K + nw + nx), threads,
         [&] { cnnfast::conv2d_backward(dx.data(), dw.data(), db.data(), x.data(), w.data(), dy.data(), N, C, H, W, K, R, S, pad); });
+    // The block a training step calls: conv2d + ReLU + max_pool2d(2) in one kernel, forward and
+    // backward (from the pooled gradient and the forward's argmax). FLOP: the convolution's.
+    const i64 Hq = Ho / 2, Wq = Wo / 2;
+    Buffer<float> py(N * K * Hq * Wq), pdy = random_floats(N * K * Hq * Wq);
+    Buffer<std::int32_t> argmax(N * K * Hq * Wq);
+    const std::string fshp = shp + " -> " + shape_str({N, K, Hq, Wq});
+    add(layer, "conv+relu+pool forward", fshp, true, false, flop, 4.0 * (nx + nw + K + 2.0 * N * K * Hq * Wq),
+        threads, [&] {
+          cnnfast::conv2d_relu_max_pool2d_forward(py.data(), argmax.data(), x.data(), w.data(), b.data(), N, C, H, W,
+                                                  K, R, S, pad, 2);
+        });
+    add(layer, first_layer ? "conv+relu+pool bwd dw,db" : "conv+relu+pool bwd dw,db*", bshp, first_layer, false,
+        flop, 4.0 * (nx + 2.0 * N * K * Hq * Wq + nw + K), threads, [&] {
+          cnnfast::conv2d_relu_max_pool2d_backward(nullptr, dw.data(), db.data(), x.data(), w.data(), pdy.data(),
+                                                   argmax.data(), N, C, H, W, K, R, S, pad, 2);
+        });
+    add(layer, first_layer ? "conv+relu+pool bwd dx,dw,db*" : "conv+relu+pool bwd dx,dw,db", bshp, !first_layer,
+        false, 2 * flop, 4.0 * (nx + 2.0 * N * K * Hq * Wq + nw + K + nw + nx), threads, [&] {
+          cnnfast::conv2d_relu_max_pool2d_backward(dx.data(), dw.data(), db.data(), x.data(), w.data(), pdy.data(),
+                                                   argmax.data(), N, C, H, W, K, R, S, pad, 2);
+        });
   }
 
   // relu forward/backward on [N, C, H, W], then max_pool2d k=2 forward/backward.
@@ -426,9 +448,9 @@ struct Bench {
     add(pool_layer, "max_pool2d_forward*", pshp, false, true, double(no) * (k * k - 1), 4.0 * n + 8.0 * no,
         threads, [&] { cnnfast::max_pool2d_forward(py.data(), argmax.data(), x.data(), N, C, H, W, k, false); });
     // Last, so that the backward below routes through the fused forward's argmax (-1: no gradient).
-    add(pool_layer, "max_pool2d_forward relu", pshp, true, true, double(no) * k * k, 4.0 * n + 8.0 * no,
+    add(pool_layer, "max_pool2d_forward relu*", pshp, false, true, double(no) * k * k, 4.0 * n + 8.0 * no,
         threads, [&] { cnnfast::max_pool2d_forward(py.data(), argmax.data(), x.data(), N, C, H, W, k, true); });
-    add(pool_layer, "max_pool2d_backward", shape_str({N, C, Ho, Wo}) + " -> " + shp, true, true, 0.0,
+    add(pool_layer, "max_pool2d_backward*", shape_str({N, C, Ho, Wo}) + " -> " + shp, false, true, 0.0,
         8.0 * no + 4.0 * n, threads,
         [&] { cnnfast::max_pool2d_backward(dx.data(), argmax.data(), pdy.data(), N, C, H, W, Ho, Wo); });
   }
@@ -652,8 +674,8 @@ int main(int argc, char** argv) {
     std::printf("%-7s %-25s %-48s %3d %10.4f %10.4f %9s %6s %8s %6s\n", r.layer.c_str(), r.kernel.c_str(),
                 r.shape.c_str(), r.threads, r.median * 1e3, r.min * 1e3, gfs, pct, gbs, pbw);
   }
-  std::printf("\n* timed, but not called by a training step: the first conv skips dx, the second needs it, and\n"
-              "  each ReLU + MaxPool2d pair runs as one max_pool2d_forward with relu=true.\n");
+  std::printf("\n* timed, but not called by a training step: each Conv2d-ReLU-MaxPool2d block runs as one\n"
+              "  conv2d_relu_max_pool2d (conv+relu+pool rows), the first without dx, the second with it.\n");
   std::printf("training step (sum of the medians of the kernels one step calls): %.3f ms = %.0f images/s at batch %lld\n",
               step_seconds * 1e3, double(N) / step_seconds, (long long)N);
 
