@@ -564,3 +564,17 @@ def test_module_runs_as_command(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "cnnfast.backprop", "--steps", "0"],
                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert bad.returncode == 2 and "--steps" in bad.stderr
+
+
+def test_a_closed_pipe_ends_the_command_quietly():
+    # `python -m cnnfast.backprop --steps 300 | head -1`: no BrokenPipeError traceback
+    import subprocess
+    import sys
+    proc = subprocess.Popen([sys.executable, "-m", "cnnfast.backprop", "--steps", "300"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    with proc:
+        proc.stdout.readline()
+        proc.stdout.close()
+        err = proc.stderr.read().decode()
+        proc.wait(timeout=60)
+    assert "Traceback" not in err and "BrokenPipe" not in err, err

@@ -271,4 +271,5 @@ def _text(shape) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ._terminal import run_command
+    sys.exit(run_command(main))

@@ -356,4 +356,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ._terminal import run_command
+    sys.exit(run_command(main))
