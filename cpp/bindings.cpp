@@ -183,11 +183,8 @@ std::pair<i64, i64> pooled_shape(const Conv& c, i64 k) {
 void check_argmax_values(const py::array_t<std::int32_t>& argmax, i64 plane) {
   const std::int32_t* ap = argmax.data();
   const i64 n = argmax.size();
-  std::int32_t lo = -1, hi = -1;  // one branch-free pass (it vectorises); the culprit only on failure
-  for (i64 i = 0; i < n; ++i) {
-    lo = std::min(lo, ap[i]);
-    hi = std::max(hi, ap[i]);
-  }
+  std::int32_t lo, hi;  // one vectorised pass; the culprit is looked for only on failure
+  int32_range(ap, n, &lo, &hi);
   if (lo >= -1 && hi < plane) return;
   for (i64 i = 0; i < n; ++i)
     if (ap[i] < -1 || ap[i] >= plane)

@@ -519,11 +519,32 @@ void conv2d_backward_gemm(float* dx, float* dw, const float* x, const float* w, 
 // The bias gradient's partial sums of one row d[0:P] (one image, one channel): 16 interleaved
 // float lanes (so it vectorises); db[k] adds them up in double, image by image.
 inline void row_lanes(float lanes[16], const float* d, i64 P) {
-  for (int j = 0; j < 16; ++j) lanes[j] = 0.0f;
+  float acc[16] = {};  // a local array, so the sums stay in registers (lanes may alias d)
   i64 p = 0;
   for (; p + 16 <= P; p += 16)
-    for (int j = 0; j < 16; ++j) lanes[j] += d[p + j];
-  for (; p < P; ++p) lanes[p % 16] += d[p];
+    for (int j = 0; j < 16; ++j) acc[j] += d[p + j];
+  for (; p < P; ++p) acc[p % 16] += d[p];
+  std::memcpy(lanes, acc, sizeof acc);
+}
+
+// out[i] = 0 + parts[0][i] + parts[1][i] + ... (the parts in order; vectorised across i)
+void sum_parts(float* out, const float* parts, i64 count, i64 n) {
+  std::fill(out, out + n, 0.0f);
+  for (i64 p = 0; p < count; ++p)
+    for (i64 i = 0; i < n; ++i) out[i] += parts[p * n + i];
+}
+
+// db[k] = the lanes[n][k][0..16] of every image n, added in that order in double (as
+// conv2d_backward adds up row_lanes); the K sums are independent chains, so they overlap.
+void sum_bias_lanes(float* db, const float* lanes, i64 N, i64 K) {
+  std::vector<double> sums(size_t(K), 0.0);
+  for (i64 n = 0; n < N; ++n)
+    for (i64 k = 0; k < K; ++k) {
+      double sum = sums[size_t(k)];
+      for (int j = 0; j < 16; ++j) sum += lanes[(n * K + k) * 16 + j];
+      sums[size_t(k)] = sum;
+    }
+  for (i64 k = 0; k < K; ++k) db[k] = float(sums[size_t(k)]);
 }
 
 void conv2d_backward_weight_direct(float* dw, const float* x, const float* dy, const ConvShape& s, i64 N) {
@@ -536,11 +557,7 @@ void conv2d_backward_weight_direct(float* dw, const float* x, const float* dy, c
     im2col(col, x + n * s.C * s.H * s.W, s, P);
     direct_weight_grad(partial.data() + n * K * T, dy + n * K * P, col, K, T, P);
   }
-  for (i64 i = 0; i < K * T; ++i) {  // w's layout [K, C, R, S] is [K, T]: no reordering
-    float sum = 0.0f;
-    for (i64 n = 0; n < N; ++n) sum += partial[size_t(n) * K * T + i];
-    dw[i] = sum;
-  }
+  sum_parts(dw, partial.data(), N, K * T);  // w's layout [K, C, R, S] is [K, T]: no reordering
 }
 
 }  // namespace
@@ -643,13 +660,7 @@ void conv2d_relu_max_pool2d_backward(float* dx, float* dw, float* db, const floa
       return {kl, lk};
     };
     conv2d_backward_gemm(dx, dw, x, w, pooled_dy, s, N);
-#pragma omp parallel for num_threads(threads_for(double(N) * K * P)) schedule(static)
-    for (i64 kk = 0; kk < K; ++kk) {  // as conv2d_backward sums db
-      double sum = 0.0;
-      for (i64 n = 0; n < N; ++n)
-        for (int j = 0; j < 16; ++j) sum += lanes[size_t(n * K + kk) * 16 + j];
-      db[kk] = float(sum);
-    }
+    sum_bias_lanes(db, lanes.data(), N, K);
     return;
   }
   if (dx || N == 0 || K == 0 || T == 0 || T > kDirectTaps) {
@@ -670,18 +681,8 @@ void conv2d_relu_max_pool2d_backward(float* dx, float* dw, float* db, const floa
     direct_weight_grad(partial.data() + n * K * T, dconv, col, K, T, P);
     for (i64 kk = 0; kk < K; ++kk) row_lanes(lanes.data() + (n * K + kk) * 16, dconv + kk * P, P);
   }
-  for (i64 i = 0; i < K * T; ++i) {  // as conv2d_backward_weight_direct sums its partials
-    float sum = 0.0f;
-    for (i64 n = 0; n < N; ++n) sum += partial[size_t(n) * K * T + i];
-    dw[i] = sum;
-  }
-#pragma omp parallel for num_threads(threads_for(double(N) * K * P)) schedule(static)
-  for (i64 kk = 0; kk < K; ++kk) {  // as conv2d_backward sums db
-    double sum = 0.0;
-    for (i64 n = 0; n < N; ++n)
-      for (int j = 0; j < 16; ++j) sum += lanes[size_t(n * K + kk) * 16 + j];
-    db[kk] = float(sum);
-  }
+  sum_parts(dw, partial.data(), N, K * T);  // as conv2d_backward_weight_direct
+  sum_bias_lanes(db, lanes.data(), N, K);
 }
 
 // The specification: y[n][k][oh][ow] = b[k] + sum_{c,r,s} w[k][c][r][s] * x[n][c][oh+r-pad][ow+s-pad]

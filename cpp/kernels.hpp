@@ -58,6 +58,9 @@ void max_pool2d_planes(float* y, std::int32_t* argmax, const float* x, i64 plane
 void max_pool2d_backward_planes(float* dx, const std::int32_t* argmax, const float* dy, i64 planes,
                                 i64 H, i64 W, i64 Ho, i64 Wo);
 
+// The smallest and largest of a[0:n], or -1 and -1 when n = 0 (checking argmax values)
+void int32_range(const std::int32_t* a, i64 n, std::int32_t* lo, std::int32_t* hi);
+
 // ---- conv2d.cpp: convolution, ReLU and max-pooling as one layer (a CNN's usual block) ----
 // x: [N, C, H, W], w: [K, C, R, S], b: [K] -> y, argmax: [N, K, Ho/k, Wo/k]
 // y, argmax = max_pool2d(conv2d(x, w, b, pad), k, relu=true), the same numbers, without writing

@@ -59,10 +59,13 @@ def max_pool2d(x, k):
 
 
 def max_pool2d_backward(dy, argmax, x_shape):
+    """Each dy added at its window's argmax; an argmax of -1 (a window closed by a fused ReLU)
+    routes nothing."""
     N, C, H, W = x_shape
     dx = np.zeros((N * C, H * W))
-    np.add.at(dx, (np.arange(N * C)[:, None], np.asarray(argmax).reshape(N * C, -1)),
-              np.asarray(dy, np.float64).reshape(N * C, -1))
+    argmax = np.asarray(argmax).reshape(N * C, -1)
+    dy = np.where(argmax >= 0, np.asarray(dy, np.float64).reshape(N * C, -1), 0.0)
+    np.add.at(dx, (np.arange(N * C)[:, None], np.maximum(argmax, 0)), dy)
     return dx.reshape(x_shape)
 
 

@@ -439,3 +439,19 @@ def test_conv2d_relu_max_pool2d_bad_inputs_name_the_argument():
         F.conv2d_relu_max_pool2d_backward(x, w, y, bad, 2)
     with pytest.raises(TypeError, match="argmax must have dtype int32"):
         F.conv2d_relu_max_pool2d_backward(x, w, y, argmax.astype(np.int64), 2)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 8, 8), (1, 2, 7, 37)])
+def test_max_pool2d_backward_routes_hand_made_argmax_anywhere_in_the_plane(isa, shape):
+    # argmax need not come from max_pool2d: an index outside its window, or two windows sharing
+    # one index, is routed (and summed) as documented, on the dense AVX-512 path's fallback too
+    N, C, H, W = shape
+    Ho, Wo = H // 2, W // 2
+    argmax = rng.integers(-1, H * W, size=(N, C, Ho, Wo)).astype(np.int32)
+    argmax[0, 0, 0, :2] = 5                  # a shared index
+    dy = rand(N, C, Ho, Wo)
+    assert_close(F.max_pool2d_backward(dy, argmax, shape), ref.max_pool2d_backward(dy, argmax, shape),
+                 rtol=1e-6, atol=1e-6)   # (the shared index is a float32 sum)
+    _, window_argmax = F.max_pool2d(rand(*shape), 2, relu=True)   # and the dense path itself
+    np.testing.assert_array_equal(F.max_pool2d_backward(dy, window_argmax, shape),
+                                  ref.max_pool2d_backward(dy, window_argmax, shape).astype(np.float32))
