@@ -441,7 +441,7 @@ def test_conv2d_relu_max_pool2d_bad_inputs_name_the_argument():
         F.conv2d_relu_max_pool2d_backward(x, w, y, argmax.astype(np.int64), 2)
 
 
-@pytest.mark.parametrize("shape", [(2, 3, 8, 8), (1, 2, 7, 37)])
+@pytest.mark.parametrize("shape", [(2, 3, 8, 8), (2, 3, 16, 17), (1, 2, 7, 37)])
 def test_max_pool2d_backward_routes_hand_made_argmax_anywhere_in_the_plane(isa, shape):
     # argmax need not come from max_pool2d: an index outside its window, or two windows sharing
     # one index, is routed (and summed) as documented, on the dense AVX-512 path's fallback too
