@@ -91,6 +91,13 @@ void row2im(float* xp, const float* rows, const ConvShape& s) {
     }
 }
 
+// out[i] = 0 + parts[0][i] + parts[1][i] + ... (the parts in order; vectorised across i)
+void sum_parts(float* out, const float* parts, i64 count, i64 n) {
+  std::fill(out, out + n, 0.0f);
+  for (i64 p = 0; p < count; ++p)
+    for (i64 i = 0; i < n; ++i) out[i] += parts[p * n + i];
+}
+
 // w: [K, C, R, S] -> wt: [K, R, S, C]
 std::vector<float> weights_rsc(const float* w, const ConvShape& s) {
   std::vector<float> wt(size_t(s.K) * s.taps());
@@ -503,15 +510,14 @@ void conv2d_backward_gemm(float* dx, float* dw, const float* x, const float* w, 
     }
   }
   if (!dw) return;
-#pragma omp parallel for num_threads(threads_for(double(K) * T * ch.chunks)) schedule(static)
-  for (i64 k = 0; k < K; ++k)  // dw[k][c][r][q] = sum over chunks of dwt[k][(r*S + q)*C + c]
+  std::vector<float> total(size_t(K) * T);
+  sum_parts(total.data(), partial.data(), ch.chunks, K * T);  // the chunks' products, in chunk order
+  for (i64 k = 0; k < K; ++k)  // dw[k][c][r][q] = dwt[k][(r*S + q)*C + c]
     for (i64 c = 0; c < C; ++c)
       for (i64 r = 0; r < R; ++r)
         for (i64 q = 0; q < S; ++q) {
-          const i64 t = (r * S + q) * C + c, at = taps_as_rows ? t * K + k : k * T + t;
-          float sum = 0.0f;
-          for (i64 chunk = 0; chunk < ch.chunks; ++chunk) sum += partial[size_t(chunk) * K * T + at];
-          dw[((k * C + c) * R + r) * S + q] = sum;
+          const i64 t = (r * S + q) * C + c;
+          dw[((k * C + c) * R + r) * S + q] = total[size_t(taps_as_rows ? t * K + k : k * T + t)];
         }
 }
 
@@ -525,13 +531,6 @@ inline void row_lanes(float lanes[16], const float* d, i64 P) {
     for (int j = 0; j < 16; ++j) acc[j] += d[p + j];
   for (; p < P; ++p) acc[p % 16] += d[p];
   std::memcpy(lanes, acc, sizeof acc);
-}
-
-// out[i] = 0 + parts[0][i] + parts[1][i] + ... (the parts in order; vectorised across i)
-void sum_parts(float* out, const float* parts, i64 count, i64 n) {
-  std::fill(out, out + n, 0.0f);
-  for (i64 p = 0; p < count; ++p)
-    for (i64 i = 0; i < n; ++i) out[i] += parts[p * n + i];
 }
 
 // db[k] = the lanes[n][k][0..16] of every image n, added in that order in double (as
@@ -654,8 +653,11 @@ void conv2d_relu_max_pool2d_backward(float* dx, float* dw, float* db, const floa
           float* row = kl + kk * L + (n - n0) * P;
           max_pool2d_backward_planes(row, argmax + plane, dy + plane, 1, s.Ho, s.Wo, Hq, Wq);
           row_lanes(lanes.data() + (n * K + kk) * 16, row, P);
-          for (i64 q = 0; q < Hq * Wq; ++q)
-            if (argmax[plane + q] >= 0) lk[((n - n0) * P + argmax[plane + q]) * K + kk] += dy[plane + q];
+          float* column = lk + (n - n0) * P * K + kk;  // this channel's column of [L, K]
+          for (i64 q = 0; q < Hq * Wq; ++q) {  // branch-free, as max_pool2d_backward_planes
+            const bool open = argmax[plane + q] >= 0;
+            column[(open ? argmax[plane + q] : 0) * K] += open ? dy[plane + q] : 0.0f;
+          }
         }
       return {kl, lk};
     };
