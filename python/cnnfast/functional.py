@@ -69,9 +69,10 @@ def max_pool2d_backward(dy: np.ndarray, argmax: np.ndarray, x_shape) -> np.ndarr
 def conv2d_relu_max_pool2d(x: np.ndarray, w: np.ndarray, b: np.ndarray, k: int, padding: int = 0):
     """A CNN block in one call: max_pool2d(conv2d(x, w, b, padding), k, relu=True) -> (y, argmax).
 
-    The same numbers as the three layers; for short patches (such as a first layer's 3x3 on
-    one channel) each image's convolution output stays in cache instead of going to memory.
-    argmax indexes the convolution's output planes, as max_pool2d's would.
+    The same numbers as the three layers, but the convolution's output (and, backward, its
+    gradient) is not written to memory as a whole: it is pooled from cache image by image (short
+    patches, such as a first layer's 3x3 on one channel) or chunk by chunk (longer ones, with
+    AVX-512). argmax indexes the convolution's output planes, as max_pool2d's would.
     """
     return _core.conv2d_relu_max_pool2d(x, w, b, k, padding)
 
