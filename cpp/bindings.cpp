@@ -74,6 +74,12 @@ void expect(bool ok, const std::string& message) {
   if (!ok) throw py::value_error(message);
 }
 
+// h * w fits int32 (argmax indexes a plane with int32), without computing a product that could
+// overflow: a zero-size batch lets numpy accept planes of any size.
+bool plane_fits_int32(i64 h, i64 w) {
+  return h >= 0 && w >= 0 && (h == 0 || w <= std::numeric_limits<std::int32_t>::max() / h);
+}
+
 // In-place updates read one array while writing another: they must not share memory
 // (the same array passed twice is fine: each element is read before it is written).
 void expect_no_overlap(const py::array& a, const char* a_name, const py::array& b, const char* b_name) {
@@ -176,7 +182,8 @@ std::pair<i64, i64> pooled_shape(const Conv& c, i64 k) {
   expect(k >= 1, "k must be at least 1, got " + std::to_string(k));
   expect(k <= c.Ho && k <= c.Wo, "window k=" + std::to_string(k) + " is larger than the convolution's output " +
                                      dims({c.Ho, c.Wo}));
-  expect(c.Ho * c.Wo <= std::numeric_limits<std::int32_t>::max(), "the convolution's output planes are too large for int32 argmax");
+  expect(plane_fits_int32(c.Ho, c.Wo), "the convolution's output planes " + dims({c.Ho, c.Wo}) +
+                                          " are too large for int32 argmax");
   return {c.Ho / k, c.Wo / k};
 }
 
@@ -271,7 +278,7 @@ py::tuple max_pool2d(py::handle x_, i64 k, bool relu) {
   expect(k >= 1, "k must be at least 1, got " + std::to_string(k));
   expect(k <= H && k <= W, "window k=" + std::to_string(k) + " is larger than the input's " +
                                dims({H, W}) + " (x has shape " + shape_str(x) + ")");
-  expect(H * W <= std::numeric_limits<std::int32_t>::max(), "x planes are too large for int32 argmax");
+  expect(plane_fits_int32(H, W), "x planes " + dims({H, W}) + " are too large for int32 argmax");
   auto y = empty<float>({N, C, H / k, W / k});
   auto argmax = empty<std::int32_t>({N, C, H / k, W / k});
   float* yp = y.mutable_data();

@@ -535,7 +535,7 @@ void conv2d_backward_gemm(float* dx, float* dw, const float* x, const float* w, 
       to_padded_nhwc(xp, x + n * C * H * W, s);
       im2row(rows + (n - n0) * P * T, xp, s);
     }
-    float* out = partial.data() + chunk * K * T;
+    float* out = dw ? partial.data() + chunk * K * T : nullptr;  // (no arithmetic on an empty vector's data())
     // (the same products whichever layout of dy they are packed from)
     if (!dw) {
     } else if (taps_as_rows && d.by_pixel)

@@ -92,3 +92,15 @@ def test_nan_inputs_propagate_without_crashing():
     logits = F.linear(pooled.reshape(2, -1), f32(10, 12), f32(10))
     loss, dlogits = F.softmax_cross_entropy(logits, np.array([1, 2]))
     assert np.isnan(loss) and np.isnan(dlogits).all()
+
+
+def test_planes_too_large_for_int32_argmax_are_refused_even_in_empty_arrays():
+    # numpy accepts any plane in an array with a zero-size dimension; H*Wo must not overflow
+    # (2**47 * 2**17 wrapped to 0 and reached the kernel with a zero-size scratch buffer)
+    x = np.empty((1, 1, 2 ** 47 - 2 ** 17, 0), np.float32)
+    w, b = np.zeros((1, 1, 1, 1), np.float32), np.zeros(1, np.float32)
+    with pytest.raises(ValueError, match="too large for int32 argmax"):
+        F.conv2d_relu_max_pool2d(x, w, b, 2 ** 17, padding=2 ** 16)
+    with pytest.raises(ValueError, match="too large for int32 argmax"):
+        F.conv2d_relu_max_pool2d_backward(x, w, np.zeros((1, 1, 0, 0), np.float32),
+                                          np.zeros((1, 1, 0, 0), np.int32), 2 ** 17, padding=2 ** 16)
