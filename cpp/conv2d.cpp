@@ -699,9 +699,10 @@ void conv2d_relu_max_pool2d_backward(float* dx, float* dw, float* db, const floa
           max_pool2d_backward_planes(row, argmax + plane, dy + plane, 1, s.Ho, s.Wo, Hq, Wq);
           row_lanes(lanes.data() + (n * K + kk) * 16, row, P);
           float* column = lk + (n - n0) * P * K + kk;  // this channel's column of [L, K]
-          for (i64 q = 0; q < Hq * Wq; ++q) {  // branch-free, as max_pool2d_backward_planes
-            const bool open = argmax[plane + q] >= 0;
-            column[(open ? argmax[plane + q] : 0) * K] += open ? dy[plane + q] : 0.0f;
+          for (i64 q = 0; q < Hq * Wq; ++q) {  // branch-free and bounded, as max_pool2d_backward_planes
+            const std::int32_t a = argmax[plane + q];
+            const bool open = a >= 0 && a < P;
+            column[(open ? a : 0) * K] += open ? dy[plane + q] : 0.0f;
           }
         }
       return {kl, lk};

@@ -228,9 +228,12 @@ void max_pool2d_backward_planes(float* dx, const std::int32_t* argmax, const flo
     const std::int32_t* ap = argmax + plane * Ho * Wo;
     // Branch-free: a closed window (-1, about half of them after a ReLU, in no predictable
     // pattern) adds 0 to element 0 instead of taking a mispredicted branch.
+    // (argmax is read once and bounded here too: the bindings checked it, but another Python
+    // thread could change it while the kernel runs without the GIL; never a write out of bounds)
     for (i64 i = 0; i < Ho * Wo; ++i) {
-      const bool open = ap[i] >= 0;
-      dxp[open ? ap[i] : 0] += open ? dyp[i] : 0.0f;
+      const std::int32_t a = ap[i];
+      const bool open = a >= 0 && a < H * W;
+      dxp[open ? a : 0] += open ? dyp[i] : 0.0f;
     }
   }
 }
