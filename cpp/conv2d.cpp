@@ -578,8 +578,8 @@ inline void row_lanes(float lanes[16], const float* d, i64 P) {
   std::memcpy(lanes, acc, sizeof acc);
 }
 
-// db[k] = the lanes[n][k][0..16] of every image n, added in that order in double (as
-// conv2d_backward adds up row_lanes); the K sums are independent chains, so they overlap.
+// db[k] = the lanes[n][k][0..16] of every image n, added in that order in double; the K sums
+// are independent chains, so they overlap.
 void sum_bias_lanes(float* db, const float* lanes, i64 N, i64 K) {
   std::vector<double> sums(size_t(K), 0.0);
   for (i64 n = 0; n < N; ++n)
@@ -626,16 +626,12 @@ void conv2d_backward(float* dx, float* dw, float* db, const float* x, const floa
   } else {
     conv2d_backward_gemm(dx, dw, x, w, GatherDy{dy, K, P}, s, N);
   }
+  // db[k] = sum over images and pixels: every row's lanes, then one reduction, the same
+  // two steps as the fused kernels take (so their bias gradients agree bit for bit)
+  std::vector<float> lanes(size_t(N) * K * 16);
 #pragma omp parallel for num_threads(threads_for(double(N) * K * P)) schedule(static)
-  for (i64 k = 0; k < K; ++k) {  // db[k] = sum over images and pixels
-    double sum = 0.0;
-    for (i64 n = 0; n < N; ++n) {
-      float lanes[16];
-      row_lanes(lanes, dy + (n * K + k) * P, P);
-      for (int j = 0; j < 16; ++j) sum += lanes[j];
-    }
-    db[k] = float(sum);
-  }
+  for (i64 row = 0; row < N * K; ++row) row_lanes(lanes.data() + row * 16, dy + row * P, P);
+  sum_bias_lanes(db, lanes.data(), N, K);
 }
 
 // ---- conv2d + ReLU + max_pool2d as one layer ----
