@@ -298,6 +298,56 @@ void pack_patch_panel(float* ap, const float* src, const PanelRun* runs, int nru
   }
 }
 
+// dst[j*ldd + i] = src[i*lds + j] for i < rows, j < cols, and 0 for rows <= i < rows_out: a
+// transpose in 16 x 16 blocks, each loaded as 16 row vectors (masked at the edges), transposed
+// in registers (pairs of floats, then of doubles, then 128-bit lanes) and stored as 16 vectors.
+__attribute__((target("avx512f")))
+void transpose_avx512(float* dst, i64 ldd, const float* src, i64 lds, i64 rows, i64 cols, i64 rows_out) {
+  auto mask = [](i64 n) { return __mmask16(n >= 16 ? 0xFFFF : (1u << n) - 1); };
+  for (i64 i0 = 0; i0 < rows_out; i0 += 16)
+    for (i64 j0 = 0; j0 < cols; j0 += 16) {
+      const i64 ni = std::clamp<i64>(rows - i0, 0, 16), nj = std::min<i64>(16, cols - j0);
+      __m512 r[16], t[16];
+      for (int i = 0; i < 16; ++i)
+        r[i] = i < ni ? _mm512_maskz_loadu_ps(mask(nj), src + (i0 + i) * lds + j0) : _mm512_setzero_ps();
+      for (int i = 0; i < 8; ++i) {  // per 128-bit lane j: (r0[4j], r1[4j], r0[4j+1], r1[4j+1]) ...
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+      }
+      for (int i = 0; i < 4; ++i) {  // r[4i + m], lane j: rows 4i..4i+3 of column 4j + m
+        const __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 1]);
+        const __m512d c = _mm512_castps_pd(t[4 * i + 2]), d = _mm512_castps_pd(t[4 * i + 3]);
+        r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+        r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+        r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+        r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+      }
+      for (int m = 0; m < 4; ++m) {  // column 4j + m: lane j of r[m], r[4 + m], r[8 + m], r[12 + m]
+        const __m512 u0 = _mm512_shuffle_f32x4(r[m], r[4 + m], 0x44), u1 = _mm512_shuffle_f32x4(r[m], r[4 + m], 0xEE);
+        const __m512 u2 = _mm512_shuffle_f32x4(r[8 + m], r[12 + m], 0x44), u3 = _mm512_shuffle_f32x4(r[8 + m], r[12 + m], 0xEE);
+        t[m] = _mm512_shuffle_f32x4(u0, u2, 0x88);
+        t[4 + m] = _mm512_shuffle_f32x4(u0, u2, 0xDD);
+        t[8 + m] = _mm512_shuffle_f32x4(u1, u3, 0x88);
+        t[12 + m] = _mm512_shuffle_f32x4(u1, u3, 0xDD);
+      }
+      const __mmask16 store = mask(std::min<i64>(16, rows_out - i0));
+      for (int j = 0; j < nj; ++j) _mm512_mask_storeu_ps(dst + (j0 + j) * ldd + i0, store, t[j]);
+    }
+}
+
+// to_padded_nhwc and from_padded_nhwc (the same results) through transpose_avx512
+void to_padded_nhwc_avx512(float* xp, const float* x, const ConvShape& s) {
+  if (s.pad == 0) return transpose_avx512(xp, s.C, x, s.H * s.W, s.C, s.H * s.W, s.C);
+  std::fill(xp, xp + s.Hp * s.Wp * s.C, 0.0f);
+  for (i64 h = 0; h < s.H; ++h)
+    transpose_avx512(xp + ((h + s.pad) * s.Wp + s.pad) * s.C, s.C, x + h * s.W, s.H * s.W, s.C, s.W, s.C);
+}
+void from_padded_nhwc_avx512(float* dx, const float* xp, const ConvShape& s) {
+  if (s.pad == 0) return transpose_avx512(dx, s.H * s.W, xp, s.C, s.H * s.W, s.C, s.H * s.W);
+  for (i64 h = 0; h < s.H; ++h)
+    transpose_avx512(dx + h * s.W, s.H * s.W, xp + ((h + s.pad) * s.Wp + s.pad) * s.C, s.C, s.W, s.C, s.W);
+}
+
 // out: [images * Ho * Wo, K] (a chunk's product, pixel-major, without bias) ->
 // y, argmax: [images, K, Ho/k, Wo/k] = max_pool2d(out + b, k, relu=true), the rule of
 // max_pool2d_planes (first maximum, a NaN wins; a maximum not > 0 gives 0 and argmax -1), with
@@ -566,6 +616,147 @@ void conv2d_backward_gemm(float* dx, float* dw, const float* x, const float* w, 
         }
 }
 
+#ifdef CNNFAST_HAVE_AVX512
+// ---- AVX-512 backward: both GEMMs fed straight from the image and dy ----
+// The patch-row path writes every pixel's patch row (rows[L, RSC], 2.2 MB per chunk for conv2)
+// and the input gradient's drows[L, RSC] out to memory and reads them back. Here neither exists:
+// - dW^T[RSC, K] = rows^T dy: the GEMM's packed A (12 taps x a depth block of pixels) is built
+//   from the chunk's channels-last image xp[n][Hp][Wp][C] with pack_patch_panel (for a pixel,
+//   12 consecutive taps (r, q, c..c+11) are contiguous in xp: one or two masked loads), and its
+//   B is dy pixel-major in panels of 32 channels, read in place (no packing).
+// - drows = dy^T wt is made 12 pixels at a time into a [12, RSC] tile in L1 (A packed from
+//   channel-major dy, again one masked load per run of pixels per channel; B is wt packed once
+//   per call), and added into the chunk's zero-bordered input gradient at once (row2im).
+
+// A chunk's dy for conv2d_backward_panels. Channel-major: the value for (image n of the chunk,
+// pixel p, channel k) at by_channel[n*image_stride + k*channel_stride + p]. Pixel-major, the
+// same values in panels of nr channels: by_pixel[(k / nr)*L*nr + l*nr + k % nr], l = n*P + p,
+// zero for channels k >= K up to the next multiple of nr.
+struct DyPanels {
+  const float* by_channel;
+  i64 image_stride, channel_stride;
+  const float* by_pixel;
+};
+
+// The plain source: dy itself (channel-major as it is), transposed into the pixel-major panels.
+struct GatherDyPanels {
+  const float* dy;
+  i64 K, P;
+  int nr;
+  DyPanels operator()(i64 n0, i64 n1, float*, float* lk) const {
+    const i64 L = (n1 - n0) * P;
+    for (i64 n = n0; n < n1; ++n)
+      for (i64 k0 = 0; k0 < K; k0 += nr)  // [nr channels, P] -> [P, nr], zeros past K
+        transpose_avx512(lk + k0 * L + (n - n0) * P * nr, nr, dy + (n * K + k0) * P, P, std::min<i64>(nr, K - k0), P, nr);
+    return {dy + n0 * K * P, K * P, P, lk};
+  }
+};
+
+// dw and dx (either may be null); chunked as conv2d_backward_gemm, the weight gradient summed
+// chunk by chunk in chunk order, so the results do not depend on the thread count.
+template <typename DyOf>
+void conv2d_backward_panels(float* dx, float* dw, const float* x, const float* w, const DyOf& dy_of,
+                            const ConvShape& s, i64 N, const MicroKernel& mk) {
+  const i64 C = s.C, K = s.K, P = s.P(), T = s.taps(), S = s.S;
+  const int mr = mk.mr, nr = mk.nr;
+  const i64 Kp = (K + nr - 1) / nr * nr, Tp = (T + nr - 1) / nr * nr, image = s.Hp * s.Wp * C;
+  const Chunking ch(N, P);
+  const int nt = std::max(1, std::min<int>(threads_for((dx && dw ? 2.0 : 1.0) * N * K * P * T), int(ch.chunks)));
+  // dW's A, tap panel by tap panel: the runs of taps (t = (r*S + q)*C + c) that are contiguous in xp
+  const i64 tap_panels = (T + mr - 1) / mr;
+  std::vector<PanelRun> tap_runs(size_t(tap_panels) * 16);
+  std::vector<int> tap_nruns(static_cast<size_t>(tap_panels));
+  for (i64 tp = 0; tp < tap_panels; ++tp) {
+    const int m = int(std::min<i64>(mr, T - tp * mr));
+    int nruns = 0;
+    for (int i = 0; i < m;) {
+      const i64 t = tp * mr + i, rq = t / C, c = t % C;
+      const int len = int(std::min<i64>(m - i, C - c));
+      tap_runs[size_t(tp * 16 + nruns++)] = {(rq / S * s.Wp + rq % S) * C + c - i, __mmask16(((1u << len) - 1) << i)};
+      i += len;
+    }
+    tap_nruns[size_t(tp)] = nruns;
+  }
+  std::vector<float> wtp;  // dx's B: wt [K, T] (taps in xp order) in panels of nr taps
+  if (dx) {
+    const std::vector<float> wt = weights_rsc(w, s);
+    wtp.resize(size_t(Tp) * K);
+    pack_b(wtp.data(), false, wt.data(), T, 0, 0, K, T, nr);
+  }
+  std::vector<float> partial(dw ? size_t(ch.chunks) * T * Kp : 0);
+  const i64 chunk_pixels = ch.per_chunk * P, depth = depth_block(std::max<i64>(chunk_pixels, 1));
+  const size_t xp_floats = size_t(ch.per_chunk) * image, ap_floats = size_t(std::max(depth, K)) * mr;
+  const size_t per_thread = xp_floats * (dx ? 2 : 1) + ap_floats + (dx ? size_t(mr) * Tp : 0) +
+                            size_t(chunk_pixels) * (Kp + K);
+  const size_t offsets_per_thread = size_t(std::max(chunk_pixels, K));
+  std::unique_ptr<float[]> scratch(new float[size_t(nt) * per_thread]);
+  std::unique_ptr<i64[]> offset_scratch(new i64[size_t(nt) * offsets_per_thread]);
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (i64 chunk = 0; chunk < ch.chunks; ++chunk) {
+    const i64 n0 = chunk * ch.per_chunk, n1 = std::min(N, n0 + ch.per_chunk), L = (n1 - n0) * P;
+    float* xp = scratch.get() + size_t(omp_get_thread_num()) * per_thread;  // [images][Hp][Wp][C]
+    float* xdx = xp + xp_floats;                                            // the same, for dx
+    float* ap = xdx + (dx ? xp_floats : 0);                                 // packed A
+    float* tile = ap + ap_floats;                                           // drows [mr, Tp]
+    float* lk = tile + (dx ? size_t(mr) * Tp : 0);                          // dy pixel-major
+    float* kl = lk + size_t(chunk_pixels) * Kp;                             // dy channel-major
+    i64* offsets = offset_scratch.get() + size_t(omp_get_thread_num()) * offsets_per_thread;  // per pixel / channel
+    for (i64 n = n0; n < n1; ++n) to_padded_nhwc_avx512(xp + (n - n0) * image, x + n * s.C * s.H * s.W, s);
+    const DyPanels d = dy_of(n0, n1, kl, lk);
+    if (dw) {
+      for (i64 l = 0; l < L; ++l) {  // pixel l's offset in xp
+        const i64 n = l / P, p = l % P;
+        offsets[l] = n * image + (p / s.Wo * s.Wp + p % s.Wo) * C;
+      }
+      float* out = partial.data() + chunk * T * Kp;  // dW^T [T, Kp]
+      for (i64 l0 = 0; l0 < L; l0 += depth) {
+        const i64 kb = std::min(depth, L - l0);
+        for (i64 tp = 0; tp < tap_panels; ++tp) {
+          pack_patch_panel(ap, xp, &tap_runs[size_t(tp * 16)], tap_nruns[size_t(tp)], offsets + l0, kb, mr);
+          for (i64 j0 = 0; j0 < K; j0 += nr)
+            mk.run(kb, ap, d.by_pixel + j0 * L + l0 * nr, out + tp * mr * Kp + j0, Kp,
+                   std::min<i64>(mr, T - tp * mr), std::min<i64>(nr, K - j0), l0 > 0);
+        }
+      }
+    }
+    if (dx) {
+      std::fill(xdx, xdx + (n1 - n0) * image, 0.0f);
+      for (i64 k = 0; k < K; ++k) offsets[k] = k * d.channel_stride;
+      for (i64 l0 = 0; l0 < L; l0 += mr) {
+        const int m = int(std::min<i64>(mr, L - l0));
+        PanelRun runs[16];
+        int nruns = 0;
+        for (int i = 0; i < m;) {  // lanes i.. of one image
+          const i64 l = l0 + i, n = l / P, p = l % P;
+          const int len = int(std::min<i64>(m - i, P - p));
+          runs[nruns++] = {n * d.image_stride + p - i, __mmask16(((1u << len) - 1) << i)};
+          i += len;
+        }
+        pack_patch_panel(ap, d.by_channel, runs, nruns, offsets, K, mr);
+        for (i64 j0 = 0; j0 < T; j0 += nr) mk.run(K, ap, wtp.data() + j0 * K, tile + j0, Tp, m, std::min<i64>(nr, T - j0), 0);
+        for (int i = 0; i < m; ++i) {  // row2im of these pixels: xdx[oh + r][ow + q][c] += tile[i][(r*S + q)*C + c]
+          const i64 l = l0 + i, n = l / P, p = l % P;
+          float* base = xdx + n * image + (p / s.Wo * s.Wp + p % s.Wo) * C;
+          for (i64 r = 0; r < s.R; ++r) {
+            float* dst = base + r * s.Wp * C;
+            const float* src = tile + i * Tp + r * S * C;
+            for (i64 e = 0; e < S * C; ++e) dst[e] += src[e];
+          }
+        }
+      }
+      for (i64 n = n0; n < n1; ++n) from_padded_nhwc_avx512(dx + n * s.C * s.H * s.W, xdx + (n - n0) * image, s);
+    }
+  }
+  if (!dw) return;
+  std::vector<float> total(size_t(T) * Kp);
+  sum_parts(total.data(), partial.data(), ch.chunks, T * Kp);  // the chunks' products, in chunk order
+  for (i64 k = 0; k < K; ++k)  // dw[k][c][r][q] = dwt[(r*S + q)*C + c][k]
+    for (i64 c = 0; c < C; ++c)
+      for (i64 r = 0; r < s.R; ++r)
+        for (i64 q = 0; q < S; ++q) dw[((k * C + c) * s.R + r) * S + q] = total[size_t(((r * S + q) * C + c) * Kp + k)];
+}
+#endif
+
 // dw through the direct path: one partial per image, added in image order.
 // The bias gradient's partial sums of one row d[0:P] (one image, one channel): 16 interleaved
 // float lanes (so it vectorises); db[k] adds them up in double, image by image.
@@ -624,7 +815,13 @@ void conv2d_backward(float* dx, float* dw, float* db, const float* x, const floa
     conv2d_backward_weight_direct(dw, x, dy, s, N);
     if (dx) conv2d_backward_gemm(dx, nullptr, x, w, GatherDy{dy, K, P}, s, N);
   } else {
-    conv2d_backward_gemm(dx, dw, x, w, GatherDy{dy, K, P}, s, N);
+#ifdef CNNFAST_HAVE_AVX512
+    const MicroKernel& mk = active_microkernel();
+    if (panels_apply(mk, s))
+      conv2d_backward_panels(dx, dw, x, w, GatherDyPanels{dy, K, P, mk.nr}, s, N, mk);
+    else
+#endif
+      conv2d_backward_gemm(dx, dw, x, w, GatherDy{dy, K, P}, s, N);
   }
   // db[k] = sum over images and pixels: every row's lanes, then one reduction, the same
   // two steps as the fused kernels take (so their bias gradients agree bit for bit)
@@ -684,26 +881,43 @@ void conv2d_relu_max_pool2d_backward(float* dx, float* dw, float* db, const floa
   if (N > 0 && K > 0 && T > kDirectTaps) {
     // Long patches: each chunk's d(conv) is rebuilt from dy and argmax in both layouts the
     // GEMMs want (never as a whole NCHW array), and its bias-gradient lanes taken on the way.
+    // The pixel-major copy is stored in panels of `width` channels (padded with zeros to Kp):
+    // lk[(k / width)*L*width + l*width + k % width]; width = K is the plain [L, K].
     std::vector<float> lanes(size_t(N) * K * 16);
-    auto pooled_dy = [&](i64 n0, i64 n1, float* kl, float* lk) -> DyChunk {
-      const i64 L = (n1 - n0) * P;
-      std::fill(lk, lk + L * K, 0.0f);
+    auto pooled_dy = [&](i64 n0, i64 n1, float* kl, float* lk, i64 width) {
+      const i64 L = (n1 - n0) * P, Kp = (K + width - 1) / width * width;
+      std::fill(lk, lk + L * Kp, 0.0f);
       for (i64 n = n0; n < n1; ++n)
         for (i64 kk = 0; kk < K; ++kk) {
           const i64 plane = n * pooled + kk * Hq * Wq;
           float* row = kl + kk * L + (n - n0) * P;
           max_pool2d_backward_planes(row, argmax + plane, dy + plane, 1, s.Ho, s.Wo, Hq, Wq);
           row_lanes(lanes.data() + (n * K + kk) * 16, row, P);
-          float* column = lk + (n - n0) * P * K + kk;  // this channel's column of [L, K]
+          float* column = lk + (kk / width) * L * width + (n - n0) * P * width + kk % width;
           for (i64 q = 0; q < Hq * Wq; ++q) {  // branch-free and bounded, as max_pool2d_backward_planes
             const std::int32_t a = argmax[plane + q];
             const bool open = a >= 0 && a < P;
-            column[(open ? a : 0) * K] += open ? dy[plane + q] : 0.0f;
+            column[(open ? a : 0) * width] += open ? dy[plane + q] : 0.0f;
           }
         }
+    };
+#ifdef CNNFAST_HAVE_AVX512
+    const MicroKernel& mk = active_microkernel();
+    if (panels_apply(mk, s)) {
+      auto panels_dy = [&](i64 n0, i64 n1, float* kl, float* lk) -> DyPanels {
+        pooled_dy(n0, n1, kl, lk, mk.nr);
+        return {kl, P, (n1 - n0) * P, lk};
+      };
+      conv2d_backward_panels(dx, dw, x, w, panels_dy, s, N, mk);
+      sum_bias_lanes(db, lanes.data(), N, K);
+      return;
+    }
+#endif
+    auto rows_dy = [&](i64 n0, i64 n1, float* kl, float* lk) -> DyChunk {
+      pooled_dy(n0, n1, kl, lk, K);
       return {kl, lk};
     };
-    conv2d_backward_gemm(dx, dw, x, w, pooled_dy, s, N);
+    conv2d_backward_gemm(dx, dw, x, w, rows_dy, s, N);
     sum_bias_lanes(db, lanes.data(), N, K);
     return;
   }
