@@ -284,54 +284,88 @@ struct PanelRun {
   __mmask16 lanes;  // the lanes this run fills
 };
 
+// (NRUNS runs, their offsets and masks held in registers for the whole loop)
+template <int NRUNS>
+__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl"), always_inline)) inline void
+pack_runs(float* ap, const float* src, const PanelRun* runs, const i64* tap_offset, i64 T, int mr) {
+  const __mmask16 store_mask = __mmask16((1u << mr) - 1);
+  const std::uintptr_t base = reinterpret_cast<std::uintptr_t>(src);
+  std::uintptr_t offset[NRUNS];
+  __mmask16 lanes[NRUNS];
+  for (int j = 0; j < NRUNS; ++j) offset[j] = base + std::uintptr_t(runs[j].offset * 4), lanes[j] = runs[j].lanes;
+  for (i64 t = 0; t < T; ++t) {
+    const std::uintptr_t at = std::uintptr_t(tap_offset[t] * 4);
+    // (an address below src is never read: its lanes are masked off)
+    __m512 v = _mm512_maskz_loadu_ps(lanes[0], reinterpret_cast<const float*>(offset[0] + at));
+    for (int j = 1; j < NRUNS; ++j) v = _mm512_mask_loadu_ps(v, lanes[j], reinterpret_cast<const float*>(offset[j] + at));
+    _mm512_mask_storeu_ps(ap + t * mr, store_mask, v);
+  }
+}
+
 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl")))
 void pack_patch_panel(float* ap, const float* src, const PanelRun* runs, int nruns,
                       const i64* tap_offset, i64 T, int mr) {
+  switch (nruns) {
+    case 1: return pack_runs<1>(ap, src, runs, tap_offset, T, mr);
+    case 2: return pack_runs<2>(ap, src, runs, tap_offset, T, mr);
+    case 3: return pack_runs<3>(ap, src, runs, tap_offset, T, mr);
+    default: break;
+  }
   const __mmask16 store_mask = __mmask16((1u << mr) - 1);
   const std::uintptr_t base = reinterpret_cast<std::uintptr_t>(src);
   for (i64 t = 0; t < T; ++t) {
     __m512 v = _mm512_setzero_ps();
-    for (int j = 0; j < nruns; ++j)  // (an address below src is never read: its lanes are masked off)
+    for (int j = 0; j < nruns; ++j)
       v = _mm512_mask_loadu_ps(v, runs[j].lanes,
                                reinterpret_cast<const float*>(base + (runs[j].offset + tap_offset[t]) * 4));
     _mm512_mask_storeu_ps(ap + t * mr, store_mask, v);
   }
 }
 
+// The transpose of a 16 x 16 block held as 16 row vectors r: t[j] = column j (pairs of floats,
+// then of doubles, then 128-bit lanes are interleaved).
+__attribute__((target("avx512f"), always_inline)) inline void transpose16(__m512* t, __m512* r) {
+  for (int i = 0; i < 8; ++i) {  // per 128-bit lane j: (r0[4j], r1[4j], r0[4j+1], r1[4j+1]) ...
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {  // r[4i + m], lane j: rows 4i..4i+3 of column 4j + m
+    const __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 1]);
+    const __m512d c = _mm512_castps_pd(t[4 * i + 2]), d = _mm512_castps_pd(t[4 * i + 3]);
+    r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+    r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+    r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+    r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+  }
+  for (int m = 0; m < 4; ++m) {  // column 4j + m: lane j of r[m], r[4 + m], r[8 + m], r[12 + m]
+    const __m512 u0 = _mm512_shuffle_f32x4(r[m], r[4 + m], 0x44), u1 = _mm512_shuffle_f32x4(r[m], r[4 + m], 0xEE);
+    const __m512 u2 = _mm512_shuffle_f32x4(r[8 + m], r[12 + m], 0x44), u3 = _mm512_shuffle_f32x4(r[8 + m], r[12 + m], 0xEE);
+    t[m] = _mm512_shuffle_f32x4(u0, u2, 0x88);
+    t[4 + m] = _mm512_shuffle_f32x4(u0, u2, 0xDD);
+    t[8 + m] = _mm512_shuffle_f32x4(u1, u3, 0x88);
+    t[12 + m] = _mm512_shuffle_f32x4(u1, u3, 0xDD);
+  }
+}
+
 // dst[j*ldd + i] = src[i*lds + j] for i < rows, j < cols, and 0 for rows <= i < rows_out: a
-// transpose in 16 x 16 blocks, each loaded as 16 row vectors (masked at the edges), transposed
-// in registers (pairs of floats, then of doubles, then 128-bit lanes) and stored as 16 vectors.
+// transpose in 16 x 16 blocks (whole blocks with plain loads and stores, edge blocks masked).
 __attribute__((target("avx512f")))
 void transpose_avx512(float* dst, i64 ldd, const float* src, i64 lds, i64 rows, i64 cols, i64 rows_out) {
   auto mask = [](i64 n) { return __mmask16(n >= 16 ? 0xFFFF : (1u << n) - 1); };
   for (i64 i0 = 0; i0 < rows_out; i0 += 16)
     for (i64 j0 = 0; j0 < cols; j0 += 16) {
-      const i64 ni = std::clamp<i64>(rows - i0, 0, 16), nj = std::min<i64>(16, cols - j0);
+      const i64 ni = std::clamp<i64>(rows - i0, 0, 16), nj = std::min<i64>(16, cols - j0), no = std::min<i64>(16, rows_out - i0);
       __m512 r[16], t[16];
+      if (ni == 16 && nj == 16 && no == 16) {
+        for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + (i0 + i) * lds + j0);
+        transpose16(t, r);
+        for (int j = 0; j < 16; ++j) _mm512_storeu_ps(dst + (j0 + j) * ldd + i0, t[j]);
+        continue;
+      }
       for (int i = 0; i < 16; ++i)
         r[i] = i < ni ? _mm512_maskz_loadu_ps(mask(nj), src + (i0 + i) * lds + j0) : _mm512_setzero_ps();
-      for (int i = 0; i < 8; ++i) {  // per 128-bit lane j: (r0[4j], r1[4j], r0[4j+1], r1[4j+1]) ...
-        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-      }
-      for (int i = 0; i < 4; ++i) {  // r[4i + m], lane j: rows 4i..4i+3 of column 4j + m
-        const __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 1]);
-        const __m512d c = _mm512_castps_pd(t[4 * i + 2]), d = _mm512_castps_pd(t[4 * i + 3]);
-        r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
-        r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
-        r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
-        r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
-      }
-      for (int m = 0; m < 4; ++m) {  // column 4j + m: lane j of r[m], r[4 + m], r[8 + m], r[12 + m]
-        const __m512 u0 = _mm512_shuffle_f32x4(r[m], r[4 + m], 0x44), u1 = _mm512_shuffle_f32x4(r[m], r[4 + m], 0xEE);
-        const __m512 u2 = _mm512_shuffle_f32x4(r[8 + m], r[12 + m], 0x44), u3 = _mm512_shuffle_f32x4(r[8 + m], r[12 + m], 0xEE);
-        t[m] = _mm512_shuffle_f32x4(u0, u2, 0x88);
-        t[4 + m] = _mm512_shuffle_f32x4(u0, u2, 0xDD);
-        t[8 + m] = _mm512_shuffle_f32x4(u1, u3, 0x88);
-        t[12 + m] = _mm512_shuffle_f32x4(u1, u3, 0xDD);
-      }
-      const __mmask16 store = mask(std::min<i64>(16, rows_out - i0));
-      for (int j = 0; j < nj; ++j) _mm512_mask_storeu_ps(dst + (j0 + j) * ldd + i0, store, t[j]);
+      transpose16(t, r);
+      for (int j = 0; j < nj; ++j) _mm512_mask_storeu_ps(dst + (j0 + j) * ldd + i0, mask(no), t[j]);
     }
 }
 
@@ -346,6 +380,24 @@ void from_padded_nhwc_avx512(float* dx, const float* xp, const ConvShape& s) {
   if (s.pad == 0) return transpose_avx512(dx, s.H * s.W, xp, s.C, s.H * s.W, s.C, s.H * s.W);
   for (i64 h = 0; h < s.H; ++h)
     transpose_avx512(dx + h * s.W, s.H * s.W, xp + ((h + s.pad) * s.Wp + s.pad) * s.C, s.C, s.W, s.C, s.W);
+}
+
+// row2im of m pixels: xp[pixel i + (r*Wp + q)*C + c] += rows[i*ld + (r*S + q)*C + c], pixel i
+// at offsets[i] in xp (for a fixed r, the S*C values are contiguous in both)
+__attribute__((target("avx512f")))
+void add_patch_rows(float* xp, const float* rows, i64 ld, const i64* offsets, i64 m, const ConvShape& s) {
+  const i64 span = s.S * s.C;
+  const __mmask16 tail = __mmask16((1u << (span % 16)) - 1);
+  for (i64 i = 0; i < m; ++i)
+    for (i64 r = 0; r < s.R; ++r) {
+      float* dst = xp + offsets[i] + r * s.Wp * s.C;
+      const float* src = rows + i * ld + r * span;
+      i64 e = 0;
+      for (; e + 16 <= span; e += 16)
+        _mm512_storeu_ps(dst + e, _mm512_add_ps(_mm512_loadu_ps(dst + e), _mm512_loadu_ps(src + e)));
+      if (e < span)
+        _mm512_mask_storeu_ps(dst + e, tail, _mm512_add_ps(_mm512_maskz_loadu_ps(tail, dst + e), _mm512_maskz_loadu_ps(tail, src + e)));
+    }
 }
 
 // out: [images * Ho * Wo, K] (a chunk's product, pixel-major, without bias) ->
@@ -688,7 +740,7 @@ void conv2d_backward_panels(float* dx, float* dw, const float* x, const float* w
   const size_t xp_floats = size_t(ch.per_chunk) * image, ap_floats = size_t(std::max(depth, K)) * mr;
   const size_t per_thread = xp_floats * (dx ? 2 : 1) + ap_floats + (dx ? size_t(mr) * Tp : 0) +
                             size_t(chunk_pixels) * (Kp + K);
-  const size_t offsets_per_thread = size_t(std::max(chunk_pixels, K));
+  const size_t offsets_per_thread = size_t(chunk_pixels + K);
   std::unique_ptr<float[]> scratch(new float[size_t(nt) * per_thread]);
   std::unique_ptr<i64[]> offset_scratch(new i64[size_t(nt) * offsets_per_thread]);
 #pragma omp parallel for num_threads(nt) schedule(static)
@@ -700,14 +752,14 @@ void conv2d_backward_panels(float* dx, float* dw, const float* x, const float* w
     float* tile = ap + ap_floats;                                           // drows [mr, Tp]
     float* lk = tile + (dx ? size_t(mr) * Tp : 0);                          // dy pixel-major
     float* kl = lk + size_t(chunk_pixels) * Kp;                             // dy channel-major
-    i64* offsets = offset_scratch.get() + size_t(omp_get_thread_num()) * offsets_per_thread;  // per pixel / channel
+    i64* offsets = offset_scratch.get() + size_t(omp_get_thread_num()) * offsets_per_thread;  // pixel l's in xp
+    i64* channel_offsets = offsets + chunk_pixels;                                            // channel k's in dy
     for (i64 n = n0; n < n1; ++n) to_padded_nhwc_avx512(xp + (n - n0) * image, x + n * s.C * s.H * s.W, s);
     const DyPanels d = dy_of(n0, n1, kl, lk);
+    for (i64 n = 0, l = 0; n < n1 - n0; ++n)
+      for (i64 oh = 0; oh < s.Ho; ++oh)
+        for (i64 ow = 0; ow < s.Wo; ++ow) offsets[l++] = n * image + (oh * s.Wp + ow) * C;
     if (dw) {
-      for (i64 l = 0; l < L; ++l) {  // pixel l's offset in xp
-        const i64 n = l / P, p = l % P;
-        offsets[l] = n * image + (p / s.Wo * s.Wp + p % s.Wo) * C;
-      }
       float* out = partial.data() + chunk * T * Kp;  // dW^T [T, Kp]
       for (i64 l0 = 0; l0 < L; l0 += depth) {
         const i64 kb = std::min(depth, L - l0);
@@ -721,7 +773,7 @@ void conv2d_backward_panels(float* dx, float* dw, const float* x, const float* w
     }
     if (dx) {
       std::fill(xdx, xdx + (n1 - n0) * image, 0.0f);
-      for (i64 k = 0; k < K; ++k) offsets[k] = k * d.channel_stride;
+      for (i64 k = 0; k < K; ++k) channel_offsets[k] = k * d.channel_stride;
       for (i64 l0 = 0; l0 < L; l0 += mr) {
         const int m = int(std::min<i64>(mr, L - l0));
         PanelRun runs[16];
@@ -732,17 +784,9 @@ void conv2d_backward_panels(float* dx, float* dw, const float* x, const float* w
           runs[nruns++] = {n * d.image_stride + p - i, __mmask16(((1u << len) - 1) << i)};
           i += len;
         }
-        pack_patch_panel(ap, d.by_channel, runs, nruns, offsets, K, mr);
+        pack_patch_panel(ap, d.by_channel, runs, nruns, channel_offsets, K, mr);
         for (i64 j0 = 0; j0 < T; j0 += nr) mk.run(K, ap, wtp.data() + j0 * K, tile + j0, Tp, m, std::min<i64>(nr, T - j0), 0);
-        for (int i = 0; i < m; ++i) {  // row2im of these pixels: xdx[oh + r][ow + q][c] += tile[i][(r*S + q)*C + c]
-          const i64 l = l0 + i, n = l / P, p = l % P;
-          float* base = xdx + n * image + (p / s.Wo * s.Wp + p % s.Wo) * C;
-          for (i64 r = 0; r < s.R; ++r) {
-            float* dst = base + r * s.Wp * C;
-            const float* src = tile + i * Tp + r * S * C;
-            for (i64 e = 0; e < S * C; ++e) dst[e] += src[e];
-          }
-        }
+        add_patch_rows(xdx, tile, Tp, offsets + l0, m, s);
       }
       for (i64 n = n0; n < n1; ++n) from_padded_nhwc_avx512(dx + n * s.C * s.H * s.W, xdx + (n - n0) * image, s);
     }
