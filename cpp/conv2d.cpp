@@ -44,13 +44,18 @@ struct ConvShape {
   i64 taps() const { return C * R * S; }   // patch row length
 };
 
-// Images per chunk and number of chunks: ~2,048 pixels per chunk; one image when an image
-// alone has 512 pixels or more (then dy and y are used in place, with no gather or scatter).
+// Images per chunk and number of chunks: up to ~2,048 pixels per chunk, the number of chunks
+// rounded up to a multiple of 4 (so that 2 or 4 threads get equal shares: conv2's pooled 100
+// pixels an image at batch 128 would make 7 chunks of 20 images, 8 of 16 instead); one image
+// when an image alone has 512 pixels or more (then dy and y are used in place).
 struct Chunking {
   i64 per_chunk, chunks;
-  Chunking(i64 N, i64 P)
-      : per_chunk(P >= 512 ? 1 : std::max<i64>(1, std::min<i64>(std::max<i64>(N, 1), 2048 / std::max<i64>(P, 1)))),
-        chunks((N + per_chunk - 1) / per_chunk) {}
+  Chunking(i64 N, i64 P) {
+    N = std::max<i64>(N, 1), P = std::max<i64>(P, 1);
+    const i64 wanted = (std::max<i64>(1, (N * P + 2047) / 2048) + 3) / 4 * 4;
+    per_chunk = P >= 512 ? 1 : (N + wanted - 1) / wanted;
+    chunks = (N + per_chunk - 1) / per_chunk;
+  }
 };
 
 // x_n: [C, H, W] -> xp: [H+2p, W+2p, C], zeros in the border
@@ -400,21 +405,22 @@ void add_patch_rows(float* xp, const float* rows, i64 ld, const i64* offsets, i6
     }
 }
 
-// out: [images * Ho * Wo, K] (a chunk's product, pixel-major, without bias) ->
+// out: [images * Hu * Wu, K] (a chunk's product, pixel-major, without bias, only the rows and
+// columns the windows read: Hu = Ho/k*k, Wu = Wo/k*k) ->
 // y, argmax: [images, K, Ho/k, Wo/k] = max_pool2d(out + b, k, relu=true), the rule of
-// max_pool2d_planes (first maximum, a NaN wins; a maximum not > 0 gives 0 and argmax -1), with
-// the channels of a pixel, contiguous here, as the vector lanes.
+// max_pool2d_planes (first maximum, a NaN wins; a maximum not > 0 gives 0 and argmax -1, an
+// index oh*Wo + ow into the whole Ho x Wo plane), with a pixel's channels as the vector lanes.
 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl")))
 void relu_pool_pixel_major(float* y, std::int32_t* argmax, const float* out, const float* b, i64 images,
                            i64 K, i64 Ho, i64 Wo, i64 k, float* best, std::int32_t* index) {
-  const i64 Hq = Ho / k, Wq = Wo / k, Q = Hq * Wq, P = Ho * Wo;
+  const i64 Hq = Ho / k, Wq = Wo / k, Q = Hq * Wq, Wu = Wq * k, Pu = Hq * k * Wu;
   for (i64 n = 0; n < images; ++n)
     for (i64 oh = 0; oh < Hq; ++oh)
       for (i64 ow = 0; ow < Wq; ++ow) {
         for (i64 r = 0; r < k; ++r)
           for (i64 q = 0; q < k; ++q) {
             const std::int32_t p = std::int32_t((oh * k + r) * Wo + ow * k + q);
-            const float* v = out + (n * P + p) * K;
+            const float* v = out + (n * Pu + (oh * k + r) * Wu + ow * k + q) * K;
             if (r == 0 && q == 0) {
               for (i64 c = 0; c < K; ++c) { best[c] = v[c] + b[c]; index[c] = p; }
               continue;
@@ -437,7 +443,8 @@ void relu_pool_pixel_major(float* y, std::int32_t* argmax, const float* out, con
 
 // x: [N, C, H, W], w: [K, C, R, S], b: [K] -> y: [N, K, Ho, Wo], chunked as the patch-row path;
 // with pool_k > 0 instead y, argmax: [N, K, Ho/k, Wo/k] = max_pool2d(y, pool_k, relu=true), each
-// chunk pooled straight from its product (the convolution's output is never stored)
+// chunk pooled straight from its product (the convolution's output is never stored, and the
+// pixels no window reads, conv2's last row and column, 21 of 121, are not computed)
 void conv2d_forward_panels(float* y, const float* x, const float* w, const float* b, const ConvShape& s,
                            i64 N, const MicroKernel& mk, std::int32_t* argmax = nullptr, i64 pool_k = 0) {
   const i64 C = s.C, K = s.K, P = s.P(), T = s.taps();
@@ -454,14 +461,15 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
   std::vector<float> wp(size_t(T) * Kpad);  // op(B) = w^T [T, K], packed per depth block
   for (i64 k0 = 0; k0 < T; k0 += kc) pack_b(wp.data() + k0 * Kpad, true, w, T, k0, 0, std::min(kc, T - k0), K, nr);
 
-  const Chunking ch(N, P);
-  const int nt = std::max(1, std::min<int>(threads_for(double(N) * K * P * T), int(ch.chunks)));
-  const size_t padded_floats = s.pad ? size_t(ch.per_chunk) * image : 0, chunk_pixels = size_t(ch.per_chunk) * P;
+  const i64 Hu = pool_k > 0 ? s.Ho / pool_k * pool_k : s.Ho, Wu = pool_k > 0 ? s.Wo / pool_k * pool_k : s.Wo, Pu = Hu * Wu;
+  const Chunking ch(N, Pu);
+  const int nt = std::max(1, std::min<int>(threads_for(double(N) * K * Pu * T), int(ch.chunks)));
+  const size_t padded_floats = s.pad ? size_t(ch.per_chunk) * image : 0, chunk_pixels = size_t(ch.per_chunk) * Pu;
   const size_t scratch_per_thread = padded_floats + size_t(T) * mr + chunk_pixels * K + 2 * size_t(K);
   std::vector<float> scratch(size_t(nt) * scratch_per_thread);
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (i64 chunk = 0; chunk < ch.chunks; ++chunk) {
-    const i64 n0 = chunk * ch.per_chunk, n1 = std::min(N, n0 + ch.per_chunk), L = (n1 - n0) * P;
+    const i64 n0 = chunk * ch.per_chunk, n1 = std::min(N, n0 + ch.per_chunk), L = (n1 - n0) * Pu;
     float* padded = scratch.data() + size_t(omp_get_thread_num()) * scratch_per_thread;
     float* ap = padded + padded_floats;  // [T, mr]
     float* out = ap + size_t(T) * mr;    // [L, K]
@@ -480,8 +488,8 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
       const int m = int(std::min<i64>(mr, L - l0));
       int nruns = 0;
       for (int i = 0; i < m;) {  // lanes i.. of one (image, output row)
-        const i64 l = l0 + i, n = l / P, oh = l % P / s.Wo, ow = l % P % s.Wo;
-        const int len = int(std::min<i64>(m - i, s.Wo - ow));
+        const i64 l = l0 + i, n = l / Pu, oh = l % Pu / Wu, ow = l % Pu % Wu;
+        const int len = int(std::min<i64>(m - i, Wu - ow));
         runs[nruns++] = {n * image + oh * s.Wp + ow - i, __mmask16(((1u << len) - 1) << i)};
         i += len;
       }
