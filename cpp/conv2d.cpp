@@ -23,6 +23,7 @@
 #include "gemm.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -713,11 +714,13 @@ struct GatherDyPanels {
 };
 
 // dw and dx (either may be null); chunked as conv2d_backward_gemm, the weight gradient summed
-// chunk by chunk in chunk order, so the results do not depend on the thread count.
+// chunk by chunk in chunk order, so the results do not depend on the thread count. Only the
+// output pixels in the first Hu rows and Wu columns count (the fused kernel's dy is zero
+// elsewhere); dy_of's chunks hold P = Hu*Wu pixels an image.
 template <typename DyOf>
 void conv2d_backward_panels(float* dx, float* dw, const float* x, const float* w, const DyOf& dy_of,
-                            const ConvShape& s, i64 N, const MicroKernel& mk) {
-  const i64 C = s.C, K = s.K, P = s.P(), T = s.taps(), S = s.S;
+                            const ConvShape& s, i64 N, const MicroKernel& mk, i64 Hu, i64 Wu) {
+  const i64 C = s.C, K = s.K, P = Hu * Wu, T = s.taps(), S = s.S;
   const int mr = mk.mr, nr = mk.nr;
   const i64 Kp = (K + nr - 1) / nr * nr, Tp = (T + nr - 1) / nr * nr, image = s.Hp * s.Wp * C;
   const Chunking ch(N, P);
@@ -765,8 +768,8 @@ void conv2d_backward_panels(float* dx, float* dw, const float* x, const float* w
     for (i64 n = n0; n < n1; ++n) to_padded_nhwc_avx512(xp + (n - n0) * image, x + n * s.C * s.H * s.W, s);
     const DyPanels d = dy_of(n0, n1, kl, lk);
     for (i64 n = 0, l = 0; n < n1 - n0; ++n)
-      for (i64 oh = 0; oh < s.Ho; ++oh)
-        for (i64 ow = 0; ow < s.Wo; ++ow) offsets[l++] = n * image + (oh * s.Wp + ow) * C;
+      for (i64 oh = 0; oh < Hu; ++oh)
+        for (i64 ow = 0; ow < Wu; ++ow) offsets[l++] = n * image + (oh * s.Wp + ow) * C;
     if (dw) {
       float* out = partial.data() + chunk * T * Kp;  // dW^T [T, Kp]
       for (i64 l0 = 0; l0 < L; l0 += depth) {
@@ -870,7 +873,7 @@ void conv2d_backward(float* dx, float* dw, float* db, const float* x, const floa
 #ifdef CNNFAST_HAVE_AVX512
     const MicroKernel& mk = active_microkernel();
     if (panels_apply(mk, s))
-      conv2d_backward_panels(dx, dw, x, w, GatherDyPanels{dy, K, P, mk.nr}, s, N, mk);
+      conv2d_backward_panels(dx, dw, x, w, GatherDyPanels{dy, K, P, mk.nr}, s, N, mk, s.Ho, s.Wo);
     else
 #endif
       conv2d_backward_gemm(dx, dw, x, w, GatherDy{dy, K, P}, s, N);
@@ -889,9 +892,11 @@ void conv2d_backward(float* dx, float* dw, float* db, const float* x, const floa
 // pooled straight from the GEMM's output (pixel-major: a pixel's channels are the vector lanes).
 // In the backward pass (short patches) its d(conv) is rebuilt there from
 // dy and argmax and consumed at once: the convolution's output and its gradient (11 MB each
-// for conv1 at batch 128) never go out to memory and back. Every sum is formed in the order the
-// separate kernels use, so the results are identical to theirs. Other shapes (and dx) go
-// through the separate kernels.
+// for conv1 at batch 128) never go out to memory and back. On AVX-512 the long-patch path
+// computes only the convolution pixels the windows read (conv2: 100 of 121; its forward pass
+// and input gradient are still bit-identical to the separate kernels', its weight and bias
+// gradients are the same sums without the zero terms, grouped otherwise). Every other sum is
+// formed in the order the separate kernels use, so those results are identical to theirs.
 
 // x: [N, C, H, W], w: [K, C, R, S], b: [K] -> y, argmax: [N, K, Ho/k, Wo/k]
 void conv2d_relu_max_pool2d_forward(float* y, std::int32_t* argmax, const float* x, const float* w,
@@ -933,40 +938,60 @@ void conv2d_relu_max_pool2d_backward(float* dx, float* dw, float* db, const floa
   if (N > 0 && K > 0 && T > kDirectTaps) {
     // Long patches: each chunk's d(conv) is rebuilt from dy and argmax in both layouts the
     // GEMMs want (never as a whole NCHW array), and its bias-gradient lanes taken on the way.
-    // The pixel-major copy is stored in panels of `width` channels (padded with zeros to Kp):
-    // lk[(k / width)*L*width + l*width + k % width]; width = K is the plain [L, K].
+    // On AVX-512 only the pixels the windows read count (conv2: 100 of 121), when every argmax
+    // points into them (it does when it comes from the forward; if not, all pixels count).
+    // d(conv) of the chunk's images n0..n1 over a region of Pr pixels an image: index[p] is pixel
+    // p's place in the region (-1 outside); channel-major kl[K, L], and pixel-major lk in panels
+    // of `width` channels (zeros up to Kp): lk[(k / width)*L*width + l*width + k % width].
     std::vector<float> lanes(size_t(N) * K * 16);
-    auto pooled_dy = [&](i64 n0, i64 n1, float* kl, float* lk, i64 width) {
-      const i64 L = (n1 - n0) * P, Kp = (K + width - 1) / width * width;
+    std::atomic<bool> outside{false};  // an argmax pointed out of the region
+    auto pooled_dy = [&](i64 n0, i64 n1, float* kl, float* lk, i64 width, const std::int32_t* index, i64 Pr) {
+      const i64 L = (n1 - n0) * Pr, Kp = (K + width - 1) / width * width;
       std::fill(lk, lk + L * Kp, 0.0f);
+      std::fill(kl, kl + K * L, 0.0f);
+      bool missed = false;
       for (i64 n = n0; n < n1; ++n)
         for (i64 kk = 0; kk < K; ++kk) {
           const i64 plane = n * pooled + kk * Hq * Wq;
-          float* row = kl + kk * L + (n - n0) * P;
-          max_pool2d_backward_planes(row, argmax + plane, dy + plane, 1, s.Ho, s.Wo, Hq, Wq);
-          row_lanes(lanes.data() + (n * K + kk) * 16, row, P);
-          float* column = lk + (kk / width) * L * width + (n - n0) * P * width + kk % width;
+          float* row = kl + kk * L + (n - n0) * Pr;
+          float* column = lk + (kk / width) * L * width + (n - n0) * Pr * width + kk % width;
           for (i64 q = 0; q < Hq * Wq; ++q) {  // branch-free and bounded, as max_pool2d_backward_planes
-            const std::int32_t a = argmax[plane + q];
-            const bool open = a >= 0 && a < P;
-            column[(open ? a : 0) * width] += open ? dy[plane + q] : 0.0f;
+            const std::int32_t a = argmax[plane + q], u = a >= 0 && a < P ? index[a] : -1;
+            missed |= a >= 0 && u < 0;
+            const bool open = u >= 0;
+            row[open ? u : 0] += open ? dy[plane + q] : 0.0f;
+            column[(open ? u : 0) * width] += open ? dy[plane + q] : 0.0f;
           }
+          row_lanes(lanes.data() + (n * K + kk) * 16, row, Pr);
         }
+      if (missed) outside.store(true, std::memory_order_relaxed);
     };
+    std::vector<std::int32_t> all(static_cast<size_t>(P));
+    for (i64 p = 0; p < P; ++p) all[size_t(p)] = std::int32_t(p);
 #ifdef CNNFAST_HAVE_AVX512
     const MicroKernel& mk = active_microkernel();
     if (panels_apply(mk, s)) {
-      auto panels_dy = [&](i64 n0, i64 n1, float* kl, float* lk) -> DyPanels {
-        pooled_dy(n0, n1, kl, lk, mk.nr);
-        return {kl, P, (n1 - n0) * P, lk};
+      const i64 Hu = Hq * k, Wu = Wq * k;
+      std::vector<std::int32_t> read(static_cast<size_t>(P));  // the pixels the windows read
+      for (i64 p = 0; p < P; ++p) read[size_t(p)] = p / s.Wo < Hu && p % s.Wo < Wu ? std::int32_t(p / s.Wo * Wu + p % s.Wo) : -1;
+      auto region_dy = [&](i64 n0, i64 n1, float* kl, float* lk) -> DyPanels {
+        pooled_dy(n0, n1, kl, lk, mk.nr, read.data(), Hu * Wu);
+        return {kl, Hu * Wu, (n1 - n0) * Hu * Wu, lk};
       };
-      conv2d_backward_panels(dx, dw, x, w, panels_dy, s, N, mk);
+      conv2d_backward_panels(dx, dw, x, w, region_dy, s, N, mk, Hu, Wu);
+      if (outside.load() && Hu * Wu < P) {  // (not from the forward pass: take every pixel)
+        auto every_dy = [&](i64 n0, i64 n1, float* kl, float* lk) -> DyPanels {
+          pooled_dy(n0, n1, kl, lk, mk.nr, all.data(), P);
+          return {kl, P, (n1 - n0) * P, lk};
+        };
+        conv2d_backward_panels(dx, dw, x, w, every_dy, s, N, mk, s.Ho, s.Wo);
+      }
       sum_bias_lanes(db, lanes.data(), N, K);
       return;
     }
 #endif
     auto rows_dy = [&](i64 n0, i64 n1, float* kl, float* lk) -> DyChunk {
-      pooled_dy(n0, n1, kl, lk, K);
+      pooled_dy(n0, n1, kl, lk, K, all.data(), P);
       return {kl, lk};
     };
     conv2d_backward_gemm(dx, dw, x, w, rows_dy, s, N);

@@ -80,8 +80,10 @@ def conv2d_relu_max_pool2d(x: np.ndarray, w: np.ndarray, b: np.ndarray, k: int, 
 def conv2d_relu_max_pool2d_backward(x: np.ndarray, w: np.ndarray, dy: np.ndarray, argmax: np.ndarray,
                                     k: int, padding: int = 0, input_grad: bool = True):
     """Gradients of `conv2d_relu_max_pool2d` given dy = dL/dy (the pooled shape) and its argmax:
-    returns (dx, dw, db), the same as conv2d_backward(x, w, max_pool2d_backward(dy, argmax, ...)).
-    With input_grad=False, dx is None and is not computed.
+    returns (dx, dw, db), the same as conv2d_backward(x, w, max_pool2d_backward(dy, argmax, ...))
+    (dw and db up to float rounding where the windows leave out the convolution's last rows or
+    columns, which the fused kernel then does not compute). With input_grad=False, dx is None
+    and is not computed.
     """
     return _core.conv2d_relu_max_pool2d_backward(x, w, dy, argmax, k, padding, bool(input_grad))
 

@@ -219,7 +219,8 @@ class ReLUMaxPool2d(Layer):
 
 class Conv2dReLUMaxPool2d(Layer):
     """Conv2d, ReLU and MaxPool2d in one kernel (F.conv2d_relu_max_pool2d): the same numbers
-    and gradients as the three layers, without storing the convolution's output. Sequential
+    and gradients as the three layers (the weight gradients up to float rounding), without
+    storing the convolution's output or computing the pixels no window reads. Sequential
     uses it in place of such a triple; it is not part of a model's architecture."""
 
     def __init__(self, conv: Conv2d, pool: MaxPool2d):
