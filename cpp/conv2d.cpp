@@ -518,6 +518,113 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
   }
 }
 
+// ---- AVX-512: conv2d (one input channel, 3x3) + ReLU + 2x2 max-pool of one image, in registers ----
+// A window's four conv outputs (2i+a, 2j+b), a, b in {0, 1}, read x at (2i+a+r-pad, 2j+b+q-pad):
+// only a+r and b+q (0..3 each) matter, so the image is first split into 16 subsampled planes
+// D[u][v][i*Wq + j] = x[2i+u-pad][2j+v-pad] (zero outside x; 11 KB for conv1, in L1), each row a
+// permute of two vector loads from a zero-bordered copy of x. Then, 16 windows at a time, a
+// channel's four outputs per window are four accumulators of 9 multiply-adds (the channel's
+// weights in registers), and the window's maximum and argmax are picked in registers with
+// max_pool2d's rule: the convolution's output is never stored. Sums in the direct path's order
+// (0 + bias, then taps r, q), so the same numbers as conv2d_forward + max_pool2d_forward.
+struct Pool2Windows {
+  i64 Hq, Wq, Q, Qp;                // windows down and across, their number, rounded up to 32
+  i64 Hz, Wz;                       // the zero-bordered copy of x: rows, row length
+  std::vector<std::int32_t> first;  // first[i*Wq + j] = (2i)*Wo + 2j, the window's top-left pixel
+  explicit Pool2Windows(const ConvShape& s)
+      : Hq(s.Ho / 2), Wq(s.Wo / 2), Q(Hq * Wq), Qp((Q + 31) / 32 * 32), Hz(2 * Hq + 2),
+        Wz((Wq + 15) / 16 * 32 + 16), first(static_cast<size_t>(Qp), 0) {
+    for (i64 i = 0; i < Hq; ++i)
+      for (i64 j = 0; j < Wq; ++j) first[size_t(i * Wq + j)] = std::int32_t(2 * i * s.Wo + 2 * j);
+  }
+  i64 scratch_floats() const { return 16 * Qp + Hz * Wz; }
+};
+
+// 16 windows' ReLU + max-pool from their four candidates out[0..3] (window order (0,0), (0,1),
+// (1,0), (1,1); pixel indices first + step[i]) -> y, argmax (the first n lanes stored)
+__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl"), always_inline)) inline void
+pool2_relu_16(float* y, std::int32_t* argmax, const __m512* out, __m512i first, const __m512i* step, i64 n) {
+  const __m512 zero = _mm512_setzero_ps();
+  __m512 best;
+  __m512i index;
+  if (_mm512_cmp_ps_mask(out[0], out[1], _CMP_UNORD_Q) | _mm512_cmp_ps_mask(out[2], out[3], _CMP_UNORD_Q)) {
+    best = out[0], index = first;  // a NaN somewhere: the rule step by step (first maximum; a NaN wins)
+    for (int i = 1; i < 4; ++i) {
+      const __m512 v = out[i];
+      const __mmask16 take = _mm512_cmp_ps_mask(v, best, _CMP_GT_OQ) |
+                             (_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q) & _mm512_cmp_ps_mask(best, best, _CMP_ORD_Q));
+      best = _mm512_mask_blend_ps(take, best, v);
+      index = _mm512_mask_blend_epi32(take, index, _mm512_add_epi32(first, step[i]));
+    }
+    best = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(best, zero, _CMP_LE_OQ), best, zero);
+  } else {  // no NaN: the maximum, then the first of the four equal to it
+    best = _mm512_max_ps(_mm512_max_ps(out[0], out[1]), _mm512_max_ps(out[2], out[3]));
+    index = _mm512_add_epi32(first, step[3]);
+    for (int i = 2; i >= 0; --i)
+      index = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(out[i], best, _CMP_EQ_OQ), index, _mm512_add_epi32(first, step[i]));
+    best = _mm512_max_ps(best, zero);  // (a maximum not > 0 gives +0)
+  }
+  index = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(best, zero, _CMP_GT_OQ), _mm512_set1_epi32(-1), index);
+  const __mmask16 lanes = __mmask16(n >= 16 ? 0xFFFF : (1u << n) - 1);
+  _mm512_mask_storeu_ps(y, lanes, best);
+  _mm512_mask_storeu_epi32(argmax, lanes, index);
+}
+
+__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl")))
+void conv3x3_relu_pool2_image(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
+                              const ConvShape& s, const Pool2Windows& win, float* scratch) {
+  const i64 Wq = win.Wq, Q = win.Q, Qp = win.Qp, Wz = win.Wz;
+  float* D = scratch;
+  float* xz = scratch + 16 * Qp;  // xz[h + pad][w + pad] = x[h][w], zeros around (only what D reads)
+  std::fill(xz, xz + win.Hz * Wz, 0.0f);
+  for (i64 h = 0; h < std::min(s.H, win.Hz - s.pad); ++h)
+    std::memcpy(xz + (h + s.pad) * Wz + s.pad, x + h * s.W, sizeof(float) * std::min(s.W, Wz - s.pad));
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  for (i64 u = 0; u < 4; ++u)
+    for (i64 v = 0; v < 4; ++v) {
+      float* d = D + (u * 4 + v) * Qp;
+      for (i64 i = 0; i < win.Hq; ++i) {
+        const float* src = xz + (2 * i + u) * Wz + v;
+        for (i64 j0 = 0; j0 < Wq; j0 += 16) {
+          const __mmask16 lanes = __mmask16(Wq - j0 >= 16 ? 0xFFFF : (1u << (Wq - j0)) - 1);
+          const __m512 picked = _mm512_permutex2var_ps(_mm512_loadu_ps(src + 2 * j0), even, _mm512_loadu_ps(src + 2 * j0 + 16));
+          _mm512_mask_storeu_ps(d + i * Wq + j0, lanes, picked);
+        }
+      }
+      std::fill(d + Q, d + Qp, 0.0f);
+    }
+  const __m512 zero = _mm512_setzero_ps();
+  const __m512i step[4] = {_mm512_setzero_si512(), _mm512_set1_epi32(1), _mm512_set1_epi32(std::int32_t(s.Wo)),
+                           _mm512_set1_epi32(std::int32_t(s.Wo + 1))};  // (a, b) = (0,0), (0,1), (1,0), (1,1)
+  for (i64 k = 0; k < s.K; ++k) {
+    __m512 wk[9];
+    for (int t = 0; t < 9; ++t) wk[t] = _mm512_set1_ps(w[k * 9 + t]);
+    const __m512 bias = _mm512_add_ps(zero, _mm512_set1_ps(b[k]));  // 0 + b, as the direct path
+    for (i64 q0 = 0; q0 < Q; q0 += 32) {  // two blocks of 16 windows: 8 independent sums
+      __m512 out[2][4];
+      for (int ab = 0; ab < 4; ++ab) out[0][ab] = bias, out[1][ab] = bias;
+      // each plane (u, v) loaded once and used by every window pixel (a, b) with tap
+      // (r, q) = (u - a, v - b) inside 3x3; for a fixed (a, b) the taps come in (r, q) order
+#pragma GCC unroll 4
+      for (int u = 0; u < 4; ++u)
+#pragma GCC unroll 4
+        for (int v = 0; v < 4; ++v) {
+          const __m512 d0 = _mm512_loadu_ps(D + (u * 4 + v) * Qp + q0), d1 = _mm512_loadu_ps(D + (u * 4 + v) * Qp + q0 + 16);
+#pragma GCC unroll 4
+          for (int ab = 0; ab < 4; ++ab) {
+            const int r = u - (ab >> 1), q = v - (ab & 1);
+            if (r < 0 || r > 2 || q < 0 || q > 2) continue;
+            out[0][ab] = _mm512_fmadd_ps(wk[r * 3 + q], d0, out[0][ab]);
+            out[1][ab] = _mm512_fmadd_ps(wk[r * 3 + q], d1, out[1][ab]);
+          }
+        }
+      for (int h = 0; h < 2 && q0 + 16 * h < Q; ++h)
+        pool2_relu_16(y + k * Q + q0 + 16 * h, argmax + k * Q + q0 + 16 * h, out[h],
+                      _mm512_loadu_si512(win.first.data() + q0 + 16 * h), step, Q - q0 - 16 * h);
+    }
+  }
+}
+
 bool panels_apply(const MicroKernel& mk, const ConvShape& s) {
   return std::strcmp(mk.name, "avx512") == 0 && mk.mr <= 16 && s.Wo > 0;
 }
@@ -908,6 +1015,17 @@ void conv2d_relu_max_pool2d_forward(float* y, std::int32_t* argmax, const float*
 #ifdef CNNFAST_HAVE_AVX512
   const MicroKernel& mk = active_microkernel();
   if (T > kDirectTaps && panels_apply(mk, s)) return conv2d_forward_panels(y, x, w, b, s, N, mk, argmax, k);
+  if (C == 1 && R == 3 && S == 3 && k == 2 && std::strcmp(mk.name, "avx512") == 0 && s.Ho >= 2 && s.Wo >= 2 &&
+      P < (i64(1) << 30)) {
+    const Pool2Windows win(s);
+    const int nt = std::max(1, std::min<int>(threads_for(double(N) * K * P * T), int(N)));
+    std::vector<float> scratch(size_t(nt) * win.scratch_floats());
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (i64 n = 0; n < N; ++n)
+      conv3x3_relu_pool2_image(y + n * pooled, argmax + n * pooled, x + n * H * W, w, b, s, win,
+                               scratch.data() + size_t(omp_get_thread_num()) * win.scratch_floats());
+    return;
+  }
 #endif
   if (T == 0 || T > kDirectTaps) {
     std::unique_ptr<float[]> conv(new float[size_t(N) * K * P]);
