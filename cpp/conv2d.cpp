@@ -410,12 +410,14 @@ void add_patch_rows(float* xp, const float* rows, i64 ld, const i64* offsets, i6
 // columns the windows read: Hu = Ho/k*k, Wu = Wo/k*k) ->
 // y, argmax: [images, K, Ho/k, Wo/k] = max_pool2d(out + b, k, relu=true), the rule of
 // max_pool2d_planes (first maximum, a NaN wins; a maximum not > 0 gives 0 and argmax -1, an
-// index oh*Wo + ow into the whole Ho x Wo plane), with a pixel's channels as the vector lanes.
+// index oh*Wo + ow into the whole Ho x Wo plane), with a pixel's channels as the vector lanes;
+// an image's windows are written [Q, K] to window_y / window_argmax, then transposed into place.
 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl")))
 void relu_pool_pixel_major(float* y, std::int32_t* argmax, const float* out, const float* b, i64 images,
-                           i64 K, i64 Ho, i64 Wo, i64 k, float* best, std::int32_t* index) {
+                           i64 K, i64 Ho, i64 Wo, i64 k, float* best, std::int32_t* index, float* window_y,
+                           std::int32_t* window_argmax) {
   const i64 Hq = Ho / k, Wq = Wo / k, Q = Hq * Wq, Wu = Wq * k, Pu = Hq * k * Wu;
-  for (i64 n = 0; n < images; ++n)
+  for (i64 n = 0; n < images; ++n) {
     for (i64 oh = 0; oh < Hq; ++oh)
       for (i64 ow = 0; ow < Wq; ++ow) {
         for (i64 r = 0; r < k; ++r)
@@ -433,13 +435,17 @@ void relu_pool_pixel_major(float* y, std::int32_t* argmax, const float* out, con
               index[c] = take ? p : index[c];
             }
           }
-        float* yq = y + n * K * Q + oh * Wq + ow;
-        std::int32_t* aq = argmax + n * K * Q + oh * Wq + ow;
+        float* yq = window_y + (oh * Wq + ow) * K;  // [Q, K] for now
+        std::int32_t* aq = window_argmax + (oh * Wq + ow) * K;
         for (i64 c = 0; c < K; ++c) {
-          yq[c * Q] = best[c] <= 0.0f ? 0.0f : best[c];
-          aq[c * Q] = best[c] > 0.0f ? index[c] : -1;
+          yq[c] = best[c] <= 0.0f ? 0.0f : best[c];
+          aq[c] = best[c] > 0.0f ? index[c] : -1;
         }
       }
+    // [Q, K] -> [K, Q] (argmax's int32 moved as float bit patterns)
+    transpose_avx512(y + n * K * Q, Q, window_y, K, Q, K, Q);
+    transpose_avx512(reinterpret_cast<float*>(argmax + n * K * Q), Q, reinterpret_cast<const float*>(window_argmax), K, Q, K, Q);
+  }
 }
 
 // x: [N, C, H, W], w: [K, C, R, S], b: [K] -> y: [N, K, Ho, Wo], chunked as the patch-row path;
@@ -466,7 +472,8 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
   const Chunking ch(N, Pu);
   const int nt = std::max(1, std::min<int>(threads_for(double(N) * K * Pu * T), int(ch.chunks)));
   const size_t padded_floats = s.pad ? size_t(ch.per_chunk) * image : 0, chunk_pixels = size_t(ch.per_chunk) * Pu;
-  const size_t scratch_per_thread = padded_floats + size_t(T) * mr + chunk_pixels * K + 2 * size_t(K);
+  const size_t pooled_floats = pool_k > 0 ? size_t(K) * (s.Ho / pool_k) * (s.Wo / pool_k) : 0;
+  const size_t scratch_per_thread = padded_floats + size_t(T) * mr + chunk_pixels * K + 2 * size_t(K) + 2 * pooled_floats;
   std::vector<float> scratch(size_t(nt) * scratch_per_thread);
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (i64 chunk = 0; chunk < ch.chunks; ++chunk) {
@@ -506,7 +513,8 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
       const i64 pooled = K * (s.Ho / pool_k) * (s.Wo / pool_k);
       float* best = out + chunk_pixels * K;
       relu_pool_pixel_major(y + n0 * pooled, argmax + n0 * pooled, out, b, n1 - n0, K, s.Ho, s.Wo, pool_k, best,
-                            reinterpret_cast<std::int32_t*>(best + K));
+                            reinterpret_cast<std::int32_t*>(best + K), best + 2 * K,
+                            reinterpret_cast<std::int32_t*>(best + 2 * K + pooled));
       continue;
     }
     for (i64 n = n0; n < n1; ++n)  // y_n[k][p] = out[(n - n0)*P + p][k] + b[k]
@@ -527,12 +535,13 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
 // weights in registers), and the window's maximum and argmax are picked in registers with
 // max_pool2d's rule: the convolution's output is never stored. Sums in the direct path's order
 // (0 + bias, then taps r, q), so the same numbers as conv2d_forward + max_pool2d_forward.
+constexpr int kPoolBlocks = 1;  // blocks of 16 windows at a time (2 and 3 measured slower: spills)
 struct Pool2Windows {
   i64 Hq, Wq, Q, Qp;                // windows down and across, their number, rounded up to 32
   i64 Hz, Wz;                       // the zero-bordered copy of x: rows, row length
   std::vector<std::int32_t> first;  // first[i*Wq + j] = (2i)*Wo + 2j, the window's top-left pixel
   explicit Pool2Windows(const ConvShape& s)
-      : Hq(s.Ho / 2), Wq(s.Wo / 2), Q(Hq * Wq), Qp((Q + 31) / 32 * 32), Hz(2 * Hq + 2),
+      : Hq(s.Ho / 2), Wq(s.Wo / 2), Q(Hq * Wq), Qp((Q + 16 * kPoolBlocks - 1) / (16 * kPoolBlocks) * (16 * kPoolBlocks)), Hz(2 * Hq + 2),
         Wz((Wq + 15) / 16 * 32 + 16), first(static_cast<size_t>(Qp), 0) {
     for (i64 i = 0; i < Hq; ++i)
       for (i64 j = 0; j < Wq; ++j) first[size_t(i * Wq + j)] = std::int32_t(2 * i * s.Wo + 2 * j);
@@ -600,25 +609,26 @@ void conv3x3_relu_pool2_image(float* y, std::int32_t* argmax, const float* x, co
     __m512 wk[9];
     for (int t = 0; t < 9; ++t) wk[t] = _mm512_set1_ps(w[k * 9 + t]);
     const __m512 bias = _mm512_add_ps(zero, _mm512_set1_ps(b[k]));  // 0 + b, as the direct path
-    for (i64 q0 = 0; q0 < Q; q0 += 32) {  // two blocks of 16 windows: 8 independent sums
-      __m512 out[2][4];
-      for (int ab = 0; ab < 4; ++ab) out[0][ab] = bias, out[1][ab] = bias;
+    for (i64 q0 = 0; q0 < Q; q0 += 16 * kPoolBlocks) {  // blocks of 16 windows: 4 independent sums each
+      __m512 out[kPoolBlocks][4];
+      for (int h = 0; h < kPoolBlocks; ++h)
+        for (int ab = 0; ab < 4; ++ab) out[h][ab] = bias;
       // each plane (u, v) loaded once and used by every window pixel (a, b) with tap
       // (r, q) = (u - a, v - b) inside 3x3; for a fixed (a, b) the taps come in (r, q) order
 #pragma GCC unroll 4
       for (int u = 0; u < 4; ++u)
 #pragma GCC unroll 4
         for (int v = 0; v < 4; ++v) {
-          const __m512 d0 = _mm512_loadu_ps(D + (u * 4 + v) * Qp + q0), d1 = _mm512_loadu_ps(D + (u * 4 + v) * Qp + q0 + 16);
+          __m512 d[kPoolBlocks];
+          for (int h = 0; h < kPoolBlocks; ++h) d[h] = _mm512_loadu_ps(D + (u * 4 + v) * Qp + q0 + 16 * h);
 #pragma GCC unroll 4
           for (int ab = 0; ab < 4; ++ab) {
             const int r = u - (ab >> 1), q = v - (ab & 1);
             if (r < 0 || r > 2 || q < 0 || q > 2) continue;
-            out[0][ab] = _mm512_fmadd_ps(wk[r * 3 + q], d0, out[0][ab]);
-            out[1][ab] = _mm512_fmadd_ps(wk[r * 3 + q], d1, out[1][ab]);
+            for (int h = 0; h < kPoolBlocks; ++h) out[h][ab] = _mm512_fmadd_ps(wk[r * 3 + q], d[h], out[h][ab]);
           }
         }
-      for (int h = 0; h < 2 && q0 + 16 * h < Q; ++h)
+      for (int h = 0; h < kPoolBlocks && q0 + 16 * h < Q; ++h)
         pool2_relu_16(y + k * Q + q0 + 16 * h, argmax + k * Q + q0 + 16 * h, out[h],
                       _mm512_loadu_si512(win.first.data() + q0 + 16 * h), step, Q - q0 - 16 * h);
     }

@@ -394,6 +394,7 @@ FUSED_SHAPES = [  # N, C, H, W, K, R, S, padding, k
     (2, 2, 7, 9, 3, 3, 2, 1, 2),      # padding, odd sizes, a dropped last row/column
     (2, 4, 9, 9, 5, 3, 3, 0, 3),      # 36 taps: the GEMM path; windows skip the last conv row/column
     (3, 32, 13, 13, 64, 3, 3, 0, 2),  # the default model's second layer (100 of 121 pixels read)
+    (2, 1, 11, 9, 5, 3, 3, 1, 2),     # one channel, 3x3 (conv1's kernel) with padding, odd sizes
     (1, 1, 4, 4, 2, 1, 1, 0, 1),
 ]
 
@@ -432,6 +433,26 @@ def test_conv2d_relu_max_pool2d_equals_the_three_kernels(isa, shape):
     ref_dx, ref_dw, ref_db = ref.conv2d_backward(x, w, dconv.astype(np.float64), p)
     assert_close(dw, ref_dw)
     assert_close(db, ref_db)
+
+
+@pytest.mark.parametrize("shape", FUSED_SHAPES)
+def test_conv2d_relu_max_pool2d_ties_nan_and_inf_as_the_separate_kernels(isa, shape):
+    # Ties (an all-zero image: every output is its bias), NaN and infinities must pick the same
+    # maximum and argmax as max_pool2d's rule (first maximum wins, a NaN wins).
+    N, C, H, W, K, R, S, p, k = shape
+    w, b = rand(K, C, R, S, scale=0.3), rand(K)
+    b[::2] = 0.0  # ties at zero too: ReLU's edge
+    for x in (np.zeros((N, C, H, W), np.float32), rand(N, C, H, W)):
+        x = x.copy()
+        x.flat[::7] = np.nan
+        x.flat[3::11] = np.inf
+        x.flat[5::13] = -np.inf
+        y, argmax = F.conv2d_relu_max_pool2d(x, w, b, k, padding=p)
+        ry, rargmax = F.max_pool2d(F.conv2d(x, w, b, padding=p), k, relu=True)
+        np.testing.assert_array_equal(y, ry)
+        np.testing.assert_array_equal(argmax, rargmax)
+    y, argmax = F.conv2d_relu_max_pool2d(np.zeros((N, C, H, W), np.float32), w, b, k, padding=p)
+    assert ((argmax == -1) == (y == 0)).all()
 
 
 @pytest.mark.parametrize("shape", [s for s in FUSED_SHAPES if not windows_cover_conv(s)])
