@@ -579,13 +579,12 @@ pool2_relu_16(float* y, std::int32_t* argmax, const __m512* out, __m512i first, 
   _mm512_mask_storeu_epi32(argmax, lanes, index);
 }
 
+// D[u][v][i*Wq + j] = x[2i+u-pad][2j+v-pad] (zero outside x), u, v in 0..3, rows Qp apart,
+// through xz, a zero-bordered copy of x
 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl")))
-void conv3x3_relu_pool2_image(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
-                              const ConvShape& s, const Pool2Windows& win, float* scratch) {
+void build_pool2_planes(float* D, const float* x, const ConvShape& s, const Pool2Windows& win, float* xz) {
   const i64 Wq = win.Wq, Q = win.Q, Qp = win.Qp, Wz = win.Wz;
-  float* D = scratch;
-  float* xz = scratch + 16 * Qp;  // xz[h + pad][w + pad] = x[h][w], zeros around (only what D reads)
-  std::fill(xz, xz + win.Hz * Wz, 0.0f);
+  std::fill(xz, xz + win.Hz * Wz, 0.0f);  // xz[h + pad][w + pad] = x[h][w] (only what D reads)
   for (i64 h = 0; h < std::min(s.H, win.Hz - s.pad); ++h)
     std::memcpy(xz + (h + s.pad) * Wz + s.pad, x + h * s.W, sizeof(float) * std::min(s.W, Wz - s.pad));
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
@@ -602,6 +601,14 @@ void conv3x3_relu_pool2_image(float* y, std::int32_t* argmax, const float* x, co
       }
       std::fill(d + Q, d + Qp, 0.0f);
     }
+}
+
+__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl")))
+void conv3x3_relu_pool2_image(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
+                              const ConvShape& s, const Pool2Windows& win, float* scratch) {
+  const i64 Q = win.Q, Qp = win.Qp;
+  float* D = scratch;
+  build_pool2_planes(D, x, s, win, scratch + 16 * Qp);
   const __m512 zero = _mm512_setzero_ps();
   const __m512i step[4] = {_mm512_setzero_si512(), _mm512_set1_epi32(1), _mm512_set1_epi32(std::int32_t(s.Wo)),
                            _mm512_set1_epi32(std::int32_t(s.Wo + 1))};  // (a, b) = (0,0), (0,1), (1,0), (1,1)
@@ -633,6 +640,60 @@ void conv3x3_relu_pool2_image(float* y, std::int32_t* argmax, const float* x, co
                       _mm512_loadu_si512(win.first.data() + q0 + 16 * h), step, Q - q0 - 16 * h);
     }
   }
+}
+
+// The backward of conv3x3_relu_pool2_image (dw and the bias-gradient lanes; conv1 needs no dx):
+// a window's dy goes to the one of its four pixels (a, b) its argmax names, so for 16 windows
+// the four d(conv) vectors are dy masked by argmax == first + step[ab], and dw[k][r][q] gathers
+// d(conv)_ab * D[a + r][b + q] over (a, b) and the windows in 9 accumulators (one per tap),
+// each plane loaded once per block. dw_k: [K, 9]; lanes: [K, 16], the bias gradient's partial
+// sums. Returns false, computing nothing useful, if an argmax is neither -1 nor a pixel of its
+// window (argmax made by hand): the caller then takes the general path.
+__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl")))
+bool conv3x3_relu_pool2_backward_image(float* dw_k, float* lanes, const float* x, const float* dy,
+                                       const std::int32_t* argmax, const ConvShape& s, const Pool2Windows& win,
+                                       float* scratch) {
+  const i64 Q = win.Q, Qp = win.Qp;
+  float* D = scratch;
+  build_pool2_planes(D, x, s, win, scratch + 16 * Qp);
+  const __m512i step[4] = {_mm512_setzero_si512(), _mm512_set1_epi32(1), _mm512_set1_epi32(std::int32_t(s.Wo)),
+                           _mm512_set1_epi32(std::int32_t(s.Wo + 1))};
+  const __m512i minus_one = _mm512_set1_epi32(-1);
+  __mmask16 stray = 0;  // open windows whose argmax is none of their pixels
+  for (i64 k = 0; k < s.K; ++k) {
+    __m512 acc[9], bias = _mm512_setzero_ps();
+    for (int t = 0; t < 9; ++t) acc[t] = _mm512_setzero_ps();
+    for (i64 q0 = 0; q0 < Q; q0 += 16) {
+      const __mmask16 valid = __mmask16(Q - q0 >= 16 ? 0xFFFF : (1u << (Q - q0)) - 1);
+      const __m512i a = _mm512_mask_loadu_epi32(minus_one, valid, argmax + k * Q + q0);
+      const __m512 g = _mm512_maskz_loadu_ps(valid, dy + k * Q + q0);
+      const __m512i first = _mm512_loadu_si512(win.first.data() + q0);
+      __m512 d[4];
+      __mmask16 hit = 0;
+      for (int ab = 0; ab < 4; ++ab) {
+        const __mmask16 m = _mm512_cmpeq_epi32_mask(a, _mm512_add_epi32(first, step[ab]));
+        d[ab] = _mm512_maskz_mov_ps(m, g);
+        hit |= m;
+      }
+      stray |= __mmask16(_mm512_cmpge_epi32_mask(a, _mm512_setzero_si512()) & ~hit);
+      bias = _mm512_add_ps(bias, _mm512_add_ps(_mm512_add_ps(d[0], d[1]), _mm512_add_ps(d[2], d[3])));
+#pragma GCC unroll 4
+      for (int u = 0; u < 4; ++u)
+#pragma GCC unroll 4
+        for (int v = 0; v < 4; ++v) {
+          const __m512 plane = _mm512_loadu_ps(D + (u * 4 + v) * Qp + q0);
+#pragma GCC unroll 4
+          for (int ab = 0; ab < 4; ++ab) {
+            const int r = u - (ab >> 1), q = v - (ab & 1);
+            if (r < 0 || r > 2 || q < 0 || q > 2) continue;
+            acc[r * 3 + q] = _mm512_fmadd_ps(d[ab], plane, acc[r * 3 + q]);
+          }
+        }
+    }
+    for (int t = 0; t < 9; ++t) dw_k[k * 9 + t] = _mm512_reduce_add_ps(acc[t]);
+    _mm512_storeu_ps(lanes + k * 16, bias);
+  }
+  return stray == 0;
 }
 
 bool panels_apply(const MicroKernel& mk, const ConvShape& s) {
@@ -1004,16 +1065,17 @@ void conv2d_backward(float* dx, float* dw, float* db, const float* x, const floa
 }
 
 // ---- conv2d + ReLU + max_pool2d as one layer ----
-// With short patches (conv1: 9 taps) each image is convolved into a thread's scratch (86 KB for
-// conv1, in L2) and pooled from there; with long ones on AVX-512 (conv2) each chunk's product is
-// pooled straight from the GEMM's output (pixel-major: a pixel's channels are the vector lanes).
-// In the backward pass (short patches) its d(conv) is rebuilt there from
-// dy and argmax and consumed at once: the convolution's output and its gradient (11 MB each
-// for conv1 at batch 128) never go out to memory and back. On AVX-512 the long-patch path
-// computes only the convolution pixels the windows read (conv2: 100 of 121; its forward pass
-// and input gradient are still bit-identical to the separate kernels', its weight and bias
-// gradients are the same sums without the zero terms, grouped otherwise). Every other sum is
-// formed in the order the separate kernels use, so those results are identical to theirs.
+// The paths, the convolution's output and its gradient never going out to memory and back:
+// - one input channel, 3x3, 2x2 windows on AVX-512 (conv1): conv3x3_relu_pool2_image and its
+//   backward, window by window in registers (above);
+// - other short patches: each image convolved into a thread's scratch (in L2) and pooled from
+//   there; backward, its d(conv) rebuilt there from dy and argmax and consumed at once;
+// - long patches on AVX-512 (conv2): each chunk's product pooled straight from the GEMM's
+//   output (pixel-major), and only the pixels the windows read computed (conv2: 100 of 121),
+//   forward and backward (conv2d_backward_panels over those pixels);
+// - anything else (and dx for short patches) through the separate kernels.
+// y, argmax and dx are always the separate kernels' numbers bit for bit; dw and db are the same
+// sums, in another order on the first and third paths (other roundings).
 
 // x: [N, C, H, W], w: [K, C, R, S], b: [K] -> y, argmax: [N, K, Ho/k, Wo/k]
 void conv2d_relu_max_pool2d_forward(float* y, std::int32_t* argmax, const float* x, const float* w,
@@ -1133,6 +1195,25 @@ void conv2d_relu_max_pool2d_backward(float* dx, float* dw, float* db, const floa
     return;
   }
   const int nt = std::max(1, std::min<int>(threads_for(double(N) * K * P * T), int(N)));
+#ifdef CNNFAST_HAVE_AVX512
+  if (C == 1 && R == 3 && S == 3 && k == 2 && std::strcmp(active_microkernel().name, "avx512") == 0 &&
+      s.Ho >= 2 && s.Wo >= 2 && P < (i64(1) << 30)) {
+    const Pool2Windows win(s);
+    std::vector<float> scratch(size_t(nt) * win.scratch_floats()), partial(size_t(N) * K * 9), lanes(size_t(N) * K * 16);
+    std::atomic<bool> stray{false};
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (i64 n = 0; n < N; ++n)
+      if (!conv3x3_relu_pool2_backward_image(partial.data() + n * K * 9, lanes.data() + n * K * 16, x + n * H * W,
+                                             dy + n * pooled, argmax + n * pooled, s, win,
+                                             scratch.data() + size_t(omp_get_thread_num()) * win.scratch_floats()))
+        stray.store(true, std::memory_order_relaxed);
+    if (!stray.load()) {
+      sum_parts(dw, partial.data(), N, K * 9);  // per image, added in image order
+      sum_bias_lanes(db, lanes.data(), N, K);
+      return;
+    }
+  }
+#endif
   const size_t per_thread = size_t(T) * P + size_t(K) * P;
   std::vector<float> scratch(size_t(nt) * per_thread), partial(size_t(N) * K * T), lanes(size_t(N) * K * 16);
 #pragma omp parallel for num_threads(nt) schedule(static)

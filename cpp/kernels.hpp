@@ -70,7 +70,7 @@ void conv2d_relu_max_pool2d_forward(float* y, std::int32_t* argmax, const float*
                                     i64 pad, i64 k);
 // dy, argmax: [N, K, Ho/k, Wo/k] -> dx (may be null), dw, db: conv2d_backward of
 // max_pool2d_backward(dy, argmax), the same numbers (dw and db up to float rounding: on AVX-512
-// the sums leave out the convolution pixels no window reads)
+// some paths sum them in another order)
 void conv2d_relu_max_pool2d_backward(float* dx, float* dw, float* db, const float* x, const float* w,
                                      const float* dy, const std::int32_t* argmax, i64 N, i64 C, i64 H,
                                      i64 W, i64 K, i64 R, i64 S, i64 pad, i64 k);
