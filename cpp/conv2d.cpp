@@ -25,7 +25,9 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <new>
 #include <memory>
 #include <vector>
 #include <omp.h>
@@ -35,6 +37,25 @@
 
 namespace cnnfast {
 namespace {
+
+// Scratch space: n floats (uninitialised), starting on a 64-byte cache line, so that buffers of
+// whole lines carved from it keep vector loads and stores from straddling two lines.
+class ScratchFloats {
+ public:
+  explicit ScratchFloats(size_t n) : p_(static_cast<float*>(std::aligned_alloc(64, lines(std::max<size_t>(n, 1)) * 4))) {
+    if (!p_) throw std::bad_alloc();
+  }
+  ~ScratchFloats() { std::free(p_); }
+  ScratchFloats(const ScratchFloats&) = delete;
+  ScratchFloats& operator=(const ScratchFloats&) = delete;
+  float* get() const { return p_; }
+  // n floats rounded up to whole 64-byte lines
+  static size_t lines(size_t n) { return (n + 15) / 16 * 16; }
+
+ private:
+  float* p_;
+};
+inline size_t lines(size_t n) { return ScratchFloats::lines(n); }
 
 struct ConvShape {
   i64 C, H, W, K, R, S, pad, Ho, Wo, Hp, Wp;
@@ -855,6 +876,17 @@ void conv2d_backward_gemm(float* dx, float* dw, const float* x, const float* w, 
         }
 }
 
+// The bias gradient's partial sums of one row d[0:P] (one image, one channel): 16 interleaved
+// float lanes (so it vectorises); db[k] adds them up in double, image by image.
+inline void row_lanes(float lanes[16], const float* d, i64 P) {
+  float acc[16] = {};  // a local array, so the sums stay in registers (lanes may alias d)
+  i64 p = 0;
+  for (; p + 16 <= P; p += 16)
+    for (int j = 0; j < 16; ++j) acc[j] += d[p + j];
+  for (; p < P; ++p) acc[p % 16] += d[p];
+  std::memcpy(lanes, acc, sizeof acc);
+}
+
 #ifdef CNNFAST_HAVE_AVX512
 // ---- AVX-512 backward: both GEMMs fed straight from the image and dy ----
 // The patch-row path writes every pixel's patch row (rows[L, RSC], 2.2 MB per chunk for conv2)
@@ -878,15 +910,19 @@ struct DyPanels {
 };
 
 // The plain source: dy itself (channel-major as it is), transposed into the pixel-major panels.
+// The bias gradient's lanes of each row (row_lanes) are taken on the way, while the rows are in cache.
 struct GatherDyPanels {
   const float* dy;
   i64 K, P;
   int nr;
+  float* lanes;  // [N, K, 16]
   DyPanels operator()(i64 n0, i64 n1, float*, float* lk) const {
     const i64 L = (n1 - n0) * P;
-    for (i64 n = n0; n < n1; ++n)
+    for (i64 n = n0; n < n1; ++n) {
       for (i64 k0 = 0; k0 < K; k0 += nr)  // [nr channels, P] -> [P, nr], zeros past K
         transpose_avx512(lk + k0 * L + (n - n0) * P * nr, nr, dy + (n * K + k0) * P, P, std::min<i64>(nr, K - k0), P, nr);
+      for (i64 k = 0; k < K; ++k) row_lanes(lanes + (n * K + k) * 16, dy + (n * K + k) * P, P);
+    }
     return {dy + n0 * K * P, K * P, P, lk};
   }
 };
@@ -926,11 +962,12 @@ void conv2d_backward_panels(float* dx, float* dw, const float* x, const float* w
   }
   std::vector<float> partial(dw ? size_t(ch.chunks) * T * Kp : 0);
   const i64 chunk_pixels = ch.per_chunk * P, depth = depth_block(std::max<i64>(chunk_pixels, 1));
-  const size_t xp_floats = size_t(ch.per_chunk) * image, ap_floats = size_t(std::max(depth, K)) * mr;
-  const size_t per_thread = xp_floats * (dx ? 2 : 1) + ap_floats + (dx ? size_t(mr) * Tp : 0) +
-                            size_t(chunk_pixels) * (Kp + K);
+  // (every buffer a whole number of cache lines, so that each starts on one: see ScratchFloats)
+  const size_t xp_floats = lines(size_t(ch.per_chunk) * image), ap_floats = lines(size_t(std::max(depth, K)) * mr);
+  const size_t tile_floats = dx ? lines(size_t(mr) * Tp) : 0, lk_floats = lines(size_t(chunk_pixels) * Kp);
+  const size_t per_thread = xp_floats * (dx ? 2 : 1) + ap_floats + tile_floats + lk_floats + lines(size_t(chunk_pixels) * K);
   const size_t offsets_per_thread = size_t(chunk_pixels + K);
-  std::unique_ptr<float[]> scratch(new float[size_t(nt) * per_thread]);
+  ScratchFloats scratch(size_t(nt) * per_thread);
   std::unique_ptr<i64[]> offset_scratch(new i64[size_t(nt) * offsets_per_thread]);
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (i64 chunk = 0; chunk < ch.chunks; ++chunk) {
@@ -939,8 +976,8 @@ void conv2d_backward_panels(float* dx, float* dw, const float* x, const float* w
     float* xdx = xp + xp_floats;                                            // the same, for dx
     float* ap = xdx + (dx ? xp_floats : 0);                                 // packed A
     float* tile = ap + ap_floats;                                           // drows [mr, Tp]
-    float* lk = tile + (dx ? size_t(mr) * Tp : 0);                          // dy pixel-major
-    float* kl = lk + size_t(chunk_pixels) * Kp;                             // dy channel-major
+    float* lk = tile + tile_floats;                                         // dy pixel-major
+    float* kl = lk + lk_floats;                                             // dy channel-major
     i64* offsets = offset_scratch.get() + size_t(omp_get_thread_num()) * offsets_per_thread;  // pixel l's in xp
     i64* channel_offsets = offsets + chunk_pixels;                                            // channel k's in dy
     for (i64 n = n0; n < n1; ++n) to_padded_nhwc_avx512(xp + (n - n0) * image, x + n * s.C * s.H * s.W, s);
@@ -990,18 +1027,6 @@ void conv2d_backward_panels(float* dx, float* dw, const float* x, const float* w
 }
 #endif
 
-// dw through the direct path: one partial per image, added in image order.
-// The bias gradient's partial sums of one row d[0:P] (one image, one channel): 16 interleaved
-// float lanes (so it vectorises); db[k] adds them up in double, image by image.
-inline void row_lanes(float lanes[16], const float* d, i64 P) {
-  float acc[16] = {};  // a local array, so the sums stay in registers (lanes may alias d)
-  i64 p = 0;
-  for (; p + 16 <= P; p += 16)
-    for (int j = 0; j < 16; ++j) acc[j] += d[p + j];
-  for (; p < P; ++p) acc[p % 16] += d[p];
-  std::memcpy(lanes, acc, sizeof acc);
-}
-
 // db[k] = the lanes[n][k][0..16] of every image n, added in that order in double; the K sums
 // are independent chains, so they overlap.
 void sum_bias_lanes(float* db, const float* lanes, i64 N, i64 K) {
@@ -1015,6 +1040,7 @@ void sum_bias_lanes(float* db, const float* lanes, i64 N, i64 K) {
   for (i64 k = 0; k < K; ++k) db[k] = float(sums[size_t(k)]);
 }
 
+// dw through the direct path: one partial per image, added in image order.
 void conv2d_backward_weight_direct(float* dw, const float* x, const float* dy, const ConvShape& s, i64 N) {
   const i64 K = s.K, P = s.P(), T = s.taps();
   const int nt = std::max(1, std::min<int>(threads_for(double(N) * K * P * T), int(std::max<i64>(N, 1))));
@@ -1050,14 +1076,17 @@ void conv2d_backward(float* dx, float* dw, float* db, const float* x, const floa
   } else {
 #ifdef CNNFAST_HAVE_AVX512
     const MicroKernel& mk = active_microkernel();
-    if (panels_apply(mk, s))
-      conv2d_backward_panels(dx, dw, x, w, GatherDyPanels{dy, K, P, mk.nr}, s, N, mk, s.Ho, s.Wo);
-    else
+    if (panels_apply(mk, s)) {  // (the bias gradient's lanes taken as dy is transposed)
+      std::vector<float> lanes(size_t(N) * K * 16);
+      conv2d_backward_panels(dx, dw, x, w, GatherDyPanels{dy, K, P, mk.nr, lanes.data()}, s, N, mk, s.Ho, s.Wo);
+      sum_bias_lanes(db, lanes.data(), N, K);
+      return;
+    }
 #endif
-      conv2d_backward_gemm(dx, dw, x, w, GatherDy{dy, K, P}, s, N);
+    conv2d_backward_gemm(dx, dw, x, w, GatherDy{dy, K, P}, s, N);
   }
-  // db[k] = sum over images and pixels: every row's lanes, then one reduction, the same
-  // two steps as the fused kernels take (so their bias gradients agree bit for bit)
+  // db[k] = sum over images and pixels: every row's lanes, then one reduction in double, the
+  // same two steps as everywhere else
   std::vector<float> lanes(size_t(N) * K * 16);
 #pragma omp parallel for num_threads(threads_for(double(N) * K * P)) schedule(static)
   for (i64 row = 0; row < N * K; ++row) row_lanes(lanes.data() + row * 16, dy + row * P, P);
