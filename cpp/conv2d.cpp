@@ -349,50 +349,53 @@ void pack_patch_panel(float* ap, const float* src, const PanelRun* runs, int nru
   }
 }
 
-// The transpose of a 16 x 16 block held as 16 row vectors r: t[j] = column j (pairs of floats,
-// then of doubles, then 128-bit lanes are interleaved).
-__attribute__((target("avx512f"), always_inline)) inline void transpose16(__m512* t, __m512* r) {
+// out[j*ldd + i] = in[i*lds + j] for a 16 x 16 block: rows loaded in pairs and interleaved as
+// pairs of floats, then of doubles, then 128-bit lanes, each column stored as soon as it is
+// made (so no more than ~20 vectors are live: the compiler keeps them all in registers).
+__attribute__((target("avx512f"), always_inline)) inline void transpose16(float* out, i64 ldd, const float* in, i64 lds) {
+  __m512 t[16], u[16];
   for (int i = 0; i < 8; ++i) {  // per 128-bit lane j: (r0[4j], r1[4j], r0[4j+1], r1[4j+1]) ...
-    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    const __m512 a = _mm512_loadu_ps(in + 2 * i * lds), b = _mm512_loadu_ps(in + (2 * i + 1) * lds);
+    t[2 * i] = _mm512_unpacklo_ps(a, b);
+    t[2 * i + 1] = _mm512_unpackhi_ps(a, b);
   }
-  for (int i = 0; i < 4; ++i) {  // r[4i + m], lane j: rows 4i..4i+3 of column 4j + m
+  for (int i = 0; i < 4; ++i) {  // u[4i + m], lane j: rows 4i..4i+3 of column 4j + m
     const __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 1]);
     const __m512d c = _mm512_castps_pd(t[4 * i + 2]), d = _mm512_castps_pd(t[4 * i + 3]);
-    r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
-    r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
-    r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
-    r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+    u[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+    u[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+    u[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+    u[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
   }
-  for (int m = 0; m < 4; ++m) {  // column 4j + m: lane j of r[m], r[4 + m], r[8 + m], r[12 + m]
-    const __m512 u0 = _mm512_shuffle_f32x4(r[m], r[4 + m], 0x44), u1 = _mm512_shuffle_f32x4(r[m], r[4 + m], 0xEE);
-    const __m512 u2 = _mm512_shuffle_f32x4(r[8 + m], r[12 + m], 0x44), u3 = _mm512_shuffle_f32x4(r[8 + m], r[12 + m], 0xEE);
-    t[m] = _mm512_shuffle_f32x4(u0, u2, 0x88);
-    t[4 + m] = _mm512_shuffle_f32x4(u0, u2, 0xDD);
-    t[8 + m] = _mm512_shuffle_f32x4(u1, u3, 0x88);
-    t[12 + m] = _mm512_shuffle_f32x4(u1, u3, 0xDD);
+  for (int m = 0; m < 4; ++m) {  // column 4j + m: lane j of u[m], u[4 + m], u[8 + m], u[12 + m]
+    const __m512 v0 = _mm512_shuffle_f32x4(u[m], u[4 + m], 0x44), v1 = _mm512_shuffle_f32x4(u[m], u[4 + m], 0xEE);
+    const __m512 v2 = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0x44), v3 = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0xEE);
+    _mm512_storeu_ps(out + m * ldd, _mm512_shuffle_f32x4(v0, v2, 0x88));
+    _mm512_storeu_ps(out + (4 + m) * ldd, _mm512_shuffle_f32x4(v0, v2, 0xDD));
+    _mm512_storeu_ps(out + (8 + m) * ldd, _mm512_shuffle_f32x4(v1, v3, 0x88));
+    _mm512_storeu_ps(out + (12 + m) * ldd, _mm512_shuffle_f32x4(v1, v3, 0xDD));
   }
 }
 
 // dst[j*ldd + i] = src[i*lds + j] for i < rows, j < cols, and 0 for rows <= i < rows_out: a
-// transpose in 16 x 16 blocks (whole blocks with plain loads and stores, edge blocks masked).
+// transpose in 16 x 16 blocks (whole blocks straight from src to dst, edge blocks through a
+// zero-padded copy, stored masked).
 __attribute__((target("avx512f")))
 void transpose_avx512(float* dst, i64 ldd, const float* src, i64 lds, i64 rows, i64 cols, i64 rows_out) {
   auto mask = [](i64 n) { return __mmask16(n >= 16 ? 0xFFFF : (1u << n) - 1); };
   for (i64 i0 = 0; i0 < rows_out; i0 += 16)
     for (i64 j0 = 0; j0 < cols; j0 += 16) {
       const i64 ni = std::clamp<i64>(rows - i0, 0, 16), nj = std::min<i64>(16, cols - j0), no = std::min<i64>(16, rows_out - i0);
-      __m512 r[16], t[16];
       if (ni == 16 && nj == 16 && no == 16) {
-        for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + (i0 + i) * lds + j0);
-        transpose16(t, r);
-        for (int j = 0; j < 16; ++j) _mm512_storeu_ps(dst + (j0 + j) * ldd + i0, t[j]);
+        transpose16(dst + j0 * ldd + i0, ldd, src + i0 * lds + j0, lds);
         continue;
       }
-      for (int i = 0; i < 16; ++i)
-        r[i] = i < ni ? _mm512_maskz_loadu_ps(mask(nj), src + (i0 + i) * lds + j0) : _mm512_setzero_ps();
-      transpose16(t, r);
-      for (int j = 0; j < nj; ++j) _mm512_mask_storeu_ps(dst + (j0 + j) * ldd + i0, mask(no), t[j]);
+      alignas(64) float block[16 * 16], flipped[16 * 16];
+      const __mmask16 columns = mask(nj), rows_stored = mask(no);
+      for (i64 i = 0; i < 16; ++i)
+        _mm512_store_ps(block + 16 * i, i < ni ? _mm512_maskz_loadu_ps(columns, src + (i0 + i) * lds + j0) : _mm512_setzero_ps());
+      transpose16(flipped, 16, block, 16);
+      for (i64 j = 0; j < nj; ++j) _mm512_mask_storeu_ps(dst + (j0 + j) * ldd + i0, rows_stored, _mm512_load_ps(flipped + 16 * j));
     }
 }
 
