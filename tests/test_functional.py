@@ -211,7 +211,7 @@ def test_max_pool2d_ties_pick_first_and_nan_propagates():
 
 # ------------------------------------------------------------------ linear
 
-@pytest.mark.parametrize("N,I,O", [(1, 1, 1), (3, 5, 2), (128, 1600, 10), (7, 33, 65), (300, 40, 20)])
+@pytest.mark.parametrize("N,I,O", [(1, 1, 1), (3, 5, 2), (128, 1600, 10), (6, 37, 16), (7, 33, 65), (300, 40, 20)])
 def test_linear_matches_reference(isa, N, I, O):
     x, w, b, dy = rand(N, I), rand(O, I, scale=0.1), rand(O), rand(N, O)
     assert_close(F.linear(x, w, b), ref.linear(x, w, b))
