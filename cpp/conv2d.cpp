@@ -1107,8 +1107,10 @@ void conv2d_backward(float* dx, float* dw, float* db, const float* x, const floa
 //   output (pixel-major), and only the pixels the windows read computed (conv2: 100 of 121),
 //   forward and backward (conv2d_backward_panels over those pixels);
 // - anything else (and dx for short patches) through the separate kernels.
-// y, argmax and dx are always the separate kernels' numbers bit for bit; dw and db are the same
-// sums, in another order on the first and third paths (other roundings).
+// y, argmax and dx are the separate kernels' numbers bit for bit; dw and db are the same sums,
+// in another order on the first and third paths (other roundings). The one exception: the
+// pixels the third path leaves out have zero gradient, and a 0 * inf there (an inf or NaN in x
+// or w that only those pixels meet) is NaN in the separate kernels but absent here.
 
 // x: [N, C, H, W], w: [K, C, R, S], b: [K] -> y, argmax: [N, K, Ho/k, Wo/k]
 void conv2d_relu_max_pool2d_forward(float* y, std::int32_t* argmax, const float* x, const float* w,

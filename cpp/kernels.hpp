@@ -70,7 +70,8 @@ void conv2d_relu_max_pool2d_forward(float* y, std::int32_t* argmax, const float*
                                     i64 pad, i64 k);
 // dy, argmax: [N, K, Ho/k, Wo/k] -> dx (may be null), dw, db: conv2d_backward of
 // max_pool2d_backward(dy, argmax), the same numbers (dw and db up to float rounding: on AVX-512
-// some paths sum them in another order)
+// some paths sum them in another order; and conv pixels no window reads, whose gradient is 0,
+// are left out, so an inf/NaN in x or w that only they meet gives no 0 * inf = NaN)
 void conv2d_relu_max_pool2d_backward(float* dx, float* dw, float* db, const float* x, const float* w,
                                      const float* dy, const std::int32_t* argmax, i64 N, i64 C, i64 H,
                                      i64 W, i64 K, i64 R, i64 S, i64 pad, i64 k);

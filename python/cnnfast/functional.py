@@ -81,9 +81,11 @@ def conv2d_relu_max_pool2d_backward(x: np.ndarray, w: np.ndarray, dy: np.ndarray
                                     k: int, padding: int = 0, input_grad: bool = True):
     """Gradients of `conv2d_relu_max_pool2d` given dy = dL/dy (the pooled shape) and its argmax:
     returns (dx, dw, db), the same as conv2d_backward(x, w, max_pool2d_backward(dy, argmax, ...))
-    (dw and db up to float rounding where the windows leave out the convolution's last rows or
-    columns, which the fused kernel then does not compute). With input_grad=False, dx is None
-    and is not computed.
+    (dw and db up to float rounding: on AVX-512 the fused kernel sums them in its own order, and
+    leaves out the convolution's last rows or columns where no window reads them. Their
+    gradient is zero, so this changes nothing, except that an inf or NaN in x or w that only
+    those pixels meet does not turn into 0 * inf = NaN as it does in the separate kernels).
+    With input_grad=False, dx is None and is not computed.
     """
     return _core.conv2d_relu_max_pool2d_backward(x, w, dy, argmax, k, padding, bool(input_grad))
 
