@@ -400,6 +400,19 @@ void transpose_avx512(float* dst, i64 ldd, const float* src, i64 lds, i64 rows, 
     }
 }
 
+// y[k][p] += b[k] for k < K, p < P
+__attribute__((target("avx512f")))
+void add_bias_rows(float* y, const float* b, i64 K, i64 P) {
+  const __mmask16 tail = __mmask16((1u << (P % 16)) - 1);
+  for (i64 k = 0; k < K; ++k) {
+    float* row = y + k * P;
+    const __m512 bias = _mm512_set1_ps(b[k]);
+    i64 p = 0;
+    for (; p + 16 <= P; p += 16) _mm512_storeu_ps(row + p, _mm512_add_ps(_mm512_loadu_ps(row + p), bias));
+    if (p < P) _mm512_mask_storeu_ps(row + p, tail, _mm512_add_ps(_mm512_maskz_loadu_ps(tail, row + p), bias));
+  }
+}
+
 // to_padded_nhwc and from_padded_nhwc (the same results) through transpose_avx512
 void to_padded_nhwc_avx512(float* xp, const float* x, const ConvShape& s) {
   if (s.pad == 0) return transpose_avx512(xp, s.C, x, s.H * s.W, s.C, s.H * s.W, s.C);
@@ -542,12 +555,11 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
                             reinterpret_cast<std::int32_t*>(best + 2 * K + pooled));
       continue;
     }
-    for (i64 n = n0; n < n1; ++n)  // y_n[k][p] = out[(n - n0)*P + p][k] + b[k]
-      for (i64 k = 0; k < K; ++k) {
-        const float* o = out + (n - n0) * P * K + k;
-        float* dst = y + (n * K + k) * P;
-        for (i64 p = 0; p < P; ++p) dst[p] = o[p * K] + b[k];
-      }
+    for (i64 n = n0; n < n1; ++n) {  // y_n[k][p] = out[(n - n0)*P + p][k] + b[k]: transposed, then + b
+      float* yn = y + n * K * P;
+      transpose_avx512(yn, P, out + (n - n0) * P * K, K, P, K, P);
+      add_bias_rows(yn, b, K, P);
+    }
   }
 }
 
