@@ -199,7 +199,8 @@ void check_argmax_values(const py::array_t<std::int32_t>& argmax, i64 plane) {
                             std::to_string(plane) + " pixels (or -1: no gradient)");
 }
 
-py::tuple conv2d_relu_max_pool2d(py::handle x_, py::handle w_, py::handle b_, i64 k, i64 padding) {
+// (y, argmax), or y alone with return_argmax false (the kernel then skips the argmax)
+py::object conv2d_relu_max_pool2d(py::handle x_, py::handle w_, py::handle b_, i64 k, i64 padding, bool return_argmax) {
   auto x = checked<float>(x_, "x", 4, "[N, C, H, W]");
   auto w = checked<float>(w_, "w", 4, "[K, C, R, S]");
   auto b = checked<float>(b_, "b", 1, "[K]");
@@ -207,14 +208,15 @@ py::tuple conv2d_relu_max_pool2d(py::handle x_, py::handle w_, py::handle b_, i6
   expect(b.shape(0) == c.K, "b must have shape (" + std::to_string(c.K) + ",), got " + shape_str(b));
   const auto [Hq, Wq] = pooled_shape(c, k);
   auto y = empty<float>({c.N, c.K, Hq, Wq});
-  auto argmax = empty<std::int32_t>({c.N, c.K, Hq, Wq});
+  auto argmax = empty<std::int32_t>({return_argmax ? c.N : 0, c.K, Hq, Wq});
   float* yp = y.mutable_data();
-  std::int32_t* ap = argmax.mutable_data();
+  std::int32_t* ap = return_argmax ? argmax.mutable_data() : nullptr;
   {
     py::gil_scoped_release nogil;
     conv2d_relu_max_pool2d_forward(yp, ap, x.data(), w.data(), b.data(), c.N, c.C, c.H, c.W, c.K, c.R, c.S,
                                    c.pad, k);
   }
+  if (!return_argmax) return std::move(y);
   return py::make_tuple(y, argmax);
 }
 
@@ -531,7 +533,8 @@ PYBIND11_MODULE(_core, m) {
   m.def("conv2d", &conv2d, "x"_a, "w"_a, "b"_a, "padding"_a = 0);
   m.def("conv2d_naive", &conv2d_naive, "x"_a, "w"_a, "b"_a, "padding"_a = 0);
   m.def("conv2d_backward", &conv2d_grad, "x"_a, "w"_a, "dy"_a, "padding"_a = 0, "input_grad"_a = true);
-  m.def("conv2d_relu_max_pool2d", &conv2d_relu_max_pool2d, "x"_a, "w"_a, "b"_a, "k"_a, "padding"_a = 0);
+  m.def("conv2d_relu_max_pool2d", &conv2d_relu_max_pool2d, "x"_a, "w"_a, "b"_a, "k"_a, "padding"_a = 0,
+        "return_argmax"_a = true);
   m.def("conv2d_relu_max_pool2d_backward", &conv2d_relu_max_pool2d_grad, "x"_a, "w"_a, "dy"_a, "argmax"_a, "k"_a,
         "padding"_a = 0, "input_grad"_a = true);
   m.def("relu", &relu, "x"_a);

@@ -480,9 +480,10 @@ void relu_pool_pixel_major(float* y, std::int32_t* argmax, const float* out, con
           aq[c] = best[c] > 0.0f ? index[c] : -1;
         }
       }
-    // [Q, K] -> [K, Q] (argmax's int32 moved as float bit patterns)
+    // [Q, K] -> [K, Q] (argmax's int32 moved as float bit patterns; argmax may be null)
     transpose_avx512(y + n * K * Q, Q, window_y, K, Q, K, Q);
-    transpose_avx512(reinterpret_cast<float*>(argmax + n * K * Q), Q, reinterpret_cast<const float*>(window_argmax), K, Q, K, Q);
+    if (argmax)
+      transpose_avx512(reinterpret_cast<float*>(argmax + n * K * Q), Q, reinterpret_cast<const float*>(window_argmax), K, Q, K, Q);
   }
 }
 
@@ -550,7 +551,7 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
     if (pool_k > 0) {
       const i64 pooled = K * (s.Ho / pool_k) * (s.Wo / pool_k);
       float* best = out + chunk_pixels * K;
-      relu_pool_pixel_major(y + n0 * pooled, argmax + n0 * pooled, out, b, n1 - n0, K, s.Ho, s.Wo, pool_k, best,
+      relu_pool_pixel_major(y + n0 * pooled, argmax ? argmax + n0 * pooled : nullptr, out, b, n1 - n0, K, s.Ho, s.Wo, pool_k, best,
                             reinterpret_cast<std::int32_t*>(best + K), best + 2 * K,
                             reinterpret_cast<std::int32_t*>(best + 2 * K + pooled));
       continue;
@@ -587,7 +588,8 @@ struct Pool2Windows {
 };
 
 // 16 windows' ReLU + max-pool from their four candidates out[0..3] (window order (0,0), (0,1),
-// (1,0), (1,1); pixel indices first + step[i]) -> y, argmax (the first n lanes stored)
+// (1,0), (1,1); pixel indices first + step[i]) -> y, argmax (the first n lanes stored; argmax
+// may be null)
 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl"), always_inline)) inline void
 pool2_relu_16(float* y, std::int32_t* argmax, const __m512* out, __m512i first, const __m512i* step, i64 n) {
   const __m512 zero = _mm512_setzero_ps();
@@ -610,9 +612,10 @@ pool2_relu_16(float* y, std::int32_t* argmax, const __m512* out, __m512i first, 
       index = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(out[i], best, _CMP_EQ_OQ), index, _mm512_add_epi32(first, step[i]));
     best = _mm512_max_ps(best, zero);  // (a maximum not > 0 gives +0)
   }
-  index = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(best, zero, _CMP_GT_OQ), _mm512_set1_epi32(-1), index);
   const __mmask16 lanes = __mmask16(n >= 16 ? 0xFFFF : (1u << n) - 1);
   _mm512_mask_storeu_ps(y, lanes, best);
+  if (!argmax) return;  // (inference: y only)
+  index = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(best, zero, _CMP_GT_OQ), _mm512_set1_epi32(-1), index);
   _mm512_mask_storeu_epi32(argmax, lanes, index);
 }
 
@@ -673,7 +676,7 @@ void conv3x3_relu_pool2_image(float* y, std::int32_t* argmax, const float* x, co
           }
         }
       for (int h = 0; h < kPoolBlocks && q0 + 16 * h < Q; ++h)
-        pool2_relu_16(y + k * Q + q0 + 16 * h, argmax + k * Q + q0 + 16 * h, out[h],
+        pool2_relu_16(y + k * Q + q0 + 16 * h, argmax ? argmax + k * Q + q0 + 16 * h : nullptr, out[h],
                       _mm512_loadu_si512(win.first.data() + q0 + 16 * h), step, Q - q0 - 16 * h);
     }
   }
@@ -1141,28 +1144,32 @@ void conv2d_relu_max_pool2d_forward(float* y, std::int32_t* argmax, const float*
     std::vector<float> scratch(size_t(nt) * win.scratch_floats());
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (i64 n = 0; n < N; ++n)
-      conv3x3_relu_pool2_image(y + n * pooled, argmax + n * pooled, x + n * H * W, w, b, s, win,
+      conv3x3_relu_pool2_image(y + n * pooled, argmax ? argmax + n * pooled : nullptr, x + n * H * W, w, b, s, win,
                                scratch.data() + size_t(omp_get_thread_num()) * win.scratch_floats());
     return;
   }
 #endif
+  std::unique_ptr<std::int32_t[]> unwanted;  // where the paths below must put an argmax nobody asked for
   if (T == 0 || T > kDirectTaps) {
     std::unique_ptr<float[]> conv(new float[size_t(N) * K * P]);
     conv2d_forward(conv.get(), x, w, b, N, C, H, W, K, R, S, pad);
-    max_pool2d_forward(y, argmax, conv.get(), N, K, s.Ho, s.Wo, k, true);
+    if (!argmax) unwanted.reset(new std::int32_t[size_t(N) * pooled]);
+    max_pool2d_forward(y, argmax ? argmax : unwanted.get(), conv.get(), N, K, s.Ho, s.Wo, k, true);
     return;
   }
   const int nt = std::max(1, std::min<int>(threads_for(double(N) * K * P * T), int(N)));
   const i64 ld = direct_ld(P);
   const size_t per_thread = size_t(T) * ld + size_t(K) * P;
   std::vector<float> scratch(size_t(nt) * per_thread);
+  if (!argmax) unwanted.reset(new std::int32_t[size_t(nt) * pooled]);
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (i64 n = 0; n < N; ++n) {
     float* col = scratch.data() + size_t(omp_get_thread_num()) * per_thread;
     float* conv = col + size_t(T) * ld;  // [K, Ho, Wo]
     im2col(col, x + n * C * H * W, s, ld);
     direct_forward(conv, col, w, b, K, T, P, ld);
-    max_pool2d_planes(y + n * pooled, argmax + n * pooled, conv, K, s.Ho, s.Wo, k, true);
+    max_pool2d_planes(y + n * pooled, argmax ? argmax + n * pooled : unwanted.get() + omp_get_thread_num() * pooled,
+                      conv, K, s.Ho, s.Wo, k, true);
   }
 }
 

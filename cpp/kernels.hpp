@@ -62,7 +62,8 @@ void max_pool2d_backward_planes(float* dx, const std::int32_t* argmax, const flo
 void int32_range(const std::int32_t* a, i64 n, std::int32_t* lo, std::int32_t* hi);
 
 // ---- conv2d.cpp: convolution, ReLU and max-pooling as one layer (a CNN's usual block) ----
-// x: [N, C, H, W], w: [K, C, R, S], b: [K] -> y, argmax: [N, K, Ho/k, Wo/k]
+// x: [N, C, H, W], w: [K, C, R, S], b: [K] -> y, argmax: [N, K, Ho/k, Wo/k] (argmax may be null:
+// not wanted, as in inference)
 // y, argmax = max_pool2d(conv2d(x, w, b, pad), k, relu=true), the same numbers, without writing
 // the convolution's output to memory when the patches are short (the direct path)
 void conv2d_relu_max_pool2d_forward(float* y, std::int32_t* argmax, const float* x, const float* w,

@@ -443,6 +443,17 @@ def test_conv2d_relu_max_pool2d_equals_the_three_kernels(isa, shape):
 
 
 @pytest.mark.parametrize("shape", FUSED_SHAPES)
+def test_conv2d_relu_max_pool2d_without_argmax_gives_the_same_y(isa, shape):
+    N, C, H, W, K, R, S, p, k = shape
+    x, w, b = rand(N, C, H, W), rand(K, C, R, S, scale=0.3), rand(K)
+    x.flat[::5] = np.nan  # NaN windows too
+    y, argmax = F.conv2d_relu_max_pool2d(x, w, b, k, padding=p)
+    y_only = F.conv2d_relu_max_pool2d(x, w, b, k, padding=p, return_argmax=False)
+    assert isinstance(y_only, np.ndarray) and y_only.dtype == np.float32
+    np.testing.assert_array_equal(y_only, y)
+
+
+@pytest.mark.parametrize("shape", FUSED_SHAPES)
 def test_conv2d_relu_max_pool2d_ties_nan_and_inf_as_the_separate_kernels(isa, shape):
     # Ties (an all-zero image: every output is its bias), NaN and infinities must pick the same
     # maximum and argmax as max_pool2d's rule (first maximum wins, a NaN wins).

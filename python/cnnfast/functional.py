@@ -66,15 +66,18 @@ def max_pool2d_backward(dy: np.ndarray, argmax: np.ndarray, x_shape) -> np.ndarr
     return _core.max_pool2d_backward(dy, argmax, [int(s) for s in x_shape])
 
 
-def conv2d_relu_max_pool2d(x: np.ndarray, w: np.ndarray, b: np.ndarray, k: int, padding: int = 0):
+def conv2d_relu_max_pool2d(x: np.ndarray, w: np.ndarray, b: np.ndarray, k: int, padding: int = 0,
+                           return_argmax: bool = True):
     """A CNN block in one call: max_pool2d(conv2d(x, w, b, padding), k, relu=True) -> (y, argmax).
 
     The same numbers as the three layers, but the convolution's output (and, backward, its
     gradient) is not written to memory as a whole: it is pooled from cache image by image (short
     patches, such as a first layer's 3x3 on one channel) or chunk by chunk (longer ones, with
-    AVX-512). argmax indexes the convolution's output planes, as max_pool2d's would.
+    AVX-512). argmax indexes the convolution's output planes, as max_pool2d's would. With
+    return_argmax=False only y is returned and no argmax is made (inference: nothing to route
+    a gradient back through).
     """
-    return _core.conv2d_relu_max_pool2d(x, w, b, k, padding)
+    return _core.conv2d_relu_max_pool2d(x, w, b, k, padding, bool(return_argmax))
 
 
 def conv2d_relu_max_pool2d_backward(x: np.ndarray, w: np.ndarray, dy: np.ndarray, argmax: np.ndarray,

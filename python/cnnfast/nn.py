@@ -234,7 +234,7 @@ class Conv2dReLUMaxPool2d(Layer):
 
     def infer(self, x):
         return F.conv2d_relu_max_pool2d(x, self.conv.weight.data, self.conv.bias.data,
-                                        self.pool.kernel_size, self.conv.padding)[0]
+                                        self.pool.kernel_size, self.conv.padding, return_argmax=False)
 
     def backward(self, dy, input_grad=True):
         dx, self.conv.weight.grad, self.conv.bias.grad = F.conv2d_relu_max_pool2d_backward(
