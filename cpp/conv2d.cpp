@@ -1,20 +1,20 @@
 // conv2d: stride 1, zero padding, PyTorch weight layout [K, C, R, S].
 //
-// Three paths, each with its blocking explained where it is defined:
+// The paths, each with its blocking explained where it is defined:
 // - Direct (patches of <= 32 taps: conv1, 3x3 on one channel): im2col of one image into L1,
 //   then register-blocked loops; too little work per output for a GEMM to pay for its packing.
-// - Patch panels (forward, AVX-512): the GEMM's packed A is built straight from the image, a
-//   masked load per run of pixels per tap (conv2d_forward_panels).
-// - Patch rows + GEMM (the backward, and the forward on other ISAs). An image is first copied
-//   into a zero-bordered channels-last copy xp[H+2p][W+2p][C]; then every output pixel's
-//   receptive field is one contiguous "patch row" of R*S*C taps (R copies of S*C floats), and
-//   with the weights reordered to wt[K][R][S][C] the convolution is one matrix product:
+// - Patch panels (AVX-512; conv2): the GEMMs' packed operands are built straight from the
+//   image with masked vector loads: forward from x itself, a load per run of pixels per tap
+//   (conv2d_forward_panels); backward from a channels-last copy of x, with dx made 12 pixels
+//   at a time in L1 and added in place (conv2d_backward_panels).
+// - Patch rows + GEMM (the other instruction sets). An image is first copied into a
+//   zero-bordered channels-last copy xp[H+2p][W+2p][C]; then every output pixel's receptive
+//   field is one contiguous "patch row" of R*S*C taps (R copies of S*C floats), and with the
+//   weights reordered to wt[K][R][S][C] the convolution is one matrix product:
 //   y^T[pixels, K] = rows[pixels, RSC] wt^T. Because rows, dy and wt are all stored with the
-//   summed dimension where the GEMM packs it from, packing is plain row copies (no strided
-//   transposes), which is what kept the earlier im2col[C*R*S, pixels] layout far from the
-//   micro-kernel's speed.
+//   summed dimension where the GEMM packs it from, packing is plain row copies.
 // At the end, conv2d + ReLU + max_pool2d as one kernel (conv2d_relu_max_pool2d_*), built from
-// the same pieces.
+// the same pieces, plus conv1's block computed and pooled in registers (conv3x3_relu_pool2_*).
 //
 // Blocking: a few images are laid side by side (a chunk of ~1,024 pixels, so its operands stay
 // near L2 and the GEMM's edge tiles and packing of wt are amortised), and each thread takes
