@@ -513,11 +513,11 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
   const size_t padded_floats = s.pad ? size_t(ch.per_chunk) * image : 0, chunk_pixels = size_t(ch.per_chunk) * Pu;
   const size_t pooled_floats = pool_k > 0 ? size_t(K) * (s.Ho / pool_k) * (s.Wo / pool_k) : 0;
   const size_t scratch_per_thread = padded_floats + size_t(T) * mr + chunk_pixels * K + 2 * size_t(K) + 2 * pooled_floats;
-  std::vector<float> scratch(size_t(nt) * scratch_per_thread);
+  ScratchFloats scratch(size_t(nt) * scratch_per_thread);  // (each value written before it is read)
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (i64 chunk = 0; chunk < ch.chunks; ++chunk) {
     const i64 n0 = chunk * ch.per_chunk, n1 = std::min(N, n0 + ch.per_chunk), L = (n1 - n0) * Pu;
-    float* padded = scratch.data() + size_t(omp_get_thread_num()) * scratch_per_thread;
+    float* padded = scratch.get() + size_t(omp_get_thread_num()) * scratch_per_thread;
     float* ap = padded + padded_floats;  // [T, mr]
     float* out = ap + size_t(T) * mr;    // [L, K]
     const float* src = x + n0 * C * s.H * s.W;
@@ -979,7 +979,8 @@ void conv2d_backward_panels(float* dx, float* dw, const float* x, const float* w
     wtp.resize(size_t(Tp) * K);
     pack_b(wtp.data(), false, wt.data(), T, 0, 0, K, T, nr);
   }
-  std::vector<float> partial(dw ? size_t(ch.chunks) * T * Kp : 0);
+  ScratchFloats partial(dw ? size_t(ch.chunks) * T * Kp : 0);  // (columns K..Kp are never written)
+  if (dw && Kp > K) std::fill(partial.get(), partial.get() + ch.chunks * T * Kp, 0.0f);
   const i64 chunk_pixels = ch.per_chunk * P, depth = depth_block(std::max<i64>(chunk_pixels, 1));
   // (every buffer a whole number of cache lines, so that each starts on one: see ScratchFloats)
   const size_t xp_floats = lines(size_t(ch.per_chunk) * image), ap_floats = lines(size_t(std::max(depth, K)) * mr);
@@ -1005,7 +1006,7 @@ void conv2d_backward_panels(float* dx, float* dw, const float* x, const float* w
       for (i64 oh = 0; oh < Hu; ++oh)
         for (i64 ow = 0; ow < Wu; ++ow) offsets[l++] = n * image + (oh * s.Wp + ow) * C;
     if (dw) {
-      float* out = partial.data() + chunk * T * Kp;  // dW^T [T, Kp]
+      float* out = partial.get() + chunk * T * Kp;  // dW^T [T, Kp]
       for (i64 l0 = 0; l0 < L; l0 += depth) {
         const i64 kb = std::min(depth, L - l0);
         for (i64 tp = 0; tp < tap_panels; ++tp) {
@@ -1038,7 +1039,7 @@ void conv2d_backward_panels(float* dx, float* dw, const float* x, const float* w
   }
   if (!dw) return;
   std::vector<float> total(size_t(T) * Kp);
-  sum_parts(total.data(), partial.data(), ch.chunks, T * Kp);  // the chunks' products, in chunk order
+  sum_parts(total.data(), partial.get(), ch.chunks, T * Kp);  // the chunks' products, in chunk order
   for (i64 k = 0; k < K; ++k)  // dw[k][c][r][q] = dwt[(r*S + q)*C + c][k]
     for (i64 c = 0; c < C; ++c)
       for (i64 r = 0; r < s.R; ++r)
@@ -1046,17 +1047,19 @@ void conv2d_backward_panels(float* dx, float* dw, const float* x, const float* w
 }
 #endif
 
-// db[k] = the lanes[n][k][0..16] of every image n, added in that order in double; the K sums
-// are independent chains, so they overlap.
+// db[k] = the lanes[n][k][0..16] of every image n, added in that order in double. Blocks of 8
+// channels over the threads, the 8 sums of a block interleaved (independent chains overlap).
 void sum_bias_lanes(float* db, const float* lanes, i64 N, i64 K) {
-  std::vector<double> sums(size_t(K), 0.0);
-  for (i64 n = 0; n < N; ++n)
-    for (i64 k = 0; k < K; ++k) {
-      double sum = sums[size_t(k)];
-      for (int j = 0; j < 16; ++j) sum += lanes[(n * K + k) * 16 + j];
-      sums[size_t(k)] = sum;
-    }
-  for (i64 k = 0; k < K; ++k) db[k] = float(sums[size_t(k)]);
+  const i64 blocks = (K + 7) / 8;
+#pragma omp parallel for num_threads(std::max(1, std::min<int>(threads_for(16.0 * N * K), int(blocks)))) schedule(static)
+  for (i64 blk = 0; blk < blocks; ++blk) {
+    const i64 k0 = 8 * blk, kn = std::min<i64>(8, K - k0);
+    double sums[8] = {};
+    for (i64 n = 0; n < N; ++n)
+      for (i64 kk = 0; kk < kn; ++kk)
+        for (int j = 0; j < 16; ++j) sums[kk] += lanes[(n * K + k0 + kk) * 16 + j];
+    for (i64 kk = 0; kk < kn; ++kk) db[k0 + kk] = float(sums[kk]);
+  }
 }
 
 // dw through the direct path: one partial per image, added in image order.
@@ -1096,9 +1099,9 @@ void conv2d_backward(float* dx, float* dw, float* db, const float* x, const floa
 #ifdef CNNFAST_HAVE_AVX512
     const MicroKernel& mk = active_microkernel();
     if (panels_apply(mk, s)) {  // (the bias gradient's lanes taken as dy is transposed)
-      std::vector<float> lanes(size_t(N) * K * 16);
-      conv2d_backward_panels(dx, dw, x, w, GatherDyPanels{dy, K, P, mk.nr, lanes.data()}, s, N, mk, s.Ho, s.Wo);
-      sum_bias_lanes(db, lanes.data(), N, K);
+      ScratchFloats lanes(size_t(N) * K * 16);  // (every lane written)
+      conv2d_backward_panels(dx, dw, x, w, GatherDyPanels{dy, K, P, mk.nr, lanes.get()}, s, N, mk, s.Ho, s.Wo);
+      sum_bias_lanes(db, lanes.get(), N, K);
       return;
     }
 #endif
@@ -1187,7 +1190,7 @@ void conv2d_relu_max_pool2d_backward(float* dx, float* dw, float* db, const floa
     // d(conv) of the chunk's images n0..n1 over a region of Pr pixels an image: index[p] is pixel
     // p's place in the region (-1 outside); channel-major kl[K, L], and pixel-major lk in panels
     // of `width` channels (zeros up to Kp): lk[(k / width)*L*width + l*width + k % width].
-    std::vector<float> lanes(size_t(N) * K * 16);
+    ScratchFloats lanes(size_t(N) * K * 16);  // (every lane written by pooled_dy)
     std::atomic<bool> outside{false};  // an argmax pointed out of the region
     auto pooled_dy = [&](i64 n0, i64 n1, float* kl, float* lk, i64 width, const std::int32_t* index, i64 Pr) {
       const i64 L = (n1 - n0) * Pr, Kp = (K + width - 1) / width * width;
@@ -1206,7 +1209,7 @@ void conv2d_relu_max_pool2d_backward(float* dx, float* dw, float* db, const floa
             row[open ? u : 0] += open ? dy[plane + q] : 0.0f;
             column[(open ? u : 0) * width] += open ? dy[plane + q] : 0.0f;
           }
-          row_lanes(lanes.data() + (n * K + kk) * 16, row, Pr);
+          row_lanes(lanes.get() + (n * K + kk) * 16, row, Pr);
         }
       if (missed) outside.store(true, std::memory_order_relaxed);
     };
@@ -1230,7 +1233,7 @@ void conv2d_relu_max_pool2d_backward(float* dx, float* dw, float* db, const floa
         };
         conv2d_backward_panels(dx, dw, x, w, every_dy, s, N, mk, s.Ho, s.Wo);
       }
-      sum_bias_lanes(db, lanes.data(), N, K);
+      sum_bias_lanes(db, lanes.get(), N, K);
       return;
     }
 #endif
@@ -1239,7 +1242,7 @@ void conv2d_relu_max_pool2d_backward(float* dx, float* dw, float* db, const floa
       return {kl, lk};
     };
     conv2d_backward_gemm(dx, dw, x, w, rows_dy, s, N);
-    sum_bias_lanes(db, lanes.data(), N, K);
+    sum_bias_lanes(db, lanes.get(), N, K);
     return;
   }
   if (dx || N == 0 || K == 0 || T == 0 || T > kDirectTaps) {
@@ -1252,18 +1255,18 @@ void conv2d_relu_max_pool2d_backward(float* dx, float* dw, float* db, const floa
 #ifdef CNNFAST_HAVE_AVX512
   if (C == 1 && R == 3 && S == 3 && k == 2 && std::strcmp(active_microkernel().name, "avx512") == 0 &&
       s.Ho >= 2 && s.Wo >= 2 && P < (i64(1) << 30)) {
-    const Pool2Windows win(s);
-    std::vector<float> scratch(size_t(nt) * win.scratch_floats()), partial(size_t(N) * K * 9), lanes(size_t(N) * K * 16);
+    const Pool2Windows win(s);  // (every scratch value is written before it is read: no zeroing)
+    ScratchFloats scratch(size_t(nt) * win.scratch_floats()), partial(size_t(N) * K * 9), lanes(size_t(N) * K * 16);
     std::atomic<bool> stray{false};
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (i64 n = 0; n < N; ++n)
-      if (!conv3x3_relu_pool2_backward_image(partial.data() + n * K * 9, lanes.data() + n * K * 16, x + n * H * W,
+      if (!conv3x3_relu_pool2_backward_image(partial.get() + n * K * 9, lanes.get() + n * K * 16, x + n * H * W,
                                              dy + n * pooled, argmax + n * pooled, s, win,
-                                             scratch.data() + size_t(omp_get_thread_num()) * win.scratch_floats()))
+                                             scratch.get() + size_t(omp_get_thread_num()) * win.scratch_floats()))
         stray.store(true, std::memory_order_relaxed);
     if (!stray.load()) {
-      sum_parts(dw, partial.data(), N, K * 9);  // per image, added in image order
-      sum_bias_lanes(db, lanes.data(), N, K);
+      sum_parts(dw, partial.get(), N, K * 9);  // per image, added in image order
+      sum_bias_lanes(db, lanes.get(), N, K);
       return;
     }
   }
