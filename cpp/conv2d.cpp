@@ -33,6 +33,8 @@
 #include <omp.h>
 #ifdef CNNFAST_HAVE_AVX512
 #include <immintrin.h>
+
+#include "pool_rule_avx512.hpp"
 #endif
 
 namespace cnnfast {
@@ -596,14 +598,7 @@ pool2_relu_16(float* y, std::int32_t* argmax, const __m512* out, __m512i first, 
   __m512 best;
   __m512i index;
   if (_mm512_cmp_ps_mask(out[0], out[1], _CMP_UNORD_Q) | _mm512_cmp_ps_mask(out[2], out[3], _CMP_UNORD_Q)) {
-    best = out[0], index = first;  // a NaN somewhere: the rule step by step (first maximum; a NaN wins)
-    for (int i = 1; i < 4; ++i) {
-      const __m512 v = out[i];
-      const __mmask16 take = _mm512_cmp_ps_mask(v, best, _CMP_GT_OQ) |
-                             (_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q) & _mm512_cmp_ps_mask(best, best, _CMP_ORD_Q));
-      best = _mm512_mask_blend_ps(take, best, v);
-      index = _mm512_mask_blend_epi32(take, index, _mm512_add_epi32(first, step[i]));
-    }
+    pool_first_max_avx512(&best, &index, out, 4, first, step);  // a NaN somewhere: the rule step by step
     best = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(best, zero, _CMP_LE_OQ), best, zero);
   } else {  // no NaN: the maximum, then the first of the four equal to it
     best = _mm512_max_ps(_mm512_max_ps(out[0], out[1]), _mm512_max_ps(out[2], out[3]));

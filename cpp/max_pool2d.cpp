@@ -7,6 +7,8 @@
 #include <omp.h>
 #ifdef CNNFAST_HAVE_AVX512
 #include <immintrin.h>
+
+#include "pool_rule_avx512.hpp"
 #endif
 
 namespace cnnfast {
@@ -52,7 +54,7 @@ void pool2_plane_avx512(float* yp, std::int32_t* ap, const float* xp, i64 Ho, i6
                         bool relu) {
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
-  const __m512 zero = _mm512_setzero_ps();
+  const __m512i offsets[4] = {_mm512_setzero_si512(), _mm512_set1_epi32(1), _mm512_set1_epi32(W), _mm512_set1_epi32(W + 1)};
   for (i64 oh = 0; oh < Ho; ++oh) {
     const float* r0 = xp + 2 * oh * W;
     const float* r1 = r0 + W;
@@ -68,24 +70,13 @@ void pool2_plane_avx512(float* yp, std::int32_t* ap, const float* xp, i64 Ho, i6
       const float *a = r0 + 2 * ow, *b = r1 + 2 * ow;
       const __m512 top_lo = _mm512_maskz_loadu_ps(lo_mask, a), top_hi = _mm512_maskz_loadu_ps(hi_mask, a + 16);
       const __m512 bot_lo = _mm512_maskz_loadu_ps(lo_mask, b), bot_hi = _mm512_maskz_loadu_ps(hi_mask, b + 16);
-      const __m512 candidates[3] = {_mm512_permutex2var_ps(top_lo, odd, top_hi),
-                                    _mm512_permutex2var_ps(bot_lo, even, bot_hi),
-                                    _mm512_permutex2var_ps(bot_lo, odd, bot_hi)};
+      const __m512 candidates[4] = {_mm512_permutex2var_ps(top_lo, even, top_hi), _mm512_permutex2var_ps(top_lo, odd, top_hi),
+                                    _mm512_permutex2var_ps(bot_lo, even, bot_hi), _mm512_permutex2var_ps(bot_lo, odd, bot_hi)};
       const __m512i first = _mm512_add_epi32(_mm512_set1_epi32(row_start + std::int32_t(2 * ow)), even);
-      const __m512i offsets[3] = {_mm512_set1_epi32(1), _mm512_set1_epi32(W), _mm512_set1_epi32(W + 1)};
-      __m512 best = _mm512_permutex2var_ps(top_lo, even, top_hi);
-      __m512i index = first;
-      for (int i = 0; i < 3; ++i) {
-        const __m512 v = candidates[i];
-        const __mmask16 take = _mm512_cmp_ps_mask(v, best, _CMP_GT_OQ) |
-                               (_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q) & _mm512_cmp_ps_mask(best, best, _CMP_ORD_Q));
-        best = _mm512_mask_blend_ps(take, best, v);
-        index = _mm512_mask_blend_epi32(take, index, _mm512_add_epi32(first, offsets[i]));
-      }
-      if (relu) {
-        best = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(best, zero, _CMP_LE_OQ), best, zero);
-        index = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(best, zero, _CMP_GT_OQ), _mm512_set1_epi32(-1), index);
-      }
+      __m512 best;
+      __m512i index;
+      pool_first_max_avx512(&best, &index, candidates, 4, first, offsets);
+      if (relu) pool_relu_avx512(&best, &index);
       _mm512_mask_storeu_ps(y + ow, out_mask, best);
       _mm512_mask_storeu_epi32(argmax + ow, out_mask, index);
     }
