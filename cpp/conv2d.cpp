@@ -913,6 +913,37 @@ inline void row_lanes(float lanes[16], const float* d, i64 P) {
 //   channel-major dy, again one masked load per run of pixels per channel; B is wt packed once
 //   per call), and added into the chunk's zero-bordered input gradient at once (row2im).
 
+// The 12x32 micro-kernel (gemm_microkernel.cpp's, the same sums in the same order) with A read
+// in place: depth step k's 12 values are a[offsets[k] + 0..11], 12 consecutive taps of pixel k
+// in the channels-last image (for a fixed r, the S*C taps (q, c) of a pixel are contiguous
+// there), instead of a packed panel. For dW this spares packing every (pixel, tap) pair; a tile
+// must be whole (m = 12, n = 32).
+__attribute__((target("avx512f")))
+void microkernel_12x32_in_place(i64 kc, const float* a, const i64* offsets, const float* b, float* c, i64 ldc,
+                                bool accumulate) {
+  __m512 acc[24];
+  for (int i = 0; i < 24; ++i) acc[i] = _mm512_setzero_ps();
+  for (i64 k = 0; k < kc; ++k) {
+    const float* ak = a + offsets[k];
+    const __m512 b0 = _mm512_loadu_ps(b + 32 * k), b1 = _mm512_loadu_ps(b + 32 * k + 16);
+    for (int i = 0; i < 12; ++i) {
+      const __m512 ai = _mm512_set1_ps(ak[i]);
+      acc[2 * i] = _mm512_fmadd_ps(ai, b0, acc[2 * i]);
+      acc[2 * i + 1] = _mm512_fmadd_ps(ai, b1, acc[2 * i + 1]);
+    }
+  }
+  for (int i = 0; i < 12; ++i) {
+    float* ci = c + i * ldc;
+    if (accumulate) {
+      _mm512_storeu_ps(ci, _mm512_add_ps(_mm512_loadu_ps(ci), acc[2 * i]));
+      _mm512_storeu_ps(ci + 16, _mm512_add_ps(_mm512_loadu_ps(ci + 16), acc[2 * i + 1]));
+    } else {
+      _mm512_storeu_ps(ci, acc[2 * i]);
+      _mm512_storeu_ps(ci + 16, acc[2 * i + 1]);
+    }
+  }
+}
+
 // A chunk's dy for conv2d_backward_panels. Channel-major: the value for (image n of the chunk,
 // pixel p, channel k) at by_channel[n*image_stride + k*channel_stride + p]. Pixel-major, the
 // same values in panels of nr channels: by_pixel[(k / nr)*L*nr + l*nr + k % nr], l = n*P + p,
@@ -953,7 +984,9 @@ void conv2d_backward_panels(float* dx, float* dw, const float* x, const float* w
   const i64 Kp = (K + nr - 1) / nr * nr, Tp = (T + nr - 1) / nr * nr, image = s.Hp * s.Wp * C;
   const Chunking ch(N, P);
   const int nt = std::max(1, std::min<int>(threads_for((dx && dw ? 2.0 : 1.0) * N * K * P * T), int(ch.chunks)));
-  // dW's A, tap panel by tap panel: the runs of taps (t = (r*S + q)*C + c) that are contiguous in xp
+  // dW's A, tap panel by tap panel: the runs of taps (t = (r*S + q)*C + c) that are contiguous in xp;
+  // when no panel straddles two kernel rows r (and tiles are whole), A is read in place instead
+  const bool in_place = mr == 12 && nr == 32 && (S * C) % 12 == 0 && K % 32 == 0;
   const i64 tap_panels = (T + mr - 1) / mr;
   std::vector<PanelRun> tap_runs(size_t(tap_panels) * 16);
   std::vector<int> tap_nruns(static_cast<size_t>(tap_panels));
@@ -1005,6 +1038,12 @@ void conv2d_backward_panels(float* dx, float* dw, const float* x, const float* w
       for (i64 l0 = 0; l0 < L; l0 += depth) {
         const i64 kb = std::min(depth, L - l0);
         for (i64 tp = 0; tp < tap_panels; ++tp) {
+          if (in_place) {  // taps tp*12.. of kernel row r = tap / (S*C), at offset tap % (S*C) in the pixel's row r
+            const float* a = xp + (tp * 12) / (S * C) * s.Wp * C + (tp * 12) % (S * C);
+            for (i64 j0 = 0; j0 < K; j0 += nr)
+              microkernel_12x32_in_place(kb, a, offsets + l0, d.by_pixel + j0 * L + l0 * nr, out + tp * mr * Kp + j0, Kp, l0 > 0);
+            continue;
+          }
           pack_patch_panel(ap, xp, &tap_runs[size_t(tp * 16)], tap_nruns[size_t(tp)], offsets + l0, kb, mr);
           for (i64 j0 = 0; j0 < K; j0 += nr)
             mk.run(kb, ap, d.by_pixel + j0 * L + l0 * nr, out + tp * mr * Kp + j0, Kp,

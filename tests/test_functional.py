@@ -64,6 +64,7 @@ CONV_SHAPES = [  # N, C, H, W, K, R, S, padding
     (2, 4, 9, 11, 7, 1, 1, 0),    # 1x1
     (2, 5, 6, 5, 3, 5, 3, 2),
     (4, 32, 13, 13, 64, 3, 3, 0),  # the default model's second layer
+    (3, 4, 9, 7, 32, 3, 3, 1),     # padding, dW's A read in place (S*C a multiple of 12, K of 32)
     (5, 1, 28, 28, 32, 3, 3, 0),   # the default model's first layer
 ]
 
