@@ -987,6 +987,8 @@ void conv2d_backward_panels(float* dx, float* dw, const float* x, const float* w
   // dW's A, tap panel by tap panel: the runs of taps (t = (r*S + q)*C + c) that are contiguous in xp;
   // when no panel straddles two kernel rows r (and tiles are whole), A is read in place instead
   const bool in_place = mr == 12 && nr == 32 && (S * C) % 12 == 0 && K % 32 == 0;
+  // dx's A likewise, from dy's channel rows, for panels of 12 pixels of one image (whole tiles)
+  const bool dx_in_place = mr == 12 && nr == 32 && T % 32 == 0;
   const i64 tap_panels = (T + mr - 1) / mr;
   std::vector<PanelRun> tap_runs(size_t(tap_panels) * 16);
   std::vector<int> tap_nruns(static_cast<size_t>(tap_panels));
@@ -1064,8 +1066,13 @@ void conv2d_backward_panels(float* dx, float* dw, const float* x, const float* w
           runs[nruns++] = {n * d.image_stride + p - i, __mmask16(((1u << len) - 1) << i)};
           i += len;
         }
-        pack_patch_panel(ap, d.by_channel, runs, nruns, channel_offsets, K, mr);
-        for (i64 j0 = 0; j0 < T; j0 += nr) mk.run(K, ap, wtp.data() + j0 * K, tile + j0, Tp, m, std::min<i64>(nr, T - j0), 0);
+        if (dx_in_place && m == 12 && nruns == 1) {  // 12 pixels of one image: A read in place from dy's rows
+          for (i64 j0 = 0; j0 < T; j0 += nr)
+            microkernel_12x32_in_place(K, d.by_channel + runs[0].offset, channel_offsets, wtp.data() + j0 * K, tile + j0, Tp, false);
+        } else {
+          pack_patch_panel(ap, d.by_channel, runs, nruns, channel_offsets, K, mr);
+          for (i64 j0 = 0; j0 < T; j0 += nr) mk.run(K, ap, wtp.data() + j0 * K, tile + j0, Tp, m, std::min<i64>(nr, T - j0), 0);
+        }
         add_patch_rows(xdx, tile, Tp, offsets + l0, m, s);
       }
       for (i64 n = n0; n < n1; ++n) from_padded_nhwc_avx512(dx + n * s.C * s.H * s.W, xdx + (n - n0) * image, s);
