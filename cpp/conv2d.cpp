@@ -575,13 +575,13 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
 // weights in registers), and the window's maximum and argmax are picked in registers with
 // max_pool2d's rule: the convolution's output is never stored. Sums in the direct path's order
 // (0 + bias, then taps r, q), so the same numbers as conv2d_forward + max_pool2d_forward.
-constexpr int kPoolBlocks = 1;  // blocks of 16 windows at a time (2 and 3 measured slower: spills)
+// (One block of 16 windows at a time: two or three, for more independent sums, measured slower.)
 struct Pool2Windows {
-  i64 Hq, Wq, Q, Qp;                // windows down and across, their number, rounded up to 32
+  i64 Hq, Wq, Q, Qp;                // windows down and across, their number, rounded up to 16
   i64 Hz, Wz;                       // the zero-bordered copy of x: rows, row length
   std::vector<std::int32_t> first;  // first[i*Wq + j] = (2i)*Wo + 2j, the window's top-left pixel
   explicit Pool2Windows(const ConvShape& s)
-      : Hq(s.Ho / 2), Wq(s.Wo / 2), Q(Hq * Wq), Qp((Q + 16 * kPoolBlocks - 1) / (16 * kPoolBlocks) * (16 * kPoolBlocks)), Hz(2 * Hq + 2),
+      : Hq(s.Ho / 2), Wq(s.Wo / 2), Q(Hq * Wq), Qp((Q + 15) / 16 * 16), Hz(2 * Hq + 2),
         Wz((Wq + 15) / 16 * 32 + 16), first(static_cast<size_t>(Qp), 0) {
     for (i64 i = 0; i < Hq; ++i)
       for (i64 j = 0; j < Wq; ++j) first[size_t(i * Wq + j)] = std::int32_t(2 * i * s.Wo + 2 * j);
@@ -651,28 +651,24 @@ void conv3x3_relu_pool2_image(float* y, std::int32_t* argmax, const float* x, co
     __m512 wk[9];
     for (int t = 0; t < 9; ++t) wk[t] = _mm512_set1_ps(w[k * 9 + t]);
     const __m512 bias = _mm512_add_ps(zero, _mm512_set1_ps(b[k]));  // 0 + b, as the direct path
-    for (i64 q0 = 0; q0 < Q; q0 += 16 * kPoolBlocks) {  // blocks of 16 windows: 4 independent sums each
-      __m512 out[kPoolBlocks][4];
-      for (int h = 0; h < kPoolBlocks; ++h)
-        for (int ab = 0; ab < 4; ++ab) out[h][ab] = bias;
+    for (i64 q0 = 0; q0 < Q; q0 += 16) {  // 16 windows: 4 independent sums
+      __m512 out[4] = {bias, bias, bias, bias};
       // each plane (u, v) loaded once and used by every window pixel (a, b) with tap
       // (r, q) = (u - a, v - b) inside 3x3; for a fixed (a, b) the taps come in (r, q) order
 #pragma GCC unroll 4
       for (int u = 0; u < 4; ++u)
 #pragma GCC unroll 4
         for (int v = 0; v < 4; ++v) {
-          __m512 d[kPoolBlocks];
-          for (int h = 0; h < kPoolBlocks; ++h) d[h] = _mm512_loadu_ps(D + (u * 4 + v) * Qp + q0 + 16 * h);
+          const __m512 d = _mm512_loadu_ps(D + (u * 4 + v) * Qp + q0);
 #pragma GCC unroll 4
           for (int ab = 0; ab < 4; ++ab) {
             const int r = u - (ab >> 1), q = v - (ab & 1);
             if (r < 0 || r > 2 || q < 0 || q > 2) continue;
-            for (int h = 0; h < kPoolBlocks; ++h) out[h][ab] = _mm512_fmadd_ps(wk[r * 3 + q], d[h], out[h][ab]);
+            out[ab] = _mm512_fmadd_ps(wk[r * 3 + q], d, out[ab]);
           }
         }
-      for (int h = 0; h < kPoolBlocks && q0 + 16 * h < Q; ++h)
-        pool2_relu_16(y + k * Q + q0 + 16 * h, argmax ? argmax + k * Q + q0 + 16 * h : nullptr, out[h],
-                      _mm512_loadu_si512(win.first.data() + q0 + 16 * h), step, Q - q0 - 16 * h);
+      pool2_relu_16(y + k * Q + q0, argmax ? argmax + k * Q + q0 : nullptr, out, _mm512_loadu_si512(win.first.data() + q0),
+                    step, Q - q0);
     }
   }
 }
