@@ -41,8 +41,8 @@
 // `python bench/bench_train.py` with Python overhead removed.
 #include "gemm.hpp"
 #include "kernels.hpp"
+#include "parallel.hpp"
 
-#include <omp.h>
 
 #include <algorithm>
 #include <chrono>
@@ -571,8 +571,8 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (!o.isa.empty() && !cnnfast::set_isa(o.isa.c_str())) {
-    const cnnfast::MicroKernel* compiled[8];
-    const int n = cnnfast::compiled_microkernels(compiled, 8);
+    const cnnfast::IsaKernels* compiled[8];
+    const int n = cnnfast::compiled_isas(compiled, 8);
     std::string names;
     for (int i = 0; i < n; ++i)
       names += std::string(i ? ", " : "") + compiled[i]->name +
@@ -582,7 +582,8 @@ int main(int argc, char** argv) {
   }
   if (o.threads > 0) cnnfast::set_num_threads(o.threads);
   const int threads = cnnfast::get_num_threads();
-  const cnnfast::MicroKernel& mk = cnnfast::active_microkernel();
+  const cnnfast::IsaKernels& isa = cnnfast::active_isa();
+  const cnnfast::MicroKernel& mk = *isa.gemm;
   double load_start[3] = {0, 0, 0}, load_end[3] = {0, 0, 0};
   if (getloadavg(load_start, 3) < 0) load_start[0] = load_start[1] = load_start[2] = NAN;
   const double t_start = now();
@@ -639,7 +640,7 @@ int main(int argc, char** argv) {
 
   // ---- 3. the table
   std::printf("cnnfast bench_kernels: %s, %d logical CPUs; GEMM micro-kernel %s (%dx%d); %d threads; batch %lld\n",
-              cpu_model().c_str(), omp_get_num_procs(), mk.name, mk.mr, mk.nr, threads, (long long)N);
+              cpu_model().c_str(), omp_get_num_procs(), isa.name, mk.mr, mk.nr, threads, (long long)N);
   std::printf("compiler %s, flags %s\n", CNNFAST_COMPILER, CNNFAST_CXX_FLAGS);
   std::printf("load average %.2f at start, %.2f at end (other processes compete for the cores)\n", load_start[0],
               load_end[0]);
@@ -682,8 +683,8 @@ int main(int argc, char** argv) {
   // ---- 4. JSON
   if (!o.json.empty()) {
     std::ostringstream j;
-    const cnnfast::MicroKernel* compiled[8];
-    const int nc = cnnfast::compiled_microkernels(compiled, 8);
+    const cnnfast::IsaKernels* compiled[8];
+    const int nc = cnnfast::compiled_isas(compiled, 8);
     j << "{\n  \"benchmark\": \"cnnfast bench_kernels\",\n";
     j << "  \"machine\": {\"cpu\": " << json_str(cpu_model()) << ", \"logical_cpus\": " << omp_get_num_procs()
       << ", \"loadavg_start\": [" << json_num(load_start[0]) << ", " << json_num(load_start[1]) << ", "
@@ -691,7 +692,7 @@ int main(int argc, char** argv) {
       << json_num(load_end[1]) << ", " << json_num(load_end[2]) << "]},\n";
     j << "  \"build\": {\"compiler\": " << json_str(CNNFAST_COMPILER) << ", \"cxx_flags\": "
       << json_str(CNNFAST_CXX_FLAGS) << ", \"build_type\": " << json_str(CNNFAST_BUILD_TYPE) << "},\n";
-    j << "  \"isa\": " << json_str(mk.name) << ", \"gemm_tile\": [" << mk.mr << ", " << mk.nr << "],\n";
+    j << "  \"isa\": " << json_str(isa.name) << ", \"gemm_tile\": [" << mk.mr << ", " << mk.nr << "],\n";
     j << "  \"isa_compiled\": [";
     for (int i = 0; i < nc; ++i) j << (i ? ", " : "") << json_str(compiled[i]->name);
     j << "], \"isa_supported\": [";

@@ -12,13 +12,13 @@
 #include <limits>
 #include <string>
 #include <vector>
-#include <omp.h>
 #if defined(__GLIBC__)
 #include <malloc.h>
 #endif
 
 #include "gemm.hpp"
 #include "kernels.hpp"
+#include "parallel.hpp"
 
 namespace py = pybind11;
 using namespace cnnfast;
@@ -493,21 +493,44 @@ py::array_t<float> matmul(py::handle a_, py::handle b_, bool trans_a, bool trans
 
 // ---------------------------------------------------------------- build information
 py::dict build_info() {
-  const MicroKernel* compiled[8];
-  const int n = compiled_microkernels(compiled, 8);
+  const IsaKernels* compiled[8];
+  const int n = compiled_isas(compiled, 8);
   py::list isa_compiled, isa_supported;
   for (int i = 0; i < n; ++i) {
     isa_compiled.append(compiled[i]->name);
     if (cpu_supports_isa(compiled[i]->name)) isa_supported.append(compiled[i]->name);
   }
-  const MicroKernel& mk = active_microkernel();
+  const IsaKernels& isa = active_isa();
+  // Per operation, the implementation in use with this instruction set: "<isa>" for the ISA's
+  // own kernel, "portable" for plain C++ compiled once; conv2d's paths in the order tried.
+  const std::string own = isa.name;
+  py::dict kernels;
+  kernels["gemm"] = own + " " + std::to_string(isa.gemm->mr) + "x" + std::to_string(isa.gemm->nr);
+  const char* paths[8];
+  const int np = conv2d_paths(paths, 8);
+  py::list conv2d;
+  for (int i = 0; i < np; ++i) conv2d.append(paths[i]);
+  kernels["conv2d"] = conv2d;
+  kernels["conv2d_direct"] = own;
+  kernels["max_pool2d"] = isa.pool2_plane ? own + " (2x2), portable (other windows)" : std::string("portable");
+  kernels["linear"] = own + " (narrow layers), gemm";
+  kernels["dropout"] = own;
+  kernels["relu"] = std::string("portable");
+  kernels["cross_entropy"] = std::string("portable");
+  kernels["optim"] = std::string("portable");
   py::dict d;
-  d["isa"] = mk.name;
+  d["isa"] = isa.name;
   d["isa_compiled"] = isa_compiled;
   d["isa_supported"] = isa_supported;
-  d["gemm_tile"] = py::make_tuple(mk.mr, mk.nr);
+  d["kernels"] = kernels;
+  d["gemm_tile"] = py::make_tuple(isa.gemm->mr, isa.gemm->nr);
+#if defined(_OPENMP)
   d["openmp"] = true;
   d["openmp_version"] = _OPENMP;
+#else
+  d["openmp"] = false;
+  d["openmp_version"] = py::none();
+#endif
   d["num_threads"] = get_num_threads();
   d["max_threads"] = omp_get_num_procs();
   d["compiler"] = CNNFAST_COMPILER;
@@ -559,8 +582,8 @@ PYBIND11_MODULE(_core, m) {
   m.def("get_num_threads", &cnnfast::get_num_threads);
   m.def("set_isa", [](const std::string& name) {
     if (!cnnfast::set_isa(name.c_str())) {
-      const MicroKernel* compiled[8];
-      const int n = compiled_microkernels(compiled, 8);
+      const IsaKernels* compiled[8];
+      const int n = compiled_isas(compiled, 8);
       std::string available;
       for (int i = 0; i < n; ++i)
         if (cpu_supports_isa(compiled[i]->name)) available += std::string(available.empty() ? "" : ", ") + compiled[i]->name;
@@ -568,4 +591,14 @@ PYBIND11_MODULE(_core, m) {
     }
   }, "name"_a);
   m.def("build_info", &build_info);
+  m.def("conv2d_path", [](py::tuple x_shape, py::tuple w_shape, i64 padding, i64 pool, bool backward, bool input_grad) {
+    expect(x_shape.size() == 4 && w_shape.size() == 4, "x_shape and w_shape must be 4-tuples (N, C, H, W), (K, C, R, S)");
+    const i64 N = x_shape[0].cast<i64>(), C = x_shape[1].cast<i64>(), H = x_shape[2].cast<i64>(), W = x_shape[3].cast<i64>();
+    const i64 K = w_shape[0].cast<i64>(), R = w_shape[2].cast<i64>(), S = w_shape[3].cast<i64>();
+    expect(w_shape[1].cast<i64>() == C, "w_shape's C differs from x_shape's");
+    expect(N >= 0 && C >= 0 && K >= 0 && R >= 1 && S >= 1 && padding >= 0 && pool >= 0, "negative or empty sizes");
+    expect(H + 2 * padding >= R && W + 2 * padding >= S, "the kernel is larger than the padded image");
+    return std::string(conv2d_path(N, C, H, W, K, R, S, padding, pool, backward, input_grad));
+  }, "x_shape"_a, "w_shape"_a, "padding"_a = 0, "pool"_a = 0, "backward"_a = false, "input_grad"_a = true,
+  "Which of conv2d's paths (cpp/conv2d.cpp's list) runs for this layer with the instruction set in use");
 }

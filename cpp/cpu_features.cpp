@@ -1,43 +1,49 @@
-// Which instruction set this CPU has, which micro-kernel is in use, and how many threads.
-// The micro-kernel is chosen once at load (the best the CPU supports); CNNFAST_ISA, read by
-// the Python package at import, or set_isa() may force a lower one.
-#include "gemm.hpp"
-
+// Which instruction sets this CPU runs, which kernel table is in use, and how many threads.
+// The table is chosen once at load (the best the CPU supports); CNNFAST_ISA, read by the Python
+// package at import, or set_isa() may force a lower one.
 #include <atomic>
 #include <cstring>
-#include <omp.h>
+
+#include "isa.hpp"
+#include "parallel.hpp"
 
 namespace cnnfast {
 
-extern const MicroKernel microkernel_baseline;
+// isa_table.cpp, compiled once per instruction set
+namespace baseline { extern const IsaKernels table; }
 #ifdef CNNFAST_HAVE_AVX2
-extern const MicroKernel microkernel_avx2;
+namespace avx2 { extern const IsaKernels table; }
 #endif
 #ifdef CNNFAST_HAVE_AVX512
-extern const MicroKernel microkernel_avx512;
+namespace avx512 { extern const IsaKernels table; }
+#endif
+#ifdef CNNFAST_HAVE_NEON
+namespace neon { extern const IsaKernels table; }
 #endif
 
 namespace {
 
-const MicroKernel* const kCompiled[] = {
-    &microkernel_baseline,
+const IsaKernels* const kCompiled[] = {
+    &baseline::table,
 #ifdef CNNFAST_HAVE_AVX2
-    &microkernel_avx2,
+    &avx2::table,
 #endif
 #ifdef CNNFAST_HAVE_AVX512
-    &microkernel_avx512,
+    &avx512::table,
+#endif
+#ifdef CNNFAST_HAVE_NEON
+    &neon::table,
 #endif
 };
-constexpr int kNumCompiled = sizeof(kCompiled) / sizeof(kCompiled[0]);
 
-const MicroKernel* best_supported() {
-  const MicroKernel* best = kCompiled[0];
-  for (const MicroKernel* mk : kCompiled)
-    if (cpu_supports_isa(mk->name)) best = mk;
+const IsaKernels* best_supported() {
+  const IsaKernels* best = kCompiled[0];
+  for (const IsaKernels* t : kCompiled)
+    if (cpu_supports_isa(t->name)) best = t;
   return best;
 }
 
-std::atomic<const MicroKernel*> g_kernel{nullptr};
+std::atomic<const IsaKernels*> g_table{nullptr};
 std::atomic<int> g_threads{0};
 
 }  // namespace
@@ -53,32 +59,35 @@ bool cpu_supports_isa(const char* name) {
            __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw") &&
            __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #endif
+#if defined(__aarch64__)
+  if (std::strcmp(name, "neon") == 0) return true;  // Advanced SIMD (with FMA) is part of ARMv8-A
+#endif
   return false;
 }
 
-const MicroKernel& active_microkernel() {
-  const MicroKernel* mk = g_kernel.load(std::memory_order_acquire);
-  if (!mk) {
-    mk = best_supported();
-    g_kernel.store(mk, std::memory_order_release);
+const IsaKernels& active_isa() {
+  const IsaKernels* t = g_table.load(std::memory_order_acquire);
+  if (!t) {
+    t = best_supported();
+    g_table.store(t, std::memory_order_release);
   }
-  return *mk;
+  return *t;
 }
 
 bool set_isa(const char* name) {
-  for (const MicroKernel* mk : kCompiled)
-    if (std::strcmp(mk->name, name) == 0) {
+  for (const IsaKernels* t : kCompiled)
+    if (std::strcmp(t->name, name) == 0) {
       if (!cpu_supports_isa(name)) return false;
-      g_kernel.store(mk, std::memory_order_release);
+      g_table.store(t, std::memory_order_release);
       return true;
     }
   return false;
 }
 
-int compiled_microkernels(const MicroKernel** out, int max) {
+int compiled_isas(const IsaKernels** out, int max) {
   int n = 0;
-  for (const MicroKernel* mk : kCompiled)
-    if (n < max) out[n++] = mk;
+  for (const IsaKernels* t : kCompiled)
+    if (n < max) out[n++] = t;
   return n;
 }
 
@@ -86,10 +95,13 @@ void set_num_threads(int n) { g_threads.store(n > 0 ? n : 1); }
 
 int get_num_threads() {
   int n = g_threads.load();
-  if (n <= 0) {  // first use: OpenMP's default (honours OMP_NUM_THREADS)
+  if (n <= 0) {  // first use: OpenMP's default (honours OMP_NUM_THREADS); 1 without OpenMP
     n = omp_get_max_threads();
     g_threads.store(n);
   }
+#if !defined(_OPENMP)
+  n = 1;  // (set_num_threads may have asked for more: there is one thread to give)
+#endif
   return n;
 }
 

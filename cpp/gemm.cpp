@@ -9,13 +9,13 @@
 #include <algorithm>
 #include <cstring>
 #include <vector>
-#include <omp.h>
+#include "parallel.hpp"
 
 namespace cnnfast {
 namespace {
 
 constexpr i64 KC = 256;   // depth of one packed block
-constexpr i64 MC = 96;    // rows of A per packed block (a multiple of every MR: 6 and 8)
+constexpr i64 MC = 96;    // rows of A per packed block (a multiple of every MR: 6, 8 and 12)
 constexpr i64 NC = 1024;  // columns of B per packed block
 
 inline float a_at(bool t, const float* A, i64 lda, i64 i, i64 k) { return t ? A[k * lda + i] : A[i * lda + k]; }

@@ -7,18 +7,9 @@
 // A stored [K, M] (lda >= M); likewise B. Single-threaded: callers split the work (so that
 // each C element is reduced by one thread, in one order, whatever the thread count).
 #pragma once
-#include "kernels.hpp"
+#include "isa.hpp"  // MicroKernel, active_microkernel()
 
 namespace cnnfast {
-
-// The per-ISA register-tiled micro-kernel (gemm_microkernel.cpp, compiled once per ISA):
-// c[0:m, 0:n] (+)= sum_k a[k*mr + i] * b[k*nr + j] over packed panels of kc steps.
-struct MicroKernel {
-  const char* name;   // "baseline", "avx2", "avx512"
-  int mr, nr;         // register tile: mr rows by nr columns
-  void (*run)(long kc, const float* a, const float* b, float* c, long ldc, long m, long n,
-              int accumulate);
-};
 
 void sgemm(bool trans_a, bool trans_b, i64 M, i64 N, i64 K, const float* A, i64 lda,
            const float* B, i64 ldb, float* C, i64 ldc, bool accumulate);
@@ -33,11 +24,5 @@ i64 depth_block(i64 K);
 // Three plain loops: the specification the fast path is tested against.
 void sgemm_naive(bool trans_a, bool trans_b, i64 M, i64 N, i64 K, const float* A, i64 lda,
                  const float* B, i64 ldb, float* C, i64 ldc, bool accumulate);
-
-// Instruction-set dispatch (cpu_features.cpp).
-const MicroKernel& active_microkernel();
-bool set_isa(const char* name);            // false if unknown, not compiled or not supported
-int compiled_microkernels(const MicroKernel** out, int max);  // in order baseline, avx2, avx512
-bool cpu_supports_isa(const char* name);
 
 }  // namespace cnnfast

@@ -1,23 +1,19 @@
-// The GEMM micro-kernel, compiled once per instruction set (see CMakeLists.txt):
-//   baseline: 16-byte vectors (SSE2), avx2: 32-byte (AVX2+FMA), avx512: 64-byte (AVX-512F).
-// CNNFAST_ISA names the build, CNNFAST_VEC_BYTES the vector width, CNNFAST_MR the tile height.
+// The GEMM micro-kernel in portable vector code, compiled once per x86-64 instruction set
+// (see CMakeLists.txt): baseline: 16-byte vectors (SSE2) 6 x 8, avx2: 32-byte (AVX2 + FMA,
+// 16 ymm registers) 6 x 16, avx512: 64-byte (32 zmm registers) 12 x 32. CNNFAST_VEC_BYTES
+// names the vector width, CNNFAST_MR the tile height. (AArch64: gemm_microkernel_neon.cpp.)
 //
 // Blocking: a tile of MR rows x NR = 2 vectors of columns of C lives in 2*MR vector registers
 // for the whole k loop; each step loads two vectors of packed B, broadcasts MR values of packed
 // A, and issues 2*MR fused multiply-adds. Packing (gemm.cpp) makes both loads contiguous and
 // pads edge tiles with zeros, so every tile runs the same instructions: an element's sum does
 // not depend on where its tile falls, which keeps results independent of the thread split.
-//
-// Only this TU is compiled with -mavx2/-mavx512f. It includes nothing that defines inline
-// functions, so no AVX instruction can leak into code that runs on older CPUs.
-#include "gemm.hpp"
+#include "isa.hpp"
+#include "isa_target.hpp"
 
-#define CNNFAST_CAT2(a, b) a##b
-#define CNNFAST_CAT(a, b) CNNFAST_CAT2(a, b)
-#define CNNFAST_STR2(a) #a
-#define CNNFAST_STR(a) CNNFAST_STR2(a)
-
+CNNFAST_TARGET_BEGIN
 namespace cnnfast {
+namespace CNNFAST_ISA {
 namespace {
 
 constexpr int VLEN = CNNFAST_VEC_BYTES / 4;
@@ -28,8 +24,7 @@ typedef float vfloat __attribute__((vector_size(CNNFAST_VEC_BYTES)));
 inline vfloat load(const float* p) { vfloat v; __builtin_memcpy(&v, p, sizeof v); return v; }
 inline void store(float* p, vfloat v) { __builtin_memcpy(p, &v, sizeof v); }
 
-void run(long kc, const float* a, const float* b, float* c, long ldc, long m, long n,
-         int accumulate) {
+void run(long kc, const float* a, const float* b, float* c, long ldc, long m, long n, int accumulate) {
   vfloat acc0[MR], acc1[MR];
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i) { acc0[i] = vfloat{}; acc1[i] = vfloat{}; }
@@ -62,7 +57,8 @@ void run(long kc, const float* a, const float* b, float* c, long ldc, long m, lo
 
 }  // namespace
 
-extern const MicroKernel CNNFAST_CAT(microkernel_, CNNFAST_ISA) = {
-    CNNFAST_STR(CNNFAST_ISA), MR, NR, &run};
+extern const MicroKernel gemm_microkernel = {MR, NR, &run};
 
+}  // namespace CNNFAST_ISA
 }  // namespace cnnfast
+CNNFAST_TARGET_END

@@ -33,9 +33,19 @@ void conv2d_forward(float* y, const float* x, const float* w, const float* b,
 // db: [K]. dx may be null (not computed: a network's first layer needs no input gradient).
 void conv2d_backward(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,
                      i64 N, i64 C, i64 H, i64 W, i64 K, i64 R, i64 S, i64 pad);
-// The readable specification: seven nested loops, used by the tests as a second reference.
+// The readable specification (conv2d_ref.cpp): seven nested loops each way, used by the tests as a
+// second reference and the last path of conv2d's list.
 void conv2d_forward_naive(float* y, const float* x, const float* w, const float* b,
                           i64 N, i64 C, i64 H, i64 W, i64 K, i64 R, i64 S, i64 pad);
+void conv2d_backward_naive(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,
+                           i64 N, i64 C, i64 H, i64 W, i64 K, i64 R, i64 S, i64 pad);
+// Which of conv2d's paths (conv2d.cpp's list) runs for this layer with the instruction set in use;
+// pool_k > 0: the fused conv2d_relu_max_pool2d kernels; backward: that entry point's first choice
+// (a path that declines at run time, on an argmax outside its window, hands over to the next).
+const char* conv2d_path(i64 N, i64 C, i64 H, i64 W, i64 K, i64 R, i64 S, i64 pad, i64 pool_k, bool backward,
+                        bool input_grad);
+// The paths the instruction set in use offers, in the list's order (names[0..returned))
+int conv2d_paths(const char** names, int max);
 
 // ---- relu.cpp: any shape, n elements ----
 // y = max(x, 0) (NaN propagates)

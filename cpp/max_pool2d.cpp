@@ -1,15 +1,9 @@
 // max_pool2d: window k x k, stride k (non-overlapping), rows/columns past the last whole
 // window are dropped (floor), as in PyTorch's MaxPool2d(k).
-#include "gemm.hpp"  // active_microkernel(): which instruction set is in use
-
 #include <algorithm>
-#include <cstring>
-#include <omp.h>
-#ifdef CNNFAST_HAVE_AVX512
-#include <immintrin.h>
 
-#include "pool_rule_avx512.hpp"
-#endif
+#include "isa.hpp"
+#include "parallel.hpp"
 
 namespace cnnfast {
 namespace {
@@ -45,84 +39,6 @@ inline void pool2_four(float* y, std::int32_t* argmax, const float* r0, const fl
   __builtin_memcpy(argmax, &index, sizeof index);
 }
 
-#ifdef CNNFAST_HAVE_AVX512
-// One plane of 2x2 windows, 16 windows per step with AVX-512 (a row's tail by masks, so a
-// 13-window row is one step): rows r0 and r1 are deinterleaved into each window's four
-// candidates (even and odd columns), and the same rule as pool2_four, as mask registers.
-__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl")))
-void pool2_plane_avx512(float* yp, std::int32_t* ap, const float* xp, i64 Ho, i64 Wo, std::int32_t W,
-                        bool relu) {
-  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
-  const __m512i offsets[4] = {_mm512_setzero_si512(), _mm512_set1_epi32(1), _mm512_set1_epi32(W), _mm512_set1_epi32(W + 1)};
-  for (i64 oh = 0; oh < Ho; ++oh) {
-    const float* r0 = xp + 2 * oh * W;
-    const float* r1 = r0 + W;
-    const std::int32_t row_start = std::int32_t(2 * oh * W);
-    float* y = yp + oh * Wo;
-    std::int32_t* argmax = ap + oh * Wo;
-    for (i64 ow = 0; ow < Wo; ow += 16) {
-      const i64 n = Wo - ow < 16 ? Wo - ow : 16;  // windows in this step
-      const __mmask16 out_mask = __mmask16((1u << n) - 1);
-      // 2n input columns: the first 16 in lo, the rest in hi
-      const __mmask16 lo_mask = __mmask16(n >= 8 ? 0xFFFF : (1u << (2 * n)) - 1);
-      const __mmask16 hi_mask = __mmask16(n > 8 ? (1u << (2 * n - 16)) - 1 : 0);
-      const float *a = r0 + 2 * ow, *b = r1 + 2 * ow;
-      const __m512 top_lo = _mm512_maskz_loadu_ps(lo_mask, a), top_hi = _mm512_maskz_loadu_ps(hi_mask, a + 16);
-      const __m512 bot_lo = _mm512_maskz_loadu_ps(lo_mask, b), bot_hi = _mm512_maskz_loadu_ps(hi_mask, b + 16);
-      const __m512 candidates[4] = {_mm512_permutex2var_ps(top_lo, even, top_hi), _mm512_permutex2var_ps(top_lo, odd, top_hi),
-                                    _mm512_permutex2var_ps(bot_lo, even, bot_hi), _mm512_permutex2var_ps(bot_lo, odd, bot_hi)};
-      const __m512i first = _mm512_add_epi32(_mm512_set1_epi32(row_start + std::int32_t(2 * ow)), even);
-      __m512 best;
-      __m512i index;
-      pool_first_max_avx512(&best, &index, candidates, 4, first, offsets);
-      if (relu) pool_relu_avx512(&best, &index);
-      _mm512_mask_storeu_ps(y + ow, out_mask, best);
-      _mm512_mask_storeu_epi32(argmax + ow, out_mask, index);
-    }
-  }
-}
-
-// One plane of max_pool2d's backward for 2x2 windows, written densely (no zero fill, no
-// scatter): each output row's elements are dy of their window where they are its argmax, else
-// 0, 32 elements per step (16 windows' dy and argmax, each repeated for its two columns, against
-// the elements' own indices). Rows and columns past the last window are zeroed. Returns false if
-// some open window's argmax is not inside its window (argmax made by hand): the caller then
-// scatters instead, which routes it wherever it points.
-__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl")))
-bool pool2_backward_plane_avx512(float* dxp, const std::int32_t* ap, const float* dyp, i64 H, i64 W, i64 Ho,
-                                 i64 Wo) {
-  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  const __m512i repeat = _mm512_srli_epi32(lane, 1);  // element j of a half is window j / 2 of it
-  const __m512i minus_one = _mm512_set1_epi32(-1);
-  i64 matched = 0, open = 0;
-  for (i64 oh = 0; oh < Ho; ++oh)
-    for (i64 r = 0; r < 2; ++r) {
-      float* row = dxp + (2 * oh + r) * W;
-      for (i64 ow = 0; ow < Wo; ow += 16) {
-        const i64 n = Wo - ow < 16 ? Wo - ow : 16;
-        const __mmask16 windows = __mmask16((1u << n) - 1);
-        const __m512i a = _mm512_mask_loadu_epi32(minus_one, windows, ap + oh * Wo + ow);
-        const __m512 d = _mm512_maskz_loadu_ps(windows, dyp + oh * Wo + ow);
-        if (r == 0) open += __builtin_popcount(unsigned(_mm512_cmpge_epi32_mask(a, _mm512_setzero_si512())));
-        for (i64 half = 0; half < 2 && 16 * half < 2 * n; ++half) {
-          const i64 count = 2 * n - 16 * half < 16 ? 2 * n - 16 * half : 16;  // elements in this half
-          const __mmask16 valid = __mmask16((1u << count) - 1);
-          const __m512i which = _mm512_add_epi32(repeat, _mm512_set1_epi32(std::int32_t(8 * half)));
-          const __m512i index = _mm512_add_epi32(lane, _mm512_set1_epi32(std::int32_t((2 * oh + r) * W + 2 * ow + 16 * half)));
-          const __mmask16 hit = _mm512_mask_cmpeq_epi32_mask(valid, _mm512_permutexvar_epi32(which, a), index);
-          matched += __builtin_popcount(unsigned(hit));
-          _mm512_mask_storeu_ps(row + 2 * ow + 16 * half, valid,
-                                _mm512_maskz_mov_ps(hit, _mm512_permutexvar_ps(which, d)));
-        }
-      }
-      for (i64 w = 2 * Wo; w < W; ++w) row[w] = 0.0f;
-    }
-  for (i64 i = 2 * Ho * W; i < H * W; ++i) dxp[i] = 0.0f;
-  return matched == open;
-}
-#endif
-
 }  // namespace
 
 // x: [N, C, H, W] -> y: [N, C, H/k, W/k], argmax: [N, C, H/k, W/k]
@@ -134,20 +50,18 @@ bool pool2_backward_plane_avx512(float* dxp, const std::int32_t* ap, const float
 void max_pool2d_planes(float* y, std::int32_t* argmax, const float* x, i64 planes, i64 H, i64 W, i64 k,
                        bool relu) {
   const i64 Ho = H / k, Wo = W / k;
-#ifdef CNNFAST_HAVE_AVX512
-  // AVX-512 rows where it is the instruction set in use and indices fit the vector arithmetic
-  const bool wide = k == 2 && std::strcmp(active_microkernel().name, "avx512") == 0 && H * W < (i64(1) << 30);
-#endif
+  // 2x2 windows through the instruction set's own rows where it has them (max_pool2d_avx512.cpp)
+  // and indices fit the vector arithmetic
+  const auto pool2_plane = active_isa().pool2_plane;
+  const bool wide = k == 2 && pool2_plane && H * W < (i64(1) << 30);
   for (i64 plane = 0; plane < planes; ++plane) {
     const float* xp = x + plane * H * W;
     float* yp = y + plane * Ho * Wo;
     std::int32_t* ap = argmax + plane * Ho * Wo;
-#ifdef CNNFAST_HAVE_AVX512
     if (wide) {
-      pool2_plane_avx512(yp, ap, xp, Ho, Wo, std::int32_t(W), relu);
+      pool2_plane(yp, ap, xp, Ho, Wo, std::int32_t(W), relu);
       continue;
     }
-#endif
     if (k == 2) {  // the common case, unrolled and branch-free: the same rule (first max, NaN wins)
       for (i64 oh = 0; oh < Ho; ++oh) {
         const float* r0 = xp + 2 * oh * W;
@@ -201,19 +115,16 @@ void max_pool2d_forward(float* y, std::int32_t* argmax, const float* x,
 // (argmax -1: a window closed by the fused ReLU, which passes nothing)
 void max_pool2d_backward_planes(float* dx, const std::int32_t* argmax, const float* dy, i64 planes,
                                 i64 H, i64 W, i64 Ho, i64 Wo) {
-#ifdef CNNFAST_HAVE_AVX512
-  // 2x2 windows (as far as the shapes tell; the plane function checks every argmax) on AVX-512,
-  // in rows of at least 8 windows (pool1's 13: 0.34 -> 0.23 ms at batch 128); on shorter rows
-  // (pool2's 5) the fill and scatter of a small plane are faster (0.06 vs 0.20 ms)
-  const bool wide = Ho == H / 2 && Wo == W / 2 && Wo >= 8 && std::strcmp(active_microkernel().name, "avx512") == 0 &&
-                    H * W < (i64(1) << 30);
-#endif
+  // 2x2 windows (as far as the shapes tell; the plane function checks every argmax) through the
+  // instruction set's dense rows where it has them (AVX-512), in rows of at least 8 windows (pool1's
+  // 13: 0.34 -> 0.23 ms at batch 128); on shorter rows (pool2's 5) the fill and scatter of a small
+  // plane are faster (0.06 vs 0.20 ms)
+  const auto pool2_backward_plane = active_isa().pool2_backward_plane;
+  const bool wide = Ho == H / 2 && Wo == W / 2 && Wo >= 8 && pool2_backward_plane && H * W < (i64(1) << 30);
   for (i64 plane = 0; plane < planes; ++plane) {
     float* dxp = dx + plane * H * W;
-#ifdef CNNFAST_HAVE_AVX512
-    if (wide && pool2_backward_plane_avx512(dxp, argmax + plane * Ho * Wo, dy + plane * Ho * Wo, H, W, Ho, Wo))
+    if (wide && pool2_backward_plane(dxp, argmax + plane * Ho * Wo, dy + plane * Ho * Wo, H, W, Ho, Wo))
       continue;
-#endif
     std::fill(dxp, dxp + H * W, 0.0f);
     const float* dyp = dy + plane * Ho * Wo;
     const std::int32_t* ap = argmax + plane * Ho * Wo;
@@ -242,22 +153,6 @@ void max_pool2d_backward(float* dx, const std::int32_t* argmax, const float* dy,
   }
 }
 
-namespace {
-
-// low = min(low, a[0:n]), high = max(high, a[0:n]), compiled per instruction set (SSE2 has no
-// packed 32-bit min/max)
-__attribute__((target_clones("avx512f", "avx2", "default")))
-void int32_range_block(const std::int32_t* a, i64 n, std::int32_t* low, std::int32_t* high) {
-  std::int32_t lo = *low, hi = *high;
-  for (i64 i = 0; i < n; ++i) {
-    lo = a[i] < lo ? a[i] : lo;
-    hi = a[i] > hi ? a[i] : hi;
-  }
-  *low = lo, *high = hi;
-}
-
-}  // namespace
-
 // The smallest and largest of a[0:n] (-1 and -1 for n = 0): the bindings' check of argmax
 // values, in blocks of 64K values over the threads (conv1's 2.8 MB argmax took 0.1 ms on one
 // thread, which the other thread of a training step spent waiting)
@@ -265,6 +160,7 @@ void int32_range(const std::int32_t* a, i64 n, std::int32_t* lo, std::int32_t* h
   const i64 block = i64(1) << 16, blocks = (n + block - 1) / block;
   const int nt = std::max(1, std::min<int>(threads_for(double(n) / 4.0), int(std::max<i64>(blocks, 1))));
   std::int32_t low = -1, high = -1;
+  const auto int32_range_block = active_isa().int32_range_block;  // int32_range.cpp, per ISA
 #pragma omp parallel for num_threads(nt) schedule(static) reduction(min : low) reduction(max : high)
   for (i64 b = 0; b < blocks; ++b) int32_range_block(a + b * block, std::min(block, n - b * block), &low, &high);
   *lo = low;

@@ -1,8 +1,8 @@
-// max_pool2d's rule for 16 windows at once on AVX-512, shared by max_pool2d.cpp and the fused
-// conv kernels in conv2d.cpp: over a window's candidates in window order (row by row), the
-// first maximum wins and a NaN wins (so NaN propagates, as in PyTorch); with the fused ReLU a
-// window whose maximum is not > 0 gives 0 and argmax -1. Include only under
-// CNNFAST_HAVE_AVX512; the functions carry their own target attribute.
+// max_pool2d's rule for 16 windows at once on AVX-512, shared by max_pool2d_avx512.cpp and
+// conv3x3_pool2_avx512.cpp: over a window's candidates in window order (row by row), the first
+// maximum wins and a NaN wins (so NaN propagates, as in PyTorch); with the fused ReLU a window
+// whose maximum is not > 0 gives 0 and argmax -1. Only AVX-512 files include it; the functions
+// carry their own target attribute.
 #pragma once
 #include <immintrin.h>
 

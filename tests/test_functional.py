@@ -340,7 +340,7 @@ def test_results_identical_with_one_and_two_threads(isa, threads):
     assert cnnfast.get_num_threads() == 1
     one = run()
     cnnfast.set_num_threads(2)
-    assert cnnfast.get_num_threads() == 2
+    assert cnnfast.get_num_threads() == (2 if cnnfast.build_info()["openmp"] else 1)
     two = run()
     for a, b_ in zip(one, two):
         assert a.tobytes() == b_.tobytes()
@@ -353,8 +353,62 @@ def test_build_info_reports_what_a_bug_report_needs():
     assert info["isa"] in info["isa_supported"]
     assert set(info["isa_supported"]) <= set(info["isa_compiled"])
     assert info["isa_compiled"][0] == "baseline"
-    assert info["openmp"] is True
+    assert isinstance(info["openmp"], bool)
     assert info["num_threads"] == cnnfast.get_num_threads()
+    assert info["kernels"]["gemm"].startswith(info["isa"] + " ")
+    assert info["kernels"]["conv2d"][-1] == "reference"
+
+
+def test_every_kernel_follows_the_forced_isa(isa):
+    """The whole table switches with the instruction set, not only the GEMM micro-kernel."""
+    info = cnnfast.build_info()
+    assert info["isa"] == isa
+    kernels = info["kernels"]
+    assert kernels["gemm"].startswith(isa + " ") and tuple(info["gemm_tile"]) == tuple(
+        int(v) for v in kernels["gemm"].split()[1].split("x"))
+    assert kernels["conv2d_direct"] == isa and kernels["dropout"] == isa
+    assert kernels["linear"].startswith(isa + " ")
+    own = ["conv3x3_pool2_avx512", "panels_avx512"] if isa == "avx512" else []
+    assert kernels["conv2d"] == own + ["direct", "rows_gemm", "reference"]
+    assert kernels["max_pool2d"].startswith("avx512") == (isa == "avx512")
+
+
+@pytest.mark.parametrize("x_shape, w_shape, padding, pool, backward, input_grad, paths", [
+    # conv1 of the default model, fused with ReLU and pool: in registers on AVX-512 (no dx), else direct
+    ((128, 1, 28, 28), (32, 1, 3, 3), 0, 2, False, False, {"avx512": "conv3x3_pool2_avx512"}),
+    ((128, 1, 28, 28), (32, 1, 3, 3), 0, 2, True, False, {"avx512": "conv3x3_pool2_avx512"}),
+    ((128, 1, 28, 28), (32, 1, 3, 3), 0, 2, True, True, {}),
+    ((128, 1, 28, 28), (32, 1, 3, 3), 0, 0, False, False, {}),
+    # conv2: 288 taps, panels on AVX-512, patch rows elsewhere
+    ((128, 32, 13, 13), (64, 32, 3, 3), 0, 2, True, True, {}),
+    ((4, 3, 32, 32), (16, 3, 5, 5), 2, 0, False, False, {}),  # 75 taps: a CIFAR/LeNet-like layer
+    ((4, 3, 32, 32), (16, 3, 3, 3), 1, 0, True, True, {}),    # 27 taps: direct
+    ((0, 3, 8, 8), (4, 3, 3, 3), 0, 0, False, False, {None: "reference"}),  # no images
+    ((2, 0, 8, 8), (4, 0, 3, 3), 0, 0, True, True, {None: "reference"}),    # no input channels
+])
+def test_conv2d_takes_the_first_path_of_its_list_that_accepts_the_layer(isa, x_shape, w_shape, padding, pool,
+                                                                        backward, input_grad, paths):
+    taps = w_shape[1] * w_shape[2] * w_shape[3]
+    long = "panels_avx512" if isa == "avx512" else "rows_gemm"
+    default = "direct" if 0 < taps <= 32 else long if taps > 32 else "reference"
+    want = paths.get(isa, paths.get(None, default))
+    assert _core.conv2d_path(x_shape, w_shape, padding, pool, backward, input_grad) == want
+
+
+def test_set_num_threads_without_openmp_warns_once(monkeypatch):
+    if cnnfast.build_info()["openmp"]:
+        pytest.skip("this build has OpenMP (CI also builds and tests one without it)")
+    monkeypatch.setattr(cnnfast, "_warned_no_openmp", False)
+    before = cnnfast.get_num_threads()
+    with pytest.warns(RuntimeWarning, match="built without OpenMP"):
+        cnnfast.set_num_threads(2)
+    assert cnnfast.get_num_threads() == 1
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cnnfast.set_num_threads(2)  # (once: no second warning)
+        cnnfast.set_num_threads(1)  # (one thread asked for: nothing to say)
+    cnnfast.set_num_threads(before)
 
 
 def test_isa_can_be_forced_lower_and_unknown_is_rejected():

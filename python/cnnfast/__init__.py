@@ -12,9 +12,24 @@ from . import _core
 __version__ = "0.1.0"
 
 
+_warned_no_openmp = False
+
+
 def set_num_threads(n: int) -> None:
-    """Use `n` OpenMP threads (n >= 1) in every kernel from now on."""
+    """Use `n` OpenMP threads (n >= 1) in every kernel from now on.
+
+    A build without OpenMP (a compiler without it, such as Apple's clang without libomp) runs
+    on one thread whatever `n` is, and says so once."""
+    global _warned_no_openmp
     _core.set_num_threads(int(n))
+    if int(n) > 1 and not _core.build_info()["openmp"] and not _warned_no_openmp:
+        _warned_no_openmp = True
+        _warnings.warn(
+            f"cnnfast was built without OpenMP: set_num_threads({int(n)}) runs on 1 thread "
+            "(on macOS: brew install libomp, then reinstall cnnfast)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
 
 
 def get_num_threads() -> int:
@@ -23,14 +38,17 @@ def get_num_threads() -> int:
 
 
 def build_info() -> dict:
-    """What a bug report needs: instruction set in use and compiled in, OpenMP, threads, compiler, flags."""
+    """What a bug report needs: the instruction set in use, compiled in and supported by this CPU;
+    per operation, the implementation in use ("kernels"; conv2d: its paths in the order tried);
+    OpenMP, threads, compiler, flags."""
     info = dict(_core.build_info())
     info["version"] = __version__
     return info
 
 
 def _apply_isa_override() -> None:
-    # CNNFAST_ISA=baseline|avx2|avx512 forces a (lower) instruction set for the GEMM micro-kernel.
+    # CNNFAST_ISA=baseline|avx2|avx512 (x86-64) or baseline|neon (AArch64) forces every kernel to
+    # that instruction set's table (cpp/isa.hpp), for testing or measuring a narrower CPU.
     name = _os.environ.get("CNNFAST_ISA", "").strip().lower()
     if not name:
         return

@@ -1,0 +1,140 @@
+// conv2d's shared pieces (conv2d_common.hpp): layout changes, sums, the bias gradient, the fused
+// backward's d(conv). Portable C++, compiled once.
+#include "conv2d_common.hpp"
+
+#include <cstring>
+
+#include "parallel.hpp"
+
+namespace cnnfast {
+
+void to_padded_nhwc(float* xp, const float* x, const ConvShape& s) {
+  std::fill(xp, xp + s.Hp * s.Wp * s.C, 0.0f);
+  for (i64 c = 0; c < s.C; ++c)
+    for (i64 h = 0; h < s.H; ++h) {
+      const float* src = x + (c * s.H + h) * s.W;
+      float* dst = xp + ((h + s.pad) * s.Wp + s.pad) * s.C + c;
+      for (i64 w = 0; w < s.W; ++w) dst[w * s.C] = src[w];
+    }
+}
+
+void from_padded_nhwc(float* dx, const float* xp, const ConvShape& s) {
+  for (i64 c = 0; c < s.C; ++c)
+    for (i64 h = 0; h < s.H; ++h) {
+      const float* src = xp + ((h + s.pad) * s.Wp + s.pad) * s.C + c;
+      float* dst = dx + (c * s.H + h) * s.W;
+      for (i64 w = 0; w < s.W; ++w) dst[w] = src[w * s.C];
+    }
+}
+
+void im2row(float* rows, const float* xp, const ConvShape& s) {
+  const i64 span = s.S * s.C;  // for fixed r, the taps (q, c) are contiguous in xp
+  for (i64 oh = 0; oh < s.Ho; ++oh)
+    for (i64 ow = 0; ow < s.Wo; ++ow) {
+      float* row = rows + (oh * s.Wo + ow) * s.taps();
+      for (i64 r = 0; r < s.R; ++r) std::memcpy(row + r * span, xp + ((oh + r) * s.Wp + ow) * s.C, sizeof(float) * span);
+    }
+}
+
+void row2im(float* xp, const float* rows, const ConvShape& s) {
+  const i64 span = s.S * s.C;
+  std::fill(xp, xp + s.Hp * s.Wp * s.C, 0.0f);
+  for (i64 oh = 0; oh < s.Ho; ++oh)
+    for (i64 ow = 0; ow < s.Wo; ++ow) {
+      const float* row = rows + (oh * s.Wo + ow) * s.taps();
+      for (i64 r = 0; r < s.R; ++r) {
+        float* dst = xp + ((oh + r) * s.Wp + ow) * s.C;
+        const float* src = row + r * span;
+        for (i64 i = 0; i < span; ++i) dst[i] += src[i];
+      }
+    }
+}
+
+void im2col(float* col, const float* x, const ConvShape& s, i64 ld) {
+  for (i64 c = 0; c < s.C; ++c)
+    for (i64 r = 0; r < s.R; ++r)
+      for (i64 q = 0; q < s.S; ++q) {
+        float* row = col + ((c * s.R + r) * s.S + q) * ld;
+        // the output columns whose input column ow+q-pad lies inside [0, W)
+        const i64 ow_lo = std::clamp<i64>(s.pad - q, 0, s.Wo), ow_hi = std::clamp<i64>(s.W + s.pad - q, ow_lo, s.Wo);
+        for (i64 oh = 0; oh < s.Ho; ++oh) {
+          float* out = row + oh * s.Wo;
+          const i64 ih = oh + r - s.pad;
+          if (ih < 0 || ih >= s.H) { std::fill(out, out + s.Wo, 0.0f); continue; }
+          const float* in = x + (c * s.H + ih) * s.W;
+          std::fill(out, out + ow_lo, 0.0f);
+          std::copy(in + (ow_lo + q - s.pad), in + (ow_hi + q - s.pad), out + ow_lo);
+          std::fill(out + ow_hi, out + s.Wo, 0.0f);
+        }
+      }
+}
+
+std::vector<float> weights_rsc(const float* w, const ConvShape& s) {
+  std::vector<float> wt(size_t(s.K) * s.taps());
+  for (i64 k = 0; k < s.K; ++k)
+    for (i64 c = 0; c < s.C; ++c)
+      for (i64 r = 0; r < s.R; ++r)
+        for (i64 q = 0; q < s.S; ++q)
+          wt[((k * s.R + r) * s.S + q) * s.C + c] = w[((k * s.C + c) * s.R + r) * s.S + q];
+  return wt;
+}
+
+void sum_parts(float* out, const float* parts, i64 count, i64 n) {
+  std::fill(out, out + n, 0.0f);
+  for (i64 p = 0; p < count; ++p)
+    for (i64 i = 0; i < n; ++i) out[i] += parts[p * n + i];
+}
+
+void dw_from_taps_by_channels(float* dw, const float* dwt, i64 ld, const ConvShape& s) {
+  for (i64 k = 0; k < s.K; ++k)  // dw[k][c][r][q] = dwt[(r*S + q)*C + c][k]
+    for (i64 c = 0; c < s.C; ++c)
+      for (i64 r = 0; r < s.R; ++r)
+        for (i64 q = 0; q < s.S; ++q) dw[((k * s.C + c) * s.R + r) * s.S + q] = dwt[((r * s.S + q) * s.C + c) * ld + k];
+}
+
+// Blocks of 8 channels over the threads, the 8 sums of a block interleaved (independent chains overlap).
+void sum_bias_lanes(float* db, const float* lanes, i64 N, i64 K) {
+  const i64 blocks = (K + 7) / 8;
+#pragma omp parallel for num_threads(threads_over(16.0 * N * K, blocks)) schedule(static)
+  for (i64 blk = 0; blk < blocks; ++blk) {
+    const i64 k0 = 8 * blk, kn = std::min<i64>(8, K - k0);
+    double sums[8] = {};
+    for (i64 n = 0; n < N; ++n)
+      for (i64 kk = 0; kk < kn; ++kk)
+        for (int j = 0; j < 16; ++j) sums[kk] += lanes[(n * K + k0 + kk) * 16 + j];
+    for (i64 kk = 0; kk < kn; ++kk) db[k0 + kk] = float(sums[kk]);
+  }
+}
+
+void bias_grad(float* db, const float* dy, i64 N, i64 K, i64 P) {
+  std::vector<float> lanes(size_t(N) * K * 16);
+#pragma omp parallel for num_threads(threads_for(double(N) * K * P)) schedule(static)
+  for (i64 row = 0; row < N * K; ++row) row_lanes(lanes.data() + row * 16, dy + row * P, P);
+  sum_bias_lanes(db, lanes.data(), N, K);
+}
+
+bool pooled_dconv_chunk(float* kl, float* lk, i64 width, float* lanes, const float* dy, const std::int32_t* argmax,
+                        const ConvShape& s, i64 pool_k, i64 n0, i64 n1, const std::int32_t* index, i64 Pr) {
+  const i64 K = s.K, P = s.P(), Hq = s.Ho / pool_k, Wq = s.Wo / pool_k, pooled = K * Hq * Wq;
+  const i64 L = (n1 - n0) * Pr, Kp = (K + width - 1) / width * width;
+  std::fill(lk, lk + L * Kp, 0.0f);
+  std::fill(kl, kl + K * L, 0.0f);
+  bool missed = false;
+  for (i64 n = n0; n < n1; ++n)
+    for (i64 kk = 0; kk < K; ++kk) {
+      const i64 plane = n * pooled + kk * Hq * Wq;
+      float* row = kl + kk * L + (n - n0) * Pr;
+      float* column = lk + (kk / width) * L * width + (n - n0) * Pr * width + kk % width;
+      for (i64 q = 0; q < Hq * Wq; ++q) {  // branch-free and bounded, as max_pool2d_backward_planes
+        const std::int32_t a = argmax[plane + q], u = a >= 0 && a < P ? index[a] : -1;
+        missed |= a >= 0 && u < 0;
+        const bool open = u >= 0;
+        row[open ? u : 0] += open ? dy[plane + q] : 0.0f;
+        column[(open ? u : 0) * width] += open ? dy[plane + q] : 0.0f;
+      }
+      row_lanes(lanes + (n * K + kk) * 16, row, Pr);
+    }
+  return !missed;
+}
+
+}  // namespace cnnfast

@@ -1,0 +1,141 @@
+// What conv2d's paths share: the layer's shape, the chunking of a batch, scratch space, the
+// layout changes between NCHW and the paths' layouts, and the bias gradient's two steps.
+// The paths themselves (conv2d.cpp lists them in order) declare their entry points at the end.
+#pragma once
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <new>
+#include <vector>
+
+#include "kernels.hpp"
+
+namespace cnnfast {
+
+struct IsaKernels;
+
+struct ConvShape {
+  i64 C, H, W, K, R, S, pad, Ho, Wo, Hp, Wp;
+  ConvShape(i64 C, i64 H, i64 W, i64 K, i64 R, i64 S, i64 pad)
+      : C(C), H(H), W(W), K(K), R(R), S(S), pad(pad), Ho(H + 2 * pad - R + 1), Wo(W + 2 * pad - S + 1),
+        Hp(H + 2 * pad), Wp(W + 2 * pad) {}
+  i64 P() const { return Ho * Wo; }        // output pixels per channel
+  i64 taps() const { return C * R * S; }   // patch row length
+};
+
+// Scratch space: n floats (uninitialised), starting on a 64-byte cache line, so that buffers of
+// whole lines carved from it keep vector loads and stores from straddling two lines.
+class ScratchFloats {
+ public:
+  explicit ScratchFloats(size_t n) : p_(static_cast<float*>(std::malloc(lines(std::max<size_t>(n, 1)) * 4 + 64))) {
+    if (!p_) throw std::bad_alloc();
+  }
+  ~ScratchFloats() { std::free(p_); }
+  ScratchFloats(const ScratchFloats&) = delete;
+  ScratchFloats& operator=(const ScratchFloats&) = delete;
+  float* get() const { return reinterpret_cast<float*>((reinterpret_cast<std::uintptr_t>(p_) + 63) / 64 * 64); }
+  // n floats rounded up to whole 64-byte lines
+  static size_t lines(size_t n) { return (n + 15) / 16 * 16; }
+
+ private:
+  float* p_;
+};
+inline size_t lines(size_t n) { return ScratchFloats::lines(n); }
+
+// Images per chunk and number of chunks: up to ~1,024 pixels per chunk (conv2's backward keeps a
+// chunk's image, input gradient and dy in two layouts, ~0.6 MB, inside L2: 3-4% faster than
+// 2,048, 512 slower), the number of chunks rounded up to a multiple of 4 (so that 2 or 4 threads
+// get equal shares: conv2's 121 pixels an image at batch 128 make 16 chunks of 8 images); one
+// image when an image alone has 512 pixels or more (then dy and y are used in place).
+// The chunking depends only on the shapes, never on the thread count, so a weight gradient
+// summed over chunks in chunk order is the same for any number of threads.
+struct Chunking {
+  i64 per_chunk, chunks;
+  Chunking(i64 N, i64 P) {
+    N = std::max<i64>(N, 1), P = std::max<i64>(P, 1);
+    const i64 wanted = (std::max<i64>(1, (N * P + 1023) / 1024) + 3) / 4 * 4;
+    per_chunk = P >= 512 ? 1 : (N + wanted - 1) / wanted;
+    chunks = (N + per_chunk - 1) / per_chunk;
+  }
+};
+
+// Threads for `work` multiply-adds split into `units` pieces (never more threads than pieces)
+inline int threads_over(double work, i64 units) {
+  return std::max(1, std::min<int>(threads_for(work), int(std::max<i64>(units, 1))));
+}
+
+// x_n: [C, H, W] -> xp: [H+2p, W+2p, C], zeros in the border
+void to_padded_nhwc(float* xp, const float* x, const ConvShape& s);
+// xp: [H+2p, W+2p, C] -> dx_n: [C, H, W] (the border is dropped)
+void from_padded_nhwc(float* dx, const float* xp, const ConvShape& s);
+// xp -> rows: [Ho*Wo, R*S*C], rows[oh*Wo + ow][(r*S + q)*C + c] = xp[oh + r][ow + q][c]
+void im2row(float* rows, const float* xp, const ConvShape& s);
+// The adjoint of im2row: xp[oh + r][ow + q][c] += rows[oh*Wo + ow][(r*S + q)*C + c] (xp zeroed first)
+void row2im(float* xp, const float* rows, const ConvShape& s);
+// x_n: [C, H, W] -> col: [C*R*S, Ho*Wo] with rows ld apart (ld >= Ho*Wo),
+// col[(c*R + r)*S + q][oh*Wo + ow] = x[c][oh+r-pad][ow+q-pad]
+void im2col(float* col, const float* x, const ConvShape& s, i64 ld);
+// w: [K, C, R, S] -> wt: [K, R, S, C]
+std::vector<float> weights_rsc(const float* w, const ConvShape& s);
+// out[i] = 0 + parts[0][i] + parts[1][i] + ... (the parts in order)
+void sum_parts(float* out, const float* parts, i64 count, i64 n);
+// dwt[T, K] (taps in (r, q, c) order, rows ld apart) -> dw[K, C, R, S]
+void dw_from_taps_by_channels(float* dw, const float* dwt, i64 ld, const ConvShape& s);
+
+// The bias gradient in two steps, the same everywhere: each row d[0:P] (one image, one channel)
+// into 16 interleaved float lanes (so it vectorises), then db[k] = the lanes of every image,
+// added in image order in double.
+inline void row_lanes(float lanes[16], const float* d, i64 P) {
+  float acc[16] = {};  // a local array, so the sums stay in registers (lanes may alias d)
+  i64 p = 0;
+  for (; p + 16 <= P; p += 16)
+    for (int j = 0; j < 16; ++j) acc[j] += d[p + j];
+  for (; p < P; ++p) acc[p % 16] += d[p];
+  for (int j = 0; j < 16; ++j) lanes[j] = acc[j];
+}
+// lanes: [N, K, 16] -> db: [K]
+void sum_bias_lanes(float* db, const float* lanes, i64 N, i64 K);
+// db from dy: [N, K, P] through row_lanes and sum_bias_lanes
+void bias_grad(float* db, const float* dy, i64 N, i64 K, i64 P);
+
+// The fused backward's d(conv): dy routed through argmax ([N, K, Hq, Wq], indices into the
+// Ho x Wo plane) for the images n0..n1, over a region of Pr pixels an image (index[p]: pixel p's
+// place in the region, -1 outside). Written channel-major kl[K, L] and pixel-major lk in panels
+// of `width` channels (zeros up to the next multiple): lk[(k / width)*L*width + l*width + k % width],
+// L = (n1 - n0)*Pr; each row's bias lanes into lanes[N, K, 16]. Returns false if an argmax >= 0
+// pointed outside the region.
+bool pooled_dconv_chunk(float* kl, float* lk, i64 width, float* lanes, const float* dy, const std::int32_t* argmax,
+                        const ConvShape& s, i64 pool_k, i64 n0, i64 n1, const std::int32_t* index, i64 Pr);
+
+// ---- the paths (conv2d.cpp lists them in order) ----
+// Every path's forward: y = conv2d(x, w, b), or with pool_k > 0 y, argmax = max_pool2d(that, pool_k,
+// relu=true) (argmax may be null: not wanted). Its backward: dx (may be null), dw, db, from dy of
+// the convolution, or with pool_k > 0 from dy and argmax of the pooled output; returns false if it
+// declines (the next path then runs).
+
+// Few taps (C*R*S <= kDirectTaps): im2col of one image into L1, register-blocked loops (conv2d_direct.cpp)
+constexpr i64 kDirectTaps = 32;
+void direct_forward_path(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
+                         const ConvShape& s, i64 N, i64 pool_k);
+bool direct_backward_path(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,
+                          const std::int32_t* argmax, const ConvShape& s, i64 N, i64 pool_k);
+// Long patches on ISAs with panel kernels (conv2d_panels.cpp drives conv2d_panels_avx512.cpp)
+void panels_forward_path(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
+                         const ConvShape& s, i64 N, i64 pool_k);
+bool panels_backward_path(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,
+                          const std::int32_t* argmax, const ConvShape& s, i64 N, i64 pool_k);
+// Patch rows and GEMMs, any shape (conv2d_rows_gemm.cpp)
+void rows_gemm_forward_path(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
+                            const ConvShape& s, i64 N, i64 pool_k);
+bool rows_gemm_backward_path(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,
+                             const std::int32_t* argmax, const ConvShape& s, i64 N, i64 pool_k);
+// The input gradient alone through patch rows (the direct path's dx)
+void rows_gemm_input_grad(float* dx, const float* w, const float* dy, const ConvShape& s, i64 N);
+// The specification, seven nested loops (conv2d_ref.cpp)
+void reference_forward_path(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
+                            const ConvShape& s, i64 N, i64 pool_k);
+bool reference_backward_path(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,
+                             const std::int32_t* argmax, const ConvShape& s, i64 N, i64 pool_k);
+
+}  // namespace cnnfast

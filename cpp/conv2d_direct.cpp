@@ -1,0 +1,100 @@
+// conv2d's direct path, for patches of few taps (C*R*S <= kDirectTaps = 32: conv1, a first layer
+// on 1-3 channels): with so few taps each output meets too few weights to pay for packing GEMM
+// operands. Per image, col[T, P] (im2col, the image's T shifted copies) is built in L1 and the
+// ISA's inner loops (conv2d_direct_kernels.cpp) combine it row by row with the weights. The input
+// gradient, when wanted, goes through patch rows (conv2d_rows_gemm.cpp). Images over the threads.
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "conv2d_common.hpp"
+#include "isa.hpp"
+#include "parallel.hpp"
+
+namespace cnnfast {
+namespace {
+
+// col's rows are this far apart (>= P): whole blocks of 64 (and of 48) pixels never read past a row
+inline i64 direct_ld(i64 P) { return (P + 191) / 192 * 192; }
+
+// dw through the direct path: one partial per image, added in image order.
+void direct_weight_grad(float* dw, const float* x, const float* dy, const ConvShape& s, i64 N) {
+  const i64 K = s.K, P = s.P(), T = s.taps();
+  const auto kernel = active_isa().direct_weight_grad;
+  const int nt = threads_over(double(N) * K * P * T, N);
+  std::vector<float> cols(size_t(nt) * T * P), partial(size_t(std::max<i64>(N, 1)) * K * T, 0.0f);
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (i64 n = 0; n < N; ++n) {
+    float* col = cols.data() + size_t(omp_get_thread_num()) * T * P;
+    im2col(col, x + n * s.C * s.H * s.W, s, P);
+    kernel(partial.data() + n * K * T, dy + n * K * P, col, K, T, P);
+  }
+  sum_parts(dw, partial.data(), N, K * T);  // w's layout [K, C, R, S] is [K, T]: no reordering
+}
+
+}  // namespace
+
+// x: [N, C, H, W] -> y: [N, K, Ho, Wo], or pooled: y, argmax: [N, K, Ho/k, Wo/k] (each image
+// convolved into a thread's scratch, in L2, and pooled from there)
+void direct_forward_path(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
+                         const ConvShape& s, i64 N, i64 pool_k) {
+  const i64 K = s.K, P = s.P(), T = s.taps(), ld = direct_ld(P);  // (col's padding is zeroed once, never written)
+  const i64 pooled = pool_k > 0 ? K * (s.Ho / pool_k) * (s.Wo / pool_k) : 0;
+  const auto kernel = active_isa().direct_forward;
+  const int nt = threads_over(double(N) * K * P * T, N);
+  const size_t per_thread = size_t(T) * ld + (pool_k > 0 ? size_t(K) * P : 0);
+  std::vector<float> scratch(size_t(nt) * per_thread);
+  std::unique_ptr<std::int32_t[]> unwanted(pool_k > 0 && !argmax ? new std::int32_t[size_t(nt) * pooled] : nullptr);
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (i64 n = 0; n < N; ++n) {
+    float* col = scratch.data() + size_t(omp_get_thread_num()) * per_thread;
+    im2col(col, x + n * s.C * s.H * s.W, s, ld);
+    if (pool_k == 0) {
+      kernel(y + n * K * P, col, w, b, K, T, P, ld);
+      continue;
+    }
+    float* conv = col + size_t(T) * ld;  // [K, Ho, Wo]
+    std::int32_t* a = argmax ? argmax + n * pooled : unwanted.get() + omp_get_thread_num() * pooled;  // (nobody's)
+    kernel(conv, col, w, b, K, T, P, ld);
+    max_pool2d_planes(y + n * pooled, a, conv, K, s.Ho, s.Wo, pool_k, true);
+  }
+}
+
+// dy: [N, K, Ho, Wo] (or pooled, with argmax) -> dx (may be null), dw, db
+bool direct_backward_path(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,
+                          const std::int32_t* argmax, const ConvShape& s, i64 N, i64 pool_k) {
+  const i64 K = s.K, P = s.P(), T = s.taps();
+  if (pool_k > 0 && dx) {  // the input gradient too: d(conv) made whole, then as below
+    const i64 Hq = s.Ho / pool_k, Wq = s.Wo / pool_k;
+    std::unique_ptr<float[]> dconv(new float[size_t(N) * K * P]);
+    max_pool2d_backward(dconv.get(), argmax, dy, N, K, s.Ho, s.Wo, Hq, Wq);
+    return direct_backward_path(dx, dw, db, x, w, dconv.get(), nullptr, s, N, 0);
+  }
+  if (pool_k == 0) {
+    direct_weight_grad(dw, x, dy, s, N);
+    if (dx) rows_gemm_input_grad(dx, w, dy, s, N);
+    bias_grad(db, dy, N, K, P);
+    return true;
+  }
+  // Pooled, no dx: each image's d(conv) rebuilt in a thread's scratch from dy and argmax and
+  // consumed at once (never a whole NCHW array)
+  const i64 Hq = s.Ho / pool_k, Wq = s.Wo / pool_k, pooled = K * Hq * Wq;
+  const auto kernel = active_isa().direct_weight_grad;
+  const int nt = threads_over(double(N) * K * P * T, N);
+  const size_t per_thread = size_t(T) * P + size_t(K) * P;
+  std::vector<float> scratch(size_t(nt) * per_thread), partial(size_t(N) * K * T), lanes(size_t(N) * K * 16);
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (i64 n = 0; n < N; ++n) {
+    float* col = scratch.data() + size_t(omp_get_thread_num()) * per_thread;
+    float* dconv = col + size_t(T) * P;  // [K, Ho, Wo]
+    max_pool2d_backward_planes(dconv, argmax + n * pooled, dy + n * pooled, K, s.Ho, s.Wo, Hq, Wq);
+    im2col(col, x + n * s.C * s.H * s.W, s, P);
+    kernel(partial.data() + n * K * T, dconv, col, K, T, P);
+    for (i64 k = 0; k < K; ++k) row_lanes(lanes.data() + (n * K + k) * 16, dconv + k * P, P);
+  }
+  sum_parts(dw, partial.data(), N, K * T);  // as direct_weight_grad
+  sum_bias_lanes(db, lanes.data(), N, K);
+  return true;
+}
+
+}  // namespace cnnfast

@@ -1,0 +1,215 @@
+// conv2d (one input channel, 3x3) + ReLU + 2x2 max-pool in registers on AVX-512: the default
+// model's first layer, conv1, whose convolution output is never stored. Compiled for AVX-512 only;
+// reached through the ISA table (conv2d.cpp lists the paths).
+#include <immintrin.h>
+
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "conv2d_common.hpp"
+#include "isa.hpp"
+#include "isa_target.hpp"
+#include "parallel.hpp"
+#include "pool_rule_avx512.hpp"
+
+CNNFAST_TARGET_BEGIN
+namespace cnnfast {
+namespace CNNFAST_ISA {
+namespace {
+
+// A window's four conv outputs (2i+a, 2j+b), a, b in {0, 1}, read x at (2i+a+r-pad, 2j+b+q-pad):
+// only a+r and b+q (0..3 each) matter, so the image is first split into 16 subsampled planes
+// D[u][v][i*Wq + j] = x[2i+u-pad][2j+v-pad] (zero outside x; 11 KB for conv1, in L1), each row a
+// permute of two vector loads from a zero-bordered copy of x. Then, 16 windows at a time, a
+// channel's four outputs per window are four accumulators of 9 multiply-adds (the channel's
+// weights in registers), and the window's maximum and argmax are picked in registers with
+// max_pool2d's rule: the convolution's output is never stored. Sums in the direct path's order
+// (0 + bias, then taps r, q), so the same numbers as conv2d_forward + max_pool2d_forward.
+// (One block of 16 windows at a time: two or three, for more independent sums, measured slower.)
+struct Pool2Windows {
+  i64 Hq, Wq, Q, Qp;                // windows down and across, their number, rounded up to 16
+  i64 Hz, Wz;                       // the zero-bordered copy of x: rows, row length
+  std::vector<std::int32_t> first;  // first[i*Wq + j] = (2i)*Wo + 2j, the window's top-left pixel
+  explicit Pool2Windows(const ConvShape& s)
+      : Hq(s.Ho / 2), Wq(s.Wo / 2), Q(Hq * Wq), Qp((Q + 15) / 16 * 16), Hz(2 * Hq + 2),
+        Wz((Wq + 15) / 16 * 32 + 16), first(static_cast<size_t>(Qp), 0) {
+    for (i64 i = 0; i < Hq; ++i)
+      for (i64 j = 0; j < Wq; ++j) first[size_t(i * Wq + j)] = std::int32_t(2 * i * s.Wo + 2 * j);
+  }
+  i64 scratch_floats() const { return 16 * Qp + Hz * Wz; }
+};
+
+// 16 windows' ReLU + max-pool from their four candidates out[0..3] (window order (0,0), (0,1),
+// (1,0), (1,1); pixel indices first + step[i]) -> y, argmax (the first n lanes stored; argmax
+// may be null)
+__attribute__((always_inline)) inline void
+pool2_relu_16(float* y, std::int32_t* argmax, const __m512* out, __m512i first, const __m512i* step, i64 n) {
+  const __m512 zero = _mm512_setzero_ps();
+  __m512 best;
+  __m512i index;
+  if (_mm512_cmp_ps_mask(out[0], out[1], _CMP_UNORD_Q) | _mm512_cmp_ps_mask(out[2], out[3], _CMP_UNORD_Q)) {
+    pool_first_max_avx512(&best, &index, out, 4, first, step);  // a NaN somewhere: the rule step by step
+    best = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(best, zero, _CMP_LE_OQ), best, zero);
+  } else {  // no NaN: the maximum, then the first of the four equal to it
+    best = _mm512_max_ps(_mm512_max_ps(out[0], out[1]), _mm512_max_ps(out[2], out[3]));
+    index = _mm512_add_epi32(first, step[3]);
+    for (int i = 2; i >= 0; --i)
+      index = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(out[i], best, _CMP_EQ_OQ), index, _mm512_add_epi32(first, step[i]));
+    best = _mm512_max_ps(best, zero);  // (a maximum not > 0 gives +0)
+  }
+  const __mmask16 lanes = __mmask16(n >= 16 ? 0xFFFF : (1u << n) - 1);
+  _mm512_mask_storeu_ps(y, lanes, best);
+  if (!argmax) return;  // (inference: y only)
+  index = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(best, zero, _CMP_GT_OQ), _mm512_set1_epi32(-1), index);
+  _mm512_mask_storeu_epi32(argmax, lanes, index);
+}
+
+// D[u][v][i*Wq + j] = x[2i+u-pad][2j+v-pad] (zero outside x), u, v in 0..3, rows Qp apart,
+// through xz, a zero-bordered copy of x
+void build_pool2_planes(float* D, const float* x, const ConvShape& s, const Pool2Windows& win, float* xz) {
+  const i64 Wq = win.Wq, Q = win.Q, Qp = win.Qp, Wz = win.Wz;
+  std::fill(xz, xz + win.Hz * Wz, 0.0f);  // xz[h + pad][w + pad] = x[h][w] (only what D reads)
+  for (i64 h = 0; h < std::min(s.H, win.Hz - s.pad); ++h)
+    std::memcpy(xz + (h + s.pad) * Wz + s.pad, x + h * s.W, sizeof(float) * std::min(s.W, Wz - s.pad));
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  for (i64 u = 0; u < 4; ++u)
+    for (i64 v = 0; v < 4; ++v) {
+      float* d = D + (u * 4 + v) * Qp;
+      for (i64 i = 0; i < win.Hq; ++i) {
+        const float* src = xz + (2 * i + u) * Wz + v;
+        for (i64 j0 = 0; j0 < Wq; j0 += 16) {
+          const __mmask16 lanes = __mmask16(Wq - j0 >= 16 ? 0xFFFF : (1u << (Wq - j0)) - 1);
+          const __m512 picked = _mm512_permutex2var_ps(_mm512_loadu_ps(src + 2 * j0), even, _mm512_loadu_ps(src + 2 * j0 + 16));
+          _mm512_mask_storeu_ps(d + i * Wq + j0, lanes, picked);
+        }
+      }
+      std::fill(d + Q, d + Qp, 0.0f);
+    }
+}
+
+void conv3x3_relu_pool2_image(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
+                              const ConvShape& s, const Pool2Windows& win, float* scratch) {
+  const i64 Q = win.Q, Qp = win.Qp;
+  float* D = scratch;
+  build_pool2_planes(D, x, s, win, scratch + 16 * Qp);
+  const __m512 zero = _mm512_setzero_ps();
+  const __m512i step[4] = {_mm512_setzero_si512(), _mm512_set1_epi32(1), _mm512_set1_epi32(std::int32_t(s.Wo)),
+                           _mm512_set1_epi32(std::int32_t(s.Wo + 1))};  // (a, b) = (0,0), (0,1), (1,0), (1,1)
+  for (i64 k = 0; k < s.K; ++k) {
+    __m512 wk[9];
+    for (int t = 0; t < 9; ++t) wk[t] = _mm512_set1_ps(w[k * 9 + t]);
+    const __m512 bias = _mm512_add_ps(zero, _mm512_set1_ps(b[k]));  // 0 + b, as the direct path
+    for (i64 q0 = 0; q0 < Q; q0 += 16) {  // 16 windows: 4 independent sums
+      __m512 out[4] = {bias, bias, bias, bias};
+      // each plane (u, v) loaded once and used by every window pixel (a, b) with tap
+      // (r, q) = (u - a, v - b) inside 3x3; for a fixed (a, b) the taps come in (r, q) order
+#pragma GCC unroll 4
+      for (int u = 0; u < 4; ++u)
+#pragma GCC unroll 4
+        for (int v = 0; v < 4; ++v) {
+          const __m512 d = _mm512_loadu_ps(D + (u * 4 + v) * Qp + q0);
+#pragma GCC unroll 4
+          for (int ab = 0; ab < 4; ++ab) {
+            const int r = u - (ab >> 1), q = v - (ab & 1);
+            if (r < 0 || r > 2 || q < 0 || q > 2) continue;
+            out[ab] = _mm512_fmadd_ps(wk[r * 3 + q], d, out[ab]);
+          }
+        }
+      pool2_relu_16(y + k * Q + q0, argmax ? argmax + k * Q + q0 : nullptr, out, _mm512_loadu_si512(win.first.data() + q0),
+                    step, Q - q0);
+    }
+  }
+}
+
+// The backward of conv3x3_relu_pool2_image (dw and the bias-gradient lanes; conv1 needs no dx):
+// a window's dy goes to the one of its four pixels (a, b) its argmax names, so for 16 windows
+// the four d(conv) vectors are dy masked by argmax == first + step[ab], and dw[k][r][q] gathers
+// d(conv)_ab * D[a + r][b + q] over (a, b) and the windows in 9 accumulators (one per tap),
+// each plane loaded once per block. dw_k: [K, 9]; lanes: [K, 16], the bias gradient's partial
+// sums. Returns false, computing nothing useful, if an argmax is neither -1 nor a pixel of its
+// window (argmax made by hand): the caller then takes the general path.
+bool conv3x3_relu_pool2_backward_image(float* dw_k, float* lanes, const float* x, const float* dy,
+                                       const std::int32_t* argmax, const ConvShape& s, const Pool2Windows& win,
+                                       float* scratch) {
+  const i64 Q = win.Q, Qp = win.Qp;
+  float* D = scratch;
+  build_pool2_planes(D, x, s, win, scratch + 16 * Qp);
+  const __m512i step[4] = {_mm512_setzero_si512(), _mm512_set1_epi32(1), _mm512_set1_epi32(std::int32_t(s.Wo)),
+                           _mm512_set1_epi32(std::int32_t(s.Wo + 1))};
+  const __m512i minus_one = _mm512_set1_epi32(-1);
+  __mmask16 stray = 0;  // open windows whose argmax is none of their pixels
+  for (i64 k = 0; k < s.K; ++k) {
+    __m512 acc[9], bias = _mm512_setzero_ps();
+    for (int t = 0; t < 9; ++t) acc[t] = _mm512_setzero_ps();
+    for (i64 q0 = 0; q0 < Q; q0 += 16) {
+      const __mmask16 valid = __mmask16(Q - q0 >= 16 ? 0xFFFF : (1u << (Q - q0)) - 1);
+      const __m512i a = _mm512_mask_loadu_epi32(minus_one, valid, argmax + k * Q + q0);
+      const __m512 g = _mm512_maskz_loadu_ps(valid, dy + k * Q + q0);
+      const __m512i first = _mm512_loadu_si512(win.first.data() + q0);
+      __m512 d[4];
+      __mmask16 hit = 0;
+      for (int ab = 0; ab < 4; ++ab) {
+        const __mmask16 m = _mm512_cmpeq_epi32_mask(a, _mm512_add_epi32(first, step[ab]));
+        d[ab] = _mm512_maskz_mov_ps(m, g);
+        hit |= m;
+      }
+      stray |= __mmask16(_mm512_cmpge_epi32_mask(a, _mm512_setzero_si512()) & ~hit);
+      bias = _mm512_add_ps(bias, _mm512_add_ps(_mm512_add_ps(d[0], d[1]), _mm512_add_ps(d[2], d[3])));
+#pragma GCC unroll 4
+      for (int u = 0; u < 4; ++u)
+#pragma GCC unroll 4
+        for (int v = 0; v < 4; ++v) {
+          const __m512 plane = _mm512_loadu_ps(D + (u * 4 + v) * Qp + q0);
+#pragma GCC unroll 4
+          for (int ab = 0; ab < 4; ++ab) {
+            const int r = u - (ab >> 1), q = v - (ab & 1);
+            if (r < 0 || r > 2 || q < 0 || q > 2) continue;
+            acc[r * 3 + q] = _mm512_fmadd_ps(d[ab], plane, acc[r * 3 + q]);
+          }
+        }
+    }
+    for (int t = 0; t < 9; ++t) dw_k[k * 9 + t] = _mm512_reduce_add_ps(acc[t]);
+    _mm512_storeu_ps(lanes + k * 16, bias);
+  }
+  return stray == 0;
+}
+
+}  // namespace
+
+// The ISA table's entries (isa.hpp): the batch, image by image over the threads
+void conv3x3_pool2_forward(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
+                           const ConvShape& s, i64 N) {
+  const Pool2Windows win(s);
+  const i64 pooled = s.K * win.Q;
+  const int nt = threads_over(double(N) * s.K * s.P() * 9, N);
+  std::vector<float> scratch(size_t(nt) * win.scratch_floats());
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (i64 n = 0; n < N; ++n)
+    conv3x3_relu_pool2_image(y + n * pooled, argmax ? argmax + n * pooled : nullptr, x + n * s.H * s.W, w, b, s, win,
+                             scratch.data() + size_t(omp_get_thread_num()) * win.scratch_floats());
+}
+
+bool conv3x3_pool2_backward(float* dw, float* db, const float* x, const float* dy, const std::int32_t* argmax,
+                            const ConvShape& s, i64 N) {
+  const Pool2Windows win(s);  // (every scratch value is written before it is read: no zeroing)
+  const i64 K = s.K, pooled = K * win.Q;
+  const int nt = threads_over(double(N) * K * s.P() * 9, N);
+  ScratchFloats scratch(size_t(nt) * win.scratch_floats()), partial(size_t(N) * K * 9), lanes(size_t(N) * K * 16);
+  std::atomic<bool> stray{false};
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (i64 n = 0; n < N; ++n)
+    if (!conv3x3_relu_pool2_backward_image(partial.get() + n * K * 9, lanes.get() + n * K * 16, x + n * s.H * s.W,
+                                           dy + n * pooled, argmax + n * pooled, s, win,
+                                           scratch.get() + size_t(omp_get_thread_num()) * win.scratch_floats()))
+      stray.store(true, std::memory_order_relaxed);
+  if (stray.load()) return false;
+  sum_parts(dw, partial.get(), N, K * 9);  // per image, added in image order
+  sum_bias_lanes(db, lanes.get(), N, K);
+  return true;
+}
+
+}  // namespace CNNFAST_ISA
+}  // namespace cnnfast
+CNNFAST_TARGET_END

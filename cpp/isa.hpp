@@ -1,0 +1,100 @@
+// Instruction-set dispatch: one table of kernels per instruction set, one of them in use.
+//
+// Every piece of ISA-specific code lives in a file of its own (listed in CMakeLists.txt) compiled
+// once per instruction set (its functions in namespace cnnfast::<isa>, between
+// CNNFAST_TARGET_BEGIN and CNNFAST_TARGET_END of isa_target.hpp), and isa_table.cpp, compiled the
+// same way, gathers them into that ISA's IsaKernels. cpu_features.cpp picks the best table the CPU
+// runs, once, at load; set_isa() (CNNFAST_ISA=... at import) forces another for every kernel.
+// Entries an ISA has no kernel of its own for are null: the callers then take the portable path.
+//
+//   table      x86-64                       AArch64
+//   baseline   portable C++ (SSE2)          portable C++ (NEON is part of the base ISA)
+//   avx2       AVX2 + FMA
+//   avx512     AVX-512 F/VL/DQ/BW
+//   neon                                    NEON intrinsics (GEMM micro-kernel)
+#pragma once
+#include <cstdint>
+
+#include "kernels.hpp"
+
+namespace cnnfast {
+
+struct ConvShape;  // conv2d_common.hpp
+
+// The GEMM micro-kernel (gemm_microkernel*.cpp): c[0:m, 0:n] (+)= sum_k a[k*mr + i] * b[k*nr + j]
+// over packed panels of kc steps.
+struct MicroKernel {
+  int mr, nr;  // register tile: mr rows by nr columns
+  void (*run)(long kc, const float* a, const float* b, float* c, long ldc, long m, long n, int accumulate);
+};
+
+// A chunk's dy for the AVX-512 panel backward (conv2d_panels_avx512.cpp). Channel-major: the
+// value for (image n of the chunk, pixel p, channel k) at by_channel[n*image_stride +
+// k*channel_stride + p]. Pixel-major, in panels of nr channels:
+// by_pixel[(k / nr)*L*nr + l*nr + k % nr], l = n*P + p, zero for channels K..(next multiple of nr).
+struct DyPanels {
+  const float* by_channel;
+  i64 image_stride, channel_stride;
+  const float* by_pixel;
+};
+// Gives the chunk of images n0..n1, using kl and lk as room for the two layouts.
+struct DyPanelsSource {
+  DyPanels (*chunk)(const void* context, i64 n0, i64 n1, float* kl, float* lk);
+  const void* context;
+};
+
+struct IsaKernels {
+  const char* name;  // "baseline", "avx2", "avx512", "neon"
+  const MicroKernel* gemm;
+
+  // conv2d_direct.cpp: the few-tap convolution (see conv2d.cpp)
+  // y[k][p] = b[k] + sum_t w[k][t] col[t][p]; col: [T, ld]
+  void (*direct_forward)(float* y, const float* col, const float* w, const float* b, i64 K, i64 T, i64 P, i64 ld);
+  // dw[k][t] = sum_p dy[k][p] col[t][p]; col: [T, P]
+  void (*direct_weight_grad)(float* dw, const float* dy, const float* col, i64 K, i64 T, i64 P);
+
+  // linear_narrow.cpp: y[n][o] = b[o] + x[n] . w[o] for rows n0..n1 of a layer with few outputs
+  void (*linear_forward_rows)(float* y, const float* x, const float* w, const float* b, i64 n0, i64 n1, i64 I, i64 O);
+
+  // int32_range.cpp: low = min(low, a[0:n]), high = max(high, a[0:n])
+  void (*int32_range_block)(const std::int32_t* a, i64 n, std::int32_t* low, std::int32_t* high);
+
+  // dropout_mask.cpp: mask[4g + j] for the groups g in [g0, g1)
+  void (*dropout_mask_groups)(std::uint8_t* mask, i64 g0, i64 g1, std::uint64_t seed, std::uint32_t threshold);
+
+  // ---- AVX-512 only (null elsewhere) ----
+  // max_pool2d_avx512.cpp: one plane of 2x2 windows, forward and (dense) backward; the backward
+  // returns false if some argmax is not in its window (the caller then scatters).
+  void (*pool2_plane)(float* y, std::int32_t* argmax, const float* x, i64 Ho, i64 Wo, std::int32_t W, bool relu);
+  bool (*pool2_backward_plane)(float* dx, const std::int32_t* argmax, const float* dy, i64 H, i64 W, i64 Ho, i64 Wo);
+
+  // conv2d_panels_avx512.cpp: long patches through GEMMs packed straight from the image.
+  // Forward: y = conv2d(x), or with pool_k > 0 y, argmax = max_pool2d(conv2d(x), pool_k, relu).
+  void (*panels_forward)(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
+                         const ConvShape& s, i64 N, i64 pool_k);
+  // Backward over the first Hu x Wu output pixels, dy from a source (the fused kernel's d(conv))
+  void (*panels_backward)(float* dx, float* dw, const float* x, const float* w, DyPanelsSource dy,
+                          const ConvShape& s, i64 N, i64 Hu, i64 Wu);
+  // Backward of conv2d itself (dy: [N, K, Ho, Wo]), db included
+  void (*panels_backward_plain)(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,
+                                const ConvShape& s, i64 N);
+
+  // conv3x3_pool2_avx512.cpp: one channel, 3x3, ReLU, 2x2 pool, window by window in registers.
+  // Forward: y, argmax (argmax may be null) = max_pool2d(conv2d(x), 2, relu). Backward: dw, db
+  // (no dx); false, computing nothing, if an argmax is outside its window (argmax made by hand).
+  void (*conv3x3_pool2_forward)(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
+                                const ConvShape& s, i64 N);
+  bool (*conv3x3_pool2_backward)(float* dw, float* db, const float* x, const float* dy, const std::int32_t* argmax,
+                                 const ConvShape& s, i64 N);
+};
+
+// The table in use (the best the CPU runs, unless set_isa chose another).
+const IsaKernels& active_isa();
+inline const MicroKernel& active_microkernel() { return *active_isa().gemm; }
+// Use the named table for every kernel; false if unknown, not compiled in or not run by this CPU.
+bool set_isa(const char* name);
+// The tables compiled in, in order baseline, then wider (x86-64: avx2, avx512; AArch64: neon).
+int compiled_isas(const IsaKernels** out, int max);
+bool cpu_supports_isa(const char* name);
+
+}  // namespace cnnfast

@@ -1,0 +1,57 @@
+// One instruction set's table of kernels (isa.hpp), compiled once per instruction set like the
+// kernels it lists; cpu_features.cpp chooses among the tables.
+#include "isa.hpp"
+#include "isa_target.hpp"
+
+namespace cnnfast {
+namespace CNNFAST_ISA {
+
+// Defined in this instruction set's objects (CMakeLists.txt lists them), all in namespace cnnfast::<isa>
+extern const MicroKernel gemm_microkernel;  // gemm_microkernel.cpp (gemm_microkernel_neon.cpp on AArch64)
+void direct_forward_kernel(float* y, const float* col, const float* w, const float* b, i64 K, i64 T, i64 P,
+                           i64 ld);                                             // conv2d_direct_kernels.cpp
+void direct_weight_grad_kernel(float* dw, const float* dy, const float* col, i64 K, i64 T, i64 P);
+void linear_forward_rows(float* y, const float* x, const float* w, const float* b, i64 n0, i64 n1, i64 I,
+                         i64 O);                                                // linear_narrow.cpp
+void int32_range_block(const std::int32_t* a, i64 n, std::int32_t* low, std::int32_t* high);  // int32_range.cpp
+void dropout_mask_groups(std::uint8_t* mask, i64 g0, i64 g1, std::uint64_t seed,
+                         std::uint32_t threshold);                              // dropout_mask.cpp
+#if defined(CNNFAST_ISA_AVX512)
+void pool2_plane(float* y, std::int32_t* argmax, const float* x, i64 Ho, i64 Wo, std::int32_t W,
+                 bool relu);                                                    // max_pool2d_avx512.cpp
+bool pool2_backward_plane(float* dx, const std::int32_t* argmax, const float* dy, i64 H, i64 W, i64 Ho, i64 Wo);
+void panels_forward(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
+                    const ConvShape& s, i64 N, i64 pool_k);                     // conv2d_panels_avx512.cpp
+void panels_backward(float* dx, float* dw, const float* x, const float* w, DyPanelsSource dy, const ConvShape& s,
+                     i64 N, i64 Hu, i64 Wu);
+void panels_backward_plain(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,
+                           const ConvShape& s, i64 N);
+void conv3x3_pool2_forward(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
+                           const ConvShape& s, i64 N);                          // conv3x3_pool2_avx512.cpp
+bool conv3x3_pool2_backward(float* dw, float* db, const float* x, const float* dy, const std::int32_t* argmax,
+                            const ConvShape& s, i64 N);
+#endif
+
+extern const IsaKernels table = {
+    CNNFAST_STR(CNNFAST_ISA),
+    &gemm_microkernel,
+    direct_forward_kernel,
+    direct_weight_grad_kernel,
+    linear_forward_rows,
+    int32_range_block,
+    dropout_mask_groups,
+#if defined(CNNFAST_ISA_AVX512)
+    pool2_plane,
+    pool2_backward_plane,
+    panels_forward,
+    panels_backward,
+    panels_backward_plain,
+    conv3x3_pool2_forward,
+    conv3x3_pool2_backward,
+#else
+    nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,  // (the portable paths serve)
+#endif
+};
+
+}  // namespace CNNFAST_ISA
+}  // namespace cnnfast
