@@ -97,7 +97,7 @@ void usage(FILE* out) {
       "  --threads N   OpenMP threads for the kernels (default: OMP_NUM_THREADS or all cores)\n"
       "  --batch N     batch size of the layer shapes (default 128)\n"
       "  --repeat N    timed samples per kernel; the median is reported (default 20)\n"
-      "  --isa NAME    force the GEMM micro-kernel: baseline, avx2 or avx512 (default: best supported)\n"
+      "  --isa NAME    force every kernel to one instruction set: baseline, avx2, avx512 (x86-64) or neon (AArch64) (default: best supported)\n"
       "  --tiny        batch 2, 3 samples, short peak loop, small GEMM: a smoke test for CI\n");
 }
 

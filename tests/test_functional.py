@@ -6,6 +6,7 @@ import pytest
 import cnnfast
 import cnnfast.functional as F
 from cnnfast import _core
+from conftest import SUPPORTED_ISAS
 
 import reference as ref
 
@@ -393,6 +394,57 @@ def test_conv2d_takes_the_first_path_of_its_list_that_accepts_the_layer(isa, x_s
     default = "direct" if 0 < taps <= 32 else long if taps > 32 else "reference"
     want = paths.get(isa, paths.get(None, default))
     assert _core.conv2d_path(x_shape, w_shape, padding, pool, backward, input_grad) == want
+
+
+def every_kernel_once(seed=7):
+    """Every kernel's outputs on one set of arrays: conv2d on its direct, long-patch and padded
+    shapes, the fused block on conv1's and conv2's shapes, pooling, linear (narrow and GEMM),
+    dropout and a matrix product."""
+    r = np.random.default_rng(seed)
+
+    def f32(*shape, scale=1.0):
+        return (scale * r.standard_normal(shape)).astype(np.float32)
+
+    out = []
+    for x_shape, w_shape, p in [((3, 1, 28, 28), (8, 1, 3, 3), 0), ((2, 16, 13, 13), (32, 16, 3, 3), 0),
+                                ((2, 3, 16, 16), (8, 3, 5, 5), 2)]:
+        x, w, b = f32(*x_shape), f32(*w_shape, scale=0.2), f32(w_shape[0])
+        y = F.conv2d(x, w, b, padding=p)
+        out += [y, *F.conv2d_backward(x, w, f32(*y.shape), padding=p)]
+        pooled, argmax = F.conv2d_relu_max_pool2d(x, w, b, 2, padding=p)
+        out += [pooled, argmax, *F.conv2d_relu_max_pool2d_backward(x, w, f32(*pooled.shape), argmax, 2, padding=p)]
+    x = f32(3, 4, 14, 26)
+    out += [*F.max_pool2d(x, 2), *F.max_pool2d(x, 3, relu=True), F.dropout(x, 0.3, seed=5)[0]]
+    for n_out in (10, 100):
+        xl, wl = f32(37, 300), f32(n_out, 300, scale=0.1)
+        yl = F.linear(xl, wl, f32(n_out))
+        out += [yl, *F.linear_backward(xl, wl, f32(*yl.shape))]
+    out.append(_core.matmul(f32(50, 70), f32(70, 40)))
+    return out
+
+
+def test_instruction_sets_agree_within_float_rounding():
+    """The same ISA gives the same bits every time; across ISAs, integers (argmax, dropout's mask)
+    are equal and floats agree to 1e-5 of each array's largest magnitude (the ISAs differ in
+    fused multiply-adds and in the order of some sums, not in what they compute)."""
+    before = cnnfast.build_info()["isa"]
+    results = {}
+    try:
+        for isa in SUPPORTED_ISAS:
+            _core.set_isa(isa)
+            results[isa] = every_kernel_once()
+            again = every_kernel_once()
+            assert all(a.tobytes() == b.tobytes() for a, b in zip(results[isa], again)), isa
+    finally:
+        _core.set_isa(before)
+    base = results["baseline"]
+    for isa, arrays in results.items():
+        for i, (a, b) in enumerate(zip(arrays, base)):
+            if a.dtype.kind in "iub":
+                assert np.array_equal(a, b), (isa, i)
+            else:
+                scale = max(1.0, float(np.abs(b).max()))
+                assert np.abs(a.astype(np.float64) - b).max() <= 1e-5 * scale, (isa, i)
 
 
 def test_set_num_threads_without_openmp_warns_once(monkeypatch):
