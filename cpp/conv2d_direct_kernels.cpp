@@ -1,8 +1,10 @@
 // The direct path's inner loops (conv2d_direct.cpp drives them), in portable vector code compiled
-// once per instruction set: with so few taps per output (<= 32) each element of y or dy meets too
-// few weights to pay for packing GEMM operands, so col[T, P] (im2col, an image's T shifted copies,
-// in L1) is combined row by row. Vectors of 16 floats whatever the ISA (one zmm, two ymm, four
-// xmm or q registers): each element's sum runs in the same order on every ISA.
+// once per instruction set, with that ISA's vector width (CNNFAST_VEC_BYTES: 16 baseline/NEON,
+// 32 AVX2, 64 AVX-512) and register tiles chosen for its register file: with so few taps per
+// output (<= 32) each element of y or dy meets too few weights to pay for packing GEMM operands,
+// so col[T, P] (im2col, an image's T shifted copies, in L1) is combined row by row.
+// A forward sum runs in the same order on every ISA (b, then taps in order); a weight-gradient sum
+// runs in VL interleaved lanes, VL the ISA's vector width.
 #include "isa.hpp"
 #include "isa_target.hpp"
 
@@ -12,6 +14,11 @@ namespace CNNFAST_ISA {
 namespace {
 
 typedef float v16 __attribute__((vector_size(64)));
+constexpr int VL = CNNFAST_VEC_BYTES / 4;  // floats per vector of this ISA
+typedef float vec __attribute__((vector_size(CNNFAST_VEC_BYTES)));
+
+inline vec load(const float* p) { vec v; __builtin_memcpy(&v, p, sizeof v); return v; }
+inline void store(float* p, vec v) { __builtin_memcpy(p, &v, sizeof v); }
 
 // The forward for exactly NT taps (conv1's 9): the NT shifted copies of three 16-pixel blocks
 // stay in 3*NT registers (27 of AVX-512's 32) while all K output channels go by, each block
@@ -46,13 +53,53 @@ inline void direct_forward_taps(float* y, const float* col, const float* w, cons
 }
 
 // y[k][p] = b[k] + sum_t w[k][t] col[t][p]     (w: [K, T] in PyTorch's (c, r, s) order; col's rows
-// ld apart, ld a multiple of 192 >= P, so whole blocks of 64 or 48 pixels never read past a row)
-// Blocking: 64 pixels of one output channel live in four 16-float accumulators for the whole
-// tap loop; each tap is one broadcast weight, four loads of col (in L1) and four multiply-adds,
-// and y is written once (the plain loop re-read and re-wrote y for every tap: 0.52 -> 0.38 ms
-// for conv1 at batch 128; two channels at once, eight accumulators, measured slower).
+// ld apart, ld a multiple of 192 >= P, zero past P, so whole blocks of up to 192 pixels never read
+// past a row)
+// 16 and 32 vector registers (AVX2; baseline SSE2; NEON): a small GEMM tile, MC output channels by
+// NV vectors of pixels in MC*NV accumulators for the whole tap loop; each tap loads NV vectors of
+// col and broadcasts MC weights for MC*NV multiply-adds (AVX2: 4 x 3 ymm, 12 FMAs per 7 loads).
+// Edge blocks are computed whole (col is zero there) and stored through a buffer.
+template <int MC, int NV>
+void direct_forward_tile(float* y, const float* col, const float* w, const float* b, i64 K, i64 T, i64 P, i64 ld) {
+  constexpr int PX = NV * VL;  // pixels per block
+  for (i64 p0 = 0; p0 < P; p0 += PX) {
+    const i64 n = P - p0 < PX ? P - p0 : PX;
+    for (i64 k0 = 0; k0 < K; k0 += MC) {
+      const int mc = K - k0 < MC ? int(K - k0) : MC;
+      vec acc[MC][NV];
+      for (int i = 0; i < MC; ++i)
+        for (int j = 0; j < NV; ++j) acc[i][j] = vec{} + b[k0 + (i < mc ? i : 0)];
+      const float* wk = w + k0 * T;
+      for (i64 t = 0; t < T; ++t) {
+        vec c[NV];
+        for (int j = 0; j < NV; ++j) c[j] = load(col + t * ld + p0 + j * VL);
+        for (int i = 0; i < MC; ++i) {
+          const float wi = wk[(i < mc ? i : 0) * T + t];
+          for (int j = 0; j < NV; ++j) acc[i][j] += wi * c[j];
+        }
+      }
+      for (int i = 0; i < mc; ++i) {
+        float* yk = y + (k0 + i) * P + p0;
+        if (n == PX) {
+          for (int j = 0; j < NV; ++j) store(yk + j * VL, acc[i][j]);
+        } else {
+          float tail[PX];
+          for (int j = 0; j < NV; ++j) store(tail + j * VL, acc[i][j]);
+          for (i64 p = 0; p < n; ++p) yk[p] = tail[p];
+        }
+      }
+    }
+  }
+}
+
 void direct_forward(float* y, const float* col, const float* w, const float* b, i64 K, i64 T, i64 P, i64 ld) {
+#if CNNFAST_VEC_BYTES == 64
+  // AVX-512 (32 zmm): conv1's 9 taps held in registers, all channels passing by
   if (T == 9) return direct_forward_taps<9>(y, col, w, b, K, P, ld);
+  // Blocking: 64 pixels of one output channel live in four 16-float accumulators for the whole
+  // tap loop; each tap is one broadcast weight, four loads of col (in L1) and four multiply-adds,
+  // and y is written once (the plain loop re-read and re-wrote y for every tap: 0.52 -> 0.38 ms
+  // for conv1 at batch 128; two channels at once, eight accumulators, measured slower).
   for (i64 p0 = 0; p0 < P; p0 += 64)
     for (i64 k = 0; k < K; ++k) {
       v16 acc[4];
@@ -75,32 +122,32 @@ void direct_forward(float* y, const float* col, const float* w, const float* b, 
         for (i64 p = 0; p < P - p0; ++p) yk[p] = tail[p];
       }
     }
+#elif defined(CNNFAST_ISA_NEON)
+  direct_forward_tile<6, 4>(y, col, w, b, K, T, P, ld);  // 32 q registers: 24 accumulators, 4 of col
+#else
+  direct_forward_tile<4, 3>(y, col, w, b, K, T, P, ld);  // 16 registers: 12 accumulators, 3 of col
+#endif
 }
 
-// dw[k][t] = sum_p dy[k][p] col[t][p], each sum in 16 interleaved lanes (one vector), added up
+// dw[k][t] = sum_p dy[k][p] col[t][p], each sum in VL interleaved lanes (one vector), added up
 // lane by lane at the end. Blocking: a block of NB taps (NB = T when T <= 12: conv1's 9) keeps NB
-// vector accumulators while one pass over the row dy[k] loads each 16 pixels of it once (the
-// plain loop re-read the row for every tap and kept a single dependent chain).
+// vector accumulators while one pass over the row dy[k] loads each vector of it once (the plain
+// loop re-read the row for every tap and kept a single dependent chain).
 template <int NB>
 inline void weight_grad_block(float* dw, const float* d, const float* col, i64 P) {
-  const i64 P16 = P / 16 * 16;
-  v16 acc[NB];
-  for (int i = 0; i < NB; ++i) acc[i] = v16{};
-  for (i64 p = 0; p < P16; p += 16) {
-    v16 dv;
-    __builtin_memcpy(&dv, d + p, sizeof dv);
-    for (int i = 0; i < NB; ++i) {
-      v16 cv;
-      __builtin_memcpy(&cv, col + i * P + p, sizeof cv);
-      acc[i] += dv * cv;
-    }
+  const i64 PV = P / VL * VL;
+  vec acc[NB];
+  for (int i = 0; i < NB; ++i) acc[i] = vec{};
+  for (i64 p = 0; p < PV; p += VL) {
+    const vec dv = load(d + p);
+    for (int i = 0; i < NB; ++i) acc[i] += dv * load(col + i * P + p);
   }
   for (int i = 0; i < NB; ++i) {
-    float lanes[16];
-    __builtin_memcpy(lanes, &acc[i], sizeof lanes);
-    for (i64 p = P16; p < P; ++p) lanes[p % 16] += d[p] * col[i * P + p];
+    float lanes[VL];
+    store(lanes, acc[i]);
+    for (i64 p = PV; p < P; ++p) lanes[p % VL] += d[p] * col[i * P + p];
     float sum = 0.0f;
-    for (int j = 0; j < 16; ++j) sum += lanes[j];
+    for (int j = 0; j < VL; ++j) sum += lanes[j];
     dw[i] = sum;
   }
 }
