@@ -4,8 +4,8 @@
 // accepts the layer, with the instruction set in use (isa.hpp), runs; the reference is last.
 //
 //   path                   file(s)                                       takes
-//   conv3x3_pool2_avx512   conv3x3_pool2_avx512.cpp                      fused only: 1 channel, 3x3, 2x2 pool
-//                                                                        (conv1), no dx; AVX-512
+//   conv3x3_pool2          conv3x3_pool2.cpp (per ISA),                  fused only: 1 channel, 3x3, 2x2 pool
+//                          conv3x3_pool2_avx512.cpp                      (conv1), no dx; every ISA
 //   panels_avx512          conv2d_panels.cpp, conv2d_panels_avx512.cpp   > 32 taps (conv2); AVX-512
 //   direct                 conv2d_direct.cpp, conv2d_direct_kernels.cpp  <= 32 taps; every ISA
 //                          (its inner loops compiled per ISA)
@@ -57,7 +57,7 @@ struct Conv2dPath {
 bool everywhere(const IsaKernels&) { return true; }
 
 const Conv2dPath kPaths[] = {
-    {"conv3x3_pool2_avx512", [](const IsaKernels& isa) { return isa.conv3x3_pool2_forward != nullptr; },
+    {"conv3x3_pool2", [](const IsaKernels& isa) { return isa.conv3x3_pool2_forward != nullptr; },
      [](const ConvShape& s, i64 N, i64 pool_k) {
        return has_work(s, N) && pool_k == 2 && s.C == 1 && s.R == 3 && s.S == 3 && s.Ho >= 2 && s.Wo >= 2 &&
               s.P() < (i64(1) << 30);

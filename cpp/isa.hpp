@@ -79,7 +79,9 @@ struct IsaKernels {
   void (*panels_backward_plain)(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,
                                 const ConvShape& s, i64 N);
 
-  // conv3x3_pool2_avx512.cpp: one channel, 3x3, ReLU, 2x2 pool, window by window in registers.
+  // ---- every ISA ----
+  // conv3x3_pool2.cpp (conv3x3_pool2_avx512.cpp on AVX-512): one channel, 3x3, ReLU, 2x2 pool,
+  // window by window in registers.
   // Forward: y, argmax (argmax may be null) = max_pool2d(conv2d(x), 2, relu). Backward: dw, db
   // (no dx); false, computing nothing, if an argmax is outside its window (argmax made by hand).
   void (*conv3x3_pool2_forward)(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,

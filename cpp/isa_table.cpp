@@ -26,11 +26,12 @@ void panels_backward(float* dx, float* dw, const float* x, const float* w, DyPan
                      i64 N, i64 Hu, i64 Wu);
 void panels_backward_plain(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,
                            const ConvShape& s, i64 N);
+#endif
+// conv3x3_pool2_avx512.cpp on AVX-512, conv3x3_pool2.cpp elsewhere
 void conv3x3_pool2_forward(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
-                           const ConvShape& s, i64 N);                          // conv3x3_pool2_avx512.cpp
+                           const ConvShape& s, i64 N);
 bool conv3x3_pool2_backward(float* dw, float* db, const float* x, const float* dy, const std::int32_t* argmax,
                             const ConvShape& s, i64 N);
-#endif
 
 extern const IsaKernels table = {
     CNNFAST_STR(CNNFAST_ISA),
@@ -46,11 +47,11 @@ extern const IsaKernels table = {
     panels_forward,
     panels_backward,
     panels_backward_plain,
+#else
+    nullptr, nullptr, nullptr, nullptr, nullptr,  // (the portable paths serve)
+#endif
     conv3x3_pool2_forward,
     conv3x3_pool2_backward,
-#else
-    nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,  // (the portable paths serve)
-#endif
 };
 
 }  // namespace CNNFAST_ISA

@@ -1,0 +1,226 @@
+// conv2d (one input channel, 3x3) + ReLU + 2x2 max-pool in registers, in portable vector code
+// compiled once per instruction set without its own version (baseline, AVX2, NEON; AVX-512 has
+// conv3x3_pool2_avx512.cpp): the default model's first layer, conv1, whose convolution output is
+// never stored. The same method as the AVX-512 file, VL windows at a time (VL = the ISA's vector
+// width in floats: 8 on AVX2, whose 16 ymm registers hold the channel's 9 weights, the window's
+// 4 sums and a plane).
+//
+// A window's four conv outputs (2i+a, 2j+b), a, b in {0, 1}, read x at (2i+a+r-pad, 2j+b+q-pad):
+// only a+r and b+q (0..3 each) matter, so the image is first split into 16 subsampled planes
+// D[u][v][i*Wq + j] = x[2i+u-pad][2j+v-pad] (zero outside x; 11 KB for conv1, in L1). Then, VL
+// windows at a time, a channel's four outputs per window are four accumulators of 9 multiply-adds,
+// and the window's maximum and argmax are picked in registers with max_pool2d's rule (first
+// maximum, a NaN wins; ReLU: a maximum not > 0 gives 0 and argmax -1). Sums in the direct path's
+// order (0 + bias, then taps r, q), so the same numbers as conv2d_forward + max_pool2d_forward.
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <vector>
+
+#include "conv2d_common.hpp"
+#include "isa.hpp"
+#include "isa_target.hpp"
+#include "parallel.hpp"
+
+CNNFAST_TARGET_BEGIN
+namespace cnnfast {
+namespace CNNFAST_ISA {
+namespace {
+
+constexpr int VL = CNNFAST_VEC_BYTES / 4;
+typedef float vec __attribute__((vector_size(CNNFAST_VEC_BYTES)));
+typedef std::int32_t ivec __attribute__((vector_size(CNNFAST_VEC_BYTES)));
+
+inline vec load(const float* p) { vec v; __builtin_memcpy(&v, p, sizeof v); return v; }
+inline ivec load(const std::int32_t* p) { ivec v; __builtin_memcpy(&v, p, sizeof v); return v; }
+// the first n lanes of v to p (all of them in one store when n = VL)
+template <typename V, typename T>
+inline void store_first(T* p, V v, i64 n) {
+  if (n == VL) return __builtin_memcpy(p, &v, sizeof v), void();
+  T lanes[VL];
+  __builtin_memcpy(lanes, &v, sizeof v);
+  for (i64 i = 0; i < n; ++i) p[i] = lanes[i];
+}
+
+struct Windows {
+  i64 Hq, Wq, Q, Qp;                // windows down and across, their number, rounded up to 16
+  std::vector<std::int32_t> first;  // first[i*Wq + j] = (2i)*Wo + 2j, the window's top-left pixel
+  explicit Windows(const ConvShape& s)
+      : Hq(s.Ho / 2), Wq(s.Wo / 2), Q(Hq * Wq), Qp((Q + 15) / 16 * 16), first(static_cast<size_t>(Qp), 0) {
+    for (i64 i = 0; i < Hq; ++i)
+      for (i64 j = 0; j < Wq; ++j) first[size_t(i * Wq + j)] = std::int32_t(2 * i * s.Wo + 2 * j);
+  }
+  i64 scratch_floats() const { return 16 * Qp; }
+};
+
+// D[u][v][q] = x[2i+u-pad][2j+v-pad] for window q = i*Wq + j (zero outside x and past Q)
+void build_planes(float* D, const float* x, const ConvShape& s, const Windows& win) {
+  for (i64 u = 0; u < 4; ++u)
+    for (i64 v = 0; v < 4; ++v) {
+      float* d = D + (u * 4 + v) * win.Qp;
+      // the windows j whose column 2j+v-pad lies inside x: j0 <= j < j1
+      const i64 j0 = std::min(win.Wq, std::max<i64>(0, (s.pad - v + 1) / 2));
+      const i64 j1 = std::max(j0, std::min(win.Wq, (s.W + s.pad - v + 1) / 2));
+      for (i64 i = 0; i < win.Hq; ++i) {
+        float* row = d + i * win.Wq;
+        const i64 h = 2 * i + u - s.pad;
+        if (h < 0 || h >= s.H) {
+          for (i64 j = 0; j < win.Wq; ++j) row[j] = 0.0f;
+          continue;
+        }
+        const float* src = x + h * s.W + v - s.pad;  // src[2j] = x[h][2j+v-pad]
+        for (i64 j = 0; j < j0; ++j) row[j] = 0.0f;
+        for (i64 j = j0; j < j1; ++j) row[j] = src[2 * j];
+        for (i64 j = j1; j < win.Wq; ++j) row[j] = 0.0f;
+      }
+      for (i64 q = win.Q; q < win.Qp; ++q) d[q] = 0.0f;
+    }
+}
+
+void image_forward(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b, const ConvShape& s,
+                   const Windows& win, float* D) {
+  const i64 Q = win.Q, Qp = win.Qp;
+  build_planes(D, x, s, win);
+  const std::int32_t step[4] = {0, 1, std::int32_t(s.Wo), std::int32_t(s.Wo + 1)};  // (a, b) = (0,0), (0,1), (1,0), (1,1)
+  for (i64 k = 0; k < s.K; ++k) {
+    vec wk[9];
+    for (int t = 0; t < 9; ++t) wk[t] = vec{} + w[k * 9 + t];
+    const vec bias = vec{} + b[k];  // 0 + b, as the direct path
+    for (i64 q0 = 0; q0 < Q; q0 += VL) {
+      vec out[4] = {bias, bias, bias, bias};
+      // each plane (u, v) loaded once and used by every window pixel (a, b) with tap
+      // (r, q) = (u - a, v - b) inside 3x3; for a fixed (a, b) the taps come in (r, q) order
+#pragma GCC unroll 4
+      for (int u = 0; u < 4; ++u)
+#pragma GCC unroll 4
+        for (int v = 0; v < 4; ++v) {
+          const vec d = load(D + (u * 4 + v) * Qp + q0);
+#pragma GCC unroll 4
+          for (int ab = 0; ab < 4; ++ab) {
+            const int r = u - (ab >> 1), q = v - (ab & 1);
+            if (r < 0 || r > 2 || q < 0 || q > 2) continue;
+            out[ab] += wk[r * 3 + q] * d;
+          }
+        }
+      // max_pool2d's rule over the four, in window order, then the ReLU
+      const ivec first = load(win.first.data() + q0);
+      vec best = out[0];
+      ivec index = first + step[0];
+      for (int i = 1; i < 4; ++i) {
+        const ivec take = (out[i] > best) | ((out[i] != out[i]) & (best == best));
+        best = take ? out[i] : best;
+        index = take ? first + step[i] : index;
+      }
+      const vec zero = {};
+      const ivec open = best > zero;
+      best = best <= zero ? zero : best;
+      index = open ? index : ivec{} - 1;
+      const i64 n = Q - q0 < VL ? Q - q0 : VL;
+      store_first(y + k * Q + q0, best, n);
+      if (argmax) store_first(argmax + k * Q + q0, index, n);
+    }
+  }
+}
+
+// The backward (dw and the bias-gradient lanes; conv1 needs no dx): a window's dy goes to the one
+// of its four pixels (a, b) its argmax names, so for VL windows the four d(conv) vectors are dy
+// where argmax == first + step[ab], and dw[k][r][q] gathers d(conv)_ab * D[a + r][b + q] over
+// (a, b) and the windows in 9 accumulators. dw_k: [K, 9]; lanes: [K, 16]. False, computing
+// nothing useful, if an argmax is neither -1 nor a pixel of its window.
+bool image_backward(float* dw_k, float* lanes, const float* x, const float* dy, const std::int32_t* argmax,
+                    const ConvShape& s, const Windows& win, float* D) {
+  const i64 Q = win.Q, Qp = win.Qp;
+  build_planes(D, x, s, win);
+  const std::int32_t step[4] = {0, 1, std::int32_t(s.Wo), std::int32_t(s.Wo + 1)};
+  ivec stray = {};  // open windows whose argmax is none of their pixels
+  for (i64 k = 0; k < s.K; ++k) {
+    vec acc[9] = {}, bias = {};
+    for (i64 q0 = 0; q0 < Q; q0 += VL) {
+      ivec a;
+      vec g;
+      if (Q - q0 >= VL) {
+        a = load(argmax + k * Q + q0), g = load(dy + k * Q + q0);
+      } else {  // (past Q: closed windows)
+        std::int32_t av[VL];
+        float gv[VL];
+        for (i64 i = 0; i < VL; ++i) av[i] = q0 + i < Q ? argmax[k * Q + q0 + i] : -1, gv[i] = q0 + i < Q ? dy[k * Q + q0 + i] : 0.0f;
+        a = load(av), g = load(gv);
+      }
+      const ivec first = load(win.first.data() + q0);
+      const vec zero = {};
+      vec d[4];
+      ivec hit = {};
+      for (int ab = 0; ab < 4; ++ab) {
+        const ivec m = a == first + step[ab];
+        d[ab] = m ? g : zero;
+        hit |= m;
+      }
+      stray |= (a >= 0) & ~hit;
+      bias += (d[0] + d[1]) + (d[2] + d[3]);
+#pragma GCC unroll 4
+      for (int u = 0; u < 4; ++u)
+#pragma GCC unroll 4
+        for (int v = 0; v < 4; ++v) {
+          const vec plane = load(D + (u * 4 + v) * Qp + q0);
+#pragma GCC unroll 4
+          for (int ab = 0; ab < 4; ++ab) {
+            const int r = u - (ab >> 1), q = v - (ab & 1);
+            if (r < 0 || r > 2 || q < 0 || q > 2) continue;
+            acc[r * 3 + q] += d[ab] * plane;
+          }
+        }
+    }
+    for (int t = 0; t < 9; ++t) {
+      float l[VL];
+      __builtin_memcpy(l, &acc[t], sizeof l);
+      float sum = 0.0f;
+      for (int j = 0; j < VL; ++j) sum += l[j];
+      dw_k[k * 9 + t] = sum;
+    }
+    float l[VL];
+    __builtin_memcpy(l, &bias, sizeof l);
+    for (int j = 0; j < 16; ++j) lanes[k * 16 + j] = j < VL ? l[j] : 0.0f;
+  }
+  std::int32_t any[VL];
+  __builtin_memcpy(any, &stray, sizeof any);
+  for (int j = 0; j < VL; ++j)
+    if (any[j]) return false;
+  return true;
+}
+
+}  // namespace
+
+// The ISA table's entries (isa.hpp): the batch, image by image over the threads
+void conv3x3_pool2_forward(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
+                           const ConvShape& s, i64 N) {
+  const Windows win(s);
+  const i64 pooled = s.K * win.Q;
+  const int nt = threads_over(double(N) * s.K * s.P() * 9, N);
+  ScratchFloats scratch(size_t(nt) * win.scratch_floats());  // (every value written before it is read)
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (i64 n = 0; n < N; ++n)
+    image_forward(y + n * pooled, argmax ? argmax + n * pooled : nullptr, x + n * s.H * s.W, w, b, s, win,
+                  scratch.get() + size_t(omp_get_thread_num()) * win.scratch_floats());
+}
+
+bool conv3x3_pool2_backward(float* dw, float* db, const float* x, const float* dy, const std::int32_t* argmax,
+                            const ConvShape& s, i64 N) {
+  const Windows win(s);
+  const i64 K = s.K, pooled = K * win.Q;
+  const int nt = threads_over(double(N) * K * s.P() * 9, N);
+  ScratchFloats scratch(size_t(nt) * win.scratch_floats()), partial(size_t(N) * K * 9), lanes(size_t(N) * K * 16);
+  std::atomic<bool> stray{false};
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (i64 n = 0; n < N; ++n)
+    if (!image_backward(partial.get() + n * K * 9, lanes.get() + n * K * 16, x + n * s.H * s.W, dy + n * pooled,
+                        argmax + n * pooled, s, win, scratch.get() + size_t(omp_get_thread_num()) * win.scratch_floats()))
+      stray.store(true, std::memory_order_relaxed);
+  if (stray.load()) return false;
+  sum_parts(dw, partial.get(), N, K * 9);  // per image, added in image order
+  sum_bias_lanes(db, lanes.get(), N, K);
+  return true;
+}
+
+}  // namespace CNNFAST_ISA
+}  // namespace cnnfast
+CNNFAST_TARGET_END
