@@ -1,16 +1,18 @@
 // conv2d: stride 1, zero padding, PyTorch weight layout [K, C, R, S]; alone, and with ReLU and
 // max-pooling as one layer (conv2d_relu_max_pool2d_*, a CNN's usual block). The entry points and
 // the one ordered list of paths: as oneDNN's cpu_convolution_list.cpp, the first path that
-// accepts the layer, with the instruction set in use (isa.hpp), runs; the reference is last.
+// accepts the layer runs, with the instruction set in use's kernels (isa.hpp); the reference is last.
 //
 //   path                   file(s)                                       takes
 //   conv3x3_pool2          conv3x3_pool2.cpp (per ISA),                  fused only: 1 channel, 3x3, 2x2 pool
 //                          conv3x3_pool2_avx512.cpp                      (conv1), no dx; every ISA
-//   panels_avx512          conv2d_panels.cpp, conv2d_panels_avx512.cpp   > 32 taps (conv2); AVX-512
+//   panels                 conv2d_panels.cpp, conv2d_panels_impl.hpp,   > 32 taps (conv2); every ISA
+//                          conv2d_panels_avx512.cpp (AVX-512),
+//                          conv2d_panels_portable.cpp (per ISA), + the
+//                          ISA's gemm_microkernel*.cpp
 //   direct                 conv2d_direct.cpp, conv2d_direct_kernels.cpp  <= 32 taps; every ISA
-//                          (its inner loops compiled per ISA)
-//   rows_gemm              conv2d_rows_gemm.cpp (+ gemm.cpp, the ISA's    any layer; every ISA
-//                          gemm_microkernel*.cpp)
+//                          (its inner loops compiled per ISA; dx through
+//                          the panels' backward)
 //   reference              conv2d_ref.cpp                                every layer (the empty ones
 //                                                                        only reach it)
 // Shared pieces (shape, chunking, scratch, layouts, the bias gradient): conv2d_common.hpp.
@@ -41,8 +43,6 @@ bool has_work(const ConvShape& s, i64 N) { return N > 0 && s.K > 0 && s.taps() >
 
 struct Conv2dPath {
   const char* name;
-  // Does the instruction set in use have this path's kernels?
-  bool (*offered)(const IsaKernels& isa);
   // Does it take this layer (pool_k = 0: conv2d alone)?
   bool (*accepts)(const ConvShape& s, i64 N, i64 pool_k);
   bool makes_dx;  // can its backward give the input gradient?
@@ -54,29 +54,25 @@ struct Conv2dPath {
                    const std::int32_t* argmax, const ConvShape& s, i64 N, i64 pool_k);
 };
 
-bool everywhere(const IsaKernels&) { return true; }
-
 const Conv2dPath kPaths[] = {
-    {"conv3x3_pool2", [](const IsaKernels& isa) { return isa.conv3x3_pool2_forward != nullptr; },
+    {"conv3x3_pool2",
      [](const ConvShape& s, i64 N, i64 pool_k) {
        return has_work(s, N) && pool_k == 2 && s.C == 1 && s.R == 3 && s.S == 3 && s.Ho >= 2 && s.Wo >= 2 &&
               s.P() < (i64(1) << 30);
      },
      false, conv3x3_pool2_forward_path, conv3x3_pool2_backward_path},
-    {"panels_avx512", [](const IsaKernels& isa) { return isa.panels_forward != nullptr; },
+    {"panels",
      [](const ConvShape& s, i64 N, i64) { return has_work(s, N) && s.taps() > kDirectTaps; },
      true, panels_forward_path, panels_backward_path},
-    {"direct", everywhere, [](const ConvShape& s, i64 N, i64) { return has_work(s, N) && s.taps() <= kDirectTaps; },
+    {"direct", [](const ConvShape& s, i64 N, i64) { return has_work(s, N) && s.taps() <= kDirectTaps; },
      true, direct_forward_path, direct_backward_path},
-    {"rows_gemm", everywhere, [](const ConvShape& s, i64 N, i64) { return has_work(s, N); },
-     true, rows_gemm_forward_path, rows_gemm_backward_path},
-    {"reference", everywhere, [](const ConvShape&, i64, i64) { return true; },
+    {"reference", [](const ConvShape&, i64, i64) { return true; },
      true, reference_forward_path, reference_backward_path},
 };
 
 // The paths that may run, in order: forward, or backward with or without dx
 bool candidate(const Conv2dPath& path, const ConvShape& s, i64 N, i64 pool_k, bool backward, bool dx) {
-  return path.offered(active_isa()) && path.accepts(s, N, pool_k) && !(backward && dx && !path.makes_dx);
+  return path.accepts(s, N, pool_k) && !(backward && dx && !path.makes_dx);
 }
 
 void forward(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b, const ConvShape& s,
@@ -132,7 +128,7 @@ const char* conv2d_path(i64 N, i64 C, i64 H, i64 W, i64 K, i64 R, i64 S, i64 pad
 int conv2d_paths(const char** names, int max) {
   int n = 0;
   for (const Conv2dPath& path : kPaths)
-    if (path.offered(active_isa()) && n < max) names[n++] = path.name;
+    if (n < max) names[n++] = path.name;
   return n;
 }
 

@@ -125,13 +125,6 @@ void panels_forward_path(float* y, std::int32_t* argmax, const float* x, const f
                          const ConvShape& s, i64 N, i64 pool_k);
 bool panels_backward_path(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,
                           const std::int32_t* argmax, const ConvShape& s, i64 N, i64 pool_k);
-// Patch rows and GEMMs, any shape (conv2d_rows_gemm.cpp)
-void rows_gemm_forward_path(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
-                            const ConvShape& s, i64 N, i64 pool_k);
-bool rows_gemm_backward_path(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,
-                             const std::int32_t* argmax, const ConvShape& s, i64 N, i64 pool_k);
-// The input gradient alone through patch rows (the direct path's dx)
-void rows_gemm_input_grad(float* dx, const float* w, const float* dy, const ConvShape& s, i64 N);
 // The specification, seven nested loops (conv2d_ref.cpp)
 void reference_forward_path(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
                             const ConvShape& s, i64 N, i64 pool_k);

@@ -2,7 +2,8 @@
 // on 1-3 channels): with so few taps each output meets too few weights to pay for packing GEMM
 // operands. Per image, col[T, P] (im2col, the image's T shifted copies) is built in L1 and the
 // ISA's inner loops (conv2d_direct_kernels.cpp) combine it row by row with the weights. The input
-// gradient, when wanted, goes through patch rows (conv2d_rows_gemm.cpp). Images over the threads.
+// gradient, when wanted, goes through the panels' backward (conv2d_panels_impl.hpp). Images over
+// the threads.
 #include <cstring>
 #include <memory>
 #include <vector>
@@ -72,7 +73,7 @@ bool direct_backward_path(float* dx, float* dw, float* db, const float* x, const
   }
   if (pool_k == 0) {
     direct_weight_grad(dw, x, dy, s, N);
-    if (dx) rows_gemm_input_grad(dx, w, dy, s, N);
+    if (dx) active_isa().panels_backward_plain(dx, nullptr, nullptr, x, w, dy, s, N);
     bias_grad(db, dy, N, K, P);
     return true;
   }

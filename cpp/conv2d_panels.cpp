@@ -1,7 +1,7 @@
 // conv2d's panel path: long patches through GEMMs whose operands are packed straight from the
-// image, on instruction sets that have these kernels (today AVX-512: conv2d_panels_avx512.cpp,
-// through the ISA table). This file only drives them; the fused backward chooses which output
-// pixels count.
+// image (conv2d_panels_impl.hpp, compiled per ISA with its helpers: conv2d_panels_avx512.cpp,
+// conv2d_panels_portable.cpp; reached through the ISA table). This file only chooses, for the
+// fused backward, which output pixels count.
 #include <atomic>
 #include <vector>
 

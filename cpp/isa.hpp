@@ -68,18 +68,19 @@ struct IsaKernels {
   void (*pool2_plane)(float* y, std::int32_t* argmax, const float* x, i64 Ho, i64 Wo, std::int32_t W, bool relu);
   bool (*pool2_backward_plane)(float* dx, const std::int32_t* argmax, const float* dy, i64 H, i64 W, i64 Ho, i64 Wo);
 
-  // conv2d_panels_avx512.cpp: long patches through GEMMs packed straight from the image.
+  // ---- every ISA ----
+  // conv2d_panels_avx512.cpp on AVX-512, conv2d_panels_portable.cpp elsewhere (drivers in
+  // conv2d_panels_impl.hpp): long patches through GEMMs packed straight from the image.
   // Forward: y = conv2d(x), or with pool_k > 0 y, argmax = max_pool2d(conv2d(x), pool_k, relu).
   void (*panels_forward)(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
                          const ConvShape& s, i64 N, i64 pool_k);
   // Backward over the first Hu x Wu output pixels, dy from a source (the fused kernel's d(conv))
   void (*panels_backward)(float* dx, float* dw, const float* x, const float* w, DyPanelsSource dy,
                           const ConvShape& s, i64 N, i64 Hu, i64 Wu);
-  // Backward of conv2d itself (dy: [N, K, Ho, Wo]), db included
+  // Backward of conv2d itself (dy: [N, K, Ho, Wo]), db included (dw, db or dx may be null)
   void (*panels_backward_plain)(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,
                                 const ConvShape& s, i64 N);
 
-  // ---- every ISA ----
   // conv3x3_pool2.cpp (conv3x3_pool2_avx512.cpp on AVX-512): one channel, 3x3, ReLU, 2x2 pool,
   // window by window in registers.
   // Forward: y, argmax (argmax may be null) = max_pool2d(conv2d(x), 2, relu). Backward: dw, db

@@ -20,13 +20,14 @@ void dropout_mask_groups(std::uint8_t* mask, i64 g0, i64 g1, std::uint64_t seed,
 void pool2_plane(float* y, std::int32_t* argmax, const float* x, i64 Ho, i64 Wo, std::int32_t W,
                  bool relu);                                                    // max_pool2d_avx512.cpp
 bool pool2_backward_plane(float* dx, const std::int32_t* argmax, const float* dy, i64 H, i64 W, i64 Ho, i64 Wo);
+#endif
+// conv2d_panels_avx512.cpp on AVX-512, conv2d_panels_portable.cpp elsewhere
 void panels_forward(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
-                    const ConvShape& s, i64 N, i64 pool_k);                     // conv2d_panels_avx512.cpp
+                    const ConvShape& s, i64 N, i64 pool_k);
 void panels_backward(float* dx, float* dw, const float* x, const float* w, DyPanelsSource dy, const ConvShape& s,
                      i64 N, i64 Hu, i64 Wu);
 void panels_backward_plain(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,
                            const ConvShape& s, i64 N);
-#endif
 // conv3x3_pool2_avx512.cpp on AVX-512, conv3x3_pool2.cpp elsewhere
 void conv3x3_pool2_forward(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
                            const ConvShape& s, i64 N);
@@ -44,12 +45,12 @@ extern const IsaKernels table = {
 #if defined(CNNFAST_ISA_AVX512)
     pool2_plane,
     pool2_backward_plane,
+#else
+    nullptr, nullptr,  // (max_pool2d.cpp's portable loops serve)
+#endif
     panels_forward,
     panels_backward,
     panels_backward_plain,
-#else
-    nullptr, nullptr, nullptr, nullptr, nullptr,  // (the portable paths serve)
-#endif
     conv3x3_pool2_forward,
     conv3x3_pool2_backward,
 };

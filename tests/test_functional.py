@@ -369,8 +369,7 @@ def test_every_kernel_follows_the_forced_isa(isa):
         int(v) for v in kernels["gemm"].split()[1].split("x"))
     assert kernels["conv2d_direct"] == isa and kernels["dropout"] == isa
     assert kernels["linear"].startswith(isa + " ")
-    own = ["panels_avx512"] if isa == "avx512" else []
-    assert kernels["conv2d"] == ["conv3x3_pool2"] + own + ["direct", "rows_gemm", "reference"]
+    assert kernels["conv2d"] == ["conv3x3_pool2", "panels", "direct", "reference"]
     assert kernels["max_pool2d"].startswith("avx512") == (isa == "avx512")
 
 
@@ -380,7 +379,7 @@ def test_every_kernel_follows_the_forced_isa(isa):
     ((128, 1, 28, 28), (32, 1, 3, 3), 0, 2, True, False, {None: "conv3x3_pool2"}),
     ((128, 1, 28, 28), (32, 1, 3, 3), 0, 2, True, True, {}),
     ((128, 1, 28, 28), (32, 1, 3, 3), 0, 0, False, False, {}),
-    # conv2: 288 taps, panels on AVX-512, patch rows elsewhere
+    # conv2: 288 taps, the panels
     ((128, 32, 13, 13), (64, 32, 3, 3), 0, 2, True, True, {}),
     ((4, 3, 32, 32), (16, 3, 5, 5), 2, 0, False, False, {}),  # 75 taps: a CIFAR/LeNet-like layer
     ((4, 3, 32, 32), (16, 3, 3, 3), 1, 0, True, True, {}),    # 27 taps: direct
@@ -390,8 +389,7 @@ def test_every_kernel_follows_the_forced_isa(isa):
 def test_conv2d_takes_the_first_path_of_its_list_that_accepts_the_layer(isa, x_shape, w_shape, padding, pool,
                                                                         backward, input_grad, paths):
     taps = w_shape[1] * w_shape[2] * w_shape[3]
-    long = "panels_avx512" if isa == "avx512" else "rows_gemm"
-    default = "direct" if 0 < taps <= 32 else long if taps > 32 else "reference"
+    default = "direct" if 0 < taps <= 32 else "panels" if taps > 32 else "reference"
     want = paths.get(isa, paths.get(None, default))
     assert _core.conv2d_path(x_shape, w_shape, padding, pool, backward, input_grad) == want
 

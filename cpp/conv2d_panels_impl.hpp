@@ -1,0 +1,315 @@
+// conv2d's panel path, the drivers (conv2d_panels.cpp lists why and when): long patches through
+// GEMMs whose packed operands are built straight from the image and dy, instead of patch rows
+// (im2col's way, which writes a patch row of every pixel out to memory and reads it back).
+// - Forward (conv2d_forward_panels): packed A, a panel of mr output pixels by the taps, is built
+//   from x itself, a copy per run of pixels per tap; with a pool, each chunk's product is pooled
+//   straight from the GEMM's output, and the pixels no window reads are not computed.
+// - Backward (conv2d_backward_panels): dW's A read in place from a channels-last copy of x where
+//   the tiles allow, dx made mr pixels at a time in L1 and added in place.
+//
+// Included, inside namespace cnnfast::<isa> and its target pragmas, by the files that give the
+// ISA's helpers (conv2d_panels_avx512.cpp: AVX-512 intrinsics; conv2d_panels_portable.cpp:
+// portable vectors), which define before including it:
+//   PanelRun {i64 offset; std::uint32_t lanes;}   a run of a panel's pixels (lanes: a bit mask)
+//   pack_patch_panel(ap, src, runs, nruns, tap_offset, T, mr)
+//                         ap[t*mr + l] = src[runs[j].offset + l + tap_offset[t]] for l in run j,
+//                         0 in lanes no run fills
+//   transpose_blocks(dst, ldd, src, lds, rows, cols, rows_out)
+//                         dst[j*ldd + i] = src[i*lds + j] (i < rows, j < cols), 0 for rows <= i < rows_out
+//   add_bias_rows(y, b, K, P), to_channels_last(xp, x, s), from_channels_last(dx, xp, s),
+//   add_patch_rows(xp, rows, ld, offsets, m, s)      as conv2d_common.hpp's plain versions
+//   kInPlaceMR, kInPlaceNR, microkernel_in_place(kc, a, offsets, b, c, ldc, accumulate)
+//                         the ISA's GEMM micro-kernel with A read in place: step k's mr values are
+//                         a[offsets[k] + 0..mr), for whole kInPlaceMR x kInPlaceNR tiles
+//   gemm_microkernel      the ISA's MicroKernel
+// (No include guard: each ISA file includes it once, in its own namespace.)
+
+namespace {
+
+// out: [images * Hu * Wu, K] (a chunk's product, pixel-major, without bias, only the rows and
+// columns the windows read: Hu = Ho/k*k, Wu = Wo/k*k) ->
+// y, argmax: [images, K, Ho/k, Wo/k] = max_pool2d(out + b, k, relu=true), the rule of
+// max_pool2d_planes (first maximum, a NaN wins; a maximum not > 0 gives 0 and argmax -1, an
+// index oh*Wo + ow into the whole Ho x Wo plane), with a pixel's channels as the vector lanes;
+// an image's windows are written [Q, K] to window_y / window_argmax, then transposed into place.
+void relu_pool_pixel_major(float* y, std::int32_t* argmax, const float* out, const float* b, i64 images,
+                           i64 K, i64 Ho, i64 Wo, i64 k, float* best, std::int32_t* index, float* window_y,
+                           std::int32_t* window_argmax) {
+  const i64 Hq = Ho / k, Wq = Wo / k, Q = Hq * Wq, Wu = Wq * k, Pu = Hq * k * Wu;
+  for (i64 n = 0; n < images; ++n) {
+    for (i64 oh = 0; oh < Hq; ++oh)
+      for (i64 ow = 0; ow < Wq; ++ow) {
+        for (i64 r = 0; r < k; ++r)
+          for (i64 q = 0; q < k; ++q) {
+            const std::int32_t p = std::int32_t((oh * k + r) * Wo + ow * k + q);
+            const float* v = out + (n * Pu + (oh * k + r) * Wu + ow * k + q) * K;
+            if (r == 0 && q == 0) {
+              for (i64 c = 0; c < K; ++c) { best[c] = v[c] + b[c]; index[c] = p; }
+              continue;
+            }
+            for (i64 c = 0; c < K; ++c) {
+              const float value = v[c] + b[c];
+              const bool take = value > best[c] || (value != value && best[c] == best[c]);
+              best[c] = take ? value : best[c];
+              index[c] = take ? p : index[c];
+            }
+          }
+        float* yq = window_y + (oh * Wq + ow) * K;  // [Q, K] for now
+        std::int32_t* aq = window_argmax + (oh * Wq + ow) * K;
+        for (i64 c = 0; c < K; ++c) {
+          yq[c] = best[c] <= 0.0f ? 0.0f : best[c];
+          aq[c] = best[c] > 0.0f ? index[c] : -1;
+        }
+      }
+    // [Q, K] -> [K, Q] (argmax's int32 moved as float bit patterns; argmax may be null)
+    transpose_blocks(y + n * K * Q, Q, window_y, K, Q, K, Q);
+    if (argmax)
+      transpose_blocks(reinterpret_cast<float*>(argmax + n * K * Q), Q, reinterpret_cast<const float*>(window_argmax), K, Q, K, Q);
+  }
+}
+
+// x: [N, C, H, W], w: [K, C, R, S], b: [K] -> y: [N, K, Ho, Wo], chunked as the patch-row path;
+// with pool_k > 0 instead y, argmax: [N, K, Ho/k, Wo/k] = max_pool2d(y, pool_k, relu=true), each
+// chunk pooled straight from its product (the convolution's output is never stored, and the
+// pixels no window reads, conv2's last row and column, 21 of 121, are not computed)
+void conv2d_forward_panels(float* y, const float* x, const float* w, const float* b, const ConvShape& s,
+                           i64 N, std::int32_t* argmax, i64 pool_k) {
+  const MicroKernel& mk = gemm_microkernel;
+  const i64 C = s.C, K = s.K, P = s.P(), T = s.taps();
+  const int mr = mk.mr, nr = mk.nr;
+  // Padded images go through a zero-bordered planar copy; unpadded ones are read in place.
+  const i64 plane = s.Hp * s.Wp, image = C * plane;
+  std::vector<i64> tap_offset(static_cast<size_t>(T));
+  for (i64 c = 0; c < C; ++c)
+    for (i64 r = 0; r < s.R; ++r)
+      for (i64 q = 0; q < s.S; ++q) tap_offset[size_t((c * s.R + r) * s.S + q)] = c * plane + r * s.Wp + q;
+  // One depth block while a panel's A (T x mr) and B (T x nr) fit L1 and L2 together (conv2:
+  // T = 288, measured 3% faster than two blocks of 144); sgemm's blocks beyond that.
+  const i64 kc = T <= 512 ? T : depth_block(T), Kpad = (K + nr - 1) / nr * nr;
+  std::vector<float> wp(size_t(T) * Kpad);  // op(B) = w^T [T, K], packed per depth block
+  for (i64 k0 = 0; k0 < T; k0 += kc) pack_b(wp.data() + k0 * Kpad, true, w, T, k0, 0, std::min(kc, T - k0), K, nr);
+
+  const i64 Hu = pool_k > 0 ? s.Ho / pool_k * pool_k : s.Ho, Wu = pool_k > 0 ? s.Wo / pool_k * pool_k : s.Wo, Pu = Hu * Wu;
+  const Chunking ch(N, Pu);
+  const int nt = std::max(1, std::min<int>(threads_for(double(N) * K * Pu * T), int(ch.chunks)));
+  const size_t padded_floats = s.pad ? size_t(ch.per_chunk) * image : 0, chunk_pixels = size_t(ch.per_chunk) * Pu;
+  const size_t pooled_floats = pool_k > 0 ? size_t(K) * (s.Ho / pool_k) * (s.Wo / pool_k) : 0;
+  const size_t scratch_per_thread = padded_floats + size_t(T) * mr + chunk_pixels * K + 2 * size_t(K) + 2 * pooled_floats;
+  ScratchFloats scratch(size_t(nt) * scratch_per_thread);  // (each value written before it is read)
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (i64 chunk = 0; chunk < ch.chunks; ++chunk) {
+    const i64 n0 = chunk * ch.per_chunk, n1 = std::min(N, n0 + ch.per_chunk), L = (n1 - n0) * Pu;
+    float* padded = scratch.get() + size_t(omp_get_thread_num()) * scratch_per_thread;
+    float* ap = padded + padded_floats;  // [T, mr]
+    float* out = ap + size_t(T) * mr;    // [L, K]
+    const float* src = x + n0 * C * s.H * s.W;
+    if (s.pad) {
+      std::fill(padded, padded + (n1 - n0) * image, 0.0f);
+      for (i64 n = n0; n < n1; ++n)
+        for (i64 c = 0; c < C; ++c)
+          for (i64 h = 0; h < s.H; ++h)
+            std::memcpy(padded + (n - n0) * image + c * plane + (h + s.pad) * s.Wp + s.pad,
+                        x + ((n * C + c) * s.H + h) * s.W, sizeof(float) * s.W);
+      src = padded;
+    }
+    PanelRun runs[16];
+    for (i64 l0 = 0; l0 < L; l0 += mr) {
+      const int m = int(std::min<i64>(mr, L - l0));
+      int nruns = 0;
+      for (int i = 0; i < m;) {  // lanes i.. of one (image, output row)
+        const i64 l = l0 + i, n = l / Pu, oh = l % Pu / Wu, ow = l % Pu % Wu;
+        const int len = int(std::min<i64>(m - i, Wu - ow));
+        runs[nruns++] = {n * image + oh * s.Wp + ow - i, std::uint32_t(((1u << len) - 1) << i)};
+        i += len;
+      }
+      pack_patch_panel(ap, src, runs, nruns, tap_offset.data(), T, mr);
+      for (i64 k0 = 0; k0 < T; k0 += kc) {
+        const i64 kcb = std::min(kc, T - k0);
+        for (i64 j0 = 0; j0 < K; j0 += nr)
+          mk.run(kcb, ap + k0 * mr, wp.data() + k0 * Kpad + j0 * kcb, out + l0 * K + j0, K, m,
+                 std::min<i64>(nr, K - j0), k0 > 0);
+      }
+    }
+    if (pool_k > 0) {
+      const i64 pooled = K * (s.Ho / pool_k) * (s.Wo / pool_k);
+      float* best = out + chunk_pixels * K;
+      relu_pool_pixel_major(y + n0 * pooled, argmax ? argmax + n0 * pooled : nullptr, out, b, n1 - n0, K, s.Ho, s.Wo, pool_k, best,
+                            reinterpret_cast<std::int32_t*>(best + K), best + 2 * K,
+                            reinterpret_cast<std::int32_t*>(best + 2 * K + pooled));
+      continue;
+    }
+    for (i64 n = n0; n < n1; ++n) {  // y_n[k][p] = out[(n - n0)*P + p][k] + b[k]: transposed, then + b
+      float* yn = y + n * K * P;
+      transpose_blocks(yn, P, out + (n - n0) * P * K, K, P, K, P);
+      add_bias_rows(yn, b, K, P);
+    }
+  }
+}
+
+
+// ---- backward: both GEMMs fed straight from the image and dy ----
+// The patch-row path writes every pixel's patch row (rows[L, RSC], 2.2 MB per chunk for conv2)
+// and the input gradient's drows[L, RSC] out to memory and reads them back. Here neither exists:
+// - dW^T[RSC, K] = rows^T dy: the GEMM's packed A (mr taps x a depth block of pixels) is built
+//   from the chunk's channels-last image xp[n][Hp][Wp][C] with pack_patch_panel (for a pixel,
+//   mr consecutive taps (r, q, c..c+mr-1) are contiguous in xp: one or two runs), and its
+//   B is dy pixel-major in panels of nr channels, read in place (no packing).
+// - drows = dy^T wt is made mr pixels at a time into a [mr, RSC] tile in L1 (A packed from
+//   channel-major dy, again one copy per run of pixels per channel; B is wt packed once
+//   per call), and added into the chunk's zero-bordered input gradient at once (row2im).
+
+
+// The plain source: dy itself (channel-major as it is), transposed into the pixel-major panels.
+// The bias gradient's lanes of each row (row_lanes) are taken on the way, while the rows are in cache.
+// (a DyPanelsSource's context)
+struct GatherDyPanels {
+  const float* dy;
+  i64 K, P;
+  int nr;
+  float* lanes;  // [N, K, 16]
+  static DyPanels chunk(const void* context, i64 n0, i64 n1, float*, float* lk) {
+    const GatherDyPanels& g = *static_cast<const GatherDyPanels*>(context);
+    const float* dy = g.dy;
+    const i64 K = g.K, P = g.P, nr = g.nr, L = (n1 - n0) * P;
+    float* lanes = g.lanes;
+    for (i64 n = n0; n < n1; ++n) {
+      for (i64 k0 = 0; k0 < K; k0 += nr)  // [nr channels, P] -> [P, nr], zeros past K
+        transpose_blocks(lk + k0 * L + (n - n0) * P * nr, nr, dy + (n * K + k0) * P, P, std::min<i64>(nr, K - k0), P, nr);
+      for (i64 k = 0; k < K; ++k) row_lanes(lanes + (n * K + k) * 16, dy + (n * K + k) * P, P);
+    }
+    return {dy + n0 * K * P, K * P, P, lk};
+  }
+};
+
+// dw and dx (either may be null); chunked as conv2d_backward_gemm, the weight gradient summed
+// chunk by chunk in chunk order, so the results do not depend on the thread count. Only the
+// output pixels in the first Hu rows and Wu columns count (the fused kernel's dy is zero
+// elsewhere); dy_of's chunks hold P = Hu*Wu pixels an image.
+void conv2d_backward_panels(float* dx, float* dw, const float* x, const float* w, DyPanelsSource dy_of,
+                            const ConvShape& s, i64 N, i64 Hu, i64 Wu) {
+  const MicroKernel& mk = gemm_microkernel;
+  const i64 C = s.C, K = s.K, P = Hu * Wu, T = s.taps(), S = s.S;
+  const int mr = mk.mr, nr = mk.nr;
+  const i64 Kp = (K + nr - 1) / nr * nr, Tp = (T + nr - 1) / nr * nr, image = s.Hp * s.Wp * C;
+  const Chunking ch(N, P);
+  const int nt = std::max(1, std::min<int>(threads_for((dx && dw ? 2.0 : 1.0) * N * K * P * T), int(ch.chunks)));
+  // dW's A, tap panel by tap panel: the runs of taps (t = (r*S + q)*C + c) that are contiguous in xp;
+  // when no panel straddles two kernel rows r (and tiles are whole), A is read in place instead
+  const bool in_place = mr == kInPlaceMR && nr == kInPlaceNR && (S * C) % mr == 0 && K % nr == 0;
+  // dx's A likewise, from dy's channel rows, for panels of mr pixels of one image (whole tiles)
+  const bool dx_in_place = mr == kInPlaceMR && nr == kInPlaceNR && T % nr == 0;
+  const i64 tap_panels = (T + mr - 1) / mr;
+  std::vector<PanelRun> tap_runs(size_t(tap_panels) * 16);
+  std::vector<int> tap_nruns(static_cast<size_t>(tap_panels));
+  for (i64 tp = 0; tp < tap_panels; ++tp) {
+    const int m = int(std::min<i64>(mr, T - tp * mr));
+    int nruns = 0;
+    for (int i = 0; i < m;) {
+      const i64 t = tp * mr + i, rq = t / C, c = t % C;
+      const int len = int(std::min<i64>(m - i, C - c));
+      tap_runs[size_t(tp * 16 + nruns++)] = {(rq / S * s.Wp + rq % S) * C + c - i, std::uint32_t(((1u << len) - 1) << i)};
+      i += len;
+    }
+    tap_nruns[size_t(tp)] = nruns;
+  }
+  std::vector<float> wtp;  // dx's B: wt [K, T] (taps in xp order) in panels of nr taps
+  if (dx) {
+    const std::vector<float> wt = weights_rsc(w, s);
+    wtp.resize(size_t(Tp) * K);
+    pack_b(wtp.data(), false, wt.data(), T, 0, 0, K, T, nr);
+  }
+  ScratchFloats partial(dw ? size_t(ch.chunks) * T * Kp : 0);  // (columns K..Kp are never written)
+  if (dw && Kp > K) std::fill(partial.get(), partial.get() + ch.chunks * T * Kp, 0.0f);
+  const i64 chunk_pixels = ch.per_chunk * P, depth = depth_block(std::max<i64>(chunk_pixels, 1));
+  // (every buffer a whole number of cache lines, so that each starts on one: see ScratchFloats)
+  const size_t xp_floats = lines(size_t(ch.per_chunk) * image), ap_floats = lines(size_t(std::max(depth, K)) * mr);
+  const size_t tile_floats = dx ? lines(size_t(mr) * Tp) : 0, lk_floats = lines(size_t(chunk_pixels) * Kp);
+  const size_t per_thread = xp_floats * (dx ? 2 : 1) + ap_floats + tile_floats + lk_floats + lines(size_t(chunk_pixels) * K);
+  const size_t offsets_per_thread = size_t(chunk_pixels + K);
+  ScratchFloats scratch(size_t(nt) * per_thread);
+  std::unique_ptr<i64[]> offset_scratch(new i64[size_t(nt) * offsets_per_thread]);
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (i64 chunk = 0; chunk < ch.chunks; ++chunk) {
+    const i64 n0 = chunk * ch.per_chunk, n1 = std::min(N, n0 + ch.per_chunk), L = (n1 - n0) * P;
+    float* xp = scratch.get() + size_t(omp_get_thread_num()) * per_thread;  // [images][Hp][Wp][C]
+    float* xdx = xp + xp_floats;                                            // the same, for dx
+    float* ap = xdx + (dx ? xp_floats : 0);                                 // packed A
+    float* tile = ap + ap_floats;                                           // drows [mr, Tp]
+    float* lk = tile + tile_floats;                                         // dy pixel-major
+    float* kl = lk + lk_floats;                                             // dy channel-major
+    i64* offsets = offset_scratch.get() + size_t(omp_get_thread_num()) * offsets_per_thread;  // pixel l's in xp
+    i64* channel_offsets = offsets + chunk_pixels;                                            // channel k's in dy
+    for (i64 n = n0; n < n1; ++n) to_channels_last(xp + (n - n0) * image, x + n * s.C * s.H * s.W, s);
+    const DyPanels d = dy_of.chunk(dy_of.context, n0, n1, kl, lk);
+    for (i64 n = 0, l = 0; n < n1 - n0; ++n)
+      for (i64 oh = 0; oh < Hu; ++oh)
+        for (i64 ow = 0; ow < Wu; ++ow) offsets[l++] = n * image + (oh * s.Wp + ow) * C;
+    if (dw) {
+      float* out = partial.get() + chunk * T * Kp;  // dW^T [T, Kp]
+      for (i64 l0 = 0; l0 < L; l0 += depth) {
+        const i64 kb = std::min(depth, L - l0);
+        for (i64 tp = 0; tp < tap_panels; ++tp) {
+          if (in_place) {  // taps tp*mr.. of kernel row r = tap / (S*C), at offset tap % (S*C) in the pixel's row r
+            const float* a = xp + (tp * mr) / (S * C) * s.Wp * C + (tp * mr) % (S * C);
+            for (i64 j0 = 0; j0 < K; j0 += nr)
+              microkernel_in_place(kb, a, offsets + l0, d.by_pixel + j0 * L + l0 * nr, out + tp * mr * Kp + j0, Kp, l0 > 0);
+            continue;
+          }
+          pack_patch_panel(ap, xp, &tap_runs[size_t(tp * 16)], tap_nruns[size_t(tp)], offsets + l0, kb, mr);
+          for (i64 j0 = 0; j0 < K; j0 += nr)
+            mk.run(kb, ap, d.by_pixel + j0 * L + l0 * nr, out + tp * mr * Kp + j0, Kp,
+                   std::min<i64>(mr, T - tp * mr), std::min<i64>(nr, K - j0), l0 > 0);
+        }
+      }
+    }
+    if (dx) {
+      std::fill(xdx, xdx + (n1 - n0) * image, 0.0f);
+      for (i64 k = 0; k < K; ++k) channel_offsets[k] = k * d.channel_stride;
+      for (i64 l0 = 0; l0 < L; l0 += mr) {
+        const int m = int(std::min<i64>(mr, L - l0));
+        PanelRun runs[16];
+        int nruns = 0;
+        for (int i = 0; i < m;) {  // lanes i.. of one image
+          const i64 l = l0 + i, n = l / P, p = l % P;
+          const int len = int(std::min<i64>(m - i, P - p));
+          runs[nruns++] = {n * d.image_stride + p - i, std::uint32_t(((1u << len) - 1) << i)};
+          i += len;
+        }
+        if (dx_in_place && m == mr && nruns == 1) {  // mr pixels of one image: A read in place from dy's rows
+          for (i64 j0 = 0; j0 < T; j0 += nr)
+            microkernel_in_place(K, d.by_channel + runs[0].offset, channel_offsets, wtp.data() + j0 * K, tile + j0, Tp, false);
+        } else {
+          pack_patch_panel(ap, d.by_channel, runs, nruns, channel_offsets, K, mr);
+          for (i64 j0 = 0; j0 < T; j0 += nr) mk.run(K, ap, wtp.data() + j0 * K, tile + j0, Tp, m, std::min<i64>(nr, T - j0), 0);
+        }
+        add_patch_rows(xdx, tile, Tp, offsets + l0, m, s);
+      }
+      for (i64 n = n0; n < n1; ++n) from_channels_last(dx + n * s.C * s.H * s.W, xdx + (n - n0) * image, s);
+    }
+  }
+  if (!dw) return;
+  std::vector<float> total(size_t(T) * Kp);
+  sum_parts(total.data(), partial.get(), ch.chunks, T * Kp);  // the chunks' products, in chunk order
+  dw_from_taps_by_channels(dw, total.data(), Kp, s);
+}
+
+}  // namespace
+
+// The ISA table's entries (isa.hpp)
+void panels_forward(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b, const ConvShape& s,
+                    i64 N, i64 pool_k) {
+  conv2d_forward_panels(y, x, w, b, s, N, argmax, pool_k);
+}
+
+void panels_backward(float* dx, float* dw, const float* x, const float* w, DyPanelsSource dy, const ConvShape& s,
+                     i64 N, i64 Hu, i64 Wu) {
+  conv2d_backward_panels(dx, dw, x, w, dy, s, N, Hu, Wu);
+}
+
+void panels_backward_plain(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,
+                           const ConvShape& s, i64 N) {
+  ScratchFloats lanes(size_t(N) * s.K * 16);  // (every lane written: the bias gradient's, taken as dy is transposed)
+  const GatherDyPanels gather{dy, s.K, s.P(), gemm_microkernel.nr, lanes.get()};
+  conv2d_backward_panels(dx, dw, x, w, DyPanelsSource{&GatherDyPanels::chunk, &gather}, s, N, s.Ho, s.Wo);
+  if (db) sum_bias_lanes(db, lanes.get(), N, s.K);
+}

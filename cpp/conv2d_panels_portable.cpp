@@ -1,0 +1,127 @@
+// conv2d's panel path (the drivers: conv2d_panels_impl.hpp) with portable helpers, compiled once
+// per instruction set that has no panel helpers of its own (baseline, AVX2, NEON; AVX-512:
+// conv2d_panels_avx512.cpp): a panel's runs of pixels are packed by plain copies, transposes go in
+// 8 x 8 blocks, and dW's A is read in place by the ISA's micro-kernel tile in vector code.
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "conv2d_common.hpp"
+#include "gemm.hpp"
+#include "isa_target.hpp"
+#include "parallel.hpp"
+
+CNNFAST_TARGET_BEGIN
+namespace cnnfast {
+namespace CNNFAST_ISA {
+
+extern const MicroKernel gemm_microkernel;  // this ISA's (gemm_microkernel*.cpp)
+
+namespace {
+
+constexpr int VL = CNNFAST_VEC_BYTES / 4;
+#if defined(CNNFAST_ISA_NEON)
+constexpr int NV = 3;  // gemm_microkernel_neon.cpp's 8 x 12
+#else
+constexpr int NV = 2;  // gemm_microkernel.cpp's MR x 2 vectors
+#endif
+typedef float vec __attribute__((vector_size(CNNFAST_VEC_BYTES)));
+inline vec load(const float* p) { vec v; __builtin_memcpy(&v, p, sizeof v); return v; }
+inline void store(float* p, vec v) { __builtin_memcpy(p, &v, sizeof v); }
+
+struct PanelRun {
+  i64 offset;           // element offset of lane 0 for tap 0 (the run's first pixel minus its lane)
+  std::uint32_t lanes;  // the lanes this run fills (a bit mask of consecutive lanes)
+};
+
+void pack_patch_panel(float* ap, const float* src, const PanelRun* runs, int nruns, const i64* tap_offset, i64 T,
+                      int mr) {
+  int first[32], len[32];
+  std::uint32_t covered = 0;
+  for (int j = 0; j < nruns; ++j) {
+    first[j] = __builtin_ctz(runs[j].lanes), len[j] = __builtin_popcount(runs[j].lanes);
+    covered |= runs[j].lanes;
+  }
+  const bool gaps = covered != (mr >= 32 ? ~0u : (1u << mr) - 1);
+  for (i64 t = 0; t < T; ++t) {
+    float* dst = ap + t * mr;
+    if (gaps)
+      for (int l = 0; l < mr; ++l) dst[l] = 0.0f;
+    for (int j = 0; j < nruns; ++j) {
+      const float* from = src + runs[j].offset + first[j] + tap_offset[t];
+      for (int l = 0; l < len[j]; ++l) dst[first[j] + l] = from[l];
+    }
+  }
+}
+
+void transpose_blocks(float* dst, i64 ldd, const float* src, i64 lds, i64 rows, i64 cols, i64 rows_out) {
+  for (i64 i0 = 0; i0 < rows_out; i0 += 8)
+    for (i64 j0 = 0; j0 < cols; j0 += 8) {
+      const i64 i1 = i0 + 8 < rows_out ? i0 + 8 : rows_out, j1 = j0 + 8 < cols ? j0 + 8 : cols;
+      for (i64 j = j0; j < j1; ++j)
+        for (i64 i = i0; i < i1; ++i) dst[j * ldd + i] = i < rows ? src[i * lds + j] : 0.0f;
+    }
+}
+
+void add_bias_rows(float* y, const float* b, i64 K, i64 P) {
+  for (i64 k = 0; k < K; ++k)
+    for (i64 p = 0; p < P; ++p) y[k * P + p] += b[k];
+}
+
+void to_channels_last(float* xp, const float* x, const ConvShape& s) {
+  if (s.pad == 0) return transpose_blocks(xp, s.C, x, s.H * s.W, s.C, s.H * s.W, s.C);
+  std::fill(xp, xp + s.Hp * s.Wp * s.C, 0.0f);
+  for (i64 h = 0; h < s.H; ++h)
+    transpose_blocks(xp + ((h + s.pad) * s.Wp + s.pad) * s.C, s.C, x + h * s.W, s.H * s.W, s.C, s.W, s.C);
+}
+
+void from_channels_last(float* dx, const float* xp, const ConvShape& s) {
+  if (s.pad == 0) return transpose_blocks(dx, s.H * s.W, xp, s.C, s.H * s.W, s.C, s.H * s.W);
+  for (i64 h = 0; h < s.H; ++h)
+    transpose_blocks(dx + h * s.W, s.H * s.W, xp + ((h + s.pad) * s.Wp + s.pad) * s.C, s.C, s.W, s.C, s.W);
+}
+
+void add_patch_rows(float* xp, const float* rows, i64 ld, const i64* offsets, i64 m, const ConvShape& s) {
+  const i64 span = s.S * s.C;
+  for (i64 i = 0; i < m; ++i)
+    for (i64 r = 0; r < s.R; ++r) {
+      float* dst = xp + offsets[i] + r * s.Wp * s.C;
+      const float* src = rows + i * ld + r * span;
+      for (i64 e = 0; e < span; ++e) dst[e] += src[e];
+    }
+}
+
+// The ISA's micro-kernel tile (the same sums in the same order as gemm_microkernel*.cpp) with A
+// read in place: step k's MR values are a[offsets[k] + 0..MR). Whole tiles only.
+constexpr int kInPlaceMR = CNNFAST_MR, kInPlaceNR = NV * VL;
+
+void microkernel_in_place(i64 kc, const float* a, const i64* offsets, const float* b, float* c, i64 ldc,
+                          bool accumulate) {
+  vec acc[kInPlaceMR][NV];
+  for (int i = 0; i < kInPlaceMR; ++i)
+    for (int j = 0; j < NV; ++j) acc[i][j] = vec{};
+  for (i64 k = 0; k < kc; ++k) {
+    const float* ak = a + offsets[k];
+    vec bk[NV];
+    for (int j = 0; j < NV; ++j) bk[j] = load(b + k * kInPlaceNR + j * VL);
+#pragma GCC unroll 16
+    for (int i = 0; i < kInPlaceMR; ++i) {
+      const float ai = ak[i];
+      for (int j = 0; j < NV; ++j) acc[i][j] += ai * bk[j];
+    }
+  }
+  for (int i = 0; i < kInPlaceMR; ++i)
+    for (int j = 0; j < NV; ++j) {
+      float* cij = c + i * ldc + j * VL;
+      store(cij, accumulate ? load(cij) + acc[i][j] : acc[i][j]);
+    }
+}
+
+}  // namespace
+
+#include "conv2d_panels_impl.hpp"
+
+}  // namespace CNNFAST_ISA
+}  // namespace cnnfast
+CNNFAST_TARGET_END
