@@ -5,6 +5,8 @@
 // so col[T, P] (im2col, an image's T shifted copies, in L1) is combined row by row.
 // A forward sum runs in the same order on every ISA (b, then taps in order); a weight-gradient sum
 // runs in VL interleaved lanes, VL the ISA's vector width.
+#include <utility>
+
 #include "isa.hpp"
 #include "isa_target.hpp"
 
@@ -55,9 +57,10 @@ inline void direct_forward_taps(float* y, const float* col, const float* w, cons
 // y[k][p] = b[k] + sum_t w[k][t] col[t][p]     (w: [K, T] in PyTorch's (c, r, s) order; col's rows
 // ld apart, ld a multiple of 192 >= P, zero past P, so whole blocks of up to 192 pixels never read
 // past a row)
-// 16 and 32 vector registers (AVX2; baseline SSE2; NEON): a small GEMM tile, MC output channels by
-// NV vectors of pixels in MC*NV accumulators for the whole tap loop; each tap loads NV vectors of
-// col and broadcasts MC weights for MC*NV multiply-adds (AVX2: 4 x 3 ymm, 12 FMAs per 7 loads).
+// Blocking: a small GEMM tile, MC output channels by NV vectors of pixels in MC*NV accumulators
+// for the whole tap loop; each tap loads NV vectors of col and broadcasts MC weights for MC*NV
+// multiply-adds (AVX2: 4 x 3 ymm, 12 FMAs per 7 loads; AVX-512 4 x 4 zmm, 16 per 8; the plain
+// loop, one channel at a time, took 5 loads per 4).
 // Edge blocks are computed whole (col is zero there) and stored through a buffer.
 template <int MC, int NV>
 void direct_forward_tile(float* y, const float* col, const float* w, const float* b, i64 K, i64 T, i64 P, i64 ld) {
@@ -96,32 +99,7 @@ void direct_forward(float* y, const float* col, const float* w, const float* b, 
 #if CNNFAST_VEC_BYTES == 64
   // AVX-512 (32 zmm): conv1's 9 taps held in registers, all channels passing by
   if (T == 9) return direct_forward_taps<9>(y, col, w, b, K, P, ld);
-  // Blocking: 64 pixels of one output channel live in four 16-float accumulators for the whole
-  // tap loop; each tap is one broadcast weight, four loads of col (in L1) and four multiply-adds,
-  // and y is written once (the plain loop re-read and re-wrote y for every tap: 0.52 -> 0.38 ms
-  // for conv1 at batch 128; two channels at once, eight accumulators, measured slower).
-  for (i64 p0 = 0; p0 < P; p0 += 64)
-    for (i64 k = 0; k < K; ++k) {
-      v16 acc[4];
-      for (int i = 0; i < 4; ++i) acc[i] = v16{} + b[k];
-      for (i64 t = 0; t < T; ++t) {
-        const float wkt = w[k * T + t];
-        const float* ct = col + t * ld + p0;
-        for (int i = 0; i < 4; ++i) {
-          v16 c;
-          __builtin_memcpy(&c, ct + 16 * i, sizeof c);
-          acc[i] += wkt * c;
-        }
-      }
-      float* yk = y + k * P + p0;
-      if (P - p0 >= 64) {
-        __builtin_memcpy(yk, acc, sizeof acc);
-      } else {  // the row's last, partial block
-        float tail[64];
-        __builtin_memcpy(tail, acc, sizeof acc);
-        for (i64 p = 0; p < P - p0; ++p) yk[p] = tail[p];
-      }
-    }
+  direct_forward_tile<4, 4>(y, col, w, b, K, T, P, ld);  // 16 accumulators of 4 channels x 64 pixels
 #elif defined(CNNFAST_ISA_NEON)
   direct_forward_tile<6, 4>(y, col, w, b, K, T, P, ld);  // 32 q registers: 24 accumulators, 4 of col
 #else
@@ -130,26 +108,46 @@ void direct_forward(float* y, const float* col, const float* w, const float* b, 
 }
 
 // dw[k][t] = sum_p dy[k][p] col[t][p], each sum in VL interleaved lanes (one vector), added up
-// lane by lane at the end. Blocking: a block of NB taps (NB = T when T <= 12: conv1's 9) keeps NB
-// vector accumulators while one pass over the row dy[k] loads each vector of it once (the plain
-// loop re-read the row for every tap and kept a single dependent chain).
+// lane by lane at the end. Blocking: KB output channels by NB taps in KB*NB vector accumulators
+// while one pass over the rows loads each vector of dy and of col once: KB*NB multiply-adds per
+// KB+NB loads (AVX-512, NEON: 4 x 6 in 24 registers; 16 registers: 2 x 5). d[i]: channel i's row
+// of dy (spare channels repeat one, and are not stored: i < kb).
+#if CNNFAST_VEC_BYTES == 64 || defined(CNNFAST_ISA_NEON)
+constexpr int KB = 4, NB_MAX = 6;
+#else
+constexpr int KB = 2, NB_MAX = 5;
+#endif
+
 template <int NB>
-inline void weight_grad_block(float* dw, const float* d, const float* col, i64 P) {
+inline void weight_grad_tile(float* dw, i64 T, const float* const* d, int kb, const float* col, i64 P) {
   const i64 PV = P / VL * VL;
-  vec acc[NB];
-  for (int i = 0; i < NB; ++i) acc[i] = vec{};
+  vec acc[KB][NB];
+  for (int i = 0; i < KB; ++i)
+    for (int j = 0; j < NB; ++j) acc[i][j] = vec{};
   for (i64 p = 0; p < PV; p += VL) {
-    const vec dv = load(d + p);
-    for (int i = 0; i < NB; ++i) acc[i] += dv * load(col + i * P + p);
+    vec dv[KB];
+    for (int i = 0; i < KB; ++i) dv[i] = load(d[i] + p);
+    for (int j = 0; j < NB; ++j) {
+      const vec cv = load(col + j * P + p);
+      for (int i = 0; i < KB; ++i) acc[i][j] += dv[i] * cv;
+    }
   }
-  for (int i = 0; i < NB; ++i) {
-    float lanes[VL];
-    store(lanes, acc[i]);
-    for (i64 p = PV; p < P; ++p) lanes[p % VL] += d[p] * col[i * P + p];
-    float sum = 0.0f;
-    for (int j = 0; j < VL; ++j) sum += lanes[j];
-    dw[i] = sum;
-  }
+  for (int i = 0; i < kb; ++i)
+    for (int j = 0; j < NB; ++j) {
+      float lanes[VL];
+      store(lanes, acc[i][j]);
+      for (i64 p = PV; p < P; ++p) lanes[p % VL] += d[i][p] * col[j * P + p];
+      float sum = 0.0f;
+      for (int l = 0; l < VL; ++l) sum += lanes[l];
+      dw[i * T + j] = sum;
+    }
+}
+
+template <int... NBS>
+inline void weight_grad_tile_n(int nb, float* dw, i64 T, const float* const* d, int kb, const float* col, i64 P,
+                               std::integer_sequence<int, NBS...>) {
+  // (the tile for nb = 1..NB_MAX taps, chosen at run time)
+  ((nb == NBS + 1 ? weight_grad_tile<NBS + 1>(dw, T, d, kb, col, P) : void()), ...);
 }
 
 }  // namespace
@@ -159,28 +157,16 @@ void direct_forward_kernel(float* y, const float* col, const float* w, const flo
 }
 
 void direct_weight_grad_kernel(float* dw, const float* dy, const float* col, i64 K, i64 T, i64 P) {
-  const i64 blocks = (T + 11) / 12;
-  for (i64 k = 0; k < K; ++k)
+  const i64 blocks = (T + NB_MAX - 1) / NB_MAX;
+  for (i64 k0 = 0; k0 < K; k0 += KB) {
+    const int kb = int(K - k0 < KB ? K - k0 : KB);
+    const float* d[KB];
+    for (int i = 0; i < KB; ++i) d[i] = dy + (k0 + (i < kb ? i : 0)) * P;
     for (i64 b = 0; b < blocks; ++b) {
-      const i64 t0 = T * b / blocks, nb = T * (b + 1) / blocks - t0;  // blocks of near-equal size <= 12
-      float* out = dw + k * T + t0;
-      const float* d = dy + k * P;
-      const float* c = col + t0 * P;
-      switch (nb) {
-        case 1: weight_grad_block<1>(out, d, c, P); break;
-        case 2: weight_grad_block<2>(out, d, c, P); break;
-        case 3: weight_grad_block<3>(out, d, c, P); break;
-        case 4: weight_grad_block<4>(out, d, c, P); break;
-        case 5: weight_grad_block<5>(out, d, c, P); break;
-        case 6: weight_grad_block<6>(out, d, c, P); break;
-        case 7: weight_grad_block<7>(out, d, c, P); break;
-        case 8: weight_grad_block<8>(out, d, c, P); break;
-        case 9: weight_grad_block<9>(out, d, c, P); break;
-        case 10: weight_grad_block<10>(out, d, c, P); break;
-        case 11: weight_grad_block<11>(out, d, c, P); break;
-        default: weight_grad_block<12>(out, d, c, P); break;
-      }
+      const i64 t0 = T * b / blocks, nb = T * (b + 1) / blocks - t0;  // blocks of near-equal size <= NB_MAX
+      weight_grad_tile_n(int(nb), dw + k0 * T + t0, T, d, kb, col + t0 * P, P, std::make_integer_sequence<int, NB_MAX>{});
     }
+  }
 }
 
 }  // namespace CNNFAST_ISA
