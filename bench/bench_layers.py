@@ -65,6 +65,16 @@ DENSE_SHAPES = [("dense 1600->10", 1600, 10), ("dense 2048->10", 2048, 10), ("de
                 ("dense 512->4096", 512, 4096), ("dense 4096->1000", 4096, 1000)]
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux), else what platform knows."""
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def median_seconds(fn, repeat: int) -> float:
     fn()  # warm-up (allocations, first-touch, oneDNN primitive creation)
     times = []
@@ -149,8 +159,7 @@ def main(argv=None) -> int:
         p.error("--batch, --threads and --repeat need positive values")
 
     info = cnnfast.build_info()
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
+    cpu = cpu_name()
     header = {"cpu": cpu, "cnnfast_isa": info["isa"], "torch": torch.__version__,
               "torch_capability": torch.backends.cpu.get_cpu_capability(), "loadavg": os.getloadavg()}
     print(f"bench_layers: {cpu}; cnnfast {info['isa']} ({info['compiler']}); PyTorch {torch.__version__} "

@@ -24,11 +24,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 
 import numpy as np
+
+from bench_layers import cpu_name  # (beside this script)
 
 try:
     import cnnfast
@@ -110,8 +111,7 @@ def main(argv=None) -> int:
     if min(args.threads + [args.batch, args.steps, args.rounds]) < 1 or args.warmup < 0:
         p.error("--threads, --batch, --steps and --rounds need positive values")
     info = cnnfast.build_info()
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
+    cpu = cpu_name()
     print(f"bench_nets: {cpu}; cnnfast {info['isa']}; PyTorch {torch.__version__} "
           f"({torch.backends.cpu.get_cpu_capability()}); batch {args.batch}, {args.steps} steps a round")
     rng = np.random.default_rng(0)

@@ -133,19 +133,6 @@ void add_bias_rows(float* y, const float* b, i64 K, i64 P) {
   }
 }
 
-// to_padded_nhwc and from_padded_nhwc (the same results) through transpose_blocks
-void to_channels_last(float* xp, const float* x, const ConvShape& s) {
-  if (s.pad == 0) return transpose_blocks(xp, s.C, x, s.H * s.W, s.C, s.H * s.W, s.C);
-  std::fill(xp, xp + s.Hp * s.Wp * s.C, 0.0f);
-  for (i64 h = 0; h < s.H; ++h)
-    transpose_blocks(xp + ((h + s.pad) * s.Wp + s.pad) * s.C, s.C, x + h * s.W, s.H * s.W, s.C, s.W, s.C);
-}
-void from_channels_last(float* dx, const float* xp, const ConvShape& s) {
-  if (s.pad == 0) return transpose_blocks(dx, s.H * s.W, xp, s.C, s.H * s.W, s.C, s.H * s.W);
-  for (i64 h = 0; h < s.H; ++h)
-    transpose_blocks(dx + h * s.W, s.H * s.W, xp + ((h + s.pad) * s.Wp + s.pad) * s.C, s.C, s.W, s.C, s.W);
-}
-
 // row2im of m pixels: xp[pixel i + (r*Wp + q)*C + c] += rows[i*ld + (r*S + q)*C + c], pixel i
 // at offsets[i] in xp (for a fixed r, the S*C values are contiguous in both)
 void add_patch_rows(float* xp, const float* rows, i64 ld, const i64* offsets, i64 m, const ConvShape& s) {

@@ -16,8 +16,8 @@
 //                         0 in lanes no run fills
 //   transpose_blocks(dst, ldd, src, lds, rows, cols, rows_out)
 //                         dst[j*ldd + i] = src[i*lds + j] (i < rows, j < cols), 0 for rows <= i < rows_out
-//   add_bias_rows(y, b, K, P), to_channels_last(xp, x, s), from_channels_last(dx, xp, s),
-//   add_patch_rows(xp, rows, ld, offsets, m, s)      as conv2d_common.hpp's plain versions
+//   add_bias_rows(y, b, K, P), add_patch_rows(xp, rows, ld, offsets, m, s)
+//                         y[k][p] += b[k]; row2im of m pixels at offsets (conv2d_common.hpp's)
 //   kInPlaceMR, kInPlaceNR, microkernel_in_place(kc, a, offsets, b, c, ldc, accumulate)
 //                         the ISA's GEMM micro-kernel with A read in place: step k's mr values are
 //                         a[offsets[k] + 0..mr), for whole kInPlaceMR x kInPlaceNR tiles
@@ -25,6 +25,20 @@
 // (No include guard: each ISA file includes it once, in its own namespace.)
 
 namespace {
+
+// to_padded_nhwc and from_padded_nhwc (conv2d_common.hpp; the same results) through transpose_blocks
+void to_channels_last(float* xp, const float* x, const ConvShape& s) {
+  if (s.pad == 0) return transpose_blocks(xp, s.C, x, s.H * s.W, s.C, s.H * s.W, s.C);
+  std::fill(xp, xp + s.Hp * s.Wp * s.C, 0.0f);
+  for (i64 h = 0; h < s.H; ++h)
+    transpose_blocks(xp + ((h + s.pad) * s.Wp + s.pad) * s.C, s.C, x + h * s.W, s.H * s.W, s.C, s.W, s.C);
+}
+
+void from_channels_last(float* dx, const float* xp, const ConvShape& s) {
+  if (s.pad == 0) return transpose_blocks(dx, s.H * s.W, xp, s.C, s.H * s.W, s.C, s.H * s.W);
+  for (i64 h = 0; h < s.H; ++h)
+    transpose_blocks(dx + h * s.W, s.H * s.W, xp + ((h + s.pad) * s.Wp + s.pad) * s.C, s.C, s.W, s.C, s.W);
+}
 
 // out: [images * Hu * Wu, K] (a chunk's product, pixel-major, without bias, only the rows and
 // columns the windows read: Hu = Ho/k*k, Wu = Wo/k*k) ->

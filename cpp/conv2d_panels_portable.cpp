@@ -102,19 +102,6 @@ void add_bias_rows(float* y, const float* b, i64 K, i64 P) {
     for (i64 p = 0; p < P; ++p) y[k * P + p] += b[k];
 }
 
-void to_channels_last(float* xp, const float* x, const ConvShape& s) {
-  if (s.pad == 0) return transpose_blocks(xp, s.C, x, s.H * s.W, s.C, s.H * s.W, s.C);
-  std::fill(xp, xp + s.Hp * s.Wp * s.C, 0.0f);
-  for (i64 h = 0; h < s.H; ++h)
-    transpose_blocks(xp + ((h + s.pad) * s.Wp + s.pad) * s.C, s.C, x + h * s.W, s.H * s.W, s.C, s.W, s.C);
-}
-
-void from_channels_last(float* dx, const float* xp, const ConvShape& s) {
-  if (s.pad == 0) return transpose_blocks(dx, s.H * s.W, xp, s.C, s.H * s.W, s.C, s.H * s.W);
-  for (i64 h = 0; h < s.H; ++h)
-    transpose_blocks(dx + h * s.W, s.H * s.W, xp + ((h + s.pad) * s.Wp + s.pad) * s.C, s.C, s.W, s.C, s.W);
-}
-
 void add_patch_rows(float* xp, const float* rows, i64 ld, const i64* offsets, i64 m, const ConvShape& s) {
   const i64 span = s.S * s.C;
   for (i64 i = 0; i < m; ++i)

@@ -190,36 +190,7 @@ bool image_backward(float* dw_k, float* lanes, const float* x, const float* dy, 
 
 }  // namespace
 
-// The ISA table's entries (isa.hpp): the batch, image by image over the threads
-void conv3x3_pool2_forward(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
-                           const ConvShape& s, i64 N) {
-  const Windows win(s);
-  const i64 pooled = s.K * win.Q;
-  const int nt = threads_over(double(N) * s.K * s.P() * 9, N);
-  ScratchFloats scratch(size_t(nt) * win.scratch_floats());  // (every value written before it is read)
-#pragma omp parallel for num_threads(nt) schedule(static)
-  for (i64 n = 0; n < N; ++n)
-    image_forward(y + n * pooled, argmax ? argmax + n * pooled : nullptr, x + n * s.H * s.W, w, b, s, win,
-                  scratch.get() + size_t(omp_get_thread_num()) * win.scratch_floats());
-}
-
-bool conv3x3_pool2_backward(float* dw, float* db, const float* x, const float* dy, const std::int32_t* argmax,
-                            const ConvShape& s, i64 N) {
-  const Windows win(s);
-  const i64 K = s.K, pooled = K * win.Q;
-  const int nt = threads_over(double(N) * K * s.P() * 9, N);
-  ScratchFloats scratch(size_t(nt) * win.scratch_floats()), partial(size_t(N) * K * 9), lanes(size_t(N) * K * 16);
-  std::atomic<bool> stray{false};
-#pragma omp parallel for num_threads(nt) schedule(static)
-  for (i64 n = 0; n < N; ++n)
-    if (!image_backward(partial.get() + n * K * 9, lanes.get() + n * K * 16, x + n * s.H * s.W, dy + n * pooled,
-                        argmax + n * pooled, s, win, scratch.get() + size_t(omp_get_thread_num()) * win.scratch_floats()))
-      stray.store(true, std::memory_order_relaxed);
-  if (stray.load()) return false;
-  sum_parts(dw, partial.get(), N, K * 9);  // per image, added in image order
-  sum_bias_lanes(db, lanes.get(), N, K);
-  return true;
-}
+#include "conv3x3_pool2_impl.hpp"
 
 }  // namespace CNNFAST_ISA
 }  // namespace cnnfast

@@ -28,11 +28,11 @@ namespace {
 // max_pool2d's rule: the convolution's output is never stored. Sums in the direct path's order
 // (0 + bias, then taps r, q), so the same numbers as conv2d_forward + max_pool2d_forward.
 // (One block of 16 windows at a time: two or three, for more independent sums, measured slower.)
-struct Pool2Windows {
+struct Windows {
   i64 Hq, Wq, Q, Qp;                // windows down and across, their number, rounded up to 16
   i64 Hz, Wz;                       // the zero-bordered copy of x: rows, row length
   std::vector<std::int32_t> first;  // first[i*Wq + j] = (2i)*Wo + 2j, the window's top-left pixel
-  explicit Pool2Windows(const ConvShape& s)
+  explicit Windows(const ConvShape& s)
       : Hq(s.Ho / 2), Wq(s.Wo / 2), Q(Hq * Wq), Qp((Q + 15) / 16 * 16), Hz(2 * Hq + 2),
         Wz((Wq + 15) / 16 * 32 + 16), first(static_cast<size_t>(Qp), 0) {
     for (i64 i = 0; i < Hq; ++i)
@@ -68,7 +68,7 @@ pool2_relu_16(float* y, std::int32_t* argmax, const __m512* out, __m512i first, 
 
 // D[u][v][i*Wq + j] = x[2i+u-pad][2j+v-pad] (zero outside x), u, v in 0..3, rows Qp apart,
 // through xz, a zero-bordered copy of x
-void build_pool2_planes(float* D, const float* x, const ConvShape& s, const Pool2Windows& win, float* xz) {
+void build_pool2_planes(float* D, const float* x, const ConvShape& s, const Windows& win, float* xz) {
   const i64 Wq = win.Wq, Q = win.Q, Qp = win.Qp, Wz = win.Wz;
   std::fill(xz, xz + win.Hz * Wz, 0.0f);  // xz[h + pad][w + pad] = x[h][w] (only what D reads)
   for (i64 h = 0; h < std::min(s.H, win.Hz - s.pad); ++h)
@@ -89,8 +89,8 @@ void build_pool2_planes(float* D, const float* x, const ConvShape& s, const Pool
     }
 }
 
-void conv3x3_relu_pool2_image(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
-                              const ConvShape& s, const Pool2Windows& win, float* scratch) {
+void image_forward(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
+                              const ConvShape& s, const Windows& win, float* scratch) {
   const i64 Q = win.Q, Qp = win.Qp;
   float* D = scratch;
   build_pool2_planes(D, x, s, win, scratch + 16 * Qp);
@@ -123,15 +123,15 @@ void conv3x3_relu_pool2_image(float* y, std::int32_t* argmax, const float* x, co
   }
 }
 
-// The backward of conv3x3_relu_pool2_image (dw and the bias-gradient lanes; conv1 needs no dx):
+// The backward of image_forward (dw and the bias-gradient lanes; conv1 needs no dx):
 // a window's dy goes to the one of its four pixels (a, b) its argmax names, so for 16 windows
 // the four d(conv) vectors are dy masked by argmax == first + step[ab], and dw[k][r][q] gathers
 // d(conv)_ab * D[a + r][b + q] over (a, b) and the windows in 9 accumulators (one per tap),
 // each plane loaded once per block. dw_k: [K, 9]; lanes: [K, 16], the bias gradient's partial
 // sums. Returns false, computing nothing useful, if an argmax is neither -1 nor a pixel of its
 // window (argmax made by hand): the caller then takes the general path.
-bool conv3x3_relu_pool2_backward_image(float* dw_k, float* lanes, const float* x, const float* dy,
-                                       const std::int32_t* argmax, const ConvShape& s, const Pool2Windows& win,
+bool image_backward(float* dw_k, float* lanes, const float* x, const float* dy,
+                                       const std::int32_t* argmax, const ConvShape& s, const Windows& win,
                                        float* scratch) {
   const i64 Q = win.Q, Qp = win.Qp;
   float* D = scratch;
@@ -178,37 +178,7 @@ bool conv3x3_relu_pool2_backward_image(float* dw_k, float* lanes, const float* x
 
 }  // namespace
 
-// The ISA table's entries (isa.hpp): the batch, image by image over the threads
-void conv3x3_pool2_forward(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
-                           const ConvShape& s, i64 N) {
-  const Pool2Windows win(s);
-  const i64 pooled = s.K * win.Q;
-  const int nt = threads_over(double(N) * s.K * s.P() * 9, N);
-  std::vector<float> scratch(size_t(nt) * win.scratch_floats());
-#pragma omp parallel for num_threads(nt) schedule(static)
-  for (i64 n = 0; n < N; ++n)
-    conv3x3_relu_pool2_image(y + n * pooled, argmax ? argmax + n * pooled : nullptr, x + n * s.H * s.W, w, b, s, win,
-                             scratch.data() + size_t(omp_get_thread_num()) * win.scratch_floats());
-}
-
-bool conv3x3_pool2_backward(float* dw, float* db, const float* x, const float* dy, const std::int32_t* argmax,
-                            const ConvShape& s, i64 N) {
-  const Pool2Windows win(s);  // (every scratch value is written before it is read: no zeroing)
-  const i64 K = s.K, pooled = K * win.Q;
-  const int nt = threads_over(double(N) * K * s.P() * 9, N);
-  ScratchFloats scratch(size_t(nt) * win.scratch_floats()), partial(size_t(N) * K * 9), lanes(size_t(N) * K * 16);
-  std::atomic<bool> stray{false};
-#pragma omp parallel for num_threads(nt) schedule(static)
-  for (i64 n = 0; n < N; ++n)
-    if (!conv3x3_relu_pool2_backward_image(partial.get() + n * K * 9, lanes.get() + n * K * 16, x + n * s.H * s.W,
-                                           dy + n * pooled, argmax + n * pooled, s, win,
-                                           scratch.get() + size_t(omp_get_thread_num()) * win.scratch_floats()))
-      stray.store(true, std::memory_order_relaxed);
-  if (stray.load()) return false;
-  sum_parts(dw, partial.get(), N, K * 9);  // per image, added in image order
-  sum_bias_lanes(db, lanes.get(), N, K);
-  return true;
-}
+#include "conv3x3_pool2_impl.hpp"
 
 }  // namespace CNNFAST_ISA
 }  // namespace cnnfast

@@ -1,0 +1,40 @@
+// conv2d (one input channel, 3x3) + ReLU + 2x2 max-pool in registers: the batch, image by image
+// over the threads, for the files that give the image kernels (conv3x3_pool2_avx512.cpp: AVX-512
+// intrinsics; conv3x3_pool2.cpp: portable vectors). Included inside namespace cnnfast::<isa> and
+// its target pragmas after they define:
+//   Windows(s)            the windows' layout: Q (their number), scratch_floats() (per image)
+//   image_forward(y, argmax, x, w, b, s, win, scratch)            one image's y, argmax (may be null)
+//   image_backward(dw_k, lanes, x, dy, argmax, s, win, scratch)   one image's dw [K, 9] and bias
+//                         lanes [K, 16]; false if an argmax lies outside its window
+// (No include guard: each ISA file includes it once, in its own namespace.)
+
+// The ISA table's entries (isa.hpp)
+void conv3x3_pool2_forward(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
+                           const ConvShape& s, i64 N) {
+  const Windows win(s);
+  const i64 pooled = s.K * win.Q;
+  const int nt = threads_over(double(N) * s.K * s.P() * 9, N);
+  ScratchFloats scratch(size_t(nt) * win.scratch_floats());  // (every value written before it is read)
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (i64 n = 0; n < N; ++n)
+    image_forward(y + n * pooled, argmax ? argmax + n * pooled : nullptr, x + n * s.H * s.W, w, b, s, win,
+                  scratch.get() + size_t(omp_get_thread_num()) * win.scratch_floats());
+}
+
+bool conv3x3_pool2_backward(float* dw, float* db, const float* x, const float* dy, const std::int32_t* argmax,
+                            const ConvShape& s, i64 N) {
+  const Windows win(s);
+  const i64 K = s.K, pooled = K * win.Q;
+  const int nt = threads_over(double(N) * K * s.P() * 9, N);
+  ScratchFloats scratch(size_t(nt) * win.scratch_floats()), partial(size_t(N) * K * 9), lanes(size_t(N) * K * 16);
+  std::atomic<bool> stray{false};
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (i64 n = 0; n < N; ++n)
+    if (!image_backward(partial.get() + n * K * 9, lanes.get() + n * K * 16, x + n * s.H * s.W, dy + n * pooled,
+                        argmax + n * pooled, s, win, scratch.get() + size_t(omp_get_thread_num()) * win.scratch_floats()))
+      stray.store(true, std::memory_order_relaxed);
+  if (stray.load()) return false;
+  sum_parts(dw, partial.get(), N, K * 9);  // per image, added in image order
+  sum_bias_lanes(db, lanes.get(), N, K);
+  return true;
+}
