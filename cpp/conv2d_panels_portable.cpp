@@ -64,20 +64,21 @@ void pack_patch_panel(float* ap, const float* src, const PanelRun* runs, int nru
 #if CNNFAST_VEC_BYTES == 32
 // out[j*ldd + i] = in[i*lds + j] for an 8 x 8 block in registers: rows interleaved in pairs of
 // floats, then of float pairs, then of halves (AVX2's unpack, shuffle and permute2f128)
-typedef std::int32_t ivec8 __attribute__((vector_size(32)));
 inline void transpose8(float* out, i64 ldd, const float* in, i64 lds) {
   vec r[8], t[8], u[8];
   for (int i = 0; i < 8; ++i) r[i] = load(in + i * lds);
-  const ivec8 lo = {0, 8, 1, 9, 4, 12, 5, 13}, hi = {2, 10, 3, 11, 6, 14, 7, 15};
-  const ivec8 lo2 = {0, 1, 8, 9, 4, 5, 12, 13}, hi2 = {2, 3, 10, 11, 6, 7, 14, 15};
-  const ivec8 lo4 = {0, 1, 2, 3, 8, 9, 10, 11}, hi4 = {4, 5, 6, 7, 12, 13, 14, 15};
-  for (int i = 0; i < 8; i += 2) t[i] = __builtin_shuffle(r[i], r[i + 1], lo), t[i + 1] = __builtin_shuffle(r[i], r[i + 1], hi);
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = __builtin_shufflevector(r[i], r[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+    t[i + 1] = __builtin_shufflevector(r[i], r[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+  }
   for (int i = 0; i < 8; i += 4)
-    for (int h = 0; h < 2; ++h)  // u[i + 2h]: columns 2h, 2h+4 of rows i..i+3; u[i + 2h + 1]: columns 2h+1, 2h+5
-      u[i + 2 * h] = __builtin_shuffle(t[i + h], t[i + h + 2], lo2), u[i + 2 * h + 1] = __builtin_shuffle(t[i + h], t[i + h + 2], hi2);
+    for (int h = 0; h < 2; ++h) {  // u[i + 2h]: columns 2h, 2h+4 of rows i..i+3; u[i + 2h + 1]: columns 2h+1, 2h+5
+      u[i + 2 * h] = __builtin_shufflevector(t[i + h], t[i + h + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+      u[i + 2 * h + 1] = __builtin_shufflevector(t[i + h], t[i + h + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+    }
   for (int c = 0; c < 4; ++c) {
-    store(out + c * ldd, __builtin_shuffle(u[c], u[c + 4], lo4));
-    store(out + (c + 4) * ldd, __builtin_shuffle(u[c], u[c + 4], hi4));
+    store(out + c * ldd, __builtin_shufflevector(u[c], u[c + 4], 0, 1, 2, 3, 8, 9, 10, 11));
+    store(out + (c + 4) * ldd, __builtin_shufflevector(u[c], u[c + 4], 4, 5, 6, 7, 12, 13, 14, 15));
   }
 }
 #endif
