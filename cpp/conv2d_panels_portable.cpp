@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "conv2d_common.hpp"
@@ -35,13 +36,35 @@ struct PanelRun {
   std::uint32_t lanes;  // the lanes this run fills (a bit mask of consecutive lanes)
 };
 
+// A panel of CNNFAST_MR lanes filled by two runs, the first of A lanes: two copies of fixed sizes
+// per tap (a panel crossing from one output row into the next)
+template <int A>
+void pack_two_runs(float* ap, const float* first, const float* second, const i64* tap_offset, i64 T) {
+  for (i64 t = 0; t < T; ++t) {
+    __builtin_memcpy(ap + t * CNNFAST_MR, first + tap_offset[t], A * sizeof(float));
+    __builtin_memcpy(ap + t * CNNFAST_MR + A, second + tap_offset[t], (CNNFAST_MR - A) * sizeof(float));
+  }
+}
+
+template <int... AS>
+void pack_two_runs_n(int a, float* ap, const float* first, const float* second, const i64* tap_offset, i64 T,
+                     std::integer_sequence<int, AS...>) {
+  ((a == AS + 1 ? pack_two_runs<AS + 1>(ap, first, second, tap_offset, T) : void()), ...);
+}
+
 void pack_patch_panel(float* ap, const float* src, const PanelRun* runs, int nruns, const i64* tap_offset, i64 T,
                       int mr) {
-  if (nruns == 1 && mr == CNNFAST_MR && runs[0].lanes == (1u << CNNFAST_MR) - 1) {
+  constexpr std::uint32_t full = (1u << CNNFAST_MR) - 1;
+  if (nruns == 1 && mr == CNNFAST_MR && runs[0].lanes == full) {
     // the common case, one run filling the panel: a copy of a fixed CNNFAST_MR floats per tap
     const float* from = src + runs[0].offset;
     for (i64 t = 0; t < T; ++t) __builtin_memcpy(ap + t * CNNFAST_MR, from + tap_offset[t], CNNFAST_MR * sizeof(float));
     return;
+  }
+  if (nruns == 2 && mr == CNNFAST_MR && (runs[0].lanes | runs[1].lanes) == full && (runs[0].lanes & 1u)) {
+    const int a = __builtin_popcount(runs[0].lanes);  // (runs[1] fills lanes a..MR)
+    return pack_two_runs_n(a, ap, src + runs[0].offset, src + runs[1].offset + a, tap_offset, T,
+                           std::make_integer_sequence<int, CNNFAST_MR - 1>{});
   }
   int first[32], len[32];
   std::uint32_t covered = 0;
