@@ -8,48 +8,6 @@
 
 namespace cnnfast {
 
-void to_padded_nhwc(float* xp, const float* x, const ConvShape& s) {
-  std::fill(xp, xp + s.Hp * s.Wp * s.C, 0.0f);
-  for (i64 c = 0; c < s.C; ++c)
-    for (i64 h = 0; h < s.H; ++h) {
-      const float* src = x + (c * s.H + h) * s.W;
-      float* dst = xp + ((h + s.pad) * s.Wp + s.pad) * s.C + c;
-      for (i64 w = 0; w < s.W; ++w) dst[w * s.C] = src[w];
-    }
-}
-
-void from_padded_nhwc(float* dx, const float* xp, const ConvShape& s) {
-  for (i64 c = 0; c < s.C; ++c)
-    for (i64 h = 0; h < s.H; ++h) {
-      const float* src = xp + ((h + s.pad) * s.Wp + s.pad) * s.C + c;
-      float* dst = dx + (c * s.H + h) * s.W;
-      for (i64 w = 0; w < s.W; ++w) dst[w] = src[w * s.C];
-    }
-}
-
-void im2row(float* rows, const float* xp, const ConvShape& s) {
-  const i64 span = s.S * s.C;  // for fixed r, the taps (q, c) are contiguous in xp
-  for (i64 oh = 0; oh < s.Ho; ++oh)
-    for (i64 ow = 0; ow < s.Wo; ++ow) {
-      float* row = rows + (oh * s.Wo + ow) * s.taps();
-      for (i64 r = 0; r < s.R; ++r) std::memcpy(row + r * span, xp + ((oh + r) * s.Wp + ow) * s.C, sizeof(float) * span);
-    }
-}
-
-void row2im(float* xp, const float* rows, const ConvShape& s) {
-  const i64 span = s.S * s.C;
-  std::fill(xp, xp + s.Hp * s.Wp * s.C, 0.0f);
-  for (i64 oh = 0; oh < s.Ho; ++oh)
-    for (i64 ow = 0; ow < s.Wo; ++ow) {
-      const float* row = rows + (oh * s.Wo + ow) * s.taps();
-      for (i64 r = 0; r < s.R; ++r) {
-        float* dst = xp + ((oh + r) * s.Wp + ow) * s.C;
-        const float* src = row + r * span;
-        for (i64 i = 0; i < span; ++i) dst[i] += src[i];
-      }
-    }
-}
-
 void im2col(float* col, const float* x, const ConvShape& s, i64 ld) {
   for (i64 c = 0; c < s.C; ++c)
     for (i64 r = 0; r < s.R; ++r)

@@ -65,14 +65,6 @@ inline int threads_over(double work, i64 units) {
   return std::max(1, std::min<int>(threads_for(work), int(std::max<i64>(units, 1))));
 }
 
-// x_n: [C, H, W] -> xp: [H+2p, W+2p, C], zeros in the border
-void to_padded_nhwc(float* xp, const float* x, const ConvShape& s);
-// xp: [H+2p, W+2p, C] -> dx_n: [C, H, W] (the border is dropped)
-void from_padded_nhwc(float* dx, const float* xp, const ConvShape& s);
-// xp -> rows: [Ho*Wo, R*S*C], rows[oh*Wo + ow][(r*S + q)*C + c] = xp[oh + r][ow + q][c]
-void im2row(float* rows, const float* xp, const ConvShape& s);
-// The adjoint of im2row: xp[oh + r][ow + q][c] += rows[oh*Wo + ow][(r*S + q)*C + c] (xp zeroed first)
-void row2im(float* xp, const float* rows, const ConvShape& s);
 // x_n: [C, H, W] -> col: [C*R*S, Ho*Wo] with rows ld apart (ld >= Ho*Wo),
 // col[(c*R + r)*S + q][oh*Wo + ow] = x[c][oh+r-pad][ow+q-pad]
 void im2col(float* col, const float* x, const ConvShape& s, i64 ld);

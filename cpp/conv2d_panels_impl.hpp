@@ -17,7 +17,7 @@
 //   transpose_blocks(dst, ldd, src, lds, rows, cols, rows_out)
 //                         dst[j*ldd + i] = src[i*lds + j] (i < rows, j < cols), 0 for rows <= i < rows_out
 //   add_bias_rows(y, b, K, P), add_patch_rows(xp, rows, ld, offsets, m, s)
-//                         y[k][p] += b[k]; row2im of m pixels at offsets (conv2d_common.hpp's)
+//                         y[k][p] += b[k]; xp[offsets[i] + (r*Wp + q)*C + c] += rows[i*ld + (r*S + q)*C + c]
 //   kInPlaceMR, kInPlaceNR, microkernel_in_place(kc, a, offsets, b, c, ldc, accumulate)
 //                         the ISA's GEMM micro-kernel with A read in place: step k's mr values are
 //                         a[offsets[k] + 0..mr), for whole kInPlaceMR x kInPlaceNR tiles
@@ -26,7 +26,7 @@
 
 namespace {
 
-// to_padded_nhwc and from_padded_nhwc (conv2d_common.hpp; the same results) through transpose_blocks
+// x_n: [C, H, W] <-> xp: [H+2p, W+2p, C] (zeros in the border; dx drops it), through transpose_blocks
 void to_channels_last(float* xp, const float* x, const ConvShape& s) {
   if (s.pad == 0) return transpose_blocks(xp, s.C, x, s.H * s.W, s.C, s.H * s.W, s.C);
   std::fill(xp, xp + s.Hp * s.Wp * s.C, 0.0f);
