@@ -82,7 +82,7 @@ void relu_pool_pixel_major(float* y, std::int32_t* argmax, const float* out, con
   }
 }
 
-// x: [N, C, H, W], w: [K, C, R, S], b: [K] -> y: [N, K, Ho, Wo], chunked as the patch-row path;
+// x: [N, C, H, W], w: [K, C, R, S], b: [K] -> y: [N, K, Ho, Wo], chunked (conv2d_common.hpp's Chunking);
 // with pool_k > 0 instead y, argmax: [N, K, Ho/k, Wo/k] = max_pool2d(y, pool_k, relu=true), each
 // chunk pooled straight from its product (the convolution's output is never stored, and the
 // pixels no window reads, conv2's last row and column, 21 of 121, are not computed)
@@ -195,7 +195,7 @@ struct GatherDyPanels {
   }
 };
 
-// dw and dx (either may be null); chunked as conv2d_backward_gemm, the weight gradient summed
+// dw and dx (either may be null); chunked likewise, the weight gradient summed
 // chunk by chunk in chunk order, so the results do not depend on the thread count. Only the
 // output pixels in the first Hu rows and Wu columns count (the fused kernel's dy is zero
 // elsewhere); dy_of's chunks hold P = Hu*Wu pixels an image.
