@@ -20,9 +20,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 
 import numpy as np
+
+from ._files import atomic_write
 
 FORMAT = "cnnfast-checkpoint-v1"
 
@@ -94,18 +95,8 @@ def save(checkpoint: Checkpoint, path) -> str:
     arrays = {"format": np.array(FORMAT), "meta": np.array(json.dumps(meta))}
     arrays.update({f"param.{i}": p for i, p in enumerate(checkpoint.params)})
     arrays.update({f"optim.{k}": np.asarray(v) for k, v in checkpoint.optimizer.items()})
-    fd, tmp = tempfile.mkstemp(prefix=".cnnfast-ckpt-", suffix=".npz.tmp",
-                               dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path) as f:
+        np.savez(f, **arrays)
     return path
 
 

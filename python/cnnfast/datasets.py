@@ -38,13 +38,14 @@ import math
 import os
 import struct
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 import zlib
 from pathlib import Path
 
 import numpy as np
+
+from ._files import atomic_write
 
 __all__ = [
     "DatasetError", "ChecksumError", "DownloadError", "FILES", "SHA256", "MIRRORS",
@@ -266,39 +267,31 @@ class _Progress:
 
 
 def _fetch(url: str, dest: Path, sha256, timeout) -> np.ndarray:
-    """Download ``url`` to a temp file next to ``dest``, verify it, then os.replace."""
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            with urllib.request.urlopen(url, timeout=timeout) as resp:
-                length = resp.headers.get("Content-Length")
-                total = int(length) if length and length.isdigit() else None
-                if total is not None and total > MAX_DOWNLOAD_BYTES:
-                    raise DatasetError(f"{url}: refusing {total} bytes (> {MAX_DOWNLOAD_BYTES})")
-                bar, got = _Progress(dest.name, total), 0
-                try:
-                    while chunk := resp.read(64 << 10):
-                        got += len(chunk)
-                        if got > MAX_DOWNLOAD_BYTES:
-                            raise DatasetError(f"{url}: more than {MAX_DOWNLOAD_BYTES} bytes")
-                        out.write(chunk)
-                        bar.update(len(chunk))
-                finally:
-                    bar.close()
-            if total is not None and got != total:
-                raise DatasetError(f"{url}: transfer cut short: got {got} of {total} bytes")
-            out.flush()
-            os.fsync(out.fileno())
-        data = _read_idx(tmp, sha256, url)
-        os.replace(tmp, dest)
-        tmp = None
-        return data
-    finally:
-        if tmp is not None:
+    """Download ``url`` to a temp file next to ``dest``, verify it, then move it into place."""
+    verified = {}
+
+    def verify(temp):
+        verified["data"] = _read_idx(temp, sha256, url)
+
+    with atomic_write(dest, check=verify) as out:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            length = resp.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else None
+            if total is not None and total > MAX_DOWNLOAD_BYTES:
+                raise DatasetError(f"{url}: refusing {total} bytes (> {MAX_DOWNLOAD_BYTES})")
+            bar, got = _Progress(dest.name, total), 0
             try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+                while chunk := resp.read(64 << 10):
+                    got += len(chunk)
+                    if got > MAX_DOWNLOAD_BYTES:
+                        raise DatasetError(f"{url}: more than {MAX_DOWNLOAD_BYTES} bytes")
+                    out.write(chunk)
+                    bar.update(len(chunk))
+            finally:
+                bar.close()
+        if total is not None and got != total:
+            raise DatasetError(f"{url}: transfer cut short: got {got} of {total} bytes")
+    return verified["data"]
 
 
 def _download(name, cache: Path, mirrors, sha256, timeout, root) -> np.ndarray:

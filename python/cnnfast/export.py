@@ -24,6 +24,7 @@ import sys
 import numpy as np
 
 from . import __version__
+from ._files import atomic_write
 from .nn import Conv2d, Dropout, Flatten, Linear, MaxPool2d, ModelFormatError, ReLU, Sequential, load_model
 
 OPSET = 13
@@ -141,15 +142,8 @@ def export_onnx(model, path, image_size: int = IMAGE_SIZE) -> str:
         model = load_model(model)
     proto = to_onnx(model, image_size)
     path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(proto.SerializeToString())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path) as f:
+        f.write(proto.SerializeToString())
     return path
 
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 
 import numpy as np
 
 from . import functional as F
+from ._files import atomic_write
 
 FORMAT = "cnnfast-model-v1"
 
@@ -364,18 +364,8 @@ class Sequential:
         for i, layer in enumerate(self.layers):
             for name, p in zip(("weight", "bias"), layer.parameters()):
                 arrays[f"{i}.{name}"] = p.data
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".cnnfast-", suffix=".npz.tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_write(path) as f:
+            np.savez(f, **arrays)
         return path
 
 

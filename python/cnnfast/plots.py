@@ -15,9 +15,10 @@ from __future__ import annotations
 import csv
 import math
 import os
-import tempfile
 
 import numpy as np
+
+from ._files import atomic_write
 
 PLOT_MISSING = "--plot needs matplotlib: pip install cnnfast[plot]"
 FIELDS = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds",
@@ -66,19 +67,11 @@ def write_history_csv(history: list[dict], path) -> str:
     fields = list(FIELDS)
     for row in history:
         fields += [key for key in row if key not in fields]
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".cnnfast-", suffix=".csv.tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=fields, restval="", lineterminator="\n")
-            writer.writeheader()
-            for row in history:
-                writer.writerow({key: _cell(value) for key, value in row.items()})
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, restval="", lineterminator="\n")
+        writer.writeheader()
+        for row in history:
+            writer.writerow({key: _cell(value) for key, value in row.items()})
     return path
 
 
