@@ -182,6 +182,8 @@ def test_checksum_mismatch_names_file_and_hashes(tmp_path):
     name = next(n for n in MNIST_FILES if n in msg)
     assert str(tmp_path / "d" / f"{name}.gz") in msg
     assert datasets.SHA256[name] in msg and hashes[name] in msg
+    assert "verify=False accepts" in msg and "--no-verify" not in msg
+    assert "--no-verify accepts" in exc.value.command_message and "verify=False" not in exc.value.command_message
 
 
 def test_checksums_override_verifies(tmp_path):
@@ -240,9 +242,14 @@ def test_search_order(tmp_path, monkeypatch):
     assert_same(load_mnist(tmp_path / "root", **kw), sets["root"])
     assert_same(load_mnist(str(tmp_path / "root"), **kw), sets["root"])
     assert_same(load_mnist(**kw), sets["env"])
-    # A root without the files falls through to the next place.
+    # A root without the files is an error naming it: the search order is for when none is named.
     (tmp_path / "empty").mkdir()
-    assert_same(load_mnist(tmp_path / "empty", **kw), sets["env"])
+    with pytest.raises(DatasetError, match=f"no MNIST data in root='{tmp_path / 'empty'}'"):
+        load_mnist(tmp_path / "empty", **kw)
+    with pytest.raises(DatasetError, match="directory does not exist"):
+        load_mnist(tmp_path / "no-such-dir", **kw)
+    assert datasets.find_mnist(tmp_path / "empty") is None
+    assert datasets.find_mnist() == ("$CNNFAST_DATA", tmp_path / "env")
     assert datasets.find_mnist_dir(tmp_path / "root") == tmp_path / "root"
     monkeypatch.delenv("CNNFAST_DATA")
     assert_same(load_mnist(**kw), sets["cache"])
@@ -264,14 +271,30 @@ def test_cache_dir_default_and_xdg(tmp_path, monkeypatch):
     assert datasets.cache_dir() == tmp_path / "home" / ".cache" / "cnnfast" / "mnist"
 
 
+def test_a_root_without_the_data_is_an_error_naming_only_it(tmp_path, monkeypatch, server):
+    """Not a fallback to $CNNFAST_DATA (which holds data here), nor a download."""
+    write_mnist_dir(tmp_path / "envdir", synthetic_mnist())
+    monkeypatch.setenv("CNNFAST_DATA", str(tmp_path / "envdir"))
+    with pytest.raises(DatasetError) as exc:
+        load_mnist(tmp_path / "rootdir", mirrors=[server.url + "/m"])
+    msg, command = str(exc.value), exc.value.command_message
+    assert f"root='{tmp_path / 'rootdir'}'" in msg and "directory does not exist" in msg
+    assert "--data-dir" not in msg and str(tmp_path / "envdir") not in msg
+    assert f"--data-dir {tmp_path / 'rootdir'}" in command and "root=" not in command
+    assert server.log == [] and not cache(tmp_path).exists()
+
+
 def test_not_found_lists_every_place(tmp_path, monkeypatch):
     monkeypatch.setenv("CNNFAST_DATA", str(tmp_path / "envdir"))
     with pytest.raises(DatasetError) as exc:
-        load_mnist(tmp_path / "rootdir", download=False)
+        load_mnist(download=False)
     msg = str(exc.value)
-    for place in (tmp_path / "rootdir", tmp_path / "envdir", cache(tmp_path)):
+    for place in (tmp_path / "envdir", cache(tmp_path)):
         assert str(place) in msg
-    assert "CNNFAST_DATA" in msg and "--data-dir" in msg and "train-images-idx3-ubyte" in msg
+    assert "CNNFAST_DATA" in msg and "root=DIR" in msg and "download=True" in msg
+    assert "train-images-idx3-ubyte" in msg and "--data-dir" not in msg
+    command = exc.value.command_message
+    assert "--data-dir DIR" in command and "root=" not in command and "download=" not in command
     assert not cache(tmp_path).exists()
 
 
@@ -284,14 +307,15 @@ def closed_port():
 def test_offline_error_lists_places_and_mirror_reasons(tmp_path):
     mirrors = [f"http://127.0.0.1:{closed_port()}/a/", f"http://127.0.0.1:{closed_port()}/b"]
     with pytest.raises(DownloadError) as exc:
-        load_mnist(tmp_path / "rootdir", mirrors=mirrors, timeout=5)
+        load_mnist(mirrors=mirrors, timeout=5)
     msg = str(exc.value)
     for m in mirrors:
         assert m.rstrip("/") + "/train-images-idx3-ubyte.gz" in msg
     assert "refused" in msg.lower()
-    assert str(tmp_path / "rootdir") in msg and str(cache(tmp_path)) in msg
-    assert "CNNFAST_DATA" in msg
-    assert list(cache(tmp_path).iterdir()) == []
+    assert str(cache(tmp_path)) in msg and "CNNFAST_DATA" in msg and "root=DIR" in msg
+    assert "--data-dir DIR" in exc.value.command_message and "root=" not in exc.value.command_message
+    # a failed download leaves no empty cache directory behind (nor the cnnfast one above it)
+    assert not cache(tmp_path).exists() and not cache(tmp_path).parent.exists()
 
 
 def test_no_mirrors_configured(tmp_path):

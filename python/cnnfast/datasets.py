@@ -8,9 +8,10 @@ checksums=None, timeout=TIMEOUT)``
     uint8 labels ``[N]``.
 ``read_idx(path, *, sha256=None)``
     Any single uint8 IDX file (images or labels), plain or gzip-compressed.
-``find_mnist_dir(root=None)``, ``search_dirs(root=None)``, ``cache_dir()``
-    Where the four files are looked for, in order: ``root`` (CLI
-    ``--data-dir``), ``$CNNFAST_DATA``, then ``$XDG_CACHE_HOME/cnnfast/mnist``
+``find_mnist(root=None)``, ``find_mnist_dir(root=None)``, ``search_dirs(root=None)``, ``cache_dir()``
+    Where the four files are looked for: only in ``root`` if it is given (the
+    commands' ``--data-dir``: a place named explicitly must hold the data);
+    otherwise in ``$CNNFAST_DATA``, then ``$XDG_CACHE_HOME/cnnfast/mnist``
     (default ``~/.cache/cnnfast/mnist``), which is also the download target.
 
 Errors
@@ -49,7 +50,7 @@ from ._files import atomic_write
 
 __all__ = [
     "DatasetError", "ChecksumError", "DownloadError", "FILES", "SHA256", "MIRRORS",
-    "load_mnist", "read_idx", "find_mnist_dir", "search_dirs", "cache_dir",
+    "load_mnist", "read_idx", "find_mnist", "find_mnist_dir", "search_dirs", "cache_dir",
 ]
 
 FILES = (
@@ -79,7 +80,14 @@ _CHUNK = 1 << 20
 
 
 class DatasetError(ValueError):
-    """A dataset file is missing, malformed, unverifiable or could not be fetched."""
+    """A dataset file is missing, malformed, unverifiable or could not be fetched.
+
+    ``str(error)`` speaks in the API's words (``root=``, ``verify=False``); ``command_message``
+    says the same in the commands' flags (``--data-dir``, ``--no-verify``)."""
+
+    def __init__(self, message: str, command_message: str | None = None):
+        super().__init__(message)
+        self.command_message = message if command_message is None else command_message
 
 
 class ChecksumError(DatasetError):
@@ -159,7 +167,7 @@ def _parse(f, name, avail, exact, sha256):
         if actual.hexdigest() != sha256.lower():
             raise ChecksumError(f"{name}: SHA-256 mismatch: expected {sha256.lower()}, "
                                 f"actual {actual.hexdigest()} (corrupt, or not the official "
-                                f"MNIST file; use verify=False / --no-verify for other IDX data)")
+                                f"MNIST file)")
     return data.reshape(dims)
 
 
@@ -184,10 +192,11 @@ def cache_dir() -> Path:
 
 
 def search_dirs(root=None) -> list[tuple[str, Path]]:
-    """``(description, directory)`` pairs searched, in order: root, $CNNFAST_DATA, cache."""
-    places = []
+    """``(description, directory)`` pairs searched, in order. A ``root`` the caller names is
+    the only place: ``[("root", root)]``. Without one: ``$CNNFAST_DATA`` (if set), then the cache."""
     if root is not None and str(root):
-        places.append(("root= / --data-dir", Path(root).expanduser()))
+        return [("root", Path(root).expanduser())]
+    places = []
     if os.environ.get("CNNFAST_DATA"):
         places.append(("$CNNFAST_DATA", Path(os.environ["CNNFAST_DATA"]).expanduser()))
     places.append(("cache", cache_dir()))
@@ -202,32 +211,55 @@ def _locate(directory: Path, name: str) -> Path | None:
     return None
 
 
-def find_mnist_dir(root=None) -> Path | None:
-    """The first searched directory holding all four files (plain or .gz), or None."""
-    for _, d in search_dirs(root):
-        if all(_locate(d, name) for name in FILES):
-            return d
+def find_mnist(root=None) -> tuple[str, Path] | None:
+    """``(description, directory)`` of the first searched directory holding all four files
+    (plain or .gz), or None. Descriptions: "root", "$CNNFAST_DATA", "cache"."""
+    for place in search_dirs(root):
+        if all(_locate(place[1], name) for name in FILES):
+            return place
     return None
 
 
-def _where_looked(root) -> str:
-    lines, places = ["Looked in:"], dict(search_dirs(root))
-    for desc, unset in (("root= / --data-dir", "not given"), ("$CNNFAST_DATA", "not set"),
-                        ("cache", "")):
+def find_mnist_dir(root=None) -> Path | None:
+    """The first searched directory holding all four files (plain or .gz), or None."""
+    found = find_mnist(root)
+    return found[1] if found else None
+
+
+def _state(directory: Path) -> str:
+    """What is wrong with a directory that should hold MNIST."""
+    if not os.path.isdir(directory):
+        return f"{directory}: directory does not exist"
+    missing = [f"{n}[.gz]" for n in FILES if _locate(directory, n) is None]
+    return f"{directory}: missing " + ", ".join(missing)
+
+
+def _not_in_root(root) -> DatasetError:
+    """The directory the caller named does not hold MNIST: an error naming it (no fallback)."""
+    state = _state(Path(root).expanduser())
+    files = "the four files (" + ", ".join(FILES) + "; plain or .gz)"
+    return DatasetError(
+        f"no MNIST data in root={str(root)!r}: {state}.\nPut {files} there, or call without root= "
+        "to search $CNNFAST_DATA and the cache (and download into the cache).",
+        f"no MNIST data in --data-dir {root}: {state}.\nPut {files} there, or leave out --data-dir "
+        "to search $CNNFAST_DATA and the cache (and download into the cache).")
+
+
+def _where_looked(download: bool) -> tuple[str, str]:
+    """Where the data was looked for, and what to do: (in the API's words, in the commands')."""
+    lines = ["Looked in:"]
+    places = dict(search_dirs())
+    for desc, unset in (("$CNNFAST_DATA", "not set"), ("cache", "")):
         d = places.get(desc)
-        if d is None:
-            state = unset
-        elif not os.path.isdir(d):
-            state = f"{d}: directory does not exist"
-        else:
-            missing = [f"{n}[.gz]" for n in FILES if _locate(d, n) is None]
-            state = f"{d}: missing " + ", ".join(missing)
-        lines.append(f"  {desc}: {state}")
-    lines.append(
-        "Provide the four files (" + ", ".join(FILES) + "; plain or .gz) by passing "
-        "root= / --data-dir DIR, setting CNNFAST_DATA=DIR, or putting them in "
-        f"{cache_dir()}; or allow download=True with network access.")
-    return "\n".join(lines)
+        lines.append(f"  {desc}: {unset if d is None else _state(d)}")
+    files = "the four files (" + ", ".join(FILES) + "; plain or .gz)"
+    where = f"setting CNNFAST_DATA=DIR, or putting them in {cache_dir()}"
+    network = "; or let them be downloaded with network access" if download else ""
+    api = (f"Provide {files} by passing root=DIR, {where}"
+           + (network if download else "; or call with download=True with network access") + ".")
+    command = f"Provide {files} with --data-dir DIR, by {where}{network}."
+    text = "\n".join(lines)
+    return f"{text}\n{api}", f"{text}\n{command}"
 
 
 # ----------------------------------------------------------------------------- download
@@ -294,27 +326,34 @@ def _fetch(url: str, dest: Path, sha256, timeout) -> np.ndarray:
     return verified["data"]
 
 
-def _download(name, cache: Path, mirrors, sha256, timeout, root) -> np.ndarray:
-    """Fetch ``name.gz`` into ``cache`` from the first working mirror."""
+def _download(name, cache: Path, mirrors, sha256, timeout) -> np.ndarray:
+    """Fetch ``name.gz`` into ``cache`` (which exists) from the first working mirror."""
     failures = []
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        failures.append(f"cannot create cache directory {cache}: {e}")
-    else:
-        for mirror in mirrors:
-            url = mirror.rstrip("/") + f"/{name}.gz"
-            try:
-                return _fetch(url, cache / f"{name}.gz", sha256, timeout)
-            except urllib.error.HTTPError as e:
-                e.close()
-                failures.append(f"{url}: HTTP {e.code} {e.reason}")
-            except (OSError, http.client.HTTPException, ValueError) as e:
-                failures.append(f"{url}: {type(e).__name__}: {e}")
-        if not mirrors:
-            failures.append("no mirrors configured")
-    raise DownloadError(f"MNIST data not found locally and {name}.gz could not be downloaded:\n"
-                        + "\n".join(f"  {f}" for f in failures) + "\n" + _where_looked(root))
+    for mirror in mirrors:
+        url = mirror.rstrip("/") + f"/{name}.gz"
+        try:
+            return _fetch(url, cache / f"{name}.gz", sha256, timeout)
+        except urllib.error.HTTPError as e:
+            e.close()
+            failures.append(f"{url}: HTTP {e.code} {e.reason}")
+        except (OSError, http.client.HTTPException, ValueError) as e:
+            failures.append(f"{url}: {type(e).__name__}: {e}")
+    if not mirrors:
+        failures.append("no mirrors configured")
+    head = (f"MNIST data not found locally and {name}.gz could not be downloaded:\n"
+            + "\n".join(f"  {f}" for f in failures) + "\n")
+    api, command = _where_looked(download=True)
+    raise DownloadError(head + api, head + command)
+
+
+def _make_dirs(directory: Path) -> list[Path]:
+    """Create `directory` and its missing parents; the ones created, deepest first."""
+    created, d = [], directory
+    while not os.path.isdir(d) and d != d.parent:
+        created.append(d)
+        d = d.parent
+    directory.mkdir(parents=True, exist_ok=True)
+    return created
 
 
 # ----------------------------------------------------------------------------- public loader
@@ -323,30 +362,52 @@ def load_mnist(root=None, download: bool = True, verify: bool = True, *,
                mirrors=None, checksums=None, timeout: float = TIMEOUT):
     """Load MNIST as ``(x_train, y_train, x_test, y_test)`` (uint8 ``[N,28,28]`` / ``[N]``).
 
-    Uses the first of ``root``, ``$CNNFAST_DATA`` and :func:`cache_dir` that
-    holds all four IDX files (plain or .gz). Otherwise, if ``download``, the
-    missing .gz files are fetched into the cache (next mirror on failure); a
-    downloaded file is always checked against its expected SHA-256 before it is
-    atomically moved into place. With ``verify=False``, local files are only
-    checked for structure (any 28x28 images with labels 0..9 are accepted).
+    A ``root`` the caller names must hold the four IDX files (plain or .gz): if it does not,
+    that is a DatasetError naming it, never a fallback to another place. Without ``root``, the
+    first of ``$CNNFAST_DATA`` and :func:`cache_dir` that holds them is used; otherwise, if
+    ``download``, the missing .gz files are fetched into the cache (next mirror on failure); a
+    downloaded file is always checked against its expected SHA-256 before it is atomically moved
+    into place, and a failed download leaves no empty cache directory behind. With
+    ``verify=False``, local files are only checked for structure (any 28x28 images with labels
+    0..9 are accepted). :func:`find_mnist` tells which directory this reads.
     """
     expected = {**SHA256, **(checksums or {})}
-    directory, sources, arrays = find_mnist_dir(root), {}, {}
-    if directory is None and not download:
-        raise DatasetError("MNIST data not found.\n" + _where_looked(root))
-    if directory is None:
-        directory = cache_dir()
+    found = find_mnist(root)
+    if found is None and root is not None and str(root):
+        raise _not_in_root(root)
+    if found is None and not download:
+        api, command = _where_looked(download=False)
+        raise DatasetError("MNIST data not found.\n" + api, "MNIST data not found.\n" + command)
+    directory = found[1] if found else cache_dir()
+    sources, arrays, created = {}, {}, []
+    try:
         if not all(_locate(directory, n) for n in FILES):
             print(f"cnnfast: downloading MNIST into {directory}", file=sys.stderr)
-    for name in FILES:
-        path = _locate(directory, name)
-        if path is None:
-            sources[name] = str(directory / f"{name}.gz")
-            arrays[name] = _download(name, directory, _mirror_list(mirrors),
-                                     expected.get(name), timeout, root)
-        else:
-            sources[name] = str(path)
-            arrays[name] = read_idx(path, sha256=expected.get(name) if verify else None)
+            try:
+                created = _make_dirs(directory)
+            except OSError as e:
+                head = f"MNIST data not found locally and the cache {directory} cannot be created: {e}\n"
+                api, command = _where_looked(download=True)
+                raise DownloadError(head + api, head + command) from e
+        for name in FILES:
+            path = _locate(directory, name)
+            if path is None:
+                sources[name] = str(directory / f"{name}.gz")
+                arrays[name] = _download(name, directory, _mirror_list(mirrors), expected.get(name), timeout)
+            else:
+                sources[name] = str(path)
+                try:
+                    arrays[name] = read_idx(path, sha256=expected.get(name) if verify else None)
+                except ChecksumError as e:
+                    raise ChecksumError(f"{e}; verify=False accepts other IDX data",
+                                        f"{e}; --no-verify accepts other IDX data") from None
+    except BaseException:
+        for d in created:  # deepest first: only the directories this call made, if still empty
+            try:
+                os.rmdir(d)
+            except OSError:
+                break
+        raise
     out = []
     for split in ("train", "t10k"):
         img, lbl = f"{split}-images-idx3-ubyte", f"{split}-labels-idx1-ubyte"
