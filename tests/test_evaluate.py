@@ -1,16 +1,20 @@
 """python -m cnnfast.evaluate: exact numbers with a stand-in model whose mistakes are known,
 the report and --json, errors and exit codes, and a real run that agrees with cnnfast.train."""
 import json
+import os
 import sys
 
 import numpy as np
 import pytest
 
 import cnnfast
+import cnnfast._cli
+import cnnfast.datasets
 import cnnfast.evaluate as ev
 import cnnfast.train
 from cnnfast.datasets import DatasetError
 from _trained_model import real_mnist, trained_model_path
+from conftest import mnist_dir
 
 
 def synthetic(n: int, first_id: int):
@@ -142,8 +146,8 @@ def fake(monkeypatch, tmp_path):
         data_loads = []
     Fake.path.write_bytes(b"stand-in")
 
-    def data(root=None, download=True, verify=True):
-        Fake.data_loads.append((root, verify))
+    def data(data_dir, no_verify):  # cnnfast._cli.load_mnist
+        Fake.data_loads.append((data_dir, not no_verify))
         return X_TRAIN, Y_TRAIN, X_TEST, Y_TEST
 
     def load(path):
@@ -257,12 +261,15 @@ def test_model_that_does_not_fit_mnist(fake, capsys, tmp_path):
     assert status == 1 and "does not fit" in err
 
 
-def test_missing_data(fake, monkeypatch, capsys):
+def test_missing_data_is_reported_in_the_commands_words(fake, monkeypatch, capsys):
     def fail(root=None, download=True, verify=True):
-        raise DatasetError("MNIST data not found.\nLooked in: nowhere")
-    monkeypatch.setattr(ev, "load_mnist", fail)
-    status, out, err = run(capsys, "--model", fake.path, "--json")
+        raise DatasetError("MNIST data not found.\nProvide them by passing root=DIR",
+                           "MNIST data not found.\nProvide them with --data-dir DIR")
+    monkeypatch.setattr(ev, "load_mnist", cnnfast._cli.load_mnist)
+    monkeypatch.setattr(cnnfast.datasets, "load_mnist", fail)
+    status, out, err = run(capsys, "--model", fake.path, "--json", "--data-dir", "nowhere")
     assert status == 1 and out == "" and "error: MNIST data not found." in err
+    assert "--data-dir DIR" in err and "root=" not in err
 
 
 def test_plot_without_matplotlib_fails_before_any_work(fake, monkeypatch, capsys, tmp_path):
@@ -291,7 +298,7 @@ def model_path(tmp_path_factory):
 def test_real_model_agrees_with_the_training_evaluation(model_path, capsys):
     x_train, y_train, x_test, y_test = real_mnist()
     status, out, err = run(capsys, "--model", model_path, "--json", "--mistakes", "20")
-    assert status == 0 and err == ""
+    assert status == 0 and err == f"cnnfast: MNIST from {os.path.abspath(mnist_dir())} ($CNNFAST_DATA)\n"
     data = json.loads(out)
     model = cnnfast.load_model(model_path)
     loss, accuracy = cnnfast.train.evaluate(model, x_test, y_test)
@@ -312,6 +319,6 @@ def test_real_model_agrees_with_the_training_evaluation(model_path, capsys):
 @pytest.mark.slow
 def test_real_report_text(model_path, capsys):
     status, out, err = run(capsys, "--model", model_path, "--mistakes", "4", "--width", "80")
-    assert status == 0 and err == ""
+    assert status == 0 and err.startswith("cnnfast: MNIST from ") and err.count("\n") == 1
     assert "on the MNIST test split (10,000 images)" in " ".join(out.split()) and "Confusion matrix" in out
     assert out.count("\u250c") == 4 and max(len(line) for line in out.splitlines()) <= 120

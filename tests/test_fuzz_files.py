@@ -363,8 +363,10 @@ def make_checkpoint(path):
     from cnnfast.optim import Adam
     model = small_model()
     optimizer = Adam(model.parameters())
-    snapshot = ckpt.capture(model, optimizer, settings={"batch_size": 32, "optimizer": "adam", "lr": 1e-3,
-                                                        "seed": 0, "limit": None, "train_images": 300},
+    snapshot = ckpt.capture(model, optimizer, settings={"epochs": 3, "batch_size": 32, "optimizer": "adam", "lr": 1e-3,
+                                                        "seed": 0, "limit": None, "train_images": 300,
+                                                        "out": "/tmp/m.npz", "plot": None, "data_dir": None,
+                                                        "no_verify": False, "train_data_sha256": "0" * 64},
                             epoch=2, position=ckpt.EpochState(3, 7.5, 40, 96, 0.25),
                             shuffle_rng=np.random.default_rng(1).bit_generator.state, history=[],
                             train_seconds=1.0, trained_images=300)

@@ -175,7 +175,7 @@ def test_training_plot_without_matplotlib_fails_before_training(monkeypatch, tmp
     from cnnfast import train
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
-    monkeypatch.setattr(train, "load_mnist", lambda *a, **k: pytest.fail("loaded data before checking matplotlib"))
+    monkeypatch.setattr(train, "load_data", lambda *a, **k: pytest.fail("loaded data before checking matplotlib"))
     status = train.main(["--out", str(tmp_path / "m.npz"), "--plot", str(tmp_path / "c.png")])
     assert status == 1 and "--plot needs matplotlib: pip install cnnfast[plot]" in capsys.readouterr().err
     assert os.listdir(tmp_path) == []

@@ -126,8 +126,10 @@ def test_sigint_and_sigterm_write_checkpoints_and_resume_is_bit_identical(data_2
     with np.load(first, allow_pickle=False) as f:  # plain arrays and JSON: nothing pickled
         assert str(f["format"]) == ckpt.FORMAT
         assert all(f[k].dtype != object for k in f.files)
-    assert state1.settings == {"batch_size": 32, "optimizer": "adam", "lr": 1e-3, "seed": 3, "limit": 2000,
-                               "train_images": 2000}
+    assert state1.settings == {"epochs": 2, "batch_size": 32, "optimizer": "adam", "lr": 1e-3, "seed": 3,
+                               "limit": 2000, "out": str(out), "plot": None, "data_dir": os.path.abspath(data_2000),
+                               "no_verify": True, "train_images": 2000,
+                               "train_data_sha256": state1.settings["train_data_sha256"]}
     assert state1.shuffle_rng["bit_generator"] == "PCG64" and list(state1.layer_rngs) == [7]  # Dropout
     steps_done = (state1.epoch - 1) * STEPS + state1.position.step
     assert int(state1.optimizer["t"]) == steps_done  # Adam's step count
@@ -146,6 +148,7 @@ def test_sigint_and_sigterm_write_checkpoints_and_resume_is_bit_identical(data_2
     assert train.main(common + ["--out", str(out), "--checkpoint", str(tmp_path / "third.ckpt.npz"),
                                 "--resume", str(second)]) == 0
     assert weights(out) == weights(reference)
+    assert not second.exists()  # its run is finished
     assert no_temporary_files(tmp_path)
 
 
@@ -209,15 +212,22 @@ def test_resume_from_any_point_is_bit_identical(any_point_reference, tmp_path, m
     assert weights(tmp_path / "m.npz") == reference
 
 
-def test_a_larger_epoch_count_continues_a_run(data_300, tmp_path, monkeypatch, threads):
-    common = ["--data-dir", data_300, "--no-verify", "--batch-size", "64", "--threads", "2", "--seed", "2"]
-    assert train.main(common + ["--epochs", "2", "--out", str(tmp_path / "reference.npz")]) == 0
+def test_resume_alone_continues_the_run_it_came_from(data_300, tmp_path, monkeypatch, threads, capsys):
+    """The README's command, `--resume CHECKPOINT` and nothing else: the checkpoint holds every
+    setting of the run (here --epochs 2, not the default 15, and the --data-dir and --out)."""
+    common = ["--data-dir", data_300, "--no-verify", "--batch-size", "64", "--seed", "2", "--epochs", "2"]
+    assert train.main(common + ["--out", str(tmp_path / "reference.npz")]) == 0
     with monkeypatch.context() as m:
         m.setattr(train, "StopRequest", lambda: StopAfter(3))
-        assert train.main(common + ["--epochs", "1", "--out", str(tmp_path / "m.npz")]) == 130
-    assert train.main(common + ["--epochs", "2", "--out", str(tmp_path / "m.npz"),
-                                "--resume", str(tmp_path / "m.ckpt.npz")]) == 0
+        assert train.main(common + ["--out", str(tmp_path / "m.npz")]) == 130
+    checkpoint = tmp_path / "m.ckpt.npz"
+    assert f"continue with: python -m cnnfast.train --resume {checkpoint}" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path / "..")  # another directory: the paths in the checkpoint are absolute
+    assert train.main(["--resume", str(checkpoint)]) == 0
+    out = capsys.readouterr().out
+    assert "epoch  2/2" in out and "/15" not in out
     assert weights(tmp_path / "m.npz") == weights(tmp_path / "reference.npz")
+    assert not checkpoint.exists() and f"removed the checkpoint {checkpoint}: its run is finished" in out
 
 
 @pytest.fixture
@@ -231,11 +241,12 @@ def a_checkpoint(data_300, tmp_path, monkeypatch, threads):
 
 
 @pytest.mark.parametrize("change,message", [
-    (["--batch-size", "64"], "--batch-size 32 (this run: 64)"),
-    (["--seed", "6"], "--seed 5 (this run: 6)"),
-    (["--lr", "0.01"], "--lr 0.001 (this run: 0.01)"),
-    (["--optimizer", "sgd"], "--optimizer adam (this run: sgd)"),
-    (["--limit", "300"], "--limit 200 (this run: 300)"),
+    (["--batch-size", "64"], "--batch-size 64 contradicts the checkpoint's --batch-size 32"),
+    (["--seed", "6"], "--seed 6 contradicts the checkpoint's --seed 5"),
+    (["--lr", "0.01"], "--lr 0.01 contradicts the checkpoint's --lr 0.001"),
+    (["--optimizer", "sgd"], "--optimizer sgd contradicts the checkpoint's --optimizer adam"),
+    (["--limit", "300"], "--limit 300 contradicts the checkpoint's --limit 200"),
+    (["--epochs", "5"], "--epochs 5 contradicts the checkpoint's --epochs 2"),
     (["--epochs", "0"], "--epochs must be at least 1"),
 ])
 def test_resume_refuses_different_settings(a_checkpoint, data_300, tmp_path, capsys, change, message):
@@ -249,6 +260,23 @@ def test_resume_refuses_different_settings(a_checkpoint, data_300, tmp_path, cap
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "m2.npz").exists()
+
+
+def test_resume_refuses_other_training_data(a_checkpoint, tmp_path, capsys):
+    other = tmp_path / "other-data"
+    write_mnist_dir(other, synthetic_mnist(n_train=300, n_test=50, seed=2))  # as many images, others
+    assert train.main(["--resume", str(a_checkpoint), "--data-dir", str(other)]) == 1
+    assert "other training data" in capsys.readouterr().err
+    assert a_checkpoint.exists() and not (tmp_path / "m.npz").exists()
+
+
+def test_a_limit_given_to_a_run_that_had_none_is_named_as_such(data_300, tmp_path, monkeypatch, capsys):
+    with monkeypatch.context() as m:
+        m.setattr(train, "StopRequest", lambda: StopAfter(2))
+        assert train.main(["--data-dir", data_300, "--no-verify", "--out", str(tmp_path / "m.npz")]) == 130
+    with pytest.raises(SystemExit):
+        train.main(["--resume", str(tmp_path / "m.ckpt.npz"), "--limit", "100"])
+    assert "--limit 100 contradicts the checkpoint's run without --limit" in capsys.readouterr().err
 
 
 def _rewrite_checkpoint(source, target, **changes):
@@ -334,6 +362,36 @@ def test_divergence_names_epoch_and_step_and_keeps_existing_files(data_300, tmp_
     assert no_temporary_files(tmp_path)
 
 
+def test_a_finite_but_exploding_loss_is_divergence_too(data_300, tmp_path, capsys):
+    """Adam at --lr 50 keeps the loss finite (1e5..1e9) at chance accuracy: that run must not
+    replace a good model either."""
+    out, checkpoint = tmp_path / "m.npz", tmp_path / "m.ckpt.npz"
+    out.write_bytes(b"the last good model")
+    checkpoint.write_bytes(b"the last good checkpoint")
+    code = train.main(["--data-dir", data_300, "--no-verify", "--epochs", "3", "--batch-size", "32",
+                       "--lr", "50", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert re.search(rf"diverged in epoch \d: the loss has stayed above {train.DIVERGED_FACTOR:g} times its first "
+                     rf"value \(2\.\d+\) for {train.DIVERGED_STEPS} steps", err), err
+    assert "lower learning rate (--lr 5)" in err
+    assert out.read_bytes() == b"the last good model"
+    assert checkpoint.read_bytes() == b"the last good checkpoint"
+    assert not (tmp_path / "m.csv").exists() and no_temporary_files(tmp_path)
+
+
+def test_divergence_watch_counts_steps_in_a_row():
+    watch = train.DivergenceWatch()
+    watch.check(2.0, "step 1")
+    for _ in range(train.DIVERGED_STEPS - 1):
+        watch.check(1e6, "a step")
+    watch.check(2.5, "a step")  # one step back near the start: the count begins again
+    for _ in range(train.DIVERGED_STEPS - 1):
+        watch.check(1e6, "a step")
+    with pytest.raises(train.TrainingDiverged, match="for 10 steps; it is 1e\\+06 at step 99"):
+        watch.check(1e6, "step 99")
+
+
 # ------------------------------------------------------------------ a model file that cannot be written
 
 def test_a_full_disk_keeps_the_previous_model_and_the_trained_weights(data_300, tmp_path, monkeypatch, capsys,
@@ -361,6 +419,8 @@ def test_a_full_disk_keeps_the_previous_model_and_the_trained_weights(data_300, 
     assert "--resume" in err and os.path.exists(tmp_path / "m.ckpt.npz")
     assert train.main(common + ["--out", str(out), "--resume", str(tmp_path / "m.ckpt.npz")]) == 0
     assert weights(out) == weights(tmp_path / "reference.npz")
+    assert "training had finished (all 1 epochs); saving the model" in capsys.readouterr().out
+    assert not os.path.exists(tmp_path / "m.ckpt.npz")
 
 
 def test_no_space_at_all_is_a_clear_error_and_the_previous_model_is_intact(data_300, tmp_path, monkeypatch,

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 import cnnfast
+import cnnfast._cli
+import cnnfast.datasets
 import cnnfast.sum_challenge as sc
 import cnnfast.train
 from cnnfast.datasets import DatasetError
@@ -207,8 +209,7 @@ def fake(monkeypatch, tmp_path):
         path = tmp_path / "model.npz"
         loads = []
     Fake.path.write_bytes(b"stand-in")
-    monkeypatch.setattr(sc, "load_mnist", lambda root=None, download=True, verify=True:
-                        (X_TRAIN, Y_TRAIN, X_TEST, Y_TEST))
+    monkeypatch.setattr(sc, "load_mnist", lambda data_dir, no_verify: (X_TRAIN, Y_TRAIN, X_TEST, Y_TEST))
 
     def load(path):
         Fake.loads.append(path)
@@ -320,10 +321,11 @@ def test_help_states_the_caveat(capsys):
 
 def test_missing_data(fake, monkeypatch, capsys):
     def missing(root=None, download=True, verify=True):
-        raise DatasetError("MNIST data not found.")
-    monkeypatch.setattr(sc, "load_mnist", missing)
+        raise DatasetError("MNIST data not found (root=)", "MNIST data not found (--data-dir)")
+    monkeypatch.setattr(sc, "load_mnist", cnnfast._cli.load_mnist)
+    monkeypatch.setattr(cnnfast.datasets, "load_mnist", missing)
     status, out, err = run(capsys, "--model", fake.path)
-    assert status == 1 and out == "" and "error: MNIST data not found." in err
+    assert status == 1 and out == "" and "error: MNIST data not found (--data-dir)" in err
 
 
 def test_bad_model_file(tmp_path, capsys):

@@ -53,6 +53,47 @@ def test_missing_data_is_a_clear_error(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "m.npz").exists()
 
 
+@pytest.mark.parametrize("where", ["missing", "empty"])
+def test_a_data_dir_without_the_data_is_an_error_not_a_fallback(synthetic_dir, tmp_path, monkeypatch, capsys, where):
+    """With $CNNFAST_DATA holding data, a wrong --data-dir is still an error naming it (exit 1),
+    and nothing is downloaded."""
+    monkeypatch.setenv("CNNFAST_DATA", synthetic_dir)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("CNNFAST_MNIST_MIRRORS", "http://127.0.0.1:9/")
+    named = tmp_path / "named"
+    if where == "empty":
+        named.mkdir()
+    code = train.main(["--data-dir", str(named), "--no-verify", "--epochs", "1", "--out", str(tmp_path / "m.npz")])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f"no MNIST data in --data-dir {named}" in err
+    assert ("directory does not exist" if where == "missing" else "missing train-images-idx3-ubyte") in err
+    assert "downloading" not in err and "root=" not in err
+    assert not (tmp_path / "m.npz").exists() and not (tmp_path / "cache").exists()
+
+
+def test_train_says_which_data_directory_it_read(synthetic_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CNNFAST_DATA", synthetic_dir)
+    common = ["--no-verify", "--epochs", "1", "--limit", "32", "--out", str(tmp_path / "m.npz")]
+    assert train.main(common) == 0
+    err = capsys.readouterr().err
+    assert f"cnnfast: MNIST from {synthetic_dir} ($CNNFAST_DATA)\n" in err
+    assert train.main(["--data-dir", synthetic_dir] + common) == 0
+    assert f"cnnfast: MNIST from {synthetic_dir} (--data-dir)\n" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command,abbreviation", [
+    ("train", "--epoch"), ("evaluate", "--mistake"), ("predict", "--mod"), ("export", "--mod"),
+    ("sum_challenge", "--trial"), ("backprop", "--step")])
+def test_flags_are_not_abbreviated(command, abbreviation, capsys):
+    import importlib
+    module = importlib.import_module(f"cnnfast.{command}")
+    parser = module.make_parser() if command == "backprop" else module.build_parser()
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args([abbreviation, "3", "x.png"] + (["--onnx", "a.onnx"] if command == "export" else []))
+    assert exit_info.value.code == 2 and f"unrecognized arguments: {abbreviation}" in capsys.readouterr().err
+
+
 def test_same_seed_gives_bit_identical_weights(synthetic_dir, tmp_path, threads):
     def run(name, seed):
         out = tmp_path / name

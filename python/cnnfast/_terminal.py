@@ -131,19 +131,3 @@ def digit_picture(image: np.ndarray, stream=None, frame: bool = True) -> list[st
         return (["\u250c" + "\u2500" * width + "\u2510"] + ["\u2502" + r.ljust(width) + "\u2502" for r in rows]
                 + ["\u2514" + "\u2500" * width + "\u2518"])
     return ["+" + "-" * width + "+"] + ["|" + r.ljust(width) + "|" for r in rows] + ["+" + "-" * width + "+"]
-
-
-def run_command(main) -> int:
-    """Run a command's main() for `python -m`: its exit status, and a quiet exit when the
-    reader of stdout goes away (`python -m cnnfast.backprop | head`) instead of a traceback."""
-    import os
-    import sys
-    try:
-        status = main()
-        sys.stdout.flush()
-        return status
-    except BrokenPipeError:
-        # Python would complain once more when it flushes stdout at exit: point it at devnull.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 1

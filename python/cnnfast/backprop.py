@@ -764,5 +764,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0 if ok else 1
 
 if __name__ == "__main__":
-    from ._terminal import run_command
+    from ._cli import run_command
     sys.exit(run_command(main))

@@ -6,7 +6,8 @@ A checkpoint is one .npz file (written atomically: a temporary file, then a rena
 
 - the weights (``param.<i>``, in `model.parameters()` order) and the optimizer's state
   (``optim.<name>``: Adam's t, m.i, v.i or SGD's velocity.i);
-- a JSON document (``meta``): the settings the run was started with, the position (the epoch to
+- a JSON document (``meta``): the settings the run was started with (all of them, so that
+  ``--resume`` alone continues it) and a fingerprint of its training data, the position (the epoch to
   continue and how many of its steps are done), the running totals of that epoch, the history
   of finished epochs, the shuffling generator's state as of the START of that epoch (its
   permutation is drawn again from it) and the state of every layer's own generator (Dropout's).
@@ -18,6 +19,7 @@ it): only `--resume` reads it.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 
@@ -25,10 +27,15 @@ import numpy as np
 
 from ._files import atomic_write
 
-FORMAT = "cnnfast-checkpoint-v1"
+FORMAT = "cnnfast-checkpoint-v2"
+OLD_FORMATS = ("cnnfast-checkpoint-v1",)  # did not hold the run's settings: cannot be resumed alone
 
-# The settings a resumed run must share with the checkpoint for the continuation to be exact.
-SETTINGS = ("batch_size", "optimizer", "lr", "seed", "limit")
+# The settings of the run, which a resumed run takes from the checkpoint: those that decide its
+# result (a different value given with --resume is an error), and where it reads and writes
+# (taken unless given). train_images and train_data_sha256 identify the training data.
+RUN_SETTINGS = ("epochs", "batch_size", "optimizer", "lr", "seed", "limit")
+RUN_DEFAULTS = ("out", "plot", "data_dir", "no_verify")
+SETTINGS = RUN_SETTINGS + RUN_DEFAULTS + ("train_images", "train_data_sha256")
 HISTORY_KEYS = {"epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy"}
 
 
@@ -48,7 +55,7 @@ class EpochState:
 
 @dataclasses.dataclass
 class Checkpoint:
-    settings: dict                # batch_size, optimizer, lr, seed, limit, train_images
+    settings: dict                # SETTINGS: the run's settings and its training data
     epoch: int                    # the epoch to continue, from 1 (epochs + 1: training is done)
     position: EpochState          # steps of `epoch` already done, and their totals
     shuffle_rng: dict             # the shuffling Generator's state at the start of `epoch`
@@ -58,6 +65,8 @@ class Checkpoint:
     trained_images: int
     params: list                  # float32 arrays, in model.parameters() order
     optimizer: dict               # name -> array, as optimizer.state() returns it
+    first_loss: float | None = None  # the run's first loss and the steps in a row far above it
+    high_steps: int = 0              # (train.DivergenceWatch)
 
 
 def default_path(model_path: str) -> str:
@@ -66,8 +75,15 @@ def default_path(model_path: str) -> str:
     return base + ".ckpt.npz"
 
 
+def data_fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
+    """SHA-256 of the training images and labels: a resumed run must train on the same data."""
+    digest = hashlib.sha256(np.ascontiguousarray(images).tobytes())
+    digest.update(np.ascontiguousarray(labels).tobytes())
+    return digest.hexdigest()
+
+
 def capture(model, optimizer, *, settings, epoch, position, shuffle_rng, history, train_seconds,
-            trained_images) -> Checkpoint:
+            trained_images, first_loss=None, high_steps=0) -> Checkpoint:
     """A snapshot (copies) of everything a resumed run needs; call it between steps."""
     layer_rngs = {i: layer.rng.bit_generator.state for i, layer in enumerate(model.layers)
                   if isinstance(getattr(layer, "rng", None), np.random.Generator)}
@@ -75,7 +91,8 @@ def capture(model, optimizer, *, settings, epoch, position, shuffle_rng, history
                       shuffle_rng=shuffle_rng, layer_rngs=layer_rngs, history=list(history),
                       train_seconds=float(train_seconds), trained_images=int(trained_images),
                       params=[p.data.copy() for p in model.parameters()],
-                      optimizer={k: np.array(v, copy=True) for k, v in optimizer.state().items()})
+                      optimizer={k: np.array(v, copy=True) for k, v in optimizer.state().items()},
+                      first_loss=first_loss, high_steps=int(high_steps))
 
 
 def save(checkpoint: Checkpoint, path) -> str:
@@ -91,6 +108,7 @@ def save(checkpoint: Checkpoint, path) -> str:
         "history": checkpoint.history, "train_seconds": checkpoint.train_seconds,
         "trained_images": checkpoint.trained_images,
         "params": len(checkpoint.params), "optimizer": sorted(checkpoint.optimizer),
+        "divergence": {"first_loss": checkpoint.first_loss, "high_steps": checkpoint.high_steps},
     }
     arrays = {"format": np.array(FORMAT), "meta": np.array(json.dumps(meta))}
     arrays.update({f"param.{i}": p for i, p in enumerate(checkpoint.params)})
@@ -126,13 +144,22 @@ def _from_npz(f) -> Checkpoint:
     marker = str(_array(f, "format"))
     if marker == "cnnfast-model-v1":
         raise CheckpointError("this is a saved model, not a training checkpoint")
+    if marker in OLD_FORMATS:
+        raise CheckpointError("written by an earlier cnnfast that did not store the run's settings; "
+                              "it cannot be resumed: start the run again")
     if marker != FORMAT:
         raise CheckpointError(f"not a cnnfast checkpoint (format {marker[:40]!r}, expected '{FORMAT}')")
     meta = json.loads(str(_array(f, "meta")))
     _expect(isinstance(meta, dict), "meta is not a JSON object")
     settings = meta.get("settings")
-    _expect(isinstance(settings, dict) and all(k in settings for k in SETTINGS + ("train_images",)),
-            "settings are missing")
+    _expect(isinstance(settings, dict) and all(k in settings for k in SETTINGS), "settings are missing")
+    _expect(all(isinstance(settings[k], int) and not isinstance(settings[k], bool) and settings[k] >= 1
+                for k in ("epochs", "batch_size", "train_images"))
+            and settings["optimizer"] in ("adam", "sgd") and isinstance(settings["lr"], (int, float))
+            and (settings["limit"] is None or isinstance(settings["limit"], int)), "bad settings")
+    divergence = meta.get("divergence", {})
+    _expect(isinstance(divergence, dict) and isinstance(divergence.get("first_loss"), (int, float, type(None)))
+            and isinstance(divergence.get("high_steps", 0), int), "bad divergence state")
     position = meta.get("position")
     _expect(isinstance(position, dict), "position is missing")
     try:
@@ -164,7 +191,8 @@ def _from_npz(f) -> Checkpoint:
     return Checkpoint(settings=settings, epoch=epoch, position=position, shuffle_rng=meta["shuffle_rng"],
                       layer_rngs={int(k): v for k, v in layer_rngs.items()}, history=meta["history"],
                       train_seconds=float(meta.get("train_seconds", 0.0)),
-                      trained_images=int(meta.get("trained_images", 0)), params=params, optimizer=optimizer)
+                      trained_images=int(meta.get("trained_images", 0)), params=params, optimizer=optimizer,
+                      first_loss=divergence.get("first_loss"), high_steps=divergence.get("high_steps", 0))
 
 
 def _array(f, key: str) -> np.ndarray:
@@ -176,11 +204,6 @@ def _array(f, key: str) -> np.ndarray:
 def _expect(ok: bool, message: str) -> None:
     if not ok:
         raise CheckpointError(f"corrupt checkpoint: {message}")
-
-
-def mismatched_settings(checkpoint: Checkpoint, settings: dict) -> list[str]:
-    """The settings (of SETTINGS) whose values differ between the checkpoint and this run."""
-    return [k for k in SETTINGS if checkpoint.settings.get(k) != settings.get(k)]
 
 
 def restore(checkpoint: Checkpoint, model, optimizer, shuffle_rng: np.random.Generator) -> None:

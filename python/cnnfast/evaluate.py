@@ -19,9 +19,9 @@ import textwrap
 
 import numpy as np
 
+from ._cli import argument_parser, load_mnist
 from . import plots
 from ._terminal import digit_picture, side_by_side
-from .datasets import DatasetError, load_mnist
 from .nn import ModelFormatError, load_model
 
 CLASSES = 10
@@ -154,19 +154,20 @@ def report(summary: dict, images: np.ndarray, name: str, split: str, columns: in
 # ----------------------------------------------------------------------------- the command
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = argument_parser(
         prog="python -m cnnfast.evaluate",
         description="Evaluate a trained model on MNIST: accuracy and mean cross-entropy loss, each digit's "
                     "precision and recall, the 10x10 confusion matrix, and the most confident mistakes "
                     "(the wrong answers the model gave the highest probability) drawn as 28x28 pictures.",
-        epilog="MNIST is looked for in --data-dir, then $CNNFAST_DATA, then ~/.cache/cnnfast/mnist, and "
-               "downloaded there if missing. Exit status: 0 done, 1 no data, no or a bad model, or --plot "
+        epilog="MNIST is read from --data-dir if it is given (it must hold the four files), otherwise from "
+               "$CNNFAST_DATA or ~/.cache/cnnfast/mnist, downloaded there if missing. Exit status: 0 done, 1 no data, no or a bad model, or --plot "
                "without matplotlib (pip install cnnfast[plot]), 2 bad arguments.")
     p.add_argument("--model", default="mnist_cnn.npz",
                    help="the model file from python -m cnnfast.train (default mnist_cnn.npz)")
     p.add_argument("--split", choices=["test", "train"], default="test",
                    help="the 10,000 test images or the 60,000 training images (default test)")
-    p.add_argument("--data-dir", default=None, help="directory holding the four MNIST IDX files (plain or .gz)")
+    p.add_argument("--data-dir", default=None,
+                   help="directory holding the four MNIST IDX files (plain or .gz); it must hold them")
     p.add_argument("--no-verify", action="store_true",
                    help="accept IDX files whose SHA-256 differs from the official MNIST")
     p.add_argument("--mistakes", type=int, default=8, metavar="N",
@@ -215,11 +216,10 @@ def main(argv=None) -> int:
     except (OSError, ModelFormatError) as error:
         print(f"error: cannot load the model: {error}", file=sys.stderr)
         return 1
-    try:
-        x_train, y_train, x_test, y_test = load_mnist(args.data_dir, verify=not args.no_verify)
-    except DatasetError as error:
-        print(f"error: {error}", file=sys.stderr)
+    data = load_mnist(args.data_dir, args.no_verify)
+    if data is None:
         return 1
+    x_train, y_train, x_test, y_test = data
     images, labels = (x_test, y_test) if args.split == "test" else (x_train, y_train)
     labels = labels.astype(np.int64)
     try:
@@ -247,5 +247,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from ._terminal import run_command
+    from ._cli import run_command
     sys.exit(run_command(main))

@@ -23,6 +23,7 @@ import sys
 
 import numpy as np
 
+from ._cli import argument_parser
 from . import __version__
 from ._files import atomic_write
 from .nn import Conv2d, Dropout, Flatten, Linear, MaxPool2d, ModelFormatError, ReLU, Sequential, load_model
@@ -167,7 +168,7 @@ def model_logits(model: Sequential, x: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- the command
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = argument_parser(
         prog="python -m cnnfast.export",
         description="Export a trained model as a standard ONNX graph (Conv, Relu, MaxPool, Flatten, Gemm; "
                     f"opset {OPSET}) to run it with onnxruntime or any other ONNX runtime. Input "
@@ -265,5 +266,5 @@ def _text(shape) -> str:
 
 
 if __name__ == "__main__":
-    from ._terminal import run_command
+    from ._cli import run_command
     sys.exit(run_command(main))

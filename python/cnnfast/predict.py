@@ -24,6 +24,7 @@ import warnings
 
 import numpy as np
 
+from ._cli import argument_parser
 from ._terminal import digit_picture
 from .nn import ModelFormatError, load_model
 
@@ -261,7 +262,7 @@ def top_k(proba: np.ndarray, k: int = 3) -> list[tuple[int, float]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = argument_parser(
         prog="python -m cnnfast.predict", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Classify handwritten digits in image files (PNG, JPEG, BMP, or anything else "
                     "Pillow reads) with a trained model.\n\n"
@@ -356,5 +357,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from ._terminal import run_command
+    from ._cli import run_command
     sys.exit(run_command(main))

@@ -27,9 +27,9 @@ import textwrap
 
 import numpy as np
 
+from ._cli import argument_parser, load_mnist
 from . import train
 from ._terminal import digit_rows, histogram, side_by_side
-from .datasets import DatasetError, load_mnist
 from .nn import ModelFormatError, load_model
 
 TARGET = 45  # 0 + 1 + ... + 9
@@ -262,19 +262,22 @@ def build_parser() -> argparse.ArgumentParser:
         nevertheless (errors that cancel: a 3 read as 4 and a 4 read as 3). The expected pass
         rate is the pass rate if errors never cancelled, the chance that all ten are right:
         """) + _help_table(EXPECTED)
-    p = argparse.ArgumentParser(
+    p = argument_parser(
         prog="python -m cnnfast.sum_challenge", formatter_class=argparse.RawDescriptionHelpFormatter,
         description=description, epilog=textwrap.dedent("""\
             If --model does not exist, the default model is trained first (python -m cnnfast.train
-            --out MODEL, with --data-dir and --no-verify passed on). MNIST is looked for in
-            --data-dir, then $CNNFAST_DATA, then ~/.cache/cnnfast/mnist. Exit status: 0 done,
-            1 no data, a bad model, no trial possible or no matplotlib, 2 bad arguments."""))
+            --out MODEL, with --data-dir and --no-verify passed on). MNIST is read from --data-dir
+            if it is given (it must hold the four files), otherwise from $CNNFAST_DATA or
+            ~/.cache/cnnfast/mnist, downloaded there if missing. Exit status: 0 done, 1 no data,
+            a bad model, no trial possible or no matplotlib, 2 bad arguments; 130 (143) after
+            Ctrl-C (SIGTERM)."""))
     p.add_argument("--model", default="mnist_cnn.npz", help="the model file (default mnist_cnn.npz)")
     p.add_argument("--trials", type=int, default=1000, help="number of trials (default 1000)")
     p.add_argument("--mode", choices=list(MODES), default="per-class", help="which sum (default per-class)")
     p.add_argument("--split", choices=["test", "train"], default="test", help="where images come from (default test)")
     p.add_argument("--seed", type=int, default=0, help="seed for picking images (default 0)")
-    p.add_argument("--data-dir", default=None, help="directory holding the four MNIST IDX files")
+    p.add_argument("--data-dir", default=None,
+                   help="directory holding the four MNIST IDX files (plain or .gz); it must hold them")
     p.add_argument("--no-verify", action="store_true", help="accept IDX files that are not the official MNIST")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout (text goes to stderr)")
     p.add_argument("--plot", metavar="FILE.png", help="also draw the first trial and the histogram (needs matplotlib)")
@@ -334,11 +337,10 @@ def main(argv=None) -> int:
     except (OSError, ModelFormatError) as error:
         print(f"error: cannot load the model: {error}", file=sys.stderr)
         return 1
-    try:
-        x_train, y_train, x_test, y_test = load_mnist(args.data_dir, verify=not args.no_verify)
-    except DatasetError as error:
-        print(f"error: {error}", file=sys.stderr)
+    data = load_mnist(args.data_dir, args.no_verify)
+    if data is None:
         return 1
+    x_train, y_train, x_test, y_test = data
 
     data = {"train": (x_train, y_train.astype(np.int64)), "test": (x_test, y_test.astype(np.int64))}
     other = "train" if args.split == "test" else "test"
@@ -379,5 +381,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from ._terminal import run_command
+    from ._cli import run_command
     sys.exit(run_command(main))

@@ -11,10 +11,13 @@ The loop is the textbook one: for each batch, forward, loss, backward, optimizer
 Nothing is lost when a run stops early. Ctrl-C (SIGINT) or SIGTERM asks training to stop: the
 step in progress finishes, a checkpoint is written atomically (default: next to --out, e.g.
 mnist_cnn.ckpt.npz), and the process exits with 130 (SIGINT) or 143 (SIGTERM); press Ctrl-C a
-second time to quit at once without one. `--resume CHECKPOINT` with the same settings continues
-and ends with the same weights, bit for bit, as a run that was never interrupted. A loss that
-becomes NaN or infinite stops training at once; an existing model file or checkpoint is left
-untouched. (A signal during the last epoch's evaluation lets the run finish: it saves the model.)
+second time to quit at once without one. The checkpoint holds the run's settings:
+`--resume CHECKPOINT` alone continues the run and ends with the same weights, bit for bit, as a
+run that was never interrupted (a setting given with it that contradicts the checkpoint is an
+error), and removes the checkpoint once the run is finished. A loss that becomes NaN or
+infinite, or stays far above its first value, stops training at once; an existing model file
+or checkpoint is left untouched. (A signal during the last epoch's evaluation lets the run
+finish: it saves the model.)
 """
 from __future__ import annotations
 
@@ -34,17 +37,45 @@ import numpy as np
 from . import checkpoint as ckpt
 from . import functional as F
 from . import get_num_threads, plots, set_num_threads
+from ._cli import Interrupted as CommandInterrupted
+from ._cli import argument_parser
+from ._cli import load_mnist as load_data
 from ._terminal import Progress
 from .checkpoint import CheckpointError, EpochState
-from .datasets import DatasetError, load_mnist
 from .nn import Sequential, as_model_input, mnist_cnn
 from .optim import SGD, Adam
 
 DEFAULT_EPOCHS = 15
+DEFAULT_BATCH_SIZE = 128
+DEFAULT_OUT = "mnist_cnn.npz"
+# A finite loss that stays far above where it started has diverged as surely as a NaN: more
+# than DIVERGED_FACTOR times the run's first loss for DIVERGED_STEPS steps in a row. (The first
+# loss of an untrained model is about ln 10 = 2.3; a healthy run never comes back near 23.)
+DIVERGED_FACTOR = 10.0
+DIVERGED_STEPS = 10
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
+    """The loss became NaN or infinite, or stayed far above its first value (DivergenceWatch)."""
+
+
+class DivergenceWatch:
+    """Follows the loss of every step of a run: TrainingDiverged when it is not finite, or when
+    it has been above DIVERGED_FACTOR times the run's first loss for DIVERGED_STEPS steps in a
+    row. Its state (the first loss, the steps above) goes into checkpoints."""
+
+    def __init__(self, first_loss: float | None = None, high_steps: int = 0):
+        self.first_loss, self.high_steps = first_loss, high_steps
+
+    def check(self, loss: float, where: str) -> None:
+        if not np.isfinite(loss):
+            raise TrainingDiverged(f"the loss became {loss} at {where}")
+        if self.first_loss is None:
+            self.first_loss = float(loss)
+        self.high_steps = self.high_steps + 1 if loss > DIVERGED_FACTOR * self.first_loss else 0
+        if self.high_steps >= DIVERGED_STEPS:
+            raise TrainingDiverged(f"the loss has stayed above {DIVERGED_FACTOR:g} times its first value "
+                                   f"({self.first_loss:.3g}) for {self.high_steps} steps; it is {loss:.3g} at {where}")
 
 
 class Interrupted(Exception):
@@ -80,7 +111,7 @@ class StopRequest:
 
     def _handle(self, signum, frame):
         if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+            raise CommandInterrupted(signum, " a second time, so at once, without a checkpoint")
         self.signum = signum
 
     def requested(self) -> bool:
@@ -102,14 +133,16 @@ def evaluate(model: Sequential, images: np.ndarray, labels: np.ndarray, batch_si
 
 
 def train_epoch(model, optimizer, images, labels, batch_size, rng, progress=None, *, start=None,
-                stop=None):
+                stop=None, watch=None):
     """One pass over the shuffled training set. Returns (mean loss, accuracy, seconds).
 
     `start` (an EpochState) continues an epoch whose first `start.step` steps are done: the
     order is drawn from `rng` as always, so `rng` must be in its state from the epoch's start.
     `stop()` is checked before each step and after the last: if true, Interrupted(state) is
-    raised with the steps done so far.
+    raised with the steps done so far. `watch` (a DivergenceWatch; default: a new one) sees
+    every step's loss and raises TrainingDiverged.
     """
+    watch = DivergenceWatch() if watch is None else watch
     model.train()
     order = rng.permutation(len(images))
     state = dataclasses.replace(start) if start is not None else EpochState()
@@ -128,8 +161,7 @@ def train_epoch(model, optimizer, images, labels, batch_size, rng, progress=None
         y = labels[batch].astype(np.int64)
         logits = model.forward(x)
         loss, dlogits = F.softmax_cross_entropy(logits, y)
-        if not np.isfinite(loss):
-            raise TrainingDiverged(f"the loss became {loss} at step {step + 1} of {n_steps}")
+        watch.check(loss, f"step {step + 1} of {n_steps}")
         model.backward(dlogits, input_grad=False)
         optimizer.step()
         state.step += 1
@@ -146,25 +178,30 @@ def train_epoch(model, optimizer, images, labels, batch_size, rng, progress=None
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = argument_parser(
         prog="python -m cnnfast.train",
         description="Train the classic Keras MNIST convnet (Conv2d(1,32,3) ReLU MaxPool2d(2) "
                     "Conv2d(32,64,3) ReLU MaxPool2d(2) Flatten Dropout(0.5) Linear(1600,10)) "
                     "on the 60,000 MNIST training images, evaluate on the 10,000 test images "
                     "after each epoch, and save the model.",
-        epilog="MNIST is looked for in --data-dir, then $CNNFAST_DATA, then ~/.cache/cnnfast/mnist, "
-               "and downloaded there if missing. Ctrl-C or SIGTERM stops training after the current "
-               "step and writes a checkpoint (exit code 130 or 143); --resume continues from it.")
-    p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help=f"passes over the training set (default {DEFAULT_EPOCHS})")
-    p.add_argument("--batch-size", type=int, default=128, help="images per step (default 128)")
+        epilog="MNIST is read from --data-dir if it is given (it must hold the four files), otherwise "
+               "from $CNNFAST_DATA or ~/.cache/cnnfast/mnist, downloaded there if missing. Ctrl-C or "
+               "SIGTERM stops training after the current step and writes a checkpoint (exit code 130 "
+               "or 143); --resume CHECKPOINT alone continues that run. A loss that becomes NaN or "
+               f"infinite, or stays above {DIVERGED_FACTOR:g} times its first value for {DIVERGED_STEPS} "
+               "steps, stops the run (exit code 1) and saves nothing.")
+    p.add_argument("--epochs", type=int, default=None, help=f"passes over the training set (default {DEFAULT_EPOCHS})")
+    p.add_argument("--batch-size", type=int, default=None, help=f"images per step (default {DEFAULT_BATCH_SIZE})")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-3 for adam, 0.01 for sgd)")
-    p.add_argument("--optimizer", choices=["adam", "sgd"], default="adam", help="adam, or sgd with momentum 0.9 (default adam)")
-    p.add_argument("--seed", type=int, default=0, help="seed for initialisation, shuffling and dropout (default 0)")
+    p.add_argument("--optimizer", choices=["adam", "sgd"], default=None, help="adam, or sgd with momentum 0.9 (default adam)")
+    p.add_argument("--seed", type=int, default=None, help="seed for initialisation, shuffling and dropout (default 0)")
     p.add_argument("--threads", type=int, default=None, help="OpenMP threads (default: all cores, or $OMP_NUM_THREADS)")
-    p.add_argument("--data-dir", default=None, help="directory holding the four MNIST IDX files (plain or .gz)")
-    p.add_argument("--no-verify", action="store_true", help="accept IDX files whose SHA-256 differs from the official MNIST")
-    p.add_argument("--out", default="mnist_cnn.npz",
-                   help="where to save the model (default mnist_cnn.npz); the per-epoch metrics go beside it "
+    p.add_argument("--data-dir", default=None,
+                   help="directory holding the four MNIST IDX files (plain or .gz); it must hold them")
+    p.add_argument("--no-verify", action="store_true", default=None,
+                   help="accept IDX files whose SHA-256 differs from the official MNIST")
+    p.add_argument("--out", default=None,
+                   help=f"where to save the model (default {DEFAULT_OUT}); the per-epoch metrics go beside it "
                         "as a CSV (mnist_cnn.csv)")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="train on the first N training images only (quick runs)")
     p.add_argument("--plot", metavar="FILE.png",
@@ -172,30 +209,34 @@ def build_parser() -> argparse.ArgumentParser:
                         "needs matplotlib: pip install cnnfast[plot])")
     p.add_argument("--json", action="store_true", help="print the final metrics as one JSON object on stdout")
     p.add_argument("--checkpoint", default=None, metavar="PATH",
-                   help="where an interrupted run writes its checkpoint (default: next to --out, "
-                        "e.g. mnist_cnn.ckpt.npz)")
+                   help="where an interrupted run writes its checkpoint (default: next to --out, e.g. "
+                        "mnist_cnn.ckpt.npz; when resuming, the --resume file)")
     p.add_argument("--resume", default=None, metavar="CHECKPOINT",
-                   help="continue the interrupted run saved in CHECKPOINT; --batch-size, --optimizer, "
-                        "--lr, --seed and --limit must be the ones it was started with (--epochs may be larger)")
+                   help="continue the interrupted run saved in CHECKPOINT, with the settings it was started "
+                        "with (--epochs, --batch-size, --lr, --optimizer, --seed, --limit: giving one that "
+                        "differs is an error) and its --out, --plot, --data-dir and --no-verify unless given; "
+                        "the checkpoint is removed once the run is finished")
     return p
 
 
-def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Every bad argument is an error (exit 2) before any work starts."""
-    if args.epochs < 1:
-        parser.error(f"--epochs must be at least 1, got {args.epochs}")
-    if args.batch_size < 1:
-        parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
+DEFAULTS = {"epochs": DEFAULT_EPOCHS, "batch_size": DEFAULT_BATCH_SIZE, "optimizer": "adam", "seed": 0,
+            "limit": None, "out": DEFAULT_OUT, "plot": None, "data_dir": None, "no_verify": False}
+
+
+def check_values(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Every bad value given is an error (exit 2) before any work starts."""
+    for flag, value, minimum in (("--epochs", args.epochs, 1), ("--batch-size", args.batch_size, 1),
+                                 ("--threads", args.threads, 1), ("--limit", args.limit, 1)):
+        if value is not None and value < minimum:
+            parser.error(f"{flag} must be at least {minimum}, got {value}")
     if args.lr is not None and not (np.isfinite(args.lr) and args.lr > 0):
         parser.error(f"--lr must be a positive number, got {args.lr}")
-    if args.threads is not None and args.threads < 1:
-        parser.error(f"--threads must be at least 1, got {args.threads}")
+
+
+def check_paths(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--plot, --out and --checkpoint (defaults filled in) can be written (exit 2 if not)."""
     if args.plot is not None and plots.plot_path_problem(args.plot):
         parser.error(f"--plot {plots.plot_path_problem(args.plot)}")
-    if args.limit is not None and args.limit < 1:
-        parser.error(f"--limit must be at least 1, got {args.limit}")
-    if args.checkpoint is None:
-        args.checkpoint = ckpt.default_path(args.out)
     for flag, path in (("--out", args.out), ("--checkpoint", args.checkpoint)):
         full = os.path.abspath(path)
         if os.path.isdir(full):
@@ -210,40 +251,64 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error(f"--checkpoint must differ from --out ({args.out})")
 
 
-def load_resume(parser, args, settings) -> ckpt.Checkpoint:
-    """The checkpoint named by --resume, checked against this run's settings (exit 2 if unfit)."""
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def take_settings_from(parser, args, checkpoint: ckpt.Checkpoint) -> None:
+    """Fill in the settings of the run `checkpoint` came from; a setting given explicitly that
+    contradicts it is an error (exit 2) naming both values."""
+    stored = checkpoint.settings
+    for key in ckpt.RUN_SETTINGS:
+        given = getattr(args, key)
+        if given is not None and given != stored[key]:
+            theirs = f"{_flag(key)} {stored[key]:g}" if key == "lr" else (
+                f"{_flag(key)} {stored[key]}" if stored[key] is not None else f"run without {_flag(key)}")
+            mine = f"{given:g}" if key == "lr" else given
+            parser.error(f"{_flag(key)} {mine} contradicts the checkpoint's {theirs} ({args.resume}); "
+                         f"leave {_flag(key)} out to continue that run, or start a new run without --resume")
+        setattr(args, key, stored[key])
+    for key in ckpt.RUN_DEFAULTS:
+        if getattr(args, key) is None:
+            setattr(args, key, stored[key])
+    if args.checkpoint is None:
+        args.checkpoint = args.resume
+
+
+def load_resume(parser, path) -> ckpt.Checkpoint:
+    """The checkpoint named by --resume (exit 2 if it cannot be read)."""
     try:
-        checkpoint = ckpt.load(args.resume)
+        checkpoint = ckpt.load(path)
     except (OSError, CheckpointError) as error:
         parser.error(f"--resume: {error}")
-    different = ckpt.mismatched_settings(checkpoint, settings)
-    if different:
-        parser.error(f"--resume {args.resume} was written by a run with different settings: " + ", ".join(
-            f"--{k.replace('_', '-')} {checkpoint.settings.get(k)} (this run: {settings.get(k)})"
-            for k in different) + "; resume with the settings it was started with")
-    if checkpoint.epoch > args.epochs + 1 or (checkpoint.epoch == args.epochs + 1 and checkpoint.position.step):
-        parser.error(f"--resume {args.resume} stopped in epoch {checkpoint.epoch}, beyond --epochs {args.epochs}")
+    epochs = checkpoint.settings["epochs"]
+    if checkpoint.epoch > epochs + 1 or (checkpoint.epoch == epochs + 1 and checkpoint.position.step):
+        parser.error(f"--resume {path}: corrupt checkpoint: it stopped in epoch {checkpoint.epoch} of {epochs}")
     return checkpoint
 
 
-def resume_command(argv, checkpoint_path) -> str:
-    """The command line that continues this run from `checkpoint_path`."""
-    argv = list(argv)
-    for i, arg in enumerate(argv):  # drop an earlier --resume
-        if arg == "--resume" and i + 1 < len(argv):
-            del argv[i:i + 2]
-            break
-        if arg.startswith("--resume="):
-            del argv[i]
-            break
-    return shlex.join(["python", "-m", "cnnfast.train", *argv, "--resume", checkpoint_path])
+def resume_command(checkpoint_path) -> str:
+    """The command line that continues a run from `checkpoint_path` (it holds the run's settings)."""
+    return shlex.join(["python", "-m", "cnnfast.train", "--resume", checkpoint_path])
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
-    check_args(parser, args)
+    check_values(parser, args)
+    checkpoint = None
+    if args.resume is not None:
+        checkpoint = load_resume(parser, args.resume)
+        take_settings_from(parser, args, checkpoint)
+    for key, value in DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.lr is None:
+        args.lr = 1e-3 if args.optimizer == "adam" else 0.01
+    if args.checkpoint is None:
+        args.checkpoint = ckpt.default_path(args.out)
+    check_paths(parser, args)
     if args.plot is not None:
         try:
             plots.figure_class()  # before any work: without matplotlib, say so now
@@ -251,18 +316,17 @@ def main(argv=None) -> int:
             print(f"error: {error}", file=sys.stderr)
             return 1
     log = sys.stderr if args.json else sys.stdout
-    lr = args.lr if args.lr is not None else (1e-3 if args.optimizer == "adam" else 0.01)
-    settings = {"batch_size": args.batch_size, "optimizer": args.optimizer, "lr": lr, "seed": args.seed,
-                "limit": args.limit}
-    checkpoint = load_resume(parser, args, settings) if args.resume is not None else None
+    lr = args.lr
+    settings = {key: getattr(args, key) for key in ckpt.RUN_SETTINGS}
+    settings.update({key: (os.path.abspath(getattr(args, key)) if key != "no_verify" and getattr(args, key)
+                           else getattr(args, key)) for key in ckpt.RUN_DEFAULTS})
 
     if args.threads is not None:
         set_num_threads(args.threads)
-    try:
-        x_train, y_train, x_test, y_test = load_mnist(args.data_dir, verify=not args.no_verify)
-    except DatasetError as error:
-        print(f"error: {error}", file=sys.stderr)
+    data = load_data(args.data_dir, args.no_verify)
+    if data is None:
         return 1
+    x_train, y_train, x_test, y_test = data
     if args.limit is not None:
         x_train, y_train = x_train[:args.limit], y_train[:args.limit]
     settings["train_images"] = len(x_train)
@@ -273,11 +337,15 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(args.seed)
     history, train_seconds, trained_images = [], 0.0, 0
     first_epoch, position = 1, None
+    watch = DivergenceWatch()
     if checkpoint is not None:
         try:
-            if checkpoint.settings.get("train_images") != len(x_train):
-                raise CheckpointError(f"it was written for {checkpoint.settings.get('train_images')} training "
+            if checkpoint.settings["train_images"] != len(x_train):
+                raise CheckpointError(f"it was written for {checkpoint.settings['train_images']} training "
                                       f"images, this run has {len(x_train)}")
+            if checkpoint.settings.get("train_data_sha256") != ckpt.data_fingerprint(x_train, y_train):
+                raise CheckpointError("it was written for other training data than this run reads "
+                                      "(their SHA-256 differ)")
             if checkpoint.position.step > n_steps:
                 raise CheckpointError(f"corrupt checkpoint: step {checkpoint.position.step} of an epoch of {n_steps}")
             ckpt.restore(checkpoint, model, optimizer, rng)
@@ -286,16 +354,24 @@ def main(argv=None) -> int:
             return 1
         history, train_seconds, trained_images = checkpoint.history, checkpoint.train_seconds, checkpoint.trained_images
         first_epoch, position = checkpoint.epoch, checkpoint.position
+        watch = DivergenceWatch(checkpoint.first_loss, checkpoint.high_steps)
+    threads = get_num_threads()
     print(f"cnnfast: {model.num_parameters():,} parameters, {args.optimizer} lr {lr:g}, batch {args.batch_size}, "
-          f"{len(x_train):,} training images, {get_num_threads()} threads", file=log, flush=True)
+          f"{len(x_train):,} training images, {threads} thread{'s' if threads != 1 else ''}", file=log, flush=True)
     if checkpoint is not None:
-        print(f"resuming from {args.resume}: epoch {checkpoint.epoch}, step {position.step}/{n_steps}",
-              file=log, flush=True)
+        if first_epoch > args.epochs:
+            print(f"resuming from {args.resume}: training had finished (all {args.epochs} epochs); "
+                  "saving the model", file=log, flush=True)
+        else:
+            print(f"resuming from {args.resume}: epoch {checkpoint.epoch}/{args.epochs}, step {position.step}/{n_steps}",
+                  file=log, flush=True)
 
     def write_checkpoint(epoch, state, shuffle_state):
+        settings["train_data_sha256"] = ckpt.data_fingerprint(x_train, y_train)
         snapshot = ckpt.capture(model, optimizer, settings=settings, epoch=epoch, position=state,
                                 shuffle_rng=shuffle_state, history=history, train_seconds=train_seconds,
-                                trained_images=trained_images)
+                                trained_images=trained_images, first_loss=watch.first_loss,
+                                high_steps=watch.high_steps)
         return ckpt.save(snapshot, args.checkpoint)
 
     def stop_with_checkpoint(signum, epoch, state, shuffle_state) -> int:
@@ -308,7 +384,7 @@ def main(argv=None) -> int:
                   f"to {args.checkpoint}: {error}", file=sys.stderr)
             return 128 + signum
         print(f"interrupted by {name} in {where}: saved a checkpoint to {os.path.abspath(path)}\n"
-              f"continue with: {resume_command(argv, path)}", file=sys.stderr, flush=True)
+              f"continue with: {resume_command(path)}", file=sys.stderr, flush=True)
         return 128 + signum
 
     start = time.perf_counter()
@@ -319,7 +395,7 @@ def main(argv=None) -> int:
             try:
                 train_loss, train_acc, seconds = train_epoch(
                     model, optimizer, x_train, y_train, args.batch_size, rng, progress,
-                    start=position if epoch == first_epoch else None, stop=stop.requested)
+                    start=position if epoch == first_epoch else None, stop=stop.requested, watch=watch)
             except TrainingDiverged as error:
                 progress.close()
                 kept = [p for p in (args.out, args.checkpoint) if os.path.exists(p)]
@@ -355,7 +431,7 @@ def main(argv=None) -> int:
                   file=sys.stderr)
         else:
             print(f"the trained weights are in the checkpoint {os.path.abspath(saved)}; once --out can be "
-                  f"written, save the model with: {resume_command(argv, saved)}", file=sys.stderr)
+                  f"written, save the model with: {resume_command(saved)}", file=sys.stderr)
         return 1
     print(f"saved the model to {os.path.abspath(path)}", file=log)
     csv_path = plots.write_history_csv(history, plots.history_csv_path(path))
@@ -363,6 +439,14 @@ def main(argv=None) -> int:
     if args.plot is not None:
         plots.plot_training_curves(history, args.plot)
         print(f"wrote the training curves to {os.path.abspath(args.plot)}", file=log)
+    if args.resume is not None and os.path.exists(args.resume):
+        try:
+            os.unlink(args.resume)
+        except OSError as error:
+            print(f"warning: the run is finished but its checkpoint {args.resume} could not be removed: "
+                  f"{error.strerror or error}", file=sys.stderr)
+        else:
+            print(f"removed the checkpoint {os.path.abspath(args.resume)}: its run is finished", file=log)
     if args.json:
         last = history[-1]
         print(json.dumps({
@@ -375,5 +459,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from ._terminal import run_command
+    from ._cli import run_command
     sys.exit(run_command(main))

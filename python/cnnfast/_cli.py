@@ -1,0 +1,87 @@
+"""What every command (python -m cnnfast.<command>) shares: its argument parser, reading MNIST,
+and how it ends.
+
+- `argument_parser`: argparse with abbreviations off (`--epoch 3` is an error, not `--epochs 3`).
+- `load_mnist`: MNIST for a command's --data-dir / --no-verify; one line on stderr says which
+  directory it read, and a data problem is printed in the command's words (flags, not arguments).
+- `run_command`: runs a command's main() for `python -m`; Ctrl-C (SIGINT) or SIGTERM anywhere
+  stops it with one line on stderr and exit status 130 or 143, never a traceback. Files being
+  written are written atomically (cnnfast._files), so an interruption leaves them as they were.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+
+from . import datasets
+
+
+class Interrupted(KeyboardInterrupt):
+    """A signal (SIGINT or SIGTERM) asked the command to stop now; `note` says more, if anything."""
+
+    def __init__(self, signum: int, note: str = ""):
+        super().__init__(signum, note)
+        self.signum, self.note = signum, note
+
+
+def argument_parser(**kwargs) -> argparse.ArgumentParser:
+    """argparse.ArgumentParser for a command: unambiguous flags only (no abbreviations)."""
+    return argparse.ArgumentParser(allow_abbrev=False, **kwargs)
+
+
+PLACES = {"root": "--data-dir", "$CNNFAST_DATA": "$CNNFAST_DATA", "cache": "the cache"}
+
+
+def load_mnist(data_dir, no_verify: bool):
+    """(x_train, y_train, x_test, y_test) from --data-dir (which must hold them) or, without it,
+    from the search order; says on stderr which directory is read. None after printing the
+    error if the data cannot be had (the command then exits with status 1)."""
+    found = datasets.find_mnist(data_dir)
+    if found is not None:
+        place, directory = found
+        print(f"cnnfast: MNIST from {os.path.abspath(directory)} ({PLACES[place]})", file=sys.stderr, flush=True)
+    try:
+        return datasets.load_mnist(data_dir, verify=not no_verify)
+    except datasets.DatasetError as error:
+        print(f"error: {error.command_message}", file=sys.stderr)
+        return None
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signum)
+
+
+def run_command(main) -> int:
+    """Run a command's main() for `python -m`: its exit status; a quiet exit when the reader of
+    stdout goes away (`python -m cnnfast.backprop | head`); and for SIGINT or SIGTERM one line
+    on stderr and status 128 + the signal's number."""
+    spec = getattr(main, "__globals__", {}).get("__spec__")  # run as __main__, named by its spec
+    prog = "python -m " + (spec.name if spec is not None else getattr(main, "__module__", "cnnfast"))
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(signum) is not signal.SIG_IGN:  # a signal ignored by the parent stays so
+            signal.signal(signum, _raise_interrupted)
+    try:
+        status = main()
+        sys.stdout.flush()
+        return status
+    except BrokenPipeError:
+        _quiet_stdout()
+        return 1
+    except KeyboardInterrupt as interruption:
+        signum = getattr(interruption, "signum", signal.SIGINT)
+        note = getattr(interruption, "note", "")
+        try:
+            sys.stdout.flush()
+        except (OSError, ValueError):
+            _quiet_stdout()
+        print(f"{prog}: stopped by {signal.Signals(signum).name}{note}; no file was left half-written",
+              file=sys.stderr, flush=True)
+        return 128 + signum
+
+
+def _quiet_stdout():
+    # Python would complain once more when it flushes stdout at exit: point it at devnull.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
