@@ -224,3 +224,26 @@ def test_infer_matches_eval_forward_and_keeps_nothing():
     np.testing.assert_array_equal(got, model.forward(x))
     assert model.infer(x[:0]).shape == (0, 10)
     assert model.infer(x[:1]).shape == (1, 10)
+
+
+@pytest.mark.parametrize("content", [b"\x89PNG\r\n\x1a\n" + bytes(200), b"", b"\x80\x04K\x01.", b"plain text\n"],
+                         ids=["png", "empty", "pickle", "text"])
+def test_a_file_that_is_not_a_model_says_so_without_numpys_pickle_advice(tmp_path, content):
+    path = tmp_path / "digit.png"
+    path.write_bytes(content)
+    with pytest.raises(nn.ModelFormatError) as error:
+        cnnfast.load_model(path)
+    assert str(error.value).startswith(f"{path}: not a cnnfast model file")
+    assert "allow_pickle" not in str(error.value) and "unsafely" not in str(error.value)
+
+
+def test_the_command_names_a_non_model_file(tmp_path):
+    import subprocess
+    import sys
+    (tmp_path / "digit.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(200))
+    result = subprocess.run([sys.executable, "-m", "cnnfast.export", "--model", str(tmp_path / "digit.png"),
+                             "--onnx", str(tmp_path / "m.onnx")], capture_output=True, text=True, timeout=60)
+    if "needs the onnx package" in result.stderr:
+        pytest.skip("onnx is not installed")
+    assert result.returncode == 1 and "allow_pickle" not in result.stderr
+    assert f"{tmp_path / 'digit.png'}: not a cnnfast model file" in result.stderr

@@ -287,7 +287,7 @@ def _rewrite_checkpoint(source, target, **changes):
 
 
 @pytest.mark.parametrize("make_bad,message", [
-    (lambda src, p: p.write_bytes(b"not a zip"), "not a readable cnnfast checkpoint"),
+    (lambda src, p: p.write_bytes(b"not a zip"), "not a cnnfast checkpoint"),
     (lambda src, p: p.write_bytes(src.read_bytes()[:5000]), "not a readable cnnfast checkpoint"),
     (lambda src, p: nn.mnist_cnn().save(p), "a saved model, not a training checkpoint"),
     (lambda src, p: np.savez(p, x=np.zeros(3)), "not a cnnfast checkpoint"),

@@ -26,6 +26,7 @@ import os
 import numpy as np
 
 from ._files import atomic_write
+from .nn import is_npz
 
 FORMAT = "cnnfast-checkpoint-v2"
 OLD_FORMATS = ("cnnfast-checkpoint-v1",)  # did not hold the run's settings: cannot be resumed alone
@@ -123,6 +124,9 @@ def load(path) -> Checkpoint:
     Never unpickles. (FileNotFoundError and other errors opening the file pass through.)"""
     path = os.fspath(path)
     with open(path, "rb") as file:
+        if not is_npz(file):  # numpy would take anything else for a pickle and advise unpickling it
+            raise CheckpointError(f"{path}: not a cnnfast checkpoint (a checkpoint is the .npz archive "
+                                  "that an interrupted python -m cnnfast.train writes)")
         try:
             loaded = np.load(file, allow_pickle=False)
             if not isinstance(loaded, np.lib.npyio.NpzFile):

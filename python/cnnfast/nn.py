@@ -416,11 +416,21 @@ def from_architecture(architecture: list[dict], seed: int = 0) -> Sequential:
     return Sequential(*layers)
 
 
+def is_npz(file) -> bool:
+    """Whether an open binary file starts like a zip archive (an .npz), leaving its position at 0."""
+    start = file.read(4)
+    file.seek(0)
+    return start in (b"PK\x03\x04", b"PK\x05\x06")  # a local file header, or an empty archive
+
+
 def load_model(path) -> Sequential:
     """Load a model written by `Sequential.save`. Never unpickles; a ModelFormatError (a
     ValueError) naming the file if it is not a cnnfast model or its weights do not fit."""
     path = os.fspath(path)
     with open(path, "rb") as file:  # FileNotFoundError as is: the message names the path
+        if not is_npz(file):  # numpy would take anything else for a pickle and advise unpickling it
+            raise ModelFormatError(f"{path}: not a cnnfast model file (a model is the .npz archive that "
+                                   "python -m cnnfast.train or model.save writes)")
         try:
             loaded = np.load(file, allow_pickle=False)
             if not isinstance(loaded, np.lib.npyio.NpzFile):
