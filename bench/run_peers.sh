@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Run cnnfast's end-to-end benchmark and the peer reference scripts (../shared/peers) one after
-# another on this machine, with the same threads and data, and collect their JSON lines.
+# Run cnnfast's end-to-end benchmark and the peer programs (bench/peers: PyTorch eager, Keras on
+# TensorFlow, JAX/XLA) one after another on this machine, with the same threads and data, and
+# collect their JSON lines.
 #
 #   bench/run_peers.sh                     # cnnfast (+ PyTorch interleaved), torch, torch_cl, keras, jax
 #   bench/run_peers.sh keras jax           # only these
@@ -8,13 +9,13 @@
 #
 # Each framework gets its own virtual environment under $VENV_ROOT (default /tmp/cnnfast-peers),
 # created on first use (PyTorch 2.13.0 CPU, TensorFlow-CPU 2.21.0 + Keras 3.15.1, JAX 0.10.2 +
-# optax 0.2.8: the versions ../shared/peers/README.md measured). None of them is a dependency of
+# optax 0.2.8: the versions each peer program names as measured with). None of them is a dependency of
 # cnnfast. The PyTorch venv also gets cnnfast itself, rebuilt from this tree (CNNFAST_REINSTALL=0
 # to keep the one installed), for bench/bench_train.py.
 #
 # Environment: THREADS (2), MNIST_DIR (../shared/data/mnist beside the repository), LIMIT (training
 # images, default all 60,000), VENV_ROOT, TORCH_VENV / TF_VENV / JAX_VENV (to reuse existing venvs),
-# PEERS_DIR (../shared/peers), OUT (results file, default $VENV_ROOT/results.jsonl; appended to).
+# PEERS_DIR (bench/peers), OUT (results file, default $VENV_ROOT/results.jsonl; appended to).
 # Every JSON line a script prints is stored with "peer" (which run) and "loadavg" (at its end)
 # added; a summary table closes the run. Timings are only comparable if nothing else runs.
 set -euo pipefail
@@ -23,7 +24,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(dirname "$HERE")
 THREADS=${THREADS:-2}
 LIMIT=${LIMIT:-60000}
-PEERS_DIR=${PEERS_DIR:-$REPO/../shared/peers}
+PEERS_DIR=${PEERS_DIR:-$HERE/peers}
 MNIST_DIR=${MNIST_DIR:-$REPO/../shared/data/mnist}
 VENV_ROOT=${VENV_ROOT:-/tmp/cnnfast-peers}
 TORCH_VENV=${TORCH_VENV:-$VENV_ROOT/torch}
@@ -82,7 +83,7 @@ with open(out, "a") as f:
   fi
 }
 
-pin() {  # run on the first $THREADS CPUs, as the peers README does for JAX (which ignores THREADS)
+pin() {  # run on the first $THREADS CPUs: JAX's CPU client takes no thread count
   if command -v taskset >/dev/null; then taskset -c "0-$((THREADS - 1))" "$@"; else "$@"; fi
 }
 
@@ -98,10 +99,10 @@ for which in "$@"; do
       tagged torch_eager env EPOCHS=1 "$TORCH_VENV/bin/python" "$PEERS_DIR/torch_eager.py" ;;
     torch_cl)
       torch_venv
-      tagged torch_channels_last env MODE=channels_last EPOCHS=1 "$TORCH_VENV/bin/python" "$PEERS_DIR/torch_variants.py" ;;
+      tagged torch_channels_last env MEMORY=channels_last EPOCHS=1 "$TORCH_VENV/bin/python" "$PEERS_DIR/torch_eager.py" ;;
     keras)
       venv "$TF_VENV" tensorflow-cpu==2.21.0 keras==3.15.1
-      tagged keras_tf "$TF_VENV/bin/python" "$PEERS_DIR/keras_tf.py" ;;
+      tagged keras_tf env EPOCHS=1 "$TF_VENV/bin/python" "$PEERS_DIR/keras_tf.py" ;;
     jax)
       venv "$JAX_VENV" jax==0.10.2 jaxlib==0.10.2 optax==0.2.8
       tagged jax_xla pin env EPOCHS=1 "$JAX_VENV/bin/python" "$PEERS_DIR/jax_xla.py" ;;
