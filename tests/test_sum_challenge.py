@@ -12,6 +12,7 @@ import cnnfast
 import cnnfast._cli
 import cnnfast.datasets
 import cnnfast.sum_challenge as sc
+from cnnfast._terminal import digit_picture
 import cnnfast.train
 from cnnfast.datasets import DatasetError
 from conftest import mnist_dir
@@ -184,19 +185,26 @@ def test_evidence_and_reading():
 
 @pytest.mark.parametrize("columns", [80, 120, 200])
 def test_picture_fits_and_marks_wrong(columns):
+    """The ten digits as evaluate draws them (framed half-block pictures, 30 wide), as many per
+    row as fit, each captioned; one WRONG."""
     model = StandIn({3: 8})
     t, _ = draw("per-class", model, trials=1)
     first = {k: v[0] for k, v in t.items()}
     lines = sc.render_trial(X_TEST, first, model.predict_proba(X_TEST), columns)
     assert max(len(line) for line in lines) <= columns
-    cell = (columns + 1) // 10
-    captions = {line.split()[0]: line for line in lines if line.startswith(("true", "pred", "p ", "WRONG"))}
-    assert captions["true"].split()[1::2] == [str(d) for d in range(10)]
-    assert captions["pred"].split()[1::2] == ["0", "1", "2", "8", "4", "5", "6", "7", "8", "9"]
-    assert captions["p"].split()[1::2] == ["0.900"] * 10
+    per_row = (columns + 2) // 32
+    assert max(line.count("\u250c") for line in lines) == per_row  # frames of digit_picture
+    assert sum(line.count("\u250c") for line in lines) == 10
+    assert lines[1].startswith(digit_picture(X_TEST[first["indices"][0]])[1])  # evaluate's drawing
+
+    def captions(word):
+        return [w for line in lines if line.startswith(word) for w in line.split()[1::2]]
+    assert captions("true") == [str(d) for d in range(10)]
+    assert captions("pred") == ["0", "1", "2", "8", "4", "5", "6", "7", "8", "9"]
+    assert captions("p ") == ["0.900"] * 10
     wrong = [line for line in lines if "WRONG" in line]
-    assert len(wrong) == 1 and wrong[0].index("WRONG") == 3 * cell and wrong[0].count("WRONG") == 1
-    assert any("#" in line or "@" in line for line in lines[:5])  # the bars are drawn
+    assert len(wrong) == 1 and wrong[0].count("WRONG") == 1
+    assert wrong[0].index("WRONG") == (3 % per_row) * 32
 
 
 # ---------------------------------------------------------------------------- the command
@@ -388,6 +396,20 @@ def test_plot(fake, capsys, tmp_path):
     status, out, _ = run(capsys, "--model", fake.path, "--trials", "20", "--plot", tmp_path / "p.png")
     assert status == 0 and "wrote" in out
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("mode", ["per-class", "by-prediction"])
+def test_plot_histogram_is_readable(mode):
+    """The bar at 0 (most trials) must not flatten the others: a log scale; whole-number x-ticks."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+    model = StandIn({3: 5, 5: 3, 7: 1, 1: 7})
+    trials, stats = draw(mode, model, trials=200)
+    fig = sc.figure(X_TEST, trials, model.predict_proba(X_TEST), stats, mode, Figure)
+    ax = fig.axes[-1]
+    assert ax.get_yscale() == "log"
+    ticks = ax.get_xticks()
+    assert len(ticks) and all(float(t).is_integer() for t in ticks), ticks
 
 
 # ---------------------------------------------------------------------------- real MNIST

@@ -131,3 +131,16 @@ def digit_picture(image: np.ndarray, stream=None, frame: bool = True) -> list[st
         return (["\u250c" + "\u2500" * width + "\u2510"] + ["\u2502" + r.ljust(width) + "\u2502" for r in rows]
                 + ["\u2514" + "\u2500" * width + "\u2518"])
     return ["+" + "-" * width + "+"] + ["|" + r.ljust(width) + "|" for r in rows] + ["+" + "-" * width + "+"]
+
+
+def picture_grid(blocks: list[list[str]], columns: int, gap: int = 2) -> list[str]:
+    """Pictures with their captions (each a list of lines, e.g. digit_picture + captions) in rows
+    of as many as fit in `columns`, a blank line between rows."""
+    if not blocks:
+        return []
+    cell = max(len(line) for block in blocks for line in block)
+    per_row = max(1, (columns + gap) // (cell + gap))
+    lines = []
+    for i in range(0, len(blocks), per_row):
+        lines += side_by_side(blocks[i:i + per_row], cell, gap=gap) + [""]
+    return lines[:-1]

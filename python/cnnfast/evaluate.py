@@ -21,7 +21,7 @@ import numpy as np
 
 from ._cli import argument_parser, load_mnist
 from . import plots
-from ._terminal import digit_picture, side_by_side
+from ._terminal import digit_picture, picture_grid
 from .nn import ModelFormatError, load_model
 
 CLASSES = 10
@@ -116,14 +116,7 @@ def render_mistakes(images: np.ndarray, mistakes: list[dict], columns: int = 120
     blocks = [digit_picture(images[m["index"]], stream)
               + [f"#{m['index']}", f"true {m['true']}  pred {m['predicted']}",
                  f"p({m['predicted']}) = {m['probability']:.3f}"] for m in mistakes]
-    if not blocks:
-        return []
-    cell = max(len(line) for block in blocks for line in block)
-    per_row = max(1, (columns + 2) // (cell + 2))
-    lines = []
-    for i in range(0, len(blocks), per_row):
-        lines += side_by_side(blocks[i:i + per_row], cell, gap=2) + [""]
-    return lines[:-1]
+    return picture_grid(blocks, columns)
 
 
 def report(summary: dict, images: np.ndarray, name: str, split: str, columns: int = 120, stream=None) -> list[str]:

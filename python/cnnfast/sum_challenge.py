@@ -28,8 +28,8 @@ import textwrap
 import numpy as np
 
 from ._cli import argument_parser, load_mnist
-from . import train
-from ._terminal import digit_rows, histogram, side_by_side
+from . import plots, train
+from ._terminal import digit_picture, histogram, picture_grid
 from .nn import ModelFormatError, load_model
 
 TARGET = 45  # 0 + 1 + ... + 9
@@ -165,17 +165,16 @@ def verdict(total: int, target: int) -> str:
     return f"{side} {target}: the challenge reads this as {'over' if total > target else 'under'}fitting"
 
 
-def render_trial(images: np.ndarray, trial: dict, proba: np.ndarray, columns: int = 120) -> list[str]:
-    """The ten images of one trial side by side, each with its true and predicted digit and the
-    predicted digit's probability; wrong ones are marked WRONG. Fits in `columns` (>= 80)."""
-    width = min(28, (columns + 1) // 10 - 1)
+def render_trial(images: np.ndarray, trial: dict, proba: np.ndarray, columns: int = 120, stream=None) -> list[str]:
+    """The ten images of one trial drawn as evaluate draws digits (half-block pictures, or ASCII
+    where `stream` cannot print them), as many per row as fit in `columns`, each with its true
+    and predicted digit and the predicted digit's probability; wrong ones are marked WRONG."""
     blocks = []
     for i, index in enumerate(trial["indices"]):
         t, p = int(trial["true"][i]), int(trial["pred"][i])
-        blocks.append(digit_rows(images[index], width)
+        blocks.append(digit_picture(images[index], stream)
                       + [f"true {t}", f"pred {p}", f"p {proba[index, p]:.3f}", "" if t == p else "WRONG"])
-    rows = side_by_side(blocks, width)
-    return rows[:-1] if rows[-1] == "" else rows  # no WRONG line when all ten are right
+    return picture_grid(blocks, columns)
 
 
 def report(args, stats: dict, trials: dict, picture: list[str], evid: dict) -> list[str]:
@@ -216,6 +215,14 @@ def report(args, stats: dict, trials: dict, picture: list[str], evid: dict) -> l
 
 def plot(path: str, images, trials: dict, proba, stats: dict, mode: str, figure_class) -> None:
     """The ten digits of the first trial with their predictions, and the histogram, in one picture."""
+    plots.save_figure(figure(images, trials, proba, stats, mode, figure_class), path)
+
+
+def figure(images, trials: dict, proba, stats: dict, mode: str, figure_class):
+    """The matplotlib Figure `plot` saves. The histogram's counts are on a log scale (the bar
+    at 0, most trials, would flatten the others) and written on the bars; its x-ticks are whole."""
+    from matplotlib.ticker import MaxNLocator
+
     fig = figure_class(figsize=(12, 5), layout="constrained")
     grid = fig.add_gridspec(2, 10, height_ratios=[1, 1.4])
     for i, index in enumerate(trials["indices"][0]):
@@ -229,13 +236,21 @@ def plot(path: str, images, trials: dict, proba, stats: dict, mode: str, figure_
     fig.suptitle(f"Trial 1: {SUM_NAMES[mode][0]} {total}, target {target}: {verdict(total, target)}")
     ax = fig.add_subplot(grid[1, :])
     keys = sorted(stats["histogram"])
-    ax.bar(keys, [stats["histogram"][k] for k in keys], color="tab:blue")
+    counts = [stats["histogram"][k] for k in keys]
+    bars = ax.bar(keys, counts, color="tab:blue")
+    ax.bar_label(bars, labels=[f"{n:,}" for n in counts], fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylim(0.5, max(counts) * 3)
+    if keys[-1] - keys[0] <= 20:
+        ax.set_xticks(range(keys[0], keys[-1] + 1))
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     sum_name, target_name = SUM_NAMES[mode]
     ax.set_xlabel(f"{sum_name} - {target_name}")
-    ax.set_ylabel("trials")
+    ax.set_ylabel("trials (log scale)")
     ax.set_title(f"{mode}: pass rate {100 * stats['pass_rate']:.1f}% over {stats['trials']:,} trials "
                  f"(expected without cancelling errors {100 * stats['expected_pass_rate']:.1f}%)")
-    fig.savefig(path)
+    return fig
 
 
 def _help_table(rows: dict, split: str = "") -> str:
@@ -362,7 +377,7 @@ def main(argv=None) -> int:
     evid = evidence(split_scores(data["train"][1], proba["train"]), split_scores(data["test"][1], proba["test"]))
     evid.update(train_images=len(y_train), test_images=len(y_test))
     first = {key: value[0] for key, value in trials.items()}
-    lines = report(args, stats, trials, render_trial(images, first, proba[args.split], args.width), evid)
+    lines = report(args, stats, trials, render_trial(images, first, proba[args.split], args.width, log), evid)
     print("\n".join(lines), file=log)
     if args.plot is not None:
         plot(args.plot, images, trials, proba[args.split], stats, args.mode, figure_class)
