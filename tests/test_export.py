@@ -147,6 +147,8 @@ def test_check_reports_a_difference(ort, tmp_path, capsys, monkeypatch):
     (["--onnx", "/"], "is a directory"),
     (["--onnx", "/nonexistent-dir/m.onnx"], "no such directory"),
     (["--model", "/", "--onnx", "m.onnx"], "is a directory"),
+    (["--onnx", "x.txt"], "--onnx x.txt: give a file name ending in .onnx (e.g. x.onnx)"),
+    (["--onnx", "model"], "give a file name ending in .onnx (e.g. model.onnx)"),
 ])
 def test_bad_arguments_exit_2(capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:

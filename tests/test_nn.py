@@ -247,3 +247,17 @@ def test_the_command_names_a_non_model_file(tmp_path):
         pytest.skip("onnx is not installed")
     assert result.returncode == 1 and "allow_pickle" not in result.stderr
     assert f"{tmp_path / 'digit.png'}: not a cnnfast model file" in result.stderr
+
+
+def test_one_image_is_a_batch_of_one_with_a_single_result():
+    model = nn.mnist_cnn(seed=3)
+    images = np.random.default_rng(0).integers(0, 256, (4, 28, 28), dtype=np.uint8)
+    batch_proba, batch_labels = model.predict_proba(images), model.predict(images)
+    for one in (images[2], images[2:3].astype(np.float32)[:, :, :] / np.float32(255)):
+        proba = model.predict_proba(one)
+        assert proba.shape == (10,)
+        np.testing.assert_allclose(proba, batch_proba[2], rtol=1e-6)
+        label = model.predict(one)
+        assert isinstance(label, int) and label == batch_labels[2]
+    with pytest.raises(ValueError, match="images must be"):
+        model.predict(np.zeros((28, 28), np.float64))

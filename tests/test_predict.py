@@ -330,6 +330,15 @@ def test_bad_arguments_exit_2(capsys, argv, message):
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_help_is_wrapped(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    with pytest.raises(SystemExit):
+        pr.main(["--help"])
+    out = capsys.readouterr().out
+    assert "centre of mass" in out and "Exit status" in out
+    assert max(len(line) for line in out.splitlines()) <= 80
+
+
 def test_missing_and_bad_model(Image, tmp_path, capsys):
     files = digit_files(Image, tmp_path, 1)
     status, out, err = run(capsys, "--model", tmp_path / "none.npz", *files)

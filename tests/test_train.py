@@ -82,6 +82,12 @@ def test_train_says_which_data_directory_it_read(synthetic_dir, tmp_path, monkey
     assert f"cnnfast: MNIST from {synthetic_dir} (--data-dir)\n" in capsys.readouterr().err
 
 
+def test_one_thread_is_singular(synthetic_dir, tmp_path, capsys, threads):
+    assert train.main(["--data-dir", synthetic_dir, "--no-verify", "--epochs", "1", "--limit", "32", "--threads", "1",
+                       "--out", str(tmp_path / "m.npz")]) == 0
+    assert "training images, 1 thread\n" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("command,abbreviation", [
     ("train", "--epoch"), ("evaluate", "--mistake"), ("predict", "--mod"), ("export", "--mod"),
     ("sum_challenge", "--trial"), ("backprop", "--step")])

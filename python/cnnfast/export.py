@@ -198,6 +198,9 @@ def main(argv=None) -> int:
         parser.error(f"--model {args.model} is a directory; give a model file such as "
                      f"{os.path.join(args.model, 'mnist_cnn.npz')}")
     out = os.path.abspath(args.onnx)
+    if not args.onnx.lower().endswith(".onnx") and not os.path.isdir(out):
+        parser.error(f"--onnx {args.onnx}: give a file name ending in .onnx (e.g. "
+                     f"{os.path.splitext(args.onnx)[0] or 'model'}.onnx)")
     if os.path.isdir(out):
         parser.error(f"--onnx {args.onnx} is a directory; give a file name such as "
                      f"{os.path.join(args.onnx, 'model.onnx')}")

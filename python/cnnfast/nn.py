@@ -339,19 +339,24 @@ class Sequential:
 
     # ---------------------------------------------------------------- inference
     def predict_proba(self, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-        """Class probabilities [N, 10] for uint8 images [N, 28, 28] or float32 [N, 1, 28, 28]."""
-        x = as_model_input(images)
+        """Class probabilities [N, 10] for uint8 images [N, 28, 28] or float32 [N, 1, 28, 28];
+        for one image (uint8 [28, 28] or float32 [1, 28, 28]), its probabilities [10]."""
+        single = is_single_image(images)
+        x = as_model_input(np.asarray(images)[None] if single else images)
         out = []
         for i in range(0, len(x), batch_size):
             logits = self.infer(x[i:i + batch_size]).astype(np.float64)
             logits -= logits.max(axis=1, keepdims=True)
             p = np.exp(logits)
             out.append(p / p.sum(axis=1, keepdims=True))
-        return np.concatenate(out) if out else np.zeros((0, 10))
+        proba = np.concatenate(out) if out else np.zeros((0, 10))
+        return proba[0] if single else proba
 
-    def predict(self, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-        """Predicted labels (int64 [N]) for uint8 [N, 28, 28] or float32 [N, 1, 28, 28] images."""
-        return self.predict_proba(images, batch_size).argmax(axis=1).astype(np.int64)
+    def predict(self, images: np.ndarray, batch_size: int = 1000):
+        """Predicted labels (int64 [N]) for uint8 [N, 28, 28] or float32 [N, 1, 28, 28] images; for
+        one image (uint8 [28, 28] or float32 [1, 28, 28]), its label as an int."""
+        proba = self.predict_proba(images, batch_size)
+        return int(proba.argmax()) if proba.ndim == 1 else proba.argmax(axis=1).astype(np.int64)
 
     # ---------------------------------------------------------------- files
     def architecture(self) -> list[dict]:
@@ -367,6 +372,13 @@ class Sequential:
         with atomic_write(path) as f:
             np.savez(f, **arrays)
         return path
+
+
+def is_single_image(images) -> bool:
+    """One image rather than a batch: uint8 [H, W] or float32 [1, H, W]."""
+    images = np.asarray(images)
+    return (images.dtype == np.uint8 and images.ndim == 2) or (images.dtype == np.float32 and images.ndim == 3
+                                                               and images.shape[0] == 1)
 
 
 def as_model_input(images: np.ndarray) -> np.ndarray:

@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 import warnings
 
 import numpy as np
@@ -37,6 +38,7 @@ NOISE_SIGMAS = 5.0  # and so is ink within this many standard deviations of the 
 SPECKS = 0.02  # stray dots at the edges holding less than this share of the ink are cut off
 MAX_SIDE = 1024  # larger images are reduced first (the digit ends up 20 pixels tall anyway)
 MAX_PIXELS = 50_000_000  # larger images are refused (Pillow's decompression-bomb limit is 89M)
+HELP_WIDTH = 78  # the description keeps its paragraph break, so it is wrapped here, as argparse would
 PILLOW_MISSING = "reading images needs Pillow: pip install cnnfast[image]  (or: pip install pillow)"
 
 
@@ -264,16 +266,18 @@ def top_k(proba: np.ndarray, k: int = 3) -> list[tuple[int, float]]:
 def build_parser() -> argparse.ArgumentParser:
     p = argument_parser(
         prog="python -m cnnfast.predict", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Classify handwritten digits in image files (PNG, JPEG, BMP, or anything else "
-                    "Pillow reads) with a trained model.\n\n"
-                    "Each image is prepared the way the MNIST digits were: made grayscale (transparency "
-                    "on white), turned into light-on-dark if it is dark ink on a light background, "
-                    "cropped to the digit's bounding box, scaled to fit 20x20 keeping its aspect ratio, "
-                    "and centred by its centre of mass in a 28x28 field. One image should hold one digit.",
-        epilog="Prints each file's predicted digit and its three most probable digits. A file that "
-               "cannot be read, or holds no digit, is reported on stderr and the others are still "
-               "predicted. Exit status: 0 all predicted, 1 a file failed (or no model, or no Pillow: "
-               "pip install cnnfast[image]), 2 bad arguments.")
+        description="\n\n".join(textwrap.fill(paragraph, HELP_WIDTH) for paragraph in (
+            "Classify handwritten digits in image files (PNG, JPEG, BMP, or anything else Pillow reads) "
+            "with a trained model.",
+            "Each image is prepared the way the MNIST digits were: made grayscale (transparency on white), "
+            "turned into light-on-dark if it is dark ink on a light background, cropped to the digit's "
+            "bounding box, scaled to fit 20x20 keeping its aspect ratio, and centred by its centre of mass "
+            "in a 28x28 field. One image should hold one digit.")),
+        epilog=textwrap.fill(
+            "Prints each file's predicted digit and its three most probable digits. A file that cannot be "
+            "read, or holds no digit, is reported on stderr and the others are still predicted. Exit "
+            "status: 0 all predicted, 1 a file failed (or no model, or no Pillow: pip install "
+            "cnnfast[image]), 2 bad arguments; 130 (143) after Ctrl-C (SIGTERM).", HELP_WIDTH))
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, one digit each")
     p.add_argument("--model", default="mnist_cnn.npz",
                    help="the model file from python -m cnnfast.train (default mnist_cnn.npz)")
