@@ -51,6 +51,27 @@ def assert_stopped_cleanly(code, err, sig, command):
                         "no file was left half-written", err
 
 
+def wait_blocked(proc, *waits):
+    """Wait until the command's main thread sleeps in one of the kernel functions `waits` (as
+    /proc/PID/wchan names them): a signal that arrives just before a blocking system call, after
+    Python's last check for signals, is only seen once the call returns, so the test signals a
+    command that is already blocked. Without /proc, a short pause has to do."""
+    path = f"/proc/{proc.pid}/wchan"
+    if not os.path.exists(path):
+        time.sleep(0.5)
+        return
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        with open(path) as f:
+            wchan = f.read()
+        if any(w in wchan for w in waits) or wchan in ("", "0"):  # "0": the kernel does not say
+            if wchan in ("", "0"):
+                time.sleep(0.5)
+            return
+        assert time.monotonic() < deadline and proc.poll() is None, wchan
+        time.sleep(0.01)
+
+
 def wait_for(stream, text: bytes):
     """Read `stream` (a pipe) until `text` has appeared; what was read."""
     seen, deadline = b"", time.monotonic() + TIMEOUT
@@ -86,6 +107,7 @@ def test_a_signal_while_loading_mnist(tmp_path, silent_mirror, model_file, comma
     before = sorted(os.listdir(tmp_path))
     proc = start([f"cnnfast.{command}", *args], tmp_path, CNNFAST_MNIST_MIRRORS=silent_mirror)
     wait_for(proc.stderr, b"downloading MNIST into")
+    wait_blocked(proc, "poll", "wait", "sk_", "tcp", "inet", "connect")
     proc.send_signal(sig)
     code, out, err = finish(proc)
     assert_stopped_cleanly(code, err, sig, command)
@@ -123,6 +145,7 @@ def test_a_signal_while_reading_an_input_file(tmp_path, model_file, command, arg
     proc = start([f"cnnfast.{command}", *args], tmp_path)
     writer = blocked_on_fifo(fifo)
     try:
+        wait_blocked(proc, "pipe_read", "fifo", "pipe_wait")
         proc.send_signal(signal.SIGINT)
         code, out, err = finish(proc)
     finally:
@@ -134,6 +157,7 @@ def test_a_signal_while_reading_an_input_file(tmp_path, model_file, command, arg
 def test_a_signal_while_writing_output(tmp_path):
     proc = start(["cnnfast.backprop", "--steps", "50"], tmp_path)
     wait_for(proc.stdout, b"Step 1")  # it has started; its 145 KB do not fit in the pipe
+    wait_blocked(proc, "pipe_write", "pipe_wait")
     proc.send_signal(signal.SIGTERM)
     code, out, err = finish(proc)
     assert_stopped_cleanly(code, err, signal.SIGTERM, "backprop")
@@ -141,23 +165,24 @@ def test_a_signal_while_writing_output(tmp_path):
 
 def test_a_second_ctrl_c_during_training_stops_at_once(tmp_path):
     """The first Ctrl-C asks for a checkpoint after the current step; a second one during that
-    step stops at once: one line, exit 130, no checkpoint and no model. Steps of 2,000 images on
-    one thread leave time between the two."""
+    step stops at once: one line, exit 130, no checkpoint and no model. Steps of 3,000 images on
+    one thread (about half a second) leave time between the two; the pause between them lets the
+    first be handled on its own (two signals that arrive during one kernel call count once)."""
     data = tmp_path / "data"
-    write_mnist_dir(data, synthetic_mnist(n_train=6000, n_test=10, seed=3))
-    for _ in range(3):
+    write_mnist_dir(data, synthetic_mnist(n_train=9000, n_test=10, seed=3))
+    for _ in range(5):
         master, slave = pty.openpty()  # a terminal, so that the progress bar shows the first step done
         proc = subprocess.Popen([sys.executable, "-m", "cnnfast.train", "--data-dir", str(data), "--no-verify",
-                                 "--batch-size", "2000", "--threads", "1", "--out", str(tmp_path / "m.npz")],
+                                 "--batch-size", "3000", "--threads", "1", "--out", str(tmp_path / "m.npz")],
                                 stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, cwd=tmp_path)
         os.close(slave)
         output, deadline = b"", time.monotonic() + TIMEOUT
         try:
-            while not re.search(rb"\] [1-9]\d*/6000", output) and time.monotonic() < deadline:
+            while not re.search(rb"\] [1-9]\d*/9000", output) and time.monotonic() < deadline:
                 if select.select([master], [], [], 0.2)[0]:
                     output += os.read(master, 1 << 16)
             proc.send_signal(signal.SIGINT)
-            time.sleep(0.05)  # the first is seen between two bytecodes of the step
+            time.sleep(0.15)
             proc.send_signal(signal.SIGINT)
             code = proc.wait(timeout=TIMEOUT)
             while select.select([master], [], [], 0.2)[0]:

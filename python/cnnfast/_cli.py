@@ -70,6 +70,8 @@ def run_command(main) -> int:
         _quiet_stdout()
         return 1
     except KeyboardInterrupt as interruption:
+        for other in (signal.SIGINT, signal.SIGTERM):  # a second signal must not interrupt the goodbye
+            signal.signal(other, signal.SIG_IGN)
         signum = getattr(interruption, "signum", signal.SIGINT)
         note = getattr(interruption, "note", "")
         try:

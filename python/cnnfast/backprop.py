@@ -733,7 +733,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             sys.stdout.write(text)
         else:
             try:
-                with open(args.dot, "w", encoding="utf-8") as fh:
+                from ._files import atomic_write
+                with atomic_write(args.dot, "w", encoding="utf-8") as fh:
                     fh.write(text)
             except OSError as exc:
                 print(f"error: cannot write {args.dot}: {exc}", file=sys.stderr)
