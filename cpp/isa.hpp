@@ -81,6 +81,10 @@ struct IsaKernels {
   void (*panels_backward_plain)(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,
                                 const ConvShape& s, i64 N);
 
+  // conv2d_winograd_kernels.cpp: y = conv2d(x, w, b) for 3x3 kernels by Winograd's F(2x2, 3x3)
+  // (b may be null: no bias)
+  void (*winograd_forward)(float* y, const float* x, const float* w, const float* b, const ConvShape& s, i64 N);
+
   // conv3x3_pool2.cpp (conv3x3_pool2_avx512.cpp on AVX-512): one channel, 3x3, ReLU, 2x2 pool,
   // window by window in registers.
   // Forward: y, argmax (argmax may be null) = max_pool2d(conv2d(x), 2, relu). Backward: dw, db

@@ -28,6 +28,8 @@ void panels_backward(float* dx, float* dw, const float* x, const float* w, DyPan
                      i64 N, i64 Hu, i64 Wu);
 void panels_backward_plain(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,
                            const ConvShape& s, i64 N);
+void winograd_forward(float* y, const float* x, const float* w, const float* b, const ConvShape& s,
+                      i64 N);                                                   // conv2d_winograd_kernels.cpp
 // conv3x3_pool2_avx512.cpp on AVX-512, conv3x3_pool2.cpp elsewhere
 void conv3x3_pool2_forward(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
                            const ConvShape& s, i64 N);
@@ -51,6 +53,7 @@ extern const IsaKernels table = {
     panels_forward,
     panels_backward,
     panels_backward_plain,
+    winograd_forward,
     conv3x3_pool2_forward,
     conv3x3_pool2_backward,
 };

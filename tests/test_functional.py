@@ -67,6 +67,9 @@ CONV_SHAPES = [  # N, C, H, W, K, R, S, padding
     (4, 32, 13, 13, 64, 3, 3, 0),  # the default model's second layer
     (3, 4, 9, 7, 32, 3, 3, 1),     # padding, dW's A read in place (S*C a multiple of 12, K of 32)
     (5, 1, 28, 28, 32, 3, 3, 0),   # the default model's first layer
+    (2, 16, 8, 10, 24, 3, 3, 1),   # Winograd F(2x2, 3x3): 16+ channels, even output, 40 tiles
+    (1, 20, 14, 12, 17, 3, 3, 2),  # Winograd, padding 2 (dx: dy padded by 0), K not a tile multiple
+    (8, 33, 6, 6, 16, 3, 3, 0),    # Winograd on 4 x 4 outputs, 32 tiles over 8 images
 ]
 
 
@@ -91,7 +94,8 @@ def test_conv2d_backward_matches_reference(isa, shape):
     assert_close(db, rdb)
 
 
-@pytest.mark.parametrize("shape", [(2, 2, 5, 4, 3, 3, 2, 1), (1, 3, 6, 6, 2, 3, 3, 0)])
+@pytest.mark.parametrize("shape", [(2, 2, 5, 4, 3, 3, 2, 1), (1, 3, 6, 6, 2, 3, 3, 0),
+                                   (4, 16, 6, 6, 16, 3, 3, 1)])  # (the last: Winograd)
 def test_conv2d_backward_finite_differences(isa, shape):
     N, C, H, W, K, R, S, p = shape
     x, w, b = rand(N, C, H, W), rand(K, C, R, S), rand(K)
@@ -369,7 +373,7 @@ def test_every_kernel_follows_the_forced_isa(isa):
         int(v) for v in kernels["gemm"].split()[1].split("x"))
     assert kernels["conv2d_direct"] == isa and kernels["dropout"] == isa
     assert kernels["linear"].startswith(isa + " ")
-    assert kernels["conv2d"] == ["conv3x3_pool2", "panels", "direct", "reference"]
+    assert kernels["conv2d"] == ["conv3x3_pool2", "winograd", "panels", "direct", "reference"]
     assert kernels["max_pool2d"].startswith("avx512") == (isa == "avx512")
 
 
@@ -383,6 +387,14 @@ def test_every_kernel_follows_the_forced_isa(isa):
     ((128, 32, 13, 13), (64, 32, 3, 3), 0, 2, True, True, {}),
     ((4, 3, 32, 32), (16, 3, 5, 5), 2, 0, False, False, {}),  # 75 taps: a CIFAR/LeNet-like layer
     ((4, 3, 32, 32), (16, 3, 3, 3), 1, 0, True, True, {}),    # 27 taps: direct
+    # 3x3, 16+ channels in and out, even output, 32+ tiles of 2x2 outputs: Winograd, pooled or not
+    ((8, 32, 16, 16), (64, 32, 3, 3), 1, 2, True, True, {None: "winograd"}),
+    ((8, 32, 16, 16), (64, 32, 3, 3), 1, 0, False, False, {None: "winograd"}),
+    ((2, 96, 12, 12), (96, 96, 3, 3), 1, 0, True, False, {None: "winograd"}),
+    ((1, 128, 4, 4), (256, 128, 3, 3), 1, 0, False, False, {}),  # 4 tiles: the panels
+    ((8, 32, 13, 13), (64, 32, 3, 3), 0, 0, False, False, {}),   # odd output (11 x 11): the panels
+    ((8, 8, 16, 16), (64, 8, 3, 3), 1, 0, False, False, {}),     # 8 input channels: the panels
+    ((8, 32, 16, 16), (64, 32, 3, 3), 3, 0, False, False, {}),   # padding 3: the panels
     ((0, 3, 8, 8), (4, 3, 3, 3), 0, 0, False, False, {None: "reference"}),  # no images
     ((2, 0, 8, 8), (4, 0, 3, 3), 0, 0, True, True, {None: "reference"}),    # no input channels
 ])
@@ -501,6 +513,8 @@ FUSED_SHAPES = [  # N, C, H, W, K, R, S, padding, k
     (3, 32, 13, 13, 64, 3, 3, 0, 2),  # the default model's second layer (100 of 121 pixels read)
     (2, 1, 11, 9, 5, 3, 3, 1, 2),     # one channel, 3x3 (conv1's kernel) with padding, odd sizes
     (1, 1, 4, 4, 2, 1, 1, 0, 1),
+    (4, 16, 16, 16, 32, 3, 3, 1, 2),  # a CIFAR-style block: Winograd, then the pool
+    (2, 16, 10, 10, 20, 3, 3, 1, 3),  # Winograd; windows skip the last conv row/column
 ]
 
 

@@ -1,0 +1,50 @@
+// conv2d's Winograd path, for 3x3 convolutions with many channels on both sides (a CIFAR-style or
+// VGG-style middle layer): F(2x2, 3x3) does 2.25x fewer multiply-adds than any direct method,
+// which is how it beats libraries that already run the direct convolution near the FMA peak.
+// The kernels (the transforms and the 16 products) are per ISA, in conv2d_winograd_kernels.cpp.
+// - Forward: the kernel; with a pool, the convolution's output into scratch, then max_pool2d's
+//   kernel (the same y and argmax as the separate layers, bit for bit).
+// - Backward: dx is a convolution too, of dy (zero-padded by 2 - pad) with the weights
+//   flipped and transposed ([C, K, 3, 3]): the same kernel. dw and db through the panels'
+//   backward (without dx).
+// Numbers: the transforms add and subtract up to 16 terms before and after the product, so
+// results differ from the direct paths' by a few float roundings (tests: 1e-4 of the largest).
+#include <vector>
+
+#include "conv2d_common.hpp"
+#include "isa.hpp"
+
+namespace cnnfast {
+
+void winograd_forward_path(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
+                           const ConvShape& s, i64 N, i64 pool_k) {
+  const IsaKernels& isa = active_isa();
+  if (pool_k == 0) return isa.winograd_forward(y, x, w, b, s, N);
+  const i64 P = s.P(), pooled = (s.Ho / pool_k) * (s.Wo / pool_k);
+  ScratchFloats conv(size_t(N) * s.K * P);
+  isa.winograd_forward(conv.get(), x, w, b, s, N);
+  std::vector<std::int32_t> unwanted(argmax ? 0 : size_t(N) * s.K * pooled);
+  max_pool2d_forward(y, argmax ? argmax : unwanted.data(), conv.get(), N, s.K, s.Ho, s.Wo, pool_k, true);
+}
+
+bool winograd_backward_path(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,
+                            const std::int32_t* argmax, const ConvShape& s, i64 N, i64 pool_k) {
+  const IsaKernels& isa = active_isa();
+  const i64 C = s.C, K = s.K;
+  ScratchFloats unpooled(pool_k ? size_t(N) * K * s.P() : 0);
+  if (pool_k) {  // d(conv): each dy routed to its argmax (max_pool2d's backward)
+    max_pool2d_backward(unpooled.get(), argmax, dy, N, K, s.Ho, s.Wo, s.Ho / pool_k, s.Wo / pool_k);
+    dy = unpooled.get();
+  }
+  isa.panels_backward_plain(nullptr, dw, db, x, w, dy, s, N);
+  if (dx) {
+    std::vector<float> flipped(size_t(C) * K * 9);  // w^T rotated: [C, K, 3, 3]
+    for (i64 c = 0; c < C; ++c)
+      for (i64 k = 0; k < K; ++k)
+        for (int t = 0; t < 9; ++t) flipped[size_t((c * K + k) * 9 + t)] = w[(k * C + c) * 9 + (8 - t)];
+    isa.winograd_forward(dx, dy, flipped.data(), nullptr, ConvShape(K, s.Ho, s.Wo, C, 3, 3, 2 - s.pad), N);
+  }
+  return true;
+}
+
+}  // namespace cnnfast

@@ -1,0 +1,251 @@
+// conv2d's Winograd path, the kernels (conv2d_winograd.cpp chooses when and composes the
+// backward), in portable vector code compiled once per instruction set.
+//
+// Winograd's minimal filtering F(2x2, 3x3) (Lavin & Gray, 2016): a 2x2 block of outputs of a
+// 3x3 convolution from a 4x4 block of input, with 16 multiplications instead of 36:
+//   Y = A^T [ sum_c (G g_kc G^T) .* (B^T d_c B) ] A
+//   B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1], G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1],
+//   A^T = [1 1 1 0; 0 1 -1 -1].
+// The sum over channels is, for each of the 16 positions xi of the 4x4 transform, a matrix
+// product M_xi[K, tiles] = U_xi[K, C] V_xi[C, tiles]: 2.25x fewer multiply-adds than the direct
+// convolution, the products through the ISA's register tile (MR output channels x NV vectors
+// of tiles). Tiles are the vector lanes of both transforms: VL tiles of one row of tiles at a
+// time, their 4x4 inputs read as even and odd columns of four input rows.
+//
+// Chunks of rows of tiles (an image's or several images'), each in L2: V [16][C][LS] and
+// M [16][Kp][LS] for the chunk's L tiles (LS >= L + VL: a row's last vector may run past it and
+// is overwritten by the next row or ignored). The chunking depends on the shapes only, and each
+// output is one fixed sequence of operations: the results do not depend on the thread count.
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "conv2d_common.hpp"
+#include "isa_target.hpp"
+#include "parallel.hpp"
+
+CNNFAST_TARGET_BEGIN
+namespace cnnfast {
+namespace CNNFAST_ISA {
+namespace {
+
+constexpr int VL = CNNFAST_VEC_BYTES / 4;
+constexpr int MR = CNNFAST_MR;
+#if defined(CNNFAST_ISA_NEON)
+constexpr int NV = 3;  // 8 x 12 in 24 of the 32 q registers, as gemm_microkernel_neon.cpp
+#else
+constexpr int NV = 2;  // MR x 2 vectors, as gemm_microkernel.cpp
+#endif
+constexpr int NR = NV * VL;
+typedef float vec __attribute__((vector_size(CNNFAST_VEC_BYTES)));
+inline vec load(const float* p) { vec v; __builtin_memcpy(&v, p, sizeof v); return v; }
+inline void store(float* p, vec v) { __builtin_memcpy(p, &v, sizeof v); }
+
+// Lanes 0, 2, 4, .. and 1, 3, 5, .. of the 2*VL floats (lo, hi); and (a0 b0 a1 b1 ..) as two vectors
+#if CNNFAST_VEC_BYTES == 16
+#define CNNFAST_EVEN 0, 2, 4, 6
+#define CNNFAST_ODD 1, 3, 5, 7
+#define CNNFAST_ZIP_LO 0, 4, 1, 5
+#define CNNFAST_ZIP_HI 2, 6, 3, 7
+#elif CNNFAST_VEC_BYTES == 32
+#define CNNFAST_EVEN 0, 2, 4, 6, 8, 10, 12, 14
+#define CNNFAST_ODD 1, 3, 5, 7, 9, 11, 13, 15
+#define CNNFAST_ZIP_LO 0, 8, 1, 9, 2, 10, 3, 11
+#define CNNFAST_ZIP_HI 4, 12, 5, 13, 6, 14, 7, 15
+#elif CNNFAST_VEC_BYTES == 64
+#define CNNFAST_EVEN 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30
+#define CNNFAST_ODD 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31
+#define CNNFAST_ZIP_LO 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23
+#define CNNFAST_ZIP_HI 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31
+#endif
+inline vec even(vec lo, vec hi) { return __builtin_shufflevector(lo, hi, CNNFAST_EVEN); }
+inline vec odd(vec lo, vec hi) { return __builtin_shufflevector(lo, hi, CNNFAST_ODD); }
+inline vec zip_lo(vec a, vec b) { return __builtin_shufflevector(a, b, CNNFAST_ZIP_LO); }
+inline vec zip_hi(vec a, vec b) { return __builtin_shufflevector(a, b, CNNFAST_ZIP_HI); }
+
+// n floats rounded up to an odd number of 64-byte lines: rows (and planes) that far apart fall in
+// different cache sets (a power-of-two stride would put the 16 planes' rows, or a tile's rows,
+// in one set of L1 and evict each other)
+i64 odd_lines(i64 n) {
+  const i64 l = (n + 15) / 16;
+  return (l % 2 ? l : l + 1) * 16;
+}
+
+// c[i*ldc + j] (+)= sum_k a[k*MR + i] * b[k*ldb + j] for an MR x NR tile (b's rows ldb apart)
+void tile_product(i64 kc, const float* a, const float* b, i64 ldb, float* c, i64 ldc, bool accumulate) {
+  vec acc[MR][NV];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NV; ++j) acc[i][j] = vec{};
+  for (i64 k = 0; k < kc; ++k) {
+    vec bk[NV];
+    for (int j = 0; j < NV; ++j) bk[j] = load(b + k * ldb + j * VL);
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      const float ai = a[k * MR + i];
+      for (int j = 0; j < NV; ++j) acc[i][j] += ai * bk[j];
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NV; ++j) {
+      float* cij = c + i * ldc + j * VL;
+      store(cij, accumulate ? load(cij) + acc[i][j] : acc[i][j]);
+    }
+}
+
+// w: [K, C, 3, 3] -> u: [16][Kp / MR][C][MR], planes us apart (u_kc = G g_kc G^T, position
+// xi = 4*i + j; zeros for k >= K); a panel's MR values at a time
+void transform_weights(float* u, i64 us, const float* w, i64 K, i64 C, i64 Kp) {
+  const i64 panels = Kp / MR;
+#pragma omp parallel for num_threads(threads_over(double(Kp) * C * 64, panels)) schedule(static)
+  for (i64 kp = 0; kp < panels; ++kp)
+    for (i64 c = 0; c < C; ++c) {
+      float g[16][MR] = {};
+      for (i64 i = 0; i < MR && kp * MR + i < K; ++i) {
+        const float* f = w + ((kp * MR + i) * C + c) * 9;
+        float t[4][3];
+        for (int q = 0; q < 3; ++q) {  // G g: rows of the 4x3
+          t[0][q] = f[q];
+          t[1][q] = 0.5f * (f[q] + f[3 + q] + f[6 + q]);
+          t[2][q] = 0.5f * (f[q] - f[3 + q] + f[6 + q]);
+          t[3][q] = f[6 + q];
+        }
+        for (int r = 0; r < 4; ++r) {  // (G g) G^T
+          g[4 * r + 0][i] = t[r][0];
+          g[4 * r + 1][i] = 0.5f * (t[r][0] + t[r][1] + t[r][2]);
+          g[4 * r + 2][i] = 0.5f * (t[r][0] - t[r][1] + t[r][2]);
+          g[4 * r + 3][i] = t[r][2];
+        }
+      }
+      for (int xi = 0; xi < 16; ++xi) std::memcpy(u + xi * us + (kp * C + c) * MR, g[xi], sizeof g[xi]);
+    }
+}
+
+// One row of tiles from its four input rows (rows: [4][Wr], zero-padded) -> v[xi*vs + tw]
+void transform_input_row(float* v, i64 vs, const float* rows, i64 Wr, i64 Tw) {
+  for (i64 tw0 = 0; tw0 < Tw; tw0 += VL) {
+    vec t[4][4];  // t[i][j] = (d B)[i][j]: along the columns first
+    for (int i = 0; i < 4; ++i) {
+      const float* r = rows + i * Wr + 2 * tw0;
+      const vec lo = load(r), hi = load(r + VL), lo2 = load(r + 2), hi2 = load(r + 2 + VL);
+      const vec d0 = even(lo, hi), d1 = odd(lo, hi), d2 = even(lo2, hi2), d3 = odd(lo2, hi2);
+      t[i][0] = d0 - d2;
+      t[i][1] = d1 + d2;
+      t[i][2] = d2 - d1;
+      t[i][3] = d1 - d3;
+    }
+    float* out = v + tw0;
+    for (int j = 0; j < 4; ++j) {  // then B^T (d B) along the rows
+      store(out + (0 * 4 + j) * vs, t[0][j] - t[2][j]);
+      store(out + (1 * 4 + j) * vs, t[1][j] + t[2][j]);
+      store(out + (2 * 4 + j) * vs, t[2][j] - t[1][j]);
+      store(out + (3 * 4 + j) * vs, t[1][j] - t[3][j]);
+    }
+  }
+}
+
+// Rows of tiles th0..th1 of one input plane (x: [H, W]) -> v[xi*vs + (th - th0)*Tw + tw] for tw < Tw
+// (and up to the next multiple of VL: garbage, which the next row overwrites or the caller
+// ignores), through the zero-padded input rows they read, copied once into rows: [2*(th1-th0)+2][Wr]
+void transform_input_rows(float* v, i64 vs, const float* x, i64 H, i64 W, i64 pad, i64 th0, i64 th1, i64 Tw,
+                          float* rows, i64 Wr) {
+  for (i64 i = 0; i < 2 * (th1 - th0) + 2; ++i) {
+    float* r = rows + i * Wr;
+    const i64 h = 2 * th0 + i - pad;
+    if (h < 0 || h >= H) {
+      std::fill(r, r + Wr, 0.0f);
+      continue;
+    }
+    std::fill(r, r + pad, 0.0f);
+    std::memcpy(r + pad, x + h * W, sizeof(float) * size_t(W));
+    std::fill(r + pad + W, r + Wr, 0.0f);
+  }
+  for (i64 th = th0; th < th1; ++th)
+    transform_input_row(v + (th - th0) * Tw, vs, rows + 2 * (th - th0) * Wr, Wr, Tw);
+}
+
+
+// m[xi*ms + tw] for a row of tiles th of channel k -> y rows 2th, 2th+1 of that plane (y: [Ho, Wo]),
+// + bias
+void transform_output_row(float* y, i64 Ho, i64 Wo, const float* m, i64 ms, i64 th, i64 Tw, float bias) {
+  for (i64 tw0 = 0; tw0 < Tw; tw0 += VL) {
+    vec s[2][4];  // (A^T M) rows
+    for (int j = 0; j < 4; ++j) {
+      const vec m0 = load(m + (0 * 4 + j) * ms + tw0), m1 = load(m + (1 * 4 + j) * ms + tw0);
+      const vec m2 = load(m + (2 * 4 + j) * ms + tw0), m3 = load(m + (3 * 4 + j) * ms + tw0);
+      s[0][j] = m0 + m1 + m2;
+      s[1][j] = m1 - m2 - m3;
+    }
+    const i64 w0 = 2 * tw0, width = std::min<i64>(2 * VL, Wo - w0);
+    for (int i = 0; i < 2 && 2 * th + i < Ho; ++i) {
+      const vec y0 = s[i][0] + s[i][1] + s[i][2] + bias, y1 = s[i][1] - s[i][2] - s[i][3] + bias;
+      float* out = y + (2 * th + i) * Wo + w0;
+      if (width == 2 * VL) {
+        store(out, zip_lo(y0, y1));
+        store(out + VL, zip_hi(y0, y1));
+      } else {
+        float pairs[2 * VL];
+        store(pairs, zip_lo(y0, y1));
+        store(pairs + VL, zip_hi(y0, y1));
+        std::memcpy(out, pairs, sizeof(float) * size_t(width));
+      }
+    }
+  }
+}
+
+}  // namespace
+
+// x: [N, C, H, W], w: [K, C, 3, 3], b: [K] (may be null: no bias) -> y: [N, K, Ho, Wo]
+void winograd_forward(float* y, const float* x, const float* w, const float* b, const ConvShape& s, i64 N) {
+  const i64 C = s.C, K = s.K, H = s.H, W = s.W, Ho = s.Ho, Wo = s.Wo;
+  const i64 Th = (Ho + 1) / 2, Tw = (Wo + 1) / 2, Twv = (Tw + VL - 1) / VL * VL;
+  const i64 Kp = (K + MR - 1) / MR * MR, Wr = 2 * Twv + 2;
+  const i64 us = odd_lines(Kp * C);
+  ScratchFloats u(size_t(16) * us);
+  transform_weights(u.get(), us, w, K, C, Kp);
+
+  // Chunks of rows of tiles: about 48 KB of V and M per position (768 KB for the 16), at least
+  // one row; over images when an image has fewer tiles
+  const i64 rows_total = N * Th, per_row = 16 * (C + Kp) * Tw * 4;
+  const i64 rows_per_chunk = std::max<i64>(1, std::min<i64>(rows_total, (i64(768) << 10) / std::max<i64>(per_row, 1)));
+  const i64 chunks = (rows_total + rows_per_chunk - 1) / rows_per_chunk;
+  const i64 L_max = rows_per_chunk * Tw, LS = odd_lines((L_max + VL + NR - 1) / NR * NR);
+  const i64 vs = odd_lines(C * LS), ms = odd_lines(Kp * LS);  // V's and M's planes this far apart
+  const i64 kc = C <= 320 ? C : 256;
+  const i64 Hr = 2 * std::min(Th, rows_per_chunk) + 2;  // input rows a chunk's rows of tiles read, per image
+  const size_t per_thread = size_t(16 * (vs + ms)) + lines(size_t(Hr) * Wr);
+  const int nt = threads_over(double(N) * K * C * 16 * Th * Tw, chunks);
+  ScratchFloats scratch(size_t(nt) * per_thread);
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (i64 chunk = 0; chunk < chunks; ++chunk) {
+    float* v = scratch.get() + size_t(omp_get_thread_num()) * per_thread;  // [16][C][LS], planes vs apart
+    float* m = v + 16 * vs;                                                 // [16][Kp][LS], planes ms apart
+    float* rows = m + 16 * ms;                                              // [Hr][Wr]
+    const i64 r0 = chunk * rows_per_chunk, r1 = std::min(rows_total, r0 + rows_per_chunk);
+    for (i64 r = r0; r < r1;) {  // the chunk's rows of tiles in image n: th0..th1
+      const i64 n = r / Th, th0 = r % Th, th1 = std::min(Th, th0 + (r1 - r)), l0 = (r - r0) * Tw;
+      for (i64 c = 0; c < C; ++c)
+        transform_input_rows(v + c * LS + l0, vs, x + (n * C + c) * H * W, H, W, s.pad, th0, th1, Tw, rows, Wr);
+      r += th1 - th0;
+    }
+    const i64 L = (r1 - r0) * Tw, panels = (L + NR - 1) / NR;
+    for (int xi = 0; xi < 16; ++xi) {
+      const float* uxi = u.get() + size_t(xi) * us;
+      const float* vxi = v + size_t(xi) * vs;
+      float* mxi = m + size_t(xi) * ms;
+      for (i64 p = 0; p < panels; ++p)
+        for (i64 k0 = 0; k0 < Kp; k0 += MR)
+          for (i64 c0 = 0; c0 < C; c0 += kc)
+            tile_product(std::min(kc, C - c0), uxi + (k0 * C + c0 * MR), vxi + c0 * LS + p * NR, LS,
+                         mxi + k0 * LS + p * NR, LS, c0 > 0);
+    }
+    for (i64 r = r0; r < r1; ++r) {
+      const i64 n = r / Th, th = r % Th, l0 = (r - r0) * Tw;
+      for (i64 k = 0; k < K; ++k)
+        transform_output_row(y + (n * K + k) * Ho * Wo, Ho, Wo, m + k * LS + l0, ms, th, Tw, b ? b[k] : 0.0f);
+    }
+  }
+}
+
+}  // namespace CNNFAST_ISA
+}  // namespace cnnfast
+CNNFAST_TARGET_END
