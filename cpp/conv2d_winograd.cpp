@@ -5,16 +5,23 @@
 // - Forward: the kernel; with a pool, the convolution's output into scratch, then max_pool2d's
 //   kernel (the same y and argmax as the separate layers, bit for bit).
 // - Backward: dx is a convolution too, of dy (zero-padded by 2 - pad) with the weights
-//   flipped and transposed ([C, K, 3, 3]): the same kernel. dw and db through the panels'
-//   backward (without dx).
+//   flipped and transposed ([C, K, 3, 3]): the same kernel. dw by F(3x3, 2x2), Winograd's
+//   algorithm transposed (the kernels file says how), with 64+ channels in and out; with fewer,
+//   through the panels' backward (without dx).
 // Numbers: the transforms add and subtract up to 16 terms before and after the product, so
 // results differ from the direct paths' by a few float roundings (tests: 1e-4 of the largest).
+#include <algorithm>
 #include <vector>
 
 #include "conv2d_common.hpp"
 #include "isa.hpp"
 
 namespace cnnfast {
+
+// dw by F(3x3, 2x2) from this many channels in and out; below, its transforms and packing cost
+// more than the products save (AVX2, batch 32, one thread: 16->32 on 32x32 5.0 ms against the
+// panels' 3.1; 32->64 on 16x16 even; 96->96 on 12x12 6.2 against 7.5)
+constexpr i64 kWinogradWeightGradChannels = 64;
 
 void winograd_forward_path(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
                            const ConvShape& s, i64 N, i64 pool_k) {
@@ -36,7 +43,12 @@ bool winograd_backward_path(float* dx, float* dw, float* db, const float* x, con
     max_pool2d_backward(unpooled.get(), argmax, dy, N, K, s.Ho, s.Wo, s.Ho / pool_k, s.Wo / pool_k);
     dy = unpooled.get();
   }
-  isa.panels_backward_plain(nullptr, dw, db, x, w, dy, s, N);
+  if (std::min(C, K) >= kWinogradWeightGradChannels) {
+    if (dw) isa.winograd_weight_grad(dw, x, dy, s, N);
+    if (db) bias_grad(db, dy, N, K, s.P());
+  } else {
+    isa.panels_backward_plain(nullptr, dw, db, x, w, dy, s, N);
+  }
   if (dx) {
     std::vector<float> flipped(size_t(C) * K * 9);  // w^T rotated: [C, K, 3, 3]
     for (i64 c = 0; c < C; ++c)

@@ -192,6 +192,49 @@ void transform_output_row(float* y, i64 Ho, i64 Wo, const float* m, i64 ms, i64 
   }
 }
 
+// The weight gradient's side, F(3x3, 2x2) (the same algorithm transposed):
+//   dW_kc = G^T [ sum over tiles (A e_k A^T) .* (B^T d_c B) ] G,
+// e_k a 2x2 block of dy, d_c the 4x4 block of input it met, A = (A^T)^T = [1 0; 1 1; 1 -1; 0 -1].
+// Rows of tiles th0..th1 of one dy plane (dy: [Ho, Wo], Ho and Wo even) -> e[xi*es + (th - th0)*Tw + tw]
+// (A e A^T; lanes past Tw up to the next multiple of VL are garbage, overwritten by the next row),
+// through rows: [2][Wr] (a row with zeros after it: the last vector may read past Wo)
+void transform_dy_rows(float* e, i64 es, const float* dy, i64 Wo, i64 th0, i64 th1, i64 Tw, float* rows, i64 Wr) {
+  for (i64 th = th0; th < th1; ++th) {
+    for (int i = 0; i < 2; ++i) {
+      std::memcpy(rows + i * Wr, dy + (2 * th + i) * Wo, sizeof(float) * size_t(Wo));
+      std::fill(rows + i * Wr + Wo, rows + (i + 1) * Wr, 0.0f);
+    }
+    float* out = e + (th - th0) * Tw;
+    for (i64 tw0 = 0; tw0 < Tw; tw0 += VL) {
+      vec a[2][4];  // (e A^T)[i][j]: along the columns first
+      for (int i = 0; i < 2; ++i) {
+        const vec lo = load(rows + i * Wr + 2 * tw0), hi = load(rows + i * Wr + 2 * tw0 + VL);
+        const vec e0 = even(lo, hi), e1 = odd(lo, hi);
+        a[i][0] = e0;
+        a[i][1] = e0 + e1;
+        a[i][2] = e0 - e1;
+        a[i][3] = -e1;
+      }
+      for (int j = 0; j < 4; ++j) {  // then A (e A^T) along the rows
+        store(out + (0 * 4 + j) * es + tw0, a[0][j]);
+        store(out + (1 * 4 + j) * es + tw0, a[0][j] + a[1][j]);
+        store(out + (2 * 4 + j) * es + tw0, a[0][j] - a[1][j]);
+        store(out + (3 * 4 + j) * es + tw0, -a[1][j]);
+      }
+    }
+  }
+}
+
+// rows: [n][ld] (n rows of `len` values) -> packed: [len][width] (row i's values down column i;
+// columns n..width zero), the layout tile_product reads its operands in
+void pack_columns(float* packed, i64 width, const float* rows, i64 ld, i64 n, i64 len) {
+  for (i64 l = 0; l < len; ++l) {
+    float* out = packed + l * width;
+    for (i64 i = 0; i < n; ++i) out[i] = rows[i * ld + l];
+    for (i64 i = n; i < width; ++i) out[i] = 0.0f;
+  }
+}
+
 }  // namespace
 
 // x: [N, C, H, W], w: [K, C, 3, 3], b: [K] (may be null: no bias) -> y: [N, K, Ho, Wo]
@@ -244,6 +287,71 @@ void winograd_forward(float* y, const float* x, const float* w, const float* b, 
         transform_output_row(y + (n * K + k) * Ho * Wo, Ho, Wo, m + k * LS + l0, ms, th, Tw, b ? b[k] : 0.0f);
     }
   }
+}
+
+// x: [N, C, H, W], dy: [N, K, Ho, Wo] (Ho, Wo even) -> dw: [K, C, 3, 3], by F(3x3, 2x2). Chunks of
+// rows of tiles as the forward's; their products summed into a fixed number of groups of
+// consecutive chunks, then the groups in order: the same sums for any number of threads.
+void winograd_weight_grad(float* dw, const float* x, const float* dy, const ConvShape& s, i64 N) {
+  const i64 C = s.C, K = s.K, H = s.H, W = s.W, Ho = s.Ho, Wo = s.Wo;
+  const i64 Th = Ho / 2, Tw = Wo / 2, Twv = (Tw + VL - 1) / VL * VL, Wr = 2 * Twv + 2;
+  const i64 Kp = (K + MR - 1) / MR * MR, Cp = (C + NR - 1) / NR * NR;
+  const i64 rows_total = N * Th, per_row = 16 * (C + K) * Tw * 4;
+  const i64 rows_per_chunk = std::max<i64>(1, std::min<i64>(rows_total, (i64(768) << 10) / std::max<i64>(per_row, 1)));
+  const i64 chunks = (rows_total + rows_per_chunk - 1) / rows_per_chunk, groups = std::min<i64>(chunks, 8);
+  const i64 L_max = rows_per_chunk * Tw, LS = odd_lines(L_max + VL);
+  const i64 vs = odd_lines(C * LS), es = odd_lines(K * LS), Hr = 2 * std::min(Th, rows_per_chunk) + 2;
+  const size_t packed = lines(size_t(L_max) * Kp) + lines(size_t(L_max) * Cp);
+  const size_t per_thread = size_t(16 * (vs + es)) + lines(size_t(Hr) * Wr) + packed;
+  const int nt = threads_over(double(N) * K * C * 16 * Th * Tw, groups);
+  ScratchFloats scratch(size_t(nt) * per_thread), sums(size_t(groups) * 16 * Kp * Cp);
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (i64 group = 0; group < groups; ++group) {
+    float* v = scratch.get() + size_t(omp_get_thread_num()) * per_thread;  // [16][C][LS], planes vs apart
+    float* e = v + 16 * vs;                                                 // [16][K][LS], planes es apart
+    float* rows = e + 16 * es;                                              // [Hr][Wr]
+    float* ep = rows + lines(size_t(Hr) * Wr);                              // e^T in panels: [Kp / MR][L][MR]
+    float* vt = ep + lines(size_t(L_max) * Kp);                             // v^T: [L][Cp]
+    float* m = sums.get() + size_t(group) * 16 * Kp * Cp;                   // [16][Kp][Cp]
+    for (i64 chunk = group * chunks / groups; chunk < (group + 1) * chunks / groups; ++chunk) {
+      const i64 r0 = chunk * rows_per_chunk, r1 = std::min(rows_total, r0 + rows_per_chunk), L = (r1 - r0) * Tw;
+      for (i64 r = r0; r < r1;) {  // the chunk's rows of tiles in image n: th0..th1
+        const i64 n = r / Th, th0 = r % Th, th1 = std::min(Th, th0 + (r1 - r)), l0 = (r - r0) * Tw;
+        for (i64 c = 0; c < C; ++c)
+          transform_input_rows(v + c * LS + l0, vs, x + (n * C + c) * H * W, H, W, s.pad, th0, th1, Tw, rows, Wr);
+        for (i64 k = 0; k < K; ++k)
+          transform_dy_rows(e + k * LS + l0, es, dy + (n * K + k) * Ho * Wo, Wo, th0, th1, Tw, rows, Wr);
+        r += th1 - th0;
+      }
+      const bool accumulate = chunk > group * chunks / groups;
+      for (int xi = 0; xi < 16; ++xi) {  // M_xi[K][C] (+)= E_xi[K][L] V_xi[C][L]^T, the tiles as the depth
+        for (i64 k0 = 0; k0 < Kp; k0 += MR)
+          pack_columns(ep + k0 * L, MR, e + xi * es + k0 * LS, LS, std::max<i64>(0, std::min<i64>(MR, K - k0)), L);
+        pack_columns(vt, Cp, v + xi * vs, LS, C, L);
+        float* mxi = m + size_t(xi) * Kp * Cp;
+        for (i64 k0 = 0; k0 < Kp; k0 += MR)
+          for (i64 c0 = 0; c0 < Cp; c0 += NR) tile_product(L, ep + k0 * L, vt + c0, Cp, mxi + k0 * Cp + c0, Cp, accumulate);
+      }
+    }
+  }
+  std::vector<float> total(size_t(16) * Kp * Cp);
+  sum_parts(total.data(), sums.get(), groups, 16 * Kp * Cp);
+  for (i64 k = 0; k < K; ++k)  // dW = G^T M G
+    for (i64 c = 0; c < C; ++c) {
+      float mm[4][4], t[3][4];
+      for (int xi = 0; xi < 16; ++xi) mm[xi / 4][xi % 4] = total[size_t((xi * Kp + k) * Cp + c)];
+      for (int j = 0; j < 4; ++j) {
+        t[0][j] = mm[0][j] + 0.5f * (mm[1][j] + mm[2][j]);
+        t[1][j] = 0.5f * (mm[1][j] - mm[2][j]);
+        t[2][j] = 0.5f * (mm[1][j] + mm[2][j]) + mm[3][j];
+      }
+      float* out = dw + (k * C + c) * 9;
+      for (int i = 0; i < 3; ++i) {
+        out[i * 3 + 0] = t[i][0] + 0.5f * (t[i][1] + t[i][2]);
+        out[i * 3 + 1] = 0.5f * (t[i][1] - t[i][2]);
+        out[i * 3 + 2] = 0.5f * (t[i][1] + t[i][2]) + t[i][3];
+      }
+    }
 }
 
 }  // namespace CNNFAST_ISA

@@ -70,6 +70,7 @@ CONV_SHAPES = [  # N, C, H, W, K, R, S, padding
     (2, 16, 8, 10, 24, 3, 3, 1),   # Winograd F(2x2, 3x3): 16+ channels, even output, 40 tiles
     (1, 20, 14, 12, 17, 3, 3, 2),  # Winograd, padding 2 (dx: dy padded by 0), K not a tile multiple
     (8, 33, 6, 6, 16, 3, 3, 0),    # Winograd on 4 x 4 outputs, 32 tiles over 8 images
+    (2, 64, 8, 8, 70, 3, 3, 1),    # Winograd's dw too (64+ channels in and out)
 ]
 
 
