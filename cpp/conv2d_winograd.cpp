@@ -7,7 +7,8 @@
 // - Backward: dx is a convolution too, of dy (zero-padded by 2 - pad) with the weights
 //   flipped and transposed ([C, K, 3, 3]): the same kernel. dw by F(3x3, 2x2), Winograd's
 //   algorithm transposed (the kernels file says how), with 64+ channels in and out; with fewer,
-//   through the panels' backward (without dx).
+//   and on AVX-512 (whose panels' dw is faster: 2.6 against 3.1 ms on 128->256 4x4, 5.1 against
+//   6.5 on 96->96 12x12), through the panels' backward (without dx).
 // Numbers: the transforms add and subtract up to 16 terms before and after the product, so
 // results differ from the direct paths' by a few float roundings (tests: 1e-4 of the largest).
 #include <algorithm>
@@ -18,9 +19,10 @@
 
 namespace cnnfast {
 
-// dw by F(3x3, 2x2) from this many channels in and out; below, its transforms and packing cost
-// more than the products save (AVX2, batch 32, one thread: 16->32 on 32x32 5.0 ms against the
-// panels' 3.1; 32->64 on 16x16 even; 96->96 on 12x12 6.2 against 7.5)
+// dw by F(3x3, 2x2) from this many channels in and out, on the ISAs that have it in their table;
+// below, its transforms and packing cost more than the products save (AVX2, batch 32, one thread,
+// dw alone: 16->32 on 32x32 5.0 ms against the panels' 3.3; 32->64 on 16x16 even; 96->96 on
+// 12x12 6.7 against 7.8; 128->256 on 4x4 3.3 against 4.2)
 constexpr i64 kWinogradWeightGradChannels = 64;
 
 void winograd_forward_path(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
@@ -43,7 +45,7 @@ bool winograd_backward_path(float* dx, float* dw, float* db, const float* x, con
     max_pool2d_backward(unpooled.get(), argmax, dy, N, K, s.Ho, s.Wo, s.Ho / pool_k, s.Wo / pool_k);
     dy = unpooled.get();
   }
-  if (std::min(C, K) >= kWinogradWeightGradChannels) {
+  if (isa.winograd_weight_grad && std::min(C, K) >= kWinogradWeightGradChannels) {
     if (dw) isa.winograd_weight_grad(dw, x, dy, s, N);
     if (db) bias_grad(db, dy, N, K, s.P());
   } else {

@@ -41,27 +41,57 @@ typedef float vec __attribute__((vector_size(CNNFAST_VEC_BYTES)));
 inline vec load(const float* p) { vec v; __builtin_memcpy(&v, p, sizeof v); return v; }
 inline void store(float* p, vec v) { __builtin_memcpy(p, &v, sizeof v); }
 
-// Lanes 0, 2, 4, .. and 1, 3, 5, .. of the 2*VL floats (lo, hi); and (a0 b0 a1 b1 ..) as two vectors
-#if CNNFAST_VEC_BYTES == 16
-#define CNNFAST_EVEN 0, 2, 4, 6
-#define CNNFAST_ODD 1, 3, 5, 7
-#define CNNFAST_ZIP_LO 0, 4, 1, 5
-#define CNNFAST_ZIP_HI 2, 6, 3, 7
-#elif CNNFAST_VEC_BYTES == 32
-#define CNNFAST_EVEN 0, 2, 4, 6, 8, 10, 12, 14
-#define CNNFAST_ODD 1, 3, 5, 7, 9, 11, 13, 15
-#define CNNFAST_ZIP_LO 0, 8, 1, 9, 2, 10, 3, 11
-#define CNNFAST_ZIP_HI 4, 12, 5, 13, 6, 14, 7, 15
-#elif CNNFAST_VEC_BYTES == 64
-#define CNNFAST_EVEN 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30
-#define CNNFAST_ODD 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31
-#define CNNFAST_ZIP_LO 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23
-#define CNNFAST_ZIP_HI 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31
+// The transforms' vectors: tiles are their lanes, so a row of Tw tiles goes in the narrowest of
+// the ISA's vectors that holds it (AVX-512 on a 4 x 4 output: 4 lanes, not 16 of which 14 wasted)
+typedef float v4 __attribute__((vector_size(16)));
+#if CNNFAST_VEC_BYTES >= 32
+typedef float v8 __attribute__((vector_size(32)));
 #endif
-inline vec even(vec lo, vec hi) { return __builtin_shufflevector(lo, hi, CNNFAST_EVEN); }
-inline vec odd(vec lo, vec hi) { return __builtin_shufflevector(lo, hi, CNNFAST_ODD); }
-inline vec zip_lo(vec a, vec b) { return __builtin_shufflevector(a, b, CNNFAST_ZIP_LO); }
-inline vec zip_hi(vec a, vec b) { return __builtin_shufflevector(a, b, CNNFAST_ZIP_HI); }
+#if CNNFAST_VEC_BYTES >= 64
+typedef float v16 __attribute__((vector_size(64)));
+#endif
+template <class T>
+inline T load_v(const float* p) { T v; __builtin_memcpy(&v, p, sizeof v); return v; }
+template <class T>
+inline void store_v(float* p, T v) { __builtin_memcpy(p, &v, sizeof v); }
+
+// Lanes 0, 2, 4, .. and 1, 3, 5, .. of the floats (lo, hi); and (a0 b0 a1 b1 ..) as two vectors
+inline v4 even(v4 lo, v4 hi) { return __builtin_shufflevector(lo, hi, 0, 2, 4, 6); }
+inline v4 odd(v4 lo, v4 hi) { return __builtin_shufflevector(lo, hi, 1, 3, 5, 7); }
+inline v4 zip_lo(v4 a, v4 b) { return __builtin_shufflevector(a, b, 0, 4, 1, 5); }
+inline v4 zip_hi(v4 a, v4 b) { return __builtin_shufflevector(a, b, 2, 6, 3, 7); }
+#if CNNFAST_VEC_BYTES >= 32
+inline v8 even(v8 lo, v8 hi) { return __builtin_shufflevector(lo, hi, 0, 2, 4, 6, 8, 10, 12, 14); }
+inline v8 odd(v8 lo, v8 hi) { return __builtin_shufflevector(lo, hi, 1, 3, 5, 7, 9, 11, 13, 15); }
+inline v8 zip_lo(v8 a, v8 b) { return __builtin_shufflevector(a, b, 0, 8, 1, 9, 2, 10, 3, 11); }
+inline v8 zip_hi(v8 a, v8 b) { return __builtin_shufflevector(a, b, 4, 12, 5, 13, 6, 14, 7, 15); }
+#endif
+#if CNNFAST_VEC_BYTES >= 64
+inline v16 even(v16 lo, v16 hi) {
+  return __builtin_shufflevector(lo, hi, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+}
+inline v16 odd(v16 lo, v16 hi) {
+  return __builtin_shufflevector(lo, hi, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+}
+inline v16 zip_lo(v16 a, v16 b) {
+  return __builtin_shufflevector(a, b, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+}
+inline v16 zip_hi(v16 a, v16 b) {
+  return __builtin_shufflevector(a, b, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+}
+#endif
+
+// fn(T{}) with T the narrowest vector that holds Tw lanes (the widest if none does)
+template <class Fn>
+void by_width(i64 Tw, Fn&& fn) {
+#if CNNFAST_VEC_BYTES >= 64
+  if (Tw > 8) return fn(v16{});
+#endif
+#if CNNFAST_VEC_BYTES >= 32
+  if (Tw > 4) return fn(v8{});
+#endif
+  fn(v4{});
+}
 
 // n floats rounded up to an odd number of 64-byte lines: rows (and planes) that far apart fall in
 // different cache sets (a power-of-two stride would put the 16 planes' rows, or a tile's rows,
@@ -121,13 +151,15 @@ void transform_weights(float* u, i64 us, const float* w, i64 K, i64 C, i64 Kp) {
 }
 
 // One row of tiles from its four input rows (rows: [4][Wr], zero-padded) -> v[xi*vs + tw]
+template <class T>
 void transform_input_row(float* v, i64 vs, const float* rows, i64 Wr, i64 Tw) {
-  for (i64 tw0 = 0; tw0 < Tw; tw0 += VL) {
-    vec t[4][4];  // t[i][j] = (d B)[i][j]: along the columns first
+  constexpr int W = sizeof(T) / 4;
+  for (i64 tw0 = 0; tw0 < Tw; tw0 += W) {
+    T t[4][4];  // t[i][j] = (d B)[i][j]: along the columns first
     for (int i = 0; i < 4; ++i) {
       const float* r = rows + i * Wr + 2 * tw0;
-      const vec lo = load(r), hi = load(r + VL), lo2 = load(r + 2), hi2 = load(r + 2 + VL);
-      const vec d0 = even(lo, hi), d1 = odd(lo, hi), d2 = even(lo2, hi2), d3 = odd(lo2, hi2);
+      const T lo = load_v<T>(r), hi = load_v<T>(r + W), lo2 = load_v<T>(r + 2), hi2 = load_v<T>(r + 2 + W);
+      const T d0 = even(lo, hi), d1 = odd(lo, hi), d2 = even(lo2, hi2), d3 = odd(lo2, hi2);
       t[i][0] = d0 - d2;
       t[i][1] = d1 + d2;
       t[i][2] = d2 - d1;
@@ -135,10 +167,10 @@ void transform_input_row(float* v, i64 vs, const float* rows, i64 Wr, i64 Tw) {
     }
     float* out = v + tw0;
     for (int j = 0; j < 4; ++j) {  // then B^T (d B) along the rows
-      store(out + (0 * 4 + j) * vs, t[0][j] - t[2][j]);
-      store(out + (1 * 4 + j) * vs, t[1][j] + t[2][j]);
-      store(out + (2 * 4 + j) * vs, t[2][j] - t[1][j]);
-      store(out + (3 * 4 + j) * vs, t[1][j] - t[3][j]);
+      store_v(out + (0 * 4 + j) * vs, t[0][j] - t[2][j]);
+      store_v(out + (1 * 4 + j) * vs, t[1][j] + t[2][j]);
+      store_v(out + (2 * 4 + j) * vs, t[2][j] - t[1][j]);
+      store_v(out + (3 * 4 + j) * vs, t[1][j] - t[3][j]);
     }
   }
 }
@@ -159,37 +191,45 @@ void transform_input_rows(float* v, i64 vs, const float* x, i64 H, i64 W, i64 pa
     std::memcpy(r + pad, x + h * W, sizeof(float) * size_t(W));
     std::fill(r + pad + W, r + Wr, 0.0f);
   }
-  for (i64 th = th0; th < th1; ++th)
-    transform_input_row(v + (th - th0) * Tw, vs, rows + 2 * (th - th0) * Wr, Wr, Tw);
+  by_width(Tw, [&](auto lanes) {
+    for (i64 th = th0; th < th1; ++th)
+      transform_input_row<decltype(lanes)>(v + (th - th0) * Tw, vs, rows + 2 * (th - th0) * Wr, Wr, Tw);
+  });
 }
 
 
 // m[xi*ms + tw] for a row of tiles th of channel k -> y rows 2th, 2th+1 of that plane (y: [Ho, Wo]),
 // + bias
-void transform_output_row(float* y, i64 Ho, i64 Wo, const float* m, i64 ms, i64 th, i64 Tw, float bias) {
-  for (i64 tw0 = 0; tw0 < Tw; tw0 += VL) {
-    vec s[2][4];  // (A^T M) rows
+template <class T>
+void transform_output_row_w(float* y, i64 Ho, i64 Wo, const float* m, i64 ms, i64 th, i64 Tw, float bias) {
+  constexpr int W = sizeof(T) / 4;
+  for (i64 tw0 = 0; tw0 < Tw; tw0 += W) {
+    T s[2][4];  // (A^T M) rows
     for (int j = 0; j < 4; ++j) {
-      const vec m0 = load(m + (0 * 4 + j) * ms + tw0), m1 = load(m + (1 * 4 + j) * ms + tw0);
-      const vec m2 = load(m + (2 * 4 + j) * ms + tw0), m3 = load(m + (3 * 4 + j) * ms + tw0);
+      const T m0 = load_v<T>(m + (0 * 4 + j) * ms + tw0), m1 = load_v<T>(m + (1 * 4 + j) * ms + tw0);
+      const T m2 = load_v<T>(m + (2 * 4 + j) * ms + tw0), m3 = load_v<T>(m + (3 * 4 + j) * ms + tw0);
       s[0][j] = m0 + m1 + m2;
       s[1][j] = m1 - m2 - m3;
     }
-    const i64 w0 = 2 * tw0, width = std::min<i64>(2 * VL, Wo - w0);
+    const i64 w0 = 2 * tw0, width = std::min<i64>(2 * W, Wo - w0);
     for (int i = 0; i < 2 && 2 * th + i < Ho; ++i) {
-      const vec y0 = s[i][0] + s[i][1] + s[i][2] + bias, y1 = s[i][1] - s[i][2] - s[i][3] + bias;
+      const T y0 = s[i][0] + s[i][1] + s[i][2] + bias, y1 = s[i][1] - s[i][2] - s[i][3] + bias;
       float* out = y + (2 * th + i) * Wo + w0;
-      if (width == 2 * VL) {
-        store(out, zip_lo(y0, y1));
-        store(out + VL, zip_hi(y0, y1));
+      if (width == 2 * W) {
+        store_v(out, zip_lo(y0, y1));
+        store_v(out + W, zip_hi(y0, y1));
       } else {
-        float pairs[2 * VL];
-        store(pairs, zip_lo(y0, y1));
-        store(pairs + VL, zip_hi(y0, y1));
+        float pairs[2 * W];
+        store_v(pairs, zip_lo(y0, y1));
+        store_v(pairs + W, zip_hi(y0, y1));
         std::memcpy(out, pairs, sizeof(float) * size_t(width));
       }
     }
   }
+}
+
+void transform_output_row(float* y, i64 Ho, i64 Wo, const float* m, i64 ms, i64 th, i64 Tw, float bias) {
+  by_width(Tw, [&](auto lanes) { transform_output_row_w<decltype(lanes)>(y, Ho, Wo, m, ms, th, Tw, bias); });
 }
 
 // The weight gradient's side, F(3x3, 2x2) (the same algorithm transposed):
@@ -198,31 +238,37 @@ void transform_output_row(float* y, i64 Ho, i64 Wo, const float* m, i64 ms, i64 
 // Rows of tiles th0..th1 of one dy plane (dy: [Ho, Wo], Ho and Wo even) -> e[xi*es + (th - th0)*Tw + tw]
 // (A e A^T; lanes past Tw up to the next multiple of VL are garbage, overwritten by the next row),
 // through rows: [2][Wr] (a row with zeros after it: the last vector may read past Wo)
-void transform_dy_rows(float* e, i64 es, const float* dy, i64 Wo, i64 th0, i64 th1, i64 Tw, float* rows, i64 Wr) {
+template <class T>
+void transform_dy_rows_w(float* e, i64 es, const float* dy, i64 Wo, i64 th0, i64 th1, i64 Tw, float* rows, i64 Wr) {
+  constexpr int W = sizeof(T) / 4;
   for (i64 th = th0; th < th1; ++th) {
     for (int i = 0; i < 2; ++i) {
       std::memcpy(rows + i * Wr, dy + (2 * th + i) * Wo, sizeof(float) * size_t(Wo));
       std::fill(rows + i * Wr + Wo, rows + (i + 1) * Wr, 0.0f);
     }
     float* out = e + (th - th0) * Tw;
-    for (i64 tw0 = 0; tw0 < Tw; tw0 += VL) {
-      vec a[2][4];  // (e A^T)[i][j]: along the columns first
+    for (i64 tw0 = 0; tw0 < Tw; tw0 += W) {
+      T a[2][4];  // (e A^T)[i][j]: along the columns first
       for (int i = 0; i < 2; ++i) {
-        const vec lo = load(rows + i * Wr + 2 * tw0), hi = load(rows + i * Wr + 2 * tw0 + VL);
-        const vec e0 = even(lo, hi), e1 = odd(lo, hi);
+        const T lo = load_v<T>(rows + i * Wr + 2 * tw0), hi = load_v<T>(rows + i * Wr + 2 * tw0 + W);
+        const T e0 = even(lo, hi), e1 = odd(lo, hi);
         a[i][0] = e0;
         a[i][1] = e0 + e1;
         a[i][2] = e0 - e1;
         a[i][3] = -e1;
       }
       for (int j = 0; j < 4; ++j) {  // then A (e A^T) along the rows
-        store(out + (0 * 4 + j) * es + tw0, a[0][j]);
-        store(out + (1 * 4 + j) * es + tw0, a[0][j] + a[1][j]);
-        store(out + (2 * 4 + j) * es + tw0, a[0][j] - a[1][j]);
-        store(out + (3 * 4 + j) * es + tw0, -a[1][j]);
+        store_v(out + (0 * 4 + j) * es + tw0, a[0][j]);
+        store_v(out + (1 * 4 + j) * es + tw0, a[0][j] + a[1][j]);
+        store_v(out + (2 * 4 + j) * es + tw0, a[0][j] - a[1][j]);
+        store_v(out + (3 * 4 + j) * es + tw0, -a[1][j]);
       }
     }
   }
+}
+
+void transform_dy_rows(float* e, i64 es, const float* dy, i64 Wo, i64 th0, i64 th1, i64 Tw, float* rows, i64 Wr) {
+  by_width(Tw, [&](auto lanes) { transform_dy_rows_w<decltype(lanes)>(e, es, dy, Wo, th0, th1, Tw, rows, Wr); });
 }
 
 // rows: [n][ld] (n rows of `len` values) -> packed: [len][width] (row i's values down column i;

@@ -84,7 +84,7 @@ struct IsaKernels {
   // conv2d_winograd_kernels.cpp: y = conv2d(x, w, b) for 3x3 kernels by Winograd's F(2x2, 3x3)
   // (b may be null: no bias)
   void (*winograd_forward)(float* y, const float* x, const float* w, const float* b, const ConvShape& s, i64 N);
-  // dw: [K, C, 3, 3] from x and dy (even Ho and Wo), by F(3x3, 2x2)
+  // dw: [K, C, 3, 3] from x and dy (even Ho and Wo), by F(3x3, 2x2) (null on AVX-512: the panels' dw)
   void (*winograd_weight_grad)(float* dw, const float* x, const float* dy, const ConvShape& s, i64 N);
 
   // conv3x3_pool2.cpp (conv3x3_pool2_avx512.cpp on AVX-512): one channel, 3x3, ReLU, 2x2 pool,

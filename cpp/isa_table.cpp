@@ -55,7 +55,11 @@ extern const IsaKernels table = {
     panels_backward,
     panels_backward_plain,
     winograd_forward,
+#if defined(CNNFAST_ISA_AVX512)
+    nullptr,  // (the panels' dw is faster on AVX-512: conv2d_winograd.cpp)
+#else
     winograd_weight_grad,
+#endif
     conv3x3_pool2_forward,
     conv3x3_pool2_backward,
 };
