@@ -3,6 +3,7 @@
 Training runs once per test session, on first use (about 2-15 s: 8,000 images, one epoch,
 about 94% test accuracy); without real MNIST (CNNFAST_DATA) the tests that need it skip.
 """
+
 import contextlib
 import io
 

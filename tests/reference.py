@@ -2,6 +2,7 @@
 
 This file is the specification the C++ kernels are tested against (test_functional.py).
 """
+
 import numpy as np
 
 
@@ -14,7 +15,7 @@ def conv2d(x, w, b, padding=0):
     y = np.zeros((x.shape[0], K, Ho, Wo)) + np.asarray(b, np.float64)[None, :, None, None]
     for r in range(R):
         for s in range(S):
-            y += np.einsum("nchw,kc->nkhw", xp[:, :, r:r + Ho, s:s + Wo], w[:, :, r, s])
+            y += np.einsum("nchw,kc->nkhw", xp[:, :, r : r + Ho, s : s + Wo], w[:, :, r, s])
     return y
 
 
@@ -28,10 +29,10 @@ def conv2d_backward(x, w, dy, padding=0):
     dw = np.zeros_like(w)
     for r in range(R):
         for s in range(S):
-            dw[:, :, r, s] = np.einsum("nkhw,nchw->kc", dy, xp[:, :, r:r + Ho, s:s + Wo])
-            dxp[:, :, r:r + Ho, s:s + Wo] += np.einsum("nkhw,kc->nchw", dy, w[:, :, r, s])
+            dw[:, :, r, s] = np.einsum("nkhw,nchw->kc", dy, xp[:, :, r : r + Ho, s : s + Wo])
+            dxp[:, :, r : r + Ho, s : s + Wo] += np.einsum("nkhw,kc->nchw", dy, w[:, :, r, s])
     H, W = x.shape[2], x.shape[3]
-    dx = dxp[:, :, padding:padding + H, padding:padding + W]
+    dx = dxp[:, :, padding : padding + H, padding : padding + W]
     return dx, dw, dy.sum(axis=(0, 2, 3))
 
 
@@ -49,7 +50,7 @@ def max_pool2d(x, k):
     x = np.asarray(x, np.float64)
     N, C, H, W = x.shape
     Ho, Wo = H // k, W // k
-    windows = x[:, :, :Ho * k, :Wo * k].reshape(N, C, Ho, k, Wo, k).transpose(0, 1, 2, 4, 3, 5)
+    windows = x[:, :, : Ho * k, : Wo * k].reshape(N, C, Ho, k, Wo, k).transpose(0, 1, 2, 4, 3, 5)
     flat = windows.reshape(N, C, Ho, Wo, k * k)
     best = flat.argmax(axis=-1)
     r, s = best // k, best % k
@@ -107,6 +108,6 @@ def adam_step(param, grad, m, v, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8
     g = grad + weight_decay * param
     m = beta1 * m + (1 - beta1) * g
     v = beta2 * v + (1 - beta2) * g * g
-    m_hat = m / (1 - beta1 ** step)
-    v_hat = v / (1 - beta2 ** step)
+    m_hat = m / (1 - beta1**step)
+    v_hat = v / (1 - beta2**step)
     return param - lr * m_hat / (np.sqrt(v_hat) + eps), m, v

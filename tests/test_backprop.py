@@ -61,17 +61,36 @@ def squash(text):
 ISSUE = {
     "forward": {"a": Q(4), "b": Q(4), "c": Q(4), "e": Q(8), "o": Q(24)},
     "loss": Q(441, 2),
-    "grads": {"o": Q(21), "c": Q(84), "e": Q(21), "a": Q(84), "b": Q(42),
-              "w5": Q(168), "w4": Q(84), "w3": Q(84), "w2": Q(336), "w1": Q(252)},
-    "updated": {"w1": Q(-232, 10), "w2": Q(-326, 10), "w3": Q(-64, 10),
-                "w4": Q(-44, 10), "w5": Q(-158, 10)},
+    "grads": {
+        "o": Q(21),
+        "c": Q(84),
+        "e": Q(21),
+        "a": Q(84),
+        "b": Q(42),
+        "w5": Q(168),
+        "w4": Q(84),
+        "w3": Q(84),
+        "w2": Q(336),
+        "w1": Q(252),
+    },
+    "updated": {"w1": Q(-232, 10), "w2": Q(-326, 10), "w3": Q(-64, 10), "w4": Q(-44, 10), "w5": Q(-158, 10)},
 }
 
 ISSUE_STRINGS = {
     "forward": {"a": "4", "b": "4", "c": "4", "e": "8", "o": "24"},
     "loss": "220.5",
-    "grads": {"o": "21", "c": "84", "e": "21", "a": "84", "b": "42",
-              "w5": "168", "w4": "84", "w3": "84", "w2": "336", "w1": "252"},
+    "grads": {
+        "o": "21",
+        "c": "84",
+        "e": "21",
+        "a": "84",
+        "b": "42",
+        "w5": "168",
+        "w4": "84",
+        "w3": "84",
+        "w2": "336",
+        "w1": "252",
+    },
     "updated": {"w1": "-23.2", "w2": "-32.6", "w3": "-6.4", "w4": "-4.4", "w5": "-15.8"},
 }
 
@@ -143,12 +162,27 @@ def test_default_printout(capsys):
 # Exact formatting and parsing
 # ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("value, text", [
-    (Q(0), "0"), (Q(5), "5"), (Q(-7), "-7"), (Q(100), "100"), (Q(441, 2), "220.5"),
-    (Q(-116, 5), "-23.2"), (Q(1, 3), "1/3"), (Q(-2, 3), "-2/3"), (Q(1, 8), "0.125"),
-    (Q(1, 40), "0.025"), (Q(-1, 20), "-0.05"), (Q(7, 1000), "0.007"),
-    (Q(1, 1024), "0.0009765625"), (Q(10, 6), "5/3"), (Q(1, 12), "1/12"),
-])
+
+@pytest.mark.parametrize(
+    "value, text",
+    [
+        (Q(0), "0"),
+        (Q(5), "5"),
+        (Q(-7), "-7"),
+        (Q(100), "100"),
+        (Q(441, 2), "220.5"),
+        (Q(-116, 5), "-23.2"),
+        (Q(1, 3), "1/3"),
+        (Q(-2, 3), "-2/3"),
+        (Q(1, 8), "0.125"),
+        (Q(1, 40), "0.025"),
+        (Q(-1, 20), "-0.05"),
+        (Q(7, 1000), "0.007"),
+        (Q(1, 1024), "0.0009765625"),
+        (Q(10, 6), "5/3"),
+        (Q(1, 12), "1/12"),
+    ],
+)
 def test_fmt(value, text):
     assert bp.fmt(value) == text
 
@@ -156,7 +190,7 @@ def test_fmt(value, text):
 def test_fmt_round_trips():
     rng = random.Random(1)
     for _ in range(2000):
-        q = Q(rng.randint(-10 ** 6, 10 ** 6), rng.choice([1, 2, 3, 5, 8, 10, 12, 25, 7, 1000, 4096]))
+        q = Q(rng.randint(-(10**6), 10**6), rng.choice([1, 2, 3, 5, 8, 10, 12, 25, 7, 1000, 4096]))
         s = bp.fmt(q)
         assert Q(s) == q
         if "." in s:
@@ -174,10 +208,17 @@ def _prime_factors(n):
     return out
 
 
-@pytest.mark.parametrize("text, value", [
-    ("2", Q(2)), ("-0.5", Q(-1, 2)), ("1/3", Q(1, 3)), (" -2/6 ", Q(-1, 3)), ("1e-3", Q(1, 1000)),
-    ("0.1", Q(1, 10)),
-])
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        ("2", Q(2)),
+        ("-0.5", Q(-1, 2)),
+        ("1/3", Q(1, 3)),
+        (" -2/6 ", Q(-1, 3)),
+        ("1e-3", Q(1, 1000)),
+        ("0.1", Q(1, 10)),
+    ],
+)
 def test_parse_number(text, value):
     assert bp.parse_number(text) == value
 
@@ -242,14 +283,12 @@ def test_relu_off_printout(capsys):
 
 
 def test_fraction_printout(capsys):
-    assert bp.main(["--x", "1/3", "--y", "-0.5", "--weights", "3/2,2/3,5/7,-1/2,0.25",
-                    "--lr", "1/3"]) == 0
+    assert bp.main(["--x", "1/3", "--y", "-0.5", "--weights", "3/2,2/3,5/7,-1/2,0.25", "--lr", "1/3"]) == 0
     out = squash(capsys.readouterr().out)
     want = reference(*SETTINGS["fractions"])
     assert "a = relu(w1 * x) = relu(1.5 * 1/3) = 0.5" in out
     assert "c = relu(w2 * a) = relu(2/3 * 0.5) = 1/3" in out
-    assert f"L = 1/2 * (o - y)^2 = 1/2 * ({bp.fmt(want['forward']['o'])} - (-0.5))^2 = " \
-           f"{bp.fmt(want['loss'])}" in out
+    assert f"L = 1/2 * (o - y)^2 = 1/2 * ({bp.fmt(want['forward']['o'])} - (-0.5))^2 = {bp.fmt(want['loss'])}" in out
     for n, v in want["updated"].items():
         assert re.search(rf"^{n} = {n} - lr \* dL/d{n} = .* = {re.escape(bp.fmt(v))}$", out, re.M)
     for n, v in want["grads"].items():
@@ -262,8 +301,9 @@ def test_shared_w1_gradient_is_sum_of_branches():
     assert r["grads"]["b"] == 0 and r["grads"]["w1"] == r["grads"]["a"] * 1
     nodes, _ = bp.step(2, 3, [2, 1, 2, 4, 1], Q(1, 10))
     # two contributions to w1: 2*84 through a and 2*42 through b
-    contributions = [loc.value * user.grad for user in nodes.values()
-                     for loc in user._backward() if loc.input is nodes["w1"]]
+    contributions = [
+        loc.value * user.grad for user in nodes.values() for loc in user._backward() if loc.input is nodes["w1"]
+    ]
     assert sorted(contributions) == [84, 168]
     assert nodes["w1"].grad == 252
 
@@ -271,6 +311,7 @@ def test_shared_w1_gradient_is_sum_of_branches():
 # ----------------------------------------------------------------------------
 # --steps
 # ----------------------------------------------------------------------------
+
 
 def reference_losses(x, y, w, lr, steps):
     losses = []
@@ -298,8 +339,7 @@ def test_steps_3_fractions(capsys):
     x, y, w, lr = Q(1, 3), 1, [1, 1, 1, 1, 1], Q(1, 4)
     losses, w_final = reference_losses(x, y, w, lr, 3)
     after = reference(x, y, w_final, lr)["loss"]
-    assert bp.main(["--x", "1/3", "--y", "1", "--weights", "1,1,1,1,1", "--lr", "0.25",
-                    "--steps", "3"]) == 0
+    assert bp.main(["--x", "1/3", "--y", "1", "--weights", "1,1,1,1,1", "--lr", "0.25", "--steps", "3"]) == 0
     out = squash(capsys.readouterr().out)
     assert losses[0] > losses[1] > losses[2] > after  # it learns
     for i, (before, nxt) in enumerate(zip(losses, losses[1:] + [after]), 1):
@@ -321,6 +361,7 @@ def test_steps_json(capsys):
 # --json and --dot
 # ----------------------------------------------------------------------------
 
+
 def test_json_defaults(capsys):
     assert bp.main(["--json"]) == 0
     captured = capsys.readouterr()
@@ -332,8 +373,7 @@ def test_json_defaults(capsys):
 
 
 def test_json_fractions(capsys):
-    assert bp.main(["--json", "--x=1/3", "--y=-0.5", "--weights=3/2,2/3,5/7,-1/2,0.25",
-                    "--lr=1/3"]) == 0
+    assert bp.main(["--json", "--x=1/3", "--y=-0.5", "--weights=3/2,2/3,5/7,-1/2,0.25", "--lr=1/3"]) == 0
     data = json.loads(capsys.readouterr().out)
     want = reference(*SETTINGS["fractions"])
     assert data == bp.to_json(want)
@@ -376,9 +416,22 @@ def test_dot_file(tmp_path, capsys):
     for name, g in ISSUE_STRINGS["grads"].items():
         assert f"dL/d{name} = {g}" in nodes[name]
     pairs = {(s, d) for s, d, _ in edges}
-    assert pairs == {("w1", "a"), ("x", "a"), ("w1", "b"), ("x", "b"), ("w2", "c"), ("a", "c"),
-                     ("w3", "e"), ("b", "e"), ("c", "o"), ("w4", "o"), ("e", "o"), ("w5", "o"),
-                     ("o", "L"), ("y", "L")}
+    assert pairs == {
+        ("w1", "a"),
+        ("x", "a"),
+        ("w1", "b"),
+        ("x", "b"),
+        ("w2", "c"),
+        ("a", "c"),
+        ("w3", "e"),
+        ("b", "e"),
+        ("c", "o"),
+        ("w4", "o"),
+        ("e", "o"),
+        ("w5", "o"),
+        ("o", "L"),
+        ("y", "L"),
+    }
     label = {(s, d): lab for s, d, lab in edges}
     # w1's gradient arrives along two edges and sums to 252
     assert label[("w1", "a")].endswith("= 2 * 84 = 168")
@@ -411,6 +464,7 @@ def test_dot_renders_with_graphviz(tmp_path):
 # The kernel replay
 # ----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", sorted(SETTINGS))
 def test_kernels_agree(name):
     chk = bp.check_kernels(*SETTINGS[name])
@@ -429,6 +483,7 @@ def test_kernel_replay_values_defaults():
 
 def _functional():
     import cnnfast.functional as F
+
     return F
 
 
@@ -436,8 +491,9 @@ def test_kernel_disagreement_exits_1(monkeypatch, capsys):
     F = _functional()
     real_relu = F.relu
 
-    def bad_relu(x):                       # 0.1% too large: far beyond float32 rounding
+    def bad_relu(x):  # 0.1% too large: far beyond float32 rounding
         import numpy as np
+
         return (real_relu(x) * np.float32(1.001)).astype(np.float32)
 
     monkeypatch.setattr(F, "relu", bad_relu)
@@ -453,10 +509,11 @@ def test_kernel_disagreement_in_backward_exits_1(monkeypatch, capsys):
     F = _functional()
     real = F.linear_backward
 
-    def bad_linear_backward(x, w, dy):     # weight gradients 1.2e-4 too large (~2000 ulp)
+    def bad_linear_backward(x, w, dy):  # weight gradients 1.2e-4 too large (~2000 ulp)
         import numpy as np
+
         dx, dw, db = real(x, w, dy)
-        return dx, (dw * np.float32(1 + 2 ** -13)).astype(np.float32), db
+        return dx, (dw * np.float32(1 + 2**-13)).astype(np.float32), db
 
     monkeypatch.setattr(F, "linear_backward", bad_linear_backward)
     assert bp.main(["--json"]) == 1
@@ -469,8 +526,9 @@ def test_kernel_disagreement_only_in_step_2(monkeypatch, capsys):
     F = _functional()
     real = F.relu_backward
 
-    def bad_relu_backward(x, dy):          # passes gradient through ReLUs that are off
+    def bad_relu_backward(x, dy):  # passes gradient through ReLUs that are off
         import numpy as np
+
         return np.ascontiguousarray(dy, dtype=np.float32) if (x <= 0).all() else real(x, dy)
 
     monkeypatch.setattr(F, "relu_backward", bad_relu_backward)
@@ -488,7 +546,7 @@ def test_tolerance_follows_cancellation():
     x, y, w, lr = 1000, Q(1000001, 1000), [1, 1, 1, Q(1, 2), Q(1, 2)], Q(1, 10)
     assert bp.run(x, y, w, lr)["grads"]["o"] == Q(-1, 1000)
     k = bp.kernel_replay(x, y, w, lr)["grads"]["o"]
-    assert abs(Q(k) - Q(-1, 1000)) > Q(1, 10 ** 5)      # a naive 1e-5 check would fail
+    assert abs(Q(k) - Q(-1, 1000)) > Q(1, 10**5)  # a naive 1e-5 check would fail
     assert bp.check_kernels(x, y, w, lr).ok
 
 
@@ -497,7 +555,7 @@ def test_out_of_float32_range_is_not_agreement(capsys):
     out = capsys.readouterr().out
     assert "NOT CHECKED" in out and "float32" in out
     assert "dL/dw1 = " in out  # the exact computation is still shown
-    chk = bp.check_kernels(Q(1, 10 ** 25), 1, [Q(1, 10 ** 25), 1, 1, 1, 1], 1)
+    chk = bp.check_kernels(Q(1, 10**25), 1, [Q(1, 10**25), 1, 1, 1, 1], 1)
     assert not chk.ok and "below float32's normal range" in chk.note
 
 
@@ -505,22 +563,26 @@ def test_out_of_float32_range_is_not_agreement(capsys):
 # The command line
 # ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("argv", [
-    ["--weights", "1,2,3,4"],
-    ["--weights", "1,2,3,4,5,6"],
-    ["--weights", "1,2,x,4,5"],
-    ["--weights", ""],
-    ["--x", "two"],
-    ["--y", "1/0"],
-    ["--lr", "fast"],
-    ["--lr", "nan"],
-    ["--steps", "0"],
-    ["--steps", "-3"],
-    ["--steps", "1.5"],
-    ["--steps", "many"],
-    ["--x"],
-    ["--bogus"],
-])
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--weights", "1,2,3,4"],
+        ["--weights", "1,2,3,4,5,6"],
+        ["--weights", "1,2,x,4,5"],
+        ["--weights", ""],
+        ["--x", "two"],
+        ["--y", "1/0"],
+        ["--lr", "fast"],
+        ["--lr", "nan"],
+        ["--steps", "0"],
+        ["--steps", "-3"],
+        ["--steps", "1.5"],
+        ["--steps", "many"],
+        ["--x"],
+        ["--bogus"],
+    ],
+)
 def test_bad_input_exits_2(argv, capsys):
     with pytest.raises(SystemExit) as info:
         bp.main(argv)
@@ -536,8 +598,7 @@ def test_bad_weights_message(capsys):
 
 
 def test_negative_values_after_option(capsys):
-    assert bp.main(["--json", "--x", "-1/3", "--weights", "-1,2,3,4,5", "--lr", "-0.5",
-                    "--y", "-2"]) == 0
+    assert bp.main(["--json", "--x", "-1/3", "--weights", "-1,2,3,4,5", "--lr", "-0.5", "--y", "-2"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data == bp.to_json(reference(Q(-1, 3), -2, [-1, 2, 3, 4, 5], Q(-1, 2)))
 
@@ -547,22 +608,37 @@ def test_help(capsys):
         bp.main(["--help"])
     assert info.value.code == 0
     out = capsys.readouterr().out
-    for text in ("a = relu(w1 * x)", "c = relu(w2 * a)", "o = w4 * c + w5 * e",
-                 "L = 1/2 * (o - y)^2", "--weights", "--steps", "--json", "--dot", '"steps"',
-                 "1/3"):
+    for text in (
+        "a = relu(w1 * x)",
+        "c = relu(w2 * a)",
+        "o = w4 * c + w5 * e",
+        "L = 1/2 * (o - y)^2",
+        "--weights",
+        "--steps",
+        "--json",
+        "--dot",
+        '"steps"',
+        "1/3",
+    ):
         assert text in out, text
 
 
 def test_module_runs_as_command(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "cnnfast.backprop"], capture_output=True,
-                          text=True, timeout=120, cwd=tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "cnnfast.backprop"], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
     assert done.returncode == 0, done.stderr
     out = squash(done.stdout)
     assert "dL/dw1 = da/dw1 * dL/da + db/dw1 * dL/db = 2*84 + 2*42 = 252" in out
     assert "w1 = w1 - lr * dL/dw1 = 2 - 0.1 * 252 = -23.2" in out
     assert "all 21 values agree" in out
-    bad = subprocess.run([sys.executable, "-m", "cnnfast.backprop", "--steps", "0"],
-                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    bad = subprocess.run(
+        [sys.executable, "-m", "cnnfast.backprop", "--steps", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert bad.returncode == 2 and "--steps" in bad.stderr
 
 
@@ -570,8 +646,10 @@ def test_a_closed_pipe_ends_the_command_quietly():
     # `python -m cnnfast.backprop --steps 300 | head -1`: no BrokenPipeError traceback
     import subprocess
     import sys
-    proc = subprocess.Popen([sys.executable, "-m", "cnnfast.backprop", "--steps", "300"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cnnfast.backprop", "--steps", "300"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     with proc:
         proc.stdout.readline()
         proc.stdout.close()

@@ -15,8 +15,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from _idx_helpers import (MNIST_FILES, gz, idx_bytes, idx_header, sha256, synthetic_mnist,
-                          write_bytes, write_mnist_dir)
+from _idx_helpers import MNIST_FILES, gz, idx_bytes, idx_header, sha256, synthetic_mnist, write_bytes, write_mnist_dir
 from cnnfast import datasets
 from cnnfast.datasets import ChecksumError, DatasetError, DownloadError, load_mnist, read_idx
 
@@ -46,6 +45,7 @@ def assert_same(result, arrays):
 
 
 # ----------------------------------------------------------------------------- read_idx
+
 
 @pytest.mark.parametrize("compress", [False, True], ids=["plain", "gz"])
 @pytest.mark.parametrize("shape", [(7, 28, 28), (5, 3, 4), (11,), (0,)])
@@ -166,6 +166,7 @@ def test_read_idx_missing_file(tmp_path):
 
 # ----------------------------------------------------------------------------- load_mnist validation
 
+
 @pytest.mark.parametrize("compress", [False, True], ids=["plain", "gz"])
 def test_load_synthetic_verify_false(tmp_path, compress):
     arrays = synthetic_mnist()
@@ -220,8 +221,9 @@ def mutate(arrays, case):
     raise AssertionError(case)
 
 
-@pytest.mark.parametrize("case", ["count-mismatch", "label-10", "dims-27x28",
-                                  "labels-as-images", "images-as-labels", "empty"])
+@pytest.mark.parametrize(
+    "case", ["count-mismatch", "label-10", "dims-27x28", "labels-as-images", "images-as-labels", "empty"]
+)
 def test_structure_errors_name_the_file(tmp_path, case):
     arrays, bad_file = mutate(synthetic_mnist(), case)
     write_mnist_dir(tmp_path / "d", arrays)
@@ -231,6 +233,7 @@ def test_structure_errors_name_the_file(tmp_path, case):
 
 
 # ----------------------------------------------------------------------------- lookup order
+
 
 def test_search_order(tmp_path, monkeypatch):
     sets = {k: synthetic_mnist(n_train=n, seed=n) for k, n in (("root", 3), ("env", 4), ("cache", 5))}
@@ -325,6 +328,7 @@ def test_no_mirrors_configured(tmp_path):
 
 # ----------------------------------------------------------------------------- download
 
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = False
     block_on_close = True  # server_close() joins handler threads
@@ -358,8 +362,7 @@ def server():
     thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02})
     thread.start()
     try:
-        yield SimpleNamespace(url=f"http://127.0.0.1:{srv.server_address[1]}", routes=routes,
-                              log=log)
+        yield SimpleNamespace(url=f"http://127.0.0.1:{srv.server_address[1]}", routes=routes, log=log)
     finally:
         release.set()
         srv.shutdown()
@@ -489,6 +492,7 @@ def test_progress_bar_on_tty(tmp_path, server, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- real data
+
 
 def test_real_mnist():
     if not REAL_DATA:

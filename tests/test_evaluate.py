@@ -1,5 +1,6 @@
 """python -m cnnfast.evaluate: exact numbers with a stand-in model whose mistakes are known,
 the report and --json, errors and exit codes, and a real run that agrees with cnnfast.train."""
+
 import json
 import os
 import sys
@@ -12,8 +13,8 @@ import cnnfast._cli
 import cnnfast.datasets
 import cnnfast.evaluate as ev
 import cnnfast.train
-from cnnfast.datasets import DatasetError
 from _trained_model import real_mnist, trained_model_path
+from cnnfast.datasets import DatasetError
 from conftest import mnist_dir
 
 
@@ -23,7 +24,7 @@ def synthetic(n: int, first_id: int):
     labels = np.arange(n) % 10
     images = np.zeros((n, 28, 28), np.uint8)
     for i, label in enumerate(labels):
-        images[i, 6:22, 4 + 2 * label:8 + 2 * label] = 255
+        images[i, 6:22, 4 + 2 * label : 8 + 2 * label] = 255
         ident = first_id + i
         images[i, 0, :3] = label, ident % 256, ident // 256
     return images, labels.astype(np.uint8)
@@ -59,6 +60,7 @@ MODEL = StandIn({3: 8}, overrides={43: 3, 7: 1}, confidence={3: 0.6, 13: 0.95, 2
 
 # ---------------------------------------------------------------------------- the pure functions
 
+
 def test_confusion_matrix_counts_true_rows_predicted_columns():
     cm = ev.confusion_matrix([0, 0, 1, 2, 2, 2], [0, 1, 1, 2, 0, 0])
     assert cm.shape == (10, 10) and cm.sum() == 6
@@ -82,13 +84,19 @@ def test_summary_of_the_stand_in():
     three, eight = s["per_class"][3], s["per_class"][8]
     assert three["recall"] == 0.2 and three["precision"] == 1.0
     assert eight["precision"] == 5 / 9 and eight["recall"] == 1.0 and eight["predicted"] == 9
-    expected_loss = -(45 * np.log(0.9) + np.log(0.4 / 9) + 2 * np.log(0.05 / 9) + np.log(0.3 / 9)
-                      + np.log(0.01 / 9)) / 50  # 45 right at 0.9, then the 4 threes and the seven
+    expected_loss = (
+        -(45 * np.log(0.9) + np.log(0.4 / 9) + 2 * np.log(0.05 / 9) + np.log(0.3 / 9) + np.log(0.01 / 9)) / 50
+    )  # 45 right at 0.9, then the 4 threes and the seven
     assert s["loss"] == pytest.approx(expected_loss, rel=1e-12)
     # most confident first; equal confidence (13 and 33 at 0.95): lower index first
     assert [m["index"] for m in s["mistakes"]] == [7, 13, 33, 23, 3]
-    assert s["mistakes"][0] == {"index": 7, "true": 7, "predicted": 1, "probability": 0.99,
-                                "true_probability": pytest.approx(0.01 / 9)}
+    assert s["mistakes"][0] == {
+        "index": 7,
+        "true": 7,
+        "predicted": 1,
+        "probability": 0.99,
+        "true_probability": pytest.approx(0.01 / 9),
+    }
     assert [m["index"] for m in ev.summarize(labels, MODEL.predict_proba(X_TEST), mistakes=2)["mistakes"]] == [7, 13]
 
 
@@ -129,6 +137,7 @@ def test_mistake_pictures_fit_the_width_and_name_each_mistake():
 def test_mistake_pictures_in_ascii_where_blocks_cannot_be_printed():
     class Ascii:
         encoding = "ascii"
+
     lines = ev.render_mistakes(X_TEST, ev.summarize(Y_TEST, MODEL.predict_proba(X_TEST))["mistakes"], 120, Ascii())
     "\n".join(lines).encode("ascii")  # raises if anything is not ASCII
     assert lines[0].startswith("+----")
@@ -136,14 +145,17 @@ def test_mistake_pictures_in_ascii_where_blocks_cannot_be_printed():
 
 # ---------------------------------------------------------------------------- the command
 
+
 @pytest.fixture
 def fake(monkeypatch, tmp_path):
     """Synthetic MNIST and a model file that loads as the stand-in `fake.model`."""
+
     class Fake:
         model = MODEL
         path = tmp_path / "model.npz"
         loads = []
         data_loads = []
+
     Fake.path.write_bytes(b"stand-in")
 
     def data(data_dir, no_verify):  # cnnfast._cli.load_mnist
@@ -153,6 +165,7 @@ def fake(monkeypatch, tmp_path):
     def load(path):
         Fake.loads.append(path)
         return Fake.model
+
     monkeypatch.setattr(ev, "load_mnist", data)
     monkeypatch.setattr(ev, "load_model", load)
     return Fake
@@ -207,15 +220,18 @@ def test_no_mistakes_and_none_asked(fake, capsys):
     assert status == 0 and "most confident" not in out and "\u250c" not in out
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--mistakes", "-1"], "--mistakes must be between 0 and"),
-    (["--width", "10"], "--width must be at least 40"),
-    (["--split", "validation"], "invalid choice: 'validation'"),
-    (["--plot", "out.txt"], "give a .png, .pdf or .svg"),
-    (["--plot", "/nonexistent-dir/out.png"], "no such directory"),
-    (["--model", "/"], "is a directory"),
-    (["--bogus"], "unrecognized arguments"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--mistakes", "-1"], "--mistakes must be between 0 and"),
+        (["--width", "10"], "--width must be at least 40"),
+        (["--split", "validation"], "invalid choice: 'validation'"),
+        (["--plot", "out.txt"], "give a .png, .pdf or .svg"),
+        (["--plot", "/nonexistent-dir/out.png"], "no such directory"),
+        (["--model", "/"], "is a directory"),
+        (["--bogus"], "unrecognized arguments"),
+    ],
+)
 def test_bad_arguments_exit_2(fake, capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:
         ev.main(argv)
@@ -250,12 +266,15 @@ def test_model_that_does_not_fit_mnist(fake, capsys, tmp_path):
     class Seven:
         def predict_proba(self, images):
             return np.full((len(images), 7), 1 / 7)
+
     fake.model = Seven()
     status, out, err = run(capsys, "--model", fake.path)
     assert status == 1 and out == "" and "does not fit 28x28 MNIST digits" in err
     # a real model whose first layer wants 3 channels
     path = tmp_path / "rgb.npz"
-    cnnfast.nn.Sequential(cnnfast.nn.Conv2d(3, 2, 3), cnnfast.nn.Flatten(), cnnfast.nn.Linear(2 * 26 * 26, 10)).save(path)
+    cnnfast.nn.Sequential(cnnfast.nn.Conv2d(3, 2, 3), cnnfast.nn.Flatten(), cnnfast.nn.Linear(2 * 26 * 26, 10)).save(
+        path
+    )
     fake.model = cnnfast.load_model(path)
     status, out, err = run(capsys, "--model", fake.path)
     assert status == 1 and "does not fit" in err
@@ -263,8 +282,11 @@ def test_model_that_does_not_fit_mnist(fake, capsys, tmp_path):
 
 def test_missing_data_is_reported_in_the_commands_words(fake, monkeypatch, capsys):
     def fail(root=None, download=True, verify=True):
-        raise DatasetError("MNIST data not found.\nProvide them by passing root=DIR",
-                           "MNIST data not found.\nProvide them with --data-dir DIR")
+        raise DatasetError(
+            "MNIST data not found.\nProvide them by passing root=DIR",
+            "MNIST data not found.\nProvide them with --data-dir DIR",
+        )
+
     monkeypatch.setattr(ev, "load_mnist", cnnfast._cli.load_mnist)
     monkeypatch.setattr(cnnfast.datasets, "load_mnist", fail)
     status, out, err = run(capsys, "--model", fake.path, "--json", "--data-dir", "nowhere")
@@ -288,6 +310,7 @@ def test_plot(fake, capsys, tmp_path):
 
 
 # ---------------------------------------------------------------------------- real MNIST
+
 
 @pytest.fixture(scope="session")
 def model_path(tmp_path_factory):

@@ -1,6 +1,7 @@
 """cnnfast.export_onnx and python -m cnnfast.export: the graph is the standard one, onnxruntime
 computes the same logits as cnnfast (random weights and a trained model on 1,000 MNIST test
 images), the batch dimension is dynamic, and errors are clear."""
+
 import json
 import sys
 
@@ -9,9 +10,9 @@ import pytest
 
 import cnnfast
 import cnnfast.export as ex
+from _trained_model import real_mnist, trained_model_path
 from cnnfast import nn
 from cnnfast.nn import as_model_input, mnist_cnn
-from _trained_model import real_mnist, trained_model_path
 
 OPS = ["Conv", "Relu", "MaxPool", "Conv", "Relu", "MaxPool", "Flatten", "Gemm"]
 
@@ -45,8 +46,10 @@ def test_the_graph_is_the_standard_one(onnx, tmp_path):
     weights = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
     assert sorted(weights) == ["0.bias", "0.weight", "3.bias", "3.weight", "8.bias", "8.weight"]
     assert (weights["8.weight"] == model.layers[8].weight.data).all() and weights["8.weight"].shape == (10, 1600)
-    attributes = {node.op_type + str(i): {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-                  for i, node in enumerate(graph.node)}
+    attributes = {
+        node.op_type + str(i): {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        for i, node in enumerate(graph.node)
+    }
     assert attributes["MaxPool2"]["kernel_shape"] == [2, 2] and attributes["MaxPool2"]["strides"] == [2, 2]
     assert attributes["Gemm7"]["transB"] == 1 and attributes["Flatten6"]["axis"] == 1
     assert json.loads({p.key: p.value for p in proto.metadata_props}["cnnfast_architecture"]) == model.architecture()
@@ -65,13 +68,23 @@ def test_onnxruntime_computes_the_same_logits(ort, tmp_path, batch):
 def test_other_layer_settings(ort, tmp_path):
     """Padding, odd pooling (floor: 28 -> 9), ReLU after the last layer, two Linear layers."""
     r = np.random.default_rng(5)
-    model = nn.Sequential(nn.Conv2d(1, 4, 5, padding=2, rng=r), nn.ReLU(), nn.MaxPool2d(3),
-                          nn.Conv2d(4, 6, 2, padding=1, rng=r), nn.MaxPool2d(4), nn.Flatten(), nn.Dropout(0.3, rng=r),
-                          nn.Linear(6 * 2 * 2, 12, rng=r), nn.ReLU(), nn.Linear(12, 10, rng=r))
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 5, padding=2, rng=r),
+        nn.ReLU(),
+        nn.MaxPool2d(3),
+        nn.Conv2d(4, 6, 2, padding=1, rng=r),
+        nn.MaxPool2d(4),
+        nn.Flatten(),
+        nn.Dropout(0.3, rng=r),
+        nn.Linear(6 * 2 * 2, 12, rng=r),
+        nn.ReLU(),
+        nn.Linear(12, 10, rng=r),
+    )
     path = ex.export_onnx(model, tmp_path / "m.onnx")
     x = r.random((5, 1, 28, 28), dtype=np.float32)
     assert np.abs(ex.run_onnx(path, x) - ex.model_logits(model, x)).max() < 1e-4
     import onnx
+
     assert dims(onnx.load(path).graph.output[0]) == ["batch", 10]
 
 
@@ -82,12 +95,15 @@ def test_export_accepts_a_model_file(onnx, tmp_path):
     assert (weights["0.weight"] == mnist_cnn(4).layers[0].weight.data).all()
 
 
-@pytest.mark.parametrize("layers,message", [
-    (lambda: [nn.Conv2d(1, 4, 3), nn.Conv2d(3, 4, 3)], "needs 3 channels"),
-    (lambda: [nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(100, 10)], "needs [batch, 100]"),
-    (lambda: [nn.Conv2d(1, 4, 30)], "kernel is larger"),
-    (lambda: [nn.MaxPool2d(29)], "at least 29 pixels"),
-])
+@pytest.mark.parametrize(
+    "layers,message",
+    [
+        (lambda: [nn.Conv2d(1, 4, 3), nn.Conv2d(3, 4, 3)], "needs 3 channels"),
+        (lambda: [nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(100, 10)], "needs [batch, 100]"),
+        (lambda: [nn.Conv2d(1, 4, 30)], "kernel is larger"),
+        (lambda: [nn.MaxPool2d(29)], "at least 29 pixels"),
+    ],
+)
 def test_models_that_do_not_fit_are_an_export_error(onnx, tmp_path, layers, message):
     with pytest.raises(ex.ExportError, match=message.replace("[", r"\[")):
         ex.export_onnx(nn.Sequential(*layers()), tmp_path / "m.onnx")
@@ -113,6 +129,7 @@ def test_check_without_onnxruntime(onnx, monkeypatch, tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------- the command
+
 
 def run(capsys, *argv):
     status = ex.main([str(a) for a in argv])
@@ -142,14 +159,17 @@ def test_check_reports_a_difference(ort, tmp_path, capsys, monkeypatch):
     assert status == 1 and "ABOVE 0.0001" in out
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--model", "m.npz"], "the following arguments are required: --onnx"),
-    (["--onnx", "/"], "is a directory"),
-    (["--onnx", "/nonexistent-dir/m.onnx"], "no such directory"),
-    (["--model", "/", "--onnx", "m.onnx"], "is a directory"),
-    (["--onnx", "x.txt"], "--onnx x.txt: give a file name ending in .onnx (e.g. x.onnx)"),
-    (["--onnx", "model"], "give a file name ending in .onnx (e.g. model.onnx)"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--model", "m.npz"], "the following arguments are required: --onnx"),
+        (["--onnx", "/"], "is a directory"),
+        (["--onnx", "/nonexistent-dir/m.onnx"], "no such directory"),
+        (["--model", "/", "--onnx", "m.onnx"], "is a directory"),
+        (["--onnx", "x.txt"], "--onnx x.txt: give a file name ending in .onnx (e.g. x.onnx)"),
+        (["--onnx", "model"], "give a file name ending in .onnx (e.g. model.onnx)"),
+    ],
+)
 def test_bad_arguments_exit_2(capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:
         ex.main(argv)
@@ -169,12 +189,20 @@ def test_help_explains_itself(capsys):
         ex.main(["--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert exit_info.value.code == 0
-    for words in ("--model", "--onnx", "--check", "--json", "Conv, Relu, MaxPool, Flatten, Gemm",
-                  "[batch, 1, 28, 28]", "pip install cnnfast[onnx]"):
+    for words in (
+        "--model",
+        "--onnx",
+        "--check",
+        "--json",
+        "Conv, Relu, MaxPool, Flatten, Gemm",
+        "[batch, 1, 28, 28]",
+        "pip install cnnfast[onnx]",
+    ):
         assert words in out
 
 
 # ---------------------------------------------------------------------------- a trained model
+
 
 @pytest.fixture(scope="session")
 def model_path(tmp_path_factory):

@@ -4,6 +4,7 @@
 The modes are checked in subprocesses started with a known umask, so the test process's own
 umask plays no part.
 """
+
 import json
 import os
 import stat
@@ -13,9 +14,8 @@ import textwrap
 
 import pytest
 
-from cnnfast import _files
-
 from _idx_helpers import synthetic_mnist, write_mnist_dir
+from cnnfast import _files
 
 WRITE_EVERY_KIND = textwrap.dedent("""
     import json, os, sys
@@ -42,8 +42,13 @@ WRITE_EVERY_KIND = textwrap.dedent("""
 
 @pytest.mark.parametrize("umask,expected", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
 def test_saved_files_get_the_mode_the_umask_gives(tmp_path, umask, expected):
-    result = subprocess.run([sys.executable, "-c", WRITE_EVERY_KIND, str(tmp_path)], capture_output=True, text=True,
-                            preexec_fn=lambda: os.umask(umask), timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", WRITE_EVERY_KIND, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        preexec_fn=lambda: os.umask(umask),
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     modes = json.loads(result.stdout)
     assert {"model.npz", "model.csv", "model.ckpt.npz"} <= set(modes)
@@ -54,9 +59,26 @@ def test_train_saves_model_and_metrics_readable_by_others(tmp_path):
     """The command end to end, umask 022: the model and the CSV are 0644, as cp or numpy would make them."""
     data = tmp_path / "data"
     write_mnist_dir(data, synthetic_mnist(n_train=64, n_test=16, seed=2))
-    result = subprocess.run([sys.executable, "-m", "cnnfast.train", "--data-dir", str(data), "--no-verify",
-                             "--epochs", "1", "--batch-size", "32", "--out", str(tmp_path / "m.npz")],
-                            capture_output=True, text=True, preexec_fn=lambda: os.umask(0o022), timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cnnfast.train",
+            "--data-dir",
+            str(data),
+            "--no-verify",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "32",
+            "--out",
+            str(tmp_path / "m.npz"),
+        ],
+        capture_output=True,
+        text=True,
+        preexec_fn=lambda: os.umask(0o022),
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     for name in ("m.npz", "m.csv"):
         assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o644, name

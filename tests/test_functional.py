@@ -1,14 +1,14 @@
 """Every kernel against the float64 NumPy reference (reference.py) and against central finite
 differences, once per instruction set the CPU supports (the `isa` fixture)."""
+
 import numpy as np
 import pytest
 
 import cnnfast
 import cnnfast.functional as F
+import reference as ref
 from cnnfast import _core
 from conftest import SUPPORTED_ISAS
-
-import reference as ref
 
 rng = np.random.default_rng(1234)
 
@@ -46,6 +46,7 @@ def sample(a, count=12):
 
 # ------------------------------------------------------------------ GEMM (under conv and linear)
 
+
 @pytest.mark.parametrize("M,N,K", [(1, 1, 1), (5, 7, 3), (8, 32, 1), (64, 121, 288), (97, 1030, 260)])
 @pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, False), (False, True), (True, True)])
 def test_matmul_matches_numpy_and_naive_loop(isa, M, N, K, trans_a, trans_b):
@@ -61,16 +62,16 @@ def test_matmul_matches_numpy_and_naive_loop(isa, M, N, K, trans_a, trans_b):
 CONV_SHAPES = [  # N, C, H, W, K, R, S, padding
     (2, 1, 5, 5, 3, 3, 3, 0),
     (3, 2, 7, 6, 4, 3, 2, 1),
-    (1, 3, 4, 4, 5, 4, 4, 0),     # kernel as large as the input
-    (2, 4, 9, 11, 7, 1, 1, 0),    # 1x1
+    (1, 3, 4, 4, 5, 4, 4, 0),  # kernel as large as the input
+    (2, 4, 9, 11, 7, 1, 1, 0),  # 1x1
     (2, 5, 6, 5, 3, 5, 3, 2),
     (4, 32, 13, 13, 64, 3, 3, 0),  # the default model's second layer
-    (3, 4, 9, 7, 32, 3, 3, 1),     # padding, dW's A read in place (S*C a multiple of 12, K of 32)
-    (5, 1, 28, 28, 32, 3, 3, 0),   # the default model's first layer
-    (2, 16, 8, 10, 24, 3, 3, 1),   # Winograd F(2x2, 3x3): 16+ channels, even output, 40 tiles
+    (3, 4, 9, 7, 32, 3, 3, 1),  # padding, dW's A read in place (S*C a multiple of 12, K of 32)
+    (5, 1, 28, 28, 32, 3, 3, 0),  # the default model's first layer
+    (2, 16, 8, 10, 24, 3, 3, 1),  # Winograd F(2x2, 3x3): 16+ channels, even output, 40 tiles
     (1, 20, 14, 12, 17, 3, 3, 2),  # Winograd, padding 2 (dx: dy padded by 0), K not a tile multiple
-    (8, 33, 6, 6, 16, 3, 3, 0),    # Winograd on 4 x 4 outputs, 32 tiles over 8 images
-    (2, 64, 8, 8, 70, 3, 3, 1),    # Winograd's dw too (64+ channels in and out)
+    (8, 33, 6, 6, 16, 3, 3, 0),  # Winograd on 4 x 4 outputs, 32 tiles over 8 images
+    (2, 64, 8, 8, 70, 3, 3, 1),  # Winograd's dw too (64+ channels in and out)
 ]
 
 
@@ -95,8 +96,9 @@ def test_conv2d_backward_matches_reference(isa, shape):
     assert_close(db, rdb)
 
 
-@pytest.mark.parametrize("shape", [(2, 2, 5, 4, 3, 3, 2, 1), (1, 3, 6, 6, 2, 3, 3, 0),
-                                   (4, 16, 6, 6, 16, 3, 3, 1)])  # (the last: Winograd)
+@pytest.mark.parametrize(
+    "shape", [(2, 2, 5, 4, 3, 3, 2, 1), (1, 3, 6, 6, 2, 3, 3, 0), (4, 16, 6, 6, 16, 3, 3, 1)]
+)  # (the last: Winograd)
 def test_conv2d_backward_finite_differences(isa, shape):
     N, C, H, W, K, R, S, p = shape
     x, w, b = rand(N, C, H, W), rand(K, C, R, S), rand(K)
@@ -125,12 +127,14 @@ def test_conv2d_zero_size_batch_and_channels():
     b = rand(4)
     y = F.conv2d(np.zeros((2, 0, 5, 5), np.float32), np.zeros((4, 0, 3, 3), np.float32), b)
     assert_close(y, np.broadcast_to(b[None, :, None, None], (2, 4, 3, 3)))
-    dx, dw, db = F.conv2d_backward(np.zeros((0, 3, 5, 5), np.float32), rand(4, 3, 3, 3),
-                                   np.zeros((0, 4, 3, 3), np.float32))
+    dx, dw, db = F.conv2d_backward(
+        np.zeros((0, 3, 5, 5), np.float32), rand(4, 3, 3, 3), np.zeros((0, 4, 3, 3), np.float32)
+    )
     assert dx.shape == (0, 3, 5, 5) and not dw.any() and not db.any()
 
 
 # ------------------------------------------------------------------ relu
+
 
 def test_relu_forward_backward():
     x = rand(3, 4, 5)
@@ -145,16 +149,26 @@ def test_relu_finite_differences():
     x = rand(40)
     x[np.abs(x) < 0.05] = 0.5  # keep away from the kink
     probe = rand(40)
-    numeric = numeric_grad(lambda x: float((F.relu(x).astype(np.float64) * probe).sum()),
-                           [x], 0, np.arange(40), eps=1e-3)
+    numeric = numeric_grad(
+        lambda x: float((F.relu(x).astype(np.float64) * probe).sum()), [x], 0, np.arange(40), eps=1e-3
+    )
     np.testing.assert_allclose(F.relu_backward(x, probe), numeric, rtol=1e-2, atol=1e-3)
 
 
 # ------------------------------------------------------------------ max_pool2d
 
-@pytest.mark.parametrize("shape,k", [((2, 3, 4, 4), 2), ((1, 2, 7, 5), 2), ((2, 1, 9, 9), 3),
-                                     ((3, 2, 26, 26), 2), ((1, 1, 3, 3), 1),
-                                     ((1, 2, 5, 71), 2)])   # 35 windows a row: 16 + 16 + a tail of 3
+
+@pytest.mark.parametrize(
+    "shape,k",
+    [
+        ((2, 3, 4, 4), 2),
+        ((1, 2, 7, 5), 2),
+        ((2, 1, 9, 9), 3),
+        ((3, 2, 26, 26), 2),
+        ((1, 1, 3, 3), 1),
+        ((1, 2, 5, 71), 2),
+    ],
+)  # 35 windows a row: 16 + 16 + a tail of 3
 def test_max_pool2d_matches_reference(isa, shape, k):
     x = rand(*shape)
     y, argmax = F.max_pool2d(x, k)
@@ -163,8 +177,9 @@ def test_max_pool2d_matches_reference(isa, shape, k):
     assert_close(y, ry, rtol=0, atol=0)
     np.testing.assert_array_equal(argmax, rargmax)
     dy = rand(*y.shape)
-    assert_close(F.max_pool2d_backward(dy, argmax, x.shape), ref.max_pool2d_backward(dy, rargmax, x.shape),
-                 rtol=0, atol=0)
+    assert_close(
+        F.max_pool2d_backward(dy, argmax, x.shape), ref.max_pool2d_backward(dy, rargmax, x.shape), rtol=0, atol=0
+    )
 
 
 def test_max_pool2d_finite_differences():
@@ -172,10 +187,10 @@ def test_max_pool2d_finite_differences():
     x = (rng.permutation(2 * 2 * 6 * 6) * 0.1).reshape(2, 2, 6, 6).astype(np.float32)
     y, argmax = F.max_pool2d(x, 2)
     probe = rand(*y.shape)
-    numeric = numeric_grad(lambda x: float((F.max_pool2d(x, 2)[0].astype(np.float64) * probe).sum()),
-                           [x], 0, np.arange(x.size), eps=1e-3)
-    np.testing.assert_allclose(F.max_pool2d_backward(probe, argmax, x.shape).ravel(), numeric,
-                               rtol=1e-2, atol=1e-3)
+    numeric = numeric_grad(
+        lambda x: float((F.max_pool2d(x, 2)[0].astype(np.float64) * probe).sum()), [x], 0, np.arange(x.size), eps=1e-3
+    )
+    np.testing.assert_allclose(F.max_pool2d_backward(probe, argmax, x.shape).ravel(), numeric, rtol=1e-2, atol=1e-3)
 
 
 @pytest.mark.parametrize("width", [13, 41])  # 6 or 20 windows a row: vector steps and tails
@@ -189,12 +204,11 @@ def test_max_pool2d_nan_wins_its_window_on_every_path(isa, width):
     assert np.isnan(y).any()
 
 
-@pytest.mark.parametrize("shape,k", [((2, 3, 8, 13), 2), ((2, 2, 9, 9), 3), ((4, 32, 26, 26), 2),
-                                     ((1, 2, 4, 45), 2)])
+@pytest.mark.parametrize("shape,k", [((2, 3, 8, 13), 2), ((2, 2, 9, 9), 3), ((4, 32, 26, 26), 2), ((1, 2, 4, 45), 2)])
 def test_max_pool2d_fused_relu_equals_relu_then_pool(isa, shape, k):
     x = rand(*shape)
-    x[0, 0] = -np.abs(x[0, 0])          # a plane where every window is off
-    x[-1, -1, :2, :2] = np.nan           # and a NaN window
+    x[0, 0] = -np.abs(x[0, 0])  # a plane where every window is off
+    x[-1, -1, :2, :2] = np.nan  # and a NaN window
     dy = None
     y_fused, argmax_fused = F.max_pool2d(x, k, relu=True)
     relu_x = F.relu(x)
@@ -218,6 +232,7 @@ def test_max_pool2d_ties_pick_first_and_nan_propagates():
 
 # ------------------------------------------------------------------ linear
 
+
 @pytest.mark.parametrize("N,I,O", [(1, 1, 1), (3, 5, 2), (128, 1600, 10), (6, 37, 16), (7, 33, 65), (300, 40, 20)])
 def test_linear_matches_reference(isa, N, I, O):
     x, w, b, dy = rand(N, I), rand(O, I, scale=0.1), rand(O), rand(N, O)
@@ -231,8 +246,13 @@ def test_linear_finite_differences(isa):
     probe = rand(4, 3)
     grads = F.linear_backward(x, w, probe)
     for i, grad in enumerate(grads):
-        numeric = numeric_grad(lambda x, w, b: float((F.linear(x, w, b).astype(np.float64) * probe).sum()),
-                               [x, w, b], i, np.arange(grad.size), eps=1e-2)
+        numeric = numeric_grad(
+            lambda x, w, b: float((F.linear(x, w, b).astype(np.float64) * probe).sum()),
+            [x, w, b],
+            i,
+            np.arange(grad.size),
+            eps=1e-2,
+        )
         np.testing.assert_allclose(grad.ravel(), numeric, rtol=1e-2, atol=1e-2)
 
 
@@ -244,6 +264,7 @@ def test_linear_empty_batch():
 
 
 # ------------------------------------------------------------------ softmax cross-entropy
+
 
 @pytest.mark.parametrize("label_dtype", [np.int32, np.int64])
 def test_softmax_cross_entropy_matches_reference(label_dtype):
@@ -259,8 +280,9 @@ def test_softmax_cross_entropy_finite_differences():
     logits = rand(4, 5)
     labels = np.array([0, 4, 2, 2])
     _, dlogits = F.softmax_cross_entropy(logits, labels)
-    numeric = numeric_grad(lambda z: F.softmax_cross_entropy(z, labels)[0], [logits], 0,
-                           np.arange(logits.size), eps=1e-2)
+    numeric = numeric_grad(
+        lambda z: F.softmax_cross_entropy(z, labels)[0], [logits], 0, np.arange(logits.size), eps=1e-2
+    )
     np.testing.assert_allclose(dlogits.ravel(), numeric, rtol=1e-2, atol=1e-4)
 
 
@@ -274,6 +296,7 @@ def test_softmax_cross_entropy_is_stable_for_large_logits():
 
 
 # ------------------------------------------------------------------ dropout
+
 
 def test_dropout_mask_rate_scale_and_reproducibility():
     x = rand(100, 100)
@@ -294,12 +317,18 @@ def test_dropout_mask_rate_scale_and_reproducibility():
 def test_dropout_finite_differences():
     x, probe = rand(30), rand(30)
     _, mask = F.dropout(x, 0.3, seed=3)
-    numeric = numeric_grad(lambda x: float((F.dropout(x, 0.3, seed=3)[0].astype(np.float64) * probe).sum()),
-                           [x], 0, np.arange(30), eps=1e-2)
+    numeric = numeric_grad(
+        lambda x: float((F.dropout(x, 0.3, seed=3)[0].astype(np.float64) * probe).sum()),
+        [x],
+        0,
+        np.arange(30),
+        eps=1e-2,
+    )
     np.testing.assert_allclose(F.dropout_backward(probe, mask, 0.3), numeric, rtol=1e-2, atol=1e-3)
 
 
 # ------------------------------------------------------------------ optimizers
+
 
 @pytest.mark.parametrize("momentum,weight_decay", [(0.0, 0.0), (0.9, 0.0), (0.9, 1e-2)])
 def test_sgd_step_matches_update_rule(momentum, weight_decay):
@@ -320,14 +349,14 @@ def test_adam_step_matches_update_rule(weight_decay):
     for step in range(1, 8):
         grad = rand(7, 9)
         F.adam_step(param, grad, m, v, step, lr=1e-2, weight_decay=weight_decay)
-        p64, m64, v64 = ref.adam_step(p64, grad.astype(np.float64), m64, v64, step, lr=1e-2,
-                                      weight_decay=weight_decay)
+        p64, m64, v64 = ref.adam_step(p64, grad.astype(np.float64), m64, v64, step, lr=1e-2, weight_decay=weight_decay)
     assert_close(param, p64, rtol=1e-5, atol=1e-6)
     assert_close(m, m64, rtol=1e-5, atol=1e-6)
     assert_close(v, v64, rtol=1e-5, atol=1e-7)
 
 
 # ------------------------------------------------------------------ threads and ISAs
+
 
 def test_results_identical_with_one_and_two_threads(isa, threads):
     x, w, b = rand(16, 8, 12, 12), rand(16, 8, 3, 3), rand(16)
@@ -371,36 +400,41 @@ def test_every_kernel_follows_the_forced_isa(isa):
     assert info["isa"] == isa
     kernels = info["kernels"]
     assert kernels["gemm"].startswith(isa + " ") and tuple(info["gemm_tile"]) == tuple(
-        int(v) for v in kernels["gemm"].split()[1].split("x"))
+        int(v) for v in kernels["gemm"].split()[1].split("x")
+    )
     assert kernels["conv2d_direct"] == isa and kernels["dropout"] == isa
     assert kernels["linear"].startswith(isa + " ")
     assert kernels["conv2d"] == ["conv3x3_pool2", "winograd", "panels", "direct", "reference"]
     assert kernels["max_pool2d"].startswith("avx512") == (isa == "avx512")
 
 
-@pytest.mark.parametrize("x_shape, w_shape, padding, pool, backward, input_grad, paths", [
-    # conv1 of the default model, fused with ReLU and pool: in registers (no dx), else direct
-    ((128, 1, 28, 28), (32, 1, 3, 3), 0, 2, False, False, {None: "conv3x3_pool2"}),
-    ((128, 1, 28, 28), (32, 1, 3, 3), 0, 2, True, False, {None: "conv3x3_pool2"}),
-    ((128, 1, 28, 28), (32, 1, 3, 3), 0, 2, True, True, {}),
-    ((128, 1, 28, 28), (32, 1, 3, 3), 0, 0, False, False, {}),
-    # conv2: 288 taps, the panels
-    ((128, 32, 13, 13), (64, 32, 3, 3), 0, 2, True, True, {}),
-    ((4, 3, 32, 32), (16, 3, 5, 5), 2, 0, False, False, {}),  # 75 taps: a CIFAR/LeNet-like layer
-    ((4, 3, 32, 32), (16, 3, 3, 3), 1, 0, True, True, {}),    # 27 taps: direct
-    # 3x3, 16+ channels in and out, even output, 32+ tiles of 2x2 outputs: Winograd, pooled or not
-    ((8, 32, 16, 16), (64, 32, 3, 3), 1, 2, True, True, {None: "winograd"}),
-    ((8, 32, 16, 16), (64, 32, 3, 3), 1, 0, False, False, {None: "winograd"}),
-    ((2, 96, 12, 12), (96, 96, 3, 3), 1, 0, True, False, {None: "winograd"}),
-    ((1, 128, 4, 4), (256, 128, 3, 3), 1, 0, False, False, {}),  # 4 tiles: the panels
-    ((8, 32, 13, 13), (64, 32, 3, 3), 0, 0, False, False, {}),   # odd output (11 x 11): the panels
-    ((8, 8, 16, 16), (64, 8, 3, 3), 1, 0, False, False, {}),     # 8 input channels: the panels
-    ((8, 32, 16, 16), (64, 32, 3, 3), 3, 0, False, False, {}),   # padding 3: the panels
-    ((0, 3, 8, 8), (4, 3, 3, 3), 0, 0, False, False, {None: "reference"}),  # no images
-    ((2, 0, 8, 8), (4, 0, 3, 3), 0, 0, True, True, {None: "reference"}),    # no input channels
-])
-def test_conv2d_takes_the_first_path_of_its_list_that_accepts_the_layer(isa, x_shape, w_shape, padding, pool,
-                                                                        backward, input_grad, paths):
+@pytest.mark.parametrize(
+    "x_shape, w_shape, padding, pool, backward, input_grad, paths",
+    [
+        # conv1 of the default model, fused with ReLU and pool: in registers (no dx), else direct
+        ((128, 1, 28, 28), (32, 1, 3, 3), 0, 2, False, False, {None: "conv3x3_pool2"}),
+        ((128, 1, 28, 28), (32, 1, 3, 3), 0, 2, True, False, {None: "conv3x3_pool2"}),
+        ((128, 1, 28, 28), (32, 1, 3, 3), 0, 2, True, True, {}),
+        ((128, 1, 28, 28), (32, 1, 3, 3), 0, 0, False, False, {}),
+        # conv2: 288 taps, the panels
+        ((128, 32, 13, 13), (64, 32, 3, 3), 0, 2, True, True, {}),
+        ((4, 3, 32, 32), (16, 3, 5, 5), 2, 0, False, False, {}),  # 75 taps: a CIFAR/LeNet-like layer
+        ((4, 3, 32, 32), (16, 3, 3, 3), 1, 0, True, True, {}),  # 27 taps: direct
+        # 3x3, 16+ channels in and out, even output, 32+ tiles of 2x2 outputs: Winograd, pooled or not
+        ((8, 32, 16, 16), (64, 32, 3, 3), 1, 2, True, True, {None: "winograd"}),
+        ((8, 32, 16, 16), (64, 32, 3, 3), 1, 0, False, False, {None: "winograd"}),
+        ((2, 96, 12, 12), (96, 96, 3, 3), 1, 0, True, False, {None: "winograd"}),
+        ((1, 128, 4, 4), (256, 128, 3, 3), 1, 0, False, False, {}),  # 4 tiles: the panels
+        ((8, 32, 13, 13), (64, 32, 3, 3), 0, 0, False, False, {}),  # odd output (11 x 11): the panels
+        ((8, 8, 16, 16), (64, 8, 3, 3), 1, 0, False, False, {}),  # 8 input channels: the panels
+        ((8, 32, 16, 16), (64, 32, 3, 3), 3, 0, False, False, {}),  # padding 3: the panels
+        ((0, 3, 8, 8), (4, 3, 3, 3), 0, 0, False, False, {None: "reference"}),  # no images
+        ((2, 0, 8, 8), (4, 0, 3, 3), 0, 0, True, True, {None: "reference"}),  # no input channels
+    ],
+)
+def test_conv2d_takes_the_first_path_of_its_list_that_accepts_the_layer(
+    isa, x_shape, w_shape, padding, pool, backward, input_grad, paths
+):
     taps = w_shape[1] * w_shape[2] * w_shape[3]
     default = "direct" if 0 < taps <= 32 else "panels" if taps > 32 else "reference"
     want = paths.get(isa, paths.get(None, default))
@@ -417,8 +451,11 @@ def every_kernel_once(seed=7):
         return (scale * r.standard_normal(shape)).astype(np.float32)
 
     out = []
-    for x_shape, w_shape, p in [((3, 1, 28, 28), (8, 1, 3, 3), 0), ((2, 16, 13, 13), (32, 16, 3, 3), 0),
-                                ((2, 3, 16, 16), (8, 3, 5, 5), 2)]:
+    for x_shape, w_shape, p in [
+        ((3, 1, 28, 28), (8, 1, 3, 3), 0),
+        ((2, 16, 13, 13), (32, 16, 3, 3), 0),
+        ((2, 3, 16, 16), (8, 3, 5, 5), 2),
+    ]:
         x, w, b = f32(*x_shape), f32(*w_shape, scale=0.2), f32(w_shape[0])
         y = F.conv2d(x, w, b, padding=p)
         out += [y, *F.conv2d_backward(x, w, f32(*y.shape), padding=p)]
@@ -467,6 +504,7 @@ def test_set_num_threads_without_openmp_warns_once(monkeypatch):
         cnnfast.set_num_threads(2)
     assert cnnfast.get_num_threads() == 1
     import warnings
+
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         cnnfast.set_num_threads(2)  # (once: no second warning)
@@ -489,13 +527,15 @@ def test_isa_can_be_forced_lower_and_unknown_is_rejected():
 def test_cnnfast_isa_environment_variable(tmp_path):
     import subprocess
     import sys
+
     code = "import cnnfast; print(cnnfast.build_info()['isa'])"
     env = {**__import__("os").environ, "CNNFAST_ISA": "baseline"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "baseline"
     env["CNNFAST_ISA"] = "nonsense"
-    out = subprocess.run([sys.executable, "-W", "always", "-c", code], env=env, capture_output=True,
-                         text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-W", "always", "-c", code], env=env, capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip() == cnnfast.build_info()["isa_supported"][-1]
     assert "CNNFAST_ISA=nonsense ignored" in out.stderr
 
@@ -508,11 +548,11 @@ def test_set_num_threads_rejects_zero():
 # ------------------------------------------------------------------ conv2d + ReLU + max_pool2d
 
 FUSED_SHAPES = [  # N, C, H, W, K, R, S, padding, k
-    (3, 1, 28, 28, 32, 3, 3, 0, 2),   # the default model's first layer: the fused direct path
-    (2, 2, 7, 9, 3, 3, 2, 1, 2),      # padding, odd sizes, a dropped last row/column
-    (2, 4, 9, 9, 5, 3, 3, 0, 3),      # 36 taps: the GEMM path; windows skip the last conv row/column
+    (3, 1, 28, 28, 32, 3, 3, 0, 2),  # the default model's first layer: the fused direct path
+    (2, 2, 7, 9, 3, 3, 2, 1, 2),  # padding, odd sizes, a dropped last row/column
+    (2, 4, 9, 9, 5, 3, 3, 0, 3),  # 36 taps: the GEMM path; windows skip the last conv row/column
     (3, 32, 13, 13, 64, 3, 3, 0, 2),  # the default model's second layer (100 of 121 pixels read)
-    (2, 1, 11, 9, 5, 3, 3, 1, 2),     # one channel, 3x3 (conv1's kernel) with padding, odd sizes
+    (2, 1, 11, 9, 5, 3, 3, 1, 2),  # one channel, 3x3 (conv1's kernel) with padding, odd sizes
     (1, 1, 4, 4, 2, 1, 1, 0, 1),
     (4, 16, 16, 16, 32, 3, 3, 1, 2),  # a CIFAR-style block: Winograd, then the pool
     (2, 16, 10, 10, 20, 3, 3, 1, 3),  # Winograd; windows skip the last conv row/column
@@ -630,7 +670,7 @@ def test_conv2d_relu_max_pool2d_bad_inputs_name_the_argument():
     with pytest.raises(ValueError, match="argmax must have the shape of dy"):
         F.conv2d_relu_max_pool2d_backward(x, w, y, argmax[:1].copy(), 2)
     bad = argmax.copy()
-    bad[0, 0, 0, 0] = 36   # the convolution's plane is 6 x 6
+    bad[0, 0, 0, 0] = 36  # the convolution's plane is 6 x 6
     with pytest.raises(ValueError, match="argmax holds 36, outside the plane of 36 pixels"):
         F.conv2d_relu_max_pool2d_backward(x, w, y, bad, 2)
     with pytest.raises(TypeError, match="argmax must have dtype int32"):
@@ -644,10 +684,13 @@ def test_max_pool2d_backward_routes_hand_made_argmax_anywhere_in_the_plane(isa, 
     N, C, H, W = shape
     Ho, Wo = H // 2, W // 2
     argmax = rng.integers(-1, H * W, size=(N, C, Ho, Wo)).astype(np.int32)
-    argmax[0, 0, 0, :2] = 5                  # a shared index
+    argmax[0, 0, 0, :2] = 5  # a shared index
     dy = rand(N, C, Ho, Wo)
-    assert_close(F.max_pool2d_backward(dy, argmax, shape), ref.max_pool2d_backward(dy, argmax, shape),
-                 rtol=1e-6, atol=1e-6)   # (the shared index is a float32 sum)
-    _, window_argmax = F.max_pool2d(rand(*shape), 2, relu=True)   # and the dense path itself
-    np.testing.assert_array_equal(F.max_pool2d_backward(dy, window_argmax, shape),
-                                  ref.max_pool2d_backward(dy, window_argmax, shape).astype(np.float32))
+    assert_close(
+        F.max_pool2d_backward(dy, argmax, shape), ref.max_pool2d_backward(dy, argmax, shape), rtol=1e-6, atol=1e-6
+    )  # (the shared index is a float32 sum)
+    _, window_argmax = F.max_pool2d(rand(*shape), 2, relu=True)  # and the dense path itself
+    np.testing.assert_array_equal(
+        F.max_pool2d_backward(dy, window_argmax, shape),
+        ref.max_pool2d_backward(dy, window_argmax, shape).astype(np.float32),
+    )

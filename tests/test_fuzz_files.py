@@ -16,6 +16,7 @@
 
 Inputs are drawn from a seeded generator: the same inputs on every run.
 """
+
 import contextlib
 import gzip
 import io
@@ -24,7 +25,6 @@ import math
 import os
 import signal
 import struct
-import tokenize
 import tracemalloc
 import warnings
 import zipfile
@@ -34,11 +34,10 @@ import numpy as np
 import pytest
 
 import cnnfast
+from _idx_helpers import gz, idx_bytes, idx_header, sha256
 from cnnfast import checkpoint as ckpt
 from cnnfast import nn
 from cnnfast.datasets import ChecksumError, DatasetError, read_idx
-
-from _idx_helpers import gz, idx_bytes, idx_header, sha256
 
 IDX_INPUTS = int(os.environ.get("CNNFAST_FUZZ_IDX", "3000"))
 MODEL_INPUTS = int(os.environ.get("CNNFAST_FUZZ_MODELS", "1500"))
@@ -49,6 +48,7 @@ GZIP_MAX_RATIO = 1032
 @contextlib.contextmanager
 def watchdog(seconds):
     """Fail (instead of hanging forever) if the body takes longer than `seconds`."""
+
     def expire(signum, frame):
         raise TimeoutError(f"no answer within {seconds} s: a hang")
 
@@ -63,48 +63,53 @@ def watchdog(seconds):
 
 # ------------------------------------------------------------------ mutations
 
+
 def mutate(rng: np.random.Generator, data: bytes, corpus: list) -> bytes:
     """`data` damaged in one to three random ways."""
     b = bytearray(data)
     for _ in range(rng.integers(1, 4)):
         op = rng.integers(0, 11)
         n = len(b)
-        if op == 0 and n:            # flip bits
+        if op == 0 and n:  # flip bits
             for _ in range(rng.integers(1, 5)):
                 b[rng.integers(0, n)] ^= 1 << int(rng.integers(0, 8))
-        elif op == 1 and n:          # set bytes to extreme or random values
+        elif op == 1 and n:  # set bytes to extreme or random values
             for _ in range(rng.integers(1, 5)):
                 b[rng.integers(0, n)] = int(rng.choice([0, 0xFF, 0x7F, 0x80, rng.integers(0, 256)]))
-        elif op == 2:                # cut
-            del b[rng.integers(0, n + 1):]
-        elif op == 3:                # extend
-            b += bytes(rng.integers(0, 256, rng.integers(1, 40), dtype=np.uint8)) if rng.random() < 0.5 \
+        elif op == 2:  # cut
+            del b[rng.integers(0, n + 1) :]
+        elif op == 3:  # extend
+            b += (
+                bytes(rng.integers(0, 256, rng.integers(1, 40), dtype=np.uint8))
+                if rng.random() < 0.5
                 else bytes(int(rng.integers(1, 40)))
-        elif op == 4:                # insert
+            )
+        elif op == 4:  # insert
             at = rng.integers(0, n + 1)
             b[at:at] = bytes(rng.integers(0, 256, rng.integers(1, 9), dtype=np.uint8))
-        elif op == 5 and n:          # delete a range
+        elif op == 5 and n:  # delete a range
             at = rng.integers(0, n)
-            del b[at:at + rng.integers(1, 9)]
-        elif op == 6 and n >= 4:     # overwrite an aligned 32-bit field (IDX header fields, zip sizes)
+            del b[at : at + rng.integers(1, 9)]
+        elif op == 6 and n >= 4:  # overwrite an aligned 32-bit field (IDX header fields, zip sizes)
             at = int(rng.integers(0, n // 4)) * 4
-            value = int(rng.choice([0, 1, 28, 2 ** 31 - 1, 2 ** 31, 2 ** 32 - 1, 10 ** 9, rng.integers(0, 2 ** 32)]))
-            b[at:at + 4] = struct.pack(">I" if rng.random() < 0.5 else "<I", value)
-        elif op == 7 and corpus:     # splice with another file
+            value = int(rng.choice([0, 1, 28, 2**31 - 1, 2**31, 2**32 - 1, 10**9, rng.integers(0, 2**32)]))
+            b[at : at + 4] = struct.pack(">I" if rng.random() < 0.5 else "<I", value)
+        elif op == 7 and corpus:  # splice with another file
             other = corpus[rng.integers(0, len(corpus))]
-            b = b[:rng.integers(0, n + 1)] + bytearray(other[rng.integers(0, len(other) + 1):])
-        elif op == 8 and n:          # duplicate a range
+            b = b[: rng.integers(0, n + 1)] + bytearray(other[rng.integers(0, len(other) + 1) :])
+        elif op == 8 and n:  # duplicate a range
             at = rng.integers(0, n)
-            b[at:at] = b[at:at + rng.integers(1, 64)]
-        elif op == 9 and n:          # swap two bytes
+            b[at:at] = b[at : at + rng.integers(1, 64)]
+        elif op == 9 and n:  # swap two bytes
             i, j = rng.integers(0, n, 2)
             b[i], b[j] = b[j], b[i]
-        elif op == 10:               # random bytes
+        elif op == 10:  # random bytes
             b = bytearray(rng.integers(0, 256, rng.integers(0, 200), dtype=np.uint8).tobytes())
     return bytes(b)
 
 
 # ------------------------------------------------------------------ IDX
+
 
 def expected_idx(data: bytes):
     """An independent reading of the IDX format: the array a correct reader returns, or None
@@ -120,7 +125,7 @@ def expected_idx(data: bytes):
     ndim = raw[3]
     if len(raw) < 4 + 4 * ndim:
         return None
-    dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+    dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
     if len(raw) != 4 + 4 * ndim + math.prod(dims):
         return None
     return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(dims)
@@ -129,7 +134,9 @@ def expected_idx(data: bytes):
 def idx_corpus():
     rng = np.random.default_rng(0)
     arrays = [rng.integers(0, 10, n, dtype=np.uint8) for n in (0, 1, 7, 60)]
-    arrays += [rng.integers(0, 256, shape, dtype=np.uint8) for shape in [(0, 28, 28), (1, 3, 4), (3, 4, 5), (2, 28, 28)]]
+    arrays += [
+        rng.integers(0, 256, shape, dtype=np.uint8) for shape in [(0, 28, 28), (1, 3, 4), (3, 4, 5), (2, 28, 28)]
+    ]
     plain = [idx_bytes(a) for a in arrays]
     return plain + [gz(p) for p in plain]
 
@@ -146,7 +153,9 @@ def check_idx(path, data, expected_sha=None):
     except DatasetError as error:
         assert str(path) in str(error), f"the message does not name the file: {error}"
         if isinstance(error, ChecksumError):
-            assert expected is not None and expected_sha != sha256(gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data)
+            assert expected is not None and expected_sha != sha256(
+                gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+            )
             outcome = "checksum"
         else:
             assert expected is None, f"a valid file was rejected: {error}"
@@ -173,7 +182,7 @@ def test_idx_reader_fuzz(tmp_path, traced):
     corpus = idx_corpus()
     path = tmp_path / "fuzz-idx-ubyte"
     outcomes = {"parsed": 0, "error": 0, "checksum": 0}
-    for i in range(IDX_INPUTS):
+    for _ in range(IDX_INPUTS):
         seed = corpus[rng.integers(0, len(corpus))]
         if seed[:2] == b"\x1f\x8b" and rng.random() < 0.5:  # damage inside the gzip stream
             data = gz(mutate(rng, gzip.decompress(seed), corpus))
@@ -191,8 +200,7 @@ def test_idx_reader_fuzz(tmp_path, traced):
 
 
 @pytest.mark.parametrize("compress", [False, True])
-@pytest.mark.parametrize("dims", [(10 ** 9, 28, 28), (2 ** 32 - 1,), (2 ** 32 - 1, 2 ** 32 - 1, 2 ** 32 - 1),
-                                  (60000, 28, 28)])
+@pytest.mark.parametrize("dims", [(10**9, 28, 28), (2**32 - 1,), (2**32 - 1, 2**32 - 1, 2**32 - 1), (60000, 28, 28)])
 def test_idx_header_claiming_more_than_the_file_holds(tmp_path, traced, compress, dims):
     """A 100-byte file whose header claims 10^9 images is an error, not a 700 GB allocation."""
     data = idx_header(dims) + bytes(range(100))
@@ -218,8 +226,16 @@ class Trap:
 
 def small_model():
     r = np.random.default_rng(3)
-    return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, rng=r), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(3, 4, 2, rng=r),
-                         nn.ReLU(), nn.Flatten(), nn.Dropout(0.3, rng=r), nn.Linear(16, 5, rng=r))
+    return nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1, rng=r),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(3, 4, 2, rng=r),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Dropout(0.3, rng=r),
+        nn.Linear(16, 5, rng=r),
+    )
 
 
 def saved_bytes(model, path) -> bytes:
@@ -250,11 +266,11 @@ def npy_bytes(header: str, payload: bytes = b"") -> bytes:
 
 
 NPY_HEADERS = [  # damaged .npy headers, each a way numpy's header parser can fail
-    "{'descr': '<f4', 'fortran_order': False, 'shape': (1000000000000,), }",   # 4 TB
-    "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), ",              # unbalanced
+    "{'descr': '<f4', 'fortran_order': False, 'shape': (1000000000000,), }",  # 4 TB
+    "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), ",  # unbalanced
     "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3]), }",
     "{[]: 1}",
-    "{'descr': '|O', 'fortran_order': False, 'shape': (2, 3), }",              # an object array
+    "{'descr': '|O', 'fortran_order': False, 'shape': (2, 3), }",  # an object array
     "{'descr': '<f4', 'fortran_order': True, 'shape': (-1, 3), }",
     "{'descr': '<f4', 'fortran_order': False, 'shape': (2**70,), }",
     "{'descr': 'xyz', 'fortran_order': False, 'shape': (2, 3), }",
@@ -270,11 +286,15 @@ def model_mutation(rng, data, corpus):
         return mutate(rng, data, corpus)
     names = zipfile.ZipFile(io.BytesIO(data)).namelist()
     target = names[rng.integers(0, len(names))]
-    if kind == 1:   # the bytes of one member (its .npy header, architecture JSON or weights)
+    if kind == 1:  # the bytes of one member (its .npy header, architecture JSON or weights)
         head = rng.random() < 0.7  # mostly the first 128 bytes, where the header lives
-        return rezip(data, lambda name, c: c if name != target else
-                     (mutate(rng, c[:128], []) + c[128:] if head else mutate(rng, c, [])))
-    if kind == 2:   # one member replaced by a damaged .npy header, or dropped, or added
+        return rezip(
+            data,
+            lambda name, c: (
+                c if name != target else (mutate(rng, c[:128], []) + c[128:] if head else mutate(rng, c, []))
+            ),
+        )
+    if kind == 2:  # one member replaced by a damaged .npy header, or dropped, or added
         choice = rng.integers(0, len(NPY_HEADERS) + 2)
         if choice == len(NPY_HEADERS):
             return rezip(data, lambda name, c: None if name == target else c)
@@ -291,7 +311,7 @@ def model_mutation(rng, data, corpus):
     architecture = json.loads(str(np.load(io.BytesIO(data))["architecture"]))
     layer = architecture[rng.integers(0, len(architecture))]
     key = list(layer)[rng.integers(0, len(layer))]
-    layer[key] = [0, -1, 10 ** 12, 2 ** 63, 1.5, "Linear", None, True, [], {}, "__import__"][rng.integers(0, 11)]
+    layer[key] = [0, -1, 10**12, 2**63, 1.5, "Linear", None, True, [], {}, "__import__"][rng.integers(0, 11)]
     buffer = io.BytesIO()
     np.save(buffer, np.array(json.dumps(architecture)))
     return rezip(data, lambda name, c: buffer.getvalue() if name == "architecture.npy" else c)
@@ -321,15 +341,18 @@ def check_model(path, data, reference):
     assert [p.shape for p in model.parameters()] == [p.shape for p in fresh.parameters()]
     assert all(p.data.dtype == np.float32 and p.data.flags.c_contiguous for p in model.parameters())
     if model.architecture() == reference.architecture() and all(
-            p.data.tobytes() == q.data.tobytes() for p, q in zip(model.parameters(), reference.parameters())):
+        p.data.tobytes() == q.data.tobytes() for p, q in zip(model.parameters(), reference.parameters())
+    ):
         return "same model"
     return "other model"
 
 
 def test_model_file_fuzz(tmp_path):
     rng = np.random.default_rng(7)
-    files = [(model, saved_bytes(model, tmp_path / name))
-             for model, name in ((small_model(), "small.npz"), (nn.mnist_cnn(seed=1), "big.npz"))]
+    files = [
+        (model, saved_bytes(model, tmp_path / name))
+        for model, name in ((small_model(), "small.npz"), (nn.mnist_cnn(seed=1), "big.npz"))
+    ]
     corpus = [data for _, data in files]
     path = tmp_path / "fuzz-model.npz"
     outcomes = {}
@@ -359,23 +382,43 @@ def test_a_pickle_inside_a_model_file_is_never_loaded(tmp_path, member):
 
 # ------------------------------------------------------------------ training checkpoints
 
+
 def make_checkpoint(path):
     from cnnfast.optim import Adam
+
     model = small_model()
     optimizer = Adam(model.parameters())
-    snapshot = ckpt.capture(model, optimizer, settings={"epochs": 3, "batch_size": 32, "optimizer": "adam", "lr": 1e-3,
-                                                        "seed": 0, "limit": None, "train_images": 300,
-                                                        "out": "/tmp/m.npz", "plot": None, "data_dir": None,
-                                                        "no_verify": False, "train_data_sha256": "0" * 64},
-                            epoch=2, position=ckpt.EpochState(3, 7.5, 40, 96, 0.25),
-                            shuffle_rng=np.random.default_rng(1).bit_generator.state, history=[],
-                            train_seconds=1.0, trained_images=300)
+    snapshot = ckpt.capture(
+        model,
+        optimizer,
+        settings={
+            "epochs": 3,
+            "batch_size": 32,
+            "optimizer": "adam",
+            "lr": 1e-3,
+            "seed": 0,
+            "limit": None,
+            "train_images": 300,
+            "out": "/tmp/m.npz",
+            "plot": None,
+            "data_dir": None,
+            "no_verify": False,
+            "train_data_sha256": "0" * 64,
+        },
+        epoch=2,
+        position=ckpt.EpochState(3, 7.5, 40, 96, 0.25),
+        shuffle_rng=np.random.default_rng(1).bit_generator.state,
+        history=[],
+        train_seconds=1.0,
+        trained_images=300,
+    )
     ckpt.save(snapshot, path)
     return path.read_bytes()
 
 
 def test_checkpoint_fuzz(tmp_path):
     from cnnfast.optim import Adam
+
     rng = np.random.default_rng(11)
     data = make_checkpoint(tmp_path / "good.ckpt.npz")
     path = tmp_path / "fuzz.ckpt.npz"
@@ -384,10 +427,11 @@ def test_checkpoint_fuzz(tmp_path):
         if rng.random() < 0.3:  # the JSON document: a value replaced
             meta = json.loads(str(np.load(io.BytesIO(data))["meta"]))
             key = list(meta)[rng.integers(0, len(meta))]
-            meta[key] = [None, -1, 10 ** 12, 1.5, "x", [], {}, {"state": {}}, [{}], True][rng.integers(0, 10)]
+            meta[key] = [None, -1, 10**12, 1.5, "x", [], {}, {"state": {}}, [{}], True][rng.integers(0, 10)]
             buffer = io.BytesIO()
             np.save(buffer, np.array(json.dumps(meta)))
-            damaged = rezip(data, lambda name, c: buffer.getvalue() if name == "meta.npy" else c)
+            new_meta = buffer.getvalue()
+            damaged = rezip(data, lambda name, c, new=new_meta: new if name == "meta.npy" else c)
         else:
             damaged = model_mutation(rng, data, [data]) if rng.random() < 0.8 else mutate(rng, data, [data])
         path.write_bytes(damaged)
@@ -409,36 +453,47 @@ def test_checkpoint_fuzz(tmp_path):
 
 # ------------------------------------------------------------------ known faults in load_model
 
+
 def test_damaged_zip_compression_method_is_a_model_format_error(tmp_path):
     data = bytearray(saved_bytes(small_model(), tmp_path / "m.npz"))
     for signature, offset in ((b"PK\x03\x04", 8), (b"PK\x01\x02", 10)):  # local and central headers
         at = data.find(signature) + offset
-        data[at:at + 2] = struct.pack("<H", 99)
+        data[at : at + 2] = struct.pack("<H", 99)
     (tmp_path / "bad.npz").write_bytes(bytes(data))
     with pytest.raises(nn.ModelFormatError, match="bad.npz"):
         cnnfast.load_model(tmp_path / "bad.npz")
 
 
-@pytest.mark.parametrize("header", [NPY_HEADERS[1], NPY_HEADERS[3], NPY_HEADERS[0]],
-                         ids=["unbalanced", "unhashable", "4TB"])
+@pytest.mark.parametrize(
+    "header", [NPY_HEADERS[1], NPY_HEADERS[3], NPY_HEADERS[0]], ids=["unbalanced", "unhashable", "4TB"]
+)
 def test_damaged_npy_header_is_a_model_format_error(tmp_path, header):
-    data = rezip(saved_bytes(small_model(), tmp_path / "m.npz"), lambda name, c: npy_bytes(header) if name == "0.weight.npy" else c)
+    data = rezip(
+        saved_bytes(small_model(), tmp_path / "m.npz"),
+        lambda name, c: npy_bytes(header) if name == "0.weight.npy" else c,
+    )
     (tmp_path / "bad.npz").write_bytes(data)
     with pytest.raises(nn.ModelFormatError, match="bad.npz"):
         cnnfast.load_model(tmp_path / "bad.npz")
 
 
 def test_a_member_that_is_not_npy_is_a_model_format_error(tmp_path):
-    data = rezip(saved_bytes(small_model(), tmp_path / "m.npz"),
-                 lambda name, c: b"not an npy file" if name == "0.weight.npy" else c)
+    data = rezip(
+        saved_bytes(small_model(), tmp_path / "m.npz"),
+        lambda name, c: b"not an npy file" if name == "0.weight.npy" else c,
+    )
     (tmp_path / "bad.npz").write_bytes(data)
     with pytest.raises(nn.ModelFormatError, match="bad.npz"):
         cnnfast.load_model(tmp_path / "bad.npz")
 
 
-@pytest.mark.parametrize("layer", [{"type": "Linear", "in_features": 0, "out_features": 2},
-                                   {"type": "Conv2d", "in_channels": 1, "out_channels": 2, "kernel_size": 0,
-                                    "padding": 0}])
+@pytest.mark.parametrize(
+    "layer",
+    [
+        {"type": "Linear", "in_features": 0, "out_features": 2},
+        {"type": "Conv2d", "in_channels": 1, "out_channels": 2, "kernel_size": 0, "padding": 0},
+    ],
+)
 def test_a_layer_without_inputs_is_a_model_format_error(tmp_path, layer):
     np.savez(tmp_path / "bad.npz", format=np.array(nn.FORMAT), architecture=np.array(json.dumps([layer])))
     with pytest.raises(nn.ModelFormatError, match="bad.npz"):

@@ -1,6 +1,8 @@
 """Layers and Sequential: gradients against finite differences, determinism, model files."""
+
 import json
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,9 +17,16 @@ rng = np.random.default_rng(7)
 
 def small_model(seed=0):
     r = np.random.default_rng(seed)
-    return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, rng=r), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(3, 4, 2, rng=r), nn.ReLU(), nn.Flatten(), nn.Dropout(0.3, rng=r),
-                         nn.Linear(4 * 2 * 2, 5, rng=r))
+    return nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1, rng=r),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(3, 4, 2, rng=r),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Dropout(0.3, rng=r),
+        nn.Linear(4 * 2 * 2, 5, rng=r),
+    )
 
 
 def test_sequential_gradients_match_finite_differences():
@@ -65,9 +74,14 @@ def test_backward_without_input_grad_skips_dx_but_keeps_parameter_grads():
 def test_conv_relu_maxpool_triples_and_pairs_run_fused_with_identical_results():
     model = small_model(seed=4).eval()
     assert [type(s).__name__ for s in model.steps] == [
-        "Conv2dReLUMaxPool2d", "Conv2d", "ReLU", "Flatten", "Dropout", "Linear"]
-    relu_pool = nn.Sequential(nn.Conv2d(2, 3, 3, rng=np.random.default_rng(1)), nn.ReLU(), nn.ReLU(),
-                              nn.MaxPool2d(2))
+        "Conv2dReLUMaxPool2d",
+        "Conv2d",
+        "ReLU",
+        "Flatten",
+        "Dropout",
+        "Linear",
+    ]
+    relu_pool = nn.Sequential(nn.Conv2d(2, 3, 3, rng=np.random.default_rng(1)), nn.ReLU(), nn.ReLU(), nn.MaxPool2d(2))
     assert [type(s).__name__ for s in relu_pool.steps] == ["Conv2d", "ReLU", "ReLUMaxPool2d"]
     x = rng.standard_normal((3, 2, 6, 6)).astype(np.float32)
     dy = rng.standard_normal((3, 5)).astype(np.float32)
@@ -105,11 +119,21 @@ def test_default_model_fused_and_unfused_agree():
             np.testing.assert_array_equal(p.grad, q.grad)
     np.testing.assert_array_equal(fused.infer(x), plain.forward(x))
 
+
 def test_default_model_has_the_keras_architecture():
     model = nn.mnist_cnn(seed=0)
     assert model.num_parameters() == 34826
     assert [type(layer).__name__ for layer in model.layers] == [
-        "Conv2d", "ReLU", "MaxPool2d", "Conv2d", "ReLU", "MaxPool2d", "Flatten", "Dropout", "Linear"]
+        "Conv2d",
+        "ReLU",
+        "MaxPool2d",
+        "Conv2d",
+        "ReLU",
+        "MaxPool2d",
+        "Flatten",
+        "Dropout",
+        "Linear",
+    ]
     probs = model.predict_proba(np.zeros((3, 28, 28), np.uint8))
     assert probs.shape == (3, 10)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0)
@@ -161,25 +185,37 @@ def test_predict_accepts_uint8_and_float_images():
         model.predict(np.zeros((5, 28, 28), np.float64))
 
 
-@pytest.mark.parametrize("make_bad", [
-    lambda p: p.write_bytes(b"not a zip at all"),
-    lambda p: p.write_bytes(zipfile.ZipFile.__doc__.encode()[:10]),
-    lambda p: np.savez(p, something=np.zeros(3)),
-    lambda p: np.save(p, np.zeros(3)),
-    lambda p: np.savez(p, format=np.array("cnnfast-model-v1"), architecture=np.array("{not json")),
-    lambda p: np.savez(p, format=np.array("cnnfast-model-v1"),
-                       architecture=np.array(json.dumps([{"type": "os.system", "cmd": 1}]))),
-    lambda p: np.savez(p, format=np.array("cnnfast-model-v1"),
-                       architecture=np.array(json.dumps([{"type": "Linear", "in_features": 3, "out_features": 2}])),
-                       **{"0.weight": np.zeros((2, 4), np.float32), "0.bias": np.zeros(2, np.float32)}),
-    lambda p: np.savez(p, format=np.array("cnnfast-model-v1"),
-                       architecture=np.array(json.dumps([{"type": "Linear", "in_features": 3, "out_features": 2}])),
-                       **{"0.weight": np.zeros((2, 3), np.float32)}),
-    lambda p: np.savez(p, format=np.array("cnnfast-model-v1"),
-                       architecture=np.array(json.dumps([{"type": "Linear", "in_features": 3, "out_features": 2}])),
-                       **{"0.weight": np.array([object()] * 6, dtype=object).reshape(2, 3),
-                          "0.bias": np.zeros(2, np.float32)}),
-])
+@pytest.mark.parametrize(
+    "make_bad",
+    [
+        lambda p: p.write_bytes(b"not a zip at all"),
+        lambda p: p.write_bytes(zipfile.ZipFile.__doc__.encode()[:10]),
+        lambda p: np.savez(p, something=np.zeros(3)),
+        lambda p: np.save(p, np.zeros(3)),
+        lambda p: np.savez(p, format=np.array("cnnfast-model-v1"), architecture=np.array("{not json")),
+        lambda p: np.savez(
+            p, format=np.array("cnnfast-model-v1"), architecture=np.array(json.dumps([{"type": "os.system", "cmd": 1}]))
+        ),
+        lambda p: np.savez(
+            p,
+            format=np.array("cnnfast-model-v1"),
+            architecture=np.array(json.dumps([{"type": "Linear", "in_features": 3, "out_features": 2}])),
+            **{"0.weight": np.zeros((2, 4), np.float32), "0.bias": np.zeros(2, np.float32)},
+        ),
+        lambda p: np.savez(
+            p,
+            format=np.array("cnnfast-model-v1"),
+            architecture=np.array(json.dumps([{"type": "Linear", "in_features": 3, "out_features": 2}])),
+            **{"0.weight": np.zeros((2, 3), np.float32)},
+        ),
+        lambda p: np.savez(
+            p,
+            format=np.array("cnnfast-model-v1"),
+            architecture=np.array(json.dumps([{"type": "Linear", "in_features": 3, "out_features": 2}])),
+            **{"0.weight": np.array([object()] * 6, dtype=object).reshape(2, 3), "0.bias": np.zeros(2, np.float32)},
+        ),
+    ],
+)
 def test_loading_a_bad_file_is_a_clear_error(tmp_path, make_bad):
     path = tmp_path / "bad.npz"
     make_bad(path)
@@ -191,7 +227,7 @@ def test_loading_a_bad_file_is_a_clear_error(tmp_path, make_bad):
 
 def test_loading_a_truncated_model_is_a_clear_error(tmp_path):
     path = nn.mnist_cnn().save(tmp_path / "m.npz")
-    data = (tmp_path / "m.npz").read_bytes()
+    data = Path(path).read_bytes()
     (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
     with pytest.raises(nn.ModelFormatError, match="cut.npz"):
         cnnfast.load_model(tmp_path / "cut.npz")
@@ -217,7 +253,7 @@ def test_optimizers_reduce_the_loss(make_optimizer):
 
 def test_infer_matches_eval_forward_and_keeps_nothing():
     model = nn.mnist_cnn(seed=1)
-    x = rng.standard_normal((150, 1, 28, 28)).astype(np.float32)   # 64 + 64 + 22: blocks and a tail
+    x = rng.standard_normal((150, 1, 28, 28)).astype(np.float32)  # 64 + 64 + 22: blocks and a tail
     got = model.infer(x)
     assert model.training  # infer() works in eval mode without switching the model
     model.eval()
@@ -226,8 +262,11 @@ def test_infer_matches_eval_forward_and_keeps_nothing():
     assert model.infer(x[:1]).shape == (1, 10)
 
 
-@pytest.mark.parametrize("content", [b"\x89PNG\r\n\x1a\n" + bytes(200), b"", b"\x80\x04K\x01.", b"plain text\n"],
-                         ids=["png", "empty", "pickle", "text"])
+@pytest.mark.parametrize(
+    "content",
+    [b"\x89PNG\r\n\x1a\n" + bytes(200), b"", b"\x80\x04K\x01.", b"plain text\n"],
+    ids=["png", "empty", "pickle", "text"],
+)
 def test_a_file_that_is_not_a_model_says_so_without_numpys_pickle_advice(tmp_path, content):
     path = tmp_path / "digit.png"
     path.write_bytes(content)
@@ -240,9 +279,22 @@ def test_a_file_that_is_not_a_model_says_so_without_numpys_pickle_advice(tmp_pat
 def test_the_command_names_a_non_model_file(tmp_path):
     import subprocess
     import sys
+
     (tmp_path / "digit.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(200))
-    result = subprocess.run([sys.executable, "-m", "cnnfast.export", "--model", str(tmp_path / "digit.png"),
-                             "--onnx", str(tmp_path / "m.onnx")], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cnnfast.export",
+            "--model",
+            str(tmp_path / "digit.png"),
+            "--onnx",
+            str(tmp_path / "m.onnx"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     if "needs the onnx package" in result.stderr:
         pytest.skip("onnx is not installed")
     assert result.returncode == 1 and "allow_pickle" not in result.stderr

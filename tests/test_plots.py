@@ -1,5 +1,6 @@
 """cnnfast.plots: the metrics CSV (exact round trip), the training curves and the evaluation
 picture (what is drawn, not just that a file appears), and the message without matplotlib."""
+
 import csv
 import json
 import os
@@ -11,10 +12,24 @@ import pytest
 from cnnfast import plots
 
 HISTORY = [
-    {"epoch": 1, "train_loss": 0.1 + 0.2, "train_accuracy": 1 / 3, "test_loss": 2.5e-300, "test_accuracy": 0.9123,
-     "seconds": 12.000000000000002, "images_per_second": 5000.0},
-    {"epoch": 2, "train_loss": 0.05, "train_accuracy": 0.98765, "test_loss": 0.04, "test_accuracy": 0.99,
-     "seconds": np.float64(11.5), "images_per_second": np.float32(5217.5)},
+    {
+        "epoch": 1,
+        "train_loss": 0.1 + 0.2,
+        "train_accuracy": 1 / 3,
+        "test_loss": 2.5e-300,
+        "test_accuracy": 0.9123,
+        "seconds": 12.000000000000002,
+        "images_per_second": 5000.0,
+    },
+    {
+        "epoch": 2,
+        "train_loss": 0.05,
+        "train_accuracy": 0.98765,
+        "test_loss": 0.04,
+        "test_accuracy": 0.99,
+        "seconds": np.float64(11.5),
+        "images_per_second": np.float32(5217.5),
+    },
 ]
 
 
@@ -53,8 +68,10 @@ def test_empty_history_writes_only_the_header(tmp_path):
     assert (tmp_path / "m.csv").read_text() == ",".join(plots.FIELDS) + "\n"
 
 
-@pytest.mark.parametrize("model,expected", [("mnist_cnn.npz", "mnist_cnn.csv"), ("out/model.v2.npz", "out/model.v2.csv"),
-                                            ("model", "model.csv")])
+@pytest.mark.parametrize(
+    "model,expected",
+    [("mnist_cnn.npz", "mnist_cnn.csv"), ("out/model.v2.npz", "out/model.v2.csv"), ("model", "model.csv")],
+)
 def test_csv_goes_beside_the_model(model, expected):
     assert plots.history_csv_path(model) == expected
 
@@ -75,8 +92,14 @@ def test_without_matplotlib_a_clear_error(monkeypatch, tmp_path):
         plots.plot_training_curves(HISTORY, tmp_path / "c.png")
     assert isinstance(error.value, ImportError)
     with pytest.raises(ImportError, match=r"--plot needs matplotlib"):
-        plots.plot_evaluation(tmp_path / "e.png", np.eye(10, dtype=int), np.zeros((1, 28, 28), np.uint8),
-                              np.zeros(1, int), np.full((1, 10), 0.1), [])
+        plots.plot_evaluation(
+            tmp_path / "e.png",
+            np.eye(10, dtype=int),
+            np.zeros((1, 28, 28), np.uint8),
+            np.zeros(1, int),
+            np.full((1, 10), 0.1),
+            [],
+        )
     assert os.listdir(tmp_path) == []
 
 
@@ -131,9 +154,11 @@ def test_evaluation_picture_shows_the_matrix_and_the_mistakes(tmp_path):
 
 # ---------------------------------------------------------------------------- python -m cnnfast.train
 
+
 @pytest.fixture
 def synthetic_dir(tmp_path):
     from _idx_helpers import synthetic_mnist, write_mnist_dir
+
     directory = tmp_path / "data"
     directory.mkdir()
     write_mnist_dir(directory, synthetic_mnist(n_train=200, n_test=40, seed=2))
@@ -142,10 +167,26 @@ def synthetic_dir(tmp_path):
 
 def test_training_writes_the_metrics_csv_beside_the_model(synthetic_dir, tmp_path, capsys):
     from cnnfast import train
+
     out = tmp_path / "run" / "model.npz"
     out.parent.mkdir()
-    assert train.main(["--data-dir", synthetic_dir, "--no-verify", "--epochs", "2", "--batch-size", "50",
-                       "--out", str(out), "--json"]) == 0
+    assert (
+        train.main(
+            [
+                "--data-dir",
+                synthetic_dir,
+                "--no-verify",
+                "--epochs",
+                "2",
+                "--batch-size",
+                "50",
+                "--out",
+                str(out),
+                "--json",
+            ]
+        )
+        == 0
+    )
     final = json.loads(capsys.readouterr().out)
     rows = plots.read_history_csv(tmp_path / "run" / "model.csv")
     assert [row["epoch"] for row in rows] == [1, 2]
@@ -156,8 +197,23 @@ def test_training_writes_the_metrics_csv_beside_the_model(synthetic_dir, tmp_pat
 def test_training_plot(synthetic_dir, tmp_path, capsys):
     pytest.importorskip("matplotlib")
     from cnnfast import train
-    assert train.main(["--data-dir", synthetic_dir, "--no-verify", "--epochs", "1", "--out", str(tmp_path / "m.npz"),
-                       "--plot", str(tmp_path / "curves.png")]) == 0
+
+    assert (
+        train.main(
+            [
+                "--data-dir",
+                synthetic_dir,
+                "--no-verify",
+                "--epochs",
+                "1",
+                "--out",
+                str(tmp_path / "m.npz"),
+                "--plot",
+                str(tmp_path / "curves.png"),
+            ]
+        )
+        == 0
+    )
     assert "wrote the training curves" in capsys.readouterr().out
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -165,14 +221,17 @@ def test_training_plot(synthetic_dir, tmp_path, capsys):
 @pytest.mark.parametrize("plot,message", [("curves.txt", "give a .png"), ("nope/curves.png", "no such directory")])
 def test_training_plot_bad_path_exits_2(tmp_path, capsys, plot, message):
     from cnnfast import train
+
     with pytest.raises(SystemExit) as exit_info:
-        train.main(["--data-dir", "/nonexistent-data", "--out", str(tmp_path / "m.npz"),
-                    "--plot", str(tmp_path / plot)])
+        train.main(
+            ["--data-dir", "/nonexistent-data", "--out", str(tmp_path / "m.npz"), "--plot", str(tmp_path / plot)]
+        )
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_training_plot_without_matplotlib_fails_before_training(monkeypatch, tmp_path, capsys):
     from cnnfast import train
+
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     monkeypatch.setattr(train, "load_data", lambda *a, **k: pytest.fail("loaded data before checking matplotlib"))

@@ -1,6 +1,7 @@
 """python -m cnnfast.predict: MNIST-style preparation of images (exact on synthetic shapes),
 reading every kind of file, per-file errors, and MNIST test digits written out as PNG/JPEG
 (both polarities, scaled up, off-centre) predicted as the raw arrays are."""
+
 import json
 import sys
 
@@ -9,8 +10,8 @@ import pytest
 
 import cnnfast
 import cnnfast.predict as pr
-from cnnfast.nn import mnist_cnn
 from _trained_model import real_mnist, trained_model_path
+from cnnfast.nn import mnist_cnn
 
 
 @pytest.fixture
@@ -21,7 +22,7 @@ def Image():
 def bar_image(height=200, width=300, top=30, left=200, h=60, w=30, ink=0, paper=255):
     """Dark ink (a filled rectangle) on light paper, away from the centre."""
     image = np.full((height, width), float(paper))
-    image[top:top + h, left:left + w] = ink
+    image[top : top + h, left : left + w] = ink
     return image
 
 
@@ -31,6 +32,7 @@ def bbox(image):
 
 
 # ---------------------------------------------------------------------------- preparing
+
 
 def test_a_bar_is_cropped_scaled_to_20_and_centred(Image):
     out, inverted = pr.prepare(bar_image(), return_inverted=True)
@@ -66,7 +68,7 @@ def seven(ink=0, paper=255):
     image[40:52, 100:190] = ink
     for row in range(52, 160):
         column = 185 - (row - 52) // 2
-        image[row, column - 8:column + 4] = ink
+        image[row, column - 8 : column + 4] = ink
     return image
 
 
@@ -120,7 +122,7 @@ def test_stray_dots_at_the_edges_are_not_part_of_the_digit(Image):
     two_parts = bar_image()
     two_parts[150:170, 200:230] = 0  # a real second part (20% of the ink) is kept
     top, bottom, _, _ = bbox(pr.prepare(two_parts))
-    assert bottom - top == 20 and pr.prepare(two_parts)[bottom - 3:bottom].max() == 255
+    assert bottom - top == 20 and pr.prepare(two_parts)[bottom - 3 : bottom].max() == 255
 
 
 def test_too_much_noise_is_an_error(Image):
@@ -156,6 +158,7 @@ def test_top_k_sorted_with_ties_to_the_lower_digit():
 
 
 # ---------------------------------------------------------------------------- reading files
+
 
 def save(Image, path, array, **options):
     Image.fromarray(array).save(path, **options)
@@ -211,8 +214,12 @@ def test_unreadable_files_are_clear_errors(Image, tmp_path):
     (tmp_path / "notes.txt").write_text("not an image")
     (tmp_path / "cut.png").write_bytes(good.read_bytes()[:60])
     (tmp_path / "folder.png").mkdir()
-    cases = {"notes.txt": "not an image file", "cut.png": "unreadable or corrupt image",
-             "folder.png": "is a directory", "missing.png": "no such file"}
+    cases = {
+        "notes.txt": "not an image file",
+        "cut.png": "unreadable or corrupt image",
+        "folder.png": "is a directory",
+        "missing.png": "no such file",
+    }
     for name, message in cases.items():
         with pytest.raises(pr.ImageError, match=message) as error:
             pr.read_image(tmp_path / name)
@@ -229,6 +236,7 @@ def test_huge_images_are_refused_before_decoding(Image, tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------------- the command
+
 
 @pytest.fixture
 def untrained(tmp_path):
@@ -248,8 +256,8 @@ def digit_files(Image, directory, count=3):
     files = []
     for k in range(count):
         image = np.full((60, 50), 255, np.uint8)
-        image[10:50, 20 + k:26 + k] = 0
-        image[10 + 10 * k:16 + 10 * k, 10:40] = 0
+        image[10:50, 20 + k : 26 + k] = 0
+        image[10 + 10 * k : 16 + 10 * k, 10:40] = 0
         files.append(save(Image, directory / f"d{k}.png", image))
     return files
 
@@ -302,9 +310,13 @@ def test_bad_files_are_reported_and_the_others_still_predicted(Image, tmp_path, 
     status, out, err = run(capsys, "--model", untrained, "--json", *argv)
     data = json.loads(out)
     assert status == 1 and data["predicted"] == 2 and data["failed"] == 3
-    assert [("digit" in e, "error" in e) for e in data["predictions"]] == [(True, False), (False, True),
-                                                                             (False, True), (False, True),
-                                                                             (True, False)]
+    assert [("digit" in e, "error" in e) for e in data["predictions"]] == [
+        (True, False),
+        (False, True),
+        (False, True),
+        (False, True),
+        (True, False),
+    ]
 
 
 def test_all_files_bad(Image, tmp_path, untrained, capsys):
@@ -321,9 +333,14 @@ def test_without_pillow_a_clear_error(monkeypatch, tmp_path, untrained, capsys):
         pr.read_image(tmp_path / "x.png")
 
 
-@pytest.mark.parametrize("argv,message", [([], "the following arguments are required: IMAGE"),
-                                          (["--model", "/", "x.png"], "is a directory"),
-                                          (["--bogus", "x.png"], "unrecognized arguments")])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        ([], "the following arguments are required: IMAGE"),
+        (["--model", "/", "x.png"], "is a directory"),
+        (["--bogus", "x.png"], "unrecognized arguments"),
+    ],
+)
 def test_bad_arguments_exit_2(capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:
         pr.main(argv)
@@ -353,12 +370,22 @@ def test_help_explains_itself(capsys):
         pr.main(["--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert exit_info.value.code == 0
-    for words in ("--model", "--show", "--json", "PNG, JPEG, BMP", "centre of mass", "20x20", "28x28",
-                  "light-on-dark", "pip install cnnfast[image]"):
+    for words in (
+        "--model",
+        "--show",
+        "--json",
+        "PNG, JPEG, BMP",
+        "centre of mass",
+        "20x20",
+        "28x28",
+        "light-on-dark",
+        "pip install cnnfast[image]",
+    ):
         assert words in out
 
 
 # ---------------------------------------------------------------------------- real MNIST digits
+
 
 @pytest.fixture(scope="session")
 def model_path(tmp_path_factory):
@@ -372,9 +399,14 @@ def variants(Image, digit, rng):
     big4 = np.asarray(Image.fromarray(digit).resize((112, 112), Image.Resampling.BILINEAR))
     page = np.zeros((180, 260), np.uint8)
     top, left = rng.integers(0, 180 - 112), rng.integers(0, 260 - 112)
-    page[top:top + 112, left:left + 112] = big4
-    return {"plain.png": digit, "inverted.png": 255 - digit, "paper-3x.png": 255 - big3,
-            "page-4x-off-centre.png": 255 - page, "paper-3x.jpg": 255 - big3}
+    page[top : top + 112, left : left + 112] = big4
+    return {
+        "plain.png": digit,
+        "inverted.png": 255 - digit,
+        "paper-3x.png": 255 - big3,
+        "page-4x-off-centre.png": 255 - page,
+        "paper-3x.jpg": 255 - big3,
+    }
 
 
 @pytest.mark.slow

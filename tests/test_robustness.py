@@ -7,6 +7,7 @@ that its progress bar is drawn: the test sends SIGINT or SIGTERM once the bar sh
 steps are done (no sleeps, no test hooks in the trainer), and retries if the signal happened
 to land on an epoch boundary.
 """
+
 import errno
 import gc
 import os
@@ -24,10 +25,9 @@ import pytest
 
 import cnnfast
 import cnnfast.functional as F
+from _idx_helpers import synthetic_mnist, write_mnist_dir
 from cnnfast import checkpoint as ckpt
 from cnnfast import nn, train
-
-from _idx_helpers import synthetic_mnist, write_mnist_dir
 
 STEPS = 63  # --limit 2000 --batch-size 32: 63 steps per epoch
 
@@ -56,13 +56,19 @@ def no_temporary_files(directory):
 
 # ------------------------------------------------------------------ SIGINT / SIGTERM, resume
 
+
 def run_and_signal(args, sig, after: bytes, timeout=180):
     """Run `python -m cnnfast.train args` on a pseudo-terminal; once the output holds `after`
     followed by a progress bar showing at least one finished step, send `sig`. Returns
     (exit code, output, whether the signal was sent)."""
     master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "cnnfast.train", *args], stdin=subprocess.DEVNULL,
-                            stdout=slave, stderr=slave, close_fds=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cnnfast.train", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=slave,
+        stderr=slave,
+        close_fds=True,
+    )
     os.close(slave)
     output, sent = b"", False
     deadline = time.monotonic() + timeout
@@ -108,8 +114,21 @@ def interrupt_mid_epoch(args, sig, after: bytes, checkpoint_path, attempts=3):
 
 
 def test_sigint_and_sigterm_write_checkpoints_and_resume_is_bit_identical(data_2000, tmp_path, threads):
-    common = ["--data-dir", data_2000, "--no-verify", "--limit", "2000", "--epochs", "2", "--batch-size", "32",
-              "--threads", "2", "--seed", "3"]
+    common = [
+        "--data-dir",
+        data_2000,
+        "--no-verify",
+        "--limit",
+        "2000",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "32",
+        "--threads",
+        "2",
+        "--seed",
+        "3",
+    ]
     reference = tmp_path / "uninterrupted.npz"
     assert train.main(common + ["--out", str(reference)]) == 0
 
@@ -118,18 +137,29 @@ def test_sigint_and_sigterm_write_checkpoints_and_resume_is_bit_identical(data_2
     out.write_bytes(b"a previous model")  # an interrupted run does not touch --out
 
     # Ctrl-C mid-epoch: exit 130 and a checkpoint with everything needed to continue
-    state1, output = interrupt_mid_epoch(common + ["--out", str(out), "--checkpoint", str(first)],
-                                         signal.SIGINT, b" threads", first)
+    state1, output = interrupt_mid_epoch(
+        common + ["--out", str(out), "--checkpoint", str(first)], signal.SIGINT, b" threads", first
+    )
     assert "interrupted by SIGINT in epoch" in output and str(first) in output and "--resume" in output
     assert out.read_bytes() == b"a previous model"
     assert no_temporary_files(tmp_path)
     with np.load(first, allow_pickle=False) as f:  # plain arrays and JSON: nothing pickled
         assert str(f["format"]) == ckpt.FORMAT
         assert all(f[k].dtype != object for k in f.files)
-    assert state1.settings == {"epochs": 2, "batch_size": 32, "optimizer": "adam", "lr": 1e-3, "seed": 3,
-                               "limit": 2000, "out": str(out), "plot": None, "data_dir": os.path.abspath(data_2000),
-                               "no_verify": True, "train_images": 2000,
-                               "train_data_sha256": state1.settings["train_data_sha256"]}
+    assert state1.settings == {
+        "epochs": 2,
+        "batch_size": 32,
+        "optimizer": "adam",
+        "lr": 1e-3,
+        "seed": 3,
+        "limit": 2000,
+        "out": str(out),
+        "plot": None,
+        "data_dir": os.path.abspath(data_2000),
+        "no_verify": True,
+        "train_images": 2000,
+        "train_data_sha256": state1.settings["train_data_sha256"],
+    }
     assert state1.shuffle_rng["bit_generator"] == "PCG64" and list(state1.layer_rngs) == [7]  # Dropout
     steps_done = (state1.epoch - 1) * STEPS + state1.position.step
     assert int(state1.optimizer["t"]) == steps_done  # Adam's step count
@@ -140,13 +170,20 @@ def test_sigint_and_sigterm_write_checkpoints_and_resume_is_bit_identical(data_2
     # resumed, then SIGTERM: exit 143 and a later checkpoint
     state2, output = interrupt_mid_epoch(
         common + ["--out", str(out), "--checkpoint", str(second), "--resume", str(first)],
-        signal.SIGTERM, b"resuming from", second)
+        signal.SIGTERM,
+        b"resuming from",
+        second,
+    )
     assert "interrupted by SIGTERM" in output
     assert (state2.epoch, state2.position.step) > (state1.epoch, state1.position.step)
 
     # resumed again, to the end: the same weights, bit for bit, as the uninterrupted run
-    assert train.main(common + ["--out", str(out), "--checkpoint", str(tmp_path / "third.ckpt.npz"),
-                                "--resume", str(second)]) == 0
+    assert (
+        train.main(
+            common + ["--out", str(out), "--checkpoint", str(tmp_path / "third.ckpt.npz"), "--resume", str(second)]
+        )
+        == 0
+    )
     assert weights(out) == weights(reference)
     assert not second.exists()  # its run is finished
     assert no_temporary_files(tmp_path)
@@ -171,7 +208,19 @@ class StopAfter:
         return self.signum is not None
 
 
-ANY_POINT = ["--no-verify", "--epochs", "2", "--batch-size", "32", "--threads", "2", "--optimizer", "sgd", "--seed", "11"]
+ANY_POINT = [
+    "--no-verify",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "32",
+    "--threads",
+    "2",
+    "--optimizer",
+    "sgd",
+    "--seed",
+    "11",
+]
 
 
 @pytest.fixture(scope="module")
@@ -181,22 +230,28 @@ def any_point_reference(tmp_path_factory):
     write_mnist_dir(directory / "data", synthetic_mnist(n_train=300, n_test=50, seed=1))
     before = cnnfast.get_num_threads()
     try:
-        assert train.main(["--data-dir", str(directory / "data"), *ANY_POINT,
-                           "--out", str(directory / "reference.npz")]) == 0
+        assert (
+            train.main(["--data-dir", str(directory / "data"), *ANY_POINT, "--out", str(directory / "reference.npz")])
+            == 0
+        )
     finally:
         cnnfast.set_num_threads(before)
     return str(directory / "data"), weights(directory / "reference.npz")
 
 
-@pytest.mark.parametrize("stop_at,position", [
-    (1, (1, 0)),     # before the first step
-    (4, (1, 3)),     # mid-epoch
-    (11, (1, 10)),   # after the last step of epoch 1, before its evaluation
-    (12, (2, 0)),    # during the evaluation of epoch 1
-    (20, (2, 7)),    # mid-epoch 2
-])
-def test_resume_from_any_point_is_bit_identical(any_point_reference, tmp_path, monkeypatch, threads, capsys,
-                                                stop_at, position):
+@pytest.mark.parametrize(
+    "stop_at,position",
+    [
+        (1, (1, 0)),  # before the first step
+        (4, (1, 3)),  # mid-epoch
+        (11, (1, 10)),  # after the last step of epoch 1, before its evaluation
+        (12, (2, 0)),  # during the evaluation of epoch 1
+        (20, (2, 7)),  # mid-epoch 2
+    ],
+)
+def test_resume_from_any_point_is_bit_identical(
+    any_point_reference, tmp_path, monkeypatch, threads, capsys, stop_at, position
+):
     """Interruptions at every kind of place, through the real code path (the signal handlers
     replaced by StopAfter); the trainer checks for a stop before each step and after the last."""
     data, reference = any_point_reference
@@ -235,20 +290,41 @@ def a_checkpoint(data_300, tmp_path, monkeypatch, threads):
     """A real checkpoint (epoch 1, step 2) of a run with --batch-size 32 --seed 5 --limit 200."""
     with monkeypatch.context() as m:
         m.setattr(train, "StopRequest", lambda: StopAfter(3))
-        assert train.main(["--data-dir", data_300, "--no-verify", "--batch-size", "32", "--seed", "5", "--limit", "200",
-                           "--epochs", "2", "--out", str(tmp_path / "m.npz")]) == 130
+        assert (
+            train.main(
+                [
+                    "--data-dir",
+                    data_300,
+                    "--no-verify",
+                    "--batch-size",
+                    "32",
+                    "--seed",
+                    "5",
+                    "--limit",
+                    "200",
+                    "--epochs",
+                    "2",
+                    "--out",
+                    str(tmp_path / "m.npz"),
+                ]
+            )
+            == 130
+        )
     return tmp_path / "m.ckpt.npz"
 
 
-@pytest.mark.parametrize("change,message", [
-    (["--batch-size", "64"], "--batch-size 64 contradicts the checkpoint's --batch-size 32"),
-    (["--seed", "6"], "--seed 6 contradicts the checkpoint's --seed 5"),
-    (["--lr", "0.01"], "--lr 0.01 contradicts the checkpoint's --lr 0.001"),
-    (["--optimizer", "sgd"], "--optimizer sgd contradicts the checkpoint's --optimizer adam"),
-    (["--limit", "300"], "--limit 300 contradicts the checkpoint's --limit 200"),
-    (["--epochs", "5"], "--epochs 5 contradicts the checkpoint's --epochs 2"),
-    (["--epochs", "0"], "--epochs must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (["--batch-size", "64"], "--batch-size 64 contradicts the checkpoint's --batch-size 32"),
+        (["--seed", "6"], "--seed 6 contradicts the checkpoint's --seed 5"),
+        (["--lr", "0.01"], "--lr 0.01 contradicts the checkpoint's --lr 0.001"),
+        (["--optimizer", "sgd"], "--optimizer sgd contradicts the checkpoint's --optimizer adam"),
+        (["--limit", "300"], "--limit 300 contradicts the checkpoint's --limit 200"),
+        (["--epochs", "5"], "--epochs 5 contradicts the checkpoint's --epochs 2"),
+        (["--epochs", "0"], "--epochs must be at least 1"),
+    ],
+)
 def test_resume_refuses_different_settings(a_checkpoint, data_300, tmp_path, capsys, change, message):
     args = {"--batch-size": "32", "--seed": "5", "--limit": "200", "--epochs": "2"}
     args.update(dict(zip(change[::2], change[1::2])))
@@ -286,23 +362,42 @@ def _rewrite_checkpoint(source, target, **changes):
     np.savez(target, **arrays)
 
 
-@pytest.mark.parametrize("make_bad,message", [
-    (lambda src, p: p.write_bytes(b"not a zip"), "not a cnnfast checkpoint"),
-    (lambda src, p: p.write_bytes(src.read_bytes()[:5000]), "not a readable cnnfast checkpoint"),
-    (lambda src, p: nn.mnist_cnn().save(p), "a saved model, not a training checkpoint"),
-    (lambda src, p: np.savez(p, x=np.zeros(3)), "not a cnnfast checkpoint"),
-    (lambda src, p: _rewrite_checkpoint(src, p, meta=np.array("{broken json")), "not a readable"),
-    (lambda src, p: _rewrite_checkpoint(src, p, meta=np.array([object()], dtype=object)), "not a readable"),
-    (lambda src, p: _rewrite_checkpoint(src, p, **{"param.0": np.zeros((2, 2), np.float32)}), "do not fit"),
-    (lambda src, p: _rewrite_checkpoint(src, p, **{"optim.m.0": np.zeros(3, np.float32)}), "does not fit"),
-    (lambda src, p: _rewrite_checkpoint(src, p, **{"param.1": np.zeros(32, np.float64)}), "not float32"),
-    (lambda src, p: _rewrite_checkpoint(src, p, **{"extra": np.zeros(1)}), "missing or unexpected"),
-], ids=["garbage", "truncated", "model", "foreign", "json", "pickle", "shape", "optimizer", "dtype", "extra"])
+@pytest.mark.parametrize(
+    "make_bad,message",
+    [
+        (lambda src, p: p.write_bytes(b"not a zip"), "not a cnnfast checkpoint"),
+        (lambda src, p: p.write_bytes(src.read_bytes()[:5000]), "not a readable cnnfast checkpoint"),
+        (lambda src, p: nn.mnist_cnn().save(p), "a saved model, not a training checkpoint"),
+        (lambda src, p: np.savez(p, x=np.zeros(3)), "not a cnnfast checkpoint"),
+        (lambda src, p: _rewrite_checkpoint(src, p, meta=np.array("{broken json")), "not a readable"),
+        (lambda src, p: _rewrite_checkpoint(src, p, meta=np.array([object()], dtype=object)), "not a readable"),
+        (lambda src, p: _rewrite_checkpoint(src, p, **{"param.0": np.zeros((2, 2), np.float32)}), "do not fit"),
+        (lambda src, p: _rewrite_checkpoint(src, p, **{"optim.m.0": np.zeros(3, np.float32)}), "does not fit"),
+        (lambda src, p: _rewrite_checkpoint(src, p, **{"param.1": np.zeros(32, np.float64)}), "not float32"),
+        (lambda src, p: _rewrite_checkpoint(src, p, **{"extra": np.zeros(1)}), "missing or unexpected"),
+    ],
+    ids=["garbage", "truncated", "model", "foreign", "json", "pickle", "shape", "optimizer", "dtype", "extra"],
+)
 def test_resume_rejects_a_bad_checkpoint_clearly(a_checkpoint, data_300, tmp_path, capsys, make_bad, message):
     bad = tmp_path / "bad.ckpt.npz"
     make_bad(a_checkpoint, bad)
-    argv = ["--data-dir", data_300, "--no-verify", "--batch-size", "32", "--seed", "5", "--limit", "200",
-            "--epochs", "2", "--out", str(tmp_path / "m2.npz"), "--resume", str(bad)]
+    argv = [
+        "--data-dir",
+        data_300,
+        "--no-verify",
+        "--batch-size",
+        "32",
+        "--seed",
+        "5",
+        "--limit",
+        "200",
+        "--epochs",
+        "2",
+        "--out",
+        str(tmp_path / "m2.npz"),
+        "--resume",
+        str(bad),
+    ]
     try:
         code = train.main(argv)
     except SystemExit as exit_info:
@@ -323,8 +418,19 @@ def test_a_checkpoint_that_cannot_be_written_leaves_the_previous_one(data_300, t
     with monkeypatch.context() as m:
         m.setattr(train, "StopRequest", lambda: StopAfter(2))
         m.setattr(np, "savez", no_space)
-        code = train.main(["--data-dir", data_300, "--no-verify", "--limit", "64", "--batch-size", "32",
-                           "--out", str(tmp_path / "m.npz")])
+        code = train.main(
+            [
+                "--data-dir",
+                data_300,
+                "--no-verify",
+                "--limit",
+                "64",
+                "--batch-size",
+                "32",
+                "--out",
+                str(tmp_path / "m.npz"),
+            ]
+        )
     assert code == 130
     assert "the checkpoint could not be written" in capsys.readouterr().err
     assert checkpoint.read_bytes() == b"the previous checkpoint"
@@ -346,12 +452,26 @@ def test_stop_request_handlers_set_a_flag_and_are_restored():
 
 # ------------------------------------------------------------------ divergence
 
+
 def test_divergence_names_epoch_and_step_and_keeps_existing_files(data_300, tmp_path, capsys):
     out, checkpoint = tmp_path / "m.npz", tmp_path / "m.ckpt.npz"
     out.write_bytes(b"the last good model")
     checkpoint.write_bytes(b"the last good checkpoint")
-    code = train.main(["--data-dir", data_300, "--no-verify", "--epochs", "3", "--optimizer", "sgd",
-                       "--lr", "1e30", "--out", str(out)])
+    code = train.main(
+        [
+            "--data-dir",
+            data_300,
+            "--no-verify",
+            "--epochs",
+            "3",
+            "--optimizer",
+            "sgd",
+            "--lr",
+            "1e30",
+            "--out",
+            str(out),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1
     assert re.search(r"diverged in epoch 1: the loss became (nan|inf|-inf) at step \d+ of 3\b", err), err
@@ -368,12 +488,16 @@ def test_a_finite_but_exploding_loss_is_divergence_too(data_300, tmp_path, capsy
     out, checkpoint = tmp_path / "m.npz", tmp_path / "m.ckpt.npz"
     out.write_bytes(b"the last good model")
     checkpoint.write_bytes(b"the last good checkpoint")
-    code = train.main(["--data-dir", data_300, "--no-verify", "--epochs", "3", "--batch-size", "32",
-                       "--lr", "50", "--out", str(out)])
+    code = train.main(
+        ["--data-dir", data_300, "--no-verify", "--epochs", "3", "--batch-size", "32", "--lr", "50", "--out", str(out)]
+    )
     err = capsys.readouterr().err
     assert code == 1
-    assert re.search(rf"diverged in epoch \d: the loss has stayed above {train.DIVERGED_FACTOR:g} times its first "
-                     rf"value \(2\.\d+\) for {train.DIVERGED_STEPS} steps", err), err
+    assert re.search(
+        rf"diverged in epoch \d: the loss has stayed above {train.DIVERGED_FACTOR:g} times its first "
+        rf"value \(2\.\d+\) for {train.DIVERGED_STEPS} steps",
+        err,
+    ), err
     assert "lower learning rate (--lr 5)" in err
     assert out.read_bytes() == b"the last good model"
     assert checkpoint.read_bytes() == b"the last good checkpoint"
@@ -394,8 +518,8 @@ def test_divergence_watch_counts_steps_in_a_row():
 
 # ------------------------------------------------------------------ a model file that cannot be written
 
-def test_a_full_disk_keeps_the_previous_model_and_the_trained_weights(data_300, tmp_path, monkeypatch, capsys,
-                                                                       threads):
+
+def test_a_full_disk_keeps_the_previous_model_and_the_trained_weights(data_300, tmp_path, monkeypatch, capsys, threads):
     common = ["--data-dir", data_300, "--no-verify", "--epochs", "1", "--batch-size", "64", "--threads", "2"]
     assert train.main(common + ["--out", str(tmp_path / "reference.npz")]) == 0
     out = tmp_path / "m.npz"
@@ -423,8 +547,7 @@ def test_a_full_disk_keeps_the_previous_model_and_the_trained_weights(data_300, 
     assert not os.path.exists(tmp_path / "m.ckpt.npz")
 
 
-def test_no_space_at_all_is_a_clear_error_and_the_previous_model_is_intact(data_300, tmp_path, monkeypatch,
-                                                                          capsys):
+def test_no_space_at_all_is_a_clear_error_and_the_previous_model_is_intact(data_300, tmp_path, monkeypatch, capsys):
     out = tmp_path / "m.npz"
     nn.mnist_cnn(seed=9).save(out)
     before = out.read_bytes()
@@ -444,6 +567,7 @@ def test_no_space_at_all_is_a_clear_error_and_the_previous_model_is_intact(data_
 
 
 # ------------------------------------------------------------------ threads
+
 
 def test_kernels_called_from_four_python_threads_match_single_threaded_results(threads):
     """The GIL is released inside the kernels: several Python threads run them at once. Each
@@ -493,6 +617,7 @@ def test_kernels_called_from_four_python_threads_match_single_threaded_results(t
 
 # ------------------------------------------------------------------ memory
 
+
 def resident_bytes():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -508,19 +633,26 @@ def test_ten_thousand_kernel_calls_do_not_grow_memory(threads):
     w, b = rng.standard_normal((8, 3, 3, 3)).astype(np.float32), rng.standard_normal(8).astype(np.float32)
     y = F.conv2d(x, w, b)  # every output below is 4 KB or more
     pooled, argmax = F.max_pool2d(y, 2)
-    xl, wl, bl = rng.standard_normal((64, 128)).astype(np.float32), rng.standard_normal((64, 128)).astype(np.float32), \
-        rng.standard_normal(64).astype(np.float32)
+    xl, wl, bl = (
+        rng.standard_normal((64, 128)).astype(np.float32),
+        rng.standard_normal((64, 128)).astype(np.float32),
+        rng.standard_normal(64).astype(np.float32),
+    )
     labels = rng.integers(0, 64, 64)
     param, grad = rng.standard_normal(4096).astype(np.float32), rng.standard_normal(4096).astype(np.float32)
     m, v, velocity = np.zeros_like(param), np.zeros_like(param), np.zeros_like(param)
     calls = [
         lambda: F.conv2d(x, w, b, padding=1),
         lambda: F.conv2d_backward(x, w, y),
-        lambda: F.relu(y), lambda: F.relu_backward(y, y),
-        lambda: F.max_pool2d(y, 2), lambda: F.max_pool2d_backward(pooled, argmax, y.shape),
-        lambda: F.linear(xl, wl, bl), lambda: F.linear_backward(xl, wl, F.linear(xl, wl, bl)),
+        lambda: F.relu(y),
+        lambda: F.relu_backward(y, y),
+        lambda: F.max_pool2d(y, 2),
+        lambda: F.max_pool2d_backward(pooled, argmax, y.shape),
+        lambda: F.linear(xl, wl, bl),
+        lambda: F.linear_backward(xl, wl, F.linear(xl, wl, bl)),
         lambda: F.softmax_cross_entropy(F.linear(xl, wl, bl), labels),
-        lambda: F.dropout(y, 0.5, 7), lambda: F.dropout_backward(y, np.ones(y.shape, np.uint8), 0.5),
+        lambda: F.dropout(y, 0.5, 7),
+        lambda: F.dropout_backward(y, np.ones(y.shape, np.uint8), 0.5),
         lambda: F.sgd_step(param, grad * 0, velocity, 0.1, 0.9),
         lambda: F.adam_step(param, grad * 0, m, v, 1),
     ]
@@ -529,7 +661,7 @@ def test_ten_thousand_kernel_calls_do_not_grow_memory(threads):
         lambda: F.conv2d(x, w[:, :2].copy(), b),
         lambda: F.linear(xl[:, ::2], wl, bl),
         lambda: F.softmax_cross_entropy(F.linear(xl, wl, bl), labels + 100),
-        lambda: F.max_pool2d_backward(pooled, argmax + 10 ** 6, y.shape),
+        lambda: F.max_pool2d_backward(pooled, argmax + 10**6, y.shape),
         lambda: F.adam_step(param, grad, m, v, 0),
     ]
 
@@ -546,4 +678,4 @@ def test_ten_thousand_kernel_calls_do_not_grow_memory(threads):
     run(10000)
     gc.collect()
     grown = resident_bytes() - start
-    assert grown < 8 << 20, f"resident memory grew by {grown / 2 ** 20:.1f} MB over 10,000 calls"
+    assert grown < 8 << 20, f"resident memory grew by {grown / 2**20:.1f} MB over 10,000 calls"

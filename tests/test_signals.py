@@ -10,6 +10,7 @@ inside the command's work rather than before it starts or after it ends, without
   command has opened it for reading, so the command is then blocked in read();
 - on writing to a stdout pipe that the test does not read (backprop, whose output is large).
 """
+
 import os
 import pty
 import re
@@ -22,9 +23,8 @@ import time
 
 import pytest
 
-from cnnfast import nn
-
 from _idx_helpers import synthetic_mnist, write_mnist_dir
+from cnnfast import nn
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX FIFOs and signals")
 
@@ -34,8 +34,14 @@ TIMEOUT = 60
 def start(args, tmp_path, **env):
     environment = {k: v for k, v in os.environ.items() if k not in ("CNNFAST_DATA", "CNNFAST_MNIST_MIRRORS")}
     environment.update({"XDG_CACHE_HOME": str(tmp_path / "cache"), "no_proxy": "*"}, **env)
-    return subprocess.Popen([sys.executable, "-m", *args], cwd=tmp_path, env=environment, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", *args],
+        cwd=tmp_path,
+        env=environment,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def finish(proc):
@@ -47,8 +53,10 @@ def assert_stopped_cleanly(code, err, sig, command):
     assert code == 128 + sig, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     lines = err.strip().splitlines()
-    assert lines[-1] == f"python -m cnnfast.{command}: stopped by {signal.Signals(sig).name}; " \
-                        "no file was left half-written", err
+    assert (
+        lines[-1] == f"python -m cnnfast.{command}: stopped by {signal.Signals(sig).name}; "
+        "no file was left half-written"
+    ), err
 
 
 def wait_blocked(proc, *waits):
@@ -102,8 +110,11 @@ def model_file(tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 @pytest.mark.parametrize("command", ["train", "evaluate", "sum_challenge"])
 def test_a_signal_while_loading_mnist(tmp_path, silent_mirror, model_file, command, sig):
-    args = {"train": ["--epochs", "1", "--out", "new.npz"], "evaluate": ["--model", "model.npz", "--split", "train"],
-            "sum_challenge": ["--model", "model.npz"]}[command]
+    args = {
+        "train": ["--epochs", "1", "--out", "new.npz"],
+        "evaluate": ["--model", "model.npz", "--split", "train"],
+        "sum_challenge": ["--model", "model.npz"],
+    }[command]
     before = sorted(os.listdir(tmp_path))
     proc = start([f"cnnfast.{command}", *args], tmp_path, CNNFAST_MNIST_MIRRORS=silent_mirror)
     wait_for(proc.stderr, b"downloading MNIST into")
@@ -127,13 +138,16 @@ def blocked_on_fifo(fifo):
             time.sleep(0.02)
 
 
-@pytest.mark.parametrize("command,args", [
-    ("evaluate", ["--model", "input.fifo"]),
-    ("export", ["--model", "input.fifo", "--onnx", "out.onnx"]),
-    ("predict", ["--model", "model.npz", "input.fifo"]),
-    ("sum_challenge", ["--model", "input.fifo"]),
-    ("train", ["--resume", "input.fifo"]),
-])
+@pytest.mark.parametrize(
+    "command,args",
+    [
+        ("evaluate", ["--model", "input.fifo"]),
+        ("export", ["--model", "input.fifo", "--onnx", "out.onnx"]),
+        ("predict", ["--model", "model.npz", "input.fifo"]),
+        ("sum_challenge", ["--model", "input.fifo"]),
+        ("train", ["--resume", "input.fifo"]),
+    ],
+)
 def test_a_signal_while_reading_an_input_file(tmp_path, model_file, command, args):
     if command == "export":
         pytest.importorskip("onnx")
@@ -172,9 +186,26 @@ def test_a_second_ctrl_c_during_training_stops_at_once(tmp_path):
     write_mnist_dir(data, synthetic_mnist(n_train=9000, n_test=10, seed=3))
     for _ in range(5):
         master, slave = pty.openpty()  # a terminal, so that the progress bar shows the first step done
-        proc = subprocess.Popen([sys.executable, "-m", "cnnfast.train", "--data-dir", str(data), "--no-verify",
-                                 "--batch-size", "3000", "--threads", "1", "--out", str(tmp_path / "m.npz")],
-                                stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, cwd=tmp_path)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cnnfast.train",
+                "--data-dir",
+                str(data),
+                "--no-verify",
+                "--batch-size",
+                "3000",
+                "--threads",
+                "1",
+                "--out",
+                str(tmp_path / "m.npz"),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=slave,
+            stderr=slave,
+            cwd=tmp_path,
+        )
         os.close(slave)
         output, deadline = b"", time.monotonic() + TIMEOUT
         try:

@@ -1,4 +1,5 @@
 """The _core.pyi stub lists exactly the compiled module's functions, with the same parameters."""
+
 import ast
 import inspect
 import re
@@ -20,7 +21,7 @@ def compiled_functions():
         if callable(obj) and not name.startswith("__"):
             # pybind11 signature line: "name(x: ..., w: ..., padding: int = 0) -> ..."
             signature = obj.__doc__.splitlines()[0]
-            params = re.findall(r"(\w+): ", signature[signature.index("(") + 1:signature.rindex(")")])
+            params = re.findall(r"(\w+): ", signature[signature.index("(") + 1 : signature.rindex(")")])
             functions[name] = params
     return functions
 
@@ -31,6 +32,7 @@ def test_stub_matches_compiled_module():
 
 def test_functional_wraps_every_public_kernel():
     import cnnfast.functional as F
+
     for name in F.__all__:
         assert callable(getattr(F, name)) and name in vars(_core)
         assert inspect.getdoc(getattr(F, name))

@@ -1,5 +1,6 @@
 """python -m cnnfast.sum_challenge: every statistic exact with stand-in models whose mistakes are
 known, reproducible with a seed, and a short real run on MNIST."""
+
 import json
 import re
 import sys
@@ -12,8 +13,8 @@ import cnnfast
 import cnnfast._cli
 import cnnfast.datasets
 import cnnfast.sum_challenge as sc
-from cnnfast._terminal import digit_picture
 import cnnfast.train
+from cnnfast._terminal import digit_picture
 from cnnfast.datasets import DatasetError
 from conftest import mnist_dir
 
@@ -27,7 +28,7 @@ def synthetic(per_class: int, first_id: int):
     labels = np.arange(n) % 10
     images = np.zeros((n, 28, 28), np.uint8)
     for i, label in enumerate(labels):
-        images[i, 6:22, 4 + 2 * label:8 + 2 * label] = 255
+        images[i, 6:22, 4 + 2 * label : 8 + 2 * label] = 255
         ident = first_id + i
         images[i, 0, :3] = label, ident % 256, ident // 256
     return images, labels.astype(np.uint8)
@@ -77,6 +78,7 @@ def check_consistent(t, labels=LABELS, pred=None):
 
 # ---------------------------------------------------------------------------- the pure functions
 
+
 @pytest.mark.parametrize("mode", ["per-class", "by-prediction", "random"])
 def test_perfect_model_always_passes(mode):
     t, s = draw(mode, StandIn())
@@ -95,8 +97,18 @@ def test_three_read_as_eight():
     t, s = draw("per-class", StandIn({3: 8}))
     check_consistent(t)
     assert (t["sum"] == 50).all() and (t["target"] == 45).all()
-    assert s == {**s, "pass_rate": 0.0, "passes": 0, "lucky_passes": 0, "all_right": 0, "mean_sum": 50.0,
-                 "sd_sum": 0.0, "mean_difference": 5.0, "histogram": {5: 200}, "expected_pass_rate": 0.0}
+    assert s == {
+        **s,
+        "pass_rate": 0.0,
+        "passes": 0,
+        "lucky_passes": 0,
+        "all_right": 0,
+        "mean_sum": 50.0,
+        "sd_sum": 0.0,
+        "mean_difference": 5.0,
+        "histogram": {5: 200},
+        "expected_pass_rate": 0.0,
+    }
     assert sc.verdict(50, 45) == "above 45: the challenge reads this as overfitting"
     assert sc.verdict(40, 45) == "below 45: the challenge reads this as underfitting"
     assert sc.verdict(45, 45) == "= 45: pass"
@@ -199,6 +211,7 @@ def test_picture_fits_and_marks_wrong(columns):
 
     def captions(word):
         return [w for line in lines if line.startswith(word) for w in line.split()[1::2]]
+
     assert captions("true") == [str(d) for d in range(10)]
     assert captions("pred") == ["0", "1", "2", "8", "4", "5", "6", "7", "8", "9"]
     assert captions("p ") == ["0.900"] * 10
@@ -209,19 +222,23 @@ def test_picture_fits_and_marks_wrong(columns):
 
 # ---------------------------------------------------------------------------- the command
 
+
 @pytest.fixture
 def fake(monkeypatch, tmp_path):
     """Synthetic MNIST and a model file that loads as the stand-in `fake.model`."""
+
     class Fake:
         model = StandIn()
         path = tmp_path / "model.npz"
         loads = []
+
     Fake.path.write_bytes(b"stand-in")
     monkeypatch.setattr(sc, "load_mnist", lambda data_dir, no_verify: (X_TRAIN, Y_TRAIN, X_TEST, Y_TEST))
 
     def load(path):
         Fake.loads.append(path)
         return Fake.model
+
     monkeypatch.setattr(sc, "load_model", load)
     return Fake
 
@@ -257,9 +274,19 @@ def test_command_json(fake, capsys):
     status, out, err = run(capsys, "--model", fake.path, "--trials", "150", "--seed", "3", "--json")
     assert status == 0 and "Trial 1" in err  # the text goes to stderr, stdout is only JSON
     data = json.loads(out)
-    assert {"trials": 150, "mode": "per-class", "split": "test", "seed": 3, "pass_rate": 1.0,
-            "lucky_passes": 150, "mean_sum": 45.0, "sd_sum": 0.0, "expected_pass_rate": 0.0,
-            "train_accuracy": 0.8, "test_accuracy": 0.8}.items() <= data.items()
+    assert {
+        "trials": 150,
+        "mode": "per-class",
+        "split": "test",
+        "seed": 3,
+        "pass_rate": 1.0,
+        "lucky_passes": 150,
+        "mean_sum": 45.0,
+        "sd_sum": 0.0,
+        "expected_pass_rate": 0.0,
+        "train_accuracy": 0.8,
+        "test_accuracy": 0.8,
+    }.items() <= data.items()
     assert len(data["samples"]) == 100
     for sample in data["samples"]:
         assert Y_TEST[sample["indices"]].tolist() == sample["true"] == list(range(10))
@@ -287,25 +314,31 @@ def test_command_json_indices_point_at_their_images(fake, capsys, mode, split):
 
 def test_same_seed_same_output(fake, capsys):
     fake.model = StandIn(overrides={3: 8, 14: 2})
-    outputs = [run(capsys, "--model", fake.path, "--trials", "40", "--seed", seed, *extra)[1]
-               for seed in (5, 5, 6) for extra in ([], ["--json"])]
+    outputs = [
+        run(capsys, "--model", fake.path, "--trials", "40", "--seed", seed, *extra)[1]
+        for seed in (5, 5, 6)
+        for extra in ([], ["--json"])
+    ]
     assert outputs[0] == outputs[2] and outputs[1] == outputs[3]
     first = [json.loads(outputs[i])["samples"][0]["indices"] for i in (1, 5)]
     assert first[0] != first[1]
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--trials", "0"], "--trials must be between 1 and 1,000,000, got 0"),
-    (["--trials", "1000001"], "--trials must be between 1 and 1,000,000"),
-    (["--trials", "many"], "invalid int value"),
-    (["--seed=-1"], "--seed must be at least 0"),
-    (["--mode", "sum"], "invalid choice"),
-    (["--split", "val"], "invalid choice"),
-    (["--width", "60"], "--width must be at least 80"),
-    (["--plot", "out.gif"], "give a .png, .pdf or .svg"),
-    (["--plot", "/no/such/dir/out.png"], "no such directory"),
-    (["--model", "/no/such/dir/model.npz"], "cannot be trained there"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--trials", "0"], "--trials must be between 1 and 1,000,000, got 0"),
+        (["--trials", "1000001"], "--trials must be between 1 and 1,000,000"),
+        (["--trials", "many"], "invalid int value"),
+        (["--seed=-1"], "--seed must be at least 0"),
+        (["--mode", "sum"], "invalid choice"),
+        (["--split", "val"], "invalid choice"),
+        (["--width", "60"], "--width must be at least 80"),
+        (["--plot", "out.gif"], "give a .png, .pdf or .svg"),
+        (["--plot", "/no/such/dir/out.png"], "no such directory"),
+        (["--model", "/no/such/dir/model.npz"], "cannot be trained there"),
+    ],
+)
 def test_bad_arguments_exit_2(fake, capsys, argv, message):
     with pytest.raises(SystemExit) as info:
         sc.main(["--model", str(fake.path)] + argv)
@@ -330,6 +363,7 @@ def test_help_states_the_caveat(capsys):
 def test_missing_data(fake, monkeypatch, capsys):
     def missing(root=None, download=True, verify=True):
         raise DatasetError("MNIST data not found (root=)", "MNIST data not found (--data-dir)")
+
     monkeypatch.setattr(sc, "load_mnist", cnnfast._cli.load_mnist)
     monkeypatch.setattr(cnnfast.datasets, "load_mnist", missing)
     status, out, err = run(capsys, "--model", fake.path)
@@ -365,9 +399,19 @@ def test_missing_model_is_trained_first(fake, monkeypatch, capsys, tmp_path, jso
         print("training output")
         path.write_bytes(b"trained")
         return 0
+
     monkeypatch.setattr(cnnfast.train, "main", fake_train)
-    status, out, err = run(capsys, "--model", path, "--data-dir", tmp_path, "--no-verify", "--trials", "5",
-                           *(["--json"] if json_flag else []))
+    status, out, err = run(
+        capsys,
+        "--model",
+        path,
+        "--data-dir",
+        tmp_path,
+        "--no-verify",
+        "--trials",
+        "5",
+        *(["--json"] if json_flag else []),
+    )
     assert status == 0 and fake.loads == [str(path)]
     assert calls == [["--out", str(path), "--data-dir", str(tmp_path), "--no-verify"]]
     text = err if json_flag else out
@@ -403,6 +447,7 @@ def test_plot_histogram_is_readable(mode):
     """The bar at 0 (most trials) must not flatten the others: a log scale; whole-number x-ticks."""
     pytest.importorskip("matplotlib")
     from matplotlib.figure import Figure
+
     model = StandIn({3: 5, 5: 3, 7: 1, 1: 7})
     trials, stats = draw(mode, model, trials=200)
     fig = sc.figure(X_TEST, trials, model.predict_proba(X_TEST), stats, mode, Figure)
@@ -414,12 +459,14 @@ def test_plot_histogram_is_readable(mode):
 
 # ---------------------------------------------------------------------------- real MNIST
 
+
 @pytest.mark.slow
 def test_real_run(tmp_path, capsys):
     data_dir = mnist_dir()
     model_path = tmp_path / "model.npz"
-    assert cnnfast.train.main(["--epochs", "1", "--limit", "3000", "--data-dir", data_dir,
-                               "--out", str(model_path)]) == 0
+    assert (
+        cnnfast.train.main(["--epochs", "1", "--limit", "3000", "--data-dir", data_dir, "--out", str(model_path)]) == 0
+    )
     capsys.readouterr()
     status, out, err = run(capsys, "--model", model_path, "--data-dir", data_dir, "--trials", "50", "--json")
     assert status == 0 and "The real evidence" in err

@@ -1,17 +1,15 @@
 """python -m cnnfast.train: argument checks, data errors, determinism, and a real short run."""
+
 import json
-import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 import cnnfast
+from _idx_helpers import synthetic_mnist, write_mnist_dir
 from cnnfast import train
 from cnnfast.datasets import load_mnist
-
-from _idx_helpers import synthetic_mnist, write_mnist_dir
 from conftest import mnist_dir
 
 
@@ -23,18 +21,21 @@ def synthetic_dir(tmp_path):
     return str(directory)
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--epochs", "-1"], "--epochs must be at least 1"),
-    (["--epochs", "0"], "--epochs must be at least 1"),
-    (["--batch-size", "0"], "--batch-size must be at least 1"),
-    (["--optimizer", "rmsprop"], "invalid choice: 'rmsprop'"),
-    (["--lr", "-0.1"], "--lr must be a positive number"),
-    (["--lr", "nan"], "--lr must be a positive number"),
-    (["--threads", "0"], "--threads must be at least 1"),
-    (["--limit", "0"], "--limit must be at least 1"),
-    (["--out", "/nonexistent-dir/model.npz"], "cannot be written"),
-    (["--out", "/"], "is a directory"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--epochs", "-1"], "--epochs must be at least 1"),
+        (["--epochs", "0"], "--epochs must be at least 1"),
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--optimizer", "rmsprop"], "invalid choice: 'rmsprop'"),
+        (["--lr", "-0.1"], "--lr must be a positive number"),
+        (["--lr", "nan"], "--lr must be a positive number"),
+        (["--threads", "0"], "--threads must be at least 1"),
+        (["--limit", "0"], "--limit must be at least 1"),
+        (["--out", "/nonexistent-dir/model.npz"], "cannot be written"),
+        (["--out", "/"], "is a directory"),
+    ],
+)
 def test_bad_arguments_fail_before_any_work(args, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         train.main(["--data-dir", "/nonexistent-data"] + args)
@@ -83,16 +84,41 @@ def test_train_says_which_data_directory_it_read(synthetic_dir, tmp_path, monkey
 
 
 def test_one_thread_is_singular(synthetic_dir, tmp_path, capsys, threads):
-    assert train.main(["--data-dir", synthetic_dir, "--no-verify", "--epochs", "1", "--limit", "32", "--threads", "1",
-                       "--out", str(tmp_path / "m.npz")]) == 0
+    assert (
+        train.main(
+            [
+                "--data-dir",
+                synthetic_dir,
+                "--no-verify",
+                "--epochs",
+                "1",
+                "--limit",
+                "32",
+                "--threads",
+                "1",
+                "--out",
+                str(tmp_path / "m.npz"),
+            ]
+        )
+        == 0
+    )
     assert "training images, 1 thread\n" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("command,abbreviation", [
-    ("train", "--epoch"), ("evaluate", "--mistake"), ("predict", "--mod"), ("export", "--mod"),
-    ("sum_challenge", "--trial"), ("backprop", "--step")])
+@pytest.mark.parametrize(
+    "command,abbreviation",
+    [
+        ("train", "--epoch"),
+        ("evaluate", "--mistake"),
+        ("predict", "--mod"),
+        ("export", "--mod"),
+        ("sum_challenge", "--trial"),
+        ("backprop", "--step"),
+    ],
+)
 def test_flags_are_not_abbreviated(command, abbreviation, capsys):
     import importlib
+
     module = importlib.import_module(f"cnnfast.{command}")
     parser = module.make_parser() if command == "backprop" else module.build_parser()
     with pytest.raises(SystemExit) as exit_info:
@@ -103,8 +129,26 @@ def test_flags_are_not_abbreviated(command, abbreviation, capsys):
 def test_same_seed_gives_bit_identical_weights(synthetic_dir, tmp_path, threads):
     def run(name, seed):
         out = tmp_path / name
-        assert train.main(["--data-dir", synthetic_dir, "--no-verify", "--epochs", "2", "--batch-size", "32",
-                           "--seed", str(seed), "--threads", "2", "--out", str(out)]) == 0
+        assert (
+            train.main(
+                [
+                    "--data-dir",
+                    synthetic_dir,
+                    "--no-verify",
+                    "--epochs",
+                    "2",
+                    "--batch-size",
+                    "32",
+                    "--seed",
+                    str(seed),
+                    "--threads",
+                    "2",
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
         return [p.data for p in cnnfast.load_model(out).parameters()]
 
     a, b, c = run("a.npz", 3), run("b.npz", 3), run("c.npz", 4)
@@ -114,8 +158,22 @@ def test_same_seed_gives_bit_identical_weights(synthetic_dir, tmp_path, threads)
 
 def test_json_output_and_sgd(synthetic_dir, tmp_path, capsys):
     out = tmp_path / "m.npz"
-    code = train.main(["--data-dir", synthetic_dir, "--no-verify", "--epochs", "1", "--optimizer", "sgd",
-                       "--limit", "100", "--out", str(out), "--json"])
+    code = train.main(
+        [
+            "--data-dir",
+            synthetic_dir,
+            "--no-verify",
+            "--epochs",
+            "1",
+            "--optimizer",
+            "sgd",
+            "--limit",
+            "100",
+            "--out",
+            str(out),
+            "--json",
+        ]
+    )
     assert code == 0
     captured = capsys.readouterr()
     metrics = json.loads(captured.out)  # stdout holds only the JSON object
@@ -127,8 +185,21 @@ def test_json_output_and_sgd(synthetic_dir, tmp_path, capsys):
 
 def test_divergence_stops_with_a_message_and_saves_nothing(synthetic_dir, tmp_path, capsys):
     out = tmp_path / "m.npz"
-    code = train.main(["--data-dir", synthetic_dir, "--no-verify", "--epochs", "3", "--optimizer", "sgd",
-                       "--lr", "1e30", "--out", str(out)])
+    code = train.main(
+        [
+            "--data-dir",
+            synthetic_dir,
+            "--no-verify",
+            "--epochs",
+            "3",
+            "--optimizer",
+            "sgd",
+            "--lr",
+            "1e30",
+            "--out",
+            str(out),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1
     assert "diverged in epoch 1" in err and "lower learning rate" in err
@@ -137,8 +208,19 @@ def test_divergence_stops_with_a_message_and_saves_nothing(synthetic_dir, tmp_pa
 
 def test_help_explains_itself():
     out = subprocess.run([sys.executable, "-m", "cnnfast.train", "--help"], capture_output=True, text=True, check=True)
-    for flag in ("--epochs", "--batch-size", "--lr", "--optimizer", "--seed", "--threads", "--data-dir",
-                 "--no-verify", "--out", "--limit", "--json"):
+    for flag in (
+        "--epochs",
+        "--batch-size",
+        "--lr",
+        "--optimizer",
+        "--seed",
+        "--threads",
+        "--data-dir",
+        "--no-verify",
+        "--out",
+        "--limit",
+        "--json",
+    ):
         assert flag in out.stdout
     assert "Conv2d(1,32,3)" in out.stdout
 
@@ -146,8 +228,9 @@ def test_help_explains_itself():
 def test_short_real_training_run_exceeds_95_percent(tmp_path):
     data = mnist_dir()
     out = tmp_path / "m.npz"
-    code = train.main(["--data-dir", data, "--epochs", "1", "--limit", "20000", "--batch-size", "32",
-                       "--out", str(out), "--json"])
+    code = train.main(
+        ["--data-dir", data, "--epochs", "1", "--limit", "20000", "--batch-size", "32", "--out", str(out), "--json"]
+    )
     assert code == 0
     _, _, x_test, y_test = load_mnist(data)
     accuracy = (cnnfast.load_model(out).predict(x_test[:2000]) == y_test[:2000]).mean()

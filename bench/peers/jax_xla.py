@@ -11,14 +11,14 @@ one jitted function per training step (forward, gradient, optax.adam update) cal
 Python loop over the shuffled batches, and one jitted forward for inference. Compilation (the
 full batch and the epoch's last, smaller batch) is done before the timed epoch (compile_s).
 """
+
 import jax
 import jax.numpy as jnp
 import jaxlib
 import numpy as np
 import optax
 from jax import lax
-
-from peer_common import SETTINGS, LR, INFER_BATCH, Timer, batches, epoch_order, mnist, report
+from peer_common import INFER_BATCH, LR, SETTINGS, Timer, batches, epoch_order, mnist, report
 
 DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 
@@ -27,10 +27,16 @@ def init(key):
     def uniform(key, shape, fan_in):
         bound = 1.0 / np.sqrt(fan_in)
         return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
+
     k = jax.random.split(key, 6)
-    return {"conv1_w": uniform(k[0], (3, 3, 1, 32), 9), "conv1_b": uniform(k[1], (32,), 9),
-            "conv2_w": uniform(k[2], (3, 3, 32, 64), 288), "conv2_b": uniform(k[3], (64,), 288),
-            "linear_w": uniform(k[4], (1600, 10), 1600), "linear_b": uniform(k[5], (10,), 1600)}
+    return {
+        "conv1_w": uniform(k[0], (3, 3, 1, 32), 9),
+        "conv1_b": uniform(k[1], (32,), 9),
+        "conv2_w": uniform(k[2], (3, 3, 32, 64), 288),
+        "conv2_b": uniform(k[3], (64,), 288),
+        "linear_w": uniform(k[4], (1600, 10), 1600),
+        "linear_b": uniform(k[5], (10,), 1600),
+    }
 
 
 def conv_relu_pool(x, w, b):
@@ -55,6 +61,7 @@ optimizer = optax.adam(LR)
 def train_step(params, state, x, y, key):
     def loss(p):
         return optax.softmax_cross_entropy_with_integer_labels(logits(p, x, key), y).mean()
+
     value, grads = jax.value_and_grad(loss)(params)
     updates, state = optimizer.update(grads, state, params)
     return optax.apply_updates(params, updates), state, value
@@ -85,11 +92,18 @@ def main():
                 params, state, _ = train_step(params, state, x_train[batch], y_train[batch], step_key)
             jax.block_until_ready(params)
         with Timer() as inference:
-            predicted = np.concatenate([np.asarray(predict(params, x_test[i:i + INFER_BATCH]))
-                                        for i in range(0, len(x_test), INFER_BATCH)])
-        report("jax-xla-jit-step", epoch=epoch, train_s=training.seconds, infer_s=inference.seconds,
-               test_acc=float((predicted == y_test).mean()), compile_s=warm.seconds,
-               versions={"jax": jax.__version__, "jaxlib": jaxlib.__version__, "optax": optax.__version__})
+            predicted = np.concatenate(
+                [np.asarray(predict(params, x_test[i : i + INFER_BATCH])) for i in range(0, len(x_test), INFER_BATCH)]
+            )
+        report(
+            "jax-xla-jit-step",
+            epoch=epoch,
+            train_s=training.seconds,
+            infer_s=inference.seconds,
+            test_acc=float((predicted == y_test).mean()),
+            compile_s=warm.seconds,
+            versions={"jax": jax.__version__, "jaxlib": jaxlib.__version__, "optax": optax.__version__},
+        )
 
 
 if __name__ == "__main__":

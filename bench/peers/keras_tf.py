@@ -11,13 +11,13 @@ for one epoch at a time (Keras shuffles with its own generator, seeded by set_ra
 Warm-up: a fit on three batches (two full ones and one of the epoch's last size) and a predict,
 not timed (compile_s); the weights and the optimizer are then reset to where they started.
 """
+
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
-
-from peer_common import SETTINGS, LR, INFER_BATCH, Timer, mnist, report  # noqa: E402
+from peer_common import INFER_BATCH, LR, SETTINGS, Timer, mnist, report  # noqa: E402
 
 tf.config.threading.set_intra_op_parallelism_threads(SETTINGS["threads"])
 tf.config.threading.set_inter_op_parallelism_threads(SETTINGS["threads"])
@@ -29,14 +29,23 @@ JIT = os.environ.get("JIT", "auto")
 
 
 def build():
-    model = keras.Sequential([
-        keras.Input((28, 28, 1)),
-        layers.Conv2D(32, 3, activation="relu"), layers.MaxPooling2D(2),
-        layers.Conv2D(64, 3, activation="relu"), layers.MaxPooling2D(2),
-        layers.Flatten(), layers.Dropout(0.5), layers.Dense(10)])
-    model.compile(optimizer=keras.optimizers.Adam(LR),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  jit_compile={"auto": "auto", "0": False, "1": True}[JIT])
+    model = keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            layers.Conv2D(32, 3, activation="relu"),
+            layers.MaxPooling2D(2),
+            layers.Conv2D(64, 3, activation="relu"),
+            layers.MaxPooling2D(2),
+            layers.Flatten(),
+            layers.Dropout(0.5),
+            layers.Dense(10),
+        ]
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(LR),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile={"auto": "auto", "0": False, "1": True}[JIT],
+    )
     return model
 
 
@@ -61,10 +70,16 @@ def main():
             model.fit(x_train, y_train, batch_size=bs, epochs=1, shuffle=True, verbose=0)
         with Timer() as inference:
             predicted = model.predict(x_test, batch_size=INFER_BATCH, verbose=0).argmax(axis=1)
-        report(f"keras-tf-fit-jit_{JIT}", epoch=epoch, train_s=training.seconds, infer_s=inference.seconds,
-               test_acc=float((predicted == y_test).mean()), compile_s=warm.seconds,
-               versions={"tensorflow": tf.__version__, "keras": keras.__version__},
-               jit_compile=str(model.jit_compile))
+        report(
+            f"keras-tf-fit-jit_{JIT}",
+            epoch=epoch,
+            train_s=training.seconds,
+            infer_s=inference.seconds,
+            test_acc=float((predicted == y_test).mean()),
+            compile_s=warm.seconds,
+            versions={"tensorflow": tf.__version__, "keras": keras.__version__},
+            jit_compile=str(model.jit_compile),
+        )
 
 
 if __name__ == "__main__":

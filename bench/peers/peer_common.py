@@ -16,6 +16,7 @@ Each epoch prints one JSON line on stdout: framework, epoch, train_s, train_img_
 test_acc, compile_s, threads, bs, limit and the versions of what ran (run_peers.sh adds the
 peer's name and the load average, and tabulates train_img_s, infer_img_s and test_acc).
 """
+
 import gzip
 import json
 import os
@@ -44,7 +45,7 @@ def _idx(name):
             with opener(path, "rb") as f:
                 data = f.read()
             ndim = data[3]
-            shape = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+            shape = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
             return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
     raise SystemExit(f"peer: no {name}[.gz] in {directory} (set MNIST_DIR)")
 
@@ -52,9 +53,11 @@ def _idx(name):
 def mnist(layout="NCHW"):
     """float32 images in [0, 1] (NCHW or NHWC) and int64 labels: the first LIMIT training images,
     and the 10,000 test images."""
+
     def images(name):
         x = _idx(name).astype(np.float32) / np.float32(255)
         return x[:, None, :, :] if layout == "NCHW" else x[:, :, :, None]
+
     x_train, y_train = images("train-images-idx3-ubyte"), _idx("train-labels-idx1-ubyte").astype(np.int64)
     x_test, y_test = images("t10k-images-idx3-ubyte"), _idx("t10k-labels-idx1-ubyte").astype(np.int64)
     limit = SETTINGS["limit"]
@@ -67,7 +70,7 @@ def epoch_order(epoch, n):
 
 
 def batches(order, bs):
-    return [order[i:i + bs] for i in range(0, len(order), bs)]
+    return [order[i : i + bs] for i in range(0, len(order), bs)]
 
 
 class Timer:
@@ -80,9 +83,24 @@ class Timer:
 
 
 def report(framework, *, epoch, train_s, infer_s, test_acc, compile_s, versions, **extra):
-    print(json.dumps({
-        "framework": framework, "epoch": epoch, "train_s": round(train_s, 3),
-        "train_img_s": round(SETTINGS["limit"] / train_s), "infer_img_s": round(10000 / infer_s),
-        "test_acc": test_acc, "compile_s": round(compile_s, 2), "threads": SETTINGS["threads"],
-        "bs": SETTINGS["bs"], "limit": SETTINGS["limit"], "python": platform.python_version(),
-        "numpy": np.__version__, **versions, **extra}), flush=True)
+    print(
+        json.dumps(
+            {
+                "framework": framework,
+                "epoch": epoch,
+                "train_s": round(train_s, 3),
+                "train_img_s": round(SETTINGS["limit"] / train_s),
+                "infer_img_s": round(10000 / infer_s),
+                "test_acc": test_acc,
+                "compile_s": round(compile_s, 2),
+                "threads": SETTINGS["threads"],
+                "bs": SETTINGS["bs"],
+                "limit": SETTINGS["limit"],
+                "python": platform.python_version(),
+                "numpy": np.__version__,
+                **versions,
+                **extra,
+            }
+        ),
+        flush=True,
+    )

@@ -10,13 +10,13 @@ The model is nn.Sequential with PyTorch's default initialisation; each step is z
 forward, cross-entropy, backward and Adam's step. Warm-up: three steps on a copy of the model,
 not timed (compile_s), so the timed epoch starts from the same initial weights.
 """
+
 import copy
 import os
 
 import torch
+from peer_common import INFER_BATCH, LR, SETTINGS, Timer, batches, epoch_order, mnist, report
 from torch import nn
-
-from peer_common import SETTINGS, LR, INFER_BATCH, Timer, batches, epoch_order, mnist, report
 
 MEMORY = os.environ.get("MEMORY", "contiguous")  # or channels_last
 FORMAT = torch.channels_last if MEMORY == "channels_last" else torch.contiguous_format
@@ -25,9 +25,16 @@ FORMAT = torch.channels_last if MEMORY == "channels_last" else torch.contiguous_
 def build():
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(1, 32, 3), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Dropout(0.5), nn.Linear(1600, 10)).to(memory_format=FORMAT)
+        nn.Conv2d(1, 32, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Dropout(0.5),
+        nn.Linear(1600, 10),
+    ).to(memory_format=FORMAT)
 
 
 def train_step(model, optimizer, x, y):
@@ -49,7 +56,7 @@ def main():
         scratch = copy.deepcopy(model)
         scratch_optimizer = torch.optim.Adam(scratch.parameters(), lr=LR)
         for _ in range(3):
-            train_step(scratch, scratch_optimizer, x_train[:SETTINGS["bs"]], y_train[:SETTINGS["bs"]])
+            train_step(scratch, scratch_optimizer, x_train[: SETTINGS["bs"]], y_train[: SETTINGS["bs"]])
         with torch.no_grad():
             scratch.eval()(x_test[:INFER_BATCH])
 
@@ -63,9 +70,16 @@ def main():
         correct = 0
         with Timer() as inference, torch.no_grad():
             for i in range(0, len(x_test), INFER_BATCH):
-                correct += int((model(x_test[i:i + INFER_BATCH]).argmax(1) == y_test[i:i + INFER_BATCH]).sum())
-        report(f"pytorch-eager-{MEMORY}", epoch=epoch, train_s=training.seconds, infer_s=inference.seconds,
-               test_acc=correct / len(x_test), compile_s=warm.seconds, versions={"torch": torch.__version__})
+                correct += int((model(x_test[i : i + INFER_BATCH]).argmax(1) == y_test[i : i + INFER_BATCH]).sum())
+        report(
+            f"pytorch-eager-{MEMORY}",
+            epoch=epoch,
+            train_s=training.seconds,
+            infer_s=inference.seconds,
+            test_acc=correct / len(x_test),
+            compile_s=warm.seconds,
+            versions={"torch": torch.__version__},
+        )
 
 
 if __name__ == "__main__":

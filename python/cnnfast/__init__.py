@@ -4,6 +4,7 @@ Reading order: cpp/ (kernels) -> cpp/bindings.cpp -> cnnfast.functional -> cnnfa
 commands (python -m cnnfast.train, cnnfast.evaluate, cnnfast.predict, cnnfast.export,
 cnnfast.backprop, cnnfast.sum_challenge).
 """
+
 import os as _os
 import warnings as _warnings
 

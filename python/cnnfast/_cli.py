@@ -8,6 +8,7 @@ and how it ends.
   stops it with one line on stderr and exit status 130 or 143, never a traceback. Files being
   written are written atomically (cnnfast._files), so an interruption leaves them as they were.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -78,8 +79,11 @@ def run_command(main) -> int:
             sys.stdout.flush()
         except (OSError, ValueError):
             _quiet_stdout()
-        print(f"{prog}: stopped by {signal.Signals(signum).name}{note}; no file was left half-written",
-              file=sys.stderr, flush=True)
+        print(
+            f"{prog}: stopped by {signal.Signals(signum).name}{note}; no file was left half-written",
+            file=sys.stderr,
+            flush=True,
+        )
         return 128 + signum
 
 

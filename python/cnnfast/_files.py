@@ -7,6 +7,7 @@ same directory, flushed to disk, given the mode ``0o666 & ~umask`` (``mkstemp`` 
 target. A reader never sees half a file, and on any error or interruption (an exception,
 Ctrl-C) the temporary file is removed and a previous file at the target is left as it was.
 """
+
 from __future__ import annotations
 
 import contextlib

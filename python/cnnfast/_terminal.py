@@ -1,4 +1,5 @@
 """Drawing in the terminal: a progress bar, digits as shaded blocks, histograms."""
+
 from __future__ import annotations
 
 import sys
@@ -128,8 +129,11 @@ def digit_picture(image: np.ndarray, stream=None, frame: bool = True) -> list[st
         return rows
     width = max((len(r) for r in rows), default=0)
     if blocks:
-        return (["\u250c" + "\u2500" * width + "\u2510"] + ["\u2502" + r.ljust(width) + "\u2502" for r in rows]
-                + ["\u2514" + "\u2500" * width + "\u2518"])
+        return (
+            ["\u250c" + "\u2500" * width + "\u2510"]
+            + ["\u2502" + r.ljust(width) + "\u2502" for r in rows]
+            + ["\u2514" + "\u2500" * width + "\u2518"]
+        )
     return ["+" + "-" * width + "+"] + ["|" + r.ljust(width) + "|" for r in rows] + ["+" + "-" * width + "+"]
 
 
@@ -142,5 +146,5 @@ def picture_grid(blocks: list[list[str]], columns: int, gap: int = 2) -> list[st
     per_row = max(1, (columns + gap) // (cell + gap))
     lines = []
     for i in range(0, len(blocks), per_row):
-        lines += side_by_side(blocks[i:i + per_row], cell, gap=gap) + [""]
+        lines += side_by_side(blocks[i : i + per_row], cell, gap=gap) + [""]
     return lines[:-1]

@@ -74,14 +74,33 @@ import argparse
 import json
 import re
 import sys
+from collections.abc import Sequence
 from fractions import Fraction
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, NamedTuple
 
 __all__ = [
-    "Node", "Local", "neuron", "weighted_sum", "half_squared_error", "backward",
-    "build", "step", "run", "train", "fmt", "parse_number", "explain", "to_dot",
-    "to_json", "kernel_replay", "check_kernels", "main",
-    "DEFAULT_X", "DEFAULT_Y", "DEFAULT_WEIGHTS", "DEFAULT_LR",
+    "Node",
+    "Local",
+    "neuron",
+    "weighted_sum",
+    "half_squared_error",
+    "backward",
+    "build",
+    "step",
+    "run",
+    "train",
+    "fmt",
+    "parse_number",
+    "explain",
+    "to_dot",
+    "to_json",
+    "kernel_replay",
+    "check_kernels",
+    "main",
+    "DEFAULT_X",
+    "DEFAULT_Y",
+    "DEFAULT_WEIGHTS",
+    "DEFAULT_LR",
 ]
 
 DEFAULT_X = Fraction(2)
@@ -100,6 +119,7 @@ GRAD_NAMES = ("o", "c", "e", "a", "b", "w5", "w4", "w3", "w2", "w1")
 # Exact numbers in and out
 # --------------------------------------------------------------------------
 
+
 def fmt(q) -> str:
     """Print a Fraction exactly: as a short decimal if it has one, else p/q.
 
@@ -116,7 +136,7 @@ def fmt(q) -> str:
     if rest != 1:
         return f"{q.numerator}/{q.denominator}"
     k = max(twos, fives)
-    digits = str(abs(q.numerator) * (10 ** k // q.denominator)).rjust(k + 1, "0")
+    digits = str(abs(q.numerator) * (10**k // q.denominator)).rjust(k + 1, "0")
     sign = "-" if q < 0 else ""
     if k == 0:
         return sign + digits
@@ -141,12 +161,14 @@ def _n(q) -> str:
 # The node type and its operations
 # --------------------------------------------------------------------------
 
+
 class Local(NamedTuple):
     """One local derivative d(output)/d(input), with how it was computed."""
-    input: "Node"
+
+    input: Node
     value: Fraction
-    formula: str   # e.g. "relu'(w2 * a) * w2"
-    numbers: str   # e.g. "1 * 1"
+    formula: str  # e.g. "relu'(w2 * a) * w2"
+    numbers: str  # e.g. "1 * 1"
 
 
 class Node:
@@ -154,19 +176,18 @@ class Node:
 
     _count = 0
 
-    def __init__(self, value, name: str, inputs: Sequence["Node"] = (), op: str = "",
-                 numbers: str = ""):
+    def __init__(self, value, name: str, inputs: Sequence[Node] = (), op: str = "", numbers: str = ""):
         self.value = Fraction(value)
         self.name = name
         self.grad = Fraction(0)
         self._inputs = tuple(inputs)
-        self._op = op            # symbolic recipe, e.g. "relu(w2 * a)"; "" for an input
+        self._op = op  # symbolic recipe, e.g. "relu(w2 * a)"; "" for an input
         self._numbers = numbers  # the recipe with numbers, e.g. "relu(1 * 4)"
-        self.relu_off = False    # True for a ReLU whose pre-activation is <= 0
-        self.preact: Optional[Fraction] = None
-        self._backward: Callable[[], List[Local]] = lambda: []
+        self.relu_off = False  # True for a ReLU whose pre-activation is <= 0
+        self.preact: Fraction | None = None
+        self._backward: Callable[[], list[Local]] = lambda: []
         Node._count += 1
-        self._id = Node._count   # creation order, to print sums in a stable order
+        self._id = Node._count  # creation order, to print sums in a stable order
 
     def __repr__(self) -> str:
         return f"Node({self.name}={fmt(self.value)}, grad={fmt(self.grad)})"
@@ -176,32 +197,35 @@ def neuron(w: Node, inp: Node, name: str) -> Node:
     """name = relu(w * inp)."""
     z = w.value * inp.value
     on = z > 0
-    out = Node(z if on else 0, name, (w, inp), f"relu({w.name} * {inp.name})",
-               f"relu({_n(w.value)} * {_n(inp.value)})")
+    out = Node(z if on else 0, name, (w, inp), f"relu({w.name} * {inp.name})", f"relu({_n(w.value)} * {_n(inp.value)})")
     out.preact, out.relu_off = z, not on
 
-    def _backward() -> List[Local]:
-        r = 1 if on else 0                    # relu'(z): 1 if the ReLU is on, else 0
+    def _backward() -> list[Local]:
+        r = 1 if on else 0  # relu'(z): 1 if the ReLU is on, else 0
         gate = f"relu'({w.name} * {inp.name})"
-        return [Local(w, r * inp.value, f"{gate} * {inp.name}", f"{r} * {_n(inp.value)}"),
-                Local(inp, r * w.value, f"{gate} * {w.name}", f"{r} * {_n(w.value)}")]
+        return [
+            Local(w, r * inp.value, f"{gate} * {inp.name}", f"{r} * {_n(inp.value)}"),
+            Local(inp, r * w.value, f"{gate} * {w.name}", f"{r} * {_n(w.value)}"),
+        ]
+
     out._backward = _backward
     return out
 
 
-def weighted_sum(pairs: Sequence[Tuple[Node, Node]], name: str) -> Node:
+def weighted_sum(pairs: Sequence[tuple[Node, Node]], name: str) -> Node:
     """name = w_1 * v_1 + w_2 * v_2 + ...  (a linear output, no ReLU)."""
     value = sum((w.value * v.value for w, v in pairs), Fraction(0))
     op = " + ".join(f"{w.name} * {v.name}" for w, v in pairs)
     numbers = " + ".join(f"{_n(w.value)} * {_n(v.value)}" for w, v in pairs)
     out = Node(value, name, [n for pair in pairs for n in pair], op, numbers)
 
-    def _backward() -> List[Local]:
+    def _backward() -> list[Local]:
         locals_ = []
-        for w, v in pairs:                    # d(w*v)/dv = w and d(w*v)/dw = v
+        for w, v in pairs:  # d(w*v)/dv = w and d(w*v)/dw = v
             locals_.append(Local(v, w.value, w.name, fmt(w.value)))
             locals_.append(Local(w, v.value, v.name, fmt(v.value)))
         return locals_
+
     out._backward = _backward
     return out
 
@@ -209,19 +233,21 @@ def weighted_sum(pairs: Sequence[Tuple[Node, Node]], name: str) -> Node:
 def half_squared_error(o: Node, y: Node, name: str = "L") -> Node:
     """name = 1/2 * (o - y)^2, the MSE loss of one sample."""
     d = o.value - y.value
-    out = Node(d * d / 2, name, (o, y), f"1/2 * ({o.name} - {y.name})^2",
-               f"1/2 * ({fmt(o.value)} - {_n(y.value)})^2")
+    out = Node(d * d / 2, name, (o, y), f"1/2 * ({o.name} - {y.name})^2", f"1/2 * ({fmt(o.value)} - {_n(y.value)})^2")
 
-    def _backward() -> List[Local]:
-        return [Local(o, d, f"{o.name} - {y.name}", f"{fmt(o.value)} - {_n(y.value)}"),
-                Local(y, -d, f"{y.name} - {o.name}", f"{fmt(y.value)} - {_n(o.value)}")]
+    def _backward() -> list[Local]:
+        return [
+            Local(o, d, f"{o.name} - {y.name}", f"{fmt(o.value)} - {_n(y.value)}"),
+            Local(y, -d, f"{y.name} - {o.name}", f"{fmt(y.value)} - {_n(o.value)}"),
+        ]
+
     out._backward = _backward
     return out
 
 
-def topological_order(root: Node) -> List[Node]:
+def topological_order(root: Node) -> list[Node]:
     """Every node after the nodes it was made from."""
-    order: List[Node] = []
+    order: list[Node] = []
     seen = set()
 
     def visit(node: Node) -> None:
@@ -230,6 +256,7 @@ def topological_order(root: Node) -> List[Node]:
             for inp in node._inputs:
                 visit(inp)
             order.append(node)
+
     visit(root)
     return order
 
@@ -239,8 +266,8 @@ def backward(root: Node) -> None:
     order = topological_order(root)
     for node in order:
         node.grad = Fraction(0)
-    root.grad = Fraction(1)                    # dL/dL = 1
-    for node in reversed(order):               # a node's users come before it
+    root.grad = Fraction(1)  # dL/dL = 1
+    for node in reversed(order):  # a node's users come before it
         for local in node._backward():
             local.input.grad += local.value * node.grad
 
@@ -249,7 +276,8 @@ def backward(root: Node) -> None:
 # The worked graph
 # --------------------------------------------------------------------------
 
-def build(x, y, weights) -> Dict[str, Node]:
+
+def build(x, y, weights) -> dict[str, Node]:
     """Build the forward graph; returns every node by name ('L' is the loss)."""
     weights = tuple(Fraction(w) for w in weights)
     if len(weights) != 5:
@@ -257,7 +285,7 @@ def build(x, y, weights) -> Dict[str, Node]:
     X, Y = Node(x, "x"), Node(y, "y")
     w1, w2, w3, w4, w5 = (Node(v, n) for v, n in zip(weights, WEIGHT_NAMES))
     a = neuron(w1, X, "a")
-    b = neuron(w1, X, "b")                     # w1 is shared by a and b
+    b = neuron(w1, X, "b")  # w1 is shared by a and b
     c = neuron(w2, a, "c")
     e = neuron(w3, b, "e")
     o = weighted_sum([(w4, c), (w5, e)], "o")
@@ -265,7 +293,7 @@ def build(x, y, weights) -> Dict[str, Node]:
     return {n.name: n for n in (X, Y, w1, w2, w3, w4, w5, a, b, c, e, o, L)}
 
 
-def step(x, y, weights, lr) -> Tuple[Dict[str, Node], dict]:
+def step(x, y, weights, lr) -> tuple[dict[str, Node], dict]:
     """One forward/backward/update step: (the graph's nodes, exact result)."""
     nodes = build(x, y, weights)
     backward(nodes["L"])
@@ -282,15 +310,16 @@ def step(x, y, weights, lr) -> Tuple[Dict[str, Node], dict]:
 def run(x=DEFAULT_X, y=DEFAULT_Y, weights=DEFAULT_WEIGHTS, lr=DEFAULT_LR) -> dict:
     """One step, exactly.  Returns Fractions::
 
-        {"forward": {a, b, c, e, o}, "loss": L,
-         "grads": {o, c, e, a, b, w5, w4, w3, w2, w1}   (each dL/d...),
-         "updated": {w1, ..., w5}}                       (w - lr * dL/dw)
+    {"forward": {a, b, c, e, o}, "loss": L,
+     "grads": {o, c, e, a, b, w5, w4, w3, w2, w1}   (each dL/d...),
+     "updated": {w1, ..., w5}}                       (w - lr * dL/dw)
     """
     return step(x, y, weights, lr)[1]
 
 
-def train(x=DEFAULT_X, y=DEFAULT_Y, weights=DEFAULT_WEIGHTS, lr=DEFAULT_LR,
-          steps: int = 1) -> List[Tuple[Dict[str, Node], dict]]:
+def train(
+    x=DEFAULT_X, y=DEFAULT_Y, weights=DEFAULT_WEIGHTS, lr=DEFAULT_LR, steps: int = 1
+) -> list[tuple[dict[str, Node], dict]]:
     """`steps` steps, each starting from the previous step's updated weights."""
     out = []
     weights = tuple(Fraction(w) for w in weights)
@@ -310,8 +339,8 @@ def loss_at(x, y, weights) -> Fraction:
 # The printout
 # --------------------------------------------------------------------------
 
-def _table(rows: List[List[Optional[str]]], indent: str = "  ",
-           notes: Optional[List[str]] = None) -> List[str]:
+
+def _table(rows: list[list[str | None]], indent: str = "  ", notes: list[str] | None = None) -> list[str]:
     """Align rows of cells into columns joined by ' = ', each row's note after it.
     A cell that is None is left blank (no '=' before it)."""
     cols = [max(len(r[i] or "") for r in rows) for i in range(len(rows[0]))]
@@ -325,7 +354,7 @@ def _table(rows: List[List[Optional[str]]], indent: str = "  ",
     return lines
 
 
-def _consumers(node: Node, nodes: Dict[str, Node]) -> List[Tuple[Node, Local]]:
+def _consumers(node: Node, nodes: dict[str, Node]) -> list[tuple[Node, Local]]:
     """The nodes made from `node`, each with its local derivative d(user)/d(node)."""
     users = []
     for user in sorted(nodes.values(), key=lambda n: n._id):
@@ -335,10 +364,10 @@ def _consumers(node: Node, nodes: Dict[str, Node]) -> List[Tuple[Node, Local]]:
     return users
 
 
-def explain(nodes: Dict[str, Node], lr) -> str:
+def explain(nodes: dict[str, Node], lr) -> str:
     """The text trace of one step: forward, loss, backward, updates."""
     lr = Fraction(lr)
-    out: List[str] = []
+    out: list[str] = []
 
     out.append("Forward pass")
     rows, notes = [], {}
@@ -346,8 +375,9 @@ def explain(nodes: Dict[str, Node], lr) -> str:
         node = nodes[n]
         rows.append([node.name, node._op, node._numbers, fmt(node.value)])
         if node.relu_off:
-            notes[len(rows) - 1] = (f"   <- ReLU off: pre-activation {fmt(node.preact)} <= 0,"
-                                    f" so {n} = 0 and {n} passes zero gradient")
+            notes[len(rows) - 1] = (
+                f"   <- ReLU off: pre-activation {fmt(node.preact)} <= 0, so {n} = 0 and {n} passes zero gradient"
+            )
     out.extend(_table(rows, "  ", [notes.get(i, "") for i in range(len(rows))]))
 
     out.append("")
@@ -364,9 +394,8 @@ def explain(nodes: Dict[str, Node], lr) -> str:
             chain_notes.append("")
             continue
         for u, loc in users:
-            same = loc.numbers == fmt(loc.value)     # "do/dc = w4 = 4", not "= 4 = 4"
-            rows.append([f"d{u.name}/d{n}", loc.formula, None if same else loc.numbers,
-                         fmt(loc.value)])
+            same = loc.numbers == fmt(loc.value)  # "do/dc = w4 = 4", not "= 4 = 4"
+            rows.append([f"d{u.name}/d{n}", loc.formula, None if same else loc.numbers, fmt(loc.value)])
             notes.append(f"   <- ReLU at {u.name} is off" if u.relu_off else "")
         sym = " + ".join(f"d{u.name}/d{n} * dL/d{u.name}" for u, _ in users)
         if len(users) == 1:
@@ -375,8 +404,7 @@ def explain(nodes: Dict[str, Node], lr) -> str:
             num = " + ".join(f"{_n(loc.value)}*{_n(u.grad)}" for u, loc in users)
         chain.append([f"dL/d{n}", sym, num, fmt(node.grad)])
         off = [u.name for u, _ in users if u.relu_off]
-        chain_notes.append(f"   <- zero gradient through the ReLU at {', '.join(off)} (off)"
-                           if off else "")
+        chain_notes.append(f"   <- zero gradient through the ReLU at {', '.join(off)} (off)" if off else "")
     out.extend(_table(rows, "    ", notes))
     out.append("  chain rule (dL/dv = sum over each v' made from v of dv'/dv * dL/dv'):")
     out.extend(_table(chain, "    ", chain_notes))
@@ -386,27 +414,36 @@ def explain(nodes: Dict[str, Node], lr) -> str:
     rows = []
     for w in WEIGHT_NAMES:
         node = nodes[w]
-        rows.append([w, f"{w} - lr * dL/d{w}",
-                     f"{fmt(node.value)} - {_n(lr)} * {_n(node.grad)}",
-                     fmt(node.value - lr * node.grad)])
+        rows.append(
+            [
+                w,
+                f"{w} - lr * dL/d{w}",
+                f"{fmt(node.value)} - {_n(lr)} * {_n(node.grad)}",
+                fmt(node.value - lr * node.grad),
+            ]
+        )
     out.extend(_table(rows))
     return "\n".join(out)
 
 
 def _header(x, y, weights, lr) -> str:
-    return "\n".join([
-        "Backpropagation on a small graph, in exact arithmetic",
-        "  a = relu(w1 * x)   b = relu(w1 * x)   (w1 shared by a and b)",
-        "  c = relu(w2 * a)   e = relu(w3 * b)",
-        "  o = w4 * c + w5 * e,   L = 1/2 * (o - y)^2,   w <- w - lr * dL/dw",
-        "Inputs: x = {}, y = {}, w1..w5 = {}, lr = {}".format(
-            fmt(x), fmt(y), ", ".join(fmt(w) for w in weights), fmt(lr)),
-    ])
+    return "\n".join(
+        [
+            "Backpropagation on a small graph, in exact arithmetic",
+            "  a = relu(w1 * x)   b = relu(w1 * x)   (w1 shared by a and b)",
+            "  c = relu(w2 * a)   e = relu(w3 * b)",
+            "  o = w4 * c + w5 * e,   L = 1/2 * (o - y)^2,   w <- w - lr * dL/dw",
+            "Inputs: x = {}, y = {}, w1..w5 = {}, lr = {}".format(
+                fmt(x), fmt(y), ", ".join(fmt(w) for w in weights), fmt(lr)
+            ),
+        ]
+    )
 
 
 # --------------------------------------------------------------------------
 # JSON and Graphviz
 # --------------------------------------------------------------------------
+
 
 def to_json(result: dict) -> dict:
     """A run() result with every Fraction as its exact string ("-23.2", "1/3")."""
@@ -422,12 +459,15 @@ def _dot_str(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
-def to_dot(nodes: Dict[str, Node]) -> str:
+def to_dot(nodes: dict[str, Node]) -> str:
     """The graph in Graphviz DOT: nodes show op, value and gradient; each edge
     input -> user shows the gradient it carries back, d(user)/d(input) * dL/d(user)."""
-    lines = ["digraph backprop {", "  rankdir=LR;",
-             '  node [shape=box, fontname="monospace"];',
-             '  edge [fontname="monospace", fontsize=10];']
+    lines = [
+        "digraph backprop {",
+        "  rankdir=LR;",
+        '  node [shape=box, fontname="monospace"];',
+        '  edge [fontname="monospace", fontsize=10];',
+    ]
     order = sorted(nodes.values(), key=lambda n: n._id)
     for node in order:
         if node._op:
@@ -442,8 +482,9 @@ def to_dot(nodes: Dict[str, Node]) -> str:
     for user in order:
         for local in user._backward():
             g = local.value * user.grad
-            label = (f"d{user.name}/d{local.input.name} * dL/d{user.name}\n"
-                     f"= {_n(local.value)} * {_n(user.grad)} = {fmt(g)}")
+            label = (
+                f"d{user.name}/d{local.input.name} * dL/d{user.name}\n= {_n(local.value)} * {_n(user.grad)} = {fmt(g)}"
+            )
             lines.append(f"  {local.input.name} -> {user.name} [label={_dot_str(label)}];")
     lines.append("}")
     return "\n".join(lines) + "\n"
@@ -473,12 +514,12 @@ def to_dot(nodes: Dict[str, Node]) -> str:
 # exactly the |values| computation above.  Magnitudes outside float32's normal
 # range (above ~3.4e38, overflow; below ~1.2e-38, underflow, where the bound
 # no longer holds) can't be replayed faithfully: reported, exit status 1.
-FLOAT32_REL_TOL = Fraction(1, 10 ** 5)
+FLOAT32_REL_TOL = Fraction(1, 10**5)
 FLOAT32_MAX = Fraction(340282346638528859811704183484516925440)  # largest float32
-FLOAT32_TINY = Fraction(1, 2 ** 126)                              # smallest normal float32
+FLOAT32_TINY = Fraction(1, 2**126)  # smallest normal float32
 
 
-def _flat(result: dict) -> Dict[str, Fraction]:
+def _flat(result: dict) -> dict[str, Fraction]:
     """{"a": .., "loss": .., "dL/dw1": .., "new w1": ..} from a run() result."""
     flat = {k: v for k, v in result["forward"].items()}
     flat["L"] = result["loss"]
@@ -491,22 +532,27 @@ def kernel_replay(x, y, weights, lr, F=None) -> dict:
     """One step through cnnfast.functional's float32 kernels; same shape as run()
     (with Python floats).  F defaults to cnnfast.functional."""
     import numpy as np
+
     if F is None:
         import cnnfast.functional as F
 
     f32 = np.float32
 
-    def m(*rows) -> "np.ndarray":             # a float32 matrix from numbers
+    def m(*rows) -> np.ndarray:  # a float32 matrix from numbers
         return np.ascontiguousarray(np.array([[float(v) for v in r] for r in rows], dtype=f32))
 
     w1, w2, w3, w4, w5 = weights
     X, W1, W2, W3, W45 = m([x]), m([w1]), m([w2]), m([w3]), m([w4, w5])
     zero = np.zeros(1, dtype=f32)
     # forward: each ReLU node is relu(linear(input, w)), no bias
-    za = F.linear(X, W1, zero); a = F.relu(za)
-    zb = F.linear(X, W1, zero); b = F.relu(zb)        # the same w1
-    zc = F.linear(a, W2, zero); c = F.relu(zc)
-    ze = F.linear(b, W3, zero); e = F.relu(ze)
+    za = F.linear(X, W1, zero)
+    a = F.relu(za)
+    zb = F.linear(X, W1, zero)
+    b = F.relu(zb)  # the same w1
+    zc = F.linear(a, W2, zero)
+    c = F.relu(zc)
+    ze = F.linear(b, W3, zero)
+    e = F.relu(ze)
     ce = np.ascontiguousarray(np.concatenate([c, e], axis=1), dtype=f32)
     o = F.linear(ce, W45, zero)
     # loss: not a kernel; float32 NumPy
@@ -523,50 +569,66 @@ def kernel_replay(x, y, weights, lr, F=None) -> dict:
     _, dW1a, _ = F.linear_backward(X, W1, F.relu_backward(za, da))
     _, dW1b, _ = F.linear_backward(X, W1, F.relu_backward(zb, db))
     dW1 = (np.asarray(dW1a, dtype=f32) + np.asarray(dW1b, dtype=f32)).astype(f32)  # tied w1
-    grads_w = {"w1": dW1[0, 0], "w2": dW2[0, 0], "w3": dW3[0, 0],
-               "w4": dW45[0, 0], "w5": dW45[0, 1]}
+    grads_w = {"w1": dW1[0, 0], "w2": dW2[0, 0], "w3": dW3[0, 0], "w4": dW45[0, 0], "w5": dW45[0, 1]}
     w_now = {"w1": W1[0, 0], "w2": W2[0, 0], "w3": W3[0, 0], "w4": W45[0, 0], "w5": W45[0, 1]}
     lr32 = f32(float(lr))
     return {
-        "forward": {"a": float(a[0, 0]), "b": float(b[0, 0]), "c": float(c[0, 0]),
-                    "e": float(e[0, 0]), "o": float(o[0, 0])},
+        "forward": {
+            "a": float(a[0, 0]),
+            "b": float(b[0, 0]),
+            "c": float(c[0, 0]),
+            "e": float(e[0, 0]),
+            "o": float(o[0, 0]),
+        },
         "loss": float(loss[0, 0]),
-        "grads": {"o": float(do[0, 0]), "c": float(dc[0, 0]), "e": float(de[0, 0]),
-                  "a": float(da[0, 0]), "b": float(db[0, 0]),
-                  **{w: float(grads_w[w]) for w in ("w5", "w4", "w3", "w2", "w1")}},
+        "grads": {
+            "o": float(do[0, 0]),
+            "c": float(dc[0, 0]),
+            "e": float(de[0, 0]),
+            "a": float(da[0, 0]),
+            "b": float(db[0, 0]),
+            **{w: float(grads_w[w]) for w in ("w5", "w4", "w3", "w2", "w1")},
+        },
         "updated": {w: float(f32(w_now[w] - lr32 * f32(grads_w[w]))) for w in WEIGHT_NAMES},
     }
 
 
 class KernelCheck(NamedTuple):
     ok: bool
-    count: int                                  # values compared
-    worst: float                                # max |kernel - exact| / tolerance
-    mismatches: List[Tuple[str, Fraction, float, Fraction]]  # name, exact, kernel, tolerance
-    note: str = ""                              # why the replay could not be compared
+    count: int  # values compared
+    worst: float  # max |kernel - exact| / tolerance
+    mismatches: list[tuple[str, Fraction, float, Fraction]]  # name, exact, kernel, tolerance
+    note: str = ""  # why the replay could not be compared
 
 
 def check_kernels(x, y, weights, lr, F=None) -> KernelCheck:
     """Replay one step through the kernels and compare every value with run()."""
     exact = _flat(run(x, y, weights, lr))
-    scale = _flat(run(abs(Fraction(x)), -abs(Fraction(y)),
-                      [abs(Fraction(w)) for w in weights], -abs(Fraction(lr))))
+    scale = _flat(run(abs(Fraction(x)), -abs(Fraction(y)), [abs(Fraction(w)) for w in weights], -abs(Fraction(lr))))
     too_big = [name for name, s in scale.items() if s > FLOAT32_MAX]
     too_small = [name for name, s in scale.items() if 0 < s < FLOAT32_TINY]
     if too_big or too_small:
-        where = ("beyond float32's range (~3.4e38) at " + ", ".join(too_big) if too_big else
-                 "below float32's normal range (~1.2e-38) at " + ", ".join(too_small))
-        return KernelCheck(False, len(exact), float("inf"), [],
-                           f"the step involves magnitudes {where}, "
-                           "so float32 kernels cannot replay it faithfully")
+        where = (
+            "beyond float32's range (~3.4e38) at " + ", ".join(too_big)
+            if too_big
+            else "below float32's normal range (~1.2e-38) at " + ", ".join(too_small)
+        )
+        return KernelCheck(
+            False,
+            len(exact),
+            float("inf"),
+            [],
+            f"the step involves magnitudes {where}, so float32 kernels cannot replay it faithfully",
+        )
     import numpy as np
+
     with np.errstate(all="ignore"):
         kernel = _flat(kernel_replay(x, y, weights, lr, F))
     mismatches, worst = [], 0.0
     for name, want in exact.items():
         got, tol = kernel[name], FLOAT32_REL_TOL * scale[name]
         if got != got or got in (float("inf"), float("-inf")):
-            err = None                          # nan or inf: certainly wrong
+            err = None  # nan or inf: certainly wrong
         else:
             err = abs(Fraction(got) - want)
         if err is None or err > tol:
@@ -579,8 +641,10 @@ def check_kernels(x, y, weights, lr, F=None) -> KernelCheck:
 def _describe_check(chk: KernelCheck) -> str:
     head = "Kernel replay (cnnfast C++ kernels, float32): "
     if chk.ok:
-        return (head + f"all {chk.count} values agree with the exact ones within float32 "
-                f"rounding (|kernel - exact| <= 1e-5 * scale; worst {chk.worst:.2g} of that).")
+        return (
+            head + f"all {chk.count} values agree with the exact ones within float32 "
+            f"rounding (|kernel - exact| <= 1e-5 * scale; worst {chk.worst:.2g} of that)."
+        )
     if chk.note:
         return head + "NOT CHECKED: " + chk.note + "."
     lines = [head + f"{len(chk.mismatches)} of {chk.count} values DISAGREE with the exact ones:"]
@@ -635,11 +699,12 @@ example: python -m cnnfast.backprop --x 1/3 --weights 2,-1,2,4,1 --steps 3
 """
 
 
-def _weights_arg(text: str) -> Tuple[Fraction, ...]:
+def _weights_arg(text: str) -> tuple[Fraction, ...]:
     parts = text.split(",")
     if len(parts) != 5:
         raise argparse.ArgumentTypeError(
-            f"need exactly 5 comma-separated weights w1,w2,w3,w4,w5; got {len(parts)} in {text!r}")
+            f"need exactly 5 comma-separated weights w1,w2,w3,w4,w5; got {len(parts)} in {text!r}"
+        )
     try:
         return tuple(parse_number(p) for p in parts)
     except ValueError as exc:
@@ -665,18 +730,25 @@ def _steps_arg(text: str) -> int:
 
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m cnnfast.backprop", description=DESCRIPTION, epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
-    p.add_argument("--x", type=_number_arg, default=DEFAULT_X, metavar="NUM",
-                   help="the input x (default 2)")
-    p.add_argument("--y", type=_number_arg, default=DEFAULT_Y, metavar="NUM",
-                   help="the target y (default 3)")
-    p.add_argument("--weights", type=_weights_arg, default=DEFAULT_WEIGHTS,
-                   metavar="W1,W2,W3,W4,W5", help="the five weights (default 2,1,2,4,1)")
-    p.add_argument("--lr", type=_number_arg, default=DEFAULT_LR, metavar="NUM",
-                   help="the learning rate (default 0.1)")
-    p.add_argument("--steps", type=_steps_arg, default=1, metavar="N",
-                   help="repeat forward/backward/update N times (default 1)")
+        prog="python -m cnnfast.backprop",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    p.add_argument("--x", type=_number_arg, default=DEFAULT_X, metavar="NUM", help="the input x (default 2)")
+    p.add_argument("--y", type=_number_arg, default=DEFAULT_Y, metavar="NUM", help="the target y (default 3)")
+    p.add_argument(
+        "--weights",
+        type=_weights_arg,
+        default=DEFAULT_WEIGHTS,
+        metavar="W1,W2,W3,W4,W5",
+        help="the five weights (default 2,1,2,4,1)",
+    )
+    p.add_argument("--lr", type=_number_arg, default=DEFAULT_LR, metavar="NUM", help="the learning rate (default 0.1)")
+    p.add_argument(
+        "--steps", type=_steps_arg, default=1, metavar="N", help="repeat forward/backward/update N times (default 1)"
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of the trace")
     p.add_argument("--dot", metavar="FILE", help="write the graph in Graphviz DOT to FILE")
     return p
@@ -686,7 +758,7 @@ _VALUE_OPTIONS = ("--x", "--y", "--weights", "--lr", "--steps")
 _NEGATIVE = re.compile(r"^-[0-9.]")
 
 
-def _join_negative_values(argv: List[str]) -> List[str]:
+def _join_negative_values(argv: list[str]) -> list[str]:
     """argparse takes '-1/3' or '-1,2,3,4,5' for an option; glue them on: '--x=-1/3'."""
     out, i = [], 0
     while i < len(argv):
@@ -699,7 +771,7 @@ def _join_negative_values(argv: List[str]) -> List[str]:
     return out
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """The command line; returns the exit status (bad input raises SystemExit(2))."""
     parser = make_parser()
     args = parser.parse_args(_join_negative_values(list(sys.argv[1:] if argv is None else argv)))
@@ -710,7 +782,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     # The kernel replay, each step from that step's exact starting weights (so
     # float32 errors of one step are not carried into the next).
-    checks: List[Optional[KernelCheck]] = []
+    checks: list[KernelCheck | None] = []
     try:
         import cnnfast.functional as F
     except ImportError as exc:
@@ -723,7 +795,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             w = tuple(r["updated"][k] for k in WEIGHT_NAMES)
     ok = all(c is not None and c.ok for c in checks)
 
-    def report(i: int, chk: Optional[KernelCheck]) -> str:
+    def report(i: int, chk: KernelCheck | None) -> str:
         prefix = f"step {i}: " if len(checks) > 1 else ""
         return prefix + (unavailable if chk is None else _describe_check(chk))
 
@@ -734,6 +806,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         else:
             try:
                 from ._files import atomic_write
+
                 with atomic_write(args.dot, "w", encoding="utf-8") as fh:
                     fh.write(text)
             except OSError as exc:
@@ -748,7 +821,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0 if ok else 1
 
     print(_header(x, y, weights, lr))
-    for i, ((nodes, r), chk) in enumerate(zip(steps, checks), 1):
+    for i, ((nodes, _), chk) in enumerate(zip(steps, checks), 1):
         print()
         if len(steps) > 1:
             print(f"===== Step {i} of {len(steps)} =====")
@@ -764,6 +837,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"  step {i}: L = {fmt(r['loss'])}  ->  after its update L = {fmt(after)}")
     return 0 if ok else 1
 
+
 if __name__ == "__main__":
     from ._cli import run_command
+
     sys.exit(run_command(main))

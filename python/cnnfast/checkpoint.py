@@ -16,6 +16,7 @@ Nothing is pickled: generator states are plain dicts of ints and strings, stored
 files are read with allow_pickle=False. A checkpoint is not a model file (`load_model` rejects
 it): only `--resume` reads it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -47,6 +48,7 @@ class CheckpointError(ValueError):
 @dataclasses.dataclass
 class EpochState:
     """Where training stands inside an epoch: steps done and the running totals so far."""
+
     step: int = 0
     total_loss: float = 0.0
     correct: int = 0
@@ -56,18 +58,18 @@ class EpochState:
 
 @dataclasses.dataclass
 class Checkpoint:
-    settings: dict                # SETTINGS: the run's settings and its training data
-    epoch: int                    # the epoch to continue, from 1 (epochs + 1: training is done)
-    position: EpochState          # steps of `epoch` already done, and their totals
-    shuffle_rng: dict             # the shuffling Generator's state at the start of `epoch`
-    layer_rngs: dict              # layer index -> its Generator's state now (Dropout)
-    history: list                 # one dict of metrics per finished epoch
-    train_seconds: float          # training time of the finished epochs
+    settings: dict  # SETTINGS: the run's settings and its training data
+    epoch: int  # the epoch to continue, from 1 (epochs + 1: training is done)
+    position: EpochState  # steps of `epoch` already done, and their totals
+    shuffle_rng: dict  # the shuffling Generator's state at the start of `epoch`
+    layer_rngs: dict  # layer index -> its Generator's state now (Dropout)
+    history: list  # one dict of metrics per finished epoch
+    train_seconds: float  # training time of the finished epochs
     trained_images: int
-    params: list                  # float32 arrays, in model.parameters() order
-    optimizer: dict               # name -> array, as optimizer.state() returns it
+    params: list  # float32 arrays, in model.parameters() order
+    optimizer: dict  # name -> array, as optimizer.state() returns it
     first_loss: float | None = None  # the run's first loss and the steps in a row far above it
-    high_steps: int = 0              # (train.DivergenceWatch)
+    high_steps: int = 0  # (train.DivergenceWatch)
 
 
 def default_path(model_path: str) -> str:
@@ -83,17 +85,40 @@ def data_fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def capture(model, optimizer, *, settings, epoch, position, shuffle_rng, history, train_seconds,
-            trained_images, first_loss=None, high_steps=0) -> Checkpoint:
+def capture(
+    model,
+    optimizer,
+    *,
+    settings,
+    epoch,
+    position,
+    shuffle_rng,
+    history,
+    train_seconds,
+    trained_images,
+    first_loss=None,
+    high_steps=0,
+) -> Checkpoint:
     """A snapshot (copies) of everything a resumed run needs; call it between steps."""
-    layer_rngs = {i: layer.rng.bit_generator.state for i, layer in enumerate(model.layers)
-                  if isinstance(getattr(layer, "rng", None), np.random.Generator)}
-    return Checkpoint(settings=dict(settings), epoch=int(epoch), position=dataclasses.replace(position),
-                      shuffle_rng=shuffle_rng, layer_rngs=layer_rngs, history=list(history),
-                      train_seconds=float(train_seconds), trained_images=int(trained_images),
-                      params=[p.data.copy() for p in model.parameters()],
-                      optimizer={k: np.array(v, copy=True) for k, v in optimizer.state().items()},
-                      first_loss=first_loss, high_steps=int(high_steps))
+    layer_rngs = {
+        i: layer.rng.bit_generator.state
+        for i, layer in enumerate(model.layers)
+        if isinstance(getattr(layer, "rng", None), np.random.Generator)
+    }
+    return Checkpoint(
+        settings=dict(settings),
+        epoch=int(epoch),
+        position=dataclasses.replace(position),
+        shuffle_rng=shuffle_rng,
+        layer_rngs=layer_rngs,
+        history=list(history),
+        train_seconds=float(train_seconds),
+        trained_images=int(trained_images),
+        params=[p.data.copy() for p in model.parameters()],
+        optimizer={k: np.array(v, copy=True) for k, v in optimizer.state().items()},
+        first_loss=first_loss,
+        high_steps=int(high_steps),
+    )
 
 
 def save(checkpoint: Checkpoint, path) -> str:
@@ -102,13 +127,16 @@ def save(checkpoint: Checkpoint, path) -> str:
     file at `path` is left as it was."""
     path = os.fspath(path)
     meta = {
-        "settings": checkpoint.settings, "epoch": checkpoint.epoch,
+        "settings": checkpoint.settings,
+        "epoch": checkpoint.epoch,
         "position": dataclasses.asdict(checkpoint.position),
         "shuffle_rng": checkpoint.shuffle_rng,
         "layer_rngs": {str(i): s for i, s in checkpoint.layer_rngs.items()},
-        "history": checkpoint.history, "train_seconds": checkpoint.train_seconds,
+        "history": checkpoint.history,
+        "train_seconds": checkpoint.train_seconds,
         "trained_images": checkpoint.trained_images,
-        "params": len(checkpoint.params), "optimizer": sorted(checkpoint.optimizer),
+        "params": len(checkpoint.params),
+        "optimizer": sorted(checkpoint.optimizer),
         "divergence": {"first_loss": checkpoint.first_loss, "high_steps": checkpoint.high_steps},
     }
     arrays = {"format": np.array(FORMAT), "meta": np.array(json.dumps(meta))}
@@ -125,8 +153,10 @@ def load(path) -> Checkpoint:
     path = os.fspath(path)
     with open(path, "rb") as file:
         if not is_npz(file):  # numpy would take anything else for a pickle and advise unpickling it
-            raise CheckpointError(f"{path}: not a cnnfast checkpoint (a checkpoint is the .npz archive "
-                                  "that an interrupted python -m cnnfast.train writes)")
+            raise CheckpointError(
+                f"{path}: not a cnnfast checkpoint (a checkpoint is the .npz archive "
+                "that an interrupted python -m cnnfast.train writes)"
+            )
         try:
             loaded = np.load(file, allow_pickle=False)
             if not isinstance(loaded, np.lib.npyio.NpzFile):
@@ -137,8 +167,9 @@ def load(path) -> Checkpoint:
             raise CheckpointError(f"{path}: {error}") from None
         except Exception as error:  # noqa: BLE001 - whatever a damaged archive makes zipfile,
             # numpy's .npy parser (ValueError, TokenError, MemoryError, ...) or json raise
-            raise CheckpointError(f"{path}: not a readable cnnfast checkpoint "
-                                  f"({type(error).__name__}: {error})") from None
+            raise CheckpointError(
+                f"{path}: not a readable cnnfast checkpoint ({type(error).__name__}: {error})"
+            ) from None
 
 
 def _from_npz(f) -> Checkpoint:
@@ -149,54 +180,92 @@ def _from_npz(f) -> Checkpoint:
     if marker == "cnnfast-model-v1":
         raise CheckpointError("this is a saved model, not a training checkpoint")
     if marker in OLD_FORMATS:
-        raise CheckpointError("written by an earlier cnnfast that did not store the run's settings; "
-                              "it cannot be resumed: start the run again")
+        raise CheckpointError(
+            "written by an earlier cnnfast that did not store the run's settings; "
+            "it cannot be resumed: start the run again"
+        )
     if marker != FORMAT:
         raise CheckpointError(f"not a cnnfast checkpoint (format {marker[:40]!r}, expected '{FORMAT}')")
     meta = json.loads(str(_array(f, "meta")))
     _expect(isinstance(meta, dict), "meta is not a JSON object")
     settings = meta.get("settings")
     _expect(isinstance(settings, dict) and all(k in settings for k in SETTINGS), "settings are missing")
-    _expect(all(isinstance(settings[k], int) and not isinstance(settings[k], bool) and settings[k] >= 1
-                for k in ("epochs", "batch_size", "train_images"))
-            and settings["optimizer"] in ("adam", "sgd") and isinstance(settings["lr"], (int, float))
-            and (settings["limit"] is None or isinstance(settings["limit"], int)), "bad settings")
+    _expect(
+        all(
+            isinstance(settings[k], int) and not isinstance(settings[k], bool) and settings[k] >= 1
+            for k in ("epochs", "batch_size", "train_images")
+        )
+        and settings["optimizer"] in ("adam", "sgd")
+        and isinstance(settings["lr"], (int, float))
+        and (settings["limit"] is None or isinstance(settings["limit"], int)),
+        "bad settings",
+    )
     divergence = meta.get("divergence", {})
-    _expect(isinstance(divergence, dict) and isinstance(divergence.get("first_loss"), (int, float, type(None)))
-            and isinstance(divergence.get("high_steps", 0), int), "bad divergence state")
+    _expect(
+        isinstance(divergence, dict)
+        and isinstance(divergence.get("first_loss"), (int, float, type(None)))
+        and isinstance(divergence.get("high_steps", 0), int),
+        "bad divergence state",
+    )
     position = meta.get("position")
     _expect(isinstance(position, dict), "position is missing")
     try:
         position = EpochState(**position)
     except TypeError as error:
         raise CheckpointError(f"bad position: {error}") from None
-    _expect(all(isinstance(getattr(position, k), int) and not isinstance(getattr(position, k), bool)
-                and getattr(position, k) >= 0 for k in ("step", "correct", "seen"))
-            and all(isinstance(getattr(position, k), (int, float)) for k in ("total_loss", "seconds")),
-            "bad position")
+    _expect(
+        all(
+            isinstance(getattr(position, k), int)
+            and not isinstance(getattr(position, k), bool)
+            and getattr(position, k) >= 0
+            for k in ("step", "correct", "seen")
+        )
+        and all(isinstance(getattr(position, k), (int, float)) for k in ("total_loss", "seconds")),
+        "bad position",
+    )
     epoch = meta.get("epoch")
     _expect(isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 1, "bad epoch")
     layer_rngs = meta.get("layer_rngs")
-    _expect(isinstance(layer_rngs, dict) and all(k.isascii() and k.isdigit() and isinstance(v, dict)
-                                                 for k, v in layer_rngs.items()), "bad layer generator states")
+    _expect(
+        isinstance(layer_rngs, dict)
+        and all(k.isascii() and k.isdigit() and isinstance(v, dict) for k, v in layer_rngs.items()),
+        "bad layer generator states",
+    )
     _expect(isinstance(meta.get("shuffle_rng"), dict), "bad shuffling generator state")
     history = meta.get("history")
-    _expect(isinstance(history, list) and all(isinstance(h, dict) and HISTORY_KEYS <= set(h) for h in history),
-            "bad history")
+    _expect(
+        isinstance(history, list) and all(isinstance(h, dict) and HISTORY_KEYS <= set(h) for h in history),
+        "bad history",
+    )
     n_params, optim_keys = meta.get("params"), meta.get("optimizer")
-    _expect(isinstance(n_params, int) and 0 <= n_params <= len(files) and isinstance(optim_keys, list)
-            and len(optim_keys) <= len(files) and all(isinstance(k, str) for k in optim_keys), "bad array list")
+    _expect(
+        isinstance(n_params, int)
+        and 0 <= n_params <= len(files)
+        and isinstance(optim_keys, list)
+        and len(optim_keys) <= len(files)
+        and all(isinstance(k, str) for k in optim_keys),
+        "bad array list",
+    )
     expected = {"format", "meta"} | {f"param.{i}" for i in range(n_params)} | {f"optim.{k}" for k in optim_keys}
     _expect(files == expected, f"arrays {sorted(files ^ expected)[:5]} missing or unexpected")
     params = [_array(f, f"param.{i}") for i in range(n_params)]
     _expect(all(p.dtype == np.float32 for p in params), "weights are not float32")
     optimizer = {k: _array(f, f"optim.{k}") for k in optim_keys}
     _expect(all(v.dtype.kind in "fiu" for v in optimizer.values()), "optimizer state is not numeric")
-    return Checkpoint(settings=settings, epoch=epoch, position=position, shuffle_rng=meta["shuffle_rng"],
-                      layer_rngs={int(k): v for k, v in layer_rngs.items()}, history=meta["history"],
-                      train_seconds=float(meta.get("train_seconds", 0.0)),
-                      trained_images=int(meta.get("trained_images", 0)), params=params, optimizer=optimizer,
-                      first_loss=divergence.get("first_loss"), high_steps=divergence.get("high_steps", 0))
+    return Checkpoint(
+        settings=settings,
+        epoch=epoch,
+        position=position,
+        shuffle_rng=meta["shuffle_rng"],
+        layer_rngs={int(k): v for k, v in layer_rngs.items()},
+        history=meta["history"],
+        train_seconds=float(meta.get("train_seconds", 0.0)),
+        trained_images=int(meta.get("trained_images", 0)),
+        params=params,
+        optimizer=optimizer,
+        first_loss=divergence.get("first_loss"),
+        high_steps=divergence.get("high_steps", 0),
+    )
 
 
 def _array(f, key: str) -> np.ndarray:
@@ -215,18 +284,22 @@ def restore(checkpoint: Checkpoint, model, optimizer, shuffle_rng: np.random.Gen
     model, optimizer and shuffling generator (in place). A CheckpointError, before anything is
     changed, if they do not fit."""
     params = model.parameters()
-    if len(params) != len(checkpoint.params) or any(
-            p.data.shape != q.shape for p, q in zip(params, checkpoint.params)):
-        raise CheckpointError("its weights do not fit the model "
-                              f"({[list(q.shape) for q in checkpoint.params][:4]}...)")
+    if len(params) != len(checkpoint.params) or any(p.data.shape != q.shape for p, q in zip(params, checkpoint.params)):
+        raise CheckpointError(f"its weights do not fit the model ({[list(q.shape) for q in checkpoint.params][:4]}...)")
     current = {k: np.asarray(v) for k, v in optimizer.state().items()}
     saved = checkpoint.optimizer
     if set(current) != set(saved) or any(
-            current[k].shape != saved[k].shape or current[k].dtype.kind != saved[k].dtype.kind
-            or (saved[k].dtype.kind in "iu" and (saved[k] < 0).any()) for k in current):
+        current[k].shape != saved[k].shape
+        or current[k].dtype.kind != saved[k].dtype.kind
+        or (saved[k].dtype.kind in "iu" and (saved[k] < 0).any())
+        for k in current
+    ):
         raise CheckpointError("its optimizer state does not fit this optimizer")
-    rngs = {i: layer.rng for i, layer in enumerate(model.layers)
-            if isinstance(getattr(layer, "rng", None), np.random.Generator)}
+    rngs = {
+        i: layer.rng
+        for i, layer in enumerate(model.layers)
+        if isinstance(getattr(layer, "rng", None), np.random.Generator)
+    }
     if set(rngs) != set(checkpoint.layer_rngs):
         raise CheckpointError("its random generators do not fit the model's layers")
     try:  # validate every generator state on scratch generators first, then apply

@@ -49,8 +49,18 @@ import numpy as np
 from ._files import atomic_write
 
 __all__ = [
-    "DatasetError", "ChecksumError", "DownloadError", "FILES", "SHA256", "MIRRORS",
-    "load_mnist", "read_idx", "find_mnist", "find_mnist_dir", "search_dirs", "cache_dir",
+    "DatasetError",
+    "ChecksumError",
+    "DownloadError",
+    "FILES",
+    "SHA256",
+    "MIRRORS",
+    "load_mnist",
+    "read_idx",
+    "find_mnist",
+    "find_mnist_dir",
+    "search_dirs",
+    "cache_dir",
 ]
 
 FILES = (
@@ -70,12 +80,12 @@ MIRRORS = [
     "https://storage.googleapis.com/cvdf-datasets/mnist/",
     "http://yann.lecun.com/exdb/mnist/",
 ]
-TIMEOUT = 30.0                   # seconds, per blocking network operation
-MAX_IDX_BYTES = 4 << 30          # largest data payload an IDX header may claim
-MAX_DOWNLOAD_BYTES = 256 << 20   # largest .gz accepted from a mirror (real: < 10 MB)
+TIMEOUT = 30.0  # seconds, per blocking network operation
+MAX_IDX_BYTES = 4 << 30  # largest data payload an IDX header may claim
+MAX_DOWNLOAD_BYTES = 256 << 20  # largest .gz accepted from a mirror (real: < 10 MB)
 
 _IMAGES, _LABELS = 0x00000803, 0x00000801
-_GZIP_MAX_RATIO = 1032           # deflate cannot expand data by more than ~1032:1
+_GZIP_MAX_RATIO = 1032  # deflate cannot expand data by more than ~1032:1
 _CHUNK = 1 << 20
 
 
@@ -99,6 +109,7 @@ class DownloadError(DatasetError):
 
 
 # ----------------------------------------------------------------------------- IDX reader
+
 
 def read_idx(path, *, sha256: str | None = None) -> np.ndarray:
     """Read one uint8 IDX file (magic 0x801 labels ``[N]`` or 0x803 images ``[N, rows, cols]``).
@@ -135,8 +146,10 @@ def _parse(f, name, avail, exact, sha256):
         raise DatasetError(f"{name}: truncated: file ends inside the 4-byte IDX magic number")
     magic = int.from_bytes(head, "big")
     if magic not in (_IMAGES, _LABELS):
-        raise DatasetError(f"{name}: bad magic number 0x{magic:08x} (expected 0x{_IMAGES:08x} "
-                           f"for images or 0x{_LABELS:08x} for labels); not a uint8 IDX file")
+        raise DatasetError(
+            f"{name}: bad magic number 0x{magic:08x} (expected 0x{_IMAGES:08x} "
+            f"for images or 0x{_LABELS:08x} for labels); not a uint8 IDX file"
+        )
     ndim = head[3]
     dims_raw = _read_upto(f, 4 * ndim)
     if len(dims_raw) < 4 * ndim:
@@ -153,8 +166,9 @@ def _parse(f, name, avail, exact, sha256):
         if have > n:
             raise DatasetError(f"{name}: {have - n} unexpected trailing bytes ({what})")
     elif n > avail:
-        raise DatasetError(f"{name}: truncated or corrupt: {what}, more than a gzip file "
-                           f"of {avail // _GZIP_MAX_RATIO} bytes can hold")
+        raise DatasetError(
+            f"{name}: truncated or corrupt: {what}, more than a gzip file of {avail // _GZIP_MAX_RATIO} bytes can hold"
+        )
     data = np.empty(n, dtype=np.uint8)
     got = _read_upto(f, n, into=memoryview(data))
     if got < n:
@@ -165,9 +179,11 @@ def _parse(f, name, avail, exact, sha256):
         actual = hashlib.sha256(head + dims_raw)
         actual.update(data)
         if actual.hexdigest() != sha256.lower():
-            raise ChecksumError(f"{name}: SHA-256 mismatch: expected {sha256.lower()}, "
-                                f"actual {actual.hexdigest()} (corrupt, or not the official "
-                                f"MNIST file)")
+            raise ChecksumError(
+                f"{name}: SHA-256 mismatch: expected {sha256.lower()}, "
+                f"actual {actual.hexdigest()} (corrupt, or not the official "
+                f"MNIST file)"
+            )
     return data.reshape(dims)
 
 
@@ -176,7 +192,7 @@ def _read_upto(f, n, into=None):
     buf = into if into is not None else memoryview(bytearray(n))
     pos = 0
     while pos < n:
-        k = f.readinto(buf[pos:min(n, pos + _CHUNK)])
+        k = f.readinto(buf[pos : min(n, pos + _CHUNK)])
         if not k:
             break
         pos += k
@@ -184,6 +200,7 @@ def _read_upto(f, n, into=None):
 
 
 # ----------------------------------------------------------------------------- lookup
+
 
 def cache_dir() -> Path:
     """Download cache: ``$XDG_CACHE_HOME/cnnfast/mnist``, default ``~/.cache/cnnfast/mnist``."""
@@ -242,7 +259,8 @@ def _not_in_root(root) -> DatasetError:
         f"no MNIST data in root={str(root)!r}: {state}.\nPut {files} there, or call without root= "
         "to search $CNNFAST_DATA and the cache (and download into the cache).",
         f"no MNIST data in --data-dir {root}: {state}.\nPut {files} there, or leave out --data-dir "
-        "to search $CNNFAST_DATA and the cache (and download into the cache).")
+        "to search $CNNFAST_DATA and the cache (and download into the cache).",
+    )
 
 
 def _where_looked(download: bool) -> tuple[str, str]:
@@ -255,14 +273,18 @@ def _where_looked(download: bool) -> tuple[str, str]:
     files = "the four files (" + ", ".join(FILES) + "; plain or .gz)"
     where = f"setting CNNFAST_DATA=DIR, or putting them in {cache_dir()}"
     network = "; or let them be downloaded with network access" if download else ""
-    api = (f"Provide {files} by passing root=DIR, {where}"
-           + (network if download else "; or call with download=True with network access") + ".")
+    api = (
+        f"Provide {files} by passing root=DIR, {where}"
+        + (network if download else "; or call with download=True with network access")
+        + "."
+    )
     command = f"Provide {files} with --data-dir DIR, by {where}{network}."
     text = "\n".join(lines)
     return f"{text}\n{api}", f"{text}\n{command}"
 
 
 # ----------------------------------------------------------------------------- download
+
 
 def _mirror_list(mirrors):
     if mirrors is not None:
@@ -286,8 +308,9 @@ class _Progress:
             if self.total:
                 frac = min(1.0, self.done / self.total)
                 bar = "#" * int(30 * frac)
-                sys.stderr.write(f"\r{self.label} [{bar:<30}] {100 * frac:3.0f}% "
-                                 f"{self.done / 1e6:.1f}/{self.total / 1e6:.1f} MB")
+                sys.stderr.write(
+                    f"\r{self.label} [{bar:<30}] {100 * frac:3.0f}% {self.done / 1e6:.1f}/{self.total / 1e6:.1f} MB"
+                )
             else:
                 sys.stderr.write(f"\r{self.label} {self.done / 1e6:.1f} MB")
             sys.stderr.flush()
@@ -340,8 +363,11 @@ def _download(name, cache: Path, mirrors, sha256, timeout) -> np.ndarray:
             failures.append(f"{url}: {type(e).__name__}: {e}")
     if not mirrors:
         failures.append("no mirrors configured")
-    head = (f"MNIST data not found locally and {name}.gz could not be downloaded:\n"
-            + "\n".join(f"  {f}" for f in failures) + "\n")
+    head = (
+        f"MNIST data not found locally and {name}.gz could not be downloaded:\n"
+        + "\n".join(f"  {f}" for f in failures)
+        + "\n"
+    )
     api, command = _where_looked(download=True)
     raise DownloadError(head + api, head + command)
 
@@ -358,8 +384,10 @@ def _make_dirs(directory: Path) -> list[Path]:
 
 # ----------------------------------------------------------------------------- public loader
 
-def load_mnist(root=None, download: bool = True, verify: bool = True, *,
-               mirrors=None, checksums=None, timeout: float = TIMEOUT):
+
+def load_mnist(
+    root=None, download: bool = True, verify: bool = True, *, mirrors=None, checksums=None, timeout: float = TIMEOUT
+):
     """Load MNIST as ``(x_train, y_train, x_test, y_test)`` (uint8 ``[N,28,28]`` / ``[N]``).
 
     A ``root`` the caller names must hold the four IDX files (plain or .gz): if it does not,
@@ -399,8 +427,9 @@ def load_mnist(root=None, download: bool = True, verify: bool = True, *,
                 try:
                     arrays[name] = read_idx(path, sha256=expected.get(name) if verify else None)
                 except ChecksumError as e:
-                    raise ChecksumError(f"{e}; verify=False accepts other IDX data",
-                                        f"{e}; --no-verify accepts other IDX data") from None
+                    raise ChecksumError(
+                        f"{e}; verify=False accepts other IDX data", f"{e}; --no-verify accepts other IDX data"
+                    ) from None
     except BaseException:
         for d in created:  # deepest first: only the directories this call made, if still empty
             try:
@@ -417,21 +446,18 @@ def load_mnist(root=None, download: bool = True, verify: bool = True, *,
 
 def _check_split(images, labels, img_name, lbl_name):
     if images.ndim != 3:
-        raise DatasetError(f"{img_name}: expected an image file (magic 0x{_IMAGES:08x}), "
-                           f"got a {images.ndim}-d IDX file")
+        raise DatasetError(
+            f"{img_name}: expected an image file (magic 0x{_IMAGES:08x}), got a {images.ndim}-d IDX file"
+        )
     if images.shape[1:] != (28, 28):
-        raise DatasetError(f"{img_name}: images are {images.shape[1]}x{images.shape[2]}, "
-                           "expected 28x28")
+        raise DatasetError(f"{img_name}: images are {images.shape[1]}x{images.shape[2]}, expected 28x28")
     if labels.ndim != 1:
-        raise DatasetError(f"{lbl_name}: expected a label file (magic 0x{_LABELS:08x}), "
-                           f"got a {labels.ndim}-d IDX file")
+        raise DatasetError(f"{lbl_name}: expected a label file (magic 0x{_LABELS:08x}), got a {labels.ndim}-d IDX file")
     if len(images) != len(labels):
-        raise DatasetError(f"{img_name} has {len(images)} images but {lbl_name} has "
-                           f"{len(labels)} labels")
+        raise DatasetError(f"{img_name} has {len(images)} images but {lbl_name} has {len(labels)} labels")
     if len(images) == 0:
         raise DatasetError(f"{img_name}: contains no images")
     bad = np.flatnonzero(labels > 9)
     if bad.size:
-        raise DatasetError(f"{lbl_name}: label {labels[bad[0]]} at index {bad[0]} "
-                           "is outside 0..9")
+        raise DatasetError(f"{lbl_name}: label {labels[bad[0]]} at index {bad[0]} is outside 0..9")
     return images, labels

@@ -9,6 +9,7 @@ confusion matrix, and the model's most confident mistakes (the wrong answers it 
 highest probability) drawn in the terminal. The pieces are pure functions on labels and
 class probabilities, so they work for any object with `predict_proba`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,8 +20,8 @@ import textwrap
 
 import numpy as np
 
-from ._cli import argument_parser, load_mnist
 from . import plots
+from ._cli import argument_parser, load_mnist
 from ._terminal import digit_picture, picture_grid
 from .nn import ModelFormatError, load_model
 
@@ -42,9 +43,16 @@ def per_class(confusion: np.ndarray) -> list[dict]:
     out = []
     for d in range(len(confusion)):
         correct, images, predicted = int(confusion[d, d]), int(confusion[d].sum()), int(confusion[:, d].sum())
-        out.append({"digit": d, "images": images, "predicted": predicted, "correct": correct,
-                    "precision": correct / predicted if predicted else None,
-                    "recall": correct / images if images else None})
+        out.append(
+            {
+                "digit": d,
+                "images": images,
+                "predicted": predicted,
+                "correct": correct,
+                "precision": correct / predicted if predicted else None,
+                "recall": correct / images if images else None,
+            }
+        )
     return out
 
 
@@ -75,15 +83,29 @@ def summarize(labels: np.ndarray, proba: np.ndarray, mistakes: int = 8) -> dict:
     confusion = confusion_matrix(labels, pred)
     worst = confident_mistakes(labels, proba, mistakes)
     right = int((pred == labels).sum())
-    return {"images": len(labels), "accuracy": accuracy, "loss": loss, "correct": right,
-            "wrong": len(labels) - right, "per_class": per_class(confusion),
-            "confusion_matrix": confusion.tolist(),
-            "mistakes": [{"index": int(i), "true": int(labels[i]), "predicted": int(pred[i]),
-                          "probability": float(proba[i, pred[i]]),
-                          "true_probability": float(proba[i, labels[i]])} for i in worst]}
+    return {
+        "images": len(labels),
+        "accuracy": accuracy,
+        "loss": loss,
+        "correct": right,
+        "wrong": len(labels) - right,
+        "per_class": per_class(confusion),
+        "confusion_matrix": confusion.tolist(),
+        "mistakes": [
+            {
+                "index": int(i),
+                "true": int(labels[i]),
+                "predicted": int(pred[i]),
+                "probability": float(proba[i, pred[i]]),
+                "true_probability": float(proba[i, labels[i]]),
+            }
+            for i in worst
+        ],
+    }
 
 
 # ----------------------------------------------------------------------------- text
+
 
 def _percent(value) -> str:
     return "      -" if value is None else f"{100 * value:6.2f}%"
@@ -92,8 +114,10 @@ def _percent(value) -> str:
 def render_per_class(rows: list[dict]) -> list[str]:
     lines = ["digit   precision   recall    images  predicted"]
     for r in rows:
-        lines.append(f"  {r['digit']}      {_percent(r['precision'])}  {_percent(r['recall'])}  "
-                     f"{r['images']:>8,}  {r['predicted']:>9,}")
+        lines.append(
+            f"  {r['digit']}      {_percent(r['precision'])}  {_percent(r['recall'])}  "
+            f"{r['images']:>8,}  {r['predicted']:>9,}"
+        )
     return lines
 
 
@@ -113,31 +137,45 @@ def render_confusion(confusion) -> list[str]:
 def render_mistakes(images: np.ndarray, mistakes: list[dict], columns: int = 120, stream=None) -> list[str]:
     """The mistakes as 28x28 pictures side by side (as many as fit in `columns`), each with its
     index, true digit, predicted digit and that prediction's probability."""
-    blocks = [digit_picture(images[m["index"]], stream)
-              + [f"#{m['index']}", f"true {m['true']}  pred {m['predicted']}",
-                 f"p({m['predicted']}) = {m['probability']:.3f}"] for m in mistakes]
+    blocks = [
+        digit_picture(images[m["index"]], stream)
+        + [
+            f"#{m['index']}",
+            f"true {m['true']}  pred {m['predicted']}",
+            f"p({m['predicted']}) = {m['probability']:.3f}",
+        ]
+        for m in mistakes
+    ]
     return picture_grid(blocks, columns)
 
 
 def report(summary: dict, images: np.ndarray, name: str, split: str, columns: int = 120, stream=None) -> list[str]:
     """The terminal report; prose is wrapped to `columns`, the tables are about 70 wide."""
+
     def wrap(text):
         return textwrap.wrap(text, columns, subsequent_indent="  ")
 
     lines = wrap(f"Model {name} on the MNIST {split} split ({summary['images']:,} images)")
-    lines += [f"  accuracy  {100 * summary['accuracy']:.2f}%   ({summary['correct']:,} right, "
-              f"{summary['wrong']:,} wrong)",
-              f"  loss      {summary['loss']:.4f}   (mean cross-entropy)", ""]
-    lines += wrap("Per digit (precision: of the images predicted as the digit, the share that are it; "
-                  "recall: of the digit's images, the share found)")
+    lines += [
+        f"  accuracy  {100 * summary['accuracy']:.2f}%   ({summary['correct']:,} right, {summary['wrong']:,} wrong)",
+        f"  loss      {summary['loss']:.4f}   (mean cross-entropy)",
+        "",
+    ]
+    lines += wrap(
+        "Per digit (precision: of the images predicted as the digit, the share that are it; "
+        "recall: of the digit's images, the share found)"
+    )
     lines += ["  " + line for line in render_per_class(summary["per_class"])]
-    lines += [""] + wrap("Confusion matrix (rows: true digit, columns: predicted digit; the diagonal is "
-                         "right, '.' is none)")
+    lines += [""] + wrap(
+        "Confusion matrix (rows: true digit, columns: predicted digit; the diagonal is right, '.' is none)"
+    )
     lines += ["  " + line for line in render_confusion(summary["confusion_matrix"])]
     mistakes = summary["mistakes"]
     if mistakes:
-        lines += [""] + wrap(f"The {len(mistakes)} most confident mistake{'s' if len(mistakes) != 1 else ''} "
-                             f"(of {summary['wrong']:,}): the wrong answers given the highest probability")
+        lines += [""] + wrap(
+            f"The {len(mistakes)} most confident mistake{'s' if len(mistakes) != 1 else ''} "
+            f"(of {summary['wrong']:,}): the wrong answers given the highest probability"
+        )
         lines += render_mistakes(images, mistakes, columns, stream)
     elif summary["wrong"] == 0:
         lines += ["", "No mistakes."]
@@ -146,33 +184,55 @@ def report(summary: dict, images: np.ndarray, name: str, split: str, columns: in
 
 # ----------------------------------------------------------------------------- the command
 
+
 def build_parser() -> argparse.ArgumentParser:
     p = argument_parser(
         prog="python -m cnnfast.evaluate",
         description="Evaluate a trained model on MNIST: accuracy and mean cross-entropy loss, each digit's "
-                    "precision and recall, the 10x10 confusion matrix, and the most confident mistakes "
-                    "(the wrong answers the model gave the highest probability) drawn as 28x28 pictures.",
+        "precision and recall, the 10x10 confusion matrix, and the most confident mistakes "
+        "(the wrong answers the model gave the highest probability) drawn as 28x28 pictures.",
         epilog="MNIST is read from --data-dir if it is given (it must hold the four files), otherwise from "
-               "$CNNFAST_DATA or ~/.cache/cnnfast/mnist, downloaded there if missing. Exit status: 0 done, 1 no data, no or a bad model, or --plot "
-               "without matplotlib (pip install cnnfast[plot]), 2 bad arguments.")
-    p.add_argument("--model", default="mnist_cnn.npz",
-                   help="the model file from python -m cnnfast.train (default mnist_cnn.npz)")
-    p.add_argument("--split", choices=["test", "train"], default="test",
-                   help="the 10,000 test images or the 60,000 training images (default test)")
-    p.add_argument("--data-dir", default=None,
-                   help="directory holding the four MNIST IDX files (plain or .gz); it must hold them")
-    p.add_argument("--no-verify", action="store_true",
-                   help="accept IDX files whose SHA-256 differs from the official MNIST")
-    p.add_argument("--mistakes", type=int, default=8, metavar="N",
-                   help="how many of the most confident mistakes to show (default 8; 0 for none)")
-    p.add_argument("--json", action="store_true",
-                   help="print one JSON object on stdout instead of the report: model, split, images, accuracy, "
-                        "loss, correct, wrong, per_class, confusion_matrix (rows true, columns predicted), "
-                        "mistakes")
-    p.add_argument("--plot", metavar="FILE.png",
-                   help="also draw the confusion matrix as a heat map and the mistakes in a grid "
-                        "(.png, .pdf or .svg; needs matplotlib)")
-    p.add_argument("--width", type=int, default=120, help="terminal columns for the pictures (default 120, at least 40)")
+        "$CNNFAST_DATA or ~/.cache/cnnfast/mnist, downloaded there if missing. Exit status: 0 done, "
+        "1 no data, no or a bad model, or --plot without matplotlib (pip install cnnfast[plot]), 2 bad arguments.",
+    )
+    p.add_argument(
+        "--model", default="mnist_cnn.npz", help="the model file from python -m cnnfast.train (default mnist_cnn.npz)"
+    )
+    p.add_argument(
+        "--split",
+        choices=["test", "train"],
+        default="test",
+        help="the 10,000 test images or the 60,000 training images (default test)",
+    )
+    p.add_argument(
+        "--data-dir", default=None, help="directory holding the four MNIST IDX files (plain or .gz); it must hold them"
+    )
+    p.add_argument(
+        "--no-verify", action="store_true", help="accept IDX files whose SHA-256 differs from the official MNIST"
+    )
+    p.add_argument(
+        "--mistakes",
+        type=int,
+        default=8,
+        metavar="N",
+        help="how many of the most confident mistakes to show (default 8; 0 for none)",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object on stdout instead of the report: model, split, images, accuracy, "
+        "loss, correct, wrong, per_class, confusion_matrix (rows true, columns predicted), "
+        "mistakes",
+    )
+    p.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="also draw the confusion matrix as a heat map and the mistakes in a grid "
+        "(.png, .pdf or .svg; needs matplotlib)",
+    )
+    p.add_argument(
+        "--width", type=int, default=120, help="terminal columns for the pictures (default 120, at least 40)"
+    )
     return p
 
 
@@ -182,8 +242,10 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     if args.width < 40:
         parser.error(f"--width must be at least 40, got {args.width}")
     if os.path.isdir(args.model):
-        parser.error(f"--model {args.model} is a directory; give a model file such as "
-                     f"{os.path.join(args.model, 'mnist_cnn.npz')}")
+        parser.error(
+            f"--model {args.model} is a directory; give a model file such as "
+            f"{os.path.join(args.model, 'mnist_cnn.npz')}"
+        )
     if args.plot is not None:
         problem = plots.plot_path_problem(args.plot)
         if problem:
@@ -201,8 +263,10 @@ def main(argv=None) -> int:
             print(f"error: {error}", file=sys.stderr)
             return 1
     if not os.path.exists(args.model):
-        print(f"error: no model file {args.model}: train one with python -m cnnfast.train "
-              "(or give --model FILE)", file=sys.stderr)
+        print(
+            f"error: no model file {args.model}: train one with python -m cnnfast.train (or give --model FILE)",
+            file=sys.stderr,
+        )
         return 1
     try:
         model = load_model(args.model)
@@ -218,8 +282,9 @@ def main(argv=None) -> int:
     try:
         proba = np.asarray(model.predict_proba(images), np.float64)
         if proba.shape != (len(images), CLASSES):
-            raise ValueError(f"it gives {list(proba.shape)} probabilities for {len(images)} images, "
-                             f"not {CLASSES} per image")
+            raise ValueError(
+                f"it gives {list(proba.shape)} probabilities for {len(images)} images, not {CLASSES} per image"
+            )
     except ValueError as error:
         print(f"error: the model in {args.model} does not fit 28x28 MNIST digits: {error}", file=sys.stderr)
         return 1
@@ -229,10 +294,16 @@ def main(argv=None) -> int:
     if not args.json:
         print("\n".join(report(summary, images, args.model, args.split, args.width, log)), file=log)
     if args.plot is not None:
-        plots.plot_evaluation(args.plot, np.array(summary["confusion_matrix"]), images, labels, proba,
-                              [m["index"] for m in summary["mistakes"]],
-                              f"{os.path.basename(args.model)} on the MNIST {args.split} split: accuracy "
-                              f"{100 * summary['accuracy']:.2f}%, loss {summary['loss']:.4f}")
+        plots.plot_evaluation(
+            args.plot,
+            np.array(summary["confusion_matrix"]),
+            images,
+            labels,
+            proba,
+            [m["index"] for m in summary["mistakes"]],
+            f"{os.path.basename(args.model)} on the MNIST {args.split} split: accuracy "
+            f"{100 * summary['accuracy']:.2f}%, loss {summary['loss']:.4f}",
+        )
         print(f"wrote {args.plot}", file=log)
     if args.json:
         print(json.dumps({"model": os.path.abspath(args.model), "split": args.split, **summary}))
@@ -241,4 +312,5 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     from ._cli import run_command
+
     sys.exit(run_command(main))

@@ -14,6 +14,7 @@ as cnnfast.nn.as_model_input makes them); output ``logits``: float32 [batch, 10]
 for probabilities). The batch dimension is dynamic. Needs ``pip install cnnfast[onnx]``
 (onnx to build the graph, onnxruntime for --check).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,8 @@ import sys
 
 import numpy as np
 
-from ._cli import argument_parser
 from . import __version__
+from ._cli import argument_parser
 from ._files import atomic_write
 from .nn import Conv2d, Dropout, Flatten, Linear, MaxPool2d, ModelFormatError, ReLU, Sequential, load_model
 
@@ -100,14 +101,31 @@ def to_onnx(model: Sequential, image_size: int = IMAGE_SIZE):
             inputs.append(f"{i}.{kind}")
         if isinstance(layer, Conv2d):
             k, pad = layer.kernel_size, layer.padding
-            node = helper.make_node("Conv", inputs, [name], name=name, kernel_shape=[k, k],
-                                    pads=[pad, pad, pad, pad], strides=[1, 1], dilations=[1, 1], group=1)
+            node = helper.make_node(
+                "Conv",
+                inputs,
+                [name],
+                name=name,
+                kernel_shape=[k, k],
+                pads=[pad, pad, pad, pad],
+                strides=[1, 1],
+                dilations=[1, 1],
+                group=1,
+            )
         elif isinstance(layer, ReLU):
             node = helper.make_node("Relu", inputs, [name], name=name)
         elif isinstance(layer, MaxPool2d):
             k = layer.kernel_size
-            node = helper.make_node("MaxPool", inputs, [name], name=name, kernel_shape=[k, k], strides=[k, k],
-                                    pads=[0, 0, 0, 0], ceil_mode=0)
+            node = helper.make_node(
+                "MaxPool",
+                inputs,
+                [name],
+                name=name,
+                kernel_shape=[k, k],
+                strides=[k, k],
+                pads=[0, 0, 0, 0],
+                ceil_mode=0,
+            )
         elif isinstance(layer, Flatten):
             node = helper.make_node("Flatten", inputs, [name], name=name, axis=1)
         else:  # Linear: y = x @ W.T + b
@@ -119,15 +137,21 @@ def to_onnx(model: Sequential, image_size: int = IMAGE_SIZE):
     else:
         nodes[-1].output[0] = OUTPUT
     graph = helper.make_graph(
-        nodes, "cnnfast",
+        nodes,
+        "cnnfast",
         [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["batch", channels, image_size, image_size])],
         [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["batch", *out_shape])],
-        initializer=weights)
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="cnnfast", producer_version=__version__,
-                              doc_string=f"{INPUT}: float32 [batch, {channels}, {image_size}, {image_size}], "
-                                         f"pixels in [0, 1]; {OUTPUT}: float32 [batch, "
-                                         f"{', '.join(map(str, out_shape))}] (before softmax)")
+        initializer=weights,
+    )
+    proto = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        producer_name="cnnfast",
+        producer_version=__version__,
+        doc_string=f"{INPUT}: float32 [batch, {channels}, {image_size}, {image_size}], "
+        f"pixels in [0, 1]; {OUTPUT}: float32 [batch, "
+        f"{', '.join(map(str, out_shape))}] (before softmax)",
+    )
     proto.ir_version = IR_VERSION
     helper.set_model_props(proto, {"cnnfast_architecture": json.dumps(model.architecture())})
     onnx.checker.check_model(proto, full_check=True)
@@ -167,22 +191,28 @@ def model_logits(model: Sequential, x: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- the command
 
+
 def build_parser() -> argparse.ArgumentParser:
     p = argument_parser(
         prog="python -m cnnfast.export",
         description="Export a trained model as a standard ONNX graph (Conv, Relu, MaxPool, Flatten, Gemm; "
-                    f"opset {OPSET}) to run it with onnxruntime or any other ONNX runtime. Input "
-                    f"'{INPUT}': float32 [batch, 1, 28, 28], pixels in [0, 1] (uint8 / 255); output "
-                    f"'{OUTPUT}': float32 [batch, 10], before softmax.",
+        f"opset {OPSET}) to run it with onnxruntime or any other ONNX runtime. Input "
+        f"'{INPUT}': float32 [batch, 1, 28, 28], pixels in [0, 1] (uint8 / 255); output "
+        f"'{OUTPUT}': float32 [batch, 10], before softmax.",
         epilog="Needs the onnx package (and onnxruntime for --check): pip install cnnfast[onnx]. "
-               "Exit status: 0 done, 1 no or a bad model, onnx missing, or --check found a difference, "
-               "2 bad arguments.")
-    p.add_argument("--model", default="mnist_cnn.npz",
-                   help="the model file from python -m cnnfast.train (default mnist_cnn.npz)")
+        "Exit status: 0 done, 1 no or a bad model, onnx missing, or --check found a difference, "
+        "2 bad arguments.",
+    )
+    p.add_argument(
+        "--model", default="mnist_cnn.npz", help="the model file from python -m cnnfast.train (default mnist_cnn.npz)"
+    )
     p.add_argument("--onnx", required=True, metavar="FILE.onnx", help="where to write the ONNX graph")
-    p.add_argument("--check", action="store_true",
-                   help="run the exported file in onnxruntime on random images and compare its logits "
-                        "with cnnfast's (fails above a max absolute difference of 1e-4)")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="run the exported file in onnxruntime on random images and compare its logits "
+        "with cnnfast's (fails above a max absolute difference of 1e-4)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     return p
 
@@ -195,15 +225,20 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if os.path.isdir(args.model):
-        parser.error(f"--model {args.model} is a directory; give a model file such as "
-                     f"{os.path.join(args.model, 'mnist_cnn.npz')}")
+        parser.error(
+            f"--model {args.model} is a directory; give a model file such as "
+            f"{os.path.join(args.model, 'mnist_cnn.npz')}"
+        )
     out = os.path.abspath(args.onnx)
     if not args.onnx.lower().endswith(".onnx") and not os.path.isdir(out):
-        parser.error(f"--onnx {args.onnx}: give a file name ending in .onnx (e.g. "
-                     f"{os.path.splitext(args.onnx)[0] or 'model'}.onnx)")
+        parser.error(
+            f"--onnx {args.onnx}: give a file name ending in .onnx (e.g. "
+            f"{os.path.splitext(args.onnx)[0] or 'model'}.onnx)"
+        )
     if os.path.isdir(out):
-        parser.error(f"--onnx {args.onnx} is a directory; give a file name such as "
-                     f"{os.path.join(args.onnx, 'model.onnx')}")
+        parser.error(
+            f"--onnx {args.onnx} is a directory; give a file name such as {os.path.join(args.onnx, 'model.onnx')}"
+        )
     if not os.path.isdir(os.path.dirname(out)):
         parser.error(f"--onnx {args.onnx}: no such directory")
     try:
@@ -218,8 +253,10 @@ def main(argv=None) -> int:
             print(f"error: --check: {ORT_MISSING}", file=sys.stderr)
             return 1
     if not os.path.exists(args.model):
-        print(f"error: no model file {args.model}: train one with python -m cnnfast.train "
-              "(or give --model FILE)", file=sys.stderr)
+        print(
+            f"error: no model file {args.model}: train one with python -m cnnfast.train (or give --model FILE)",
+            file=sys.stderr,
+        )
         return 1
     try:
         model = load_model(args.model)
@@ -237,23 +274,34 @@ def main(argv=None) -> int:
     onnx = _onnx()
     graph = onnx.load(args.onnx).graph
     ops = [node.op_type for node in graph.node]
-    result = {"onnx": out, "model": os.path.abspath(args.model), "bytes": os.path.getsize(args.onnx),
-              "opset": OPSET, "ir_version": IR_VERSION, "operators": ops,
-              "input": {"name": INPUT, "shape": _shape(graph.input[0])},
-              "output": {"name": OUTPUT, "shape": _shape(graph.output[0])}}
+    result = {
+        "onnx": out,
+        "model": os.path.abspath(args.model),
+        "bytes": os.path.getsize(args.onnx),
+        "opset": OPSET,
+        "ir_version": IR_VERSION,
+        "operators": ops,
+        "input": {"name": INPUT, "shape": _shape(graph.input[0])},
+        "output": {"name": OUTPUT, "shape": _shape(graph.output[0])},
+    }
     log = sys.stderr if args.json else sys.stdout
     print(f"wrote {args.onnx} ({result['bytes']:,} bytes, ONNX opset {OPSET}): {' -> '.join(ops)}", file=log)
-    print(f"  input  '{INPUT}'  float32 {_text(result['input']['shape'])}, pixels in [0, 1]\n"
-          f"  output '{OUTPUT}' float32 {_text(result['output']['shape'])}", file=log)
+    print(
+        f"  input  '{INPUT}'  float32 {_text(result['input']['shape'])}, pixels in [0, 1]\n"
+        f"  output '{OUTPUT}' float32 {_text(result['output']['shape'])}",
+        file=log,
+    )
     status = 0
     if args.check:
         x = np.random.default_rng(0).random((CHECK_IMAGES, *result["input"]["shape"][1:]), dtype=np.float32)
         difference = float(np.abs(run_onnx(args.onnx, x) - model_logits(model, x)).max())
         ok = difference < TOLERANCE
         result.update(check_images=CHECK_IMAGES, max_abs_difference=difference, check_passed=ok)
-        print(f"check: onnxruntime and cnnfast agree on {CHECK_IMAGES} random images to a max absolute "
-              f"difference of {difference:.2e} in the logits ({'within' if ok else 'ABOVE'} {TOLERANCE:g})",
-              file=log)
+        print(
+            f"check: onnxruntime and cnnfast agree on {CHECK_IMAGES} random images to a max absolute "
+            f"difference of {difference:.2e} in the logits ({'within' if ok else 'ABOVE'} {TOLERANCE:g})",
+            file=log,
+        )
         status = 0 if ok else 1
     if args.json:
         print(json.dumps(result))
@@ -270,4 +318,5 @@ def _text(shape) -> str:
 
 if __name__ == "__main__":
     from ._cli import run_command
+
     sys.exit(run_command(main))

@@ -6,6 +6,7 @@ PyTorch's [out, in, ...] layout. Every function returns new arrays, except the o
 steps, which update their parameter and state arrays in place. The kernels release the GIL
 and use `cnnfast.get_num_threads()` OpenMP threads; results do not depend on the thread count.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,10 +14,21 @@ import numpy as np
 from . import _core
 
 __all__ = [
-    "conv2d", "conv2d_backward", "relu", "relu_backward", "max_pool2d", "max_pool2d_backward",
-    "conv2d_relu_max_pool2d", "conv2d_relu_max_pool2d_backward",
-    "linear", "linear_backward", "softmax_cross_entropy", "dropout", "dropout_backward",
-    "sgd_step", "adam_step",
+    "conv2d",
+    "conv2d_backward",
+    "relu",
+    "relu_backward",
+    "max_pool2d",
+    "max_pool2d_backward",
+    "conv2d_relu_max_pool2d",
+    "conv2d_relu_max_pool2d_backward",
+    "linear",
+    "linear_backward",
+    "softmax_cross_entropy",
+    "dropout",
+    "dropout_backward",
+    "sgd_step",
+    "adam_step",
 ]
 
 
@@ -28,8 +40,7 @@ def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray, padding: int = 0) -> np.
     return _core.conv2d(x, w, b, padding)
 
 
-def conv2d_backward(x: np.ndarray, w: np.ndarray, dy: np.ndarray, padding: int = 0,
-                    input_grad: bool = True):
+def conv2d_backward(x: np.ndarray, w: np.ndarray, dy: np.ndarray, padding: int = 0, input_grad: bool = True):
     """Gradients of `conv2d` given dy = dL/dy [N, K, Ho, Wo]: returns (dx, dw, db).
 
     With input_grad=False, dx is None and is not computed (a network's first layer needs no dx).
@@ -66,8 +77,9 @@ def max_pool2d_backward(dy: np.ndarray, argmax: np.ndarray, x_shape) -> np.ndarr
     return _core.max_pool2d_backward(dy, argmax, [int(s) for s in x_shape])
 
 
-def conv2d_relu_max_pool2d(x: np.ndarray, w: np.ndarray, b: np.ndarray, k: int, padding: int = 0,
-                           return_argmax: bool = True):
+def conv2d_relu_max_pool2d(
+    x: np.ndarray, w: np.ndarray, b: np.ndarray, k: int, padding: int = 0, return_argmax: bool = True
+):
     """A CNN block in one call: max_pool2d(conv2d(x, w, b, padding), k, relu=True) -> (y, argmax).
 
     The same numbers as the three layers, but the convolution's output (and, backward, its
@@ -80,8 +92,9 @@ def conv2d_relu_max_pool2d(x: np.ndarray, w: np.ndarray, b: np.ndarray, k: int, 
     return _core.conv2d_relu_max_pool2d(x, w, b, k, padding, bool(return_argmax))
 
 
-def conv2d_relu_max_pool2d_backward(x: np.ndarray, w: np.ndarray, dy: np.ndarray, argmax: np.ndarray,
-                                    k: int, padding: int = 0, input_grad: bool = True):
+def conv2d_relu_max_pool2d_backward(
+    x: np.ndarray, w: np.ndarray, dy: np.ndarray, argmax: np.ndarray, k: int, padding: int = 0, input_grad: bool = True
+):
     """Gradients of `conv2d_relu_max_pool2d` given dy = dL/dy (the pooled shape) and its argmax:
     returns (dx, dw, db), the same as conv2d_backward(x, w, max_pool2d_backward(dy, argmax, ...))
     (dw and db up to float rounding: on AVX-512 the fused kernel sums them in its own order, and
@@ -127,8 +140,14 @@ def dropout_backward(dy: np.ndarray, mask: np.ndarray, p: float) -> np.ndarray:
     return _core.dropout_backward(dy, mask, float(p))
 
 
-def sgd_step(param: np.ndarray, grad: np.ndarray, velocity: np.ndarray, lr: float,
-             momentum: float = 0.0, weight_decay: float = 0.0) -> None:
+def sgd_step(
+    param: np.ndarray,
+    grad: np.ndarray,
+    velocity: np.ndarray,
+    lr: float,
+    momentum: float = 0.0,
+    weight_decay: float = 0.0,
+) -> None:
     """One SGD step in place (PyTorch's rule, dampening 0, no Nesterov).
 
     g = grad + weight_decay * param; velocity = momentum * velocity + g (if momentum > 0, and
@@ -137,13 +156,23 @@ def sgd_step(param: np.ndarray, grad: np.ndarray, velocity: np.ndarray, lr: floa
     _core.sgd_step(param, grad, velocity, float(lr), float(momentum), float(weight_decay))
 
 
-def adam_step(param: np.ndarray, grad: np.ndarray, m: np.ndarray, v: np.ndarray, step: int,
-              lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
-              weight_decay: float = 0.0) -> None:
+def adam_step(
+    param: np.ndarray,
+    grad: np.ndarray,
+    m: np.ndarray,
+    v: np.ndarray,
+    step: int,
+    lr: float = 1e-3,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+) -> None:
     """One Adam step in place (PyTorch's rule); `step` counts updates from 1.
 
     m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
     param -= lr / (1 - b1^step) * m / (sqrt(v) / sqrt(1 - b2^step) + eps). Start with m = v = 0.
     """
-    _core.adam_step(param, grad, m, v, int(step), float(lr), float(beta1), float(beta2),
-                    float(eps), float(weight_decay))
+    _core.adam_step(
+        param, grad, m, v, int(step), float(lr), float(beta1), float(beta2), float(eps), float(weight_decay)
+    )

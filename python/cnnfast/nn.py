@@ -5,6 +5,7 @@ what `backward` needs, and `backward(dy)` sets each parameter's `.grad` (overwri
 returns the gradient with respect to the layer's input (a Conv2d skips that work, returning
 None, when called with input_grad=False, as the first layer of a network is). Everything is float32, NCHW.
 """
+
 from __future__ import annotations
 
 import json
@@ -65,12 +66,18 @@ class Conv2d(Layer):
     uniform in +-1/sqrt(fan_in), fan_in = in * k * k).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int = 0,
-                 rng: np.random.Generator | None = None):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        padding: int = 0,
+        rng: np.random.Generator | None = None,
+    ):
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.kernel_size, self.padding = int(kernel_size), int(padding)
         rng = rng if rng is not None else np.random.default_rng()
-        bound = 1.0 / math.sqrt(self.in_channels * self.kernel_size ** 2)
+        bound = 1.0 / math.sqrt(self.in_channels * self.kernel_size**2)
         k = self.kernel_size
         self.weight = Parameter(_uniform(rng, (self.out_channels, self.in_channels, k, k), bound))
         self.bias = Parameter(_uniform(rng, (self.out_channels,), bound))
@@ -83,16 +90,19 @@ class Conv2d(Layer):
         return F.conv2d(x, self.weight.data, self.bias.data, self.padding)
 
     def backward(self, dy, input_grad=True):
-        dx, self.weight.grad, self.bias.grad = F.conv2d_backward(self.x, self.weight.data, dy, self.padding,
-                                                                 input_grad)
+        dx, self.weight.grad, self.bias.grad = F.conv2d_backward(self.x, self.weight.data, dy, self.padding, input_grad)
         return dx
 
     def parameters(self):
         return [self.weight, self.bias]
 
     def config(self):
-        return {"in_channels": self.in_channels, "out_channels": self.out_channels,
-                "kernel_size": self.kernel_size, "padding": self.padding}
+        return {
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "kernel_size": self.kernel_size,
+            "padding": self.padding,
+        }
 
 
 class Linear(Layer):
@@ -184,7 +194,7 @@ class Dropout(Layer):
         if not self.training or self.p == 0.0:
             self.mask = None
             return x
-        y, self.mask = F.dropout(x, self.p, int(self.rng.integers(0, 2 ** 63)))
+        y, self.mask = F.dropout(x, self.p, int(self.rng.integers(0, 2**63)))
         return y
 
     def infer(self, x):
@@ -228,18 +238,20 @@ class Conv2dReLUMaxPool2d(Layer):
 
     def forward(self, x):
         self.x = x
-        y, self.argmax = F.conv2d_relu_max_pool2d(x, self.conv.weight.data, self.conv.bias.data,
-                                                  self.pool.kernel_size, self.conv.padding)
+        y, self.argmax = F.conv2d_relu_max_pool2d(
+            x, self.conv.weight.data, self.conv.bias.data, self.pool.kernel_size, self.conv.padding
+        )
         return y
 
     def infer(self, x):
-        return F.conv2d_relu_max_pool2d(x, self.conv.weight.data, self.conv.bias.data,
-                                        self.pool.kernel_size, self.conv.padding, return_argmax=False)
+        return F.conv2d_relu_max_pool2d(
+            x, self.conv.weight.data, self.conv.bias.data, self.pool.kernel_size, self.conv.padding, return_argmax=False
+        )
 
     def backward(self, dy, input_grad=True):
         dx, self.conv.weight.grad, self.conv.bias.grad = F.conv2d_relu_max_pool2d_backward(
-            self.x, self.conv.weight.data, dy, self.argmax, self.pool.kernel_size, self.conv.padding,
-            input_grad)
+            self.x, self.conv.weight.data, dy, self.argmax, self.pool.kernel_size, self.conv.padding, input_grad
+        )
         return dx
 
 
@@ -248,8 +260,12 @@ def fuse(layers: list[Layer]) -> list[Layer]:
     and any other ReLU directly followed by a MaxPool2d one ReLUMaxPool2d."""
     steps, i = [], 0
     while i < len(layers):
-        if (isinstance(layers[i], Conv2d) and i + 2 < len(layers) and isinstance(layers[i + 1], ReLU)
-                and isinstance(layers[i + 2], MaxPool2d)):
+        if (
+            isinstance(layers[i], Conv2d)
+            and i + 2 < len(layers)
+            and isinstance(layers[i + 1], ReLU)
+            and isinstance(layers[i + 2], MaxPool2d)
+        ):
             steps.append(Conv2dReLUMaxPool2d(layers[i], layers[i + 2]))
             i += 3
         elif isinstance(layers[i], ReLU) and i + 1 < len(layers) and isinstance(layers[i + 1], MaxPool2d):
@@ -297,12 +313,12 @@ class Sequential:
         x = np.asarray(x)
         out = None
         for i in range(0, len(x), self.infer_block):
-            y = np.ascontiguousarray(x[i:i + self.infer_block])
+            y = np.ascontiguousarray(x[i : i + self.infer_block])
             for step in self.steps:
                 y = step.infer(y)
             if out is None:
                 out = np.empty((len(x),) + y.shape[1:], y.dtype)
-            out[i:i + len(y)] = y
+            out[i : i + len(y)] = y
         if out is None:  # an empty batch: the shapes still come from the layers
             y = np.ascontiguousarray(x)
             for step in self.steps:
@@ -322,13 +338,13 @@ class Sequential:
     def parameters(self) -> list[Parameter]:
         return [p for layer in self.layers for p in layer.parameters()]
 
-    def train(self, mode: bool = True) -> "Sequential":
+    def train(self, mode: bool = True) -> Sequential:
         self.training = mode
         for layer in self.layers:
             layer.training = mode
         return self
 
-    def eval(self) -> "Sequential":
+    def eval(self) -> Sequential:
         return self.train(False)
 
     def num_parameters(self) -> int:
@@ -345,7 +361,7 @@ class Sequential:
         x = as_model_input(np.asarray(images)[None] if single else images)
         out = []
         for i in range(0, len(x), batch_size):
-            logits = self.infer(x[i:i + batch_size]).astype(np.float64)
+            logits = self.infer(x[i : i + batch_size]).astype(np.float64)
             logits -= logits.max(axis=1, keepdims=True)
             p = np.exp(logits)
             out.append(p / p.sum(axis=1, keepdims=True))
@@ -377,8 +393,9 @@ class Sequential:
 def is_single_image(images) -> bool:
     """One image rather than a batch: uint8 [H, W] or float32 [1, H, W]."""
     images = np.asarray(images)
-    return (images.dtype == np.uint8 and images.ndim == 2) or (images.dtype == np.float32 and images.ndim == 3
-                                                               and images.shape[0] == 1)
+    return (images.dtype == np.uint8 and images.ndim == 2) or (
+        images.dtype == np.float32 and images.ndim == 3 and images.shape[0] == 1
+    )
 
 
 def as_model_input(images: np.ndarray) -> np.ndarray:
@@ -388,8 +405,9 @@ def as_model_input(images: np.ndarray) -> np.ndarray:
         return (images.astype(np.float32) / np.float32(255.0))[:, None, :, :]
     if images.dtype == np.float32 and images.ndim == 4 and images.shape[1] == 1:
         return np.ascontiguousarray(images)
-    raise ValueError(f"images must be uint8 [N, 28, 28] or float32 [N, 1, 28, 28], got {images.dtype} "
-                     f"{list(images.shape)}")
+    raise ValueError(
+        f"images must be uint8 [N, 28, 28] or float32 [N, 1, 28, 28], got {images.dtype} {list(images.shape)}"
+    )
 
 
 def mnist_cnn(seed: int = 0) -> Sequential:
@@ -397,9 +415,15 @@ def mnist_cnn(seed: int = 0) -> Sequential:
     Conv2d(1,32,3) ReLU MaxPool2d(2) Conv2d(32,64,3) ReLU MaxPool2d(2) Flatten Dropout(0.5) Linear(1600,10)."""
     rng = np.random.default_rng(seed)
     return Sequential(
-        Conv2d(1, 32, 3, rng=rng), ReLU(), MaxPool2d(2),
-        Conv2d(32, 64, 3, rng=rng), ReLU(), MaxPool2d(2),
-        Flatten(), Dropout(0.5, rng=np.random.default_rng([seed, 1])), Linear(1600, 10, rng=rng),
+        Conv2d(1, 32, 3, rng=rng),
+        ReLU(),
+        MaxPool2d(2),
+        Conv2d(32, 64, 3, rng=rng),
+        ReLU(),
+        MaxPool2d(2),
+        Flatten(),
+        Dropout(0.5, rng=np.random.default_rng([seed, 1])),
+        Linear(1600, 10, rng=rng),
     )
 
 
@@ -416,8 +440,9 @@ def from_architecture(architecture: list[dict], seed: int = 0) -> Sequential:
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in args.values()):
             raise ModelFormatError(f"layer {i} has non-numeric settings: {spec!r:.200}")
         sizes = {k: v for k, v in args.items() if k != "p" and k != "padding"}
-        if any(not (isinstance(v, int) and 1 <= v <= 1 << 20) for v in sizes.values()) or \
-                not (isinstance(args.get("padding", 0), int) and 0 <= args.get("padding", 0) <= 1 << 16):
+        if any(not (isinstance(v, int) and 1 <= v <= 1 << 20) for v in sizes.values()) or not (
+            isinstance(args.get("padding", 0), int) and 0 <= args.get("padding", 0) <= 1 << 16
+        ):
             raise ModelFormatError(f"layer {i} has sizes out of range: {spec!r:.200}")
         cls = LAYERS[spec["type"]]
         try:
@@ -441,8 +466,10 @@ def load_model(path) -> Sequential:
     path = os.fspath(path)
     with open(path, "rb") as file:  # FileNotFoundError as is: the message names the path
         if not is_npz(file):  # numpy would take anything else for a pickle and advise unpickling it
-            raise ModelFormatError(f"{path}: not a cnnfast model file (a model is the .npz archive that "
-                                   "python -m cnnfast.train or model.save writes)")
+            raise ModelFormatError(
+                f"{path}: not a cnnfast model file (a model is the .npz archive that "
+                "python -m cnnfast.train or model.save writes)"
+            )
         try:
             loaded = np.load(file, allow_pickle=False)
             if not isinstance(loaded, np.lib.npyio.NpzFile):
@@ -452,8 +479,7 @@ def load_model(path) -> Sequential:
         except ModelFormatError as error:
             raise ModelFormatError(f"{path}: {error}") from None
         except Exception as error:  # numpy's zip and .npy parsers raise many kinds on damaged bytes
-            raise ModelFormatError(f"{path}: not a readable cnnfast model "
-                                   f"({type(error).__name__}: {error})") from None
+            raise ModelFormatError(f"{path}: not a readable cnnfast model ({type(error).__name__}: {error})") from None
 
 
 def _model_from_npz(f) -> Sequential:
@@ -472,8 +498,9 @@ def _model_from_npz(f) -> Sequential:
             if not isinstance(data, np.ndarray):
                 raise ModelFormatError(f"'{key}' is not an array")
             if data.shape != p.shape or data.dtype != np.float32:
-                raise ModelFormatError(f"'{key}' is {data.dtype} {list(data.shape)}, "
-                                       f"layer {i} ({layer!r}) needs float32 {list(p.shape)}")
+                raise ModelFormatError(
+                    f"'{key}' is {data.dtype} {list(data.shape)}, layer {i} ({layer!r}) needs float32 {list(p.shape)}"
+                )
             p.data = np.ascontiguousarray(data)
     if files - expected:
         raise ModelFormatError(f"unexpected arrays {sorted(files - expected)[:5]}")

@@ -1,4 +1,5 @@
 """Optimizers: each `step()` applies one C++ update in place to every parameter from its `.grad`."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -10,8 +11,7 @@ from .nn import Parameter
 class SGD:
     """SGD with momentum (PyTorch's rule): v = momentum*v + g; p -= lr*v."""
 
-    def __init__(self, params: list[Parameter], lr: float = 0.01, momentum: float = 0.9,
-                 weight_decay: float = 0.0):
+    def __init__(self, params: list[Parameter], lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 0.0):
         if not lr > 0:
             raise ValueError(f"lr must be > 0, got {lr}")
         self.params, self.lr, self.momentum, self.weight_decay = list(params), lr, momentum, weight_decay
@@ -32,8 +32,14 @@ class SGD:
 class Adam:
     """Adam (PyTorch's rule), bias-corrected, `t` counting steps from 1."""
 
-    def __init__(self, params: list[Parameter], lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0):
+    def __init__(
+        self,
+        params: list[Parameter],
+        lr: float = 1e-3,
+        betas=(0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ):
         if not lr > 0:
             raise ValueError(f"lr must be > 0, got {lr}")
         self.params, self.lr, self.betas, self.eps, self.weight_decay = list(params), lr, betas, eps, weight_decay
@@ -44,8 +50,9 @@ class Adam:
     def step(self) -> None:
         self.t += 1
         for p, m, v in zip(self.params, self.m, self.v):
-            F.adam_step(p.data, p.grad, m, v, self.t, self.lr, self.betas[0], self.betas[1], self.eps,
-                        self.weight_decay)
+            F.adam_step(
+                p.data, p.grad, m, v, self.t, self.lr, self.betas[0], self.betas[1], self.eps, self.weight_decay
+            )
 
     def state(self) -> dict:
         state = {"t": np.array(self.t)}

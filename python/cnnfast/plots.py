@@ -10,6 +10,7 @@ standard library.
 ``history`` everywhere is the list of per-epoch dicts python -m cnnfast.train builds:
 epoch, train_loss, train_accuracy, test_loss, test_accuracy, seconds, images_per_second.
 """
+
 from __future__ import annotations
 
 import csv
@@ -21,8 +22,7 @@ import numpy as np
 from ._files import atomic_write
 
 PLOT_MISSING = "--plot needs matplotlib: pip install cnnfast[plot]"
-FIELDS = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds",
-          "images_per_second")
+FIELDS = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds", "images_per_second")
 PLOT_SUFFIXES = (".png", ".pdf", ".svg")
 
 
@@ -61,6 +61,7 @@ def save_figure(fig, path) -> str:
 
 
 # ----------------------------------------------------------------------------- training
+
 
 def history_csv_path(model_path) -> str:
     """Where the metrics of a model go: beside it, same name, .csv (mnist_cnn.npz -> mnist_cnn.csv)."""
@@ -128,8 +129,9 @@ def training_curves_figure(history: list[dict]):
     names = {"train": "train (during the epoch, with dropout)", "test": "test (after the epoch)"}
     for split, style in (("train", "-"), ("test", "--")):
         loss_ax.plot(epochs, [row[f"{split}_loss"] for row in history], style, marker=marker, label=names[split])
-        acc_ax.plot(epochs, [100 * row[f"{split}_accuracy"] for row in history], style, marker=marker,
-                    label=names[split])
+        acc_ax.plot(
+            epochs, [100 * row[f"{split}_accuracy"] for row in history], style, marker=marker, label=names[split]
+        )
     loss_ax.set(title="loss (mean cross-entropy)", xlabel="epoch", ylabel="loss")
     acc_ax.set(title="accuracy", xlabel="epoch", ylabel="accuracy (%)")
     losses = [row[f"{split}_loss"] for row in history for split in ("train", "test")]
@@ -141,15 +143,19 @@ def training_curves_figure(history: list[dict]):
         if len(epochs) <= 20:
             ax.set_xticks(epochs)
     last = history[-1]
-    fig.suptitle(f"{len(history)} epoch{'s' if len(history) != 1 else ''}: test accuracy "
-                 f"{100 * last['test_accuracy']:.2f}%, test loss {last['test_loss']:.4f}")
+    fig.suptitle(
+        f"{len(history)} epoch{'s' if len(history) != 1 else ''}: test accuracy "
+        f"{100 * last['test_accuracy']:.2f}%, test loss {last['test_loss']:.4f}"
+    )
     return fig
 
 
 # ----------------------------------------------------------------------------- evaluation
 
-def plot_evaluation(path, confusion: np.ndarray, images: np.ndarray, labels: np.ndarray,
-                    proba: np.ndarray, mistakes, title: str = "") -> str:
+
+def plot_evaluation(
+    path, confusion: np.ndarray, images: np.ndarray, labels: np.ndarray, proba: np.ndarray, mistakes, title: str = ""
+) -> str:
     """The confusion matrix as a heat map (counts, on a log colour scale so that single mistakes
     show; rows true digit, columns predicted) beside a grid of the images `mistakes` (indices
     into images, e.g. the most confident mistakes) with their true and predicted digits, saved
@@ -157,8 +163,9 @@ def plot_evaluation(path, confusion: np.ndarray, images: np.ndarray, labels: np.
     return save_figure(evaluation_figure(confusion, images, labels, proba, mistakes, title), path)
 
 
-def evaluation_figure(confusion: np.ndarray, images: np.ndarray, labels: np.ndarray, proba: np.ndarray,
-                      mistakes, title: str = ""):
+def evaluation_figure(
+    confusion: np.ndarray, images: np.ndarray, labels: np.ndarray, proba: np.ndarray, mistakes, title: str = ""
+):
     """The matplotlib Figure plot_evaluation saves."""
     Figure = figure_class()
     from matplotlib.colors import LogNorm
@@ -181,10 +188,14 @@ def evaluation_figure(confusion: np.ndarray, images: np.ndarray, labels: np.ndar
             n = int(confusion[t, p])
             if n:
                 light = np.log(n) < 0.6 * np.log(top)
-                ax.text(p, t, str(n), ha="center", va="center", fontsize=8,
-                        color="white" if light else "black")
-    ax.set(xticks=range(classes), yticks=range(classes), xlabel="predicted digit", ylabel="true digit",
-           title="confusion matrix (images; log colour scale)")
+                ax.text(p, t, str(n), ha="center", va="center", fontsize=8, color="white" if light else "black")
+    ax.set(
+        xticks=range(classes),
+        yticks=range(classes),
+        xlabel="predicted digit",
+        ylabel="true digit",
+        title="confusion matrix (images; log colour scale)",
+    )
     left.colorbar(image, ax=ax, shrink=0.8)
     if right is not None:
         columns = min(len(mistakes), 4 if len(mistakes) <= 16 else 6)
@@ -196,7 +207,7 @@ def evaluation_figure(confusion: np.ndarray, images: np.ndarray, labels: np.ndar
             ax.set_title(f"#{index}: true {t}\npred {p} ({proba[index, p]:.3f})", fontsize=8, color="tab:red")
             ax.set_xticks([])
             ax.set_yticks([])
-        for ax in axes[len(mistakes):]:
+        for ax in axes[len(mistakes) :]:
             ax.set_axis_off()
         right.suptitle(f"the {len(mistakes)} most confident mistakes")
     if title:

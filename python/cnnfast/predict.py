@@ -14,6 +14,7 @@ hold one digit, roughly cropped (the border should be paper). Reading files need
 (``pip install cnnfast[image]``); :func:`prepare` on an array in memory needs it only for
 the resizing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,6 +57,7 @@ def _pillow():
 
 # ----------------------------------------------------------------------------- reading
 
+
 def read_image(path) -> np.ndarray:
     """A PNG/JPEG/BMP (or any image Pillow decodes: GIF, TIFF, WebP, ...) as float64 [H, W]
     brightness 0 (black) .. 255 (white). Transparency is composited on white (if that leaves
@@ -70,8 +72,9 @@ def read_image(path) -> np.ndarray:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 if image.width * image.height > MAX_PIXELS:
-                    raise ImageError(f"{path}: {image.width}x{image.height} pixels is too large "
-                                     f"(more than {MAX_PIXELS:,})")
+                    raise ImageError(
+                        f"{path}: {image.width}x{image.height} pixels is too large (more than {MAX_PIXELS:,})"
+                    )
                 image.load()
                 try:
                     image = ImageOps.exif_transpose(image) or image
@@ -81,8 +84,7 @@ def read_image(path) -> np.ndarray:
     except ImageError:
         raise
     except UnidentifiedImageError:
-        raise ImageError(f"{path}: not an image file (Pillow cannot identify it; PNG, JPEG and "
-                         "BMP are read)") from None
+        raise ImageError(f"{path}: not an image file (Pillow cannot identify it; PNG, JPEG and BMP are read)") from None
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
     except PermissionError:
@@ -106,8 +108,9 @@ def _brightness(image, path) -> np.ndarray:
     if has_alpha:
         Image, _, _ = _pillow()
         rgba = image.convert("RGBA")
-        on_white = np.asarray(Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba).convert("L"),
-                              dtype=np.float64)
+        on_white = np.asarray(
+            Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba).convert("L"), dtype=np.float64
+        )
         alpha = np.asarray(rgba.getchannel("A"), dtype=np.float64)
         if np.ptp(on_white) < MIN_CONTRAST and np.ptp(alpha) >= MIN_CONTRAST:
             return 255.0 - alpha  # e.g. white strokes on a transparent background: the opacity is the ink
@@ -120,6 +123,7 @@ def _brightness(image, path) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- preparing
+
 
 def background(gray: np.ndarray) -> tuple[np.ndarray, float]:
     """The paper's brightness under the digit, and the standard deviation of its noise, from the
@@ -135,9 +139,11 @@ def background(gray: np.ndarray) -> tuple[np.ndarray, float]:
     spread = 1.4826 * float(np.median(np.abs(values - level)))
     if min(h, w) < 8 or spread == 0.0:
         return np.full_like(gray, level), spread
+
     def terms(y, x):
         y, x = 2.0 * y / (h - 1) - 1.0, 2.0 * x / (w - 1) - 1.0
         return [np.ones_like(y * x), y, x, y * x, y * y, x * x]
+
     design = np.stack(terms(ys.astype(float), xs.astype(float)), axis=-1)
     fitted = np.full(len(values), level)
     for _ in range(4):
@@ -169,14 +175,18 @@ def ink(gray: np.ndarray) -> tuple[np.ndarray, bool]:
     strokes = darker if inverted else lighter
     strongest = float(strokes.max())
     if strongest < MIN_CONTRAST:
-        raise ImageError(f"blank image: nothing differs from the background by more than {strongest:.0f} "
-                         f"of 255 (needs {MIN_CONTRAST:.0f}); no digit to read")
+        raise ImageError(
+            f"blank image: nothing differs from the background by more than {strongest:.0f} "
+            f"of 255 (needs {MIN_CONTRAST:.0f}); no digit to read"
+        )
     above_noise = strokes[strokes > NOISE_SIGMAS * noise]
     peak = float(np.percentile(above_noise, 99)) if above_noise.size else 0.0  # a max robust to outliers
     floor = max(NOISE_FLOOR * peak, NOISE_SIGMAS * noise)
     if floor >= 0.5 * peak:
-        raise ImageError(f"no clear digit: the strokes ({strongest:.0f} of 255 from the background at "
-                         f"most) are not far above the background's noise (standard deviation {noise:.1f})")
+        raise ImageError(
+            f"no clear digit: the strokes ({strongest:.0f} of 255 from the background at "
+            f"most) are not far above the background's noise (standard deviation {noise:.1f})"
+        )
     return np.clip((strokes - floor) * (255.0 / (peak - floor)), 0.0, 255.0), bool(inverted)
 
 
@@ -184,6 +194,7 @@ def bounding_box(strokes: np.ndarray) -> tuple[int, int, int, int]:
     """(top, bottom, left, right), bottom and right exclusive: the rows and columns holding ink,
     less stray dots (dust, noise) at the edges: runs of ink separated from the rest by empty
     rows (columns) and holding together less than SPECKS of the ink."""
+
     def span(profile):
         nonzero = profile > 0
         starts = np.flatnonzero(nonzero & ~np.concatenate([[False], nonzero[:-1]]))
@@ -197,6 +208,7 @@ def bounding_box(strokes: np.ndarray) -> tuple[int, int, int, int]:
             allowed -= mass[last]
             last -= 1
         return int(starts[first]), int(ends[last])
+
     top, bottom = span(strokes.sum(axis=1))
     left, right = span(strokes.sum(axis=0))
     return top, bottom, left, right
@@ -241,7 +253,7 @@ def prepare(gray: np.ndarray, return_inverted: bool = False):
     top = min(max(int(np.floor(CENTRE - cy + 0.5)), 0), SIZE - height)
     left = min(max(int(np.floor(CENTRE - cx + 0.5)), 0), SIZE - width)
     field = np.zeros((SIZE, SIZE))
-    field[top:top + height, left:left + width] = digit
+    field[top : top + height, left : left + width] = digit
     out = np.clip(np.rint(field), 0, 255).astype(np.uint8)
     return (out, inverted) if return_inverted else out
 
@@ -257,6 +269,7 @@ def load_digit(path) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- the command
 
+
 def top_k(proba: np.ndarray, k: int = 3) -> list[tuple[int, float]]:
     """The k most probable digits with their probabilities, most probable first (ties: lower digit)."""
     order = np.argsort(-np.asarray(proba), kind="stable")[:k]
@@ -265,27 +278,42 @@ def top_k(proba: np.ndarray, k: int = 3) -> list[tuple[int, float]]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argument_parser(
-        prog="python -m cnnfast.predict", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="\n\n".join(textwrap.fill(paragraph, HELP_WIDTH) for paragraph in (
-            "Classify handwritten digits in image files (PNG, JPEG, BMP, or anything else Pillow reads) "
-            "with a trained model.",
-            "Each image is prepared the way the MNIST digits were: made grayscale (transparency on white), "
-            "turned into light-on-dark if it is dark ink on a light background, cropped to the digit's "
-            "bounding box, scaled to fit 20x20 keeping its aspect ratio, and centred by its centre of mass "
-            "in a 28x28 field. One image should hold one digit.")),
+        prog="python -m cnnfast.predict",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="\n\n".join(
+            textwrap.fill(paragraph, HELP_WIDTH)
+            for paragraph in (
+                "Classify handwritten digits in image files (PNG, JPEG, BMP, or anything else Pillow reads) "
+                "with a trained model.",
+                "Each image is prepared the way the MNIST digits were: made grayscale (transparency on white), "
+                "turned into light-on-dark if it is dark ink on a light background, cropped to the digit's "
+                "bounding box, scaled to fit 20x20 keeping its aspect ratio, and centred by its centre of mass "
+                "in a 28x28 field. One image should hold one digit.",
+            )
+        ),
         epilog=textwrap.fill(
             "Prints each file's predicted digit and its three most probable digits. A file that cannot be "
             "read, or holds no digit, is reported on stderr and the others are still predicted. Exit "
             "status: 0 all predicted, 1 a file failed (or no model, or no Pillow: pip install "
-            "cnnfast[image]), 2 bad arguments; 130 (143) after Ctrl-C (SIGTERM).", HELP_WIDTH))
+            "cnnfast[image]), 2 bad arguments; 130 (143) after Ctrl-C (SIGTERM).",
+            HELP_WIDTH,
+        ),
+    )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, one digit each")
-    p.add_argument("--model", default="mnist_cnn.npz",
-                   help="the model file from python -m cnnfast.train (default mnist_cnn.npz)")
-    p.add_argument("--show", action="store_true",
-                   help="also draw the 28x28 image the model saw (with --json: add it as 'image', 28 rows of 28 values)")
-    p.add_argument("--json", action="store_true",
-                   help="print one JSON object on stdout: {'model', 'predictions': [{'file', 'digit', "
-                        "'top3', 'probabilities', 'inverted'} or {'file', 'error'}]}")
+    p.add_argument(
+        "--model", default="mnist_cnn.npz", help="the model file from python -m cnnfast.train (default mnist_cnn.npz)"
+    )
+    p.add_argument(
+        "--show",
+        action="store_true",
+        help="also draw the 28x28 image the model saw (with --json: add it as 'image', 28 rows of 28 values)",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object on stdout: {'model', 'predictions': [{'file', 'digit', "
+        "'top3', 'probabilities', 'inverted'} or {'file', 'error'}]}",
+    )
     return p
 
 
@@ -293,16 +321,20 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if os.path.isdir(args.model):
-        parser.error(f"--model {args.model} is a directory; give a model file such as "
-                     f"{os.path.join(args.model, 'mnist_cnn.npz')}")
+        parser.error(
+            f"--model {args.model} is a directory; give a model file such as "
+            f"{os.path.join(args.model, 'mnist_cnn.npz')}"
+        )
     try:
         _pillow()
     except ImportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     if not os.path.exists(args.model):
-        print(f"error: no model file {args.model}: train one with python -m cnnfast.train "
-              "(or give --model FILE)", file=sys.stderr)
+        print(
+            f"error: no model file {args.model}: train one with python -m cnnfast.train (or give --model FILE)",
+            file=sys.stderr,
+        )
         return 1
     try:
         model = load_model(args.model)
@@ -343,8 +375,12 @@ def main(argv=None) -> int:
             continue
         i = next(results)
         best = top_k(proba[i])
-        entry.update(digit=best[0][0], top3=[{"digit": d, "probability": p} for d, p in best],
-                     probabilities=proba[i].tolist(), inverted=inverted[i])
+        entry.update(
+            digit=best[0][0],
+            top3=[{"digit": d, "probability": p} for d, p in best],
+            probabilities=proba[i].tolist(),
+            inverted=inverted[i],
+        )
         if args.show:
             entry["image"] = digits[i].tolist()
         if not args.json:
@@ -352,14 +388,27 @@ def main(argv=None) -> int:
             print(f"{entry['file']:<{width}}  {best[0][0]}   ({others})", flush=True)
             if args.show:
                 note = " (inverted: dark ink on a light background)" if inverted[i] else ""
-                print("\n".join(["  " + row for row in digit_picture(digits[i], sys.stdout)]
-                                + [f"  the 28x28 image the model saw{note}", ""]))
+                print(
+                    "\n".join(
+                        ["  " + row for row in digit_picture(digits[i], sys.stdout)]
+                        + [f"  the 28x28 image the model saw{note}", ""]
+                    )
+                )
     if args.json:
-        print(json.dumps({"model": os.path.abspath(args.model), "predicted": len(digits), "failed": failed,
-                          "predictions": entries}))
+        print(
+            json.dumps(
+                {
+                    "model": os.path.abspath(args.model),
+                    "predicted": len(digits),
+                    "failed": failed,
+                    "predictions": entries,
+                }
+            )
+        )
     return 1 if failed else 0
 
 
 if __name__ == "__main__":
     from ._cli import run_command
+
     sys.exit(run_command(main))

@@ -16,6 +16,7 @@ trial (as dataset indices) from the labels and predictions of a whole split,
 :func:`statistics` and :func:`evidence` turn them into numbers, :func:`render_trial` and
 :func:`report` into text. The split is predicted once; the trials only index into it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,8 @@ import textwrap
 
 import numpy as np
 
-from ._cli import argument_parser, load_mnist
 from . import plots, train
+from ._cli import argument_parser, load_mnist
 from ._terminal import digit_picture, histogram, picture_grid
 from .nn import ModelFormatError, load_model
 
@@ -40,33 +41,43 @@ MAX_TRIALS = 1_000_000
 
 MODES = {
     "per-class": "one random {split} image of each true digit 0..9; the ten predicted digits are "
-                 "added up. A perfect classifier always gets 0+1+...+9 = 45.",
+    "added up. A perfect classifier always gets 0+1+...+9 = 45.",
     "by-prediction": "for each digit d, one random {split} image that the model classifies as d; "
-                     "the ten true labels are added up. A perfect classifier always gets 45.",
+    "the ten true labels are added up. A perfect classifier always gets 45.",
     "random": "ten distinct random {split} images, any labels; the predicted digits are added up "
-              "and compared with the sum of their true labels.",
+    "and compared with the sum of their true labels.",
 }
-SUM_NAMES = {"per-class": ("predicted sum", "45"), "by-prediction": ("true-label sum", "45"),
-             "random": ("predicted sum", "true sum")}
-TRIAL_NAMES = {"per-class": ("predicted digits", "true sum"), "random": ("predicted digits", "true sum"),
-               "by-prediction": ("true labels", "sum of the predicted digits")}
-EXPECTED = {"per-class": "product over digits of the per-class accuracy (recall)",
-            "by-prediction": "product over digits of the precision (share of the images "
-                             "classified as d that are d)",
-            "random": "chance that ten distinct random images are all right: "
-                      "product over k = 0..9 of (right - k) / (images - k), about accuracy^10"}
-CAVEAT = ("The sum is a heuristic, not a diagnosis: above or below 45 only says whether the wrong "
-          "digits were read as larger or smaller ones (a 3 read as 8 adds 5), which is about which "
-          "digits get confused, not about overfitting (fitting the training images better than "
-          "unseen ones: a train-test gap) or underfitting (low accuracy on both).")
+SUM_NAMES = {
+    "per-class": ("predicted sum", "45"),
+    "by-prediction": ("true-label sum", "45"),
+    "random": ("predicted sum", "true sum"),
+}
+TRIAL_NAMES = {
+    "per-class": ("predicted digits", "true sum"),
+    "random": ("predicted digits", "true sum"),
+    "by-prediction": ("true labels", "sum of the predicted digits"),
+}
+EXPECTED = {
+    "per-class": "product over digits of the per-class accuracy (recall)",
+    "by-prediction": "product over digits of the precision (share of the images classified as d that are d)",
+    "random": "chance that ten distinct random images are all right: "
+    "product over k = 0..9 of (right - k) / (images - k), about accuracy^10",
+}
+CAVEAT = (
+    "The sum is a heuristic, not a diagnosis: above or below 45 only says whether the wrong "
+    "digits were read as larger or smaller ones (a 3 read as 8 adds 5), which is about which "
+    "digits get confused, not about overfitting (fitting the training images better than "
+    "unseen ones: a train-test gap) or underfitting (low accuracy on both)."
+)
 
 
 class NoTrials(ValueError):
     """No trial can be formed (a digit has no image to pick)."""
 
 
-def draw_trials(mode: str, labels: np.ndarray, pred: np.ndarray, trials: int,
-                rng: np.random.Generator, split: str = "test") -> dict:
+def draw_trials(
+    mode: str, labels: np.ndarray, pred: np.ndarray, trials: int, rng: np.random.Generator, split: str = "test"
+) -> dict:
     """Pick the images of `trials` trials from a split with true `labels` and predictions `pred`.
 
     Returns int64 arrays: indices, true, pred [trials, 10] (dataset indices and their labels),
@@ -83,12 +94,15 @@ def draw_trials(mode: str, labels: np.ndarray, pred: np.ndarray, trials: int,
         pools = [np.flatnonzero(key == d) for d in range(10)]
         missing = [d for d, pool in enumerate(pools) if len(pool) == 0]
         if missing and mode == "per-class":
-            raise NoTrials(f"the {split} split has no image labelled {_digits(missing)}; "
-                           "a per-class trial needs one of each digit")
+            raise NoTrials(
+                f"the {split} split has no image labelled {_digits(missing)}; a per-class trial needs one of each digit"
+            )
         if missing:
-            raise NoTrials(f"the model classifies none of the {len(labels):,} {split} images as "
-                           f"{_digits(missing)}, so no by-prediction trial can be formed: "
-                           "this model can never pass that version of the challenge")
+            raise NoTrials(
+                f"the model classifies none of the {len(labels):,} {split} images as "
+                f"{_digits(missing)}, so no by-prediction trial can be formed: "
+                "this model can never pass that version of the challenge"
+            )
         picks = rng.integers(0, [len(pool) for pool in pools], size=(trials, 10))
         indices = np.stack([pools[d][picks[:, d]] for d in range(10)], axis=1)
     else:
@@ -96,8 +110,7 @@ def draw_trials(mode: str, labels: np.ndarray, pred: np.ndarray, trials: int,
     indices = indices.astype(np.int64)
     true, guess = labels[indices], pred[indices]
     added, target = (true, guess) if mode == "by-prediction" else (guess, true)
-    return {"indices": indices, "true": true, "pred": guess,
-            "sum": added.sum(axis=1), "target": target.sum(axis=1)}
+    return {"indices": indices, "true": true, "pred": guess, "sum": added.sum(axis=1), "target": target.sum(axis=1)}
 
 
 def _digits(ds) -> str:
@@ -122,12 +135,18 @@ def statistics(mode: str, trials: dict, labels: np.ndarray, pred: np.ndarray) ->
     wrong = (trials["true"] != trials["pred"]).any(axis=1)
     difference = trials["sum"] - trials["target"]
     values, counts = np.unique(difference, return_counts=True)
-    return {"trials": len(passed), "passes": int(passed.sum()), "pass_rate": float(passed.mean()),
-            "lucky_passes": int((passed & wrong).sum()), "all_right": int((~wrong).sum()),
-            "mean_sum": float(trials["sum"].mean()), "sd_sum": float(trials["sum"].std()),
-            "mean_difference": float(difference.mean()),
-            "histogram": {int(v): int(c) for v, c in zip(values, counts)},
-            "expected_pass_rate": expected_pass_rate(mode, labels, pred)}
+    return {
+        "trials": len(passed),
+        "passes": int(passed.sum()),
+        "pass_rate": float(passed.mean()),
+        "lucky_passes": int((passed & wrong).sum()),
+        "all_right": int((~wrong).sum()),
+        "mean_sum": float(trials["sum"].mean()),
+        "sd_sum": float(trials["sum"].std()),
+        "mean_difference": float(difference.mean()),
+        "histogram": {int(v): int(c) for v, c in zip(values, counts)},
+        "expected_pass_rate": expected_pass_rate(mode, labels, pred),
+    }
 
 
 def split_scores(labels: np.ndarray, proba: np.ndarray) -> tuple[float, float]:
@@ -151,10 +170,18 @@ def evidence(train_scores: tuple[float, float], test_scores: tuple[float, float]
     elif under:
         reading = f"{low}: suggests underfitting"
     else:
-        reading = (f"the gap is within {GAP_POINTS:g} points and accuracy reaches {100 * LOW_ACCURACY:g}%: "
-                   "no sign of over- or underfitting")
-    return {"train_loss": train_loss, "train_accuracy": train_acc, "test_loss": test_loss,
-            "test_accuracy": test_acc, "accuracy_gap": train_acc - test_acc, "reading": reading}
+        reading = (
+            f"the gap is within {GAP_POINTS:g} points and accuracy reaches {100 * LOW_ACCURACY:g}%: "
+            "no sign of over- or underfitting"
+        )
+    return {
+        "train_loss": train_loss,
+        "train_accuracy": train_acc,
+        "test_loss": test_loss,
+        "test_accuracy": test_acc,
+        "accuracy_gap": train_acc - test_acc,
+        "reading": reading,
+    }
 
 
 def verdict(total: int, target: int) -> str:
@@ -172,13 +199,16 @@ def render_trial(images: np.ndarray, trial: dict, proba: np.ndarray, columns: in
     blocks = []
     for i, index in enumerate(trial["indices"]):
         t, p = int(trial["true"][i]), int(trial["pred"][i])
-        blocks.append(digit_picture(images[index], stream)
-                      + [f"true {t}", f"pred {p}", f"p {proba[index, p]:.3f}", "" if t == p else "WRONG"])
+        blocks.append(
+            digit_picture(images[index], stream)
+            + [f"true {t}", f"pred {p}", f"p {proba[index, p]:.3f}", "" if t == p else "WRONG"]
+        )
     return picture_grid(blocks, columns)
 
 
 def report(args, stats: dict, trials: dict, picture: list[str], evid: dict) -> list[str]:
     """The terminal report: the first trial, the many-trial statistics, the evidence, the caveat."""
+
     def wrap(text, indent="", hang=0):
         return textwrap.wrap(text, args.width, initial_indent=indent, subsequent_indent=indent + " " * hang)
 
@@ -186,17 +216,27 @@ def report(args, stats: dict, trials: dict, picture: list[str], evid: dict) -> l
     added_name, total_name = TRIAL_NAMES[args.mode]
     total, target = int(trials["sum"][0]), int(trials["target"][0])
     added = trials["true" if args.mode == "by-prediction" else "pred"][0]
-    lines = [f"Sum challenge: model {args.model}, {args.split} split ({evid[args.split + '_images']:,} images), "
-             f"seed {args.seed}"]
+    lines = [
+        f"Sum challenge: model {args.model}, {args.split} split ({evid[args.split + '_images']:,} images), "
+        f"seed {args.seed}"
+    ]
     lines += wrap(f"Mode {args.mode}: " + MODES[args.mode].format(split=args.split)) + ["", "Trial 1"] + picture + [""]
     lines += wrap(f"{added_name} {'+'.join(map(str, added))} = {total}   ({total_name} {target})")
     lines += [f"verdict: {verdict(total, target)}", "", f"{stats['trials']:,} trials, mode {args.mode}"]
-    rows = [("pass rate", f"{100 * stats['pass_rate']:.2f}%",
-             f"{stats['passes']:,} of {stats['trials']:,} with {sum_name} = {target_name}"),
-            ("passed by luck", f"{stats['lucky_passes']:,}", "right sum although a digit was wrong (errors cancelled)"),
-            ("expected pass rate", f"{100 * stats['expected_pass_rate']:.2f}%",
-             f"if errors never cancelled: {EXPECTED[args.mode]}"),
-            (f"{sum_name} mean", f"{stats['mean_sum']:.2f}", f"standard deviation {stats['sd_sum']:.2f}")]
+    rows = [
+        (
+            "pass rate",
+            f"{100 * stats['pass_rate']:.2f}%",
+            f"{stats['passes']:,} of {stats['trials']:,} with {sum_name} = {target_name}",
+        ),
+        ("passed by luck", f"{stats['lucky_passes']:,}", "right sum although a digit was wrong (errors cancelled)"),
+        (
+            "expected pass rate",
+            f"{100 * stats['expected_pass_rate']:.2f}%",
+            f"if errors never cancelled: {EXPECTED[args.mode]}",
+        ),
+        (f"{sum_name} mean", f"{stats['mean_sum']:.2f}", f"standard deviation {stats['sd_sum']:.2f}"),
+    ]
     for name, value, note in rows:
         lines += wrap(f"{name:<20}{value:>8}   {note}", "  ", 31)
     counts = dict(stats["histogram"])
@@ -204,11 +244,17 @@ def report(args, stats: dict, trials: dict, picture: list[str], evid: dict) -> l
         counts = {k: counts.get(k, 0) for k in range(min(counts), max(counts) + 1)}
     lines += [f"  {sum_name} - {target_name}:"] + ["    " + line for line in histogram(counts, width=50)]
     loss_gap = evid["train_loss"] - evid["test_loss"]
-    lines += ["", "The real evidence: loss and accuracy on the full training and test sets",
-              "                  images   accuracy      loss",
-              *[f"  {split:<12}{evid[split + '_images']:>10,}   {100 * evid[split + '_accuracy']:7.2f}%   "
-                f"{evid[split + '_loss']:7.4f}" for split in ("train", "test")],
-              f"  train - test              {100 * evid['accuracy_gap']:+7.2f}pp  {loss_gap:+7.4f}"]
+    lines += [
+        "",
+        "The real evidence: loss and accuracy on the full training and test sets",
+        "                  images   accuracy      loss",
+        *[
+            f"  {split:<12}{evid[split + '_images']:>10,}   {100 * evid[split + '_accuracy']:7.2f}%   "
+            f"{evid[split + '_loss']:7.4f}"
+            for split in ("train", "test")
+        ],
+        f"  train - test              {100 * evid['accuracy_gap']:+7.2f}pp  {loss_gap:+7.4f}",
+    ]
     lines += wrap(f"reading: {evid['reading']}", "  ", 9) + [""] + wrap(CAVEAT)
     return lines
 
@@ -229,8 +275,11 @@ def figure(images, trials: dict, proba, stats: dict, mode: str, figure_class):
         t, p = int(trials["true"][0][i]), int(trials["pred"][0][i])
         ax = fig.add_subplot(grid[0, i])
         ax.imshow(images[index], cmap="gray_r", vmin=0, vmax=255)
-        ax.set_title(f"true {t}\npred {p} ({proba[index, p]:.2f})" + ("\nWRONG" if t != p else ""),
-                     fontsize=9, color="black" if t == p else "red")
+        ax.set_title(
+            f"true {t}\npred {p} ({proba[index, p]:.2f})" + ("\nWRONG" if t != p else ""),
+            fontsize=9,
+            color="black" if t == p else "red",
+        )
         ax.set_axis_off()
     total, target = int(trials["sum"][0]), int(trials["target"][0])
     fig.suptitle(f"Trial 1: {SUM_NAMES[mode][0]} {total}, target {target}: {verdict(total, target)}")
@@ -248,18 +297,23 @@ def figure(images, trials: dict, proba, stats: dict, mode: str, figure_class):
     sum_name, target_name = SUM_NAMES[mode]
     ax.set_xlabel(f"{sum_name} - {target_name}")
     ax.set_ylabel("trials (log scale)")
-    ax.set_title(f"{mode}: pass rate {100 * stats['pass_rate']:.1f}% over {stats['trials']:,} trials "
-                 f"(expected without cancelling errors {100 * stats['expected_pass_rate']:.1f}%)")
+    ax.set_title(
+        f"{mode}: pass rate {100 * stats['pass_rate']:.1f}% over {stats['trials']:,} trials "
+        f"(expected without cancelling errors {100 * stats['expected_pass_rate']:.1f}%)"
+    )
     return fig
 
 
 def _help_table(rows: dict, split: str = "") -> str:
-    return "\n".join(textwrap.fill(text.format(split=split), 96, initial_indent=f"  {name:<15}",
-                                   subsequent_indent=" " * 17) for name, text in rows.items())
+    return "\n".join(
+        textwrap.fill(text.format(split=split), 96, initial_indent=f"  {name:<15}", subsequent_indent=" " * 17)
+        for name, text in rows.items()
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    description = textwrap.dedent(f"""\
+    description = (
+        textwrap.dedent(f"""\
         The sum challenge: take one random MNIST image of each digit 0..9, classify the ten
         and add up the predicted digits. A perfect classifier always gets 0+1+...+9 = 45.
         The challenge reads a sum above 45 as overfitting and below 45 as underfitting.
@@ -271,28 +325,36 @@ def build_parser() -> argparse.ArgumentParser:
         test accuracy and "suggests underfitting" when both are below {100 * LOW_ACCURACY:g}%.
 
         Modes (--mode; images come from the --split):
-        """) + _help_table(MODES, "MNIST") + textwrap.dedent("""
+        """)
+        + _help_table(MODES, "MNIST")
+        + textwrap.dedent("""
 
         A trial passes when its sum equals its target; it passes by luck when a digit was wrong
         nevertheless (errors that cancel: a 3 read as 4 and a 4 read as 3). The expected pass
         rate is the pass rate if errors never cancelled, the chance that all ten are right:
-        """) + _help_table(EXPECTED)
+        """)
+        + _help_table(EXPECTED)
+    )
     p = argument_parser(
-        prog="python -m cnnfast.sum_challenge", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=description, epilog=textwrap.dedent("""\
+        prog="python -m cnnfast.sum_challenge",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=description,
+        epilog=textwrap.dedent("""\
             If --model does not exist, the default model is trained first (python -m cnnfast.train
             --out MODEL, with --data-dir and --no-verify passed on). MNIST is read from --data-dir
             if it is given (it must hold the four files), otherwise from $CNNFAST_DATA or
             ~/.cache/cnnfast/mnist, downloaded there if missing. Exit status: 0 done, 1 no data,
             a bad model, no trial possible or no matplotlib, 2 bad arguments; 130 (143) after
-            Ctrl-C (SIGTERM)."""))
+            Ctrl-C (SIGTERM)."""),
+    )
     p.add_argument("--model", default="mnist_cnn.npz", help="the model file (default mnist_cnn.npz)")
     p.add_argument("--trials", type=int, default=1000, help="number of trials (default 1000)")
     p.add_argument("--mode", choices=list(MODES), default="per-class", help="which sum (default per-class)")
     p.add_argument("--split", choices=["test", "train"], default="test", help="where images come from (default test)")
     p.add_argument("--seed", type=int, default=0, help="seed for picking images (default 0)")
-    p.add_argument("--data-dir", default=None,
-                   help="directory holding the four MNIST IDX files (plain or .gz); it must hold them")
+    p.add_argument(
+        "--data-dir", default=None, help="directory holding the four MNIST IDX files (plain or .gz); it must hold them"
+    )
     p.add_argument("--no-verify", action="store_true", help="accept IDX files that are not the official MNIST")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout (text goes to stderr)")
     p.add_argument("--plot", metavar="FILE.png", help="also draw the first trial and the histogram (needs matplotlib)")
@@ -308,8 +370,10 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     if args.width < 80:
         parser.error(f"--width must be at least 80, got {args.width}")
     if os.path.isdir(args.model):
-        parser.error(f"--model {args.model} is a directory; give a model file such as "
-                     f"{os.path.join(args.model, 'mnist_cnn.npz')}")
+        parser.error(
+            f"--model {args.model} is a directory; give a model file such as "
+            f"{os.path.join(args.model, 'mnist_cnn.npz')}"
+        )
     if not os.path.exists(args.model) and not os.path.isdir(os.path.dirname(os.path.abspath(args.model))):
         parser.error(f"--model {args.model} does not exist and cannot be trained there: no such directory")
     if args.plot is not None:
@@ -340,8 +404,12 @@ def main(argv=None) -> int:
             return 1
 
     if not os.path.exists(args.model):
-        print(f"{args.model} does not exist: training the default model first "
-              f"(python -m cnnfast.train --out {args.model})", file=log, flush=True)
+        print(
+            f"{args.model} does not exist: training the default model first "
+            f"(python -m cnnfast.train --out {args.model})",
+            file=log,
+            flush=True,
+        )
         forwarded = ["--out", args.model] + (["--data-dir", args.data_dir] if args.data_dir else [])
         with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
             status = train.main(forwarded + (["--no-verify"] if args.no_verify else []))
@@ -383,18 +451,33 @@ def main(argv=None) -> int:
         plot(args.plot, images, trials, proba[args.split], stats, args.mode, figure_class)
         print(f"wrote {args.plot}", file=log)
     if args.json:
-        samples = [{"indices": trials["indices"][t].tolist(), "true": trials["true"][t].tolist(),
-                    "pred": trials["pred"][t].tolist(), "sum": int(trials["sum"][t]),
-                    "target": int(trials["target"][t])} for t in range(min(SAMPLES, args.trials))]
-        out = {"trials": args.trials, "mode": args.mode, "split": args.split, "seed": args.seed,
-               "model": os.path.abspath(args.model), "target": TARGET if args.mode != "random" else None,
-               **{k: v for k, v in stats.items() if k != "trials"},
-               "histogram": {str(k): v for k, v in stats["histogram"].items()},
-               **evid, "samples": samples}
+        samples = [
+            {
+                "indices": trials["indices"][t].tolist(),
+                "true": trials["true"][t].tolist(),
+                "pred": trials["pred"][t].tolist(),
+                "sum": int(trials["sum"][t]),
+                "target": int(trials["target"][t]),
+            }
+            for t in range(min(SAMPLES, args.trials))
+        ]
+        out = {
+            "trials": args.trials,
+            "mode": args.mode,
+            "split": args.split,
+            "seed": args.seed,
+            "model": os.path.abspath(args.model),
+            "target": TARGET if args.mode != "random" else None,
+            **{k: v for k, v in stats.items() if k != "trials"},
+            "histogram": {str(k): v for k, v in stats["histogram"].items()},
+            **evid,
+            "samples": samples,
+        }
         print(json.dumps(out))
     return 0
 
 
 if __name__ == "__main__":
     from ._cli import run_command
+
     sys.exit(run_command(main))

@@ -19,6 +19,7 @@ infinite, or stays far above its first value, stops training at once; an existin
 or checkpoint is left untouched. (A signal during the last epoch's evaluation lets the run
 finish: it saves the model.)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,8 +75,10 @@ class DivergenceWatch:
             self.first_loss = float(loss)
         self.high_steps = self.high_steps + 1 if loss > DIVERGED_FACTOR * self.first_loss else 0
         if self.high_steps >= DIVERGED_STEPS:
-            raise TrainingDiverged(f"the loss has stayed above {DIVERGED_FACTOR:g} times its first value "
-                                   f"({self.first_loss:.3g}) for {self.high_steps} steps; it is {loss:.3g} at {where}")
+            raise TrainingDiverged(
+                f"the loss has stayed above {DIVERGED_FACTOR:g} times its first value "
+                f"({self.first_loss:.3g}) for {self.high_steps} steps; it is {loss:.3g} at {where}"
+            )
 
 
 class Interrupted(Exception):
@@ -122,8 +125,8 @@ def evaluate(model: Sequential, images: np.ndarray, labels: np.ndarray, batch_si
     """Mean cross-entropy loss and accuracy of `model` (in eval mode) on uint8 images."""
     total_loss, correct = 0.0, 0
     for i in range(0, len(images), batch_size):
-        x = as_model_input(images[i:i + batch_size])
-        y = labels[i:i + batch_size].astype(np.int64)
+        x = as_model_input(images[i : i + batch_size])
+        y = labels[i : i + batch_size].astype(np.int64)
         logits = model.infer(x)
         loss, _ = F.softmax_cross_entropy(logits, y)
         total_loss += loss * len(y)
@@ -132,8 +135,7 @@ def evaluate(model: Sequential, images: np.ndarray, labels: np.ndarray, batch_si
     return total_loss / n, correct / n
 
 
-def train_epoch(model, optimizer, images, labels, batch_size, rng, progress=None, *, start=None,
-                stop=None, watch=None):
+def train_epoch(model, optimizer, images, labels, batch_size, rng, progress=None, *, start=None, stop=None, watch=None):
     """One pass over the shuffled training set. Returns (mean loss, accuracy, seconds).
 
     `start` (an EpochState) continues an epoch whose first `start.step` steps are done: the
@@ -156,7 +158,7 @@ def train_epoch(model, optimizer, images, labels, batch_size, rng, progress=None
 
     for step in range(state.step, n_steps):
         check_stop()
-        batch = order[step * batch_size:(step + 1) * batch_size]
+        batch = order[step * batch_size : (step + 1) * batch_size]
         x = as_model_input(images[batch])
         y = labels[batch].astype(np.int64)
         logits = model.forward(x)
@@ -170,8 +172,9 @@ def train_epoch(model, optimizer, images, labels, batch_size, rng, progress=None
         state.seen += len(y)
         if progress is not None:
             elapsed = time.perf_counter() - start_time
-            progress.update(state.seen, f"loss {state.total_loss / state.seen:.4f}  "
-                                        f"{state.seen / max(elapsed, 1e-9):,.0f} img/s")
+            progress.update(
+                state.seen, f"loss {state.total_loss / state.seen:.4f}  {state.seen / max(elapsed, 1e-9):,.0f} img/s"
+            )
     check_stop()
     seen = max(state.seen, 1)
     return state.total_loss / seen, state.correct / seen, time.perf_counter() - start_time
@@ -181,52 +184,89 @@ def build_parser() -> argparse.ArgumentParser:
     p = argument_parser(
         prog="python -m cnnfast.train",
         description="Train the classic Keras MNIST convnet (Conv2d(1,32,3) ReLU MaxPool2d(2) "
-                    "Conv2d(32,64,3) ReLU MaxPool2d(2) Flatten Dropout(0.5) Linear(1600,10)) "
-                    "on the 60,000 MNIST training images, evaluate on the 10,000 test images "
-                    "after each epoch, and save the model.",
+        "Conv2d(32,64,3) ReLU MaxPool2d(2) Flatten Dropout(0.5) Linear(1600,10)) "
+        "on the 60,000 MNIST training images, evaluate on the 10,000 test images "
+        "after each epoch, and save the model.",
         epilog="MNIST is read from --data-dir if it is given (it must hold the four files), otherwise "
-               "from $CNNFAST_DATA or ~/.cache/cnnfast/mnist, downloaded there if missing. Ctrl-C or "
-               "SIGTERM stops training after the current step and writes a checkpoint (exit code 130 "
-               "or 143); --resume CHECKPOINT alone continues that run. A loss that becomes NaN or "
-               f"infinite, or stays above {DIVERGED_FACTOR:g} times its first value for {DIVERGED_STEPS} "
-               "steps, stops the run (exit code 1) and saves nothing.")
+        "from $CNNFAST_DATA or ~/.cache/cnnfast/mnist, downloaded there if missing. Ctrl-C or "
+        "SIGTERM stops training after the current step and writes a checkpoint (exit code 130 "
+        "or 143); --resume CHECKPOINT alone continues that run. A loss that becomes NaN or "
+        f"infinite, or stays above {DIVERGED_FACTOR:g} times its first value for {DIVERGED_STEPS} "
+        "steps, stops the run (exit code 1) and saves nothing.",
+    )
     p.add_argument("--epochs", type=int, default=None, help=f"passes over the training set (default {DEFAULT_EPOCHS})")
     p.add_argument("--batch-size", type=int, default=None, help=f"images per step (default {DEFAULT_BATCH_SIZE})")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-3 for adam, 0.01 for sgd)")
-    p.add_argument("--optimizer", choices=["adam", "sgd"], default=None, help="adam, or sgd with momentum 0.9 (default adam)")
+    p.add_argument(
+        "--optimizer", choices=["adam", "sgd"], default=None, help="adam, or sgd with momentum 0.9 (default adam)"
+    )
     p.add_argument("--seed", type=int, default=None, help="seed for initialisation, shuffling and dropout (default 0)")
     p.add_argument("--threads", type=int, default=None, help="OpenMP threads (default: all cores, or $OMP_NUM_THREADS)")
-    p.add_argument("--data-dir", default=None,
-                   help="directory holding the four MNIST IDX files (plain or .gz); it must hold them")
-    p.add_argument("--no-verify", action="store_true", default=None,
-                   help="accept IDX files whose SHA-256 differs from the official MNIST")
-    p.add_argument("--out", default=None,
-                   help=f"where to save the model (default {DEFAULT_OUT}); the per-epoch metrics go beside it "
-                        "as a CSV (mnist_cnn.csv)")
-    p.add_argument("--limit", type=int, default=None, metavar="N", help="train on the first N training images only (quick runs)")
-    p.add_argument("--plot", metavar="FILE.png",
-                   help="also draw train and test loss and accuracy per epoch (.png, .pdf or .svg; "
-                        "needs matplotlib: pip install cnnfast[plot])")
+    p.add_argument(
+        "--data-dir", default=None, help="directory holding the four MNIST IDX files (plain or .gz); it must hold them"
+    )
+    p.add_argument(
+        "--no-verify",
+        action="store_true",
+        default=None,
+        help="accept IDX files whose SHA-256 differs from the official MNIST",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        help=f"where to save the model (default {DEFAULT_OUT}); the per-epoch metrics go beside it "
+        "as a CSV (mnist_cnn.csv)",
+    )
+    p.add_argument(
+        "--limit", type=int, default=None, metavar="N", help="train on the first N training images only (quick runs)"
+    )
+    p.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="also draw train and test loss and accuracy per epoch (.png, .pdf or .svg; "
+        "needs matplotlib: pip install cnnfast[plot])",
+    )
     p.add_argument("--json", action="store_true", help="print the final metrics as one JSON object on stdout")
-    p.add_argument("--checkpoint", default=None, metavar="PATH",
-                   help="where an interrupted run writes its checkpoint (default: next to --out, e.g. "
-                        "mnist_cnn.ckpt.npz; when resuming, the --resume file)")
-    p.add_argument("--resume", default=None, metavar="CHECKPOINT",
-                   help="continue the interrupted run saved in CHECKPOINT, with the settings it was started "
-                        "with (--epochs, --batch-size, --lr, --optimizer, --seed, --limit: giving one that "
-                        "differs is an error) and its --out, --plot, --data-dir and --no-verify unless given; "
-                        "the checkpoint is removed once the run is finished")
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        metavar="PATH",
+        help="where an interrupted run writes its checkpoint (default: next to --out, e.g. "
+        "mnist_cnn.ckpt.npz; when resuming, the --resume file)",
+    )
+    p.add_argument(
+        "--resume",
+        default=None,
+        metavar="CHECKPOINT",
+        help="continue the interrupted run saved in CHECKPOINT, with the settings it was started "
+        "with (--epochs, --batch-size, --lr, --optimizer, --seed, --limit: giving one that "
+        "differs is an error) and its --out, --plot, --data-dir and --no-verify unless given; "
+        "the checkpoint is removed once the run is finished",
+    )
     return p
 
 
-DEFAULTS = {"epochs": DEFAULT_EPOCHS, "batch_size": DEFAULT_BATCH_SIZE, "optimizer": "adam", "seed": 0,
-            "limit": None, "out": DEFAULT_OUT, "plot": None, "data_dir": None, "no_verify": False}
+DEFAULTS = {
+    "epochs": DEFAULT_EPOCHS,
+    "batch_size": DEFAULT_BATCH_SIZE,
+    "optimizer": "adam",
+    "seed": 0,
+    "limit": None,
+    "out": DEFAULT_OUT,
+    "plot": None,
+    "data_dir": None,
+    "no_verify": False,
+}
 
 
 def check_values(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Every bad value given is an error (exit 2) before any work starts."""
-    for flag, value, minimum in (("--epochs", args.epochs, 1), ("--batch-size", args.batch_size, 1),
-                                 ("--threads", args.threads, 1), ("--limit", args.limit, 1)):
+    for flag, value, minimum in (
+        ("--epochs", args.epochs, 1),
+        ("--batch-size", args.batch_size, 1),
+        ("--threads", args.threads, 1),
+        ("--limit", args.limit, 1),
+    ):
         if value is not None and value < minimum:
             parser.error(f"{flag} must be at least {minimum}, got {value}")
     if args.lr is not None and not (np.isfinite(args.lr) and args.lr > 0):
@@ -240,8 +280,9 @@ def check_paths(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
     for flag, path in (("--out", args.out), ("--checkpoint", args.checkpoint)):
         full = os.path.abspath(path)
         if os.path.isdir(full):
-            parser.error(f"{flag} {path} is a directory; give a file name such as "
-                         f"{os.path.join(path, 'mnist_cnn.npz')}")
+            parser.error(
+                f"{flag} {path} is a directory; give a file name such as {os.path.join(path, 'mnist_cnn.npz')}"
+            )
         try:
             with tempfile.NamedTemporaryFile(dir=os.path.dirname(full), prefix=".cnnfast-write-test-"):
                 pass
@@ -262,11 +303,16 @@ def take_settings_from(parser, args, checkpoint: ckpt.Checkpoint) -> None:
     for key in ckpt.RUN_SETTINGS:
         given = getattr(args, key)
         if given is not None and given != stored[key]:
-            theirs = f"{_flag(key)} {stored[key]:g}" if key == "lr" else (
-                f"{_flag(key)} {stored[key]}" if stored[key] is not None else f"run without {_flag(key)}")
+            theirs = (
+                f"{_flag(key)} {stored[key]:g}"
+                if key == "lr"
+                else (f"{_flag(key)} {stored[key]}" if stored[key] is not None else f"run without {_flag(key)}")
+            )
             mine = f"{given:g}" if key == "lr" else given
-            parser.error(f"{_flag(key)} {mine} contradicts the checkpoint's {theirs} ({args.resume}); "
-                         f"leave {_flag(key)} out to continue that run, or start a new run without --resume")
+            parser.error(
+                f"{_flag(key)} {mine} contradicts the checkpoint's {theirs} ({args.resume}); "
+                f"leave {_flag(key)} out to continue that run, or start a new run without --resume"
+            )
         setattr(args, key, stored[key])
     for key in ckpt.RUN_DEFAULTS:
         if getattr(args, key) is None:
@@ -318,8 +364,14 @@ def main(argv=None) -> int:
     log = sys.stderr if args.json else sys.stdout
     lr = args.lr
     settings = {key: getattr(args, key) for key in ckpt.RUN_SETTINGS}
-    settings.update({key: (os.path.abspath(getattr(args, key)) if key != "no_verify" and getattr(args, key)
-                           else getattr(args, key)) for key in ckpt.RUN_DEFAULTS})
+    settings.update(
+        {
+            key: (
+                os.path.abspath(getattr(args, key)) if key != "no_verify" and getattr(args, key) else getattr(args, key)
+            )
+            for key in ckpt.RUN_DEFAULTS
+        }
+    )
 
     if args.threads is not None:
         set_num_threads(args.threads)
@@ -328,12 +380,14 @@ def main(argv=None) -> int:
         return 1
     x_train, y_train, x_test, y_test = data
     if args.limit is not None:
-        x_train, y_train = x_train[:args.limit], y_train[:args.limit]
+        x_train, y_train = x_train[: args.limit], y_train[: args.limit]
     settings["train_images"] = len(x_train)
     n_steps = -(-len(x_train) // args.batch_size)
 
     model = mnist_cnn(args.seed)
-    optimizer = Adam(model.parameters(), lr=lr) if args.optimizer == "adam" else SGD(model.parameters(), lr=lr, momentum=0.9)
+    optimizer = (
+        Adam(model.parameters(), lr=lr) if args.optimizer == "adam" else SGD(model.parameters(), lr=lr, momentum=0.9)
+    )
     rng = np.random.default_rng(args.seed)
     history, train_seconds, trained_images = [], 0.0, 0
     first_epoch, position = 1, None
@@ -341,11 +395,14 @@ def main(argv=None) -> int:
     if checkpoint is not None:
         try:
             if checkpoint.settings["train_images"] != len(x_train):
-                raise CheckpointError(f"it was written for {checkpoint.settings['train_images']} training "
-                                      f"images, this run has {len(x_train)}")
+                raise CheckpointError(
+                    f"it was written for {checkpoint.settings['train_images']} training "
+                    f"images, this run has {len(x_train)}"
+                )
             if checkpoint.settings.get("train_data_sha256") != ckpt.data_fingerprint(x_train, y_train):
-                raise CheckpointError("it was written for other training data than this run reads "
-                                      "(their SHA-256 differ)")
+                raise CheckpointError(
+                    "it was written for other training data than this run reads (their SHA-256 differ)"
+                )
             if checkpoint.position.step > n_steps:
                 raise CheckpointError(f"corrupt checkpoint: step {checkpoint.position.step} of an epoch of {n_steps}")
             ckpt.restore(checkpoint, model, optimizer, rng)
@@ -356,22 +413,41 @@ def main(argv=None) -> int:
         first_epoch, position = checkpoint.epoch, checkpoint.position
         watch = DivergenceWatch(checkpoint.first_loss, checkpoint.high_steps)
     threads = get_num_threads()
-    print(f"cnnfast: {model.num_parameters():,} parameters, {args.optimizer} lr {lr:g}, batch {args.batch_size}, "
-          f"{len(x_train):,} training images, {threads} thread{'s' if threads != 1 else ''}", file=log, flush=True)
+    print(
+        f"cnnfast: {model.num_parameters():,} parameters, {args.optimizer} lr {lr:g}, batch {args.batch_size}, "
+        f"{len(x_train):,} training images, {threads} thread{'s' if threads != 1 else ''}",
+        file=log,
+        flush=True,
+    )
     if checkpoint is not None:
         if first_epoch > args.epochs:
-            print(f"resuming from {args.resume}: training had finished (all {args.epochs} epochs); "
-                  "saving the model", file=log, flush=True)
+            print(
+                f"resuming from {args.resume}: training had finished (all {args.epochs} epochs); saving the model",
+                file=log,
+                flush=True,
+            )
         else:
-            print(f"resuming from {args.resume}: epoch {checkpoint.epoch}/{args.epochs}, step {position.step}/{n_steps}",
-                  file=log, flush=True)
+            print(
+                f"resuming from {args.resume}: epoch {checkpoint.epoch}/{args.epochs}, step {position.step}/{n_steps}",
+                file=log,
+                flush=True,
+            )
 
     def write_checkpoint(epoch, state, shuffle_state):
         settings["train_data_sha256"] = ckpt.data_fingerprint(x_train, y_train)
-        snapshot = ckpt.capture(model, optimizer, settings=settings, epoch=epoch, position=state,
-                                shuffle_rng=shuffle_state, history=history, train_seconds=train_seconds,
-                                trained_images=trained_images, first_loss=watch.first_loss,
-                                high_steps=watch.high_steps)
+        snapshot = ckpt.capture(
+            model,
+            optimizer,
+            settings=settings,
+            epoch=epoch,
+            position=state,
+            shuffle_rng=shuffle_state,
+            history=history,
+            train_seconds=train_seconds,
+            trained_images=trained_images,
+            first_loss=watch.first_loss,
+            high_steps=watch.high_steps,
+        )
         return ckpt.save(snapshot, args.checkpoint)
 
     def stop_with_checkpoint(signum, epoch, state, shuffle_state) -> int:
@@ -380,11 +456,18 @@ def main(argv=None) -> int:
         try:
             path = write_checkpoint(epoch, state, shuffle_state)
         except OSError as error:
-            print(f"error: interrupted by {name} in {where}, and the checkpoint could not be written "
-                  f"to {args.checkpoint}: {error}", file=sys.stderr)
+            print(
+                f"error: interrupted by {name} in {where}, and the checkpoint could not be written "
+                f"to {args.checkpoint}: {error}",
+                file=sys.stderr,
+            )
             return 128 + signum
-        print(f"interrupted by {name} in {where}: saved a checkpoint to {os.path.abspath(path)}\n"
-              f"continue with: {resume_command(path)}", file=sys.stderr, flush=True)
+        print(
+            f"interrupted by {name} in {where}: saved a checkpoint to {os.path.abspath(path)}\n"
+            f"continue with: {resume_command(path)}",
+            file=sys.stderr,
+            flush=True,
+        )
         return 128 + signum
 
     start = time.perf_counter()
@@ -394,14 +477,26 @@ def main(argv=None) -> int:
             progress = Progress(len(x_train), f"epoch {epoch}/{args.epochs}", stream=log)
             try:
                 train_loss, train_acc, seconds = train_epoch(
-                    model, optimizer, x_train, y_train, args.batch_size, rng, progress,
-                    start=position if epoch == first_epoch else None, stop=stop.requested, watch=watch)
+                    model,
+                    optimizer,
+                    x_train,
+                    y_train,
+                    args.batch_size,
+                    rng,
+                    progress,
+                    start=position if epoch == first_epoch else None,
+                    stop=stop.requested,
+                    watch=watch,
+                )
             except TrainingDiverged as error:
                 progress.close()
                 kept = [p for p in (args.out, args.checkpoint) if os.path.exists(p)]
-                print(f"error: training diverged in epoch {epoch}: {error}. Try a lower learning rate "
-                      f"(--lr {lr / 10:g}). Nothing was saved"
-                      + (f"; {' and '.join(kept)} left unchanged." if kept else "."), file=sys.stderr)
+                print(
+                    f"error: training diverged in epoch {epoch}: {error}. Try a lower learning rate "
+                    f"(--lr {lr / 10:g}). Nothing was saved"
+                    + (f"; {' and '.join(kept)} left unchanged." if kept else "."),
+                    file=sys.stderr,
+                )
                 return 1
             except Interrupted as interruption:
                 progress.close()
@@ -410,28 +505,46 @@ def main(argv=None) -> int:
             train_seconds += seconds
             trained_images += len(x_train)
             test_loss, test_acc = evaluate(model, x_test, y_test)
-            history.append({"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
-                            "test_loss": test_loss, "test_accuracy": test_acc, "seconds": seconds,
-                            "images_per_second": len(x_train) / max(seconds, 1e-9)})
-            print(f"epoch {epoch:>2}/{args.epochs}  train loss {train_loss:.4f} acc {100 * train_acc:6.2f}%  "
-                  f"test loss {test_loss:.4f} acc {100 * test_acc:6.2f}%  {seconds:5.1f} s  "
-                  f"{len(x_train) / max(seconds, 1e-9):,.0f} img/s", file=log, flush=True)
+            history.append(
+                {
+                    "epoch": epoch,
+                    "train_loss": train_loss,
+                    "train_accuracy": train_acc,
+                    "test_loss": test_loss,
+                    "test_accuracy": test_acc,
+                    "seconds": seconds,
+                    "images_per_second": len(x_train) / max(seconds, 1e-9),
+                }
+            )
+            print(
+                f"epoch {epoch:>2}/{args.epochs}  train loss {train_loss:.4f} acc {100 * train_acc:6.2f}%  "
+                f"test loss {test_loss:.4f} acc {100 * test_acc:6.2f}%  {seconds:5.1f} s  "
+                f"{len(x_train) / max(seconds, 1e-9):,.0f} img/s",
+                file=log,
+                flush=True,
+            )
             if stop.requested() and epoch < args.epochs:  # a signal during the evaluation
                 return stop_with_checkpoint(stop.signum, epoch + 1, EpochState(), rng.bit_generator.state)
 
     try:
         path = model.save(args.out)
     except OSError as error:
-        print(f"error: could not save the model to {args.out}: {error}. A previous file there, if any, "
-              f"is unchanged.", file=sys.stderr)
+        print(
+            f"error: could not save the model to {args.out}: {error}. A previous file there, if any, is unchanged.",
+            file=sys.stderr,
+        )
         try:
             saved = write_checkpoint(args.epochs + 1, EpochState(), rng.bit_generator.state)
         except OSError as second:
-            print(f"error: the trained weights could not be saved to {args.checkpoint} either: {second}",
-                  file=sys.stderr)
+            print(
+                f"error: the trained weights could not be saved to {args.checkpoint} either: {second}", file=sys.stderr
+            )
         else:
-            print(f"the trained weights are in the checkpoint {os.path.abspath(saved)}; once --out can be "
-                  f"written, save the model with: {resume_command(saved)}", file=sys.stderr)
+            print(
+                f"the trained weights are in the checkpoint {os.path.abspath(saved)}; once --out can be "
+                f"written, save the model with: {resume_command(saved)}",
+                file=sys.stderr,
+            )
         return 1
     print(f"saved the model to {os.path.abspath(path)}", file=log)
     csv_path = plots.write_history_csv(history, plots.history_csv_path(path))
@@ -443,21 +556,35 @@ def main(argv=None) -> int:
         try:
             os.unlink(args.resume)
         except OSError as error:
-            print(f"warning: the run is finished but its checkpoint {args.resume} could not be removed: "
-                  f"{error.strerror or error}", file=sys.stderr)
+            print(
+                f"warning: the run is finished but its checkpoint {args.resume} could not be removed: "
+                f"{error.strerror or error}",
+                file=sys.stderr,
+            )
         else:
             print(f"removed the checkpoint {os.path.abspath(args.resume)}: its run is finished", file=log)
     if args.json:
         last = history[-1]
-        print(json.dumps({
-            "test_accuracy": last["test_accuracy"], "train_accuracy": last["train_accuracy"],
-            "test_loss": last["test_loss"], "train_loss": last["train_loss"],
-            "epochs": args.epochs, "seconds": time.perf_counter() - start,
-            "train_seconds": train_seconds, "images_per_second": trained_images / max(train_seconds, 1e-9),
-            "threads": get_num_threads(), "model_path": os.path.abspath(path)}))
+        print(
+            json.dumps(
+                {
+                    "test_accuracy": last["test_accuracy"],
+                    "train_accuracy": last["train_accuracy"],
+                    "test_loss": last["test_loss"],
+                    "train_loss": last["train_loss"],
+                    "epochs": args.epochs,
+                    "seconds": time.perf_counter() - start,
+                    "train_seconds": train_seconds,
+                    "images_per_second": trained_images / max(train_seconds, 1e-9),
+                    "threads": get_num_threads(),
+                    "model_path": os.path.abspath(path),
+                }
+            )
+        )
     return 0
 
 
 if __name__ == "__main__":
     from ._cli import run_command
+
     sys.exit(run_command(main))
