@@ -12,7 +12,8 @@ import cnnfast
 import cnnfast.export as ex
 from _trained_model import real_mnist, trained_model_path
 from cnnfast import nn
-from cnnfast.nn import as_model_input, mnist_cnn
+from cnnfast.mnist import as_model_input
+from cnnfast.nn import mnist_cnn
 
 OPS = ["Conv", "Relu", "MaxPool", "Conv", "Relu", "MaxPool", "Flatten", "Gemm"]
 
@@ -218,7 +219,7 @@ def test_trained_model_on_1000_test_images(ort, model_path, tmp_path):
     logits = ex.run_onnx(path, x)
     ours = ex.model_logits(model, x)
     assert np.abs(logits - ours).max() < 1e-4
-    assert (logits.argmax(axis=1) == model.predict(x_test)).all()
+    assert (logits.argmax(axis=1) == model.predict(x)).all()
     assert (logits.argmax(axis=1) == y_test).mean() > 0.85  # a trained model, not noise
 
 

@@ -9,7 +9,7 @@ import pytest
 
 import cnnfast
 import cnnfast.functional as F
-from cnnfast import nn
+from cnnfast import mnist, nn
 from cnnfast.optim import SGD, Adam
 
 rng = np.random.default_rng(7)
@@ -134,7 +134,7 @@ def test_default_model_has_the_keras_architecture():
         "Dropout",
         "Linear",
     ]
-    probs = model.predict_proba(np.zeros((3, 28, 28), np.uint8))
+    probs = model.predict_proba(np.zeros((3, 1, 28, 28), np.float32))
     assert probs.shape == (3, 10)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0)
 
@@ -175,14 +175,99 @@ def test_save_and_load_round_trip(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
-def test_predict_accepts_uint8_and_float_images():
+def test_predict_takes_model_input_and_refuses_uint8_digits():
     model = nn.mnist_cnn(seed=0)
     images = rng.integers(0, 256, (5, 28, 28)).astype(np.uint8)
-    labels = model.predict(images)
+    labels = model.predict(mnist.as_model_input(images))
     assert labels.dtype == np.int64 and labels.shape == (5,)
-    np.testing.assert_array_equal(labels, model.predict(images.astype(np.float32)[:, None] / 255))
-    with pytest.raises(ValueError, match="images must be uint8"):
+    np.testing.assert_array_equal(labels, model.predict(images.astype(np.float64)[:, None] / 255))  # any float
+    with pytest.raises(ValueError, match="floating-point input.*cnnfast.mnist.as_model_input"):
+        model.predict(images)  # uint8 0..255 as float would be a silent wrong answer
+    with pytest.raises(
+        ValueError, match=r"takes a batch \[N, 1, \?, \?\] or one sample \[1, \?, \?\], got \[5, 28, 28\]"
+    ):
         model.predict(np.zeros((5, 28, 28), np.float64))
+    np.testing.assert_array_equal(mnist.probabilities(model, images), model.predict_proba(mnist.as_model_input(images)))
+
+
+def test_a_3_channel_32x32_model_predicts_on_its_own_input():
+    r = np.random.default_rng(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, rng=r), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1, rng=r), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(16 * 8 * 8, 10, rng=r),
+    )  # fmt: skip
+    x = r.random((6, 3, 32, 32), dtype=np.float32)
+    proba = model.predict_proba(x)
+    assert proba.shape == (6, 10)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    np.testing.assert_array_equal(model.predict(x), model.infer(x).argmax(axis=1))
+    one = model.predict_proba(x[4])  # one sample: [3, 32, 32]
+    assert one.shape == (10,) and isinstance(model.predict(x[4]), int)
+    np.testing.assert_allclose(one, proba[4], rtol=1e-6)
+    with pytest.raises(ValueError, match=r"\[N, 3, \?, \?\].*got \[6, 1, 32, 32\]"):
+        model.predict(x[:, :1])
+    assert model.predict_proba(x[:0]).shape == (0, 10)
+
+
+def test_a_model_with_5_classes_gives_5_probabilities():
+    r = np.random.default_rng(1)
+    model = nn.Sequential(nn.Linear(7, 16, rng=r), nn.ReLU(), nn.Linear(16, 5, rng=r))
+    x = r.standard_normal((9, 7)).astype(np.float32)
+    proba = model.predict_proba(x)
+    assert proba.shape == (9, 5) and model.predict(x).max() < 5
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    assert model.predict_proba(x[0]).shape == (5,) and isinstance(model.predict(x[0]), int)
+    assert model.predict_proba(x[:0]).shape == (0, 5)
+    with pytest.raises(ValueError, match=r"\[N, 7\]"):
+        model.predict(x[:, :6])
+
+
+def test_predict_needs_one_score_per_class():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3))  # its output is [N, 2, H-2, W-2], not scores
+    with pytest.raises(ValueError, match=r"not one score per class"):
+        model.predict(np.zeros((1, 1, 5, 5), np.float32))
+
+
+@pytest.mark.parametrize("kernel", [(3, 5), (5, 3), (1, 4)])
+def test_conv2d_takes_non_square_kernels_as_functional_does(tmp_path, kernel):
+    kh, kw = kernel
+    layer = nn.Conv2d(2, 4, kernel, padding=1, rng=np.random.default_rng(0))
+    assert layer.kernel_size == kernel and layer.weight.shape == (4, 2, kh, kw)
+    x = rng.standard_normal((3, 2, 9, 10)).astype(np.float32)
+    y = layer.forward(x)
+    np.testing.assert_array_equal(y, F.conv2d(x, layer.weight.data, layer.bias.data, 1))
+    assert y.shape == (3, 4, 9 + 2 - kh + 1, 10 + 2 - kw + 1)
+    dx = layer.backward(np.ones_like(y))
+    assert dx.shape == x.shape and layer.weight.grad.shape == (4, 2, kh, kw)
+    model = nn.Sequential(layer, nn.ReLU(), nn.Flatten())
+    loaded = cnnfast.load_model(model.save(tmp_path / "m.npz"))
+    assert loaded.layers[0].kernel_size == kernel and loaded.architecture() == model.architecture()
+    np.testing.assert_array_equal(loaded.infer(x), model.infer(x))
+    assert nn.Conv2d(1, 1, 3).config()["kernel_size"] == 3  # a square kernel is saved as before
+    with pytest.raises(ValueError, match="kernel_size"):
+        nn.Conv2d(1, 1, (3, 3, 3))
+
+
+def test_backward_asks_every_layer_the_same_way():
+    """Sequential.backward passes input_grad to whatever layer is first (no special case): the
+    first layer skips its dx, any later one computes it."""
+    calls = []
+
+    class Spy(nn.Layer):
+        def forward(self, x):
+            return x
+
+        def backward(self, dy, input_grad=True):
+            calls.append(input_grad)
+            return dy if input_grad else None
+
+    model = nn.Sequential(Spy(), nn.ReLU(), Spy(), nn.Linear(4, 2))
+    model.forward(np.ones((3, 4), np.float32))
+    assert model.backward(np.ones((3, 2), np.float32), input_grad=False) is None
+    assert calls == [True, False]
+    calls.clear()
+    assert model.backward(np.ones((3, 2), np.float32)).shape == (3, 4) and calls == [True, True]
 
 
 @pytest.mark.parametrize(
@@ -303,13 +388,13 @@ def test_the_command_names_a_non_model_file(tmp_path):
 
 def test_one_image_is_a_batch_of_one_with_a_single_result():
     model = nn.mnist_cnn(seed=3)
-    images = np.random.default_rng(0).integers(0, 256, (4, 28, 28), dtype=np.uint8)
+    images = mnist.as_model_input(np.random.default_rng(0).integers(0, 256, (4, 28, 28), dtype=np.uint8))
     batch_proba, batch_labels = model.predict_proba(images), model.predict(images)
-    for one in (images[2], images[2:3].astype(np.float32)[:, :, :] / np.float32(255)):
+    for one in (images[2], images[2].astype(np.float64)):
         proba = model.predict_proba(one)
         assert proba.shape == (10,)
         np.testing.assert_allclose(proba, batch_proba[2], rtol=1e-6)
         label = model.predict(one)
         assert isinstance(label, int) and label == batch_labels[2]
-    with pytest.raises(ValueError, match="images must be"):
+    with pytest.raises(ValueError, match="takes a batch"):
         model.predict(np.zeros((28, 28), np.float64))

@@ -11,7 +11,6 @@ to land on an epoch boundary.
 import errno
 import gc
 import os
-import pty
 import re
 import select
 import signal
@@ -26,6 +25,7 @@ import pytest
 import cnnfast
 import cnnfast.functional as F
 from _idx_helpers import synthetic_mnist, write_mnist_dir
+from _pty import open_terminal
 from cnnfast import checkpoint as ckpt
 from cnnfast import nn, train
 
@@ -57,11 +57,12 @@ def no_temporary_files(directory):
 # ------------------------------------------------------------------ SIGINT / SIGTERM, resume
 
 
-def run_and_signal(args, sig, after: bytes, timeout=180):
+def run_and_signal(args, sig, after: bytes, timeout=180, done_before=0):
     """Run `python -m cnnfast.train args` on a pseudo-terminal; once the output holds `after`
-    followed by a progress bar showing at least one finished step, send `sig`. Returns
+    followed by a progress bar showing more than `done_before` images done (at least one step
+    of this process: a resumed bar starts at the checkpoint's count), send `sig`. Returns
     (exit code, output, whether the signal was sent)."""
-    master, slave = pty.openpty()
+    master, slave = open_terminal()
     proc = subprocess.Popen(
         [sys.executable, "-m", "cnnfast.train", *args],
         stdin=subprocess.DEVNULL,
@@ -83,7 +84,10 @@ def run_and_signal(args, sig, after: bytes, timeout=180):
                 if not chunk:
                     break
                 output += chunk
-            if not sent and after in output and re.search(rb"\] [1-9]\d*/2000", output.split(after, 1)[1]):
+            shown = (
+                [int(n) for n in re.findall(rb"\| (\d+)/2000", output.split(after, 1)[1])] if after in output else []
+            )
+            if not sent and any(n > done_before for n in shown):
                 proc.send_signal(sig)
                 sent = True
             if proc.poll() is not None and not ready:
@@ -97,12 +101,12 @@ def run_and_signal(args, sig, after: bytes, timeout=180):
     return code, output.decode(errors="replace"), sent
 
 
-def interrupt_mid_epoch(args, sig, after: bytes, checkpoint_path, attempts=3):
+def interrupt_mid_epoch(args, sig, after: bytes, checkpoint_path, attempts=3, done_before=0):
     """Interrupt a run with `sig` until its checkpoint lies strictly inside an epoch."""
     for _ in range(attempts):
         if os.path.exists(checkpoint_path):
             os.unlink(checkpoint_path)
-        code, output, sent = run_and_signal(args, sig, after)
+        code, output, sent = run_and_signal(args, sig, after, done_before=done_before)
         assert sent, output[-3000:]
         if code == 0:  # it finished before the signal was handled: try again
             continue
@@ -173,6 +177,7 @@ def test_sigint_and_sigterm_write_checkpoints_and_resume_is_bit_identical(data_2
         signal.SIGTERM,
         b"resuming from",
         second,
+        done_before=state1.position.seen,
     )
     assert "interrupted by SIGTERM" in output
     assert (state2.epoch, state2.position.step) > (state1.epoch, state1.position.step)

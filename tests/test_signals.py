@@ -12,7 +12,6 @@ inside the command's work rather than before it starts or after it ends, without
 """
 
 import os
-import pty
 import re
 import select
 import signal
@@ -24,6 +23,7 @@ import time
 import pytest
 
 from _idx_helpers import synthetic_mnist, write_mnist_dir
+from _pty import open_terminal
 from cnnfast import nn
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX FIFOs and signals")
@@ -185,7 +185,7 @@ def test_a_second_ctrl_c_during_training_stops_at_once(tmp_path):
     data = tmp_path / "data"
     write_mnist_dir(data, synthetic_mnist(n_train=9000, n_test=10, seed=3))
     for _ in range(5):
-        master, slave = pty.openpty()  # a terminal, so that the progress bar shows the first step done
+        master, slave = open_terminal()  # a terminal, so that the progress bar shows the first step done
         proc = subprocess.Popen(
             [
                 sys.executable,
@@ -209,7 +209,7 @@ def test_a_second_ctrl_c_during_training_stops_at_once(tmp_path):
         os.close(slave)
         output, deadline = b"", time.monotonic() + TIMEOUT
         try:
-            while not re.search(rb"\] [1-9]\d*/9000", output) and time.monotonic() < deadline:
+            while not re.search(rb"\| [1-9]\d*/9000", output) and time.monotonic() < deadline:
                 if select.select([master], [], [], 0.2)[0]:
                     output += os.read(master, 1 << 16)
             proc.send_signal(signal.SIGINT)

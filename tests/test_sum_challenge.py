@@ -12,6 +12,7 @@ import pytest
 import cnnfast
 import cnnfast._cli
 import cnnfast.datasets
+import cnnfast.mnist
 import cnnfast.sum_challenge as sc
 import cnnfast.train
 from cnnfast._terminal import digit_picture
@@ -48,6 +49,8 @@ class StandIn:
         self.classes = classes
 
     def predict_proba(self, images):
+        if images.dtype != np.uint8:  # the model input the commands make: float32 [N, 1, 28, 28] in [0, 1]
+            images = np.rint(images[:, 0] * 255).astype(np.uint8)
         labels = images[:, 0, 0].astype(np.int64)
         ids = images[:, 0, 1].astype(np.int64) + 256 * images[:, 0, 2].astype(np.int64)
         pred = np.array([self.overrides.get(i, self.mapping.get(t, t)) for t, i in zip(labels, ids)], np.int64)
@@ -182,7 +185,7 @@ def test_thousand_trials_are_fast():
 
 def test_evidence_and_reading():
     proba = np.array([[0.5, 0.5] + [0] * 8, [0.25] * 4 + [0] * 6, [0] * 9 + [1.0]])
-    loss, acc = sc.split_scores(np.array([1, 0, 9]), proba)
+    loss, acc = cnnfast.mnist.scores(np.array([1, 0, 9]), proba)
     assert loss == pytest.approx((np.log(2) + np.log(4) + 0) / 3) and acc == pytest.approx(2 / 3)
     over = sc.evidence((0.01, 0.999), (0.3, 0.95))
     assert over["accuracy_gap"] == pytest.approx(0.049) and "suggests overfitting" in over["reading"]
@@ -394,13 +397,13 @@ def test_by_prediction_without_some_class(fake, capsys):
 def test_missing_model_is_trained_first(fake, monkeypatch, capsys, tmp_path, json_flag):
     path, calls = tmp_path / "new.npz", []
 
-    def fake_train(argv):
-        calls.append(argv)
-        print("training output")
+    def fake_train(settings, data, log):
+        calls.append((settings, data))
+        print("training output", file=log)
         path.write_bytes(b"trained")
-        return 0
+        return 0, None
 
-    monkeypatch.setattr(cnnfast.train, "main", fake_train)
+    monkeypatch.setattr(cnnfast.train, "train", fake_train)
     status, out, err = run(
         capsys,
         "--model",
@@ -413,7 +416,10 @@ def test_missing_model_is_trained_first(fake, monkeypatch, capsys, tmp_path, jso
         *(["--json"] if json_flag else []),
     )
     assert status == 0 and fake.loads == [str(path)]
-    assert calls == [["--out", str(path), "--data-dir", str(tmp_path), "--no-verify"]]
+    ((settings, data),) = calls  # the training function, with the data the command read, not train.main
+    assert (settings.out, settings.data_dir, settings.no_verify) == (str(path), str(tmp_path), True)
+    assert (settings.epochs, settings.optimizer, settings.seed) == (15, "adam", 0)  # the default run
+    assert data[0] is X_TRAIN and data[2] is X_TEST
     text = err if json_flag else out
     assert "does not exist: training the default model first" in text and "training output" in text
     if json_flag:
@@ -421,7 +427,7 @@ def test_missing_model_is_trained_first(fake, monkeypatch, capsys, tmp_path, jso
 
 
 def test_failed_training_stops(fake, monkeypatch, capsys, tmp_path):
-    monkeypatch.setattr(cnnfast.train, "main", lambda argv: 1)
+    monkeypatch.setattr(cnnfast.train, "train", lambda settings, data, log: (1, None))
     status, _, _ = run(capsys, "--model", tmp_path / "new.npz")
     assert status == 1 and fake.loads == []
 
@@ -480,7 +486,7 @@ def test_real_run(tmp_path, capsys):
     indices = np.array([s["indices"] for s in data["samples"]])
     assert (y_test[indices] == np.arange(10)).all()
     assert [s["true"] for s in data["samples"]] == [list(range(10))] * 50
-    pred = cnnfast.load_model(model_path).predict(x_test[indices.ravel()]).reshape(50, 10)
+    pred = cnnfast.load_model(model_path).predict(cnnfast.mnist.as_model_input(x_test[indices.ravel()])).reshape(50, 10)
     assert pred.tolist() == [s["pred"] for s in data["samples"]]
     assert [s["sum"] for s in data["samples"]] == pred.sum(axis=1).tolist()
     assert data["mean_sum"] == pytest.approx(pred.sum(axis=1).mean())

@@ -8,7 +8,7 @@ import pytest
 
 import cnnfast
 from _idx_helpers import synthetic_mnist, write_mnist_dir
-from cnnfast import train
+from cnnfast import mnist, train
 from cnnfast.datasets import load_mnist
 from conftest import mnist_dir
 
@@ -233,5 +233,5 @@ def test_short_real_training_run_exceeds_95_percent(tmp_path):
     )
     assert code == 0
     _, _, x_test, y_test = load_mnist(data)
-    accuracy = (cnnfast.load_model(out).predict(x_test[:2000]) == y_test[:2000]).mean()
+    accuracy = (cnnfast.load_model(out).predict(mnist.as_model_input(x_test[:2000])) == y_test[:2000]).mean()
     assert accuracy > 0.95, accuracy

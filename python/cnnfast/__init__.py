@@ -5,12 +5,14 @@ commands (python -m cnnfast.train, cnnfast.evaluate, cnnfast.predict, cnnfast.ex
 cnnfast.backprop, cnnfast.sum_challenge).
 """
 
+import importlib.metadata as _metadata
 import os as _os
 import warnings as _warnings
 
 from . import _core
 
-__version__ = "0.1.0"
+# The version is written once, in pyproject.toml; the installed package's metadata carries it.
+__version__ = _metadata.version("cnnfast")
 
 
 _warned_no_openmp = False

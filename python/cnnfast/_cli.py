@@ -2,6 +2,8 @@
 and how it ends.
 
 - `argument_parser`: argparse with abbreviations off (`--epoch 3` is an error, not `--epochs 3`).
+- `check_model_arg` and `load_model`: --model, checked before any work (a directory is a bad
+  argument, exit 2), then loaded with one message for a missing or unreadable file (exit 1).
 - `load_mnist`: MNIST for a command's --data-dir / --no-verify; one line on stderr says which
   directory it read, and a data problem is printed in the command's words (flags, not arguments).
 - `run_command`: runs a command's main() for `python -m`; Ctrl-C (SIGINT) or SIGTERM anywhere
@@ -16,7 +18,7 @@ import os
 import signal
 import sys
 
-from . import datasets
+from . import datasets, nn
 
 
 class Interrupted(KeyboardInterrupt):
@@ -30,6 +32,32 @@ class Interrupted(KeyboardInterrupt):
 def argument_parser(**kwargs) -> argparse.ArgumentParser:
     """argparse.ArgumentParser for a command: unambiguous flags only (no abbreviations)."""
     return argparse.ArgumentParser(allow_abbrev=False, **kwargs)
+
+
+DEFAULT_MODEL = "mnist_cnn.npz"
+
+
+def check_model_arg(parser: argparse.ArgumentParser, path) -> None:
+    """--model names a file, not a directory (parser.error, exit 2, if it does not)."""
+    if os.path.isdir(path):
+        parser.error(f"--model {path} is a directory; give a model file such as {os.path.join(path, DEFAULT_MODEL)}")
+
+
+def load_model(path):
+    """The model in `path` (a file python -m cnnfast.train or model.save wrote); None after
+    printing why on stderr if there is none there or it cannot be read (the command then exits
+    with status 1)."""
+    if not os.path.exists(path):
+        print(
+            f"error: no model file {path}: train one with python -m cnnfast.train (or give --model FILE)",
+            file=sys.stderr,
+        )
+        return None
+    try:
+        return nn.load_model(path)
+    except (OSError, nn.ModelFormatError) as error:
+        print(f"error: cannot load the model: {error}", file=sys.stderr)
+        return None
 
 
 PLACES = {"root": "--data-dir", "$CNNFAST_DATA": "$CNNFAST_DATA", "cache": "the cache"}

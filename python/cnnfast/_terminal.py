@@ -1,39 +1,10 @@
-"""Drawing in the terminal: a progress bar, digits as shaded blocks, histograms."""
+"""Drawing in the terminal: digits as shaded blocks, histograms. (Progress bars are tqdm's.)"""
 
 from __future__ import annotations
 
 import sys
-import time
 
 import numpy as np
-
-
-class Progress:
-    """A one-line progress bar redrawn in place; silent unless `stream` is a terminal."""
-
-    def __init__(self, total: int, label: str = "", stream=None, width: int = 30):
-        self.total, self.label, self.width = max(int(total), 1), label, width
-        self.stream = stream if stream is not None else sys.stdout
-        self.enabled = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.last_draw = 0.0
-
-    def update(self, done: int, message: str = "", force: bool = False) -> None:
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        if not force and done < self.total and now - self.last_draw < 0.1:
-            return
-        self.last_draw = now
-        filled = int(self.width * done / self.total)
-        bar = "#" * filled + "." * (self.width - filled)
-        self.stream.write(f"\r{self.label} [{bar}] {done}/{self.total} {message}\x1b[K")
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            self.stream.write("\r\x1b[K")
-            self.stream.flush()
-
 
 SHADES = " .:-=+*#%@"
 

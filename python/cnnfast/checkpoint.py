@@ -27,6 +27,7 @@ import os
 import numpy as np
 
 from ._files import atomic_write
+from .nn import FORMAT as MODEL_FORMAT
 from .nn import is_npz
 
 FORMAT = "cnnfast-checkpoint-v2"
@@ -177,7 +178,7 @@ def _from_npz(f) -> Checkpoint:
     if "format" not in files:
         raise CheckpointError(f"not a cnnfast checkpoint (no '{FORMAT}' marker)")
     marker = str(_array(f, "format"))
-    if marker == "cnnfast-model-v1":
+    if marker == MODEL_FORMAT:
         raise CheckpointError("this is a saved model, not a training checkpoint")
     if marker in OLD_FORMATS:
         raise CheckpointError(

@@ -45,6 +45,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from ._files import atomic_write
 
@@ -295,32 +296,6 @@ def _mirror_list(mirrors):
     return list(MIRRORS)
 
 
-class _Progress:
-    """Progress bar on stderr, drawn only if stderr is a terminal."""
-
-    def __init__(self, label, total):
-        self.label, self.total, self.done = label, total, 0
-        self.tty = sys.stderr is not None and sys.stderr.isatty()
-
-    def update(self, n):
-        self.done += n
-        if self.tty:
-            if self.total:
-                frac = min(1.0, self.done / self.total)
-                bar = "#" * int(30 * frac)
-                sys.stderr.write(
-                    f"\r{self.label} [{bar:<30}] {100 * frac:3.0f}% {self.done / 1e6:.1f}/{self.total / 1e6:.1f} MB"
-                )
-            else:
-                sys.stderr.write(f"\r{self.label} {self.done / 1e6:.1f} MB")
-            sys.stderr.flush()
-
-    def close(self):
-        if self.tty:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-
-
 def _fetch(url: str, dest: Path, sha256, timeout) -> np.ndarray:
     """Download ``url`` to a temp file next to ``dest``, verify it, then move it into place."""
     verified = {}
@@ -334,16 +309,15 @@ def _fetch(url: str, dest: Path, sha256, timeout) -> np.ndarray:
             total = int(length) if length and length.isdigit() else None
             if total is not None and total > MAX_DOWNLOAD_BYTES:
                 raise DatasetError(f"{url}: refusing {total} bytes (> {MAX_DOWNLOAD_BYTES})")
-            bar, got = _Progress(dest.name, total), 0
-            try:
+            got = 0
+            # a progress bar on stderr if it is a terminal (tqdm's disable=None), else nothing
+            with tqdm(total=total, desc=dest.name, unit="B", unit_scale=True, file=sys.stderr, disable=None) as bar:
                 while chunk := resp.read(64 << 10):
                     got += len(chunk)
                     if got > MAX_DOWNLOAD_BYTES:
                         raise DatasetError(f"{url}: more than {MAX_DOWNLOAD_BYTES} bytes")
                     out.write(chunk)
                     bar.update(len(chunk))
-            finally:
-                bar.close()
         if total is not None and got != total:
             raise DatasetError(f"{url}: transfer cut short: got {got} of {total} bytes")
     return verified["data"]

@@ -20,12 +20,11 @@ import textwrap
 
 import numpy as np
 
-from . import plots
-from ._cli import argument_parser, load_mnist
+from . import mnist, plots
+from ._cli import argument_parser, check_model_arg, load_mnist, load_model
 from ._terminal import digit_picture, picture_grid
-from .nn import ModelFormatError, load_model
+from .mnist import CLASSES, scores
 
-CLASSES = 10
 MAX_MISTAKES = 1000
 
 
@@ -54,14 +53,6 @@ def per_class(confusion: np.ndarray) -> list[dict]:
             }
         )
     return out
-
-
-def scores(labels: np.ndarray, proba: np.ndarray) -> tuple[float, float]:
-    """(mean cross-entropy loss, accuracy) from class probabilities [N, classes]."""
-    labels = np.asarray(labels, np.int64)
-    p_true = proba[np.arange(len(labels)), labels]
-    loss = -np.log(np.maximum(p_true, np.finfo(np.float64).tiny)).mean()
-    return float(loss), float((proba.argmax(axis=1) == labels).mean())
 
 
 def confident_mistakes(labels: np.ndarray, proba: np.ndarray, n: int) -> np.ndarray:
@@ -220,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--json",
         action="store_true",
-        help="print one JSON object on stdout instead of the report: model, split, images, accuracy, "
+        help="print one JSON object on stdout (the report goes to stderr): model, split, images, accuracy, "
         "loss, correct, wrong, per_class, confusion_matrix (rows true, columns predicted), "
         "mistakes",
     )
@@ -241,11 +232,7 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error(f"--mistakes must be between 0 and {MAX_MISTAKES}, got {args.mistakes}")
     if args.width < 40:
         parser.error(f"--width must be at least 40, got {args.width}")
-    if os.path.isdir(args.model):
-        parser.error(
-            f"--model {args.model} is a directory; give a model file such as "
-            f"{os.path.join(args.model, 'mnist_cnn.npz')}"
-        )
+    check_model_arg(parser, args.model)
     if args.plot is not None:
         problem = plots.plot_path_problem(args.plot)
         if problem:
@@ -262,16 +249,8 @@ def main(argv=None) -> int:
         except plots.PlotUnavailable as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
-    if not os.path.exists(args.model):
-        print(
-            f"error: no model file {args.model}: train one with python -m cnnfast.train (or give --model FILE)",
-            file=sys.stderr,
-        )
-        return 1
-    try:
-        model = load_model(args.model)
-    except (OSError, ModelFormatError) as error:
-        print(f"error: cannot load the model: {error}", file=sys.stderr)
+    model = load_model(args.model)
+    if model is None:
         return 1
     data = load_mnist(args.data_dir, args.no_verify)
     if data is None:
@@ -280,19 +259,14 @@ def main(argv=None) -> int:
     images, labels = (x_test, y_test) if args.split == "test" else (x_train, y_train)
     labels = labels.astype(np.int64)
     try:
-        proba = np.asarray(model.predict_proba(images), np.float64)
-        if proba.shape != (len(images), CLASSES):
-            raise ValueError(
-                f"it gives {list(proba.shape)} probabilities for {len(images)} images, not {CLASSES} per image"
-            )
+        proba = mnist.probabilities(model, images)
     except ValueError as error:
         print(f"error: the model in {args.model} does not fit 28x28 MNIST digits: {error}", file=sys.stderr)
         return 1
 
     summary = summarize(labels, proba, args.mistakes)
     log = sys.stderr if args.json else sys.stdout
-    if not args.json:
-        print("\n".join(report(summary, images, args.model, args.split, args.width, log)), file=log)
+    print("\n".join(report(summary, images, args.model, args.split, args.width, log)), file=log)
     if args.plot is not None:
         plots.plot_evaluation(
             args.plot,

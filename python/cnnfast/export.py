@@ -10,7 +10,7 @@ The graph maps the layers one to one onto ONNX operators (opset 13, IR version 7
 onnxruntime since 1.7 reads): Conv2d -> Conv, ReLU -> Relu, MaxPool2d -> MaxPool (stride = kernel,
 floor), Flatten -> Flatten (axis 1), Linear -> Gemm (transB = 1); Dropout, the identity at
 inference, is left out. Input ``input``: float32 [batch, 1, 28, 28], pixels in [0, 1] (uint8 / 255,
-as cnnfast.nn.as_model_input makes them); output ``logits``: float32 [batch, 10] (apply a softmax
+as cnnfast.mnist.as_model_input makes them); output ``logits``: float32 [batch, 10] (apply a softmax
 for probabilities). The batch dimension is dynamic. Needs ``pip install cnnfast[onnx]``
 (onnx to build the graph, onnxruntime for --check).
 """
@@ -24,10 +24,10 @@ import sys
 
 import numpy as np
 
-from . import __version__
-from ._cli import argument_parser
+from . import __version__, nn
+from ._cli import argument_parser, check_model_arg, load_model
 from ._files import atomic_write
-from .nn import Conv2d, Dropout, Flatten, Linear, MaxPool2d, ModelFormatError, ReLU, Sequential, load_model
+from .nn import Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, Sequential
 
 OPSET = 13
 IR_VERSION = 7
@@ -60,7 +60,7 @@ def _trace(model: Sequential, image_size: int):
         if isinstance(layer, Conv2d):
             if len(shape) != 3 or shape[0] != layer.in_channels:
                 raise ExportError(f"{where}, needs {layer.in_channels} channels")
-            size = [s + 2 * layer.padding - layer.kernel_size + 1 for s in shape[1:]]
+            size = [s + 2 * layer.padding - k + 1 for s, k in zip(shape[1:], layer.kernel_size)]
             if min(size) < 1:
                 raise ExportError(f"{where}: the kernel is larger than the padded image")
             shape = (layer.out_channels, *size)
@@ -100,13 +100,13 @@ def to_onnx(model: Sequential, image_size: int = IMAGE_SIZE):
             weights.append(numpy_helper.from_array(np.ascontiguousarray(p.data, np.float32), f"{i}.{kind}"))
             inputs.append(f"{i}.{kind}")
         if isinstance(layer, Conv2d):
-            k, pad = layer.kernel_size, layer.padding
+            pad = layer.padding
             node = helper.make_node(
                 "Conv",
                 inputs,
                 [name],
                 name=name,
-                kernel_shape=[k, k],
+                kernel_shape=list(layer.kernel_size),
                 pads=[pad, pad, pad, pad],
                 strides=[1, 1],
                 dilations=[1, 1],
@@ -164,7 +164,7 @@ def export_onnx(model, path, image_size: int = IMAGE_SIZE) -> str:
     path. Raises ImportError (with the pip command) without onnx, ExportError for a model the
     graph cannot express, ModelFormatError for a bad model file."""
     if isinstance(model, (str, os.PathLike)):
-        model = load_model(model)
+        model = nn.load_model(model)
     proto = to_onnx(model, image_size)
     path = os.fspath(path)
     with atomic_write(path) as f:
@@ -224,11 +224,7 @@ TOLERANCE = 1e-4
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if os.path.isdir(args.model):
-        parser.error(
-            f"--model {args.model} is a directory; give a model file such as "
-            f"{os.path.join(args.model, 'mnist_cnn.npz')}"
-        )
+    check_model_arg(parser, args.model)
     out = os.path.abspath(args.onnx)
     if not args.onnx.lower().endswith(".onnx") and not os.path.isdir(out):
         parser.error(
@@ -252,16 +248,8 @@ def main(argv=None) -> int:
         except ImportError:
             print(f"error: --check: {ORT_MISSING}", file=sys.stderr)
             return 1
-    if not os.path.exists(args.model):
-        print(
-            f"error: no model file {args.model}: train one with python -m cnnfast.train (or give --model FILE)",
-            file=sys.stderr,
-        )
-        return 1
-    try:
-        model = load_model(args.model)
-    except (OSError, ModelFormatError) as error:
-        print(f"error: cannot load the model: {error}", file=sys.stderr)
+    model = load_model(args.model)
+    if model is None:
         return 1
     try:
         export_onnx(model, args.onnx)

@@ -1,9 +1,14 @@
 """Layers, a Sequential container, the default MNIST model, and model files.
 
 A layer holds its parameters and calls the C++ kernels (cnnfast.functional); `forward` keeps
-what `backward` needs, and `backward(dy)` sets each parameter's `.grad` (overwriting it) and
-returns the gradient with respect to the layer's input (a Conv2d skips that work, returning
-None, when called with input_grad=False, as the first layer of a network is). Everything is float32, NCHW.
+what `backward` needs, and `backward(dy, input_grad=True)` sets each parameter's `.grad`
+(overwriting it) and returns the gradient with respect to the layer's input; with
+input_grad=False (the first layer of a network: training needs no gradient of the images) a
+layer may skip that work and return None, as Conv2d does. Everything is float32, NCHW.
+
+Nothing here knows about MNIST but `mnist_cnn`, the default model: a Sequential predicts on
+whatever input its first layer takes and gives as many classes as its last layer has outputs.
+Turning MNIST's uint8 digits into model input is cnnfast.mnist's job.
 """
 
 from __future__ import annotations
@@ -39,6 +44,11 @@ class Parameter:
 class Layer:
     training = True
 
+    def backward(self, dy, input_grad: bool = True):
+        """dL/d(input) from dL/d(output) `dy`, setting the parameters' .grad; a layer may return
+        None instead when `input_grad` is False."""
+        raise NotImplementedError
+
     def parameters(self) -> list[Parameter]:
         return []
 
@@ -59,27 +69,37 @@ def _uniform(rng: np.random.Generator, shape, bound: float) -> np.ndarray:
     return rng.uniform(-bound, bound, size=shape).astype(np.float32)
 
 
-class Conv2d(Layer):
-    """x [N, in, H, W] -> [N, out, H+2p-k+1, W+2p-k+1]; weight [out, in, k, k], bias [out].
+def kernel_pair(kernel_size) -> tuple[int, int]:
+    """(height, width) of a kernel given as one int (square) or a pair (kh, kw), as PyTorch takes it."""
+    if isinstance(kernel_size, (tuple, list)):
+        if len(kernel_size) != 2:
+            raise ValueError(f"kernel_size must be an int or a pair (height, width), got {kernel_size!r}")
+        return int(kernel_size[0]), int(kernel_size[1])
+    return int(kernel_size), int(kernel_size)
 
-    Initialised as PyTorch does by default (Kaiming-uniform with a=sqrt(5): weights and bias
-    uniform in +-1/sqrt(fan_in), fan_in = in * k * k).
+
+class Conv2d(Layer):
+    """x [N, in, H, W] -> [N, out, H+2p-kh+1, W+2p-kw+1]; weight [out, in, kh, kw], bias [out].
+
+    kernel_size is k (square) or (kh, kw); `self.kernel_size` is always the pair. Initialised as
+    PyTorch does by default (Kaiming-uniform with a=sqrt(5): weights and bias uniform in
+    +-1/sqrt(fan_in), fan_in = in * kh * kw).
     """
 
     def __init__(
         self,
         in_channels: int,
         out_channels: int,
-        kernel_size: int,
+        kernel_size: int | tuple[int, int],
         padding: int = 0,
         rng: np.random.Generator | None = None,
     ):
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
-        self.kernel_size, self.padding = int(kernel_size), int(padding)
+        self.kernel_size, self.padding = kernel_pair(kernel_size), int(padding)
         rng = rng if rng is not None else np.random.default_rng()
-        bound = 1.0 / math.sqrt(self.in_channels * self.kernel_size**2)
-        k = self.kernel_size
-        self.weight = Parameter(_uniform(rng, (self.out_channels, self.in_channels, k, k), bound))
+        kh, kw = self.kernel_size
+        bound = 1.0 / math.sqrt(self.in_channels * kh * kw)
+        self.weight = Parameter(_uniform(rng, (self.out_channels, self.in_channels, kh, kw), bound))
         self.bias = Parameter(_uniform(rng, (self.out_channels,), bound))
 
     def forward(self, x):
@@ -97,10 +117,11 @@ class Conv2d(Layer):
         return [self.weight, self.bias]
 
     def config(self):
+        kh, kw = self.kernel_size
         return {
             "in_channels": self.in_channels,
             "out_channels": self.out_channels,
-            "kernel_size": self.kernel_size,
+            "kernel_size": kh if kh == kw else [kh, kw],  # a square kernel as one int, as files always had it
             "padding": self.padding,
         }
 
@@ -122,7 +143,7 @@ class Linear(Layer):
     def infer(self, x):
         return F.linear(x, self.weight.data, self.bias.data)
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad=True):
         dx, self.weight.grad, self.bias.grad = F.linear_backward(self.x, self.weight.data, dy)
         return dx
 
@@ -141,7 +162,7 @@ class ReLU(Layer):
     def infer(self, x):
         return F.relu(x)
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad=True):
         return F.relu_backward(self.x, dy)
 
 
@@ -159,7 +180,7 @@ class MaxPool2d(Layer):
     def infer(self, x):
         return F.max_pool2d(x, self.kernel_size)[0]
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad=True):
         return F.max_pool2d_backward(dy, self.argmax, self.x_shape)
 
     def config(self):
@@ -176,7 +197,7 @@ class Flatten(Layer):
     def infer(self, x):
         return x.reshape(x.shape[0], math.prod(x.shape[1:]))  # (not -1: an empty batch has no size to infer)
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad=True):
         return dy.reshape(self.x_shape)
 
 
@@ -200,7 +221,7 @@ class Dropout(Layer):
     def infer(self, x):
         return x
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad=True):
         return dy if self.mask is None else F.dropout_backward(dy, self.mask, self.p)
 
     def config(self):
@@ -223,7 +244,7 @@ class ReLUMaxPool2d(Layer):
     def infer(self, x):
         return F.max_pool2d(x, self.pool.kernel_size, relu=True)[0]
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad=True):
         return F.max_pool2d_backward(dy, self.argmax, self.x_shape)
 
 
@@ -328,12 +349,10 @@ class Sequential:
 
     def backward(self, dy: np.ndarray, input_grad: bool = True):
         """Backpropagate dL/d(output); returns dL/d(input), or None with input_grad=False
-        (training needs only the parameters' gradients, so the first conv skips its dx)."""
-        for step in reversed(self.steps[1:]):
-            dy = step.backward(dy)
-        first = self.steps[0]
-        takes_input_grad = isinstance(first, (Conv2d, Conv2dReLUMaxPool2d))
-        return first.backward(dy, input_grad) if takes_input_grad else first.backward(dy)
+        (training needs only the parameters' gradients, so the first layer may skip its dx)."""
+        for i in range(len(self.steps) - 1, -1, -1):
+            dy = self.steps[i].backward(dy, input_grad=input_grad or i > 0)
+        return dy if input_grad else None
 
     def parameters(self) -> list[Parameter]:
         return [p for layer in self.layers for p in layer.parameters()]
@@ -354,24 +373,54 @@ class Sequential:
         return "Sequential(\n" + "".join(f"  {layer!r}\n" for layer in self.layers) + ")"
 
     # ---------------------------------------------------------------- inference
-    def predict_proba(self, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-        """Class probabilities [N, 10] for uint8 images [N, 28, 28] or float32 [N, 1, 28, 28];
-        for one image (uint8 [28, 28] or float32 [1, 28, 28]), its probabilities [10]."""
-        single = is_single_image(images)
-        x = as_model_input(np.asarray(images)[None] if single else images)
-        out = []
-        for i in range(0, len(x), batch_size):
-            logits = self.infer(x[i : i + batch_size]).astype(np.float64)
-            logits -= logits.max(axis=1, keepdims=True)
-            p = np.exp(logits)
-            out.append(p / p.sum(axis=1, keepdims=True))
-        proba = np.concatenate(out) if out else np.zeros((0, 10))
+    def sample_shape(self) -> tuple | None:
+        """The shape of one input sample as the first layer that fixes it says: (in_channels,
+        None, None) before a Conv2d (any height and width), (None, None, None) before a
+        MaxPool2d, (in_features,) before a Linear; None if no layer fixes it."""
+        for layer in self.layers:
+            if isinstance(layer, Conv2d):
+                return (layer.in_channels, None, None)
+            if isinstance(layer, MaxPool2d):
+                return (None, None, None)
+            if isinstance(layer, Linear):
+                return (layer.in_features,)
+            if isinstance(layer, Flatten):
+                return None
+        return None
+
+    def predict_proba(self, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+        """Class probabilities (the softmax of the outputs, float64) [N, classes] for a batch
+        [N, *sample_shape()]; for one sample (an array without the batch axis), its row
+        [classes]. The input must be floating-point (it is computed in float32): images stored
+        as uint8 are scaled first (for MNIST digits: cnnfast.mnist.as_model_input)."""
+        x = np.asarray(x)
+        sample = self.sample_shape()
+        single = sample is not None and x.ndim == len(sample)
+        batch = x[None] if single else x
+        if x.dtype.kind != "f":
+            raise ValueError(
+                f"the model takes floating-point input, got {x.dtype} {list(x.shape)}; scale images stored "
+                "as integers first (MNIST's uint8 digits: cnnfast.mnist.as_model_input)"
+            )
+        if sample is not None and (
+            batch.ndim != len(sample) + 1 or any(s not in (None, d) for s, d in zip(sample, batch.shape[1:]))
+        ):
+            wanted = ", ".join("?" if s is None else str(s) for s in sample)
+            raise ValueError(f"the model takes a batch [N, {wanted}] or one sample [{wanted}], got {list(x.shape)}")
+        batch = np.ascontiguousarray(batch, np.float32)
+        chunks = [self.infer(batch[i : i + batch_size]) for i in range(0, len(batch), batch_size)]
+        logits = (np.concatenate(chunks) if chunks else self.infer(batch)).astype(np.float64)
+        if logits.ndim != 2 or logits.shape[1] == 0:
+            raise ValueError(f"the model's output is {list(logits.shape)}, not one score per class [N, classes]")
+        logits -= logits.max(axis=1, keepdims=True)
+        proba = np.exp(logits)
+        proba /= proba.sum(axis=1, keepdims=True)
         return proba[0] if single else proba
 
-    def predict(self, images: np.ndarray, batch_size: int = 1000):
-        """Predicted labels (int64 [N]) for uint8 [N, 28, 28] or float32 [N, 1, 28, 28] images; for
-        one image (uint8 [28, 28] or float32 [1, 28, 28]), its label as an int."""
-        proba = self.predict_proba(images, batch_size)
+    def predict(self, x: np.ndarray, batch_size: int = 1000):
+        """The most probable class (int64 [N]) of each sample of a batch, as predict_proba takes
+        it; for one sample, its class as an int."""
+        proba = self.predict_proba(x, batch_size)
         return int(proba.argmax()) if proba.ndim == 1 else proba.argmax(axis=1).astype(np.int64)
 
     # ---------------------------------------------------------------- files
@@ -390,24 +439,9 @@ class Sequential:
         return path
 
 
-def is_single_image(images) -> bool:
-    """One image rather than a batch: uint8 [H, W] or float32 [1, H, W]."""
-    images = np.asarray(images)
-    return (images.dtype == np.uint8 and images.ndim == 2) or (
-        images.dtype == np.float32 and images.ndim == 3 and images.shape[0] == 1
-    )
-
-
-def as_model_input(images: np.ndarray) -> np.ndarray:
-    """uint8 [N, 28, 28] (0..255) -> float32 [N, 1, 28, 28] in [0, 1]; float32 [N, 1, 28, 28] as is."""
-    images = np.asarray(images)
-    if images.dtype == np.uint8 and images.ndim == 3:
-        return (images.astype(np.float32) / np.float32(255.0))[:, None, :, :]
-    if images.dtype == np.float32 and images.ndim == 4 and images.shape[1] == 1:
-        return np.ascontiguousarray(images)
-    raise ValueError(
-        f"images must be uint8 [N, 28, 28] or float32 [N, 1, 28, 28], got {images.dtype} {list(images.shape)}"
-    )
+# MNIST's input preparation moved to cnnfast.mnist; bench/bench_train.py (being changed by other
+# work) still imports it from here, until it takes it from there.
+from .mnist import as_model_input  # noqa: E402, F401
 
 
 def mnist_cnn(seed: int = 0) -> Sequential:
@@ -437,9 +471,15 @@ def from_architecture(architecture: list[dict], seed: int = 0) -> Sequential:
         if not isinstance(spec, dict) or spec.get("type") not in LAYERS:
             raise ModelFormatError(f"layer {i} is not a known layer: {spec!r:.200}")
         args = {k: v for k, v in spec.items() if k != "type"}
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in args.values()):
+        numbers = dict(args)
+        kernel = args.get("kernel_size")
+        if spec["type"] == "Conv2d" and isinstance(kernel, list) and len(kernel) == 2:  # non-square: [kh, kw]
+            del numbers["kernel_size"]
+            numbers.update(kernel_height=kernel[0], kernel_width=kernel[1])
+            args["kernel_size"] = tuple(kernel)
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers.values()):
             raise ModelFormatError(f"layer {i} has non-numeric settings: {spec!r:.200}")
-        sizes = {k: v for k, v in args.items() if k != "p" and k != "padding"}
+        sizes = {k: v for k, v in numbers.items() if k != "p" and k != "padding"}
         if any(not (isinstance(v, int) and 1 <= v <= 1 << 20) for v in sizes.values()) or not (
             isinstance(args.get("padding", 0), int) and 0 <= args.get("padding", 0) <= 1 << 16
         ):

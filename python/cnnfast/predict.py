@@ -26,9 +26,9 @@ import warnings
 
 import numpy as np
 
-from ._cli import argument_parser
+from ._cli import argument_parser, check_model_arg, load_model
 from ._terminal import digit_picture
-from .nn import ModelFormatError, load_model
+from .mnist import probabilities
 
 SIZE = 28  # the field
 BOX = 20  # the digit's longer side
@@ -311,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--json",
         action="store_true",
-        help="print one JSON object on stdout: {'model', 'predictions': [{'file', 'digit', "
+        help="print one JSON object on stdout (the text goes to stderr): {'model', 'predictions': [{'file', 'digit', "
         "'top3', 'probabilities', 'inverted'} or {'file', 'error'}]}",
     )
     return p
@@ -320,26 +320,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if os.path.isdir(args.model):
-        parser.error(
-            f"--model {args.model} is a directory; give a model file such as "
-            f"{os.path.join(args.model, 'mnist_cnn.npz')}"
-        )
+    check_model_arg(parser, args.model)
     try:
         _pillow()
     except ImportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    if not os.path.exists(args.model):
-        print(
-            f"error: no model file {args.model}: train one with python -m cnnfast.train (or give --model FILE)",
-            file=sys.stderr,
-        )
-        return 1
-    try:
-        model = load_model(args.model)
-    except (OSError, ModelFormatError) as error:
-        print(f"error: cannot load the model: {error}", file=sys.stderr)
+    model = load_model(args.model)
+    if model is None:
         return 1
 
     entries, digits, inverted = [], [], []
@@ -359,12 +347,11 @@ def main(argv=None) -> int:
 
     if digits:
         try:
-            proba = np.asarray(model.predict_proba(np.stack(digits)), np.float64)
-            if proba.shape != (len(digits), 10):
-                raise ValueError(f"it gives {list(proba.shape)} probabilities for {len(digits)} images")
+            proba = probabilities(model, np.stack(digits))
         except ValueError as error:
             print(f"error: the model in {args.model} does not fit 28x28 digit images: {error}", file=sys.stderr)
             return 1
+    log = sys.stderr if args.json else sys.stdout  # with --json, stdout holds the JSON alone
     results = iter(range(len(digits)))
     failed = 0
     width = max(len(e["file"]) for e in entries)
@@ -383,17 +370,17 @@ def main(argv=None) -> int:
         )
         if args.show:
             entry["image"] = digits[i].tolist()
-        if not args.json:
-            others = "  ".join(f"{d}: {100 * p:6.2f}%" for d, p in best)
-            print(f"{entry['file']:<{width}}  {best[0][0]}   ({others})", flush=True)
-            if args.show:
-                note = " (inverted: dark ink on a light background)" if inverted[i] else ""
-                print(
-                    "\n".join(
-                        ["  " + row for row in digit_picture(digits[i], sys.stdout)]
-                        + [f"  the 28x28 image the model saw{note}", ""]
-                    )
-                )
+        others = "  ".join(f"{d}: {100 * p:6.2f}%" for d, p in best)
+        print(f"{entry['file']:<{width}}  {best[0][0]}   ({others})", file=log, flush=True)
+        if args.show:
+            note = " (inverted: dark ink on a light background)" if inverted[i] else ""
+            print(
+                "\n".join(
+                    ["  " + row for row in digit_picture(digits[i], log)]
+                    + [f"  the 28x28 image the model saw{note}", ""]
+                ),
+                file=log,
+            )
     if args.json:
         print(
             json.dumps(

@@ -20,7 +20,6 @@ trial (as dataset indices) from the labels and predictions of a whole split,
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
@@ -28,10 +27,9 @@ import textwrap
 
 import numpy as np
 
-from . import plots, train
-from ._cli import argument_parser, load_mnist
+from . import mnist, plots, train
+from ._cli import argument_parser, check_model_arg, load_mnist, load_model
 from ._terminal import digit_picture, histogram, picture_grid
-from .nn import ModelFormatError, load_model
 
 TARGET = 45  # 0 + 1 + ... + 9
 GAP_POINTS = 2.0  # train accuracy more than this many percentage points above test: overfitting?
@@ -149,13 +147,6 @@ def statistics(mode: str, trials: dict, labels: np.ndarray, pred: np.ndarray) ->
     }
 
 
-def split_scores(labels: np.ndarray, proba: np.ndarray) -> tuple[float, float]:
-    """(mean cross-entropy loss, accuracy) from class probabilities [N, 10]."""
-    p_true = proba[np.arange(len(labels)), labels]
-    loss = -np.log(np.maximum(p_true, np.finfo(np.float64).tiny)).mean()
-    return float(loss), float((proba.argmax(axis=1) == labels).mean())
-
-
 def evidence(train_scores: tuple[float, float], test_scores: tuple[float, float]) -> dict:
     """Train/test loss and accuracy, their gap, and a one-line reading (thresholds above)."""
     (train_loss, train_acc), (test_loss, test_acc) = train_scores, test_scores
@@ -259,16 +250,17 @@ def report(args, stats: dict, trials: dict, picture: list[str], evid: dict) -> l
     return lines
 
 
-def plot(path: str, images, trials: dict, proba, stats: dict, mode: str, figure_class) -> None:
+def plot(path: str, images, trials: dict, proba, stats: dict, mode: str, figure_class=None) -> None:
     """The ten digits of the first trial with their predictions, and the histogram, in one picture."""
     plots.save_figure(figure(images, trials, proba, stats, mode, figure_class), path)
 
 
-def figure(images, trials: dict, proba, stats: dict, mode: str, figure_class):
+def figure(images, trials: dict, proba, stats: dict, mode: str, figure_class=None):
     """The matplotlib Figure `plot` saves. The histogram's counts are on a log scale (the bar
     at 0, most trials, would flatten the others) and written on the bars; its x-ticks are whole."""
     from matplotlib.ticker import MaxNLocator
 
+    figure_class = figure_class if figure_class is not None else plots.figure_class()
     fig = figure_class(figsize=(12, 5), layout="constrained")
     grid = fig.add_gridspec(2, 10, height_ratios=[1, 1.4])
     for i, index in enumerate(trials["indices"][0]):
@@ -369,25 +361,11 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error(f"--seed must be at least 0, got {args.seed}")
     if args.width < 80:
         parser.error(f"--width must be at least 80, got {args.width}")
-    if os.path.isdir(args.model):
-        parser.error(
-            f"--model {args.model} is a directory; give a model file such as "
-            f"{os.path.join(args.model, 'mnist_cnn.npz')}"
-        )
+    check_model_arg(parser, args.model)
     if not os.path.exists(args.model) and not os.path.isdir(os.path.dirname(os.path.abspath(args.model))):
         parser.error(f"--model {args.model} does not exist and cannot be trained there: no such directory")
-    if args.plot is not None:
-        if os.path.splitext(args.plot)[1].lower() not in (".png", ".pdf", ".svg"):
-            parser.error(f"--plot {args.plot}: give a .png, .pdf or .svg file name")
-        if not os.path.isdir(os.path.dirname(os.path.abspath(args.plot))):
-            parser.error(f"--plot {args.plot}: no such directory")
-
-
-def _predict(model, images) -> np.ndarray:
-    proba = np.asarray(model.predict_proba(images), np.float64)
-    if proba.shape != (len(images), 10):
-        raise ValueError(f"it gives {list(proba.shape)} probabilities for {len(images)} images, not 10 per image")
-    return proba
+    if args.plot is not None and plots.plot_path_problem(args.plot):
+        parser.error(f"--plot {plots.plot_path_problem(args.plot)}")
 
 
 def main(argv=None) -> int:
@@ -395,32 +373,31 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     check_args(parser, args)
     log = sys.stderr if args.json else sys.stdout
-    figure_class = None
     if args.plot is not None:
         try:
-            from matplotlib.figure import Figure as figure_class
-        except ImportError:
-            print("error: --plot needs matplotlib: pip install cnnfast[plot]", file=sys.stderr)
+            plots.figure_class()
+        except plots.PlotUnavailable as error:
+            print(f"error: {error}", file=sys.stderr)
             return 1
-
+    data = None
     if not os.path.exists(args.model):
         print(
             f"{args.model} does not exist: training the default model first "
-            f"(python -m cnnfast.train --out {args.model})",
+            f"(as python -m cnnfast.train --out {args.model} would)",
             file=log,
             flush=True,
         )
-        forwarded = ["--out", args.model] + (["--data-dir", args.data_dir] if args.data_dir else [])
-        with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
-            status = train.main(forwarded + (["--no-verify"] if args.no_verify else []))
+        data = load_mnist(args.data_dir, args.no_verify)
+        if data is None:
+            return 1
+        settings = train.default_settings(out=args.model, data_dir=args.data_dir, no_verify=args.no_verify)
+        status, _ = train.train(settings, data, log)
         if status != 0:
             return status
-    try:
-        model = load_model(args.model)
-    except (OSError, ModelFormatError) as error:
-        print(f"error: cannot load the model: {error}", file=sys.stderr)
+    model = load_model(args.model)
+    if model is None:
         return 1
-    data = load_mnist(args.data_dir, args.no_verify)
+    data = data if data is not None else load_mnist(args.data_dir, args.no_verify)
     if data is None:
         return 1
     x_train, y_train, x_test, y_test = data
@@ -429,11 +406,11 @@ def main(argv=None) -> int:
     other = "train" if args.split == "test" else "test"
     images, labels = data[args.split]
     try:
-        proba = {args.split: _predict(model, images)}
+        proba = {args.split: mnist.probabilities(model, images)}
         pred = proba[args.split].argmax(axis=1)
         # a trial that cannot be formed is reported before the long pass over the other split
         trials = draw_trials(args.mode, labels, pred, args.trials, np.random.default_rng(args.seed), args.split)
-        proba[other] = _predict(model, data[other][0])
+        proba[other] = mnist.probabilities(model, data[other][0])
     except NoTrials as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -442,13 +419,13 @@ def main(argv=None) -> int:
         return 1
 
     stats = statistics(args.mode, trials, labels, pred)
-    evid = evidence(split_scores(data["train"][1], proba["train"]), split_scores(data["test"][1], proba["test"]))
+    evid = evidence(mnist.scores(data["train"][1], proba["train"]), mnist.scores(data["test"][1], proba["test"]))
     evid.update(train_images=len(y_train), test_images=len(y_test))
     first = {key: value[0] for key, value in trials.items()}
     lines = report(args, stats, trials, render_trial(images, first, proba[args.split], args.width, log), evid)
     print("\n".join(lines), file=log)
     if args.plot is not None:
-        plot(args.plot, images, trials, proba[args.split], stats, args.mode, figure_class)
+        plot(args.plot, images, trials, proba[args.split], stats, args.mode)
         print(f"wrote {args.plot}", file=log)
     if args.json:
         samples = [

@@ -34,6 +34,7 @@ import threading
 import time
 
 import numpy as np
+from tqdm import tqdm
 
 from . import checkpoint as ckpt
 from . import functional as F
@@ -41,9 +42,10 @@ from . import get_num_threads, plots, set_num_threads
 from ._cli import Interrupted as CommandInterrupted
 from ._cli import argument_parser
 from ._cli import load_mnist as load_data
-from ._terminal import Progress
 from .checkpoint import CheckpointError, EpochState
-from .nn import Sequential, as_model_input, mnist_cnn
+from .mnist import as_model_input
+from .mnist import evaluate as evaluate
+from .nn import Sequential, mnist_cnn
 from .optim import SGD, Adam
 
 DEFAULT_EPOCHS = 15
@@ -121,23 +123,10 @@ class StopRequest:
         return self.signum is not None
 
 
-def evaluate(model: Sequential, images: np.ndarray, labels: np.ndarray, batch_size: int = 1000):
-    """Mean cross-entropy loss and accuracy of `model` (in eval mode) on uint8 images."""
-    total_loss, correct = 0.0, 0
-    for i in range(0, len(images), batch_size):
-        x = as_model_input(images[i : i + batch_size])
-        y = labels[i : i + batch_size].astype(np.int64)
-        logits = model.infer(x)
-        loss, _ = F.softmax_cross_entropy(logits, y)
-        total_loss += loss * len(y)
-        correct += int((logits.argmax(axis=1) == y).sum())
-    n = max(len(images), 1)
-    return total_loss / n, correct / n
-
-
 def train_epoch(model, optimizer, images, labels, batch_size, rng, progress=None, *, start=None, stop=None, watch=None):
     """One pass over the shuffled training set. Returns (mean loss, accuracy, seconds).
 
+    `progress` (a tqdm bar, or None) advances by each batch and shows the running loss.
     `start` (an EpochState) continues an epoch whose first `start.step` steps are done: the
     order is drawn from `rng` as always, so `rng` must be in its state from the epoch's start.
     `stop()` is checked before each step and after the last: if true, Interrupted(state) is
@@ -151,13 +140,12 @@ def train_epoch(model, optimizer, images, labels, batch_size, rng, progress=None
     start_time = time.perf_counter() - state.seconds
     n_steps = -(-len(images) // batch_size)
 
-    def check_stop():
+    for step in range(state.step, n_steps + 1):
         if stop is not None and stop():
             state.seconds = time.perf_counter() - start_time
             raise Interrupted(state)
-
-    for step in range(state.step, n_steps):
-        check_stop()
+        if step == n_steps:
+            break
         batch = order[step * batch_size : (step + 1) * batch_size]
         x = as_model_input(images[batch])
         y = labels[batch].astype(np.int64)
@@ -171,11 +159,8 @@ def train_epoch(model, optimizer, images, labels, batch_size, rng, progress=None
         state.correct += int((logits.argmax(axis=1) == y).sum())
         state.seen += len(y)
         if progress is not None:
-            elapsed = time.perf_counter() - start_time
-            progress.update(
-                state.seen, f"loss {state.total_loss / state.seen:.4f}  {state.seen / max(elapsed, 1e-9):,.0f} img/s"
-            )
-    check_stop()
+            progress.set_postfix_str(f"loss {state.total_loss / state.seen:.4f}", refresh=False)
+            progress.update(len(y))
     seen = max(state.seen, 1)
     return state.total_loss / seen, state.correct / seen, time.perf_counter() - start_time
 
@@ -244,6 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
         "the checkpoint is removed once the run is finished",
     )
     return p
+
+
+def default_lr(optimizer: str) -> float:
+    return 1e-3 if optimizer == "adam" else 0.01
 
 
 DEFAULTS = {
@@ -338,206 +327,247 @@ def resume_command(checkpoint_path) -> str:
     return shlex.join(["python", "-m", "cnnfast.train", "--resume", checkpoint_path])
 
 
-def main(argv=None) -> int:
+def fill_in_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """Every setting left unset (None) gets its default; the checkpoint goes next to --out."""
+    for key, value in DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.lr is None:
+        args.lr = default_lr(args.optimizer)
+    if args.checkpoint is None:
+        args.checkpoint = ckpt.default_path(args.out)
+    return args
+
+
+def default_settings(**given) -> argparse.Namespace:
+    """The settings of `python -m cnnfast.train` without flags, but for `given` ones (out=...,
+    data_dir=...): for another command that trains the default model."""
+    args = build_parser().parse_args([])
+    for key, value in given.items():
+        if not hasattr(args, key):
+            raise TypeError(f"no training setting {key!r}")
+        setattr(args, key, value)
+    return fill_in_defaults(args)
+
+
+def parse_args(argv=None) -> tuple[argparse.Namespace, ckpt.Checkpoint | None]:
+    """The settings from the command line, and the checkpoint --resume names (its settings taken
+    in); every value and path checked before any work (exit 2 if one is bad)."""
     parser = build_parser()
-    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     check_values(parser, args)
     checkpoint = None
     if args.resume is not None:
         checkpoint = load_resume(parser, args.resume)
         take_settings_from(parser, args, checkpoint)
-    for key, value in DEFAULTS.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    if args.lr is None:
-        args.lr = 1e-3 if args.optimizer == "adam" else 0.01
-    if args.checkpoint is None:
-        args.checkpoint = ckpt.default_path(args.out)
+    fill_in_defaults(args)
     check_paths(parser, args)
-    if args.plot is not None:
-        try:
-            plots.figure_class()  # before any work: without matplotlib, say so now
-        except plots.PlotUnavailable as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 1
-    log = sys.stderr if args.json else sys.stdout
-    lr = args.lr
-    settings = {key: getattr(args, key) for key in ckpt.RUN_SETTINGS}
-    settings.update(
-        {
-            key: (
-                os.path.abspath(getattr(args, key)) if key != "no_verify" and getattr(args, key) else getattr(args, key)
-            )
-            for key in ckpt.RUN_DEFAULTS
-        }
-    )
+    return args, checkpoint
 
-    if args.threads is not None:
-        set_num_threads(args.threads)
-    data = load_data(args.data_dir, args.no_verify)
-    if data is None:
-        return 1
+
+@dataclasses.dataclass
+class Run:
+    """A training run: the model and what continues it, and what it has done so far (all of
+    which a checkpoint holds)."""
+
+    settings: dict  # checkpoint.SETTINGS
+    model: Sequential
+    optimizer: Adam | SGD
+    rng: np.random.Generator  # draws each epoch's order
+    watch: DivergenceWatch
+    epoch: int = 1  # the epoch in progress (epochs + 1 once training is done)
+    position: EpochState = dataclasses.field(default_factory=EpochState)  # steps of `epoch` done
+    epoch_start: dict | None = None  # rng's state at the start of `epoch`
+    history: list = dataclasses.field(default_factory=list)
+    train_seconds: float = 0.0
+    trained_images: int = 0
+
+    def checkpoint(self) -> ckpt.Checkpoint:
+        return ckpt.capture(
+            self.model,
+            self.optimizer,
+            settings=self.settings,
+            epoch=self.epoch,
+            position=self.position,
+            shuffle_rng=self.epoch_start if self.epoch_start is not None else self.rng.bit_generator.state,
+            history=self.history,
+            train_seconds=self.train_seconds,
+            trained_images=self.trained_images,
+            first_loss=self.watch.first_loss,
+            high_steps=self.watch.high_steps,
+        )
+
+
+def start_run(args, x_train, y_train, checkpoint: ckpt.Checkpoint | None = None) -> Run:
+    """A new run of the default model with `args`, or the run `checkpoint` continues
+    (CheckpointError if it was written for other training data)."""
+    model = mnist_cnn(args.seed)
+    if args.optimizer == "adam":
+        optimizer = Adam(model.parameters(), lr=args.lr)
+    else:
+        optimizer = SGD(model.parameters(), lr=args.lr, momentum=0.9)
+    settings = {key: getattr(args, key) for key in ckpt.RUN_SETTINGS}
+    for key in ckpt.RUN_DEFAULTS:  # paths made absolute, so a resumed run finds them from anywhere
+        value = getattr(args, key)
+        settings[key] = os.path.abspath(value) if key != "no_verify" and value else value
+    settings["train_images"] = len(x_train)
+    settings["train_data_sha256"] = ckpt.data_fingerprint(x_train, y_train)
+    run = Run(settings, model, optimizer, np.random.default_rng(args.seed), DivergenceWatch())
+    if checkpoint is None:
+        return run
+    n_steps = -(-len(x_train) // args.batch_size)
+    if checkpoint.settings["train_images"] != len(x_train):
+        raise CheckpointError(
+            f"it was written for {checkpoint.settings['train_images']} training images, this run has {len(x_train)}"
+        )
+    if checkpoint.settings.get("train_data_sha256") != settings["train_data_sha256"]:
+        raise CheckpointError("it was written for other training data than this run reads (their SHA-256 differ)")
+    if checkpoint.position.step > n_steps:
+        raise CheckpointError(f"corrupt checkpoint: step {checkpoint.position.step} of an epoch of {n_steps}")
+    ckpt.restore(checkpoint, model, optimizer, run.rng)
+    run.watch = DivergenceWatch(checkpoint.first_loss, checkpoint.high_steps)
+    run.epoch, run.position = checkpoint.epoch, checkpoint.position
+    run.history, run.train_seconds = checkpoint.history, checkpoint.train_seconds
+    run.trained_images = checkpoint.trained_images
+    return run
+
+
+def fit(run: Run, data, epochs: int, batch_size: int, log, stop=None) -> None:
+    """The textbook loop, from where `run` stands to the last epoch: train an epoch on the
+    shuffled training set, evaluate on the test set, record and print the epoch's metrics.
+    Raises TrainingDiverged, or Interrupted when `stop()` asks (`run` then says where)."""
+    x_train, y_train, x_test, y_test = data
+    while run.epoch <= epochs:
+        run.epoch_start = run.rng.bit_generator.state  # the epoch's order is drawn from this state
+        # a progress bar on a terminal only (tqdm's disable=None), cleared when the epoch's line is printed
+        progress = tqdm(total=len(x_train), initial=run.position.seen, desc=f"epoch {run.epoch}/{epochs}",
+                        unit="img", file=log, disable=None, leave=False)  # fmt: skip
+        try:
+            train_loss, train_acc, seconds = train_epoch(
+                run.model, run.optimizer, x_train, y_train, batch_size, run.rng, progress,
+                start=run.position, stop=stop, watch=run.watch,
+            )  # fmt: skip
+        except Interrupted as interruption:
+            run.position = interruption.state
+            raise
+        finally:
+            progress.close()
+        run.train_seconds += seconds
+        run.trained_images += len(x_train)
+        test_loss, test_acc = evaluate(run.model, x_test, y_test)
+        run.history.append(
+            {
+                "epoch": run.epoch,
+                "train_loss": train_loss,
+                "train_accuracy": train_acc,
+                "test_loss": test_loss,
+                "test_accuracy": test_acc,
+                "seconds": seconds,
+                "images_per_second": len(x_train) / max(seconds, 1e-9),
+            }
+        )
+        print(
+            f"epoch {run.epoch:>2}/{epochs}  train loss {train_loss:.4f} acc {100 * train_acc:6.2f}%  "
+            f"test loss {test_loss:.4f} acc {100 * test_acc:6.2f}%  {seconds:5.1f} s  "
+            f"{len(x_train) / max(seconds, 1e-9):,.0f} img/s",
+            file=log,
+            flush=True,
+        )
+        run.epoch, run.position, run.epoch_start = run.epoch + 1, EpochState(), None
+        if stop is not None and stop() and run.epoch <= epochs:  # a signal during the evaluation
+            raise Interrupted(run.position)
+
+
+def write_checkpoint(run: Run, path, signum: int, n_steps: int) -> int:
+    """After a signal: the checkpoint of `run` written to `path`, and how to continue (on
+    stderr). The exit status, 128 + the signal's number."""
+    name = signal.Signals(signum).name
+    where = f"epoch {run.epoch}, step {run.position.step}/{n_steps}"
+    try:
+        path = ckpt.save(run.checkpoint(), path)
+    except OSError as error:
+        print(
+            f"error: interrupted by {name} in {where}, and the checkpoint could not be written to {path}: {error}",
+            file=sys.stderr,
+        )
+        return 128 + signum
+    print(
+        f"interrupted by {name} in {where}: saved a checkpoint to {os.path.abspath(path)}\n"
+        f"continue with: {resume_command(path)}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return 128 + signum
+
+
+def train(args, data, log, checkpoint: ckpt.Checkpoint | None = None) -> tuple[int, Run | None]:
+    """Train the default model with the settings `args` (see default_settings) on `data`
+    (x_train, y_train, x_test, y_test), continuing `checkpoint` if given, and save it to
+    args.out with its metrics CSV beside it (and the curves in args.plot). Ctrl-C or SIGTERM
+    writes a checkpoint to args.checkpoint. Returns (exit status, the run); progress and
+    outcome are printed on `log`, errors on stderr."""
     x_train, y_train, x_test, y_test = data
     if args.limit is not None:
         x_train, y_train = x_train[: args.limit], y_train[: args.limit]
-    settings["train_images"] = len(x_train)
     n_steps = -(-len(x_train) // args.batch_size)
-
-    model = mnist_cnn(args.seed)
-    optimizer = (
-        Adam(model.parameters(), lr=lr) if args.optimizer == "adam" else SGD(model.parameters(), lr=lr, momentum=0.9)
-    )
-    rng = np.random.default_rng(args.seed)
-    history, train_seconds, trained_images = [], 0.0, 0
-    first_epoch, position = 1, None
-    watch = DivergenceWatch()
-    if checkpoint is not None:
-        try:
-            if checkpoint.settings["train_images"] != len(x_train):
-                raise CheckpointError(
-                    f"it was written for {checkpoint.settings['train_images']} training "
-                    f"images, this run has {len(x_train)}"
-                )
-            if checkpoint.settings.get("train_data_sha256") != ckpt.data_fingerprint(x_train, y_train):
-                raise CheckpointError(
-                    "it was written for other training data than this run reads (their SHA-256 differ)"
-                )
-            if checkpoint.position.step > n_steps:
-                raise CheckpointError(f"corrupt checkpoint: step {checkpoint.position.step} of an epoch of {n_steps}")
-            ckpt.restore(checkpoint, model, optimizer, rng)
-        except CheckpointError as error:
-            print(f"error: --resume {args.resume}: {error}", file=sys.stderr)
-            return 1
-        history, train_seconds, trained_images = checkpoint.history, checkpoint.train_seconds, checkpoint.trained_images
-        first_epoch, position = checkpoint.epoch, checkpoint.position
-        watch = DivergenceWatch(checkpoint.first_loss, checkpoint.high_steps)
+    try:
+        run = start_run(args, x_train, y_train, checkpoint)
+    except CheckpointError as error:
+        print(f"error: --resume {args.resume}: {error}", file=sys.stderr)
+        return 1, None
     threads = get_num_threads()
     print(
-        f"cnnfast: {model.num_parameters():,} parameters, {args.optimizer} lr {lr:g}, batch {args.batch_size}, "
-        f"{len(x_train):,} training images, {threads} thread{'s' if threads != 1 else ''}",
+        f"cnnfast: {run.model.num_parameters():,} parameters, {args.optimizer} lr {args.lr:g}, "
+        f"batch {args.batch_size}, {len(x_train):,} training images, {threads} thread{'s' if threads != 1 else ''}",
         file=log,
         flush=True,
     )
-    if checkpoint is not None:
-        if first_epoch > args.epochs:
-            print(
-                f"resuming from {args.resume}: training had finished (all {args.epochs} epochs); saving the model",
-                file=log,
-                flush=True,
-            )
-        else:
-            print(
-                f"resuming from {args.resume}: epoch {checkpoint.epoch}/{args.epochs}, step {position.step}/{n_steps}",
-                file=log,
-                flush=True,
-            )
-
-    def write_checkpoint(epoch, state, shuffle_state):
-        settings["train_data_sha256"] = ckpt.data_fingerprint(x_train, y_train)
-        snapshot = ckpt.capture(
-            model,
-            optimizer,
-            settings=settings,
-            epoch=epoch,
-            position=state,
-            shuffle_rng=shuffle_state,
-            history=history,
-            train_seconds=train_seconds,
-            trained_images=trained_images,
-            first_loss=watch.first_loss,
-            high_steps=watch.high_steps,
-        )
-        return ckpt.save(snapshot, args.checkpoint)
-
-    def stop_with_checkpoint(signum, epoch, state, shuffle_state) -> int:
-        name = signal.Signals(signum).name
-        where = f"epoch {epoch}, step {state.step}/{n_steps}"
-        try:
-            path = write_checkpoint(epoch, state, shuffle_state)
-        except OSError as error:
-            print(
-                f"error: interrupted by {name} in {where}, and the checkpoint could not be written "
-                f"to {args.checkpoint}: {error}",
-                file=sys.stderr,
-            )
-            return 128 + signum
+    if checkpoint is not None and run.epoch > args.epochs:
         print(
-            f"interrupted by {name} in {where}: saved a checkpoint to {os.path.abspath(path)}\n"
-            f"continue with: {resume_command(path)}",
-            file=sys.stderr,
+            f"resuming from {args.resume}: training had finished (all {args.epochs} epochs); saving the model",
+            file=log,
             flush=True,
         )
-        return 128 + signum
-
-    start = time.perf_counter()
+    elif checkpoint is not None:
+        print(
+            f"resuming from {args.resume}: epoch {run.epoch}/{args.epochs}, step {run.position.step}/{n_steps}",
+            file=log,
+            flush=True,
+        )
     with StopRequest() as stop:
-        for epoch in range(first_epoch, args.epochs + 1):
-            shuffle_state = rng.bit_generator.state  # the epoch's order is drawn from this state
-            progress = Progress(len(x_train), f"epoch {epoch}/{args.epochs}", stream=log)
-            try:
-                train_loss, train_acc, seconds = train_epoch(
-                    model,
-                    optimizer,
-                    x_train,
-                    y_train,
-                    args.batch_size,
-                    rng,
-                    progress,
-                    start=position if epoch == first_epoch else None,
-                    stop=stop.requested,
-                    watch=watch,
-                )
-            except TrainingDiverged as error:
-                progress.close()
-                kept = [p for p in (args.out, args.checkpoint) if os.path.exists(p)]
-                print(
-                    f"error: training diverged in epoch {epoch}: {error}. Try a lower learning rate "
-                    f"(--lr {lr / 10:g}). Nothing was saved"
-                    + (f"; {' and '.join(kept)} left unchanged." if kept else "."),
-                    file=sys.stderr,
-                )
-                return 1
-            except Interrupted as interruption:
-                progress.close()
-                return stop_with_checkpoint(stop.signum, epoch, interruption.state, shuffle_state)
-            progress.close()
-            train_seconds += seconds
-            trained_images += len(x_train)
-            test_loss, test_acc = evaluate(model, x_test, y_test)
-            history.append(
-                {
-                    "epoch": epoch,
-                    "train_loss": train_loss,
-                    "train_accuracy": train_acc,
-                    "test_loss": test_loss,
-                    "test_accuracy": test_acc,
-                    "seconds": seconds,
-                    "images_per_second": len(x_train) / max(seconds, 1e-9),
-                }
-            )
+        try:
+            fit(run, (x_train, y_train, x_test, y_test), args.epochs, args.batch_size, log, stop.requested)
+        except TrainingDiverged as error:
+            kept = [p for p in (args.out, args.checkpoint) if os.path.exists(p)]
             print(
-                f"epoch {epoch:>2}/{args.epochs}  train loss {train_loss:.4f} acc {100 * train_acc:6.2f}%  "
-                f"test loss {test_loss:.4f} acc {100 * test_acc:6.2f}%  {seconds:5.1f} s  "
-                f"{len(x_train) / max(seconds, 1e-9):,.0f} img/s",
-                file=log,
-                flush=True,
+                f"error: training diverged in epoch {run.epoch}: {error}. Try a lower learning rate "
+                f"(--lr {args.lr / 10:g}). Nothing was saved"
+                + (f"; {' and '.join(kept)} left unchanged." if kept else "."),
+                file=sys.stderr,
             )
-            if stop.requested() and epoch < args.epochs:  # a signal during the evaluation
-                return stop_with_checkpoint(stop.signum, epoch + 1, EpochState(), rng.bit_generator.state)
+            return 1, run
+        except Interrupted:
+            return write_checkpoint(run, args.checkpoint, stop.signum, n_steps), run
+    return save(run, args, log), run
 
+
+def save(run: Run, args, log) -> int:
+    """The trained model to args.out, its metrics beside it, its curves to args.plot; the
+    checkpoint it was resumed from removed. If args.out cannot be written, the weights go to a
+    checkpoint instead. The exit status."""
     try:
-        path = model.save(args.out)
+        path = run.model.save(args.out)
     except OSError as error:
         print(
             f"error: could not save the model to {args.out}: {error}. A previous file there, if any, is unchanged.",
             file=sys.stderr,
         )
         try:
-            saved = write_checkpoint(args.epochs + 1, EpochState(), rng.bit_generator.state)
+            saved = ckpt.save(run.checkpoint(), args.checkpoint)
         except OSError as second:
             print(
-                f"error: the trained weights could not be saved to {args.checkpoint} either: {second}", file=sys.stderr
+                f"error: the trained weights could not be saved to {args.checkpoint} either: {second}",
+                file=sys.stderr,
             )
         else:
             print(
@@ -547,10 +577,10 @@ def main(argv=None) -> int:
             )
         return 1
     print(f"saved the model to {os.path.abspath(path)}", file=log)
-    csv_path = plots.write_history_csv(history, plots.history_csv_path(path))
+    csv_path = plots.write_history_csv(run.history, plots.history_csv_path(path))
     print(f"wrote the per-epoch metrics to {os.path.abspath(csv_path)}", file=log)
     if args.plot is not None:
-        plots.plot_training_curves(history, args.plot)
+        plots.plot_training_curves(run.history, args.plot)
         print(f"wrote the training curves to {os.path.abspath(args.plot)}", file=log)
     if args.resume is not None and os.path.exists(args.resume):
         try:
@@ -563,24 +593,44 @@ def main(argv=None) -> int:
             )
         else:
             print(f"removed the checkpoint {os.path.abspath(args.resume)}: its run is finished", file=log)
-    if args.json:
-        last = history[-1]
-        print(
-            json.dumps(
-                {
-                    "test_accuracy": last["test_accuracy"],
-                    "train_accuracy": last["train_accuracy"],
-                    "test_loss": last["test_loss"],
-                    "train_loss": last["train_loss"],
-                    "epochs": args.epochs,
-                    "seconds": time.perf_counter() - start,
-                    "train_seconds": train_seconds,
-                    "images_per_second": trained_images / max(train_seconds, 1e-9),
-                    "threads": get_num_threads(),
-                    "model_path": os.path.abspath(path),
-                }
-            )
+    return 0
+
+
+def main(argv=None) -> int:
+    args, checkpoint = parse_args(argv)
+    if args.plot is not None:
+        try:
+            plots.figure_class()  # before any work: without matplotlib, say so now
+        except plots.PlotUnavailable as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+    log = sys.stderr if args.json else sys.stdout  # with --json, stdout holds the JSON alone
+    if args.threads is not None:
+        set_num_threads(args.threads)
+    data = load_data(args.data_dir, args.no_verify)
+    if data is None:
+        return 1
+    start = time.perf_counter()
+    status, run = train(args, data, log, checkpoint)
+    if status != 0 or not args.json:
+        return status
+    last = run.history[-1]
+    print(
+        json.dumps(
+            {
+                "test_accuracy": last["test_accuracy"],
+                "train_accuracy": last["train_accuracy"],
+                "test_loss": last["test_loss"],
+                "train_loss": last["train_loss"],
+                "epochs": args.epochs,
+                "seconds": time.perf_counter() - start,
+                "train_seconds": run.train_seconds,
+                "images_per_second": run.trained_images / max(run.train_seconds, 1e-9),
+                "threads": get_num_threads(),
+                "model_path": os.path.abspath(args.out),
+            }
         )
+    )
     return 0
 
 
