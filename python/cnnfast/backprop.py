@@ -61,7 +61,7 @@ every number an exact string::
 
 and with ``--steps N`` (N > 1) ``{"steps": [one such object per step]}``.
 Exit status: 0 when the kernels agree, 1 when they don't (or can't be
-checked), 2 for bad input.
+checked) or --dot cannot be written, 2 for bad input.
 
 Python API: :func:`run` (one step, exact Fractions), :func:`train`
 (several steps), :func:`kernel_replay`, :func:`check_kernels`,
@@ -675,7 +675,8 @@ weights, all exact (-23.2, never -23.200000000000003; 1/3 when there is no
 finite decimal).  A ReLU that is off (pre-activation <= 0) passes zero
 gradient, and the printout says so.  Then it replays the step through
 cnnfast's float32 C++ kernels and checks every value against the exact one:
-exit status 0 if all agree within float32 rounding, 1 if not, 2 on bad input.
+exit status 0 if all agree within float32 rounding, 1 if not (or if --dot
+cannot be written), 2 on bad input.
 """
 
 EPILOG = """\
@@ -688,7 +689,7 @@ can be written --x -1/3 or --x=-1/3).
    "grads": {"o", "c", "e", "a", "b", "w5", "w4", "w3", "w2", "w1"},   (dL/d...)
    "updated": {"w1", "w2", "w3", "w4", "w5"}}                          (w - lr*dL/dw)
 and with --steps N > 1: {"steps": [one such object per step, in order]}.
-The kernel check then reports on stderr only (the exit status is the same).
+The trace and the kernel check then go to stderr (the exit status is the same).
 
 --dot FILE writes the graph of the first step in Graphviz DOT ('-' for
 stdout): nodes show their value and gradient, an edge input -> v shows the
@@ -749,7 +750,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--steps", type=_steps_arg, default=1, metavar="N", help="repeat forward/backward/update N times (default 1)"
     )
-    p.add_argument("--json", action="store_true", help="print JSON instead of the trace")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout (the trace goes to stderr)")
     p.add_argument("--dot", metavar="FILE", help="write the graph in Graphviz DOT to FILE")
     return p
 
@@ -811,30 +812,26 @@ def main(argv: Sequence[str] | None = None) -> int:
                     fh.write(text)
             except OSError as exc:
                 print(f"error: cannot write {args.dot}: {exc}", file=sys.stderr)
-                return 2
+                return 1
 
-    if args.json:
-        obj = to_json(results[0]) if len(results) == 1 else {"steps": [to_json(r) for r in results]}
-        print(json.dumps(obj, indent=2))
-        for i, chk in enumerate(checks, 1):
-            print(report(i, chk), file=sys.stderr)
-        return 0 if ok else 1
-
-    print(_header(x, y, weights, lr))
+    log = sys.stderr if args.json else sys.stdout  # with --json, stdout holds the JSON (and --dot -)
+    print(_header(x, y, weights, lr), file=log)
     for i, ((nodes, _), chk) in enumerate(zip(steps, checks), 1):
-        print()
+        print(file=log)
         if len(steps) > 1:
-            print(f"===== Step {i} of {len(steps)} =====")
-        print(explain(nodes, lr))
-        print()
-        print(report(i, chk) if len(steps) > 1 else report(1, chk))
+            print(f"===== Step {i} of {len(steps)} =====", file=log)
+        print(explain(nodes, lr), file=log)
+        print(file=log)
+        print(report(i, chk) if len(steps) > 1 else report(1, chk), file=log)
     if len(steps) > 1:
         final = loss_at(x, y, results[-1]["updated"].values())
-        print()
-        print("Loss per step (the loss of that step's forward pass, then after its update)")
+        print(file=log)
+        print("Loss per step (the loss of that step's forward pass, then after its update)", file=log)
         for i, r in enumerate(results, 1):
             after = results[i]["loss"] if i < len(results) else final
-            print(f"  step {i}: L = {fmt(r['loss'])}  ->  after its update L = {fmt(after)}")
+            print(f"  step {i}: L = {fmt(r['loss'])}  ->  after its update L = {fmt(after)}", file=log)
+    if args.json:
+        print(json.dumps(to_json(results[0]) if len(results) == 1 else {"steps": [to_json(r) for r in results]}))
     return 0 if ok else 1
 
 
