@@ -117,6 +117,7 @@ def interrupt_mid_epoch(args, sig, after: bytes, checkpoint_path, attempts=3, do
     pytest.fail(f"could not interrupt a run mid-epoch in {attempts} attempts: {output[-3000:]}")
 
 
+@pytest.mark.slow
 def test_sigint_and_sigterm_write_checkpoints_and_resume_is_bit_identical(data_2000, tmp_path, threads):
     common = [
         "--data-dir",

@@ -177,6 +177,7 @@ def test_a_signal_while_writing_output(tmp_path):
     assert_stopped_cleanly(code, err, signal.SIGTERM, "backprop")
 
 
+@pytest.mark.slow
 def test_a_second_ctrl_c_during_training_stops_at_once(tmp_path):
     """The first Ctrl-C asks for a checkpoint after the current step; a second one during that
     step stops at once: one line, exit 130, no checkpoint and no model. Steps of 3,000 images on

@@ -225,6 +225,7 @@ def test_help_explains_itself():
     assert "Conv2d(1,32,3)" in out.stdout
 
 
+@pytest.mark.slow
 def test_short_real_training_run_exceeds_95_percent(tmp_path):
     data = mnist_dir()
     out = tmp_path / "m.npz"
