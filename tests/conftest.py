@@ -41,3 +41,14 @@ def mnist_dir():
     if os.environ.get("CNNFAST_REQUIRE_DATA") == "1":
         pytest.fail(message + " (CNNFAST_REQUIRE_DATA=1)")
     pytest.skip(message)
+
+
+@pytest.fixture
+def synthetic_dir(tmp_path):
+    """A directory of synthetic MNIST files (300 training and 50 test images of noise)."""
+    from _idx_helpers import synthetic_mnist, write_mnist_dir
+
+    directory = tmp_path / "data"
+    directory.mkdir()
+    write_mnist_dir(directory, synthetic_mnist(n_train=300, n_test=50, seed=1))
+    return str(directory)

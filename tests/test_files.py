@@ -14,6 +14,7 @@ import textwrap
 
 import pytest
 
+from _argv import flags
 from _idx_helpers import synthetic_mnist, write_mnist_dir
 from cnnfast import _files
 
@@ -64,15 +65,7 @@ def test_train_saves_model_and_metrics_readable_by_others(tmp_path):
             sys.executable,
             "-m",
             "cnnfast.train",
-            "--data-dir",
-            str(data),
-            "--no-verify",
-            "--epochs",
-            "1",
-            "--batch-size",
-            "32",
-            "--out",
-            str(tmp_path / "m.npz"),
+            *flags(data_dir=str(data), no_verify=True, epochs=1, batch_size=32, out=str(tmp_path / "m.npz")),
         ],
         capture_output=True,
         text=True,

@@ -35,6 +35,7 @@ import pytest
 
 import cnnfast
 from _idx_helpers import gz, idx_bytes, idx_header, sha256
+from _models import small_model
 from cnnfast import checkpoint as ckpt
 from cnnfast import nn
 from cnnfast.datasets import ChecksumError, DatasetError, read_idx
@@ -224,20 +225,6 @@ class Trap:
         return (_unpickled, ("unpickled!",))
 
 
-def small_model():
-    r = np.random.default_rng(3)
-    return nn.Sequential(
-        nn.Conv2d(2, 3, 3, padding=1, rng=r),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(3, 4, 2, rng=r),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Dropout(0.3, rng=r),
-        nn.Linear(16, 5, rng=r),
-    )
-
-
 def saved_bytes(model, path) -> bytes:
     model.save(path)
     return path.read_bytes()
@@ -351,7 +338,7 @@ def test_model_file_fuzz(tmp_path):
     rng = np.random.default_rng(7)
     files = [
         (model, saved_bytes(model, tmp_path / name))
-        for model, name in ((small_model(), "small.npz"), (nn.mnist_cnn(seed=1), "big.npz"))
+        for model, name in ((small_model(seed=3), "small.npz"), (nn.mnist_cnn(seed=1), "big.npz"))
     ]
     corpus = [data for _, data in files]
     path = tmp_path / "fuzz-model.npz"
@@ -366,7 +353,7 @@ def test_model_file_fuzz(tmp_path):
 
 @pytest.mark.parametrize("member", ["format", "architecture", "0.weight", "extra"])
 def test_a_pickle_inside_a_model_file_is_never_loaded(tmp_path, member):
-    path = small_model().save(tmp_path / "m.npz")
+    path = small_model(seed=3).save(tmp_path / "m.npz")
     with np.load(path) as f:
         arrays = {k: f[k] for k in f.files}
     arrays[member] = np.array([Trap(), Trap()], dtype=object)
@@ -386,7 +373,7 @@ def test_a_pickle_inside_a_model_file_is_never_loaded(tmp_path, member):
 def make_checkpoint(path):
     from cnnfast.optim import Adam
 
-    model = small_model()
+    model = small_model(seed=3)
     optimizer = Adam(model.parameters())
     snapshot = ckpt.capture(
         model,
@@ -439,7 +426,7 @@ def test_checkpoint_fuzz(tmp_path):
             with watchdog(10), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 loaded = ckpt.load(path)
-                model = small_model()
+                model = small_model(seed=3)
                 ckpt.restore(loaded, model, Adam(model.parameters()), np.random.default_rng())
             outcome = "restored"
         except ckpt.CheckpointError as error:
@@ -455,7 +442,7 @@ def test_checkpoint_fuzz(tmp_path):
 
 
 def test_damaged_zip_compression_method_is_a_model_format_error(tmp_path):
-    data = bytearray(saved_bytes(small_model(), tmp_path / "m.npz"))
+    data = bytearray(saved_bytes(small_model(seed=3), tmp_path / "m.npz"))
     for signature, offset in ((b"PK\x03\x04", 8), (b"PK\x01\x02", 10)):  # local and central headers
         at = data.find(signature) + offset
         data[at : at + 2] = struct.pack("<H", 99)
@@ -469,7 +456,7 @@ def test_damaged_zip_compression_method_is_a_model_format_error(tmp_path):
 )
 def test_damaged_npy_header_is_a_model_format_error(tmp_path, header):
     data = rezip(
-        saved_bytes(small_model(), tmp_path / "m.npz"),
+        saved_bytes(small_model(seed=3), tmp_path / "m.npz"),
         lambda name, c: npy_bytes(header) if name == "0.weight.npy" else c,
     )
     (tmp_path / "bad.npz").write_bytes(data)
@@ -479,7 +466,7 @@ def test_damaged_npy_header_is_a_model_format_error(tmp_path, header):
 
 def test_a_member_that_is_not_npy_is_a_model_format_error(tmp_path):
     data = rezip(
-        saved_bytes(small_model(), tmp_path / "m.npz"),
+        saved_bytes(small_model(seed=3), tmp_path / "m.npz"),
         lambda name, c: b"not an npy file" if name == "0.weight.npy" else c,
     )
     (tmp_path / "bad.npz").write_bytes(data)

@@ -9,24 +9,11 @@ import pytest
 
 import cnnfast
 import cnnfast.functional as F
+from _models import small_model
 from cnnfast import mnist, nn
 from cnnfast.optim import SGD, Adam
 
 rng = np.random.default_rng(7)
-
-
-def small_model(seed=0):
-    r = np.random.default_rng(seed)
-    return nn.Sequential(
-        nn.Conv2d(2, 3, 3, padding=1, rng=r),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(3, 4, 2, rng=r),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Dropout(0.3, rng=r),
-        nn.Linear(4 * 2 * 2, 5, rng=r),
-    )
 
 
 def test_sequential_gradients_match_finite_differences():

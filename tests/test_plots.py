@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+from _argv import flags
 from cnnfast import plots
 
 HISTORY = [
@@ -155,37 +156,13 @@ def test_evaluation_picture_shows_the_matrix_and_the_mistakes(tmp_path):
 # ---------------------------------------------------------------------------- python -m cnnfast.train
 
 
-@pytest.fixture
-def synthetic_dir(tmp_path):
-    from _idx_helpers import synthetic_mnist, write_mnist_dir
-
-    directory = tmp_path / "data"
-    directory.mkdir()
-    write_mnist_dir(directory, synthetic_mnist(n_train=200, n_test=40, seed=2))
-    return str(directory)
-
-
 def test_training_writes_the_metrics_csv_beside_the_model(synthetic_dir, tmp_path, capsys):
     from cnnfast import train
 
     out = tmp_path / "run" / "model.npz"
     out.parent.mkdir()
     assert (
-        train.main(
-            [
-                "--data-dir",
-                synthetic_dir,
-                "--no-verify",
-                "--epochs",
-                "2",
-                "--batch-size",
-                "50",
-                "--out",
-                str(out),
-                "--json",
-            ]
-        )
-        == 0
+        train.main(flags(data_dir=synthetic_dir, no_verify=True, epochs=2, batch_size=50, out=str(out), json=True)) == 0
     )
     final = json.loads(capsys.readouterr().out)
     rows = plots.read_history_csv(tmp_path / "run" / "model.csv")
@@ -200,17 +177,13 @@ def test_training_plot(synthetic_dir, tmp_path, capsys):
 
     assert (
         train.main(
-            [
-                "--data-dir",
-                synthetic_dir,
-                "--no-verify",
-                "--epochs",
-                "1",
-                "--out",
-                str(tmp_path / "m.npz"),
-                "--plot",
-                str(tmp_path / "curves.png"),
-            ]
+            flags(
+                data_dir=synthetic_dir,
+                no_verify=True,
+                epochs=1,
+                out=str(tmp_path / "m.npz"),
+                plot=str(tmp_path / "curves.png"),
+            )
         )
         == 0
     )

@@ -24,6 +24,7 @@ import pytest
 
 import cnnfast
 import cnnfast.functional as F
+from _argv import flags
 from _idx_helpers import synthetic_mnist, write_mnist_dir
 from _pty import open_terminal
 from cnnfast import checkpoint as ckpt
@@ -119,21 +120,7 @@ def interrupt_mid_epoch(args, sig, after: bytes, checkpoint_path, attempts=3, do
 
 @pytest.mark.slow
 def test_sigint_and_sigterm_write_checkpoints_and_resume_is_bit_identical(data_2000, tmp_path, threads):
-    common = [
-        "--data-dir",
-        data_2000,
-        "--no-verify",
-        "--limit",
-        "2000",
-        "--epochs",
-        "2",
-        "--batch-size",
-        "32",
-        "--threads",
-        "2",
-        "--seed",
-        "3",
-    ]
+    common = flags(data_dir=data_2000, no_verify=True, limit=2000, epochs=2, batch_size=32, threads=2, seed=3)
     reference = tmp_path / "uninterrupted.npz"
     assert train.main(common + ["--out", str(reference)]) == 0
 
@@ -214,19 +201,8 @@ class StopAfter:
         return self.signum is not None
 
 
-ANY_POINT = [
-    "--no-verify",
-    "--epochs",
-    "2",
-    "--batch-size",
-    "32",
-    "--threads",
-    "2",
-    "--optimizer",
-    "sgd",
-    "--seed",
-    "11",
-]
+SMALL_RUN = {"no_verify": True, "batch_size": 32, "seed": 5, "limit": 200, "epochs": 2}  # 7 steps an epoch
+ANY_POINT = flags(no_verify=True, epochs=2, batch_size=32, threads=2, optimizer="sgd", seed=11)
 
 
 @pytest.fixture(scope="module")
@@ -296,26 +272,7 @@ def a_checkpoint(data_300, tmp_path, monkeypatch, threads):
     """A real checkpoint (epoch 1, step 2) of a run with --batch-size 32 --seed 5 --limit 200."""
     with monkeypatch.context() as m:
         m.setattr(train, "StopRequest", lambda: StopAfter(3))
-        assert (
-            train.main(
-                [
-                    "--data-dir",
-                    data_300,
-                    "--no-verify",
-                    "--batch-size",
-                    "32",
-                    "--seed",
-                    "5",
-                    "--limit",
-                    "200",
-                    "--epochs",
-                    "2",
-                    "--out",
-                    str(tmp_path / "m.npz"),
-                ]
-            )
-            == 130
-        )
+        assert train.main(flags(data_dir=data_300, **SMALL_RUN, out=tmp_path / "m.npz")) == 130
     return tmp_path / "m.ckpt.npz"
 
 
@@ -387,23 +344,7 @@ def _rewrite_checkpoint(source, target, **changes):
 def test_resume_rejects_a_bad_checkpoint_clearly(a_checkpoint, data_300, tmp_path, capsys, make_bad, message):
     bad = tmp_path / "bad.ckpt.npz"
     make_bad(a_checkpoint, bad)
-    argv = [
-        "--data-dir",
-        data_300,
-        "--no-verify",
-        "--batch-size",
-        "32",
-        "--seed",
-        "5",
-        "--limit",
-        "200",
-        "--epochs",
-        "2",
-        "--out",
-        str(tmp_path / "m2.npz"),
-        "--resume",
-        str(bad),
-    ]
+    argv = flags(data_dir=data_300, **SMALL_RUN, out=tmp_path / "m2.npz", resume=bad)
     try:
         code = train.main(argv)
     except SystemExit as exit_info:
@@ -425,17 +366,7 @@ def test_a_checkpoint_that_cannot_be_written_leaves_the_previous_one(data_300, t
         m.setattr(train, "StopRequest", lambda: StopAfter(2))
         m.setattr(np, "savez", no_space)
         code = train.main(
-            [
-                "--data-dir",
-                data_300,
-                "--no-verify",
-                "--limit",
-                "64",
-                "--batch-size",
-                "32",
-                "--out",
-                str(tmp_path / "m.npz"),
-            ]
+            flags(data_dir=data_300, no_verify=True, limit=64, batch_size=32, out=str(tmp_path / "m.npz"))
         )
     assert code == 130
     assert "the checkpoint could not be written" in capsys.readouterr().err
@@ -463,21 +394,7 @@ def test_divergence_names_epoch_and_step_and_keeps_existing_files(data_300, tmp_
     out, checkpoint = tmp_path / "m.npz", tmp_path / "m.ckpt.npz"
     out.write_bytes(b"the last good model")
     checkpoint.write_bytes(b"the last good checkpoint")
-    code = train.main(
-        [
-            "--data-dir",
-            data_300,
-            "--no-verify",
-            "--epochs",
-            "3",
-            "--optimizer",
-            "sgd",
-            "--lr",
-            "1e30",
-            "--out",
-            str(out),
-        ]
-    )
+    code = train.main(flags(data_dir=data_300, no_verify=True, epochs=3, optimizer="sgd", lr="1e30", out=str(out)))
     err = capsys.readouterr().err
     assert code == 1
     assert re.search(r"diverged in epoch 1: the loss became (nan|inf|-inf) at step \d+ of 3\b", err), err

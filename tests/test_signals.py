@@ -22,6 +22,7 @@ import time
 
 import pytest
 
+from _argv import flags
 from _idx_helpers import synthetic_mnist, write_mnist_dir
 from _pty import open_terminal
 from cnnfast import nn
@@ -192,15 +193,7 @@ def test_a_second_ctrl_c_during_training_stops_at_once(tmp_path):
                 sys.executable,
                 "-m",
                 "cnnfast.train",
-                "--data-dir",
-                str(data),
-                "--no-verify",
-                "--batch-size",
-                "3000",
-                "--threads",
-                "1",
-                "--out",
-                str(tmp_path / "m.npz"),
+                *flags(data_dir=str(data), no_verify=True, batch_size=3000, threads=1, out=str(tmp_path / "m.npz")),
             ],
             stdin=subprocess.DEVNULL,
             stdout=slave,

@@ -7,18 +7,10 @@ import sys
 import pytest
 
 import cnnfast
-from _idx_helpers import synthetic_mnist, write_mnist_dir
+from _argv import flags
 from cnnfast import mnist, train
 from cnnfast.datasets import load_mnist
 from conftest import mnist_dir
-
-
-@pytest.fixture
-def synthetic_dir(tmp_path):
-    directory = tmp_path / "data"
-    directory.mkdir()
-    write_mnist_dir(directory, synthetic_mnist(n_train=300, n_test=50, seed=1))
-    return str(directory)
 
 
 @pytest.mark.parametrize(
@@ -86,19 +78,7 @@ def test_train_says_which_data_directory_it_read(synthetic_dir, tmp_path, monkey
 def test_one_thread_is_singular(synthetic_dir, tmp_path, capsys, threads):
     assert (
         train.main(
-            [
-                "--data-dir",
-                synthetic_dir,
-                "--no-verify",
-                "--epochs",
-                "1",
-                "--limit",
-                "32",
-                "--threads",
-                "1",
-                "--out",
-                str(tmp_path / "m.npz"),
-            ]
+            flags(data_dir=synthetic_dir, no_verify=True, epochs=1, limit=32, threads=1, out=str(tmp_path / "m.npz"))
         )
         == 0
     )
@@ -131,21 +111,15 @@ def test_same_seed_gives_bit_identical_weights(synthetic_dir, tmp_path, threads)
         out = tmp_path / name
         assert (
             train.main(
-                [
-                    "--data-dir",
-                    synthetic_dir,
-                    "--no-verify",
-                    "--epochs",
-                    "2",
-                    "--batch-size",
-                    "32",
-                    "--seed",
-                    str(seed),
-                    "--threads",
-                    "2",
-                    "--out",
-                    str(out),
-                ]
+                flags(
+                    data_dir=synthetic_dir,
+                    no_verify=True,
+                    epochs=2,
+                    batch_size=32,
+                    seed=str(seed),
+                    threads=2,
+                    out=str(out),
+                )
             )
             == 0
         )
@@ -159,20 +133,7 @@ def test_same_seed_gives_bit_identical_weights(synthetic_dir, tmp_path, threads)
 def test_json_output_and_sgd(synthetic_dir, tmp_path, capsys):
     out = tmp_path / "m.npz"
     code = train.main(
-        [
-            "--data-dir",
-            synthetic_dir,
-            "--no-verify",
-            "--epochs",
-            "1",
-            "--optimizer",
-            "sgd",
-            "--limit",
-            "100",
-            "--out",
-            str(out),
-            "--json",
-        ]
+        flags(data_dir=synthetic_dir, no_verify=True, epochs=1, optimizer="sgd", limit=100, out=str(out), json=True)
     )
     assert code == 0
     captured = capsys.readouterr()
@@ -185,21 +146,7 @@ def test_json_output_and_sgd(synthetic_dir, tmp_path, capsys):
 
 def test_divergence_stops_with_a_message_and_saves_nothing(synthetic_dir, tmp_path, capsys):
     out = tmp_path / "m.npz"
-    code = train.main(
-        [
-            "--data-dir",
-            synthetic_dir,
-            "--no-verify",
-            "--epochs",
-            "3",
-            "--optimizer",
-            "sgd",
-            "--lr",
-            "1e30",
-            "--out",
-            str(out),
-        ]
-    )
+    code = train.main(flags(data_dir=synthetic_dir, no_verify=True, epochs=3, optimizer="sgd", lr="1e30", out=str(out)))
     err = capsys.readouterr().err
     assert code == 1
     assert "diverged in epoch 1" in err and "lower learning rate" in err

@@ -2,6 +2,10 @@
 and how it ends.
 
 - `argument_parser`: argparse with abbreviations off (`--epoch 3` is an error, not `--epochs 3`).
+- `add_model_argument`, `add_data_arguments`: the flags every command that reads a model or
+  MNIST has, spelled and explained once.
+- `check_plot_arg`, `can_plot`: --plot checked before any work (a bad name is exit 2, no
+  matplotlib exit 1).
 - `check_model_arg` and `load_model`: --model, checked before any work (a directory is a bad
   argument, exit 2), then loaded with one message for a missing or unreadable file (exit 1).
 - `load_mnist`: MNIST for a command's --data-dir / --no-verify; one line on stderr says which
@@ -18,7 +22,7 @@ import os
 import signal
 import sys
 
-from . import datasets, nn
+from . import datasets, nn, plots
 
 
 class Interrupted(KeyboardInterrupt):
@@ -35,6 +39,46 @@ def argument_parser(**kwargs) -> argparse.ArgumentParser:
 
 
 DEFAULT_MODEL = "mnist_cnn.npz"
+
+
+def add_model_argument(parser: argparse.ArgumentParser) -> None:
+    """--model FILE, the model a command reads (default mnist_cnn.npz)."""
+    parser.add_argument(
+        "--model", default=DEFAULT_MODEL, help=f"the model file from python -m cnnfast.train (default {DEFAULT_MODEL})"
+    )
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, default=False) -> None:
+    """--data-dir and --no-verify, for a command that reads MNIST (`default`: --no-verify's
+    value when not given; train uses None, to tell "not given" from a resumed run's setting)."""
+    parser.add_argument(
+        "--data-dir", default=None, help="directory holding the four MNIST IDX files (plain or .gz); it must hold them"
+    )
+    parser.add_argument(
+        "--no-verify",
+        action="store_true",
+        default=default,
+        help="accept IDX files whose SHA-256 differs from the official MNIST",
+    )
+
+
+def check_plot_arg(parser: argparse.ArgumentParser, path) -> None:
+    """--plot, when given, names a .png, .pdf or .svg file in an existing directory (exit 2 if not)."""
+    if path is not None and plots.plot_path_problem(path):
+        parser.error(f"--plot {plots.plot_path_problem(path)}")
+
+
+def can_plot(path) -> bool:
+    """True without --plot (`path` None) or with matplotlib; else False after saying on stderr
+    what to install (the command then exits with status 1, before any work)."""
+    if path is None:
+        return True
+    try:
+        plots.figure_class()
+    except plots.PlotUnavailable as error:
+        print(f"error: {error}", file=sys.stderr)
+        return False
+    return True
 
 
 def check_model_arg(parser: argparse.ArgumentParser, path) -> None:

@@ -1,4 +1,5 @@
-"""Writing a file atomically, with the permissions any other program would give it.
+"""Writing a file atomically, with the permissions any other program would give it; reading an
+.npz archive without ever unpickling.
 
 Every file cnnfast writes (models, checkpoints, metrics CSVs, ONNX graphs, downloaded MNIST
 files) goes through :func:`atomic_write`: the content is written to a temporary file in the
@@ -13,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+
+import numpy as np
 
 
 def current_umask() -> int:
@@ -45,3 +48,34 @@ def atomic_write(path, mode: str = "wb", *, check=None, **open_args):
         with contextlib.suppress(OSError):
             os.unlink(temp)
         raise
+
+
+def is_npz(file) -> bool:
+    """Whether an open binary file starts like a zip archive (an .npz), leaving its position at 0."""
+    start = file.read(4)
+    file.seek(0)
+    return start in (b"PK\x03\x04", b"PK\x05\x06")  # a local file header, or an empty archive
+
+
+def read_npz(path, parse, error: type[Exception], what: str, written_by: str):
+    """parse(archive) of the .npz archive at `path` (a cnnfast model or checkpoint), read with
+    allow_pickle=False. Raises `error` naming the file when it is not an .npz archive (numpy
+    would take anything else for a pickle and advise unpickling it), when numpy or zipfile
+    cannot read it, or as `parse` raised it; `what` ("model") and `written_by` (the program
+    that writes one) word the message. FileNotFoundError and other errors opening the file
+    pass through (their messages name the path)."""
+    path = os.fspath(path)
+    with open(path, "rb") as file:
+        if not is_npz(file):
+            raise error(f"{path}: not a cnnfast {what} file (a {what} is the .npz archive that {written_by} writes)")
+        try:
+            loaded = np.load(file, allow_pickle=False)
+            if not isinstance(loaded, np.lib.npyio.NpzFile):
+                raise error(f"not a cnnfast {what} (a .npy array, not an .npz archive)")
+            with loaded:
+                return parse(loaded)
+        except error as problem:
+            raise error(f"{path}: {problem}") from None
+        except Exception as problem:  # noqa: BLE001 - whatever a damaged archive makes zipfile,
+            # numpy's .npy parser (ValueError, TokenError, MemoryError, ...) or json raise
+            raise error(f"{path}: not a readable cnnfast {what} ({type(problem).__name__}: {problem})") from None

@@ -26,9 +26,8 @@ import os
 
 import numpy as np
 
-from ._files import atomic_write
+from ._files import atomic_write, read_npz
 from .nn import FORMAT as MODEL_FORMAT
-from .nn import is_npz
 
 FORMAT = "cnnfast-checkpoint-v2"
 OLD_FORMATS = ("cnnfast-checkpoint-v1",)  # did not hold the run's settings: cannot be resumed alone
@@ -151,26 +150,7 @@ def save(checkpoint: Checkpoint, path) -> str:
 def load(path) -> Checkpoint:
     """Read a checkpoint written by `save`; a CheckpointError naming the file if it is not one.
     Never unpickles. (FileNotFoundError and other errors opening the file pass through.)"""
-    path = os.fspath(path)
-    with open(path, "rb") as file:
-        if not is_npz(file):  # numpy would take anything else for a pickle and advise unpickling it
-            raise CheckpointError(
-                f"{path}: not a cnnfast checkpoint (a checkpoint is the .npz archive "
-                "that an interrupted python -m cnnfast.train writes)"
-            )
-        try:
-            loaded = np.load(file, allow_pickle=False)
-            if not isinstance(loaded, np.lib.npyio.NpzFile):
-                raise CheckpointError("not a cnnfast checkpoint (a .npy array, not an .npz archive)")
-            with loaded:
-                return _from_npz(loaded)
-        except CheckpointError as error:
-            raise CheckpointError(f"{path}: {error}") from None
-        except Exception as error:  # noqa: BLE001 - whatever a damaged archive makes zipfile,
-            # numpy's .npy parser (ValueError, TokenError, MemoryError, ...) or json raise
-            raise CheckpointError(
-                f"{path}: not a readable cnnfast checkpoint ({type(error).__name__}: {error})"
-            ) from None
+    return read_npz(path, _from_npz, CheckpointError, "checkpoint", "an interrupted python -m cnnfast.train")
 
 
 def _from_npz(f) -> Checkpoint:

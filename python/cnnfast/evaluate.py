@@ -21,7 +21,16 @@ import textwrap
 import numpy as np
 
 from . import mnist, plots
-from ._cli import argument_parser, check_model_arg, load_mnist, load_model
+from ._cli import (
+    add_data_arguments,
+    add_model_argument,
+    argument_parser,
+    can_plot,
+    check_model_arg,
+    check_plot_arg,
+    load_mnist,
+    load_model,
+)
 from ._terminal import digit_picture, picture_grid
 from .mnist import CLASSES, scores
 
@@ -186,21 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
         "$CNNFAST_DATA or ~/.cache/cnnfast/mnist, downloaded there if missing. Exit status: 0 done, "
         "1 no data, no or a bad model, or --plot without matplotlib (pip install cnnfast[plot]), 2 bad arguments.",
     )
-    p.add_argument(
-        "--model", default="mnist_cnn.npz", help="the model file from python -m cnnfast.train (default mnist_cnn.npz)"
-    )
+    add_model_argument(p)
     p.add_argument(
         "--split",
         choices=["test", "train"],
         default="test",
         help="the 10,000 test images or the 60,000 training images (default test)",
     )
-    p.add_argument(
-        "--data-dir", default=None, help="directory holding the four MNIST IDX files (plain or .gz); it must hold them"
-    )
-    p.add_argument(
-        "--no-verify", action="store_true", help="accept IDX files whose SHA-256 differs from the official MNIST"
-    )
+    add_data_arguments(p)
     p.add_argument(
         "--mistakes",
         type=int,
@@ -233,22 +235,15 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     if args.width < 40:
         parser.error(f"--width must be at least 40, got {args.width}")
     check_model_arg(parser, args.model)
-    if args.plot is not None:
-        problem = plots.plot_path_problem(args.plot)
-        if problem:
-            parser.error(f"--plot {problem}")
+    check_plot_arg(parser, args.plot)
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_args(parser, args)
-    if args.plot is not None:
-        try:
-            plots.figure_class()
-        except plots.PlotUnavailable as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 1
+    if not can_plot(args.plot):
+        return 1
     model = load_model(args.model)
     if model is None:
         return 1

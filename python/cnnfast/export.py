@@ -25,7 +25,7 @@ import sys
 import numpy as np
 
 from . import __version__, nn
-from ._cli import argument_parser, check_model_arg, load_model
+from ._cli import add_model_argument, argument_parser, check_model_arg, load_model
 from ._files import atomic_write
 from .nn import Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, Sequential
 
@@ -203,9 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Exit status: 0 done, 1 no or a bad model, onnx missing, or --check found a difference, "
         "2 bad arguments.",
     )
-    p.add_argument(
-        "--model", default="mnist_cnn.npz", help="the model file from python -m cnnfast.train (default mnist_cnn.npz)"
-    )
+    add_model_argument(p)
     p.add_argument("--onnx", required=True, metavar="FILE.onnx", help="where to write the ONNX graph")
     p.add_argument(
         "--check",

@@ -20,7 +20,7 @@ import os
 import numpy as np
 
 from . import functional as F
-from ._files import atomic_write
+from ._files import atomic_write, read_npz
 
 FORMAT = "cnnfast-model-v1"
 
@@ -493,33 +493,10 @@ def from_architecture(architecture: list[dict], seed: int = 0) -> Sequential:
     return Sequential(*layers)
 
 
-def is_npz(file) -> bool:
-    """Whether an open binary file starts like a zip archive (an .npz), leaving its position at 0."""
-    start = file.read(4)
-    file.seek(0)
-    return start in (b"PK\x03\x04", b"PK\x05\x06")  # a local file header, or an empty archive
-
-
 def load_model(path) -> Sequential:
     """Load a model written by `Sequential.save`. Never unpickles; a ModelFormatError (a
     ValueError) naming the file if it is not a cnnfast model or its weights do not fit."""
-    path = os.fspath(path)
-    with open(path, "rb") as file:  # FileNotFoundError as is: the message names the path
-        if not is_npz(file):  # numpy would take anything else for a pickle and advise unpickling it
-            raise ModelFormatError(
-                f"{path}: not a cnnfast model file (a model is the .npz archive that "
-                "python -m cnnfast.train or model.save writes)"
-            )
-        try:
-            loaded = np.load(file, allow_pickle=False)
-            if not isinstance(loaded, np.lib.npyio.NpzFile):
-                raise ModelFormatError("not a cnnfast model (a .npy array, not an .npz archive)")
-            with loaded:
-                return _model_from_npz(loaded)
-        except ModelFormatError as error:
-            raise ModelFormatError(f"{path}: {error}") from None
-        except Exception as error:  # numpy's zip and .npy parsers raise many kinds on damaged bytes
-            raise ModelFormatError(f"{path}: not a readable cnnfast model ({type(error).__name__}: {error})") from None
+    return read_npz(path, _model_from_npz, ModelFormatError, "model", "python -m cnnfast.train or model.save")
 
 
 def _model_from_npz(f) -> Sequential:

@@ -26,7 +26,7 @@ import warnings
 
 import numpy as np
 
-from ._cli import argument_parser, check_model_arg, load_model
+from ._cli import add_model_argument, argument_parser, check_model_arg, load_model
 from ._terminal import digit_picture
 from .mnist import probabilities
 
@@ -300,9 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, one digit each")
-    p.add_argument(
-        "--model", default="mnist_cnn.npz", help="the model file from python -m cnnfast.train (default mnist_cnn.npz)"
-    )
+    add_model_argument(p)
     p.add_argument(
         "--show",
         action="store_true",

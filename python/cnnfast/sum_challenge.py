@@ -28,7 +28,16 @@ import textwrap
 import numpy as np
 
 from . import mnist, plots, train
-from ._cli import argument_parser, check_model_arg, load_mnist, load_model
+from ._cli import (
+    add_data_arguments,
+    add_model_argument,
+    argument_parser,
+    can_plot,
+    check_model_arg,
+    check_plot_arg,
+    load_mnist,
+    load_model,
+)
 from ._terminal import digit_picture, histogram, picture_grid
 
 TARGET = 45  # 0 + 1 + ... + 9
@@ -339,15 +348,12 @@ def build_parser() -> argparse.ArgumentParser:
             a bad model, no trial possible or no matplotlib, 2 bad arguments; 130 (143) after
             Ctrl-C (SIGTERM)."""),
     )
-    p.add_argument("--model", default="mnist_cnn.npz", help="the model file (default mnist_cnn.npz)")
+    add_model_argument(p)
     p.add_argument("--trials", type=int, default=1000, help="number of trials (default 1000)")
     p.add_argument("--mode", choices=list(MODES), default="per-class", help="which sum (default per-class)")
     p.add_argument("--split", choices=["test", "train"], default="test", help="where images come from (default test)")
     p.add_argument("--seed", type=int, default=0, help="seed for picking images (default 0)")
-    p.add_argument(
-        "--data-dir", default=None, help="directory holding the four MNIST IDX files (plain or .gz); it must hold them"
-    )
-    p.add_argument("--no-verify", action="store_true", help="accept IDX files that are not the official MNIST")
+    add_data_arguments(p)
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout (text goes to stderr)")
     p.add_argument("--plot", metavar="FILE.png", help="also draw the first trial and the histogram (needs matplotlib)")
     p.add_argument("--width", type=int, default=120, help="terminal columns for the text (default 120, at least 80)")
@@ -364,8 +370,7 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     check_model_arg(parser, args.model)
     if not os.path.exists(args.model) and not os.path.isdir(os.path.dirname(os.path.abspath(args.model))):
         parser.error(f"--model {args.model} does not exist and cannot be trained there: no such directory")
-    if args.plot is not None and plots.plot_path_problem(args.plot):
-        parser.error(f"--plot {plots.plot_path_problem(args.plot)}")
+    check_plot_arg(parser, args.plot)
 
 
 def main(argv=None) -> int:
@@ -373,12 +378,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     check_args(parser, args)
     log = sys.stderr if args.json else sys.stdout
-    if args.plot is not None:
-        try:
-            plots.figure_class()
-        except plots.PlotUnavailable as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 1
+    if not can_plot(args.plot):
+        return 1
     data = None
     if not os.path.exists(args.model):
         print(

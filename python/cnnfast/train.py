@@ -40,7 +40,7 @@ from . import checkpoint as ckpt
 from . import functional as F
 from . import get_num_threads, plots, set_num_threads
 from ._cli import Interrupted as CommandInterrupted
-from ._cli import argument_parser
+from ._cli import add_data_arguments, argument_parser, can_plot, check_plot_arg
 from ._cli import load_mnist as load_data
 from .checkpoint import CheckpointError, EpochState
 from .mnist import as_model_input
@@ -187,15 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=None, help="seed for initialisation, shuffling and dropout (default 0)")
     p.add_argument("--threads", type=int, default=None, help="OpenMP threads (default: all cores, or $OMP_NUM_THREADS)")
-    p.add_argument(
-        "--data-dir", default=None, help="directory holding the four MNIST IDX files (plain or .gz); it must hold them"
-    )
-    p.add_argument(
-        "--no-verify",
-        action="store_true",
-        default=None,
-        help="accept IDX files whose SHA-256 differs from the official MNIST",
-    )
+    add_data_arguments(p, default=None)
     p.add_argument(
         "--out",
         default=None,
@@ -264,8 +256,7 @@ def check_values(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
 
 def check_paths(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """--plot, --out and --checkpoint (defaults filled in) can be written (exit 2 if not)."""
-    if args.plot is not None and plots.plot_path_problem(args.plot):
-        parser.error(f"--plot {plots.plot_path_problem(args.plot)}")
+    check_plot_arg(parser, args.plot)
     for flag, path in (("--out", args.out), ("--checkpoint", args.checkpoint)):
         full = os.path.abspath(path)
         if os.path.isdir(full):
@@ -598,12 +589,8 @@ def save(run: Run, args, log) -> int:
 
 def main(argv=None) -> int:
     args, checkpoint = parse_args(argv)
-    if args.plot is not None:
-        try:
-            plots.figure_class()  # before any work: without matplotlib, say so now
-        except plots.PlotUnavailable as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 1
+    if not can_plot(args.plot):  # before any work: without matplotlib, say so now
+        return 1
     log = sys.stderr if args.json else sys.stdout  # with --json, stdout holds the JSON alone
     if args.threads is not None:
         set_num_threads(args.threads)
