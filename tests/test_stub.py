@@ -36,3 +36,13 @@ def test_functional_wraps_every_public_kernel():
     for name in F.__all__:
         assert callable(getattr(F, name)) and name in vars(_core)
         assert inspect.getdoc(getattr(F, name))
+
+
+def test_the_version_is_written_once_in_pyproject():
+    """__version__ and build_info()["version"] come from the installed metadata, which
+    pyproject.toml's version fills: no second copy to forget."""
+    pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    version = re.search(r'(?m)^version = "([^"]+)"$', pyproject).group(1)
+    assert cnnfast.__version__ == version == cnnfast.build_info()["version"]
+    init = Path(cnnfast.__file__).read_text()
+    assert version not in init
