@@ -52,3 +52,13 @@ def synthetic_dir(tmp_path):
     directory.mkdir()
     write_mnist_dir(directory, synthetic_mnist(n_train=300, n_test=50, seed=1))
     return str(directory)
+
+
+@pytest.fixture(autouse=True)
+def signal_handlers_left_as_they_were():
+    """No test (nor the code it calls in-process) may leave SIGINT or SIGTERM handled otherwise
+    than before it: the subprocesses of later tests would inherit an ignored Ctrl-C."""
+    import signal
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    yield
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before

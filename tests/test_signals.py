@@ -32,6 +32,13 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX F
 TIMEOUT = 60
 
 
+def ctrl_c_delivered():
+    """In the child: SIGINT to its default, as in a command run from a terminal (a shell's
+    background jobs, such as a CI script started with &, inherit SIGINT ignored, and Python then
+    leaves it ignored: no KeyboardInterrupt would come)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(args, tmp_path, **env):
     environment = {k: v for k, v in os.environ.items() if k not in ("CNNFAST_DATA", "CNNFAST_MNIST_MIRRORS")}
     environment.update({"XDG_CACHE_HOME": str(tmp_path / "cache"), "no_proxy": "*"}, **env)
@@ -42,6 +49,7 @@ def start(args, tmp_path, **env):
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        preexec_fn=ctrl_c_delivered,
     )
 
 
@@ -199,6 +207,7 @@ def test_a_second_ctrl_c_during_training_stops_at_once(tmp_path):
             stdout=slave,
             stderr=slave,
             cwd=tmp_path,
+            preexec_fn=ctrl_c_delivered,
         )
         os.close(slave)
         output, deadline = b"", time.monotonic() + TIMEOUT

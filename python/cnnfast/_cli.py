@@ -132,9 +132,18 @@ def run_command(main) -> int:
     on stderr and status 128 + the signal's number."""
     spec = getattr(main, "__globals__", {}).get("__spec__")  # run as __main__, named by its spec
     prog = "python -m " + (spec.name if spec is not None else getattr(main, "__module__", "cnnfast"))
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        if signal.getsignal(signum) is not signal.SIG_IGN:  # a signal ignored by the parent stays so
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    for signum, handler in before.items():
+        if handler is not signal.SIG_IGN:  # a signal ignored by the parent stays so
             signal.signal(signum, _raise_interrupted)
+    try:
+        return _run(main, prog)
+    finally:  # (called in-process, as the tests do, it leaves the caller's handlers as they were)
+        for signum, handler in before.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+
+
+def _run(main, prog: str) -> int:
     try:
         status = main()
         sys.stdout.flush()
