@@ -70,6 +70,7 @@ def run_and_signal(args, sig, after: bytes, timeout=180, done_before=0):
         stdout=slave,
         stderr=slave,
         close_fds=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # (as from a terminal)
     )
     os.close(slave)
     output, sent = b"", False
@@ -130,7 +131,7 @@ def test_sigint_and_sigterm_write_checkpoints_and_resume_is_bit_identical(data_2
 
     # Ctrl-C mid-epoch: exit 130 and a checkpoint with everything needed to continue
     state1, output = interrupt_mid_epoch(
-        common + ["--out", str(out), "--checkpoint", str(first)], signal.SIGINT, b" threads", first
+        common + ["--out", str(out), "--checkpoint", str(first)], signal.SIGINT, b" thread", first
     )
     assert "interrupted by SIGINT in epoch" in output and str(first) in output and "--resume" in output
     assert out.read_bytes() == b"a previous model"
