@@ -18,6 +18,7 @@ To compare an instruction set fairly on a machine that has wider ones, restrict 
 CNNFAST_ISA=avx2 ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2.
 The header states the CPU, cnnfast's ISA and PyTorch's CPU capability in use.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,8 +62,13 @@ CONV_SHAPES = [
     ("1x1 256->64 8x8", 256, 8, 8, 64, 1, 1, 0),
 ]
 POOL_SHAPES = [("pool2 32x26x26", 32, 26, 26, 2), ("pool2 64x16x16", 64, 16, 16, 2), ("pool3 32x27x27", 32, 27, 27, 3)]
-DENSE_SHAPES = [("dense 1600->10", 1600, 10), ("dense 2048->10", 2048, 10), ("dense 400->120", 400, 120),
-                ("dense 512->4096", 512, 4096), ("dense 4096->1000", 4096, 1000)]
+DENSE_SHAPES = [
+    ("dense 1600->10", 1600, 10),
+    ("dense 2048->10", 2048, 10),
+    ("dense 400->120", 400, 120),
+    ("dense 512->4096", 512, 4096),
+    ("dense 4096->1000", 4096, 1000),
+]
 
 
 def cpu_name() -> str:
@@ -106,18 +112,33 @@ def conv_rows(batch: int, repeat: int, rng):
         first = C <= 3  # a first layer: no input gradient
         flops = 2.0 * batch * K * y.shape[2] * y.shape[3] * C * R * S
         with torch.no_grad():
-            ours, theirs = side_by_side(lambda: F.conv2d(x, w, b, padding=pad),
-                                        lambda: TF.conv2d(tx, tw, tb, padding=pad), repeat)
-        yield {"kind": "conv2d forward", "layer": name, "shape": [batch, C, H, W, K, R, S, pad],
-               "cnnfast_ms": 1e3 * ours, "torch_ms": 1e3 * theirs, "gflops": flops / ours / 1e9}
+            ours, theirs = side_by_side(
+                lambda: F.conv2d(x, w, b, padding=pad), lambda: TF.conv2d(tx, tw, tb, padding=pad), repeat
+            )
+        yield {
+            "kind": "conv2d forward",
+            "layer": name,
+            "shape": [batch, C, H, W, K, R, S, pad],
+            "cnnfast_ms": 1e3 * ours,
+            "torch_ms": 1e3 * theirs,
+            "gflops": flops / ours / 1e9,
+        }
         mask = [not first, True, True]
         ours, theirs = side_by_side(
             lambda: F.conv2d_backward(x, w, dy, padding=pad, input_grad=not first),
-            lambda: torch.ops.aten.convolution_backward(tdy, tx, tw, [K], [1, 1], [pad, pad], [1, 1], False,
-                                                        [0, 0], 1, mask), repeat)
-        yield {"kind": "conv2d backward", "layer": name + (" (no dx)" if first else ""),
-               "shape": [batch, C, H, W, K, R, S, pad], "cnnfast_ms": 1e3 * ours, "torch_ms": 1e3 * theirs,
-               "gflops": (2 if not first else 1) * flops / ours / 1e9}
+            lambda: torch.ops.aten.convolution_backward(
+                tdy, tx, tw, [K], [1, 1], [pad, pad], [1, 1], False, [0, 0], 1, mask
+            ),
+            repeat,
+        )
+        yield {
+            "kind": "conv2d backward",
+            "layer": name + (" (no dx)" if first else ""),
+            "shape": [batch, C, H, W, K, R, S, pad],
+            "cnnfast_ms": 1e3 * ours,
+            "torch_ms": 1e3 * theirs,
+            "gflops": (2 if not first else 1) * flops / ours / 1e9,
+        }
 
 
 def pool_rows(batch: int, repeat: int, rng):
@@ -126,8 +147,13 @@ def pool_rows(batch: int, repeat: int, rng):
         tx = torch.from_numpy(x)
         with torch.no_grad():
             ours, theirs = side_by_side(lambda: F.max_pool2d(x, k), lambda: TF.max_pool2d_with_indices(tx, k), repeat)
-        yield {"kind": "max_pool2d forward", "layer": name, "shape": [batch, C, H, W, k], "cnnfast_ms": 1e3 * ours,
-               "torch_ms": 1e3 * theirs}
+        yield {
+            "kind": "max_pool2d forward",
+            "layer": name,
+            "shape": [batch, C, H, W, k],
+            "cnnfast_ms": 1e3 * ours,
+            "torch_ms": 1e3 * theirs,
+        }
 
 
 def dense_rows(batch: int, repeat: int, rng):
@@ -139,12 +165,25 @@ def dense_rows(batch: int, repeat: int, rng):
         tx, tw, tb, tdy = (torch.from_numpy(a) for a in (x, w, b, dy))
         with torch.no_grad():
             ours, theirs = side_by_side(lambda: F.linear(x, w, b), lambda: TF.linear(tx, tw, tb), repeat)
-            yield {"kind": "linear forward", "layer": name, "shape": [batch, I, O], "cnnfast_ms": 1e3 * ours,
-                   "torch_ms": 1e3 * theirs, "gflops": 2.0 * batch * I * O / ours / 1e9}
-            ours, theirs = side_by_side(lambda: F.linear_backward(x, w, dy),
-                                        lambda: (tdy @ tw, tdy.t() @ tx, tdy.sum(0)), repeat)
-            yield {"kind": "linear backward", "layer": name, "shape": [batch, I, O], "cnnfast_ms": 1e3 * ours,
-                   "torch_ms": 1e3 * theirs, "gflops": 4.0 * batch * I * O / ours / 1e9}
+            yield {
+                "kind": "linear forward",
+                "layer": name,
+                "shape": [batch, I, O],
+                "cnnfast_ms": 1e3 * ours,
+                "torch_ms": 1e3 * theirs,
+                "gflops": 2.0 * batch * I * O / ours / 1e9,
+            }
+            ours, theirs = side_by_side(
+                lambda: F.linear_backward(x, w, dy), lambda: (tdy @ tw, tdy.t() @ tx, tdy.sum(0)), repeat
+            )
+            yield {
+                "kind": "linear backward",
+                "layer": name,
+                "shape": [batch, I, O],
+                "cnnfast_ms": 1e3 * ours,
+                "torch_ms": 1e3 * theirs,
+                "gflops": 4.0 * batch * I * O / ours / 1e9,
+            }
 
 
 def main(argv=None) -> int:
@@ -160,10 +199,17 @@ def main(argv=None) -> int:
 
     info = cnnfast.build_info()
     cpu = cpu_name()
-    header = {"cpu": cpu, "cnnfast_isa": info["isa"], "torch": torch.__version__,
-              "torch_capability": torch.backends.cpu.get_cpu_capability(), "loadavg": os.getloadavg()}
-    print(f"bench_layers: {cpu}; cnnfast {info['isa']} ({info['compiler']}); PyTorch {torch.__version__} "
-          f"({header['torch_capability']}); ratio = PyTorch time / cnnfast time")
+    header = {
+        "cpu": cpu,
+        "cnnfast_isa": info["isa"],
+        "torch": torch.__version__,
+        "torch_capability": torch.backends.cpu.get_cpu_capability(),
+        "loadavg": os.getloadavg(),
+    }
+    print(
+        f"bench_layers: {cpu}; cnnfast {info['isa']} ({info['compiler']}); PyTorch {torch.__version__} "
+        f"({header['torch_capability']}); ratio = PyTorch time / cnnfast time"
+    )
     rng = np.random.default_rng(0)
     rows = []
     kinds = {"conv": conv_rows, "pool": pool_rows, "dense": dense_rows}
@@ -178,8 +224,12 @@ def main(argv=None) -> int:
                     row.update(batch=batch, threads=threads, ratio=row["torch_ms"] / row["cnnfast_ms"])
                     rows.append(row)
                     gf = f"{row['gflops']:8.1f}" if "gflops" in row else " " * 8
-                    print(f"{threads}t b{batch:<4} {row['kind']:<19} {row['layer']:<34} cnnfast {row['cnnfast_ms']:9.3f} ms"
-                          f" {gf} GFLOP/s   torch {row['torch_ms']:9.3f} ms   {row['ratio']:5.2f}x", flush=True)
+                    print(
+                        f"{threads}t b{batch:<4} {row['kind']:<19} {row['layer']:<34} "
+                        f"cnnfast {row['cnnfast_ms']:9.3f} ms {gf} GFLOP/s   "
+                        f"torch {row['torch_ms']:9.3f} ms   {row['ratio']:5.2f}x",
+                        flush=True,
+                    )
     print("\nsummary (geometric mean of PyTorch time / cnnfast time; rows below 1.0x listed)")
     summary = {}
     for kind in sorted({r["kind"] for r in rows}):
@@ -190,12 +240,15 @@ def main(argv=None) -> int:
             geo = math.exp(sum(math.log(r["ratio"]) for r in sel) / len(sel))
             slow = [f"{r['layer']} b{r['batch']} {r['ratio']:.2f}x" for r in sel if r["ratio"] < 1.0]
             summary[f"{kind}, {threads} thread(s)"] = {"geomean": geo, "below_1x": slow}
-            print(f"  {kind:<19} {threads} thread(s): {geo:5.2f}x over {len(sel)} rows"
-                  + (f"; below 1.0x: {', '.join(slow)}" if slow else ""))
+            print(
+                f"  {kind:<19} {threads} thread(s): {geo:5.2f}x over {len(sel)} rows"
+                + (f"; below 1.0x: {', '.join(slow)}" if slow else "")
+            )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"benchmark": "cnnfast bench_layers", "machine": header, "rows": rows, "summary": summary}, f,
-                      indent=1)
+            json.dump(
+                {"benchmark": "cnnfast bench_layers", "machine": header, "rows": rows, "summary": summary}, f, indent=1
+            )
     return 0
 
 

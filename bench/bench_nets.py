@@ -19,6 +19,7 @@ the ratio cnnfast / PyTorch (above 1: cnnfast is faster). The header names the C
 instruction sets in use; restrict both sides as bench_layers.py's docstring says to measure a
 narrower ISA.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,31 +46,71 @@ except ImportError:  # pragma: no cover - a set-up problem
 
 
 def lenet5(rng):
-    return nn.Sequential(nn.Conv2d(1, 6, 5, rng=rng), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(6, 16, 5, rng=rng), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                         nn.Linear(400, 120, rng=rng), nn.ReLU(), nn.Linear(120, 84, rng=rng), nn.ReLU(),
-                         nn.Linear(84, 10, rng=rng))
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 5, rng=rng),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5, rng=rng),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(400, 120, rng=rng),
+        nn.ReLU(),
+        nn.Linear(120, 84, rng=rng),
+        nn.ReLU(),
+        nn.Linear(84, 10, rng=rng),
+    )
 
 
 def cifar_net(rng):
-    return nn.Sequential(nn.Conv2d(3, 32, 3, padding=1, rng=rng), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(32, 64, 3, padding=1, rng=rng), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(64, 128, 3, padding=1, rng=rng), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Flatten(), nn.Linear(2048, 10, rng=rng))
+    return nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1, rng=rng),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1, rng=rng),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(64, 128, 3, padding=1, rng=rng),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(2048, 10, rng=rng),
+    )
 
 
 def torch_lenet5():
     t = torch.nn
-    return t.Sequential(t.Conv2d(1, 6, 5), t.ReLU(), t.MaxPool2d(2), t.Conv2d(6, 16, 5), t.ReLU(), t.MaxPool2d(2),
-                        t.Flatten(), t.Linear(400, 120), t.ReLU(), t.Linear(120, 84), t.ReLU(), t.Linear(84, 10))
+    return t.Sequential(
+        t.Conv2d(1, 6, 5),
+        t.ReLU(),
+        t.MaxPool2d(2),
+        t.Conv2d(6, 16, 5),
+        t.ReLU(),
+        t.MaxPool2d(2),
+        t.Flatten(),
+        t.Linear(400, 120),
+        t.ReLU(),
+        t.Linear(120, 84),
+        t.ReLU(),
+        t.Linear(84, 10),
+    )
 
 
 def torch_cifar_net():
     t = torch.nn
-    return t.Sequential(t.Conv2d(3, 32, 3, padding=1), t.ReLU(), t.MaxPool2d(2),
-                        t.Conv2d(32, 64, 3, padding=1), t.ReLU(), t.MaxPool2d(2),
-                        t.Conv2d(64, 128, 3, padding=1), t.ReLU(), t.MaxPool2d(2),
-                        t.Flatten(), t.Linear(2048, 10))
+    return t.Sequential(
+        t.Conv2d(3, 32, 3, padding=1),
+        t.ReLU(),
+        t.MaxPool2d(2),
+        t.Conv2d(32, 64, 3, padding=1),
+        t.ReLU(),
+        t.MaxPool2d(2),
+        t.Conv2d(64, 128, 3, padding=1),
+        t.ReLU(),
+        t.MaxPool2d(2),
+        t.Flatten(),
+        t.Linear(2048, 10),
+    )
 
 
 NETS = {"lenet5": (lenet5, torch_lenet5, (1, 32, 32)), "cifar": (cifar_net, torch_cifar_net, (3, 32, 32))}
@@ -112,8 +153,10 @@ def main(argv=None) -> int:
         p.error("--threads, --batch, --steps and --rounds need positive values")
     info = cnnfast.build_info()
     cpu = cpu_name()
-    print(f"bench_nets: {cpu}; cnnfast {info['isa']}; PyTorch {torch.__version__} "
-          f"({torch.backends.cpu.get_cpu_capability()}); batch {args.batch}, {args.steps} steps a round")
+    print(
+        f"bench_nets: {cpu}; cnnfast {info['isa']}; PyTorch {torch.__version__} "
+        f"({torch.backends.cpu.get_cpu_capability()}); batch {args.batch}, {args.steps} steps a round"
+    )
     rng = np.random.default_rng(0)
     results = []
     for name in args.nets:
@@ -128,22 +171,40 @@ def main(argv=None) -> int:
             torch.manual_seed(0)
             model, tmodel = make(np.random.default_rng(0)), make_torch()
             opt, topt = Adam(model.parameters()), torch.optim.Adam(tmodel.parameters())
-            cnnfast_steps(model, opt, ours_batches[:args.warmup])
-            torch_steps(tmodel, topt, torch_batches[:args.warmup])
+            cnnfast_steps(model, opt, ours_batches[: args.warmup])
+            torch_steps(tmodel, topt, torch_batches[: args.warmup])
             ours, theirs = [], []
             for _ in range(args.rounds):
                 ours.append(images_per_second(lambda b: cnnfast_steps(model, opt, b), ours_batches, args.batch))
                 theirs.append(images_per_second(lambda b: torch_steps(tmodel, topt, b), torch_batches, args.batch))
-            row = {"net": name, "threads": threads, "batch": args.batch, "cnnfast_img_s": max(ours),
-                   "torch_img_s": max(theirs), "ratio": max(ours) / max(theirs)}
+            row = {
+                "net": name,
+                "threads": threads,
+                "batch": args.batch,
+                "cnnfast_img_s": max(ours),
+                "torch_img_s": max(theirs),
+                "ratio": max(ours) / max(theirs),
+            }
             results.append(row)
-            print(f"{name:<8} {threads} thread(s): cnnfast {row['cnnfast_img_s']:9,.0f} img/s   "
-                  f"PyTorch {row['torch_img_s']:9,.0f} img/s   {row['ratio']:5.2f}x", flush=True)
+            print(
+                f"{name:<8} {threads} thread(s): cnnfast {row['cnnfast_img_s']:9,.0f} img/s   "
+                f"PyTorch {row['torch_img_s']:9,.0f} img/s   {row['ratio']:5.2f}x",
+                flush=True,
+            )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"benchmark": "cnnfast bench_nets", "cpu": cpu, "cnnfast_isa": info["isa"],
-                       "torch_capability": torch.backends.cpu.get_cpu_capability(), "loadavg": os.getloadavg(),
-                       "results": results}, f, indent=1)
+            json.dump(
+                {
+                    "benchmark": "cnnfast bench_nets",
+                    "cpu": cpu,
+                    "cnnfast_isa": info["isa"],
+                    "torch_capability": torch.backends.cpu.get_cpu_capability(),
+                    "loadavg": os.getloadavg(),
+                    "results": results,
+                },
+                f,
+                indent=1,
+            )
     return 0
 
 

@@ -59,6 +59,7 @@ def signal_handlers_left_as_they_were():
     """No test (nor the code it calls in-process) may leave SIGINT or SIGTERM handled otherwise
     than before it: the subprocesses of later tests would inherit an ignored Ctrl-C."""
     import signal
+
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     yield
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before

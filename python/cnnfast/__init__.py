@@ -12,7 +12,10 @@ import warnings as _warnings
 from . import _core
 
 # The version is written once, in pyproject.toml; the installed package's metadata carries it.
-__version__ = _metadata.version("cnnfast")
+try:
+    __version__ = _metadata.version("cnnfast")
+except _metadata.PackageNotFoundError:  # imported from a source tree that is not installed
+    __version__ = "0+unknown"
 
 
 _warned_no_openmp = False

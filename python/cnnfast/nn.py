@@ -439,11 +439,6 @@ class Sequential:
         return path
 
 
-# MNIST's input preparation moved to cnnfast.mnist; bench/bench_train.py (being changed by other
-# work) still imports it from here, until it takes it from there.
-from .mnist import as_model_input  # noqa: E402, F401
-
-
 def mnist_cnn(seed: int = 0) -> Sequential:
     """The classic Keras MNIST convnet (34,826 parameters):
     Conv2d(1,32,3) ReLU MaxPool2d(2) Conv2d(32,64,3) ReLU MaxPool2d(2) Flatten Dropout(0.5) Linear(1600,10)."""
