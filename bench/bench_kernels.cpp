@@ -19,9 +19,9 @@
 //    ports busy through a 4-cycle latency), compiled once per instruction set with
 //    __attribute__((target)) and run for each one the CPU supports, on 1 thread and on N
 //    threads (one copy per OpenMP thread). 2 FLOP per FMA lane (baseline: a multiply and an
-//    add). Rows are compared with the peak of the ISA in use (--isa), else the widest's. Best of 3 runs, measured at the start and
-//    again at the end; a warning is printed when the two disagree or N threads do not reach
-//    ~N times one thread (another process holds a core: the kernel timings are then unreliable).
+//    add). Rows are compared with the peak of the ISA in use (--isa), else the widest's. Best of 3 runs, measured at
+//    the start and again at the end; a warning is printed when the two disagree or N threads do not reach ~N times one
+//    thread (another process holds a core: the kernel timings are then unreliable).
 // 2. Bandwidth: a STREAM-style triad a = b + s*c, 1 and N threads, counting 12 bytes per
 //    element as STREAM does, over arrays the size of the model's largest activation (relu1's
 //    input: 11 MB at batch 128), so it is the bandwidth of wherever that data lives (L3 here,
@@ -33,8 +33,8 @@
 //    and % of the measured peak (FLOP) and bandwidth (bytes) at the same thread count.
 //    FLOP counts are nominal: 2 per multiply-add for conv/linear/GEMM (bias terms not
 //    counted), one per element for relu/dropout, one compare per non-first window element for
-//    max-pool (one more per window for the fused ReLU), 4 per logit for softmax cross-entropy, 12 per parameter for Adam. Bytes are the
-//    compulsory traffic: every input read once, every output written once.
+//    max-pool (one more per window for the fused ReLU), 4 per logit for softmax cross-entropy, 12 per parameter for
+//    Adam. Bytes are the compulsory traffic: every input read once, every output written once.
 // The "training step" line sums the median times of the kernels one training step calls
 // (each Conv2d-ReLU-MaxPool2d block as one conv2d_relu_max_pool2d, conv1's backward without
 // dx, conv2's with it) and turns it into images/s: the ceiling for
@@ -42,7 +42,6 @@
 #include "gemm.hpp"
 #include "kernels.hpp"
 #include "parallel.hpp"
-
 
 #include <algorithm>
 #include <chrono>
@@ -71,34 +70,33 @@ namespace {
 
 using cnnfast::i64;
 
-double now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
+double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 
 // ---------------------------------------------------------------------------- options
 
 struct Options {
-  std::string json;     // --json FILE
-  int threads = 0;      // --threads N (0: OpenMP's default)
-  i64 batch = 128;      // --batch N
-  int repeat = 20;      // --repeat N
-  bool tiny = false;    // --tiny
-  std::string isa;      // --isa NAME
+  std::string json;           // --json FILE
+  int threads = 0;            // --threads N (0: OpenMP's default)
+  i64 batch = 128;            // --batch N
+  int repeat = 20;            // --repeat N
+  bool tiny = false;          // --tiny
+  std::string isa;            // --isa NAME
   double min_sample = 2e-4;   // seconds: a sample repeats a kernel until it lasts this long
   double peak_seconds = 0.1;  // per peak measurement
-  double bw_seconds = 0.2;       // triad: repeat for this long, keep the best
+  double bw_seconds = 0.2;    // triad: repeat for this long, keep the best
   i64 gemm_size = 1024;
 };
 
 void usage(FILE* out) {
   std::fprintf(out,
-      "usage: bench_kernels [--json FILE] [--threads N] [--batch N] [--repeat N] [--isa NAME] [--tiny]\n"
-      "  --json FILE   also write the results (and machine info, peak, ISA) as JSON to FILE\n"
-      "  --threads N   OpenMP threads for the kernels (default: OMP_NUM_THREADS or all cores)\n"
-      "  --batch N     batch size of the layer shapes (default 128)\n"
-      "  --repeat N    timed samples per kernel; the median is reported (default 20)\n"
-      "  --isa NAME    force every kernel to one instruction set: baseline, avx2, avx512 (x86-64) or neon (AArch64) (default: best supported)\n"
-      "  --tiny        batch 2, 3 samples, short peak loop, small GEMM: a smoke test for CI\n");
+               "usage: bench_kernels [--json FILE] [--threads N] [--batch N] [--repeat N] [--isa NAME] [--tiny]\n"
+               "  --json FILE   also write the results (and machine info, peak, ISA) as JSON to FILE\n"
+               "  --threads N   OpenMP threads for the kernels (default: OMP_NUM_THREADS or all cores)\n"
+               "  --batch N     batch size of the layer shapes (default 128)\n"
+               "  --repeat N    timed samples per kernel; the median is reported (default 20)\n"
+               "  --isa NAME    force every kernel to one instruction set: baseline, avx2, avx512 (x86-64) or neon "
+               "(AArch64) (default: best supported)\n"
+               "  --tiny        batch 2, 3 samples, short peak loop, small GEMM: a smoke test for CI\n");
 }
 
 bool parse_int(const char* s, long long lo, long long* out) {
@@ -365,8 +363,8 @@ struct Bench {
   bool progress = false;  // "timing ..." on stderr, when it is a terminal
   std::vector<Row> rows;
 
-  Row& add(const char* layer, const char* kernel, std::string shape, bool train, bool memory,
-           double flop, double bytes, int row_threads, const std::function<void()>& fn) {
+  Row& add(const char* layer, const char* kernel, std::string shape, bool train, bool memory, double flop, double bytes,
+           int row_threads, const std::function<void()>& fn) {
     Row r;
     r.layer = layer;
     r.kernel = kernel;
@@ -401,30 +399,32 @@ struct Bench {
     // skips dx in training, every other conv computes all three. Both variants are timed for
     // both layers; the one a training step does not call is starred.
     const std::string bshp = "x" + shape_str({N, C, H, W}) + " dy" + shape_str({N, K, Ho, Wo});
-    add(layer, "conv2d_backward dw,db*", bshp, false, false, flop,
-        4.0 * (nx + ny + nw + K), threads,
-        [&] { cnnfast::conv2d_backward(nullptr, dw.data(), db.data(), x.data(), w.data(), dy.data(), N, C, H, W, K, R, S, pad); });
-    add(layer, "conv2d_backward dx,dw,db*", bshp, false, false,
-        2 * flop, 4.0 * (nx + ny + nw + K + nw + nx), threads,
-        [&] { cnnfast::conv2d_backward(dx.data(), dw.data(), db.data(), x.data(), w.data(), dy.data(), N, C, H, W, K, R, S, pad); });
+    add(layer, "conv2d_backward dw,db*", bshp, false, false, flop, 4.0 * (nx + ny + nw + K), threads, [&] {
+      cnnfast::conv2d_backward(nullptr, dw.data(), db.data(), x.data(), w.data(), dy.data(), N, C, H, W, K, R, S, pad);
+    });
+    add(layer, "conv2d_backward dx,dw,db*", bshp, false, false, 2 * flop, 4.0 * (nx + ny + nw + K + nw + nx), threads,
+        [&] {
+          cnnfast::conv2d_backward(dx.data(), dw.data(), db.data(), x.data(), w.data(), dy.data(), N, C, H, W, K, R, S,
+                                   pad);
+        });
     // The block a training step calls: conv2d + ReLU + max_pool2d(2) in one kernel, forward and
     // backward (from the pooled gradient and the forward's argmax). FLOP: the convolution's.
     const i64 Hq = Ho / 2, Wq = Wo / 2;
     Buffer<float> py(N * K * Hq * Wq), pdy = random_floats(N * K * Hq * Wq);
     Buffer<std::int32_t> argmax(N * K * Hq * Wq);
     const std::string fshp = shp + " -> " + shape_str({N, K, Hq, Wq});
-    add(layer, "conv+relu+pool forward", fshp, true, false, flop, 4.0 * (nx + nw + K + 2.0 * N * K * Hq * Wq),
-        threads, [&] {
-          cnnfast::conv2d_relu_max_pool2d_forward(py.data(), argmax.data(), x.data(), w.data(), b.data(), N, C, H, W,
-                                                  K, R, S, pad, 2);
+    add(layer, "conv+relu+pool forward", fshp, true, false, flop, 4.0 * (nx + nw + K + 2.0 * N * K * Hq * Wq), threads,
+        [&] {
+          cnnfast::conv2d_relu_max_pool2d_forward(py.data(), argmax.data(), x.data(), w.data(), b.data(), N, C, H, W, K,
+                                                  R, S, pad, 2);
         });
-    add(layer, first_layer ? "conv+relu+pool bwd dw,db" : "conv+relu+pool bwd dw,db*", bshp, first_layer, false,
-        flop, 4.0 * (nx + 2.0 * N * K * Hq * Wq + nw + K), threads, [&] {
+    add(layer, first_layer ? "conv+relu+pool bwd dw,db" : "conv+relu+pool bwd dw,db*", bshp, first_layer, false, flop,
+        4.0 * (nx + 2.0 * N * K * Hq * Wq + nw + K), threads, [&] {
           cnnfast::conv2d_relu_max_pool2d_backward(nullptr, dw.data(), db.data(), x.data(), w.data(), pdy.data(),
                                                    argmax.data(), N, C, H, W, K, R, S, pad, 2);
         });
-    add(layer, first_layer ? "conv+relu+pool bwd dx,dw,db*" : "conv+relu+pool bwd dx,dw,db", bshp, !first_layer,
-        false, 2 * flop, 4.0 * (nx + 2.0 * N * K * Hq * Wq + nw + K + nw + nx), threads, [&] {
+    add(layer, first_layer ? "conv+relu+pool bwd dx,dw,db*" : "conv+relu+pool bwd dx,dw,db", bshp, !first_layer, false,
+        2 * flop, 4.0 * (nx + 2.0 * N * K * Hq * Wq + nw + K + nw + nx), threads, [&] {
           cnnfast::conv2d_relu_max_pool2d_backward(dx.data(), dw.data(), db.data(), x.data(), w.data(), pdy.data(),
                                                    argmax.data(), N, C, H, W, K, R, S, pad, 2);
         });
@@ -445,11 +445,11 @@ struct Bench {
     Buffer<float> py(no), pdy = random_floats(no);
     Buffer<std::int32_t> argmax(no);
     const std::string pshp = shp + " -> " + shape_str({N, C, Ho, Wo});
-    add(pool_layer, "max_pool2d_forward*", pshp, false, true, double(no) * (k * k - 1), 4.0 * n + 8.0 * no,
-        threads, [&] { cnnfast::max_pool2d_forward(py.data(), argmax.data(), x.data(), N, C, H, W, k, false); });
+    add(pool_layer, "max_pool2d_forward*", pshp, false, true, double(no) * (k * k - 1), 4.0 * n + 8.0 * no, threads,
+        [&] { cnnfast::max_pool2d_forward(py.data(), argmax.data(), x.data(), N, C, H, W, k, false); });
     // Last, so that the backward below routes through the fused forward's argmax (-1: no gradient).
-    add(pool_layer, "max_pool2d_forward relu*", pshp, false, true, double(no) * k * k, 4.0 * n + 8.0 * no,
-        threads, [&] { cnnfast::max_pool2d_forward(py.data(), argmax.data(), x.data(), N, C, H, W, k, true); });
+    add(pool_layer, "max_pool2d_forward relu*", pshp, false, true, double(no) * k * k, 4.0 * n + 8.0 * no, threads,
+        [&] { cnnfast::max_pool2d_forward(py.data(), argmax.data(), x.data(), N, C, H, W, k, true); });
     add(pool_layer, "max_pool2d_backward*", shape_str({N, C, Ho, Wo}) + " -> " + shp, false, true, 0.0,
         8.0 * no + 4.0 * n, threads,
         [&] { cnnfast::max_pool2d_backward(dx.data(), argmax.data(), pdy.data(), N, C, H, W, Ho, Wo); });
@@ -473,8 +473,8 @@ struct Bench {
     const std::string shp = "x" + shape_str({N, I}) + " w" + shape_str({O, I});
     add("fc", "linear_forward", shp, true, false, 2.0 * N * I * O, 4.0 * (nx + nw + O + ny), threads,
         [&] { cnnfast::linear_forward(y.data(), x.data(), w.data(), b.data(), N, I, O); });
-    add("fc", "linear_backward", shp + " -> dx,dw,db", true, false, 4.0 * N * I * O,
-        4.0 * (nx + nw + ny + nx + nw + O), threads,
+    add("fc", "linear_backward", shp + " -> dx,dw,db", true, false, 4.0 * N * I * O, 4.0 * (nx + nw + ny + nx + nw + O),
+        threads,
         [&] { cnnfast::linear_backward(dx.data(), dw.data(), db.data(), x.data(), w.data(), dy.data(), N, I, O); });
   }
 
@@ -483,9 +483,8 @@ struct Bench {
     Buffer<std::int64_t> labels(N);
     for (i64 i = 0; i < N; ++i) labels.data()[i] = i64(g_rng() % std::uint64_t(K));
     add("loss", "softmax_cross_entropy", shape_str({N, K}) + " int64 labels", true, true, 4.0 * N * K,
-        8.0 * N * K + 8.0 * N, threads, [&] {
-          g_sink[1] = float(cnnfast::softmax_cross_entropy(dlogits.data(), logits.data(), labels.data(), N, K));
-        });
+        8.0 * N * K + 8.0 * N, threads,
+        [&] { g_sink[1] = float(cnnfast::softmax_cross_entropy(dlogits.data(), logits.data(), labels.data(), N, K)); });
   }
 
   // One optimizer step of the whole model: one adam_step per parameter tensor, as cnnfast.optim.Adam does.
@@ -501,12 +500,12 @@ struct Bench {
       total += s;
     }
     i64 step = 0;
-    add("optim", "adam_step", std::to_string(total) + " params in 6 tensors", true, true, 12.0 * total,
-        28.0 * total, threads, [&] {
+    add("optim", "adam_step", std::to_string(total) + " params in 6 tensors", true, true, 12.0 * total, 28.0 * total,
+        threads, [&] {
           ++step;
           for (size_t t = 0; t < p.size(); ++t)
-            cnnfast::adam_step(p[t].data(), m[t].data(), v[t].data(), g[t].data(), p[t].n, step, 1e-3f, 0.9f,
-                               0.999f, 1e-8f, 0.0f);
+            cnnfast::adam_step(p[t].data(), m[t].data(), v[t].data(), g[t].data(), p[t].n, step, 1e-3f, 0.9f, 0.999f,
+                               1e-8f, 0.0f);
         });
   }
 
@@ -514,12 +513,10 @@ struct Bench {
     Buffer<float> a = random_floats(n * n), b = random_floats(n * n), c(n * n);
     const double flop = 2.0 * n * n * n, bytes = 4.0 * 3 * n * n;
     const std::string shp = shape_str({n, n}) + " x " + shape_str({n, n});
-    add("gemm", "sgemm_parallel", shp, false, false, flop, bytes, threads, [&] {
-      cnnfast::sgemm_parallel(false, false, n, n, n, a.data(), n, b.data(), n, c.data(), n, false);
-    });
-    add("gemm", "sgemm (1 thread)", shp, false, false, flop, bytes, 1, [&] {
-      cnnfast::sgemm(false, false, n, n, n, a.data(), n, b.data(), n, c.data(), n, false);
-    });
+    add("gemm", "sgemm_parallel", shp, false, false, flop, bytes, threads,
+        [&] { cnnfast::sgemm_parallel(false, false, n, n, n, a.data(), n, b.data(), n, c.data(), n, false); });
+    add("gemm", "sgemm (1 thread)", shp, false, false, flop, bytes, 1,
+        [&] { cnnfast::sgemm(false, false, n, n, n, a.data(), n, b.data(), n, c.data(), n, false); });
   }
 };
 
@@ -540,12 +537,14 @@ std::string json_str(const std::string& s) {
   std::string out = "\"";
   for (char ch : s) {
     const unsigned char c = static_cast<unsigned char>(ch);
-    if (c == '"' || c == '\\') out += '\\', out += ch;
+    if (c == '"' || c == '\\')
+      out += '\\', out += ch;
     else if (c < 0x20) {
       char buf[8];
       std::snprintf(buf, sizeof buf, "\\u%04x", c);
       out += buf;
-    } else out += ch;
+    } else
+      out += ch;
   }
   return out + "\"";
 }
@@ -655,13 +654,16 @@ int main(int argc, char** argv) {
   std::printf("bandwidth (triad, 3 x %.1f MiB)      %8.1f GB/s on 1 thread, %8.1f on %d\n",
               double(bw_elems) * 4 / (1 << 20), bw_one, bw_all, threads);
   if (threads > 1 && (machine.all < 0.8 * threads * machine.one || bw_all < 0.8 * bw_one * std::min(threads, 2)))
-    std::printf("WARNING: %d threads reach only %.2fx the 1-thread peak and %.2fx the 1-thread bandwidth: other\n"
-                "         processes are probably using the cores, so the timings below are unreliable.\n",
-                threads, machine.all / machine.one, bw_all / bw_one);
-  if (!o.tiny && (std::min(start_one, end_one) < 0.85 * machine.one || std::min(start_all, end_all) < 0.85 * machine.all))
-    std::printf("WARNING: the %s peak changed during the run (1 thread %.0f then %.0f, %d threads %.0f then %.0f\n"
-                "         GFLOP/s): the machine was busy for part of it, so the timings below are unreliable.\n",
-                machine.loop.isa, start_one, end_one, threads, start_all, end_all);
+    std::printf(
+        "WARNING: %d threads reach only %.2fx the 1-thread peak and %.2fx the 1-thread bandwidth: other\n"
+        "         processes are probably using the cores, so the timings below are unreliable.\n",
+        threads, machine.all / machine.one, bw_all / bw_one);
+  if (!o.tiny &&
+      (std::min(start_one, end_one) < 0.85 * machine.one || std::min(start_all, end_all) < 0.85 * machine.all))
+    std::printf(
+        "WARNING: the %s peak changed during the run (1 thread %.0f then %.0f, %d threads %.0f then %.0f\n"
+        "         GFLOP/s): the machine was busy for part of it, so the timings below are unreliable.\n",
+        machine.loop.isa, start_one, end_one, threads, start_all, end_all);
   std::printf("%%peak: of the %s peak at the row's threads; %%bw: of the triad bandwidth. median/min per call.\n\n",
               machine.loop.isa);
   std::printf("%-7s %-25s %-48s %3s %10s %10s %9s %6s %8s %6s\n", "layer", "kernel", "shape", "thr", "median ms",
@@ -680,10 +682,12 @@ int main(int argc, char** argv) {
     std::printf("%-7s %-25s %-48s %3d %10.4f %10.4f %9s %6s %8s %6s\n", r.layer.c_str(), r.kernel.c_str(),
                 r.shape.c_str(), r.threads, r.median * 1e3, r.min * 1e3, gfs, pct, gbs, pbw);
   }
-  std::printf("\n* timed, but not called by a training step: each Conv2d-ReLU-MaxPool2d block runs as one\n"
-              "  conv2d_relu_max_pool2d (conv+relu+pool rows), the first without dx, the second with it.\n");
-  std::printf("training step (sum of the medians of the kernels one step calls): %.3f ms = %.0f images/s at batch %lld\n",
-              step_seconds * 1e3, double(N) / step_seconds, (long long)N);
+  std::printf(
+      "\n* timed, but not called by a training step: each Conv2d-ReLU-MaxPool2d block runs as one\n"
+      "  conv2d_relu_max_pool2d (conv+relu+pool rows), the first without dx, the second with it.\n");
+  std::printf(
+      "training step (sum of the medians of the kernels one step calls): %.3f ms = %.0f images/s at batch %lld\n",
+      step_seconds * 1e3, double(N) / step_seconds, (long long)N);
 
   // ---- 4. JSON
   if (!o.json.empty()) {
@@ -693,17 +697,19 @@ int main(int argc, char** argv) {
     j << "{\n  \"benchmark\": \"cnnfast bench_kernels\",\n";
     j << "  \"machine\": {\"cpu\": " << json_str(cpu_model()) << ", \"logical_cpus\": " << omp_get_num_procs()
       << ", \"loadavg_start\": [" << json_num(load_start[0]) << ", " << json_num(load_start[1]) << ", "
-      << json_num(load_start[2]) << "], \"loadavg_end\": [" << json_num(load_end[0]) << ", "
-      << json_num(load_end[1]) << ", " << json_num(load_end[2]) << "]},\n";
-    j << "  \"build\": {\"compiler\": " << json_str(CNNFAST_COMPILER) << ", \"cxx_flags\": "
-      << json_str(CNNFAST_CXX_FLAGS) << ", \"build_type\": " << json_str(CNNFAST_BUILD_TYPE) << "},\n";
+      << json_num(load_start[2]) << "], \"loadavg_end\": [" << json_num(load_end[0]) << ", " << json_num(load_end[1])
+      << ", " << json_num(load_end[2]) << "]},\n";
+    j << "  \"build\": {\"compiler\": " << json_str(CNNFAST_COMPILER)
+      << ", \"cxx_flags\": " << json_str(CNNFAST_CXX_FLAGS) << ", \"build_type\": " << json_str(CNNFAST_BUILD_TYPE)
+      << "},\n";
     j << "  \"isa\": " << json_str(isa.name) << ", \"gemm_tile\": [" << mk.mr << ", " << mk.nr << "],\n";
     j << "  \"isa_compiled\": [";
     for (int i = 0; i < nc; ++i) j << (i ? ", " : "") << json_str(compiled[i]->name);
     j << "], \"isa_supported\": [";
     bool first = true;
     for (int i = 0; i < nc; ++i)
-      if (cnnfast::cpu_supports_isa(compiled[i]->name)) j << (first ? "" : ", ") << json_str(compiled[i]->name), first = false;
+      if (cnnfast::cpu_supports_isa(compiled[i]->name))
+        j << (first ? "" : ", ") << json_str(compiled[i]->name), first = false;
     j << "],\n";
     j << "  \"threads\": " << threads << ", \"batch\": " << N << ", \"repeat\": " << o.repeat
       << ", \"tiny\": " << (o.tiny ? "true" : "false") << ",\n";
@@ -716,23 +722,23 @@ int main(int argc, char** argv) {
     j << "}},\n";
     j << "  \"bandwidth\": {\"kernel\": \"triad\", \"bytes_per_element\": 12, \"array_bytes\": " << bw_elems * 4
       << ", \"gbs_1_thread\": " << json_num(bw_one) << ", \"gbs_threads\": " << json_num(bw_all) << "},\n";
-    j << "  \"train_step\": {\"seconds\": " << json_num(step_seconds) << ", \"images_per_s\": "
-      << json_num(double(N) / step_seconds) << "},\n";
+    j << "  \"train_step\": {\"seconds\": " << json_num(step_seconds)
+      << ", \"images_per_s\": " << json_num(double(N) / step_seconds) << "},\n";
     j << "  \"kernels\": [\n";
     for (size_t i = 0; i < bench.rows.size(); ++i) {
       const Row& r = bench.rows[i];
       const double gf = r.flop / r.median * 1e-9, gb = r.bytes / r.median * 1e-9;
       std::string kernel = r.kernel;
       if (!kernel.empty() && kernel.back() == '*') kernel.pop_back();
-      j << "    {\"layer\": " << json_str(r.layer) << ", \"kernel\": " << json_str(kernel) << ", \"shape\": "
-        << json_str(r.shape) << ", \"threads\": " << r.threads << ", \"in_train_step\": "
-        << (r.in_train_step ? "true" : "false") << ", \"bound\": " << (r.memory_bound ? "\"memory\"" : "\"compute\"")
-        << ", \"flop\": " << json_num(r.flop) << ", \"bytes\": " << json_num(r.bytes) << ", \"median_s\": "
-        << json_num(r.median) << ", \"min_s\": " << json_num(r.min) << ", \"gflops\": "
-        << (r.flop > 0 ? json_num(gf) : "null") << ", \"pct_peak\": "
-        << (r.flop > 0 ? json_num(100.0 * gf / peak_at(r.threads)) : "null") << ", \"gbs\": " << json_num(gb)
-        << ", \"pct_bandwidth\": " << json_num(100.0 * gb / bw_at(r.threads)) << ", \"calls_per_sample\": "
-        << r.calls_per_sample << ", \"samples_s\": [";
+      j << "    {\"layer\": " << json_str(r.layer) << ", \"kernel\": " << json_str(kernel)
+        << ", \"shape\": " << json_str(r.shape) << ", \"threads\": " << r.threads
+        << ", \"in_train_step\": " << (r.in_train_step ? "true" : "false")
+        << ", \"bound\": " << (r.memory_bound ? "\"memory\"" : "\"compute\"") << ", \"flop\": " << json_num(r.flop)
+        << ", \"bytes\": " << json_num(r.bytes) << ", \"median_s\": " << json_num(r.median)
+        << ", \"min_s\": " << json_num(r.min) << ", \"gflops\": " << (r.flop > 0 ? json_num(gf) : "null")
+        << ", \"pct_peak\": " << (r.flop > 0 ? json_num(100.0 * gf / peak_at(r.threads)) : "null")
+        << ", \"gbs\": " << json_num(gb) << ", \"pct_bandwidth\": " << json_num(100.0 * gb / bw_at(r.threads))
+        << ", \"calls_per_sample\": " << r.calls_per_sample << ", \"samples_s\": [";
       for (size_t s = 0; s < r.samples.size(); ++s) j << (s ? ", " : "") << json_num(r.samples[s]);
       j << "]}" << (i + 1 < bench.rows.size() ? "," : "") << "\n";
     }

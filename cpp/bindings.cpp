@@ -33,33 +33,47 @@ std::string shape_str(const py::array& a) {
   return s + (a.ndim() == 1 ? ",)" : ")");
 }
 
-template <typename T> const char* dtype_name();
-template <> const char* dtype_name<float>() { return "float32"; }
-template <> const char* dtype_name<std::int32_t>() { return "int32"; }
-template <> const char* dtype_name<std::int64_t>() { return "int64"; }
-template <> const char* dtype_name<std::uint8_t>() { return "uint8"; }
+template <typename T>
+const char* dtype_name();
+template <>
+const char* dtype_name<float>() {
+  return "float32";
+}
+template <>
+const char* dtype_name<std::int32_t>() {
+  return "int32";
+}
+template <>
+const char* dtype_name<std::int64_t>() {
+  return "int64";
+}
+template <>
+const char* dtype_name<std::uint8_t>() {
+  return "uint8";
+}
 
 // `obj` as a C-contiguous numpy array of T with `ndim` dimensions (any if ndim < 0).
 // `layout` names the dimensions for the error message, e.g. "[N, C, H, W]".
 template <typename T>
 py::array_t<T> checked(py::handle obj, const char* name, int ndim = -1, const char* layout = "") {
   if (!py::isinstance<py::array>(obj))
-    throw py::type_error(std::string(name) + " must be a numpy.ndarray of " + dtype_name<T>() +
-                         ", got " + std::string(py::str(py::type::of(obj).attr("__name__"))));
+    throw py::type_error(std::string(name) + " must be a numpy.ndarray of " + dtype_name<T>() + ", got " +
+                         std::string(py::str(py::type::of(obj).attr("__name__"))));
   auto a = py::reinterpret_borrow<py::array>(obj);
   if (!py::isinstance<py::array_t<T>>(a))
     throw py::type_error(std::string(name) + " must have dtype " + dtype_name<T>() + ", got " +
-                         std::string(py::str(a.dtype())) + " (convert with " + name + ".astype(np." +
-                         dtype_name<T>() + "))");
+                         std::string(py::str(a.dtype())) + " (convert with " + name + ".astype(np." + dtype_name<T>() +
+                         "))");
   if (ndim >= 0 && a.ndim() != ndim)
-    throw py::value_error(std::string(name) + " must have " + std::to_string(ndim) + " dimensions " +
-                          layout + ", got shape " + shape_str(a));
+    throw py::value_error(std::string(name) + " must have " + std::to_string(ndim) + " dimensions " + layout +
+                          ", got shape " + shape_str(a));
   if (!(a.flags() & py::array::c_style))
-    throw py::value_error(std::string(name) + " must be C-contiguous; pass np.ascontiguousarray(" +
-                          name + ")");
+    throw py::value_error(std::string(name) + " must be C-contiguous; pass np.ascontiguousarray(" + name + ")");
   if (!(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
-    throw py::value_error(std::string(name) + " is not aligned to its dtype (a view at an odd byte "
-                          "offset); pass " + name + ".copy()");
+    throw py::value_error(std::string(name) +
+                          " is not aligned to its dtype (a view at an odd byte "
+                          "offset); pass " +
+                          name + ".copy()");
   return py::reinterpret_borrow<py::array_t<T>>(a);
 }
 
@@ -93,19 +107,24 @@ void expect_no_overlap(const py::array& a, const char* a_name, const py::array& 
 std::string dims(std::initializer_list<i64> d) {
   std::string s = "(";
   bool first = true;
-  for (i64 v : d) { s += (first ? "" : ", ") + std::to_string(v); first = false; }
+  for (i64 v : d) {
+    s += (first ? "" : ", ") + std::to_string(v);
+    first = false;
+  }
   return s + ")";
 }
 
 void expect_same_shape(const py::array& a, const char* a_name, const py::array& b, const char* b_name) {
   bool same = a.ndim() == b.ndim();
   for (py::ssize_t d = 0; same && d < a.ndim(); ++d) same = a.shape(d) == b.shape(d);
-  expect(same, std::string(b_name) + " must have the shape of " + a_name + " " + shape_str(a) +
-                   ", got " + shape_str(b));
+  expect(same,
+         std::string(b_name) + " must have the shape of " + a_name + " " + shape_str(a) + ", got " + shape_str(b));
 }
 
 template <typename T>
-py::array_t<T> empty(std::vector<py::ssize_t> shape) { return py::array_t<T>(shape); }
+py::array_t<T> empty(std::vector<py::ssize_t> shape) {
+  return py::array_t<T>(shape);
+}
 
 struct Conv {
   i64 N, C, H, W, K, R, S, pad, Ho, Wo;
@@ -115,14 +134,13 @@ Conv conv_shape(const py::array_t<float>& x, const py::array_t<float>& w, i64 pa
   Conv c{x.shape(0), x.shape(1), x.shape(2), x.shape(3), w.shape(0), w.shape(2), w.shape(3), padding, 0, 0};
   expect(padding >= 0 && padding <= kMaxPadding,
          "padding must be between 0 and " + std::to_string(kMaxPadding) + ", got " + std::to_string(padding));
-  expect(w.shape(1) == c.C, "w must have shape (K, " + std::to_string(c.C) +
-                                ", R, S) to match the channels of x " + shape_str(x) + ", got " + shape_str(w));
+  expect(w.shape(1) == c.C, "w must have shape (K, " + std::to_string(c.C) + ", R, S) to match the channels of x " +
+                                shape_str(x) + ", got " + shape_str(w));
   expect(c.R >= 1 && c.S >= 1, "w must have a kernel of at least 1x1, got shape " + shape_str(w));
   c.Ho = c.H + 2 * padding - c.R + 1;
   c.Wo = c.W + 2 * padding - c.S + 1;
-  expect(c.Ho >= 1 && c.Wo >= 1,
-         "kernel " + dims({c.R, c.S}) + " of w is larger than the padded input " +
-             dims({c.H + 2 * padding, c.W + 2 * padding}) + " of x");
+  expect(c.Ho >= 1 && c.Wo >= 1, "kernel " + dims({c.R, c.S}) + " of w is larger than the padded input " +
+                                     dims({c.H + 2 * padding, c.W + 2 * padding}) + " of x");
   return c;
 }
 
@@ -170,8 +188,8 @@ py::tuple conv2d_grad(py::handle x_, py::handle w_, py::handle dy_, i64 padding,
   float *dxp = dx.mutable_data(), *dwp = dw.mutable_data(), *dbp = db.mutable_data();
   {
     py::gil_scoped_release nogil;
-    conv2d_backward(input_grad ? dxp : nullptr, dwp, dbp, x.data(), w.data(), dy.data(), c.N, c.C, c.H,
-                    c.W, c.K, c.R, c.S, c.pad);
+    conv2d_backward(input_grad ? dxp : nullptr, dwp, dbp, x.data(), w.data(), dy.data(), c.N, c.C, c.H, c.W, c.K, c.R,
+                    c.S, c.pad);
   }
   return py::make_tuple(input_grad ? py::object(dx) : py::object(py::none()), dw, db);
 }
@@ -180,10 +198,10 @@ py::tuple conv2d_grad(py::handle x_, py::handle w_, py::handle dy_, i64 padding,
 // The pooled shape of conv2d's output: checks k against it
 std::pair<i64, i64> pooled_shape(const Conv& c, i64 k) {
   expect(k >= 1, "k must be at least 1, got " + std::to_string(k));
-  expect(k <= c.Ho && k <= c.Wo, "window k=" + std::to_string(k) + " is larger than the convolution's output " +
-                                     dims({c.Ho, c.Wo}));
-  expect(plane_fits_int32(c.Ho, c.Wo), "the convolution's output planes " + dims({c.Ho, c.Wo}) +
-                                          " are too large for int32 argmax");
+  expect(k <= c.Ho && k <= c.Wo,
+         "window k=" + std::to_string(k) + " is larger than the convolution's output " + dims({c.Ho, c.Wo}));
+  expect(plane_fits_int32(c.Ho, c.Wo),
+         "the convolution's output planes " + dims({c.Ho, c.Wo}) + " are too large for int32 argmax");
   return {c.Ho / k, c.Wo / k};
 }
 
@@ -213,8 +231,7 @@ py::object conv2d_relu_max_pool2d(py::handle x_, py::handle w_, py::handle b_, i
   std::int32_t* ap = return_argmax ? argmax.mutable_data() : nullptr;
   {
     py::gil_scoped_release nogil;
-    conv2d_relu_max_pool2d_forward(yp, ap, x.data(), w.data(), b.data(), c.N, c.C, c.H, c.W, c.K, c.R, c.S,
-                                   c.pad, k);
+    conv2d_relu_max_pool2d_forward(yp, ap, x.data(), w.data(), b.data(), c.N, c.C, c.H, c.W, c.K, c.R, c.S, c.pad, k);
   }
   if (!return_argmax) return std::move(y);
   return py::make_tuple(y, argmax);
@@ -238,8 +255,8 @@ py::tuple conv2d_relu_max_pool2d_grad(py::handle x_, py::handle w_, py::handle d
   float *dxp = dx.mutable_data(), *dwp = dw.mutable_data(), *dbp = db.mutable_data();
   {
     py::gil_scoped_release nogil;
-    conv2d_relu_max_pool2d_backward(input_grad ? dxp : nullptr, dwp, dbp, x.data(), w.data(), dy.data(),
-                                    argmax.data(), c.N, c.C, c.H, c.W, c.K, c.R, c.S, c.pad, k);
+    conv2d_relu_max_pool2d_backward(input_grad ? dxp : nullptr, dwp, dbp, x.data(), w.data(), dy.data(), argmax.data(),
+                                    c.N, c.C, c.H, c.W, c.K, c.R, c.S, c.pad, k);
   }
   return py::make_tuple(input_grad ? py::object(dx) : py::object(py::none()), dw, db);
 }
@@ -278,8 +295,8 @@ py::tuple max_pool2d(py::handle x_, i64 k, bool relu) {
   auto x = checked<float>(x_, "x", 4, "[N, C, H, W]");
   const i64 N = x.shape(0), C = x.shape(1), H = x.shape(2), W = x.shape(3);
   expect(k >= 1, "k must be at least 1, got " + std::to_string(k));
-  expect(k <= H && k <= W, "window k=" + std::to_string(k) + " is larger than the input's " +
-                               dims({H, W}) + " (x has shape " + shape_str(x) + ")");
+  expect(k <= H && k <= W, "window k=" + std::to_string(k) + " is larger than the input's " + dims({H, W}) +
+                               " (x has shape " + shape_str(x) + ")");
   expect(plane_fits_int32(H, W), "x planes " + dims({H, W}) + " are too large for int32 argmax");
   auto y = empty<float>({N, C, H / k, W / k});
   auto argmax = empty<std::int32_t>({N, C, H / k, W / k});
@@ -352,8 +369,8 @@ py::array_t<float> dropout_grad(py::handle dy_, py::handle mask_, double p) {
 
 // ---------------------------------------------------------------- linear
 void linear_shapes(const py::array_t<float>& x, const py::array_t<float>& w) {
-  expect(w.shape(1) == x.shape(1), "w must have shape (O, " + std::to_string(x.shape(1)) +
-                                       ") to match x " + shape_str(x) + ", got " + shape_str(w));
+  expect(w.shape(1) == x.shape(1), "w must have shape (O, " + std::to_string(x.shape(1)) + ") to match x " +
+                                       shape_str(x) + ", got " + shape_str(w));
 }
 
 py::array_t<float> linear(py::handle x_, py::handle w_, py::handle b_) {
@@ -378,8 +395,7 @@ py::tuple linear_grad(py::handle x_, py::handle w_, py::handle dy_) {
   auto dy = checked<float>(dy_, "dy", 2, "[N, O]");
   linear_shapes(x, w);
   const i64 N = x.shape(0), I = x.shape(1), O = w.shape(0);
-  expect(dy.shape(0) == N && dy.shape(1) == O,
-         "dy must have shape " + dims({N, O}) + ", got " + shape_str(dy));
+  expect(dy.shape(0) == N && dy.shape(1) == O, "dy must have shape " + dims({N, O}) + ", got " + shape_str(dy));
   auto dx = empty<float>({N, I});
   auto dw = empty<float>({O, I});
   auto db = empty<float>({O});
@@ -401,8 +417,8 @@ py::tuple cross_entropy_typed(const py::array_t<float>& logits, py::handle label
   const Label* lp = labels.data();
   for (i64 n = 0; n < N; ++n)
     if (lp[n] < 0 || i64(lp[n]) >= K)
-      throw py::value_error("labels[" + std::to_string(n) + "] = " + std::to_string(lp[n]) +
-                            " is outside 0.." + std::to_string(K - 1));
+      throw py::value_error("labels[" + std::to_string(n) + "] = " + std::to_string(lp[n]) + " is outside 0.." +
+                            std::to_string(K - 1));
   auto dlogits = empty<float>({N, K});
   float* dp = dlogits.mutable_data();
   double loss;
@@ -427,8 +443,7 @@ py::tuple cross_entropy(py::handle logits_, py::handle labels_) {
 }
 
 // ---------------------------------------------------------------- optimizers
-void sgd(py::handle param_, py::handle grad_, py::handle velocity_, double lr, double momentum,
-         double weight_decay) {
+void sgd(py::handle param_, py::handle grad_, py::handle velocity_, double lr, double momentum, double weight_decay) {
   auto param = writable<float>(param_, "param");
   auto grad = checked<float>(grad_, "grad");
   auto velocity = writable<float>(velocity_, "velocity");
@@ -448,8 +463,8 @@ void sgd(py::handle param_, py::handle grad_, py::handle velocity_, double lr, d
   }
 }
 
-void adam(py::handle param_, py::handle grad_, py::handle m_, py::handle v_, i64 step, double lr,
-          double beta1, double beta2, double eps, double weight_decay) {
+void adam(py::handle param_, py::handle grad_, py::handle m_, py::handle v_, i64 step, double lr, double beta1,
+          double beta2, double eps, double weight_decay) {
   auto param = writable<float>(param_, "param");
   auto grad = checked<float>(grad_, "grad");
   auto m = writable<float>(m_, "m");
@@ -459,7 +474,8 @@ void adam(py::handle param_, py::handle grad_, py::handle m_, py::handle v_, i64
   expect_same_shape(param, "param", v, "v");
   const std::pair<const py::array*, const char*> arrays[] = {{&param, "param"}, {&grad, "grad"}, {&m, "m"}, {&v, "v"}};
   for (int i = 0; i < 4; ++i)
-    for (int j = i + 1; j < 4; ++j) expect_no_overlap(*arrays[i].first, arrays[i].second, *arrays[j].first, arrays[j].second);
+    for (int j = i + 1; j < 4; ++j)
+      expect_no_overlap(*arrays[i].first, arrays[i].second, *arrays[j].first, arrays[j].second);
   expect(step >= 1, "step must be >= 1 (the number of this update), got " + std::to_string(step));
   // Checked as the kernel sees them: rounded to float32 (1 - 1e-10 would become 1.0f).
   expect(beta1 >= 0.0 && float(beta1) < 1.0f, "beta1 must be in [0, 1) in float32, got " + std::to_string(beta1));
@@ -469,8 +485,7 @@ void adam(py::handle param_, py::handle grad_, py::handle m_, py::handle v_, i64
   const i64 n = param.size();
   {
     py::gil_scoped_release nogil;
-    adam_step(pp, mp, vp, grad.data(), n, step, float(lr), float(beta1), float(beta2), float(eps),
-              float(weight_decay));
+    adam_step(pp, mp, vp, grad.data(), n, step, float(lr), float(beta1), float(beta2), float(eps), float(weight_decay));
   }
 }
 
@@ -485,8 +500,8 @@ py::array_t<float> matmul(py::handle a_, py::handle b_, bool trans_a, bool trans
   float* cp = c.mutable_data();
   {
     py::gil_scoped_release nogil;
-    (naive ? sgemm_naive : sgemm_parallel)(trans_a, trans_b, M, N, K, a.data(), a.shape(1), b.data(),
-                                           b.shape(1), cp, N, false);
+    (naive ? sgemm_naive : sgemm_parallel)(trans_a, trans_b, M, N, K, a.data(), a.shape(1), b.data(), b.shape(1), cp, N,
+                                           false);
   }
   return c;
 }
@@ -569,36 +584,47 @@ PYBIND11_MODULE(_core, m) {
   m.def("linear", &linear, "x"_a, "w"_a, "b"_a);
   m.def("linear_backward", &linear_grad, "x"_a, "w"_a, "dy"_a);
   m.def("softmax_cross_entropy", &cross_entropy, "logits"_a, "labels"_a);
-  m.def("sgd_step", &sgd, "param"_a, "grad"_a, "velocity"_a, "lr"_a, "momentum"_a = 0.0,
-        "weight_decay"_a = 0.0);
-  m.def("adam_step", &adam, "param"_a, "grad"_a, "m"_a, "v"_a, "step"_a, "lr"_a = 1e-3,
-        "beta1"_a = 0.9, "beta2"_a = 0.999, "eps"_a = 1e-8, "weight_decay"_a = 0.0);
+  m.def("sgd_step", &sgd, "param"_a, "grad"_a, "velocity"_a, "lr"_a, "momentum"_a = 0.0, "weight_decay"_a = 0.0);
+  m.def("adam_step", &adam, "param"_a, "grad"_a, "m"_a, "v"_a, "step"_a, "lr"_a = 1e-3, "beta1"_a = 0.9,
+        "beta2"_a = 0.999, "eps"_a = 1e-8, "weight_decay"_a = 0.0);
   m.def("matmul", &matmul, "a"_a, "b"_a, "trans_a"_a = false, "trans_b"_a = false, "naive"_a = false);
 
-  m.def("set_num_threads", [](int n) {
-    expect(n >= 1, "set_num_threads needs n >= 1, got " + std::to_string(n));
-    cnnfast::set_num_threads(n);
-  }, "n"_a);
+  m.def(
+      "set_num_threads",
+      [](int n) {
+        expect(n >= 1, "set_num_threads needs n >= 1, got " + std::to_string(n));
+        cnnfast::set_num_threads(n);
+      },
+      "n"_a);
   m.def("get_num_threads", &cnnfast::get_num_threads);
-  m.def("set_isa", [](const std::string& name) {
-    if (!cnnfast::set_isa(name.c_str())) {
-      const IsaKernels* compiled[8];
-      const int n = compiled_isas(compiled, 8);
-      std::string available;
-      for (int i = 0; i < n; ++i)
-        if (cpu_supports_isa(compiled[i]->name)) available += std::string(available.empty() ? "" : ", ") + compiled[i]->name;
-      throw py::value_error("instruction set '" + name + "' is not available here; choose one of: " + available);
-    }
-  }, "name"_a);
+  m.def(
+      "set_isa",
+      [](const std::string& name) {
+        if (!cnnfast::set_isa(name.c_str())) {
+          const IsaKernels* compiled[8];
+          const int n = compiled_isas(compiled, 8);
+          std::string available;
+          for (int i = 0; i < n; ++i)
+            if (cpu_supports_isa(compiled[i]->name))
+              available += std::string(available.empty() ? "" : ", ") + compiled[i]->name;
+          throw py::value_error("instruction set '" + name + "' is not available here; choose one of: " + available);
+        }
+      },
+      "name"_a);
   m.def("build_info", &build_info);
-  m.def("conv2d_path", [](py::tuple x_shape, py::tuple w_shape, i64 padding, i64 pool, bool backward, bool input_grad) {
-    expect(x_shape.size() == 4 && w_shape.size() == 4, "x_shape and w_shape must be 4-tuples (N, C, H, W), (K, C, R, S)");
-    const i64 N = x_shape[0].cast<i64>(), C = x_shape[1].cast<i64>(), H = x_shape[2].cast<i64>(), W = x_shape[3].cast<i64>();
-    const i64 K = w_shape[0].cast<i64>(), R = w_shape[2].cast<i64>(), S = w_shape[3].cast<i64>();
-    expect(w_shape[1].cast<i64>() == C, "w_shape's C differs from x_shape's");
-    expect(N >= 0 && C >= 0 && K >= 0 && R >= 1 && S >= 1 && padding >= 0 && pool >= 0, "negative or empty sizes");
-    expect(H + 2 * padding >= R && W + 2 * padding >= S, "the kernel is larger than the padded image");
-    return std::string(conv2d_path(N, C, H, W, K, R, S, padding, pool, backward, input_grad));
-  }, "x_shape"_a, "w_shape"_a, "padding"_a = 0, "pool"_a = 0, "backward"_a = false, "input_grad"_a = true,
-  "Which of conv2d's paths (cpp/conv2d.cpp's list) runs for this layer with the instruction set in use");
+  m.def(
+      "conv2d_path",
+      [](py::tuple x_shape, py::tuple w_shape, i64 padding, i64 pool, bool backward, bool input_grad) {
+        expect(x_shape.size() == 4 && w_shape.size() == 4,
+               "x_shape and w_shape must be 4-tuples (N, C, H, W), (K, C, R, S)");
+        const i64 N = x_shape[0].cast<i64>(), C = x_shape[1].cast<i64>(), H = x_shape[2].cast<i64>(),
+                  W = x_shape[3].cast<i64>();
+        const i64 K = w_shape[0].cast<i64>(), R = w_shape[2].cast<i64>(), S = w_shape[3].cast<i64>();
+        expect(w_shape[1].cast<i64>() == C, "w_shape's C differs from x_shape's");
+        expect(N >= 0 && C >= 0 && K >= 0 && R >= 1 && S >= 1 && padding >= 0 && pool >= 0, "negative or empty sizes");
+        expect(H + 2 * padding >= R && W + 2 * padding >= S, "the kernel is larger than the padded image");
+        return std::string(conv2d_path(N, C, H, W, K, R, S, padding, pool, backward, input_grad));
+      },
+      "x_shape"_a, "w_shape"_a, "padding"_a = 0, "pool"_a = 0, "backward"_a = false, "input_grad"_a = true,
+      "Which of conv2d's paths (cpp/conv2d.cpp's list) runs for this layer with the instruction set in use");
 }

@@ -55,9 +55,8 @@ bool has_work(const ConvShape& s, i64 N) { return N > 0 && s.K > 0 && s.taps() >
 // layer gives the separate layers' numbers.
 constexpr i64 kWinogradChannels = 16, kWinogradTiles = 32;
 bool winograd_accepts(const ConvShape& s, i64 N, i64) {
-  return has_work(s, N) && s.R == 3 && s.S == 3 && s.C >= kWinogradChannels && s.K >= kWinogradChannels &&
-         s.pad <= 2 && s.Ho % 2 == 0 && s.Wo % 2 == 0 && N * (s.Ho / 2) * (s.Wo / 2) >= kWinogradTiles &&
-         s.P() < (i64(1) << 30);
+  return has_work(s, N) && s.R == 3 && s.S == 3 && s.C >= kWinogradChannels && s.K >= kWinogradChannels && s.pad <= 2 &&
+         s.Ho % 2 == 0 && s.Wo % 2 == 0 && N * (s.Ho / 2) * (s.Wo / 2) >= kWinogradTiles && s.P() < (i64(1) << 30);
 }
 
 struct Conv2dPath {
@@ -81,13 +80,12 @@ const Conv2dPath kPaths[] = {
      },
      false, conv3x3_pool2_forward_path, conv3x3_pool2_backward_path},
     {"winograd", winograd_accepts, true, winograd_forward_path, winograd_backward_path},
-    {"panels",
-     [](const ConvShape& s, i64 N, i64) { return has_work(s, N) && s.taps() > kDirectTaps; },
-     true, panels_forward_path, panels_backward_path},
-    {"direct", [](const ConvShape& s, i64 N, i64) { return has_work(s, N) && s.taps() <= kDirectTaps; },
-     true, direct_forward_path, direct_backward_path},
-    {"reference", [](const ConvShape&, i64, i64) { return true; },
-     true, reference_forward_path, reference_backward_path},
+    {"panels", [](const ConvShape& s, i64 N, i64) { return has_work(s, N) && s.taps() > kDirectTaps; }, true,
+     panels_forward_path, panels_backward_path},
+    {"direct", [](const ConvShape& s, i64 N, i64) { return has_work(s, N) && s.taps() <= kDirectTaps; }, true,
+     direct_forward_path, direct_backward_path},
+    {"reference", [](const ConvShape&, i64, i64) { return true; }, true, reference_forward_path,
+     reference_backward_path},
 };
 
 // The paths that may run, in order: forward, or backward with or without dx
@@ -95,8 +93,8 @@ bool candidate(const Conv2dPath& path, const ConvShape& s, i64 N, i64 pool_k, bo
   return path.accepts(s, N, pool_k) && !(backward && dx && !path.makes_dx);
 }
 
-void forward(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b, const ConvShape& s,
-             i64 N, i64 pool_k) {
+void forward(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b, const ConvShape& s, i64 N,
+             i64 pool_k) {
   for (const Conv2dPath& path : kPaths)
     if (candidate(path, s, N, pool_k, false, false)) return path.forward(y, argmax, x, w, b, s, N, pool_k);
 }
@@ -111,29 +109,28 @@ void backward(float* dx, float* dw, float* db, const float* x, const float* w, c
 }  // namespace
 
 // x: [N, C, H, W], w: [K, C, R, S], b: [K] -> y: [N, K, Ho, Wo]
-void conv2d_forward(float* y, const float* x, const float* w, const float* b,
-                    i64 N, i64 C, i64 H, i64 W, i64 K, i64 R, i64 S, i64 pad) {
+void conv2d_forward(float* y, const float* x, const float* w, const float* b, i64 N, i64 C, i64 H, i64 W, i64 K, i64 R,
+                    i64 S, i64 pad) {
   forward(y, nullptr, x, w, b, ConvShape(C, H, W, K, R, S, pad), N, 0);
 }
 
 // x: [N, C, H, W], w: [K, C, R, S], dy: [N, K, Ho, Wo] -> dx: [N, C, H, W] (skipped if null),
 // dw: [K, C, R, S], db: [K]
-void conv2d_backward(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,
-                     i64 N, i64 C, i64 H, i64 W, i64 K, i64 R, i64 S, i64 pad) {
+void conv2d_backward(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy, i64 N, i64 C,
+                     i64 H, i64 W, i64 K, i64 R, i64 S, i64 pad) {
   backward(dx, dw, db, x, w, dy, nullptr, ConvShape(C, H, W, K, R, S, pad), N, 0);
 }
 
 // x: [N, C, H, W], w: [K, C, R, S], b: [K] -> y, argmax: [N, K, Ho/k, Wo/k]
-void conv2d_relu_max_pool2d_forward(float* y, std::int32_t* argmax, const float* x, const float* w,
-                                    const float* b, i64 N, i64 C, i64 H, i64 W, i64 K, i64 R, i64 S,
-                                    i64 pad, i64 k) {
+void conv2d_relu_max_pool2d_forward(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
+                                    i64 N, i64 C, i64 H, i64 W, i64 K, i64 R, i64 S, i64 pad, i64 k) {
   forward(y, argmax, x, w, b, ConvShape(C, H, W, K, R, S, pad), N, k);
 }
 
 // dy, argmax: [N, K, Ho/k, Wo/k] -> dx: [N, C, H, W] (may be null), dw: [K, C, R, S], db: [K]
-void conv2d_relu_max_pool2d_backward(float* dx, float* dw, float* db, const float* x, const float* w,
-                                     const float* dy, const std::int32_t* argmax, i64 N, i64 C, i64 H,
-                                     i64 W, i64 K, i64 R, i64 S, i64 pad, i64 k) {
+void conv2d_relu_max_pool2d_backward(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,
+                                     const std::int32_t* argmax, i64 N, i64 C, i64 H, i64 W, i64 K, i64 R, i64 S,
+                                     i64 pad, i64 k) {
   backward(dx, dw, db, x, w, dy, argmax, ConvShape(C, H, W, K, R, S, pad), N, k);
 }
 

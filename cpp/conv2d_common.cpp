@@ -18,7 +18,10 @@ void im2col(float* col, const float* x, const ConvShape& s, i64 ld) {
         for (i64 oh = 0; oh < s.Ho; ++oh) {
           float* out = row + oh * s.Wo;
           const i64 ih = oh + r - s.pad;
-          if (ih < 0 || ih >= s.H) { std::fill(out, out + s.Wo, 0.0f); continue; }
+          if (ih < 0 || ih >= s.H) {
+            std::fill(out, out + s.Wo, 0.0f);
+            continue;
+          }
           const float* in = x + (c * s.H + ih) * s.W;
           std::fill(out, out + ow_lo, 0.0f);
           std::copy(in + (ow_lo + q - s.pad), in + (ow_hi + q - s.pad), out + ow_lo);
@@ -32,8 +35,7 @@ std::vector<float> weights_rsc(const float* w, const ConvShape& s) {
   for (i64 k = 0; k < s.K; ++k)
     for (i64 c = 0; c < s.C; ++c)
       for (i64 r = 0; r < s.R; ++r)
-        for (i64 q = 0; q < s.S; ++q)
-          wt[((k * s.R + r) * s.S + q) * s.C + c] = w[((k * s.C + c) * s.R + r) * s.S + q];
+        for (i64 q = 0; q < s.S; ++q) wt[((k * s.R + r) * s.S + q) * s.C + c] = w[((k * s.C + c) * s.R + r) * s.S + q];
   return wt;
 }
 

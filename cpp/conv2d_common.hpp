@@ -18,10 +18,19 @@ struct IsaKernels;
 struct ConvShape {
   i64 C, H, W, K, R, S, pad, Ho, Wo, Hp, Wp;
   ConvShape(i64 C, i64 H, i64 W, i64 K, i64 R, i64 S, i64 pad)
-      : C(C), H(H), W(W), K(K), R(R), S(S), pad(pad), Ho(H + 2 * pad - R + 1), Wo(W + 2 * pad - S + 1),
-        Hp(H + 2 * pad), Wp(W + 2 * pad) {}
-  i64 P() const { return Ho * Wo; }        // output pixels per channel
-  i64 taps() const { return C * R * S; }   // patch row length
+      : C(C),
+        H(H),
+        W(W),
+        K(K),
+        R(R),
+        S(S),
+        pad(pad),
+        Ho(H + 2 * pad - R + 1),
+        Wo(W + 2 * pad - S + 1),
+        Hp(H + 2 * pad),
+        Wp(W + 2 * pad) {}
+  i64 P() const { return Ho * Wo; }       // output pixels per channel
+  i64 taps() const { return C * R * S; }  // patch row length
 };
 
 // Scratch space: n floats (uninitialised), starting on a 64-byte cache line, so that buffers of

@@ -54,7 +54,7 @@ void direct_forward_path(float* y, std::int32_t* argmax, const float* x, const f
       kernel(y + n * K * P, col, w, b, K, T, P, ld);
       continue;
     }
-    float* conv = col + size_t(T) * ld;  // [K, Ho, Wo]
+    float* conv = col + size_t(T) * ld;                                                               // [K, Ho, Wo]
     std::int32_t* a = argmax ? argmax + n * pooled : unwanted.get() + omp_get_thread_num() * pooled;  // (nobody's)
     kernel(conv, col, w, b, K, T, P, ld);
     max_pool2d_planes(y + n * pooled, a, conv, K, s.Ho, s.Wo, pool_k, true);

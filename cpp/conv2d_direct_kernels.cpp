@@ -19,7 +19,11 @@ typedef float v16 __attribute__((vector_size(64)));
 constexpr int VL = CNNFAST_VEC_BYTES / 4;  // floats per vector of this ISA
 typedef float vec __attribute__((vector_size(CNNFAST_VEC_BYTES)));
 
-inline vec load(const float* p) { vec v; __builtin_memcpy(&v, p, sizeof v); return v; }
+inline vec load(const float* p) {
+  vec v;
+  __builtin_memcpy(&v, p, sizeof v);
+  return v;
+}
 inline void store(float* p, vec v) { __builtin_memcpy(p, &v, sizeof v); }
 
 // The forward for exactly NT taps (conv1's 9): the NT shifted copies of three 16-pixel blocks
@@ -164,7 +168,8 @@ void direct_weight_grad_kernel(float* dw, const float* dy, const float* col, i64
     for (int i = 0; i < KB; ++i) d[i] = dy + (k0 + (i < kb ? i : 0)) * P;
     for (i64 b = 0; b < blocks; ++b) {
       const i64 t0 = T * b / blocks, nb = T * (b + 1) / blocks - t0;  // blocks of near-equal size <= NB_MAX
-      weight_grad_tile_n(int(nb), dw + k0 * T + t0, T, d, kb, col + t0 * P, P, std::make_integer_sequence<int, NB_MAX>{});
+      weight_grad_tile_n(int(nb), dw + k0 * T + t0, T, d, kb, col + t0 * P, P,
+                         std::make_integer_sequence<int, NB_MAX>{});
     }
   }
 }

@@ -48,7 +48,8 @@ bool panels_backward_path(float* dx, float* dw, float* db, const float* x, const
   ScratchFloats lanes(size_t(N) * s.K * 16);  // (every lane written by pooled_dconv_chunk)
   std::atomic<bool> outside{false};
   std::vector<std::int32_t> read(static_cast<size_t>(P));  // the pixels the windows read
-  for (i64 p = 0; p < P; ++p) read[size_t(p)] = p / s.Wo < Hu && p % s.Wo < Wu ? std::int32_t(p / s.Wo * Wu + p % s.Wo) : -1;
+  for (i64 p = 0; p < P; ++p)
+    read[size_t(p)] = p / s.Wo < Hu && p % s.Wo < Wu ? std::int32_t(p / s.Wo * Wu + p % s.Wo) : -1;
   const RegionDy region{dy, argmax, &s, pool_k, isa.gemm->nr, Hu * Wu, read.data(), lanes.get(), &outside};
   isa.panels_backward(dx, dw, x, w, DyPanelsSource{&RegionDy::chunk, &region}, s, N, Hu, Wu);
   if (outside.load() && Hu * Wu < P) {  // (not from the forward pass: take every pixel)

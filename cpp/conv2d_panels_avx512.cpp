@@ -31,35 +31,41 @@ namespace {
 // rows are written and nothing is transposed element by element. The weights [K, T] are then
 // the product's B, packed once per call; C = [pixels, K] is written per panel.
 struct PanelRun {
-  i64 offset;       // element offset of lane 0 for tap 0 (the run's first pixel minus its lane)
+  i64 offset;           // element offset of lane 0 for tap 0 (the run's first pixel minus its lane)
   std::uint32_t lanes;  // the lanes this run fills (a bit mask)
 };
 
 // (NRUNS runs, their offsets and masks held in registers for the whole loop)
 template <int NRUNS>
-__attribute__((always_inline)) inline void
-pack_runs(float* ap, const float* src, const PanelRun* runs, const i64* tap_offset, i64 T, int mr) {
+__attribute__((always_inline)) inline void pack_runs(float* ap, const float* src, const PanelRun* runs,
+                                                     const i64* tap_offset, i64 T, int mr) {
   const __mmask16 store_mask = __mmask16((1u << mr) - 1);
   const std::uintptr_t base = reinterpret_cast<std::uintptr_t>(src);
   std::uintptr_t offset[NRUNS];
   __mmask16 lanes[NRUNS];
-  for (int j = 0; j < NRUNS; ++j) offset[j] = base + std::uintptr_t(runs[j].offset * 4), lanes[j] = __mmask16(runs[j].lanes);
+  for (int j = 0; j < NRUNS; ++j)
+    offset[j] = base + std::uintptr_t(runs[j].offset * 4), lanes[j] = __mmask16(runs[j].lanes);
   for (i64 t = 0; t < T; ++t) {
     const std::uintptr_t at = std::uintptr_t(tap_offset[t] * 4);
     // (an address below src is never read: its lanes are masked off)
     __m512 v = _mm512_maskz_loadu_ps(lanes[0], reinterpret_cast<const float*>(offset[0] + at));
-    for (int j = 1; j < NRUNS; ++j) v = _mm512_mask_loadu_ps(v, lanes[j], reinterpret_cast<const float*>(offset[j] + at));
+    for (int j = 1; j < NRUNS; ++j)
+      v = _mm512_mask_loadu_ps(v, lanes[j], reinterpret_cast<const float*>(offset[j] + at));
     _mm512_mask_storeu_ps(ap + t * mr, store_mask, v);
   }
 }
 
-void pack_patch_panel(float* ap, const float* src, const PanelRun* runs, int nruns,
-                      const i64* tap_offset, i64 T, int mr) {
+void pack_patch_panel(float* ap, const float* src, const PanelRun* runs, int nruns, const i64* tap_offset, i64 T,
+                      int mr) {
   switch (nruns) {
-    case 1: return pack_runs<1>(ap, src, runs, tap_offset, T, mr);
-    case 2: return pack_runs<2>(ap, src, runs, tap_offset, T, mr);
-    case 3: return pack_runs<3>(ap, src, runs, tap_offset, T, mr);
-    default: break;
+    case 1:
+      return pack_runs<1>(ap, src, runs, tap_offset, T, mr);
+    case 2:
+      return pack_runs<2>(ap, src, runs, tap_offset, T, mr);
+    case 3:
+      return pack_runs<3>(ap, src, runs, tap_offset, T, mr);
+    default:
+      break;
   }
   const __mmask16 store_mask = __mmask16((1u << mr) - 1);
   const std::uintptr_t base = reinterpret_cast<std::uintptr_t>(src);
@@ -92,7 +98,8 @@ __attribute__((always_inline)) inline void transpose16(float* out, i64 ldd, cons
   }
   for (int m = 0; m < 4; ++m) {  // column 4j + m: lane j of u[m], u[4 + m], u[8 + m], u[12 + m]
     const __m512 v0 = _mm512_shuffle_f32x4(u[m], u[4 + m], 0x44), v1 = _mm512_shuffle_f32x4(u[m], u[4 + m], 0xEE);
-    const __m512 v2 = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0x44), v3 = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0xEE);
+    const __m512 v2 = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0x44),
+                 v3 = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0xEE);
     _mm512_storeu_ps(out + m * ldd, _mm512_shuffle_f32x4(v0, v2, 0x88));
     _mm512_storeu_ps(out + (4 + m) * ldd, _mm512_shuffle_f32x4(v0, v2, 0xDD));
     _mm512_storeu_ps(out + (8 + m) * ldd, _mm512_shuffle_f32x4(v1, v3, 0x88));
@@ -107,7 +114,8 @@ void transpose_blocks(float* dst, i64 ldd, const float* src, i64 lds, i64 rows, 
   auto mask = [](i64 n) { return __mmask16(n >= 16 ? 0xFFFF : (1u << n) - 1); };
   for (i64 i0 = 0; i0 < rows_out; i0 += 16)
     for (i64 j0 = 0; j0 < cols; j0 += 16) {
-      const i64 ni = std::clamp<i64>(rows - i0, 0, 16), nj = std::min<i64>(16, cols - j0), no = std::min<i64>(16, rows_out - i0);
+      const i64 ni = std::clamp<i64>(rows - i0, 0, 16), nj = std::min<i64>(16, cols - j0),
+                no = std::min<i64>(16, rows_out - i0);
       if (ni == 16 && nj == 16 && no == 16) {
         transpose16(dst + j0 * ldd + i0, ldd, src + i0 * lds + j0, lds);
         continue;
@@ -115,9 +123,11 @@ void transpose_blocks(float* dst, i64 ldd, const float* src, i64 lds, i64 rows, 
       alignas(64) float block[16 * 16], flipped[16 * 16];
       const __mmask16 columns = mask(nj), rows_stored = mask(no);
       for (i64 i = 0; i < 16; ++i)
-        _mm512_store_ps(block + 16 * i, i < ni ? _mm512_maskz_loadu_ps(columns, src + (i0 + i) * lds + j0) : _mm512_setzero_ps());
+        _mm512_store_ps(block + 16 * i,
+                        i < ni ? _mm512_maskz_loadu_ps(columns, src + (i0 + i) * lds + j0) : _mm512_setzero_ps());
       transpose16(flipped, 16, block, 16);
-      for (i64 j = 0; j < nj; ++j) _mm512_mask_storeu_ps(dst + (j0 + j) * ldd + i0, rows_stored, _mm512_load_ps(flipped + 16 * j));
+      for (i64 j = 0; j < nj; ++j)
+        _mm512_mask_storeu_ps(dst + (j0 + j) * ldd + i0, rows_stored, _mm512_load_ps(flipped + 16 * j));
     }
 }
 
@@ -146,7 +156,8 @@ void add_patch_rows(float* xp, const float* rows, i64 ld, const i64* offsets, i6
       for (; e + 16 <= span; e += 16)
         _mm512_storeu_ps(dst + e, _mm512_add_ps(_mm512_loadu_ps(dst + e), _mm512_loadu_ps(src + e)));
       if (e < span)
-        _mm512_mask_storeu_ps(dst + e, tail, _mm512_add_ps(_mm512_maskz_loadu_ps(tail, dst + e), _mm512_maskz_loadu_ps(tail, src + e)));
+        _mm512_mask_storeu_ps(
+            dst + e, tail, _mm512_add_ps(_mm512_maskz_loadu_ps(tail, dst + e), _mm512_maskz_loadu_ps(tail, src + e)));
     }
 }
 
@@ -156,7 +167,7 @@ void add_patch_rows(float* xp, const float* rows, i64 ld, const i64* offsets, i6
 // there), instead of a packed panel. For dW this spares packing every (pixel, tap) pair; a tile
 // must be whole (m = 12, n = 32).
 void microkernel_in_place(i64 kc, const float* a, const i64* offsets, const float* b, float* c, i64 ldc,
-                                bool accumulate) {
+                          bool accumulate) {
   __m512 acc[24];
   for (int i = 0; i < 24; ++i) acc[i] = _mm512_setzero_ps();
   for (i64 k = 0; k < kc; ++k) {

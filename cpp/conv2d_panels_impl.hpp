@@ -46,8 +46,8 @@ void from_channels_last(float* dx, const float* xp, const ConvShape& s) {
 // max_pool2d_planes (first maximum, a NaN wins; a maximum not > 0 gives 0 and argmax -1, an
 // index oh*Wo + ow into the whole Ho x Wo plane), with a pixel's channels as the vector lanes;
 // an image's windows are written [Q, K] to window_y / window_argmax, then transposed into place.
-void relu_pool_pixel_major(float* y, std::int32_t* argmax, const float* out, const float* b, i64 images,
-                           i64 K, i64 Ho, i64 Wo, i64 k, float* best, std::int32_t* index, float* window_y,
+void relu_pool_pixel_major(float* y, std::int32_t* argmax, const float* out, const float* b, i64 images, i64 K, i64 Ho,
+                           i64 Wo, i64 k, float* best, std::int32_t* index, float* window_y,
                            std::int32_t* window_argmax) {
   const i64 Hq = Ho / k, Wq = Wo / k, Q = Hq * Wq, Wu = Wq * k, Pu = Hq * k * Wu;
   for (i64 n = 0; n < images; ++n) {
@@ -58,7 +58,10 @@ void relu_pool_pixel_major(float* y, std::int32_t* argmax, const float* out, con
             const std::int32_t p = std::int32_t((oh * k + r) * Wo + ow * k + q);
             const float* v = out + (n * Pu + (oh * k + r) * Wu + ow * k + q) * K;
             if (r == 0 && q == 0) {
-              for (i64 c = 0; c < K; ++c) { best[c] = v[c] + b[c]; index[c] = p; }
+              for (i64 c = 0; c < K; ++c) {
+                best[c] = v[c] + b[c];
+                index[c] = p;
+              }
               continue;
             }
             for (i64 c = 0; c < K; ++c) {
@@ -78,7 +81,8 @@ void relu_pool_pixel_major(float* y, std::int32_t* argmax, const float* out, con
     // [Q, K] -> [K, Q] (argmax's int32 moved as float bit patterns; argmax may be null)
     transpose_blocks(y + n * K * Q, Q, window_y, K, Q, K, Q);
     if (argmax)
-      transpose_blocks(reinterpret_cast<float*>(argmax + n * K * Q), Q, reinterpret_cast<const float*>(window_argmax), K, Q, K, Q);
+      transpose_blocks(reinterpret_cast<float*>(argmax + n * K * Q), Q, reinterpret_cast<const float*>(window_argmax),
+                       K, Q, K, Q);
   }
 }
 
@@ -86,8 +90,8 @@ void relu_pool_pixel_major(float* y, std::int32_t* argmax, const float* out, con
 // with pool_k > 0 instead y, argmax: [N, K, Ho/k, Wo/k] = max_pool2d(y, pool_k, relu=true), each
 // chunk pooled straight from its product (the convolution's output is never stored, and the
 // pixels no window reads, conv2's last row and column, 21 of 121, are not computed)
-void conv2d_forward_panels(float* y, const float* x, const float* w, const float* b, const ConvShape& s,
-                           i64 N, std::int32_t* argmax, i64 pool_k) {
+void conv2d_forward_panels(float* y, const float* x, const float* w, const float* b, const ConvShape& s, i64 N,
+                           std::int32_t* argmax, i64 pool_k) {
   const MicroKernel& mk = gemm_microkernel;
   const i64 C = s.C, K = s.K, P = s.P(), T = s.taps();
   const int mr = mk.mr, nr = mk.nr;
@@ -103,12 +107,14 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
   std::vector<float> wp(size_t(T) * Kpad);  // op(B) = w^T [T, K], packed per depth block
   for (i64 k0 = 0; k0 < T; k0 += kc) pack_b(wp.data() + k0 * Kpad, true, w, T, k0, 0, std::min(kc, T - k0), K, nr);
 
-  const i64 Hu = pool_k > 0 ? s.Ho / pool_k * pool_k : s.Ho, Wu = pool_k > 0 ? s.Wo / pool_k * pool_k : s.Wo, Pu = Hu * Wu;
+  const i64 Hu = pool_k > 0 ? s.Ho / pool_k * pool_k : s.Ho, Wu = pool_k > 0 ? s.Wo / pool_k * pool_k : s.Wo,
+            Pu = Hu * Wu;
   const Chunking ch(N, Pu);
   const int nt = std::max(1, std::min<int>(threads_for(double(N) * K * Pu * T), int(ch.chunks)));
   const size_t padded_floats = s.pad ? size_t(ch.per_chunk) * image : 0, chunk_pixels = size_t(ch.per_chunk) * Pu;
   const size_t pooled_floats = pool_k > 0 ? size_t(K) * (s.Ho / pool_k) * (s.Wo / pool_k) : 0;
-  const size_t scratch_per_thread = padded_floats + size_t(T) * mr + chunk_pixels * K + 2 * size_t(K) + 2 * pooled_floats;
+  const size_t scratch_per_thread =
+      padded_floats + size_t(T) * mr + chunk_pixels * K + 2 * size_t(K) + 2 * pooled_floats;
   ScratchFloats scratch(size_t(nt) * scratch_per_thread);  // (each value written before it is read)
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (i64 chunk = 0; chunk < ch.chunks; ++chunk) {
@@ -147,8 +153,8 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
     if (pool_k > 0) {
       const i64 pooled = K * (s.Ho / pool_k) * (s.Wo / pool_k);
       float* best = out + chunk_pixels * K;
-      relu_pool_pixel_major(y + n0 * pooled, argmax ? argmax + n0 * pooled : nullptr, out, b, n1 - n0, K, s.Ho, s.Wo, pool_k, best,
-                            reinterpret_cast<std::int32_t*>(best + K), best + 2 * K,
+      relu_pool_pixel_major(y + n0 * pooled, argmax ? argmax + n0 * pooled : nullptr, out, b, n1 - n0, K, s.Ho, s.Wo,
+                            pool_k, best, reinterpret_cast<std::int32_t*>(best + K), best + 2 * K,
                             reinterpret_cast<std::int32_t*>(best + 2 * K + pooled));
       continue;
     }
@@ -160,7 +166,6 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
   }
 }
 
-
 // ---- backward: both GEMMs fed straight from the image and dy ----
 // The patch-row path writes every pixel's patch row (rows[L, RSC], 2.2 MB per chunk for conv2)
 // and the input gradient's drows[L, RSC] out to memory and reads them back. Here neither exists:
@@ -171,7 +176,6 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
 // - drows = dy^T wt is made mr pixels at a time into a [mr, RSC] tile in L1 (A packed from
 //   channel-major dy, again one copy per run of pixels per channel; B is wt packed once
 //   per call), and added into the chunk's zero-bordered input gradient at once (row2im).
-
 
 // The plain source: dy itself (channel-major as it is), transposed into the pixel-major panels.
 // The bias gradient's lanes of each row (row_lanes) are taken on the way, while the rows are in cache.
@@ -188,7 +192,8 @@ struct GatherDyPanels {
     float* lanes = g.lanes;
     for (i64 n = n0; n < n1; ++n) {
       for (i64 k0 = 0; k0 < K; k0 += nr)  // [nr channels, P] -> [P, nr], zeros past K
-        transpose_blocks(lk + k0 * L + (n - n0) * P * nr, nr, dy + (n * K + k0) * P, P, std::min<i64>(nr, K - k0), P, nr);
+        transpose_blocks(lk + k0 * L + (n - n0) * P * nr, nr, dy + (n * K + k0) * P, P, std::min<i64>(nr, K - k0), P,
+                         nr);
       for (i64 k = 0; k < K; ++k) row_lanes(lanes + (n * K + k) * 16, dy + (n * K + k) * P, P);
     }
     return {dy + n0 * K * P, K * P, P, lk};
@@ -221,7 +226,8 @@ void conv2d_backward_panels(float* dx, float* dw, const float* x, const float* w
     for (int i = 0; i < m;) {
       const i64 t = tp * mr + i, rq = t / C, c = t % C;
       const int len = int(std::min<i64>(m - i, C - c));
-      tap_runs[size_t(tp * 16 + nruns++)] = {(rq / S * s.Wp + rq % S) * C + c - i, std::uint32_t(((1u << len) - 1) << i)};
+      tap_runs[size_t(tp * 16 + nruns++)] = {(rq / S * s.Wp + rq % S) * C + c - i,
+                                             std::uint32_t(((1u << len) - 1) << i)};
       i += len;
     }
     tap_nruns[size_t(tp)] = nruns;
@@ -238,19 +244,20 @@ void conv2d_backward_panels(float* dx, float* dw, const float* x, const float* w
   // (every buffer a whole number of cache lines, so that each starts on one: see ScratchFloats)
   const size_t xp_floats = lines(size_t(ch.per_chunk) * image), ap_floats = lines(size_t(std::max(depth, K)) * mr);
   const size_t tile_floats = dx ? lines(size_t(mr) * Tp) : 0, lk_floats = lines(size_t(chunk_pixels) * Kp);
-  const size_t per_thread = xp_floats * (dx ? 2 : 1) + ap_floats + tile_floats + lk_floats + lines(size_t(chunk_pixels) * K);
+  const size_t per_thread =
+      xp_floats * (dx ? 2 : 1) + ap_floats + tile_floats + lk_floats + lines(size_t(chunk_pixels) * K);
   const size_t offsets_per_thread = size_t(chunk_pixels + K);
   ScratchFloats scratch(size_t(nt) * per_thread);
   std::unique_ptr<i64[]> offset_scratch(new i64[size_t(nt) * offsets_per_thread]);
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (i64 chunk = 0; chunk < ch.chunks; ++chunk) {
     const i64 n0 = chunk * ch.per_chunk, n1 = std::min(N, n0 + ch.per_chunk), L = (n1 - n0) * P;
-    float* xp = scratch.get() + size_t(omp_get_thread_num()) * per_thread;  // [images][Hp][Wp][C]
-    float* xdx = xp + xp_floats;                                            // the same, for dx
-    float* ap = xdx + (dx ? xp_floats : 0);                                 // packed A
-    float* tile = ap + ap_floats;                                           // drows [mr, Tp]
-    float* lk = tile + tile_floats;                                         // dy pixel-major
-    float* kl = lk + lk_floats;                                             // dy channel-major
+    float* xp = scratch.get() + size_t(omp_get_thread_num()) * per_thread;                    // [images][Hp][Wp][C]
+    float* xdx = xp + xp_floats;                                                              // the same, for dx
+    float* ap = xdx + (dx ? xp_floats : 0);                                                   // packed A
+    float* tile = ap + ap_floats;                                                             // drows [mr, Tp]
+    float* lk = tile + tile_floats;                                                           // dy pixel-major
+    float* kl = lk + lk_floats;                                                               // dy channel-major
     i64* offsets = offset_scratch.get() + size_t(omp_get_thread_num()) * offsets_per_thread;  // pixel l's in xp
     i64* channel_offsets = offsets + chunk_pixels;                                            // channel k's in dy
     for (i64 n = n0; n < n1; ++n) to_channels_last(xp + (n - n0) * image, x + n * s.C * s.H * s.W, s);
@@ -266,13 +273,14 @@ void conv2d_backward_panels(float* dx, float* dw, const float* x, const float* w
           if (in_place) {  // taps tp*mr.. of kernel row r = tap / (S*C), at offset tap % (S*C) in the pixel's row r
             const float* a = xp + (tp * mr) / (S * C) * s.Wp * C + (tp * mr) % (S * C);
             for (i64 j0 = 0; j0 < K; j0 += nr)
-              microkernel_in_place(kb, a, offsets + l0, d.by_pixel + j0 * L + l0 * nr, out + tp * mr * Kp + j0, Kp, l0 > 0);
+              microkernel_in_place(kb, a, offsets + l0, d.by_pixel + j0 * L + l0 * nr, out + tp * mr * Kp + j0, Kp,
+                                   l0 > 0);
             continue;
           }
           pack_patch_panel(ap, xp, &tap_runs[size_t(tp * 16)], tap_nruns[size_t(tp)], offsets + l0, kb, mr);
           for (i64 j0 = 0; j0 < K; j0 += nr)
-            mk.run(kb, ap, d.by_pixel + j0 * L + l0 * nr, out + tp * mr * Kp + j0, Kp,
-                   std::min<i64>(mr, T - tp * mr), std::min<i64>(nr, K - j0), l0 > 0);
+            mk.run(kb, ap, d.by_pixel + j0 * L + l0 * nr, out + tp * mr * Kp + j0, Kp, std::min<i64>(mr, T - tp * mr),
+                   std::min<i64>(nr, K - j0), l0 > 0);
         }
       }
     }
@@ -291,10 +299,12 @@ void conv2d_backward_panels(float* dx, float* dw, const float* x, const float* w
         }
         if (dx_in_place && m == mr && nruns == 1) {  // mr pixels of one image: A read in place from dy's rows
           for (i64 j0 = 0; j0 < T; j0 += nr)
-            microkernel_in_place(K, d.by_channel + runs[0].offset, channel_offsets, wtp.data() + j0 * K, tile + j0, Tp, false);
+            microkernel_in_place(K, d.by_channel + runs[0].offset, channel_offsets, wtp.data() + j0 * K, tile + j0, Tp,
+                                 false);
         } else {
           pack_patch_panel(ap, d.by_channel, runs, nruns, channel_offsets, K, mr);
-          for (i64 j0 = 0; j0 < T; j0 += nr) mk.run(K, ap, wtp.data() + j0 * K, tile + j0, Tp, m, std::min<i64>(nr, T - j0), 0);
+          for (i64 j0 = 0; j0 < T; j0 += nr)
+            mk.run(K, ap, wtp.data() + j0 * K, tile + j0, Tp, m, std::min<i64>(nr, T - j0), 0);
         }
         add_patch_rows(xdx, tile, Tp, offsets + l0, m, s);
       }
@@ -315,8 +325,8 @@ void panels_forward(float* y, std::int32_t* argmax, const float* x, const float*
   conv2d_forward_panels(y, x, w, b, s, N, argmax, pool_k);
 }
 
-void panels_backward(float* dx, float* dw, const float* x, const float* w, DyPanelsSource dy, const ConvShape& s,
-                     i64 N, i64 Hu, i64 Wu) {
+void panels_backward(float* dx, float* dw, const float* x, const float* w, DyPanelsSource dy, const ConvShape& s, i64 N,
+                     i64 Hu, i64 Wu) {
   conv2d_backward_panels(dx, dw, x, w, dy, s, N, Hu, Wu);
 }
 

@@ -28,7 +28,11 @@ constexpr int NV = 3;  // gemm_microkernel_neon.cpp's 8 x 12
 constexpr int NV = 2;  // gemm_microkernel.cpp's MR x 2 vectors
 #endif
 typedef float vec __attribute__((vector_size(CNNFAST_VEC_BYTES)));
-inline vec load(const float* p) { vec v; __builtin_memcpy(&v, p, sizeof v); return v; }
+inline vec load(const float* p) {
+  vec v;
+  __builtin_memcpy(&v, p, sizeof v);
+  return v;
+}
 inline void store(float* p, vec v) { __builtin_memcpy(p, &v, sizeof v); }
 
 struct PanelRun {

@@ -8,8 +8,8 @@
 namespace cnnfast {
 
 // y[n][k][oh][ow] = b[k] + sum_{c,r,s} w[k][c][r][s] * x[n][c][oh+r-pad][ow+s-pad]
-void conv2d_forward_naive(float* y, const float* x, const float* w, const float* b,
-                          i64 N, i64 C, i64 H, i64 W, i64 K, i64 R, i64 S, i64 pad) {
+void conv2d_forward_naive(float* y, const float* x, const float* w, const float* b, i64 N, i64 C, i64 H, i64 W, i64 K,
+                          i64 R, i64 S, i64 pad) {
   const ConvShape s(C, H, W, K, R, S, pad);
   for (i64 n = 0; n < N; ++n)
     for (i64 k = 0; k < K; ++k)
@@ -29,8 +29,8 @@ void conv2d_forward_naive(float* y, const float* x, const float* w, const float*
 
 // The adjoint, from the same loops: every term b[k] + w[k][c][r][s] * x[n][c][ih][iw] of y sends
 // dy back to b, w and x. dw and db are summed in double.
-void conv2d_backward_naive(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,
-                           i64 N, i64 C, i64 H, i64 W, i64 K, i64 R, i64 S, i64 pad) {
+void conv2d_backward_naive(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy, i64 N,
+                           i64 C, i64 H, i64 W, i64 K, i64 R, i64 S, i64 pad) {
   const ConvShape s(C, H, W, K, R, S, pad);
   std::vector<double> dw_sum(size_t(K * C * R * S), 0.0), db_sum(size_t(K), 0.0);
   if (dx) std::fill(dx, dx + N * C * H * W, 0.0f);

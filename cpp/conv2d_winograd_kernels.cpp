@@ -38,7 +38,11 @@ constexpr int NV = 2;  // MR x 2 vectors, as gemm_microkernel.cpp
 #endif
 constexpr int NR = NV * VL;
 typedef float vec __attribute__((vector_size(CNNFAST_VEC_BYTES)));
-inline vec load(const float* p) { vec v; __builtin_memcpy(&v, p, sizeof v); return v; }
+inline vec load(const float* p) {
+  vec v;
+  __builtin_memcpy(&v, p, sizeof v);
+  return v;
+}
 inline void store(float* p, vec v) { __builtin_memcpy(p, &v, sizeof v); }
 
 // The transforms' vectors: tiles are their lanes, so a row of Tw tiles goes in the narrowest of
@@ -51,9 +55,15 @@ typedef float v8 __attribute__((vector_size(32)));
 typedef float v16 __attribute__((vector_size(64)));
 #endif
 template <class T>
-inline T load_v(const float* p) { T v; __builtin_memcpy(&v, p, sizeof v); return v; }
+inline T load_v(const float* p) {
+  T v;
+  __builtin_memcpy(&v, p, sizeof v);
+  return v;
+}
 template <class T>
-inline void store_v(float* p, T v) { __builtin_memcpy(p, &v, sizeof v); }
+inline void store_v(float* p, T v) {
+  __builtin_memcpy(p, &v, sizeof v);
+}
 
 // Lanes 0, 2, 4, .. and 1, 3, 5, .. of the floats (lo, hi); and (a0 b0 a1 b1 ..) as two vectors
 inline v4 even(v4 lo, v4 hi) { return __builtin_shufflevector(lo, hi, 0, 2, 4, 6); }
@@ -197,7 +207,6 @@ void transform_input_rows(float* v, i64 vs, const float* x, i64 H, i64 W, i64 pa
   });
 }
 
-
 // m[xi*ms + tw] for a row of tiles th of channel k -> y rows 2th, 2th+1 of that plane (y: [Ho, Wo]),
 // + bias
 template <class T>
@@ -307,8 +316,8 @@ void winograd_forward(float* y, const float* x, const float* w, const float* b, 
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (i64 chunk = 0; chunk < chunks; ++chunk) {
     float* v = scratch.get() + size_t(omp_get_thread_num()) * per_thread;  // [16][C][LS], planes vs apart
-    float* m = v + 16 * vs;                                                 // [16][Kp][LS], planes ms apart
-    float* rows = m + 16 * ms;                                              // [Hr][Wr]
+    float* m = v + 16 * vs;                                                // [16][Kp][LS], planes ms apart
+    float* rows = m + 16 * ms;                                             // [Hr][Wr]
     const i64 r0 = chunk * rows_per_chunk, r1 = std::min(rows_total, r0 + rows_per_chunk);
     for (i64 r = r0; r < r1;) {  // the chunk's rows of tiles in image n: th0..th1
       const i64 n = r / Th, th0 = r % Th, th1 = std::min(Th, th0 + (r1 - r)), l0 = (r - r0) * Tw;
@@ -354,11 +363,11 @@ void winograd_weight_grad(float* dw, const float* x, const float* dy, const Conv
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (i64 group = 0; group < groups; ++group) {
     float* v = scratch.get() + size_t(omp_get_thread_num()) * per_thread;  // [16][C][LS], planes vs apart
-    float* e = v + 16 * vs;                                                 // [16][K][LS], planes es apart
-    float* rows = e + 16 * es;                                              // [Hr][Wr]
-    float* ep = rows + lines(size_t(Hr) * Wr);                              // e^T in panels: [Kp / MR][L][MR]
-    float* vt = ep + lines(size_t(L_max) * Kp);                             // v^T: [L][Cp]
-    float* m = sums.get() + size_t(group) * 16 * Kp * Cp;                   // [16][Kp][Cp]
+    float* e = v + 16 * vs;                                                // [16][K][LS], planes es apart
+    float* rows = e + 16 * es;                                             // [Hr][Wr]
+    float* ep = rows + lines(size_t(Hr) * Wr);                             // e^T in panels: [Kp / MR][L][MR]
+    float* vt = ep + lines(size_t(L_max) * Kp);                            // v^T: [L][Cp]
+    float* m = sums.get() + size_t(group) * 16 * Kp * Cp;                  // [16][Kp][Cp]
     for (i64 chunk = group * chunks / groups; chunk < (group + 1) * chunks / groups; ++chunk) {
       const i64 r0 = chunk * rows_per_chunk, r1 = std::min(rows_total, r0 + rows_per_chunk), L = (r1 - r0) * Tw;
       for (i64 r = r0; r < r1;) {  // the chunk's rows of tiles in image n: th0..th1
@@ -376,7 +385,8 @@ void winograd_weight_grad(float* dw, const float* x, const float* dy, const Conv
         pack_columns(vt, Cp, v + xi * vs, LS, C, L);
         float* mxi = m + size_t(xi) * Kp * Cp;
         for (i64 k0 = 0; k0 < Kp; k0 += MR)
-          for (i64 c0 = 0; c0 < Cp; c0 += NR) tile_product(L, ep + k0 * L, vt + c0, Cp, mxi + k0 * Cp + c0, Cp, accumulate);
+          for (i64 c0 = 0; c0 < Cp; c0 += NR)
+            tile_product(L, ep + k0 * L, vt + c0, Cp, mxi + k0 * Cp + c0, Cp, accumulate);
       }
     }
   }

@@ -31,8 +31,16 @@ constexpr int VL = CNNFAST_VEC_BYTES / 4;
 typedef float vec __attribute__((vector_size(CNNFAST_VEC_BYTES)));
 typedef std::int32_t ivec __attribute__((vector_size(CNNFAST_VEC_BYTES)));
 
-inline vec load(const float* p) { vec v; __builtin_memcpy(&v, p, sizeof v); return v; }
-inline ivec load(const std::int32_t* p) { ivec v; __builtin_memcpy(&v, p, sizeof v); return v; }
+inline vec load(const float* p) {
+  vec v;
+  __builtin_memcpy(&v, p, sizeof v);
+  return v;
+}
+inline ivec load(const std::int32_t* p) {
+  ivec v;
+  __builtin_memcpy(&v, p, sizeof v);
+  return v;
+}
 // the first n lanes of v to p (all of them in one store when n = VL)
 template <typename V, typename T>
 inline void store_first(T* p, V v, i64 n) {
@@ -81,7 +89,8 @@ void image_forward(float* y, std::int32_t* argmax, const float* x, const float* 
                    const Windows& win, float* D) {
   const i64 Q = win.Q, Qp = win.Qp;
   build_planes(D, x, s, win);
-  const std::int32_t step[4] = {0, 1, std::int32_t(s.Wo), std::int32_t(s.Wo + 1)};  // (a, b) = (0,0), (0,1), (1,0), (1,1)
+  const std::int32_t step[4] = {0, 1, std::int32_t(s.Wo),
+                                std::int32_t(s.Wo + 1)};  // (a, b) = (0,0), (0,1), (1,0), (1,1)
   for (i64 k = 0; k < s.K; ++k) {
     vec wk[9];
     for (int t = 0; t < 9; ++t) wk[t] = vec{} + w[k * 9 + t];
@@ -143,7 +152,8 @@ bool image_backward(float* dw_k, float* lanes, const float* x, const float* dy, 
       } else {  // (past Q: closed windows)
         std::int32_t av[VL];
         float gv[VL];
-        for (i64 i = 0; i < VL; ++i) av[i] = q0 + i < Q ? argmax[k * Q + q0 + i] : -1, gv[i] = q0 + i < Q ? dy[k * Q + q0 + i] : 0.0f;
+        for (i64 i = 0; i < VL; ++i)
+          av[i] = q0 + i < Q ? argmax[k * Q + q0 + i] : -1, gv[i] = q0 + i < Q ? dy[k * Q + q0 + i] : 0.0f;
         a = load(av), g = load(gv);
       }
       const ivec first = load(win.first.data() + q0);

@@ -33,8 +33,13 @@ struct Windows {
   i64 Hz, Wz;                       // the zero-bordered copy of x: rows, row length
   std::vector<std::int32_t> first;  // first[i*Wq + j] = (2i)*Wo + 2j, the window's top-left pixel
   explicit Windows(const ConvShape& s)
-      : Hq(s.Ho / 2), Wq(s.Wo / 2), Q(Hq * Wq), Qp((Q + 15) / 16 * 16), Hz(2 * Hq + 2),
-        Wz((Wq + 15) / 16 * 32 + 16), first(static_cast<size_t>(Qp), 0) {
+      : Hq(s.Ho / 2),
+        Wq(s.Wo / 2),
+        Q(Hq * Wq),
+        Qp((Q + 15) / 16 * 16),
+        Hz(2 * Hq + 2),
+        Wz((Wq + 15) / 16 * 32 + 16),
+        first(static_cast<size_t>(Qp), 0) {
     for (i64 i = 0; i < Hq; ++i)
       for (i64 j = 0; j < Wq; ++j) first[size_t(i * Wq + j)] = std::int32_t(2 * i * s.Wo + 2 * j);
   }
@@ -44,8 +49,8 @@ struct Windows {
 // 16 windows' ReLU + max-pool from their four candidates out[0..3] (window order (0,0), (0,1),
 // (1,0), (1,1); pixel indices first + step[i]) -> y, argmax (the first n lanes stored; argmax
 // may be null)
-__attribute__((always_inline)) inline void
-pool2_relu_16(float* y, std::int32_t* argmax, const __m512* out, __m512i first, const __m512i* step, i64 n) {
+__attribute__((always_inline)) inline void pool2_relu_16(float* y, std::int32_t* argmax, const __m512* out,
+                                                         __m512i first, const __m512i* step, i64 n) {
   const __m512 zero = _mm512_setzero_ps();
   __m512 best;
   __m512i index;
@@ -56,7 +61,8 @@ pool2_relu_16(float* y, std::int32_t* argmax, const __m512* out, __m512i first, 
     best = _mm512_max_ps(_mm512_max_ps(out[0], out[1]), _mm512_max_ps(out[2], out[3]));
     index = _mm512_add_epi32(first, step[3]);
     for (int i = 2; i >= 0; --i)
-      index = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(out[i], best, _CMP_EQ_OQ), index, _mm512_add_epi32(first, step[i]));
+      index = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(out[i], best, _CMP_EQ_OQ), index,
+                                      _mm512_add_epi32(first, step[i]));
     best = _mm512_max_ps(best, zero);  // (a maximum not > 0 gives +0)
   }
   const __mmask16 lanes = __mmask16(n >= 16 ? 0xFFFF : (1u << n) - 1);
@@ -81,7 +87,8 @@ void build_pool2_planes(float* D, const float* x, const ConvShape& s, const Wind
         const float* src = xz + (2 * i + u) * Wz + v;
         for (i64 j0 = 0; j0 < Wq; j0 += 16) {
           const __mmask16 lanes = __mmask16(Wq - j0 >= 16 ? 0xFFFF : (1u << (Wq - j0)) - 1);
-          const __m512 picked = _mm512_permutex2var_ps(_mm512_loadu_ps(src + 2 * j0), even, _mm512_loadu_ps(src + 2 * j0 + 16));
+          const __m512 picked =
+              _mm512_permutex2var_ps(_mm512_loadu_ps(src + 2 * j0), even, _mm512_loadu_ps(src + 2 * j0 + 16));
           _mm512_mask_storeu_ps(d + i * Wq + j0, lanes, picked);
         }
       }
@@ -89,8 +96,8 @@ void build_pool2_planes(float* D, const float* x, const ConvShape& s, const Wind
     }
 }
 
-void image_forward(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
-                              const ConvShape& s, const Windows& win, float* scratch) {
+void image_forward(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b, const ConvShape& s,
+                   const Windows& win, float* scratch) {
   const i64 Q = win.Q, Qp = win.Qp;
   float* D = scratch;
   build_pool2_planes(D, x, s, win, scratch + 16 * Qp);
@@ -101,7 +108,7 @@ void image_forward(float* y, std::int32_t* argmax, const float* x, const float* 
     __m512 wk[9];
     for (int t = 0; t < 9; ++t) wk[t] = _mm512_set1_ps(w[k * 9 + t]);
     const __m512 bias = _mm512_add_ps(zero, _mm512_set1_ps(b[k]));  // 0 + b, as the direct path
-    for (i64 q0 = 0; q0 < Q; q0 += 16) {  // 16 windows: 4 independent sums
+    for (i64 q0 = 0; q0 < Q; q0 += 16) {                            // 16 windows: 4 independent sums
       __m512 out[4] = {bias, bias, bias, bias};
       // each plane (u, v) loaded once and used by every window pixel (a, b) with tap
       // (r, q) = (u - a, v - b) inside 3x3; for a fixed (a, b) the taps come in (r, q) order
@@ -117,8 +124,8 @@ void image_forward(float* y, std::int32_t* argmax, const float* x, const float* 
             out[ab] = _mm512_fmadd_ps(wk[r * 3 + q], d, out[ab]);
           }
         }
-      pool2_relu_16(y + k * Q + q0, argmax ? argmax + k * Q + q0 : nullptr, out, _mm512_loadu_si512(win.first.data() + q0),
-                    step, Q - q0);
+      pool2_relu_16(y + k * Q + q0, argmax ? argmax + k * Q + q0 : nullptr, out,
+                    _mm512_loadu_si512(win.first.data() + q0), step, Q - q0);
     }
   }
 }
@@ -130,9 +137,8 @@ void image_forward(float* y, std::int32_t* argmax, const float* x, const float* 
 // each plane loaded once per block. dw_k: [K, 9]; lanes: [K, 16], the bias gradient's partial
 // sums. Returns false, computing nothing useful, if an argmax is neither -1 nor a pixel of its
 // window (argmax made by hand): the caller then takes the general path.
-bool image_backward(float* dw_k, float* lanes, const float* x, const float* dy,
-                                       const std::int32_t* argmax, const ConvShape& s, const Windows& win,
-                                       float* scratch) {
+bool image_backward(float* dw_k, float* lanes, const float* x, const float* dy, const std::int32_t* argmax,
+                    const ConvShape& s, const Windows& win, float* scratch) {
   const i64 Q = win.Q, Qp = win.Qp;
   float* D = scratch;
   build_pool2_planes(D, x, s, win, scratch + 16 * Qp);

@@ -31,7 +31,8 @@ bool conv3x3_pool2_backward(float* dw, float* db, const float* x, const float* d
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (i64 n = 0; n < N; ++n)
     if (!image_backward(partial.get() + n * K * 9, lanes.get() + n * K * 16, x + n * s.H * s.W, dy + n * pooled,
-                        argmax + n * pooled, s, win, scratch.get() + size_t(omp_get_thread_num()) * win.scratch_floats()))
+                        argmax + n * pooled, s, win,
+                        scratch.get() + size_t(omp_get_thread_num()) * win.scratch_floats()))
       stray.store(true, std::memory_order_relaxed);
   if (stray.load()) return false;
   sum_parts(dw, partial.get(), N, K * 9);  // per image, added in image order

@@ -10,15 +10,23 @@
 namespace cnnfast {
 
 // isa_table.cpp, compiled once per instruction set
-namespace baseline { extern const IsaKernels table; }
+namespace baseline {
+extern const IsaKernels table;
+}
 #ifdef CNNFAST_HAVE_AVX2
-namespace avx2 { extern const IsaKernels table; }
+namespace avx2 {
+extern const IsaKernels table;
+}
 #endif
 #ifdef CNNFAST_HAVE_AVX512
-namespace avx512 { extern const IsaKernels table; }
+namespace avx512 {
+extern const IsaKernels table;
+}
 #endif
 #ifdef CNNFAST_HAVE_NEON
-namespace neon { extern const IsaKernels table; }
+namespace neon {
+extern const IsaKernels table;
+}
 #endif
 
 namespace {
@@ -52,12 +60,11 @@ bool cpu_supports_isa(const char* name) {
   if (std::strcmp(name, "baseline") == 0) return true;
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
   // __builtin_cpu_supports also checks that the OS saves the wide registers (XCR0).
-  if (std::strcmp(name, "avx2") == 0)
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (std::strcmp(name, "avx2") == 0) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   if (std::strcmp(name, "avx512") == 0)
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx2") &&
+           __builtin_cpu_supports("fma");
 #endif
 #if defined(__aarch64__)
   if (std::strcmp(name, "neon") == 0) return true;  // Advanced SIMD (with FMA) is part of ARMv8-A

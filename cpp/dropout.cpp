@@ -12,9 +12,9 @@ namespace cnnfast {
 // its 16-bit slice u_i of draw i/4 satisfies u_i >= p * 65536 (p is resolved to 1/65536).
 void dropout_forward(float* y, std::uint8_t* mask, const float* x, i64 n, float p, std::uint64_t seed) {
   const std::uint32_t threshold = std::uint32_t(double(p) * 65536.0 + 0.5);  // 0..65536
-  const i64 whole = n / 4;  // groups of four elements; a last partial one below
+  const i64 whole = n / 4;                                    // groups of four elements; a last partial one below
   const auto mask_groups = active_isa().dropout_mask_groups;  // dropout_mask.cpp, per ISA
-  const int nt = std::max(1, threads_for(n * 4.0));  // ~16 integer operations a group
+  const int nt = std::max(1, threads_for(n * 4.0));           // ~16 integer operations a group
 #pragma omp parallel num_threads(nt)
   {
     const int t = omp_get_thread_num(), parts = omp_get_num_threads();

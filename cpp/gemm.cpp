@@ -83,8 +83,8 @@ i64 depth_block(i64 K) {
   return (K + (K + KC - 1) / KC - 1) / ((K + KC - 1) / KC);
 }
 
-void sgemm(bool trans_a, bool trans_b, i64 M, i64 N, i64 K, const float* A, i64 lda,
-           const float* B, i64 ldb, float* C, i64 ldc, bool accumulate) {
+void sgemm(bool trans_a, bool trans_b, i64 M, i64 N, i64 K, const float* A, i64 lda, const float* B, i64 ldb, float* C,
+           i64 ldc, bool accumulate) {
   if (M <= 0 || N <= 0) return;
   if (K <= 0) {
     if (!accumulate)
@@ -107,15 +107,15 @@ void sgemm(bool trans_a, bool trans_b, i64 M, i64 N, i64 K, const float* A, i64 
         pack_a(Ap, trans_a, A, lda, ic, pc, mc, kc, mk.mr);
         for (i64 jr = 0; jr < nc; jr += mk.nr)
           for (i64 ir = 0; ir < mc; ir += mk.mr)
-            mk.run(kc, Ap + ir * kc, Bp + jr * kc, C + (ic + ir) * ldc + jc + jr, ldc,
-                   std::min<i64>(mk.mr, mc - ir), std::min<i64>(mk.nr, nc - jr), acc);
+            mk.run(kc, Ap + ir * kc, Bp + jr * kc, C + (ic + ir) * ldc + jc + jr, ldc, std::min<i64>(mk.mr, mc - ir),
+                   std::min<i64>(mk.nr, nc - jr), acc);
       }
     }
   }
 }
 
-void sgemm_parallel(bool trans_a, bool trans_b, i64 M, i64 N, i64 K, const float* A, i64 lda,
-                    const float* B, i64 ldb, float* C, i64 ldc, bool accumulate) {
+void sgemm_parallel(bool trans_a, bool trans_b, i64 M, i64 N, i64 K, const float* A, i64 lda, const float* B, i64 ldb,
+                    float* C, i64 ldc, bool accumulate) {
   const int nt = threads_for(double(M) * double(N) * double(K));
   if (nt <= 1) return sgemm(trans_a, trans_b, M, N, K, A, lda, B, ldb, C, ldc, accumulate);
   const MicroKernel& mk = active_microkernel();
@@ -127,16 +127,16 @@ void sgemm_parallel(bool trans_a, bool trans_b, i64 M, i64 N, i64 K, const float
     const i64 start = t * chunk, len = std::min(chunk, extent - start);
     if (len <= 0) continue;
     if (split_columns)
-      sgemm(trans_a, trans_b, M, len, K, A, lda, trans_b ? B + start * ldb : B + start, ldb,
-            C + start, ldc, accumulate);
+      sgemm(trans_a, trans_b, M, len, K, A, lda, trans_b ? B + start * ldb : B + start, ldb, C + start, ldc,
+            accumulate);
     else
-      sgemm(trans_a, trans_b, len, N, K, trans_a ? A + start : A + start * lda, lda, B, ldb,
-            C + start * ldc, ldc, accumulate);
+      sgemm(trans_a, trans_b, len, N, K, trans_a ? A + start : A + start * lda, lda, B, ldb, C + start * ldc, ldc,
+            accumulate);
   }
 }
 
-void sgemm_naive(bool trans_a, bool trans_b, i64 M, i64 N, i64 K, const float* A, i64 lda,
-                 const float* B, i64 ldb, float* C, i64 ldc, bool accumulate) {
+void sgemm_naive(bool trans_a, bool trans_b, i64 M, i64 N, i64 K, const float* A, i64 lda, const float* B, i64 ldb,
+                 float* C, i64 ldc, bool accumulate) {
   for (i64 i = 0; i < M; ++i)
     for (i64 j = 0; j < N; ++j) {
       float sum = 0.0f;

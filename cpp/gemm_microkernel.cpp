@@ -21,13 +21,20 @@ constexpr int MR = CNNFAST_MR;
 constexpr int NR = 2 * VLEN;
 typedef float vfloat __attribute__((vector_size(CNNFAST_VEC_BYTES)));
 
-inline vfloat load(const float* p) { vfloat v; __builtin_memcpy(&v, p, sizeof v); return v; }
+inline vfloat load(const float* p) {
+  vfloat v;
+  __builtin_memcpy(&v, p, sizeof v);
+  return v;
+}
 inline void store(float* p, vfloat v) { __builtin_memcpy(p, &v, sizeof v); }
 
 void run(long kc, const float* a, const float* b, float* c, long ldc, long m, long n, int accumulate) {
   vfloat acc0[MR], acc1[MR];
 #pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i) { acc0[i] = vfloat{}; acc1[i] = vfloat{}; }
+  for (int i = 0; i < MR; ++i) {
+    acc0[i] = vfloat{};
+    acc1[i] = vfloat{};
+  }
   for (long k = 0; k < kc; ++k) {
     const vfloat b0 = load(b + k * NR), b1 = load(b + k * NR + VLEN);
 #pragma GCC unroll 16
@@ -41,8 +48,13 @@ void run(long kc, const float* a, const float* b, float* c, long ldc, long m, lo
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
       float* ci = c + i * ldc;
-      if (accumulate) { store(ci, load(ci) + acc0[i]); store(ci + VLEN, load(ci + VLEN) + acc1[i]); }
-      else { store(ci, acc0[i]); store(ci + VLEN, acc1[i]); }
+      if (accumulate) {
+        store(ci, load(ci) + acc0[i]);
+        store(ci + VLEN, load(ci + VLEN) + acc1[i]);
+      } else {
+        store(ci, acc0[i]);
+        store(ci + VLEN, acc1[i]);
+      }
     }
     return;
   }

@@ -75,8 +75,8 @@ struct IsaKernels {
   void (*panels_forward)(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
                          const ConvShape& s, i64 N, i64 pool_k);
   // Backward over the first Hu x Wu output pixels, dy from a source (the fused kernel's d(conv))
-  void (*panels_backward)(float* dx, float* dw, const float* x, const float* w, DyPanelsSource dy,
-                          const ConvShape& s, i64 N, i64 Hu, i64 Wu);
+  void (*panels_backward)(float* dx, float* dw, const float* x, const float* w, DyPanelsSource dy, const ConvShape& s,
+                          i64 N, i64 Hu, i64 Wu);
   // Backward of conv2d itself (dy: [N, K, Ho, Wo]), db included (dw, db or dx may be null)
   void (*panels_backward_plain)(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,
                                 const ConvShape& s, i64 N);

@@ -9,27 +9,27 @@ namespace CNNFAST_ISA {
 // Defined in this instruction set's objects (CMakeLists.txt lists them), all in namespace cnnfast::<isa>
 extern const MicroKernel gemm_microkernel;  // gemm_microkernel.cpp (gemm_microkernel_neon.cpp on AArch64)
 void direct_forward_kernel(float* y, const float* col, const float* w, const float* b, i64 K, i64 T, i64 P,
-                           i64 ld);                                             // conv2d_direct_kernels.cpp
+                           i64 ld);  // conv2d_direct_kernels.cpp
 void direct_weight_grad_kernel(float* dw, const float* dy, const float* col, i64 K, i64 T, i64 P);
 void linear_forward_rows(float* y, const float* x, const float* w, const float* b, i64 n0, i64 n1, i64 I,
-                         i64 O);                                                // linear_narrow.cpp
+                         i64 O);                                                              // linear_narrow.cpp
 void int32_range_block(const std::int32_t* a, i64 n, std::int32_t* low, std::int32_t* high);  // int32_range.cpp
 void dropout_mask_groups(std::uint8_t* mask, i64 g0, i64 g1, std::uint64_t seed,
-                         std::uint32_t threshold);                              // dropout_mask.cpp
+                         std::uint32_t threshold);  // dropout_mask.cpp
 #if defined(CNNFAST_ISA_AVX512)
 void pool2_plane(float* y, std::int32_t* argmax, const float* x, i64 Ho, i64 Wo, std::int32_t W,
-                 bool relu);                                                    // max_pool2d_avx512.cpp
+                 bool relu);  // max_pool2d_avx512.cpp
 bool pool2_backward_plane(float* dx, const std::int32_t* argmax, const float* dy, i64 H, i64 W, i64 Ho, i64 Wo);
 #endif
 // conv2d_panels_avx512.cpp on AVX-512, conv2d_panels_portable.cpp elsewhere
-void panels_forward(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
-                    const ConvShape& s, i64 N, i64 pool_k);
-void panels_backward(float* dx, float* dw, const float* x, const float* w, DyPanelsSource dy, const ConvShape& s,
-                     i64 N, i64 Hu, i64 Wu);
+void panels_forward(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b, const ConvShape& s,
+                    i64 N, i64 pool_k);
+void panels_backward(float* dx, float* dw, const float* x, const float* w, DyPanelsSource dy, const ConvShape& s, i64 N,
+                     i64 Hu, i64 Wu);
 void panels_backward_plain(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,
                            const ConvShape& s, i64 N);
 void winograd_forward(float* y, const float* x, const float* w, const float* b, const ConvShape& s,
-                      i64 N);                                                   // conv2d_winograd_kernels.cpp
+                      i64 N);  // conv2d_winograd_kernels.cpp
 void winograd_weight_grad(float* dw, const float* x, const float* dy, const ConvShape& s, i64 N);
 // conv3x3_pool2_avx512.cpp on AVX-512, conv3x3_pool2.cpp elsewhere
 void conv3x3_pool2_forward(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
@@ -49,7 +49,8 @@ extern const IsaKernels table = {
     pool2_plane,
     pool2_backward_plane,
 #else
-    nullptr, nullptr,  // (max_pool2d.cpp's portable loops serve)
+    nullptr,
+    nullptr,  // (max_pool2d.cpp's portable loops serve)
 #endif
     panels_forward,
     panels_backward,

@@ -19,7 +19,7 @@ namespace cnnfast {
 using i64 = std::int64_t;
 
 // ---- threads and instruction sets (cpu_features.cpp) ----
-void set_num_threads(int n);   // n >= 1
+void set_num_threads(int n);  // n >= 1
 int get_num_threads();
 // Threads worth using for `work` multiply-adds: 1 for work too small to pay for a fork/join.
 int threads_for(double work);
@@ -27,18 +27,18 @@ int threads_for(double work);
 // ---- conv2d.cpp: stride 1, zero padding `pad` on all four sides ----
 // Ho = H + 2*pad - R + 1, Wo = W + 2*pad - S + 1 (both >= 1)
 // x: [N, C, H, W], w: [K, C, R, S], b: [K] -> y: [N, K, Ho, Wo]
-void conv2d_forward(float* y, const float* x, const float* w, const float* b,
-                    i64 N, i64 C, i64 H, i64 W, i64 K, i64 R, i64 S, i64 pad);
+void conv2d_forward(float* y, const float* x, const float* w, const float* b, i64 N, i64 C, i64 H, i64 W, i64 K, i64 R,
+                    i64 S, i64 pad);
 // x: [N, C, H, W], w: [K, C, R, S], dy: [N, K, Ho, Wo] -> dx: [N, C, H, W], dw: [K, C, R, S],
 // db: [K]. dx may be null (not computed: a network's first layer needs no input gradient).
-void conv2d_backward(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,
-                     i64 N, i64 C, i64 H, i64 W, i64 K, i64 R, i64 S, i64 pad);
+void conv2d_backward(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy, i64 N, i64 C,
+                     i64 H, i64 W, i64 K, i64 R, i64 S, i64 pad);
 // The readable specification (conv2d_ref.cpp): seven nested loops each way, used by the tests as a
 // second reference and the last path of conv2d's list.
-void conv2d_forward_naive(float* y, const float* x, const float* w, const float* b,
-                          i64 N, i64 C, i64 H, i64 W, i64 K, i64 R, i64 S, i64 pad);
-void conv2d_backward_naive(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,
-                           i64 N, i64 C, i64 H, i64 W, i64 K, i64 R, i64 S, i64 pad);
+void conv2d_forward_naive(float* y, const float* x, const float* w, const float* b, i64 N, i64 C, i64 H, i64 W, i64 K,
+                          i64 R, i64 S, i64 pad);
+void conv2d_backward_naive(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy, i64 N,
+                           i64 C, i64 H, i64 W, i64 K, i64 R, i64 S, i64 pad);
 // Which of conv2d's paths (conv2d.cpp's list) runs for this layer with the instruction set in use;
 // pool_k > 0: the fused conv2d_relu_max_pool2d kernels; backward: that entry point's first choice
 // (a path that declines at run time, on an argmax outside its window, hands over to the next).
@@ -56,17 +56,15 @@ void relu_backward(float* dx, const float* x, const float* dy, i64 n);
 // ---- max_pool2d.cpp: window k, stride k, floor ----
 // x: [N, C, H, W] -> y: [N, C, H/k, W/k], argmax: [N, C, H/k, W/k] (index h*W + w in the plane)
 // relu: y = pool(relu(x)) in the same pass; windows whose max is <= 0 get y = 0, argmax = -1
-void max_pool2d_forward(float* y, std::int32_t* argmax, const float* x,
-                        i64 N, i64 C, i64 H, i64 W, i64 k, bool relu);
+void max_pool2d_forward(float* y, std::int32_t* argmax, const float* x, i64 N, i64 C, i64 H, i64 W, i64 k, bool relu);
 // dy, argmax: [N, C, Ho, Wo] -> dx: [N, C, H, W] (each dy routed to its argmax, zero elsewhere;
 // argmax -1 routes nothing)
-void max_pool2d_backward(float* dx, const std::int32_t* argmax, const float* dy,
-                         i64 N, i64 C, i64 H, i64 W, i64 Ho, i64 Wo);
+void max_pool2d_backward(float* dx, const std::int32_t* argmax, const float* dy, i64 N, i64 C, i64 H, i64 W, i64 Ho,
+                         i64 Wo);
 // The same two on `planes` consecutive planes, in the calling thread (for fused kernels)
-void max_pool2d_planes(float* y, std::int32_t* argmax, const float* x, i64 planes, i64 H, i64 W, i64 k,
-                       bool relu);
-void max_pool2d_backward_planes(float* dx, const std::int32_t* argmax, const float* dy, i64 planes,
-                                i64 H, i64 W, i64 Ho, i64 Wo);
+void max_pool2d_planes(float* y, std::int32_t* argmax, const float* x, i64 planes, i64 H, i64 W, i64 k, bool relu);
+void max_pool2d_backward_planes(float* dx, const std::int32_t* argmax, const float* dy, i64 planes, i64 H, i64 W,
+                                i64 Ho, i64 Wo);
 
 // The smallest and largest of a[0:n], or -1 and -1 when n = 0 (checking argmax values)
 void int32_range(const std::int32_t* a, i64 n, std::int32_t* lo, std::int32_t* hi);
@@ -76,16 +74,15 @@ void int32_range(const std::int32_t* a, i64 n, std::int32_t* lo, std::int32_t* h
 // not wanted, as in inference)
 // y, argmax = max_pool2d(conv2d(x, w, b, pad), k, relu=true), the same numbers, without writing
 // the convolution's output to memory when the patches are short (the direct path)
-void conv2d_relu_max_pool2d_forward(float* y, std::int32_t* argmax, const float* x, const float* w,
-                                    const float* b, i64 N, i64 C, i64 H, i64 W, i64 K, i64 R, i64 S,
-                                    i64 pad, i64 k);
+void conv2d_relu_max_pool2d_forward(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
+                                    i64 N, i64 C, i64 H, i64 W, i64 K, i64 R, i64 S, i64 pad, i64 k);
 // dy, argmax: [N, K, Ho/k, Wo/k] -> dx (may be null), dw, db: conv2d_backward of
 // max_pool2d_backward(dy, argmax), the same numbers (dw and db up to float rounding: on AVX-512
 // some paths sum them in another order; and conv pixels no window reads, whose gradient is 0,
 // are left out, so an inf/NaN in x or w that only they meet gives no 0 * inf = NaN)
-void conv2d_relu_max_pool2d_backward(float* dx, float* dw, float* db, const float* x, const float* w,
-                                     const float* dy, const std::int32_t* argmax, i64 N, i64 C, i64 H,
-                                     i64 W, i64 K, i64 R, i64 S, i64 pad, i64 k);
+void conv2d_relu_max_pool2d_backward(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,
+                                     const std::int32_t* argmax, i64 N, i64 C, i64 H, i64 W, i64 K, i64 R, i64 S,
+                                     i64 pad, i64 k);
 
 // ---- dropout.cpp: inverted dropout, keep probability 1-p, mask from a counter-based RNG ----
 // x: [n] -> y: [n], mask: [n] (1 kept, 0 dropped); y = x * mask / (1 - p)  (p == 1: y = 0)
@@ -97,8 +94,8 @@ void dropout_backward(float* dx, const std::uint8_t* mask, const float* dy, i64 
 // x: [N, I], w: [O, I], b: [O] -> y: [N, O] = x w^T + b
 void linear_forward(float* y, const float* x, const float* w, const float* b, i64 N, i64 I, i64 O);
 // x: [N, I], w: [O, I], dy: [N, O] -> dx: [N, I], dw: [O, I], db: [O]
-void linear_backward(float* dx, float* dw, float* db, const float* x, const float* w,
-                     const float* dy, i64 N, i64 I, i64 O);
+void linear_backward(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy, i64 N, i64 I,
+                     i64 O);
 
 // ---- cross_entropy.cpp ----
 // logits: [N, K], labels: [N] in 0..K-1 -> returns the mean loss; dlogits: [N, K] its gradient.
@@ -109,11 +106,10 @@ double softmax_cross_entropy(float* dlogits, const float* logits, const Label* l
 // ---- optim.cpp: in place on n float32 parameters ----
 // SGD with momentum (PyTorch's rule, dampening 0): g = grad + wd*param; v = momentum*v + g;
 // param -= lr * v   (momentum 0: param -= lr * g, velocity untouched)
-void sgd_step(float* param, float* velocity, const float* grad, i64 n,
-              float lr, float momentum, float weight_decay);
+void sgd_step(float* param, float* velocity, const float* grad, i64 n, float lr, float momentum, float weight_decay);
 // Adam (PyTorch's rule): m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
 // param -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps), t = step >= 1
-void adam_step(float* param, float* m, float* v, const float* grad, i64 n, i64 step,
-               float lr, float beta1, float beta2, float eps, float weight_decay);
+void adam_step(float* param, float* m, float* v, const float* grad, i64 n, i64 step, float lr, float beta1, float beta2,
+               float eps, float weight_decay);
 
 }  // namespace cnnfast

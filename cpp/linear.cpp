@@ -27,8 +27,8 @@ void linear_forward(float* y, const float* x, const float* w, const float* b, i6
 }
 
 // x: [N, I], w: [O, I], dy: [N, O] -> dx: [N, I] = dy w, dw: [O, I] = dy^T x, db: [O] = sum_n dy
-void linear_backward(float* dx, float* dw, float* db, const float* x, const float* w,
-                     const float* dy, i64 N, i64 I, i64 O) {
+void linear_backward(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy, i64 N, i64 I,
+                     i64 O) {
   sgemm_parallel(false, false, N, I, O, dy, O, w, I, dx, I, false);
   sgemm_parallel(true, false, O, I, N, dy, O, x, I, dw, I, false);
   for (i64 o = 0; o < O; ++o) {

@@ -11,13 +11,17 @@ namespace {
 typedef float f32x4 __attribute__((vector_size(16)));
 typedef std::int32_t i32x4 __attribute__((vector_size(16)));
 
-inline f32x4 load4(const float* p) { f32x4 v; __builtin_memcpy(&v, p, sizeof v); return v; }
+inline f32x4 load4(const float* p) {
+  f32x4 v;
+  __builtin_memcpy(&v, p, sizeof v);
+  return v;
+}
 
 // Four adjacent 2x2 windows: rows r0 and r1 hold 8 floats each (a b a b ...); even lanes are each
 // window's left column, odd lanes its right. The rule is the scalar one, as vector selects:
 // a later value wins when it is larger, or when it is NaN and the best so far is not.
-inline void pool2_four(float* y, std::int32_t* argmax, const float* r0, const float* r1,
-                       std::int32_t first_index, std::int32_t W, bool relu) {
+inline void pool2_four(float* y, std::int32_t* argmax, const float* r0, const float* r1, std::int32_t first_index,
+                       std::int32_t W, bool relu) {
   const f32x4 top0 = load4(r0), top1 = load4(r0 + 4), bottom0 = load4(r1), bottom1 = load4(r1 + 4);
   const f32x4 candidates[3] = {__builtin_shufflevector(top0, top1, 1, 3, 5, 7),
                                __builtin_shufflevector(bottom0, bottom1, 0, 2, 4, 6),
@@ -46,9 +50,9 @@ inline void pool2_four(float* y, std::int32_t* argmax, const float* r0, const fl
 // ties, and a NaN in the window wins (so NaN propagates, as in PyTorch).
 // With relu, y = relu(pool(x)) = pool(relu(x)) (max and ReLU commute), and a window whose
 // maximum is not > 0 (<= 0, or NaN) gets argmax -1: relu(x) then pooling would route its
-// gradient to such an x, where relu_backward passes none. One pass over x instead of three (relu, pool, relu's backward).
-void max_pool2d_planes(float* y, std::int32_t* argmax, const float* x, i64 planes, i64 H, i64 W, i64 k,
-                       bool relu) {
+// gradient to such an x, where relu_backward passes none. One pass over x instead of three (relu, pool, relu's
+// backward).
+void max_pool2d_planes(float* y, std::int32_t* argmax, const float* x, i64 planes, i64 H, i64 W, i64 k, bool relu) {
   const i64 Ho = H / k, Wo = W / k;
   // 2x2 windows through the instruction set's own rows where it has them (max_pool2d_avx512.cpp)
   // and indices fit the vector arithmetic
@@ -69,8 +73,8 @@ void max_pool2d_planes(float* y, std::int32_t* argmax, const float* x, i64 plane
         const std::int32_t row_start = std::int32_t(2 * oh * W);
         i64 ow = 0;
         for (; ow + 4 <= Wo; ow += 4)  // four windows at a time in 16-byte vectors
-          pool2_four(yp + oh * Wo + ow, ap + oh * Wo + ow, r0 + 2 * ow, r1 + 2 * ow,
-                     row_start + std::int32_t(2 * ow), std::int32_t(W), relu);
+          pool2_four(yp + oh * Wo + ow, ap + oh * Wo + ow, r0 + 2 * ow, r1 + 2 * ow, row_start + std::int32_t(2 * ow),
+                     std::int32_t(W), relu);
         for (; ow < Wo; ++ow) {
           const float v[4] = {r0[2 * ow], r0[2 * ow + 1], r1[2 * ow], r1[2 * ow + 1]};
           int which = 0;
@@ -78,7 +82,8 @@ void max_pool2d_planes(float* y, std::int32_t* argmax, const float* x, i64 plane
             if (v[i] > v[which] || (v[i] != v[i] && v[which] == v[which])) which = i;
           yp[oh * Wo + ow] = relu && v[which] <= 0.0f ? 0.0f : v[which];
           ap[oh * Wo + ow] = relu && !(v[which] > 0.0f)
-                                 ? -1 : row_start + std::int32_t(2 * ow) + (which & 1) + (which >> 1) * std::int32_t(W);
+                                 ? -1
+                                 : row_start + std::int32_t(2 * ow) + (which & 1) + (which >> 1) * std::int32_t(W);
         }
       }
       continue;
@@ -91,7 +96,10 @@ void max_pool2d_planes(float* y, std::int32_t* argmax, const float* x, i64 plane
           for (i64 s = 0; s < k; ++s) {
             const i64 i = (oh * k + r) * W + ow * k + s;
             const float v = xp[i];
-            if (v > best_value || (v != v && best_value == best_value)) { best_value = v; best = i; }
+            if (v > best_value || (v != v && best_value == best_value)) {
+              best_value = v;
+              best = i;
+            }
           }
         yp[oh * Wo + ow] = relu && best_value <= 0.0f ? 0.0f : best_value;
         ap[oh * Wo + ow] = relu && !(best_value > 0.0f) ? -1 : std::int32_t(best);
@@ -99,22 +107,22 @@ void max_pool2d_planes(float* y, std::int32_t* argmax, const float* x, i64 plane
   }
 }
 
-void max_pool2d_forward(float* y, std::int32_t* argmax, const float* x,
-                        i64 N, i64 C, i64 H, i64 W, i64 k, bool relu) {
+void max_pool2d_forward(float* y, std::int32_t* argmax, const float* x, i64 N, i64 C, i64 H, i64 W, i64 k, bool relu) {
   const i64 planes = N * C, out_plane = (H / k) * (W / k);
   const int nt = std::max(1, std::min<int>(threads_for(double(planes) * H * W / 8.0), int(std::max<i64>(planes, 1))));
 #pragma omp parallel num_threads(nt)
   {  // each thread one contiguous range of planes (as schedule(static) would give)
     const int t = omp_get_thread_num(), n = omp_get_num_threads();
     const i64 first = planes * t / n, last = planes * (t + 1) / n;
-    max_pool2d_planes(y + first * out_plane, argmax + first * out_plane, x + first * H * W, last - first, H, W, k, relu);
+    max_pool2d_planes(y + first * out_plane, argmax + first * out_plane, x + first * H * W, last - first, H, W, k,
+                      relu);
   }
 }
 
 // dy, argmax: [N, C, Ho, Wo] -> dx: [N, C, H, W]; dx is zero except at each window's argmax
 // (argmax -1: a window closed by the fused ReLU, which passes nothing)
-void max_pool2d_backward_planes(float* dx, const std::int32_t* argmax, const float* dy, i64 planes,
-                                i64 H, i64 W, i64 Ho, i64 Wo) {
+void max_pool2d_backward_planes(float* dx, const std::int32_t* argmax, const float* dy, i64 planes, i64 H, i64 W,
+                                i64 Ho, i64 Wo) {
   // 2x2 windows (as far as the shapes tell; the plane function checks every argmax) through the
   // instruction set's dense rows where it has them (AVX-512), in rows of at least 8 windows (pool1's
   // 13: 0.34 -> 0.23 ms at batch 128); on shorter rows (pool2's 5) the fill and scatter of a small
@@ -123,8 +131,7 @@ void max_pool2d_backward_planes(float* dx, const std::int32_t* argmax, const flo
   const bool wide = Ho == H / 2 && Wo == W / 2 && Wo >= 8 && pool2_backward_plane && H * W < (i64(1) << 30);
   for (i64 plane = 0; plane < planes; ++plane) {
     float* dxp = dx + plane * H * W;
-    if (wide && pool2_backward_plane(dxp, argmax + plane * Ho * Wo, dy + plane * Ho * Wo, H, W, Ho, Wo))
-      continue;
+    if (wide && pool2_backward_plane(dxp, argmax + plane * Ho * Wo, dy + plane * Ho * Wo, H, W, Ho, Wo)) continue;
     std::fill(dxp, dxp + H * W, 0.0f);
     const float* dyp = dy + plane * Ho * Wo;
     const std::int32_t* ap = argmax + plane * Ho * Wo;
@@ -140,16 +147,16 @@ void max_pool2d_backward_planes(float* dx, const std::int32_t* argmax, const flo
   }
 }
 
-void max_pool2d_backward(float* dx, const std::int32_t* argmax, const float* dy,
-                         i64 N, i64 C, i64 H, i64 W, i64 Ho, i64 Wo) {
+void max_pool2d_backward(float* dx, const std::int32_t* argmax, const float* dy, i64 N, i64 C, i64 H, i64 W, i64 Ho,
+                         i64 Wo) {
   const i64 planes = N * C;
   const int nt = std::max(1, std::min<int>(threads_for(double(planes) * H * W / 8.0), int(std::max<i64>(planes, 1))));
 #pragma omp parallel num_threads(nt)
   {
     const int t = omp_get_thread_num(), n = omp_get_num_threads();
     const i64 first = planes * t / n, last = planes * (t + 1) / n;
-    max_pool2d_backward_planes(dx + first * H * W, argmax + first * Ho * Wo, dy + first * Ho * Wo, last - first,
-                               H, W, Ho, Wo);
+    max_pool2d_backward_planes(dx + first * H * W, argmax + first * Ho * Wo, dy + first * Ho * Wo, last - first, H, W,
+                               Ho, Wo);
   }
 }
 

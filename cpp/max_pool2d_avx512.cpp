@@ -15,11 +15,11 @@ namespace CNNFAST_ISA {
 // One plane of 2x2 windows, 16 windows per step with AVX-512 (a row's tail by masks, so a
 // 13-window row is one step): rows r0 and r1 are deinterleaved into each window's four
 // candidates (even and odd columns), and the same rule as pool2_four, as mask registers.
-void pool2_plane(float* yp, std::int32_t* ap, const float* xp, i64 Ho, i64 Wo, std::int32_t W,
-                 bool relu) {
+void pool2_plane(float* yp, std::int32_t* ap, const float* xp, i64 Ho, i64 Wo, std::int32_t W, bool relu) {
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
-  const __m512i offsets[4] = {_mm512_setzero_si512(), _mm512_set1_epi32(1), _mm512_set1_epi32(W), _mm512_set1_epi32(W + 1)};
+  const __m512i offsets[4] = {_mm512_setzero_si512(), _mm512_set1_epi32(1), _mm512_set1_epi32(W),
+                              _mm512_set1_epi32(W + 1)};
   for (i64 oh = 0; oh < Ho; ++oh) {
     const float* r0 = xp + 2 * oh * W;
     const float* r1 = r0 + W;
@@ -35,8 +35,9 @@ void pool2_plane(float* yp, std::int32_t* ap, const float* xp, i64 Ho, i64 Wo, s
       const float *a = r0 + 2 * ow, *b = r1 + 2 * ow;
       const __m512 top_lo = _mm512_maskz_loadu_ps(lo_mask, a), top_hi = _mm512_maskz_loadu_ps(hi_mask, a + 16);
       const __m512 bot_lo = _mm512_maskz_loadu_ps(lo_mask, b), bot_hi = _mm512_maskz_loadu_ps(hi_mask, b + 16);
-      const __m512 candidates[4] = {_mm512_permutex2var_ps(top_lo, even, top_hi), _mm512_permutex2var_ps(top_lo, odd, top_hi),
-                                    _mm512_permutex2var_ps(bot_lo, even, bot_hi), _mm512_permutex2var_ps(bot_lo, odd, bot_hi)};
+      const __m512 candidates[4] = {
+          _mm512_permutex2var_ps(top_lo, even, top_hi), _mm512_permutex2var_ps(top_lo, odd, top_hi),
+          _mm512_permutex2var_ps(bot_lo, even, bot_hi), _mm512_permutex2var_ps(bot_lo, odd, bot_hi)};
       const __m512i first = _mm512_add_epi32(_mm512_set1_epi32(row_start + std::int32_t(2 * ow)), even);
       __m512 best;
       __m512i index;
@@ -72,7 +73,8 @@ bool pool2_backward_plane(float* dxp, const std::int32_t* ap, const float* dyp, 
           const i64 count = 2 * n - 16 * half < 16 ? 2 * n - 16 * half : 16;  // elements in this half
           const __mmask16 valid = __mmask16((1u << count) - 1);
           const __m512i which = _mm512_add_epi32(repeat, _mm512_set1_epi32(std::int32_t(8 * half)));
-          const __m512i index = _mm512_add_epi32(lane, _mm512_set1_epi32(std::int32_t((2 * oh + r) * W + 2 * ow + 16 * half)));
+          const __m512i index =
+              _mm512_add_epi32(lane, _mm512_set1_epi32(std::int32_t((2 * oh + r) * W + 2 * ow + 16 * half)));
           const __mmask16 hit = _mm512_mask_cmpeq_epi32_mask(valid, _mm512_permutexvar_epi32(which, a), index);
           matched += __builtin_popcount(unsigned(hit));
           _mm512_mask_storeu_ps(row + 2 * ow + 16 * half, valid,

@@ -5,8 +5,7 @@
 
 namespace cnnfast {
 
-void sgd_step(float* param, float* velocity, const float* grad, i64 n,
-              float lr, float momentum, float weight_decay) {
+void sgd_step(float* param, float* velocity, const float* grad, i64 n, float lr, float momentum, float weight_decay) {
 #pragma omp parallel for num_threads(threads_for(n / 8.0)) schedule(static)
   for (i64 i = 0; i < n; ++i) {
     float g = grad[i] + weight_decay * param[i];
@@ -18,8 +17,8 @@ void sgd_step(float* param, float* velocity, const float* grad, i64 n,
   }
 }
 
-void adam_step(float* param, float* m, float* v, const float* grad, i64 n, i64 step,
-               float lr, float beta1, float beta2, float eps, float weight_decay) {
+void adam_step(float* param, float* m, float* v, const float* grad, i64 n, i64 step, float lr, float beta1, float beta2,
+               float eps, float weight_decay) {
   const double bias1 = 1.0 - std::pow(double(beta1), double(step));
   const double bias2 = 1.0 - std::pow(double(beta2), double(step));
   const float step_size = float(double(lr) / bias1);

@@ -10,9 +10,8 @@ namespace cnnfast {
 
 // best, index <- the winner among candidate[0..count) (lane by lane), candidate i sitting at
 // pixel first + offset[i] (offset[0] = 0)
-__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl"), always_inline)) inline void
-pool_first_max_avx512(__m512* best, __m512i* index, const __m512* candidate, int count, __m512i first,
-                      const __m512i* offset) {
+__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl"), always_inline)) inline void pool_first_max_avx512(
+    __m512* best, __m512i* index, const __m512* candidate, int count, __m512i first, const __m512i* offset) {
   *best = candidate[0];
   *index = first;
   for (int i = 1; i < count; ++i) {
@@ -25,8 +24,8 @@ pool_first_max_avx512(__m512* best, __m512i* index, const __m512* candidate, int
 }
 
 // The fused ReLU: a maximum <= 0 (or NaN, for the index) gives y = 0 and argmax -1
-__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl"), always_inline)) inline void
-pool_relu_avx512(__m512* best, __m512i* index) {
+__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl"), always_inline)) inline void pool_relu_avx512(
+    __m512* best, __m512i* index) {
   const __m512 zero = _mm512_setzero_ps();
   *best = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(*best, zero, _CMP_LE_OQ), *best, zero);
   *index = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(*best, zero, _CMP_GT_OQ), _mm512_set1_epi32(-1), *index);
