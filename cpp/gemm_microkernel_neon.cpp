@@ -29,10 +29,15 @@ void run(long kc, const float* a, const float* b, float* c, long ldc, long m, lo
 #define CNNFAST_ROW(i, av, lane)                        \
   acc[i][0] = vfmaq_laneq_f32(acc[i][0], b0, av, lane); \
   acc[i][1] = vfmaq_laneq_f32(acc[i][1], b1, av, lane); \
-  acc[i][2] = vfmaq_laneq_f32(acc[i][2], b2, av, lane);
-    CNNFAST_ROW(0, a0, 0)
-    CNNFAST_ROW(1, a0, 1) CNNFAST_ROW(2, a0, 2) CNNFAST_ROW(3, a0, 3) CNNFAST_ROW(4, a1, 0) CNNFAST_ROW(5, a1, 1)
-        CNNFAST_ROW(6, a1, 2) CNNFAST_ROW(7, a1, 3)
+  acc[i][2] = vfmaq_laneq_f32(acc[i][2], b2, av, lane)
+    CNNFAST_ROW(0, a0, 0);
+    CNNFAST_ROW(1, a0, 1);
+    CNNFAST_ROW(2, a0, 2);
+    CNNFAST_ROW(3, a0, 3);
+    CNNFAST_ROW(4, a1, 0);
+    CNNFAST_ROW(5, a1, 1);
+    CNNFAST_ROW(6, a1, 2);
+    CNNFAST_ROW(7, a1, 3);
 #undef CNNFAST_ROW
   }
   if (m == MR && n == NR) {  // full tile: vector stores
