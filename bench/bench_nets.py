@@ -151,6 +151,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if min(args.threads + [args.batch, args.steps, args.rounds]) < 1 or args.warmup < 0:
         p.error("--threads, --batch, --steps and --rounds need positive values")
+    cnnfast.reuse_freed_memory()  # as python -m cnnfast.train does
     info = cnnfast.build_info()
     cpu = cpu_name()
     print(

@@ -315,6 +315,7 @@ def main(argv=None) -> int:
     log = sys.stderr if json_to_stdout else sys.stdout
 
     cnnfast.set_num_threads(args.threads)
+    cnnfast.reuse_freed_memory()  # as python -m cnnfast.train does
     directory = data_dir(args)
     try:
         x_train, y_train, x_test, y_test = load_mnist(directory)

@@ -554,20 +554,30 @@ py::dict build_info() {
   return d;
 }
 
+// Training allocates the same large activation arrays (up to ~11 MB) at every step. glibc serves
+// blocks over 128 KiB with mmap and unmaps them on free, so every step would fault in and zero tens
+// of MB afresh (about a fifth of a step). Serving them from the heap, and not trimming it, lets
+// each step reuse the memory the previous step freed. Process-wide, so only on request (the
+// training command asks; importing cnnfast changes nothing). False where the C library is not glibc.
+bool freed_memory_reused = false;
+bool reuse_freed_memory() {
+#if defined(__GLIBC__)
+  mallopt(M_MMAP_THRESHOLD, 256 << 20);
+  mallopt(M_TRIM_THRESHOLD, 512 << 20);
+  freed_memory_reused = true;
+#endif
+  return freed_memory_reused;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "cnnfast's compiled kernels (private: use cnnfast.functional)";
-#if defined(__GLIBC__)
-  // Training allocates the same large activation arrays (up to ~11 MB) at every step. glibc
-  // serves blocks over 128 KiB with mmap and unmaps them on free, so every step would fault in
-  // and zero tens of MB afresh (about a fifth of a step). Serving them from the heap, and not
-  // trimming it, lets each step reuse the memory the previous step freed.
-  mallopt(M_MMAP_THRESHOLD, 256 << 20);
-  mallopt(M_TRIM_THRESHOLD, 512 << 20);
-#endif
   using namespace pybind11::literals;
 
+  m.def("reuse_freed_memory", &reuse_freed_memory,
+        "Keep large freed blocks in the heap for reuse (glibc's mallopt; process-wide). True if done.");
+  m.def("freed_memory_reused", [] { return freed_memory_reused; });
   m.def("conv2d", &conv2d, "x"_a, "w"_a, "b"_a, "padding"_a = 0);
   m.def("conv2d_naive", &conv2d_naive, "x"_a, "w"_a, "b"_a, "padding"_a = 0);
   m.def("conv2d_backward", &conv2d_grad, "x"_a, "w"_a, "dy"_a, "padding"_a = 0, "input_grad"_a = true);

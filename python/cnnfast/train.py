@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from . import checkpoint as ckpt
 from . import functional as F
-from . import get_num_threads, plots, set_num_threads
+from . import get_num_threads, plots, reuse_freed_memory, set_num_threads
 from ._cli import Interrupted as CommandInterrupted
 from ._cli import add_data_arguments, argument_parser, can_plot, check_plot_arg
 from ._cli import load_mnist as load_data
@@ -594,6 +594,7 @@ def main(argv=None) -> int:
     log = sys.stderr if args.json else sys.stdout  # with --json, stdout holds the JSON alone
     if args.threads is not None:
         set_num_threads(args.threads)
+    reuse_freed_memory()  # (process-wide: the command's choice, not the library's on import)
     data = load_data(args.data_dir, args.no_verify)
     if data is None:
         return 1
