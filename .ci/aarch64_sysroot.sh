@@ -3,7 +3,7 @@
 # (numpy, pytest, hypothesis), runnable on an x86-64 host under qemu-user, and OUTDIR/python3.11-aarch64,
 # a wrapper that runs it. Idempotent: finished steps are skipped (rm -rf OUTDIR to start over).
 # Usage: aarch64_sysroot.sh OUTDIR
-# Env:   WHEELS       pip requirements for the sysroot (default "numpy pytest hypothesis")
+# Env:   WHEELS       pip requirements for the sysroot (default "numpy pytest hypothesis tqdm": tqdm is a dependency of the commands)
 #        HOST_PYTHON  host python whose pip installs the aarch64 wheels (default python3)
 # Needs: qemu-user, apt and dpkg, host apt sources that serve arm64 (deb.debian.org does), PyPI;
 #        a Debian 12 (bookworm) host: its arm64 archive has python3.11.
@@ -16,7 +16,7 @@ set -euo pipefail
 mkdir -p "$1"; OUT=$(cd "$1" && pwd)
 SYSROOT=$OUT/sysroot A=$OUT/apt
 SITE=$SYSROOT/usr/local/lib/python3.11/dist-packages   # on Debian python's default sys.path
-WHEELS=${WHEELS:-numpy pytest hypothesis}
+WHEELS=${WHEELS:-numpy pytest hypothesis tqdm}
 HOST_PYTHON=${HOST_PYTHON:-python3}
 PY=$OUT/python3.11-aarch64
 die() { echo "aarch64_sysroot: $*" >&2; exit 1; }

@@ -5,6 +5,8 @@ import inspect
 import re
 from pathlib import Path
 
+import pytest
+
 import cnnfast
 from cnnfast import _core
 
@@ -41,31 +43,15 @@ def test_functional_wraps_every_public_kernel():
 def test_the_version_is_written_once_in_pyproject():
     """__version__ and build_info()["version"] come from the installed metadata, which
     pyproject.toml's version fills: no second copy to forget."""
+    from importlib import metadata
+
+    try:
+        metadata.version("cnnfast")
+    except metadata.PackageNotFoundError:  # (.ci/aarch64 runs the package from a directory, not installed)
+        assert cnnfast.__version__ == cnnfast.build_info()["version"] == "0+unknown"
+        pytest.skip("cnnfast is imported from a directory, not installed: it has no metadata to read")
     pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
     version = re.search(r'(?m)^version = "([^"]+)"$', pyproject).group(1)
     assert cnnfast.__version__ == version == cnnfast.build_info()["version"]
     init = Path(cnnfast.__file__).read_text()
     assert version not in init
-
-
-def test_importing_cnnfast_leaves_the_allocator_alone_and_training_asks(tmp_path):
-    # mallopt is process-wide: a notebook or server that imports cnnfast keeps glibc's behaviour;
-    # the training command asks for the heap reuse it measured (a fifth of a step).
-    import subprocess
-    import sys
-
-    code = (
-        "import cnnfast, sys; from cnnfast import _core;"
-        "before = _core.freed_memory_reused();"
-        "from _idx_helpers import synthetic_mnist, write_mnist_dir;"
-        f"write_mnist_dir({str(tmp_path)!r}, synthetic_mnist(n_train=64, n_test=8, seed=0));"
-        "from cnnfast import train;"
-        f"status = train.main(['--data-dir', {str(tmp_path)!r}, '--no-verify', '--epochs', '1',"
-        f" '--out', {str(tmp_path / 'm.npz')!r}]);"
-        "print(before, _core.freed_memory_reused(), status)"
-    )
-    tests = str(__import__("pathlib").Path(__file__).parent)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tests, timeout=120)
-    assert out.returncode == 0, out.stderr
-    glibc = __import__("platform").libc_ver()[0] == "glibc"
-    assert out.stdout.split()[-3:] == ["False", str(glibc), "0"], out.stdout

@@ -183,3 +183,26 @@ def test_short_real_training_run_exceeds_95_percent(tmp_path):
     _, _, x_test, y_test = load_mnist(data)
     accuracy = (cnnfast.load_model(out).predict(mnist.as_model_input(x_test[:2000])) == y_test[:2000]).mean()
     assert accuracy > 0.95, accuracy
+
+
+def test_importing_cnnfast_leaves_the_allocator_alone_and_training_asks(tmp_path):
+    # mallopt is process-wide: a notebook or server that imports cnnfast keeps glibc's behaviour;
+    # the training command asks for the heap reuse it measured (a fifth of a step).
+    import subprocess
+    import sys
+
+    code = (
+        "import cnnfast, sys; from cnnfast import _core;"
+        "before = _core.freed_memory_reused();"
+        "from _idx_helpers import synthetic_mnist, write_mnist_dir;"
+        f"write_mnist_dir({str(tmp_path)!r}, synthetic_mnist(n_train=64, n_test=8, seed=0));"
+        "from cnnfast import train;"
+        f"status = train.main(['--data-dir', {str(tmp_path)!r}, '--no-verify', '--epochs', '1',"
+        f" '--out', {str(tmp_path / 'm.npz')!r}]);"
+        "print(before, _core.freed_memory_reused(), status)"
+    )
+    tests = str(__import__("pathlib").Path(__file__).parent)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tests, timeout=120)
+    assert out.returncode == 0, out.stderr
+    glibc = __import__("platform").libc_ver()[0] == "glibc"
+    assert out.stdout.split()[-3:] == ["False", str(glibc), "0"], out.stdout
