@@ -1,6 +1,7 @@
 """python -m cnnfast.train: argument checks, data errors, determinism, and a real short run."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -206,3 +207,22 @@ def test_importing_cnnfast_leaves_the_allocator_alone_and_training_asks(tmp_path
     assert out.returncode == 0, out.stderr
     glibc = __import__("platform").libc_ver()[0] == "glibc"
     assert out.stdout.split()[-3:] == ["False", str(glibc), "0"], out.stdout
+
+
+@pytest.mark.parametrize(
+    "env, expected",
+    [({}, "10000"), ({"GOMP_SPINCOUNT": "300000"}, "300000"), ({"OMP_WAIT_POLICY": "active"}, None)],
+)
+def test_openmp_threads_spin_briefly_unless_the_user_chose(env, expected):
+    # libgomp's 300,000 spins took a busy machine's cores (2 threads slower than 1): cnnfast sets
+    # GOMP_SPINCOUNT=10000 before OpenMP loads, unless OMP_WAIT_POLICY or GOMP_SPINCOUNT is set.
+    base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    out = subprocess.run(
+        [sys.executable, "-c", "import os, cnnfast; print(os.environ.get('GOMP_SPINCOUNT'))"],
+        capture_output=True,
+        text=True,
+        env={**base, **env},
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(expected)
