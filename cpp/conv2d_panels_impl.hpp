@@ -18,6 +18,7 @@
 //                         dst[j*ldd + i] = src[i*lds + j] (i < rows, j < cols), 0 for rows <= i < rows_out
 //   add_bias_rows(y, b, K, P), add_patch_rows(xp, rows, ld, offsets, m, s)
 //                         y[k][p] += b[k]; xp[offsets[i] + (r*Wp + q)*C + c] += rows[i*ld + (r*S + q)*C + c]
+//   forward_microkernel(K)  the forward's MicroKernel for K output channels (AVX-512: 16 x 16 for K <= 16)
 //   kInPlaceMR, kInPlaceNR, microkernel_in_place(kc, a, offsets, b, c, ldc, accumulate)
 //                         the ISA's GEMM micro-kernel with A read in place: step k's mr values are
 //                         a[offsets[k] + 0..mr), for whole kInPlaceMR x kInPlaceNR tiles
@@ -92,7 +93,7 @@ void relu_pool_pixel_major(float* y, std::int32_t* argmax, const float* out, con
 // pixels no window reads, conv2's last row and column, 21 of 121, are not computed)
 void conv2d_forward_panels(float* y, const float* x, const float* w, const float* b, const ConvShape& s, i64 N,
                            std::int32_t* argmax, i64 pool_k) {
-  const MicroKernel& mk = gemm_microkernel;
+  const MicroKernel& mk = forward_microkernel(s.K);
   const i64 C = s.C, K = s.K, P = s.P(), T = s.taps();
   const int mr = mk.mr, nr = mk.nr;
   // Padded images go through a zero-bordered planar copy; unpadded ones are read in place.

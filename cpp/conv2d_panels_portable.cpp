@@ -166,6 +166,9 @@ void microkernel_in_place(i64 kc, const float* a, const i64* offsets, const floa
     }
 }
 
+// The forward's tile: the ISA's one for every K
+const MicroKernel& forward_microkernel(i64) { return gemm_microkernel; }
+
 }  // namespace
 
 #include "conv2d_panels_impl.hpp"
