@@ -105,8 +105,16 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
   // One depth block while a panel's A (T x mr) and B (T x nr) fit L1 and L2 together (conv2:
   // T = 288, measured 3% faster than two blocks of 144); sgemm's blocks beyond that.
   const i64 kc = T <= 512 ? T : depth_block(T), Kpad = (K + nr - 1) / nr * nr;
-  std::vector<float> wp(size_t(T) * Kpad);  // op(B) = w^T [T, K], packed per depth block
-  for (i64 k0 = 0; k0 < T; k0 += kc) pack_b(wp.data() + k0 * Kpad, true, w, T, k0, 0, std::min(kc, T - k0), K, nr);
+  // op(B) = w^T [T, K], packed per depth block: panel j0 of block k0 is [kcb][nr], the transpose of
+  // w's rows j0.. (zeros past K), through the ISA's register transposes (for a single image the
+  // packing is a fifth of the call: generic scalar packing was)
+  ScratchFloats wp(size_t(T) * Kpad);
+  for (i64 k0 = 0; k0 < T; k0 += kc) {
+    const i64 kcb = std::min(kc, T - k0);
+    for (i64 j0 = 0; j0 < Kpad; j0 += nr)
+      transpose_blocks(wp.get() + k0 * Kpad + j0 * kcb, nr, w + std::min(j0, K) * T + k0, T,
+                       std::max<i64>(0, std::min<i64>(nr, K - j0)), kcb, nr);
+  }
 
   const i64 Hu = pool_k > 0 ? s.Ho / pool_k * pool_k : s.Ho, Wu = pool_k > 0 ? s.Wo / pool_k * pool_k : s.Wo,
             Pu = Hu * Wu;
@@ -147,8 +155,8 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
       for (i64 k0 = 0; k0 < T; k0 += kc) {
         const i64 kcb = std::min(kc, T - k0);
         for (i64 j0 = 0; j0 < K; j0 += nr)
-          mk.run(kcb, ap + k0 * mr, wp.data() + k0 * Kpad + j0 * kcb, out + l0 * K + j0, K, m,
-                 std::min<i64>(nr, K - j0), k0 > 0);
+          mk.run(kcb, ap + k0 * mr, wp.get() + k0 * Kpad + j0 * kcb, out + l0 * K + j0, K, m, std::min<i64>(nr, K - j0),
+                 k0 > 0);
       }
     }
     if (pool_k > 0) {
