@@ -214,6 +214,25 @@ const MicroKernel narrow_microkernel = {16, 16, &run_16x16};
 // The forward's tile for K output channels
 const MicroKernel& forward_microkernel(i64 K) { return K <= 16 ? narrow_microkernel : gemm_microkernel; }
 
+// dW's tile for K <= 16: c[0:m, 0:n] (+)= a (packed [kc][16] taps) b ([kc] rows ldb apart, n <= 16
+// channels used), 16 taps x 16 channels in 16 zmm registers, as run_16x16
+constexpr int kNarrowDwTaps = 16;
+void narrow_dw_product(i64 kc, const float* a, const float* b, i64 ldb, float* c, i64 ldc, i64 m, i64 n,
+                       bool accumulate) {
+  __m512 acc[16];
+  for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_ps();
+  for (i64 k = 0; k < kc; ++k) {
+    const __m512 bk = _mm512_loadu_ps(b + ldb * k);
+    for (int i = 0; i < 16; ++i) acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(a[16 * k + i]), bk, acc[i]);
+  }
+  const __mmask16 columns = __mmask16((1u << n) - 1);
+  for (i64 i = 0; i < m; ++i) {
+    float* ci = c + i * ldc;
+    const __m512 sum = accumulate ? _mm512_add_ps(_mm512_maskz_loadu_ps(columns, ci), acc[i]) : acc[i];
+    _mm512_mask_storeu_ps(ci, columns, sum);
+  }
+}
+
 }  // namespace
 
 constexpr int kInPlaceMR = 12, kInPlaceNR = 32;  // microkernel_in_place's tile

@@ -19,6 +19,9 @@
 //   add_bias_rows(y, b, K, P), add_patch_rows(xp, rows, ld, offsets, m, s)
 //                         y[k][p] += b[k]; xp[offsets[i] + (r*Wp + q)*C + c] += rows[i*ld + (r*S + q)*C + c]
 //   forward_microkernel(K)  the forward's MicroKernel for K output channels (AVX-512: 16 x 16 for K <= 16)
+//   kNarrowDwTaps, narrow_dw_product(kc, a, b, ldb, c, ldc, m, n, accumulate)
+//                         dW's tile for K <= 16 (AVX-512: 16 taps x 16 channels, B's rows ldb apart;
+//                         kNarrowDwTaps = 0 elsewhere: the ISA's tile serves)
 //   kInPlaceMR, kInPlaceNR, microkernel_in_place(kc, a, offsets, b, c, ldc, accumulate)
 //                         the ISA's GEMM micro-kernel with A read in place: step k's mr values are
 //                         a[offsets[k] + 0..mr), for whole kInPlaceMR x kInPlaceNR tiles
@@ -226,14 +229,18 @@ void conv2d_backward_panels(float* dx, float* dw, const float* x, const float* w
   const bool in_place = mr == kInPlaceMR && nr == kInPlaceNR && (S * C) % mr == 0 && K % nr == 0;
   // dx's A likewise, from dy's channel rows, for panels of mr pixels of one image (whole tiles)
   const bool dx_in_place = mr == kInPlaceMR && nr == kInPlaceNR && T % nr == 0;
-  const i64 tap_panels = (T + mr - 1) / mr;
+  // dW's tile: the ISA's (mr taps x nr channels), or for K <= 16 on AVX-512 narrow_dw_product's
+  // (16 taps x 16 channels: the wide tile would leave half its lanes empty)
+  const bool narrow = kNarrowDwTaps > 0 && K <= 16;
+  const int tr = narrow ? kNarrowDwTaps : mr;  // taps per panel of dW's A
+  const i64 tap_panels = (T + tr - 1) / tr;
   std::vector<PanelRun> tap_runs(size_t(tap_panels) * 16);
   std::vector<int> tap_nruns(static_cast<size_t>(tap_panels));
   for (i64 tp = 0; tp < tap_panels; ++tp) {
-    const int m = int(std::min<i64>(mr, T - tp * mr));
+    const int m = int(std::min<i64>(tr, T - tp * tr));
     int nruns = 0;
     for (int i = 0; i < m;) {
-      const i64 t = tp * mr + i, rq = t / C, c = t % C;
+      const i64 t = tp * tr + i, rq = t / C, c = t % C;
       const int len = int(std::min<i64>(m - i, C - c));
       tap_runs[size_t(tp * 16 + nruns++)] = {(rq / S * s.Wp + rq % S) * C + c - i,
                                              std::uint32_t(((1u << len) - 1) << i)};
@@ -251,7 +258,8 @@ void conv2d_backward_panels(float* dx, float* dw, const float* x, const float* w
   if (dw && Kp > K) std::fill(partial.get(), partial.get() + ch.chunks * T * Kp, 0.0f);
   const i64 chunk_pixels = ch.per_chunk * P, depth = depth_block(std::max<i64>(chunk_pixels, 1));
   // (every buffer a whole number of cache lines, so that each starts on one: see ScratchFloats)
-  const size_t xp_floats = lines(size_t(ch.per_chunk) * image), ap_floats = lines(size_t(std::max(depth, K)) * mr);
+  const size_t xp_floats = lines(size_t(ch.per_chunk) * image),
+               ap_floats = lines(size_t(std::max(depth, K)) * std::max(mr, tr));
   const size_t tile_floats = dx ? lines(size_t(mr) * Tp) : 0, lk_floats = lines(size_t(chunk_pixels) * Kp);
   const size_t per_thread =
       xp_floats * (dx ? 2 : 1) + ap_floats + tile_floats + lk_floats + lines(size_t(chunk_pixels) * K);
@@ -286,7 +294,12 @@ void conv2d_backward_panels(float* dx, float* dw, const float* x, const float* w
                                    l0 > 0);
             continue;
           }
-          pack_patch_panel(ap, xp, &tap_runs[size_t(tp * 16)], tap_nruns[size_t(tp)], offsets + l0, kb, mr);
+          pack_patch_panel(ap, xp, &tap_runs[size_t(tp * 16)], tap_nruns[size_t(tp)], offsets + l0, kb, tr);
+          if (narrow) {  // B: dy's first panel of nr channels, of which K <= 16 are used
+            narrow_dw_product(kb, ap, d.by_pixel + l0 * nr, nr, out + tp * tr * Kp, Kp, std::min<i64>(tr, T - tp * tr),
+                              K, l0 > 0);
+            continue;
+          }
           for (i64 j0 = 0; j0 < K; j0 += nr)
             mk.run(kb, ap, d.by_pixel + j0 * L + l0 * nr, out + tp * mr * Kp + j0, Kp, std::min<i64>(mr, T - tp * mr),
                    std::min<i64>(nr, K - j0), l0 > 0);

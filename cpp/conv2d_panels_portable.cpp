@@ -169,6 +169,10 @@ void microkernel_in_place(i64 kc, const float* a, const i64* offsets, const floa
 // The forward's tile: the ISA's one for every K
 const MicroKernel& forward_microkernel(i64) { return gemm_microkernel; }
 
+// dW's tile: the ISA's for every K too (16 channels wide at most on AVX2 and NEON: nothing to narrow)
+constexpr int kNarrowDwTaps = 0;
+void narrow_dw_product(i64, const float*, const float*, i64, float*, i64, i64, i64, bool) {}
+
 }  // namespace
 
 #include "conv2d_panels_impl.hpp"
