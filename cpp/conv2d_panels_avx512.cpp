@@ -64,6 +64,12 @@ void pack_patch_panel(float* ap, const float* src, const PanelRun* runs, int nru
       return pack_runs<2>(ap, src, runs, tap_offset, T, mr);
     case 3:
       return pack_runs<3>(ap, src, runs, tap_offset, T, mr);
+    case 4:  // (4-6: dW's 16-tap panels of a layer with 3 input channels)
+      return pack_runs<4>(ap, src, runs, tap_offset, T, mr);
+    case 5:
+      return pack_runs<5>(ap, src, runs, tap_offset, T, mr);
+    case 6:
+      return pack_runs<6>(ap, src, runs, tap_offset, T, mr);
     default:
       break;
   }
