@@ -93,6 +93,13 @@ def load_model(path):
     return _load(path)
 
 
+def manual_seed(seed: int) -> None:
+    """Seed the generator that layers built without `rng=` draw from (initial weights, dropout)."""
+    from .nn import manual_seed as _seed
+
+    _seed(seed)
+
+
 def export_onnx(model, path):
     """Write `model` (or the path of a saved model) to `path` as a standard ONNX graph: input
     float32 [batch, 1, 28, 28] in [0, 1], output logits [batch, 10]. Needs the onnx package
@@ -108,6 +115,7 @@ __all__ = [
     "reuse_freed_memory",
     "build_info",
     "load_model",
+    "manual_seed",
     "export_onnx",
     "__version__",
 ]

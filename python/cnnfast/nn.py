@@ -24,6 +24,20 @@ from ._files import atomic_write, read_npz
 
 FORMAT = "cnnfast-model-v1"
 
+# The generator of layers built without rng= (weights, dropout masks): unseeded until
+# cnnfast.manual_seed(s), then every model built in the same order is the same (as torch.manual_seed).
+_default_rng = np.random.default_rng()
+
+
+def manual_seed(seed: int) -> None:
+    """Seed the generator that layers built without `rng=` draw from (initial weights, dropout)."""
+    global _default_rng
+    _default_rng = np.random.default_rng(int(seed))
+
+
+def _rng(rng: np.random.Generator | None) -> np.random.Generator:
+    return rng if rng is not None else _default_rng
+
 
 class ModelFormatError(ValueError):
     """A file that is not a cnnfast model, or whose contents do not fit its architecture."""
@@ -96,7 +110,7 @@ class Conv2d(Layer):
     ):
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.kernel_size, self.padding = kernel_pair(kernel_size), int(padding)
-        rng = rng if rng is not None else np.random.default_rng()
+        rng = _rng(rng)
         kh, kw = self.kernel_size
         bound = 1.0 / math.sqrt(self.in_channels * kh * kw)
         self.weight = Parameter(_uniform(rng, (self.out_channels, self.in_channels, kh, kw), bound))
@@ -131,7 +145,7 @@ class Linear(Layer):
 
     def __init__(self, in_features: int, out_features: int, rng: np.random.Generator | None = None):
         self.in_features, self.out_features = int(in_features), int(out_features)
-        rng = rng if rng is not None else np.random.default_rng()
+        rng = _rng(rng)
         bound = 1.0 / math.sqrt(self.in_features)
         self.weight = Parameter(_uniform(rng, (self.out_features, self.in_features), bound))
         self.bias = Parameter(_uniform(rng, (self.out_features,), bound))
@@ -209,7 +223,7 @@ class Dropout(Layer):
         if not 0.0 <= p < 1.0:
             raise ValueError(f"Dropout p must be in [0, 1), got {p}")
         self.p = float(p)
-        self.rng = rng if rng is not None else np.random.default_rng()
+        self.rng = _rng(rng)
 
     def forward(self, x):
         if not self.training or self.p == 0.0:
@@ -356,6 +370,41 @@ class Sequential:
 
     def parameters(self) -> list[Parameter]:
         return [p for layer in self.layers for p in layer.parameters()]
+
+    def named_parameters(self) -> list[tuple[str, Parameter]]:
+        """("<layer index>.weight" / ".bias", parameter): the names model files use."""
+        return [
+            (f"{i}.{name}", p)
+            for i, layer in enumerate(self.layers)
+            for name, p in zip(("weight", "bias"), layer.parameters())
+        ]
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """A copy of every parameter, by name ("0.weight", "0.bias", "3.weight", ...)."""
+        return {name: p.data.copy() for name, p in self.named_parameters()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Set every parameter from a copy of `state` (as state_dict() gives it): the same names and
+        shapes, or a ValueError naming what differs, and then nothing is changed."""
+        params = dict(self.named_parameters())
+        missing, unexpected = sorted(set(params) - set(state)), sorted(set(state) - set(params))
+        if missing or unexpected:
+            raise ValueError(f"load_state_dict: missing {missing}, unexpected {unexpected}")
+        arrays = {}
+        for name, p in params.items():
+            value = np.asarray(state[name])
+            if value.shape != p.data.shape:
+                raise ValueError(f"load_state_dict: {name} has shape {value.shape}, the model's is {p.data.shape}")
+            if not (np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)):
+                raise ValueError(f"load_state_dict: {name} is not numeric ({value.dtype})")
+            arrays[name] = value
+        for name, p in params.items():  # (into the parameters' own arrays: references to them stay valid)
+            np.copyto(p.data, arrays[name], casting="unsafe")
+
+    def zero_grad(self) -> None:
+        """Set every parameter's gradient to zero."""
+        for p in self.parameters():
+            p.grad.fill(0.0)
 
     def train(self, mode: bool = True) -> Sequential:
         self.training = mode
