@@ -197,34 +197,11 @@ void microkernel_in_place(i64 kc, const float* a, const i64* offsets, const floa
   }
 }
 
-// The forward's tile for layers of at most 16 output channels (a first layer 3->16, LeNet's 6->16):
-// 16 pixels x 16 channels in 16 zmm registers, where the 12 x 32 tile would leave half its lanes
-// empty (16 of 32 channels). Each depth step: one vector of B, 16 broadcasts and 16 FMAs. The
-// MicroKernel contract of gemm_microkernel.cpp: c[0:m, 0:n] (+)= a (packed [kc][16]) b (packed [kc][16]).
-void run_16x16(long kc, const float* a, const float* b, float* c, long ldc, long m, long n, int accumulate) {
-  __m512 acc[16];
-  for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_ps();
-  for (long k = 0; k < kc; ++k) {
-    const __m512 bk = _mm512_loadu_ps(b + 16 * k);
-    for (int i = 0; i < 16; ++i) acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(a[16 * k + i]), bk, acc[i]);
-  }
-  const __mmask16 columns = __mmask16((1u << n) - 1);  // (n <= 16)
-  for (long i = 0; i < m; ++i) {
-    float* ci = c + i * ldc;
-    const __m512 sum = accumulate ? _mm512_add_ps(_mm512_maskz_loadu_ps(columns, ci), acc[i]) : acc[i];
-    _mm512_mask_storeu_ps(ci, columns, sum);
-  }
-}
-const MicroKernel narrow_microkernel = {16, 16, &run_16x16};
-
-// The forward's tile for K output channels
-const MicroKernel& forward_microkernel(i64 K) { return K <= 16 ? narrow_microkernel : gemm_microkernel; }
-
-// dW's tile for K <= 16: c[0:m, 0:n] (+)= a (packed [kc][16] taps) b ([kc] rows ldb apart, n <= 16
-// channels used), 16 taps x 16 channels in 16 zmm registers, as run_16x16
-constexpr int kNarrowDwTaps = 16;
-void narrow_dw_product(i64 kc, const float* a, const float* b, i64 ldb, float* c, i64 ldc, i64 m, i64 n,
-                       bool accumulate) {
+// The tile for layers of at most 16 output channels (a first layer 3->16, LeNet's 6->16), forward
+// and dW: 16 rows (pixels, or dW's taps) x 16 channels in 16 zmm registers, where the 12 x 32 tile
+// would leave half its lanes empty. Each depth step: one vector of B, 16 broadcasts and 16 FMAs.
+// c[0:m, 0:n] (+)= a (packed [kc][16]) b ([kc] rows ldb apart, n <= 16 channels used).
+void product_16x16(i64 kc, const float* a, const float* b, i64 ldb, float* c, i64 ldc, i64 m, i64 n, bool accumulate) {
   __m512 acc[16];
   for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_ps();
   for (i64 k = 0; k < kc; ++k) {
@@ -237,6 +214,22 @@ void narrow_dw_product(i64 kc, const float* a, const float* b, i64 ldb, float* c
     const __m512 sum = accumulate ? _mm512_add_ps(_mm512_maskz_loadu_ps(columns, ci), acc[i]) : acc[i];
     _mm512_mask_storeu_ps(ci, columns, sum);
   }
+}
+
+// The forward's: the MicroKernel contract of gemm_microkernel.cpp, B packed [kc][16]
+void run_16x16(long kc, const float* a, const float* b, float* c, long ldc, long m, long n, int accumulate) {
+  product_16x16(kc, a, b, 16, c, ldc, m, n, accumulate != 0);
+}
+const MicroKernel narrow_microkernel = {16, 16, &run_16x16};
+
+// The forward's tile for K output channels
+const MicroKernel& forward_microkernel(i64 K) { return K <= 16 ? narrow_microkernel : gemm_microkernel; }
+
+// dW's tile for K <= 16: product_16x16, 16 taps a panel, B read from dy's 32-wide channel panels
+constexpr int kNarrowDwTaps = 16;
+void narrow_dw_product(i64 kc, const float* a, const float* b, i64 ldb, float* c, i64 ldc, i64 m, i64 n,
+                       bool accumulate) {
+  product_16x16(kc, a, b, ldb, c, ldc, m, n, accumulate);
 }
 
 }  // namespace

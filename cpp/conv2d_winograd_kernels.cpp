@@ -94,6 +94,7 @@ inline v16 zip_hi(v16 a, v16 b) {
 // fn(T{}) with T the narrowest vector that holds Tw lanes (the widest if none does)
 template <class Fn>
 void by_width(i64 Tw, Fn&& fn) {
+  (void)Tw;  // (16-byte vectors only: one width)
 #if CNNFAST_VEC_BYTES >= 64
   if (Tw > 8) return fn(v16{});
 #endif
@@ -290,6 +291,33 @@ void pack_columns(float* packed, i64 width, const float* rows, i64 ld, i64 n, i6
   }
 }
 
+// Chunks of rows of tiles, for N images of Th x Tw tiles whose V and M (or E) hold `channels`
+// planes of 16 positions: about 48 KB a position (768 KB for the 16), at least one row of tiles;
+// over images when an image has fewer tiles. Depends on the shapes only, never on the threads.
+struct TileChunks {
+  i64 rows_total, rows_per_chunk, chunks;
+  i64 L_max;  // tiles in a chunk
+  i64 Hr;     // input rows a chunk's rows of tiles read, per image
+  TileChunks(i64 N, i64 Th, i64 Tw, i64 channels)
+      : rows_total(N * Th),
+        rows_per_chunk(
+            std::max<i64>(1, std::min<i64>(rows_total, (i64(768) << 10) / std::max<i64>(16 * channels * Tw * 4, 1)))),
+        chunks((rows_total + rows_per_chunk - 1) / rows_per_chunk),
+        L_max(rows_per_chunk * Tw),
+        Hr(2 * std::min(Th, rows_per_chunk) + 2) {}
+};
+
+// fn(n, th0, th1, l0) for each image n of the chunk's rows of tiles r0..r1: its rows th0..th1,
+// whose tiles start at lane l0 of the chunk
+template <class Fn>
+void by_image(i64 r0, i64 r1, i64 Th, i64 Tw, Fn&& fn) {
+  for (i64 r = r0; r < r1;) {
+    const i64 n = r / Th, th0 = r % Th, th1 = std::min(Th, th0 + (r1 - r));
+    fn(n, th0, th1, (r - r0) * Tw);
+    r += th1 - th0;
+  }
+}
+
 }  // namespace
 
 // x: [N, C, H, W], w: [K, C, 3, 3], b: [K] (may be null: no bias) -> y: [N, K, Ho, Wo]
@@ -301,30 +329,23 @@ void winograd_forward(float* y, const float* x, const float* w, const float* b, 
   ScratchFloats u(size_t(16) * us);
   transform_weights(u.get(), us, w, K, C, Kp);
 
-  // Chunks of rows of tiles: about 48 KB of V and M per position (768 KB for the 16), at least
-  // one row; over images when an image has fewer tiles
-  const i64 rows_total = N * Th, per_row = 16 * (C + Kp) * Tw * 4;
-  const i64 rows_per_chunk = std::max<i64>(1, std::min<i64>(rows_total, (i64(768) << 10) / std::max<i64>(per_row, 1)));
-  const i64 chunks = (rows_total + rows_per_chunk - 1) / rows_per_chunk;
-  const i64 L_max = rows_per_chunk * Tw, LS = odd_lines((L_max + VL + NR - 1) / NR * NR);
+  const TileChunks ch(N, Th, Tw, C + Kp);
+  const i64 LS = odd_lines((ch.L_max + VL + NR - 1) / NR * NR);
   const i64 vs = odd_lines(C * LS), ms = odd_lines(Kp * LS);  // V's and M's planes this far apart
   const i64 kc = C <= 320 ? C : 256;
-  const i64 Hr = 2 * std::min(Th, rows_per_chunk) + 2;  // input rows a chunk's rows of tiles read, per image
-  const size_t per_thread = size_t(16 * (vs + ms)) + lines(size_t(Hr) * Wr);
-  const int nt = threads_over(double(N) * K * C * 16 * Th * Tw, chunks);
+  const size_t per_thread = size_t(16 * (vs + ms)) + lines(size_t(ch.Hr) * Wr);
+  const int nt = threads_over(double(N) * K * C * 16 * Th * Tw, ch.chunks);
   ScratchFloats scratch(size_t(nt) * per_thread);
 #pragma omp parallel for num_threads(nt) schedule(static)
-  for (i64 chunk = 0; chunk < chunks; ++chunk) {
+  for (i64 chunk = 0; chunk < ch.chunks; ++chunk) {
     float* v = scratch.get() + size_t(omp_get_thread_num()) * per_thread;  // [16][C][LS], planes vs apart
     float* m = v + 16 * vs;                                                // [16][Kp][LS], planes ms apart
     float* rows = m + 16 * ms;                                             // [Hr][Wr]
-    const i64 r0 = chunk * rows_per_chunk, r1 = std::min(rows_total, r0 + rows_per_chunk);
-    for (i64 r = r0; r < r1;) {  // the chunk's rows of tiles in image n: th0..th1
-      const i64 n = r / Th, th0 = r % Th, th1 = std::min(Th, th0 + (r1 - r)), l0 = (r - r0) * Tw;
+    const i64 r0 = chunk * ch.rows_per_chunk, r1 = std::min(ch.rows_total, r0 + ch.rows_per_chunk);
+    by_image(r0, r1, Th, Tw, [&](i64 n, i64 th0, i64 th1, i64 l0) {
       for (i64 c = 0; c < C; ++c)
         transform_input_rows(v + c * LS + l0, vs, x + (n * C + c) * H * W, H, W, s.pad, th0, th1, Tw, rows, Wr);
-      r += th1 - th0;
-    }
+    });
     const i64 L = (r1 - r0) * Tw, panels = (L + NR - 1) / NR;
     for (int xi = 0; xi < 16; ++xi) {
       const float* uxi = u.get() + size_t(xi) * us;
@@ -351,13 +372,11 @@ void winograd_weight_grad(float* dw, const float* x, const float* dy, const Conv
   const i64 C = s.C, K = s.K, H = s.H, W = s.W, Ho = s.Ho, Wo = s.Wo;
   const i64 Th = Ho / 2, Tw = Wo / 2, Twv = (Tw + VL - 1) / VL * VL, Wr = 2 * Twv + 2;
   const i64 Kp = (K + MR - 1) / MR * MR, Cp = (C + NR - 1) / NR * NR;
-  const i64 rows_total = N * Th, per_row = 16 * (C + K) * Tw * 4;
-  const i64 rows_per_chunk = std::max<i64>(1, std::min<i64>(rows_total, (i64(768) << 10) / std::max<i64>(per_row, 1)));
-  const i64 chunks = (rows_total + rows_per_chunk - 1) / rows_per_chunk, groups = std::min<i64>(chunks, 8);
-  const i64 L_max = rows_per_chunk * Tw, LS = odd_lines(L_max + VL);
-  const i64 vs = odd_lines(C * LS), es = odd_lines(K * LS), Hr = 2 * std::min(Th, rows_per_chunk) + 2;
-  const size_t packed = lines(size_t(L_max) * Kp) + lines(size_t(L_max) * Cp);
-  const size_t per_thread = size_t(16 * (vs + es)) + lines(size_t(Hr) * Wr) + packed;
+  const TileChunks ch(N, Th, Tw, C + K);
+  const i64 chunks = ch.chunks, groups = std::min<i64>(chunks, 8), LS = odd_lines(ch.L_max + VL);
+  const i64 vs = odd_lines(C * LS), es = odd_lines(K * LS);
+  const size_t packed = lines(size_t(ch.L_max) * Kp) + lines(size_t(ch.L_max) * Cp);
+  const size_t per_thread = size_t(16 * (vs + es)) + lines(size_t(ch.Hr) * Wr) + packed;
   const int nt = threads_over(double(N) * K * C * 16 * Th * Tw, groups);
   ScratchFloats scratch(size_t(nt) * per_thread), sums(size_t(groups) * 16 * Kp * Cp);
 #pragma omp parallel for num_threads(nt) schedule(static)
@@ -365,19 +384,18 @@ void winograd_weight_grad(float* dw, const float* x, const float* dy, const Conv
     float* v = scratch.get() + size_t(omp_get_thread_num()) * per_thread;  // [16][C][LS], planes vs apart
     float* e = v + 16 * vs;                                                // [16][K][LS], planes es apart
     float* rows = e + 16 * es;                                             // [Hr][Wr]
-    float* ep = rows + lines(size_t(Hr) * Wr);                             // e^T in panels: [Kp / MR][L][MR]
-    float* vt = ep + lines(size_t(L_max) * Kp);                            // v^T: [L][Cp]
+    float* ep = rows + lines(size_t(ch.Hr) * Wr);                          // e^T in panels: [Kp / MR][L][MR]
+    float* vt = ep + lines(size_t(ch.L_max) * Kp);                         // v^T: [L][Cp]
     float* m = sums.get() + size_t(group) * 16 * Kp * Cp;                  // [16][Kp][Cp]
     for (i64 chunk = group * chunks / groups; chunk < (group + 1) * chunks / groups; ++chunk) {
-      const i64 r0 = chunk * rows_per_chunk, r1 = std::min(rows_total, r0 + rows_per_chunk), L = (r1 - r0) * Tw;
-      for (i64 r = r0; r < r1;) {  // the chunk's rows of tiles in image n: th0..th1
-        const i64 n = r / Th, th0 = r % Th, th1 = std::min(Th, th0 + (r1 - r)), l0 = (r - r0) * Tw;
+      const i64 r0 = chunk * ch.rows_per_chunk, r1 = std::min(ch.rows_total, r0 + ch.rows_per_chunk);
+      const i64 L = (r1 - r0) * Tw;
+      by_image(r0, r1, Th, Tw, [&](i64 n, i64 th0, i64 th1, i64 l0) {
         for (i64 c = 0; c < C; ++c)
           transform_input_rows(v + c * LS + l0, vs, x + (n * C + c) * H * W, H, W, s.pad, th0, th1, Tw, rows, Wr);
         for (i64 k = 0; k < K; ++k)
           transform_dy_rows(e + k * LS + l0, es, dy + (n * K + k) * Ho * Wo, Wo, th0, th1, Tw, rows, Wr);
-        r += th1 - th0;
-      }
+      });
       const bool accumulate = chunk > group * chunks / groups;
       for (int xi = 0; xi < 16; ++xi) {  // M_xi[K][C] (+)= E_xi[K][L] V_xi[C][L]^T, the tiles as the depth
         for (i64 k0 = 0; k0 < Kp; k0 += MR)

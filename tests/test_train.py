@@ -189,9 +189,6 @@ def test_short_real_training_run_exceeds_95_percent(tmp_path):
 def test_importing_cnnfast_leaves_the_allocator_alone_and_training_asks(tmp_path):
     # mallopt is process-wide: a notebook or server that imports cnnfast keeps glibc's behaviour;
     # the training command asks for the heap reuse it measured (a fifth of a step).
-    import subprocess
-    import sys
-
     code = (
         "import cnnfast, sys; from cnnfast import _core;"
         "before = _core.freed_memory_reused();"

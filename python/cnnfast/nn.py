@@ -480,9 +480,7 @@ class Sequential:
         """Write weights and architecture to one .npz (atomically: a temp file, then rename)."""
         path = os.fspath(path)
         arrays = {"format": np.array(FORMAT), "architecture": np.array(json.dumps(self.architecture()))}
-        for i, layer in enumerate(self.layers):
-            for name, p in zip(("weight", "bias"), layer.parameters()):
-                arrays[f"{i}.{name}"] = p.data
+        arrays.update((name, p.data) for name, p in self.named_parameters())
         with atomic_write(path) as f:
             np.savez(f, **arrays)
         return path
