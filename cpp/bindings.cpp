@@ -127,59 +127,62 @@ py::array_t<T> empty(std::vector<py::ssize_t> shape) {
 }
 
 struct Conv {
-  i64 N, C, H, W, K, R, S, pad, Ho, Wo;
+  i64 N, C, H, W, K, R, S, pad, stride, Ho, Wo;
 };
 
-Conv conv_shape(const py::array_t<float>& x, const py::array_t<float>& w, i64 padding) {
-  Conv c{x.shape(0), x.shape(1), x.shape(2), x.shape(3), w.shape(0), w.shape(2), w.shape(3), padding, 0, 0};
+Conv conv_shape(const py::array_t<float>& x, const py::array_t<float>& w, i64 padding, i64 stride = 1) {
+  Conv c{x.shape(0), x.shape(1), x.shape(2), x.shape(3), w.shape(0), w.shape(2), w.shape(3), padding, stride, 0, 0};
   expect(padding >= 0 && padding <= kMaxPadding,
          "padding must be between 0 and " + std::to_string(kMaxPadding) + ", got " + std::to_string(padding));
+  expect(stride >= 1 && stride <= kMaxPadding,
+         "stride must be between 1 and " + std::to_string(kMaxPadding) + ", got " + std::to_string(stride));
   expect(w.shape(1) == c.C, "w must have shape (K, " + std::to_string(c.C) + ", R, S) to match the channels of x " +
                                 shape_str(x) + ", got " + shape_str(w));
   expect(c.R >= 1 && c.S >= 1, "w must have a kernel of at least 1x1, got shape " + shape_str(w));
-  c.Ho = c.H + 2 * padding - c.R + 1;
-  c.Wo = c.W + 2 * padding - c.S + 1;
-  expect(c.Ho >= 1 && c.Wo >= 1, "kernel " + dims({c.R, c.S}) + " of w is larger than the padded input " +
-                                     dims({c.H + 2 * padding, c.W + 2 * padding}) + " of x");
+  expect(c.H + 2 * padding >= c.R && c.W + 2 * padding >= c.S,
+         "kernel " + dims({c.R, c.S}) + " of w is larger than the padded input " +
+             dims({c.H + 2 * padding, c.W + 2 * padding}) + " of x");
+  c.Ho = (c.H + 2 * padding - c.R) / stride + 1;
+  c.Wo = (c.W + 2 * padding - c.S) / stride + 1;
   return c;
 }
 
 // ---------------------------------------------------------------- conv2d
-py::array_t<float> conv2d(py::handle x_, py::handle w_, py::handle b_, i64 padding) {
+py::array_t<float> conv2d(py::handle x_, py::handle w_, py::handle b_, i64 padding, i64 stride) {
   auto x = checked<float>(x_, "x", 4, "[N, C, H, W]");
   auto w = checked<float>(w_, "w", 4, "[K, C, R, S]");
   auto b = checked<float>(b_, "b", 1, "[K]");
-  const Conv c = conv_shape(x, w, padding);
+  const Conv c = conv_shape(x, w, padding, stride);
   expect(b.shape(0) == c.K, "b must have shape (" + std::to_string(c.K) + ",), got " + shape_str(b));
   auto y = empty<float>({c.N, c.K, c.Ho, c.Wo});
   float* yp = y.mutable_data();
   {
     py::gil_scoped_release nogil;
-    conv2d_forward(yp, x.data(), w.data(), b.data(), c.N, c.C, c.H, c.W, c.K, c.R, c.S, c.pad);
+    conv2d_forward(yp, x.data(), w.data(), b.data(), c.N, c.C, c.H, c.W, c.K, c.R, c.S, c.pad, c.stride);
   }
   return y;
 }
 
-py::array_t<float> conv2d_naive(py::handle x_, py::handle w_, py::handle b_, i64 padding) {
+py::array_t<float> conv2d_naive(py::handle x_, py::handle w_, py::handle b_, i64 padding, i64 stride) {
   auto x = checked<float>(x_, "x", 4, "[N, C, H, W]");
   auto w = checked<float>(w_, "w", 4, "[K, C, R, S]");
   auto b = checked<float>(b_, "b", 1, "[K]");
-  const Conv c = conv_shape(x, w, padding);
+  const Conv c = conv_shape(x, w, padding, stride);
   expect(b.shape(0) == c.K, "b must have shape (" + std::to_string(c.K) + ",), got " + shape_str(b));
   auto y = empty<float>({c.N, c.K, c.Ho, c.Wo});
   float* yp = y.mutable_data();
   {
     py::gil_scoped_release nogil;
-    conv2d_forward_naive(yp, x.data(), w.data(), b.data(), c.N, c.C, c.H, c.W, c.K, c.R, c.S, c.pad);
+    conv2d_forward_naive(yp, x.data(), w.data(), b.data(), c.N, c.C, c.H, c.W, c.K, c.R, c.S, c.pad, c.stride);
   }
   return y;
 }
 
-py::tuple conv2d_grad(py::handle x_, py::handle w_, py::handle dy_, i64 padding, bool input_grad) {
+py::tuple conv2d_grad(py::handle x_, py::handle w_, py::handle dy_, i64 padding, bool input_grad, i64 stride) {
   auto x = checked<float>(x_, "x", 4, "[N, C, H, W]");
   auto w = checked<float>(w_, "w", 4, "[K, C, R, S]");
   auto dy = checked<float>(dy_, "dy", 4, "[N, K, Ho, Wo]");
-  const Conv c = conv_shape(x, w, padding);
+  const Conv c = conv_shape(x, w, padding, stride);
   expect(dy.shape(0) == c.N && dy.shape(1) == c.K && dy.shape(2) == c.Ho && dy.shape(3) == c.Wo,
          "dy must have the shape of conv2d's output " + dims({c.N, c.K, c.Ho, c.Wo}) + ", got " + shape_str(dy));
   auto dx = empty<float>(input_grad ? std::vector<py::ssize_t>{c.N, c.C, c.H, c.W} : std::vector<py::ssize_t>{0});
@@ -189,7 +192,7 @@ py::tuple conv2d_grad(py::handle x_, py::handle w_, py::handle dy_, i64 padding,
   {
     py::gil_scoped_release nogil;
     conv2d_backward(input_grad ? dxp : nullptr, dwp, dbp, x.data(), w.data(), dy.data(), c.N, c.C, c.H, c.W, c.K, c.R,
-                    c.S, c.pad);
+                    c.S, c.pad, c.stride);
   }
   return py::make_tuple(input_grad ? py::object(dx) : py::object(py::none()), dw, db);
 }
@@ -218,11 +221,12 @@ void check_argmax_values(const py::array_t<std::int32_t>& argmax, i64 plane) {
 }
 
 // (y, argmax), or y alone with return_argmax false (the kernel then skips the argmax)
-py::object conv2d_relu_max_pool2d(py::handle x_, py::handle w_, py::handle b_, i64 k, i64 padding, bool return_argmax) {
+py::object conv2d_relu_max_pool2d(py::handle x_, py::handle w_, py::handle b_, i64 k, i64 padding, bool return_argmax,
+                                  i64 stride) {
   auto x = checked<float>(x_, "x", 4, "[N, C, H, W]");
   auto w = checked<float>(w_, "w", 4, "[K, C, R, S]");
   auto b = checked<float>(b_, "b", 1, "[K]");
-  const Conv c = conv_shape(x, w, padding);
+  const Conv c = conv_shape(x, w, padding, stride);
   expect(b.shape(0) == c.K, "b must have shape (" + std::to_string(c.K) + ",), got " + shape_str(b));
   const auto [Hq, Wq] = pooled_shape(c, k);
   auto y = empty<float>({c.N, c.K, Hq, Wq});
@@ -231,19 +235,20 @@ py::object conv2d_relu_max_pool2d(py::handle x_, py::handle w_, py::handle b_, i
   std::int32_t* ap = return_argmax ? argmax.mutable_data() : nullptr;
   {
     py::gil_scoped_release nogil;
-    conv2d_relu_max_pool2d_forward(yp, ap, x.data(), w.data(), b.data(), c.N, c.C, c.H, c.W, c.K, c.R, c.S, c.pad, k);
+    conv2d_relu_max_pool2d_forward(yp, ap, x.data(), w.data(), b.data(), c.N, c.C, c.H, c.W, c.K, c.R, c.S, c.pad, k,
+                                   c.stride);
   }
   if (!return_argmax) return std::move(y);
   return py::make_tuple(y, argmax);
 }
 
 py::tuple conv2d_relu_max_pool2d_grad(py::handle x_, py::handle w_, py::handle dy_, py::handle argmax_, i64 k,
-                                      i64 padding, bool input_grad) {
+                                      i64 padding, bool input_grad, i64 stride) {
   auto x = checked<float>(x_, "x", 4, "[N, C, H, W]");
   auto w = checked<float>(w_, "w", 4, "[K, C, R, S]");
   auto dy = checked<float>(dy_, "dy", 4, "[N, K, Ho/k, Wo/k]");
   auto argmax = checked<std::int32_t>(argmax_, "argmax", 4, "[N, K, Ho/k, Wo/k]");
-  const Conv c = conv_shape(x, w, padding);
+  const Conv c = conv_shape(x, w, padding, stride);
   const auto [Hq, Wq] = pooled_shape(c, k);
   expect(dy.shape(0) == c.N && dy.shape(1) == c.K && dy.shape(2) == Hq && dy.shape(3) == Wq,
          "dy must have the shape of the pooled output " + dims({c.N, c.K, Hq, Wq}) + ", got " + shape_str(dy));
@@ -256,7 +261,7 @@ py::tuple conv2d_relu_max_pool2d_grad(py::handle x_, py::handle w_, py::handle d
   {
     py::gil_scoped_release nogil;
     conv2d_relu_max_pool2d_backward(input_grad ? dxp : nullptr, dwp, dbp, x.data(), w.data(), dy.data(), argmax.data(),
-                                    c.N, c.C, c.H, c.W, c.K, c.R, c.S, c.pad, k);
+                                    c.N, c.C, c.H, c.W, c.K, c.R, c.S, c.pad, k, c.stride);
   }
   return py::make_tuple(input_grad ? py::object(dx) : py::object(py::none()), dw, db);
 }
@@ -578,13 +583,13 @@ PYBIND11_MODULE(_core, m) {
   m.def("reuse_freed_memory", &reuse_freed_memory,
         "Keep large freed blocks in the heap for reuse (glibc's mallopt; process-wide). True if done.");
   m.def("freed_memory_reused", [] { return freed_memory_reused; });
-  m.def("conv2d", &conv2d, "x"_a, "w"_a, "b"_a, "padding"_a = 0);
-  m.def("conv2d_naive", &conv2d_naive, "x"_a, "w"_a, "b"_a, "padding"_a = 0);
-  m.def("conv2d_backward", &conv2d_grad, "x"_a, "w"_a, "dy"_a, "padding"_a = 0, "input_grad"_a = true);
+  m.def("conv2d", &conv2d, "x"_a, "w"_a, "b"_a, "padding"_a = 0, "stride"_a = 1);
+  m.def("conv2d_naive", &conv2d_naive, "x"_a, "w"_a, "b"_a, "padding"_a = 0, "stride"_a = 1);
+  m.def("conv2d_backward", &conv2d_grad, "x"_a, "w"_a, "dy"_a, "padding"_a = 0, "input_grad"_a = true, "stride"_a = 1);
   m.def("conv2d_relu_max_pool2d", &conv2d_relu_max_pool2d, "x"_a, "w"_a, "b"_a, "k"_a, "padding"_a = 0,
-        "return_argmax"_a = true);
+        "return_argmax"_a = true, "stride"_a = 1);
   m.def("conv2d_relu_max_pool2d_backward", &conv2d_relu_max_pool2d_grad, "x"_a, "w"_a, "dy"_a, "argmax"_a, "k"_a,
-        "padding"_a = 0, "input_grad"_a = true);
+        "padding"_a = 0, "input_grad"_a = true, "stride"_a = 1);
   m.def("relu", &relu, "x"_a);
   m.def("relu_backward", &relu_grad, "x"_a, "dy"_a);
   m.def("max_pool2d", &max_pool2d, "x"_a, "k"_a, "relu"_a = false);
@@ -624,17 +629,19 @@ PYBIND11_MODULE(_core, m) {
   m.def("build_info", &build_info);
   m.def(
       "conv2d_path",
-      [](py::tuple x_shape, py::tuple w_shape, i64 padding, i64 pool, bool backward, bool input_grad) {
+      [](py::tuple x_shape, py::tuple w_shape, i64 padding, i64 pool, bool backward, bool input_grad, i64 stride) {
         expect(x_shape.size() == 4 && w_shape.size() == 4,
                "x_shape and w_shape must be 4-tuples (N, C, H, W), (K, C, R, S)");
         const i64 N = x_shape[0].cast<i64>(), C = x_shape[1].cast<i64>(), H = x_shape[2].cast<i64>(),
                   W = x_shape[3].cast<i64>();
         const i64 K = w_shape[0].cast<i64>(), R = w_shape[2].cast<i64>(), S = w_shape[3].cast<i64>();
         expect(w_shape[1].cast<i64>() == C, "w_shape's C differs from x_shape's");
-        expect(N >= 0 && C >= 0 && K >= 0 && R >= 1 && S >= 1 && padding >= 0 && pool >= 0, "negative or empty sizes");
+        expect(N >= 0 && C >= 0 && K >= 0 && R >= 1 && S >= 1 && padding >= 0 && pool >= 0 && stride >= 1,
+               "negative or empty sizes");
         expect(H + 2 * padding >= R && W + 2 * padding >= S, "the kernel is larger than the padded image");
-        return std::string(conv2d_path(N, C, H, W, K, R, S, padding, pool, backward, input_grad));
+        return std::string(conv2d_path(N, C, H, W, K, R, S, padding, pool, backward, input_grad, stride));
       },
       "x_shape"_a, "w_shape"_a, "padding"_a = 0, "pool"_a = 0, "backward"_a = false, "input_grad"_a = true,
+      "stride"_a = 1,
       "Which of conv2d's paths (cpp/conv2d.cpp's list) runs for this layer with the instruction set in use");
 }

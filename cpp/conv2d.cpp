@@ -1,4 +1,4 @@
-// conv2d: stride 1, zero padding, PyTorch weight layout [K, C, R, S]; alone, and with ReLU and
+// conv2d: any stride, zero padding, PyTorch weight layout [K, C, R, S]; alone, and with ReLU and
 // max-pooling as one layer (conv2d_relu_max_pool2d_*, a CNN's usual block). The entry points and
 // the one ordered list of paths: as oneDNN's cpu_convolution_list.cpp, the first path that
 // accepts the layer runs, with the instruction set in use's kernels (isa.hpp); the reference is last.
@@ -15,6 +15,8 @@
 //   direct                 conv2d_direct.cpp, conv2d_direct_kernels.cpp  <= 32 taps; every ISA
 //                          (its inner loops compiled per ISA; dx through
 //                          the panels' backward)
+//   im2col                 conv2d_im2col.cpp (+ the ISA's GEMM)          stride > 1 (the paths above
+//                                                                        take stride 1 only)
 //   reference              conv2d_ref.cpp                                every layer (the empty ones
 //                                                                        only reach it)
 // Shared pieces (shape, chunking, scratch, layouts, the bias gradient): conv2d_common.hpp.
@@ -44,6 +46,8 @@ bool conv3x3_pool2_backward_path(float*, float* dw, float* db, const float* x, c
 }
 
 bool has_work(const ConvShape& s, i64 N) { return N > 0 && s.K > 0 && s.taps() > 0; }
+// The paths before im2col's are written for stride 1
+bool unit_stride_work(const ConvShape& s, i64 N) { return has_work(s, N) && s.stride == 1; }
 
 // 3x3 with at least kWinogradChannels channels in and out, padding up to 2 (dx is then a
 // convolution of dy padded by 2 - pad), an even output (an odd one computes a row and a column of
@@ -55,8 +59,9 @@ bool has_work(const ConvShape& s, i64 N) { return N > 0 && s.K > 0 && s.taps() >
 // layer gives the separate layers' numbers.
 constexpr i64 kWinogradChannels = 16, kWinogradTiles = 32;
 bool winograd_accepts(const ConvShape& s, i64 N, i64) {
-  return has_work(s, N) && s.R == 3 && s.S == 3 && s.C >= kWinogradChannels && s.K >= kWinogradChannels && s.pad <= 2 &&
-         s.Ho % 2 == 0 && s.Wo % 2 == 0 && N * (s.Ho / 2) * (s.Wo / 2) >= kWinogradTiles && s.P() < (i64(1) << 30);
+  return unit_stride_work(s, N) && s.R == 3 && s.S == 3 && s.C >= kWinogradChannels && s.K >= kWinogradChannels &&
+         s.pad <= 2 && s.Ho % 2 == 0 && s.Wo % 2 == 0 && N * (s.Ho / 2) * (s.Wo / 2) >= kWinogradTiles &&
+         s.P() < (i64(1) << 30);
 }
 
 struct Conv2dPath {
@@ -75,15 +80,17 @@ struct Conv2dPath {
 const Conv2dPath kPaths[] = {
     {"conv3x3_pool2",
      [](const ConvShape& s, i64 N, i64 pool_k) {
-       return has_work(s, N) && pool_k == 2 && s.C == 1 && s.R == 3 && s.S == 3 && s.Ho >= 2 && s.Wo >= 2 &&
+       return unit_stride_work(s, N) && pool_k == 2 && s.C == 1 && s.R == 3 && s.S == 3 && s.Ho >= 2 && s.Wo >= 2 &&
               s.P() < (i64(1) << 30);
      },
      false, conv3x3_pool2_forward_path, conv3x3_pool2_backward_path},
     {"winograd", winograd_accepts, true, winograd_forward_path, winograd_backward_path},
-    {"panels", [](const ConvShape& s, i64 N, i64) { return has_work(s, N) && s.taps() > kDirectTaps; }, true,
+    {"panels", [](const ConvShape& s, i64 N, i64) { return unit_stride_work(s, N) && s.taps() > kDirectTaps; }, true,
      panels_forward_path, panels_backward_path},
-    {"direct", [](const ConvShape& s, i64 N, i64) { return has_work(s, N) && s.taps() <= kDirectTaps; }, true,
+    {"direct", [](const ConvShape& s, i64 N, i64) { return unit_stride_work(s, N) && s.taps() <= kDirectTaps; }, true,
      direct_forward_path, direct_backward_path},
+    {"im2col", [](const ConvShape& s, i64 N, i64) { return has_work(s, N) && s.P() < (i64(1) << 30); }, true,
+     im2col_forward_path, im2col_backward_path},
     {"reference", [](const ConvShape&, i64, i64) { return true; }, true, reference_forward_path,
      reference_backward_path},
 };
@@ -110,33 +117,33 @@ void backward(float* dx, float* dw, float* db, const float* x, const float* w, c
 
 // x: [N, C, H, W], w: [K, C, R, S], b: [K] -> y: [N, K, Ho, Wo]
 void conv2d_forward(float* y, const float* x, const float* w, const float* b, i64 N, i64 C, i64 H, i64 W, i64 K, i64 R,
-                    i64 S, i64 pad) {
-  forward(y, nullptr, x, w, b, ConvShape(C, H, W, K, R, S, pad), N, 0);
+                    i64 S, i64 pad, i64 stride) {
+  forward(y, nullptr, x, w, b, ConvShape(C, H, W, K, R, S, pad, stride), N, 0);
 }
 
 // x: [N, C, H, W], w: [K, C, R, S], dy: [N, K, Ho, Wo] -> dx: [N, C, H, W] (skipped if null),
 // dw: [K, C, R, S], db: [K]
 void conv2d_backward(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy, i64 N, i64 C,
-                     i64 H, i64 W, i64 K, i64 R, i64 S, i64 pad) {
-  backward(dx, dw, db, x, w, dy, nullptr, ConvShape(C, H, W, K, R, S, pad), N, 0);
+                     i64 H, i64 W, i64 K, i64 R, i64 S, i64 pad, i64 stride) {
+  backward(dx, dw, db, x, w, dy, nullptr, ConvShape(C, H, W, K, R, S, pad, stride), N, 0);
 }
 
 // x: [N, C, H, W], w: [K, C, R, S], b: [K] -> y, argmax: [N, K, Ho/k, Wo/k]
 void conv2d_relu_max_pool2d_forward(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
-                                    i64 N, i64 C, i64 H, i64 W, i64 K, i64 R, i64 S, i64 pad, i64 k) {
-  forward(y, argmax, x, w, b, ConvShape(C, H, W, K, R, S, pad), N, k);
+                                    i64 N, i64 C, i64 H, i64 W, i64 K, i64 R, i64 S, i64 pad, i64 k, i64 stride) {
+  forward(y, argmax, x, w, b, ConvShape(C, H, W, K, R, S, pad, stride), N, k);
 }
 
 // dy, argmax: [N, K, Ho/k, Wo/k] -> dx: [N, C, H, W] (may be null), dw: [K, C, R, S], db: [K]
 void conv2d_relu_max_pool2d_backward(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,
                                      const std::int32_t* argmax, i64 N, i64 C, i64 H, i64 W, i64 K, i64 R, i64 S,
-                                     i64 pad, i64 k) {
-  backward(dx, dw, db, x, w, dy, argmax, ConvShape(C, H, W, K, R, S, pad), N, k);
+                                     i64 pad, i64 k, i64 stride) {
+  backward(dx, dw, db, x, w, dy, argmax, ConvShape(C, H, W, K, R, S, pad, stride), N, k);
 }
 
 const char* conv2d_path(i64 N, i64 C, i64 H, i64 W, i64 K, i64 R, i64 S, i64 pad, i64 pool_k, bool backward,
-                        bool input_grad) {
-  const ConvShape s(C, H, W, K, R, S, pad);
+                        bool input_grad, i64 stride) {
+  const ConvShape s(C, H, W, K, R, S, pad, stride);
   for (const Conv2dPath& path : kPaths)
     if (candidate(path, s, N, pool_k, backward, input_grad)) return path.name;
   return "reference";  // (not reached: the reference accepts everything)

@@ -9,23 +9,47 @@
 namespace cnnfast {
 
 void im2col(float* col, const float* x, const ConvShape& s, i64 ld) {
+  const i64 st = s.stride;
   for (i64 c = 0; c < s.C; ++c)
     for (i64 r = 0; r < s.R; ++r)
       for (i64 q = 0; q < s.S; ++q) {
         float* row = col + ((c * s.R + r) * s.S + q) * ld;
-        // the output columns whose input column ow+q-pad lies inside [0, W)
-        const i64 ow_lo = std::clamp<i64>(s.pad - q, 0, s.Wo), ow_hi = std::clamp<i64>(s.W + s.pad - q, ow_lo, s.Wo);
+        // the output columns whose input column ow*stride + q - pad lies inside [0, W)
+        const i64 ow_lo = std::clamp<i64>((s.pad - q + st - 1) / st, 0, s.Wo),
+                  ow_hi = std::clamp<i64>((s.W + s.pad - q + st - 1) / st, ow_lo, s.Wo);
         for (i64 oh = 0; oh < s.Ho; ++oh) {
           float* out = row + oh * s.Wo;
-          const i64 ih = oh + r - s.pad;
+          const i64 ih = oh * st + r - s.pad;
           if (ih < 0 || ih >= s.H) {
             std::fill(out, out + s.Wo, 0.0f);
             continue;
           }
-          const float* in = x + (c * s.H + ih) * s.W;
+          const float* in = x + (c * s.H + ih) * s.W + q - s.pad;
           std::fill(out, out + ow_lo, 0.0f);
-          std::copy(in + (ow_lo + q - s.pad), in + (ow_hi + q - s.pad), out + ow_lo);
+          if (st == 1)
+            std::copy(in + ow_lo, in + ow_hi, out + ow_lo);
+          else
+            for (i64 ow = ow_lo; ow < ow_hi; ++ow) out[ow] = in[ow * st];
           std::fill(out + ow_hi, out + s.Wo, 0.0f);
+        }
+      }
+}
+
+void col2im(float* dx, const float* col, const ConvShape& s, i64 ld) {
+  const i64 st = s.stride;
+  std::fill(dx, dx + s.C * s.H * s.W, 0.0f);
+  for (i64 c = 0; c < s.C; ++c)
+    for (i64 r = 0; r < s.R; ++r)
+      for (i64 q = 0; q < s.S; ++q) {
+        const float* row = col + ((c * s.R + r) * s.S + q) * ld;
+        const i64 ow_lo = std::clamp<i64>((s.pad - q + st - 1) / st, 0, s.Wo),
+                  ow_hi = std::clamp<i64>((s.W + s.pad - q + st - 1) / st, ow_lo, s.Wo);
+        for (i64 oh = 0; oh < s.Ho; ++oh) {
+          const i64 ih = oh * st + r - s.pad;
+          if (ih < 0 || ih >= s.H) continue;
+          float* out = dx + (c * s.H + ih) * s.W + q - s.pad;
+          const float* in = row + oh * s.Wo;
+          for (i64 ow = ow_lo; ow < ow_hi; ++ow) out[ow * st] += in[ow];
         }
       }
 }

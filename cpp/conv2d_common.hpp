@@ -15,9 +15,10 @@ namespace cnnfast {
 
 struct IsaKernels;
 
+// Output pixel (oh, ow) reads input rows oh*stride - pad .. + R-1 and columns ow*stride - pad .. + S-1.
 struct ConvShape {
-  i64 C, H, W, K, R, S, pad, Ho, Wo, Hp, Wp;
-  ConvShape(i64 C, i64 H, i64 W, i64 K, i64 R, i64 S, i64 pad)
+  i64 C, H, W, K, R, S, pad, stride, Ho, Wo, Hp, Wp;
+  ConvShape(i64 C, i64 H, i64 W, i64 K, i64 R, i64 S, i64 pad, i64 stride = 1)
       : C(C),
         H(H),
         W(W),
@@ -25,8 +26,9 @@ struct ConvShape {
         R(R),
         S(S),
         pad(pad),
-        Ho(H + 2 * pad - R + 1),
-        Wo(W + 2 * pad - S + 1),
+        stride(stride),
+        Ho((H + 2 * pad - R) / stride + 1),
+        Wo((W + 2 * pad - S) / stride + 1),
         Hp(H + 2 * pad),
         Wp(W + 2 * pad) {}
   i64 P() const { return Ho * Wo; }       // output pixels per channel
@@ -75,8 +77,11 @@ inline int threads_over(double work, i64 units) {
 }
 
 // x_n: [C, H, W] -> col: [C*R*S, Ho*Wo] with rows ld apart (ld >= Ho*Wo),
-// col[(c*R + r)*S + q][oh*Wo + ow] = x[c][oh+r-pad][ow+q-pad]
+// col[(c*R + r)*S + q][oh*Wo + ow] = x[c][oh*stride + r - pad][ow*stride + q - pad] (0 outside x)
 void im2col(float* col, const float* x, const ConvShape& s, i64 ld);
+// The adjoint: col: [C*R*S, Ho*Wo] (rows ld apart) -> dx_n: [C, H, W], each entry of col added
+// to the input pixel im2col took it from (dx_n is overwritten, not accumulated into)
+void col2im(float* dx, const float* col, const ConvShape& s, i64 ld);
 // w: [K, C, R, S] -> wt: [K, R, S, C]
 std::vector<float> weights_rsc(const float* w, const ConvShape& s);
 // out[i] = 0 + parts[0][i] + parts[1][i] + ... (the parts in order)
@@ -131,6 +136,11 @@ void winograd_forward_path(float* y, std::int32_t* argmax, const float* x, const
                            const ConvShape& s, i64 N, i64 pool_k);
 bool winograd_backward_path(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,
                             const std::int32_t* argmax, const ConvShape& s, i64 N, i64 pool_k);
+// Any stride: patches of a chunk of images and one GEMM (conv2d_im2col.cpp)
+void im2col_forward_path(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
+                         const ConvShape& s, i64 N, i64 pool_k);
+bool im2col_backward_path(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,
+                          const std::int32_t* argmax, const ConvShape& s, i64 N, i64 pool_k);
 // The specification, seven nested loops (conv2d_ref.cpp)
 void reference_forward_path(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
                             const ConvShape& s, i64 N, i64 pool_k);

@@ -7,10 +7,10 @@
 
 namespace cnnfast {
 
-// y[n][k][oh][ow] = b[k] + sum_{c,r,s} w[k][c][r][s] * x[n][c][oh+r-pad][ow+s-pad]
+// y[n][k][oh][ow] = b[k] + sum_{c,r,s} w[k][c][r][s] * x[n][c][oh*stride + r - pad][ow*stride + s - pad]
 void conv2d_forward_naive(float* y, const float* x, const float* w, const float* b, i64 N, i64 C, i64 H, i64 W, i64 K,
-                          i64 R, i64 S, i64 pad) {
-  const ConvShape s(C, H, W, K, R, S, pad);
+                          i64 R, i64 S, i64 pad, i64 stride) {
+  const ConvShape s(C, H, W, K, R, S, pad, stride);
   for (i64 n = 0; n < N; ++n)
     for (i64 k = 0; k < K; ++k)
       for (i64 oh = 0; oh < s.Ho; ++oh)
@@ -19,7 +19,7 @@ void conv2d_forward_naive(float* y, const float* x, const float* w, const float*
           for (i64 c = 0; c < C; ++c)
             for (i64 r = 0; r < R; ++r)
               for (i64 q = 0; q < S; ++q) {
-                const i64 ih = oh + r - pad, iw = ow + q - pad;
+                const i64 ih = oh * stride + r - pad, iw = ow * stride + q - pad;
                 if (ih >= 0 && ih < H && iw >= 0 && iw < W)
                   sum += w[((k * C + c) * R + r) * S + q] * x[((n * C + c) * H + ih) * W + iw];
               }
@@ -30,8 +30,8 @@ void conv2d_forward_naive(float* y, const float* x, const float* w, const float*
 // The adjoint, from the same loops: every term b[k] + w[k][c][r][s] * x[n][c][ih][iw] of y sends
 // dy back to b, w and x. dw and db are summed in double.
 void conv2d_backward_naive(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy, i64 N,
-                           i64 C, i64 H, i64 W, i64 K, i64 R, i64 S, i64 pad) {
-  const ConvShape s(C, H, W, K, R, S, pad);
+                           i64 C, i64 H, i64 W, i64 K, i64 R, i64 S, i64 pad, i64 stride) {
+  const ConvShape s(C, H, W, K, R, S, pad, stride);
   std::vector<double> dw_sum(size_t(K * C * R * S), 0.0), db_sum(size_t(K), 0.0);
   if (dx) std::fill(dx, dx + N * C * H * W, 0.0f);
   for (i64 n = 0; n < N; ++n)
@@ -43,7 +43,7 @@ void conv2d_backward_naive(float* dx, float* dw, float* db, const float* x, cons
           for (i64 c = 0; c < C; ++c)
             for (i64 r = 0; r < R; ++r)
               for (i64 q = 0; q < S; ++q) {
-                const i64 ih = oh + r - pad, iw = ow + q - pad;
+                const i64 ih = oh * stride + r - pad, iw = ow * stride + q - pad;
                 if (ih < 0 || ih >= H || iw < 0 || iw >= W) continue;
                 const i64 wi = ((k * C + c) * R + r) * S + q, xi = ((n * C + c) * H + ih) * W + iw;
                 dw_sum[size_t(wi)] += double(g) * x[xi];
@@ -57,23 +57,23 @@ void conv2d_backward_naive(float* dx, float* dw, float* db, const float* x, cons
 // The list's entries: pooled, the convolution whole, then max_pool2d and its backward
 void reference_forward_path(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
                             const ConvShape& s, i64 N, i64 pool_k) {
-  if (pool_k == 0) return conv2d_forward_naive(y, x, w, b, N, s.C, s.H, s.W, s.K, s.R, s.S, s.pad);
+  if (pool_k == 0) return conv2d_forward_naive(y, x, w, b, N, s.C, s.H, s.W, s.K, s.R, s.S, s.pad, s.stride);
   const i64 pooled = s.K * (s.Ho / pool_k) * (s.Wo / pool_k);
   std::unique_ptr<float[]> conv(new float[size_t(N) * s.K * s.P()]);
   std::unique_ptr<std::int32_t[]> unwanted(argmax ? nullptr : new std::int32_t[size_t(N) * pooled]);
-  conv2d_forward_naive(conv.get(), x, w, b, N, s.C, s.H, s.W, s.K, s.R, s.S, s.pad);
+  conv2d_forward_naive(conv.get(), x, w, b, N, s.C, s.H, s.W, s.K, s.R, s.S, s.pad, s.stride);
   max_pool2d_forward(y, argmax ? argmax : unwanted.get(), conv.get(), N, s.K, s.Ho, s.Wo, pool_k, true);
 }
 
 bool reference_backward_path(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,
                              const std::int32_t* argmax, const ConvShape& s, i64 N, i64 pool_k) {
   if (pool_k == 0) {
-    conv2d_backward_naive(dx, dw, db, x, w, dy, N, s.C, s.H, s.W, s.K, s.R, s.S, s.pad);
+    conv2d_backward_naive(dx, dw, db, x, w, dy, N, s.C, s.H, s.W, s.K, s.R, s.S, s.pad, s.stride);
     return true;
   }
   std::unique_ptr<float[]> dconv(new float[size_t(N) * s.K * s.P()]);
   max_pool2d_backward(dconv.get(), argmax, dy, N, s.K, s.Ho, s.Wo, s.Ho / pool_k, s.Wo / pool_k);
-  conv2d_backward_naive(dx, dw, db, x, w, dconv.get(), N, s.C, s.H, s.W, s.K, s.R, s.S, s.pad);
+  conv2d_backward_naive(dx, dw, db, x, w, dconv.get(), N, s.C, s.H, s.W, s.K, s.R, s.S, s.pad, s.stride);
   return true;
 }
 

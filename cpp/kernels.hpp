@@ -24,26 +24,26 @@ int get_num_threads();
 // Threads worth using for `work` multiply-adds: 1 for work too small to pay for a fork/join.
 int threads_for(double work);
 
-// ---- conv2d.cpp: stride 1, zero padding `pad` on all four sides ----
-// Ho = H + 2*pad - R + 1, Wo = W + 2*pad - S + 1 (both >= 1)
+// ---- conv2d.cpp: zero padding `pad` on all four sides, stride `stride` (>= 1) ----
+// Ho = (H + 2*pad - R) / stride + 1, Wo = (W + 2*pad - S) / stride + 1 (both >= 1)
 // x: [N, C, H, W], w: [K, C, R, S], b: [K] -> y: [N, K, Ho, Wo]
 void conv2d_forward(float* y, const float* x, const float* w, const float* b, i64 N, i64 C, i64 H, i64 W, i64 K, i64 R,
-                    i64 S, i64 pad);
+                    i64 S, i64 pad, i64 stride = 1);
 // x: [N, C, H, W], w: [K, C, R, S], dy: [N, K, Ho, Wo] -> dx: [N, C, H, W], dw: [K, C, R, S],
 // db: [K]. dx may be null (not computed: a network's first layer needs no input gradient).
 void conv2d_backward(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy, i64 N, i64 C,
-                     i64 H, i64 W, i64 K, i64 R, i64 S, i64 pad);
+                     i64 H, i64 W, i64 K, i64 R, i64 S, i64 pad, i64 stride = 1);
 // The readable specification (conv2d_ref.cpp): seven nested loops each way, used by the tests as a
 // second reference and the last path of conv2d's list.
 void conv2d_forward_naive(float* y, const float* x, const float* w, const float* b, i64 N, i64 C, i64 H, i64 W, i64 K,
-                          i64 R, i64 S, i64 pad);
+                          i64 R, i64 S, i64 pad, i64 stride = 1);
 void conv2d_backward_naive(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy, i64 N,
-                           i64 C, i64 H, i64 W, i64 K, i64 R, i64 S, i64 pad);
+                           i64 C, i64 H, i64 W, i64 K, i64 R, i64 S, i64 pad, i64 stride = 1);
 // Which of conv2d's paths (conv2d.cpp's list) runs for this layer with the instruction set in use;
 // pool_k > 0: the fused conv2d_relu_max_pool2d kernels; backward: that entry point's first choice
 // (a path that declines at run time, on an argmax outside its window, hands over to the next).
 const char* conv2d_path(i64 N, i64 C, i64 H, i64 W, i64 K, i64 R, i64 S, i64 pad, i64 pool_k, bool backward,
-                        bool input_grad);
+                        bool input_grad, i64 stride = 1);
 // The paths the instruction set in use offers, in the list's order (names[0..returned))
 int conv2d_paths(const char** names, int max);
 
@@ -75,14 +75,14 @@ void int32_range(const std::int32_t* a, i64 n, std::int32_t* lo, std::int32_t* h
 // y, argmax = max_pool2d(conv2d(x, w, b, pad), k, relu=true), the same numbers, without writing
 // the convolution's output to memory when the patches are short (the direct path)
 void conv2d_relu_max_pool2d_forward(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
-                                    i64 N, i64 C, i64 H, i64 W, i64 K, i64 R, i64 S, i64 pad, i64 k);
+                                    i64 N, i64 C, i64 H, i64 W, i64 K, i64 R, i64 S, i64 pad, i64 k, i64 stride = 1);
 // dy, argmax: [N, K, Ho/k, Wo/k] -> dx (may be null), dw, db: conv2d_backward of
 // max_pool2d_backward(dy, argmax), the same numbers (dw and db up to float rounding: on AVX-512
 // some paths sum them in another order; and conv pixels no window reads, whose gradient is 0,
 // are left out, so an inf/NaN in x or w that only they meet gives no 0 * inf = NaN)
 void conv2d_relu_max_pool2d_backward(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,
                                      const std::int32_t* argmax, i64 N, i64 C, i64 H, i64 W, i64 K, i64 R, i64 S,
-                                     i64 pad, i64 k);
+                                     i64 pad, i64 k, i64 stride = 1);
 
 // ---- dropout.cpp: inverted dropout, keep probability 1-p, mask from a counter-based RNG ----
 // x: [n] -> y: [n], mask: [n] (1 kept, 0 dropped); y = x * mask / (1 - p)  (p == 1: y = 0)

@@ -6,20 +6,21 @@ This file is the specification the C++ kernels are tested against (test_function
 import numpy as np
 
 
-def conv2d(x, w, b, padding=0):
-    """x [N,C,H,W], w [K,C,R,S], b [K] -> y [N,K,H+2p-R+1,W+2p-S+1]."""
+def conv2d(x, w, b, padding=0, stride=1):
+    """x [N,C,H,W], w [K,C,R,S], b [K] -> y [N,K,(H+2p-R)//stride+1,(W+2p-S)//stride+1]."""
     x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
     xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
     K, C, R, S = w.shape
-    Ho, Wo = xp.shape[2] - R + 1, xp.shape[3] - S + 1
+    Ho, Wo = (xp.shape[2] - R) // stride + 1, (xp.shape[3] - S) // stride + 1
     y = np.zeros((x.shape[0], K, Ho, Wo)) + np.asarray(b, np.float64)[None, :, None, None]
     for r in range(R):
         for s in range(S):
-            y += np.einsum("nchw,kc->nkhw", xp[:, :, r : r + Ho, s : s + Wo], w[:, :, r, s])
+            window = xp[:, :, r : r + stride * (Ho - 1) + 1 : stride, s : s + stride * (Wo - 1) + 1 : stride]
+            y += np.einsum("nchw,kc->nkhw", window, w[:, :, r, s])
     return y
 
 
-def conv2d_backward(x, w, dy, padding=0):
+def conv2d_backward(x, w, dy, padding=0, stride=1):
     """Gradients of conv2d: (dx, dw, db)."""
     x, w, dy = (np.asarray(a, np.float64) for a in (x, w, dy))
     xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
@@ -29,8 +30,9 @@ def conv2d_backward(x, w, dy, padding=0):
     dw = np.zeros_like(w)
     for r in range(R):
         for s in range(S):
-            dw[:, :, r, s] = np.einsum("nkhw,nchw->kc", dy, xp[:, :, r : r + Ho, s : s + Wo])
-            dxp[:, :, r : r + Ho, s : s + Wo] += np.einsum("nkhw,kc->nchw", dy, w[:, :, r, s])
+            rows, cols = slice(r, r + stride * (Ho - 1) + 1, stride), slice(s, s + stride * (Wo - 1) + 1, stride)
+            dw[:, :, r, s] = np.einsum("nkhw,nchw->kc", dy, xp[:, :, rows, cols])
+            dxp[:, :, rows, cols] += np.einsum("nkhw,kc->nchw", dy, w[:, :, r, s])
     H, W = x.shape[2], x.shape[3]
     dx = dxp[:, :, padding : padding + H, padding : padding + W]
     return dx, dw, dy.sum(axis=(0, 2, 3))

@@ -133,6 +133,98 @@ def test_conv2d_zero_size_batch_and_channels():
     assert dx.shape == (0, 3, 5, 5) and not dw.any() and not db.any()
 
 
+# ------------------------------------------------------------------ conv2d with a stride
+
+STRIDED_SHAPES = [  # N, C, H, W, K, R, S, padding, stride
+    (2, 3, 9, 9, 4, 3, 3, 1, 2),  # a ResNet's 3x3 stride-2 downsampling, odd input
+    (3, 8, 8, 8, 16, 1, 1, 0, 2),  # its 1x1 stride-2 shortcut
+    (2, 3, 15, 13, 8, 7, 7, 3, 2),  # a stem's 7x7 stride 2, padding 3
+    (1, 2, 10, 11, 5, 3, 2, 0, 3),  # stride 3, rows and columns it does not reach
+    (4, 16, 8, 8, 32, 3, 3, 1, 2),  # many channels: several images per chunk
+    (1, 1, 4, 4, 2, 2, 2, 2, 4),  # stride larger than the kernel, padding larger than it
+    (2, 4, 6, 6, 3, 3, 3, 1, 1),  # stride 1 through the same entry points
+]
+
+
+def strided_output(shape):
+    N, C, H, W, K, R, S, p, st = shape
+    return N, K, (H + 2 * p - R) // st + 1, (W + 2 * p - S) // st + 1
+
+
+@pytest.mark.parametrize("shape", STRIDED_SHAPES)
+def test_strided_conv2d_forward_and_backward_match_reference(isa, shape):
+    N, C, H, W, K, R, S, p, st = shape
+    x, w, b = rand(N, C, H, W), rand(K, C, R, S, scale=0.3), rand(K)
+    expected = ref.conv2d(x, w, b, p, st)
+    assert expected.shape == strided_output(shape)
+    assert_close(F.conv2d(x, w, b, padding=p, stride=st), expected)
+    assert_close(_core.conv2d_naive(x, w, b, p, st), expected)
+    dy = rand(*expected.shape)
+    rdx, rdw, rdb = ref.conv2d_backward(x, w, dy, p, st)
+    dx, dw, db = F.conv2d_backward(x, w, dy, padding=p, stride=st)
+    for got, want in ((dx, rdx), (dw, rdw), (db, rdb)):
+        assert_close(got, want)
+    none, dw2, db2 = F.conv2d_backward(x, w, dy, padding=p, input_grad=False, stride=st)
+    assert none is None
+    np.testing.assert_array_equal(dw2, dw)
+    np.testing.assert_array_equal(db2, db)
+
+
+def test_strided_conv2d_finite_differences(isa):
+    N, C, H, W, K, R, S, p, st = 2, 3, 7, 8, 4, 3, 3, 1, 2
+    x, w, b = rand(N, C, H, W), rand(K, C, R, S), rand(K)
+    probe = rand(*strided_output((N, C, H, W, K, R, S, p, st)))
+
+    def loss(x, w, b):
+        return float((F.conv2d(x, w, b, padding=p, stride=st).astype(np.float64) * probe).sum())
+
+    dx, dw, db = F.conv2d_backward(x, w, probe, padding=p, stride=st)
+    for i, grad in enumerate((dx, dw, db)):
+        coords = sample(grad)
+        numeric = numeric_grad(loss, [x, w, b], i, coords, eps=1e-2)
+        np.testing.assert_allclose(grad.flat[coords], numeric, rtol=1e-2, atol=1e-2)
+
+
+def test_strided_conv2d_relu_max_pool2d_equals_the_three_kernels(isa):
+    x, w, b = rand(3, 4, 17, 17), rand(8, 4, 3, 3, scale=0.3), rand(8)
+    y = F.conv2d(x, w, b, padding=1, stride=2)  # 9 x 9
+    pooled, argmax = F.max_pool2d(y, 2, relu=True)
+    fused, fused_argmax = F.conv2d_relu_max_pool2d(x, w, b, 2, padding=1, stride=2)
+    np.testing.assert_array_equal(fused, pooled)
+    np.testing.assert_array_equal(fused_argmax, argmax)
+    dy = rand(*pooled.shape)
+    expected = F.conv2d_backward(x, w, F.max_pool2d_backward(dy, argmax, y.shape), padding=1, stride=2)
+    got = F.conv2d_relu_max_pool2d_backward(x, w, dy, argmax, 2, padding=1, stride=2)
+    for a, e in zip(got, expected):
+        assert_close(a, e, rtol=1e-5, atol=1e-5)
+
+
+def test_strided_conv2d_takes_the_im2col_path_and_is_the_same_on_any_thread_count(isa, threads):
+    assert _core.conv2d_path((8, 16, 16, 16), (32, 16, 3, 3), 1, stride=2) == "im2col"
+    assert _core.conv2d_path((8, 16, 16, 16), (32, 16, 3, 3), 1, 0, True, True, stride=2) == "im2col"
+    assert _core.conv2d_path((8, 16, 16, 16), (32, 16, 3, 3), 1, stride=1) != "im2col"
+    for N in (1, 9):  # one chunk (its GEMMs split over the threads), and several
+        x, w, b = rand(N, 16, 16, 16), rand(32, 16, 3, 3, scale=0.2), rand(32)
+        results = []
+        for n in (1, 2):
+            cnnfast.set_num_threads(n)
+            y = F.conv2d(x, w, b, padding=1, stride=2)
+            results.append([y, *F.conv2d_backward(x, w, y, padding=1, stride=2)])
+        for a, b_ in zip(*results):
+            np.testing.assert_array_equal(a, b_)
+
+
+def test_strided_conv2d_bad_stride_is_named():
+    x, w, b = rand(1, 1, 5, 5), rand(1, 1, 3, 3), rand(1)
+    for stride in (0, -1):
+        with pytest.raises(ValueError, match="stride must be between 1 and"):
+            F.conv2d(x, w, b, stride=stride)
+        with pytest.raises(ValueError, match="stride must be between 1 and"):
+            F.conv2d_backward(x, w, rand(1, 1, 3, 3), stride=stride)
+    with pytest.raises(ValueError, match="dy must have the shape of conv2d's output \\(1, 1, 2, 2\\)"):
+        F.conv2d_backward(x, w, rand(1, 1, 3, 3), stride=2)
+
+
 # ------------------------------------------------------------------ relu
 
 
@@ -404,7 +496,7 @@ def test_every_kernel_follows_the_forced_isa(isa):
     )
     assert kernels["conv2d_direct"] == isa and kernels["dropout"] == isa
     assert kernels["linear"].startswith(isa + " ")
-    assert kernels["conv2d"] == ["conv3x3_pool2", "winograd", "panels", "direct", "reference"]
+    assert kernels["conv2d"] == ["conv3x3_pool2", "winograd", "panels", "direct", "im2col", "reference"]
     assert kernels["max_pool2d"].startswith("avx512") == (isa == "avx512")
 
 

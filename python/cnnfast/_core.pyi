@@ -5,16 +5,23 @@ from numpy.typing import NDArray
 
 F32 = NDArray[np.float32]
 
-def conv2d(x: F32, w: F32, b: F32, padding: int = 0) -> F32: ...
-def conv2d_naive(x: F32, w: F32, b: F32, padding: int = 0) -> F32: ...
+def conv2d(x: F32, w: F32, b: F32, padding: int = 0, stride: int = 1) -> F32: ...
+def conv2d_naive(x: F32, w: F32, b: F32, padding: int = 0, stride: int = 1) -> F32: ...
 def conv2d_backward(
-    x: F32, w: F32, dy: F32, padding: int = 0, input_grad: bool = True
+    x: F32, w: F32, dy: F32, padding: int = 0, input_grad: bool = True, stride: int = 1
 ) -> tuple[F32 | None, F32, F32]: ...
 def conv2d_relu_max_pool2d(
-    x: F32, w: F32, b: F32, k: int, padding: int = 0, return_argmax: bool = True
+    x: F32, w: F32, b: F32, k: int, padding: int = 0, return_argmax: bool = True, stride: int = 1
 ) -> tuple[F32, NDArray[np.int32]] | F32: ...
 def conv2d_relu_max_pool2d_backward(
-    x: F32, w: F32, dy: F32, argmax: NDArray[np.int32], k: int, padding: int = 0, input_grad: bool = True
+    x: F32,
+    w: F32,
+    dy: F32,
+    argmax: NDArray[np.int32],
+    k: int,
+    padding: int = 0,
+    input_grad: bool = True,
+    stride: int = 1,
 ) -> tuple[F32 | None, F32, F32]: ...
 def relu(x: F32) -> F32: ...
 def relu_backward(x: F32, dy: F32) -> F32: ...
@@ -54,4 +61,5 @@ def conv2d_path(
     pool: int = 0,
     backward: bool = False,
     input_grad: bool = True,
+    stride: int = 1,
 ) -> str: ...

@@ -32,20 +32,23 @@ __all__ = [
 ]
 
 
-def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray, padding: int = 0) -> np.ndarray:
-    """2-D convolution (cross-correlation), stride 1, zero padding on all sides.
+def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray, padding: int = 0, stride: int = 1) -> np.ndarray:
+    """2-D convolution (cross-correlation), zero padding on all sides, stride in both directions.
 
-    x [N, C, H, W], w [K, C, R, S], b [K] -> y [N, K, H+2p-R+1, W+2p-S+1].
+    x [N, C, H, W], w [K, C, R, S], b [K] -> y [N, K, Ho, Wo] with Ho = (H+2p-R)//stride + 1,
+    Wo = (W+2p-S)//stride + 1 (PyTorch's rule: rows and columns a stride does not reach are left out).
     """
-    return _core.conv2d(x, w, b, padding)
+    return _core.conv2d(x, w, b, padding, stride)
 
 
-def conv2d_backward(x: np.ndarray, w: np.ndarray, dy: np.ndarray, padding: int = 0, input_grad: bool = True):
+def conv2d_backward(
+    x: np.ndarray, w: np.ndarray, dy: np.ndarray, padding: int = 0, input_grad: bool = True, stride: int = 1
+):
     """Gradients of `conv2d` given dy = dL/dy [N, K, Ho, Wo]: returns (dx, dw, db).
 
     With input_grad=False, dx is None and is not computed (a network's first layer needs no dx).
     """
-    return _core.conv2d_backward(x, w, dy, padding, bool(input_grad))
+    return _core.conv2d_backward(x, w, dy, padding, bool(input_grad), stride)
 
 
 def relu(x: np.ndarray) -> np.ndarray:
@@ -78,9 +81,9 @@ def max_pool2d_backward(dy: np.ndarray, argmax: np.ndarray, x_shape) -> np.ndarr
 
 
 def conv2d_relu_max_pool2d(
-    x: np.ndarray, w: np.ndarray, b: np.ndarray, k: int, padding: int = 0, return_argmax: bool = True
+    x: np.ndarray, w: np.ndarray, b: np.ndarray, k: int, padding: int = 0, return_argmax: bool = True, stride: int = 1
 ):
-    """A CNN block in one call: max_pool2d(conv2d(x, w, b, padding), k, relu=True) -> (y, argmax).
+    """A CNN block in one call: max_pool2d(conv2d(x, w, b, padding, stride), k, relu=True) -> (y, argmax).
 
     The same numbers as the three layers, but the convolution's output (and, backward, its
     gradient) is not written to memory as a whole: it is pooled from cache image by image (short
@@ -89,11 +92,18 @@ def conv2d_relu_max_pool2d(
     return_argmax=False only y is returned and no argmax is made (inference: nothing to route
     a gradient back through).
     """
-    return _core.conv2d_relu_max_pool2d(x, w, b, k, padding, bool(return_argmax))
+    return _core.conv2d_relu_max_pool2d(x, w, b, k, padding, bool(return_argmax), stride)
 
 
 def conv2d_relu_max_pool2d_backward(
-    x: np.ndarray, w: np.ndarray, dy: np.ndarray, argmax: np.ndarray, k: int, padding: int = 0, input_grad: bool = True
+    x: np.ndarray,
+    w: np.ndarray,
+    dy: np.ndarray,
+    argmax: np.ndarray,
+    k: int,
+    padding: int = 0,
+    input_grad: bool = True,
+    stride: int = 1,
 ):
     """Gradients of `conv2d_relu_max_pool2d` given dy = dL/dy (the pooled shape) and its argmax:
     returns (dx, dw, db), the same as conv2d_backward(x, w, max_pool2d_backward(dy, argmax, ...))
@@ -103,7 +113,7 @@ def conv2d_relu_max_pool2d_backward(
     those pixels meet does not turn into 0 * inf = NaN as it does in the separate kernels).
     With input_grad=False, dx is None and is not computed.
     """
-    return _core.conv2d_relu_max_pool2d_backward(x, w, dy, argmax, k, padding, bool(input_grad))
+    return _core.conv2d_relu_max_pool2d_backward(x, w, dy, argmax, k, padding, bool(input_grad), stride)
 
 
 def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
