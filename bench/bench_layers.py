@@ -5,6 +5,7 @@ default model's, on the same arrays, threads and instruction set.
     pip install . torch                        # cnnfast and the peer in one environment
     python bench/bench_layers.py               # every shape, batch 1, 32, 128, threads 1 and 2
     python bench/bench_layers.py --batch 32 --threads 1 --only conv
+    python bench/bench_layers.py --layer s2         # the strided layers only
     python bench/bench_layers.py --json out.json
 
 Every row times one call (median of --repeat calls after a warm-up) of the cnnfast kernel and of
@@ -43,7 +44,7 @@ try:
 except ImportError:  # pragma: no cover - a set-up problem
     sys.exit("bench_layers: PyTorch is the peer here: pip install torch (bench/run_peers.sh makes a venv with it)")
 
-# (name, C, H, W, K, R, S, padding): first layers (1-3 channels, 3x3/5x5/7x7, 28x28 to 64x64),
+# (name, C, H, W, K, R, S, padding[, stride]): first layers (1-3 channels, 3x3/5x5/7x7, 28x28 to 64x64),
 # middle layers (16-256 channels, 3x3 pad 1, 32x32 down to 4x4), 1x1 convolutions.
 CONV_SHAPES = [
     ("mnist conv1 1->32 3x3", 1, 28, 28, 32, 3, 3, 0),
@@ -60,6 +61,13 @@ CONV_SHAPES = [
     ("mid 96->96 3x3 p1 12x12", 96, 12, 12, 96, 3, 3, 1),
     ("1x1 64->128 16x16", 64, 16, 16, 128, 1, 1, 0),
     ("1x1 256->64 8x8", 256, 8, 8, 64, 1, 1, 0),
+    # strided (a ninth field, the stride): a ResNet's downsampling (3x3 and its 1x1 shortcut) and stems
+    ("s2 16->32 3x3 p1 32x32", 16, 32, 32, 32, 3, 3, 1, 2),
+    ("s2 1x1 16->32 32x32", 16, 32, 32, 32, 1, 1, 0, 2),
+    ("s2 32->64 3x3 p1 16x16", 32, 16, 16, 64, 3, 3, 1, 2),
+    ("s2 64->128 3x3 p1 8x8", 64, 8, 8, 128, 3, 3, 1, 2),
+    ("s2 first 3->64 7x7 p3 64x64", 3, 64, 64, 64, 7, 7, 3, 2),
+    ("s2 first 3->32 3x3 p1 32x32", 3, 32, 32, 32, 3, 3, 1, 2),
 ]
 POOL_SHAPES = [("pool2 32x26x26", 32, 26, 26, 2), ("pool2 64x16x16", 64, 16, 16, 2), ("pool3 32x27x27", 32, 27, 27, 3)]
 DENSE_SHAPES = [
@@ -101,48 +109,55 @@ def side_by_side(ours, theirs, repeat: int):
     return min(a), min(b)
 
 
-def conv_rows(batch: int, repeat: int, rng):
-    for name, C, H, W, K, R, S, pad in CONV_SHAPES:
+def conv_rows(batch: int, repeat: int, rng, match: str = ""):
+    for name, C, H, W, K, R, S, pad, *rest in CONV_SHAPES:
+        if match not in name:
+            continue
+        st = rest[0] if rest else 1
         x = rng.standard_normal((batch, C, H, W), dtype=np.float32)
         w = (rng.standard_normal((K, C, R, S), dtype=np.float32) * (2.0 / (C * R * S)) ** 0.5).astype(np.float32)
         b = rng.standard_normal(K, dtype=np.float32)
-        y = F.conv2d(x, w, b, padding=pad)
+        y = F.conv2d(x, w, b, padding=pad, stride=st)
         dy = rng.standard_normal(y.shape, dtype=np.float32)
         tx, tw, tb, tdy = (torch.from_numpy(a) for a in (x, w, b, dy))
         first = C <= 3  # a first layer: no input gradient
         flops = 2.0 * batch * K * y.shape[2] * y.shape[3] * C * R * S
         with torch.no_grad():
             ours, theirs = side_by_side(
-                lambda: F.conv2d(x, w, b, padding=pad), lambda: TF.conv2d(tx, tw, tb, padding=pad), repeat
+                lambda: F.conv2d(x, w, b, padding=pad, stride=st),
+                lambda: TF.conv2d(tx, tw, tb, padding=pad, stride=st),
+                repeat,
             )
         yield {
             "kind": "conv2d forward",
             "layer": name,
-            "shape": [batch, C, H, W, K, R, S, pad],
+            "shape": [batch, C, H, W, K, R, S, pad, st],
             "cnnfast_ms": 1e3 * ours,
             "torch_ms": 1e3 * theirs,
             "gflops": flops / ours / 1e9,
         }
         mask = [not first, True, True]
         ours, theirs = side_by_side(
-            lambda: F.conv2d_backward(x, w, dy, padding=pad, input_grad=not first),
+            lambda: F.conv2d_backward(x, w, dy, padding=pad, input_grad=not first, stride=st),
             lambda: torch.ops.aten.convolution_backward(
-                tdy, tx, tw, [K], [1, 1], [pad, pad], [1, 1], False, [0, 0], 1, mask
+                tdy, tx, tw, [K], [st, st], [pad, pad], [1, 1], False, [0, 0], 1, mask
             ),
             repeat,
         )
         yield {
             "kind": "conv2d backward",
             "layer": name + (" (no dx)" if first else ""),
-            "shape": [batch, C, H, W, K, R, S, pad],
+            "shape": [batch, C, H, W, K, R, S, pad, st],
             "cnnfast_ms": 1e3 * ours,
             "torch_ms": 1e3 * theirs,
             "gflops": (2 if not first else 1) * flops / ours / 1e9,
         }
 
 
-def pool_rows(batch: int, repeat: int, rng):
+def pool_rows(batch: int, repeat: int, rng, match: str = ""):
     for name, C, H, W, k in POOL_SHAPES:
+        if match not in name:
+            continue
         x = rng.standard_normal((batch, C, H, W), dtype=np.float32)
         tx = torch.from_numpy(x)
         with torch.no_grad():
@@ -156,8 +171,10 @@ def pool_rows(batch: int, repeat: int, rng):
         }
 
 
-def dense_rows(batch: int, repeat: int, rng):
+def dense_rows(batch: int, repeat: int, rng, match: str = ""):
     for name, I, O in DENSE_SHAPES:
+        if match not in name:
+            continue
         x = rng.standard_normal((batch, I), dtype=np.float32)
         w = rng.standard_normal((O, I), dtype=np.float32) * 0.01
         b = rng.standard_normal(O, dtype=np.float32)
@@ -191,6 +208,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, nargs="+", default=[1, 32, 128], help="batch sizes (default 1 32 128)")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts (default 1 2)")
     p.add_argument("--only", choices=["conv", "pool", "dense"], help="one kind of layer only")
+    p.add_argument("--layer", default="", metavar="TEXT", help="only the layers whose name contains TEXT (e.g. s2)")
     p.add_argument("--repeat", type=int, default=15, help="timed calls per row and framework (default 15)")
     p.add_argument("--json", metavar="FILE", help="also write every row as JSON to FILE")
     args = p.parse_args(argv)
@@ -220,7 +238,7 @@ def main(argv=None) -> int:
             for kind, make in kinds.items():
                 if args.only and kind != args.only:
                     continue
-                for row in make(batch, args.repeat, rng):
+                for row in make(batch, args.repeat, rng, args.layer):
                     row.update(batch=batch, threads=threads, ratio=row["torch_ms"] / row["cnnfast_ms"])
                     rows.append(row)
                     gf = f"{row['gflops']:8.1f}" if "gflops" in row else " " * 8

@@ -5,18 +5,16 @@
 //
 //   path                   file(s)                                       takes
 //   conv3x3_pool2          conv3x3_pool2.cpp (per ISA),                  fused only: 1 channel, 3x3, 2x2 pool
-//                          conv3x3_pool2_avx512.cpp                      (conv1), no dx; every ISA
+//                          conv3x3_pool2_avx512.cpp                      (conv1), stride 1, no dx; every ISA
 //   winograd               conv2d_winograd.cpp,                          3x3, >= 16 channels in and out, even
-//                          conv2d_winograd_kernels.cpp (per ISA)         output, >= 32 tiles; every ISA
-//   panels                 conv2d_panels.cpp, conv2d_panels_impl.hpp,   > 32 taps (conv2); every ISA
+//                          conv2d_winograd_kernels.cpp (per ISA)         output, >= 32 tiles, stride 1; every ISA
+//   panels                 conv2d_panels.cpp, conv2d_panels_impl.hpp,   > 32 taps (conv2), any stride; every ISA
 //                          conv2d_panels_avx512.cpp (AVX-512),
 //                          conv2d_panels_portable.cpp (per ISA), + the
 //                          ISA's gemm_microkernel*.cpp
-//   direct                 conv2d_direct.cpp, conv2d_direct_kernels.cpp  <= 32 taps; every ISA
+//   direct                 conv2d_direct.cpp, conv2d_direct_kernels.cpp  <= 32 taps, any stride; every ISA
 //                          (its inner loops compiled per ISA; dx through
 //                          the panels' backward)
-//   im2col                 conv2d_im2col.cpp (+ the ISA's GEMM)          stride > 1 (the paths above
-//                                                                        take stride 1 only)
 //   reference              conv2d_ref.cpp                                every layer (the empty ones
 //                                                                        only reach it)
 // Shared pieces (shape, chunking, scratch, layouts, the bias gradient): conv2d_common.hpp.
@@ -46,7 +44,7 @@ bool conv3x3_pool2_backward_path(float*, float* dw, float* db, const float* x, c
 }
 
 bool has_work(const ConvShape& s, i64 N) { return N > 0 && s.K > 0 && s.taps() > 0; }
-// The paths before im2col's are written for stride 1
+// conv3x3_pool2 and winograd are written for stride 1 (the panels and direct take any stride)
 bool unit_stride_work(const ConvShape& s, i64 N) { return has_work(s, N) && s.stride == 1; }
 
 // 3x3 with at least kWinogradChannels channels in and out, padding up to 2 (dx is then a
@@ -85,12 +83,10 @@ const Conv2dPath kPaths[] = {
      },
      false, conv3x3_pool2_forward_path, conv3x3_pool2_backward_path},
     {"winograd", winograd_accepts, true, winograd_forward_path, winograd_backward_path},
-    {"panels", [](const ConvShape& s, i64 N, i64) { return unit_stride_work(s, N) && s.taps() > kDirectTaps; }, true,
+    {"panels", [](const ConvShape& s, i64 N, i64) { return has_work(s, N) && s.taps() > kDirectTaps; }, true,
      panels_forward_path, panels_backward_path},
-    {"direct", [](const ConvShape& s, i64 N, i64) { return unit_stride_work(s, N) && s.taps() <= kDirectTaps; }, true,
+    {"direct", [](const ConvShape& s, i64 N, i64) { return has_work(s, N) && s.taps() <= kDirectTaps; }, true,
      direct_forward_path, direct_backward_path},
-    {"im2col", [](const ConvShape& s, i64 N, i64) { return has_work(s, N) && s.P() < (i64(1) << 30); }, true,
-     im2col_forward_path, im2col_backward_path},
     {"reference", [](const ConvShape&, i64, i64) { return true; }, true, reference_forward_path,
      reference_backward_path},
 };

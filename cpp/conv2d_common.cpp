@@ -35,25 +35,6 @@ void im2col(float* col, const float* x, const ConvShape& s, i64 ld) {
       }
 }
 
-void col2im(float* dx, const float* col, const ConvShape& s, i64 ld) {
-  const i64 st = s.stride;
-  std::fill(dx, dx + s.C * s.H * s.W, 0.0f);
-  for (i64 c = 0; c < s.C; ++c)
-    for (i64 r = 0; r < s.R; ++r)
-      for (i64 q = 0; q < s.S; ++q) {
-        const float* row = col + ((c * s.R + r) * s.S + q) * ld;
-        const i64 ow_lo = std::clamp<i64>((s.pad - q + st - 1) / st, 0, s.Wo),
-                  ow_hi = std::clamp<i64>((s.W + s.pad - q + st - 1) / st, ow_lo, s.Wo);
-        for (i64 oh = 0; oh < s.Ho; ++oh) {
-          const i64 ih = oh * st + r - s.pad;
-          if (ih < 0 || ih >= s.H) continue;
-          float* out = dx + (c * s.H + ih) * s.W + q - s.pad;
-          const float* in = row + oh * s.Wo;
-          for (i64 ow = ow_lo; ow < ow_hi; ++ow) out[ow * st] += in[ow];
-        }
-      }
-}
-
 std::vector<float> weights_rsc(const float* w, const ConvShape& s) {
   std::vector<float> wt(size_t(s.K) * s.taps());
   for (i64 k = 0; k < s.K; ++k)

@@ -79,9 +79,6 @@ inline int threads_over(double work, i64 units) {
 // x_n: [C, H, W] -> col: [C*R*S, Ho*Wo] with rows ld apart (ld >= Ho*Wo),
 // col[(c*R + r)*S + q][oh*Wo + ow] = x[c][oh*stride + r - pad][ow*stride + q - pad] (0 outside x)
 void im2col(float* col, const float* x, const ConvShape& s, i64 ld);
-// The adjoint: col: [C*R*S, Ho*Wo] (rows ld apart) -> dx_n: [C, H, W], each entry of col added
-// to the input pixel im2col took it from (dx_n is overwritten, not accumulated into)
-void col2im(float* dx, const float* col, const ConvShape& s, i64 ld);
 // w: [K, C, R, S] -> wt: [K, R, S, C]
 std::vector<float> weights_rsc(const float* w, const ConvShape& s);
 // out[i] = 0 + parts[0][i] + parts[1][i] + ... (the parts in order)
@@ -136,11 +133,6 @@ void winograd_forward_path(float* y, std::int32_t* argmax, const float* x, const
                            const ConvShape& s, i64 N, i64 pool_k);
 bool winograd_backward_path(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,
                             const std::int32_t* argmax, const ConvShape& s, i64 N, i64 pool_k);
-// Any stride: patches of a chunk of images and one GEMM (conv2d_im2col.cpp)
-void im2col_forward_path(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
-                         const ConvShape& s, i64 N, i64 pool_k);
-bool im2col_backward_path(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,
-                          const std::int32_t* argmax, const ConvShape& s, i64 N, i64 pool_k);
 // The specification, seven nested loops (conv2d_ref.cpp)
 void reference_forward_path(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
                             const ConvShape& s, i64 N, i64 pool_k);

@@ -99,12 +99,28 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
   const MicroKernel& mk = forward_microkernel(s.K);
   const i64 C = s.C, K = s.K, P = s.P(), T = s.taps();
   const int mr = mk.mr, nr = mk.nr;
-  // Padded images go through a zero-bordered planar copy; unpadded ones are read in place.
-  const i64 plane = s.Hp * s.Wp, image = C * plane;
+  // Padded or strided images go through a zero-bordered planar copy; the others are read in place.
+  // With a stride st the copy is split into st x st phases (row % st, column % st), each a plane
+  // of Hs x Ws: then a tap (r, q) of the consecutive output pixels of a row reads consecutive
+  // floats of phase (r % st, q % st), as at stride 1, and the panels are packed the same way.
+  const i64 st = s.stride, Hs = (s.Hp + st - 1) / st, Ws = (s.Wp + st - 1) / st, plane = Hs * Ws;
+  const i64 image = C * st * st * plane;
+  const bool copied = s.pad > 0 || st > 1;
+  // where the copy puts input row h (its phase's first plane, and its row there), and for each
+  // column phase b its first input column and that column's place in the phase's rows
+  std::vector<i64> row_place(static_cast<size_t>(s.H)), first_column(static_cast<size_t>(st)),
+      first_place(static_cast<size_t>(st));
+  for (i64 h = 0; h < s.H; ++h) row_place[size_t(h)] = (h + s.pad) % st * st * C * plane + (h + s.pad) / st * Ws;
+  for (i64 b = 0; b < st; ++b) {
+    first_column[size_t(b)] = ((b - s.pad) % st + st) % st;
+    first_place[size_t(b)] = (first_column[size_t(b)] + s.pad) / st;
+  }
   std::vector<i64> tap_offset(static_cast<size_t>(T));
   for (i64 c = 0; c < C; ++c)
     for (i64 r = 0; r < s.R; ++r)
-      for (i64 q = 0; q < s.S; ++q) tap_offset[size_t((c * s.R + r) * s.S + q)] = c * plane + r * s.Wp + q;
+      for (i64 q = 0; q < s.S; ++q)
+        tap_offset[size_t((c * s.R + r) * s.S + q)] =
+            (((r % st) * st + q % st) * C + c) * plane + (r / st) * Ws + q / st;
   // One depth block while a panel's A (T x mr) and B (T x nr) fit L1 and L2 together (conv2:
   // T = 288, measured 3% faster than two blocks of 144); sgemm's blocks beyond that.
   const i64 kc = T <= 512 ? T : depth_block(T), Kpad = (K + nr - 1) / nr * nr;
@@ -123,7 +139,7 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
             Pu = Hu * Wu;
   const Chunking ch(N, Pu);
   const int nt = std::max(1, std::min<int>(threads_for(double(N) * K * Pu * T), int(ch.chunks)));
-  const size_t padded_floats = s.pad ? size_t(ch.per_chunk) * image : 0, chunk_pixels = size_t(ch.per_chunk) * Pu;
+  const size_t padded_floats = copied ? size_t(ch.per_chunk) * image : 0, chunk_pixels = size_t(ch.per_chunk) * Pu;
   const size_t pooled_floats = pool_k > 0 ? size_t(K) * (s.Ho / pool_k) * (s.Wo / pool_k) : 0;
   const size_t scratch_per_thread =
       padded_floats + size_t(T) * mr + chunk_pixels * K + 2 * size_t(K) + 2 * pooled_floats;
@@ -135,13 +151,22 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
     float* ap = padded + padded_floats;  // [T, mr]
     float* out = ap + size_t(T) * mr;    // [L, K]
     const float* src = x + n0 * C * s.H * s.W;
-    if (s.pad) {
+    if (copied) {
       std::fill(padded, padded + (n1 - n0) * image, 0.0f);
       for (i64 n = n0; n < n1; ++n)
         for (i64 c = 0; c < C; ++c)
-          for (i64 h = 0; h < s.H; ++h)
-            std::memcpy(padded + (n - n0) * image + c * plane + (h + s.pad) * s.Wp + s.pad,
-                        x + ((n * C + c) * s.H + h) * s.W, sizeof(float) * s.W);
+          for (i64 h = 0; h < s.H; ++h) {
+            const float* row = x + ((n * C + c) * s.H + h) * s.W;
+            float* to = padded + (n - n0) * image + row_place[size_t(h)] + c * plane;
+            if (st == 1) {
+              std::memcpy(to + s.pad, row, sizeof(float) * s.W);
+              continue;
+            }
+            for (i64 b = 0; b < st; ++b) {  // the columns of phase b: w = first_column[b], + st, ...
+              float* phase = to + b * C * plane + first_place[size_t(b)];
+              for (i64 w = first_column[size_t(b)], j = 0; w < s.W; w += st, ++j) phase[j] = row[w];
+            }
+          }
       src = padded;
     }
     PanelRun runs[16];
@@ -151,7 +176,7 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
       for (int i = 0; i < m;) {  // lanes i.. of one (image, output row)
         const i64 l = l0 + i, n = l / Pu, oh = l % Pu / Wu, ow = l % Pu % Wu;
         const int len = int(std::min<i64>(m - i, Wu - ow));
-        runs[nruns++] = {n * image + oh * s.Wp + ow - i, std::uint32_t(((1u << len) - 1) << i)};
+        runs[nruns++] = {n * image + oh * Ws + ow - i, std::uint32_t(((1u << len) - 1) << i)};
         i += len;
       }
       pack_patch_panel(ap, src, runs, nruns, tap_offset.data(), T, mr);
@@ -279,9 +304,9 @@ void conv2d_backward_panels(float* dx, float* dw, const float* x, const float* w
     i64* channel_offsets = offsets + chunk_pixels;                                            // channel k's in dy
     for (i64 n = n0; n < n1; ++n) to_channels_last(xp + (n - n0) * image, x + n * s.C * s.H * s.W, s);
     const DyPanels d = dy_of.chunk(dy_of.context, n0, n1, kl, lk);
-    for (i64 n = 0, l = 0; n < n1 - n0; ++n)
+    for (i64 n = 0, l = 0; n < n1 - n0; ++n)  // (pixel (oh, ow)'s patch starts at row oh*stride, column ow*stride)
       for (i64 oh = 0; oh < Hu; ++oh)
-        for (i64 ow = 0; ow < Wu; ++ow) offsets[l++] = n * image + (oh * s.Wp + ow) * C;
+        for (i64 ow = 0; ow < Wu; ++ow) offsets[l++] = n * image + (oh * s.Wp + ow) * s.stride * C;
     if (dw) {
       float* out = partial.get() + chunk * T * Kp;  // dW^T [T, Kp]
       for (i64 l0 = 0; l0 < L; l0 += depth) {

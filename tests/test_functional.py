@@ -142,6 +142,7 @@ STRIDED_SHAPES = [  # N, C, H, W, K, R, S, padding, stride
     (1, 2, 10, 11, 5, 3, 2, 0, 3),  # stride 3, rows and columns it does not reach
     (4, 16, 8, 8, 32, 3, 3, 1, 2),  # many channels: several images per chunk
     (1, 1, 4, 4, 2, 2, 2, 2, 4),  # stride larger than the kernel, padding larger than it
+    (3, 16, 11, 9, 20, 3, 3, 0, 2),  # the panels' in-place dW (S*C a multiple of 12)
     (2, 4, 6, 6, 3, 3, 3, 1, 1),  # stride 1 through the same entry points
 ]
 
@@ -185,8 +186,9 @@ def test_strided_conv2d_finite_differences(isa):
         np.testing.assert_allclose(grad.flat[coords], numeric, rtol=1e-2, atol=1e-2)
 
 
-def test_strided_conv2d_relu_max_pool2d_equals_the_three_kernels(isa):
-    x, w, b = rand(3, 4, 17, 17), rand(8, 4, 3, 3, scale=0.3), rand(8)
+@pytest.mark.parametrize("C", [1, 4])  # the direct path and the panels
+def test_strided_conv2d_relu_max_pool2d_equals_the_three_kernels(isa, C):
+    x, w, b = rand(3, C, 17, 17), rand(8, C, 3, 3, scale=0.3), rand(8)
     y = F.conv2d(x, w, b, padding=1, stride=2)  # 9 x 9
     pooled, argmax = F.max_pool2d(y, 2, relu=True)
     fused, fused_argmax = F.conv2d_relu_max_pool2d(x, w, b, 2, padding=1, stride=2)
@@ -199,11 +201,13 @@ def test_strided_conv2d_relu_max_pool2d_equals_the_three_kernels(isa):
         assert_close(a, e, rtol=1e-5, atol=1e-5)
 
 
-def test_strided_conv2d_takes_the_im2col_path_and_is_the_same_on_any_thread_count(isa, threads):
-    assert _core.conv2d_path((8, 16, 16, 16), (32, 16, 3, 3), 1, stride=2) == "im2col"
-    assert _core.conv2d_path((8, 16, 16, 16), (32, 16, 3, 3), 1, 0, True, True, stride=2) == "im2col"
-    assert _core.conv2d_path((8, 16, 16, 16), (32, 16, 3, 3), 1, stride=1) != "im2col"
-    for N in (1, 9):  # one chunk (its GEMMs split over the threads), and several
+def test_strided_conv2d_takes_the_panels_or_direct_and_is_the_same_on_any_thread_count(isa, threads):
+    assert _core.conv2d_path((8, 16, 16, 16), (32, 16, 3, 3), 1, stride=2) == "panels"  # (Winograd: stride 1 only)
+    assert _core.conv2d_path((8, 16, 16, 16), (32, 16, 3, 3), 1, 0, True, True, stride=2) == "panels"
+    assert _core.conv2d_path((8, 16, 16, 16), (32, 16, 3, 3), 1, stride=1) == "winograd"
+    assert _core.conv2d_path((8, 3, 16, 16), (32, 3, 3, 3), 1, stride=2) == "direct"
+    assert _core.conv2d_path((8, 1, 28, 28), (32, 1, 3, 3), 0, 2, stride=2) == "direct"  # (conv3x3_pool2: stride 1)
+    for N in (1, 9):  # one chunk, and several
         x, w, b = rand(N, 16, 16, 16), rand(32, 16, 3, 3, scale=0.2), rand(32)
         results = []
         for n in (1, 2):
@@ -496,7 +500,7 @@ def test_every_kernel_follows_the_forced_isa(isa):
     )
     assert kernels["conv2d_direct"] == isa and kernels["dropout"] == isa
     assert kernels["linear"].startswith(isa + " ")
-    assert kernels["conv2d"] == ["conv3x3_pool2", "winograd", "panels", "direct", "im2col", "reference"]
+    assert kernels["conv2d"] == ["conv3x3_pool2", "winograd", "panels", "direct", "reference"]
     assert kernels["max_pool2d"].startswith("avx512") == (isa == "avx512")
 
 
