@@ -164,7 +164,12 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
             }
             for (i64 b = 0; b < st; ++b) {  // the columns of phase b: w = first_column[b], + st, ...
               float* phase = to + b * C * plane + first_place[size_t(b)];
-              for (i64 w = first_column[size_t(b)], j = 0; w < s.W; w += st, ++j) phase[j] = row[w];
+              const float* from = row + first_column[size_t(b)];
+              const i64 count = (s.W - first_column[size_t(b)] + st - 1) / st;
+              if (st == 2)  // (a constant stride: the gather vectorises)
+                for (i64 j = 0; j < count; ++j) phase[j] = from[2 * j];
+              else
+                for (i64 j = 0; j < count; ++j) phase[j] = from[st * j];
             }
           }
       src = padded;
