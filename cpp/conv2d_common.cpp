@@ -3,7 +3,9 @@
 #include "conv2d_common.hpp"
 
 #include <cstring>
+#include <memory>
 
+#include "isa.hpp"
 #include "parallel.hpp"
 
 namespace cnnfast {
@@ -102,6 +104,21 @@ bool pooled_dconv_chunk(float* kl, float* lk, i64 width, float* lanes, const flo
       row_lanes(lanes + (n * K + kk) * 16, row, Pr);
     }
   return !missed;
+}
+
+bool tap_rows_backward(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,
+                       const std::int32_t* argmax, const ConvShape& s, i64 N, i64 pool_k) {
+  const IsaKernels& isa = active_isa();
+  if (s.C > kTapRowsChannels) return false;
+  std::unique_ptr<float[]> dconv;
+  if (pool_k > 0) {  // d(conv), whole
+    dconv.reset(new float[size_t(N) * s.K * s.P()]);
+    max_pool2d_backward(dconv.get(), argmax, dy, N, s.K, s.Ho, s.Wo, s.Ho / pool_k, s.Wo / pool_k);
+    dy = dconv.get();
+  }
+  if (!isa.tap_rows_weight_grad(dw, db, x, dy, s, N)) return false;
+  if (dx) isa.panels_backward_plain(dx, nullptr, nullptr, x, w, dy, s, N);
+  return true;
 }
 
 }  // namespace cnnfast

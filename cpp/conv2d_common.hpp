@@ -111,6 +111,14 @@ void bias_grad(float* db, const float* dy, i64 N, i64 K, i64 P);
 bool pooled_dconv_chunk(float* kl, float* lk, i64 width, float* lanes, const float* dy, const std::int32_t* argmax,
                         const ConvShape& s, i64 pool_k, i64 n0, i64 n1, const std::int32_t* index, i64 Pr);
 
+// A first layer (at most kTapRowsChannels input channels)'s backward with its dw and db through the
+// ISA's tap_rows_weight_grad (conv2d_tap_rows_impl.hpp), dx (if wanted) through the panels; pooled
+// (pool_k > 0), from the convolution's gradient made whole first. False, computing nothing, if the
+// layer is not such a layer or its kernel does not fit tap_rows (the caller's own backward then runs).
+constexpr i64 kTapRowsChannels = 4;
+bool tap_rows_backward(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,
+                       const std::int32_t* argmax, const ConvShape& s, i64 N, i64 pool_k);
+
 // ---- the paths (conv2d.cpp lists them in order) ----
 // Every path's forward: y = conv2d(x, w, b), or with pool_k > 0 y, argmax = max_pool2d(that, pool_k,
 // relu=true) (argmax may be null: not wanted). Its backward: dx (may be null), dw, db, from dy of

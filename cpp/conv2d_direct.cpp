@@ -64,6 +64,7 @@ void direct_forward_path(float* y, std::int32_t* argmax, const float* x, const f
 // dy: [N, K, Ho, Wo] (or pooled, with argmax) -> dx (may be null), dw, db
 bool direct_backward_path(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,
                           const std::int32_t* argmax, const ConvShape& s, i64 N, i64 pool_k) {
+  if (tap_rows_backward(dx, dw, db, x, w, dy, argmax, s, N, pool_k)) return true;  // (a first layer)
   const i64 K = s.K, P = s.P(), T = s.taps();
   if (pool_k > 0 && dx) {  // the input gradient too: d(conv) made whole, then as below
     const i64 Hq = s.Ho / pool_k, Wq = s.Wo / pool_k;

@@ -39,6 +39,7 @@ void panels_forward_path(float* y, std::int32_t* argmax, const float* x, const f
 // into them (it does when it comes from the forward; if not, all pixels count).
 bool panels_backward_path(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,
                           const std::int32_t* argmax, const ConvShape& s, i64 N, i64 pool_k) {
+  if (tap_rows_backward(dx, dw, db, x, w, dy, argmax, s, N, pool_k)) return true;  // (a first layer)
   const IsaKernels& isa = active_isa();
   if (pool_k == 0) {
     isa.panels_backward_plain(dx, dw, db, x, w, dy, s, N);

@@ -4,6 +4,8 @@
 // Compiled for AVX-512 only; reached through the ISA table (conv2d.cpp lists the paths).
 #include <immintrin.h>
 
+#include <algorithm>
+#include <array>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -237,6 +239,7 @@ void narrow_dw_product(i64 kc, const float* a, const float* b, i64 ldb, float* c
 constexpr int kInPlaceMR = 12, kInPlaceNR = 32;  // microkernel_in_place's tile
 
 #include "conv2d_panels_impl.hpp"
+#include "conv2d_tap_rows_impl.hpp"
 
 }  // namespace CNNFAST_ISA
 }  // namespace cnnfast

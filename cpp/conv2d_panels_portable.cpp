@@ -2,6 +2,8 @@
 // per instruction set that has no panel helpers of its own (baseline, AVX2, NEON; AVX-512:
 // conv2d_panels_avx512.cpp): a panel's runs of pixels are packed by plain copies, transposes go in
 // 8 x 8 blocks, and dW's A is read in place by the ISA's micro-kernel tile in vector code.
+#include <algorithm>
+#include <array>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -176,6 +178,7 @@ void narrow_dw_product(i64, const float*, const float*, i64, float*, i64, i64, i
 }  // namespace
 
 #include "conv2d_panels_impl.hpp"
+#include "conv2d_tap_rows_impl.hpp"
 
 }  // namespace CNNFAST_ISA
 }  // namespace cnnfast

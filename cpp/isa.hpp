@@ -87,6 +87,12 @@ struct IsaKernels {
   // dw: [K, C, 3, 3] from x and dy (even Ho and Wo), by F(3x3, 2x2) (null on AVX-512: the panels' dw)
   void (*winograd_weight_grad)(float* dw, const float* x, const float* dy, const ConvShape& s, i64 N);
 
+  // conv2d_tap_rows_impl.hpp (in the panels' per-ISA files): a first layer's dw [K, C, R, S] and
+  // db [K] from x and dy ([N, K, Ho, Wo]), the input values broadcast into multiply-adds with dy
+  // pixel-major; false (nothing computed) if its sums do not fit the registers (S > 7, more than
+  // 4 vectors of K, ...)
+  bool (*tap_rows_weight_grad)(float* dw, float* db, const float* x, const float* dy, const ConvShape& s, i64 N);
+
   // conv3x3_pool2.cpp (conv3x3_pool2_avx512.cpp on AVX-512): one channel, 3x3, ReLU, 2x2 pool,
   // window by window in registers.
   // Forward: y, argmax (argmax may be null) = max_pool2d(conv2d(x), 2, relu). Backward: dw, db

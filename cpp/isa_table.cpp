@@ -31,6 +31,8 @@ void panels_backward_plain(float* dx, float* dw, float* db, const float* x, cons
 void winograd_forward(float* y, const float* x, const float* w, const float* b, const ConvShape& s,
                       i64 N);  // conv2d_winograd_kernels.cpp
 void winograd_weight_grad(float* dw, const float* x, const float* dy, const ConvShape& s, i64 N);
+bool tap_rows_weight_grad(float* dw, float* db, const float* x, const float* dy, const ConvShape& s,
+                          i64 N);  // conv2d_tap_rows_impl.hpp, in the panels' files
 // conv3x3_pool2_avx512.cpp on AVX-512, conv3x3_pool2.cpp elsewhere
 void conv3x3_pool2_forward(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
                            const ConvShape& s, i64 N);
@@ -61,6 +63,7 @@ extern const IsaKernels table = {
 #else
     winograd_weight_grad,
 #endif
+    tap_rows_weight_grad,
     conv3x3_pool2_forward,
     conv3x3_pool2_backward,
 };

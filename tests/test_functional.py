@@ -72,6 +72,8 @@ CONV_SHAPES = [  # N, C, H, W, K, R, S, padding
     (1, 20, 14, 12, 17, 3, 3, 2),  # Winograd, padding 2 (dx: dy padded by 0), K not a tile multiple
     (8, 33, 6, 6, 16, 3, 3, 0),  # Winograd on 4 x 4 outputs, 32 tiles over 8 images
     (2, 64, 8, 8, 70, 3, 3, 1),  # Winograd's dw too (64+ channels in and out)
+    (2, 3, 10, 9, 64, 7, 7, 3),  # a first layer's dw by tap rows, channels in two blocks on AVX-512
+    (2, 2, 9, 8, 100, 5, 5, 2),  # the same, 100 channels: in blocks, or too many (the GEMM paths)
 ]
 
 
