@@ -107,6 +107,31 @@ def test_default_model_fused_and_unfused_agree():
     np.testing.assert_array_equal(fused.infer(x), plain.forward(x))
 
 
+def test_activations_are_each_layers_output_unfused():
+    import reference
+
+    model = nn.mnist_cnn(seed=3).eval()
+    x = rng.random((5, 1, 28, 28)).astype(np.float32)
+    outputs = model.activations(x)
+    assert [list(y.shape) for y in outputs] == [
+        [5, 32, 26, 26],
+        [5, 32, 26, 26],
+        [5, 32, 13, 13],
+        [5, 64, 11, 11],
+        [5, 64, 11, 11],
+        [5, 64, 5, 5],
+        [5, 1600],
+        [5, 1600],
+        [5, 10],
+    ]
+    conv = model.layers[0]
+    # the convolution's own output, before its ReLU (negative values included), as the NumPy reference gives it
+    np.testing.assert_allclose(outputs[0], reference.conv2d(x, conv.weight.data, conv.bias.data), rtol=1e-5, atol=1e-5)
+    assert (outputs[0] < 0).any() and (outputs[1] >= 0).all()
+    np.testing.assert_allclose(outputs[-1], model.infer(x), rtol=1e-5, atol=1e-5)
+    assert all(y.dtype == np.float32 for y in outputs)
+
+
 def test_default_model_has_the_keras_architecture():
     model = nn.mnist_cnn(seed=0)
     assert model.num_parameters() == 34826

@@ -131,7 +131,9 @@ def run_command(main) -> int:
     stdout goes away (`python -m cnnfast.backprop | head`); and for SIGINT or SIGTERM one line
     on stderr and status 128 + the signal's number."""
     spec = getattr(main, "__globals__", {}).get("__spec__")  # run as __main__, named by its spec
-    prog = "python -m " + (spec.name if spec is not None else getattr(main, "__module__", "cnnfast"))
+    prog = "python -m " + (
+        spec.name.removesuffix(".__main__") if spec is not None else getattr(main, "__module__", "cnnfast")
+    )
     before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     for signum, handler in before.items():
         if handler is not signal.SIG_IGN:  # a signal ignored by the parent stays so

@@ -94,6 +94,7 @@ __all__ = [
     "explain",
     "to_dot",
     "to_json",
+    "graph_json",
     "kernel_replay",
     "check_kernels",
     "main",
@@ -452,6 +453,42 @@ def to_json(result: dict) -> dict:
         "loss": fmt(result["loss"]),
         "grads": {k: fmt(v) for k, v in result["grads"].items()},
         "updated": {k: fmt(v) for k, v in result["updated"].items()},
+    }
+
+
+def graph_json(nodes: dict[str, Node]) -> dict:
+    """The graph of one step (as step() returns it, after backward) with every number an exact
+    string, for a page that draws it: {"nodes": [{"name", "op", "numbers", "value", "grad",
+    "relu_off", "preact"}], "edges": [{"from", "to", "local", "formula", "numbers", "upstream",
+    "gradient"}]}; an edge input -> user carries back gradient = local * upstream, where local
+    is d(user)/d(input) (its formula and the formula with numbers) and upstream is dL/d(user)."""
+    order = sorted(nodes.values(), key=lambda n: n._id)
+    return {
+        "nodes": [
+            {
+                "name": n.name,
+                "op": n._op,
+                "numbers": n._numbers,
+                "value": fmt(n.value),
+                "grad": fmt(n.grad),
+                "relu_off": n.relu_off,
+                "preact": None if n.preact is None else fmt(n.preact),
+            }
+            for n in order
+        ],
+        "edges": [
+            {
+                "from": local.input.name,
+                "to": user.name,
+                "local": fmt(local.value),
+                "formula": local.formula,
+                "numbers": local.numbers,
+                "upstream": fmt(user.grad),
+                "gradient": fmt(local.value * user.grad),
+            }
+            for user in order
+            for local in user._backward()
+        ],
     }
 
 

@@ -472,6 +472,20 @@ class Sequential:
         proba = self.predict_proba(x, batch_size)
         return int(proba.argmax()) if proba.ndim == 1 else proba.argmax(axis=1).astype(np.int64)
 
+    # ---------------------------------------------------------------- looking inside
+    def activations(self, x: np.ndarray) -> list[np.ndarray]:
+        """Every layer's eval-mode output for a batch `x`: one array per layer of `layers`, in
+        order, each computed by that layer's own kernel (`infer`) from the one before. The
+        layers run unfused, so a convolution's own output (before its ReLU and pooling) is
+        there to look at; the last array is the model's output (what infer() gives, up to
+        float rounding). For teaching and inspection: infer() is the fast path."""
+        y = np.ascontiguousarray(x)
+        outputs = []
+        for layer in self.layers:
+            y = np.ascontiguousarray(layer.infer(y))
+            outputs.append(y)
+        return outputs
+
     # ---------------------------------------------------------------- files
     def architecture(self) -> list[dict]:
         return [{"type": type(layer).__name__, **layer.config()} for layer in self.layers]

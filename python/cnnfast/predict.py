@@ -62,15 +62,20 @@ def read_image(path) -> np.ndarray:
     """A PNG/JPEG/BMP (or any image Pillow decodes: GIF, TIFF, WebP, ...) as float64 [H, W]
     brightness 0 (black) .. 255 (white). Transparency is composited on white (if that leaves
     nothing, the opacity itself is taken as the ink); 16-bit images keep their full range;
-    EXIF orientation is applied; animations give their first frame. Raises ImageError."""
+    EXIF orientation is applied; animations give their first frame. Raises ImageError.
+    `path` may also be a binary file object (io.BytesIO of uploaded bytes, say): messages then
+    name it by its `name`, or "image"."""
     Image, ImageOps, UnidentifiedImageError = _pillow()
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        raise ImageError(f"{path}: is a directory, not an image file")
+    if hasattr(path, "read"):
+        source, path = path, str(getattr(path, "name", "image"))
+    else:
+        source = path = os.fspath(path)
+        if os.path.isdir(path):
+            raise ImageError(f"{path}: is a directory, not an image file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(source) as image:
                 if image.width * image.height > MAX_PIXELS:
                     raise ImageError(
                         f"{path}: {image.width}x{image.height} pixels is too large (more than {MAX_PIXELS:,})"
