@@ -85,14 +85,20 @@ function padPoint(event) {
   return [(event.clientX - box.left) * (pad.width / box.width), (event.clientY - box.top) * (pad.height / box.height)];
 }
 
+// Ink from the last point to `point` (a round dot where a stroke starts: a line of length zero draws nothing).
 function strokeTo(point) {
-  pen.strokeStyle = "#fff";
+  pen.fillStyle = pen.strokeStyle = "#fff";
   pen.lineWidth = PEN_WIDTH;
   pen.lineCap = pen.lineJoin = "round";
   pen.beginPath();
-  pen.moveTo(...(lastPoint || point));
-  pen.lineTo(...point);
-  pen.stroke();
+  if (lastPoint) {
+    pen.moveTo(...lastPoint);
+    pen.lineTo(...point);
+    pen.stroke();
+  } else {
+    pen.arc(...point, PEN_WIDTH / 2, 0, 2 * Math.PI);
+    pen.fill();
+  }
   lastPoint = point;
   inked = true;
   example = null; // the pad now holds a drawing (perhaps over an example): send the pad
@@ -224,14 +230,20 @@ let result = null; // the last /api/backprop answer
 let showGradients = false; // after "backward"
 let history = []; // the loss before and after each step
 
-// Where each node of the graph is drawn (x, y of its centre in the SVG's 980x330 box).
-const PLACES = { x: [70, 165], a: [300, 70], b: [300, 260], c: [540, 70], e: [540, 260], o: [760, 165], L: [905, 165], y: [905, 290] };
-// The drawn edges: value from -> to, with the weight that multiplies it (if any).
+// Where each node of the graph is drawn: the centre of its box in the SVG's 1170x410 viewBox.
+const PLACES = { x: [120, 210], a: [380, 100], b: [380, 320], c: [670, 100], e: [670, 320], o: [910, 210], L: [1090, 210], y: [1090, 350] };
+// The drawn edges: value `from` -> `to`, the weight that multiplies it (if any), and where its
+// label goes: [x, y] of the line nearest the edge, text-anchor, and the direction further lines go
+// (-1 up, +1 down).
 const EDGES = [
-  { from: "x", to: "a", weight: "w1" }, { from: "x", to: "b", weight: "w1" },
-  { from: "a", to: "c", weight: "w2" }, { from: "b", to: "e", weight: "w3" },
-  { from: "c", to: "o", weight: "w4" }, { from: "e", to: "o", weight: "w5" },
-  { from: "o", to: "L" }, { from: "y", to: "L" },
+  { from: "x", to: "a", weight: "w1", label: [240, 148, "end", -1] },
+  { from: "x", to: "b", weight: "w1", label: [240, 284, "end", 1] },
+  { from: "a", to: "c", weight: "w2", label: [525, 70, "middle", -1] },
+  { from: "b", to: "e", weight: "w3", label: [525, 360, "middle", 1] },
+  { from: "c", to: "o", weight: "w4", label: [802, 148, "start", -1] },
+  { from: "e", to: "o", weight: "w5", label: [802, 284, "start", 1] },
+  { from: "o", to: "L", label: [1000, 180, "middle", -1] },
+  { from: "y", to: "L", label: [1080, 252, "end", 1] },
 ];
 
 function readValues() {
@@ -280,7 +292,7 @@ function drawGraph() {
   const nodes = Object.fromEntries(result.graph.nodes.map((n) => [n.name, n]));
   const edges = result.graph.edges; // {from, to, local, formula, numbers, upstream, gradient}
   const find = (from, to) => edges.find((e) => e.from === from && e.to === to);
-  const W = 126, H = 44; // node boxes
+  const W = 120, H = 44; // node boxes
 
   for (const edge of EDGES) {
     const [x1, y1] = PLACES[edge.from], [x2, y2] = PLACES[edge.to];
@@ -290,8 +302,6 @@ function drawGraph() {
     const s = cut(1), t = 1 + cut(-1);
     graph.append(svg("line", { class: "edge", x1: x1 + dx * s, y1: y1 + dy * s, x2: x1 + dx * t, y2: y1 + dy * t }));
 
-    const mx = (x1 + x2) / 2, my = (y1 + y2) / 2;
-    const above = edge.from === "y" ? 1 : -1; // labels above the line (below for y -> L)
     const lines = [];
     if (edge.weight) lines.push({ text: `${edge.weight} = ${short(nodes[edge.weight].value)}`, cls: "weight" });
     if (showGradients) {
@@ -303,12 +313,13 @@ function drawGraph() {
       const g = find(edge.from, edge.to);
       lines.push({ text: `to ${edge.from}: ${short(g.local)} × ${short(g.upstream)} = ${short(g.gradient)}`, cls: "grad", tip: g });
     }
-    const shown = above < 0 ? lines.slice().reverse() : lines;
-    shown.forEach((line, i) => {
-      const text = svg("text", { x: mx, y: my + above * (10 + 15 * i), "text-anchor": "middle", class: line.cls }, line.text);
+    const [lx, ly, anchor, direction] = edge.label;
+    lines.forEach((line, i) => {
+      const text = svg("text", { x: lx, y: ly + direction * 15 * i, "text-anchor": anchor, class: line.cls }, line.text);
       if (line.tip) {
         const g = line.tip;
-        text.append(svg("title", {}, `d${g.to}/d${g.from} = ${g.formula} = ${g.numbers} = ${g.local}; upstream dL/d${g.to} = ${g.upstream}; local × upstream = ${g.gradient}`));
+        const how = `d${g.to}/d${g.from} = ${g.formula} = ${g.numbers} = ${g.local}`;
+        text.append(svg("title", {}, `${how}; upstream dL/d${g.to} = ${g.upstream}; local × upstream = ${g.gradient}`));
       }
       graph.append(text);
     });
@@ -332,7 +343,8 @@ function fillTable() {
   const body = $("bp-table").querySelector("tbody");
   body.replaceChildren();
   const kernel = result.kernel;
-  const number = (v) => (v === undefined ? "not replayed" : v === null ? "overflow" : String(Math.fround(v)));
+  // float32 values to 9 significant digits: enough to show where float32 rounded (-23.2000008)
+  const number = (v) => (v === undefined ? "not replayed" : v === null ? "overflow" : String(Number(v.toPrecision(9))));
   const row = (label, exact, replay) => {
     const tr = el("tr");
     tr.append(el("td", {}, label), el("td", { title: exact }, short(exact)), el("td", {}, number(replay)));
