@@ -303,6 +303,12 @@ def test_help_explains_every_flag(capsys):
     assert exit_.value.code == 2 and "0..65535" in capsys.readouterr().err
 
 
+def ctrl_c_delivered():
+    """In the child: SIGINT to its default, as in a command run from a terminal (a shell's
+    background jobs, such as a CI script started with &, inherit SIGINT ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def serve(args, env=None):
     """Start python -m cnnfast.demo; (the process, its first line of stdout)."""
     process = subprocess.Popen(
@@ -311,6 +317,7 @@ def serve(args, env=None):
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        preexec_fn=ctrl_c_delivered,
     )
     return process, process.stdout.readline()
 

@@ -32,6 +32,11 @@ SEVEN = [
 ]
 
 
+def ctrl_c_delivered():
+    """In the server: SIGINT to its default (a CI script's background job inherits it ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def need_browser():
     """(chromium, chromedriver) paths, or skip (fail under CI=true / CNNFAST_REQUIRE_BROWSER=1)."""
     browser = next((shutil.which(name) for name in CHROMIUM if shutil.which(name)), None)
@@ -62,6 +67,7 @@ def server(tmp_path_factory):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=ctrl_c_delivered,
     )
     line = process.stdout.readline()
     try:
@@ -111,7 +117,7 @@ def draw(driver, pad, strokes):
         actions.release().perform()
 
 
-def test_drawing_a_seven_on_the_page_reads_7(browser, server, tmp_path):
+def test_drawing_a_seven_on_the_page_reads_7(server, browser, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 

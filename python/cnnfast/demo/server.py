@@ -76,7 +76,8 @@ def create_app(model, test_set: tuple[np.ndarray, np.ndarray] | None = None, all
             return api.predict(model, body, content_type)
 
     def backprop(body: bytes) -> dict:
-        return api.backprop(api.parse_json(body))
+        with lock:  # (its float32 replay runs the kernels too)
+            return api.backprop(api.parse_json(body))
 
     def example_list() -> dict:
         with lock:
