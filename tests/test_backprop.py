@@ -642,6 +642,24 @@ def test_module_runs_as_command(tmp_path):
     assert bad.returncode == 2 and "--steps" in bad.stderr
 
 
+def test_graph_json_gives_every_edge_as_local_times_upstream():
+    nodes, result = bp.step(bp.DEFAULT_X, bp.DEFAULT_Y, bp.DEFAULT_WEIGHTS, bp.DEFAULT_LR)
+    graph = bp.graph_json(nodes)
+    assert [n["name"] for n in graph["nodes"]] == ["x", "y", "w1", "w2", "w3", "w4", "w5", "a", "b", "c", "e", "o", "L"]
+    a = graph["nodes"][7]
+    assert a == {"name": "a", "op": "relu(w1 * x)", "numbers": "relu(2 * 2)", "value": "4", "grad": "84",
+                 "relu_off": False, "preact": "4"}  # fmt: skip
+    assert len(graph["edges"]) == 14
+    into = {}
+    for edge in graph["edges"]:
+        assert Q(edge["local"]) * Q(edge["upstream"]) == Q(edge["gradient"])
+        assert edge["upstream"] == bp.fmt(nodes[edge["to"]].grad)
+        into[edge["from"]] = into.get(edge["from"], 0) + Q(edge["gradient"])
+    # each node's gradient is the sum of what its edges carry back (w1 and x are used twice)
+    assert into == {name: nodes[name].grad for name in into} and into["w1"] == 252 == 168 + 84
+    assert json.loads(json.dumps(graph)) == graph
+
+
 def test_a_closed_pipe_ends_the_command_quietly():
     # `python -m cnnfast.backprop --steps 300 | head -1`: no BrokenPipeError traceback
     import subprocess

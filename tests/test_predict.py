@@ -229,6 +229,15 @@ def test_unreadable_files_are_clear_errors(Image, tmp_path):
         pr.load_digit(good)
 
 
+def test_an_image_in_memory_reads_as_its_file_does(Image, tmp_path):
+    import io
+
+    path = save(Image, tmp_path / "bar.png", bar_image().astype(np.uint8))
+    np.testing.assert_array_equal(pr.read_image(io.BytesIO(path.read_bytes())), pr.read_image(path))
+    with pytest.raises(pr.ImageError, match=r"^image: not an image file"):
+        pr.read_image(io.BytesIO(b"not an image"))
+
+
 def test_huge_images_are_refused_before_decoding(Image, tmp_path, monkeypatch):
     monkeypatch.setattr(pr, "MAX_PIXELS", 100)
     path = save(Image, tmp_path / "big.png", np.zeros((20, 20), np.uint8))
