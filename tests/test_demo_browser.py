@@ -148,6 +148,14 @@ def test_drawing_a_seven_on_the_page_reads_7(server, browser, tmp_path):
     WebDriverWait(browser, TIMEOUT).until(lambda d: w1.get_attribute("value") == "-23.2")
     WebDriverWait(browser, TIMEOUT).until(lambda d: "L = 220.5" in d.find_element(By.ID, "history").text)
 
+    # a value that is not a number: the server's 400 shows on the page, the field is marked
+    w3 = browser.find_element(By.CSS_SELECTOR, "#values input[name=w3]")
+    w3.clear()
+    w3.send_keys("nan")
+    status = browser.find_element(By.ID, "bp-status")
+    WebDriverWait(browser, TIMEOUT).until(lambda d: "bad" in w3.get_attribute("class"))
+    assert "w3: not a number" in status.text and "error" in status.get_attribute("class")
+
     browser.execute_script("window.scrollTo(0, 0)")
     shot = artifact_dir(tmp_path) / "demo.png"
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000

@@ -268,11 +268,15 @@ function short(text) {
 }
 
 async function runExample() {
+  const inputs = $("values").querySelectorAll("input");
   try {
     result = await post("/api/backprop", JSON.stringify(readValues()), "application/json");
     setStatus("bp-status", showGradients ? "forward and backward done" : "forward done: press backward for the gradients");
+    inputs.forEach((input) => input.classList.remove("bad"));
   } catch (error) {
     setStatus("bp-status", error.message, true);
+    const field = /^(x|y|lr|w[1-5])\b/.exec(error.message); // the server's messages start with the value's name
+    inputs.forEach((input) => input.classList.toggle("bad", field !== null && input.name === field[1]));
     return false;
   }
   drawGraph();
