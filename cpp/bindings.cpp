@@ -494,6 +494,188 @@ void adam(py::handle param_, py::handle grad_, py::handle m_, py::handle v_, i64
   }
 }
 
+// ---------------------------------------------------------------- activations (activations.cpp)
+// y = f(x), any shape
+template <void (*kernel)(float*, const float*, i64)>
+py::array_t<float> elementwise(py::handle x_) {
+  auto x = checked<float>(x_, "x");
+  auto y = empty<float>(std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
+  float* yp = y.mutable_data();
+  const i64 n = x.size();
+  {
+    py::gil_scoped_release nogil;
+    kernel(yp, x.data(), n);
+  }
+  return y;
+}
+
+// dx = g(a, dy) with a (the forward's input or output, as named) and dy of one shape
+template <void (*kernel)(float*, const float*, const float*, i64)>
+py::array_t<float> elementwise_grad(py::handle a_, py::handle dy_, const char* a_name) {
+  auto a = checked<float>(a_, a_name);
+  auto dy = checked<float>(dy_, "dy");
+  expect_same_shape(a, a_name, dy, "dy");
+  auto dx = empty<float>(std::vector<py::ssize_t>(a.shape(), a.shape() + a.ndim()));
+  float* dxp = dx.mutable_data();
+  const i64 n = a.size();
+  {
+    py::gil_scoped_release nogil;
+    kernel(dxp, a.data(), dy.data(), n);
+  }
+  return dx;
+}
+
+float checked_slope(double negative_slope) {
+  expect(std::isfinite(negative_slope),
+         "negative_slope must be a finite number, got " + std::to_string(negative_slope));
+  return float(negative_slope);
+}
+
+py::array_t<float> leaky_relu(py::handle x_, double negative_slope) {
+  const float slope = checked_slope(negative_slope);
+  auto x = checked<float>(x_, "x");
+  auto y = empty<float>(std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
+  float* yp = y.mutable_data();
+  const i64 n = x.size();
+  {
+    py::gil_scoped_release nogil;
+    leaky_relu_forward(yp, x.data(), n, slope);
+  }
+  return y;
+}
+
+py::array_t<float> leaky_relu_grad(py::handle x_, py::handle dy_, double negative_slope) {
+  const float slope = checked_slope(negative_slope);
+  auto x = checked<float>(x_, "x");
+  auto dy = checked<float>(dy_, "dy");
+  expect_same_shape(x, "x", dy, "dy");
+  auto dx = empty<float>(std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
+  float* dxp = dx.mutable_data();
+  const i64 n = x.size();
+  {
+    py::gil_scoped_release nogil;
+    leaky_relu_backward(dxp, x.data(), dy.data(), n, slope);
+  }
+  return dx;
+}
+
+// ---------------------------------------------------------------- pooling windows (max_pool2d_window.cpp,
+// avg_pool2d.cpp) The window (kh, kw), stride (sh, sw), padding (ph, pw) checked against planes H x W: the sizes
+// PyTorch accepts (padding at most half the window), and at least one output pixel
+PoolWindow pool_window(i64 H, i64 W, i64 kh, i64 kw, i64 sh, i64 sw, i64 ph, i64 pw) {
+  expect(kh >= 1 && kw >= 1, "kernel_size must be at least 1, got " + dims({kh, kw}));
+  expect(sh >= 1 && sw >= 1, "stride must be at least 1, got " + dims({sh, sw}));
+  expect(ph >= 0 && pw >= 0 && 2 * ph <= kh && 2 * pw <= kw,
+         "padding must be between 0 and half the kernel size " + dims({kh, kw}) + ", got " + dims({ph, pw}));
+  expect(kh <= H + 2 * ph && kw <= W + 2 * pw,
+         "kernel " + dims({kh, kw}) + " is larger than the padded input " + dims({H + 2 * ph, W + 2 * pw}));
+  return PoolWindow{kh, kw, sh, sw, ph, pw};
+}
+
+py::tuple max_pool2d_window(py::handle x_, i64 kh, i64 kw, i64 sh, i64 sw, i64 ph, i64 pw) {
+  auto x = checked<float>(x_, "x", 4, "[N, C, H, W]");
+  const i64 N = x.shape(0), C = x.shape(1), H = x.shape(2), W = x.shape(3);
+  const PoolWindow p = pool_window(H, W, kh, kw, sh, sw, ph, pw);
+  expect(plane_fits_int32(H, W), "x planes " + dims({H, W}) + " are too large for int32 argmax");
+  const i64 Ho = p.out_height(H), Wo = p.out_width(W);
+  auto y = empty<float>({N, C, Ho, Wo});
+  auto argmax = empty<std::int32_t>({N, C, Ho, Wo});
+  float* yp = y.mutable_data();
+  std::int32_t* ap = argmax.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    max_pool2d_window_forward(yp, ap, x.data(), N, C, H, W, p);
+  }
+  return py::make_tuple(y, argmax);
+}
+
+// x_shape: (N, C, H, W) of non-negative sizes whose planes fit int32 indices
+std::vector<i64> checked_x_shape(const std::vector<i64>& x_shape) {
+  expect(x_shape.size() == 4, "x_shape must have 4 entries (N, C, H, W), got " + std::to_string(x_shape.size()));
+  for (i64 d : x_shape) expect(d >= 0, "x_shape must not hold negative sizes");
+  expect(plane_fits_int32(x_shape[2], x_shape[3]),
+         "x_shape " + dims({x_shape[0], x_shape[1], x_shape[2], x_shape[3]}) + " has planes too large for int32");
+  return x_shape;
+}
+
+py::array_t<float> max_pool2d_window_grad(py::handle dy_, py::handle argmax_, std::vector<i64> x_shape) {
+  auto dy = checked<float>(dy_, "dy", 4, "[N, C, Ho, Wo]");
+  auto argmax = checked<std::int32_t>(argmax_, "argmax", 4, "[N, C, Ho, Wo]");
+  expect_same_shape(dy, "dy", argmax, "argmax");
+  const auto s = checked_x_shape(x_shape);
+  const i64 N = s[0], C = s[1], H = s[2], W = s[3];
+  expect(N == dy.shape(0) && C == dy.shape(1),
+         "x_shape " + dims({N, C, H, W}) + " does not fit dy " + shape_str(dy) + ": need the same N and C");
+  check_argmax_values(argmax, H * W);
+  auto dx = empty<float>({N, C, H, W});
+  float* dxp = dx.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    max_pool2d_window_backward(dxp, argmax.data(), dy.data(), N, C, H, W, dy.shape(2), dy.shape(3));
+  }
+  return dx;
+}
+
+py::array_t<float> avg_pool2d(py::handle x_, i64 kh, i64 kw, i64 sh, i64 sw, i64 ph, i64 pw, bool count_include_pad) {
+  auto x = checked<float>(x_, "x", 4, "[N, C, H, W]");
+  const i64 N = x.shape(0), C = x.shape(1), H = x.shape(2), W = x.shape(3);
+  const PoolWindow p = pool_window(H, W, kh, kw, sh, sw, ph, pw);
+  auto y = empty<float>({N, C, p.out_height(H), p.out_width(W)});
+  float* yp = y.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    avg_pool2d_forward(yp, x.data(), N, C, H, W, p, count_include_pad);
+  }
+  return y;
+}
+
+py::array_t<float> avg_pool2d_grad(py::handle dy_, std::vector<i64> x_shape, i64 kh, i64 kw, i64 sh, i64 sw, i64 ph,
+                                   i64 pw, bool count_include_pad) {
+  auto dy = checked<float>(dy_, "dy", 4, "[N, C, Ho, Wo]");
+  const auto s = checked_x_shape(x_shape);
+  const i64 N = s[0], C = s[1], H = s[2], W = s[3];
+  const PoolWindow p = pool_window(H, W, kh, kw, sh, sw, ph, pw);
+  const i64 Ho = p.out_height(H), Wo = p.out_width(W);
+  expect(dy.shape(0) == N && dy.shape(1) == C && dy.shape(2) == Ho && dy.shape(3) == Wo,
+         "dy must have the shape of avg_pool2d's output " + dims({N, C, Ho, Wo}) + ", got " + shape_str(dy));
+  auto dx = empty<float>({N, C, H, W});
+  float* dxp = dx.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    avg_pool2d_backward(dxp, dy.data(), N, C, H, W, Ho, Wo, p, count_include_pad);
+  }
+  return dx;
+}
+
+py::array_t<float> global_avg_pool2d(py::handle x_) {
+  auto x = checked<float>(x_, "x", 4, "[N, C, H, W]");
+  const i64 N = x.shape(0), C = x.shape(1), H = x.shape(2), W = x.shape(3);
+  expect(H >= 1 && W >= 1, "x must have planes of at least 1x1 to average, got shape " + shape_str(x));
+  auto y = empty<float>({N, C, 1, 1});
+  float* yp = y.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    global_avg_pool2d_forward(yp, x.data(), N * C, H * W);
+  }
+  return y;
+}
+
+py::array_t<float> global_avg_pool2d_grad(py::handle dy_, std::vector<i64> x_shape) {
+  auto dy = checked<float>(dy_, "dy", 4, "[N, C, 1, 1]");
+  expect(x_shape.size() == 4, "x_shape must have 4 entries (N, C, H, W), got " + std::to_string(x_shape.size()));
+  for (i64 d : x_shape) expect(d >= 0, "x_shape must not hold negative sizes");
+  const i64 N = x_shape[0], C = x_shape[1], H = x_shape[2], W = x_shape[3];
+  expect(dy.shape(0) == N && dy.shape(1) == C && dy.shape(2) == 1 && dy.shape(3) == 1,
+         "dy must have shape " + dims({N, C, 1, 1}) + " for x_shape " + dims({N, C, H, W}) + ", got " + shape_str(dy));
+  auto dx = empty<float>({N, C, H, W});
+  float* dxp = dx.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    global_avg_pool2d_backward(dxp, dy.data(), N * C, H * W);
+  }
+  return dx;
+}
+
 // ---------------------------------------------------------------- GEMM (for tests and benchmarks)
 py::array_t<float> matmul(py::handle a_, py::handle b_, bool trans_a, bool trans_b, bool naive) {
   auto a = checked<float>(a_, "a", 2, "[M, K] (or [K, M] with trans_a)");
@@ -538,6 +720,8 @@ py::dict build_info() {
   kernels["relu"] = std::string("portable");
   kernels["cross_entropy"] = std::string("portable");
   kernels["optim"] = std::string("portable");
+  kernels["activations"] = std::string("portable");   // LeakyReLU, tanh, sigmoid
+  kernels["pool_windows"] = std::string("portable");  // max_pool2d with other strides or padding, avg_pool2d
   py::dict d;
   d["isa"] = isa.name;
   d["isa_compiled"] = isa_compiled;
@@ -603,6 +787,25 @@ PYBIND11_MODULE(_core, m) {
   m.def("adam_step", &adam, "param"_a, "grad"_a, "m"_a, "v"_a, "step"_a, "lr"_a = 1e-3, "beta1"_a = 0.9,
         "beta2"_a = 0.999, "eps"_a = 1e-8, "weight_decay"_a = 0.0);
   m.def("matmul", &matmul, "a"_a, "b"_a, "trans_a"_a = false, "trans_b"_a = false, "naive"_a = false);
+
+  // activations and pooling windows (activations.cpp, max_pool2d_window.cpp, avg_pool2d.cpp)
+  m.def("leaky_relu", &leaky_relu, "x"_a, "negative_slope"_a = 0.01);
+  m.def("leaky_relu_backward", &leaky_relu_grad, "x"_a, "dy"_a, "negative_slope"_a = 0.01);
+  m.def("tanh", &elementwise<tanh_forward>, "x"_a);
+  m.def(
+      "tanh_backward", [](py::handle y, py::handle dy) { return elementwise_grad<tanh_backward>(y, dy, "y"); }, "y"_a,
+      "dy"_a);
+  m.def("sigmoid", &elementwise<sigmoid_forward>, "x"_a);
+  m.def(
+      "sigmoid_backward", [](py::handle y, py::handle dy) { return elementwise_grad<sigmoid_backward>(y, dy, "y"); },
+      "y"_a, "dy"_a);
+  m.def("max_pool2d_window", &max_pool2d_window, "x"_a, "kh"_a, "kw"_a, "sh"_a, "sw"_a, "ph"_a, "pw"_a);
+  m.def("max_pool2d_window_backward", &max_pool2d_window_grad, "dy"_a, "argmax"_a, "x_shape"_a);
+  m.def("avg_pool2d", &avg_pool2d, "x"_a, "kh"_a, "kw"_a, "sh"_a, "sw"_a, "ph"_a, "pw"_a, "count_include_pad"_a = true);
+  m.def("avg_pool2d_backward", &avg_pool2d_grad, "dy"_a, "x_shape"_a, "kh"_a, "kw"_a, "sh"_a, "sw"_a, "ph"_a, "pw"_a,
+        "count_include_pad"_a = true);
+  m.def("global_avg_pool2d", &global_avg_pool2d, "x"_a);
+  m.def("global_avg_pool2d_backward", &global_avg_pool2d_grad, "dy"_a, "x_shape"_a);
 
   m.def(
       "set_num_threads",

@@ -112,4 +112,42 @@ void sgd_step(float* param, float* velocity, const float* grad, i64 n, float lr,
 void adam_step(float* param, float* m, float* v, const float* grad, i64 n, i64 step, float lr, float beta1, float beta2,
                float eps, float weight_decay);
 
+// ---- activations.cpp: elementwise, any shape, n elements ----
+// y = x > 0 ? x : slope * x; dx = x > 0 ? dy : slope * dy
+void leaky_relu_forward(float* y, const float* x, i64 n, float slope);
+void leaky_relu_backward(float* dx, const float* x, const float* dy, i64 n, float slope);
+// y = tanh(x); dx = dy * (1 - y^2) from the forward's output y
+void tanh_forward(float* y, const float* x, i64 n);
+void tanh_backward(float* dx, const float* y, const float* dy, i64 n);
+// y = 1 / (1 + exp(-x)) (no overflow for any x); dx = dy * y * (1 - y) from the forward's output y
+void sigmoid_forward(float* y, const float* x, i64 n);
+void sigmoid_backward(float* dx, const float* y, const float* dy, i64 n);
+
+// ---- pooling windows of any size, stride and padding (floor, as PyTorch's ceil_mode=False) ----
+struct PoolWindow {
+  i64 kh, kw;  // window
+  i64 sh, sw;  // stride
+  i64 ph, pw;  // padding on each side
+  i64 out_height(i64 H) const { return (H + 2 * ph - kh) / sh + 1; }
+  i64 out_width(i64 W) const { return (W + 2 * pw - kw) / sw + 1; }
+};
+// max_pool2d_window.cpp: padding counts as -inf. x: [N, C, H, W] -> y, argmax: [N, C, Ho, Wo]
+// (argmax: index h*W + w of the window's first maximum in its plane; NaN wins). Needs
+// ph <= kh / 2, pw <= kw / 2 (every window holds a pixel of the image).
+void max_pool2d_window_forward(float* y, std::int32_t* argmax, const float* x, i64 N, i64 C, i64 H, i64 W,
+                               const PoolWindow& p);
+// dy, argmax: [N, C, Ho, Wo] -> dx: [N, C, H, W], each dy added at its argmax, zero elsewhere
+void max_pool2d_window_backward(float* dx, const std::int32_t* argmax, const float* dy, i64 N, i64 C, i64 H, i64 W,
+                                i64 Ho, i64 Wo);
+// avg_pool2d.cpp: padding counts as 0. x: [N, C, H, W] -> y: [N, C, Ho, Wo], each the window's sum
+// over kh * kw (count_include_pad) or over the number of its pixels inside the image
+void avg_pool2d_forward(float* y, const float* x, i64 N, i64 C, i64 H, i64 W, const PoolWindow& p,
+                        bool count_include_pad);
+// dy: [N, C, Ho, Wo] -> dx: [N, C, H, W]
+void avg_pool2d_backward(float* dx, const float* dy, i64 N, i64 C, i64 H, i64 W, i64 Ho, i64 Wo, const PoolWindow& p,
+                         bool count_include_pad);
+// global average pooling: x: [planes, HW] -> y: [planes] (the mean of each plane); dx = dy / HW
+void global_avg_pool2d_forward(float* y, const float* x, i64 planes, i64 HW);
+void global_avg_pool2d_backward(float* dx, const float* dy, i64 planes, i64 HW);
+
 }  // namespace cnnfast

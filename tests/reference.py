@@ -113,3 +113,100 @@ def adam_step(param, grad, m, v, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8
     m_hat = m / (1 - beta1**step)
     v_hat = v / (1 - beta2**step)
     return param - lr * m_hat / (np.sqrt(v_hat) + eps), m, v
+
+
+# ---------------------------------------------------------------- issue 17: strides, pooling windows, activations
+
+
+def conv2d_strided(x, w, b, padding=0, stride=1):
+    """conv2d with a stride: the stride-1 output at every stride-th row and column
+    (PyTorch's size: (H + 2p - R) // stride + 1)."""
+    return conv2d(x, w, b, padding)[:, :, ::stride, ::stride]
+
+
+def conv2d_strided_backward(x, w, dy, padding=0, stride=1):
+    """Gradients of conv2d_strided: dy placed at every stride-th pixel of the stride-1 output
+    (zero between), then conv2d_backward."""
+    full = conv2d(x, w, np.zeros(w.shape[0]), padding)
+    dfull = np.zeros_like(full)
+    dfull[:, :, ::stride, ::stride] = dy
+    return conv2d_backward(x, w, dfull, padding)
+
+
+def leaky_relu(x, negative_slope=0.01):
+    x = np.asarray(x, np.float64)
+    return np.where(x > 0, x, negative_slope * x)
+
+
+def leaky_relu_backward(x, dy, negative_slope=0.01):
+    return np.where(np.asarray(x) > 0, 1.0, negative_slope) * np.asarray(dy, np.float64)
+
+
+def tanh(x):
+    return np.tanh(np.asarray(x, np.float64))
+
+
+def sigmoid(x):
+    x = np.asarray(x, np.float64)
+    return 0.5 * (1.0 + np.tanh(0.5 * x))  # = 1 / (1 + exp(-x)), without overflow
+
+
+def _windows(x, kernel_size, stride, padding, fill):
+    """The padded input's windows: [N, C, Ho, Wo, kh * kw], and the index h*W + w of each
+    window element in its plane (-1 for padding)."""
+    kh, kw = kernel_size
+    sh, sw = stride
+    ph, pw = padding
+    N, C, H, W = x.shape
+    xp = np.pad(np.asarray(x, np.float64), ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=fill)
+    index = np.pad(np.arange(H * W).reshape(H, W), ((ph, ph), (pw, pw)), constant_values=-1)
+    Ho, Wo = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+    windows = np.empty((N, C, Ho, Wo, kh * kw))
+    indices = np.empty((Ho, Wo, kh * kw), np.int64)
+    for oh in range(Ho):
+        for ow in range(Wo):
+            rows, cols = slice(oh * sh, oh * sh + kh), slice(ow * sw, ow * sw + kw)
+            windows[:, :, oh, ow] = xp[:, :, rows, cols].reshape(N, C, -1)
+            indices[oh, ow] = index[rows, cols].reshape(-1)
+    return windows, indices
+
+
+def max_pool2d_window(x, kernel_size, stride, padding):
+    """PyTorch's max_pool2d (floor, padding -inf): (y, argmax) with argmax the plane index of each
+    window's first maximum. Pairs (height, width) for every setting."""
+    windows, indices = _windows(x, kernel_size, stride, padding, -np.inf)
+    best = windows.argmax(axis=-1)
+    argmax = np.take_along_axis(np.broadcast_to(indices, windows.shape), best[..., None], axis=-1)[..., 0]
+    return windows.max(axis=-1), argmax
+
+
+def max_pool2d_window_backward(dy, argmax, x_shape):
+    """Each dy added at its argmax (overlapping windows add up)."""
+    return max_pool2d_backward(dy, argmax, x_shape)
+
+
+def avg_pool2d(x, kernel_size, stride, padding, count_include_pad=True):
+    """PyTorch's avg_pool2d (floor, zero padding): each window's sum over kh * kw, or over the
+    number of its pixels inside the image without count_include_pad."""
+    windows, indices = _windows(x, kernel_size, stride, padding, 0.0)
+    counts = np.full(indices.shape[:2], indices.shape[2]) if count_include_pad else (indices >= 0).sum(axis=-1)
+    return windows.sum(axis=-1) / counts
+
+
+def avg_pool2d_backward(dy, x_shape, kernel_size, stride, padding, count_include_pad=True):
+    """The transpose of avg_pool2d, built from its windows."""
+    N, C, H, W = x_shape
+    _, indices = _windows(np.zeros(x_shape), kernel_size, stride, padding, 0.0)
+    counts = np.full(indices.shape[:2], indices.shape[2]) if count_include_pad else (indices >= 0).sum(axis=-1)
+    dx = np.zeros((N, C, H * W))
+    dy = np.asarray(dy, np.float64) / counts
+    for oh in range(indices.shape[0]):
+        for ow in range(indices.shape[1]):
+            for i in indices[oh, ow]:
+                if i >= 0:
+                    dx[:, :, i] += dy[:, :, oh, ow]
+    return dx.reshape(x_shape)
+
+
+def global_avg_pool2d(x):
+    return np.asarray(x, np.float64).mean(axis=(2, 3), keepdims=True)

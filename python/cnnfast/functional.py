@@ -29,6 +29,19 @@ __all__ = [
     "dropout_backward",
     "sgd_step",
     "adam_step",
+    # activations and pooling windows (issue 17)
+    "leaky_relu",
+    "leaky_relu_backward",
+    "tanh",
+    "tanh_backward",
+    "sigmoid",
+    "sigmoid_backward",
+    "max_pool2d_window",
+    "max_pool2d_window_backward",
+    "avg_pool2d",
+    "avg_pool2d_backward",
+    "global_avg_pool2d",
+    "global_avg_pool2d_backward",
 ]
 
 
@@ -186,3 +199,99 @@ def adam_step(
     _core.adam_step(
         param, grad, m, v, int(step), float(lr), float(beta1), float(beta2), float(eps), float(weight_decay)
     )
+
+
+# ---------------------------------------------------------------- activations and pooling windows
+
+
+def leaky_relu(x: np.ndarray, negative_slope: float = 0.01) -> np.ndarray:
+    """x where x > 0, else negative_slope * x, elementwise, any shape; NaN stays NaN."""
+    return _core.leaky_relu(x, float(negative_slope))
+
+
+def leaky_relu_backward(x: np.ndarray, dy: np.ndarray, negative_slope: float = 0.01) -> np.ndarray:
+    """dx = dy where x > 0, else negative_slope * dy (x is leaky_relu's input)."""
+    return _core.leaky_relu_backward(x, dy, float(negative_slope))
+
+
+def tanh(x: np.ndarray) -> np.ndarray:
+    """tanh(x) elementwise, any shape."""
+    return _core.tanh(x)
+
+
+def tanh_backward(y: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """dx = dy * (1 - y**2), from tanh's OUTPUT y (as PyTorch keeps it)."""
+    return _core.tanh_backward(y, dy)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """1 / (1 + exp(-x)) elementwise, any shape; computed from exp(-|x|), so no overflow (0 and 1
+    at the far ends)."""
+    return _core.sigmoid(x)
+
+
+def sigmoid_backward(y: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """dx = dy * y * (1 - y), from sigmoid's OUTPUT y."""
+    return _core.sigmoid_backward(y, dy)
+
+
+def _pair(value, name: str) -> tuple[int, int]:
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"{name} must be an int or a pair (height, width), got {value!r}")
+        return int(value[0]), int(value[1])
+    return int(value), int(value)
+
+
+def _window(kernel_size, stride, padding) -> tuple[int, int, int, int, int, int]:
+    kh, kw = _pair(kernel_size, "kernel_size")
+    sh, sw = (kh, kw) if stride is None else _pair(stride, "stride")
+    ph, pw = _pair(padding, "padding")
+    return kh, kw, sh, sw, ph, pw
+
+
+def max_pool2d_window(x: np.ndarray, kernel_size, stride=None, padding=0):
+    """Max over windows of any size, stride and padding, as PyTorch's max_pool2d (floor; the
+    padding counts as -inf and is at most half the window): x [N, C, H, W] ->
+    (y [N, C, Ho, Wo], argmax), Ho = (H + 2 ph - kh) // sh + 1 (Wo likewise).
+
+    kernel_size, stride and padding are ints or (height, width) pairs; stride defaults to the
+    kernel size. argmax (int32, the shape of y) holds the index h*W + w of each window's first
+    maximum in its plane (a NaN wins). Non-overlapping unpadded square windows take the faster
+    max_pool2d.
+    """
+    kh, kw, sh, sw, ph, pw = _window(kernel_size, stride, padding)
+    if kh == kw == sh == sw and ph == pw == 0:
+        return _core.max_pool2d(x, kh, False)
+    return _core.max_pool2d_window(x, kh, kw, sh, sw, ph, pw)
+
+
+def max_pool2d_window_backward(dy: np.ndarray, argmax: np.ndarray, x_shape) -> np.ndarray:
+    """Each dy added at its window's argmax (overlapping windows add up): dx of shape x_shape."""
+    return _core.max_pool2d_window_backward(dy, argmax, [int(s) for s in x_shape])
+
+
+def avg_pool2d(x: np.ndarray, kernel_size, stride=None, padding=0, count_include_pad: bool = True) -> np.ndarray:
+    """Mean over windows, as PyTorch's avg_pool2d (floor; zero padding of at most half the window):
+    x [N, C, H, W] -> y [N, C, Ho, Wo], Ho = (H + 2 ph - kh) // sh + 1. Each window's sum is divided
+    by kh * kw (count_include_pad=True) or by the number of its pixels inside the image."""
+    kh, kw, sh, sw, ph, pw = _window(kernel_size, stride, padding)
+    return _core.avg_pool2d(x, kh, kw, sh, sw, ph, pw, bool(count_include_pad))
+
+
+def avg_pool2d_backward(
+    dy: np.ndarray, x_shape, kernel_size, stride=None, padding=0, count_include_pad: bool = True
+) -> np.ndarray:
+    """Gradient of `avg_pool2d` (the same window settings) given dy: dx of shape x_shape."""
+    kh, kw, sh, sw, ph, pw = _window(kernel_size, stride, padding)
+    return _core.avg_pool2d_backward(dy, [int(s) for s in x_shape], kh, kw, sh, sw, ph, pw, bool(count_include_pad))
+
+
+def global_avg_pool2d(x: np.ndarray) -> np.ndarray:
+    """The mean of each plane: x [N, C, H, W] -> y [N, C, 1, 1] (PyTorch's adaptive_avg_pool2d(x, 1))."""
+    return _core.global_avg_pool2d(x)
+
+
+def global_avg_pool2d_backward(dy: np.ndarray, x_shape) -> np.ndarray:
+    """dx [N, C, H, W] = dy [N, C, 1, 1] / (H * W) over each plane."""
+    return _core.global_avg_pool2d_backward(dy, [int(s) for s in x_shape])

@@ -43,6 +43,25 @@ class ModelFormatError(ValueError):
     """A file that is not a cnnfast model, or whose contents do not fit its architecture."""
 
 
+class ShapeError(ValueError):
+    """A layer given an input it does not take. A layer raises it with what it needs; Sequential
+    adds which layer (its index, nested as "3.block.1" in a Residual) and what it got:
+    "layer 7 (Linear(in_features=3136, out_features=10)) gets input [batch, 3136], needs [batch, 4096]"."""
+
+    def __init__(self, needs: str, path: str = "", layer=None, got: tuple | None = None):
+        self.needs, self.path, self.layer, self.got = needs, path, layer, got
+        if layer is None:
+            super().__init__(needs)
+        else:
+            super().__init__(f"layer {path} ({layer!r}) gets input [batch, {', '.join(map(str, got))}], {needs}")
+
+    def located(self, index, layer, got) -> ShapeError:
+        """The error as seen from the container that holds `layer` at `index`."""
+        if self.layer is None:
+            return ShapeError(self.needs, str(index), layer, tuple(got))
+        return ShapeError(self.needs, f"{index}.{self.path}", self.layer, self.got)
+
+
 class Parameter:
     """A float32 array and the gradient the last backward pass wrote for it."""
 
@@ -65,6 +84,16 @@ class Layer:
 
     def parameters(self) -> list[Parameter]:
         return []
+
+    def named_parameters(self) -> list[tuple[str, Parameter]]:
+        """(name, parameter) pairs, names relative to the layer ("weight", "bias", "block.0.weight")."""
+        return list(zip(("weight", "bias"), self.parameters()))
+
+    def output_shape(self, shape: tuple) -> tuple | None:
+        """The shape of one output sample for one input sample of `shape` (no batch axis); a
+        ShapeError saying what the layer needs if it does not take such input; None if the layer
+        does not say (Sequential then checks no further)."""
+        return None
 
     def config(self) -> dict:
         """The constructor arguments: with the class name, enough to rebuild the layer."""
@@ -93,11 +122,17 @@ def kernel_pair(kernel_size) -> tuple[int, int]:
 
 
 class Conv2d(Layer):
-    """x [N, in, H, W] -> [N, out, H+2p-kh+1, W+2p-kw+1]; weight [out, in, kh, kw], bias [out].
+    """x [N, in, H, W] -> [N, out, (H + 2 ph - kh) // stride + 1, (W + 2 pw - kw) // stride + 1];
+    weight [out, in, kh, kw], bias [out] (none with bias=False).
 
-    kernel_size is k (square) or (kh, kw); `self.kernel_size` is always the pair. Initialised as
-    PyTorch does by default (Kaiming-uniform with a=sqrt(5): weights and bias uniform in
-    +-1/sqrt(fan_in), fan_in = in * kh * kw).
+    kernel_size is k (square) or (kh, kw); `self.kernel_size` is always the pair. padding is an
+    int (all four sides), a pair (ph, pw) (top and bottom, left and right), "valid" (0) or "same"
+    (stride 1 only: the output as large as the input, as PyTorch pads it: (k - 1) // 2 before and
+    the rest after, so an even kernel pads one more pixel after than before). The kernel pads all
+    four sides by one amount; any other padding (a pair of two sizes, "same" with a non-square or
+    even kernel) pads the input with the difference first (a copy of the input, each step).
+    Initialised as PyTorch does by default (Kaiming-uniform with a=sqrt(5): weights and bias
+    uniform in +-1/sqrt(fan_in), fan_in = in * kh * kw).
     """
 
     def __init__(
@@ -105,39 +140,103 @@ class Conv2d(Layer):
         in_channels: int,
         out_channels: int,
         kernel_size: int | tuple[int, int],
-        padding: int = 0,
+        padding: int | tuple[int, int] | str = 0,
         rng: np.random.Generator | None = None,
+        *,
+        stride: int = 1,
+        bias: bool = True,
     ):
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
-        self.kernel_size, self.padding = kernel_pair(kernel_size), int(padding)
-        rng = _rng(rng)
+        self.kernel_size = kernel_pair(kernel_size)
+        self.stride = int(stride)
+        if self.stride < 1:
+            raise ValueError(f"Conv2d stride must be at least 1, got {stride}")
         kh, kw = self.kernel_size
+        if isinstance(padding, str):
+            if padding not in ("same", "valid"):
+                raise ValueError(f"Conv2d padding must be an int, a pair, 'same' or 'valid', got {padding!r}")
+            if padding == "same" and self.stride != 1:
+                raise ValueError("Conv2d padding='same' needs stride 1 (as in PyTorch); give the padding as numbers")
+            self.padding = padding
+            pads = (0, 0, 0, 0) if padding == "valid" else ((kh - 1) // 2, kh // 2, (kw - 1) // 2, kw // 2)
+        else:
+            ph, pw = kernel_pair(padding)
+            if ph < 0 or pw < 0:
+                raise ValueError(f"Conv2d padding must not be negative, got {padding!r}")
+            self.padding = ph if ph == pw else (ph, pw)
+            pads = (ph, ph, pw, pw)
+        # (top, bottom, left, right); the kernel pads all four by `kernel_padding`, np.pad the rest
+        self.pads = pads
+        self.kernel_padding = min(pads)
+        self.extra_pads = tuple(p - self.kernel_padding for p in pads)
+        rng = _rng(rng)
         bound = 1.0 / math.sqrt(self.in_channels * kh * kw)
         self.weight = Parameter(_uniform(rng, (self.out_channels, self.in_channels, kh, kw), bound))
-        self.bias = Parameter(_uniform(rng, (self.out_channels,), bound))
+        self.bias = Parameter(_uniform(rng, (self.out_channels,), bound)) if bias else None
+        self._zero_bias = None if bias else np.zeros(self.out_channels, np.float32)
+
+    @property
+    def bias_data(self) -> np.ndarray:
+        """The bias the kernels add: the parameter's, or zeros without a bias."""
+        return self.bias.data if self.bias is not None else self._zero_bias
+
+    def _padded(self, x):
+        if not any(self.extra_pads):
+            return x
+        top, bottom, left, right = self.extra_pads
+        return np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
 
     def forward(self, x):
         self.x = x
         return self.infer(x)
 
     def infer(self, x):
-        return F.conv2d(x, self.weight.data, self.bias.data, self.padding)
+        x = self._padded(x)
+        if self.stride == 1:
+            return F.conv2d(x, self.weight.data, self.bias_data, self.kernel_padding)
+        return F.conv2d(x, self.weight.data, self.bias_data, self.kernel_padding, stride=self.stride)
 
     def backward(self, dy, input_grad=True):
-        dx, self.weight.grad, self.bias.grad = F.conv2d_backward(self.x, self.weight.data, dy, self.padding, input_grad)
+        x = self._padded(self.x)
+        if self.stride == 1:
+            dx, self.weight.grad, db = F.conv2d_backward(x, self.weight.data, dy, self.kernel_padding, input_grad)
+        else:
+            dx, self.weight.grad, db = F.conv2d_backward(
+                x, self.weight.data, dy, self.kernel_padding, input_grad, stride=self.stride
+            )
+        if self.bias is not None:
+            self.bias.grad = db
+        if dx is not None and any(self.extra_pads):
+            top, bottom, left, right = self.extra_pads
+            dx = np.ascontiguousarray(dx[:, :, top : dx.shape[2] - bottom, left : dx.shape[3] - right])
         return dx
 
     def parameters(self):
-        return [self.weight, self.bias]
+        return [self.weight] if self.bias is None else [self.weight, self.bias]
+
+    def output_shape(self, shape):
+        if len(shape) != 3 or shape[0] != self.in_channels:
+            raise ShapeError(f"needs {self.in_channels} channels: [batch, {self.in_channels}, height, width]")
+        top, bottom, left, right = self.pads
+        (kh, kw), s = self.kernel_size, self.stride
+        h, w = shape[1] + top + bottom, shape[2] + left + right
+        if h < kh or w < kw:
+            raise ShapeError(f"but the kernel {kh}x{kw} is larger than the padded image {h}x{w}")
+        return (self.out_channels, (h - kh) // s + 1, (w - kw) // s + 1)
 
     def config(self):
         kh, kw = self.kernel_size
-        return {
+        config = {
             "in_channels": self.in_channels,
             "out_channels": self.out_channels,
             "kernel_size": kh if kh == kw else [kh, kw],  # a square kernel as one int, as files always had it
-            "padding": self.padding,
+            "padding": list(self.padding) if isinstance(self.padding, tuple) else self.padding,
         }
+        if self.stride != 1:  # (written only when not the default: older files stay as they were)
+            config["stride"] = self.stride
+        if self.bias is None:
+            config["bias"] = False
+        return config
 
 
 class Linear(Layer):
@@ -164,6 +263,11 @@ class Linear(Layer):
     def parameters(self):
         return [self.weight, self.bias]
 
+    def output_shape(self, shape):
+        if len(shape) != 1 or shape[0] != self.in_features:
+            raise ShapeError(f"needs [batch, {self.in_features}]")
+        return (self.out_features,)
+
     def config(self):
         return {"in_features": self.in_features, "out_features": self.out_features}
 
@@ -179,26 +283,67 @@ class ReLU(Layer):
     def backward(self, dy, input_grad=True):
         return F.relu_backward(self.x, dy)
 
+    def output_shape(self, shape):
+        return shape
+
 
 class MaxPool2d(Layer):
-    """Max over k x k windows with stride k: [N, C, H, W] -> [N, C, H//k, W//k]."""
+    """Max over k x k windows, as PyTorch's MaxPool2d(kernel_size, stride=None, padding=0):
+    [N, C, H, W] -> [N, C, (H + 2p - k) // stride + 1, (W + 2p - k) // stride + 1] (floor);
+    stride defaults to the kernel size; the padding (at most k // 2) counts as -inf.
+    Non-overlapping unpadded windows (stride = k, padding 0) take the fastest kernels, and fuse
+    with a ReLU or Conv2d + ReLU before them (see `fuse`); other settings a general kernel."""
 
-    def __init__(self, kernel_size: int):
+    def __init__(self, kernel_size: int, stride: int | None = None, padding: int = 0):
         self.kernel_size = int(kernel_size)
+        self.stride = self.kernel_size if stride is None else int(stride)
+        self.padding = int(padding)
+        if self.kernel_size < 1 or self.stride < 1 or not 0 <= self.padding <= self.kernel_size // 2:
+            raise ValueError(
+                f"MaxPool2d needs kernel_size >= 1, stride >= 1 and padding between 0 and kernel_size // 2, "
+                f"got kernel_size={kernel_size}, stride={stride}, padding={padding}"
+            )
+
+    @property
+    def simple(self) -> bool:
+        """Windows side by side (stride = kernel size), unpadded: the fast kernels' case."""
+        return self.stride == self.kernel_size and self.padding == 0
+
+    def _pool(self, x):
+        if self.simple:
+            return F.max_pool2d(x, self.kernel_size)
+        return F.max_pool2d_window(x, self.kernel_size, self.stride, self.padding)
 
     def forward(self, x):
         self.x_shape = x.shape
-        y, self.argmax = F.max_pool2d(x, self.kernel_size)
+        y, self.argmax = self._pool(x)
         return y
 
     def infer(self, x):
-        return F.max_pool2d(x, self.kernel_size)[0]
+        return self._pool(x)[0]
 
     def backward(self, dy, input_grad=True):
-        return F.max_pool2d_backward(dy, self.argmax, self.x_shape)
+        if self.simple:
+            return F.max_pool2d_backward(dy, self.argmax, self.x_shape)
+        return F.max_pool2d_window_backward(dy, self.argmax, self.x_shape)
+
+    def output_shape(self, shape):
+        return _pooled_shape(shape, self.kernel_size, self.stride, self.padding)
 
     def config(self):
-        return {"kernel_size": self.kernel_size}
+        config = {"kernel_size": self.kernel_size}
+        if not self.simple:  # (written only when not the default: older files stay as they were)
+            config.update(stride=self.stride, padding=self.padding)
+        return config
+
+
+def _pooled_shape(shape, k, stride, padding):
+    if len(shape) != 3:
+        raise ShapeError("needs [batch, channels, height, width]")
+    h, w = shape[1] + 2 * padding, shape[2] + 2 * padding
+    if h < k or w < k:
+        raise ShapeError(f"needs an image at least {k} pixels wide and high (with its padding), got {h}x{w}")
+    return (shape[0], (h - k) // stride + 1, (w - k) // stride + 1)
 
 
 class Flatten(Layer):
@@ -213,6 +358,9 @@ class Flatten(Layer):
 
     def backward(self, dy, input_grad=True):
         return dy.reshape(self.x_shape)
+
+    def output_shape(self, shape):
+        return (math.prod(shape),)
 
 
 class Dropout(Layer):
@@ -237,6 +385,9 @@ class Dropout(Layer):
 
     def backward(self, dy, input_grad=True):
         return dy if self.mask is None else F.dropout_backward(dy, self.mask, self.p)
+
+    def output_shape(self, shape):
+        return shape
 
     def config(self):
         return {"p": self.p}
@@ -274,20 +425,32 @@ class Conv2dReLUMaxPool2d(Layer):
     def forward(self, x):
         self.x = x
         y, self.argmax = F.conv2d_relu_max_pool2d(
-            x, self.conv.weight.data, self.conv.bias.data, self.pool.kernel_size, self.conv.padding
+            x, self.conv.weight.data, self.conv.bias_data, self.pool.kernel_size, self.conv.kernel_padding
         )
         return y
 
     def infer(self, x):
         return F.conv2d_relu_max_pool2d(
-            x, self.conv.weight.data, self.conv.bias.data, self.pool.kernel_size, self.conv.padding, return_argmax=False
+            x,
+            self.conv.weight.data,
+            self.conv.bias_data,
+            self.pool.kernel_size,
+            self.conv.kernel_padding,
+            return_argmax=False,
         )
 
     def backward(self, dy, input_grad=True):
-        dx, self.conv.weight.grad, self.conv.bias.grad = F.conv2d_relu_max_pool2d_backward(
-            self.x, self.conv.weight.data, dy, self.argmax, self.pool.kernel_size, self.conv.padding, input_grad
+        dx, self.conv.weight.grad, db = F.conv2d_relu_max_pool2d_backward(
+            self.x, self.conv.weight.data, dy, self.argmax, self.pool.kernel_size, self.conv.kernel_padding, input_grad
         )
+        if self.conv.bias is not None:
+            self.conv.bias.grad = db
         return dx
+
+
+def _fusable_conv(conv: Conv2d) -> bool:
+    """The fused kernel's convolution: stride 1, one padding on all four sides."""
+    return conv.stride == 1 and not any(conv.extra_pads)
 
 
 def fuse(layers: list[Layer]) -> list[Layer]:
@@ -300,10 +463,17 @@ def fuse(layers: list[Layer]) -> list[Layer]:
             and i + 2 < len(layers)
             and isinstance(layers[i + 1], ReLU)
             and isinstance(layers[i + 2], MaxPool2d)
+            and _fusable_conv(layers[i])
+            and layers[i + 2].simple
         ):
             steps.append(Conv2dReLUMaxPool2d(layers[i], layers[i + 2]))
             i += 3
-        elif isinstance(layers[i], ReLU) and i + 1 < len(layers) and isinstance(layers[i + 1], MaxPool2d):
+        elif (
+            isinstance(layers[i], ReLU)
+            and i + 1 < len(layers)
+            and isinstance(layers[i + 1], MaxPool2d)
+            and layers[i + 1].simple
+        ):
             steps.append(ReLUMaxPool2d(layers[i + 1]))
             i += 2
         else:
@@ -312,7 +482,252 @@ def fuse(layers: list[Layer]) -> list[Layer]:
     return steps
 
 
+# ---------------------------------------------------------------- more layers (issue 17)
+# Activations, average pooling, global average pooling and residual connections: each calls its
+# C++ kernels (cnnfast.functional); the residual add is NumPy's.
+
+
+class LeakyReLU(Layer):
+    """x where x > 0, else negative_slope * x (PyTorch's LeakyReLU, default slope 0.01)."""
+
+    def __init__(self, negative_slope: float = 0.01):
+        self.negative_slope = float(negative_slope)
+        if not math.isfinite(self.negative_slope):
+            raise ValueError(f"LeakyReLU negative_slope must be a finite number, got {negative_slope}")
+
+    def forward(self, x):
+        self.x = x
+        return self.infer(x)
+
+    def infer(self, x):
+        return F.leaky_relu(x, self.negative_slope)
+
+    def backward(self, dy, input_grad=True):
+        return F.leaky_relu_backward(self.x, dy, self.negative_slope)
+
+    def output_shape(self, shape):
+        return shape
+
+    def config(self):
+        return {"negative_slope": self.negative_slope}
+
+
+class Tanh(Layer):
+    """tanh(x) elementwise; backward from the output: dy * (1 - y^2)."""
+
+    def forward(self, x):
+        self.y = self.infer(x)
+        return self.y
+
+    def infer(self, x):
+        return F.tanh(x)
+
+    def backward(self, dy, input_grad=True):
+        return F.tanh_backward(self.y, dy)
+
+    def output_shape(self, shape):
+        return shape
+
+
+class Sigmoid(Layer):
+    """1 / (1 + exp(-x)) elementwise (no overflow for any x); backward from the output: dy * y * (1 - y)."""
+
+    def forward(self, x):
+        self.y = self.infer(x)
+        return self.y
+
+    def infer(self, x):
+        return F.sigmoid(x)
+
+    def backward(self, dy, input_grad=True):
+        return F.sigmoid_backward(self.y, dy)
+
+    def output_shape(self, shape):
+        return shape
+
+
+class AvgPool2d(Layer):
+    """The mean over k x k windows, as PyTorch's AvgPool2d(kernel_size, stride=None, padding=0,
+    count_include_pad=True): [N, C, H, W] -> [N, C, (H + 2p - k) // stride + 1, ...] (floor);
+    stride defaults to the kernel size; zero padding of at most k // 2, counted in each window's
+    divisor (count_include_pad) or not."""
+
+    def __init__(self, kernel_size: int, stride: int | None = None, padding: int = 0, count_include_pad: bool = True):
+        self.kernel_size = int(kernel_size)
+        self.stride = self.kernel_size if stride is None else int(stride)
+        self.padding = int(padding)
+        self.count_include_pad = bool(count_include_pad)
+        if self.kernel_size < 1 or self.stride < 1 or not 0 <= self.padding <= self.kernel_size // 2:
+            raise ValueError(
+                f"AvgPool2d needs kernel_size >= 1, stride >= 1 and padding between 0 and kernel_size // 2, "
+                f"got kernel_size={kernel_size}, stride={stride}, padding={padding}"
+            )
+
+    def _window(self):
+        return self.kernel_size, self.stride, self.padding, self.count_include_pad
+
+    def forward(self, x):
+        self.x_shape = x.shape
+        return self.infer(x)
+
+    def infer(self, x):
+        return F.avg_pool2d(x, *self._window())
+
+    def backward(self, dy, input_grad=True):
+        return F.avg_pool2d_backward(dy, self.x_shape, *self._window())
+
+    def output_shape(self, shape):
+        return _pooled_shape(shape, self.kernel_size, self.stride, self.padding)
+
+    def config(self):
+        return {
+            "kernel_size": self.kernel_size,
+            "stride": self.stride,
+            "padding": self.padding,
+            "count_include_pad": self.count_include_pad,
+        }
+
+
+class GlobalAvgPool2d(Layer):
+    """Global average pooling: the mean of each channel's plane, [N, C, H, W] -> [N, C, 1, 1]
+    (PyTorch's AdaptiveAvgPool2d(1); a Flatten after it gives [N, C]). The head of most small
+    modern CNNs: it takes images of any size."""
+
+    def forward(self, x):
+        self.x_shape = x.shape
+        return self.infer(x)
+
+    def infer(self, x):
+        return F.global_avg_pool2d(x)
+
+    def backward(self, dy, input_grad=True):
+        return F.global_avg_pool2d_backward(dy, self.x_shape)
+
+    def output_shape(self, shape):
+        if len(shape) != 3 or min(shape[1:]) < 1:
+            raise ShapeError("needs [batch, channels, height, width] with at least one pixel")
+        return (shape[0], 1, 1)
+
+
+class AdaptiveAvgPool2d(GlobalAvgPool2d):
+    """PyTorch's AdaptiveAvgPool2d, for output_size 1 (or (1, 1)) only: global average pooling
+    (GlobalAvgPool2d). Other output sizes raise a ValueError."""
+
+    def __init__(self, output_size=1):
+        if kernel_pair(output_size) != (1, 1):
+            raise ValueError(
+                f"AdaptiveAvgPool2d supports output_size 1 (global average pooling) only, got {output_size!r}"
+            )
+        self.output_size = 1
+
+    def config(self):
+        return {"output_size": 1}
+
+
+class Residual(Layer):
+    """A residual connection: block(x) + shortcut(x), the shortcut the identity when none is
+    given (ResNet's basic block: `Residual([Conv2d(c, c, 3, padding=1), ReLU(), Conv2d(c, c, 3,
+    padding=1)])`; to change the shape, a shortcut such as `[Conv2d(c, 2 * c, 1, stride=2)]`
+    beside a block that starts with a stride-2 convolution). Backward sums the two branches'
+    input gradients. `block` and `shortcut` are Sequentials or lists of layers; their
+    parameters are named "block.<i>.weight" and "shortcut.<i>.weight" inside the layer."""
+
+    def __init__(self, block, shortcut=None):
+        self.block = block if isinstance(block, Sequential) else Sequential(*block)
+        if shortcut is not None and not isinstance(shortcut, Sequential):
+            shortcut = Sequential(*shortcut)
+        self.shortcut = shortcut if shortcut is not None and shortcut.layers else None
+        if not self.block.layers:
+            raise ValueError("Residual needs a block of at least one layer")
+
+    @property
+    def training(self):
+        return self.block.training
+
+    @training.setter
+    def training(self, mode):
+        self.block.train(mode)
+        if self.shortcut is not None:
+            self.shortcut.train(mode)
+
+    def _branches(self):
+        return [self.block] if self.shortcut is None else [self.block, self.shortcut]
+
+    def _add(self, a, b):
+        if a.shape != b.shape:  # (Sequential checks shapes first: this is for a Residual used alone)
+            raise ValueError(
+                f"Residual: its block gives {list(a.shape)} and its shortcut {list(b.shape)}; they must match"
+            )
+        return a + b
+
+    def forward(self, x):
+        a = self.block.forward(x)
+        return self._add(a, x if self.shortcut is None else self.shortcut.forward(x))
+
+    def infer(self, x):
+        a = x
+        for step in self.block.steps:
+            a = step.infer(a)
+        b = x
+        for step in self.shortcut.steps if self.shortcut is not None else ():
+            b = step.infer(b)
+        return self._add(a, b)
+
+    def backward(self, dy, input_grad=True):
+        dx = self.block.backward(dy, input_grad)
+        if not input_grad:
+            if self.shortcut is not None:
+                self.shortcut.backward(dy, False)
+            return None
+        dx_short = dy if self.shortcut is None else self.shortcut.backward(dy, True)
+        return dx + dx_short
+
+    def parameters(self):
+        return [p for branch in self._branches() for p in branch.parameters()]
+
+    def named_parameters(self):
+        named = [(f"block.{name}", p) for name, p in self.block.named_parameters()]
+        if self.shortcut is not None:
+            named += [(f"shortcut.{name}", p) for name, p in self.shortcut.named_parameters()]
+        return named
+
+    def output_shape(self, shape):
+        try:
+            a = self.block.output_shape(shape)
+        except ShapeError as error:
+            raise ShapeError(error.needs, f"block.{error.path}", error.layer, error.got) from None
+        if self.shortcut is None:
+            b = tuple(shape)
+        else:
+            try:
+                b = self.shortcut.output_shape(shape)
+            except ShapeError as error:
+                raise ShapeError(error.needs, f"shortcut.{error.path}", error.layer, error.got) from None
+        if a is not None and b is not None and a != b:
+            what = "its shortcut" if self.shortcut is not None else "its input (the identity shortcut)"
+            raise ShapeError(
+                f"but its block gives [batch, {', '.join(map(str, a))}] and {what} "
+                f"[batch, {', '.join(map(str, b))}]: they must have one shape to be added"
+            )
+        return a if a is not None else b
+
+    def config(self):
+        config = {"block": self.block.architecture()}
+        if self.shortcut is not None:
+            config["shortcut"] = self.shortcut.architecture()
+        return config
+
+    def __repr__(self):
+        inner = ", ".join(repr(layer) for layer in self.block.layers)
+        short = "" if self.shortcut is None else ", shortcut=[" + ", ".join(map(repr, self.shortcut.layers)) + "]"
+        return f"Residual([{inner}]{short})"
+
+
+NEW_LAYERS = (LeakyReLU, Tanh, Sigmoid, AvgPool2d, GlobalAvgPool2d, AdaptiveAvgPool2d, Residual)
+
+
 LAYERS = {cls.__name__: cls for cls in (Conv2d, Linear, ReLU, MaxPool2d, Flatten, Dropout)}
+LAYERS.update((cls.__name__, cls) for cls in NEW_LAYERS)
 
 
 class Sequential:
@@ -323,15 +738,49 @@ class Sequential:
     pair as one ReLUMaxPool2d (identical results, fewer passes over memory).
     """
 
-    def __init__(self, *layers: Layer):
+    def __init__(self, *layers: Layer, input_shape: tuple | None = None):
         self.layers = list(layers)
+        for i, layer in enumerate(self.layers):
+            if not isinstance(layer, Layer):
+                raise TypeError(f"Sequential takes layers (cnnfast.nn.Layer); item {i} is {type(layer).__name__}")
         self.steps = fuse(self.layers)
         self.training = True
+        # One sample's shape, e.g. (3, 32, 32): given here, or that of the first batch forward()
+        # sees; saved in model files, and the input the ONNX export declares.
+        self.input_shape = None if input_shape is None else tuple(int(d) for d in input_shape)
+        self._checked_shapes = set()
 
     def forward(self, x: np.ndarray) -> np.ndarray:
+        self.check_input(x)
+        if self.input_shape is None:
+            self.input_shape = tuple(x.shape[1:])
         for step in self.steps:
             x = step.forward(x)
         return x
+
+    def output_shape(self, shape: tuple) -> tuple | None:
+        """One output sample's shape for one input sample of `shape` (no batch axis), following it
+        through the layers; a ShapeError (a ValueError) naming the first layer that does not take
+        its input: "layer 7 (Linear(...)) gets input [batch, 3136], needs [batch, 4096]". None if
+        some layer does not tell its output shape."""
+        shape = tuple(int(d) for d in shape)
+        for i, layer in enumerate(self.layers):
+            try:
+                shape = layer.output_shape(shape)
+            except ShapeError as error:
+                raise error.located(i, layer, shape) from None
+            if shape is None:
+                return None
+            shape = tuple(shape)
+        return shape
+
+    def check_input(self, x: np.ndarray) -> None:
+        """A ShapeError naming the first layer that would not take a batch `x` (checked once per
+        sample shape)."""
+        shape = tuple(np.shape(x)[1:])
+        if shape not in self._checked_shapes:
+            self.output_shape(shape)
+            self._checked_shapes.add(shape)
 
     __call__ = forward
 
@@ -346,6 +795,7 @@ class Sequential:
         nothing for backward: the same numbers as forward() in eval mode, computed
         `infer_block` images at a time so that each block's activations stay in cache."""
         x = np.asarray(x)
+        self.check_input(x)
         out = None
         for i in range(0, len(x), self.infer_block):
             y = np.ascontiguousarray(x[i : i + self.infer_block])
@@ -373,11 +823,7 @@ class Sequential:
 
     def named_parameters(self) -> list[tuple[str, Parameter]]:
         """("<layer index>.weight" / ".bias", parameter): the names model files use."""
-        return [
-            (f"{i}.{name}", p)
-            for i, layer in enumerate(self.layers)
-            for name, p in zip(("weight", "bias"), layer.parameters())
-        ]
+        return [(f"{i}.{name}", p) for i, layer in enumerate(self.layers) for name, p in layer.named_parameters()]
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """A copy of every parameter, by name ("0.weight", "0.bias", "3.weight", ...)."""
@@ -429,8 +875,10 @@ class Sequential:
         for layer in self.layers:
             if isinstance(layer, Conv2d):
                 return (layer.in_channels, None, None)
-            if isinstance(layer, MaxPool2d):
+            if isinstance(layer, (MaxPool2d, AvgPool2d, GlobalAvgPool2d)):
                 return (None, None, None)
+            if isinstance(layer, Residual):
+                return layer.block.sample_shape()
             if isinstance(layer, Linear):
                 return (layer.in_features,)
             if isinstance(layer, Flatten):
@@ -494,6 +942,8 @@ class Sequential:
         """Write weights and architecture to one .npz (atomically: a temp file, then rename)."""
         path = os.fspath(path)
         arrays = {"format": np.array(FORMAT), "architecture": np.array(json.dumps(self.architecture()))}
+        if self.input_shape is not None:
+            arrays["input_shape"] = np.array(self.input_shape, np.int64)
         arrays.update((name, p.data) for name, p in self.named_parameters())
         with atomic_write(path) as f:
             np.savez(f, **arrays)
@@ -519,32 +969,71 @@ def mnist_cnn(seed: int = 0) -> Sequential:
 
 def from_architecture(architecture: list[dict], seed: int = 0) -> Sequential:
     """Build (untrained) layers from `Sequential.architecture()`; a ModelFormatError if it is not one."""
-    rng = np.random.default_rng(seed)
-    layers = []
+    return _layers_from_architecture(architecture, np.random.default_rng(seed), "", 0)
+
+
+_SIZES = ("in_channels", "out_channels", "in_features", "out_features", "stride", "output_size")
+_NESTING_LIMIT = 32
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _setting_ok(key: str, v) -> bool:
+    """A layer setting as model files hold it: sizes 1..2**20, paddings 0..2**16 (or "same" and
+    "valid"), finite numbers, booleans."""
+    if key in _SIZES:
+        return _is_int(v) and 1 <= v <= 1 << 20
+    if key == "kernel_size":
+        pair = v if isinstance(v, list) and len(v) == 2 else [v]
+        return all(_is_int(k) and 1 <= k <= 1 << 20 for k in pair)
+    if key == "padding":
+        if v in ("same", "valid"):
+            return True
+        pair = v if isinstance(v, list) and len(v) == 2 else [v]
+        return all(_is_int(k) and 0 <= k <= 1 << 16 for k in pair)
+    if key in ("p", "negative_slope"):
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if key in ("bias", "count_include_pad"):
+        return isinstance(v, bool)
+    return False  # (an unknown setting)
+
+
+def _layers_from_architecture(architecture, rng, prefix: str, depth: int) -> Sequential:
     if not isinstance(architecture, list):
         raise ModelFormatError("architecture must be a list of layers")
+    if depth > _NESTING_LIMIT:
+        raise ModelFormatError(f"layer {prefix.rstrip('.')} nests Residual layers more than {_NESTING_LIMIT} deep")
+    layers = []
     for i, spec in enumerate(architecture):
+        where = f"{prefix}{i}"
         if not isinstance(spec, dict) or spec.get("type") not in LAYERS:
-            raise ModelFormatError(f"layer {i} is not a known layer: {spec!r:.200}")
+            raise ModelFormatError(f"layer {where} is not a known layer: {spec!r:.200}")
         args = {k: v for k, v in spec.items() if k != "type"}
-        numbers = dict(args)
-        kernel = args.get("kernel_size")
-        if spec["type"] == "Conv2d" and isinstance(kernel, list) and len(kernel) == 2:  # non-square: [kh, kw]
-            del numbers["kernel_size"]
-            numbers.update(kernel_height=kernel[0], kernel_width=kernel[1])
-            args["kernel_size"] = tuple(kernel)
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers.values()):
-            raise ModelFormatError(f"layer {i} has non-numeric settings: {spec!r:.200}")
-        sizes = {k: v for k, v in numbers.items() if k != "p" and k != "padding"}
-        if any(not (isinstance(v, int) and 1 <= v <= 1 << 20) for v in sizes.values()) or not (
-            isinstance(args.get("padding", 0), int) and 0 <= args.get("padding", 0) <= 1 << 16
-        ):
-            raise ModelFormatError(f"layer {i} has sizes out of range: {spec!r:.200}")
         cls = LAYERS[spec["type"]]
+        if cls is Residual:
+            if set(args) - {"block", "shortcut"} or "block" not in args:
+                raise ModelFormatError(
+                    f"layer {where} (Residual) needs a block (and at most a shortcut): {spec!r:.200}"
+                )
+            args = {
+                name: _layers_from_architecture(value, rng, f"{where}.{name}.", depth + 1)
+                for name, value in args.items()
+            }
+        else:
+            bad = [k for k, v in args.items() if not _setting_ok(k, v)]
+            if bad:
+                raise ModelFormatError(
+                    f"layer {where} has settings out of range or of the wrong kind {bad}: {spec!r:.200}"
+                )
+            for key in ("kernel_size", "padding"):
+                if isinstance(args.get(key), list):
+                    args[key] = tuple(args[key])
         try:
             layer = cls(**args, rng=rng) if cls in (Conv2d, Linear, Dropout) else cls(**args)
         except (TypeError, ValueError, MemoryError) as error:
-            raise ModelFormatError(f"layer {i} ({spec['type']}) cannot be built: {error}") from None
+            raise ModelFormatError(f"layer {where} ({spec['type']}) cannot be built: {error}") from None
         layers.append(layer)
     return Sequential(*layers)
 
@@ -560,9 +1049,21 @@ def _model_from_npz(f) -> Sequential:
     if "format" not in files or str(f["format"]) != FORMAT:
         raise ModelFormatError(f"not a cnnfast model (no '{FORMAT}' marker)")
     model = from_architecture(json.loads(str(f["architecture"])))
-    expected = {"format", "architecture"}
+    expected = {"format", "architecture", "input_shape"}
+    if "input_shape" in files:
+        shape = f["input_shape"]
+        if not (
+            isinstance(shape, np.ndarray)
+            and shape.ndim == 1
+            and 1 <= shape.size <= 8
+            and shape.dtype.kind in "iu"
+            and (shape >= 1).all()
+            and (shape <= 1 << 20).all()
+        ):
+            raise ModelFormatError("'input_shape' is not a list of 1 to 8 sizes")
+        model.input_shape = tuple(int(d) for d in shape)
     for i, layer in enumerate(model.layers):
-        for name, p in zip(("weight", "bias"), layer.parameters()):
+        for name, p in layer.named_parameters():
             key = f"{i}.{name}"
             expected.add(key)
             if key not in files:
