@@ -257,7 +257,9 @@ def test_conv2d_without_bias():
 
 
 def test_bias_free_conv_fuses_with_relu_and_pool_and_gives_the_same_numbers():
-    layers = lambda: [nn.Conv2d(2, 4, 3, bias=False, rng=np.random.default_rng(3)), nn.ReLU(), nn.MaxPool2d(2)]
+    def layers():
+        return [nn.Conv2d(2, 4, 3, bias=False, rng=np.random.default_rng(3)), nn.ReLU(), nn.MaxPool2d(2)]
+
     fused, plain = nn.Sequential(*layers()), nn.Sequential(*layers())
     plain.steps = plain.layers  # (run unfused)
     assert isinstance(fused.steps[0], nn.Conv2dReLUMaxPool2d)
