@@ -227,3 +227,99 @@ def test_the_package_exports_export_onnx(onnx, tmp_path):
     assert "export_onnx" in cnnfast.__all__
     cnnfast.export_onnx(mnist_cnn(0), tmp_path / "m.onnx")
     assert [node.op_type for node in onnx.load(tmp_path / "m.onnx").graph.node] == OPS
+
+
+# ---------------------------------------------------------------------------- issue 17's layers, any input shape
+
+
+def every_new_layer_model(input_shape=(3, 20, 20)):
+    r = np.random.default_rng(17)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding="same", bias=False, rng=r),
+        nn.LeakyReLU(0.1),
+        nn.MaxPool2d(3, stride=2, padding=1),
+        nn.Residual(
+            [nn.Conv2d(8, 8, (3, 1), padding=(1, 0), rng=r), nn.Tanh(), nn.Conv2d(8, 8, 2, padding="same", rng=r)]
+        ),
+        nn.Residual(
+            [nn.Conv2d(8, 16, 3, padding=1, rng=r), nn.Sigmoid(), nn.Dropout(0.5, rng=r)],
+            shortcut=[nn.Conv2d(8, 16, 1, bias=False, rng=r)],
+        ),
+        nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False),
+        nn.AvgPool2d(2, stride=1),
+        nn.Conv2d(16, 16, 3, padding="valid", rng=r),
+        nn.ReLU(),
+        nn.MaxPool2d(2, stride=1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 10, rng=r),
+        input_shape=input_shape,
+    ).eval()
+
+
+def test_every_new_layer_exports_and_onnxruntime_agrees(ort, tmp_path):
+    import onnx
+
+    model = every_new_layer_model()
+    path = ex.export_onnx(model, tmp_path / "m.onnx")
+    graph = onnx.load(path).graph
+    ops = [node.op_type for node in graph.node]
+    for op in ("LeakyRelu", "Tanh", "Sigmoid", "MaxPool", "AveragePool", "GlobalAveragePool", "Add", "Gemm"):
+        assert op in ops
+    assert ops.count("Add") == 2 and "Dropout" not in ops
+    assert dims(graph.input[0]) == ["batch", 3, 20, 20] and dims(graph.output[0]) == ["batch", 10]
+    weights = {t.name for t in graph.initializer}
+    assert {"0.weight", "3.block.0.bias", "4.shortcut.0.weight"} <= weights and "0.bias" not in weights
+    for batch in (1, 6):
+        x = np.random.default_rng(batch).standard_normal((batch, 3, 20, 20)).astype(np.float32)
+        assert np.abs(ex.run_onnx(path, x) - ex.model_logits(model, x)).max() < 1e-4
+
+
+def cifar_like():
+    r = np.random.default_rng(3)
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 5, rng=r),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 16, 3, padding=1, rng=r),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16 * 7 * 7, 10, rng=r),
+    )
+
+
+def test_a_model_of_any_input_shape_exports_with_its_own_shape(ort, tmp_path):
+    model = cifar_like()  # never run: it does not know its input shape, 28x28 is assumed and does not fit
+    with pytest.raises(
+        ex.ExportError, match=r"layer 7 .* gets input \[batch, 576\], needs \[batch, 784\].*input_shape"
+    ):
+        ex.export_onnx(model, tmp_path / "m.onnx")
+    x = np.random.default_rng(0).random((3, 3, 32, 32), dtype=np.float32)
+    path = ex.export_onnx(model, tmp_path / "m.onnx", input_shape=(3, 32, 32))
+    assert np.abs(ex.run_onnx(path, x) - ex.model_logits(model, x)).max() < 1e-4
+    model.forward(x)  # a batch through it: now it knows
+    assert model.input_shape == (3, 32, 32)
+    ex.export_onnx(model, tmp_path / "n.onnx")
+    assert np.abs(ex.run_onnx(tmp_path / "n.onnx", x) - ex.model_logits(model, x)).max() < 1e-4
+
+
+def test_command_takes_the_input_shape_from_the_model_file(ort, tmp_path, capsys):
+    every_new_layer_model().save(tmp_path / "m.npz")
+    status, out, err = run(capsys, "--model", tmp_path / "m.npz", "--onnx", tmp_path / "m.onnx", "--check", "--json")
+    data = json.loads(out)
+    assert status == 0 and data["input"]["shape"] == ["batch", 3, 20, 20] and data["check_passed"] is True
+    assert "Add" in data["operators"] and data["max_abs_difference"] < 1e-4
+    cifar_like().save(tmp_path / "old.npz")  # a file that records no shape: 28x28 does not fit
+    status, out, err = run(capsys, "--model", tmp_path / "old.npz", "--onnx", tmp_path / "o.onnx", "--check")
+    assert status == 1 and "--input-shape C,H,W" in err
+    status, out, err = run(
+        capsys, "--model", tmp_path / "old.npz", "--onnx", tmp_path / "o.onnx", "--check", "--input-shape", "3,32,32"
+    )
+    assert status == 0 and "[batch, 3, 32, 32]" in out and "within 0.0001" in out
+
+
+def test_command_rejects_a_bad_input_shape(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        ex.main(["--model", "m.npz", "--onnx", "m.onnx", "--input-shape", "3,x"])
+    assert exit_info.value.code == 2 and "not sizes such as 3,32,32" in capsys.readouterr().err

@@ -100,13 +100,14 @@ def manual_seed(seed: int) -> None:
     _seed(seed)
 
 
-def export_onnx(model, path):
+def export_onnx(model, path, input_shape=None):
     """Write `model` (or the path of a saved model) to `path` as a standard ONNX graph: input
-    float32 [batch, 1, 28, 28] in [0, 1], output logits [batch, 10]. Needs the onnx package
-    (pip install cnnfast[onnx]); see cnnfast.export."""
+    float32 [batch, *input_shape] (default: the model's own, MNIST's [batch, 1, 28, 28] in [0, 1]),
+    output logits [batch, classes]. Needs the onnx package (pip install cnnfast[onnx]); see
+    cnnfast.export."""
     from .export import export_onnx as _export
 
-    return _export(model, path)
+    return _export(model, path, input_shape=input_shape)
 
 
 __all__ = [

@@ -7,11 +7,17 @@
     cnnfast.export_onnx(cnnfast.load_model("mnist_cnn.npz"), "model.onnx")
 
 The graph maps the layers one to one onto ONNX operators (opset 13, IR version 7, which every
-onnxruntime since 1.7 reads): Conv2d -> Conv, ReLU -> Relu, MaxPool2d -> MaxPool (stride = kernel,
-floor), Flatten -> Flatten (axis 1), Linear -> Gemm (transB = 1); Dropout, the identity at
-inference, is left out. Input ``input``: float32 [batch, 1, 28, 28], pixels in [0, 1] (uint8 / 255,
-as cnnfast.mnist.as_model_input makes them); output ``logits``: float32 [batch, 10] (apply a softmax
-for probabilities). The batch dimension is dynamic. Needs ``pip install cnnfast[onnx]``
+onnxruntime since 1.7 reads): Conv2d -> Conv (its stride and padding; no bias input without a
+bias), ReLU -> Relu, LeakyReLU -> LeakyRelu, Tanh -> Tanh, Sigmoid -> Sigmoid, MaxPool2d ->
+MaxPool and AvgPool2d -> AveragePool (their stride and padding, floor), GlobalAvgPool2d and
+AdaptiveAvgPool2d(1) -> GlobalAveragePool, Residual -> its branches' nodes and an Add, Flatten ->
+Flatten (axis 1), Linear -> Gemm (transB = 1); Dropout, the identity at inference, is left out.
+
+Input ``input``: float32 [batch, *the model's input shape]: the shape given (input_shape=, or
+--input-shape), else the one the model was trained on (Sequential.input_shape, kept in model
+files), else [channels of the first layer, 28, 28] (MNIST: pixels in [0, 1], uint8 / 255, as
+cnnfast.mnist.as_model_input makes them). Output ``logits``: float32 [batch, classes] (apply a
+softmax for probabilities). The batch dimension is dynamic. Needs ``pip install cnnfast[onnx]``
 (onnx to build the graph, onnxruntime for --check).
 """
 
@@ -27,7 +33,22 @@ import numpy as np
 from . import __version__, nn
 from ._cli import add_model_argument, argument_parser, check_model_arg, load_model
 from ._files import atomic_write
-from .nn import Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, Sequential
+from .nn import (
+    AvgPool2d,
+    Conv2d,
+    Dropout,
+    Flatten,
+    GlobalAvgPool2d,
+    LeakyReLU,
+    Linear,
+    MaxPool2d,
+    ReLU,
+    Residual,
+    Sequential,
+    ShapeError,
+    Sigmoid,
+    Tanh,
+)
 
 OPSET = 13
 IR_VERSION = 7
@@ -49,97 +70,148 @@ def _onnx():
     return onnx
 
 
-def _trace(model: Sequential, image_size: int):
-    """(input channels, output shape without the batch), following the shapes through the layers;
-    an ExportError naming the first layer whose input does not fit it."""
-    first = next((layer for layer in model.layers if isinstance(layer, (Conv2d, Linear))), None)
-    channels = first.in_channels if isinstance(first, Conv2d) else 1
-    shape = (channels, image_size, image_size)
-    for i, layer in enumerate(model.layers):
-        where = f"layer {i} ({layer!r}) gets input [batch, {', '.join(map(str, shape))}]"
-        if isinstance(layer, Conv2d):
-            if len(shape) != 3 or shape[0] != layer.in_channels:
-                raise ExportError(f"{where}, needs {layer.in_channels} channels")
-            size = [s + 2 * layer.padding - k + 1 for s, k in zip(shape[1:], layer.kernel_size)]
-            if min(size) < 1:
-                raise ExportError(f"{where}: the kernel is larger than the padded image")
-            shape = (layer.out_channels, *size)
-        elif isinstance(layer, MaxPool2d):
-            if len(shape) != 3 or min(shape[1:]) < layer.kernel_size:
-                raise ExportError(f"{where}: needs an image at least {layer.kernel_size} pixels wide")
-            shape = (shape[0], shape[1] // layer.kernel_size, shape[2] // layer.kernel_size)
-        elif isinstance(layer, Flatten):
-            shape = (int(np.prod(shape)),)
-        elif isinstance(layer, Linear):
-            if len(shape) != 1 or shape[0] != layer.in_features:
-                raise ExportError(f"{where}, needs [batch, {layer.in_features}]")
-            shape = (layer.out_features,)
-        elif not isinstance(layer, (ReLU, Dropout)):
-            raise ExportError(f"layer {i} ({type(layer).__name__}) has no ONNX translation")
-    return channels, shape
+EXPORTED = (Conv2d, Linear, ReLU, MaxPool2d, Flatten, Dropout, LeakyReLU, Tanh, Sigmoid, AvgPool2d, GlobalAvgPool2d)
 
 
-def to_onnx(model: Sequential, image_size: int = IMAGE_SIZE):
-    """The model as an onnx.ModelProto (checked with onnx.checker). Raises ImportError without
-    onnx, ExportError for a model the graph cannot express."""
-    onnx = _onnx()
-    from onnx import TensorProto, helper, numpy_helper
+def _check_layers(layers, prefix: str = "") -> None:
+    for i, layer in enumerate(layers):
+        if isinstance(layer, Residual):
+            _check_layers(layer.block.layers, f"{prefix}{i}.block.")
+            if layer.shortcut is not None:
+                _check_layers(layer.shortcut.layers, f"{prefix}{i}.shortcut.")
+        elif not isinstance(layer, EXPORTED):
+            raise ExportError(f"layer {prefix}{i} ({type(layer).__name__}) has no ONNX translation")
 
-    if not isinstance(model, Sequential):
-        raise ExportError(f"expected a cnnfast.nn.Sequential model, got {type(model).__name__}")
-    if not model.layers:
-        raise ExportError("the model has no layers")
-    channels, out_shape = _trace(model, image_size)
-    nodes, weights, current = [], [], INPUT
-    for i, layer in enumerate(model.layers):
+
+def model_input_shape(model: Sequential, input_shape=None, image_size: int | None = None) -> tuple:
+    """The input the graph declares (one sample, no batch): `input_shape` if given, else
+    (channels, image_size, image_size) if image_size is given, else the model's own
+    (model.input_shape: given to Sequential, or the shape it was trained on), else MNIST's
+    (channels of the first layer, 28, 28)."""
+    if input_shape is not None:
+        shape = tuple(int(d) for d in input_shape)
+        if not shape or min(shape) < 1:
+            raise ExportError(f"input_shape must be positive sizes, got {input_shape!r}")
+        return shape
+    sample = model.sample_shape()
+    channels = sample[0] if sample and len(sample) == 3 and sample[0] is not None else 1
+    if image_size is not None:
+        return (channels, int(image_size), int(image_size))
+    if getattr(model, "input_shape", None) is not None:
+        return tuple(model.input_shape)
+    if sample is not None and len(sample) == 1:  # (a model that starts with a Linear)
+        return tuple(sample)
+    return (channels, IMAGE_SIZE, IMAGE_SIZE)
+
+
+def _trace(model: Sequential, shape: tuple):
+    """The output shape without the batch, following `shape` through the layers; an ExportError
+    naming the first layer (nested: "3.block.1") whose input does not fit it."""
+    _check_layers(model.layers)
+    try:
+        out = model.output_shape(shape)
+    except ShapeError as error:
+        hint = ""
+        if getattr(model, "input_shape", None) is None:
+            hint = (
+                f" (the model does not say its input shape, so {list(shape)} was assumed: give it with "
+                "input_shape=(channels, height, width) or --input-shape C,H,W)"
+            )
+        raise ExportError(f"{error}{hint}") from None
+    if out is None:
+        raise ExportError("some layer does not tell its output shape")
+    return out
+
+
+def _nodes(layers, current: str, prefix: str, nodes: list, weights: list) -> str:
+    """Append the ONNX nodes and weights of `layers` (names prefixed as their parameters are
+    named: "3.block.0.weight") reading `current`; returns the name of the last output."""
+    from onnx import helper, numpy_helper
+
+    for i, layer in enumerate(layers):
         if isinstance(layer, Dropout):
             continue  # the identity at inference
-        name = f"{i}_{type(layer).__name__.lower()}"
+        name = f"{prefix}{i}_{type(layer).__name__.lower()}"
+        if isinstance(layer, Residual):
+            a = _nodes(layer.block.layers, current, f"{prefix}{i}.block.", nodes, weights)
+            b = (
+                current
+                if layer.shortcut is None
+                else _nodes(layer.shortcut.layers, current, f"{prefix}{i}.shortcut.", nodes, weights)
+            )
+            nodes.append(helper.make_node("Add", [a, b], [name], name=name))
+            current = name
+            continue
         inputs = [current]
-        for kind, p in zip(("weight", "bias"), layer.parameters()):
-            weights.append(numpy_helper.from_array(np.ascontiguousarray(p.data, np.float32), f"{i}.{kind}"))
-            inputs.append(f"{i}.{kind}")
+        for kind, p in layer.named_parameters():
+            weights.append(numpy_helper.from_array(np.ascontiguousarray(p.data, np.float32), f"{prefix}{i}.{kind}"))
+            inputs.append(f"{prefix}{i}.{kind}")
         if isinstance(layer, Conv2d):
-            pad = layer.padding
+            top, bottom, left, right = layer.pads
             node = helper.make_node(
                 "Conv",
                 inputs,
                 [name],
                 name=name,
                 kernel_shape=list(layer.kernel_size),
-                pads=[pad, pad, pad, pad],
-                strides=[1, 1],
+                pads=[top, left, bottom, right],
+                strides=[layer.stride, layer.stride],
                 dilations=[1, 1],
                 group=1,
             )
         elif isinstance(layer, ReLU):
             node = helper.make_node("Relu", inputs, [name], name=name)
-        elif isinstance(layer, MaxPool2d):
-            k = layer.kernel_size
-            node = helper.make_node(
-                "MaxPool",
-                inputs,
-                [name],
-                name=name,
-                kernel_shape=[k, k],
-                strides=[k, k],
-                pads=[0, 0, 0, 0],
-                ceil_mode=0,
-            )
+        elif isinstance(layer, LeakyReLU):
+            node = helper.make_node("LeakyRelu", inputs, [name], name=name, alpha=layer.negative_slope)
+        elif isinstance(layer, Tanh):
+            node = helper.make_node("Tanh", inputs, [name], name=name)
+        elif isinstance(layer, Sigmoid):
+            node = helper.make_node("Sigmoid", inputs, [name], name=name)
+        elif isinstance(layer, (MaxPool2d, AvgPool2d)):
+            k, stride, pad = layer.kernel_size, layer.stride, layer.padding
+            window = dict(kernel_shape=[k, k], strides=[stride, stride], pads=[pad] * 4, ceil_mode=0)
+            if isinstance(layer, MaxPool2d):
+                node = helper.make_node("MaxPool", inputs, [name], name=name, **window)
+            else:
+                count = int(layer.count_include_pad)
+                node = helper.make_node("AveragePool", inputs, [name], name=name, count_include_pad=count, **window)
+        elif isinstance(layer, GlobalAvgPool2d):
+            node = helper.make_node("GlobalAveragePool", inputs, [name], name=name)
         elif isinstance(layer, Flatten):
             node = helper.make_node("Flatten", inputs, [name], name=name, axis=1)
         else:  # Linear: y = x @ W.T + b
             node = helper.make_node("Gemm", inputs, [name], name=name, alpha=1.0, beta=1.0, transA=0, transB=1)
         nodes.append(node)
         current = name
-    if not nodes:
-        nodes.append(helper.make_node("Identity", [INPUT], [OUTPUT], name="identity"))
+    return current
+
+
+def to_onnx(model: Sequential, image_size: int | None = None, input_shape=None):
+    """The model as an onnx.ModelProto (checked with onnx.checker), its input declared as
+    [batch, *shape] with the shape `input_shape` (see model_input_shape). Raises
+    ImportError without onnx, ExportError for a model the graph cannot express."""
+    onnx = _onnx()
+    from onnx import TensorProto, helper
+
+    if not isinstance(model, Sequential):
+        raise ExportError(f"expected a cnnfast.nn.Sequential model, got {type(model).__name__}")
+    if not model.layers:
+        raise ExportError("the model has no layers")
+    shape = model_input_shape(model, input_shape, image_size)
+    out_shape = _trace(model, shape)
+    nodes, weights = [], []
+    last = _nodes(model.layers, INPUT, "", nodes, weights)
+    if not nodes or last == INPUT:
+        nodes.append(helper.make_node("Identity", [last], [OUTPUT], name="identity"))
     else:
-        nodes[-1].output[0] = OUTPUT
+        for node in nodes:  # (the last node's output; a Residual's Add may also read it)
+            node.input[:] = [OUTPUT if name == last else name for name in node.input]
+            node.output[:] = [OUTPUT if name == last else name for name in node.output]
+    text = ", ".join(map(str, shape))
     graph = helper.make_graph(
         nodes,
         "cnnfast",
-        [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["batch", channels, image_size, image_size])],
+        [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["batch", *shape])],
         [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["batch", *out_shape])],
         initializer=weights,
     )
@@ -148,9 +220,9 @@ def to_onnx(model: Sequential, image_size: int = IMAGE_SIZE):
         opset_imports=[helper.make_opsetid("", OPSET)],
         producer_name="cnnfast",
         producer_version=__version__,
-        doc_string=f"{INPUT}: float32 [batch, {channels}, {image_size}, {image_size}], "
-        f"pixels in [0, 1]; {OUTPUT}: float32 [batch, "
-        f"{', '.join(map(str, out_shape))}] (before softmax)",
+        doc_string=f"{INPUT}: float32 [batch, {text}]"
+        + (", pixels in [0, 1]" if shape == (1, IMAGE_SIZE, IMAGE_SIZE) else "")
+        + f"; {OUTPUT}: float32 [batch, {', '.join(map(str, out_shape))}] (before softmax)",
     )
     proto.ir_version = IR_VERSION
     helper.set_model_props(proto, {"cnnfast_architecture": json.dumps(model.architecture())})
@@ -158,14 +230,15 @@ def to_onnx(model: Sequential, image_size: int = IMAGE_SIZE):
     return proto
 
 
-def export_onnx(model, path, image_size: int = IMAGE_SIZE) -> str:
+def export_onnx(model, path, image_size: int | None = None, input_shape=None) -> str:
     """Write `model` (a cnnfast Sequential, or the path of a saved model) to `path` as an ONNX
-    file: input 'input' float32 [batch, 1, 28, 28] in [0, 1], output 'logits' [batch, 10]. Returns
+    file: input 'input' float32 [batch, *input shape] (the model's own: see the function
+    input_shape; MNIST's [batch, 1, 28, 28] in [0, 1]), output 'logits' [batch, classes]. Returns
     path. Raises ImportError (with the pip command) without onnx, ExportError for a model the
     graph cannot express, ModelFormatError for a bad model file."""
     if isinstance(model, (str, os.PathLike)):
         model = nn.load_model(model)
-    proto = to_onnx(model, image_size)
+    proto = to_onnx(model, image_size, input_shape)
     path = os.fspath(path)
     with atomic_write(path) as f:
         f.write(proto.SerializeToString())
@@ -173,7 +246,7 @@ def export_onnx(model, path, image_size: int = IMAGE_SIZE) -> str:
 
 
 def run_onnx(path, x: np.ndarray) -> np.ndarray:
-    """Logits of the ONNX file at `path` for float32 x [N, 1, 28, 28], computed by onnxruntime (CPU)."""
+    """Logits of the ONNX file at `path` for float32 x [N, *input shape], computed by onnxruntime (CPU)."""
     try:
         import onnxruntime
     except ImportError:
@@ -185,7 +258,7 @@ def run_onnx(path, x: np.ndarray) -> np.ndarray:
 
 
 def model_logits(model: Sequential, x: np.ndarray) -> np.ndarray:
-    """cnnfast's own logits for float32 x [N, 1, 28, 28] (eval mode: no dropout)."""
+    """cnnfast's own logits for float32 x [N, *input shape] (eval mode: no dropout)."""
     return model.infer(x)
 
 
@@ -196,9 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argument_parser(
         prog="python -m cnnfast.export",
         description="Export a trained model as a standard ONNX graph (Conv, Relu, MaxPool, Flatten, Gemm; "
+        "LeakyRelu, Tanh, Sigmoid, AveragePool, GlobalAveragePool, Add for other layers; "
         f"opset {OPSET}) to run it with onnxruntime or any other ONNX runtime. Input "
-        f"'{INPUT}': float32 [batch, 1, 28, 28], pixels in [0, 1] (uint8 / 255); output "
-        f"'{OUTPUT}': float32 [batch, 10], before softmax.",
+        f"'{INPUT}': float32 [batch, *the model's input shape] as its file records it (MNIST's "
+        f"[batch, 1, 28, 28], pixels in [0, 1]: uint8 / 255); output "
+        f"'{OUTPUT}': float32 [batch, classes], before softmax.",
         epilog="Needs the onnx package (and onnxruntime for --check): pip install cnnfast[onnx]. "
         "Exit status: 0 done, 1 no or a bad model, onnx missing, or --check found a difference, "
         "2 bad arguments.",
@@ -211,8 +286,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the exported file in onnxruntime on random images and compare its logits "
         "with cnnfast's (fails above a max absolute difference of 1e-4)",
     )
+    p.add_argument(
+        "--input-shape",
+        metavar="C,H,W",
+        type=_shape_argument,
+        help="the input of one sample, e.g. 3,32,32 (default: the shape the model file records, "
+        "the one it was trained on; 1,28,28 for a file that records none)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     return p
+
+
+def _shape_argument(text: str) -> tuple:
+    try:
+        shape = tuple(int(d) for d in text.replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not sizes such as 3,32,32") from None
+    if not shape or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: the sizes must be positive, such as 3,32,32")
+    return shape
 
 
 CHECK_IMAGES = 256
@@ -250,7 +342,7 @@ def main(argv=None) -> int:
     if model is None:
         return 1
     try:
-        export_onnx(model, args.onnx)
+        export_onnx(model, args.onnx, input_shape=args.input_shape)
     except ExportError as error:
         print(f"error: cannot export {args.model}: {error}", file=sys.stderr)
         return 1

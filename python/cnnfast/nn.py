@@ -221,7 +221,7 @@ class Conv2d(Layer):
         (kh, kw), s = self.kernel_size, self.stride
         h, w = shape[1] + top + bottom, shape[2] + left + right
         if h < kh or w < kw:
-            raise ShapeError(f"but the kernel {kh}x{kw} is larger than the padded image {h}x{w}")
+            raise ShapeError(f"but the kernel is larger than the padded image (kernel {kh}x{kw}, image {h}x{w})")
         return (self.out_channels, (h - kh) // s + 1, (w - kw) // s + 1)
 
     def config(self):
