@@ -115,22 +115,7 @@ def adam_step(param, grad, m, v, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8
     return param - lr * m_hat / (np.sqrt(v_hat) + eps), m, v
 
 
-# ---------------------------------------------------------------- issue 17: strides, pooling windows, activations
-
-
-def conv2d_strided(x, w, b, padding=0, stride=1):
-    """conv2d with a stride: the stride-1 output at every stride-th row and column
-    (PyTorch's size: (H + 2p - R) // stride + 1)."""
-    return conv2d(x, w, b, padding)[:, :, ::stride, ::stride]
-
-
-def conv2d_strided_backward(x, w, dy, padding=0, stride=1):
-    """Gradients of conv2d_strided: dy placed at every stride-th pixel of the stride-1 output
-    (zero between), then conv2d_backward."""
-    full = conv2d(x, w, np.zeros(w.shape[0]), padding)
-    dfull = np.zeros_like(full)
-    dfull[:, :, ::stride, ::stride] = dy
-    return conv2d_backward(x, w, dfull, padding)
+# ---------------------------------------------------------------- issue 17: pooling windows, activations
 
 
 def leaky_relu(x, negative_slope=0.01):

@@ -323,3 +323,43 @@ def test_command_rejects_a_bad_input_shape(capsys):
     with pytest.raises(SystemExit) as exit_info:
         ex.main(["--model", "m.npz", "--onnx", "m.onnx", "--input-shape", "3,x"])
     assert exit_info.value.code == 2 and "not sizes such as 3,32,32" in capsys.readouterr().err
+
+
+def test_a_resnet_with_strided_convolutions_exports(ort, tmp_path):
+    import onnx
+
+    r = np.random.default_rng(8)
+
+    def stage(c_in, c_out):
+        return nn.Residual(
+            [
+                nn.Conv2d(c_in, c_out, 3, padding=1, stride=2, rng=r),
+                nn.ReLU(),
+                nn.Conv2d(c_out, c_out, 3, padding=1, rng=r),
+            ],
+            shortcut=[nn.Conv2d(c_in, c_out, 1, stride=2, bias=False, rng=r)],
+        )
+
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, rng=r),
+        nn.ReLU(),
+        stage(8, 16),
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1, stride=2, rng=r),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.GlobalAvgPool2d(),
+        nn.Flatten(),
+        nn.Linear(16, 10, rng=r),
+        input_shape=(3, 32, 32),
+    )
+    path = ex.export_onnx(model, tmp_path / "m.onnx")
+    strides = [
+        onnx.helper.get_attribute_value(a)
+        for node in onnx.load(path).graph.node
+        for a in node.attribute
+        if node.op_type == "Conv" and a.name == "strides"
+    ]
+    assert strides.count([2, 2]) == 3
+    x = np.random.default_rng(1).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    assert np.abs(ex.run_onnx(path, x) - ex.model_logits(model, x)).max() < 1e-4

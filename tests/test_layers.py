@@ -274,7 +274,7 @@ def test_max_pool_with_stride_or_padding_is_not_fused():
     steps = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(3, stride=2, padding=1)).steps
     assert [type(s).__name__ for s in steps] == ["Conv2d", "ReLU", "MaxPool2d"]
     steps = nn.Sequential(nn.Conv2d(1, 2, 3, stride=2), nn.ReLU(), nn.MaxPool2d(2)).steps
-    assert [type(s).__name__ for s in steps] == ["Conv2d", "ReLUMaxPool2d"]
+    assert [type(s).__name__ for s in steps] == ["Conv2dReLUMaxPool2d"]  # (the fused kernel takes a stride)
     steps = nn.Sequential(nn.Conv2d(1, 2, 2, padding="same"), nn.ReLU(), nn.MaxPool2d(2)).steps
     assert [type(s).__name__ for s in steps] == ["Conv2d", "ReLUMaxPool2d"]
 
@@ -448,3 +448,49 @@ def test_deep_nesting_is_refused():
         spec = {"type": "Residual", "block": [spec]}
     with pytest.raises(nn.ModelFormatError, match="nests Residual layers"):
         nn.from_architecture([spec])
+
+
+# ---------------------------------------------------------------- strided convolutions (the lead's kernel) in Conv2d
+
+
+@pytest.mark.parametrize(
+    "shape,kernel,padding,stride",
+    [((2, 3, 9, 9), 3, 1, 2), ((2, 4, 8, 8), 1, 0, 2), ((1, 2, 11, 10), (3, 5), (1, 2), 3), ((2, 3, 8, 8), 2, 0, 2)],
+)
+def test_strided_conv2d_layer_matches_reference(isa, shape, kernel, padding, stride):
+    conv = nn.Conv2d(shape[1], 5, kernel, padding=padding, stride=stride, rng=np.random.default_rng(2))
+    x = rand(*shape)
+    y = conv.forward(x)
+    top, bottom, left, right = conv.pads
+    xp = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    assert_close(y, ref.conv2d(xp, conv.weight.data, conv.bias.data, 0, stride))
+    assert y.shape[1:] == conv.output_shape(shape[1:])
+    dy = rand(*y.shape)
+    dx, dw, db = ref.conv2d_backward(xp, conv.weight.data, dy, 0, stride)
+    assert_close(conv.backward(dy), dx[:, :, top : top + shape[2], left : left + shape[3]])
+    assert_close(conv.weight.grad, dw) and assert_close(conv.bias.grad, db)
+    layer_gradient_check(conv, x)
+
+
+def test_strided_conv_relu_pool_fused_equals_the_three_layers(isa):
+    def layers():
+        return [nn.Conv2d(3, 4, 3, padding=1, stride=2, rng=np.random.default_rng(4)), nn.ReLU(), nn.MaxPool2d(2)]
+
+    fused, plain = nn.Sequential(*layers()), nn.Sequential(*layers())
+    plain.steps = plain.layers
+    x = rand(2, 3, 16, 16)
+    assert_close(fused.forward(x), plain.forward(x), 1e-6)
+    dy = rand(2, 4, 4, 4)
+    assert_close(fused.backward(dy), plain.backward(dy), 1e-5)
+    assert_close(fused.layers[0].weight.grad, plain.layers[0].weight.grad, 1e-5)
+    assert_close(fused.layers[0].bias.grad, plain.layers[0].bias.grad, 1e-5)
+
+
+def test_resnet_style_residual_with_a_strided_shortcut(isa):
+    res = nn.Residual(
+        [nn.Conv2d(4, 8, 3, padding=1, stride=2), nn.Tanh(), nn.Conv2d(8, 8, 3, padding=1)],  # (smooth)
+        shortcut=[nn.Conv2d(4, 8, 1, stride=2, bias=False)],
+    )
+    x = rand(2, 4, 8, 8)
+    assert res.forward(x).shape == (2, 8, 4, 4) == (2, *res.output_shape((4, 8, 8)))
+    layer_gradient_check(res, x)

@@ -191,19 +191,13 @@ class Conv2d(Layer):
         return self.infer(x)
 
     def infer(self, x):
-        x = self._padded(x)
-        if self.stride == 1:
-            return F.conv2d(x, self.weight.data, self.bias_data, self.kernel_padding)
-        return F.conv2d(x, self.weight.data, self.bias_data, self.kernel_padding, stride=self.stride)
+        return F.conv2d(self._padded(x), self.weight.data, self.bias_data, self.kernel_padding, self.stride)
 
     def backward(self, dy, input_grad=True):
         x = self._padded(self.x)
-        if self.stride == 1:
-            dx, self.weight.grad, db = F.conv2d_backward(x, self.weight.data, dy, self.kernel_padding, input_grad)
-        else:
-            dx, self.weight.grad, db = F.conv2d_backward(
-                x, self.weight.data, dy, self.kernel_padding, input_grad, stride=self.stride
-            )
+        dx, self.weight.grad, db = F.conv2d_backward(
+            x, self.weight.data, dy, self.kernel_padding, input_grad, self.stride
+        )
         if self.bias is not None:
             self.bias.grad = db
         if dx is not None and any(self.extra_pads):
@@ -425,7 +419,12 @@ class Conv2dReLUMaxPool2d(Layer):
     def forward(self, x):
         self.x = x
         y, self.argmax = F.conv2d_relu_max_pool2d(
-            x, self.conv.weight.data, self.conv.bias_data, self.pool.kernel_size, self.conv.kernel_padding
+            x,
+            self.conv.weight.data,
+            self.conv.bias_data,
+            self.pool.kernel_size,
+            self.conv.kernel_padding,
+            stride=self.conv.stride,
         )
         return y
 
@@ -437,11 +436,19 @@ class Conv2dReLUMaxPool2d(Layer):
             self.pool.kernel_size,
             self.conv.kernel_padding,
             return_argmax=False,
+            stride=self.conv.stride,
         )
 
     def backward(self, dy, input_grad=True):
         dx, self.conv.weight.grad, db = F.conv2d_relu_max_pool2d_backward(
-            self.x, self.conv.weight.data, dy, self.argmax, self.pool.kernel_size, self.conv.kernel_padding, input_grad
+            self.x,
+            self.conv.weight.data,
+            dy,
+            self.argmax,
+            self.pool.kernel_size,
+            self.conv.kernel_padding,
+            input_grad,
+            stride=self.conv.stride,
         )
         if self.conv.bias is not None:
             self.conv.bias.grad = db
@@ -449,8 +456,8 @@ class Conv2dReLUMaxPool2d(Layer):
 
 
 def _fusable_conv(conv: Conv2d) -> bool:
-    """The fused kernel's convolution: stride 1, one padding on all four sides."""
-    return conv.stride == 1 and not any(conv.extra_pads)
+    """The fused kernel's convolution: one padding on all four sides (any stride, bias or none)."""
+    return not any(conv.extra_pads)
 
 
 def fuse(layers: list[Layer]) -> list[Layer]:
