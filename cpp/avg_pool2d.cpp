@@ -65,14 +65,21 @@ void avg_pool2d_backward(float* dx, const float* dy, i64 N, i64 C, i64 H, i64 W,
   }
 }
 
-// x: [planes, HW] -> y: [planes], the mean of each plane (summed in double: planes may be large)
+// x: [planes, HW] -> y: [planes], the mean of each plane: 16 running sums a plane (element i in
+// sum i % 16: a loop the compiler vectorises without reordering any sum), added in double
 void global_avg_pool2d_forward(float* y, const float* x, i64 planes, i64 HW) {
   const double scale = HW > 0 ? 1.0 / double(HW) : 0.0;
+  constexpr i64 kLanes = 16;
 #pragma omp parallel for num_threads(threads_for(double(planes) * HW / 4.0)) schedule(static)
   for (i64 plane = 0; plane < planes; ++plane) {
     const float* xp = x + plane * HW;
+    float lanes[kLanes] = {};
+    i64 i = 0;
+    for (; i + kLanes <= HW; i += kLanes)
+      for (i64 j = 0; j < kLanes; ++j) lanes[j] += xp[i + j];
     double sum = 0.0;
-    for (i64 i = 0; i < HW; ++i) sum += xp[i];
+    for (; i < HW; ++i) sum += xp[i];
+    for (i64 j = 0; j < kLanes; ++j) sum += lanes[j];
     y[plane] = float(sum * scale);
   }
 }

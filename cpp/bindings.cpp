@@ -720,7 +720,7 @@ py::dict build_info() {
   kernels["relu"] = std::string("portable");
   kernels["cross_entropy"] = std::string("portable");
   kernels["optim"] = std::string("portable");
-  kernels["activations"] = std::string("portable");   // LeakyReLU, tanh, sigmoid
+  kernels["activations"] = own + " (tanh, sigmoid), portable (LeakyReLU)";
   kernels["pool_windows"] = std::string("portable");  // max_pool2d with other strides or padding, avg_pool2d
   py::dict d;
   d["isa"] = isa.name;

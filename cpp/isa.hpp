@@ -101,6 +101,10 @@ struct IsaKernels {
                                 const ConvShape& s, i64 N);
   bool (*conv3x3_pool2_backward)(float* dw, float* db, const float* x, const float* dy, const std::int32_t* argmax,
                                  const ConvShape& s, i64 N);
+
+  // activations_kernels.cpp: y[i] = tanh(x[i]), y[i] = 1 / (1 + exp(-x[i])) for i < n (one thread)
+  void (*tanh_block)(float* y, const float* x, i64 n);
+  void (*sigmoid_block)(float* y, const float* x, i64 n);
 };
 
 // The table in use (the best the CPU runs, unless set_isa chose another).

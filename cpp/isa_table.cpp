@@ -38,6 +38,8 @@ void conv3x3_pool2_forward(float* y, std::int32_t* argmax, const float* x, const
                            const ConvShape& s, i64 N);
 bool conv3x3_pool2_backward(float* dw, float* db, const float* x, const float* dy, const std::int32_t* argmax,
                             const ConvShape& s, i64 N);
+void tanh_block(float* y, const float* x, i64 n);  // activations_kernels.cpp
+void sigmoid_block(float* y, const float* x, i64 n);
 
 extern const IsaKernels table = {
     CNNFAST_STR(CNNFAST_ISA),
@@ -66,6 +68,8 @@ extern const IsaKernels table = {
     tap_rows_weight_grad,
     conv3x3_pool2_forward,
     conv3x3_pool2_backward,
+    tanh_block,
+    sigmoid_block,
 };
 
 }  // namespace CNNFAST_ISA

@@ -133,7 +133,8 @@ def tanh(x):
 
 def sigmoid(x):
     x = np.asarray(x, np.float64)
-    return 0.5 * (1.0 + np.tanh(0.5 * x))  # = 1 / (1 + exp(-x)), without overflow
+    e = np.exp(-np.abs(x))  # (never overflows)
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
 def _windows(x, kernel_size, stride, padding, fill):

@@ -51,9 +51,11 @@ def test_activations_match_reference(isa, shape):
     assert_close(F.leaky_relu(x), ref.leaky_relu(x, 0.01), 1e-6)  # PyTorch's default slope
     y = F.tanh(x)
     assert_close(y, ref.tanh(x), 1e-6)
+    np.testing.assert_allclose(y, ref.tanh(x), rtol=1e-6, atol=1e-38)  # relative, also near 0
     assert_close(F.tanh_backward(y, dy), dy * (1 - ref.tanh(x) ** 2), 1e-5)
     y = F.sigmoid(x)
     assert_close(y, ref.sigmoid(x), 1e-6)
+    np.testing.assert_allclose(y, ref.sigmoid(x), rtol=1e-6, atol=1e-37)  # relative, also far below 0
     assert_close(F.sigmoid_backward(y, dy), dy * ref.sigmoid(x) * (1 - ref.sigmoid(x)), 1e-5)
 
 
@@ -61,7 +63,8 @@ def test_sigmoid_and_tanh_are_safe_at_the_far_ends():
     x = np.array([-1e30, -200.0, -88.0, 0.0, 88.0, 200.0, 1e30, np.inf, -np.inf], np.float32)
     with np.errstate(all="raise"):
         y = F.sigmoid(x)
-    assert np.isfinite(y).all() and y[0] == 0.0 and y[-3] == 1.0 and y[3] == 0.5 and y[-1] == 0.0
+    assert np.isfinite(y).all() and y[-3] == 1.0 and y[3] == 0.5 and y[4] == 1.0
+    assert 0.0 <= y[0] < 1.3e-38 and 0.0 <= y[-1] < 1.3e-38  # (exp(-87.3), about the smallest normal float)
     assert (F.tanh(x)[[0, -1]] == -1.0).all() and F.tanh(x)[6] == 1.0
     assert np.isnan(F.sigmoid(np.array([np.nan], np.float32)))[0]
     assert np.isnan(F.leaky_relu(np.array([np.nan], np.float32)))[0]
@@ -76,6 +79,22 @@ def test_activations_finite_differences(isa, name):
     else:
         f, b = getattr(F, name), getattr(F, name + "_backward")
         finite_difference_check(f, lambda d: b(f(x), d), x)
+
+
+@pytest.mark.parametrize("name", ["tanh", "sigmoid"])
+def test_tanh_and_sigmoid_within_a_few_ulp_everywhere(isa, name):
+    """Every float32 on a fine grid of [-100, 100] and near 0 (where tanh takes its series), within
+    4 units in the last place of the float64 result, and odd/symmetric as the functions are."""
+    x = np.concatenate([np.linspace(-100, 100, 100_001), np.geomspace(1e-30, 0.5, 5_001)]).astype(np.float32)
+    x = np.concatenate([x, -x])
+    got = getattr(F, name)(x).astype(np.float64)
+    exact = getattr(ref, name)(x)
+    ulp = np.spacing(np.abs(exact).astype(np.float32)).astype(np.float64)
+    ulp = np.maximum(ulp, np.spacing(np.float32(1.2e-38)))  # (sigmoid below 1.2e-38 is 1.2e-38)
+    ok = np.abs(got - exact) <= 4 * ulp + (exact < 1.3e-38) * 1.3e-38
+    assert ok.all(), (x[~ok][:5], got[~ok][:5], exact[~ok][:5])
+    if name == "tanh":
+        np.testing.assert_array_equal(F.tanh(-x), -F.tanh(x))
 
 
 def test_activation_bad_input_names_the_argument():
@@ -494,3 +513,9 @@ def test_resnet_style_residual_with_a_strided_shortcut(isa):
     x = rand(2, 4, 8, 8)
     assert res.forward(x).shape == (2, 8, 4, 4) == (2, *res.output_shape((4, 8, 8)))
     layer_gradient_check(res, x)
+
+
+def test_tanh_and_sigmoid_follow_the_forced_isa(isa):
+    import cnnfast
+
+    assert cnnfast.build_info()["kernels"]["activations"].startswith(isa + " (tanh, sigmoid)")
