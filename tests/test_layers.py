@@ -519,3 +519,11 @@ def test_tanh_and_sigmoid_follow_the_forced_isa(isa):
     import cnnfast
 
     assert cnnfast.build_info()["kernels"]["activations"].startswith(isa + " (tanh, sigmoid)")
+
+
+def test_images_without_their_channel_axis_are_named_as_such():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten())
+    with pytest.raises(ValueError, match=r"layer 0 .* gets input \[batch, 28, 28\], needs images \[batch, 1, height"):
+        model.forward(rand(4, 28, 28))
+    with pytest.raises(ValueError, match=r"needs 1 channel: \[batch, 1, height, width\]"):
+        model.infer(rand(4, 3, 28, 28))

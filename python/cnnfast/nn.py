@@ -209,8 +209,11 @@ class Conv2d(Layer):
         return [self.weight] if self.bias is None else [self.weight, self.bias]
 
     def output_shape(self, shape):
-        if len(shape) != 3 or shape[0] != self.in_channels:
-            raise ShapeError(f"needs {self.in_channels} channels: [batch, {self.in_channels}, height, width]")
+        if len(shape) != 3:
+            raise ShapeError(f"needs images [batch, {self.in_channels}, height, width]")
+        if shape[0] != self.in_channels:
+            plural = "s" if self.in_channels != 1 else ""
+            raise ShapeError(f"needs {self.in_channels} channel{plural}: [batch, {self.in_channels}, height, width]")
         top, bottom, left, right = self.pads
         (kh, kw), s = self.kernel_size, self.stride
         h, w = shape[1] + top + bottom, shape[2] + left + right
