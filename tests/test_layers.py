@@ -527,3 +527,17 @@ def test_images_without_their_channel_axis_are_named_as_such():
         model.forward(rand(4, 28, 28))
     with pytest.raises(ValueError, match=r"needs 1 channel: \[batch, 1, height, width\]"):
         model.infer(rand(4, 3, 28, 28))
+
+
+@pytest.mark.parametrize(
+    "bad", [np.array([3.0, 32.0, 32.0]), np.array([[3, 32, 32]]), np.array([3, 0, 32]), np.array([])]
+)
+def test_a_bad_input_shape_in_a_model_file_is_a_model_format_error(tmp_path, bad):
+    model = nn.Sequential(nn.Conv2d(3, 2, 3), input_shape=(3, 8, 8))
+    model.save(tmp_path / "m.npz")
+    with np.load(tmp_path / "m.npz") as f:
+        arrays = {k: f[k] for k in f.files}
+    arrays["input_shape"] = bad
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(nn.ModelFormatError, match="input_shape"):
+        nn.load_model(tmp_path / "bad.npz")
