@@ -5,6 +5,7 @@
 #include <cstring>
 #include <memory>
 
+#include "gemm.hpp"
 #include "isa.hpp"
 #include "parallel.hpp"
 
@@ -106,6 +107,24 @@ bool pooled_dconv_chunk(float* kl, float* lk, i64 width, float* lanes, const flo
   return !missed;
 }
 
+void input_grad(float* dx, const float* x, const float* w, const float* dy, const ConvShape& s, i64 N) {
+  if (!pointwise(s)) return active_isa().panels_backward_plain(dx, nullptr, nullptr, x, w, dy, s, N);
+  const i64 C = s.C, K = s.K, P = s.P(), image = C * s.H * s.W, st = s.stride;
+  const int nt = threads_over(double(N) * C * K * P, N);
+  ScratchFloats scratch(st > 1 ? size_t(nt) * C * P : 0);
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (i64 n = 0; n < N; ++n) {
+    float* dxn = dx + n * image;
+    float* out = st > 1 ? scratch.get() + size_t(omp_get_thread_num()) * C * P : dxn;  // [C, P]
+    sgemm(true, false, C, P, K, w, C, dy + n * K * P, P, out, P, false);               // w: [K, C]
+    if (st == 1) continue;
+    std::fill(dxn, dxn + image, 0.0f);
+    for (i64 c = 0; c < C; ++c)
+      for (i64 oh = 0; oh < s.Ho; ++oh)
+        for (i64 ow = 0; ow < s.Wo; ++ow) dxn[(c * s.H + oh * st) * s.W + ow * st] = out[c * P + oh * s.Wo + ow];
+  }
+}
+
 bool tap_rows_backward(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,
                        const std::int32_t* argmax, const ConvShape& s, i64 N, i64 pool_k) {
   const IsaKernels& isa = active_isa();
@@ -117,7 +136,7 @@ bool tap_rows_backward(float* dx, float* dw, float* db, const float* x, const fl
     dy = dconv.get();
   }
   if (!isa.tap_rows_weight_grad(dw, db, x, dy, s, N)) return false;
-  if (dx) isa.panels_backward_plain(dx, nullptr, nullptr, x, w, dy, s, N);
+  if (dx) input_grad(dx, x, w, dy, s, N);
   return true;
 }
 

@@ -111,6 +111,12 @@ void bias_grad(float* db, const float* dy, i64 N, i64 K, i64 P);
 bool pooled_dconv_chunk(float* kl, float* lk, i64 width, float* lanes, const float* dy, const std::int32_t* argmax,
                         const ConvShape& s, i64 pool_k, i64 n0, i64 n1, const std::int32_t* index, i64 Pr);
 
+// dx: [N, C, H, W] from w and dy: [N, K, Ho, Wo] alone (no dw): a 1x1 layer without padding by one
+// GEMM an image, dx_n[C, P] = w^T dy_n (strided: into scratch, then spread over every stride-th
+// pixel, the rest 0); any other layer through the panels' backward
+void input_grad(float* dx, const float* x, const float* w, const float* dy, const ConvShape& s, i64 N);
+inline bool pointwise(const ConvShape& s) { return s.R == 1 && s.S == 1 && s.pad == 0; }
+
 // A first layer (at most kTapRowsChannels input channels)'s backward with its dw and db through the
 // ISA's tap_rows_weight_grad (conv2d_tap_rows_impl.hpp), dx (if wanted) through the panels; pooled
 // (pool_k > 0), from the convolution's gradient made whole first. False, computing nothing, if the

@@ -74,7 +74,7 @@ bool direct_backward_path(float* dx, float* dw, float* db, const float* x, const
   }
   if (pool_k == 0) {
     direct_weight_grad(dw, x, dy, s, N);
-    if (dx) active_isa().panels_backward_plain(dx, nullptr, nullptr, x, w, dy, s, N);
+    if (dx) input_grad(dx, x, w, dy, s, N);
     bias_grad(db, dy, N, K, P);
     return true;
   }

@@ -42,7 +42,8 @@ bool panels_backward_path(float* dx, float* dw, float* db, const float* x, const
   if (tap_rows_backward(dx, dw, db, x, w, dy, argmax, s, N, pool_k)) return true;  // (a first layer)
   const IsaKernels& isa = active_isa();
   if (pool_k == 0) {
-    isa.panels_backward_plain(dx, dw, db, x, w, dy, s, N);
+    isa.panels_backward_plain(pointwise(s) ? nullptr : dx, dw, db, x, w, dy, s, N);
+    if (dx && pointwise(s)) input_grad(dx, x, w, dy, s, N);  // (a 1x1 layer's dx: one GEMM an image)
     return true;
   }
   const i64 P = s.P(), Hu = s.Ho / pool_k * pool_k, Wu = s.Wo / pool_k * pool_k;

@@ -307,7 +307,8 @@ void conv2d_backward_panels(float* dx, float* dw, const float* x, const float* w
     float* kl = lk + lk_floats;                                                               // dy channel-major
     i64* offsets = offset_scratch.get() + size_t(omp_get_thread_num()) * offsets_per_thread;  // pixel l's in xp
     i64* channel_offsets = offsets + chunk_pixels;                                            // channel k's in dy
-    for (i64 n = n0; n < n1; ++n) to_channels_last(xp + (n - n0) * image, x + n * s.C * s.H * s.W, s);
+    if (dw)  // (dx alone needs only the layout, not x)
+      for (i64 n = n0; n < n1; ++n) to_channels_last(xp + (n - n0) * image, x + n * s.C * s.H * s.W, s);
     const DyPanels d = dy_of.chunk(dy_of.context, n0, n1, kl, lk);
     for (i64 n = 0, l = 0; n < n1 - n0; ++n)  // (pixel (oh, ow)'s patch starts at row oh*stride, column ow*stride)
       for (i64 oh = 0; oh < Hu; ++oh)

@@ -63,7 +63,8 @@ CONV_SHAPES = [  # N, C, H, W, K, R, S, padding
     (2, 1, 5, 5, 3, 3, 3, 0),
     (3, 2, 7, 6, 4, 3, 2, 1),
     (1, 3, 4, 4, 5, 4, 4, 0),  # kernel as large as the input
-    (2, 4, 9, 11, 7, 1, 1, 0),  # 1x1
+    (2, 4, 9, 11, 7, 1, 1, 0),  # 1x1 (dx: one GEMM an image)
+    (2, 40, 5, 6, 8, 1, 1, 0),  # 1x1 with more than 32 channels: the panels' dw
     (2, 5, 6, 5, 3, 5, 3, 2),
     (4, 32, 13, 13, 64, 3, 3, 0),  # the default model's second layer
     (3, 4, 9, 7, 32, 3, 3, 1),  # padding, dW's A read in place (S*C a multiple of 12, K of 32)
@@ -140,6 +141,7 @@ def test_conv2d_zero_size_batch_and_channels():
 STRIDED_SHAPES = [  # N, C, H, W, K, R, S, padding, stride
     (2, 3, 9, 9, 4, 3, 3, 1, 2),  # a ResNet's 3x3 stride-2 downsampling, odd input
     (3, 8, 8, 8, 16, 1, 1, 0, 2),  # its 1x1 stride-2 shortcut
+    (2, 40, 7, 7, 12, 1, 1, 0, 2),  # a 1x1 stride-2 shortcut through the panels
     (2, 3, 15, 13, 8, 7, 7, 3, 2),  # a stem's 7x7 stride 2, padding 3
     (1, 2, 10, 11, 5, 3, 2, 0, 3),  # stride 3, rows and columns it does not reach
     (4, 16, 8, 8, 32, 3, 3, 1, 2),  # many channels: several images per chunk
