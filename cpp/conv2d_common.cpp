@@ -125,6 +125,19 @@ void input_grad(float* dx, const float* x, const float* w, const float* dy, cons
   }
 }
 
+bool tap_rows_strided_forward(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
+                              const ConvShape& s, i64 N, i64 pool_k) {
+  const IsaKernels& isa = active_isa();
+  if (s.stride == 1) return false;
+  if (pool_k == 0) return isa.tap_rows_forward(y, x, w, b, s, N);
+  std::unique_ptr<float[]> conv(new float[size_t(N) * s.K * s.P()]);
+  if (!isa.tap_rows_forward(conv.get(), x, w, b, s, N)) return false;
+  const i64 pooled = s.K * (s.Ho / pool_k) * (s.Wo / pool_k);
+  std::unique_ptr<std::int32_t[]> unwanted(argmax ? nullptr : new std::int32_t[size_t(N) * pooled]);
+  max_pool2d_forward(y, argmax ? argmax : unwanted.get(), conv.get(), N, s.K, s.Ho, s.Wo, pool_k, true);
+  return true;
+}
+
 bool tap_rows_backward(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,
                        const std::int32_t* argmax, const ConvShape& s, i64 N, i64 pool_k) {
   const IsaKernels& isa = active_isa();

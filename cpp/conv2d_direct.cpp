@@ -39,6 +39,8 @@ void direct_weight_grad(float* dw, const float* x, const float* dy, const ConvSh
 // convolved into a thread's scratch, in L2, and pooled from there)
 void direct_forward_path(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
                          const ConvShape& s, i64 N, i64 pool_k) {
+  // strided: the input values broadcast from where they lie (im2col's strided gather costs more)
+  if (tap_rows_strided_forward(y, argmax, x, w, b, s, N, pool_k)) return;
   const i64 K = s.K, P = s.P(), T = s.taps(), ld = direct_ld(P);  // (col's padding is zeroed once, never written)
   const i64 pooled = pool_k > 0 ? K * (s.Ho / pool_k) * (s.Wo / pool_k) : 0;
   const auto kernel = active_isa().direct_forward;

@@ -33,6 +33,7 @@ void winograd_forward(float* y, const float* x, const float* w, const float* b, 
 void winograd_weight_grad(float* dw, const float* x, const float* dy, const ConvShape& s, i64 N);
 bool tap_rows_weight_grad(float* dw, float* db, const float* x, const float* dy, const ConvShape& s,
                           i64 N);  // conv2d_tap_rows_impl.hpp, in the panels' files
+bool tap_rows_forward(float* y, const float* x, const float* w, const float* b, const ConvShape& s, i64 N);
 // conv3x3_pool2_avx512.cpp on AVX-512, conv3x3_pool2.cpp elsewhere
 void conv3x3_pool2_forward(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
                            const ConvShape& s, i64 N);
@@ -66,6 +67,7 @@ extern const IsaKernels table = {
     winograd_weight_grad,
 #endif
     tap_rows_weight_grad,
+    tap_rows_forward,
     conv3x3_pool2_forward,
     conv3x3_pool2_backward,
     tanh_block,

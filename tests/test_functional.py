@@ -142,6 +142,11 @@ STRIDED_SHAPES = [  # N, C, H, W, K, R, S, padding, stride
     (2, 3, 9, 9, 4, 3, 3, 1, 2),  # a ResNet's 3x3 stride-2 downsampling, odd input
     (3, 8, 8, 8, 16, 1, 1, 0, 2),  # its 1x1 stride-2 shortcut
     (2, 40, 7, 7, 12, 1, 1, 0, 2),  # a 1x1 stride-2 shortcut through the panels
+    # rows of output long enough for tap_rows_forward's tiles (AVX-512: 28, 14, 6 pixels for 1, 2, 4
+    # vectors of output channels), input channels in blocks (the last shape's weights exceed 24 KB)
+    (2, 3, 60, 58, 16, 3, 3, 1, 2),
+    (2, 8, 30, 30, 32, 3, 3, 1, 2),
+    (1, 40, 20, 21, 64, 3, 3, 1, 2),
     (2, 3, 15, 13, 8, 7, 7, 3, 2),  # a stem's 7x7 stride 2, padding 3
     (1, 2, 10, 11, 5, 3, 2, 0, 3),  # stride 3, rows and columns it does not reach
     (4, 16, 8, 8, 32, 3, 3, 1, 2),  # many channels: several images per chunk
