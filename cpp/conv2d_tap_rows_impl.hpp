@@ -225,8 +225,9 @@ bool tap_rows_forward(float* y, const float* x, const float* w, const float* b, 
   const i64 C = s.C, K = s.K, R = s.R, S = s.S, P = s.P(), T = s.taps();
   const i64 KV = (K + kTapVL - 1) / kTapVL, Kp = KV * kTapVL;
   // (more channels, or rows of output too short for a whole tile of pixels: the panels' GEMM
-  // measured faster, 64->128 3x3 stride 2 on 8x8: 0.55 against 0.79 ms at batch 32 on AVX-512)
-  if (s.stride > 2 || KV > kMaxKV || pixels_per_tile(KV) == 0 || s.Wo < pixels_per_tile(KV)) return false;
+  // measured faster, 64->128 3x3 stride 2 on 8x8: 0.55 against 0.79 ms at batch 32 on AVX-512;
+  // tiles of under 4 pixels, AVX2's with 4 vectors of channels in its 16 registers, no faster)
+  if (s.stride > 2 || KV > kMaxKV || pixels_per_tile(KV) < 4 || s.Wo < pixels_per_tile(KV)) return false;
   const i64 plane = s.Hp * s.Wp, most = pixels_per_tile(KV);
   const i64 cb = std::max<i64>(1, 6144 / (R * S * Kp));  // input channels whose weights fill 24 KB
   const auto& kernels = kPixelKernels[size_t(s.stride - 1)][size_t(KV - 1)];
