@@ -84,9 +84,12 @@ py::array_t<T> writable(py::handle obj, const char* name) {
   return a;
 }
 
-void expect(bool ok, const std::string& message) {
-  if (!ok) throw py::value_error(message);
-}
+// ValueError(message) unless ok; the message (often built from shapes) is made only then, not on
+// every call (a single image's five kernel calls spent about a microsecond building messages)
+#define CNNFAST_EXPECT(ok, ...)                                 \
+  do {                                                          \
+    if (!(ok)) throw py::value_error(std::string(__VA_ARGS__)); \
+  } while (0)
 
 // h * w fits int32 (argmax indexes a plane with int32), without computing a product that could
 // overflow: a zero-size batch lets numpy accept planes of any size.
@@ -100,8 +103,8 @@ void expect_no_overlap(const py::array& a, const char* a_name, const py::array& 
   const char* a0 = static_cast<const char*>(a.data());
   const char* b0 = static_cast<const char*>(b.data());
   const bool overlap = a0 < b0 + b.nbytes() && b0 < a0 + a.nbytes();
-  expect(!overlap || (a0 == b0 && a.nbytes() == b.nbytes()),
-         std::string(a_name) + " and " + b_name + " overlap in memory; pass a copy of one");
+  CNNFAST_EXPECT(!overlap || (a0 == b0 && a.nbytes() == b.nbytes()),
+                 std::string(a_name) + " and " + b_name + " overlap in memory; pass a copy of one");
 }
 
 std::string dims(std::initializer_list<i64> d) {
@@ -117,8 +120,8 @@ std::string dims(std::initializer_list<i64> d) {
 void expect_same_shape(const py::array& a, const char* a_name, const py::array& b, const char* b_name) {
   bool same = a.ndim() == b.ndim();
   for (py::ssize_t d = 0; same && d < a.ndim(); ++d) same = a.shape(d) == b.shape(d);
-  expect(same,
-         std::string(b_name) + " must have the shape of " + a_name + " " + shape_str(a) + ", got " + shape_str(b));
+  CNNFAST_EXPECT(
+      same, std::string(b_name) + " must have the shape of " + a_name + " " + shape_str(a) + ", got " + shape_str(b));
 }
 
 template <typename T>
@@ -132,16 +135,16 @@ struct Conv {
 
 Conv conv_shape(const py::array_t<float>& x, const py::array_t<float>& w, i64 padding, i64 stride = 1) {
   Conv c{x.shape(0), x.shape(1), x.shape(2), x.shape(3), w.shape(0), w.shape(2), w.shape(3), padding, stride, 0, 0};
-  expect(padding >= 0 && padding <= kMaxPadding,
-         "padding must be between 0 and " + std::to_string(kMaxPadding) + ", got " + std::to_string(padding));
-  expect(stride >= 1 && stride <= kMaxPadding,
-         "stride must be between 1 and " + std::to_string(kMaxPadding) + ", got " + std::to_string(stride));
-  expect(w.shape(1) == c.C, "w must have shape (K, " + std::to_string(c.C) + ", R, S) to match the channels of x " +
-                                shape_str(x) + ", got " + shape_str(w));
-  expect(c.R >= 1 && c.S >= 1, "w must have a kernel of at least 1x1, got shape " + shape_str(w));
-  expect(c.H + 2 * padding >= c.R && c.W + 2 * padding >= c.S,
-         "kernel " + dims({c.R, c.S}) + " of w is larger than the padded input " +
-             dims({c.H + 2 * padding, c.W + 2 * padding}) + " of x");
+  CNNFAST_EXPECT(padding >= 0 && padding <= kMaxPadding,
+                 "padding must be between 0 and " + std::to_string(kMaxPadding) + ", got " + std::to_string(padding));
+  CNNFAST_EXPECT(stride >= 1 && stride <= kMaxPadding,
+                 "stride must be between 1 and " + std::to_string(kMaxPadding) + ", got " + std::to_string(stride));
+  CNNFAST_EXPECT(w.shape(1) == c.C, "w must have shape (K, " + std::to_string(c.C) +
+                                        ", R, S) to match the channels of x " + shape_str(x) + ", got " + shape_str(w));
+  CNNFAST_EXPECT(c.R >= 1 && c.S >= 1, "w must have a kernel of at least 1x1, got shape " + shape_str(w));
+  CNNFAST_EXPECT(c.H + 2 * padding >= c.R && c.W + 2 * padding >= c.S,
+                 "kernel " + dims({c.R, c.S}) + " of w is larger than the padded input " +
+                     dims({c.H + 2 * padding, c.W + 2 * padding}) + " of x");
   c.Ho = (c.H + 2 * padding - c.R) / stride + 1;
   c.Wo = (c.W + 2 * padding - c.S) / stride + 1;
   return c;
@@ -153,7 +156,7 @@ py::array_t<float> conv2d(py::handle x_, py::handle w_, py::handle b_, i64 paddi
   auto w = checked<float>(w_, "w", 4, "[K, C, R, S]");
   auto b = checked<float>(b_, "b", 1, "[K]");
   const Conv c = conv_shape(x, w, padding, stride);
-  expect(b.shape(0) == c.K, "b must have shape (" + std::to_string(c.K) + ",), got " + shape_str(b));
+  CNNFAST_EXPECT(b.shape(0) == c.K, "b must have shape (" + std::to_string(c.K) + ",), got " + shape_str(b));
   auto y = empty<float>({c.N, c.K, c.Ho, c.Wo});
   float* yp = y.mutable_data();
   {
@@ -168,7 +171,7 @@ py::array_t<float> conv2d_naive(py::handle x_, py::handle w_, py::handle b_, i64
   auto w = checked<float>(w_, "w", 4, "[K, C, R, S]");
   auto b = checked<float>(b_, "b", 1, "[K]");
   const Conv c = conv_shape(x, w, padding, stride);
-  expect(b.shape(0) == c.K, "b must have shape (" + std::to_string(c.K) + ",), got " + shape_str(b));
+  CNNFAST_EXPECT(b.shape(0) == c.K, "b must have shape (" + std::to_string(c.K) + ",), got " + shape_str(b));
   auto y = empty<float>({c.N, c.K, c.Ho, c.Wo});
   float* yp = y.mutable_data();
   {
@@ -183,8 +186,9 @@ py::tuple conv2d_grad(py::handle x_, py::handle w_, py::handle dy_, i64 padding,
   auto w = checked<float>(w_, "w", 4, "[K, C, R, S]");
   auto dy = checked<float>(dy_, "dy", 4, "[N, K, Ho, Wo]");
   const Conv c = conv_shape(x, w, padding, stride);
-  expect(dy.shape(0) == c.N && dy.shape(1) == c.K && dy.shape(2) == c.Ho && dy.shape(3) == c.Wo,
-         "dy must have the shape of conv2d's output " + dims({c.N, c.K, c.Ho, c.Wo}) + ", got " + shape_str(dy));
+  CNNFAST_EXPECT(
+      dy.shape(0) == c.N && dy.shape(1) == c.K && dy.shape(2) == c.Ho && dy.shape(3) == c.Wo,
+      "dy must have the shape of conv2d's output " + dims({c.N, c.K, c.Ho, c.Wo}) + ", got " + shape_str(dy));
   auto dx = empty<float>(input_grad ? std::vector<py::ssize_t>{c.N, c.C, c.H, c.W} : std::vector<py::ssize_t>{0});
   auto dw = empty<float>({c.K, c.C, c.R, c.S});
   auto db = empty<float>({c.K});
@@ -200,11 +204,11 @@ py::tuple conv2d_grad(py::handle x_, py::handle w_, py::handle dy_, i64 padding,
 // ---------------------------------------------------------------- conv2d + ReLU + max_pool2d
 // The pooled shape of conv2d's output: checks k against it
 std::pair<i64, i64> pooled_shape(const Conv& c, i64 k) {
-  expect(k >= 1, "k must be at least 1, got " + std::to_string(k));
-  expect(k <= c.Ho && k <= c.Wo,
-         "window k=" + std::to_string(k) + " is larger than the convolution's output " + dims({c.Ho, c.Wo}));
-  expect(plane_fits_int32(c.Ho, c.Wo),
-         "the convolution's output planes " + dims({c.Ho, c.Wo}) + " are too large for int32 argmax");
+  CNNFAST_EXPECT(k >= 1, "k must be at least 1, got " + std::to_string(k));
+  CNNFAST_EXPECT(k <= c.Ho && k <= c.Wo,
+                 "window k=" + std::to_string(k) + " is larger than the convolution's output " + dims({c.Ho, c.Wo}));
+  CNNFAST_EXPECT(plane_fits_int32(c.Ho, c.Wo),
+                 "the convolution's output planes " + dims({c.Ho, c.Wo}) + " are too large for int32 argmax");
   return {c.Ho / k, c.Wo / k};
 }
 
@@ -227,7 +231,7 @@ py::object conv2d_relu_max_pool2d(py::handle x_, py::handle w_, py::handle b_, i
   auto w = checked<float>(w_, "w", 4, "[K, C, R, S]");
   auto b = checked<float>(b_, "b", 1, "[K]");
   const Conv c = conv_shape(x, w, padding, stride);
-  expect(b.shape(0) == c.K, "b must have shape (" + std::to_string(c.K) + ",), got " + shape_str(b));
+  CNNFAST_EXPECT(b.shape(0) == c.K, "b must have shape (" + std::to_string(c.K) + ",), got " + shape_str(b));
   const auto [Hq, Wq] = pooled_shape(c, k);
   auto y = empty<float>({c.N, c.K, Hq, Wq});
   auto argmax = empty<std::int32_t>({return_argmax ? c.N : 0, c.K, Hq, Wq});
@@ -250,8 +254,8 @@ py::tuple conv2d_relu_max_pool2d_grad(py::handle x_, py::handle w_, py::handle d
   auto argmax = checked<std::int32_t>(argmax_, "argmax", 4, "[N, K, Ho/k, Wo/k]");
   const Conv c = conv_shape(x, w, padding, stride);
   const auto [Hq, Wq] = pooled_shape(c, k);
-  expect(dy.shape(0) == c.N && dy.shape(1) == c.K && dy.shape(2) == Hq && dy.shape(3) == Wq,
-         "dy must have the shape of the pooled output " + dims({c.N, c.K, Hq, Wq}) + ", got " + shape_str(dy));
+  CNNFAST_EXPECT(dy.shape(0) == c.N && dy.shape(1) == c.K && dy.shape(2) == Hq && dy.shape(3) == Wq,
+                 "dy must have the shape of the pooled output " + dims({c.N, c.K, Hq, Wq}) + ", got " + shape_str(dy));
   expect_same_shape(dy, "dy", argmax, "argmax");
   check_argmax_values(argmax, c.Ho * c.Wo);
   auto dx = empty<float>(input_grad ? std::vector<py::ssize_t>{c.N, c.C, c.H, c.W} : std::vector<py::ssize_t>{0});
@@ -299,10 +303,10 @@ py::array_t<float> relu_grad(py::handle x_, py::handle dy_) {
 py::tuple max_pool2d(py::handle x_, i64 k, bool relu) {
   auto x = checked<float>(x_, "x", 4, "[N, C, H, W]");
   const i64 N = x.shape(0), C = x.shape(1), H = x.shape(2), W = x.shape(3);
-  expect(k >= 1, "k must be at least 1, got " + std::to_string(k));
-  expect(k <= H && k <= W, "window k=" + std::to_string(k) + " is larger than the input's " + dims({H, W}) +
-                               " (x has shape " + shape_str(x) + ")");
-  expect(plane_fits_int32(H, W), "x planes " + dims({H, W}) + " are too large for int32 argmax");
+  CNNFAST_EXPECT(k >= 1, "k must be at least 1, got " + std::to_string(k));
+  CNNFAST_EXPECT(k <= H && k <= W, "window k=" + std::to_string(k) + " is larger than the input's " + dims({H, W}) +
+                                       " (x has shape " + shape_str(x) + ")");
+  CNNFAST_EXPECT(plane_fits_int32(H, W), "x planes " + dims({H, W}) + " are too large for int32 argmax");
   auto y = empty<float>({N, C, H / k, W / k});
   auto argmax = empty<std::int32_t>({N, C, H / k, W / k});
   float* yp = y.mutable_data();
@@ -318,15 +322,16 @@ py::array_t<float> max_pool2d_grad(py::handle dy_, py::handle argmax_, std::vect
   auto dy = checked<float>(dy_, "dy", 4, "[N, C, Ho, Wo]");
   auto argmax = checked<std::int32_t>(argmax_, "argmax", 4, "[N, C, Ho, Wo]");
   expect_same_shape(dy, "dy", argmax, "argmax");
-  expect(x_shape.size() == 4, "x_shape must have 4 entries (N, C, H, W), got " + std::to_string(x_shape.size()));
+  CNNFAST_EXPECT(x_shape.size() == 4,
+                 "x_shape must have 4 entries (N, C, H, W), got " + std::to_string(x_shape.size()));
   const i64 N = x_shape[0], C = x_shape[1], H = x_shape[2], W = x_shape[3];
   const i64 Ho = dy.shape(2), Wo = dy.shape(3);
   constexpr i64 kMaxPlane = std::numeric_limits<std::int32_t>::max();
-  expect(H >= 0 && W >= 0 && H <= kMaxPlane && W <= kMaxPlane && (H == 0 || W <= kMaxPlane / H),
-         "x_shape " + dims({N, C, H, W}) + " has planes too large for int32 argmax");
-  expect(N == dy.shape(0) && C == dy.shape(1) && H >= 0 && W >= 0 && Ho <= H && Wo <= W,
-         "x_shape " + dims({N, C, H, W}) + " does not fit dy " + shape_str(dy) +
-             ": need the same N and C and a plane at least as large");
+  CNNFAST_EXPECT(H >= 0 && W >= 0 && H <= kMaxPlane && W <= kMaxPlane && (H == 0 || W <= kMaxPlane / H),
+                 "x_shape " + dims({N, C, H, W}) + " has planes too large for int32 argmax");
+  CNNFAST_EXPECT(N == dy.shape(0) && C == dy.shape(1) && H >= 0 && W >= 0 && Ho <= H && Wo <= W,
+                 "x_shape " + dims({N, C, H, W}) + " does not fit dy " + shape_str(dy) +
+                     ": need the same N and C and a plane at least as large");
   check_argmax_values(argmax, H * W);
   const std::int32_t* ap = argmax.data();
   auto dx = empty<float>({N, C, H, W});
@@ -341,7 +346,7 @@ py::array_t<float> max_pool2d_grad(py::handle dy_, py::handle argmax_, std::vect
 // ---------------------------------------------------------------- dropout
 py::tuple dropout(py::handle x_, double p, std::uint64_t seed) {
   auto x = checked<float>(x_, "x");
-  expect(p >= 0.0 && p <= 1.0, "p must be a probability in [0, 1], got " + std::to_string(p));
+  CNNFAST_EXPECT(p >= 0.0 && p <= 1.0, "p must be a probability in [0, 1], got " + std::to_string(p));
   std::vector<py::ssize_t> shape(x.shape(), x.shape() + x.ndim());
   auto y = empty<float>(shape);
   auto mask = empty<std::uint8_t>(shape);
@@ -359,8 +364,9 @@ py::array_t<float> dropout_grad(py::handle dy_, py::handle mask_, double p) {
   auto dy = checked<float>(dy_, "dy");
   auto mask = checked<std::uint8_t>(mask_, "mask");
   expect_same_shape(dy, "dy", mask, "mask");
-  expect(p >= 0.0 && p <= 1.0, "p must be a probability in [0, 1], got " + std::to_string(p));
-  expect(p == 1.0 || float(p) < 1.0f, "p = " + std::to_string(p) + " rounds to 1 in float32; use p <= 1 - 6e-8 or 1");
+  CNNFAST_EXPECT(p >= 0.0 && p <= 1.0, "p must be a probability in [0, 1], got " + std::to_string(p));
+  CNNFAST_EXPECT(p == 1.0 || float(p) < 1.0f,
+                 "p = " + std::to_string(p) + " rounds to 1 in float32; use p <= 1 - 6e-8 or 1");
   std::vector<py::ssize_t> shape(dy.shape(), dy.shape() + dy.ndim());
   auto dx = empty<float>(shape);
   float* dxp = dx.mutable_data();
@@ -374,8 +380,8 @@ py::array_t<float> dropout_grad(py::handle dy_, py::handle mask_, double p) {
 
 // ---------------------------------------------------------------- linear
 void linear_shapes(const py::array_t<float>& x, const py::array_t<float>& w) {
-  expect(w.shape(1) == x.shape(1), "w must have shape (O, " + std::to_string(x.shape(1)) + ") to match x " +
-                                       shape_str(x) + ", got " + shape_str(w));
+  CNNFAST_EXPECT(w.shape(1) == x.shape(1), "w must have shape (O, " + std::to_string(x.shape(1)) + ") to match x " +
+                                               shape_str(x) + ", got " + shape_str(w));
 }
 
 py::array_t<float> linear(py::handle x_, py::handle w_, py::handle b_) {
@@ -384,7 +390,7 @@ py::array_t<float> linear(py::handle x_, py::handle w_, py::handle b_) {
   auto b = checked<float>(b_, "b", 1, "[O]");
   linear_shapes(x, w);
   const i64 N = x.shape(0), I = x.shape(1), O = w.shape(0);
-  expect(b.shape(0) == O, "b must have shape (" + std::to_string(O) + ",), got " + shape_str(b));
+  CNNFAST_EXPECT(b.shape(0) == O, "b must have shape (" + std::to_string(O) + ",), got " + shape_str(b));
   auto y = empty<float>({N, O});
   float* yp = y.mutable_data();
   {
@@ -400,7 +406,7 @@ py::tuple linear_grad(py::handle x_, py::handle w_, py::handle dy_) {
   auto dy = checked<float>(dy_, "dy", 2, "[N, O]");
   linear_shapes(x, w);
   const i64 N = x.shape(0), I = x.shape(1), O = w.shape(0);
-  expect(dy.shape(0) == N && dy.shape(1) == O, "dy must have shape " + dims({N, O}) + ", got " + shape_str(dy));
+  CNNFAST_EXPECT(dy.shape(0) == N && dy.shape(1) == O, "dy must have shape " + dims({N, O}) + ", got " + shape_str(dy));
   auto dx = empty<float>({N, I});
   auto dw = empty<float>({O, I});
   auto db = empty<float>({O});
@@ -417,8 +423,8 @@ template <typename Label>
 py::tuple cross_entropy_typed(const py::array_t<float>& logits, py::handle labels_) {
   auto labels = checked<Label>(labels_, "labels", 1, "[N]");
   const i64 N = logits.shape(0), K = logits.shape(1);
-  expect(labels.shape(0) == N, "labels must have shape (" + std::to_string(N) + ",) to match logits " +
-                                   shape_str(logits) + ", got " + shape_str(labels));
+  CNNFAST_EXPECT(labels.shape(0) == N, "labels must have shape (" + std::to_string(N) + ",) to match logits " +
+                                           shape_str(logits) + ", got " + shape_str(labels));
   const Label* lp = labels.data();
   for (i64 n = 0; n < N; ++n)
     if (lp[n] < 0 || i64(lp[n]) >= K)
@@ -436,8 +442,8 @@ py::tuple cross_entropy_typed(const py::array_t<float>& logits, py::handle label
 
 py::tuple cross_entropy(py::handle logits_, py::handle labels_) {
   auto logits = checked<float>(logits_, "logits", 2, "[N, K]");
-  expect(logits.shape(0) >= 1, "logits is an empty batch: the mean loss of no samples is undefined");
-  expect(logits.shape(1) >= 1, "logits must have at least one class, got shape " + shape_str(logits));
+  CNNFAST_EXPECT(logits.shape(0) >= 1, "logits is an empty batch: the mean loss of no samples is undefined");
+  CNNFAST_EXPECT(logits.shape(1) >= 1, "logits must have at least one class, got shape " + shape_str(logits));
   if (py::isinstance<py::array_t<std::int64_t>>(labels_)) return cross_entropy_typed<std::int64_t>(logits, labels_);
   if (py::isinstance<py::array_t<std::int32_t>>(labels_)) return cross_entropy_typed<std::int32_t>(logits, labels_);
   if (!py::isinstance<py::array>(labels_))
@@ -457,9 +463,9 @@ void sgd(py::handle param_, py::handle grad_, py::handle velocity_, double lr, d
   expect_no_overlap(param, "param", grad, "grad");
   expect_no_overlap(param, "param", velocity, "velocity");
   expect_no_overlap(velocity, "velocity", grad, "grad");
-  expect(momentum >= 0.0, "momentum must be >= 0, got " + std::to_string(momentum));
-  expect(momentum == 0.0 || float(momentum) > 0.0f,
-         "momentum " + std::to_string(momentum) + " rounds to 0 in float32; use 0 or at least 1e-38");
+  CNNFAST_EXPECT(momentum >= 0.0, "momentum must be >= 0, got " + std::to_string(momentum));
+  CNNFAST_EXPECT(momentum == 0.0 || float(momentum) > 0.0f,
+                 "momentum " + std::to_string(momentum) + " rounds to 0 in float32; use 0 or at least 1e-38");
   float *pp = param.mutable_data(), *vp = velocity.mutable_data();
   const i64 n = param.size();
   {
@@ -481,11 +487,13 @@ void adam(py::handle param_, py::handle grad_, py::handle m_, py::handle v_, i64
   for (int i = 0; i < 4; ++i)
     for (int j = i + 1; j < 4; ++j)
       expect_no_overlap(*arrays[i].first, arrays[i].second, *arrays[j].first, arrays[j].second);
-  expect(step >= 1, "step must be >= 1 (the number of this update), got " + std::to_string(step));
+  CNNFAST_EXPECT(step >= 1, "step must be >= 1 (the number of this update), got " + std::to_string(step));
   // Checked as the kernel sees them: rounded to float32 (1 - 1e-10 would become 1.0f).
-  expect(beta1 >= 0.0 && float(beta1) < 1.0f, "beta1 must be in [0, 1) in float32, got " + std::to_string(beta1));
-  expect(beta2 >= 0.0 && float(beta2) < 1.0f, "beta2 must be in [0, 1) in float32, got " + std::to_string(beta2));
-  expect(float(eps) > 0.0f, "eps must be > 0 in float32 (at least ~1e-45), got " + std::to_string(eps));
+  CNNFAST_EXPECT(beta1 >= 0.0 && float(beta1) < 1.0f,
+                 "beta1 must be in [0, 1) in float32, got " + std::to_string(beta1));
+  CNNFAST_EXPECT(beta2 >= 0.0 && float(beta2) < 1.0f,
+                 "beta2 must be in [0, 1) in float32, got " + std::to_string(beta2));
+  CNNFAST_EXPECT(float(eps) > 0.0f, "eps must be > 0 in float32 (at least ~1e-45), got " + std::to_string(eps));
   float *pp = param.mutable_data(), *mp = m.mutable_data(), *vp = v.mutable_data();
   const i64 n = param.size();
   {
@@ -526,8 +534,8 @@ py::array_t<float> elementwise_grad(py::handle a_, py::handle dy_, const char* a
 }
 
 float checked_slope(double negative_slope) {
-  expect(std::isfinite(negative_slope),
-         "negative_slope must be a finite number, got " + std::to_string(negative_slope));
+  CNNFAST_EXPECT(std::isfinite(negative_slope),
+                 "negative_slope must be a finite number, got " + std::to_string(negative_slope));
   return float(negative_slope);
 }
 
@@ -563,12 +571,12 @@ py::array_t<float> leaky_relu_grad(py::handle x_, py::handle dy_, double negativ
 // avg_pool2d.cpp) The window (kh, kw), stride (sh, sw), padding (ph, pw) checked against planes H x W: the sizes
 // PyTorch accepts (padding at most half the window), and at least one output pixel
 PoolWindow pool_window(i64 H, i64 W, i64 kh, i64 kw, i64 sh, i64 sw, i64 ph, i64 pw) {
-  expect(kh >= 1 && kw >= 1, "kernel_size must be at least 1, got " + dims({kh, kw}));
-  expect(sh >= 1 && sw >= 1, "stride must be at least 1, got " + dims({sh, sw}));
-  expect(ph >= 0 && pw >= 0 && 2 * ph <= kh && 2 * pw <= kw,
-         "padding must be between 0 and half the kernel size " + dims({kh, kw}) + ", got " + dims({ph, pw}));
-  expect(kh <= H + 2 * ph && kw <= W + 2 * pw,
-         "kernel " + dims({kh, kw}) + " is larger than the padded input " + dims({H + 2 * ph, W + 2 * pw}));
+  CNNFAST_EXPECT(kh >= 1 && kw >= 1, "kernel_size must be at least 1, got " + dims({kh, kw}));
+  CNNFAST_EXPECT(sh >= 1 && sw >= 1, "stride must be at least 1, got " + dims({sh, sw}));
+  CNNFAST_EXPECT(ph >= 0 && pw >= 0 && 2 * ph <= kh && 2 * pw <= kw,
+                 "padding must be between 0 and half the kernel size " + dims({kh, kw}) + ", got " + dims({ph, pw}));
+  CNNFAST_EXPECT(kh <= H + 2 * ph && kw <= W + 2 * pw,
+                 "kernel " + dims({kh, kw}) + " is larger than the padded input " + dims({H + 2 * ph, W + 2 * pw}));
   return PoolWindow{kh, kw, sh, sw, ph, pw};
 }
 
@@ -576,7 +584,7 @@ py::tuple max_pool2d_window(py::handle x_, i64 kh, i64 kw, i64 sh, i64 sw, i64 p
   auto x = checked<float>(x_, "x", 4, "[N, C, H, W]");
   const i64 N = x.shape(0), C = x.shape(1), H = x.shape(2), W = x.shape(3);
   const PoolWindow p = pool_window(H, W, kh, kw, sh, sw, ph, pw);
-  expect(plane_fits_int32(H, W), "x planes " + dims({H, W}) + " are too large for int32 argmax");
+  CNNFAST_EXPECT(plane_fits_int32(H, W), "x planes " + dims({H, W}) + " are too large for int32 argmax");
   const i64 Ho = p.out_height(H), Wo = p.out_width(W);
   auto y = empty<float>({N, C, Ho, Wo});
   auto argmax = empty<std::int32_t>({N, C, Ho, Wo});
@@ -591,10 +599,12 @@ py::tuple max_pool2d_window(py::handle x_, i64 kh, i64 kw, i64 sh, i64 sw, i64 p
 
 // x_shape: (N, C, H, W) of non-negative sizes whose planes fit int32 indices
 std::vector<i64> checked_x_shape(const std::vector<i64>& x_shape) {
-  expect(x_shape.size() == 4, "x_shape must have 4 entries (N, C, H, W), got " + std::to_string(x_shape.size()));
-  for (i64 d : x_shape) expect(d >= 0, "x_shape must not hold negative sizes");
-  expect(plane_fits_int32(x_shape[2], x_shape[3]),
-         "x_shape " + dims({x_shape[0], x_shape[1], x_shape[2], x_shape[3]}) + " has planes too large for int32");
+  CNNFAST_EXPECT(x_shape.size() == 4,
+                 "x_shape must have 4 entries (N, C, H, W), got " + std::to_string(x_shape.size()));
+  for (i64 d : x_shape) CNNFAST_EXPECT(d >= 0, "x_shape must not hold negative sizes");
+  CNNFAST_EXPECT(
+      plane_fits_int32(x_shape[2], x_shape[3]),
+      "x_shape " + dims({x_shape[0], x_shape[1], x_shape[2], x_shape[3]}) + " has planes too large for int32");
   return x_shape;
 }
 
@@ -604,8 +614,8 @@ py::array_t<float> max_pool2d_window_grad(py::handle dy_, py::handle argmax_, st
   expect_same_shape(dy, "dy", argmax, "argmax");
   const auto s = checked_x_shape(x_shape);
   const i64 N = s[0], C = s[1], H = s[2], W = s[3];
-  expect(N == dy.shape(0) && C == dy.shape(1),
-         "x_shape " + dims({N, C, H, W}) + " does not fit dy " + shape_str(dy) + ": need the same N and C");
+  CNNFAST_EXPECT(N == dy.shape(0) && C == dy.shape(1),
+                 "x_shape " + dims({N, C, H, W}) + " does not fit dy " + shape_str(dy) + ": need the same N and C");
   check_argmax_values(argmax, H * W);
   auto dx = empty<float>({N, C, H, W});
   float* dxp = dx.mutable_data();
@@ -636,8 +646,8 @@ py::array_t<float> avg_pool2d_grad(py::handle dy_, std::vector<i64> x_shape, i64
   const i64 N = s[0], C = s[1], H = s[2], W = s[3];
   const PoolWindow p = pool_window(H, W, kh, kw, sh, sw, ph, pw);
   const i64 Ho = p.out_height(H), Wo = p.out_width(W);
-  expect(dy.shape(0) == N && dy.shape(1) == C && dy.shape(2) == Ho && dy.shape(3) == Wo,
-         "dy must have the shape of avg_pool2d's output " + dims({N, C, Ho, Wo}) + ", got " + shape_str(dy));
+  CNNFAST_EXPECT(dy.shape(0) == N && dy.shape(1) == C && dy.shape(2) == Ho && dy.shape(3) == Wo,
+                 "dy must have the shape of avg_pool2d's output " + dims({N, C, Ho, Wo}) + ", got " + shape_str(dy));
   auto dx = empty<float>({N, C, H, W});
   float* dxp = dx.mutable_data();
   {
@@ -650,7 +660,7 @@ py::array_t<float> avg_pool2d_grad(py::handle dy_, std::vector<i64> x_shape, i64
 py::array_t<float> global_avg_pool2d(py::handle x_) {
   auto x = checked<float>(x_, "x", 4, "[N, C, H, W]");
   const i64 N = x.shape(0), C = x.shape(1), H = x.shape(2), W = x.shape(3);
-  expect(H >= 1 && W >= 1, "x must have planes of at least 1x1 to average, got shape " + shape_str(x));
+  CNNFAST_EXPECT(H >= 1 && W >= 1, "x must have planes of at least 1x1 to average, got shape " + shape_str(x));
   auto y = empty<float>({N, C, 1, 1});
   float* yp = y.mutable_data();
   {
@@ -662,11 +672,13 @@ py::array_t<float> global_avg_pool2d(py::handle x_) {
 
 py::array_t<float> global_avg_pool2d_grad(py::handle dy_, std::vector<i64> x_shape) {
   auto dy = checked<float>(dy_, "dy", 4, "[N, C, 1, 1]");
-  expect(x_shape.size() == 4, "x_shape must have 4 entries (N, C, H, W), got " + std::to_string(x_shape.size()));
-  for (i64 d : x_shape) expect(d >= 0, "x_shape must not hold negative sizes");
+  CNNFAST_EXPECT(x_shape.size() == 4,
+                 "x_shape must have 4 entries (N, C, H, W), got " + std::to_string(x_shape.size()));
+  for (i64 d : x_shape) CNNFAST_EXPECT(d >= 0, "x_shape must not hold negative sizes");
   const i64 N = x_shape[0], C = x_shape[1], H = x_shape[2], W = x_shape[3];
-  expect(dy.shape(0) == N && dy.shape(1) == C && dy.shape(2) == 1 && dy.shape(3) == 1,
-         "dy must have shape " + dims({N, C, 1, 1}) + " for x_shape " + dims({N, C, H, W}) + ", got " + shape_str(dy));
+  CNNFAST_EXPECT(
+      dy.shape(0) == N && dy.shape(1) == C && dy.shape(2) == 1 && dy.shape(3) == 1,
+      "dy must have shape " + dims({N, C, 1, 1}) + " for x_shape " + dims({N, C, H, W}) + ", got " + shape_str(dy));
   auto dx = empty<float>({N, C, H, W});
   float* dxp = dx.mutable_data();
   {
@@ -682,7 +694,7 @@ py::array_t<float> matmul(py::handle a_, py::handle b_, bool trans_a, bool trans
   auto b = checked<float>(b_, "b", 2, "[K, N] (or [N, K] with trans_b)");
   const i64 M = trans_a ? a.shape(1) : a.shape(0), K = trans_a ? a.shape(0) : a.shape(1);
   const i64 Kb = trans_b ? b.shape(1) : b.shape(0), N = trans_b ? b.shape(0) : b.shape(1);
-  expect(K == Kb, "a and b do not multiply: op(a) is " + dims({M, K}) + ", op(b) is " + dims({Kb, N}));
+  CNNFAST_EXPECT(K == Kb, "a and b do not multiply: op(a) is " + dims({M, K}) + ", op(b) is " + dims({Kb, N}));
   auto c = empty<float>({M, N});
   float* cp = c.mutable_data();
   {
@@ -810,7 +822,7 @@ PYBIND11_MODULE(_core, m) {
   m.def(
       "set_num_threads",
       [](int n) {
-        expect(n >= 1, "set_num_threads needs n >= 1, got " + std::to_string(n));
+        CNNFAST_EXPECT(n >= 1, "set_num_threads needs n >= 1, got " + std::to_string(n));
         cnnfast::set_num_threads(n);
       },
       "n"_a);
@@ -833,15 +845,15 @@ PYBIND11_MODULE(_core, m) {
   m.def(
       "conv2d_path",
       [](py::tuple x_shape, py::tuple w_shape, i64 padding, i64 pool, bool backward, bool input_grad, i64 stride) {
-        expect(x_shape.size() == 4 && w_shape.size() == 4,
-               "x_shape and w_shape must be 4-tuples (N, C, H, W), (K, C, R, S)");
+        CNNFAST_EXPECT(x_shape.size() == 4 && w_shape.size() == 4,
+                       "x_shape and w_shape must be 4-tuples (N, C, H, W), (K, C, R, S)");
         const i64 N = x_shape[0].cast<i64>(), C = x_shape[1].cast<i64>(), H = x_shape[2].cast<i64>(),
                   W = x_shape[3].cast<i64>();
         const i64 K = w_shape[0].cast<i64>(), R = w_shape[2].cast<i64>(), S = w_shape[3].cast<i64>();
-        expect(w_shape[1].cast<i64>() == C, "w_shape's C differs from x_shape's");
-        expect(N >= 0 && C >= 0 && K >= 0 && R >= 1 && S >= 1 && padding >= 0 && pool >= 0 && stride >= 1,
-               "negative or empty sizes");
-        expect(H + 2 * padding >= R && W + 2 * padding >= S, "the kernel is larger than the padded image");
+        CNNFAST_EXPECT(w_shape[1].cast<i64>() == C, "w_shape's C differs from x_shape's");
+        CNNFAST_EXPECT(N >= 0 && C >= 0 && K >= 0 && R >= 1 && S >= 1 && padding >= 0 && pool >= 0 && stride >= 1,
+                       "negative or empty sizes");
+        CNNFAST_EXPECT(H + 2 * padding >= R && W + 2 * padding >= S, "the kernel is larger than the padded image");
         return std::string(conv2d_path(N, C, H, W, K, R, S, padding, pool, backward, input_grad, stride));
       },
       "x_shape"_a, "w_shape"_a, "padding"_a = 0, "pool"_a = 0, "backward"_a = false, "input_grad"_a = true,
