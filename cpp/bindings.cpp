@@ -420,7 +420,7 @@ py::tuple linear_grad(py::handle x_, py::handle w_, py::handle dy_) {
 
 // ---------------------------------------------------------------- cross entropy
 template <typename Label>
-py::tuple cross_entropy_typed(const py::array_t<float>& logits, py::handle labels_) {
+py::tuple cross_entropy_typed(const py::array_t<float>& logits, py::handle labels_, double label_smoothing) {
   auto labels = checked<Label>(labels_, "labels", 1, "[N]");
   const i64 N = logits.shape(0), K = logits.shape(1);
   CNNFAST_EXPECT(labels.shape(0) == N, "labels must have shape (" + std::to_string(N) + ",) to match logits " +
@@ -435,17 +435,21 @@ py::tuple cross_entropy_typed(const py::array_t<float>& logits, py::handle label
   double loss;
   {
     py::gil_scoped_release nogil;
-    loss = softmax_cross_entropy<Label>(dp, logits.data(), lp, N, K);
+    loss = softmax_cross_entropy<Label>(dp, logits.data(), lp, N, K, float(label_smoothing));
   }
   return py::make_tuple(loss, dlogits);
 }
 
-py::tuple cross_entropy(py::handle logits_, py::handle labels_) {
+py::tuple cross_entropy(py::handle logits_, py::handle labels_, double label_smoothing) {
   auto logits = checked<float>(logits_, "logits", 2, "[N, K]");
+  CNNFAST_EXPECT(label_smoothing >= 0.0 && label_smoothing <= 1.0,
+                 "label_smoothing must be in [0, 1], got " + std::to_string(label_smoothing));
   CNNFAST_EXPECT(logits.shape(0) >= 1, "logits is an empty batch: the mean loss of no samples is undefined");
   CNNFAST_EXPECT(logits.shape(1) >= 1, "logits must have at least one class, got shape " + shape_str(logits));
-  if (py::isinstance<py::array_t<std::int64_t>>(labels_)) return cross_entropy_typed<std::int64_t>(logits, labels_);
-  if (py::isinstance<py::array_t<std::int32_t>>(labels_)) return cross_entropy_typed<std::int32_t>(logits, labels_);
+  if (py::isinstance<py::array_t<std::int64_t>>(labels_))
+    return cross_entropy_typed<std::int64_t>(logits, labels_, label_smoothing);
+  if (py::isinstance<py::array_t<std::int32_t>>(labels_))
+    return cross_entropy_typed<std::int32_t>(logits, labels_, label_smoothing);
   if (!py::isinstance<py::array>(labels_))
     throw py::type_error("labels must be a numpy.ndarray of int32 or int64, got " +
                          std::string(py::str(py::type::of(labels_).attr("__name__"))));
@@ -475,7 +479,7 @@ void sgd(py::handle param_, py::handle grad_, py::handle velocity_, double lr, d
 }
 
 void adam(py::handle param_, py::handle grad_, py::handle m_, py::handle v_, i64 step, double lr, double beta1,
-          double beta2, double eps, double weight_decay) {
+          double beta2, double eps, double weight_decay, bool decoupled) {
   auto param = writable<float>(param_, "param");
   auto grad = checked<float>(grad_, "grad");
   auto m = writable<float>(m_, "m");
@@ -498,7 +502,8 @@ void adam(py::handle param_, py::handle grad_, py::handle m_, py::handle v_, i64
   const i64 n = param.size();
   {
     py::gil_scoped_release nogil;
-    adam_step(pp, mp, vp, grad.data(), n, step, float(lr), float(beta1), float(beta2), float(eps), float(weight_decay));
+    (decoupled ? adamw_step : adam_step)(pp, mp, vp, grad.data(), n, step, float(lr), float(beta1), float(beta2),
+                                         float(eps), float(weight_decay));
   }
 }
 
@@ -794,10 +799,21 @@ PYBIND11_MODULE(_core, m) {
   m.def("dropout_backward", &dropout_grad, "dy"_a, "mask"_a, "p"_a);
   m.def("linear", &linear, "x"_a, "w"_a, "b"_a);
   m.def("linear_backward", &linear_grad, "x"_a, "w"_a, "dy"_a);
-  m.def("softmax_cross_entropy", &cross_entropy, "logits"_a, "labels"_a);
+  m.def("softmax_cross_entropy", &cross_entropy, "logits"_a, "labels"_a, "label_smoothing"_a = 0.0);
   m.def("sgd_step", &sgd, "param"_a, "grad"_a, "velocity"_a, "lr"_a, "momentum"_a = 0.0, "weight_decay"_a = 0.0);
-  m.def("adam_step", &adam, "param"_a, "grad"_a, "m"_a, "v"_a, "step"_a, "lr"_a = 1e-3, "beta1"_a = 0.9,
-        "beta2"_a = 0.999, "eps"_a = 1e-8, "weight_decay"_a = 0.0);
+  m.def(
+      "adam_step",
+      [](py::handle param, py::handle grad, py::handle m, py::handle v, i64 step, double lr, double beta1, double beta2,
+         double eps,
+         double weight_decay) { adam(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay, false); },
+      "param"_a, "grad"_a, "m"_a, "v"_a, "step"_a, "lr"_a = 1e-3, "beta1"_a = 0.9, "beta2"_a = 0.999, "eps"_a = 1e-8,
+      "weight_decay"_a = 0.0);
+  m.def(
+      "adamw_step",
+      [](py::handle param, py::handle grad, py::handle m, py::handle v, i64 step, double lr, double beta1, double beta2,
+         double eps, double weight_decay) { adam(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay, true); },
+      "param"_a, "grad"_a, "m"_a, "v"_a, "step"_a, "lr"_a = 1e-3, "beta1"_a = 0.9, "beta2"_a = 0.999, "eps"_a = 1e-8,
+      "weight_decay"_a = 1e-2);
   m.def("matmul", &matmul, "a"_a, "b"_a, "trans_a"_a = false, "trans_b"_a = false, "naive"_a = false);
 
   // activations and pooling windows (activations.cpp, max_pool2d_window.cpp, avg_pool2d.cpp)

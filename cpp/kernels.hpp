@@ -99,9 +99,11 @@ void linear_backward(float* dx, float* dw, float* db, const float* x, const floa
 
 // ---- cross_entropy.cpp ----
 // logits: [N, K], labels: [N] in 0..K-1 -> returns the mean loss; dlogits: [N, K] its gradient.
-// Labels come as int32 or int64 (Label = std::int32_t or std::int64_t).
+// Labels come as int32 or int64 (Label = std::int32_t or std::int64_t). label_smoothing e in
+// [0, 1] (PyTorch's): the target is (1-e)*onehot(label) + e/K instead of onehot(label).
 template <typename Label>
-double softmax_cross_entropy(float* dlogits, const float* logits, const Label* labels, i64 N, i64 K);
+double softmax_cross_entropy(float* dlogits, const float* logits, const Label* labels, i64 N, i64 K,
+                             float label_smoothing);
 
 // ---- optim.cpp: in place on n float32 parameters ----
 // SGD with momentum (PyTorch's rule, dampening 0): g = grad + wd*param; v = momentum*v + g;
@@ -111,6 +113,10 @@ void sgd_step(float* param, float* velocity, const float* grad, i64 n, float lr,
 // param -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps), t = step >= 1
 void adam_step(float* param, float* m, float* v, const float* grad, i64 n, i64 step, float lr, float beta1, float beta2,
                float eps, float weight_decay);
+// AdamW (PyTorch's rule, decoupled weight decay): param *= 1 - lr*wd; then Adam's update of
+// param with the plain gradient (no weight decay added to it)
+void adamw_step(float* param, float* m, float* v, const float* grad, i64 n, i64 step, float lr, float beta1,
+                float beta2, float eps, float weight_decay);
 
 // ---- activations.cpp: elementwise, any shape, n elements ----
 // y = x > 0 ? x : slope * x; dx = x > 0 ? dy : slope * dy

@@ -196,3 +196,23 @@ def avg_pool2d_backward(dy, x_shape, kernel_size, stride, padding, count_include
 
 def global_avg_pool2d(x):
     return np.asarray(x, np.float64).mean(axis=(2, 3), keepdims=True)
+
+
+# ------------------------------------------------------------------ schedules and training options
+
+
+def adamw_step(param, grad, m, v, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=1e-2):
+    """PyTorch's AdamW: the decay applied to the parameter, not the gradient. Returns (param, m, v)."""
+    param = param * (1 - lr * weight_decay)
+    return adam_step(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay=0.0)
+
+
+def softmax_cross_entropy_smoothed(logits, labels, label_smoothing):
+    """PyTorch's label smoothing: the target (1 - e) onehot + e / K. Returns (loss, dlogits)."""
+    z = np.asarray(logits, np.float64)
+    n, k = z.shape
+    z = z - z.max(axis=1, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    target = np.full((n, k), label_smoothing / k)
+    target[np.arange(n), labels] += 1.0 - label_smoothing
+    return -(target * log_p).sum(axis=1).mean(), (np.exp(log_p) - target) / n

@@ -36,6 +36,18 @@ OLD_FORMATS = ("cnnfast-checkpoint-v1",)  # did not hold the run's settings: can
 # result (a different value given with --resume is an error), and where it reads and writes
 # (taken unless given). train_images and train_data_sha256 identify the training data.
 RUN_SETTINGS = ("epochs", "batch_size", "optimizer", "lr", "seed", "limit")
+# The learning-rate schedule and training options (train.add_schedule_arguments): settings that
+# decide the result too. A checkpoint written before they existed had their defaults.
+SCHEDULE_SETTINGS = {
+    "schedule": "constant",
+    "warmup_epochs": None,
+    "min_lr": None,
+    "step_size": None,
+    "gamma": None,
+    "weight_decay": 0.0,
+    "label_smoothing": 0.0,
+}
+RUN_SETTINGS += tuple(SCHEDULE_SETTINGS)
 RUN_DEFAULTS = ("out", "plot", "data_dir", "no_verify")
 SETTINGS = RUN_SETTINGS + RUN_DEFAULTS + ("train_images", "train_data_sha256")
 HISTORY_KEYS = {"epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy"}
@@ -70,6 +82,7 @@ class Checkpoint:
     optimizer: dict  # name -> array, as optimizer.state() returns it
     first_loss: float | None = None  # the run's first loss and the steps in a row far above it
     high_steps: int = 0  # (train.DivergenceWatch)
+    schedule: dict | None = None  # the learning-rate schedule's state ({"step": n}), None: constant
 
 
 def default_path(model_path: str) -> str:
@@ -98,6 +111,7 @@ def capture(
     trained_images,
     first_loss=None,
     high_steps=0,
+    schedule=None,
 ) -> Checkpoint:
     """A snapshot (copies) of everything a resumed run needs; call it between steps."""
     layer_rngs = {
@@ -118,6 +132,7 @@ def capture(
         optimizer={k: np.array(v, copy=True) for k, v in optimizer.state().items()},
         first_loss=first_loss,
         high_steps=int(high_steps),
+        schedule=dict(schedule) if schedule is not None else None,
     )
 
 
@@ -138,6 +153,7 @@ def save(checkpoint: Checkpoint, path) -> str:
         "params": len(checkpoint.params),
         "optimizer": sorted(checkpoint.optimizer),
         "divergence": {"first_loss": checkpoint.first_loss, "high_steps": checkpoint.high_steps},
+        "schedule": checkpoint.schedule,
     }
     arrays = {"format": np.array(FORMAT), "meta": np.array(json.dumps(meta))}
     arrays.update({f"param.{i}": p for i, p in enumerate(checkpoint.params)})
@@ -170,13 +186,16 @@ def _from_npz(f) -> Checkpoint:
     meta = json.loads(str(_array(f, "meta")))
     _expect(isinstance(meta, dict), "meta is not a JSON object")
     settings = meta.get("settings")
+    if isinstance(settings, dict):  # a checkpoint from before the schedules: their defaults
+        settings = {**SCHEDULE_SETTINGS, **settings}
     _expect(isinstance(settings, dict) and all(k in settings for k in SETTINGS), "settings are missing")
+    _check_schedule_settings(settings)
     _expect(
         all(
             isinstance(settings[k], int) and not isinstance(settings[k], bool) and settings[k] >= 1
             for k in ("epochs", "batch_size", "train_images")
         )
-        and settings["optimizer"] in ("adam", "sgd")
+        and settings["optimizer"] in ("adam", "adamw", "sgd")
         and isinstance(settings["lr"], (int, float))
         and (settings["limit"] is None or isinstance(settings["limit"], int)),
         "bad settings",
@@ -246,7 +265,36 @@ def _from_npz(f) -> Checkpoint:
         optimizer=optimizer,
         first_loss=divergence.get("first_loss"),
         high_steps=divergence.get("high_steps", 0),
+        schedule=_schedule_state(meta.get("schedule")),
     )
+
+
+def _check_schedule_settings(settings: dict) -> None:
+    def number(key, optional=True):
+        value = settings[key]
+        return (optional and value is None) or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+    _expect(
+        settings["schedule"] in ("constant", "onecycle", "cosine", "step")
+        and all(number(k) for k in ("warmup_epochs", "min_lr", "gamma"))
+        and all(number(k, optional=False) for k in ("weight_decay", "label_smoothing"))
+        and (settings["step_size"] is None or (isinstance(settings["step_size"], int) and settings["step_size"] >= 1)),
+        "bad schedule settings",
+    )
+
+
+def _schedule_state(state) -> dict | None:
+    _expect(
+        state is None
+        or (
+            isinstance(state, dict)
+            and isinstance(state.get("step"), int)
+            and not isinstance(state["step"], bool)
+            and state["step"] >= 0
+        ),
+        "bad schedule state",
+    )
+    return state
 
 
 def _array(f, key: str) -> np.ndarray:
@@ -260,10 +308,12 @@ def _expect(ok: bool, message: str) -> None:
         raise CheckpointError(f"corrupt checkpoint: {message}")
 
 
-def restore(checkpoint: Checkpoint, model, optimizer, shuffle_rng: np.random.Generator) -> None:
-    """Put the checkpoint's weights, optimizer state and generator states into a freshly built
-    model, optimizer and shuffling generator (in place). A CheckpointError, before anything is
-    changed, if they do not fit."""
+def restore(checkpoint: Checkpoint, model, optimizer, shuffle_rng: np.random.Generator, scheduler=None) -> None:
+    """Put the checkpoint's weights, optimizer state, generator states and schedule state into a
+    freshly built model, optimizer, shuffling generator and learning-rate schedule (None: a
+    constant rate) (in place). A CheckpointError, before anything is changed, if they do not fit."""
+    if (scheduler is None) != (checkpoint.schedule is None):
+        raise CheckpointError("its learning-rate schedule does not fit this run's")
     params = model.parameters()
     if len(params) != len(checkpoint.params) or any(p.data.shape != q.shape for p, q in zip(params, checkpoint.params)):
         raise CheckpointError(f"its weights do not fit the model ({[list(q.shape) for q in checkpoint.params][:4]}...)")
@@ -291,6 +341,8 @@ def restore(checkpoint: Checkpoint, model, optimizer, shuffle_rng: np.random.Gen
     for p, q in zip(params, checkpoint.params):
         p.data[...] = q
     optimizer.load_state(checkpoint.optimizer)
+    if scheduler is not None:
+        scheduler.load_state(checkpoint.schedule)
     shuffle_rng.bit_generator.state = checkpoint.shuffle_rng
     for i, rng in rngs.items():
         rng.bit_generator.state = checkpoint.layer_rngs[i]

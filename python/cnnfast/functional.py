@@ -42,6 +42,7 @@ __all__ = [
     "avg_pool2d_backward",
     "global_avg_pool2d",
     "global_avg_pool2d_backward",
+    "adamw_step",
 ]
 
 
@@ -139,14 +140,16 @@ def linear_backward(x: np.ndarray, w: np.ndarray, dy: np.ndarray):
     return _core.linear_backward(x, w, dy)
 
 
-def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray):
+def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray, label_smoothing: float = 0.0):
     """Mean cross-entropy of softmax(logits) against integer labels, and its gradient.
 
     logits [N, K] float32, labels [N] int32 or int64 in 0..K-1 (N >= 1) ->
-    (loss: float, dlogits [N, K] = (softmax(logits) - onehot(labels)) / N).
+    (loss: float, dlogits [N, K] = (softmax(logits) - target) / N), target = onehot(labels).
+    With label_smoothing e in [0, 1] (PyTorch's definition) the target is
+    (1 - e) * onehot(labels) + e / K: loss = mean over n of -sum_k target_nk log softmax_nk.
     Stable for large logits (computed from logits - max).
     """
-    return _core.softmax_cross_entropy(logits, labels)
+    return _core.softmax_cross_entropy(logits, labels, float(label_smoothing))
 
 
 def dropout(x: np.ndarray, p: float, seed: int):
@@ -295,3 +298,24 @@ def global_avg_pool2d(x: np.ndarray) -> np.ndarray:
 def global_avg_pool2d_backward(dy: np.ndarray, x_shape) -> np.ndarray:
     """dx [N, C, H, W] = dy [N, C, 1, 1] / (H * W) over each plane."""
     return _core.global_avg_pool2d_backward(dy, [int(s) for s in x_shape])
+
+
+def adamw_step(
+    param: np.ndarray,
+    grad: np.ndarray,
+    m: np.ndarray,
+    v: np.ndarray,
+    step: int,
+    lr: float = 1e-3,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 1e-2,
+) -> None:
+    """One AdamW step in place (PyTorch's rule: weight decay decoupled from the gradient).
+
+    param *= 1 - lr * weight_decay; then `adam_step` with the plain gradient (weight_decay 0).
+    """
+    _core.adamw_step(
+        param, grad, m, v, int(step), float(lr), float(beta1), float(beta2), float(eps), float(weight_decay)
+    )

@@ -46,7 +46,7 @@ from .checkpoint import CheckpointError, EpochState
 from .mnist import as_model_input
 from .mnist import evaluate as evaluate
 from .nn import Sequential, mnist_cnn
-from .optim import SGD, Adam
+from .optim import SGD, Adam, AdamW, CosineAnnealing, LRScheduler, OneCycleLR, StepLR
 
 DEFAULT_EPOCHS = 15
 DEFAULT_BATCH_SIZE = 128
@@ -123,7 +123,21 @@ class StopRequest:
         return self.signum is not None
 
 
-def train_epoch(model, optimizer, images, labels, batch_size, rng, progress=None, *, start=None, stop=None, watch=None):
+def train_epoch(
+    model,
+    optimizer,
+    images,
+    labels,
+    batch_size,
+    rng,
+    progress=None,
+    *,
+    start=None,
+    stop=None,
+    watch=None,
+    scheduler=None,
+    label_smoothing=0.0,
+):
     """One pass over the shuffled training set. Returns (mean loss, accuracy, seconds).
 
     `progress` (a tqdm bar, or None) advances by each batch and shows the running loss.
@@ -131,7 +145,9 @@ def train_epoch(model, optimizer, images, labels, batch_size, rng, progress=None
     order is drawn from `rng` as always, so `rng` must be in its state from the epoch's start.
     `stop()` is checked before each step and after the last: if true, Interrupted(state) is
     raised with the steps done so far. `watch` (a DivergenceWatch; default: a new one) sees
-    every step's loss and raises TrainingDiverged.
+    every step's loss and raises TrainingDiverged. `scheduler` (an optim.LRScheduler, or None
+    for a constant learning rate) steps after every optimizer step; `label_smoothing` goes to
+    the loss (F.softmax_cross_entropy).
     """
     watch = DivergenceWatch() if watch is None else watch
     model.train()
@@ -150,10 +166,12 @@ def train_epoch(model, optimizer, images, labels, batch_size, rng, progress=None
         x = as_model_input(images[batch])
         y = labels[batch].astype(np.int64)
         logits = model.forward(x)
-        loss, dlogits = F.softmax_cross_entropy(logits, y)
+        loss, dlogits = F.softmax_cross_entropy(logits, y, label_smoothing)
         watch.check(loss, f"step {step + 1} of {n_steps}")
         model.backward(dlogits, input_grad=False)
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         state.step += 1
         state.total_loss += loss * len(y)
         state.correct += int((logits.argmax(axis=1) == y).sum())
@@ -163,6 +181,156 @@ def train_epoch(model, optimizer, images, labels, batch_size, rng, progress=None
             progress.update(len(y))
     seen = max(state.seen, 1)
     return state.total_loss / seen, state.correct / seen, time.perf_counter() - start_time
+
+
+# ---------------------------------------------------------------- schedules and training options
+# --schedule and its parameters, --weight-decay, --label-smoothing: settings of the run (saved in
+# checkpoints, see checkpoint.SCHEDULE_SETTINGS). Without them a run is what it always was:
+# a constant learning rate, no weight decay, plain cross-entropy.
+SCHEDULES = ("constant", "onecycle", "cosine", "step")
+ONECYCLE_WARMUP = 0.3  # PyTorch's pct_start: the rising part, as a fraction of the run
+COSINE_WARMUP = 0.1  # the linear warm-up, as a fraction of the run
+ADAMW_WEIGHT_DECAY = 1e-2  # PyTorch's AdamW default
+STEP_GAMMA = 0.1
+
+
+def add_schedule_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        default=None,
+        help="learning-rate schedule over the run, stepped after every batch: constant (default) keeps "
+        "--lr; onecycle rises from --lr/25 to --lr over --warmup-epochs, then falls along a cosine to "
+        "--lr/250000 (PyTorch's OneCycleLR, cycling the momentum, or Adam's beta1, between 0.95 and "
+        "0.85); cosine warms up linearly to --lr over --warmup-epochs, then falls along a cosine to "
+        "--min-lr; step multiplies the learning rate by --gamma every --step-size epochs",
+    )
+    p.add_argument(
+        "--warmup-epochs",
+        type=float,
+        default=None,
+        metavar="E",
+        help=f"onecycle and cosine: epochs (may be fractional) of rising learning rate (default: "
+        f"{ONECYCLE_WARMUP:g} of the run for onecycle, {COSINE_WARMUP:g} of the run for cosine)",
+    )
+    p.add_argument("--min-lr", type=float, default=None, help="cosine: the learning rate it ends at (default 0)")
+    p.add_argument(
+        "--step-size",
+        type=int,
+        default=None,
+        metavar="EPOCHS",
+        help="step: epochs between two decays (default: a third of --epochs, at least 1)",
+    )
+    p.add_argument("--gamma", type=float, default=None, help=f"step: the factor of each decay (default {STEP_GAMMA:g})")
+    p.add_argument(
+        "--weight-decay",
+        type=float,
+        default=None,
+        help=f"adamw: decoupled weight decay, each step p *= 1 - lr*wd (default {ADAMW_WEIGHT_DECAY:g}); "
+        "adam and sgd: L2 penalty wd*p added to the gradient (default 0)",
+    )
+    p.add_argument(
+        "--label-smoothing",
+        type=float,
+        default=None,
+        metavar="EPS",
+        help="train against the target (1-EPS)*onehot + EPS/10 instead of the one-hot label (PyTorch's "
+        "label_smoothing; default 0)",
+    )
+
+
+def check_schedule_values(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The schedule's and options' values, as given (exit 2 if one is bad)."""
+    for flag, value in (
+        ("--warmup-epochs", args.warmup_epochs),
+        ("--min-lr", args.min_lr),
+        ("--weight-decay", args.weight_decay),
+    ):
+        if value is not None and not (np.isfinite(value) and value >= 0):
+            parser.error(f"{flag} must be a number >= 0, got {value}")
+    if args.step_size is not None and args.step_size < 1:
+        parser.error(f"--step-size must be at least 1, got {args.step_size}")
+    if args.gamma is not None and not (np.isfinite(args.gamma) and args.gamma > 0):
+        parser.error(f"--gamma must be a positive number, got {args.gamma}")
+    if args.label_smoothing is not None and not 0.0 <= args.label_smoothing <= 1.0:
+        parser.error(f"--label-smoothing must be in [0, 1], got {args.label_smoothing}")
+
+
+SCHEDULE_FLAGS = {"warmup_epochs": ("onecycle", "cosine"), "min_lr": ("cosine",), "step_size": ("step",),
+                  "gamma": ("step",)}  # fmt: skip
+
+
+def fill_in_schedule_defaults(args: argparse.Namespace) -> None:
+    """Defaults of the schedule's parameters (None for those the schedule does not use), the
+    weight decay and the label smoothing."""
+    if args.schedule is None:
+        args.schedule = "constant"
+    if args.warmup_epochs is None and args.schedule in ("onecycle", "cosine"):
+        args.warmup_epochs = (ONECYCLE_WARMUP if args.schedule == "onecycle" else COSINE_WARMUP) * args.epochs
+    if args.min_lr is None and args.schedule == "cosine":
+        args.min_lr = 0.0
+    if args.step_size is None and args.schedule == "step":
+        args.step_size = max(1, args.epochs // 3)
+    if args.gamma is None and args.schedule == "step":
+        args.gamma = STEP_GAMMA
+    if args.weight_decay is None:
+        args.weight_decay = ADAMW_WEIGHT_DECAY if args.optimizer == "adamw" else 0.0
+    if args.label_smoothing is None:
+        args.label_smoothing = 0.0
+
+
+def check_schedule_settings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The schedule's parameters fit the schedule and the run (defaults filled in; exit 2 if not)."""
+    for key, schedules in SCHEDULE_FLAGS.items():
+        if getattr(args, key) is not None and args.schedule not in schedules:
+            parser.error(
+                f"{_flag(key)} is a setting of --schedule {' or '.join(schedules)}, not of --schedule {args.schedule}"
+            )
+    if args.schedule == "onecycle" and args.warmup_epochs > args.epochs:
+        parser.error(f"--warmup-epochs {args.warmup_epochs:g} must not exceed --epochs {args.epochs}")
+    if args.schedule == "cosine" and args.warmup_epochs >= args.epochs:  # (it must leave steps to fall)
+        parser.error(f"--warmup-epochs {args.warmup_epochs:g} must be less than --epochs {args.epochs}")
+    if args.min_lr is not None and args.min_lr > args.lr:
+        parser.error(f"--min-lr {args.min_lr:g} must not exceed --lr {args.lr:g}")
+
+
+def make_optimizer(args, params):
+    """The optimizer of `args` (--optimizer, --lr, --weight-decay)."""
+    if args.optimizer == "adam":
+        return Adam(params, lr=args.lr, weight_decay=args.weight_decay)
+    if args.optimizer == "adamw":
+        return AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+    return SGD(params, lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
+
+
+def make_scheduler(args, optimizer, steps_per_epoch: int) -> LRScheduler | None:
+    """The learning-rate schedule of `args` over the run (every schedule steps once a batch), or
+    None for --schedule constant."""
+    total = args.epochs * steps_per_epoch
+    if args.schedule == "onecycle":
+        return OneCycleLR(optimizer, max_lr=args.lr, total_steps=total, pct_start=args.warmup_epochs / args.epochs)
+    if args.schedule == "cosine":
+        warmup = min(round(args.warmup_epochs * steps_per_epoch), total - 1)
+        return CosineAnnealing(optimizer, total_steps=total, warmup_steps=warmup, min_lr=args.min_lr)
+    if args.schedule == "step":
+        return StepLR(optimizer, step_size=args.step_size * steps_per_epoch, gamma=args.gamma)
+    return None
+
+
+def options_text(args) -> str:
+    """The schedule and options of a run, for its first line ("" for the defaults)."""
+    text = ""
+    if args.schedule == "onecycle":
+        text += f", onecycle schedule (peak after {args.warmup_epochs:g} epochs)"
+    elif args.schedule == "cosine":
+        text += f", cosine schedule (warm-up {args.warmup_epochs:g} epochs, down to {args.min_lr:g})"
+    elif args.schedule == "step":
+        text += f", step schedule (x{args.gamma:g} every {args.step_size} epochs)"
+    if args.weight_decay:
+        text += f", weight decay {args.weight_decay:g}"
+    if args.label_smoothing:
+        text += f", label smoothing {args.label_smoothing:g}"
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -181,10 +349,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--epochs", type=int, default=None, help=f"passes over the training set (default {DEFAULT_EPOCHS})")
     p.add_argument("--batch-size", type=int, default=None, help=f"images per step (default {DEFAULT_BATCH_SIZE})")
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-3 for adam, 0.01 for sgd)")
     p.add_argument(
-        "--optimizer", choices=["adam", "sgd"], default=None, help="adam, or sgd with momentum 0.9 (default adam)"
+        "--lr",
+        type=float,
+        default=None,
+        help="learning rate, the peak of a onecycle or cosine schedule (default 1e-3 for adam and adamw, 0.01 for sgd)",
     )
+    p.add_argument(
+        "--optimizer",
+        choices=["adam", "adamw", "sgd"],
+        default=None,
+        help="adam, adamw (Adam with decoupled weight decay, see --weight-decay), or sgd with momentum 0.9 "
+        "(default adam)",
+    )
+    add_schedule_arguments(p)
     p.add_argument("--seed", type=int, default=None, help="seed for initialisation, shuffling and dropout (default 0)")
     p.add_argument("--threads", type=int, default=None, help="OpenMP threads (default: all cores, or $OMP_NUM_THREADS)")
     add_data_arguments(p, default=None)
@@ -216,7 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="CHECKPOINT",
         help="continue the interrupted run saved in CHECKPOINT, with the settings it was started "
-        "with (--epochs, --batch-size, --lr, --optimizer, --seed, --limit: giving one that "
+        "with (--epochs, --batch-size, --lr, --optimizer, --seed, --limit, the schedule, --weight-decay, "
+        "--label-smoothing: giving one that "
         "differs is an error) and its --out, --plot, --data-dir and --no-verify unless given; "
         "the checkpoint is removed once the run is finished",
     )
@@ -224,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def default_lr(optimizer: str) -> float:
-    return 1e-3 if optimizer == "adam" else 0.01
+    return 0.01 if optimizer == "sgd" else 1e-3
 
 
 DEFAULTS = {
@@ -252,6 +431,7 @@ def check_values(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
             parser.error(f"{flag} must be at least {minimum}, got {value}")
     if args.lr is not None and not (np.isfinite(args.lr) and args.lr > 0):
         parser.error(f"--lr must be a positive number, got {args.lr}")
+    check_schedule_values(parser, args)
 
 
 def check_paths(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -325,6 +505,7 @@ def fill_in_defaults(args: argparse.Namespace) -> argparse.Namespace:
             setattr(args, key, value)
     if args.lr is None:
         args.lr = default_lr(args.optimizer)
+    fill_in_schedule_defaults(args)
     if args.checkpoint is None:
         args.checkpoint = ckpt.default_path(args.out)
     return args
@@ -352,6 +533,7 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, ckpt.Checkpoint | None]:
         checkpoint = load_resume(parser, args.resume)
         take_settings_from(parser, args, checkpoint)
     fill_in_defaults(args)
+    check_schedule_settings(parser, args)
     check_paths(parser, args)
     return args, checkpoint
 
@@ -363,7 +545,7 @@ class Run:
 
     settings: dict  # checkpoint.SETTINGS
     model: Sequential
-    optimizer: Adam | SGD
+    optimizer: Adam | AdamW | SGD
     rng: np.random.Generator  # draws each epoch's order
     watch: DivergenceWatch
     epoch: int = 1  # the epoch in progress (epochs + 1 once training is done)
@@ -372,6 +554,7 @@ class Run:
     history: list = dataclasses.field(default_factory=list)
     train_seconds: float = 0.0
     trained_images: int = 0
+    scheduler: LRScheduler | None = None  # None: a constant learning rate
 
     def checkpoint(self) -> ckpt.Checkpoint:
         return ckpt.capture(
@@ -386,6 +569,7 @@ class Run:
             trained_images=self.trained_images,
             first_loss=self.watch.first_loss,
             high_steps=self.watch.high_steps,
+            schedule=self.scheduler.state() if self.scheduler is not None else None,
         )
 
 
@@ -393,10 +577,8 @@ def start_run(args, x_train, y_train, checkpoint: ckpt.Checkpoint | None = None)
     """A new run of the default model with `args`, or the run `checkpoint` continues
     (CheckpointError if it was written for other training data)."""
     model = mnist_cnn(args.seed)
-    if args.optimizer == "adam":
-        optimizer = Adam(model.parameters(), lr=args.lr)
-    else:
-        optimizer = SGD(model.parameters(), lr=args.lr, momentum=0.9)
+    optimizer = make_optimizer(args, model.parameters())
+    n_steps = -(-len(x_train) // args.batch_size)
     settings = {key: getattr(args, key) for key in ckpt.RUN_SETTINGS}
     for key in ckpt.RUN_DEFAULTS:  # paths made absolute, so a resumed run finds them from anywhere
         value = getattr(args, key)
@@ -404,9 +586,9 @@ def start_run(args, x_train, y_train, checkpoint: ckpt.Checkpoint | None = None)
     settings["train_images"] = len(x_train)
     settings["train_data_sha256"] = ckpt.data_fingerprint(x_train, y_train)
     run = Run(settings, model, optimizer, np.random.default_rng(args.seed), DivergenceWatch())
+    run.scheduler = make_scheduler(args, optimizer, n_steps)
     if checkpoint is None:
         return run
-    n_steps = -(-len(x_train) // args.batch_size)
     if checkpoint.settings["train_images"] != len(x_train):
         raise CheckpointError(
             f"it was written for {checkpoint.settings['train_images']} training images, this run has {len(x_train)}"
@@ -415,7 +597,7 @@ def start_run(args, x_train, y_train, checkpoint: ckpt.Checkpoint | None = None)
         raise CheckpointError("it was written for other training data than this run reads (their SHA-256 differ)")
     if checkpoint.position.step > n_steps:
         raise CheckpointError(f"corrupt checkpoint: step {checkpoint.position.step} of an epoch of {n_steps}")
-    ckpt.restore(checkpoint, model, optimizer, run.rng)
+    ckpt.restore(checkpoint, model, optimizer, run.rng, run.scheduler)
     run.watch = DivergenceWatch(checkpoint.first_loss, checkpoint.high_steps)
     run.epoch, run.position = checkpoint.epoch, checkpoint.position
     run.history, run.train_seconds = checkpoint.history, checkpoint.train_seconds
@@ -423,7 +605,7 @@ def start_run(args, x_train, y_train, checkpoint: ckpt.Checkpoint | None = None)
     return run
 
 
-def fit(run: Run, data, epochs: int, batch_size: int, log, stop=None) -> None:
+def fit(run: Run, data, epochs: int, batch_size: int, log, stop=None, label_smoothing: float = 0.0) -> None:
     """The textbook loop, from where `run` stands to the last epoch: train an epoch on the
     shuffled training set, evaluate on the test set, record and print the epoch's metrics.
     Raises TrainingDiverged, or Interrupted when `stop()` asks (`run` then says where)."""
@@ -436,7 +618,8 @@ def fit(run: Run, data, epochs: int, batch_size: int, log, stop=None) -> None:
         try:
             train_loss, train_acc, seconds = train_epoch(
                 run.model, run.optimizer, x_train, y_train, batch_size, run.rng, progress,
-                start=run.position, stop=stop, watch=run.watch,
+                start=run.position, stop=stop, watch=run.watch, scheduler=run.scheduler,
+                label_smoothing=label_smoothing,
             )  # fmt: skip
         except Interrupted as interruption:
             run.position = interruption.state
@@ -508,7 +691,7 @@ def train(args, data, log, checkpoint: ckpt.Checkpoint | None = None) -> tuple[i
         return 1, None
     threads = get_num_threads()
     print(
-        f"cnnfast: {run.model.num_parameters():,} parameters, {args.optimizer} lr {args.lr:g}, "
+        f"cnnfast: {run.model.num_parameters():,} parameters, {args.optimizer} lr {args.lr:g}{options_text(args)}, "
         f"batch {args.batch_size}, {len(x_train):,} training images, {threads} thread{'s' if threads != 1 else ''}",
         file=log,
         flush=True,
@@ -527,7 +710,10 @@ def train(args, data, log, checkpoint: ckpt.Checkpoint | None = None) -> tuple[i
         )
     with StopRequest() as stop:
         try:
-            fit(run, (x_train, y_train, x_test, y_test), args.epochs, args.batch_size, log, stop.requested)
+            fit(
+                run, (x_train, y_train, x_test, y_test), args.epochs, args.batch_size, log, stop.requested,
+                label_smoothing=args.label_smoothing,
+            )  # fmt: skip
         except TrainingDiverged as error:
             kept = [p for p in (args.out, args.checkpoint) if os.path.exists(p)]
             print(

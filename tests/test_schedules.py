@@ -1,0 +1,371 @@
+"""Learning-rate schedules (cnnfast.optim), AdamW and label smoothing: the schedules' values step
+by step against closed forms and PyTorch's formulas (written out here, not torch itself), the
+two kernels against NumPy and finite differences on every instruction set, and the training
+flags, whose runs resume bit for bit."""
+
+import math
+
+import numpy as np
+import pytest
+
+import cnnfast
+import cnnfast.functional as F
+import reference as ref
+from _argv import flags
+from _idx_helpers import synthetic_mnist, write_mnist_dir
+from cnnfast import checkpoint as ckpt
+from cnnfast import train
+from cnnfast.nn import Parameter
+from cnnfast.optim import SGD, Adam, AdamW, CosineAnnealing, OneCycleLR, StepLR
+
+rng = np.random.default_rng(77)
+
+
+def rand(*shape, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+def an_optimizer(cls=Adam, lr=1e-3):
+    return cls([Parameter(np.zeros(3))], lr=lr)
+
+
+def lrs(scheduler, steps):
+    """The learning rate of each of `steps` optimizer steps."""
+    out = []
+    for _ in range(steps):
+        out.append(scheduler.optimizer.lr)
+        scheduler.step()
+    return out
+
+
+# ------------------------------------------------------------------ schedules
+
+
+def torch_one_cycle(step_num, max_lr, total_steps, pct_start, div_factor=25.0, final_div_factor=1e4):
+    """PyTorch's OneCycleLR.get_lr (two phases, anneal_strategy='cos'), written out: (lr, momentum)."""
+    initial_lr = max_lr / div_factor
+    min_lr = initial_lr / final_div_factor
+    phases = [
+        {"end_step": float(pct_start * total_steps) - 1, "lr": (initial_lr, max_lr), "m": (0.95, 0.85)},
+        {"end_step": total_steps - 1, "lr": (max_lr, min_lr), "m": (0.85, 0.95)},
+    ]
+
+    def cos(start, end, pct):
+        return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
+
+    start_step = 0
+    for i, phase in enumerate(phases):
+        end_step = phase["end_step"]
+        if step_num <= end_step or i == len(phases) - 1:
+            pct = (step_num - start_step) / (end_step - start_step)
+            return cos(*phase["lr"], pct), cos(*phase["m"], pct)
+        start_step = phase["end_step"]
+
+
+@pytest.mark.parametrize("total,pct", [(100, 0.3), (37, 0.25), (10, 0.5), (469 * 2, 0.3)])
+def test_one_cycle_follows_pytorch_step_by_step(total, pct):
+    optimizer = an_optimizer(Adam)
+    schedule = OneCycleLR(optimizer, max_lr=3e-3, total_steps=total, pct_start=pct)
+    for step in range(total):
+        lr, momentum = torch_one_cycle(step, 3e-3, total, pct)
+        assert optimizer.lr == pytest.approx(lr, rel=1e-12, abs=1e-18), step
+        assert optimizer.betas[0] == pytest.approx(momentum, rel=1e-12), step
+        assert optimizer.betas[1] == 0.999
+        schedule.step()
+    # the ends: max_lr / 25 at the start, the peak, max_lr / 25 / 1e4 at the last step, and held after it
+    assert schedule.lr_at(0) == pytest.approx(3e-3 / 25)
+    assert max(schedule.lr_at(t) for t in range(total)) == pytest.approx(3e-3, rel=1e-2)  # (PyTorch: not always hit)
+    assert schedule.lr_at(total - 1) == pytest.approx(3e-3 / 25 / 1e4)
+    assert optimizer.lr == schedule.lr_at(total + 5) == pytest.approx(3e-3 / 25 / 1e4)
+
+
+def test_one_cycle_cycles_sgd_momentum_or_leaves_it():
+    optimizer = an_optimizer(SGD, lr=0.1)
+    schedule = OneCycleLR(optimizer, max_lr=0.1, total_steps=20)
+    assert optimizer.momentum == pytest.approx(0.95)
+    momenta = [optimizer.momentum]
+    for _ in range(19):
+        schedule.step()
+        momenta.append(optimizer.momentum)
+    assert min(momenta) == pytest.approx(0.85, abs=1e-3) and momenta[-1] == pytest.approx(0.95)
+    still = an_optimizer(SGD, lr=0.1)
+    OneCycleLR(still, max_lr=0.1, total_steps=20, cycle_momentum=False).step()
+    assert still.momentum == 0.9
+
+
+@pytest.mark.parametrize("warmup", [0, 1, 7])
+def test_cosine_with_warmup_closed_form(warmup):
+    total, base, floor = 40, 2e-3, 1e-5
+    optimizer = an_optimizer(AdamW, lr=base)
+    seen = lrs(CosineAnnealing(optimizer, total_steps=total, warmup_steps=warmup, min_lr=floor), total + 3)
+    for t, lr in enumerate(seen):
+        if t < warmup:
+            want = base * (t + 1) / warmup
+        elif t < total:
+            want = floor + (base - floor) * (1 + math.cos(math.pi * (t - warmup) / (total - warmup))) / 2
+        else:
+            want = floor
+        assert lr == pytest.approx(want, rel=1e-12), t
+    assert max(seen) == pytest.approx(base) and seen[warmup] == pytest.approx(base)
+    assert all(a >= b for a, b in zip(seen[warmup:], seen[warmup + 1 :]))  # falls after the warm-up
+
+
+def test_step_decay_closed_form():
+    optimizer = an_optimizer(SGD, lr=0.1)
+    seen = lrs(StepLR(optimizer, step_size=3, gamma=0.5), 10)
+    assert seen == pytest.approx([0.1, 0.1, 0.1, 0.05, 0.05, 0.05, 0.025, 0.025, 0.025, 0.0125], rel=1e-15)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda o: OneCycleLR(o, max_lr=1e-2, total_steps=30),
+        lambda o: CosineAnnealing(o, total_steps=30, warmup_steps=4),
+        lambda o: StepLR(o, step_size=7, gamma=0.3),
+    ],
+)
+def test_a_loaded_state_continues_the_same_values(make):
+    first = make(an_optimizer())
+    straight = lrs(first, 30)
+    second = make(an_optimizer())
+    lrs(second, 11)
+    state = second.state()
+    assert state == {"step": 11}
+    third = make(an_optimizer())
+    third.load_state(state)
+    assert lrs(third, 19) == straight[11:]  # exactly: the values are a function of the step count
+
+
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda o: OneCycleLR(o, max_lr=0, total_steps=10), "max_lr must be > 0"),
+        (lambda o: OneCycleLR(o, max_lr=1e-3, total_steps=0), "total_steps must be a positive integer"),
+        (lambda o: OneCycleLR(o, max_lr=1e-3, total_steps=10, pct_start=1.5), "pct_start must be in"),
+        (lambda o: CosineAnnealing(o, total_steps=10, warmup_steps=10), "warmup_steps must be"),
+        (lambda o: CosineAnnealing(o, total_steps=10, min_lr=1.0), "min_lr must be in"),
+        (lambda o: StepLR(o, step_size=0), "step_size must be a positive integer"),
+        (lambda o: StepLR(o, step_size=2, gamma=0), "gamma must be > 0"),
+    ],
+)
+def test_bad_schedule_arguments_are_value_errors(make, message):
+    with pytest.raises(ValueError, match=message):
+        make(an_optimizer())
+
+
+# ------------------------------------------------------------------ AdamW
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 1e-2, 0.5])
+def test_adamw_step_matches_update_rule(isa, weight_decay):
+    param, m, v = rand(7, 9), np.zeros((7, 9), np.float32), np.zeros((7, 9), np.float32)
+    p64, m64, v64 = param.astype(np.float64), m.astype(np.float64), v.astype(np.float64)
+    for step in range(1, 8):
+        grad = rand(7, 9)
+        F.adamw_step(param, grad, m, v, step, lr=1e-2, weight_decay=weight_decay)
+        p64, m64, v64 = ref.adamw_step(p64, grad.astype(np.float64), m64, v64, step, lr=1e-2, weight_decay=weight_decay)
+    np.testing.assert_allclose(param, p64, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(m, m64, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(v, v64, rtol=1e-5, atol=1e-7)
+
+
+def test_adamw_decays_the_parameter_not_the_gradient():
+    """With a zero gradient Adam's L2 term moves p through m and v; AdamW only shrinks p."""
+    param, zeros = np.full(4, 2.0, np.float32), np.zeros(4, np.float32)
+    m, v = zeros.copy(), zeros.copy()
+    F.adamw_step(param, zeros, m, v, 1, lr=0.1, weight_decay=0.5)
+    np.testing.assert_array_equal(param, np.float32(2.0 * (1 - 0.1 * 0.5)))
+    assert not m.any() and not v.any()
+
+
+def test_adamw_without_decay_is_adam_bit_for_bit():
+    a, b = [Parameter(rand(5, 6)) for _ in range(2)]
+    b.data[...] = a.data
+    adam, adamw = Adam([a], lr=1e-2), AdamW([b], lr=1e-2, weight_decay=0.0)
+    for _ in range(5):
+        a.grad = rand(5, 6)
+        b.grad = a.grad.copy()
+        adam.step()
+        adamw.step()
+    assert a.data.tobytes() == b.data.tobytes()
+    assert AdamW([a]).weight_decay == 1e-2  # PyTorch's default
+
+
+def test_adamw_bad_arguments_name_them():
+    p, g, m = rand(4), rand(4), np.zeros(4, np.float32)
+    with pytest.raises(ValueError, match="step must be >= 1"):
+        F.adamw_step(p, g, m, m.copy(), 0)
+    with pytest.raises(ValueError, match="v must have the shape of param"):
+        F.adamw_step(p, g, m, np.zeros(5, np.float32), 1)
+    with pytest.raises(TypeError, match="grad must have dtype float32"):
+        F.adamw_step(p, g.astype(np.float64), m, m.copy(), 1)
+
+
+# ------------------------------------------------------------------ label smoothing
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.5, 1.0])
+@pytest.mark.parametrize("label_dtype", [np.int32, np.int64])
+def test_label_smoothing_matches_reference(isa, smoothing, label_dtype):
+    logits = rand(9, 10, scale=3.0)
+    labels = rng.integers(0, 10, 9).astype(label_dtype)
+    loss, dlogits = F.softmax_cross_entropy(logits, labels, label_smoothing=smoothing)
+    rloss, rd = ref.softmax_cross_entropy_smoothed(logits, labels, smoothing)
+    assert loss == pytest.approx(rloss, rel=1e-6, abs=1e-6)
+    np.testing.assert_allclose(dlogits, rd, rtol=1e-5, atol=1e-6)
+
+
+def test_label_smoothing_finite_differences(isa):
+    logits = rand(4, 5)
+    labels = np.array([0, 4, 2, 2])
+    _, dlogits = F.softmax_cross_entropy(logits, labels, 0.2)
+    numeric = []
+    for c in range(logits.size):
+        z = logits.astype(np.float64)
+        plus, minus = z.copy(), z.copy()
+        plus.flat[c] += 1e-2
+        minus.flat[c] -= 1e-2
+        f = [F.softmax_cross_entropy(a.astype(np.float32), labels, 0.2)[0] for a in (plus, minus)]
+        numeric.append((f[0] - f[1]) / 2e-2)
+    np.testing.assert_allclose(dlogits.ravel(), numeric, rtol=1e-2, atol=1e-4)
+
+
+def test_no_smoothing_is_the_plain_loss_bit_for_bit_and_bad_values_are_refused():
+    logits, labels = rand(16, 10, scale=2.0), rng.integers(0, 10, 16)
+    plain, smoothed = F.softmax_cross_entropy(logits, labels), F.softmax_cross_entropy(logits, labels, 0.0)
+    assert plain[0] == smoothed[0] and plain[1].tobytes() == smoothed[1].tobytes()
+    # smoothing raises the loss of a confident right answer, and its gradient no longer pushes it further
+    confident = np.array([[10.0, 0.0, 0.0]], np.float32)
+    assert (
+        F.softmax_cross_entropy(confident, np.array([0]), 0.1)[0] > F.softmax_cross_entropy(confident, np.array([0]))[0]
+    )
+    assert F.softmax_cross_entropy(confident, np.array([0]), 0.1)[1][0, 0] > 0
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="label_smoothing must be in"):
+            F.softmax_cross_entropy(logits, labels, bad)
+
+
+# ------------------------------------------------------------------ python -m cnnfast.train
+
+
+class StopAfter:
+    """Stand-in for the signal handlers: 'SIGINT arrives' at the n-th check between steps."""
+
+    def __init__(self, n):
+        self.n, self.calls, self.signum = n, 0, None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def requested(self):
+        self.calls += 1
+        if self.calls >= self.n:
+            import signal
+
+            self.signum = signal.SIGINT
+        return self.signum is not None
+
+
+@pytest.fixture(scope="module")
+def data_320(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("data320")
+    write_mnist_dir(directory, synthetic_mnist(n_train=320, n_test=40, seed=3))
+    return str(directory)
+
+
+SCHEDULED = {
+    "onecycle": flags(schedule="onecycle", optimizer="adamw", weight_decay=0.05, label_smoothing=0.1),
+    "cosine": flags(schedule="cosine", warmup_epochs=0.5, min_lr=1e-5, optimizer="sgd", label_smoothing=0.2),
+    "step": flags(schedule="step", step_size=1, gamma=0.5, optimizer="adam", weight_decay=1e-3),
+}
+
+
+def weights(path):
+    return [p.data.tobytes() for p in cnnfast.load_model(path).parameters()]
+
+
+@pytest.mark.parametrize(
+    "schedule,stop_at",
+    [("onecycle", 12), ("onecycle", 15), ("cosine", 5), ("step", 12)],  # 10 steps an epoch; 12: between epochs
+)
+def test_a_scheduled_run_resumes_bit_identically(data_320, tmp_path, monkeypatch, threads, capsys, schedule, stop_at):
+    """Two epochs straight, and the same run stopped (after epoch 1, or inside an epoch) and
+    resumed from its checkpoint with --resume alone, end with the same weights, bit for bit."""
+    common = ["--data-dir", data_320, *flags(no_verify=True, epochs=2, batch_size=32, seed=4), *SCHEDULED[schedule]]
+    assert train.main(common + ["--out", str(tmp_path / "straight.npz")]) == 0
+    assert f"{schedule} schedule" in capsys.readouterr().out
+    with monkeypatch.context() as m:
+        m.setattr(train, "StopRequest", lambda: StopAfter(stop_at))
+        assert train.main(common + ["--out", str(tmp_path / "m.npz")]) == 130
+    state = ckpt.load(tmp_path / "m.ckpt.npz")
+    done = (state.epoch - 1) * 10 + state.position.step
+    assert state.schedule == {"step": done} and state.settings["schedule"] == schedule
+    assert train.main(["--resume", str(tmp_path / "m.ckpt.npz")]) == 0
+    assert weights(tmp_path / "m.npz") == weights(tmp_path / "straight.npz")
+
+
+def test_schedules_and_options_change_the_run_and_the_default_is_unchanged(data_320, tmp_path, threads):
+    common = ["--data-dir", data_320, *flags(no_verify=True, epochs=1, batch_size=32, seed=4)]
+    runs = {}
+    for name, extra in [
+        ("default", []),
+        ("constant", flags(schedule="constant", optimizer="adam", weight_decay=0, label_smoothing=0)),
+        ("onecycle", flags(schedule="onecycle")),
+        ("smoothing", flags(label_smoothing=0.1)),
+        ("adamw", flags(optimizer="adamw")),
+    ]:
+        assert train.main(common + extra + ["--out", str(tmp_path / f"{name}.npz")]) == 0
+        runs[name] = weights(tmp_path / f"{name}.npz")
+    assert runs["constant"] == runs["default"]  # the defaults spelled out are the default run
+    for name in ("onecycle", "smoothing", "adamw"):
+        assert runs[name] != runs["default"], name
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (flags(schedule="step", warmup_epochs=1), "--warmup-epochs is a setting of --schedule onecycle or cosine"),
+        (flags(min_lr=0.1), "--min-lr is a setting of --schedule cosine, not of --schedule constant"),
+        (flags(schedule="cosine", gamma=0.5), "--gamma is a setting of --schedule step"),
+        (flags(schedule="cosine", epochs=2, warmup_epochs=2), "--warmup-epochs 2 must be less than --epochs 2"),
+        (flags(schedule="onecycle", epochs=2, warmup_epochs=3), "--warmup-epochs 3 must not exceed --epochs 2"),
+        (flags(schedule="cosine", lr=1e-3, min_lr=1e-2), "--min-lr 0.01 must not exceed --lr 0.001"),
+        (flags(schedule="step", step_size=0), "--step-size must be at least 1"),
+        (flags(schedule="step", gamma=-1), "--gamma must be a positive number"),
+        (flags(weight_decay=-1), "--weight-decay must be a number >= 0"),
+        (flags(label_smoothing=1.5), "--label-smoothing must be in [0, 1]"),
+        (flags(schedule="linear"), "invalid choice: 'linear'"),
+    ],
+)
+def test_bad_schedule_flags_fail_before_any_work(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(args)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_defaults_of_the_schedules():
+    args = train.default_settings(schedule="onecycle", epochs=10)
+    assert (args.warmup_epochs, args.min_lr, args.step_size, args.gamma) == (3.0, None, None, None)
+    args = train.default_settings(schedule="step", epochs=10, optimizer="adamw")
+    assert (args.step_size, args.gamma, args.weight_decay, args.lr) == (3, 0.1, 0.01, 1e-3)
+    args = train.default_settings()
+    assert (args.schedule, args.weight_decay, args.label_smoothing, args.optimizer) == ("constant", 0.0, 0.0, "adam")
+    assert train.make_scheduler(args, an_optimizer(), 10) is None
+
+
+def test_resume_refuses_a_different_schedule(data_320, tmp_path, monkeypatch, threads, capsys):
+    common = ["--data-dir", data_320, *flags(no_verify=True, epochs=2, batch_size=32), *SCHEDULED["onecycle"]]
+    with monkeypatch.context() as m:
+        m.setattr(train, "StopRequest", lambda: StopAfter(3))
+        assert train.main(common + ["--out", str(tmp_path / "m.npz")]) == 130
+    for change, message in [
+        (flags(schedule="cosine"), "--schedule cosine contradicts the checkpoint's --schedule onecycle"),
+        (flags(label_smoothing=0.2), "--label-smoothing 0.2 contradicts the checkpoint's --label-smoothing 0.1"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            train.main(["--resume", str(tmp_path / "m.ckpt.npz"), *change])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
