@@ -693,6 +693,117 @@ py::array_t<float> global_avg_pool2d_grad(py::handle dy_, std::vector<i64> x_sha
   return dx;
 }
 
+// ---------------------------------------------------------------- batch norm
+struct BatchNormShape {
+  i64 N, C, L;
+};
+
+// x: [N, C], [N, C, L] or [N, C, H, W]; every per-channel array [C]
+BatchNormShape batch_norm_shape(const py::array_t<float>& x,
+                                std::initializer_list<std::pair<const py::array*, const char*>> per_channel) {
+  expect(x.ndim() >= 2 && x.ndim() <= 4,
+         "x must have 2 to 4 dimensions ([N, C], [N, C, L] or [N, C, H, W]), got shape " + shape_str(x));
+  BatchNormShape s{x.shape(0), x.shape(1), 1};
+  for (py::ssize_t d = 2; d < x.ndim(); ++d) s.L *= x.shape(d);
+  for (const auto& [a, name] : per_channel)
+    expect(a->ndim() == 1 && a->shape(0) == s.C, std::string(name) + " must have shape (" + std::to_string(s.C) +
+                                                     ",), one value per channel of x " + shape_str(x) + ", got " +
+                                                     shape_str(*a));
+  return s;
+}
+
+// An array written in place may share no memory with any other argument.
+void expect_disjoint(const py::array& a, const char* a_name, const py::array& b, const char* b_name) {
+  const char* a0 = static_cast<const char*>(a.data());
+  const char* b0 = static_cast<const char*>(b.data());
+  expect(!(a0 < b0 + b.nbytes() && b0 < a0 + a.nbytes()),
+         std::string(a_name) + " and " + b_name + " share memory; pass a copy of one");
+}
+
+void expect_batch_norm_eps(double eps) {
+  expect(std::isfinite(eps) && float(eps) > 0.0f, "eps must be > 0 in float32, got " + std::to_string(eps));
+}
+
+py::tuple batch_norm_train(py::handle x_, py::handle weight_, py::handle bias_, py::handle running_mean_,
+                           py::handle running_var_, double momentum, double eps) {
+  auto x = checked<float>(x_, "x");
+  auto weight = checked<float>(weight_, "weight");
+  auto bias = checked<float>(bias_, "bias");
+  auto running_mean = writable<float>(running_mean_, "running_mean");
+  auto running_var = writable<float>(running_var_, "running_var");
+  const BatchNormShape s = batch_norm_shape(
+      x, {{&weight, "weight"}, {&bias, "bias"}, {&running_mean, "running_mean"}, {&running_var, "running_var"}});
+  expect(s.N * s.L >= 2, "x has " + std::to_string(s.N * s.L) +
+                             " value(s) per channel; training needs at least 2 (a batch of 2, or an image of 2 "
+                             "pixels) to estimate a variance");
+  expect(momentum >= 0.0 && momentum <= 1.0, "momentum must be in [0, 1], got " + std::to_string(momentum));
+  expect_batch_norm_eps(eps);
+  const std::pair<const py::array*, const char*> read[] = {
+      {&x, "x"}, {&weight, "weight"}, {&bias, "bias"}, {&running_var, "running_var"}};
+  for (const auto& [a, name] : read) expect_disjoint(running_mean, "running_mean", *a, name);
+  for (int i = 0; i < 3; ++i) expect_disjoint(running_var, "running_var", *read[i].first, read[i].second);
+  std::vector<py::ssize_t> shape(x.shape(), x.shape() + x.ndim());
+  auto y = empty<float>(shape);
+  auto mean = empty<float>({s.C});
+  auto invstd = empty<float>({s.C});
+  float *yp = y.mutable_data(), *mp = mean.mutable_data(), *ip = invstd.mutable_data();
+  float *rm = running_mean.mutable_data(), *rv = running_var.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    batch_norm_forward_train(yp, mp, ip, rm, rv, x.data(), weight.data(), bias.data(), s.N, s.C, s.L, float(eps),
+                             float(momentum));
+  }
+  return py::make_tuple(y, mean, invstd);
+}
+
+py::array_t<float> batch_norm_eval(py::handle x_, py::handle weight_, py::handle bias_, py::handle running_mean_,
+                                   py::handle running_var_, double eps) {
+  auto x = checked<float>(x_, "x");
+  auto weight = checked<float>(weight_, "weight");
+  auto bias = checked<float>(bias_, "bias");
+  auto running_mean = checked<float>(running_mean_, "running_mean");
+  auto running_var = checked<float>(running_var_, "running_var");
+  const BatchNormShape s = batch_norm_shape(
+      x, {{&weight, "weight"}, {&bias, "bias"}, {&running_mean, "running_mean"}, {&running_var, "running_var"}});
+  expect_batch_norm_eps(eps);
+  std::vector<py::ssize_t> shape(x.shape(), x.shape() + x.ndim());
+  auto y = empty<float>(shape);
+  float* yp = y.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    batch_norm_forward_eval(yp, x.data(), weight.data(), bias.data(), running_mean.data(), running_var.data(), s.N, s.C,
+                            s.L, float(eps));
+  }
+  return y;
+}
+
+py::tuple batch_norm_grad(py::handle x_, py::handle weight_, py::handle dy_, py::handle mean_, py::handle invstd_,
+                          bool input_grad) {
+  auto x = checked<float>(x_, "x");
+  auto weight = checked<float>(weight_, "weight");
+  auto dy = checked<float>(dy_, "dy");
+  auto mean = checked<float>(mean_, "mean");
+  auto invstd = checked<float>(invstd_, "invstd");
+  const BatchNormShape s = batch_norm_shape(x, {{&weight, "weight"}, {&mean, "mean"}, {&invstd, "invstd"}});
+  expect_same_shape(x, "x", dy, "dy");
+  std::vector<py::ssize_t> shape(x.shape(), x.shape() + x.ndim());
+  py::object dx = py::none();
+  float* dxp = nullptr;
+  if (input_grad) {
+    auto dx_array = empty<float>(shape);
+    dxp = dx_array.mutable_data();
+    dx = dx_array;
+  }
+  auto dweight = empty<float>({s.C});
+  auto dbias = empty<float>({s.C});
+  float *dwp = dweight.mutable_data(), *dbp = dbias.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    batch_norm_backward(dxp, dwp, dbp, x.data(), weight.data(), dy.data(), mean.data(), invstd.data(), s.N, s.C, s.L);
+  }
+  return py::make_tuple(dx, dweight, dbias);
+}
+
 // ---------------------------------------------------------------- GEMM (for tests and benchmarks)
 py::array_t<float> matmul(py::handle a_, py::handle b_, bool trans_a, bool trans_b, bool naive) {
   auto a = checked<float>(a_, "a", 2, "[M, K] (or [K, M] with trans_a)");
@@ -737,6 +848,7 @@ py::dict build_info() {
   kernels["relu"] = std::string("portable");
   kernels["cross_entropy"] = std::string("portable");
   kernels["optim"] = std::string("portable");
+  kernels["batch_norm"] = std::string("portable");
   kernels["activations"] = own + " (tanh, sigmoid), portable (LeakyReLU)";
   kernels["pool_windows"] = std::string("portable");  // max_pool2d with other strides or padding, avg_pool2d
   py::dict d;
@@ -814,6 +926,12 @@ PYBIND11_MODULE(_core, m) {
          double eps, double weight_decay) { adam(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay, true); },
       "param"_a, "grad"_a, "m"_a, "v"_a, "step"_a, "lr"_a = 1e-3, "beta1"_a = 0.9, "beta2"_a = 0.999, "eps"_a = 1e-8,
       "weight_decay"_a = 1e-2);
+  m.def("batch_norm_train", &batch_norm_train, "x"_a, "weight"_a, "bias"_a, "running_mean"_a, "running_var"_a,
+        "momentum"_a = 0.1, "eps"_a = 1e-5);
+  m.def("batch_norm_eval", &batch_norm_eval, "x"_a, "weight"_a, "bias"_a, "running_mean"_a, "running_var"_a,
+        "eps"_a = 1e-5);
+  m.def("batch_norm_backward", &batch_norm_grad, "x"_a, "weight"_a, "dy"_a, "mean"_a, "invstd"_a,
+        "input_grad"_a = true);
   m.def("matmul", &matmul, "a"_a, "b"_a, "trans_a"_a = false, "trans_b"_a = false, "naive"_a = false);
 
   // activations and pooling windows (activations.cpp, max_pool2d_window.cpp, avg_pool2d.cpp)

@@ -155,5 +155,21 @@ void avg_pool2d_backward(float* dx, const float* dy, i64 N, i64 C, i64 H, i64 W,
 // global average pooling: x: [planes, HW] -> y: [planes] (the mean of each plane); dx = dy / HW
 void global_avg_pool2d_forward(float* y, const float* x, i64 planes, i64 HW);
 void global_avg_pool2d_backward(float* dx, const float* dy, i64 planes, i64 HW);
+// ---- batch_norm.cpp: over the channels of [N, C, L] (BatchNorm2d: L = H*W; BatchNorm1d: L = 1
+// for [N, C], or the length of [N, C, L]), PyTorch's rules ----
+// Training: x: [N, C, L], gamma, beta: [C] -> y: [N, C, L] = (x - mean_c) * invstd_c * gamma_c + beta_c
+// with the batch's mean and biased variance per channel, invstd = 1 / sqrt(var + eps);
+// save_mean, save_invstd: [C] (for backward); running_mean, running_var: [C] updated in place,
+// r = (1 - momentum) r + momentum * batch value, with the unbiased variance (N*L >= 2)
+void batch_norm_forward_train(float* y, float* save_mean, float* save_invstd, float* running_mean, float* running_var,
+                              const float* x, const float* gamma, const float* beta, i64 N, i64 C, i64 L, float eps,
+                              float momentum);
+// Inference: y = (x - running_mean) / sqrt(running_var + eps) * gamma + beta
+void batch_norm_forward_eval(float* y, const float* x, const float* gamma, const float* beta, const float* running_mean,
+                             const float* running_var, i64 N, i64 C, i64 L, float eps);
+// The training forward's gradients: x, dy: [N, C, L], gamma, save_mean, save_invstd: [C] ->
+// dx: [N, C, L] (may be null: not computed), dgamma, dbeta: [C]
+void batch_norm_backward(float* dx, float* dgamma, float* dbeta, const float* x, const float* gamma, const float* dy,
+                         const float* save_mean, const float* save_invstd, i64 N, i64 C, i64 L);
 
 }  // namespace cnnfast

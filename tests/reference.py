@@ -216,3 +216,45 @@ def softmax_cross_entropy_smoothed(logits, labels, label_smoothing):
     target = np.full((n, k), label_smoothing / k)
     target[np.arange(n), labels] += 1.0 - label_smoothing
     return -(target * log_p).sum(axis=1).mean(), (np.exp(log_p) - target) / n
+
+
+# ------------------------------------------------------------------ batch normalisation
+
+
+def _per_channel(a, ndim):
+    return np.asarray(a, np.float64).reshape((1, -1) + (1,) * (ndim - 2))
+
+
+def batch_norm_train(x, weight, bias, running_mean, running_var, momentum=0.1, eps=1e-5):
+    """PyTorch's training-mode BatchNorm over every axis but 1: (y, mean, invstd, new running_mean,
+    new running_var), the running variance updated with the unbiased batch variance."""
+    x = np.asarray(x, np.float64)
+    axes = tuple(d for d in range(x.ndim) if d != 1)
+    m = x.size // x.shape[1]
+    mean, var = x.mean(axis=axes), x.var(axis=axes)
+    invstd = 1.0 / np.sqrt(var + eps)
+    y = (x - _per_channel(mean, x.ndim)) * _per_channel(invstd * weight, x.ndim) + _per_channel(bias, x.ndim)
+    new_mean = (1 - momentum) * np.asarray(running_mean, np.float64) + momentum * mean
+    new_var = (1 - momentum) * np.asarray(running_var, np.float64) + momentum * var * m / (m - 1)
+    return y, mean, invstd, new_mean, new_var
+
+
+def batch_norm_eval(x, weight, bias, running_mean, running_var, eps=1e-5):
+    x = np.asarray(x, np.float64)
+    invstd = 1.0 / np.sqrt(np.asarray(running_var, np.float64) + eps)
+    return (x - _per_channel(running_mean, x.ndim)) * _per_channel(invstd * weight, x.ndim) + _per_channel(bias, x.ndim)
+
+
+def batch_norm_backward(x, weight, dy):
+    """Gradients of batch_norm_train's y (the batch's own statistics): (dx, dweight, dbias)."""
+    x, dy = np.asarray(x, np.float64), np.asarray(dy, np.float64)
+    axes = tuple(d for d in range(x.ndim) if d != 1)
+    m = x.size // x.shape[1]
+    mean, var = x.mean(axis=axes), x.var(axis=axes)
+    invstd = 1.0 / np.sqrt(var + 1e-5)
+    xhat = (x - _per_channel(mean, x.ndim)) * _per_channel(invstd, x.ndim)
+    dbias, dweight = dy.sum(axis=axes), (dy * xhat).sum(axis=axes)
+    dx = _per_channel(np.asarray(weight, np.float64) * invstd / m, x.ndim) * (
+        m * dy - _per_channel(dbias, x.ndim) - xhat * _per_channel(dweight, x.ndim)
+    )
+    return dx, dweight, dbias

@@ -151,6 +151,14 @@ def test_sigint_and_sigterm_write_checkpoints_and_resume_is_bit_identical(data_2
         "no_verify": True,
         "train_images": 2000,
         "train_data_sha256": state1.settings["train_data_sha256"],
+        # the schedule and options of a run without those flags
+        "schedule": "constant",
+        "warmup_epochs": None,
+        "min_lr": None,
+        "step_size": None,
+        "gamma": None,
+        "weight_decay": 0.0,
+        "label_smoothing": 0.0,
     }
     assert state1.shuffle_rng["bit_generator"] == "PCG64" and list(state1.layer_rngs) == [7]  # Dropout
     steps_done = (state1.epoch - 1) * STEPS + state1.position.step

@@ -4,13 +4,15 @@ was never interrupted (same seed, same settings).
 
 A checkpoint is one .npz file (written atomically: a temporary file, then a rename) holding
 
-- the weights (``param.<i>``, in `model.parameters()` order) and the optimizer's state
+- the weights (``param.<i>``, in `model.parameters()` order), the buffers (``buffer.<i>``, in
+  `model.named_buffers()` order: BatchNorm's running statistics) and the optimizer's state
   (``optim.<name>``: Adam's t, m.i, v.i or SGD's velocity.i);
 - a JSON document (``meta``): the settings the run was started with (all of them, so that
   ``--resume`` alone continues it) and a fingerprint of its training data, the position (the epoch to
   continue and how many of its steps are done), the running totals of that epoch, the history
   of finished epochs, the shuffling generator's state as of the START of that epoch (its
-  permutation is drawn again from it) and the state of every layer's own generator (Dropout's).
+  permutation is drawn again from it), the state of every layer's own generator (Dropout's) and
+  the learning-rate schedule's step count.
 
 Nothing is pickled: generator states are plain dicts of ints and strings, stored as JSON, and
 files are read with allow_pickle=False. A checkpoint is not a model file (`load_model` rejects
@@ -83,6 +85,7 @@ class Checkpoint:
     first_loss: float | None = None  # the run's first loss and the steps in a row far above it
     high_steps: int = 0  # (train.DivergenceWatch)
     schedule: dict | None = None  # the learning-rate schedule's state ({"step": n}), None: constant
+    buffers: list = dataclasses.field(default_factory=list)  # float32 arrays, in model.named_buffers() order
 
 
 def default_path(model_path: str) -> str:
@@ -133,6 +136,7 @@ def capture(
         first_loss=first_loss,
         high_steps=int(high_steps),
         schedule=dict(schedule) if schedule is not None else None,
+        buffers=[array.copy() for _, array in model.named_buffers()],
     )
 
 
@@ -154,10 +158,12 @@ def save(checkpoint: Checkpoint, path) -> str:
         "optimizer": sorted(checkpoint.optimizer),
         "divergence": {"first_loss": checkpoint.first_loss, "high_steps": checkpoint.high_steps},
         "schedule": checkpoint.schedule,
+        "buffers": len(checkpoint.buffers),
     }
     arrays = {"format": np.array(FORMAT), "meta": np.array(json.dumps(meta))}
     arrays.update({f"param.{i}": p for i, p in enumerate(checkpoint.params)})
     arrays.update({f"optim.{k}": np.asarray(v) for k, v in checkpoint.optimizer.items()})
+    arrays.update({f"buffer.{i}": b for i, b in enumerate(checkpoint.buffers)})
     with atomic_write(path) as f:
         np.savez(f, **arrays)
     return path
@@ -246,10 +252,15 @@ def _from_npz(f) -> Checkpoint:
         and all(isinstance(k, str) for k in optim_keys),
         "bad array list",
     )
+    n_buffers = meta.get("buffers", 0)  # (none before BatchNorm)
+    _expect(isinstance(n_buffers, int) and 0 <= n_buffers <= len(files), "bad array list")
     expected = {"format", "meta"} | {f"param.{i}" for i in range(n_params)} | {f"optim.{k}" for k in optim_keys}
+    expected |= {f"buffer.{i}" for i in range(n_buffers)}
     _expect(files == expected, f"arrays {sorted(files ^ expected)[:5]} missing or unexpected")
     params = [_array(f, f"param.{i}") for i in range(n_params)]
     _expect(all(p.dtype == np.float32 for p in params), "weights are not float32")
+    buffers = [_array(f, f"buffer.{i}") for i in range(n_buffers)]
+    _expect(all(b.dtype == np.float32 for b in buffers), "buffers are not float32")
     optimizer = {k: _array(f, f"optim.{k}") for k in optim_keys}
     _expect(all(v.dtype.kind in "fiu" for v in optimizer.values()), "optimizer state is not numeric")
     return Checkpoint(
@@ -266,6 +277,7 @@ def _from_npz(f) -> Checkpoint:
         first_loss=divergence.get("first_loss"),
         high_steps=divergence.get("high_steps", 0),
         schedule=_schedule_state(meta.get("schedule")),
+        buffers=buffers,
     )
 
 
@@ -317,6 +329,9 @@ def restore(checkpoint: Checkpoint, model, optimizer, shuffle_rng: np.random.Gen
     params = model.parameters()
     if len(params) != len(checkpoint.params) or any(p.data.shape != q.shape for p, q in zip(params, checkpoint.params)):
         raise CheckpointError(f"its weights do not fit the model ({[list(q.shape) for q in checkpoint.params][:4]}...)")
+    buffers = [array for _, array in model.named_buffers()]
+    if len(buffers) != len(checkpoint.buffers) or any(b.shape != q.shape for b, q in zip(buffers, checkpoint.buffers)):
+        raise CheckpointError("its buffers (BatchNorm's running statistics) do not fit the model")
     current = {k: np.asarray(v) for k, v in optimizer.state().items()}
     saved = checkpoint.optimizer
     if set(current) != set(saved) or any(
@@ -340,6 +355,8 @@ def restore(checkpoint: Checkpoint, model, optimizer, shuffle_rng: np.random.Gen
         raise CheckpointError(f"corrupt checkpoint: bad generator state ({type(error).__name__}: {error})") from None
     for p, q in zip(params, checkpoint.params):
         p.data[...] = q
+    for b, q in zip(buffers, checkpoint.buffers):
+        b[...] = q
     optimizer.load_state(checkpoint.optimizer)
     if scheduler is not None:
         scheduler.load_state(checkpoint.schedule)

@@ -11,7 +11,8 @@ onnxruntime since 1.7 reads): Conv2d -> Conv (its stride and padding; no bias in
 bias), ReLU -> Relu, LeakyReLU -> LeakyRelu, Tanh -> Tanh, Sigmoid -> Sigmoid, MaxPool2d ->
 MaxPool and AvgPool2d -> AveragePool (their stride and padding, floor), GlobalAvgPool2d and
 AdaptiveAvgPool2d(1) -> GlobalAveragePool, Residual -> its branches' nodes and an Add, Flatten ->
-Flatten (axis 1), Linear -> Gemm (transB = 1); Dropout, the identity at inference, is left out.
+Flatten (axis 1), Linear -> Gemm (transB = 1), BatchNorm2d and BatchNorm1d -> BatchNormalization (with
+the running statistics, as at inference); Dropout, the identity at inference, is left out.
 
 Input ``input``: float32 [batch, *the model's input shape]: the shape given (input_shape=, or
 --input-shape), else the one the model was trained on (Sequential.input_shape, kept in model
@@ -35,6 +36,8 @@ from ._cli import add_model_argument, argument_parser, check_model_arg, load_mod
 from ._files import atomic_write
 from .nn import (
     AvgPool2d,
+    BatchNorm1d,
+    BatchNorm2d,
     Conv2d,
     Dropout,
     Flatten,
@@ -71,6 +74,16 @@ def _onnx():
 
 
 EXPORTED = (Conv2d, Linear, ReLU, MaxPool2d, Flatten, Dropout, LeakyReLU, Tanh, Sigmoid, AvgPool2d, GlobalAvgPool2d)
+EXPORTED += (BatchNorm1d, BatchNorm2d)  # (issue 15)
+
+
+def _batch_norm_node(helper, numpy_helper, layer, inputs: list, name: str, prefix: str, weights: list):
+    """BatchNormalization (inference) of a BatchNorm layer whose weight and bias are `inputs`
+    already: its running statistics follow as initializers ("<prefix>.running_mean", ...)."""
+    for kind, array in layer.named_buffers():
+        weights.append(numpy_helper.from_array(np.ascontiguousarray(array, np.float32), f"{prefix}.{kind}"))
+        inputs.append(f"{prefix}.{kind}")
+    return helper.make_node("BatchNormalization", inputs, [name], name=name, epsilon=layer.eps)
 
 
 def _check_layers(layers, prefix: str = "") -> None:
@@ -179,6 +192,8 @@ def _nodes(layers, current: str, prefix: str, nodes: list, weights: list) -> str
             node = helper.make_node("GlobalAveragePool", inputs, [name], name=name)
         elif isinstance(layer, Flatten):
             node = helper.make_node("Flatten", inputs, [name], name=name, axis=1)
+        elif isinstance(layer, (BatchNorm1d, BatchNorm2d)):
+            node = _batch_norm_node(helper, numpy_helper, layer, inputs, name, f"{prefix}{i}", weights)
         else:  # Linear: y = x @ W.T + b
             node = helper.make_node("Gemm", inputs, [name], name=name, alpha=1.0, beta=1.0, transA=0, transB=1)
         nodes.append(node)
@@ -269,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argument_parser(
         prog="python -m cnnfast.export",
         description="Export a trained model as a standard ONNX graph (Conv, Relu, MaxPool, Flatten, Gemm; "
-        "LeakyRelu, Tanh, Sigmoid, AveragePool, GlobalAveragePool, Add for other layers; "
+        "LeakyRelu, Tanh, Sigmoid, AveragePool, GlobalAveragePool, Add, BatchNormalization for other layers; "
         f"opset {OPSET}) to run it with onnxruntime or any other ONNX runtime. Input "
         f"'{INPUT}': float32 [batch, *the model's input shape] as its file records it (MNIST's "
         f"[batch, 1, 28, 28], pixels in [0, 1]: uint8 / 255); output "

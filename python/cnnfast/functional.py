@@ -43,6 +43,9 @@ __all__ = [
     "global_avg_pool2d",
     "global_avg_pool2d_backward",
     "adamw_step",
+    "batch_norm_train",
+    "batch_norm_eval",
+    "batch_norm_backward",
 ]
 
 
@@ -319,3 +322,44 @@ def adamw_step(
     _core.adamw_step(
         param, grad, m, v, int(step), float(lr), float(beta1), float(beta2), float(eps), float(weight_decay)
     )
+
+
+def batch_norm_train(
+    x: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray,
+    running_mean: np.ndarray,
+    running_var: np.ndarray,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+):
+    """Batch normalisation in training mode (PyTorch's rule), per channel of x [N, C], [N, C, L]
+    or [N, C, H, W]: returns (y, mean [C], invstd [C]) with
+
+    y = (x - mean) * invstd * weight + bias, mean and biased variance var over the batch (and
+    the pixels), invstd = 1 / sqrt(var + eps); mean and invstd are what `batch_norm_backward`
+    needs. Updates running_mean and running_var [C] in place:
+    running = (1 - momentum) * running + momentum * batch value, with the unbiased variance
+    var * M / (M - 1), M = values per channel (at least 2).
+    """
+    return _core.batch_norm_train(x, weight, bias, running_mean, running_var, float(momentum), float(eps))
+
+
+def batch_norm_eval(
+    x: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray,
+    running_mean: np.ndarray,
+    running_var: np.ndarray,
+    eps: float = 1e-5,
+) -> np.ndarray:
+    """Batch normalisation in eval mode: y = (x - running_mean) / sqrt(running_var + eps) * weight + bias."""
+    return _core.batch_norm_eval(x, weight, bias, running_mean, running_var, float(eps))
+
+
+def batch_norm_backward(
+    x: np.ndarray, weight: np.ndarray, dy: np.ndarray, mean: np.ndarray, invstd: np.ndarray, input_grad: bool = True
+):
+    """Gradients of `batch_norm_train` given dy = dL/dy and its (mean, invstd): returns
+    (dx, dweight [C], dbias [C]); with input_grad=False, dx is None and is not computed."""
+    return _core.batch_norm_backward(x, weight, dy, mean, invstd, bool(input_grad))

@@ -13,6 +13,7 @@ Turning MNIST's uint8 digits into model input is cnnfast.mnist's job.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -88,6 +89,12 @@ class Layer:
     def named_parameters(self) -> list[tuple[str, Parameter]]:
         """(name, parameter) pairs, names relative to the layer ("weight", "bias", "block.0.weight")."""
         return list(zip(("weight", "bias"), self.parameters()))
+
+    def named_buffers(self) -> list[tuple[str, np.ndarray]]:
+        """(name, array) of the state that gradients do not train but the model file keeps
+        (BatchNorm's running statistics), names relative to the layer; updated in place, never
+        replaced."""
+        return []
 
     def output_shape(self, shape: tuple) -> tuple | None:
         """The shape of one output sample for one input sample of `shape` (no batch axis); a
@@ -676,10 +683,10 @@ class Residual(Layer):
 
     def infer(self, x):
         a = x
-        for step in self.block.steps:
+        for step in self.block.inference_steps():
             a = step.infer(a)
         b = x
-        for step in self.shortcut.steps if self.shortcut is not None else ():
+        for step in self.shortcut.inference_steps() if self.shortcut is not None else ():
             b = step.infer(b)
         return self._add(a, b)
 
@@ -699,6 +706,12 @@ class Residual(Layer):
         named = [(f"block.{name}", p) for name, p in self.block.named_parameters()]
         if self.shortcut is not None:
             named += [(f"shortcut.{name}", p) for name, p in self.shortcut.named_parameters()]
+        return named
+
+    def named_buffers(self):
+        named = [(f"block.{name}", b) for name, b in self.block.named_buffers()]
+        if self.shortcut is not None:
+            named += [(f"shortcut.{name}", b) for name, b in self.shortcut.named_buffers()]
         return named
 
     def output_shape(self, shape):
@@ -738,6 +751,131 @@ NEW_LAYERS = (LeakyReLU, Tanh, Sigmoid, AvgPool2d, GlobalAvgPool2d, AdaptiveAvgP
 
 LAYERS = {cls.__name__: cls for cls in (Conv2d, Linear, ReLU, MaxPool2d, Flatten, Dropout)}
 LAYERS.update((cls.__name__, cls) for cls in NEW_LAYERS)
+
+
+# ---------------------------------------------------------------- batch normalisation
+
+
+class _BatchNorm(Layer):
+    """Batch normalisation (PyTorch's BatchNorm): in training, each channel is normalised with the
+    batch's mean and (biased) variance, then scaled by `weight` and shifted by `bias` (initialised
+    to 1 and 0), and the running statistics move towards the batch's, r = (1 - momentum) r +
+    momentum * batch value (the variance unbiased); in eval mode (and in Sequential.infer) the
+    running statistics take the batch's place. running_mean and running_var are buffers: saved
+    in model files and state_dict, not trained by gradients."""
+
+    ndims: tuple = ()
+    layout = ""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1):
+        if int(num_features) != num_features or num_features < 1:
+            raise ValueError(f"num_features must be a positive integer, got {num_features}")
+        if not (math.isfinite(eps) and eps > 0):
+            raise ValueError(f"eps must be > 0, got {eps}")
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+        self.num_features, self.eps, self.momentum = int(num_features), float(eps), float(momentum)
+        self.weight = Parameter(np.ones(self.num_features, np.float32))
+        self.bias = Parameter(np.zeros(self.num_features, np.float32))
+        self.running_mean = np.zeros(self.num_features, np.float32)
+        self.running_var = np.ones(self.num_features, np.float32)
+
+    def _check(self, x):
+        if np.ndim(x) not in self.ndims:
+            raise ValueError(f"{type(self).__name__} takes {self.layout}, got shape {list(np.shape(x))}")
+
+    def forward(self, x):
+        self._check(x)
+        self.x = x
+        if not self.training:
+            self.mean = None
+            return self.infer(x)
+        y, self.mean, self.invstd = F.batch_norm_train(
+            x, self.weight.data, self.bias.data, self.running_mean, self.running_var, self.momentum, self.eps
+        )
+        return y
+
+    def infer(self, x):
+        self._check(x)
+        return F.batch_norm_eval(x, self.weight.data, self.bias.data, self.running_mean, self.running_var, self.eps)
+
+    def backward(self, dy, input_grad=True):
+        if self.mean is not None:
+            dx, self.weight.grad, self.bias.grad = F.batch_norm_backward(
+                self.x, self.weight.data, dy, self.mean, self.invstd, input_grad
+            )
+            return dx
+        # after an eval-mode forward: an affine map per channel with the running statistics
+        shape = (1, -1) + (1,) * (self.x.ndim - 2)
+        axes = tuple(d for d in range(self.x.ndim) if d != 1)
+        invstd = 1.0 / np.sqrt(self.running_var.astype(np.float64) + self.eps)
+        xhat = (self.x - self.running_mean.reshape(shape)) * invstd.reshape(shape)
+        self.weight.grad = (dy * xhat).sum(axis=axes).astype(np.float32)
+        self.bias.grad = dy.sum(axis=axes, dtype=np.float64).astype(np.float32)
+        return (dy * (self.weight.data * invstd).reshape(shape)).astype(np.float32) if input_grad else None
+
+    def parameters(self):
+        return [self.weight, self.bias]
+
+    def named_buffers(self):
+        return [("running_mean", self.running_mean), ("running_var", self.running_var)]
+
+    def config(self):
+        return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum}
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch normalisation of [N, C, H, W] per channel, over the batch and the pixels (see _BatchNorm).
+    In Sequential.infer, a Conv2d directly before it is fused with it (fold_batch_norm)."""
+
+    ndims = (4,)
+    layout = "[N, C, H, W]"
+
+    def output_shape(self, shape):
+        if len(shape) != 3 or shape[0] != self.num_features:
+            raise ShapeError(f"needs [batch, {self.num_features}, height, width]")
+        return shape
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch normalisation of [N, C] (after a Linear) or [N, C, L] per channel (see _BatchNorm)."""
+
+    ndims = (2, 3)
+    layout = "[N, C] or [N, C, L]"
+
+    def output_shape(self, shape):
+        if len(shape) not in (1, 2) or shape[0] != self.num_features:
+            raise ShapeError(f"needs [batch, {self.num_features}] or [batch, {self.num_features}, length]")
+        return shape
+
+
+def fold_batch_norm(conv: Conv2d, bn: BatchNorm2d) -> Conv2d:
+    """One Conv2d computing bn.infer(conv.infer(x)): the convolution's weights scaled per output
+    channel by s = gamma / sqrt(running_var + eps), its bias (b - running_mean) * s + beta (in
+    float64, then rounded to float32). For inference only: a new layer, the two are unchanged."""
+    scale = bn.weight.data.astype(np.float64) / np.sqrt(bn.running_var.astype(np.float64) + bn.eps)
+    folded = copy.copy(conv)  # (every setting of the convolution: stride, padding; new parameters below)
+    folded.weight = Parameter(conv.weight.data * scale[:, None, None, None])
+    folded.bias = Parameter((conv.bias_data.astype(np.float64) - bn.running_mean) * scale + bn.bias.data)
+    return folded
+
+
+def fold_batch_norms(layers: list[Layer]) -> list[Layer] | None:
+    """The layers with each Conv2d directly followed by a BatchNorm2d (of as many channels)
+    replaced by their fold_batch_norm; None if there is no such pair."""
+    out, i = [], 0
+    while i < len(layers):
+        a, b = layers[i], layers[i + 1] if i + 1 < len(layers) else None
+        if isinstance(a, Conv2d) and isinstance(b, BatchNorm2d) and b.num_features == a.out_channels:
+            out.append(fold_batch_norm(a, b))
+            i += 2
+        else:
+            out.append(a)
+            i += 1
+    return out if len(out) < len(layers) else None
+
+
+LAYERS.update({cls.__name__: cls for cls in (BatchNorm2d, BatchNorm1d)})
 
 
 class Sequential:
@@ -803,23 +941,33 @@ class Sequential:
     def infer(self, x: np.ndarray) -> np.ndarray:
         """Eval-mode outputs for a batch (dropout off, whatever `training` says), keeping
         nothing for backward: the same numbers as forward() in eval mode, computed
-        `infer_block` images at a time so that each block's activations stay in cache."""
+        `infer_block` images at a time so that each block's activations stay in cache. (Each
+        Conv2d + BatchNorm2d pair runs as one convolution with the normalisation folded into its
+        weights, and then fuses with a ReLU + MaxPool2d after it: the same numbers up to float
+        rounding.)"""
         x = np.asarray(x)
         self.check_input(x)
+        steps = self.inference_steps()
         out = None
         for i in range(0, len(x), self.infer_block):
             y = np.ascontiguousarray(x[i : i + self.infer_block])
-            for step in self.steps:
+            for step in steps:
                 y = step.infer(y)
             if out is None:
                 out = np.empty((len(x),) + y.shape[1:], y.dtype)
             out[i : i + len(y)] = y
         if out is None:  # an empty batch: the shapes still come from the layers
             y = np.ascontiguousarray(x)
-            for step in self.steps:
+            for step in steps:
                 y = step.infer(y)
             out = y
         return out
+
+    def inference_steps(self) -> list[Layer]:
+        """What infer() runs: `steps`, but with BatchNorm2d folded into the Conv2d before it
+        (fold_batch_norms, from the current weights and running statistics) and fused again."""
+        folded = fold_batch_norms(self.layers)
+        return self.steps if folded is None else fuse(folded)
 
     def backward(self, dy: np.ndarray, input_grad: bool = True):
         """Backpropagate dL/d(output); returns dL/d(input), or None with input_grad=False
@@ -835,27 +983,36 @@ class Sequential:
         """("<layer index>.weight" / ".bias", parameter): the names model files use."""
         return [(f"{i}.{name}", p) for i, layer in enumerate(self.layers) for name, p in layer.named_parameters()]
 
+    def named_buffers(self) -> list[tuple[str, np.ndarray]]:
+        """("<layer index>.<name>", array) of every layer's buffers (BatchNorm's "1.running_mean",
+        "1.running_var"; nested: "3.block.1.running_mean"): state saved with the model that
+        gradients do not train."""
+        return [(f"{i}.{name}", array) for i, layer in enumerate(self.layers) for name, array in layer.named_buffers()]
+
     def state_dict(self) -> dict[str, np.ndarray]:
-        """A copy of every parameter, by name ("0.weight", "0.bias", "3.weight", ...)."""
-        return {name: p.data.copy() for name, p in self.named_parameters()}
+        """A copy of every parameter and buffer, by name ("0.weight", "0.bias", "1.running_mean", ...)."""
+        state = {name: p.data.copy() for name, p in self.named_parameters()}
+        state.update((name, array.copy()) for name, array in self.named_buffers())
+        return state
 
     def load_state_dict(self, state: dict) -> None:
-        """Set every parameter from a copy of `state` (as state_dict() gives it): the same names and
-        shapes, or a ValueError naming what differs, and then nothing is changed."""
-        params = dict(self.named_parameters())
+        """Set every parameter and buffer from a copy of `state` (as state_dict() gives it): the same
+        names and shapes, or a ValueError naming what differs, and then nothing is changed."""
+        params = {name: p.data for name, p in self.named_parameters()}
+        params.update(self.named_buffers())
         missing, unexpected = sorted(set(params) - set(state)), sorted(set(state) - set(params))
         if missing or unexpected:
             raise ValueError(f"load_state_dict: missing {missing}, unexpected {unexpected}")
         arrays = {}
         for name, p in params.items():
             value = np.asarray(state[name])
-            if value.shape != p.data.shape:
-                raise ValueError(f"load_state_dict: {name} has shape {value.shape}, the model's is {p.data.shape}")
+            if value.shape != p.shape:
+                raise ValueError(f"load_state_dict: {name} has shape {value.shape}, the model's is {p.shape}")
             if not (np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)):
                 raise ValueError(f"load_state_dict: {name} is not numeric ({value.dtype})")
             arrays[name] = value
         for name, p in params.items():  # (into the parameters' own arrays: references to them stay valid)
-            np.copyto(p.data, arrays[name], casting="unsafe")
+            np.copyto(p, arrays[name], casting="unsafe")
 
     def zero_grad(self) -> None:
         """Set every parameter's gradient to zero."""
@@ -955,6 +1112,7 @@ class Sequential:
         if self.input_shape is not None:
             arrays["input_shape"] = np.array(self.input_shape, np.int64)
         arrays.update((name, p.data) for name, p in self.named_parameters())
+        arrays.update(self.named_buffers())
         with atomic_write(path) as f:
             np.savez(f, **arrays)
         return path
@@ -982,7 +1140,7 @@ def from_architecture(architecture: list[dict], seed: int = 0) -> Sequential:
     return _layers_from_architecture(architecture, np.random.default_rng(seed), "", 0)
 
 
-_SIZES = ("in_channels", "out_channels", "in_features", "out_features", "stride", "output_size")
+_SIZES = ("in_channels", "out_channels", "in_features", "out_features", "stride", "output_size", "num_features")
 _NESTING_LIMIT = 32
 
 
@@ -1003,7 +1161,7 @@ def _setting_ok(key: str, v) -> bool:
             return True
         pair = v if isinstance(v, list) and len(v) == 2 else [v]
         return all(_is_int(k) and 0 <= k <= 1 << 16 for k in pair)
-    if key in ("p", "negative_slope"):
+    if key in ("p", "negative_slope", "eps", "momentum"):
         return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
     if key in ("bias", "count_include_pad"):
         return isinstance(v, bool)
@@ -1086,6 +1244,18 @@ def _model_from_npz(f) -> Sequential:
                     f"'{key}' is {data.dtype} {list(data.shape)}, layer {i} ({layer!r}) needs float32 {list(p.shape)}"
                 )
             p.data = np.ascontiguousarray(data)
+        for name, array in layer.named_buffers():
+            key = f"{i}.{name}"
+            expected.add(key)
+            if key not in files:
+                raise ModelFormatError(f"missing array '{key}' for layer {i} ({layer!r})")
+            data = f[key]
+            if not isinstance(data, np.ndarray) or data.shape != array.shape or data.dtype != np.float32:
+                raise ModelFormatError(
+                    f"'{key}' is {getattr(data, 'dtype', type(data).__name__)} {list(np.shape(data))}, "
+                    f"layer {i} ({layer!r}) needs float32 {list(array.shape)}"
+                )
+            array[...] = data  # (in place: the layer's buffer stays the same array)
     if files - expected:
         raise ModelFormatError(f"unexpected arrays {sorted(files - expected)[:5]}")
     return model.eval()
