@@ -483,8 +483,9 @@ struct Bench {
     Buffer<std::int64_t> labels(N);
     for (i64 i = 0; i < N; ++i) labels.data()[i] = i64(g_rng() % std::uint64_t(K));
     add("loss", "softmax_cross_entropy", shape_str({N, K}) + " int64 labels", true, true, 4.0 * N * K,
-        8.0 * N * K + 8.0 * N, threads,
-        [&] { g_sink[1] = float(cnnfast::softmax_cross_entropy(dlogits.data(), logits.data(), labels.data(), N, K)); });
+        8.0 * N * K + 8.0 * N, threads, [&] {
+          g_sink[1] = float(cnnfast::softmax_cross_entropy(dlogits.data(), logits.data(), labels.data(), N, K, 0.0f));
+        });
   }
 
   // One optimizer step of the whole model: one adam_step per parameter tensor, as cnnfast.optim.Adam does.
@@ -507,6 +508,29 @@ struct Bench {
             cnnfast::adam_step(p[t].data(), m[t].data(), v[t].data(), g[t].data(), p[t].n, step, 1e-3f, 0.9f, 0.999f,
                                1e-8f, 0.0f);
         });
+  }
+
+  // BatchNorm2d at a convolution's output: not in the default model (its rows are not in the
+  // training step), for the models that add it. Training forward reads x three times (mean,
+  // variance, normalise) and writes y; backward reads x and dy twice and writes dx.
+  void batch_norm(const char* layer, i64 N, i64 C, i64 H, i64 W) {
+    const i64 L = H * W, n = N * C * L;
+    Buffer<float> x = random_floats(n), dy = random_floats(n), y(n), dx(n);
+    Buffer<float> gamma = random_floats(C), beta = random_floats(C), mean(C), invstd(C), rm(C), rv(C), dg(C), db(C);
+    for (i64 c = 0; c < C; ++c) rv.data()[c] = 1.0f;
+    const std::string shp = shape_str({N, C, H, W});
+    add(layer, "batch_norm_forward_train*", shp, false, true, 7.0 * n, 16.0 * n, threads, [&] {
+      cnnfast::batch_norm_forward_train(y.data(), mean.data(), invstd.data(), rm.data(), rv.data(), x.data(),
+                                        gamma.data(), beta.data(), N, C, L, 1e-5f, 0.1f);
+    });
+    add(layer, "batch_norm_forward_eval*", shp, false, true, 3.0 * n, 8.0 * n, threads, [&] {
+      cnnfast::batch_norm_forward_eval(y.data(), x.data(), gamma.data(), beta.data(), rm.data(), rv.data(), N, C, L,
+                                       1e-5f);
+    });
+    add(layer, "batch_norm_backward*", shp, false, true, 9.0 * n, 20.0 * n, threads, [&] {
+      cnnfast::batch_norm_backward(dx.data(), dg.data(), db.data(), x.data(), gamma.data(), dy.data(), mean.data(),
+                                   invstd.data(), N, C, L);
+    });
   }
 
   void gemm(i64 n) {
@@ -625,6 +649,7 @@ int main(int argc, char** argv) {
   bench.linear(N, 1600, 10);
   bench.softmax(N, 10);
   bench.adam();
+  bench.batch_norm("bn", N, 32, 26, 26);
   bench.gemm(o.gemm_size);
   // Measure the ceilings again and keep the best: another process that held a core for part
   // of the run then spoils at most one of the two measurements.
