@@ -266,7 +266,8 @@ def fill_in_schedule_defaults(args: argparse.Namespace) -> None:
     if args.schedule is None:
         args.schedule = "constant"
     if args.warmup_epochs is None and args.schedule in ("onecycle", "cosine"):
-        args.warmup_epochs = (ONECYCLE_WARMUP if args.schedule == "onecycle" else COSINE_WARMUP) * args.epochs
+        fraction = ONECYCLE_WARMUP if args.schedule == "onecycle" else COSINE_WARMUP
+        args.warmup_epochs = round(fraction * args.epochs, 6)  # (0.1 * 15 is 1.5, not 1.5000000000000002)
     if args.min_lr is None and args.schedule == "cosine":
         args.min_lr = 0.0
     if args.step_size is None and args.schedule == "step":
