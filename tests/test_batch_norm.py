@@ -329,3 +329,47 @@ def test_checkpoints_hold_the_running_statistics(tmp_path):
     checkpoint.buffers = checkpoint.buffers[:4]
     with pytest.raises(ckpt.CheckpointError, match="buffers"):
         ckpt.restore(checkpoint, fresh, Adam(fresh.parameters()), np.random.default_rng(1))
+
+
+def resnet_block_model(seed=0):
+    """A ResNet-style stage with BatchNorm inside a Residual (block and shortcut)."""
+    r = np.random.default_rng(seed)
+    block = [
+        nn.Conv2d(4, 8, 3, padding=1, stride=2, bias=False, rng=r),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, bias=False, rng=r),
+        nn.BatchNorm2d(8),
+    ]
+    shortcut = [nn.Conv2d(4, 8, 1, stride=2, bias=False, rng=r), nn.BatchNorm2d(8)]
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1, rng=r),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Residual(block, shortcut),
+        nn.ReLU(),
+        nn.GlobalAvgPool2d(),
+        nn.Flatten(),
+        nn.Linear(8, 10, rng=r),
+    )
+
+
+def test_batch_norm_inside_a_residual_block_trains_saves_and_folds(tmp_path):
+    model = resnet_block_model()
+    x = images(16)
+    y = model.forward(x)
+    model.backward(np.ones_like(y))
+    names = [name for name, _ in model.named_buffers()]
+    assert "3.block.1.running_mean" in names and "3.shortcut.1.running_var" in names and len(names) == 8
+    residual = model.layers[3]
+    assert not (residual.block.layers[1].running_mean == 0).all()  # its statistics moved in training
+    assert residual.block.layers[1].weight.grad.any()
+    model.eval()
+    close(model.infer(x), model.forward(x), 1e-4)  # folded inside the Residual's branches too
+    path = model.save(tmp_path / "res.npz")
+    loaded = cnnfast.load_model(path)
+    state = model.state_dict()
+    assert all((loaded.state_dict()[k] == v).all() for k, v in state.items())
+    assert loaded.infer(x).tobytes() == model.infer(x).tobytes()
+    with pytest.raises(ValueError, match=r"layer 1.block.1 \(BatchNorm2d.*needs \[batch, 8, height, width\]"):
+        nn.Sequential(nn.Conv2d(1, 4, 3), nn.Residual([nn.Conv2d(4, 6, 1), nn.BatchNorm2d(8)])).forward(x)

@@ -142,8 +142,26 @@ def test_export_onnx_check(workspace, capsys):
 def test_export_names_a_batch_norm_that_does_not_fit(tmp_path):
     pytest.importorskip("onnx")
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(5))
-    with pytest.raises(ex.ExportError, match=r"layer 1 \(BatchNorm2d.*needs \[N, C, H, W\] with C = 5"):
+    with pytest.raises(ex.ExportError, match=r"layer 1 \(BatchNorm2d.*needs \[batch, 5, height, width\]"):
         ex.export_onnx(model, tmp_path / "bad.onnx")
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm1d(4))
     with pytest.raises(ex.ExportError, match=r"layer 1 \(BatchNorm1d"):
         ex.export_onnx(model, tmp_path / "bad.onnx")
+
+
+def test_a_residual_model_with_batch_norm_exports_and_agrees(tmp_path):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from test_batch_norm import resnet_block_model
+
+    model = resnet_block_model(1)
+    x = np.random.default_rng(3).random((32, 1, 12, 12), dtype=np.float32)
+    for _ in range(3):
+        model.forward(x)  # moves the running statistics away from 0 and 1
+    model.eval()
+    path = ex.export_onnx(model, tmp_path / "res.onnx")
+    import onnx
+
+    ops = [node.op_type for node in onnx.load(path).graph.node]
+    assert ops.count("BatchNormalization") == 4 and "Add" in ops
+    np.testing.assert_allclose(ex.run_onnx(path, x), model.infer(x), atol=1e-4, rtol=1e-4)
