@@ -701,14 +701,14 @@ struct BatchNormShape {
 // x: [N, C], [N, C, L] or [N, C, H, W]; every per-channel array [C]
 BatchNormShape batch_norm_shape(const py::array_t<float>& x,
                                 std::initializer_list<std::pair<const py::array*, const char*>> per_channel) {
-  expect(x.ndim() >= 2 && x.ndim() <= 4,
-         "x must have 2 to 4 dimensions ([N, C], [N, C, L] or [N, C, H, W]), got shape " + shape_str(x));
+  CNNFAST_EXPECT(x.ndim() >= 2 && x.ndim() <= 4,
+                 "x must have 2 to 4 dimensions ([N, C], [N, C, L] or [N, C, H, W]), got shape " + shape_str(x));
   BatchNormShape s{x.shape(0), x.shape(1), 1};
   for (py::ssize_t d = 2; d < x.ndim(); ++d) s.L *= x.shape(d);
   for (const auto& [a, name] : per_channel)
-    expect(a->ndim() == 1 && a->shape(0) == s.C, std::string(name) + " must have shape (" + std::to_string(s.C) +
-                                                     ",), one value per channel of x " + shape_str(x) + ", got " +
-                                                     shape_str(*a));
+    CNNFAST_EXPECT(a->ndim() == 1 && a->shape(0) == s.C, std::string(name) + " must have shape (" +
+                                                             std::to_string(s.C) + ",), one value per channel of x " +
+                                                             shape_str(x) + ", got " + shape_str(*a));
   return s;
 }
 
@@ -716,12 +716,12 @@ BatchNormShape batch_norm_shape(const py::array_t<float>& x,
 void expect_disjoint(const py::array& a, const char* a_name, const py::array& b, const char* b_name) {
   const char* a0 = static_cast<const char*>(a.data());
   const char* b0 = static_cast<const char*>(b.data());
-  expect(!(a0 < b0 + b.nbytes() && b0 < a0 + a.nbytes()),
-         std::string(a_name) + " and " + b_name + " share memory; pass a copy of one");
+  CNNFAST_EXPECT(!(a0 < b0 + b.nbytes() && b0 < a0 + a.nbytes()),
+                 std::string(a_name) + " and " + b_name + " share memory; pass a copy of one");
 }
 
 void expect_batch_norm_eps(double eps) {
-  expect(std::isfinite(eps) && float(eps) > 0.0f, "eps must be > 0 in float32, got " + std::to_string(eps));
+  CNNFAST_EXPECT(std::isfinite(eps) && float(eps) > 0.0f, "eps must be > 0 in float32, got " + std::to_string(eps));
 }
 
 py::tuple batch_norm_train(py::handle x_, py::handle weight_, py::handle bias_, py::handle running_mean_,
@@ -733,10 +733,10 @@ py::tuple batch_norm_train(py::handle x_, py::handle weight_, py::handle bias_, 
   auto running_var = writable<float>(running_var_, "running_var");
   const BatchNormShape s = batch_norm_shape(
       x, {{&weight, "weight"}, {&bias, "bias"}, {&running_mean, "running_mean"}, {&running_var, "running_var"}});
-  expect(s.N * s.L >= 2, "x has " + std::to_string(s.N * s.L) +
-                             " value(s) per channel; training needs at least 2 (a batch of 2, or an image of 2 "
-                             "pixels) to estimate a variance");
-  expect(momentum >= 0.0 && momentum <= 1.0, "momentum must be in [0, 1], got " + std::to_string(momentum));
+  CNNFAST_EXPECT(s.N * s.L >= 2, "x has " + std::to_string(s.N * s.L) +
+                                     " value(s) per channel; training needs at least 2 (a batch of 2, or an image of 2 "
+                                     "pixels) to estimate a variance");
+  CNNFAST_EXPECT(momentum >= 0.0 && momentum <= 1.0, "momentum must be in [0, 1], got " + std::to_string(momentum));
   expect_batch_norm_eps(eps);
   const std::pair<const py::array*, const char*> read[] = {
       {&x, "x"}, {&weight, "weight"}, {&bias, "bias"}, {&running_var, "running_var"}};
