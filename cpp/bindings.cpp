@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <sstream>
 #include <string>
 #include <vector>
 #if defined(__GLIBC__)
@@ -821,6 +822,105 @@ py::array_t<float> matmul(py::handle a_, py::handle b_, bool trans_a, bool trans
   return c;
 }
 
+// ---------------------------------------------------------------- augment
+constexpr i64 kMaxAugmentSide = i64(1) << 24;  // pixel coordinates stay exact in float32
+
+std::string num(double v) {
+  std::ostringstream out;
+  out << v;
+  return out.str();
+}
+
+AugmentRanges augment_ranges(double rotation, std::pair<double, double> scale, double shear, double translate,
+                             double alpha, double sigma) {
+  CNNFAST_EXPECT(rotation >= 0.0 && rotation <= 180.0,
+                 "rotation must be an angle in degrees in [0, 180], got " + num(rotation));
+  CNNFAST_EXPECT(scale.first > 0.0 && scale.first <= scale.second && scale.second <= 1e6,
+                 "scale must be (low, high) with 0 < low <= high <= 1e6, got (" + num(scale.first) + ", " +
+                     num(scale.second) + ")");
+  CNNFAST_EXPECT(shear >= 0.0 && shear <= 80.0, "shear must be an angle in degrees in [0, 80], got " + num(shear));
+  CNNFAST_EXPECT(translate >= 0.0 && translate <= 1.0,
+                 "translate must be a fraction of the image size in [0, 1], got " + num(translate));
+  CNNFAST_EXPECT(alpha >= 0.0 && alpha <= 1e6, "elastic_alpha must be in [0, 1e6] pixels, got " + num(alpha));
+  CNNFAST_EXPECT(sigma > 0.0 && sigma <= 1000.0, "elastic_sigma must be in (0, 1000] pixels, got " + num(sigma));
+  return AugmentRanges{float(rotation),  float(scale.first), float(scale.second), float(shear),
+                       float(translate), float(alpha),       float(sigma)};
+}
+
+void expect_side(i64 H, i64 W, const std::string& what) {
+  CNNFAST_EXPECT(H >= 1 && W >= 1 && H <= kMaxAugmentSide && W <= kMaxAugmentSide,
+                 what + " must be between 1 and " + std::to_string(kMaxAugmentSide) + " pixels, got " + dims({H, W}));
+}
+
+py::array_t<float> augment(py::handle x_, std::uint64_t seed, std::uint64_t step, double rotation,
+                           std::pair<double, double> scale, double shear, double translate, double elastic_alpha,
+                           double elastic_sigma, double fill) {
+  auto x = checked<float>(x_, "x", 4, "[N, C, H, W]");
+  const i64 N = x.shape(0), C = x.shape(1), H = x.shape(2), W = x.shape(3);
+  expect_side(H, W, "the images of x");
+  const AugmentRanges r = augment_ranges(rotation, scale, shear, translate, elastic_alpha, elastic_sigma);
+  CNNFAST_EXPECT(std::isfinite(fill), "fill must be a finite number, got " + num(fill));
+  auto y = empty<float>({N, C, H, W});
+  float* yp = y.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    augment_forward(yp, x.data(), N, C, H, W, float(fill), seed, step, r);
+  }
+  return y;
+}
+
+py::tuple augment_params(i64 n, i64 height, i64 width, std::uint64_t seed, std::uint64_t step, double rotation,
+                         std::pair<double, double> scale, double shear, double translate, double elastic_alpha,
+                         double elastic_sigma) {
+  CNNFAST_EXPECT(n >= 0, "n must be >= 0, got " + std::to_string(n));
+  expect_side(height, width, "height and width");
+  const AugmentRanges r = augment_ranges(rotation, scale, shear, translate, elastic_alpha, elastic_sigma);
+  auto affine = empty<float>({n, 2, 3});
+  float* ap = affine.mutable_data();
+  const bool elastic = r.alpha > 0.0f;
+  py::object field = py::none();
+  float* fp = nullptr;
+  if (elastic) {
+    auto f = empty<float>({n, 2, height, width});
+    fp = f.mutable_data();
+    field = f;
+  }
+  {
+    py::gil_scoped_release nogil;
+    augment_draw(ap, fp, n, height, width, seed, step, r);
+  }
+  return py::make_tuple(affine, field);
+}
+
+py::array_t<float> warp(py::handle x_, py::handle affine_, py::handle field_, double fill) {
+  auto x = checked<float>(x_, "x", 4, "[N, C, H, W]");
+  auto affine = checked<float>(affine_, "affine", 3, "[N, 2, 3]");
+  const i64 N = x.shape(0), C = x.shape(1), H = x.shape(2), W = x.shape(3);
+  expect_side(H, W, "the images of x");
+  CNNFAST_EXPECT(affine.shape(0) == N && affine.shape(1) == 2 && affine.shape(2) == 3,
+                 "affine must have shape (" + std::to_string(N) + ", 2, 3), got " + shape_str(affine));
+  const float* a = affine.data();
+  CNNFAST_EXPECT(std::all_of(a, a + affine.size(), [](float v) { return std::isfinite(v); }), "affine must be finite");
+  const float* fp = nullptr;
+  py::array_t<float> field;
+  if (!field_.is_none()) {
+    field = checked<float>(field_, "field", 4, "[N, 2, H, W]");
+    CNNFAST_EXPECT(field.shape(0) == N && field.shape(1) == 2 && field.shape(2) == H && field.shape(3) == W,
+                   "field must have shape " + dims({N, 2, H, W}) + ", got " + shape_str(field));
+    fp = field.data();
+    CNNFAST_EXPECT(std::all_of(fp, fp + field.size(), [](float v) { return std::isfinite(v); }),
+                   "field must be finite");
+  }
+  CNNFAST_EXPECT(std::isfinite(fill), "fill must be a finite number, got " + num(fill));
+  auto y = empty<float>({N, C, H, W});
+  float* yp = y.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    warp_bilinear(yp, x.data(), a, fp, N, C, H, W, float(fill));
+  }
+  return y;
+}
+
 // ---------------------------------------------------------------- build information
 py::dict build_info() {
   const IsaKernels* compiled[8];
@@ -851,6 +951,7 @@ py::dict build_info() {
   kernels["batch_norm"] = std::string("portable");
   kernels["activations"] = own + " (tanh, sigmoid), portable (LeakyReLU)";
   kernels["pool_windows"] = std::string("portable");  // max_pool2d with other strides or padding, avg_pool2d
+  kernels["augment"] = std::string("portable");
   py::dict d;
   d["isa"] = isa.name;
   d["isa_compiled"] = isa_compiled;
@@ -932,6 +1033,13 @@ PYBIND11_MODULE(_core, m) {
         "eps"_a = 1e-5);
   m.def("batch_norm_backward", &batch_norm_grad, "x"_a, "weight"_a, "dy"_a, "mean"_a, "invstd"_a,
         "input_grad"_a = true);
+  m.def("augment", &augment, "x"_a, "seed"_a, "step"_a = 0, "rotation"_a = 0.0,
+        "scale"_a = std::pair<double, double>(1.0, 1.0), "shear"_a = 0.0, "translate"_a = 0.0, "elastic_alpha"_a = 0.0,
+        "elastic_sigma"_a = 4.0, "fill"_a = 0.0);
+  m.def("augment_params", &augment_params, "n"_a, "height"_a, "width"_a, "seed"_a, "step"_a = 0, "rotation"_a = 0.0,
+        "scale"_a = std::pair<double, double>(1.0, 1.0), "shear"_a = 0.0, "translate"_a = 0.0, "elastic_alpha"_a = 0.0,
+        "elastic_sigma"_a = 4.0);
+  m.def("warp_bilinear", &warp, "x"_a, "affine"_a, "field"_a = py::none(), "fill"_a = 0.0);
   m.def("matmul", &matmul, "a"_a, "b"_a, "trans_a"_a = false, "trans_b"_a = false, "naive"_a = false);
 
   // activations and pooling windows (activations.cpp, max_pool2d_window.cpp, avg_pool2d.cpp)

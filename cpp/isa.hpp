@@ -109,6 +109,11 @@ struct IsaKernels {
   // activations_kernels.cpp: y[i] = tanh(x[i]), y[i] = 1 / (1 + exp(-x[i])) for i < n (one thread)
   void (*tanh_block)(float* y, const float* x, i64 n);
   void (*sigmoid_block)(float* y, const float* x, i64 n);
+  // augment_rows.cpp (every ISA): the elastic field's noise (2 * draws values in [-1, 1) from
+  // draws first.. of key), and one output row of the bilinear warp (see augment.cpp)
+  void (*augment_noise)(float* noise, i64 draws, std::uint64_t key, std::uint64_t first);
+  void (*augment_warp_row)(float* y, const float* x, const float* m, const float* dx, const float* dy, i64 i, i64 C,
+                           i64 H, i64 W, float fill);
 };
 
 // The table in use (the best the CPU runs, unless set_isa chose another).

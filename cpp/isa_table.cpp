@@ -41,6 +41,9 @@ bool conv3x3_pool2_backward(float* dw, float* db, const float* x, const float* d
                             const ConvShape& s, i64 N);
 void tanh_block(float* y, const float* x, i64 n);  // activations_kernels.cpp
 void sigmoid_block(float* y, const float* x, i64 n);
+void augment_noise(float* noise, i64 draws, std::uint64_t key, std::uint64_t first);  // augment_rows.cpp
+void augment_warp_row(float* y, const float* x, const float* m, const float* dx, const float* dy, i64 i, i64 C, i64 H,
+                      i64 W, float fill);
 
 extern const IsaKernels table = {
     CNNFAST_STR(CNNFAST_ISA),
@@ -72,6 +75,8 @@ extern const IsaKernels table = {
     conv3x3_pool2_backward,
     tanh_block,
     sigmoid_block,
+    augment_noise,
+    augment_warp_row,
 };
 
 }  // namespace CNNFAST_ISA

@@ -90,6 +90,28 @@ void dropout_forward(float* y, std::uint8_t* mask, const float* x, i64 n, float 
 // dy, mask: [n] -> dx: [n]
 void dropout_backward(float* dx, const std::uint8_t* mask, const float* dy, i64 n, float p);
 
+// ---- augment.cpp: random affine maps and elastic distortions, bilinear sampling ----
+// The ranges images are drawn from: rotation uniform in [-rotation, rotation] degrees, scale in
+// [scale_min, scale_max], horizontal shear in [-shear, shear] degrees, translation in
+// [-translate, translate] times the width (x) and height (y); an elastic field (Simard et al.
+// 2003) of uniform noise in [-1, 1) smoothed by a Gaussian of `sigma` pixels times `alpha`
+// pixels (alpha 0: none). Draws depend on (seed, step, image index) only.
+struct AugmentRanges {
+  float rotation, scale_min, scale_max, shear, translate, alpha, sigma;
+};
+// -> affine: [N, 6], each image's inverse map (a, b, c, d, e, f): output pixel (i, j) reads the
+// source at (x, y) = (a j + b i + c, d j + e i + f); field: [N, 2, H, W] (dx, dy added to that
+// position), written only when alpha > 0
+void augment_draw(float* affine, float* field, i64 N, i64 H, i64 W, std::uint64_t seed, std::uint64_t step,
+                  const AugmentRanges& ranges);
+// x: [N, C, H, W], affine: [N, 6], field: [N, 2, H, W] or null -> y: [N, C, H, W], bilinear, `fill`
+// outside the image; a sample at an integer position is the source pixel exactly
+void warp_bilinear(float* y, const float* x, const float* affine, const float* field, i64 N, i64 C, i64 H, i64 W,
+                   float fill);
+// x: [N, C, H, W] -> y: [N, C, H, W], the same as warp_bilinear of augment_draw's maps and fields
+void augment_forward(float* y, const float* x, i64 N, i64 C, i64 H, i64 W, float fill, std::uint64_t seed,
+                     std::uint64_t step, const AugmentRanges& ranges);
+
 // ---- linear.cpp ----
 // x: [N, I], w: [O, I], b: [O] -> y: [N, O] = x w^T + b
 void linear_forward(float* y, const float* x, const float* w, const float* b, i64 N, i64 I, i64 O);
