@@ -848,8 +848,9 @@ AugmentRanges augment_ranges(double rotation, std::pair<double, double> scale, d
 }
 
 void expect_side(i64 H, i64 W, const std::string& what) {
-  CNNFAST_EXPECT(H >= 1 && W >= 1 && H <= kMaxAugmentSide && W <= kMaxAugmentSide,
-                 what + " must be between 1 and " + std::to_string(kMaxAugmentSide) + " pixels, got " + dims({H, W}));
+  expect(H >= 1 && W >= 1 && H <= kMaxAugmentSide && W <= kMaxAugmentSide && plane_fits_int32(H, W),
+         what + " must be between 1 and " + std::to_string(kMaxAugmentSide) +
+             " pixels, with at most 2^31 - 1 pixels in all, got " + dims({H, W}));
 }
 
 py::array_t<float> augment(py::handle x_, std::uint64_t seed, std::uint64_t step, double rotation,
@@ -951,7 +952,7 @@ py::dict build_info() {
   kernels["batch_norm"] = std::string("portable");
   kernels["activations"] = own + " (tanh, sigmoid), portable (LeakyReLU)";
   kernels["pool_windows"] = std::string("portable");  // max_pool2d with other strides or padding, avg_pool2d
-  kernels["augment"] = std::string("portable");
+  kernels["augment"] = own + " (sampling, noise), gemm (smoothing)";
   py::dict d;
   d["isa"] = isa.name;
   d["isa_compiled"] = isa_compiled;

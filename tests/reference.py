@@ -258,3 +258,86 @@ def batch_norm_backward(x, weight, dy):
         m * dy - _per_channel(dbias, x.ndim) - xhat * _per_channel(dweight, x.ndim)
     )
     return dx, dweight, dbias
+
+
+# ----------------------------------------------------------------------------- augmentation
+# cnnfast.functional.augment, written out: the counter-based draws (dropout_rng.hpp's SplitMix64
+# finaliser), the affine map, Simard's elastic field and the bilinear sampling.
+
+_MASK64 = (1 << 64) - 1
+
+
+def splitmix(seed, i):
+    """The well-mixed 64-bit value of (seed, i) (dropout_mix), as a Python int."""
+    z = (seed + (i + 1) * 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+def augment_uniforms(seed, step, n, draws):
+    """Image n's uniforms: [draws, 2] (the high and low 24 bits of each draw, times 2^-24)."""
+    key = splitmix(splitmix(seed, step), n)
+    bits = [splitmix(key, k) for k in range(draws)]
+    return np.array([[(b >> 40) / 2**24, ((b >> 16) & 0xFFFFFF) / 2**24] for b in bits])
+
+
+def augment_affine(seed, step, n, height, width, rotation=0.0, scale=(1.0, 1.0), shear=0.0, translate=0.0):
+    """Image n's inverse map [2, 3]: output (i, j) reads the input at (x, y) = m @ (j, i, 1)."""
+    u = augment_uniforms(seed, step, n, 3)
+    theta = np.radians(rotation * (2 * u[0, 0] - 1))
+    s = scale[0] + (scale[1] - scale[0]) * u[0, 1]
+    phi = np.radians(shear * (2 * u[1, 0] - 1))
+    t = np.array([translate * width * (2 * u[1, 1] - 1), translate * height * (2 * u[2, 0] - 1)])
+    rot = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+    forward = rot @ np.array([[1.0, np.tan(phi)], [0.0, 1.0]]) * s  # p' = A (p - c) + c + t
+    inverse = np.linalg.inv(forward)
+    centre = np.array([(width - 1) / 2, (height - 1) / 2])
+    return np.concatenate([inverse, (centre - inverse @ (centre + t))[:, None]], axis=1)
+
+
+def augment_field(seed, step, n, height, width, alpha, sigma):
+    """Image n's elastic displacements [2, H, W] (dx, dy): noise laid out [H, 2, W], element e
+    from draw 3 + e // 2 (its high half for even e), as 2u - 1; smoothed by a Gaussian of sigma
+    (radius int(4 sigma + 0.5), zero outside the image), times alpha."""
+    count = 2 * height * width
+    u = augment_uniforms(seed, step, n, 3 + count // 2)[3:].reshape(-1)
+    noise = (2 * u - 1).reshape(height, 2, width).transpose(1, 0, 2)
+    radius = int(4 * sigma + 0.5)
+    offsets = np.arange(-radius, radius + 1)
+    taps = np.exp(-(offsets**2) / (2 * sigma**2))
+    taps /= taps.sum()
+
+    def smoothing(size):  # [size, size]: out = g @ in along one axis, zero outside
+        d = np.arange(size)[:, None] - np.arange(size)[None, :]
+        return np.where(np.abs(d) <= radius, taps[np.clip(d + radius, 0, 2 * radius)], 0.0)
+
+    gh, gw = smoothing(height), smoothing(width)
+    return alpha * np.einsum("ik,ckl,jl->cij", gh, noise, gw)
+
+
+def warp_bilinear(x, affine, field=None, fill=0.0):
+    """x [N, C, H, W] read through affine [N, 2, 3] (+ field [N, 2, H, W]) bilinearly, `fill`
+    for neighbours outside; samples at integer positions are the pixels themselves."""
+    x = np.asarray(x, np.float64)
+    N, C, H, W = x.shape
+    i, j = np.meshgrid(np.arange(H), np.arange(W), indexing="ij")
+    y = np.empty_like(x)
+    padded = np.full((N, C, H + 2, W + 2), float(fill))  # one ring of fill around each image
+    padded[:, :, 1:-1, 1:-1] = x
+    for n in range(N):
+        a = np.asarray(affine[n], np.float64)
+        sx = a[0, 0] * j + a[0, 1] * i + a[0, 2]
+        sy = a[1, 0] * j + a[1, 1] * i + a[1, 2]
+        if field is not None:
+            sx, sy = sx + field[n, 0], sy + field[n, 1]
+        inside = (sx > -1) & (sx < W) & (sy > -1) & (sy < H)
+        sx, sy = np.where(inside, sx, -1.0), np.where(inside, sy, -1.0)
+        x0, y0 = np.floor(sx).astype(int), np.floor(sy).astype(int)
+        fx, fy = sx - x0, sy - y0
+        for c in range(C):
+            p = padded[n, c]
+            top = p[y0 + 1, x0 + 1] * (1 - fx) + p[y0 + 1, x0 + 2] * fx
+            bottom = p[y0 + 2, x0 + 1] * (1 - fx) + p[y0 + 2, x0 + 2] * fx
+            y[n, c] = np.where(inside, top * (1 - fy) + bottom * fy, fill)
+    return y

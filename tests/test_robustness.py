@@ -159,6 +159,7 @@ def test_sigint_and_sigterm_write_checkpoints_and_resume_is_bit_identical(data_2
         "gamma": None,
         "weight_decay": 0.0,
         "label_smoothing": 0.0,
+        "augment": None,  # (--augment: its parameters)
     }
     assert state1.shuffle_rng["bit_generator"] == "PCG64" and list(state1.layer_rngs) == [7]  # Dropout
     steps_done = (state1.epoch - 1) * STEPS + state1.position.step

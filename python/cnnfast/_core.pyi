@@ -100,3 +100,29 @@ def conv2d_path(
     input_grad: bool = True,
     stride: int = 1,
 ) -> str: ...
+def augment(
+    x: F32,
+    seed: int,
+    step: int = 0,
+    rotation: float = 0.0,
+    scale: tuple[float, float] = (1.0, 1.0),
+    shear: float = 0.0,
+    translate: float = 0.0,
+    elastic_alpha: float = 0.0,
+    elastic_sigma: float = 4.0,
+    fill: float = 0.0,
+) -> F32: ...
+def augment_params(
+    n: int,
+    height: int,
+    width: int,
+    seed: int,
+    step: int = 0,
+    rotation: float = 0.0,
+    scale: tuple[float, float] = (1.0, 1.0),
+    shear: float = 0.0,
+    translate: float = 0.0,
+    elastic_alpha: float = 0.0,
+    elastic_sigma: float = 4.0,
+) -> tuple[F32, F32 | None]: ...
+def warp_bilinear(x: F32, affine: F32, field: F32 | None = None, fill: float = 0.0) -> F32: ...

@@ -29,6 +29,7 @@ import os
 import numpy as np
 
 from ._files import atomic_write, read_npz
+from .augment import Augment
 from .nn import FORMAT as MODEL_FORMAT
 
 FORMAT = "cnnfast-checkpoint-v2"
@@ -206,6 +207,7 @@ def _from_npz(f) -> Checkpoint:
         and (settings["limit"] is None or isinstance(settings["limit"], int)),
         "bad settings",
     )
+    _expect(_valid_augment(settings.get("augment")), "bad augmentation settings")
     divergence = meta.get("divergence", {})
     _expect(
         isinstance(divergence, dict)
@@ -307,6 +309,18 @@ def _schedule_state(state) -> dict | None:
         "bad schedule state",
     )
     return state
+
+
+def _valid_augment(settings) -> bool:
+    """The "augment" setting: None (no augmentation; absent in checkpoints of earlier versions)
+    or the parameters cnnfast.augment.Augment.settings() gives."""
+    if settings is None:
+        return True
+    try:
+        Augment.from_settings(settings)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _array(f, key: str) -> np.ndarray:

@@ -46,6 +46,9 @@ __all__ = [
     "batch_norm_train",
     "batch_norm_eval",
     "batch_norm_backward",
+    "augment",
+    "augment_params",
+    "warp_bilinear",
 ]
 
 
@@ -363,3 +366,80 @@ def batch_norm_backward(
     """Gradients of `batch_norm_train` given dy = dL/dy and its (mean, invstd): returns
     (dx, dweight [C], dbias [C]); with input_grad=False, dx is None and is not computed."""
     return _core.batch_norm_backward(x, weight, dy, mean, invstd, bool(input_grad))
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+
+def augment(
+    x: np.ndarray,
+    seed: int,
+    step: int = 0,
+    rotation: float = 0.0,
+    scale=(1.0, 1.0),
+    shear: float = 0.0,
+    translate: float = 0.0,
+    elastic_alpha: float = 0.0,
+    elastic_sigma: float = 4.0,
+    fill: float = 0.0,
+) -> np.ndarray:
+    """A random affine transform and elastic distortion of each image: x [N, C, H, W] -> y, same shape.
+
+    Per image (every channel alike), drawn uniformly: a rotation in [-rotation, rotation]
+    degrees, a scale in [scale[0], scale[1]], a horizontal shear in [-shear, shear] degrees
+    (all about the image centre) and a translation in [-translate, translate] times the width
+    and height; then Simard et al.'s (2003) elastic distortion: a displacement field of
+    uniform noise in [-1, 1) per pixel, smoothed by a Gaussian of elastic_sigma pixels (zero
+    outside the image) and scaled by elastic_alpha pixels (0: none). The output is read from
+    the input by bilinear interpolation, `fill` outside it. The defaults change nothing: y is
+    x, bit for bit (a sample at an integer position is the pixel itself).
+
+    The draws of image n depend only on (seed, step, n) (seed and step integers in [0, 2**64)),
+    not on the thread count nor on the rest of the batch: give each batch its own step.
+    The same as warp_bilinear(x, *augment_params(N, H, W, seed, step, ...), fill), faster.
+    """
+    return _core.augment(
+        x, int(seed), int(step), float(rotation), _pair(scale), float(shear), float(translate),
+        float(elastic_alpha), float(elastic_sigma), float(fill),
+    )  # fmt: skip
+
+
+def augment_params(
+    n: int,
+    height: int,
+    width: int,
+    seed: int,
+    step: int = 0,
+    rotation: float = 0.0,
+    scale=(1.0, 1.0),
+    shear: float = 0.0,
+    translate: float = 0.0,
+    elastic_alpha: float = 0.0,
+    elastic_sigma: float = 4.0,
+):
+    """The transforms `augment` draws for a batch of n images of height x width: (affine, field).
+
+    affine [n, 2, 3] float32: each image's inverse map; output pixel (row i, column j) reads the
+    input at x = a[0,0] j + a[0,1] i + a[0,2] + dx, y = a[1,0] j + a[1,1] i + a[1,2] + dy.
+    field [n, 2, height, width] float32: the elastic displacements (dx, dy) in pixels, or None
+    when elastic_alpha is 0.
+    """
+    return _core.augment_params(
+        int(n), int(height), int(width), int(seed), int(step), float(rotation), _pair(scale), float(shear),
+        float(translate), float(elastic_alpha), float(elastic_sigma),
+    )  # fmt: skip
+
+
+def warp_bilinear(x: np.ndarray, affine: np.ndarray, field: np.ndarray | None = None, fill: float = 0.0) -> np.ndarray:
+    """x [N, C, H, W] resampled through given maps: affine [N, 2, 3] and field [N, 2, H, W] (or
+    None) as `augment_params` describes them, bilinear, a neighbour outside the image reading
+    `fill`. A sample at an integer position returns the input pixel exactly."""
+    return _core.warp_bilinear(x, affine, field, float(fill))
+
+
+def _pair(scale) -> tuple[float, float]:
+    try:
+        low, high = scale
+    except (TypeError, ValueError):
+        raise ValueError(f"scale must be a pair (low, high), got {scale!r}") from None
+    return float(low), float(high)

@@ -213,3 +213,32 @@ def evaluation_figure(
     if title:
         fig.suptitle(title)
     return fig
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+
+def plot_augment_grid(path, originals: np.ndarray, copies: np.ndarray, description: str = "") -> str:
+    """A grid of digits: each row one of `originals` [n, H, W] (values in [0, 1]) followed by its
+    augmented `copies` [n, k, H, W], saved to `path` (.png, .pdf or .svg). Raises
+    PlotUnavailable without matplotlib."""
+    return save_figure(augment_grid_figure(originals, copies, description), path)
+
+
+def augment_grid_figure(originals: np.ndarray, copies: np.ndarray, description: str = ""):
+    """The matplotlib Figure plot_augment_grid saves."""
+    Figure = figure_class()
+    rows, columns = copies.shape[0], copies.shape[1] + 1
+    fig = Figure(figsize=(1.1 * columns, 1.1 * rows + 0.8), layout="constrained")
+    axes = np.asarray(fig.subplots(rows, columns, squeeze=False))
+    for r in range(rows):
+        for c in range(columns):
+            ax = axes[r, c]
+            ax.imshow(originals[r] if c == 0 else copies[r, c - 1], cmap="gray_r", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title("original" if c == 0 else f"step {c - 1}", fontsize=8)
+        axes[r, 0].spines[:].set_color("tab:blue")
+    fig.suptitle("augmented training digits" + (f"\n{description}" if description else ""), fontsize=10)
+    return fig

@@ -42,6 +42,7 @@ from . import get_num_threads, plots, reuse_freed_memory, set_num_threads
 from ._cli import Interrupted as CommandInterrupted
 from ._cli import add_data_arguments, argument_parser, can_plot, check_plot_arg
 from ._cli import load_mnist as load_data
+from .augment import Augment
 from .checkpoint import CheckpointError, EpochState
 from .mnist import as_model_input
 from .mnist import evaluate as evaluate
@@ -137,6 +138,7 @@ def train_epoch(
     watch=None,
     scheduler=None,
     label_smoothing=0.0,
+    augment=None,
 ):
     """One pass over the shuffled training set. Returns (mean loss, accuracy, seconds).
 
@@ -147,7 +149,8 @@ def train_epoch(
     raised with the steps done so far. `watch` (a DivergenceWatch; default: a new one) sees
     every step's loss and raises TrainingDiverged. `scheduler` (an optim.LRScheduler, or None
     for a constant learning rate) steps after every optimizer step; `label_smoothing` goes to
-    the loss (F.softmax_cross_entropy).
+    the loss (F.softmax_cross_entropy). `augment(x, step)` (or None) transforms each batch x
+    (float32 [N, 1, 28, 28]) of the epoch's `step` before the forward pass.
     """
     watch = DivergenceWatch() if watch is None else watch
     model.train()
@@ -164,6 +167,8 @@ def train_epoch(
             break
         batch = order[step * batch_size : (step + 1) * batch_size]
         x = as_model_input(images[batch])
+        if augment is not None:
+            x = augment(x, step)
         y = labels[batch].astype(np.int64)
         logits = model.forward(x)
         loss, dlogits = F.softmax_cross_entropy(logits, y, label_smoothing)
@@ -400,6 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
         "differs is an error) and its --out, --plot, --data-dir and --no-verify unless given; "
         "the checkpoint is removed once the run is finished",
     )
+    add_augment_arguments(p)
     return p
 
 
@@ -509,6 +515,7 @@ def fill_in_defaults(args: argparse.Namespace) -> argparse.Namespace:
     fill_in_schedule_defaults(args)
     if args.checkpoint is None:
         args.checkpoint = ckpt.default_path(args.out)
+    args.augment = augment_settings(args)
     return args
 
 
@@ -529,10 +536,12 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, ckpt.Checkpoint | None]:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_values(parser, args)
+    check_augment_arguments(parser, args)
     checkpoint = None
     if args.resume is not None:
         checkpoint = load_resume(parser, args.resume)
         take_settings_from(parser, args, checkpoint)
+        take_augment_from(parser, args, checkpoint)
     fill_in_defaults(args)
     check_schedule_settings(parser, args)
     check_paths(parser, args)
@@ -556,6 +565,7 @@ class Run:
     train_seconds: float = 0.0
     trained_images: int = 0
     scheduler: LRScheduler | None = None  # None: a constant learning rate
+    augment: Augment | None = None  # transforms each training batch (--augment)
 
     def checkpoint(self) -> ckpt.Checkpoint:
         return ckpt.capture(
@@ -588,6 +598,8 @@ def start_run(args, x_train, y_train, checkpoint: ckpt.Checkpoint | None = None)
     settings["train_data_sha256"] = ckpt.data_fingerprint(x_train, y_train)
     run = Run(settings, model, optimizer, np.random.default_rng(args.seed), DivergenceWatch())
     run.scheduler = make_scheduler(args, optimizer, n_steps)
+    settings["augment"] = args.augment  # (None: no augmentation)
+    run.augment = Augment.from_settings(args.augment, args.seed) if args.augment is not None else None
     if checkpoint is None:
         return run
     if checkpoint.settings["train_images"] != len(x_train):
@@ -621,6 +633,7 @@ def fit(run: Run, data, epochs: int, batch_size: int, log, stop=None, label_smoo
                 run.model, run.optimizer, x_train, y_train, batch_size, run.rng, progress,
                 start=run.position, stop=stop, watch=run.watch, scheduler=run.scheduler,
                 label_smoothing=label_smoothing,
+                augment=batch_augment(run, len(x_train), batch_size),
             )  # fmt: skip
         except Interrupted as interruption:
             run.position = interruption.state
@@ -697,6 +710,8 @@ def train(args, data, log, checkpoint: ckpt.Checkpoint | None = None) -> tuple[i
         file=log,
         flush=True,
     )
+    if run.augment is not None:
+        print(f"augmentation: {run.augment.describe()}", file=log, flush=True)
     if checkpoint is not None and run.epoch > args.epochs:
         print(
             f"resuming from {args.resume}: training had finished (all {args.epochs} epochs); saving the model",
@@ -782,9 +797,13 @@ def main(argv=None) -> int:
     if args.threads is not None:
         set_num_threads(args.threads)
     reuse_freed_memory()  # (process-wide: the command's choice, not the library's on import)
+    if args.show_augment is not None and not can_show_augment():
+        return 1
     data = load_data(args.data_dir, args.no_verify)
     if data is None:
         return 1
+    if args.show_augment is not None:
+        return show_augment(args, data[0], log)
     start = time.perf_counter()
     status, run = train(args, data, log, checkpoint)
     if status != 0 or not args.json:
@@ -806,6 +825,153 @@ def main(argv=None) -> int:
             }
         )
     )
+    return 0
+
+
+# ----------------------------------------------------------------------------- augmentation
+# --augment and its parameters: a random affine transform and elastic distortion of every
+# training batch (cnnfast.augment). The run's checkpoint stores the parameters (settings
+# "augment": None or Augment.settings()); the batches' draws follow from --seed and the step.
+
+AUGMENT_FLAGS = {  # parameter -> (flag, metavar, help)
+    "rotation": ("--rotation", "DEG", "rotate each image by up to +-DEG degrees (default {})"),
+    "scale": ("--scale", ("LOW", "HIGH"), "scale each image by a factor in [LOW, HIGH] (default {} {})"),
+    "shear": ("--shear", "DEG", "shear each image horizontally by up to +-DEG degrees (default {})"),
+    "translate": ("--translate", "FRAC", "shift each image by up to +-FRAC of its size (default {})"),
+    "elastic_alpha": (
+        "--elastic-alpha",
+        "PX",
+        "strength of the elastic distortion in pixels, 0 for none (default {}, Simard et al. 2003)",
+    ),
+    "elastic_sigma": ("--elastic-sigma", "PX", "smoothness of the elastic distortion in pixels (default {})"),
+}
+
+
+def add_augment_arguments(p: argparse.ArgumentParser) -> None:
+    defaults = Augment()
+    group = p.add_argument_group(
+        "data augmentation",
+        "Each training batch can be transformed afresh: every image by its own random rotation, "
+        "scale, shear and shift about its centre, then an elastic distortion (a random displacement "
+        "field smoothed by a Gaussian), read back by bilinear interpolation. Off by default. "
+        "--augment turns it on with the defaults below; each parameter flag turns it on too and "
+        "sets that parameter (0 turns a part off). The draws follow from --seed and the step.",
+    )
+    group.add_argument("--augment", action="store_true", default=None, help="augment the training batches")
+    for name, (flag, metavar, text) in AUGMENT_FLAGS.items():
+        default = getattr(defaults, name)
+        shown = default if isinstance(default, tuple) else (default,)
+        group.add_argument(
+            flag,
+            dest=f"augment_{name}",
+            type=float,
+            nargs=2 if name == "scale" else None,
+            metavar=metavar,
+            default=None,
+            help=text.format(*(f"{v:g}" for v in shown)),
+        )
+    group.add_argument(
+        "--show-augment",
+        metavar="FILE.png",
+        default=None,
+        help="draw the first training digits, each beside several augmented copies (with the "
+        "parameters given), to FILE (.png, .pdf or .svg; needs matplotlib), and exit without training",
+    )
+
+
+def _given_augment_parameters(args) -> dict:
+    given = {}
+    for name in AUGMENT_FLAGS:
+        value = getattr(args, f"augment_{name}", None)
+        if value is not None:
+            given[name] = tuple(value) if name == "scale" else value
+    return given
+
+
+def augment_settings(args) -> dict | None:
+    """The augmentation of `args`: Augment.settings() of the defaults with the parameters given,
+    or None when neither --augment nor a parameter is given (or args.augment already holds them).
+    ValueError for a bad parameter."""
+    if isinstance(args.augment, dict):
+        return args.augment
+    given = _given_augment_parameters(args)
+    if not args.augment and not given:
+        return None
+    return Augment(**given).settings()
+
+
+def check_augment_arguments(parser: argparse.ArgumentParser, args) -> None:
+    """Bad augmentation parameters are an error (exit 2) before any work; --show-augment's file too."""
+    try:
+        augment_settings(args)
+    except ValueError as error:
+        flag = next((f for n, (f, _, _) in AUGMENT_FLAGS.items() if str(error).startswith(n)), "--augment")
+        parser.error(f"{flag}: {error}")
+    if args.show_augment is not None and plots.plot_path_problem(args.show_augment):
+        parser.error(f"--show-augment {plots.plot_path_problem(args.show_augment)}")
+
+
+def take_augment_from(parser: argparse.ArgumentParser, args, checkpoint: ckpt.Checkpoint) -> None:
+    """The augmentation of the run `checkpoint` came from; --augment or a parameter given with
+    --resume that contradicts it is an error (exit 2)."""
+    stored = checkpoint.settings.get("augment")  # (absent from checkpoints of earlier versions: none)
+    given = _given_augment_parameters(args)
+    if stored is None and (args.augment or given):
+        flag = "--augment" if args.augment else AUGMENT_FLAGS[next(iter(given))][0]
+        parser.error(
+            f"{flag} contradicts the checkpoint's run without --augment ({args.resume}); leave it out "
+            "to continue that run, or start a new run without --resume"
+        )
+    for name, value in given.items():
+        theirs = tuple(stored[name]) if name == "scale" else stored[name]
+        if value != theirs:
+            flag = AUGMENT_FLAGS[name][0]
+            shown = " ".join(f"{v:g}" for v in (theirs if name == "scale" else (theirs,)))
+            mine = " ".join(f"{v:g}" for v in (value if name == "scale" else (value,)))
+            parser.error(
+                f"{flag} {mine} contradicts the checkpoint's {flag} {shown} ({args.resume}); "
+                f"leave {flag} out to continue that run, or start a new run without --resume"
+            )
+    args.augment = stored
+
+
+def batch_augment(run: Run, n_images: int, batch_size: int):
+    """train_epoch's augment(x, step) for the epoch `run` is in, or None: batches are numbered
+    across the run ((epoch - 1) * steps per epoch + step), so each gets its own draws."""
+    if run.augment is None:
+        return None
+    first = (run.epoch - 1) * -(-n_images // batch_size)
+    return lambda x, step: run.augment(x, first + step)
+
+
+SHOW_AUGMENT_DIGITS = 8  # rows: the first training digits
+SHOW_AUGMENT_COPIES = 7  # columns after the original: augmented copies
+
+
+def can_show_augment() -> bool:
+    """True with matplotlib; else False after saying on stderr what to install (exit 1, before any work)."""
+    try:
+        plots.figure_class()
+    except plots.PlotUnavailable:
+        print("error: --show-augment needs matplotlib: pip install cnnfast[plot]", file=sys.stderr)
+        return False
+    return True
+
+
+def show_augment(args, images: np.ndarray, log) -> int:
+    """--show-augment FILE: the first training digits, each beside augmented copies drawn with
+    the run's parameters (the defaults if none are given); the exit status."""
+    settings = args.augment if args.augment is not None else Augment().settings()
+    augment = Augment.from_settings(settings, args.seed)
+    originals = as_model_input(images[:SHOW_AUGMENT_DIGITS])
+    copies = np.stack([augment(originals, step) for step in range(SHOW_AUGMENT_COPIES)], axis=1)
+    try:
+        path = plots.plot_augment_grid(args.show_augment, originals[:, 0], copies[:, :, 0], augment.describe())
+    except OSError as error:
+        print(f"error: could not write {args.show_augment}: {error.strerror or error}", file=sys.stderr)
+        return 1
+    print(f"wrote {len(originals)} digits and {SHOW_AUGMENT_COPIES} augmented copies of each to "
+          f"{os.path.abspath(path)}", file=log)  # fmt: skip
     return 0
 
 
