@@ -3,7 +3,7 @@
 // neighbours and weights of a block of pixels, and the interpolation).
 #include <algorithm>
 #include <cmath>
-#if defined(CNNFAST_ISA_AVX512)
+#if defined(CNNFAST_ISA_AVX512) || defined(CNNFAST_ISA_AVX2)
 #include <immintrin.h>
 #endif
 
@@ -46,7 +46,7 @@ void warp_row(float* y, const float* x, const float* m, const float* dx, const f
   for (i64 j0 = 0; j0 < W; j0 += kBlock) {
     const int n = int(std::min<i64>(kBlock, W - j0));
     for (int b = 0; b < n; ++b) {
-      const float j = float(j0 + b);
+      const float j = float(std::int32_t(j0) + b);  // (int32: AVX2 converts no int64 to float)
       float sx = kField ? m0 * j + row_x + dx[j0 + b] : m0 * j + row_x;
       float sy = kField ? m3 * j + row_y + dy[j0 + b] : m3 * j + row_y;
       // (bitwise & rather than &&, so that the loop has no branches and vectorises)
@@ -95,7 +95,29 @@ void warp_row(float* y, const float* x, const float* m, const float* dx, const f
         _mm512_mask_storeu_ps(out + b, live, _mm512_mask_blend_ps(flag(exact), r, p00));
       }
 #else
-      for (int b = 0; b < n; ++b) {
+      int b0 = 0;
+#if defined(CNNFAST_ISA_AVX2)  // gathers, 8 pixels at a time, then the last few one by one
+      const __m256 fills = _mm256_set1_ps(fill);
+      const __m256i zero = _mm256_setzero_si256();
+      for (; b0 + 8 <= n; b0 += 8) {
+        const auto flag = [&](const std::int32_t* f) {
+          return _mm256_castsi256_ps(
+              _mm256_cmpgt_epi32(_mm256_load_si256(reinterpret_cast<const __m256i*>(f + b0)), zero));
+        };
+        const auto gather = [&](const std::int32_t* at, __m256 inside) {
+          return _mm256_mask_i32gather_ps(fills, plane, _mm256_load_si256(reinterpret_cast<const __m256i*>(at + b0)),
+                                          inside, 4);
+        };
+        const __m256 p00 = gather(at00, flag(in00)), p01 = gather(at01, flag(in01));
+        const __m256 p10 = gather(at10, flag(in10)), p11 = gather(at11, flag(in11));
+        const __m256 fx = _mm256_load_ps(wx + b0), fy = _mm256_load_ps(wy + b0);
+        const __m256 top = _mm256_fmadd_ps(fx, _mm256_sub_ps(p01, p00), p00);
+        const __m256 bottom = _mm256_fmadd_ps(fx, _mm256_sub_ps(p11, p10), p10);
+        const __m256 r = _mm256_fmadd_ps(fy, _mm256_sub_ps(bottom, top), top);
+        _mm256_storeu_ps(out + b0, _mm256_blendv_ps(r, p00, flag(exact)));
+      }
+#endif
+      for (int b = b0; b < n; ++b) {
         const float g00 = plane[at00[b]], g01 = plane[at01[b]], g10 = plane[at10[b]], g11 = plane[at11[b]];
         const float p00 = in00[b] ? g00 : fill, p01 = in01[b] ? g01 : fill;
         const float p10 = in10[b] ? g10 : fill, p11 = in11[b] ? g11 : fill;

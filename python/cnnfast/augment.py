@@ -17,8 +17,12 @@ output pixel read from the input by bilinear interpolation (`fill`, 0 = black, o
 The work is C++ on all threads (cnnfast.functional.augment).
 
 The defaults are for 28 x 28 digits: Simard et al.'s elastic distortion for MNIST (sigma 4,
-alpha 34) with mild affine changes in the ranges that work on MNIST (about +-10 degrees, 10%
-in scale, 2.8 pixels of shift; Ciresan et al. 2010 use up to 15 degrees and 15%).
+alpha 34) with mild affine changes (+-10 degrees, 10% in scale, 1.4 pixels of shift, no shear;
+Ciresan et al. 2010 use up to 15 degrees and 15% with a larger network). They are meant for
+larger networks and longer schedules, where distortions pay (Simard et al.: 99.6%): the small
+default model at a constant learning rate gains nothing from them in 15 epochs (measured on
+MNIST: 98.40% after 3 epochs, 99.0-99.1% in epochs 11-14, 98.95% after 15, against 98.49% and
+99.2% without).
 
 Randomness: the transform of image n of the batch of `step` depends on (seed, step, n) only,
 never on the thread count, so a run is reproducible and `python -m cnnfast.train --resume`
@@ -49,8 +53,8 @@ class Augment:
 
     rotation: float = 10.0
     scale: tuple[float, float] = (0.9, 1.1)
-    shear: float = 5.0
-    translate: float = 0.1
+    shear: float = 0.0
+    translate: float = 0.05
     elastic_alpha: float = 34.0
     elastic_sigma: float = 4.0
     seed: int = 0

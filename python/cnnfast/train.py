@@ -855,7 +855,8 @@ def add_augment_arguments(p: argparse.ArgumentParser) -> None:
         "scale, shear and shift about its centre, then an elastic distortion (a random displacement "
         "field smoothed by a Gaussian), read back by bilinear interpolation. Off by default. "
         "--augment turns it on with the defaults below; each parameter flag turns it on too and "
-        "sets that parameter (0 turns a part off). The draws follow from --seed and the step.",
+        "sets that parameter (0 turns a part off). The draws follow from --seed and the step; "
+        "a resumed run (--resume) takes the augmentation from its checkpoint.",
     )
     group.add_argument("--augment", action="store_true", default=None, help="augment the training batches")
     for name, (flag, metavar, text) in AUGMENT_FLAGS.items():
