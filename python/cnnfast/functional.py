@@ -399,7 +399,7 @@ def augment(
     The same as warp_bilinear(x, *augment_params(N, H, W, seed, step, ...), fill), faster.
     """
     return _core.augment(
-        x, int(seed), int(step), float(rotation), _pair(scale), float(shear), float(translate),
+        x, int(seed), int(step), float(rotation), _scale_pair(scale), float(shear), float(translate),
         float(elastic_alpha), float(elastic_sigma), float(fill),
     )  # fmt: skip
 
@@ -425,7 +425,7 @@ def augment_params(
     when elastic_alpha is 0.
     """
     return _core.augment_params(
-        int(n), int(height), int(width), int(seed), int(step), float(rotation), _pair(scale), float(shear),
+        int(n), int(height), int(width), int(seed), int(step), float(rotation), _scale_pair(scale), float(shear),
         float(translate), float(elastic_alpha), float(elastic_sigma),
     )  # fmt: skip
 
@@ -437,7 +437,7 @@ def warp_bilinear(x: np.ndarray, affine: np.ndarray, field: np.ndarray | None = 
     return _core.warp_bilinear(x, affine, field, float(fill))
 
 
-def _pair(scale) -> tuple[float, float]:
+def _scale_pair(scale) -> tuple[float, float]:
     try:
         low, high = scale
     except (TypeError, ValueError):
