@@ -79,17 +79,19 @@ std::vector<float> gaussian_taps(float sigma, i64 extent, i64& reach) {
   return taps;
 }
 
-// Images up to this side smooth their fields with two small matrix products (sgemm) by dense
-// [side, side] Gaussian matrices; larger ones with loops over the Gaussian's band.
+// Images up to this side smooth their fields with two small matrix products by dense [side, side]
+// Gaussian matrices (the ISA's augment_smooth on AVX-512, sgemm elsewhere); larger ones with
+// loops over the Gaussian's band.
 constexpr i64 kDenseSmoothing = 64;
 
 // What every image's field shares: the taps, and for small images the dense matrices
-// gw [W, W] (gw[k][j] = g[j - k]) and alpha * gh [H, H].
+// gw [W, W] (gw[k][j] = g[j - k]), the same with rows padded to Wp = W rounded up to 16 (for the
+// ISA's augment_smooth), and alpha * gh [H, H].
 struct Smoothing {
-  i64 H = 0, W = 0, reach = 0;
+  i64 H = 0, W = 0, Wp = 0, reach = 0;
   float alpha = 0.0f;
   bool dense = false;
-  std::vector<float> taps, gw, gh;
+  std::vector<float> taps, gw, gw_padded, gh;
   Smoothing(i64 H_, i64 W_, float sigma, float alpha_) : H(H_), W(W_), alpha(alpha_) {
     taps = gaussian_taps(sigma, std::max(H, W), reach);
     dense = std::max(H, W) <= kDenseSmoothing;
@@ -102,20 +104,27 @@ struct Smoothing {
     for (i64 i = 0; i < H; ++i)
       for (i64 k = std::max<i64>(0, i - reach); k <= std::min(H - 1, i + reach); ++k)
         gh[i * H + k] = alpha * taps[i - k + reach];
+    Wp = (W + 15) / 16 * 16;
+    gw_padded.assign(std::size_t(W * Wp), 0.0f);
+    for (i64 k = 0; k < W; ++k) std::copy(gw.begin() + k * W, gw.begin() + (k + 1) * W, gw_padded.begin() + k * Wp);
   }
   // scratch floats draw_field needs beside its [H, 2, W] output
-  i64 scratch() const { return 2 * H * W; }
+  i64 scratch() const { return 2 * H * std::max(W, Wp); }
 };
 
 // One image's displacement field, laid out [H, 2, W] (row i: dx of row i, then dy of row i),
 // from draws kFieldDraw... of `key`: noise u in [-1, 1), its element e (in that layout) from draw
 // kFieldDraw + e/2 (the high half for even e), smoothed along rows then along columns by the
-// Gaussian (zero outside the image), times alpha. scratch: [2 * H * W] floats.
+// Gaussian (zero outside the image), times alpha. scratch: sm.scratch() floats.
 void draw_field(float* field, float* scratch, std::uint64_t key, const Smoothing& sm) {
   const i64 H = sm.H, W = sm.W, P2 = 2 * H * W;
   float* noise = field;                                       // [H, 2, W] noise first, then the result
   float* rows = scratch;                                      // [H, 2, W]: the noise smoothed along rows
   active_isa().augment_noise(noise, H * W, key, kFieldDraw);  // augment_rows.cpp, per ISA
+  if (sm.dense && active_isa().augment_smooth) {              // augment_rows.cpp (AVX-512)
+    active_isa().augment_smooth(field, rows, sm.gw_padded.data(), sm.gh.data(), H, W);
+    return;
+  }
   if (sm.dense) {
     sgemm(false, false, 2 * H, W, W, noise, W, sm.gw.data(), W, rows, W, false);          // [2H, W] gw
     sgemm(false, false, H, 2 * W, H, sm.gh.data(), H, rows, 2 * W, field, 2 * W, false);  // alpha gh [H, 2W]

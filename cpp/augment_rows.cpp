@@ -130,6 +130,59 @@ void warp_row(float* y, const float* x, const float* m, const float* dx, const f
   }
 }
 
+#if defined(CNNFAST_ISA_AVX512)
+namespace {
+
+// augment_smooth for images NV vectors of 16 wide (W <= 16 NV): each output row in registers
+template <int NV>
+void smooth(float* field, float* rows, const float* gw_padded, const float* gh, i64 H, i64 W) {
+  constexpr i64 Wp = 16 * NV;
+  for (i64 r = 0; r < 2 * H; ++r) {  // rows[r, :] = noise[r, :] gw: the noise (in field) smoothed along rows
+    __m512 acc[NV];
+    for (int q = 0; q < NV; ++q) acc[q] = _mm512_setzero_ps();
+    const float* u = field + r * W;
+    for (i64 k = 0; k < W; ++k) {
+      const __m512 v = _mm512_set1_ps(u[k]);
+      for (int q = 0; q < NV; ++q) acc[q] = _mm512_fmadd_ps(v, _mm512_loadu_ps(gw_padded + k * Wp + 16 * q), acc[q]);
+    }
+    for (int q = 0; q < NV; ++q) _mm512_storeu_ps(rows + r * Wp + 16 * q, acc[q]);
+  }
+  const __mmask16 last = W % 16 ? __mmask16((1u << (W % 16)) - 1) : __mmask16(0xFFFF);
+  for (i64 i = 0; i < H; ++i) {  // field[i, c, :] = sum_k (alpha gh)[i, k] rows[2k + c, :]
+    __m512 acc[2 * NV];
+    for (int q = 0; q < 2 * NV; ++q) acc[q] = _mm512_setzero_ps();
+    for (i64 k = 0; k < H; ++k) {
+      const float g = gh[i * H + k];
+      if (g == 0.0f) continue;  // outside the Gaussian's band
+      const __m512 gv = _mm512_set1_ps(g);
+      for (int q = 0; q < 2 * NV; ++q)
+        acc[q] = _mm512_fmadd_ps(gv, _mm512_loadu_ps(rows + 2 * k * Wp + 16 * q), acc[q]);
+    }
+    for (int c = 0; c < 2; ++c)
+      for (int q = 0; q < NV; ++q)
+        _mm512_mask_storeu_ps(field + (2 * i + c) * W + 16 * q, q == NV - 1 ? last : __mmask16(0xFFFF),
+                              acc[c * NV + q]);
+  }
+}
+
+}  // namespace
+
+// field: [H, 2, W], the noise in, its smoothed field out (see augment.cpp's draw_field); rows:
+// [2H, Wp] scratch, Wp = W rounded up to 16; gw_padded: [W, Wp]; gh: [H, H]. W <= 64.
+void augment_smooth(float* field, float* rows, const float* gw_padded, const float* gh, i64 H, i64 W) {
+  switch ((W + 15) / 16) {
+    case 1:
+      return smooth<1>(field, rows, gw_padded, gh, H, W);
+    case 2:
+      return smooth<2>(field, rows, gw_padded, gh, H, W);
+    case 3:
+      return smooth<3>(field, rows, gw_padded, gh, H, W);
+    default:
+      return smooth<4>(field, rows, gw_padded, gh, H, W);
+  }
+}
+#endif
+
 void augment_warp_row(float* y, const float* x, const float* m, const float* dx, const float* dy, i64 i, i64 C, i64 H,
                       i64 W, float fill) {
   if (dx)

@@ -952,7 +952,9 @@ py::dict build_info() {
   kernels["batch_norm"] = std::string("portable");
   kernels["activations"] = own + " (tanh, sigmoid), portable (LeakyReLU)";
   kernels["pool_windows"] = std::string("portable");  // max_pool2d with other strides or padding, avg_pool2d
-  kernels["augment"] = own + " (sampling, noise), gemm (smoothing)";
+  kernels["augment"] = own +
+                       (isa.augment_smooth ? " (sampling, noise, smoothing)" : " (sampling, noise), gemm (smoothing)") +
+                       ", portable (smoothing over 64 pixels)";
   py::dict d;
   d["isa"] = isa.name;
   d["isa_compiled"] = isa_compiled;

@@ -114,6 +114,9 @@ struct IsaKernels {
   void (*augment_noise)(float* noise, i64 draws, std::uint64_t key, std::uint64_t first);
   void (*augment_warp_row)(float* y, const float* x, const float* m, const float* dx, const float* dy, i64 i, i64 C,
                            i64 H, i64 W, float fill);
+  // AVX-512 only (null elsewhere: sgemm serves): the elastic field of an image up to 64 pixels
+  // wide smoothed by the dense Gaussian matrices (augment.cpp's draw_field)
+  void (*augment_smooth)(float* field, float* rows, const float* gw_padded, const float* gh, i64 H, i64 W);
 };
 
 // The table in use (the best the CPU runs, unless set_isa chose another).

@@ -44,6 +44,9 @@ void sigmoid_block(float* y, const float* x, i64 n);
 void augment_noise(float* noise, i64 draws, std::uint64_t key, std::uint64_t first);  // augment_rows.cpp
 void augment_warp_row(float* y, const float* x, const float* m, const float* dx, const float* dy, i64 i, i64 C, i64 H,
                       i64 W, float fill);
+#if defined(CNNFAST_ISA_AVX512)
+void augment_smooth(float* field, float* rows, const float* gw_padded, const float* gh, i64 H, i64 W);
+#endif
 
 extern const IsaKernels table = {
     CNNFAST_STR(CNNFAST_ISA),
@@ -77,6 +80,11 @@ extern const IsaKernels table = {
     sigmoid_block,
     augment_noise,
     augment_warp_row,
+#if defined(CNNFAST_ISA_AVX512)
+    augment_smooth,
+#else
+    nullptr,  // (sgemm smooths the field)
+#endif
 };
 
 }  // namespace CNNFAST_ISA

@@ -61,7 +61,8 @@ def test_warp_matches_the_reference(isa, h, w, c, fill):
 
 @pytest.mark.parametrize(
     "h,w,sigma",
-    [(28, 28, 4.0), (28, 28, 1.5), (70, 67, 3.0), (5, 3, 0.3)],  # 70 x 67: the banded path (sides over 64)
+    # widths of 1 to 4 vectors of 16 (AVX-512's smoothing); 70 x 67: the banded path (sides over 64)
+    [(28, 28, 4.0), (28, 28, 1.5), (5, 3, 0.3), (17, 40, 2.0), (33, 64, 5.0), (70, 67, 3.0)],
 )
 def test_drawn_maps_and_fields_match_the_reference(isa, h, w, sigma):
     params = dict(MNIST_LIKE, elastic_sigma=sigma)
