@@ -848,9 +848,9 @@ AugmentRanges augment_ranges(double rotation, std::pair<double, double> scale, d
 }
 
 void expect_side(i64 H, i64 W, const std::string& what) {
-  expect(H >= 1 && W >= 1 && H <= kMaxAugmentSide && W <= kMaxAugmentSide && plane_fits_int32(H, W),
-         what + " must be between 1 and " + std::to_string(kMaxAugmentSide) +
-             " pixels, with at most 2^31 - 1 pixels in all, got " + dims({H, W}));
+  CNNFAST_EXPECT(H >= 1 && W >= 1 && H <= kMaxAugmentSide && W <= kMaxAugmentSide && plane_fits_int32(H, W),
+                 what + " must be between 1 and " + std::to_string(kMaxAugmentSide) +
+                     " pixels, with at most 2^31 - 1 pixels in all, got " + dims({H, W}));
 }
 
 py::array_t<float> augment(py::handle x_, std::uint64_t seed, std::uint64_t step, double rotation,
