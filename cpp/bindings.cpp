@@ -577,8 +577,14 @@ py::array_t<float> leaky_relu_grad(py::handle x_, py::handle dy_, double negativ
 // avg_pool2d.cpp) The window (kh, kw), stride (sh, sw), padding (ph, pw) checked against planes H x W: the sizes
 // PyTorch accepts (padding at most half the window), and at least one output pixel
 PoolWindow pool_window(i64 H, i64 W, i64 kh, i64 kw, i64 sh, i64 sw, i64 ph, i64 pw) {
-  CNNFAST_EXPECT(kh >= 1 && kw >= 1, "kernel_size must be at least 1, got " + dims({kh, kw}));
-  CNNFAST_EXPECT(sh >= 1 && sw >= 1, "stride must be at least 1, got " + dims({sh, sw}));
+  // (an empty plane would leave windows with no pixel: the kernels read the plane's first one)
+  CNNFAST_EXPECT(H >= 1 && W >= 1, "x must have planes of at least 1x1 to pool, got " + dims({H, W}));
+  constexpr i64 kMaxWindow = i64(1) << 20;  // (the sizes model files take; kh * kw and 2 * ph stay far from overflow)
+  CNNFAST_EXPECT(
+      kh >= 1 && kw >= 1 && kh <= kMaxWindow && kw <= kMaxWindow,
+      "kernel_size must be at least 1 and at most " + std::to_string(kMaxWindow) + ", got " + dims({kh, kw}));
+  CNNFAST_EXPECT(sh >= 1 && sw >= 1 && sh <= kMaxWindow && sw <= kMaxWindow,
+                 "stride must be at least 1 and at most " + std::to_string(kMaxWindow) + ", got " + dims({sh, sw}));
   CNNFAST_EXPECT(ph >= 0 && pw >= 0 && 2 * ph <= kh && 2 * pw <= kw,
                  "padding must be between 0 and half the kernel size " + dims({kh, kw}) + ", got " + dims({ph, pw}));
   CNNFAST_EXPECT(kh <= H + 2 * ph && kw <= W + 2 * pw,

@@ -206,6 +206,26 @@ def test_pooling_bad_input_names_the_argument(call, message):
         call()
 
 
+@pytest.mark.parametrize("shape", [(1, 1, 0, 0), (2, 3, 0, 5), (1, 1, 0, 1 << 24), (2, 3, 1, 0)])
+def test_pooling_refuses_empty_planes(shape):
+    """A padded window over an empty plane has no pixel to take (the kernel read past the array:
+    garbage, or a segfault for a wide one)."""
+    x = np.zeros(shape, np.float32)
+    for call in (lambda: F.max_pool2d_window(x, 2, 1, 1), lambda: F.avg_pool2d(x, 2, 1, 1)):
+        with pytest.raises(ValueError, match="planes of at least 1x1"):
+            call()
+    with pytest.raises(ValueError, match=r"layer 0 \(MaxPool2d.*at least one pixel"):
+        nn.Sequential(nn.MaxPool2d(2, stride=1, padding=1)).infer(x)
+
+
+def test_pooling_refuses_windows_whose_sizes_would_overflow():
+    x = rand(1, 1, 4, 4)
+    with pytest.raises(ValueError, match="kernel_size must be at least 1 and at most"):
+        F.avg_pool2d(x, 1 << 32, 1, 1 << 31)  # (kh * kw overflowed: every mean 0)
+    with pytest.raises(ValueError, match="stride must be at least 1 and at most"):
+        F.max_pool2d_window(x, 2, 1 << 62, 0)
+
+
 # ---------------------------------------------------------------- layers
 
 
@@ -253,7 +273,8 @@ def test_conv2d_padding_forms_and_non_square_kernels(kernel, padding, out_hw):
     dx, dw, db = ref.conv2d_backward(xp, conv.weight.data, dy := rand(*y.shape), 0)
     got_dx = conv.backward(dy)
     assert_close(got_dx, dx[:, :, top : top + 9, left : left + 10])
-    assert_close(conv.weight.grad, dw) and assert_close(conv.bias.grad, db)
+    assert_close(conv.weight.grad, dw)
+    assert_close(conv.bias.grad, db)
 
 
 def test_conv2d_same_padding_equals_pytorch_rule_and_refuses_a_stride():
@@ -487,7 +508,8 @@ def test_strided_conv2d_layer_matches_reference(isa, shape, kernel, padding, str
     dy = rand(*y.shape)
     dx, dw, db = ref.conv2d_backward(xp, conv.weight.data, dy, 0, stride)
     assert_close(conv.backward(dy), dx[:, :, top : top + shape[2], left : left + shape[3]])
-    assert_close(conv.weight.grad, dw) and assert_close(conv.bias.grad, db)
+    assert_close(conv.weight.grad, dw)
+    assert_close(conv.bias.grad, db)
     layer_gradient_check(conv, x)
 
 

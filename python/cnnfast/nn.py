@@ -344,6 +344,8 @@ class MaxPool2d(Layer):
 def _pooled_shape(shape, k, stride, padding):
     if len(shape) != 3:
         raise ShapeError("needs [batch, channels, height, width]")
+    if min(shape[1:]) < 1:
+        raise ShapeError("needs [batch, channels, height, width] with at least one pixel")
     h, w = shape[1] + 2 * padding, shape[2] + 2 * padding
     if h < k or w < k:
         raise ShapeError(f"needs an image at least {k} pixels wide and high (with its padding), got {h}x{w}")
