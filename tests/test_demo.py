@@ -151,6 +151,14 @@ def test_bad_images_get_a_400_and_the_server_goes_on(client, body, content_type,
     assert client.post("/api/predict", json={"image": x_test[0].tolist()}).status_code == 200
 
 
+@pytest.mark.parametrize("image", [[[255]], [[0, 255, 0, 0, 0]], [[255, 255, 0, 255, 255]]])
+def test_images_one_pixel_high_are_answered_not_a_server_error(client, image):
+    """(predict.background took the rows between the first and the last, h - 2 of them: -1)"""
+    response = client.post("/api/predict", json={"image": image})
+    assert response.status_code in (200, 400), response.text
+    assert "digit" in response.json() or "error" in response.json()
+
+
 def test_a_body_too_large_is_refused_even_without_a_length(client):
     def chunks():  # (streamed: no Content-Length header to refuse it by)
         for _ in range(40):

@@ -138,7 +138,8 @@ def background(gray: np.ndarray) -> tuple[np.ndarray, float]:
     touches the border). A uniform border gives a constant and no noise."""
     h, w = gray.shape
     ys = np.concatenate([np.zeros(w), np.full(w, h - 1), np.arange(1, h - 1), np.arange(1, h - 1)]).astype(int)
-    xs = np.concatenate([np.arange(w), np.arange(w), np.zeros(h - 2), np.full(h - 2, w - 1)]).astype(int)
+    inner = max(h - 2, 0)  # (an image one pixel high has no rows between its first and last)
+    xs = np.concatenate([np.arange(w), np.arange(w), np.zeros(inner), np.full(inner, w - 1)]).astype(int)
     values = gray[ys, xs]
     level = float(np.median(values))
     spread = 1.4826 * float(np.median(np.abs(values - level)))
