@@ -130,7 +130,56 @@ CNNFAST_NO_PREDICTIVE_COMMONING void pixels_forward(float* out, i64 ld, const fl
     for (int kv = 0; kv < KV; ++kv) store_tap_vec(out + j * ld + kv * kTapVL, acc[j * KV + kv]);
 }
 
+// The same for J pixels anywhere in the image (a tile may run on into the next row: with 3-4
+// vectors of channels a tile is 6-9 pixels, and rows of 8 would leave tiles of 2 that multiply-add
+// at half the rate): pixel j's first input value at x + at[j], the J pointers in registers.
+template <int J, int KV>
+CNNFAST_NO_PREDICTIVE_COMMONING void pixels_forward_at(float* out, i64 ld, const float* x, const i64* at,
+                                                       const float* wt, const float* b, i64 C, i64 R, i64 S, i64 plane,
+                                                       i64 Wp, i64 Kp) {
+  TapVec acc[J * KV];
+  for (int kv = 0; kv < KV; ++kv) {
+    const TapVec bias = b ? load_tap_vec(b + kv * kTapVL) : TapVec{};
+    for (int j = 0; j < J; ++j) acc[j * KV + kv] = b ? bias : load_tap_vec(out + j * ld + kv * kTapVL);
+  }
+  const float* px[J];
+  for (int j = 0; j < J; ++j) px[j] = x + at[j];
+  for (i64 c = 0; c < C; ++c)
+    for (i64 r = 0; r < R; ++r) {
+      const i64 row = c * plane + r * Wp;
+      const float* w = wt + (c * R + r) * S * Kp;
+      for (i64 q = 0; q < S; ++q, w += Kp) {
+        TapVec wv[KV];
+        for (int kv = 0; kv < KV; ++kv) wv[kv] = load_tap_vec(w + kv * kTapVL);
+        for (int j = 0; j < J; ++j) {
+          const float xv = px[j][row + q];
+          for (int kv = 0; kv < KV; ++kv) acc[j * KV + kv] += xv * wv[kv];
+        }
+      }
+    }
+  for (int j = 0; j < J; ++j)
+    for (int kv = 0; kv < KV; ++kv) store_tap_vec(out + j * ld + kv * kTapVL, acc[j * KV + kv]);
+}
+
 using PixelsKernel = void (*)(float*, i64, const float*, const float*, const float*, i64, i64, i64, i64, i64, i64);
+using PixelsAtKernel = void (*)(float*, i64, const float*, const i64*, const float*, const float*, i64, i64, i64, i64,
+                                i64, i64);
+constexpr int kMaxAtJ = 9, kMinAtKV = 3;  // tiles of at most 9 pixels: 3 or 4 vectors of channels
+template <int J, int KV>
+constexpr PixelsAtKernel pixels_at_kernel_if_fits() {
+  if constexpr (J * KV + KV + 2 <= kRegisters)
+    return &pixels_forward_at<J, KV>;
+  else
+    return nullptr;
+}
+template <int KV, int... J>
+constexpr auto pixels_at_over_j(std::integer_sequence<int, J...>) {
+  return std::array<PixelsAtKernel, sizeof...(J)>{pixels_at_kernel_if_fits<J + 1, KV>()...};
+}
+// kPixelAtKernels[KV - kMinAtKV][J-1]
+constexpr std::array<std::array<PixelsAtKernel, kMaxAtJ>, kMaxKV - kMinAtKV + 1> kPixelAtKernels = {
+    pixels_at_over_j<3>(std::make_integer_sequence<int, kMaxAtJ>()),
+    pixels_at_over_j<4>(std::make_integer_sequence<int, kMaxAtJ>())};
 constexpr int kMaxJ = 28;
 constexpr bool pixels_fit(int J, int KV) { return J * KV + KV + 2 <= kRegisters; }
 template <int J, int KV, int ST>
@@ -227,8 +276,12 @@ bool tap_rows_forward(float* y, const float* x, const float* w, const float* b, 
   // (more channels, or rows of output too short for a whole tile of pixels: the panels' GEMM
   // measured faster, 64->128 3x3 stride 2 on 8x8: 0.55 against 0.79 ms at batch 32 on AVX-512;
   // tiles of under 4 pixels, AVX2's with 4 vectors of channels in its 16 registers, no faster)
-  if (s.stride > 2 || KV > kMaxKV || pixels_per_tile(KV) < 4 || s.Wo < pixels_per_tile(KV)) return false;
-  const i64 plane = s.Hp * s.Wp, most = pixels_per_tile(KV);
+  // (3-4 vectors: tiles run on from row to row, pixels_forward_at; fewer: tiles within a row)
+  const bool across_rows = KV >= kMinAtKV && pixels_per_tile(KV) <= kMaxAtJ;
+  if (s.stride > 2 || KV > kMaxKV || pixels_per_tile(KV) < 4 || (!across_rows && s.Wo < pixels_per_tile(KV)))
+    return false;
+  const i64 plane = s.Hp * s.Wp, most = pixels_per_tile(KV), tiles = (s.Wo + most - 1) / most,
+            even = (s.Wo + tiles - 1) / tiles;           // a row's tiles within a row, as even as they go
   const i64 cb = std::max<i64>(1, 6144 / (R * S * Kp));  // input channels whose weights fill 24 KB
   const auto& kernels = kPixelKernels[size_t(s.stride - 1)][size_t(KV - 1)];
   std::vector<float> wt(size_t(T) * Kp, 0.0f), bias(size_t(Kp), 0.0f);  // w^T [T][Kp], zeros past K
@@ -251,10 +304,19 @@ bool tap_rows_forward(float* y, const float* x, const float* w, const float* b, 
                       sizeof(float) * s.W);
     }
     const float* src = s.pad > 0 ? xp : x + n * C * s.H * s.W;
-    for (i64 c0 = 0; c0 < C; c0 += cb)
+    for (i64 c0 = 0; c0 < C && across_rows; c0 += cb)
+      for (i64 p0 = 0; p0 < P; p0 += most) {
+        const i64 jn = std::min<i64>(most, P - p0);
+        i64 at[kMaxAtJ];
+        for (i64 j = 0; j < jn; ++j) at[j] = ((p0 + j) / s.Wo * s.Wp + (p0 + j) % s.Wo) * s.stride;
+        kPixelAtKernels[size_t(KV - kMinAtKV)][size_t(jn - 1)](
+            out + p0 * Kp, Kp, src + c0 * plane, at, wt.data() + c0 * R * S * Kp, c0 == 0 ? bias.data() : nullptr,
+            std::min(cb, C - c0), R, S, plane, s.Wp, Kp);
+      }
+    for (i64 c0 = 0; c0 < C && !across_rows; c0 += cb)
       for (i64 oh = 0; oh < s.Ho; ++oh)
-        for (i64 ow0 = 0; ow0 < s.Wo; ow0 += most) {
-          const i64 jn = std::min<i64>(most, s.Wo - ow0);
+        for (i64 ow0 = 0; ow0 < s.Wo; ow0 += even) {  // (a row of 16 in tiles of 8 and 8, not 14 and 2)
+          const i64 jn = std::min<i64>(even, s.Wo - ow0);
           kernels[size_t(jn - 1)](out + (oh * s.Wo + ow0) * Kp, Kp,
                                   src + c0 * plane + oh * s.stride * s.Wp + ow0 * s.stride, wt.data() + c0 * R * S * Kp,
                                   c0 == 0 ? bias.data() : nullptr, std::min(cb, C - c0), R, S, plane, s.Wp, Kp);

@@ -147,6 +147,7 @@ STRIDED_SHAPES = [  # N, C, H, W, K, R, S, padding, stride
     (2, 3, 60, 58, 16, 3, 3, 1, 2),
     (2, 8, 30, 30, 32, 3, 3, 1, 2),
     (1, 40, 20, 21, 64, 3, 3, 1, 2),
+    (2, 6, 9, 11, 48, 3, 3, 1, 2),  # 3 vectors of channels: tiles of 9 pixels running on across rows of 6
     (2, 3, 15, 13, 8, 7, 7, 3, 2),  # a stem's 7x7 stride 2, padding 3
     (1, 2, 10, 11, 5, 3, 2, 0, 3),  # stride 3, rows and columns it does not reach
     (4, 16, 8, 8, 32, 3, 3, 1, 2),  # many channels: several images per chunk
