@@ -151,6 +151,55 @@ def test_bad_images_get_a_400_and_the_server_goes_on(client, body, content_type,
     assert client.post("/api/predict", json={"image": x_test[0].tolist()}).status_code == 200
 
 
+def test_a_post_from_another_site_is_refused(client):
+    """A page elsewhere can make the browser POST here (fetch with mode "no-cors"); the browser
+    names that page in Origin: 403, before the body is read."""
+    _, _, x_test, _ = real_mnist()
+    image = png(x_test[0])
+    for origin in ("https://evil.example", "null", "http://127.0.0.1:9999", "http://localhost"):
+        for content_type in ("text/plain", "image/png"):
+            response = client.post(
+                "/api/predict", content=image, headers={"Content-Type": content_type, "Origin": origin}
+            )
+            assert response.status_code == 403, (origin, content_type, response.text)
+            assert "another site" in response.json()["error"]
+        response = client.post("/api/backprop", json={}, headers={"Origin": origin})
+        assert response.status_code == 403, origin
+    own = {"Content-Type": "image/png", "Origin": "http://127.0.0.1"}  # the page's own requests
+    assert client.post("/api/predict", content=image, headers=own).status_code == 200
+    assert client.post("/api/backprop", json={}, headers={"Origin": "http://127.0.0.1"}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data", "", "image/svg+xml"]
+)
+def test_only_image_and_json_content_types_are_read(client, content_type):
+    """(text/plain and forms are what another site's page can send without a CORS preflight)"""
+    _, _, x_test, _ = real_mnist()
+    headers = {"Content-Type": content_type} if content_type else {}
+    response = client.post("/api/predict", content=png(x_test[0]), headers=headers)
+    assert response.status_code == 415, response.text
+    assert "image/png" in response.json()["error"] and "application/json" in response.json()["error"]
+    response = client.post("/api/backprop", content=b"{}", headers=headers)
+    assert response.status_code == 415 and "application/json" in response.json()["error"]
+    ok = client.post("/api/predict", content=png(x_test[0]), headers={"Content-Type": "image/png; charset=binary"})
+    assert ok.status_code == 200
+
+
+def test_images_in_other_formats_than_the_documented_ones_are_refused(client):
+    """(Pillow would otherwise try every decoder it has: EPS goes to Ghostscript)"""
+    _, _, x_test, _ = real_mnist()
+    for pillow_format in ("PPM", "ICO", "TGA"):
+        out = io.BytesIO()
+        Image.fromarray(x_test[0]).save(out, format=pillow_format)
+        response = client.post("/api/predict", content=out.getvalue(), headers={"Content-Type": "image/png"})
+        assert response.status_code == 400, pillow_format
+        assert "format read here (PNG, JPEG, BMP, GIF, TIFF or WebP" in response.json()["error"]
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 28 28\nshowpage\n"
+    response = client.post("/api/predict", content=eps, headers={"Content-Type": "image/jpeg"})
+    assert response.status_code == 400 and "format read here" in response.json()["error"]
+
+
 @pytest.mark.parametrize("image", [[[255]], [[0, 255, 0, 0, 0]], [[255, 255, 0, 255, 255]]])
 def test_images_one_pixel_high_are_answered_not_a_server_error(client, image):
     """(predict.background took the rows between the first and the last, h - 2 of them: -1)"""

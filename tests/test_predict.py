@@ -4,6 +4,7 @@ reading every kind of file, per-file errors, and MNIST test digits written out a
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -227,6 +228,25 @@ def test_unreadable_files_are_clear_errors(Image, tmp_path):
         assert str(error.value).startswith(str(tmp_path / name))
     with pytest.raises(pr.ImageError, match=r"good.png: blank image"):
         pr.load_digit(good)
+
+
+def test_only_the_documented_formats_are_decoded(Image, tmp_path):
+    """PNG, JPEG, BMP, GIF, TIFF and WebP are read; a format Pillow knows but cnnfast does not
+    promise (PPM, ICO, EPS, which Pillow hands to Ghostscript) is refused before decoding."""
+    ink = np.zeros((40, 30), np.uint8)
+    ink[5:35, 12:18] = 255
+    expected = pr.prepare(ink.astype(float))
+    for name in ("d.png", "d.jpg", "d.bmp", "d.gif", "d.tiff", "d.webp"):
+        options = {".jpg": {"quality": 95}, ".webp": {"lossless": True}}.get(Path(name).suffix, {})
+        assert np.abs(pr.load_digit(save(Image, tmp_path / name, ink, **options)).astype(int) - expected).max() <= 8, (
+            name
+        )
+    save(Image, tmp_path / "d.ppm", ink)
+    save(Image, tmp_path / "d.ico", np.repeat(np.repeat(ink[:30], 2, 0), 2, 1)[:48, :48])
+    (tmp_path / "d.eps").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 30 40\nshowpage\n")
+    for name in ("d.ppm", "d.ico", "d.eps"):
+        with pytest.raises(pr.ImageError, match=r"not an image file in a format read here \(PNG, JPEG, BMP, GIF"):
+            pr.read_image(tmp_path / name)
 
 
 def test_an_image_in_memory_reads_as_its_file_does(Image, tmp_path):

@@ -41,6 +41,11 @@ MAX_SIDE = 1024  # larger images are reduced first (the digit ends up 20 pixels 
 MAX_PIXELS = 50_000_000  # larger images are refused (Pillow's decompression-bomb limit is 89M)
 HELP_WIDTH = 78  # the description keeps its paragraph break, so it is wrapped here, as argparse would
 PILLOW_MISSING = "reading images needs Pillow: pip install cnnfast[image]  (or: pip install pillow)"
+# The only formats decoded (Pillow's names; JPEG includes the multi-picture JPEGs of cameras).
+# Pillow would otherwise try every plugin it has, EPS (Ghostscript) and other rarely used,
+# riskier decoders among them, on whatever bytes a file or the demo's page hands it.
+FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")
+FORMAT_NAMES = "PNG, JPEG, BMP, GIF, TIFF or WebP"
 
 
 class ImageError(ValueError):
@@ -59,7 +64,7 @@ def _pillow():
 
 
 def read_image(path) -> np.ndarray:
-    """A PNG/JPEG/BMP (or any image Pillow decodes: GIF, TIFF, WebP, ...) as float64 [H, W]
+    """A PNG, JPEG, BMP, GIF, TIFF or WebP image (:data:`FORMATS`; others are refused) as float64 [H, W]
     brightness 0 (black) .. 255 (white). Transparency is composited on white (if that leaves
     nothing, the opacity itself is taken as the ink); 16-bit images keep their full range;
     EXIF orientation is applied; animations give their first frame. Raises ImageError.
@@ -75,7 +80,7 @@ def read_image(path) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(source) as image:
+            with Image.open(source, formats=FORMATS) as image:
                 if image.width * image.height > MAX_PIXELS:
                     raise ImageError(
                         f"{path}: {image.width}x{image.height} pixels is too large (more than {MAX_PIXELS:,})"
@@ -89,7 +94,7 @@ def read_image(path) -> np.ndarray:
     except ImageError:
         raise
     except UnidentifiedImageError:
-        raise ImageError(f"{path}: not an image file (Pillow cannot identify it; PNG, JPEG and BMP are read)") from None
+        raise ImageError(f"{path}: not an image file in a format read here ({FORMAT_NAMES})") from None
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
     except PermissionError:
@@ -289,8 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="\n\n".join(
             textwrap.fill(paragraph, HELP_WIDTH)
             for paragraph in (
-                "Classify handwritten digits in image files (PNG, JPEG, BMP, or anything else Pillow reads) "
-                "with a trained model.",
+                "Classify handwritten digits in image files (PNG, JPEG, BMP, GIF, TIFF or WebP; the first frame "
+                "of an animation) with a trained model.",
                 "Each image is prepared the way the MNIST digits were: made grayscale (transparency on white), "
                 "turned into light-on-dark if it is dark ink on a light background, cropped to the digit's "
                 "bounding box, scaled to fit 20x20 keeping its aspect ratio, and centred by its centre of mass "

@@ -1,8 +1,9 @@
 """What the demo's JSON API computes, without the web framework: requests in, JSON-ready dicts out.
 
-- :func:`predict` takes an image (PNG/JPEG/... bytes, or a 2-D list of grey levels of any
-  size), prepares it exactly as ``python -m cnnfast.predict`` prepares a photo
-  (:func:`cnnfast.predict.prepare`), and returns the model's digit, its ten probabilities, the
+- :func:`predict` takes an image (PNG, JPEG, BMP, GIF, TIFF or WebP bytes under an ``image/...``
+  Content-Type, or a 2-D list of grey levels of any size as ``application/json``), prepares it
+  exactly as ``python -m cnnfast.predict`` prepares a photo (:func:`cnnfast.predict.prepare`),
+  and returns the model's digit, its ten probabilities, the
   28x28 image it saw and each convolution layer's feature maps (computed by the C++ kernels,
   layer by layer: :meth:`cnnfast.nn.Sequential.activations`).
 - :func:`backprop` takes the worked example's x, y, weights and learning rate (numbers or
@@ -11,8 +12,8 @@
 - :func:`pick_examples` chooses MNIST test digits to load with one click: one of each digit the
   model reads right and a few it reads wrong.
 
-Anything malformed raises :class:`RequestError` (status 400, or 413 for a body too large) with a
-message for the person who sent it; the server turns it into a JSON error response.
+Anything malformed raises :class:`RequestError` (status 400, 413 for a body too large, 415 for a
+Content-Type not accepted) with a message for the person who sent it; the server turns it into a JSON error response.
 """
 
 from __future__ import annotations
@@ -28,17 +29,22 @@ import numpy as np
 from .. import backprop as bp
 from .. import nn
 from ..mnist import as_model_input, probabilities
-from ..predict import ImageError, prepare, read_image
+from ..predict import FORMAT_NAMES, FORMATS, ImageError, prepare, read_image
 
 MAX_BODY = 2 * 1024 * 1024  # bytes in a request body
 MAX_SIDE = 4096  # pixels on an image's side
 MAX_MAGNITUDE = 10**9  # |x|, |y|, |w|, |lr| in the worked example
 MAX_NUMBER_TEXT = 200  # characters in a number written as a string ("3/2", "-0.25", "1e-3")
 MAX_EXPONENT = 64  # |e| in "1e-3"-style strings (Fraction would build 10**e exactly)
+# The Content-Types /api/predict takes for image bytes (decoded as one of predict.FORMATS,
+# whichever the bytes are). Anything else, text/plain in particular, is refused: a page on
+# another site can send text/plain without asking (a "simple" request), not these.
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/bmp", "image/x-ms-bmp", "image/gif", "image/tiff", "image/webp")
+JSON_TYPE = "application/json"
 
 
 class RequestError(ValueError):
-    """A request the API cannot serve: `status` (400, 413) and the message for its sender."""
+    """A request the API cannot serve: `status` (400, 403, 413, 415) and the message for its sender."""
 
     def __init__(self, message: str, status: int = 400):
         super().__init__(message)
@@ -80,18 +86,23 @@ def grey_levels(value) -> np.ndarray:
     return gray
 
 
+def media_type(content_type: str) -> str:
+    """The media type of a Content-Type header, lower case, without parameters ("; charset=...")."""
+    return content_type.split(";")[0].strip().lower()
+
+
 def image_bytes(body: bytes) -> np.ndarray:
-    """Brightness [H, W] of an encoded image (PNG, JPEG, BMP, ... as cnnfast.predict reads files);
+    """Brightness [H, W] of an encoded image (PNG, JPEG, BMP, GIF, TIFF or WebP, as cnnfast.predict reads files);
     RequestError if it is not an image or has more than MAX_SIDE pixels on a side."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(io.BytesIO(body)) as image:  # (reads the header only)
+        with Image.open(io.BytesIO(body), formats=FORMATS) as image:  # (reads the header only)
             width, height = image.size
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError):
         raise RequestError(
-            "the body is not an image Pillow can read (send PNG, JPEG or BMP bytes, or JSON "
-            '{"image": [[grey levels]]} with Content-Type: application/json)'
+            f"the body is not an image in a format read here ({FORMAT_NAMES} bytes), nor JSON "
+            '{"image": [[grey levels]]} with Content-Type: application/json'
         ) from None
     if width > MAX_SIDE or height > MAX_SIDE:
         raise RequestError(f"the image is {width}x{height} pixels; at most {MAX_SIDE}x{MAX_SIDE} are accepted")
@@ -132,8 +143,16 @@ def conv_feature_maps(model: nn.Sequential, outputs: list[np.ndarray]) -> list[d
 
 def predict(model: nn.Sequential, body: bytes, content_type: str = "") -> dict:
     """POST /api/predict: {"digit", "probabilities", "input_28x28", "inverted", "feature_maps"}
-    for an image sent as bytes (any content type but JSON) or as JSON {"image": [[...]]}."""
-    if content_type.split(";")[0].strip().lower() == "application/json":
+    for an image sent as bytes (Content-Type one of IMAGE_TYPES) or as JSON {"image": [[...]]}
+    (application/json); RequestError 415 for any other Content-Type."""
+    kind = media_type(content_type)
+    if kind not in IMAGE_TYPES and kind != JSON_TYPE:
+        raise RequestError(
+            f"Content-Type {kind or '(none)'!r} is not accepted: send image bytes as one of "
+            f'{", ".join(IMAGE_TYPES)}, or {JSON_TYPE} {{"image": [[grey levels]]}}',
+            415,
+        )
+    if kind == JSON_TYPE:
         payload = parse_json(body)
         if not isinstance(payload, dict) or set(payload) != {"image"}:
             raise RequestError('send JSON {"image": [[grey levels 0..255, row by row]]}')

@@ -9,7 +9,10 @@ The computing is in cnnfast.demo.api; this module only moves bytes. Request bodi
 to api.MAX_BODY bytes (more: 413); a malformed request gets a 400 with {"error": message}; the
 static files are three fixed names (no path from a request reaches the file system); Host
 headers other than the listening host's are refused (a web page elsewhere cannot reach the
-server through DNS rebinding).
+server through DNS rebinding); a POST whose Origin header names another site is refused (403:
+a page elsewhere cannot make a browser on this machine post to the demo), and so is a POST
+whose Content-Type is not one the endpoint reads (415: what a page elsewhere can send without a
+CORS preflight, text/plain or a form, never reaches the image decoders).
 """
 
 from __future__ import annotations
@@ -43,6 +46,22 @@ HEADERS = {  # the page's own files only: no inline scripts, nothing from elsewh
 
 def _error(message: str, status: int = 400) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=HEADERS)
+
+
+def _check_origin(request: Request) -> None:
+    """RequestError 403 if the request carries an Origin header that is not this server's own
+    (the scheme and Host the request came to: the Host header has passed TrustedHostMiddleware).
+    Browsers send Origin with every cross-site POST, fetch's no-cors mode included; a request
+    without one (curl, a script) is let through."""
+    origin = request.headers.get("origin")
+    if origin is None:
+        return
+    own = f"{request.url.scheme}://{request.headers.get('host', '')}"
+    if origin.strip().lower() != own.lower():
+        raise api.RequestError(
+            f"requests from another site ({origin[:100]}) are refused: the demo answers its own page ({own}) only",
+            403,
+        )
 
 
 async def _body(request: Request) -> bytes:
@@ -91,6 +110,7 @@ def create_app(model, test_set: tuple[np.ndarray, np.ndarray] | None = None, all
 
     async def predict_endpoint(request: Request) -> Response:
         try:
+            _check_origin(request)
             body = await _body(request)
             result = await run_in_threadpool(predict, body, request.headers.get("content-type", ""))
         except api.RequestError as error:
@@ -99,6 +119,10 @@ def create_app(model, test_set: tuple[np.ndarray, np.ndarray] | None = None, all
 
     async def backprop_endpoint(request: Request) -> Response:
         try:
+            _check_origin(request)
+            kind = api.media_type(request.headers.get("content-type", ""))
+            if kind != api.JSON_TYPE:
+                raise api.RequestError(f"Content-Type {kind or '(none)'!r} is not accepted: send {api.JSON_TYPE}", 415)
             result = await run_in_threadpool(backprop, await _body(request))
         except api.RequestError as error:
             return _error(str(error), error.status)
