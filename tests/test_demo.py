@@ -7,8 +7,10 @@ import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
 from fractions import Fraction
 
 import numpy as np
@@ -353,7 +355,7 @@ def test_help_explains_every_flag(capsys):
         demo_main.main(["--help"])
     assert exit_.value.code == 0
     out = capsys.readouterr().out
-    for flag in ("--model", "--host", "--port", "--data-dir", "127.0.0.1", "warning", "cnnfast[demo]"):
+    for flag in ("--model", "--host", "--allow-host", "--port", "--data-dir", "127.0.0.1", "warning", "cnnfast[demo]"):
         assert flag in out
     with pytest.raises(SystemExit) as exit_:
         demo_main.main(["--port", "70000"])
@@ -405,3 +407,64 @@ def test_another_host_than_this_machine_gets_a_warning(model_path):
     assert line.startswith("cnnfast demo: open http://127.0.0.1:")
     assert "warning: listening on 0.0.0.0: anyone who can reach this machine" in err
     assert "no MNIST found" in err and process.returncode == 143
+
+
+def test_the_hosts_answered_are_the_listening_one_and_this_machines_never_any():
+    local = ["127.0.0.1", "localhost", "[::1]"]
+    assert demo_main.allowed_hosts("127.0.0.2") == [*local, "127.0.0.2"]
+    assert demo_main.allowed_hosts("::1") == local
+    assert demo_main.allowed_hosts("192.0.2.7", ["Demo.Example"]) == [*local, "192.0.2.7", "demo.example"]
+    assert demo_main.allowed_hosts("fd00::7") == [*local, "[fd00::7]"]
+    everywhere = demo_main.allowed_hosts("0.0.0.0")
+    assert "*" not in everywhere and everywhere[:3] == local
+    assert socket.gethostname().lower() in everywhere
+
+
+def test_a_public_address_does_not_answer_every_host_name(model):
+    """(["*"] let a page elsewhere reach a demo on 0.0.0.0 or a LAN address by DNS rebinding)"""
+    app = create_app(model, None, allowed_hosts=demo_main.allowed_hosts("192.0.2.7"))
+    with TestClient(app, base_url="http://192.0.2.7:8000") as client:
+        assert client.get("/").status_code == 200
+        assert client.get("/", headers={"Host": "localhost:8000"}).status_code == 200
+        assert client.get("/", headers={"Host": "attacker.example:8000"}).status_code == 400
+
+
+def test_another_loopback_address_is_served_and_connections_are_bounded(model_path):
+    """--host 127.0.0.2 answered 400 to every request (its Host header was not in the allowed
+    names); beyond MAX_CONNECTIONS open connections a request gets 503 (each could buffer 2 MB)."""
+    import urllib.error
+    import urllib.request
+
+    process, line = serve(["--model", str(model_path), "--port", "0", "--host", "127.0.0.2"])
+    idle = []
+    try:
+        assert line.startswith("cnnfast demo: open http://127.0.0.2:"), line + process.stderr.read()
+        url = line.split()[3]
+        with urllib.request.urlopen(url, timeout=60) as response:
+            assert response.status == 200 and b"<html" in response.read().lower()
+        port = int(url.rstrip("/").rsplit(":", 1)[1])
+        idle = [socket.create_connection(("127.0.0.2", port), timeout=30) for _ in range(demo_main.MAX_CONNECTIONS)]
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(url, timeout=60)
+        refused.value.close()
+        assert refused.value.code == 503
+        for connection in idle:
+            connection.close()
+        idle = []
+        for _ in range(100):  # (until the server has seen them closed)
+            try:
+                with urllib.request.urlopen(url, timeout=60) as response:
+                    assert response.status == 200
+                break
+            except urllib.error.HTTPError as error:
+                error.close()
+                assert error.code == 503
+                time.sleep(0.05)
+        else:
+            raise AssertionError("the server still refused requests after the idle connections closed")
+    finally:
+        for connection in idle:
+            connection.close()
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=30)
+    assert process.returncode == 143 and "Traceback" not in err and "warning" not in err

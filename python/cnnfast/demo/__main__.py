@@ -15,6 +15,7 @@ from .._cli import add_data_arguments, add_model_argument, argument_parser, chec
 from ..mnist import probabilities
 
 HELP_WIDTH = 78
+MAX_CONNECTIONS = 32  # open connections (and requests in progress) at once; beyond, 503
 MISSING = "the demo needs Starlette, uvicorn and Pillow: pip install 'cnnfast[demo]'"
 
 
@@ -57,7 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--host",
         default="127.0.0.1",
         help="the address to listen on (default 127.0.0.1: this machine only; another address, such as "
-        "0.0.0.0, lets other machines use the demo, and a warning says so)",
+        "0.0.0.0, lets other machines use the demo, and a warning says so). The demo answers requests "
+        "addressed to this host, localhost, 127.0.0.1 or ::1 and, with 0.0.0.0 or ::, this machine's "
+        "name and addresses; others get a 400 (a page elsewhere cannot reach it through DNS rebinding)",
+    )
+    p.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also answer requests addressed to NAME (a DNS name or address this machine is reached by); repeatable",
     )
     p.add_argument("--port", type=_port, default=8000, help="the port to listen on (default 8000; 0: any free port)")
     add_data_arguments(p)
@@ -72,6 +82,48 @@ def is_local(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def _host_name(name: str) -> str:
+    """`name` as it appears in a Host header without its port: lower case, IPv6 in brackets."""
+    bare = name.strip().strip("[]").lower()
+    return f"[{bare}]" if ":" in bare else bare
+
+
+def machine_names() -> list[str]:
+    """The names and addresses this machine is reached by, as far as it knows them: its host
+    name, its fully qualified name, their addresses, and the address of its default route."""
+    names = [socket.gethostname(), socket.getfqdn()]
+    for name in names[:2]:
+        try:
+            names += [info[4][0] for info in socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)]
+        except OSError:
+            pass
+    for family, target in ((socket.AF_INET, "192.0.2.1"), (socket.AF_INET6, "2001:db8::1")):
+        try:  # (connecting a UDP socket sends nothing: it only picks the route's local address)
+            with socket.socket(family, socket.SOCK_DGRAM) as probe:
+                probe.connect((target, 9))
+                names.append(probe.getsockname()[0])
+        except OSError:
+            pass
+    return names
+
+
+def allowed_hosts(host: str, extra=()) -> list[str]:
+    """The Host header names the demo answers to when listening on `host`: this machine's local
+    names, `host` itself, `extra`, and for a wildcard address (0.0.0.0, ::) the machine's own names
+    (:func:`machine_names`). Never "*": a page elsewhere could reach the server by DNS rebinding."""
+    from .server import LOCAL_HOSTS
+
+    named = [host, *extra]
+    if host.strip("[]") in ("0.0.0.0", "::", ""):
+        named = [*machine_names(), *extra]
+    hosts = []
+    for name in (*LOCAL_HOSTS, *named):
+        name = _host_name(name)
+        if name and name not in hosts:
+            hosts.append(name)
+    return hosts
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -101,7 +153,7 @@ def main(argv=None) -> int:
         import PIL  # noqa: F401  (the page sends PNGs)
         import uvicorn
 
-        from .server import LOCAL_HOSTS, create_app
+        from .server import create_app
     except ImportError as error:
         print(f"error: {MISSING} (no module {error.name})", file=sys.stderr)
         return 1
@@ -130,15 +182,23 @@ def main(argv=None) -> int:
         return 1
     port = sock.getsockname()[1]
     local = is_local(args.host)
-    hosts = list(LOCAL_HOSTS) if local else ["*"]
+    hosts = allowed_hosts(args.host, args.allow_host)
     if not local:
         print(
             f"warning: listening on {args.host}: anyone who can reach this machine on port {port} can use "
-            "the demo (it reads no files and keeps nothing, but it is not meant to face a network)",
+            "the demo (it reads no files and keeps nothing, but it is not meant to face a network); it "
+            f"answers requests addressed to {', '.join(hosts)} (--allow-host adds a name)",
             file=sys.stderr,
         )
     app = create_app(model, test_set, allowed_hosts=hosts)
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=2)
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=2,
+        limit_concurrency=MAX_CONNECTIONS,  # (each request may hold a body of up to api.MAX_BODY)
+    )
     shown = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
     print(f"cnnfast demo: open {_url(shown, port)} in a browser (Ctrl-C stops it)", flush=True)
     with sock:

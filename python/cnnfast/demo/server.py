@@ -82,7 +82,7 @@ async def _body(request: Request) -> bytes:
 def create_app(model, test_set: tuple[np.ndarray, np.ndarray] | None = None, allowed_hosts=LOCAL_HOSTS) -> Starlette:
     """The app for `model` (a cnnfast Sequential that takes 28x28 digits). `test_set`: MNIST's
     test (images, labels) to pick the one-click examples from (None: no examples). `allowed_hosts`:
-    the Host names the server answers to (["*"] for any)."""
+    the Host names the server answers to (python -m cnnfast.demo: __main__.allowed_hosts)."""
     files = {
         path: (resources.files(__package__).joinpath("static", name).read_bytes(), media)
         for path, (name, media) in STATIC.items()
