@@ -539,10 +539,12 @@ py::array_t<float> elementwise_grad(py::handle a_, py::handle dy_, const char* a
   return dx;
 }
 
+// (finite in float32, as the kernels use it: 1e39 is finite as a double and inf as a float)
 float checked_slope(double negative_slope) {
-  CNNFAST_EXPECT(std::isfinite(negative_slope),
-                 "negative_slope must be a finite number, got " + std::to_string(negative_slope));
-  return float(negative_slope);
+  const float slope = float(negative_slope);
+  CNNFAST_EXPECT(std::isfinite(slope), "negative_slope must be a finite number in float32 (|slope| < 3.4e38), got " +
+                                           std::to_string(negative_slope));
+  return slope;
 }
 
 py::array_t<float> leaky_relu(py::handle x_, double negative_slope) {

@@ -106,6 +106,23 @@ def test_activation_bad_input_names_the_argument():
         F.leaky_relu(rand(3), float("nan"))
 
 
+@pytest.mark.parametrize("slope", [1e39, -1e39, 3.5e38])
+def test_a_slope_beyond_float32_is_refused_not_made_inf(slope, tmp_path):
+    """(1e39 is finite as a double: the check passed and leaky_relu([-1, 0, 1]) gave [-inf, nan, 1])"""
+    x = np.array([-1, 0, 1], np.float32)
+    for call in (
+        lambda: F.leaky_relu(x, slope),
+        lambda: F.leaky_relu_backward(x, x, slope),
+        lambda: nn.LeakyReLU(slope),
+    ):
+        with pytest.raises(ValueError, match="negative_slope must be a finite number in float32"):
+            call()
+    with pytest.raises(nn.ModelFormatError, match="LeakyReLU.*finite number in float32"):
+        nn.from_architecture([{"type": "LeakyReLU", "negative_slope": slope}])
+    big = float(np.finfo(np.float32).max)  # the largest float32 is still accepted
+    np.testing.assert_array_equal(F.leaky_relu(x, -big), [big, 0, 1])
+
+
 # ---------------------------------------------------------------- pooling windows
 
 WINDOWS = [  # (x shape, kernel, stride, padding)

@@ -511,8 +511,12 @@ class LeakyReLU(Layer):
 
     def __init__(self, negative_slope: float = 0.01):
         self.negative_slope = float(negative_slope)
-        if not math.isfinite(self.negative_slope):
-            raise ValueError(f"LeakyReLU negative_slope must be a finite number, got {negative_slope}")
+        with np.errstate(over="ignore"):  # (the kernels take it as a float32: 1e39 would be inf)
+            finite = np.isfinite(np.float32(self.negative_slope))
+        if not finite:
+            raise ValueError(
+                f"LeakyReLU negative_slope must be a finite number in float32 (|slope| < 3.4e38), got {negative_slope}"
+            )
 
     def forward(self, x):
         self.x = x
