@@ -6,6 +6,7 @@ Residual, the errors that name a layer, and saving and loading every new layer."
 import numpy as np
 import pytest
 
+import cnnfast
 import cnnfast.functional as F
 import reference as ref
 from cnnfast import nn
@@ -189,6 +190,28 @@ def test_avg_pool2d_finite_differences(isa):
     finite_difference_check(
         lambda a: F.avg_pool2d(a, 3, 2, 1, False), lambda d: F.avg_pool2d_backward(d, x.shape, 3, 2, 1, False), x
     )
+
+
+def test_global_avg_pool2d_of_a_large_plane_is_exact_to_float32():
+    """(16 float running sums lost 2.3e-6 of a 4096x4096 plane's mean; NumPy's pairwise float32
+    sum keeps 2e-8): the mean is within one float32 step of the exact one, whatever the threads."""
+    rng = np.random.default_rng(5)
+    x = rng.random((3, 1, 4096, 4096), dtype=np.float32)
+    x[1] += 1000.0  # a large common part (the small differences are what a float sum drops)
+    x[2] *= -3.0
+    exact = x.astype(np.float64).mean(axis=(2, 3), keepdims=True)
+    threads = cnnfast.get_num_threads()
+    try:
+        means = []
+        for n in (1, 2, 3):
+            cnnfast.set_num_threads(n)
+            means.append(F.global_avg_pool2d(x))
+    finally:
+        cnnfast.set_num_threads(threads)
+    for got in means:
+        np.testing.assert_array_equal(got, means[0])
+    step = np.spacing(np.abs(exact).astype(np.float32)).astype(np.float64)
+    assert (np.abs(means[0] - exact) <= step).all(), (means[0] - exact) / np.abs(exact)
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 8, 8), (4, 64, 1, 1), (1, 5, 3, 17), (0, 3, 4, 4)])
