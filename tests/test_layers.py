@@ -246,6 +246,28 @@ def test_pooling_bad_input_names_the_argument(call, message):
         call()
 
 
+@pytest.mark.parametrize("cls", [nn.MaxPool2d, nn.AvgPool2d])
+@pytest.mark.parametrize(
+    "settings", [{"kernel_size": 0}, {"kernel_size": 2, "stride": 0}, {"kernel_size": 3, "padding": 2}]
+)
+def test_pooling_layers_refuse_bad_settings_in_one_voice(cls, settings):
+    with pytest.raises(ValueError, match=rf"^{cls.__name__} needs kernel_size >= 1, stride >= 1 and padding between"):
+        cls(**settings)
+    assert cls(3, 1, 1).output_shape((2, 7, 5)) == (2, 7, 5) and cls(2).output_shape((2, 7, 5)) == (2, 3, 2)
+
+
+def test_a_bad_size_pair_is_named_by_its_own_argument():
+    """(Conv2d's padding went through nn.kernel_pair: a bad padding was called a kernel_size)"""
+    with pytest.raises(ValueError, match=r"^padding must be an int or a pair \(height, width\), got \(1, 2, 3\)"):
+        nn.Conv2d(1, 2, 3, padding=(1, 2, 3))
+    with pytest.raises(ValueError, match=r"^kernel_size must be an int or a pair"):
+        nn.Conv2d(1, 2, (3,))
+    with pytest.raises(ValueError, match=r"^stride must be an int or a pair"):
+        F.avg_pool2d(rand(1, 1, 4, 4), 2, (1, 1, 1))
+    with pytest.raises(ValueError, match="output_size 1"):
+        nn.AdaptiveAvgPool2d((2, 1))
+
+
 @pytest.mark.parametrize("shape", [(1, 1, 0, 0), (2, 3, 0, 5), (1, 1, 0, 1 << 24), (2, 3, 1, 0)])
 def test_pooling_refuses_empty_planes(shape):
     """A padded window over an empty plane has no pixel to take (the kernel read past the array:

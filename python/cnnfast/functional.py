@@ -245,6 +245,9 @@ def sigmoid_backward(y: np.ndarray, dy: np.ndarray) -> np.ndarray:
 
 
 def _pair(value, name: str) -> tuple[int, int]:
+    """(height, width) from one int (both) or a pair (h, w), as PyTorch takes kernel sizes,
+    strides and paddings; ValueError naming `name` for a sequence of another length.
+    (cnnfast.nn's layers take their sizes through it too.)"""
     if isinstance(value, (tuple, list)):
         if len(value) != 2:
             raise ValueError(f"{name} must be an int or a pair (height, width), got {value!r}")

@@ -119,15 +119,6 @@ def _uniform(rng: np.random.Generator, shape, bound: float) -> np.ndarray:
     return rng.uniform(-bound, bound, size=shape).astype(np.float32)
 
 
-def kernel_pair(kernel_size) -> tuple[int, int]:
-    """(height, width) of a kernel given as one int (square) or a pair (kh, kw), as PyTorch takes it."""
-    if isinstance(kernel_size, (tuple, list)):
-        if len(kernel_size) != 2:
-            raise ValueError(f"kernel_size must be an int or a pair (height, width), got {kernel_size!r}")
-        return int(kernel_size[0]), int(kernel_size[1])
-    return int(kernel_size), int(kernel_size)
-
-
 class Conv2d(Layer):
     """x [N, in, H, W] -> [N, out, (H + 2 ph - kh) // stride + 1, (W + 2 pw - kw) // stride + 1];
     weight [out, in, kh, kw], bias [out] (none with bias=False).
@@ -154,7 +145,7 @@ class Conv2d(Layer):
         bias: bool = True,
     ):
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
-        self.kernel_size = kernel_pair(kernel_size)
+        self.kernel_size = F._pair(kernel_size, "kernel_size")
         self.stride = int(stride)
         if self.stride < 1:
             raise ValueError(f"Conv2d stride must be at least 1, got {stride}")
@@ -167,7 +158,7 @@ class Conv2d(Layer):
             self.padding = padding
             pads = (0, 0, 0, 0) if padding == "valid" else ((kh - 1) // 2, kh // 2, (kw - 1) // 2, kw // 2)
         else:
-            ph, pw = kernel_pair(padding)
+            ph, pw = F._pair(padding, "padding")
             if ph < 0 or pw < 0:
                 raise ValueError(f"Conv2d padding must not be negative, got {padding!r}")
             self.padding = ph if ph == pw else (ph, pw)
@@ -291,12 +282,10 @@ class ReLU(Layer):
         return shape
 
 
-class MaxPool2d(Layer):
-    """Max over k x k windows, as PyTorch's MaxPool2d(kernel_size, stride=None, padding=0):
-    [N, C, H, W] -> [N, C, (H + 2p - k) // stride + 1, (W + 2p - k) // stride + 1] (floor);
-    stride defaults to the kernel size; the padding (at most k // 2) counts as -inf.
-    Non-overlapping unpadded windows (stride = k, padding 0) take the fastest kernels, and fuse
-    with a ReLU or Conv2d + ReLU before them (see `fuse`); other settings a general kernel."""
+class _Pool2d(Layer):
+    """The settings of a pooling layer over k x k windows, as PyTorch's (kernel_size,
+    stride=None, padding=0): stride defaults to the kernel size, padding is at most k // 2;
+    [N, C, H, W] -> [N, C, (H + 2p - k) // stride + 1, (W + 2p - k) // stride + 1] (floor)."""
 
     def __init__(self, kernel_size: int, stride: int | None = None, padding: int = 0):
         self.kernel_size = int(kernel_size)
@@ -304,9 +293,20 @@ class MaxPool2d(Layer):
         self.padding = int(padding)
         if self.kernel_size < 1 or self.stride < 1 or not 0 <= self.padding <= self.kernel_size // 2:
             raise ValueError(
-                f"MaxPool2d needs kernel_size >= 1, stride >= 1 and padding between 0 and kernel_size // 2, "
-                f"got kernel_size={kernel_size}, stride={stride}, padding={padding}"
+                f"{type(self).__name__} needs kernel_size >= 1, stride >= 1 and padding between 0 and "
+                f"kernel_size // 2, got kernel_size={kernel_size}, stride={stride}, padding={padding}"
             )
+
+    def output_shape(self, shape):
+        return _pooled_shape(shape, self.kernel_size, self.stride, self.padding)
+
+
+class MaxPool2d(_Pool2d):
+    """Max over k x k windows, as PyTorch's MaxPool2d(kernel_size, stride=None, padding=0):
+    [N, C, H, W] -> [N, C, (H + 2p - k) // stride + 1, (W + 2p - k) // stride + 1] (floor);
+    stride defaults to the kernel size; the padding (at most k // 2) counts as -inf.
+    Non-overlapping unpadded windows (stride = k, padding 0) take the fastest kernels, and fuse
+    with a ReLU or Conv2d + ReLU before them (see `fuse`); other settings a general kernel."""
 
     @property
     def simple(self) -> bool:
@@ -330,9 +330,6 @@ class MaxPool2d(Layer):
         if self.simple:
             return F.max_pool2d_backward(dy, self.argmax, self.x_shape)
         return F.max_pool2d_window_backward(dy, self.argmax, self.x_shape)
-
-    def output_shape(self, shape):
-        return _pooled_shape(shape, self.kernel_size, self.stride, self.padding)
 
     def config(self):
         config = {"kernel_size": self.kernel_size}
@@ -535,56 +532,53 @@ class LeakyReLU(Layer):
         return {"negative_slope": self.negative_slope}
 
 
-class Tanh(Layer):
+class _OutputActivation(Layer):
+    """An elementwise activation whose gradient is computed from its output y (as PyTorch keeps
+    it): a subclass names its `function` and `gradient(y, dy)` (cnnfast.functional's kernels)."""
+
+    @staticmethod
+    def function(x):
+        raise NotImplementedError
+
+    @staticmethod
+    def gradient(y, dy):
+        raise NotImplementedError
+
+    def forward(self, x):
+        self.y = self.infer(x)
+        return self.y
+
+    def infer(self, x):
+        return self.function(x)
+
+    def backward(self, dy, input_grad=True):
+        return self.gradient(self.y, dy)
+
+    def output_shape(self, shape):
+        return shape
+
+
+class Tanh(_OutputActivation):
     """tanh(x) elementwise; backward from the output: dy * (1 - y^2)."""
 
-    def forward(self, x):
-        self.y = self.infer(x)
-        return self.y
-
-    def infer(self, x):
-        return F.tanh(x)
-
-    def backward(self, dy, input_grad=True):
-        return F.tanh_backward(self.y, dy)
-
-    def output_shape(self, shape):
-        return shape
+    function, gradient = staticmethod(F.tanh), staticmethod(F.tanh_backward)
 
 
-class Sigmoid(Layer):
+class Sigmoid(_OutputActivation):
     """1 / (1 + exp(-x)) elementwise (no overflow for any x); backward from the output: dy * y * (1 - y)."""
 
-    def forward(self, x):
-        self.y = self.infer(x)
-        return self.y
-
-    def infer(self, x):
-        return F.sigmoid(x)
-
-    def backward(self, dy, input_grad=True):
-        return F.sigmoid_backward(self.y, dy)
-
-    def output_shape(self, shape):
-        return shape
+    function, gradient = staticmethod(F.sigmoid), staticmethod(F.sigmoid_backward)
 
 
-class AvgPool2d(Layer):
+class AvgPool2d(_Pool2d):
     """The mean over k x k windows, as PyTorch's AvgPool2d(kernel_size, stride=None, padding=0,
     count_include_pad=True): [N, C, H, W] -> [N, C, (H + 2p - k) // stride + 1, ...] (floor);
     stride defaults to the kernel size; zero padding of at most k // 2, counted in each window's
     divisor (count_include_pad) or not."""
 
     def __init__(self, kernel_size: int, stride: int | None = None, padding: int = 0, count_include_pad: bool = True):
-        self.kernel_size = int(kernel_size)
-        self.stride = self.kernel_size if stride is None else int(stride)
-        self.padding = int(padding)
+        super().__init__(kernel_size, stride, padding)
         self.count_include_pad = bool(count_include_pad)
-        if self.kernel_size < 1 or self.stride < 1 or not 0 <= self.padding <= self.kernel_size // 2:
-            raise ValueError(
-                f"AvgPool2d needs kernel_size >= 1, stride >= 1 and padding between 0 and kernel_size // 2, "
-                f"got kernel_size={kernel_size}, stride={stride}, padding={padding}"
-            )
 
     def _window(self):
         return self.kernel_size, self.stride, self.padding, self.count_include_pad
@@ -598,9 +592,6 @@ class AvgPool2d(Layer):
 
     def backward(self, dy, input_grad=True):
         return F.avg_pool2d_backward(dy, self.x_shape, *self._window())
-
-    def output_shape(self, shape):
-        return _pooled_shape(shape, self.kernel_size, self.stride, self.padding)
 
     def config(self):
         return {
@@ -637,7 +628,7 @@ class AdaptiveAvgPool2d(GlobalAvgPool2d):
     (GlobalAvgPool2d). Other output sizes raise a ValueError."""
 
     def __init__(self, output_size=1):
-        if kernel_pair(output_size) != (1, 1):
+        if F._pair(output_size, "output_size") != (1, 1):
             raise ValueError(
                 f"AdaptiveAvgPool2d supports output_size 1 (global average pooling) only, got {output_size!r}"
             )
