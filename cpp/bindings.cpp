@@ -509,9 +509,9 @@ void adam(py::handle param_, py::handle grad_, py::handle m_, py::handle v_, i64
 }
 
 // ---------------------------------------------------------------- activations (activations.cpp)
-// y = f(x), any shape
-template <void (*kernel)(float*, const float*, i64)>
-py::array_t<float> elementwise(py::handle x_) {
+// y = f(x), any shape: kernel(y, x, n)
+template <class Kernel>
+py::array_t<float> map_elementwise(py::handle x_, const Kernel& kernel) {
   auto x = checked<float>(x_, "x");
   auto y = empty<float>(std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
   float* yp = y.mutable_data();
@@ -523,9 +523,9 @@ py::array_t<float> elementwise(py::handle x_) {
   return y;
 }
 
-// dx = g(a, dy) with a (the forward's input or output, as named) and dy of one shape
-template <void (*kernel)(float*, const float*, const float*, i64)>
-py::array_t<float> elementwise_grad(py::handle a_, py::handle dy_, const char* a_name) {
+// dx = g(a, dy) with a (the forward's input or output, as named) and dy of one shape: kernel(dx, a, dy, n)
+template <class Kernel>
+py::array_t<float> map_elementwise_grad(py::handle a_, py::handle dy_, const char* a_name, const Kernel& kernel) {
   auto a = checked<float>(a_, a_name);
   auto dy = checked<float>(dy_, "dy");
   expect_same_shape(a, a_name, dy, "dy");
@@ -539,6 +539,16 @@ py::array_t<float> elementwise_grad(py::handle a_, py::handle dy_, const char* a
   return dx;
 }
 
+template <void (*kernel)(float*, const float*, i64)>
+py::array_t<float> elementwise(py::handle x_) {
+  return map_elementwise(x_, kernel);
+}
+
+template <void (*kernel)(float*, const float*, const float*, i64)>
+py::array_t<float> elementwise_grad(py::handle a_, py::handle dy_, const char* a_name) {
+  return map_elementwise_grad(a_, dy_, a_name, kernel);
+}
+
 // (finite in float32, as the kernels use it: 1e39 is finite as a double and inf as a float)
 float checked_slope(double negative_slope) {
   const float slope = float(negative_slope);
@@ -549,30 +559,14 @@ float checked_slope(double negative_slope) {
 
 py::array_t<float> leaky_relu(py::handle x_, double negative_slope) {
   const float slope = checked_slope(negative_slope);
-  auto x = checked<float>(x_, "x");
-  auto y = empty<float>(std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
-  float* yp = y.mutable_data();
-  const i64 n = x.size();
-  {
-    py::gil_scoped_release nogil;
-    leaky_relu_forward(yp, x.data(), n, slope);
-  }
-  return y;
+  return map_elementwise(x_, [slope](float* y, const float* x, i64 n) { leaky_relu_forward(y, x, n, slope); });
 }
 
 py::array_t<float> leaky_relu_grad(py::handle x_, py::handle dy_, double negative_slope) {
   const float slope = checked_slope(negative_slope);
-  auto x = checked<float>(x_, "x");
-  auto dy = checked<float>(dy_, "dy");
-  expect_same_shape(x, "x", dy, "dy");
-  auto dx = empty<float>(std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
-  float* dxp = dx.mutable_data();
-  const i64 n = x.size();
-  {
-    py::gil_scoped_release nogil;
-    leaky_relu_backward(dxp, x.data(), dy.data(), n, slope);
-  }
-  return dx;
+  return map_elementwise_grad(x_, dy_, "x", [slope](float* dx, const float* x, const float* dy, i64 n) {
+    leaky_relu_backward(dx, x, dy, n, slope);
+  });
 }
 
 // ---------------------------------------------------------------- pooling windows (max_pool2d_window.cpp,
@@ -686,10 +680,8 @@ py::array_t<float> global_avg_pool2d(py::handle x_) {
 
 py::array_t<float> global_avg_pool2d_grad(py::handle dy_, std::vector<i64> x_shape) {
   auto dy = checked<float>(dy_, "dy", 4, "[N, C, 1, 1]");
-  CNNFAST_EXPECT(x_shape.size() == 4,
-                 "x_shape must have 4 entries (N, C, H, W), got " + std::to_string(x_shape.size()));
-  for (i64 d : x_shape) CNNFAST_EXPECT(d >= 0, "x_shape must not hold negative sizes");
-  const i64 N = x_shape[0], C = x_shape[1], H = x_shape[2], W = x_shape[3];
+  const auto s = checked_x_shape(x_shape);
+  const i64 N = s[0], C = s[1], H = s[2], W = s[3];
   CNNFAST_EXPECT(
       dy.shape(0) == N && dy.shape(1) == C && dy.shape(2) == 1 && dy.shape(3) == 1,
       "dy must have shape " + dims({N, C, 1, 1}) + " for x_shape " + dims({N, C, H, W}) + ", got " + shape_str(dy));
