@@ -3,6 +3,8 @@ padding, average and global average pooling (each against the float64 NumPy refe
 central finite differences, on every instruction set), Conv2d's padding forms and bias=False,
 Residual, the errors that name a layer, and saving and loading every new layer."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -625,3 +627,48 @@ def test_a_bad_input_shape_in_a_model_file_is_a_model_format_error(tmp_path, bad
     np.savez(tmp_path / "bad.npz", **arrays)
     with pytest.raises(nn.ModelFormatError, match="input_shape"):
         nn.load_model(tmp_path / "bad.npz")
+
+
+def read_as_cnnfast_before_input_shape(path):
+    """What cnnfast read before model files held an input shape (v1 only, and no array beyond
+    the architecture's): the arrays it would load, or the error it gave."""
+    with np.load(path) as f:
+        if str(f["format"]) != "cnnfast-model-v1":
+            return "not a cnnfast model (no 'cnnfast-model-v1' marker)"
+        model = nn.from_architecture(json.loads(str(f["architecture"])))
+        unexpected = set(f.files) - {"format", "architecture"} - set(model.state_dict())
+        return f"unexpected arrays {sorted(unexpected)}" if unexpected else {k: f[k] for k in f.files}
+
+
+def test_a_model_trained_on_mnist_shaped_input_is_a_file_older_cnnfast_reads(tmp_path):
+    """(forward records the input shape and every file carried it under the v1 marker: older
+    versions refused every newly trained model with "unexpected arrays ['input_shape']")"""
+    model = nn.mnist_cnn(1)
+    model.forward(rand(2, 1, 28, 28))
+    assert model.input_shape == (1, 28, 28) == model.default_input_shape()
+    path = model.save(tmp_path / "mnist.npz")
+    assert isinstance(read_as_cnnfast_before_input_shape(path), dict)
+    loaded = nn.load_model(path)
+    assert loaded.input_shape is None and loaded.default_input_shape() == (1, 28, 28)
+    x = rand(3, 1, 28, 28)
+    np.testing.assert_array_equal(loaded.infer(x), model.eval().infer(x))
+
+
+def test_a_model_that_records_another_input_shape_is_a_v2_file(tmp_path):
+    model = nn.Sequential(nn.Conv2d(3, 2, 3), nn.GlobalAvgPool2d(), nn.Flatten(), input_shape=(3, 32, 32))
+    path = model.save(tmp_path / "cifar.npz")
+    with np.load(path) as f:
+        assert str(f["format"]) == nn.FORMAT_V2 == "cnnfast-model-v2" and list(f["input_shape"]) == [3, 32, 32]
+    assert read_as_cnnfast_before_input_shape(path) == "not a cnnfast model (no 'cnnfast-model-v1' marker)"
+    assert nn.load_model(path).input_shape == (3, 32, 32)
+    # a file of the days when v1 files held the shape loads too
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files}
+    np.savez(tmp_path / "v1.npz", **{**arrays, "format": np.array("cnnfast-model-v1")})
+    assert nn.load_model(tmp_path / "v1.npz").input_shape == (3, 32, 32)
+    np.savez(tmp_path / "v3.npz", **{**arrays, "format": np.array("cnnfast-model-v3")})
+    with pytest.raises(nn.ModelFormatError, match=r"newer cnnfast \(format 'cnnfast-model-v3'.*upgrade cnnfast"):
+        nn.load_model(tmp_path / "v3.npz")
+    linear = nn.Sequential(nn.Linear(5, 2), input_shape=(5,))  # its own default: a v1 file
+    with np.load(linear.save(tmp_path / "linear.npz")) as f:
+        assert str(f["format"]) == nn.FORMAT and "input_shape" not in f.files

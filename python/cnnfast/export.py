@@ -112,9 +112,7 @@ def model_input_shape(model: Sequential, input_shape=None, image_size: int | Non
         return (channels, int(image_size), int(image_size))
     if getattr(model, "input_shape", None) is not None:
         return tuple(model.input_shape)
-    if sample is not None and len(sample) == 1:  # (a model that starts with a Linear)
-        return tuple(sample)
-    return (channels, IMAGE_SIZE, IMAGE_SIZE)
+    return model.default_input_shape()
 
 
 def _trace(model: Sequential, shape: tuple):

@@ -23,7 +23,15 @@ import numpy as np
 from . import functional as F
 from ._files import atomic_write, read_npz
 
+# Model files (.npz) carry one of two markers. v1: the architecture and the arrays, which every
+# cnnfast reads. v2: the same plus "input_shape", one sample's shape; written only when that
+# shape is not the one a file without it stands for (default_input_shape: (channels, 28, 28)), so
+# MNIST models stay v1 and readable by older versions, which refuse a v2 file by its marker.
+# Both are read (and v1 files holding input_shape, as cnnfast wrote them for a while).
 FORMAT = "cnnfast-model-v1"
+FORMAT_V2 = "cnnfast-model-v2"
+FORMATS = (FORMAT, FORMAT_V2)
+DEFAULT_IMAGE_SIZE = 28  # a model file that records no input shape: (channels, 28, 28), MNIST's
 
 # The generator of layers built without rng= (weights, dropout masks): unseeded until
 # cnnfast.manual_seed(s), then every model built in the same order is the same (as torch.manual_seed).
@@ -1032,6 +1040,15 @@ class Sequential:
         return "Sequential(\n" + "".join(f"  {layer!r}\n" for layer in self.layers) + ")"
 
     # ---------------------------------------------------------------- inference
+    def default_input_shape(self) -> tuple:
+        """The input a model that records none stands for: (in_features,) for one that starts
+        with a Linear, else (channels of the first Conv2d, or 1, 28, 28), MNIST's size."""
+        sample = self.sample_shape()
+        if sample is not None and len(sample) == 1:
+            return tuple(sample)
+        channels = sample[0] if sample and len(sample) == 3 and sample[0] is not None else 1
+        return (channels, DEFAULT_IMAGE_SIZE, DEFAULT_IMAGE_SIZE)
+
     def sample_shape(self) -> tuple | None:
         """The shape of one input sample as the first layer that fixes it says: (in_channels,
         None, None) before a Conv2d (any height and width), (None, None, None) before a
@@ -1103,11 +1120,12 @@ class Sequential:
         return [{"type": type(layer).__name__, **layer.config()} for layer in self.layers]
 
     def save(self, path) -> str:
-        """Write weights and architecture to one .npz (atomically: a temp file, then rename)."""
+        """Write weights and architecture to one .npz (atomically: a temp file, then rename): a
+        v1 file, or v2 with the input shape when it is not default_input_shape() (see FORMAT)."""
         path = os.fspath(path)
         arrays = {"format": np.array(FORMAT), "architecture": np.array(json.dumps(self.architecture()))}
-        if self.input_shape is not None:
-            arrays["input_shape"] = np.array(self.input_shape, np.int64)
+        if self.input_shape is not None and tuple(self.input_shape) != self.default_input_shape():
+            arrays.update(format=np.array(FORMAT_V2), input_shape=np.array(self.input_shape, np.int64))
         arrays.update((name, p.data) for name, p in self.named_parameters())
         arrays.update(self.named_buffers())
         with atomic_write(path) as f:
@@ -1211,8 +1229,16 @@ def load_model(path) -> Sequential:
 
 def _model_from_npz(f) -> Sequential:
     files = set(f.files)
-    if "format" not in files or str(f["format"]) != FORMAT:
+    if "format" not in files:
         raise ModelFormatError(f"not a cnnfast model (no '{FORMAT}' marker)")
+    marker = str(f["format"])
+    if marker.startswith("cnnfast-model-v") and marker not in FORMATS:
+        raise ModelFormatError(
+            f"written by a newer cnnfast (format {marker[:40]!r}; this one reads {' and '.join(FORMATS)}): "
+            "upgrade cnnfast"
+        )
+    if marker not in FORMATS:
+        raise ModelFormatError(f"not a cnnfast model (format {marker[:40]!r}, expected '{FORMAT}' or '{FORMAT_V2}')")
     model = from_architecture(json.loads(str(f["architecture"])))
     expected = {"format", "architecture", "input_shape"}
     if "input_shape" in files:
