@@ -105,7 +105,9 @@ def test_a_large_mean_beside_a_small_spread_stays_accurate(isa):
     weight, bias = np.ones(2, np.float32), np.zeros(2, np.float32)
     y, _, _ = F.batch_norm_train(x, weight, bias, np.zeros(2, np.float32), np.ones(2, np.float32), eps=1e-12)
     want = ref.batch_norm_train(x, weight, bias, np.zeros(2), np.ones(2), eps=1e-12)[0]
-    np.testing.assert_allclose(y, want, atol=2e-3)  # (x's own float32 rounding, 6e-5, over a spread of 1e-2)
+    # (a mean of 1000 rounded to float32 would be off by up to 3e-5: 3e-3 of y over a spread of
+    # 1e-2; the kernel keeps the rest of the mean, and y is within float32 rounding)
+    np.testing.assert_allclose(y, want, atol=1e-5)
     assert abs(float(y.std()) - 1.0) < 1e-2
 
 
