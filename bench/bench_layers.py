@@ -228,6 +228,7 @@ def main(argv=None) -> int:
         f"bench_layers: {cpu}; cnnfast {info['isa']} ({info['compiler']}); PyTorch {torch.__version__} "
         f"({header['torch_capability']}); ratio = PyTorch time / cnnfast time"
     )
+    cnnfast.reuse_freed_memory()  # as python -m cnnfast.train and the other benchmarks do
     rng = np.random.default_rng(0)
     rows = []
     kinds = {"conv": conv_rows, "pool": pool_rows, "dense": dense_rows}
