@@ -27,7 +27,7 @@ from _argv import flags
 from _idx_helpers import synthetic_mnist, write_mnist_dir
 from _pty import open_terminal
 from cnnfast import checkpoint as ckpt
-from cnnfast import nn, train
+from cnnfast import nn, presets, train
 
 STEPS = 63  # --limit 2000 --batch-size 32: 63 steps per epoch
 
@@ -141,8 +141,8 @@ def test_sigint_and_sigterm_write_checkpoints_and_resume_is_bit_identical(data_2
     assert state1.settings == {
         "epochs": 2,
         "batch_size": 32,
-        "optimizer": "adam",
-        "lr": 1e-3,
+        "optimizer": "adamw",  # the default run: the fast preset's recipe
+        "lr": 1e-2,
         "seed": 3,
         "limit": 2000,
         "out": str(out),
@@ -151,20 +151,22 @@ def test_sigint_and_sigterm_write_checkpoints_and_resume_is_bit_identical(data_2
         "no_verify": True,
         "train_images": 2000,
         "train_data_sha256": state1.settings["train_data_sha256"],
-        # the schedule and options of a run without those flags
-        "schedule": "constant",
-        "warmup_epochs": None,
+        # the schedule and options of the fast preset
+        "schedule": "onecycle",
+        "warmup_epochs": 0.6,
         "min_lr": None,
         "step_size": None,
         "gamma": None,
-        "weight_decay": 0.0,
-        "label_smoothing": 0.0,
+        "weight_decay": 0.01,
+        "label_smoothing": 0.1,
         "augment": None,  # (--augment: its parameters)
+        "preset": "fast",
+        "architecture": presets.PRESETS["fast"].architecture,  # (a resumed run builds its model from it)
     }
-    assert state1.shuffle_rng["bit_generator"] == "PCG64" and list(state1.layer_rngs) == [7]  # Dropout
+    assert state1.shuffle_rng["bit_generator"] == "PCG64" and list(state1.layer_rngs) == [9]  # Dropout
     steps_done = (state1.epoch - 1) * STEPS + state1.position.step
-    assert int(state1.optimizer["t"]) == steps_done  # Adam's step count
-    assert len(state1.params) == 6 and all(p.dtype == np.float32 for p in state1.params)
+    assert int(state1.optimizer["t"]) == steps_done  # AdamW's step count
+    assert len(state1.params) == 10 and len(state1.buffers) == 4 and all(p.dtype == np.float32 for p in state1.params)
     with pytest.raises(nn.ModelFormatError, match="not a cnnfast model"):  # only --resume reads it
         cnnfast.load_model(first)
 
@@ -290,8 +292,9 @@ def a_checkpoint(data_300, tmp_path, monkeypatch, threads):
     [
         (["--batch-size", "64"], "--batch-size 64 contradicts the checkpoint's --batch-size 32"),
         (["--seed", "6"], "--seed 6 contradicts the checkpoint's --seed 5"),
-        (["--lr", "0.01"], "--lr 0.01 contradicts the checkpoint's --lr 0.001"),
-        (["--optimizer", "sgd"], "--optimizer sgd contradicts the checkpoint's --optimizer adam"),
+        (["--lr", "0.02"], "--lr 0.02 contradicts the checkpoint's --lr 0.01"),
+        (["--optimizer", "sgd"], "--optimizer sgd contradicts the checkpoint's --optimizer adamw"),
+        (["--preset", "best"], "--preset best contradicts the checkpoint's --preset fast"),
         (["--limit", "300"], "--limit 300 contradicts the checkpoint's --limit 200"),
         (["--epochs", "5"], "--epochs 5 contradicts the checkpoint's --epochs 2"),
         (["--epochs", "0"], "--epochs must be at least 1"),
@@ -403,7 +406,9 @@ def test_divergence_names_epoch_and_step_and_keeps_existing_files(data_300, tmp_
     out, checkpoint = tmp_path / "m.npz", tmp_path / "m.ckpt.npz"
     out.write_bytes(b"the last good model")
     checkpoint.write_bytes(b"the last good checkpoint")
-    code = train.main(flags(data_dir=data_300, no_verify=True, epochs=3, optimizer="sgd", lr="1e30", out=str(out)))
+    code = train.main(
+        flags(data_dir=data_300, no_verify=True, epochs=3, batch_size=128, optimizer="sgd", lr="1e30", out=str(out))
+    )
     err = capsys.readouterr().err
     assert code == 1
     assert re.search(r"diverged in epoch 1: the loss became (nan|inf|-inf) at step \d+ of 3\b", err), err
@@ -415,13 +420,15 @@ def test_divergence_names_epoch_and_step_and_keeps_existing_files(data_300, tmp_
 
 
 def test_a_finite_but_exploding_loss_is_divergence_too(data_300, tmp_path, capsys):
-    """Adam at --lr 50 keeps the loss finite (1e5..1e9) at chance accuracy: that run must not
-    replace a good model either."""
+    """Adam at --lr 50 keeps the loss finite (1e5..1e9) at chance accuracy (the classic model, at a
+    constant rate: BatchNorm keeps the fast preset's loss near chance): that run must not replace a
+    good model either."""
     out, checkpoint = tmp_path / "m.npz", tmp_path / "m.ckpt.npz"
     out.write_bytes(b"the last good model")
     checkpoint.write_bytes(b"the last good checkpoint")
     code = train.main(
-        ["--data-dir", data_300, "--no-verify", "--epochs", "3", "--batch-size", "32", "--lr", "50", "--out", str(out)]
+        ["--data-dir", data_300, "--no-verify", "--preset", "classic", "--epochs", "3", "--batch-size", "32"]
+        + ["--lr", "50", "--out", str(out)]
     )
     err = capsys.readouterr().err
     assert code == 1

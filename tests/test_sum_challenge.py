@@ -418,7 +418,12 @@ def test_missing_model_is_trained_first(fake, monkeypatch, capsys, tmp_path, jso
     assert status == 0 and fake.loads == [str(path)]
     ((settings, data),) = calls  # the training function, with the data the command read, not train.main
     assert (settings.out, settings.data_dir, settings.no_verify) == (str(path), str(tmp_path), True)
-    assert (settings.epochs, settings.optimizer, settings.seed) == (15, "adam", 0)  # the default run
+    assert (settings.preset, settings.epochs, settings.optimizer, settings.seed) == (
+        "fast",
+        2,
+        "adamw",
+        0,
+    )  # the default
     assert data[0] is X_TRAIN and data[2] is X_TEST
     text = err if json_flag else out
     assert "does not exist: training the default model first" in text and "training output" in text

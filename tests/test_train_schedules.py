@@ -78,19 +78,23 @@ def test_a_scheduled_run_resumes_bit_identically(data_320, tmp_path, monkeypatch
 
 
 def test_schedules_and_options_change_the_run_and_the_default_is_unchanged(data_320, tmp_path, threads):
+    """The default run is the fast preset: its settings spelled out give the same weights; each
+    schedule and option changed gives others."""
     common = ["--data-dir", data_320, *flags(no_verify=True, epochs=1, batch_size=32, seed=4)]
+    spelled_out = flags(preset="fast", schedule="onecycle", optimizer="adamw", lr=1e-2, weight_decay=0.01)
     runs = {}
     for name, extra in [
         ("default", []),
-        ("constant", flags(schedule="constant", optimizer="adam", weight_decay=0, label_smoothing=0)),
-        ("onecycle", flags(schedule="onecycle")),
-        ("smoothing", flags(label_smoothing=0.1)),
-        ("adamw", flags(optimizer="adamw")),
+        ("fast", spelled_out + flags(label_smoothing=0.1, warmup_epochs=0.3)),
+        ("constant", flags(schedule="constant")),
+        ("no smoothing", flags(label_smoothing=0)),
+        ("adam", flags(optimizer="adam")),
+        ("classic", flags(preset="classic")),
     ]:
         assert train.main(common + extra + ["--out", str(tmp_path / f"{name}.npz")]) == 0
         runs[name] = weights(tmp_path / f"{name}.npz")
-    assert runs["constant"] == runs["default"]  # the defaults spelled out are the default run
-    for name in ("onecycle", "smoothing", "adamw"):
+    assert runs["fast"] == runs["default"]  # the defaults spelled out are the default run
+    for name in ("constant", "no smoothing", "adam", "classic"):
         assert runs[name] != runs["default"], name
 
 
@@ -98,7 +102,7 @@ def test_schedules_and_options_change_the_run_and_the_default_is_unchanged(data_
     "args,message",
     [
         (flags(schedule="step", warmup_epochs=1), "--warmup-epochs is a setting of --schedule onecycle or cosine"),
-        (flags(min_lr=0.1), "--min-lr is a setting of --schedule cosine, not of --schedule constant"),
+        (flags(min_lr=0.1), "--min-lr is a setting of --schedule cosine, not of --schedule onecycle"),
         (flags(schedule="cosine", gamma=0.5), "--gamma is a setting of --schedule step"),
         (flags(schedule="cosine", epochs=2, warmup_epochs=2), "--warmup-epochs 2 must be less than --epochs 2"),
         (flags(schedule="onecycle", epochs=2, warmup_epochs=3), "--warmup-epochs 3 must not exceed --epochs 2"),
@@ -121,8 +125,13 @@ def test_defaults_of_the_schedules():
     args = train.default_settings(schedule="onecycle", epochs=10)
     assert (args.warmup_epochs, args.min_lr, args.step_size, args.gamma) == (3.0, None, None, None)
     args = train.default_settings(schedule="step", epochs=10, optimizer="adamw")
-    assert (args.step_size, args.gamma, args.weight_decay, args.lr) == (3, 0.1, 0.01, 1e-3)
-    args = train.default_settings()
+    assert (args.step_size, args.gamma, args.weight_decay, args.lr) == (3, 0.1, 0.01, 1e-2)  # (the fast preset's lr)
+    args = train.default_settings(schedule="step", epochs=10, optimizer="adam")  # not the preset's: Adam's defaults
+    assert (args.weight_decay, args.lr) == (0.0, 1e-3)
+    args = train.default_settings()  # the fast preset
+    assert (args.schedule, args.weight_decay, args.label_smoothing, args.optimizer) == ("onecycle", 0.01, 0.1, "adamw")
+    assert (args.epochs, args.warmup_epochs) == (2, 0.6)
+    args = train.default_settings(preset="classic")
     assert (args.schedule, args.weight_decay, args.label_smoothing, args.optimizer) == ("constant", 0.0, 0.0, "adam")
     assert train.make_scheduler(args, an_optimizer(), 10) is None
 

@@ -31,6 +31,7 @@ import numpy as np
 from ._files import atomic_write, read_npz
 from .augment import Augment
 from .nn import FORMAT as MODEL_FORMAT
+from .presets import PRESETS
 
 FORMAT = "cnnfast-checkpoint-v2"
 OLD_FORMATS = ("cnnfast-checkpoint-v1",)  # did not hold the run's settings: cannot be resumed alone
@@ -51,6 +52,11 @@ SCHEDULE_SETTINGS = {
     "label_smoothing": 0.0,
 }
 RUN_SETTINGS += tuple(SCHEDULE_SETTINGS)
+# The recipe (train --preset; cnnfast.presets): a setting that decides the result too. A checkpoint
+# written before the presets trained the classic model. Its network is stored beside the settings
+# ("architecture", Sequential.architecture()): a resumed run builds the model from it.
+PRESET_SETTINGS = {"preset": "classic"}
+RUN_SETTINGS += tuple(PRESET_SETTINGS)
 RUN_DEFAULTS = ("out", "plot", "data_dir", "no_verify")
 SETTINGS = RUN_SETTINGS + RUN_DEFAULTS + ("train_images", "train_data_sha256")
 HISTORY_KEYS = {"epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy"}
@@ -194,7 +200,7 @@ def _from_npz(f) -> Checkpoint:
     _expect(isinstance(meta, dict), "meta is not a JSON object")
     settings = meta.get("settings")
     if isinstance(settings, dict):  # a checkpoint from before the schedules: their defaults
-        settings = {**SCHEDULE_SETTINGS, **settings}
+        settings = {**SCHEDULE_SETTINGS, **PRESET_SETTINGS, **settings}
     _expect(isinstance(settings, dict) and all(k in settings for k in SETTINGS), "settings are missing")
     _check_schedule_settings(settings)
     _expect(
@@ -208,6 +214,8 @@ def _from_npz(f) -> Checkpoint:
         "bad settings",
     )
     _expect(_valid_augment(settings.get("augment")), "bad augmentation settings")
+    _expect(settings["preset"] in PRESETS, "bad preset")
+    _expect(isinstance(settings.get("architecture", []), list), "bad architecture")
     divergence = meta.get("divergence", {})
     _expect(
         isinstance(divergence, dict)
