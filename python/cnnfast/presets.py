@@ -7,8 +7,9 @@ augmentation. `python -m cnnfast.train --preset best` runs it; each flag given w
 overrides that one setting of the recipe (`--preset best --epochs 5` is the best recipe cut to 5
 epochs, its schedule fitted to 5 epochs). Without --preset the run is `fast`.
 
-    fast     the Keras convnet with BatchNorm after each convolution, 2 epochs: >= 99.0% on MNIST's
-             test set (every seed 0-4) in a few seconds; as many FLOPs per image as the classic model
+    fast     the Keras convnet (dropout 0.25 instead of 0.5) trained by a better recipe (AdamW,
+             one-cycle schedule, batch 64, label smoothing), 2 epochs: >= 99.0% on MNIST's test set
+             (every seed 0-4); the classic model's FLOPs per image
     best     a VGG-style net (32-32-pool-64-64-pool-128, BatchNorm, dropout) on elastic and affine
              distortions: >= 99.6% in at most 15 minutes on 2 cores
     classic  the Keras convnet, Adam at 1e-3 for 15 epochs: what `python -m cnnfast.train` ran before
@@ -73,9 +74,9 @@ class Preset:
 PRESETS = {
     "fast": Preset(
         name="fast",
-        summary="Keras convnet + BatchNorm, AdamW one-cycle, 2 epochs",
+        summary="the Keras convnet (dropout 0.25), AdamW one-cycle to lr 0.01, batch 64, 2 epochs",
         architecture=[
-            *(_conv(1, 32), _bn2d(32), _RELU, _POOL, _conv(32, 64), _bn2d(64), _RELU, _POOL),
+            *(_conv(1, 32), _RELU, _POOL, _conv(32, 64), _RELU, _POOL),
             *(_FLATTEN, _dropout(0.25), _linear(1600, 10)),
         ],
         settings={
