@@ -205,7 +205,7 @@ def add_schedule_arguments(p: argparse.ArgumentParser) -> None:
         "--schedule",
         choices=SCHEDULES,
         default=None,
-        help="learning-rate schedule over the run, stepped after every batch: constant (default) keeps "
+        help="learning-rate schedule over the run, stepped after every batch (default: the preset's): constant keeps "
         "--lr; onecycle rises from --lr/25 to --lr over --warmup-epochs, then falls along a cosine to "
         "--lr/250000 (PyTorch's OneCycleLR, cycling the momentum, or Adam's beta1, between 0.95 and "
         "0.85); cosine warms up linearly to --lr over --warmup-epochs, then falls along a cosine to "
@@ -232,8 +232,8 @@ def add_schedule_arguments(p: argparse.ArgumentParser) -> None:
         "--weight-decay",
         type=float,
         default=None,
-        help=f"adamw: decoupled weight decay, each step p *= 1 - lr*wd (default {ADAMW_WEIGHT_DECAY:g}); "
-        "adam and sgd: L2 penalty wd*p added to the gradient (default 0)",
+        help=f"adamw: decoupled weight decay, each step p *= 1 - lr*wd (default: the preset's, else "
+        f"{ADAMW_WEIGHT_DECAY:g}); adam and sgd: L2 penalty wd*p added to the gradient (default 0)",
     )
     p.add_argument(
         "--label-smoothing",
@@ -241,7 +241,7 @@ def add_schedule_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="EPS",
         help="train against the target (1-EPS)*onehot + EPS/10 instead of the one-hot label (PyTorch's "
-        "label_smoothing; default 0)",
+        "label_smoothing; default: the preset's)",
     )
 
 
@@ -695,7 +695,7 @@ def write_checkpoint(run: Run, path, signum: int, n_steps: int) -> int:
 
 
 def train(args, data, log, checkpoint: ckpt.Checkpoint | None = None) -> tuple[int, Run | None]:
-    """Train the default model with the settings `args` (see default_settings) on `data`
+    """Train the preset's model with the settings `args` (see default_settings) on `data`
     (x_train, y_train, x_test, y_test), continuing `checkpoint` if given, and save it to
     args.out with its metrics CSV beside it (and the curves in args.plot). Ctrl-C or SIGTERM
     writes a checkpoint to args.checkpoint. Returns (exit status, the run); progress and
@@ -860,7 +860,8 @@ def add_augment_arguments(p: argparse.ArgumentParser) -> None:
         "data augmentation",
         "Each training batch can be transformed afresh: every image by its own random rotation, "
         "scale, shear and shift about its centre, then an elastic distortion (a random displacement "
-        "field smoothed by a Gaussian), read back by bilinear interpolation. Off by default. "
+        "field smoothed by a Gaussian), read back by bilinear interpolation. Off by default, but for "
+        "--preset best (--no-augment turns its augmentation off). "
         "--augment turns it on with the defaults below; each parameter flag turns it on too and "
         "sets that parameter (0 turns a part off). The draws follow from --seed and the step; "
         "a resumed run (--resume) takes the augmentation from its checkpoint.",
