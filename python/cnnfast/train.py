@@ -1064,8 +1064,17 @@ def preset_changes(args) -> str:
         if getattr(args, key) != value
         and (key not in ("lr", "weight_decay") or args.optimizer == preset.settings["optimizer"])
     ]
-    if preset.augment is not None and args.augment != preset.augment:
-        changed.append("--no-augment" if args.augment is None else "its augmentation changed")
+    if args.augment != preset.augment:
+        if args.augment is None:
+            changed.append("--no-augment")
+        else:
+            base = preset.augment
+            if base is None:  # (the next line of the run's output says which augmentation)
+                changed.append("--augment")
+            for name, (flag, _, _) in AUGMENT_FLAGS.items() if base is not None else ():
+                value = args.augment[name]
+                if base[name] != value:
+                    changed.append(f"{flag} {' '.join(f'{v:g}' for v in value) if name == 'scale' else f'{value:g}'}")
     return f" (changed: {' '.join(changed)})" if changed else ""
 
 
