@@ -144,10 +144,15 @@ def test_the_default_run_is_the_fast_preset_and_flags_override_a_preset():
     assert args.preset == "fast" and {k: getattr(args, k) for k in fast.settings} == fast.settings
     assert args.augment is None
     best, _ = train.parse_args(["--preset", "best"])
-    assert (best.epochs, best.lr, best.augment) == (15, 3e-3, Augment().settings())
+    assert (best.epochs, best.lr, best.augment) == (15, 3e-3, Augment(translate=0.1, elastic_alpha=0).settings())
+    assert train.preset_changes(best) == ""
     best, _ = train.parse_args(["--preset", "best", "--epochs", "3", "--rotation", "5"])
     assert best.epochs == 3 and best.warmup_epochs == pytest.approx(0.9)  # the schedule fits the 3 epochs
     assert best.augment == dict(presets.get("best").augment, rotation=5.0)
+    assert train.preset_changes(best) == " (changed: --epochs 3 --rotation 5)"
+    elastic, _ = train.parse_args(["--preset", "best", "--elastic-alpha", "34"])
+    assert train.preset_changes(elastic) == " (changed: --elastic-alpha 34)"
+    assert train.preset_changes(train.parse_args(["--augment"])[0]) == " (changed: --augment)"  # (fast has none)
     assert train.parse_args(["--preset", "best", "--no-augment"])[0].augment is None
     sgd, _ = train.parse_args(["--optimizer", "sgd"])  # another optimizer: its own lr and weight decay
     assert (sgd.lr, sgd.weight_decay, sgd.schedule, sgd.epochs) == (0.01, 0.0, "onecycle", 2)
