@@ -1,7 +1,7 @@
 """python -m cnnfast.train: train the MNIST convnet and save it.
 
     python -m cnnfast.train                       # the fast preset (2 epochs, >= 99%), saves mnist_cnn.npz
-    python -m cnnfast.train --preset best         # the most accurate recipe (99.66%, 5-9 minutes)
+    python -m cnnfast.train --preset best         # the most accurate recipe (99.66%, 6-10 minutes)
     python -m cnnfast.train --epochs 1 --limit 5000 --data-dir ../shared/data/mnist
     python -m cnnfast.train --plot curves.png         # also draw loss and accuracy per epoch
 
