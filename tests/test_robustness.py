@@ -343,6 +343,10 @@ def _rewrite_checkpoint(source, target, **changes):
         (lambda src, p: p.write_bytes(b"not a zip"), "not a cnnfast checkpoint"),
         (lambda src, p: p.write_bytes(src.read_bytes()[:5000]), "not a readable cnnfast checkpoint"),
         (lambda src, p: nn.mnist_cnn().save(p), "a saved model, not a training checkpoint"),
+        (  # a model file of the second format (its input shape recorded)
+            lambda src, p: nn.Sequential(nn.Flatten(), nn.Linear(12, 2), input_shape=(3, 2, 2)).save(p),
+            "a saved model, not a training checkpoint",
+        ),
         (lambda src, p: np.savez(p, x=np.zeros(3)), "not a cnnfast checkpoint"),
         (lambda src, p: _rewrite_checkpoint(src, p, meta=np.array("{broken json")), "not a readable"),
         (lambda src, p: _rewrite_checkpoint(src, p, meta=np.array([object()], dtype=object)), "not a readable"),
@@ -351,7 +355,19 @@ def _rewrite_checkpoint(source, target, **changes):
         (lambda src, p: _rewrite_checkpoint(src, p, **{"param.1": np.zeros(32, np.float64)}), "not float32"),
         (lambda src, p: _rewrite_checkpoint(src, p, **{"extra": np.zeros(1)}), "missing or unexpected"),
     ],
-    ids=["garbage", "truncated", "model", "foreign", "json", "pickle", "shape", "optimizer", "dtype", "extra"],
+    ids=[
+        "garbage",
+        "truncated",
+        "model",
+        "model-v2",
+        "foreign",
+        "json",
+        "pickle",
+        "shape",
+        "optimizer",
+        "dtype",
+        "extra",
+    ],
 )
 def test_resume_rejects_a_bad_checkpoint_clearly(a_checkpoint, data_300, tmp_path, capsys, make_bad, message):
     bad = tmp_path / "bad.ckpt.npz"

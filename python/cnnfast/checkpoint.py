@@ -30,7 +30,7 @@ import numpy as np
 
 from ._files import atomic_write, read_npz
 from .augment import Augment
-from .nn import FORMAT as MODEL_FORMAT
+from .nn import FORMATS as MODEL_FORMATS
 from .presets import PRESETS
 
 FORMAT = "cnnfast-checkpoint-v2"
@@ -187,7 +187,7 @@ def _from_npz(f) -> Checkpoint:
     if "format" not in files:
         raise CheckpointError(f"not a cnnfast checkpoint (no '{FORMAT}' marker)")
     marker = str(_array(f, "format"))
-    if marker == MODEL_FORMAT:
+    if marker in MODEL_FORMATS:  # (v1 and v2 model files alike)
         raise CheckpointError("this is a saved model, not a training checkpoint")
     if marker in OLD_FORMATS:
         raise CheckpointError(
