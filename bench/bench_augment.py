@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -28,6 +27,7 @@ import time
 import numpy as np
 
 import cnnfast
+from bench_train import cpu_model  # (beside this script)
 from cnnfast import functional as F
 from cnnfast.augment import Augment
 from cnnfast.nn import mnist_cnn
@@ -51,17 +51,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calls", type=int, default=20, help="calls timed together in a round (default 20)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE ('-': stdout only)")
     return p
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def batch(n: int) -> tuple[np.ndarray, str]:

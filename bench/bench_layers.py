@@ -26,7 +26,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -43,6 +42,8 @@ try:
     import torch.nn.functional as TF
 except ImportError:  # pragma: no cover - a set-up problem
     sys.exit("bench_layers: PyTorch is the peer here: pip install torch (bench/run_peers.sh makes a venv with it)")
+
+from bench_train import cpu_model  # (beside this script)
 
 # (name, C, H, W, K, R, S, padding[, stride]): first layers (1-3 channels, 3x3/5x5/7x7, 28x28 to 64x64),
 # middle layers (16-256 channels, 3x3 pad 1, 32x32 down to 4x4), 1x1 convolutions.
@@ -77,16 +78,6 @@ DENSE_SHAPES = [
     ("dense 512->4096", 512, 4096),
     ("dense 4096->1000", 4096, 1000),
 ]
-
-
-def cpu_name() -> str:
-    """The CPU's model name (Linux), else what platform knows."""
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def median_seconds(fn, repeat: int) -> float:
@@ -216,7 +207,7 @@ def main(argv=None) -> int:
         p.error("--batch, --threads and --repeat need positive values")
 
     info = cnnfast.build_info()
-    cpu = cpu_name()
+    cpu = cpu_model()
     header = {
         "cpu": cpu,
         "cnnfast_isa": info["isa"],

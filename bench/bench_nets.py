@@ -30,7 +30,7 @@ import time
 
 import numpy as np
 
-from bench_layers import cpu_name  # (beside this script)
+from bench_train import cpu_model  # (beside this script)
 
 try:
     import cnnfast
@@ -153,7 +153,7 @@ def main(argv=None) -> int:
         p.error("--threads, --batch, --steps and --rounds need positive values")
     cnnfast.reuse_freed_memory()  # as python -m cnnfast.train does
     info = cnnfast.build_info()
-    cpu = cpu_name()
+    cpu = cpu_model()
     print(
         f"bench_nets: {cpu}; cnnfast {info['isa']}; PyTorch {torch.__version__} "
         f"({torch.backends.cpu.get_cpu_capability()}); batch {args.batch}, {args.steps} steps a round"

@@ -152,10 +152,10 @@ def main(argv=None) -> int:
             import torch
         except ImportError:
             p.error("PyTorch is the peer here: pip install torch (or pass --onnx-only)")
-        from bench_layers import cpu_name  # (beside this script)
         from bench_nets import cnnfast_steps, images_per_second, torch_steps
+        from bench_train import cpu_model  # (beside this script)
 
-        cpu = cpu_name()
+        cpu = cpu_model()
     cnnfast.reuse_freed_memory()  # as python -m cnnfast.train does
     info = cnnfast.build_info()
     peer = f"PyTorch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()})" if torch else "no peer"

@@ -47,6 +47,8 @@ import time
 
 import numpy as np
 
+from bench_train import cpu_model  # (beside this script)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_MNIST = os.path.join(os.path.dirname(REPO), "shared", "data", "mnist")
 TARGETS = (0.99, 0.995)
@@ -67,17 +69,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="FILE.png", help="draw test accuracy against training seconds (matplotlib)")
     p.add_argument("--from-json", metavar="FILE", help="no training: read the results of an earlier run (to --plot)")
     return p
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def loadavg():
