@@ -145,17 +145,18 @@ def cnnfast_run(data, preset, s, per_epoch: int, log) -> dict:
                 clock += time.perf_counter() - start
                 _, accuracy = evaluate(model, x_test, y_test)
                 model.train()
-                curve["seconds"].append(clock)
-                curve["epochs"].append(step / steps)
-                curve["accuracy"].append(accuracy)
-                print(
-                    f"  cnnfast  {step / steps:5.2f} epochs  {clock:7.1f} s  {100 * accuracy:6.2f}%",
-                    file=log,
-                    flush=True,
-                )
+                record(curve, "cnnfast", step / steps, clock, accuracy, log)
                 start = time.perf_counter()
         clock += time.perf_counter() - start
     return curve
+
+
+def record(curve: dict, framework: str, epochs: float, seconds: float, accuracy: float, log) -> None:
+    """One evaluation: appended to the curve and printed."""
+    curve["seconds"].append(seconds)
+    curve["epochs"].append(epochs)
+    curve["accuracy"].append(accuracy)
+    print(f"  {framework:<7}  {epochs:5.2f} epochs  {seconds:7.1f} s  {100 * accuracy:6.2f}%", file=log, flush=True)
 
 
 # ------------------------------------------------------------------------------------------ PyTorch
@@ -305,14 +306,7 @@ def torch_run(torch, data, preset, s, per_epoch: int, log) -> dict:
                     )
                 model.train()
                 accuracy = correct / len(test)
-                curve["seconds"].append(clock)
-                curve["epochs"].append(step / steps)
-                curve["accuracy"].append(accuracy)
-                print(
-                    f"  PyTorch  {step / steps:5.2f} epochs  {clock:7.1f} s  {100 * accuracy:6.2f}%",
-                    file=log,
-                    flush=True,
-                )
+                record(curve, "PyTorch", step / steps, clock, accuracy, log)
                 start = time.perf_counter()
         clock += time.perf_counter() - start
     return curve
