@@ -65,3 +65,29 @@ def write_mnist_dir(directory, arrays: dict, compress: bool = True) -> dict:
         write_bytes(directory / (name + ".gz" if compress else name), data, compress)
         hashes[name] = sha256(data)
     return hashes
+
+
+def bar_digits(n, seed):
+    """Learnable synthetic MNIST: digit d is a bright band at rows 4+2d..5+2d, over faint noise."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n).astype(np.uint8)
+    images = rng.integers(0, 40, (n, 28, 28)).astype(np.uint8)
+    for i, d in enumerate(labels):
+        images[i, 4 + 2 * d : 6 + 2 * d, 4:24] = 255
+    return images, labels
+
+
+def write_bar_mnist(directory):
+    """bar_digits as an MNIST directory (640 training, 200 test images): (x_train, y_train, x_test, y_test)."""
+    x_train, y_train = bar_digits(640, seed=1)
+    x_test, y_test = bar_digits(200, seed=2)
+    write_mnist_dir(
+        directory,
+        {
+            "train-images-idx3-ubyte": x_train,
+            "train-labels-idx1-ubyte": y_train,
+            "t10k-images-idx3-ubyte": x_test,
+            "t10k-labels-idx1-ubyte": y_test,
+        },
+    )
+    return x_train, y_train, x_test, y_test

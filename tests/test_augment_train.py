@@ -6,10 +6,11 @@ import pytest
 
 from _argv import flags
 from _idx_helpers import synthetic_mnist, write_mnist_dir
+from _stop_after import StopAfter
 from cnnfast import checkpoint as ckpt
 from cnnfast import train
 from cnnfast.augment import Augment
-from test_robustness import StopAfter, weights
+from test_robustness import weights
 
 RUN = {"no_verify": True, "batch_size": 32, "seed": 3, "limit": 200, "epochs": 2, "threads": 2}  # 7 steps an epoch
 

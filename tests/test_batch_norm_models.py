@@ -11,21 +11,11 @@ import pytest
 
 import cnnfast
 import cnnfast.export as ex
-from _idx_helpers import write_mnist_dir
+from _idx_helpers import write_bar_mnist
 from cnnfast import nn
 from cnnfast.mnist import as_model_input
 from cnnfast.optim import AdamW, OneCycleLR
 from cnnfast.train import train_epoch
-
-
-def bar_digits(n, seed):
-    """Learnable synthetic MNIST: digit d is a bright band at rows 4+2d..5+2d, over faint noise."""
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 10, n).astype(np.uint8)
-    images = rng.integers(0, 40, (n, 28, 28)).astype(np.uint8)
-    for i, d in enumerate(labels):
-        images[i, 4 + 2 * d : 6 + 2 * d, 4:24] = 255
-    return images, labels
 
 
 def bn_cnn(seed=0):
@@ -52,17 +42,7 @@ def bn_cnn(seed=0):
 def workspace(tmp_path_factory):
     """The data directory and the briefly trained BatchNorm model's file."""
     directory = tmp_path_factory.mktemp("bn")
-    x_train, y_train = bar_digits(640, seed=1)
-    x_test, y_test = bar_digits(200, seed=2)
-    write_mnist_dir(
-        directory / "data",
-        {
-            "train-images-idx3-ubyte": x_train,
-            "train-labels-idx1-ubyte": y_train,
-            "t10k-images-idx3-ubyte": x_test,
-            "t10k-labels-idx1-ubyte": y_test,
-        },
-    )
+    x_train, y_train, x_test, y_test = write_bar_mnist(directory / "data")
     model = bn_cnn()
     optimizer = AdamW(model.parameters(), lr=1e-2)
     schedule = OneCycleLR(optimizer, max_lr=1e-2, total_steps=4 * 10)

@@ -14,13 +14,13 @@ import pytest
 
 import cnnfast
 from _argv import flags
-from _idx_helpers import write_mnist_dir
+from _idx_helpers import write_bar_mnist
+from _stop_after import StopAfter
 from cnnfast import checkpoint as ckpt
 from cnnfast import nn, presets, train
 from cnnfast.augment import Augment
 from cnnfast.mnist import as_model_input
-from test_batch_norm_models import bar_digits
-from test_train_schedules import StopAfter, weights
+from test_train_schedules import weights
 
 PRESETS = ("fast", "best")
 
@@ -28,17 +28,7 @@ PRESETS = ("fast", "best")
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     directory = tmp_path_factory.mktemp("presets")
-    x_train, y_train = bar_digits(640, seed=1)
-    x_test, y_test = bar_digits(200, seed=2)
-    write_mnist_dir(
-        directory / "data",
-        {
-            "train-images-idx3-ubyte": x_train,
-            "train-labels-idx1-ubyte": y_train,
-            "t10k-images-idx3-ubyte": x_test,
-            "t10k-labels-idx1-ubyte": y_test,
-        },
-    )
+    _, _, x_test, y_test = write_bar_mnist(directory / "data")
     return {"data": directory / "data", "dir": directory, "test": (x_test, y_test)}
 
 

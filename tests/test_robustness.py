@@ -26,6 +26,7 @@ import cnnfast.functional as F
 from _argv import flags
 from _idx_helpers import synthetic_mnist, write_mnist_dir
 from _pty import open_terminal
+from _stop_after import StopAfter
 from cnnfast import checkpoint as ckpt
 from cnnfast import nn, presets, train
 
@@ -191,25 +192,6 @@ def test_sigint_and_sigterm_write_checkpoints_and_resume_is_bit_identical(data_2
     assert weights(out) == weights(reference)
     assert not second.exists()  # its run is finished
     assert no_temporary_files(tmp_path)
-
-
-class StopAfter:
-    """Stand-in for the signal handlers: 'SIGINT arrives' at the n-th check between steps."""
-
-    def __init__(self, n):
-        self.n, self.calls, self.signum = n, 0, None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def requested(self):
-        self.calls += 1
-        if self.calls >= self.n:
-            self.signum = signal.SIGINT
-        return self.signum is not None
 
 
 SMALL_RUN = {"no_verify": True, "batch_size": 32, "seed": 5, "limit": 200, "epochs": 2}  # 7 steps an epoch

@@ -2,14 +2,13 @@
 stop and resume end bit for bit where straight runs do, the flags change the run (and their
 defaults spelled out do not), bad values fail before any work, --resume refuses another schedule."""
 
-import signal
-
 import numpy as np
 import pytest
 
 import cnnfast
 from _argv import flags
 from _idx_helpers import synthetic_mnist, write_mnist_dir
+from _stop_after import StopAfter
 from cnnfast import checkpoint as ckpt
 from cnnfast import train
 from cnnfast.nn import Parameter
@@ -18,25 +17,6 @@ from cnnfast.optim import Adam
 
 def an_optimizer():
     return Adam([Parameter(np.zeros(3))])
-
-
-class StopAfter:
-    """Stand-in for the signal handlers: 'SIGINT arrives' at the n-th check between steps."""
-
-    def __init__(self, n):
-        self.n, self.calls, self.signum = n, 0, None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def requested(self):
-        self.calls += 1
-        if self.calls >= self.n:
-            self.signum = signal.SIGINT
-        return self.signum is not None
 
 
 @pytest.fixture(scope="module")
