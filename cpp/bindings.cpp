@@ -1104,4 +1104,13 @@ PYBIND11_MODULE(_core, m) {
       "x_shape"_a, "w_shape"_a, "padding"_a = 0, "pool"_a = 0, "backward"_a = false, "input_grad"_a = true,
       "stride"_a = 1,
       "Which of conv2d's paths (cpp/conv2d.cpp's list) runs for this layer with the instruction set in use");
+  m.def(
+      "set_few_pixels_limit",
+      [](i64 pixels) {
+        CNNFAST_EXPECT(pixels >= 0, "pixels must be >= 0");
+        return set_few_pixels_limit(pixels);
+      },
+      "pixels"_a,
+      "The most output pixels in a batch (N*Ho*Wo) that conv2d's few_pixels path takes (0: none; for the tests "
+      "and benchmarks that run a layer both ways); returns the limit before");
 }

@@ -6,6 +6,8 @@
 //   path                   file(s)                                       takes
 //   conv3x3_pool2          conv3x3_pool2.cpp (per ISA),                  fused only: 1 channel, 3x3, 2x2 pool
 //                          conv3x3_pool2_avx512.cpp                      (conv1), stride 1, no dx; every ISA
+//   few_pixels             conv2d_few_pixels.cpp,                        <= 64 output pixels in the batch, > 32
+//                          conv2d_few_pixels_kernels.cpp (per ISA)       taps, not 1x1, any stride; every ISA
 //   winograd               conv2d_winograd.cpp,                          3x3, >= 16 channels in and out, even
 //                          conv2d_winograd_kernels.cpp (per ISA)         output, >= 32 tiles, stride 1; every ISA
 //   panels                 conv2d_panels.cpp, conv2d_panels_impl.hpp,   > 32 taps (conv2), any stride; every ISA
@@ -26,6 +28,8 @@
 // gives no 0 * inf = NaN. Winograd's transforms mix a 4 x 4 block of input into each 2 x 2 block of
 // output, so there an inf or NaN in x reaches the whole block (where a direct sum would give a
 // finite neighbour). Every path's result is independent of the thread count.
+#include <atomic>
+
 #include "conv2d_common.hpp"
 #include "isa.hpp"
 
@@ -62,6 +66,19 @@ bool winograd_accepts(const ConvShape& s, i64 N, i64) {
          s.P() < (i64(1) << 30);
 }
 
+// At most kFewPixels output pixels in the batch, more taps than the direct path's, not 1x1 (a 1x1
+// layer's panels need no patches: 256->64 on 8 x 8 at batch 1 took 0.021 ms there, 0.025 here).
+// Measured at batch 1 on AVX-512, one thread, ms forward / backward, panels (or Winograd) -> here:
+// 128->256 on 4 x 4 0.163 / 0.727 -> 0.093 / 0.260; 64->128 stride 2 to 4 x 4 0.037 / 0.159 ->
+// 0.031 / 0.069; 64->128 on 8 x 8 0.075 / 0.238 -> 0.078 / 0.167; but 32->64 on 16 x 16 (256
+// pixels) 0.053 / 0.137 -> 0.077 / 0.177 and conv2 (121) 0.038 / 0.089 -> 0.046 / 0.107. The
+// limit can be changed (set_few_pixels_limit) so that the tests run each layer both ways.
+std::atomic<i64> few_pixels_limit{kFewPixels};
+bool few_pixels_accepts(const ConvShape& s, i64 N, i64) {
+  return has_work(s, N) && s.taps() > kDirectTaps && !pointwise(s) && N * s.P() <= few_pixels_limit.load() &&
+         s.P() < (i64(1) << 30);
+}
+
 struct Conv2dPath {
   const char* name;
   // Does it take this layer (pool_k = 0: conv2d alone)?
@@ -82,6 +99,7 @@ const Conv2dPath kPaths[] = {
               s.P() < (i64(1) << 30);
      },
      false, conv3x3_pool2_forward_path, conv3x3_pool2_backward_path},
+    {"few_pixels", few_pixels_accepts, true, few_pixels_forward_path, few_pixels_backward_path},
     {"winograd", winograd_accepts, true, winograd_forward_path, winograd_backward_path},
     {"panels", [](const ConvShape& s, i64 N, i64) { return has_work(s, N) && s.taps() > kDirectTaps; }, true,
      panels_forward_path, panels_backward_path},
@@ -144,6 +162,8 @@ const char* conv2d_path(i64 N, i64 C, i64 H, i64 W, i64 K, i64 R, i64 S, i64 pad
     if (candidate(path, s, N, pool_k, backward, input_grad)) return path.name;
   return "reference";  // (not reached: the reference accepts everything)
 }
+
+i64 set_few_pixels_limit(i64 pixels) { return few_pixels_limit.exchange(pixels); }
 
 int conv2d_paths(const char** names, int max) {
   int n = 0;

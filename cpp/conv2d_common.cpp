@@ -135,6 +135,19 @@ void input_grad(float* dx, const float* x, const float* w, const float* dy, cons
   }
 }
 
+void pool_whole(float* y, std::int32_t* argmax, const float* conv, const ConvShape& s, i64 N, i64 pool_k) {
+  const i64 pooled = s.K * (s.Ho / pool_k) * (s.Wo / pool_k);
+  std::unique_ptr<std::int32_t[]> unwanted(argmax ? nullptr : new std::int32_t[size_t(N) * pooled]);
+  max_pool2d_forward(y, argmax ? argmax : unwanted.get(), conv, N, s.K, s.Ho, s.Wo, pool_k, true);
+}
+
+const float* whole_dconv(std::unique_ptr<float[]>& keep, const float* dy, const std::int32_t* argmax,
+                         const ConvShape& s, i64 N, i64 pool_k) {
+  keep.reset(new float[size_t(N) * s.K * s.P()]);
+  max_pool2d_backward(keep.get(), argmax, dy, N, s.K, s.Ho, s.Wo, s.Ho / pool_k, s.Wo / pool_k);
+  return keep.get();
+}
+
 bool tap_rows_strided_forward(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
                               const ConvShape& s, i64 N, i64 pool_k) {
   const IsaKernels& isa = active_isa();
@@ -142,9 +155,7 @@ bool tap_rows_strided_forward(float* y, std::int32_t* argmax, const float* x, co
   if (pool_k == 0) return isa.tap_rows_forward(y, x, w, b, s, N);
   std::unique_ptr<float[]> conv(new float[size_t(N) * s.K * s.P()]);
   if (!isa.tap_rows_forward(conv.get(), x, w, b, s, N)) return false;
-  const i64 pooled = s.K * (s.Ho / pool_k) * (s.Wo / pool_k);
-  std::unique_ptr<std::int32_t[]> unwanted(argmax ? nullptr : new std::int32_t[size_t(N) * pooled]);
-  max_pool2d_forward(y, argmax ? argmax : unwanted.get(), conv.get(), N, s.K, s.Ho, s.Wo, pool_k, true);
+  pool_whole(y, argmax, conv.get(), s, N, pool_k);
   return true;
 }
 
@@ -153,11 +164,7 @@ bool tap_rows_backward(float* dx, float* dw, float* db, const float* x, const fl
   const IsaKernels& isa = active_isa();
   if (s.C > kTapRowsChannels) return false;
   std::unique_ptr<float[]> dconv;
-  if (pool_k > 0) {  // d(conv), whole
-    dconv.reset(new float[size_t(N) * s.K * s.P()]);
-    max_pool2d_backward(dconv.get(), argmax, dy, N, s.K, s.Ho, s.Wo, s.Ho / pool_k, s.Wo / pool_k);
-    dy = dconv.get();
-  }
+  if (pool_k > 0) dy = whole_dconv(dconv, dy, argmax, s, N, pool_k);
   if (!isa.tap_rows_weight_grad(dw, db, x, dy, s, N)) return false;
   if (dx) input_grad(dx, x, w, dy, s, N);
   return true;

@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <memory>
 #include <new>
 #include <vector>
 
@@ -117,6 +118,12 @@ bool pooled_dconv_chunk(float* kl, float* lk, i64 width, float* lanes, const flo
 void input_grad(float* dx, const float* x, const float* w, const float* dy, const ConvShape& s, i64 N);
 inline bool pointwise(const ConvShape& s) { return s.R == 1 && s.S == 1 && s.pad == 0; }
 
+// A whole convolution output's pooling: y, argmax = max_pool2d(conv, pool_k, relu=true) (argmax may be
+// null: not wanted); and the gradient of the whole output from the pooled one's (dy, argmax), kept in `keep`
+void pool_whole(float* y, std::int32_t* argmax, const float* conv, const ConvShape& s, i64 N, i64 pool_k);
+const float* whole_dconv(std::unique_ptr<float[]>& keep, const float* dy, const std::int32_t* argmax,
+                         const ConvShape& s, i64 N, i64 pool_k);
+
 // A first layer (at most kTapRowsChannels input channels)'s backward with its dw and db through the
 // ISA's tap_rows_weight_grad (conv2d_tap_rows_impl.hpp), dx (if wanted) through the panels; pooled
 // (pool_k > 0), from the convolution's gradient made whole first. False, computing nothing, if the
@@ -142,6 +149,13 @@ void direct_forward_path(float* y, std::int32_t* argmax, const float* x, const f
                          const ConvShape& s, i64 N, i64 pool_k);
 bool direct_backward_path(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,
                           const std::int32_t* argmax, const ConvShape& s, i64 N, i64 pool_k);
+// Few output pixels in the batch (N*Ho*Wo <= kFewPixels), more taps than the direct path's, not
+// 1x1: the weights used in their own layout (conv2d_few_pixels.cpp)
+constexpr i64 kFewPixels = 64;
+void few_pixels_forward_path(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
+                             const ConvShape& s, i64 N, i64 pool_k);
+bool few_pixels_backward_path(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,
+                              const std::int32_t* argmax, const ConvShape& s, i64 N, i64 pool_k);
 // Long patches on ISAs with panel kernels (conv2d_panels.cpp drives conv2d_panels_avx512.cpp)
 void panels_forward_path(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
                          const ConvShape& s, i64 N, i64 pool_k);

@@ -373,6 +373,10 @@ void conv2d_backward_panels(float* dx, float* dw, const float* x, const float* w
 }  // namespace
 
 // The ISA table's entries (isa.hpp)
+void transpose(float* dst, i64 ldd, const float* src, i64 lds, i64 rows, i64 cols, i64 rows_out) {
+  transpose_blocks(dst, ldd, src, lds, rows, cols, rows_out);
+}
+
 void panels_forward(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b, const ConvShape& s,
                     i64 N, i64 pool_k) {
   conv2d_forward_panels(y, x, w, b, s, N, argmax, pool_k);

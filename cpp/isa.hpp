@@ -53,6 +53,18 @@ struct IsaKernels {
   // dw[k][t] = sum_p dy[k][p] col[t][p]; col: [T, P]
   void (*direct_weight_grad)(float* dw, const float* dy, const float* col, i64 K, i64 T, i64 P);
 
+  // conv2d_few_pixels_kernels.cpp: the few-pixels path's products (see conv2d_few_pixels.cpp)
+  // y: [N, K, P] = b + w [K, T] x col_n [T, ld] (col_n zero past P, ld a multiple of 16)
+  void (*few_pixels_forward)(float* y, const float* col, i64 ld, const float* w, const float* b, i64 N, i64 K, i64 T,
+                             i64 P);
+  // dw: [K, T] = dyt^T x rows (dyt: [L, ldd] zero past K, ldd a multiple of 8; rows: [L, ldr] zero past T,
+  // ldr a multiple of 16)
+  void (*few_pixels_weight_grad)(float* dw, const float* dyt, i64 ldd, const float* rows, i64 ldr, i64 K, i64 T, i64 L);
+  // drows[n*P + p][t] = sum_k dy[n][k][p] w[k][t] (drows: [N*P, ldr]; dy's rows ldd apart, a multiple of 8, zero past
+  // P)
+  void (*few_pixels_input_grad)(float* drows, i64 ldr, const float* dy, i64 ldd, const float* w, i64 N, i64 K, i64 T,
+                                i64 P);
+
   // linear_narrow.cpp: y[n][o] = b[o] + x[n] . w[o] for rows n0..n1 of a layer with few outputs
   void (*linear_forward_rows)(float* y, const float* x, const float* w, const float* b, i64 n0, i64 n1, i64 I, i64 O);
 
@@ -80,6 +92,9 @@ struct IsaKernels {
   // Backward of conv2d itself (dy: [N, K, Ho, Wo]), db included (dw, db or dx may be null)
   void (*panels_backward_plain)(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,
                                 const ConvShape& s, i64 N);
+
+  // The same files' transpose: dst[j*ldd + i] = src[i*lds + j] (i < rows, j < cols), 0 for rows <= i < rows_out
+  void (*transpose)(float* dst, i64 ldd, const float* src, i64 lds, i64 rows, i64 cols, i64 rows_out);
 
   // conv2d_winograd_kernels.cpp: y = conv2d(x, w, b) for 3x3 kernels by Winograd's F(2x2, 3x3)
   // (b may be null: no bias)

@@ -11,6 +11,10 @@ extern const MicroKernel gemm_microkernel;  // gemm_microkernel.cpp (gemm_microk
 void direct_forward_kernel(float* y, const float* col, const float* w, const float* b, i64 K, i64 T, i64 P,
                            i64 ld);  // conv2d_direct_kernels.cpp
 void direct_weight_grad_kernel(float* dw, const float* dy, const float* col, i64 K, i64 T, i64 P);
+void few_pixels_forward(float* y, const float* col, i64 ld, const float* w, const float* b, i64 N, i64 K, i64 T,
+                        i64 P);  // conv2d_few_pixels_kernels.cpp
+void few_pixels_weight_grad(float* dw, const float* dyt, i64 ldd, const float* rows, i64 ldr, i64 K, i64 T, i64 L);
+void few_pixels_input_grad(float* drows, i64 ldr, const float* dy, i64 ldd, const float* w, i64 N, i64 K, i64 T, i64 P);
 void linear_forward_rows(float* y, const float* x, const float* w, const float* b, i64 n0, i64 n1, i64 I,
                          i64 O);                                                              // linear_narrow.cpp
 void int32_range_block(const std::int32_t* a, i64 n, std::int32_t* low, std::int32_t* high);  // int32_range.cpp
@@ -28,6 +32,7 @@ void panels_backward(float* dx, float* dw, const float* x, const float* w, DyPan
                      i64 Hu, i64 Wu);
 void panels_backward_plain(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,
                            const ConvShape& s, i64 N);
+void transpose(float* dst, i64 ldd, const float* src, i64 lds, i64 rows, i64 cols, i64 rows_out);
 void winograd_forward(float* y, const float* x, const float* w, const float* b, const ConvShape& s,
                       i64 N);  // conv2d_winograd_kernels.cpp
 void winograd_weight_grad(float* dw, const float* x, const float* dy, const ConvShape& s, i64 N);
@@ -53,6 +58,9 @@ extern const IsaKernels table = {
     &gemm_microkernel,
     direct_forward_kernel,
     direct_weight_grad_kernel,
+    few_pixels_forward,
+    few_pixels_weight_grad,
+    few_pixels_input_grad,
     linear_forward_rows,
     int32_range_block,
     dropout_mask_groups,
@@ -66,6 +74,7 @@ extern const IsaKernels table = {
     panels_forward,
     panels_backward,
     panels_backward_plain,
+    transpose,
     winograd_forward,
 #if defined(CNNFAST_ISA_AVX512)
     nullptr,  // (the panels' dw is faster on AVX-512: conv2d_winograd.cpp)

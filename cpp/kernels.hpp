@@ -46,6 +46,8 @@ const char* conv2d_path(i64 N, i64 C, i64 H, i64 W, i64 K, i64 R, i64 S, i64 pad
                         bool input_grad, i64 stride = 1);
 // The paths the instruction set in use offers, in the list's order (names[0..returned))
 int conv2d_paths(const char** names, int max);
+// The most output pixels (N*Ho*Wo) the few-pixels path takes (0: none); returns the limit before
+i64 set_few_pixels_limit(i64 pixels);
 
 // ---- relu.cpp: any shape, n elements ----
 // y = max(x, 0) (NaN propagates)

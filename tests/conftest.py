@@ -24,6 +24,15 @@ def isa(request):
     _core.set_isa(before)
 
 
+@pytest.fixture(params=["few_pixels off", "few_pixels on"])
+def few_pixels(request):
+    """Run a conv2d test twice: with the few-pixels path off (each layer takes the path it takes at
+    a larger batch: panels, Winograd, direct, ...) and taking every layer it can (any pixel count)."""
+    before = _core.set_few_pixels_limit(0 if request.param.endswith("off") else 2**62)
+    yield request.param
+    _core.set_few_pixels_limit(before)
+
+
 @pytest.fixture
 def threads():
     """Restore the thread count after a test that changes it."""

@@ -79,7 +79,7 @@ CONV_SHAPES = [  # N, C, H, W, K, R, S, padding
 
 
 @pytest.mark.parametrize("shape", CONV_SHAPES)
-def test_conv2d_forward_matches_reference(isa, shape):
+def test_conv2d_forward_matches_reference(isa, few_pixels, shape):
     N, C, H, W, K, R, S, p = shape
     x, w, b = rand(N, C, H, W), rand(K, C, R, S, scale=0.3), rand(K)
     expected = ref.conv2d(x, w, b, p)
@@ -88,7 +88,7 @@ def test_conv2d_forward_matches_reference(isa, shape):
 
 
 @pytest.mark.parametrize("shape", CONV_SHAPES)
-def test_conv2d_backward_matches_reference(isa, shape):
+def test_conv2d_backward_matches_reference(isa, few_pixels, shape):
     N, C, H, W, K, R, S, p = shape
     x, w = rand(N, C, H, W), rand(K, C, R, S, scale=0.3)
     dy = rand(N, K, H + 2 * p - R + 1, W + 2 * p - S + 1)
@@ -102,7 +102,7 @@ def test_conv2d_backward_matches_reference(isa, shape):
 @pytest.mark.parametrize(
     "shape", [(2, 2, 5, 4, 3, 3, 2, 1), (1, 3, 6, 6, 2, 3, 3, 0), (4, 16, 6, 6, 16, 3, 3, 1)]
 )  # (the last: Winograd)
-def test_conv2d_backward_finite_differences(isa, shape):
+def test_conv2d_backward_finite_differences(isa, few_pixels, shape):
     N, C, H, W, K, R, S, p = shape
     x, w, b = rand(N, C, H, W), rand(K, C, R, S), rand(K)
     probe = rand(N, K, H + 2 * p - R + 1, W + 2 * p - S + 1)  # L = sum(conv2d(x, w, b) * probe)
@@ -163,7 +163,7 @@ def strided_output(shape):
 
 
 @pytest.mark.parametrize("shape", STRIDED_SHAPES)
-def test_strided_conv2d_forward_and_backward_match_reference(isa, shape):
+def test_strided_conv2d_forward_and_backward_match_reference(isa, few_pixels, shape):
     N, C, H, W, K, R, S, p, st = shape
     x, w, b = rand(N, C, H, W), rand(K, C, R, S, scale=0.3), rand(K)
     expected = ref.conv2d(x, w, b, p, st)
@@ -181,7 +181,7 @@ def test_strided_conv2d_forward_and_backward_match_reference(isa, shape):
     np.testing.assert_array_equal(db2, db)
 
 
-def test_strided_conv2d_finite_differences(isa):
+def test_strided_conv2d_finite_differences(isa, few_pixels):
     N, C, H, W, K, R, S, p, st = 2, 3, 7, 8, 4, 3, 3, 1, 2
     x, w, b = rand(N, C, H, W), rand(K, C, R, S), rand(K)
     probe = rand(*strided_output((N, C, H, W, K, R, S, p, st)))
@@ -197,7 +197,7 @@ def test_strided_conv2d_finite_differences(isa):
 
 
 @pytest.mark.parametrize("C", [1, 4])  # the direct path and the panels
-def test_strided_conv2d_relu_max_pool2d_equals_the_three_kernels(isa, C):
+def test_strided_conv2d_relu_max_pool2d_equals_the_three_kernels(isa, few_pixels, C):
     x, w, b = rand(3, C, 17, 17), rand(8, C, 3, 3, scale=0.3), rand(8)
     y = F.conv2d(x, w, b, padding=1, stride=2)  # 9 x 9
     pooled, argmax = F.max_pool2d(y, 2, relu=True)
@@ -522,7 +522,7 @@ def test_every_kernel_follows_the_forced_isa(isa):
     )
     assert kernels["conv2d_direct"] == isa and kernels["dropout"] == isa
     assert kernels["linear"].startswith(isa + " ")
-    assert kernels["conv2d"] == ["conv3x3_pool2", "winograd", "panels", "direct", "reference"]
+    assert kernels["conv2d"] == ["conv3x3_pool2", "few_pixels", "winograd", "panels", "direct", "reference"]
     assert kernels["max_pool2d"].startswith("avx512") == (isa == "avx512")
 
 
@@ -542,7 +542,11 @@ def test_every_kernel_follows_the_forced_isa(isa):
         ((8, 32, 16, 16), (64, 32, 3, 3), 1, 2, True, True, {None: "winograd"}),
         ((8, 32, 16, 16), (64, 32, 3, 3), 1, 0, False, False, {None: "winograd"}),
         ((2, 96, 12, 12), (96, 96, 3, 3), 1, 0, True, False, {None: "winograd"}),
-        ((1, 128, 4, 4), (256, 128, 3, 3), 1, 0, False, False, {}),  # 4 tiles: the panels
+        # 16 output pixels: the weights used as they lie (Winograd's 4 tiles, the panels' packing cost more)
+        ((1, 128, 4, 4), (256, 128, 3, 3), 1, 0, False, False, {None: "few_pixels"}),
+        ((1, 128, 4, 4), (256, 128, 3, 3), 1, 2, True, True, {None: "few_pixels"}),
+        ((2, 64, 8, 8), (128, 64, 3, 3), 1, 0, True, True, {None: "winograd"}),  # 128 pixels: more than it takes
+        ((1, 256, 8, 8), (64, 256, 1, 1), 0, 0, False, False, {}),  # 1x1: the panels need no patches
         ((8, 32, 13, 13), (64, 32, 3, 3), 0, 0, False, False, {}),  # odd output (11 x 11): the panels
         ((8, 8, 16, 16), (64, 8, 3, 3), 1, 0, False, False, {}),  # 8 input channels: the panels
         ((8, 32, 16, 16), (64, 32, 3, 3), 3, 0, False, False, {}),  # padding 3: the panels
@@ -695,7 +699,7 @@ def windows_cover_conv(shape):
 
 
 @pytest.mark.parametrize("shape", FUSED_SHAPES)
-def test_conv2d_relu_max_pool2d_equals_the_three_kernels(isa, shape):
+def test_conv2d_relu_max_pool2d_equals_the_three_kernels(isa, few_pixels, shape):
     N, C, H, W, K, R, S, p, k = shape
     x, w, b = rand(N, C, H, W), rand(K, C, R, S, scale=0.3), rand(K)
     y, argmax = F.conv2d_relu_max_pool2d(x, w, b, k, padding=p)
@@ -732,7 +736,7 @@ def test_conv2d_relu_max_pool2d_without_argmax_gives_the_same_y(isa, shape):
 
 
 @pytest.mark.parametrize("shape", FUSED_SHAPES)
-def test_conv2d_relu_max_pool2d_ties_nan_and_inf_as_the_separate_kernels(isa, shape):
+def test_conv2d_relu_max_pool2d_ties_nan_and_inf_as_the_separate_kernels(isa, few_pixels, shape):
     # Ties (an all-zero image: every output is its bias), NaN and infinities must pick the same
     # maximum and argmax as max_pool2d's rule (first maximum wins, a NaN wins).
     N, C, H, W, K, R, S, p, k = shape
@@ -752,7 +756,7 @@ def test_conv2d_relu_max_pool2d_ties_nan_and_inf_as_the_separate_kernels(isa, sh
 
 
 @pytest.mark.parametrize("shape", FUSED_SHAPES)
-def test_conv2d_relu_max_pool2d_backward_with_a_stray_argmax(isa, shape):
+def test_conv2d_relu_max_pool2d_backward_with_a_stray_argmax(isa, few_pixels, shape):
     # An argmax the forward pass never makes (the first window naming the plane's last pixel:
     # outside every window, or in another one) must still route its gradient there; the fused
     # kernels' window-by-window and skipped-pixel paths must notice and take every pixel.

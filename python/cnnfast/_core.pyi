@@ -100,6 +100,7 @@ def conv2d_path(
     input_grad: bool = True,
     stride: int = 1,
 ) -> str: ...
+def set_few_pixels_limit(pixels: int) -> int: ...
 def augment(
     x: F32,
     seed: int,

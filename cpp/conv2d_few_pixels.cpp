@@ -1,0 +1,107 @@
+// conv2d's few-pixels path: a batch with few output pixels in all (a middle layer at batch 1: 4 x 4
+// to 16 x 16). The GEMM paths lay the weights out again on every call (packed panels, taps in
+// (r, s, c) order, dw transposed back), which costs as much as the product when there are only 16
+// or 64 pixels to multiply them with (128->256 3x3 on 4 x 4 at batch 1: weights_rsc, memsets and
+// dw_from_taps were 3/4 of the backward). Here the weights and dw stay in their [K, C*R*S] layout
+// and only the image side is laid out: im2col (taps x pixels) for the forward, patch rows
+// (pixels x taps) for the backward, and the input gradient's patch rows added back into dx (col2im).
+// The products are the ISA's (conv2d_few_pixels_kernels.cpp), over the output channels (or taps)
+// on the threads, so a single image uses both cores.
+#include <cstring>
+#include <memory>
+
+#include "conv2d_common.hpp"
+#include "isa.hpp"
+#include "parallel.hpp"
+
+namespace cnnfast {
+namespace {
+
+inline i64 round_up(i64 n, i64 m) { return (n + m - 1) / m * m; }
+
+// dx_n = the sum of dcol_n's rows back where im2col read them from (im2col's transpose), in
+// (tap, pixel) order
+void col2im_add(float* dx, const float* dcol, i64 ldc, const ConvShape& s, i64 N) {
+  const i64 T = s.taps(), image = s.C * s.H * s.W, st = s.stride;
+#pragma omp parallel for num_threads(threads_over(double(N) * s.P() * T, N)) schedule(static)
+  for (i64 n = 0; n < N; ++n) {
+    float* dxn = dx + n * image;
+    std::fill(dxn, dxn + image, 0.0f);
+    for (i64 c = 0; c < s.C; ++c)
+      for (i64 r = 0; r < s.R; ++r)
+        for (i64 q = 0; q < s.S; ++q) {
+          const float* row = dcol + (n * T + (c * s.R + r) * s.S + q) * ldc;
+          // the output columns whose input column ow*stride + q - pad lies inside [0, W), as im2col
+          const i64 ow_lo = std::clamp<i64>((s.pad - q + st - 1) / st, 0, s.Wo),
+                    ow_hi = std::clamp<i64>((s.W + s.pad - q + st - 1) / st, ow_lo, s.Wo);
+          for (i64 oh = 0; oh < s.Ho; ++oh) {
+            const i64 ih = oh * st + r - s.pad;
+            if (ih < 0 || ih >= s.H) continue;
+            float* out = dxn + (c * s.H + ih) * s.W + q - s.pad;
+            const float* in = row + oh * s.Wo;
+            if (st == 1)
+              for (i64 ow = ow_lo; ow < ow_hi; ++ow) out[ow] += in[ow];
+            else
+              for (i64 ow = ow_lo; ow < ow_hi; ++ow) out[ow * st] += in[ow];
+          }
+        }
+  }
+}
+
+// col: [N][T][ldc], each image's im2col with zeros past P
+void im2col_padded(float* col, i64 ldc, const float* x, const ConvShape& s, i64 N) {
+  const i64 P = s.P(), T = s.taps();
+#pragma omp parallel for num_threads(threads_over(double(N) * P * T, N)) schedule(static)
+  for (i64 n = 0; n < N; ++n) {
+    float* coln = col + n * T * ldc;
+    im2col(coln, x + n * s.C * s.H * s.W, s, ldc);
+    for (i64 t = 0; t < T && ldc > P; ++t) std::fill(coln + t * ldc + P, coln + (t + 1) * ldc, 0.0f);
+  }
+}
+
+}  // namespace
+
+// x: [N, C, H, W] -> y: [N, K, Ho, Wo] (pooled: whole, then max_pool2d)
+void few_pixels_forward_path(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
+                             const ConvShape& s, i64 N, i64 pool_k) {
+  const i64 P = s.P(), T = s.taps(), ldc = round_up(P, 16);
+  ScratchFloats col(size_t(N) * T * ldc);
+  im2col_padded(col.get(), ldc, x, s, N);
+  std::unique_ptr<float[]> conv(pool_k > 0 ? new float[size_t(N) * s.K * P] : nullptr);
+  active_isa().few_pixels_forward(pool_k > 0 ? conv.get() : y, col.get(), ldc, w, b, N, s.K, T, P);
+  if (pool_k > 0) pool_whole(y, argmax, conv.get(), s, N, pool_k);
+}
+
+// dy: [N, K, Ho, Wo] (pooled: with argmax, d(conv) made whole first) -> dx (may be null), dw, db
+bool few_pixels_backward_path(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,
+                              const std::int32_t* argmax, const ConvShape& s, i64 N, i64 pool_k) {
+  std::unique_ptr<float[]> dconv;
+  if (pool_k > 0) dy = whole_dconv(dconv, dy, argmax, s, N, pool_k);
+  const IsaKernels& isa = active_isa();
+  const i64 K = s.K, P = s.P(), T = s.taps(), L = N * P;
+  const i64 ldc = round_up(P, 16), ldr = round_up(T, 16), ldt = round_up(K, 8);
+  // im2col, then patch rows [L][ldr] and dy^T [L][ldt] (zeros past T and K) by the ISA's transposes
+  ScratchFloats col(size_t(N) * T * ldc), rows(size_t(L) * ldr), dyt(size_t(L) * ldt);
+  im2col_padded(col.get(), ldc, x, s, N);
+  for (i64 n = 0; n < N; ++n) {
+    isa.transpose(rows.get() + n * P * ldr, ldr, col.get() + n * T * ldc, ldc, T, P, ldr);
+    isa.transpose(dyt.get() + n * P * ldt, ldt, dy + n * K * P, P, K, P, ldt);
+  }
+  isa.few_pixels_weight_grad(dw, dyt.get(), ldt, rows.get(), ldr, K, T, L);
+  bias_grad(db, dy, N, K, P);
+  if (!dx) return true;
+  const float* dyp = dy;  // dy's rows ldc apart, zeros past P
+  ScratchFloats padded(ldc > P ? size_t(N) * K * ldc : 0);
+  if (ldc > P) {
+    for (i64 row = 0; row < N * K; ++row) {
+      std::memcpy(padded.get() + row * ldc, dy + row * P, sizeof(float) * size_t(P));
+      std::fill(padded.get() + row * ldc + P, padded.get() + (row + 1) * ldc, 0.0f);
+    }
+    dyp = padded.get();
+  }
+  isa.few_pixels_input_grad(col.get(), ldc, dyp, ldc, w, N, K, T, P);  // (col's room reused for dcol)
+  col2im_add(dx, col.get(), ldc, s, N);
+  return true;
+}
+
+}  // namespace cnnfast

@@ -1,0 +1,214 @@
+// The few-pixels path's three products (conv2d_few_pixels.cpp drives them), in portable vector
+// code compiled once per instruction set. With few output pixels (one small image: a middle
+// layer's 4 x 4 to 16 x 16 at batch 1) the GEMM paths spend most of a call re-laying out the
+// weights (128->256 3x3 on 4 x 4: 1,152 x 256 weights for 16 pixels). Here the weights and their
+// gradient stay in PyTorch's [K, T] layout (T = C*R*S taps in (c, r, s) order, a row per output
+// channel) and only the image side is laid out (im2col, T x P, small):
+//   forward      y[k][p]  = b[k] + sum_t w[k][t] col[t][p]   pixels in vectors, w broadcast from its rows
+//   weight grad  dw[k][t] = sum_l dyt[l][k] rows[l][t]       taps in vectors, dy broadcast
+//   input grad   drows[l][t] = sum_k dy[k][l] w[k][t]        taps in vectors (w's rows as they are), dy broadcast
+// Each output is one thread's, summed in a fixed order (taps, pixels or channels in order): the
+// same for any thread count.
+#include <algorithm>
+#include <cstring>
+#include <utility>
+#include <vector>
+
+#include "isa.hpp"
+#include "isa_target.hpp"
+#include "parallel.hpp"
+
+CNNFAST_TARGET_BEGIN
+namespace cnnfast {
+namespace CNNFAST_ISA {
+namespace {
+
+constexpr int VL = CNNFAST_VEC_BYTES / 4;  // floats per vector
+typedef float vec __attribute__((vector_size(CNNFAST_VEC_BYTES)));
+inline vec load(const float* p) {
+  vec v;
+  __builtin_memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void store(float* p, vec v) { __builtin_memcpy(p, &v, sizeof v); }
+// the first n (< VL * count) floats of `count` vectors, through a buffer
+inline void store_part(float* p, const vec* v, int count, i64 n) {
+  float tail[8 * 16];
+  for (int j = 0; j < count; ++j) store(tail + j * VL, v[j]);
+  std::memcpy(p, tail, sizeof(float) * size_t(n));
+}
+
+constexpr i64 kBlockRows = 24;  // the forward's rows per block of work (whole tiles of 8, 6 or 4 rows)
+// Register tiles (rows of the broadcast operand x vectors of the loaded one): AVX-512 and AArch64
+// have 32 vector registers, SSE2 and AVX2 16 (x86 broadcasts need a register of their own below
+// AVX-512; a row pointer each for the forward's weight rows: at most 8 in the general registers)
+#if CNNFAST_VEC_BYTES == 64 || defined(__aarch64__)
+constexpr int kForwardNV = 4, kGradRows = 4, kGradNV = 6, kInputRows = 8, kInputNV = 3;
+constexpr int forward_rows(int nv) { return nv == 4 ? 6 : 8; }  // 24-32 sums and nv vectors of col
+#else
+constexpr int kForwardNV = 3, kGradRows = 4, kGradNV = 3, kInputRows = 4, kInputNV = 3;
+constexpr int forward_rows(int nv) { return nv == 1 ? 8 : nv == 2 ? 6 : 4; }
+#endif
+
+// ---- forward: rows k0.. (mc of MC) by NV vectors of pixels from p0, over every tap ----
+template <int NV>
+void forward_tile(float* y, const float* col, i64 ld, const float* w, const float* b, i64 T, i64 P, i64 k0, int mc,
+                  i64 p0) {
+  constexpr int MC = forward_rows(NV);
+  const float* wr[MC];  // (spare rows repeat row k0 and are not stored)
+  vec acc[MC * NV];
+  for (int i = 0; i < MC; ++i) {
+    wr[i] = w + (k0 + (i < mc ? i : 0)) * T;
+    for (int j = 0; j < NV; ++j) acc[i * NV + j] = vec{} + b[k0 + (i < mc ? i : 0)];
+  }
+  const float* c = col + p0;
+  for (i64 t = 0; t < T; ++t, c += ld) {
+    vec cv[NV];
+    for (int j = 0; j < NV; ++j) cv[j] = load(c + j * VL);
+    for (int i = 0; i < MC; ++i) {
+      const float wi = wr[i][t];
+      for (int j = 0; j < NV; ++j) acc[i * NV + j] += wi * cv[j];
+    }
+  }
+  const i64 n = std::min<i64>(NV * VL, P - p0);
+  for (int i = 0; i < mc; ++i) {
+    float* yk = y + (k0 + i) * P + p0;
+    if (n == NV * VL)
+      for (int j = 0; j < NV; ++j) store(yk + j * VL, acc[i * NV + j]);
+    else
+      store_part(yk, acc + i * NV, NV, n);
+  }
+}
+
+template <int... NV>
+void forward_tile_n(int nv, float* y, const float* col, i64 ld, const float* w, const float* b, i64 T, i64 P, i64 k0,
+                    int mc, i64 p0, std::integer_sequence<int, NV...>) {
+  ((nv == NV + 1 ? forward_tile<NV + 1>(y, col, ld, w, b, T, P, k0, mc, p0) : void()), ...);
+}
+
+// ---- weight gradient: rows k0.. (mc of kGradRows) by NV vectors of taps from t0, over every pixel ----
+template <int NV>
+void weight_grad_tile(float* dw, const float* dyt, i64 ldd, const float* rows, i64 ldr, i64 T, i64 L, i64 k0, int mc,
+                      i64 t0) {
+  constexpr int MC = kGradRows;
+  vec acc[MC * NV] = {};
+  const float* d = dyt + k0;  // (dyt's columns past K are zero: the spare rows read them)
+  const float* r = rows + t0;
+  for (i64 l = 0; l < L; ++l, d += ldd, r += ldr) {
+    vec rv[NV];
+    for (int j = 0; j < NV; ++j) rv[j] = load(r + j * VL);
+    for (int i = 0; i < MC; ++i) {
+      const float di = d[i];
+      for (int j = 0; j < NV; ++j) acc[i * NV + j] += di * rv[j];
+    }
+  }
+  const i64 n = std::min<i64>(NV * VL, T - t0);
+  for (int i = 0; i < mc; ++i) {
+    float* to = dw + (k0 + i) * T + t0;
+    if (n == NV * VL)
+      for (int j = 0; j < NV; ++j) store(to + j * VL, acc[i * NV + j]);
+    else
+      store_part(to, acc + i * NV, NV, n);
+  }
+}
+
+template <int... NV>
+void weight_grad_tile_n(int nv, float* dw, const float* dyt, i64 ldd, const float* rows, i64 ldr, i64 T, i64 L, i64 k0,
+                        int mc, i64 t0, std::integer_sequence<int, NV...>) {
+  ((nv == NV + 1 ? weight_grad_tile<NV + 1>(dw, dyt, ldd, rows, ldr, T, L, k0, mc, t0) : void()), ...);
+}
+
+// ---- input gradient: mt (of MT) taps by NV vectors of pixels from p0, over every channel: w's
+// values broadcast from its rows (wt: column t0 of row 0, rows ldw apart), dy's loaded ----
+template <int NV>
+void input_grad_tile(float* dcol, i64 ldc, const float* dy, i64 ldd, const float* wt, i64 ldw, i64 K, int mt, i64 p0) {
+  constexpr int MT = kInputRows;
+  vec acc[MT * NV] = {};
+  const float* d = dy + p0;
+  for (i64 k = 0; k < K; ++k, d += ldd, wt += ldw) {
+    vec dv[NV];
+    for (int j = 0; j < NV; ++j) dv[j] = load(d + j * VL);
+    for (int i = 0; i < MT; ++i) {
+      const float wi = wt[i];
+      for (int j = 0; j < NV; ++j) acc[i * NV + j] += wi * dv[j];
+    }
+  }
+  for (int i = 0; i < mt; ++i)
+    for (int j = 0; j < NV; ++j) store(dcol + i * ldc + p0 + j * VL, acc[i * NV + j]);
+}
+
+template <int... NV>
+void input_grad_tile_n(int nv, float* dcol, i64 ldc, const float* dy, i64 ldd, const float* wt, i64 ldw, i64 K, int mt,
+                       i64 p0, std::integer_sequence<int, NV...>) {
+  ((nv == NV + 1 ? input_grad_tile<NV + 1>(dcol, ldc, dy, ldd, wt, ldw, K, mt, p0) : void()), ...);
+}
+
+}  // namespace
+
+// y: [N, K, P] = b + w [K, T] x col_n [T, ld] for each image (col_n's columns P.. are zero, ld a
+// multiple of VL): blocks of rows over the threads, each block's weights kept in L1 while the
+// pixels pass
+void few_pixels_forward(float* y, const float* col, i64 ld, const float* w, const float* b, i64 N, i64 K, i64 T,
+                        i64 P) {
+  constexpr i64 MC = kBlockRows;
+  const i64 blocks = (K + MC - 1) / MC;
+  const int nt = std::max(1, std::min<int>(threads_for(double(N) * K * T * P), int(N * blocks)));
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (i64 job = 0; job < N * blocks; ++job) {
+    const i64 n = job / blocks, k0 = job % blocks * MC;
+    const int kn = int(std::min<i64>(MC, K - k0));
+    for (i64 p0 = 0; p0 < P;) {
+      const int nv = int(std::min<i64>(kForwardNV, (P - p0 + VL - 1) / VL)), mc = forward_rows(nv);
+      for (int k = 0; k < kn; k += mc)
+        forward_tile_n(nv, y + n * K * P, col + n * T * ld, ld, w, b, T, P, k0 + k, std::min(mc, kn - k), p0,
+                       std::make_integer_sequence<int, kForwardNV>{});
+      p0 += nv * VL;
+    }
+  }
+}
+
+// dw: [K, T] = dyt^T x rows: dyt [L, ldd] (columns K.. zero, ldd >= K rounded up to 8), rows
+// [L, ldr] (columns T.. zero, ldr a multiple of VL). Blocks of rows over the threads.
+void few_pixels_weight_grad(float* dw, const float* dyt, i64 ldd, const float* rows, i64 ldr, i64 K, i64 T, i64 L) {
+  const i64 blocks = (K + kGradRows - 1) / kGradRows;
+  const int nt = std::max(1, std::min<int>(threads_for(double(K) * T * L), int(blocks)));
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (i64 blk = 0; blk < blocks; ++blk) {
+    const i64 k0 = blk * kGradRows;
+    const int mc = int(std::min<i64>(kGradRows, K - k0));
+    for (i64 t0 = 0; t0 < T;) {
+      const int nv = int(std::min<i64>(kGradNV, (T - t0 + VL - 1) / VL));
+      weight_grad_tile_n(nv, dw, dyt, ldd, rows, ldr, T, L, k0, mc, t0, std::make_integer_sequence<int, kGradNV>{});
+      t0 += nv * VL;
+    }
+  }
+}
+
+// dcol_n: [T, ldc] = w^T x dy_n for each image: dcol_n[t][p] = sum_k w[k][t] dy_n[k][p], dy_n's
+// rows ldd apart (ldd and ldc multiples of 16, ldd <= ldc; dy zero past P, and so is dcol). Tiles of
+// kInputRows taps over the threads, with the images; the last, partial tile's columns of w copied
+// into a padded block first (its rows would be read past T).
+void few_pixels_input_grad(float* dcol, i64 ldc, const float* dy, i64 ldd, const float* w, i64 N, i64 K, i64 T, i64 P) {
+  const i64 tiles = (T + kInputRows - 1) / kInputRows;
+  const i64 whole = T / kInputRows * kInputRows;
+  const int nt = std::max(1, std::min<int>(threads_for(double(N) * K * T * P), int(N * tiles)));
+  std::vector<float> tail(T > whole ? size_t(K) * kInputRows : 0, 0.0f);  // [K][kInputRows]
+  for (i64 k = 0; k < K && T > whole; ++k)
+    std::memcpy(tail.data() + k * kInputRows, w + k * T + whole, sizeof(float) * size_t(T - whole));
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (i64 job = 0; job < N * tiles; ++job) {
+    const i64 n = job / tiles, t0 = job % tiles * kInputRows;
+    const bool last = t0 == whole;
+    for (i64 p0 = 0; p0 < P;) {
+      const int nv = int(std::min<i64>(kInputNV, (P - p0 + VL - 1) / VL));
+      input_grad_tile_n(nv, dcol + (n * T + t0) * ldc, ldc, dy + n * K * ldd, ldd, last ? tail.data() : w + t0,
+                        last ? kInputRows : T, K, int(std::min<i64>(kInputRows, T - t0)), p0,
+                        std::make_integer_sequence<int, kInputNV>{});
+      p0 += nv * VL;
+    }
+  }
+}
+
+}  // namespace CNNFAST_ISA
+}  // namespace cnnfast
+CNNFAST_TARGET_END
