@@ -35,6 +35,7 @@ import numpy as np
 try:
     import cnnfast
     import cnnfast.functional as F
+    from cnnfast import _core
 except ImportError as error:  # pragma: no cover - a set-up problem
     sys.exit(f"bench_layers: cannot import cnnfast ({error}); pip install . first")
 try:
@@ -123,6 +124,7 @@ def conv_rows(batch: int, repeat: int, rng, match: str = ""):
             "kind": "conv2d forward",
             "layer": name,
             "shape": [batch, C, H, W, K, R, S, pad, st],
+            "path": _core.conv2d_path(x.shape, w.shape, pad, stride=st),
             "cnnfast_ms": 1e3 * ours,
             "torch_ms": 1e3 * theirs,
             "gflops": flops / ours / 1e9,
@@ -139,6 +141,7 @@ def conv_rows(batch: int, repeat: int, rng, match: str = ""):
             "kind": "conv2d backward",
             "layer": name + (" (no dx)" if first else ""),
             "shape": [batch, C, H, W, K, R, S, pad, st],
+            "path": _core.conv2d_path(x.shape, w.shape, pad, 0, True, not first, stride=st),
             "cnnfast_ms": 1e3 * ours,
             "torch_ms": 1e3 * theirs,
             "gflops": (2 if not first else 1) * flops / ours / 1e9,
@@ -237,7 +240,8 @@ def main(argv=None) -> int:
                     print(
                         f"{threads}t b{batch:<4} {row['kind']:<19} {row['layer']:<34} "
                         f"cnnfast {row['cnnfast_ms']:9.3f} ms {gf} GFLOP/s   "
-                        f"torch {row['torch_ms']:9.3f} ms   {row['ratio']:5.2f}x",
+                        f"torch {row['torch_ms']:9.3f} ms   {row['ratio']:5.2f}x"
+                        + (f"   ({row['path']})" if "path" in row else ""),
                         flush=True,
                     )
     print("\nsummary (geometric mean of PyTorch time / cnnfast time; rows below 1.0x listed)")
@@ -248,7 +252,11 @@ def main(argv=None) -> int:
             if not sel:
                 continue
             geo = math.exp(sum(math.log(r["ratio"]) for r in sel) / len(sel))
-            slow = [f"{r['layer']} b{r['batch']} {r['ratio']:.2f}x" for r in sel if r["ratio"] < 1.0]
+            slow = [
+                f"{r['layer']} b{r['batch']} {r['ratio']:.2f}x" + (f" ({r['path']})" if "path" in r else "")
+                for r in sel
+                if r["ratio"] < 1.0
+            ]
             summary[f"{kind}, {threads} thread(s)"] = {"geomean": geo, "below_1x": slow}
             print(
                 f"  {kind:<19} {threads} thread(s): {geo:5.2f}x over {len(sel)} rows"

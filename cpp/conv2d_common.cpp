@@ -40,36 +40,10 @@ void im2col(float* col, const float* x, const ConvShape& s, i64 ld) {
       }
 }
 
-std::vector<float> weights_rsc(const float* w, const ConvShape& s) {
-  std::vector<float> wt(size_t(s.K) * s.taps());
-  for (i64 k = 0; k < s.K; ++k)
-    for (i64 c = 0; c < s.C; ++c)
-      for (i64 r = 0; r < s.R; ++r)
-        for (i64 q = 0; q < s.S; ++q) wt[((k * s.R + r) * s.S + q) * s.C + c] = w[((k * s.C + c) * s.R + r) * s.S + q];
-  return wt;
-}
-
 void sum_parts(float* out, const float* parts, i64 count, i64 n) {
   std::fill(out, out + n, 0.0f);
   for (i64 p = 0; p < count; ++p)
     for (i64 i = 0; i < n; ++i) out[i] += parts[p * n + i];
-}
-
-void dw_from_taps_by_channels(float* dw, const float* dwt, i64 ld, const ConvShape& s) {
-  // dw[k][c][r][q] = dwt[(r*S + q)*C + c][k], 16 channels k at a time: each tap's 16 values are one
-  // read along dwt's row, written down 16 rows of dw that fill in order (a channel at a time read
-  // 9 taps C*ld floats apart: 1.5 of 2.5 ms of a batch-1 128->256 backward)
-  const i64 T = s.taps();
-  for (i64 k0 = 0; k0 < s.K; k0 += 16) {
-    const i64 kn = std::min<i64>(16, s.K - k0);
-    for (i64 c = 0; c < s.C; ++c)
-      for (i64 r = 0; r < s.R; ++r)
-        for (i64 q = 0; q < s.S; ++q) {
-          const float* from = dwt + ((r * s.S + q) * s.C + c) * ld + k0;
-          float* to = dw + k0 * T + (c * s.R + r) * s.S + q;
-          for (i64 j = 0; j < kn; ++j) to[j * T] = from[j];
-        }
-  }
 }
 
 // Blocks of 8 channels over the threads, the 8 sums of a block interleaved (independent chains overlap).

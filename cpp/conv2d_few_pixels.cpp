@@ -1,7 +1,7 @@
 // conv2d's few-pixels path: a batch with few output pixels in all (a middle layer at batch 1: 4 x 4
 // to 16 x 16). The GEMM paths lay the weights out again on every call (packed panels, taps in
 // (r, s, c) order, dw transposed back), which costs as much as the product when there are only 16
-// or 64 pixels to multiply them with (128->256 3x3 on 4 x 4 at batch 1: weights_rsc, memsets and
+// or 64 pixels to multiply them with (128->256 3x3 on 4 x 4 at batch 1: the weights' re-layout, memsets and
 // dw_from_taps were 3/4 of the backward). Here the weights and dw stay in their [K, C*R*S] layout
 // and only the image side is laid out: im2col (taps x pixels) for the forward, patch rows
 // (pixels x taps) for the backward, and the input gradient's patch rows added back into dx (col2im).

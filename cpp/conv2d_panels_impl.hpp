@@ -44,6 +44,23 @@ void from_channels_last(float* dx, const float* xp, const ConvShape& s) {
     transpose_blocks(dx + h * s.W, s.H * s.W, xp + ((h + s.pad) * s.Wp + s.pad) * s.C, s.C, s.W, s.C, s.W);
 }
 
+// dwt: [T, ld] (taps in xp's (r, s, c) order) -> dw: [K, C, R, S], 16 channels at a time: their
+// columns of dwt transposed into rows, each row's [R*S, C] then transposed into w's [C, R*S]
+// (a 1x1 layer's rows are dw's)
+void dw_from_xp_taps(float* dw, const float* dwt, i64 ld, const ConvShape& s) {
+  const i64 T = s.taps(), RS = s.R * s.S;
+  ScratchFloats rows(RS > 1 ? size_t(16) * T : 0);
+  for (i64 k0 = 0; k0 < s.K; k0 += 16) {
+    const i64 kn = std::min<i64>(16, s.K - k0);
+    if (RS == 1) {
+      transpose_blocks(dw + k0 * T, T, dwt + k0, ld, T, kn, T);
+      continue;
+    }
+    transpose_blocks(rows.get(), T, dwt + k0, ld, T, kn, T);  // rows[k][t] = dwt[t][k0 + k]
+    for (i64 k = 0; k < kn; ++k) transpose_blocks(dw + (k0 + k) * T, RS, rows.get() + k * T, s.C, RS, s.C, RS);
+  }
+}
+
 // out: [images * Hu * Wu, K] (a chunk's product, pixel-major, without bias, only the rows and
 // columns the windows read: Hu = Ho/k*k, Wu = Wo/k*k) ->
 // y, argmax: [images, K, Ho/k, Wo/k] = max_pool2d(out + b, k, relu=true), the rule of
@@ -144,8 +161,13 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
   const size_t scratch_per_thread =
       padded_floats + size_t(T) * mr + chunk_pixels * K + 2 * size_t(K) + 2 * pooled_floats;
   ScratchFloats scratch(size_t(nt) * scratch_per_thread);  // (each value written before it is read)
-#pragma omp parallel for num_threads(nt) schedule(static)
-  for (i64 chunk = 0; chunk < ch.chunks; ++chunk) {
+  // A single chunk (one image of 512+ pixels, or a few small ones): its panels of pixels over the
+  // threads instead, each with a packed A of its own (each panel's product is the same either way)
+  const int inner = ch.chunks == 1 && double(N) * K * Pu * T >= kSplitChunkWork
+                        ? threads_over(double(N) * K * Pu * T, (N * Pu + mr - 1) / mr)
+                        : 1;
+  ScratchFloats inner_ap(inner > 1 ? size_t(inner) * T * mr : 0);
+  for_each_chunk(ch.chunks, nt, [&](i64 chunk) {
     const i64 n0 = chunk * ch.per_chunk, n1 = std::min(N, n0 + ch.per_chunk), L = (n1 - n0) * Pu;
     float* padded = scratch.get() + size_t(omp_get_thread_num()) * scratch_per_thread;
     float* ap = padded + padded_floats;  // [T, mr]
@@ -174,8 +196,10 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
           }
       src = padded;
     }
-    PanelRun runs[16];
+#pragma omp parallel for num_threads(inner) schedule(static)
     for (i64 l0 = 0; l0 < L; l0 += mr) {
+      float* ap_here = inner > 1 ? inner_ap.get() + size_t(omp_get_thread_num()) * T * mr : ap;
+      PanelRun runs[16];
       const int m = int(std::min<i64>(mr, L - l0));
       int nruns = 0;
       for (int i = 0; i < m;) {  // lanes i.. of one (image, output row)
@@ -184,12 +208,12 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
         runs[nruns++] = {n * image + oh * Ws + ow - i, std::uint32_t(((1u << len) - 1) << i)};
         i += len;
       }
-      pack_patch_panel(ap, src, runs, nruns, tap_offset.data(), T, mr);
+      pack_patch_panel(ap_here, src, runs, nruns, tap_offset.data(), T, mr);
       for (i64 k0 = 0; k0 < T; k0 += kc) {
         const i64 kcb = std::min(kc, T - k0);
         for (i64 j0 = 0; j0 < K; j0 += nr)
-          mk.run(kcb, ap + k0 * mr, wp.get() + k0 * Kpad + j0 * kcb, out + l0 * K + j0, K, m, std::min<i64>(nr, K - j0),
-                 k0 > 0);
+          mk.run(kcb, ap_here + k0 * mr, wp.get() + k0 * Kpad + j0 * kcb, out + l0 * K + j0, K, m,
+                 std::min<i64>(nr, K - j0), k0 > 0);
       }
     }
     if (pool_k > 0) {
@@ -198,14 +222,14 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
       relu_pool_pixel_major(y + n0 * pooled, argmax ? argmax + n0 * pooled : nullptr, out, b, n1 - n0, K, s.Ho, s.Wo,
                             pool_k, best, reinterpret_cast<std::int32_t*>(best + K), best + 2 * K,
                             reinterpret_cast<std::int32_t*>(best + 2 * K + pooled));
-      continue;
+      return;
     }
     for (i64 n = n0; n < n1; ++n) {  // y_n[k][p] = out[(n - n0)*P + p][k] + b[k]: transposed, then + b
       float* yn = y + n * K * P;
       transpose_blocks(yn, P, out + (n - n0) * P * K, K, P, K, P);
       add_bias_rows(yn, b, K, P);
     }
-  }
+  });
 }
 
 // ---- backward: both GEMMs fed straight from the image and dy ----
@@ -278,11 +302,17 @@ void conv2d_backward_panels(float* dx, float* dw, const float* x, const float* w
     }
     tap_nruns[size_t(tp)] = nruns;
   }
-  std::vector<float> wtp;  // dx's B: wt [K, T] (taps in xp order) in panels of nr taps
+  // dx's B: w [K, T] with its taps in xp's (r, s, c) order, in panels of nr taps (zeros past T):
+  // row by row, w's [C, R*S] transposed and cut into the panels (w's layout changed and then
+  // packed took two passes over the weights, and a third to zero the room: a fifth of a batch-1
+  // 128->256 backward)
+  ScratchFloats wtp(dx ? size_t(Tp) * K : 0), wrow(dx ? size_t(Tp) : 0);
   if (dx) {
-    const std::vector<float> wt = weights_rsc(w, s);
-    wtp.resize(size_t(Tp) * K);
-    pack_b(wtp.data(), false, wt.data(), T, 0, 0, K, T, nr);
+    std::fill(wrow.get() + T, wrow.get() + Tp, 0.0f);
+    for (i64 k = 0; k < K; ++k) {
+      transpose_blocks(wrow.get(), C, w + k * T, s.R * S, C, s.R * S, C);
+      for (i64 j0 = 0; j0 < Tp; j0 += nr) std::memcpy(wtp.get() + j0 * K + k * nr, wrow.get() + j0, sizeof(float) * nr);
+    }
   }
   ScratchFloats partial(dw ? size_t(ch.chunks) * T * Kp : 0);  // (columns K..Kp are never written)
   if (dw && Kp > K) std::fill(partial.get(), partial.get() + ch.chunks * T * Kp, 0.0f);
@@ -296,8 +326,11 @@ void conv2d_backward_panels(float* dx, float* dw, const float* x, const float* w
   const size_t offsets_per_thread = size_t(chunk_pixels + K);
   ScratchFloats scratch(size_t(nt) * per_thread);
   std::unique_ptr<i64[]> offset_scratch(new i64[size_t(nt) * offsets_per_thread]);
-#pragma omp parallel for num_threads(nt) schedule(static)
-  for (i64 chunk = 0; chunk < ch.chunks; ++chunk) {
+  // A single chunk wanting both gradients (a batch of one image): dW on one thread while dx is made
+  // on another, with a packed A of its own (each the same as made in turn)
+  const bool side_by_side = dx && dw && ch.chunks == 1 && threads_over(2.0 * N * K * P * T, 2) > 1;
+  ScratchFloats dx_ap(side_by_side ? ap_floats : 0);
+  for_each_chunk(ch.chunks, nt, [&](i64 chunk) {
     const i64 n0 = chunk * ch.per_chunk, n1 = std::min(N, n0 + ch.per_chunk), L = (n1 - n0) * P;
     float* xp = scratch.get() + size_t(omp_get_thread_num()) * per_thread;                    // [images][Hp][Wp][C]
     float* xdx = xp + xp_floats;                                                              // the same, for dx
@@ -313,7 +346,7 @@ void conv2d_backward_panels(float* dx, float* dw, const float* x, const float* w
     for (i64 n = 0, l = 0; n < n1 - n0; ++n)  // (pixel (oh, ow)'s patch starts at row oh*stride, column ow*stride)
       for (i64 oh = 0; oh < Hu; ++oh)
         for (i64 ow = 0; ow < Wu; ++ow) offsets[l++] = n * image + (oh * s.Wp + ow) * s.stride * C;
-    if (dw) {
+    auto dw_of_chunk = [&]() {
       float* out = partial.get() + chunk * T * Kp;  // dW^T [T, Kp]
       for (i64 l0 = 0; l0 < L; l0 += depth) {
         const i64 kb = std::min(depth, L - l0);
@@ -336,8 +369,8 @@ void conv2d_backward_panels(float* dx, float* dw, const float* x, const float* w
                    std::min<i64>(nr, K - j0), l0 > 0);
         }
       }
-    }
-    if (dx) {
+    };
+    auto dx_of_chunk = [&](float* a_pack) {
       std::fill(xdx, xdx + (n1 - n0) * image, 0.0f);
       for (i64 k = 0; k < K; ++k) channel_offsets[k] = k * d.channel_stride;
       for (i64 l0 = 0; l0 < L; l0 += mr) {
@@ -352,22 +385,32 @@ void conv2d_backward_panels(float* dx, float* dw, const float* x, const float* w
         }
         if (dx_in_place && m == mr && nruns == 1) {  // mr pixels of one image: A read in place from dy's rows
           for (i64 j0 = 0; j0 < T; j0 += nr)
-            microkernel_in_place(K, d.by_channel + runs[0].offset, channel_offsets, wtp.data() + j0 * K, tile + j0, Tp,
+            microkernel_in_place(K, d.by_channel + runs[0].offset, channel_offsets, wtp.get() + j0 * K, tile + j0, Tp,
                                  false);
         } else {
-          pack_patch_panel(ap, d.by_channel, runs, nruns, channel_offsets, K, mr);
+          pack_patch_panel(a_pack, d.by_channel, runs, nruns, channel_offsets, K, mr);
           for (i64 j0 = 0; j0 < T; j0 += nr)
-            mk.run(K, ap, wtp.data() + j0 * K, tile + j0, Tp, m, std::min<i64>(nr, T - j0), 0);
+            mk.run(K, a_pack, wtp.get() + j0 * K, tile + j0, Tp, m, std::min<i64>(nr, T - j0), 0);
         }
         add_patch_rows(xdx, tile, Tp, offsets + l0, m, s);
       }
       for (i64 n = n0; n < n1; ++n) from_channels_last(dx + n * s.C * s.H * s.W, xdx + (n - n0) * image, s);
+    };
+    if (side_by_side) {
+#pragma omp parallel num_threads(2)
+      {
+        if (omp_get_thread_num() == 0) dw_of_chunk();
+        if (omp_get_thread_num() == 1 || omp_get_num_threads() == 1) dx_of_chunk(dx_ap.get());
+      }
+      return;
     }
-  }
+    if (dw) dw_of_chunk();
+    if (dx) dx_of_chunk(ap);
+  });
   if (!dw) return;
-  std::vector<float> total(size_t(T) * Kp);
-  sum_parts(total.data(), partial.get(), ch.chunks, T * Kp);  // the chunks' products, in chunk order
-  dw_from_taps_by_channels(dw, total.data(), Kp, s);
+  ScratchFloats total(ch.chunks > 1 ? size_t(T) * Kp : 0);
+  if (ch.chunks > 1) sum_parts(total.get(), partial.get(), ch.chunks, T * Kp);  // the chunks' products, in chunk order
+  dw_from_xp_taps(dw, ch.chunks > 1 ? total.get() : partial.get(), Kp, s);
 }
 
 }  // namespace

@@ -335,9 +335,12 @@ void winograd_forward(float* y, const float* x, const float* w, const float* b, 
   const i64 kc = C <= 320 ? C : 256;
   const size_t per_thread = size_t(16 * (vs + ms)) + lines(size_t(ch.Hr) * Wr);
   const int nt = threads_over(double(N) * K * C * 16 * Th * Tw, ch.chunks);
+  // a single chunk (one image): its 16 products over the threads instead
+  const int inner = ch.chunks == 1 && double(N) * K * C * 9 * Ho * Wo >= kSplitChunkWork
+                        ? threads_over(double(N) * K * C * 16 * Th * Tw, 16)
+                        : 1;
   ScratchFloats scratch(size_t(nt) * per_thread);
-#pragma omp parallel for num_threads(nt) schedule(static)
-  for (i64 chunk = 0; chunk < ch.chunks; ++chunk) {
+  for_each_chunk(ch.chunks, nt, [&](i64 chunk) {
     float* v = scratch.get() + size_t(omp_get_thread_num()) * per_thread;  // [16][C][LS], planes vs apart
     float* m = v + 16 * vs;                                                // [16][Kp][LS], planes ms apart
     float* rows = m + 16 * ms;                                             // [Hr][Wr]
@@ -347,6 +350,7 @@ void winograd_forward(float* y, const float* x, const float* w, const float* b, 
         transform_input_rows(v + c * LS + l0, vs, x + (n * C + c) * H * W, H, W, s.pad, th0, th1, Tw, rows, Wr);
     });
     const i64 L = (r1 - r0) * Tw, panels = (L + NR - 1) / NR;
+#pragma omp parallel for num_threads(inner) schedule(static)
     for (int xi = 0; xi < 16; ++xi) {
       const float* uxi = u.get() + size_t(xi) * us;
       const float* vxi = v + size_t(xi) * vs;
@@ -362,7 +366,7 @@ void winograd_forward(float* y, const float* x, const float* w, const float* b, 
       for (i64 k = 0; k < K; ++k)
         transform_output_row(y + (n * K + k) * Ho * Wo, Ho, Wo, m + k * LS + l0, ms, th, Tw, b ? b[k] : 0.0f);
     }
-  }
+  });
 }
 
 // x: [N, C, H, W], dy: [N, K, Ho, Wo] (Ho, Wo even) -> dw: [K, C, 3, 3], by F(3x3, 2x2). Chunks of

@@ -476,6 +476,28 @@ def test_linear_narrow_rows_alone_equal_the_batch_bit_for_bit(isa, O):
 # ------------------------------------------------------------------ threads and ISAs
 
 
+@pytest.mark.parametrize(
+    "x_shape, w_shape, padding, path",
+    [
+        ((1, 32, 13, 13), (64, 32, 3, 3), 0, "panels"),  # one image: its panels over the threads, dW beside dx
+        ((1, 16, 16, 16), (32, 16, 3, 3), 1, "winograd"),  # one image: its 16 products over the threads
+        ((1, 64, 4, 4), (48, 64, 3, 3), 1, "few_pixels"),  # output channels (dx: taps) over the threads
+        ((1, 20, 9, 9), (40, 20, 3, 3), 0, "few_pixels"),  # 49 pixels, tiles of taps cut at the end
+    ],
+)
+def test_a_single_image_uses_the_threads_and_gives_the_same_bits(isa, threads, x_shape, w_shape, padding, path):
+    assert _core.conv2d_path(x_shape, w_shape, padding) == path
+    x, w, b = rand(*x_shape), rand(*w_shape, scale=0.2), rand(w_shape[0])
+    results = []
+    for n in (1, 2):
+        cnnfast.set_num_threads(n)
+        y = F.conv2d(x, w, b, padding=padding)
+        results.append([y, *F.conv2d_backward(x, w, y, padding=padding)])
+    assert_close(results[0][0], ref.conv2d(x, w, b, padding))
+    for a, b_ in zip(*results):
+        np.testing.assert_array_equal(a, b_)
+
+
 def test_results_identical_with_one_and_two_threads(isa, threads):
     x, w, b = rand(16, 8, 12, 12), rand(16, 8, 3, 3), rand(16)
     xl, wl, bl = rand(64, 300), rand(10, 300), rand(10)
