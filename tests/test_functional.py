@@ -483,9 +483,12 @@ def test_linear_narrow_rows_alone_equal_the_batch_bit_for_bit(isa, O):
         ((1, 16, 16, 16), (32, 16, 3, 3), 1, "winograd"),  # one image: its 16 products over the threads
         ((1, 64, 4, 4), (48, 64, 3, 3), 1, "few_pixels"),  # output channels (dx: taps) over the threads
         ((1, 20, 9, 9), (40, 20, 3, 3), 0, "few_pixels"),  # 49 pixels, tiles of taps cut at the end
+        # few taps: the product made channel-major, one image's pixel panels over the threads, or images
+        ((1, 3, 48, 48), (64, 3, 5, 5), 2, "panels"),
+        ((3, 3, 40, 40), (32, 3, 5, 5), 2, "panels"),
     ],
 )
-def test_a_single_image_uses_the_threads_and_gives_the_same_bits(isa, threads, x_shape, w_shape, padding, path):
+def test_one_image_or_a_few_use_the_threads_and_give_the_same_bits(isa, threads, x_shape, w_shape, padding, path):
     assert _core.conv2d_path(x_shape, w_shape, padding) == path
     x, w, b = rand(*x_shape), rand(*w_shape, scale=0.2), rand(w_shape[0])
     results = []
