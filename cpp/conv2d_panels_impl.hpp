@@ -188,9 +188,10 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
   // from the image), where the pixel-major product's transposition into y took half the time of a
   // 3->64 5x5 layer on 48 x 48 at batch 128. (Deeper patches keep the pixel-major product: the
   // transposition is a smaller part there; and 16 output channels fill a pixel-major tile exactly,
-  // where channel-major tiles of 6 took 40.8 against 33.4 ms for 3->16 7x7 at batch 128 on AVX2.)
+  // where channel-major tiles of 6 took 40.8 against 33.4 ms for 3->16 7x7 at batch 128 on AVX2;
+  // and 32 channels are too few too: a stride-2 16->32 layer on 32 x 32, 2.24 -> 2.58 ms, AVX2, batch 128.)
   const MicroKernel& gm = gemm_microkernel;
-  const bool by_channels = pool_k == 0 && T <= kChannelMajorTaps && K >= std::max(32, 2 * gm.mr);
+  const bool by_channels = pool_k == 0 && T <= kChannelMajorTaps && K >= 64;
   const i64 Ka = (K + gm.mr - 1) / gm.mr * gm.mr;
   ScratchFloats wa(by_channels ? size_t(Ka) * T : 0);  // A: w in panels of mr channels, [Ka/mr][T][mr]
   for (i64 k0 = 0; by_channels && k0 < Ka; k0 += gm.mr)

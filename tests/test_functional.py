@@ -149,6 +149,7 @@ STRIDED_SHAPES = [  # N, C, H, W, K, R, S, padding, stride
     (1, 40, 20, 21, 64, 3, 3, 1, 2),
     (2, 6, 9, 11, 48, 3, 3, 1, 2),  # 3 vectors of channels: tiles of 9 pixels running on across rows of 6
     (2, 3, 15, 13, 8, 7, 7, 3, 2),  # a stem's 7x7 stride 2, padding 3
+    (2, 3, 17, 15, 64, 7, 7, 3, 2),  # the same with 64 channels: channel-major where tap rows decline
     (1, 2, 10, 11, 5, 3, 2, 0, 3),  # stride 3, rows and columns it does not reach
     (4, 16, 8, 8, 32, 3, 3, 1, 2),  # many channels: several images per chunk
     (1, 1, 4, 4, 2, 2, 2, 2, 4),  # stride larger than the kernel, padding larger than it
@@ -485,7 +486,7 @@ def test_linear_narrow_rows_alone_equal_the_batch_bit_for_bit(isa, O):
         ((1, 20, 9, 9), (40, 20, 3, 3), 0, "few_pixels"),  # 49 pixels, tiles of taps cut at the end
         # few taps: the product made channel-major, one image's pixel panels over the threads, or images
         ((1, 3, 48, 48), (64, 3, 5, 5), 2, "panels"),
-        ((3, 3, 40, 40), (32, 3, 5, 5), 2, "panels"),
+        ((3, 3, 40, 40), (64, 3, 5, 5), 2, "panels"),
     ],
 )
 def test_one_image_or_a_few_use_the_threads_and_give_the_same_bits(isa, threads, x_shape, w_shape, padding, path):
