@@ -243,8 +243,7 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
       for (i64 n = n0; n < n1; ++n) {
         float* yn = y + n * K * P;
         const i64 panels = (P + gm.nr - 1) / gm.nr;
-#pragma omp parallel for num_threads(inner) schedule(static)
-        for (i64 panel = 0; panel < panels; ++panel) {
+        for_each_over(panels, inner, [&](i64 panel) {
           const i64 p0 = panel * gm.nr;
           float* b_panel = inner > 1 ? inner_ap.get() + size_t(omp_get_thread_num()) * T * gm.nr : b_mine;
           const int m = int(std::min<i64>(gm.nr, P - p0));
@@ -259,13 +258,13 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
           pack_pixel_panel(b_panel, gm.nr, src, runs, nruns, tap_offset.data(), T);
           for (i64 k0 = 0; k0 < K; k0 += gm.mr)
             gm.run(T, wa.get() + k0 * T, b_panel, yn + k0 * P + p0, P, std::min<i64>(gm.mr, K - k0), m, 0);
-        }
+        });
         add_bias_rows(yn, b, K, P);
       }
       return;
     }
-#pragma omp parallel for num_threads(inner) schedule(static)
-    for (i64 l0 = 0; l0 < L; l0 += mr) {
+    for_each_over((L + mr - 1) / mr, inner, [&](i64 panel) {
+      const i64 l0 = panel * mr;
       float* ap_here = inner > 1 ? inner_ap.get() + size_t(omp_get_thread_num()) * T * mr : ap;
       PanelRun runs[16];
       const int m = int(std::min<i64>(mr, L - l0));
@@ -283,7 +282,7 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
           mk.run(kcb, ap_here + k0 * mr, wp.get() + k0 * Kpad + j0 * kcb, out + l0 * K + j0, K, m,
                  std::min<i64>(nr, K - j0), k0 > 0);
       }
-    }
+    });
     if (pool_k > 0) {
       const i64 pooled = K * (s.Ho / pool_k) * (s.Wo / pool_k);
       float* best = out + chunk_pixels * K;

@@ -350,8 +350,7 @@ void winograd_forward(float* y, const float* x, const float* w, const float* b, 
         transform_input_rows(v + c * LS + l0, vs, x + (n * C + c) * H * W, H, W, s.pad, th0, th1, Tw, rows, Wr);
     });
     const i64 L = (r1 - r0) * Tw, panels = (L + NR - 1) / NR;
-#pragma omp parallel for num_threads(inner) schedule(static)
-    for (int xi = 0; xi < 16; ++xi) {
+    for_each_over(16, inner, [&](i64 xi) {
       const float* uxi = u.get() + size_t(xi) * us;
       const float* vxi = v + size_t(xi) * vs;
       float* mxi = m + size_t(xi) * ms;
@@ -360,7 +359,7 @@ void winograd_forward(float* y, const float* x, const float* w, const float* b, 
           for (i64 c0 = 0; c0 < C; c0 += kc)
             tile_product(std::min(kc, C - c0), uxi + (k0 * C + c0 * MR), vxi + c0 * LS + p * NR, LS,
                          mxi + k0 * LS + p * NR, LS, c0 > 0);
-    }
+    });
     for (i64 r = r0; r < r1; ++r) {
       const i64 n = r / Th, th = r % Th, l0 = (r - r0) * Tw;
       for (i64 k = 0; k < K; ++k)
