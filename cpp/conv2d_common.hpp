@@ -72,31 +72,9 @@ struct Chunking {
   }
 };
 
-// body(i) for i in [0, count) over `threads` threads; with one, a plain loop (inside a chunk of a
-// parallel loop even a one-thread region would make a nested team)
-template <class Body>
-void for_each_over(i64 count, int threads, Body&& body) {
-  if (threads <= 1) {
-    for (i64 i = 0; i < count; ++i) body(i);
-    return;
-  }
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (i64 i = 0; i < count; ++i) body(i);
-}
-
 // (the work, in multiply-adds, below which a single chunk stays on one thread: waking the second
 // costs more than it saves; mnist conv2 at batch 1, 2.2M, took 0.047 ms on two threads, 0.039 on one)
 constexpr double kSplitChunkWork = 4.0 * (1 << 20);
-
-// body(chunk) for every chunk, the chunks over nt threads; a single chunk runs outside any parallel
-// region, so that the parallel loops inside it get the threads (a nested region made its team anew
-// on every call: a batch-1 1x1 layer went from 0.02 to 0.07 ms on two threads)
-template <class Body>
-void for_each_chunk(i64 chunks, int nt, Body&& body) {
-  if (chunks == 1) return body(i64(0));
-#pragma omp parallel for num_threads(nt) schedule(static)
-  for (i64 chunk = 0; chunk < chunks; ++chunk) body(chunk);
-}
 
 // Threads for `work` multiply-adds split into `units` pieces (never more threads than pieces)
 inline int threads_over(double work, i64 units) {

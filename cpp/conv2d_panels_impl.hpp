@@ -30,6 +30,8 @@
 
 namespace {
 
+#include "conv2d_loops_impl.hpp"
+
 // x_n: [C, H, W] <-> xp: [H+2p, W+2p, C] (zeros in the border; dx drops it), through transpose_blocks
 void to_channels_last(float* xp, const float* x, const ConvShape& s) {
   if (s.pad == 0) return transpose_blocks(xp, s.C, x, s.H * s.W, s.C, s.H * s.W, s.C);
@@ -209,7 +211,7 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
                         : 1;
   ScratchFloats inner_ap(inner > 1 ? size_t(inner) * T * std::max(mr, gm.nr) : 0);
   ScratchFloats bp(by_channels ? size_t(nt) * T * gm.nr : 0);  // B: a panel of nr pixels, per thread
-  for_each_chunk(ch.chunks, nt, [&](i64 chunk) {
+  for_each_chunk(ch.chunks, nt, [&](i64 chunk) __attribute__((always_inline)) {
     const i64 n0 = chunk * ch.per_chunk, n1 = std::min(N, n0 + ch.per_chunk), L = (n1 - n0) * Pu;
     float* padded = scratch.get() + size_t(omp_get_thread_num()) * scratch_per_thread;
     float* ap = padded + padded_floats;  // [T, mr]
@@ -243,7 +245,7 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
       for (i64 n = n0; n < n1; ++n) {
         float* yn = y + n * K * P;
         const i64 panels = (P + gm.nr - 1) / gm.nr;
-        for_each_over(panels, inner, [&](i64 panel) {
+        for_each_over(panels, inner, [&](i64 panel) __attribute__((always_inline)) {
           const i64 p0 = panel * gm.nr;
           float* b_panel = inner > 1 ? inner_ap.get() + size_t(omp_get_thread_num()) * T * gm.nr : b_mine;
           const int m = int(std::min<i64>(gm.nr, P - p0));
@@ -263,7 +265,7 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
       }
       return;
     }
-    for_each_over((L + mr - 1) / mr, inner, [&](i64 panel) {
+    for_each_over((L + mr - 1) / mr, inner, [&](i64 panel) __attribute__((always_inline)) {
       const i64 l0 = panel * mr;
       float* ap_here = inner > 1 ? inner_ap.get() + size_t(omp_get_thread_num()) * T * mr : ap;
       PanelRun runs[16];
@@ -397,7 +399,7 @@ void conv2d_backward_panels(float* dx, float* dw, const float* x, const float* w
   // on another, with a packed A of its own (each the same as made in turn)
   const bool side_by_side = dx && dw && ch.chunks == 1 && threads_over(2.0 * N * K * P * T, 2) > 1;
   ScratchFloats dx_ap(side_by_side ? ap_floats : 0);
-  for_each_chunk(ch.chunks, nt, [&](i64 chunk) {
+  for_each_chunk(ch.chunks, nt, [&](i64 chunk) __attribute__((always_inline)) {
     const i64 n0 = chunk * ch.per_chunk, n1 = std::min(N, n0 + ch.per_chunk), L = (n1 - n0) * P;
     float* xp = scratch.get() + size_t(omp_get_thread_num()) * per_thread;                    // [images][Hp][Wp][C]
     float* xdx = xp + xp_floats;                                                              // the same, for dx

@@ -29,6 +29,8 @@ namespace cnnfast {
 namespace CNNFAST_ISA {
 namespace {
 
+#include "conv2d_loops_impl.hpp"
+
 constexpr int VL = CNNFAST_VEC_BYTES / 4;
 constexpr int MR = CNNFAST_MR;
 #if defined(CNNFAST_ISA_NEON)
@@ -340,7 +342,7 @@ void winograd_forward(float* y, const float* x, const float* w, const float* b, 
                         ? threads_over(double(N) * K * C * 16 * Th * Tw, 16)
                         : 1;
   ScratchFloats scratch(size_t(nt) * per_thread);
-  for_each_chunk(ch.chunks, nt, [&](i64 chunk) {
+  for_each_chunk(ch.chunks, nt, [&](i64 chunk) __attribute__((always_inline)) {
     float* v = scratch.get() + size_t(omp_get_thread_num()) * per_thread;  // [16][C][LS], planes vs apart
     float* m = v + 16 * vs;                                                // [16][Kp][LS], planes ms apart
     float* rows = m + 16 * ms;                                             // [Hr][Wr]
@@ -350,7 +352,7 @@ void winograd_forward(float* y, const float* x, const float* w, const float* b, 
         transform_input_rows(v + c * LS + l0, vs, x + (n * C + c) * H * W, H, W, s.pad, th0, th1, Tw, rows, Wr);
     });
     const i64 L = (r1 - r0) * Tw, panels = (L + NR - 1) / NR;
-    for_each_over(16, inner, [&](i64 xi) {
+    for_each_over(16, inner, [&](i64 xi) __attribute__((always_inline)) {
       const float* uxi = u.get() + size_t(xi) * us;
       const float* vxi = v + size_t(xi) * vs;
       float* mxi = m + size_t(xi) * ms;
