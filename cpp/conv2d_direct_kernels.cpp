@@ -17,14 +17,7 @@ namespace {
 
 typedef float v16 __attribute__((vector_size(64)));
 constexpr int VL = CNNFAST_VEC_BYTES / 4;  // floats per vector of this ISA
-typedef float vec __attribute__((vector_size(CNNFAST_VEC_BYTES)));
-
-inline vec load(const float* p) {
-  vec v;
-  __builtin_memcpy(&v, p, sizeof v);
-  return v;
-}
-inline void store(float* p, vec v) { __builtin_memcpy(p, &v, sizeof v); }
+#include "vec_impl.hpp"
 
 // The forward for exactly NT taps (conv1's 9): the NT shifted copies of three 16-pixel blocks
 // stay in 3*NT registers (27 of AVX-512's 32) while all K output channels go by, each block

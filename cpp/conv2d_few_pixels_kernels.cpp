@@ -14,6 +14,7 @@
 #include <utility>
 #include <vector>
 
+#include "conv2d_common.hpp"
 #include "isa.hpp"
 #include "isa_target.hpp"
 #include "parallel.hpp"
@@ -24,13 +25,7 @@ namespace CNNFAST_ISA {
 namespace {
 
 constexpr int VL = CNNFAST_VEC_BYTES / 4;  // floats per vector
-typedef float vec __attribute__((vector_size(CNNFAST_VEC_BYTES)));
-inline vec load(const float* p) {
-  vec v;
-  __builtin_memcpy(&v, p, sizeof v);
-  return v;
-}
-inline void store(float* p, vec v) { __builtin_memcpy(p, &v, sizeof v); }
+#include "vec_impl.hpp"
 // the first n (< VL * count) floats of `count` vectors, through a buffer
 inline void store_part(float* p, const vec* v, int count, i64 n) {
   float tail[8 * 16];
@@ -152,8 +147,7 @@ void few_pixels_forward(float* y, const float* col, i64 ld, const float* w, cons
                         i64 P) {
   constexpr i64 MC = kBlockRows;
   const i64 blocks = (K + MC - 1) / MC;
-  const int nt = std::max(1, std::min<int>(threads_for(double(N) * K * T * P), int(N * blocks)));
-#pragma omp parallel for num_threads(nt) schedule(static)
+#pragma omp parallel for num_threads(threads_over(double(N) * K * T * P, N * blocks)) schedule(static)
   for (i64 job = 0; job < N * blocks; ++job) {
     const i64 n = job / blocks, k0 = job % blocks * MC;
     const int kn = int(std::min<i64>(MC, K - k0));
@@ -171,8 +165,7 @@ void few_pixels_forward(float* y, const float* col, i64 ld, const float* w, cons
 // [L, ldr] (columns T.. zero, ldr a multiple of VL). Blocks of rows over the threads.
 void few_pixels_weight_grad(float* dw, const float* dyt, i64 ldd, const float* rows, i64 ldr, i64 K, i64 T, i64 L) {
   const i64 blocks = (K + kGradRows - 1) / kGradRows;
-  const int nt = std::max(1, std::min<int>(threads_for(double(K) * T * L), int(blocks)));
-#pragma omp parallel for num_threads(nt) schedule(static)
+#pragma omp parallel for num_threads(threads_over(double(K) * T * L, blocks)) schedule(static)
   for (i64 blk = 0; blk < blocks; ++blk) {
     const i64 k0 = blk * kGradRows;
     const int mc = int(std::min<i64>(kGradRows, K - k0));
@@ -191,11 +184,10 @@ void few_pixels_weight_grad(float* dw, const float* dyt, i64 ldd, const float* r
 void few_pixels_input_grad(float* dcol, i64 ldc, const float* dy, i64 ldd, const float* w, i64 N, i64 K, i64 T, i64 P) {
   const i64 tiles = (T + kInputRows - 1) / kInputRows;
   const i64 whole = T / kInputRows * kInputRows;
-  const int nt = std::max(1, std::min<int>(threads_for(double(N) * K * T * P), int(N * tiles)));
   std::vector<float> tail(T > whole ? size_t(K) * kInputRows : 0, 0.0f);  // [K][kInputRows]
   for (i64 k = 0; k < K && T > whole; ++k)
     std::memcpy(tail.data() + k * kInputRows, w + k * T + whole, sizeof(float) * size_t(T - whole));
-#pragma omp parallel for num_threads(nt) schedule(static)
+#pragma omp parallel for num_threads(threads_over(double(N) * K * T * P, N * tiles)) schedule(static)
   for (i64 job = 0; job < N * tiles; ++job) {
     const i64 n = job / tiles, t0 = job % tiles * kInputRows;
     const bool last = t0 == whole;

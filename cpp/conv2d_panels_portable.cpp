@@ -29,13 +29,7 @@ constexpr int NV = 3;  // gemm_microkernel_neon.cpp's 8 x 12
 #else
 constexpr int NV = 2;  // gemm_microkernel.cpp's MR x 2 vectors
 #endif
-typedef float vec __attribute__((vector_size(CNNFAST_VEC_BYTES)));
-inline vec load(const float* p) {
-  vec v;
-  __builtin_memcpy(&v, p, sizeof v);
-  return v;
-}
-inline void store(float* p, vec v) { __builtin_memcpy(p, &v, sizeof v); }
+#include "vec_impl.hpp"
 
 struct PanelRun {
   i64 offset;           // element offset of lane 0 for tap 0 (the run's first pixel minus its lane)

@@ -39,13 +39,7 @@ constexpr int NV = 3;  // 8 x 12 in 24 of the 32 q registers, as gemm_microkerne
 constexpr int NV = 2;  // MR x 2 vectors, as gemm_microkernel.cpp
 #endif
 constexpr int NR = NV * VL;
-typedef float vec __attribute__((vector_size(CNNFAST_VEC_BYTES)));
-inline vec load(const float* p) {
-  vec v;
-  __builtin_memcpy(&v, p, sizeof v);
-  return v;
-}
-inline void store(float* p, vec v) { __builtin_memcpy(p, &v, sizeof v); }
+#include "vec_impl.hpp"
 
 // The transforms' vectors: tiles are their lanes, so a row of Tw tiles goes in the narrowest of
 // the ISA's vectors that holds it (AVX-512 on a 4 x 4 output: 4 lanes, not 16 of which 14 wasted)

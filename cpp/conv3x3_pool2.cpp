@@ -28,14 +28,9 @@ namespace CNNFAST_ISA {
 namespace {
 
 constexpr int VL = CNNFAST_VEC_BYTES / 4;
-typedef float vec __attribute__((vector_size(CNNFAST_VEC_BYTES)));
+#include "vec_impl.hpp"
 typedef std::int32_t ivec __attribute__((vector_size(CNNFAST_VEC_BYTES)));
 
-inline vec load(const float* p) {
-  vec v;
-  __builtin_memcpy(&v, p, sizeof v);
-  return v;
-}
 inline ivec load(const std::int32_t* p) {
   ivec v;
   __builtin_memcpy(&v, p, sizeof v);

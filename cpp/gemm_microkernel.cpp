@@ -19,24 +19,17 @@ namespace {
 constexpr int VLEN = CNNFAST_VEC_BYTES / 4;
 constexpr int MR = CNNFAST_MR;
 constexpr int NR = 2 * VLEN;
-typedef float vfloat __attribute__((vector_size(CNNFAST_VEC_BYTES)));
-
-inline vfloat load(const float* p) {
-  vfloat v;
-  __builtin_memcpy(&v, p, sizeof v);
-  return v;
-}
-inline void store(float* p, vfloat v) { __builtin_memcpy(p, &v, sizeof v); }
+#include "vec_impl.hpp"
 
 void run(long kc, const float* a, const float* b, float* c, long ldc, long m, long n, int accumulate) {
-  vfloat acc0[MR], acc1[MR];
+  vec acc0[MR], acc1[MR];
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i) {
-    acc0[i] = vfloat{};
-    acc1[i] = vfloat{};
+    acc0[i] = vec{};
+    acc1[i] = vec{};
   }
   for (long k = 0; k < kc; ++k) {
-    const vfloat b0 = load(b + k * NR), b1 = load(b + k * NR + VLEN);
+    const vec b0 = load(b + k * NR), b1 = load(b + k * NR + VLEN);
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
       const float ai = a[k * MR + i];
