@@ -34,6 +34,17 @@ inline void store_part(float* p, const vec* v, int count, i64 n) {
 }
 
 constexpr i64 kBlockRows = 24;  // the forward's rows per block of work (whole tiles of 8, 6 or 4 rows)
+// rows of NV vectors of sums (acc[i*NV + j]) to out, rows ld apart: the first n floats of each
+template <int NV>
+inline void store_rows(float* out, i64 ld, const vec* acc, int rows, i64 n) {
+  for (int i = 0; i < rows; ++i) {
+    if (n == NV * VL)
+      for (int j = 0; j < NV; ++j) store(out + i * ld + j * VL, acc[i * NV + j]);
+    else
+      store_part(out + i * ld, acc + i * NV, NV, n);
+  }
+}
+
 // Register tiles (rows of the broadcast operand x vectors of the loaded one): AVX-512 and AArch64
 // have 32 vector registers, SSE2 and AVX2 16 (x86 broadcasts need a register of their own below
 // AVX-512; a row pointer each for the forward's weight rows: at most 8 in the general registers)
@@ -65,14 +76,7 @@ void forward_tile(float* y, const float* col, i64 ld, const float* w, const floa
       for (int j = 0; j < NV; ++j) acc[i * NV + j] += wi * cv[j];
     }
   }
-  const i64 n = std::min<i64>(NV * VL, P - p0);
-  for (int i = 0; i < mc; ++i) {
-    float* yk = y + (k0 + i) * P + p0;
-    if (n == NV * VL)
-      for (int j = 0; j < NV; ++j) store(yk + j * VL, acc[i * NV + j]);
-    else
-      store_part(yk, acc + i * NV, NV, n);
-  }
+  store_rows<NV>(y + k0 * P + p0, P, acc, mc, std::min<i64>(NV * VL, P - p0));
 }
 
 template <int... NV>
@@ -97,14 +101,7 @@ void weight_grad_tile(float* dw, const float* dyt, i64 ldd, const float* rows, i
       for (int j = 0; j < NV; ++j) acc[i * NV + j] += di * rv[j];
     }
   }
-  const i64 n = std::min<i64>(NV * VL, T - t0);
-  for (int i = 0; i < mc; ++i) {
-    float* to = dw + (k0 + i) * T + t0;
-    if (n == NV * VL)
-      for (int j = 0; j < NV; ++j) store(to + j * VL, acc[i * NV + j]);
-    else
-      store_part(to, acc + i * NV, NV, n);
-  }
+  store_rows<NV>(dw + k0 * T + t0, T, acc, mc, std::min<i64>(NV * VL, T - t0));
 }
 
 template <int... NV>
