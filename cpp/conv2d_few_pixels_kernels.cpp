@@ -1,12 +1,12 @@
 // The few-pixels path's three products (conv2d_few_pixels.cpp drives them), in portable vector
 // code compiled once per instruction set. With few output pixels (one small image: a middle
-// layer's 4 x 4 to 16 x 16 at batch 1) the GEMM paths spend most of a call re-laying out the
+// layer's 4 x 4 to 8 x 8 at batch 1) the GEMM paths spend most of a call re-laying out the
 // weights (128->256 3x3 on 4 x 4: 1,152 x 256 weights for 16 pixels). Here the weights and their
 // gradient stay in PyTorch's [K, T] layout (T = C*R*S taps in (c, r, s) order, a row per output
 // channel) and only the image side is laid out (im2col, T x P, small):
 //   forward      y[k][p]  = b[k] + sum_t w[k][t] col[t][p]   pixels in vectors, w broadcast from its rows
 //   weight grad  dw[k][t] = sum_l dyt[l][k] rows[l][t]       taps in vectors, dy broadcast
-//   input grad   drows[l][t] = sum_k dy[k][l] w[k][t]        taps in vectors (w's rows as they are), dy broadcast
+//   input grad   dcol[t][p] = sum_k w[k][t] dy[k][p]         pixels in vectors, w broadcast from its rows
 // Each output is one thread's, summed in a fixed order (taps, pixels or channels in order): the
 // same for any thread count.
 #include <algorithm>
