@@ -108,6 +108,29 @@ def first_reaching(curve, target):
 # ------------------------------------------------------------------------------------------ cnnfast
 
 
+def timed_curve(framework: str, s, n_train: int, per_epoch: int, train_step, accuracy, log) -> dict:
+    """The training loop both frameworks share: s.epochs shuffled passes of s.batch_size images,
+    train_step(batch_indices, step) for each batch, accuracy() at the evaluation points with the
+    clock stopped (it leaves the model in training mode)."""
+    steps = -(-n_train // s.batch_size)
+    points = eval_points(steps, s.epochs, per_epoch)
+    rng = np.random.default_rng(s.seed)
+    curve = {"seconds": [], "epochs": [], "accuracy": []}
+    clock, step = 0.0, 0
+    for _ in range(s.epochs):
+        order = rng.permutation(n_train)
+        start = time.perf_counter()
+        for i in range(steps):
+            train_step(order[i * s.batch_size : (i + 1) * s.batch_size], step)
+            step += 1
+            if step in points:
+                clock += time.perf_counter() - start
+                record(curve, framework, step / steps, clock, accuracy(), log)
+                start = time.perf_counter()
+        clock += time.perf_counter() - start
+    return curve
+
+
 def cnnfast_run(data, preset, s, per_epoch: int, log) -> dict:
     import cnnfast.functional as F
     from cnnfast import train
@@ -117,38 +140,27 @@ def cnnfast_run(data, preset, s, per_epoch: int, log) -> dict:
     x_train, y_train, x_test, y_test = data
     model = preset.model(s.seed)
     optimizer = train.make_optimizer(s, model.parameters())
-    steps = -(-len(x_train) // s.batch_size)
-    scheduler = train.make_scheduler(s, optimizer, steps)
+    scheduler = train.make_scheduler(s, optimizer, -(-len(x_train) // s.batch_size))
     augment = Augment.from_settings(s.augment, s.seed) if s.augment is not None else None
-    points = eval_points(steps, s.epochs, per_epoch)
-    rng = np.random.default_rng(s.seed)
-    curve = {"seconds": [], "epochs": [], "accuracy": []}
-    clock, step = 0.0, 0
-    for _ in range(s.epochs):
-        order = rng.permutation(len(x_train))
+
+    def train_step(batch, step):
+        x = as_model_input(x_train[batch])
+        if augment is not None:
+            x = augment(x, step)
+        logits = model.forward(x)
+        _, dlogits = F.softmax_cross_entropy(logits, y_train[batch].astype(np.int64), s.label_smoothing)
+        model.backward(dlogits, input_grad=False)
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+
+    def accuracy():
+        _, test_accuracy = evaluate(model, x_test, y_test)
         model.train()
-        start = time.perf_counter()
-        for i in range(steps):
-            batch = order[i * s.batch_size : (i + 1) * s.batch_size]
-            x = as_model_input(x_train[batch])
-            if augment is not None:
-                x = augment(x, step)
-            y = y_train[batch].astype(np.int64)
-            logits = model.forward(x)
-            _, dlogits = F.softmax_cross_entropy(logits, y, s.label_smoothing)
-            model.backward(dlogits, input_grad=False)
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-            step += 1
-            if step in points:
-                clock += time.perf_counter() - start
-                _, accuracy = evaluate(model, x_test, y_test)
-                model.train()
-                record(curve, "cnnfast", step / steps, clock, accuracy, log)
-                start = time.perf_counter()
-        clock += time.perf_counter() - start
-    return curve
+        return test_accuracy
+
+    model.train()
+    return timed_curve("cnnfast", s, len(x_train), per_epoch, train_step, accuracy, log)
 
 
 def record(curve: dict, framework: str, epochs: float, seconds: float, accuracy: float, log) -> None:
@@ -270,46 +282,35 @@ def torch_run(torch, data, preset, s, per_epoch: int, log) -> dict:
     architecture = preset.architecture or presets.get("classic").model().architecture()
     model = torch_layers(torch, architecture, s.seed)
     optimizer = torch_optimizer(torch, s, model.parameters())
-    steps = -(-len(x_train) // s.batch_size)
-    scheduler = torch_scheduler(torch, s, optimizer, steps)
+    scheduler = torch_scheduler(torch, s, optimizer, -(-len(x_train) // s.batch_size))
     augment = TorchAugment(torch, s.augment, s.seed) if s.augment is not None else None
-    points = eval_points(steps, s.epochs, per_epoch)
-    rng = np.random.default_rng(s.seed)
     test = torch.from_numpy((x_test.astype(np.float32) / np.float32(255.0))[:, None])
     test_labels = torch.from_numpy(y_test.astype(np.int64))
-    curve = {"seconds": [], "epochs": [], "accuracy": []}
-    clock, step = 0.0, 0
-    for _ in range(s.epochs):
-        order = rng.permutation(len(x_train))
+
+    def train_step(batch, step):
+        x = torch.from_numpy((x_train[batch].astype(np.float32) / np.float32(255.0))[:, None])
+        if augment is not None:
+            x = augment(x)
+        y = torch.from_numpy(y_train[batch].astype(np.int64))
+        optimizer.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(model(x), y, label_smoothing=s.label_smoothing)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+
+    def accuracy():
+        model.eval()
+        with torch.no_grad():
+            correct = sum(
+                int((model(test[j : j + 1000]).argmax(1) == test_labels[j : j + 1000]).sum())
+                for j in range(0, len(test), 1000)
+            )
         model.train()
-        start = time.perf_counter()
-        for i in range(steps):
-            batch = order[i * s.batch_size : (i + 1) * s.batch_size]
-            x = torch.from_numpy((x_train[batch].astype(np.float32) / np.float32(255.0))[:, None])
-            if augment is not None:
-                x = augment(x)
-            y = torch.from_numpy(y_train[batch].astype(np.int64))
-            optimizer.zero_grad(set_to_none=True)
-            loss = torch.nn.functional.cross_entropy(model(x), y, label_smoothing=s.label_smoothing)
-            loss.backward()
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-            step += 1
-            if step in points:
-                clock += time.perf_counter() - start
-                model.eval()
-                with torch.no_grad():
-                    correct = sum(
-                        int((model(test[j : j + 1000]).argmax(1) == test_labels[j : j + 1000]).sum())
-                        for j in range(0, len(test), 1000)
-                    )
-                model.train()
-                accuracy = correct / len(test)
-                record(curve, "PyTorch", step / steps, clock, accuracy, log)
-                start = time.perf_counter()
-        clock += time.perf_counter() - start
-    return curve
+        return correct / len(test)
+
+    model.train()
+    return timed_curve("PyTorch", s, len(x_train), per_epoch, train_step, accuracy, log)
 
 
 # ------------------------------------------------------------------------------------------ report

@@ -69,10 +69,8 @@ bool direct_backward_path(float* dx, float* dw, float* db, const float* x, const
   if (tap_rows_backward(dx, dw, db, x, w, dy, argmax, s, N, pool_k)) return true;  // (a first layer)
   const i64 K = s.K, P = s.P(), T = s.taps();
   if (pool_k > 0 && dx) {  // the input gradient too: d(conv) made whole, then as below
-    const i64 Hq = s.Ho / pool_k, Wq = s.Wo / pool_k;
-    std::unique_ptr<float[]> dconv(new float[size_t(N) * K * P]);
-    max_pool2d_backward(dconv.get(), argmax, dy, N, K, s.Ho, s.Wo, Hq, Wq);
-    return direct_backward_path(dx, dw, db, x, w, dconv.get(), nullptr, s, N, 0);
+    std::unique_ptr<float[]> dconv;
+    return direct_backward_path(dx, dw, db, x, w, whole_dconv(dconv, dy, argmax, s, N, pool_k), nullptr, s, N, 0);
   }
   if (pool_k == 0) {
     direct_weight_grad(dw, x, dy, s, N);

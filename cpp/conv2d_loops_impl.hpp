@@ -18,7 +18,7 @@ void for_each_over(i64 count, int threads, Body&& body) {
 
 // body(chunk) for every chunk, the chunks over nt threads; a single chunk runs outside any parallel
 // region, so that the parallel loops inside it get the threads (a nested region made its team anew
-// on every call: a batch-1 1x1 layer went from 0.02 to 0.07 ms on two threads)
+// on every call: a batch-1 1x1 256->64 layer went from 0.022 to 0.037 ms on two threads)
 template <class Body>
 void for_each_chunk(i64 chunks, int nt, Body&& body) {
   (void)nt;  // (unused without OpenMP)

@@ -58,11 +58,9 @@ void conv2d_backward_naive(float* dx, float* dw, float* db, const float* x, cons
 void reference_forward_path(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
                             const ConvShape& s, i64 N, i64 pool_k) {
   if (pool_k == 0) return conv2d_forward_naive(y, x, w, b, N, s.C, s.H, s.W, s.K, s.R, s.S, s.pad, s.stride);
-  const i64 pooled = s.K * (s.Ho / pool_k) * (s.Wo / pool_k);
   std::unique_ptr<float[]> conv(new float[size_t(N) * s.K * s.P()]);
-  std::unique_ptr<std::int32_t[]> unwanted(argmax ? nullptr : new std::int32_t[size_t(N) * pooled]);
   conv2d_forward_naive(conv.get(), x, w, b, N, s.C, s.H, s.W, s.K, s.R, s.S, s.pad, s.stride);
-  max_pool2d_forward(y, argmax ? argmax : unwanted.get(), conv.get(), N, s.K, s.Ho, s.Wo, pool_k, true);
+  pool_whole(y, argmax, conv.get(), s, N, pool_k);
 }
 
 bool reference_backward_path(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,
@@ -71,9 +69,9 @@ bool reference_backward_path(float* dx, float* dw, float* db, const float* x, co
     conv2d_backward_naive(dx, dw, db, x, w, dy, N, s.C, s.H, s.W, s.K, s.R, s.S, s.pad, s.stride);
     return true;
   }
-  std::unique_ptr<float[]> dconv(new float[size_t(N) * s.K * s.P()]);
-  max_pool2d_backward(dconv.get(), argmax, dy, N, s.K, s.Ho, s.Wo, s.Ho / pool_k, s.Wo / pool_k);
-  conv2d_backward_naive(dx, dw, db, x, w, dconv.get(), N, s.C, s.H, s.W, s.K, s.R, s.S, s.pad, s.stride);
+  std::unique_ptr<float[]> dconv;
+  dy = whole_dconv(dconv, dy, argmax, s, N, pool_k);
+  conv2d_backward_naive(dx, dw, db, x, w, dy, N, s.C, s.H, s.W, s.K, s.R, s.S, s.pad, s.stride);
   return true;
 }
 

@@ -29,22 +29,17 @@ void winograd_forward_path(float* y, std::int32_t* argmax, const float* x, const
                            const ConvShape& s, i64 N, i64 pool_k) {
   const IsaKernels& isa = active_isa();
   if (pool_k == 0) return isa.winograd_forward(y, x, w, b, s, N);
-  const i64 P = s.P(), pooled = (s.Ho / pool_k) * (s.Wo / pool_k);
-  ScratchFloats conv(size_t(N) * s.K * P);
+  ScratchFloats conv(size_t(N) * s.K * s.P());
   isa.winograd_forward(conv.get(), x, w, b, s, N);
-  std::vector<std::int32_t> unwanted(argmax ? 0 : size_t(N) * s.K * pooled);
-  max_pool2d_forward(y, argmax ? argmax : unwanted.data(), conv.get(), N, s.K, s.Ho, s.Wo, pool_k, true);
+  pool_whole(y, argmax, conv.get(), s, N, pool_k);
 }
 
 bool winograd_backward_path(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,
                             const std::int32_t* argmax, const ConvShape& s, i64 N, i64 pool_k) {
   const IsaKernels& isa = active_isa();
   const i64 C = s.C, K = s.K;
-  ScratchFloats unpooled(pool_k ? size_t(N) * K * s.P() : 0);
-  if (pool_k) {  // d(conv): each dy routed to its argmax (max_pool2d's backward)
-    max_pool2d_backward(unpooled.get(), argmax, dy, N, K, s.Ho, s.Wo, s.Ho / pool_k, s.Wo / pool_k);
-    dy = unpooled.get();
-  }
+  std::unique_ptr<float[]> unpooled;
+  if (pool_k) dy = whole_dconv(unpooled, dy, argmax, s, N, pool_k);  // d(conv): each dy routed to its argmax
   if (isa.winograd_weight_grad && std::min(C, K) >= kWinogradWeightGradChannels) {
     if (dw) isa.winograd_weight_grad(dw, x, dy, s, N);
     if (db) bias_grad(db, dy, N, K, s.P());
