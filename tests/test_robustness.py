@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -58,10 +59,14 @@ def no_temporary_files(directory):
 # ------------------------------------------------------------------ SIGINT / SIGTERM, resume
 
 
+BAR = re.compile(rb"epoch (\d+)/\d+:[^|]*\|[^|]*\| (\d+)/2000")
+
+
 def run_and_signal(args, sig, after: bytes, timeout=180, done_before=0):
     """Run `python -m cnnfast.train args` on a pseudo-terminal; once the output holds `after`
-    followed by a progress bar showing more than `done_before` images done (at least one step
-    of this process: a resumed bar starts at the checkpoint's count), send `sig`. Returns
+    followed by a progress bar showing more than `done_before` images done, or a later epoch's
+    bar (at least one step of this process: a resumed bar starts at the checkpoint's count), send
+    `sig`. Returns
     (exit code, output, whether the signal was sent)."""
     master, slave = open_terminal()
     proc = subprocess.Popen(
@@ -86,10 +91,11 @@ def run_and_signal(args, sig, after: bytes, timeout=180, done_before=0):
                 if not chunk:
                     break
                 output += chunk
-            shown = (
-                [int(n) for n in re.findall(rb"\| (\d+)/2000", output.split(after, 1)[1])] if after in output else []
-            )
-            if not sent and any(n > done_before for n in shown):
+            # (epoch, images done) of each progress bar after `after`: progress past the start is a
+            # later count in the first epoch shown, or any count in a later epoch (a fast machine
+            # can finish a resumed epoch's last steps between two updates of its bar)
+            shown = [(int(e), int(n)) for e, n in BAR.findall(output.split(after, 1)[1])] if after in output else []
+            if not sent and any((e > shown[0][0] and n > 0) or n > done_before for e, n in shown):
                 proc.send_signal(sig)
                 sent = True
             if proc.poll() is not None and not ready:
@@ -104,8 +110,13 @@ def run_and_signal(args, sig, after: bytes, timeout=180, done_before=0):
 
 
 def interrupt_mid_epoch(args, sig, after: bytes, checkpoint_path, attempts=3, done_before=0):
-    """Interrupt a run with `sig` until its checkpoint lies strictly inside an epoch."""
+    """Interrupt a run with `sig` until its checkpoint lies strictly inside an epoch. (A resumed run
+    that finishes removes the checkpoint it resumed from: it is put back before each attempt.)"""
+    resumed = args[args.index("--resume") + 1] if "--resume" in args else None
+    resumed_bytes = Path(resumed).read_bytes() if resumed else None
     for _ in range(attempts):
+        if resumed:
+            Path(resumed).write_bytes(resumed_bytes)
         if os.path.exists(checkpoint_path):
             os.unlink(checkpoint_path)
         code, output, sent = run_and_signal(args, sig, after, done_before=done_before)
