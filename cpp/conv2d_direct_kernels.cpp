@@ -56,38 +56,67 @@ inline void direct_forward_taps(float* y, const float* col, const float* w, cons
 // past a row)
 // Blocking: a small GEMM tile, MC output channels by NV vectors of pixels in MC*NV accumulators
 // for the whole tap loop; each tap loads NV vectors of col and broadcasts MC weights for MC*NV
-// multiply-adds (AVX2: 4 x 3 ymm, 12 FMAs per 7 loads; AVX-512 4 x 4 zmm, 16 per 8; the plain
-// loop, one channel at a time, took 5 loads per 4).
-// Edge blocks are computed whole (col is zero there) and stored through a buffer.
+// multiply-adds (AVX2: 4 x 3 ymm, 12 FMAs per 7 loads; AVX-512 and NEON 6 x 4, 24 per 10; the
+// plain loop, one channel at a time, took 5 loads per 4; AVX-512's earlier 4 x 4 tile ran at 57%
+// of peak in a loop on L1-resident data, 6 x 4 at 73%).
+// Edge blocks of pixels are computed whole (col is zero there) and stored through a buffer.
+template <int MC, int NV>
+inline void direct_forward_block(float* y, const float* col, const float* wk, const float* bk, i64 T, i64 P, i64 ld,
+                                 i64 p0, i64 n) {
+  // (every loop over the tile unrolled, so that the accumulators stay in registers: with so few
+  // taps a spill of the tile around the tap loop costs a quarter of the block)
+  constexpr int PX = NV * VL;  // pixels per block
+  vec acc[MC][NV];
+#pragma GCC unroll 8
+  for (int i = 0; i < MC; ++i)
+#pragma GCC unroll 8
+    for (int j = 0; j < NV; ++j) acc[i][j] = vec{} + bk[i];
+  for (i64 t = 0; t < T; ++t) {
+    vec c[NV];
+#pragma GCC unroll 8
+    for (int j = 0; j < NV; ++j) c[j] = load(col + t * ld + p0 + j * VL);
+#pragma GCC unroll 8
+    for (int i = 0; i < MC; ++i) {
+      const float wi = wk[i * T + t];
+#pragma GCC unroll 8
+      for (int j = 0; j < NV; ++j) acc[i][j] += wi * c[j];
+    }
+  }
+  if (n == PX) {
+#pragma GCC unroll 8
+    for (int i = 0; i < MC; ++i)
+#pragma GCC unroll 8
+      for (int j = 0; j < NV; ++j) store(y + i * P + p0 + j * VL, acc[i][j]);
+    return;
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < MC; ++i) {
+    float tail[PX];
+#pragma GCC unroll 8
+    for (int j = 0; j < NV; ++j) store(tail + j * VL, acc[i][j]);
+    for (i64 p = 0; p < n; ++p) y[i * P + p0 + p] = tail[p];
+  }
+}
+
+template <int NV, int... MCS>
+inline void direct_forward_block_n(int mc, float* y, const float* col, const float* wk, const float* bk, i64 T, i64 P,
+                                   i64 ld, i64 p0, i64 n, std::integer_sequence<int, MCS...>) {
+  // (a tile of mc = 1..MC channels, chosen at run time)
+  ((mc == MCS + 1 ? direct_forward_block<MCS + 1, NV>(y, col, wk, bk, T, P, ld, p0, n) : void()), ...);
+}
+
+// K output channels in blocks of near-equal size <= MC (K = 20 on a 6-channel tile: 5 + 5 + 5 + 5,
+// not 6 + 6 + 6 + 2, whose 2-channel tile loads 4 vectors of col per 8 multiply-adds)
 template <int MC, int NV>
 void direct_forward_tile(float* y, const float* col, const float* w, const float* b, i64 K, i64 T, i64 P, i64 ld) {
-  constexpr int PX = NV * VL;  // pixels per block
+  constexpr int PX = NV * VL;
+  const i64 blocks = (K + MC - 1) / MC;
   for (i64 p0 = 0; p0 < P; p0 += PX) {
     const i64 n = P - p0 < PX ? P - p0 : PX;
-    for (i64 k0 = 0; k0 < K; k0 += MC) {
-      const int mc = K - k0 < MC ? int(K - k0) : MC;
-      vec acc[MC][NV];
-      for (int i = 0; i < MC; ++i)
-        for (int j = 0; j < NV; ++j) acc[i][j] = vec{} + b[k0 + (i < mc ? i : 0)];
-      const float* wk = w + k0 * T;
-      for (i64 t = 0; t < T; ++t) {
-        vec c[NV];
-        for (int j = 0; j < NV; ++j) c[j] = load(col + t * ld + p0 + j * VL);
-        for (int i = 0; i < MC; ++i) {
-          const float wi = wk[(i < mc ? i : 0) * T + t];
-          for (int j = 0; j < NV; ++j) acc[i][j] += wi * c[j];
-        }
-      }
-      for (int i = 0; i < mc; ++i) {
-        float* yk = y + (k0 + i) * P + p0;
-        if (n == PX) {
-          for (int j = 0; j < NV; ++j) store(yk + j * VL, acc[i][j]);
-        } else {
-          float tail[PX];
-          for (int j = 0; j < NV; ++j) store(tail + j * VL, acc[i][j]);
-          for (i64 p = 0; p < n; ++p) yk[p] = tail[p];
-        }
-      }
+    for (i64 blk = 0; blk < blocks; ++blk) {
+      const i64 k0 = K * blk / blocks, mc = K * (blk + 1) / blocks - k0;
+      direct_forward_block_n<NV>(int(mc), y + k0 * P, col, w + k0 * T, b + k0, T, P, ld, p0, n,
+                                 std::make_integer_sequence<int, MC>{});
     }
   }
 }
@@ -96,7 +125,7 @@ void direct_forward(float* y, const float* col, const float* w, const float* b, 
 #if CNNFAST_VEC_BYTES == 64
   // AVX-512 (32 zmm): conv1's 9 taps held in registers, all channels passing by
   if (T == 9) return direct_forward_taps<9>(y, col, w, b, K, P, ld);
-  direct_forward_tile<4, 4>(y, col, w, b, K, T, P, ld);  // 16 accumulators of 4 channels x 64 pixels
+  direct_forward_tile<6, 4>(y, col, w, b, K, T, P, ld);  // 24 accumulators of 6 channels x 64 pixels
 #elif defined(CNNFAST_ISA_NEON)
   direct_forward_tile<6, 4>(y, col, w, b, K, T, P, ld);  // 32 q registers: 24 accumulators, 4 of col
 #else
