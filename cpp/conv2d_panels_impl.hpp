@@ -192,8 +192,13 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
   // transposition is a smaller part there; and 16 output channels fill a pixel-major tile exactly,
   // where channel-major tiles of 6 took 40.8 against 33.4 ms for 3->16 7x7 at batch 128 on AVX2;
   // and 32 channels are too few too: a stride-2 16->32 layer on 32 x 32, 2.24 -> 2.58 ms, AVX2, batch 128.)
-  const MicroKernel& gm = gemm_microkernel;
-  const bool by_channels = pool_k == 0 && T <= kChannelMajorTaps && K >= 64;
+  // Output channels that fit one tile of the forward's own kernel (AVX-512's 16 x 16 for K <= 16:
+  // a 3->16 first layer, LeNet's 6->16) are made channel-major at any depth: the same product
+  // with its operands' roles swapped (A: w, B: 16 pixels), where the pixel-major product's
+  // transposition into y was a sixth of a 3->16 7x7 layer's time.
+  const bool one_tile = K <= mk.mr;
+  const MicroKernel& gm = one_tile ? mk : gemm_microkernel;
+  const bool by_channels = pool_k == 0 && ((T <= kChannelMajorTaps && K >= 64) || one_tile);
   const i64 Ka = (K + gm.mr - 1) / gm.mr * gm.mr;
   ScratchFloats wa(by_channels ? size_t(Ka) * T : 0);  // A: w in panels of mr channels, [Ka/mr][T][mr]
   for (i64 k0 = 0; by_channels && k0 < Ka; k0 += gm.mr)
@@ -249,7 +254,14 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
             runs[nruns++] = {(n - n0) * image + oh * Ws + ow, i, len};
             i += len;
           }
-          pack_pixel_panel(b_panel, gm.nr, src, runs, nruns, tap_offset.data(), T);
+          if (gm.nr <= 16) {  // (the ISA's panel packing: masked vector loads on AVX-512)
+            PanelRun lanes[32];
+            for (int j = 0; j < nruns; ++j)
+              lanes[j] = {runs[j].offset - runs[j].lane, std::uint32_t(((1u << runs[j].len) - 1) << runs[j].lane)};
+            pack_patch_panel(b_panel, src, lanes, nruns, tap_offset.data(), T, gm.nr);
+          } else {
+            pack_pixel_panel(b_panel, gm.nr, src, runs, nruns, tap_offset.data(), T);
+          }
           for (i64 k0 = 0; k0 < K; k0 += gm.mr)
             gm.run(T, wa.get() + k0 * T, b_panel, yn + k0 * P + p0, P, std::min<i64>(gm.mr, K - k0), m, 0);
         });

@@ -75,6 +75,7 @@ CONV_SHAPES = [  # N, C, H, W, K, R, S, padding
     (2, 64, 8, 8, 70, 3, 3, 1),  # Winograd's dw too (64+ channels in and out)
     (2, 3, 10, 9, 64, 7, 7, 3),  # a first layer's dw by tap rows, channels in two blocks on AVX-512
     (2, 2, 9, 8, 100, 5, 5, 2),  # the same, 100 channels: in blocks, or too many (the GEMM paths)
+    (2, 3, 11, 13, 16, 5, 5, 2),  # 16 channels: one tile, channel-major (panels of 16 pixels over rows of 13)
 ]
 
 
