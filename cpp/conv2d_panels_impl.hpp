@@ -264,8 +264,11 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
           }
           for (i64 k0 = 0; k0 < K; k0 += gm.mr)
             gm.run(T, wa.get() + k0 * T, b_panel, yn + k0 * P + p0, P, std::min<i64>(gm.mr, K - k0), m, 0);
+          // a single image's panels over the threads: + b by the thread that made the panel (one
+          // thread's pass over the image after the panels was a third of a 3->64 5x5 image on two)
+          for (i64 k = 0; inner > 1 && k < K; ++k) add_bias_rows(yn + k * P + p0, b + k, 1, m);
         });
-        add_bias_rows(yn, b, K, P);
+        if (inner == 1) add_bias_rows(yn, b, K, P);
       }
       return;
     }

@@ -487,6 +487,7 @@ def test_linear_narrow_rows_alone_equal_the_batch_bit_for_bit(isa, O):
         ((1, 20, 9, 9), (40, 20, 3, 3), 0, "few_pixels"),  # 49 pixels, tiles of taps cut at the end
         # few taps: the product made channel-major, one image's pixel panels over the threads, or images
         ((1, 3, 48, 48), (64, 3, 5, 5), 2, "panels"),
+        ((1, 3, 48, 48), (16, 3, 7, 7), 3, "panels"),  # 16 channels: one tile, channel-major too
         ((3, 3, 40, 40), (64, 3, 5, 5), 2, "panels"),
     ],
 )
