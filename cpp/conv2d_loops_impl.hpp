@@ -1,4 +1,5 @@
-// The loops conv2d's per-ISA drivers split over the threads. Included inside each per-ISA file's
+// The loops conv2d's per-ISA drivers split over the threads, and their copy of an image into a
+// zero-bordered one. Included inside each per-ISA file's
 // namespace and target pragmas (conv2d_panels_impl.hpp, conv2d_winograd_kernels.cpp): defined
 // outside them, these templates were compiled without the ISA's target, so the ISA's lambdas could
 // not be inlined into them (GCC: "target specific option mismatch"), and the default model's
@@ -25,4 +26,22 @@ void for_each_chunk(i64 chunks, int nt, Body&& body) {
   if (chunks == 1) return body(i64(0));
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (i64 chunk = 0; chunk < chunks; ++chunk) body(chunk);
+}
+
+// dst[0:n] = src[0:n] for an image's rows (8-64 floats: memcpy's call and dispatch were a tenth of a
+// strided 32->64 layer's forward on 16 x 16), in whole vectors of the ISA, then quarters
+inline void copy_row(float* dst, const float* src, i64 n) {
+  constexpr i64 VL = CNNFAST_VEC_BYTES / 4;
+  i64 i = 0;
+  for (; i + VL <= n; i += VL) __builtin_memcpy(dst + i, src + i, VL * sizeof(float));
+  for (; i + 4 <= n; i += 4) __builtin_memcpy(dst + i, src + i, 4 * sizeof(float));
+  for (; i < n; ++i) dst[i] = src[i];
+}
+
+// xp: [C][Hp][Wp] <- x_n: [C][H][W], at (pad, pad) in each plane; the border is left as it is (the
+// caller zeroes each thread's copy once: every image writes the same places)
+inline void copy_into_border(float* xp, const float* x, i64 C, const ConvShape& s) {
+  const i64 plane = s.Hp * s.Wp;
+  for (i64 c = 0; c < C; ++c)
+    for (i64 h = 0; h < s.H; ++h) copy_row(xp + c * plane + (h + s.pad) * s.Wp + s.pad, x + (c * s.H + h) * s.W, s.W);
 }

@@ -208,7 +208,10 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
   const size_t pooled_floats = pool_k > 0 ? size_t(K) * (s.Ho / pool_k) * (s.Wo / pool_k) : 0;
   const size_t scratch_per_thread =
       padded_floats + size_t(T) * mr + chunk_pixels * K + 2 * size_t(K) + 2 * pooled_floats;
-  ScratchFloats scratch(size_t(nt) * scratch_per_thread);  // (each value written before it is read)
+  ScratchFloats scratch(size_t(nt) * scratch_per_thread);  // (each value written before it is read, but:)
+  for (int t = 0; t < nt; ++t)  // each thread's zero-bordered copy of its images, zeroed once
+    std::fill(scratch.get() + size_t(t) * scratch_per_thread,
+              scratch.get() + size_t(t) * scratch_per_thread + padded_floats, 0.0f);
   // A single chunk (one image of 512+ pixels, or a few small ones): its panels of pixels over the
   // threads instead, each with a packed A of its own (each panel's product is the same either way)
   const int inner = ch.chunks == 1 && double(N) * K * Pu * T >= kSplitChunkWork
@@ -222,8 +225,7 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
     float* ap = padded + padded_floats;  // [T, mr]
     float* out = ap + size_t(T) * mr;    // [L, K]
     const float* src = x + n0 * C * s.H * s.W;
-    if (copied) {
-      std::fill(padded, padded + (n1 - n0) * image, 0.0f);
+    if (copied) {  // (the border and the phases' spare row and column: zeroed once, never written)
       for (i64 n = n0; n < n1; ++n)
         for (i64 c = 0; c < C; ++c) {
           const float* channel = x + (n * C + c) * s.H * s.W;
@@ -232,8 +234,7 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
             for (i64 i = 0; i < s.H * s.W; ++i) to[pixel_place[size_t(i)]] = channel[i];
             continue;
           }
-          for (i64 h = 0; h < s.H; ++h)
-            std::memcpy(to + row_place[size_t(h)] + s.pad, channel + h * s.W, sizeof(float) * s.W);
+          for (i64 h = 0; h < s.H; ++h) copy_row(to + row_place[size_t(h)] + s.pad, channel + h * s.W, s.W);
         }
       src = padded;
     }

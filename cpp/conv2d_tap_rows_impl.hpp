@@ -231,16 +231,14 @@ bool tap_rows_weight_grad(float* dw, float* db, const float* x, const float* dy,
   const size_t per_thread = lines(size_t(C) * plane) + lines(size_t(P) * Kp) + lines(size_t(G) * S * KB * kTapVL);
   ScratchFloats scratch(size_t(nt) * per_thread), partial(size_t(std::max<i64>(N, 1)) * T * Kp),
       lanes(size_t(std::max<i64>(N, 1)) * K * 16);  // (the bias gradient's, as the panels' GatherDyPanels)
+  for (int t = 0; t < nt; ++t)                      // (each thread's image copy: its border zeroed once)
+    std::fill(scratch.get() + size_t(t) * per_thread, scratch.get() + size_t(t) * per_thread + C * plane, 0.0f);
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (i64 n = 0; n < N; ++n) {
     float* xp = scratch.get() + size_t(omp_get_thread_num()) * per_thread;  // [C][Hp][Wp], zero border
     float* dyt = xp + lines(size_t(C) * plane);                             // [P][Kp]
     float* sums = dyt + lines(size_t(P) * Kp);                              // [G][S][KB * kTapVL]
-    std::fill(xp, xp + C * plane, 0.0f);
-    for (i64 c = 0; c < C; ++c)
-      for (i64 h = 0; h < s.H; ++h)
-        std::memcpy(xp + c * plane + (h + s.pad) * s.Wp + s.pad, x + ((n * C + c) * s.H + h) * s.W,
-                    sizeof(float) * s.W);
+    copy_into_border(xp, x + n * C * s.H * s.W, C, s);
     const float* dyn = dy + n * K * P;
     transpose_blocks(dyt, Kp, dyn, P, K, P, Kp);  // [K][P] -> [P][Kp], zeros past K
     for (i64 k = 0; k < K; ++k) row_lanes(lanes.get() + (n * K + k) * 16, dyn + k * P, P);
@@ -292,17 +290,13 @@ bool tap_rows_forward(float* y, const float* x, const float* w, const float* b, 
   const int nt = threads_over(double(N) * K * P * T, N);
   const size_t per_thread = lines(size_t(C) * plane) + lines(size_t(P) * Kp);
   ScratchFloats scratch(size_t(nt) * per_thread);
+  for (int t = 0; t < nt && s.pad > 0; ++t)  // (each thread's image copy: its border zeroed once)
+    std::fill(scratch.get() + size_t(t) * per_thread, scratch.get() + size_t(t) * per_thread + C * plane, 0.0f);
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (i64 n = 0; n < N; ++n) {
     float* xp = scratch.get() + size_t(omp_get_thread_num()) * per_thread;  // [C][Hp][Wp], zero border
     float* out = xp + lines(size_t(C) * plane);                             // [P][Kp]
-    if (s.pad > 0) {
-      std::fill(xp, xp + C * plane, 0.0f);
-      for (i64 c = 0; c < C; ++c)
-        for (i64 h = 0; h < s.H; ++h)
-          std::memcpy(xp + c * plane + (h + s.pad) * s.Wp + s.pad, x + ((n * C + c) * s.H + h) * s.W,
-                      sizeof(float) * s.W);
-    }
+    if (s.pad > 0) copy_into_border(xp, x + n * C * s.H * s.W, C, s);
     const float* src = s.pad > 0 ? xp : x + n * C * s.H * s.W;
     for (i64 c0 = 0; c0 < C && across_rows; c0 += cb)
       for (i64 p0 = 0; p0 < P; p0 += most) {
