@@ -213,8 +213,9 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
     std::fill(scratch.get() + size_t(t) * scratch_per_thread,
               scratch.get() + size_t(t) * scratch_per_thread + padded_floats, 0.0f);
   // A single chunk (one image of 512+ pixels, or a few small ones): its panels of pixels over the
-  // threads instead, each with a packed A of its own (each panel's product is the same either way)
-  const int inner = ch.chunks == 1 && double(N) * K * Pu * T >= kSplitChunkWork
+  // threads instead, each with a packed A of its own (each panel's product is the same either way;
+  // the channel-major product from less work on narrower vectors: kSplitWork)
+  const int inner = ch.chunks == 1 && double(N) * K * Pu * T >= (by_channels ? kSplitWork : kSplitChunkWork)
                         ? threads_over(double(N) * K * Pu * T, (N * Pu + mr - 1) / mr)
                         : 1;
   ScratchFloats inner_ap(inner > 1 ? size_t(inner) * T * std::max(mr, gm.nr) : 0);
