@@ -22,6 +22,8 @@
 //   kNarrowDwTaps, narrow_dw_product(kc, a, b, ldb, c, ldc, m, n, accumulate)
 //                         dW's tile for K <= 16 (AVX-512: 16 taps x 16 channels, B's rows ldb apart;
 //                         kNarrowDwTaps = 0 elsewhere: the ISA's tile serves)
+//   kMergeRowRuns         whether the forward's panel may take consecutive output rows that lie
+//                         end to end in the image (a 1x1 layer's) as one run
 //   kInPlaceMR, kInPlaceNR, microkernel_in_place(kc, a, offsets, b, c, ldc, accumulate)
 //                         the ISA's GEMM micro-kernel with A read in place: step k's mr values are
 //                         a[offsets[k] + 0..mr), for whole kInPlaceMR x kInPlaceNR tiles
@@ -283,7 +285,11 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
       for (int i = 0; i < m;) {  // lanes i.. of one (image, output row)
         const i64 l = l0 + i, n = l / Pu, oh = l % Pu / Wu, ow = l % Pu % Wu;
         const int len = int(std::min<i64>(m - i, Wu - ow));
-        runs[nruns++] = {n * image + oh * Ws + ow - i, std::uint32_t(((1u << len) - 1) << i)};
+        const PanelRun run = {n * image + oh * Ws + ow - i, std::uint32_t(((1u << len) - 1) << i)};
+        if (kMergeRowRuns && nruns > 0 && runs[nruns - 1].offset == run.offset)  // the row before ends here
+          runs[nruns - 1].lanes |= run.lanes;  // (a 1x1 layer's rows: one load per channel, not one per row)
+        else
+          runs[nruns++] = run;
         i += len;
       }
       pack_patch_panel(ap_here, src, runs, nruns, tap_offset.data(), T, mr);

@@ -136,6 +136,10 @@ void add_patch_rows(float* xp, const float* rows, i64 ld, const i64* offsets, i6
     }
 }
 
+// Consecutive output rows lying end to end in the image stay separate runs of a panel (merged, a
+// 1x1 layer's panels took 1.05x the time on AVX2: its plain copies gain nothing from fewer runs)
+constexpr bool kMergeRowRuns = false;
+
 // The ISA's micro-kernel tile (the same sums in the same order as gemm_microkernel*.cpp) with A
 // read in place: step k's MR values are a[offsets[k] + 0..MR). Whole tiles only.
 constexpr int kInPlaceMR = CNNFAST_MR, kInPlaceNR = NV * VL;

@@ -65,6 +65,7 @@ CONV_SHAPES = [  # N, C, H, W, K, R, S, padding
     (1, 3, 4, 4, 5, 4, 4, 0),  # kernel as large as the input
     (2, 4, 9, 11, 7, 1, 1, 0),  # 1x1 (dx: one GEMM an image)
     (2, 40, 5, 6, 8, 1, 1, 0),  # 1x1 with more than 32 channels: the panels' dw
+    (2, 40, 5, 6, 24, 1, 1, 0),  # the same, 24 out: pixel-major, a panel's rows of 6 one run on AVX-512
     (2, 5, 6, 5, 3, 5, 3, 2),
     (4, 32, 13, 13, 64, 3, 3, 0),  # the default model's second layer
     (3, 4, 9, 7, 32, 3, 3, 1),  # padding, dW's A read in place (S*C a multiple of 12, K of 32)
