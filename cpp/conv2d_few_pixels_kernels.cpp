@@ -48,11 +48,13 @@ inline void store_rows(float* out, i64 ld, const vec* acc, int rows, i64 n) {
 // Register tiles (rows of the broadcast operand x vectors of the loaded one): AVX-512 and AArch64
 // have 32 vector registers, SSE2 and AVX2 16 (x86 broadcasts need a register of their own below
 // AVX-512; a row pointer each for the forward's weight rows: at most 8 in the general registers)
+// (kNarrowInputRows: the input gradient's taps a tile when the image is at most 2 vectors wide)
 #if CNNFAST_VEC_BYTES == 64 || defined(__aarch64__)
-constexpr int kForwardNV = 4, kGradRows = 4, kGradNV = 6, kInputRows = 8, kInputNV = 3;
+constexpr int kForwardNV = 4, kGradRows = 4, kGradNV = 6, kInputRows = 8, kInputNV = 3, kNarrowInputRows = 8;
 constexpr int forward_rows(int nv) { return nv == 4 ? 6 : 8; }  // 24-32 sums and nv vectors of col
 #else
-constexpr int kForwardNV = 3, kGradRows = 4, kGradNV = 3, kInputRows = 4, kInputNV = 3;
+// (4 x 2 on a 4 x 4 image's 16 pixels held 8 sums, as many as AVX2's two FMA units keep in flight)
+constexpr int kForwardNV = 3, kGradRows = 4, kGradNV = 3, kInputRows = 4, kInputNV = 3, kNarrowInputRows = 6;
 constexpr int forward_rows(int nv) { return nv == 1 ? 8 : nv == 2 ? 6 : 4; }
 #endif
 
@@ -112,9 +114,8 @@ void weight_grad_tile_n(int nv, float* dw, const float* dyt, i64 ldd, const floa
 
 // ---- input gradient: mt (of MT) taps by NV vectors of pixels from p0, over every channel: w's
 // values broadcast from its rows (wt: column t0 of row 0, rows ldw apart), dy's loaded ----
-template <int NV>
+template <int MT, int NV>
 void input_grad_tile(float* dcol, i64 ldc, const float* dy, i64 ldd, const float* wt, i64 ldw, i64 K, int mt, i64 p0) {
-  constexpr int MT = kInputRows;
   vec acc[MT * NV] = {};
   const float* d = dy + p0;
   for (i64 k = 0; k < K; ++k, d += ldd, wt += ldw) {
@@ -129,10 +130,32 @@ void input_grad_tile(float* dcol, i64 ldc, const float* dy, i64 ldd, const float
     for (int j = 0; j < NV; ++j) store(dcol + i * ldc + p0 + j * VL, acc[i * NV + j]);
 }
 
-template <int... NV>
+template <int MT, int... NV>
 void input_grad_tile_n(int nv, float* dcol, i64 ldc, const float* dy, i64 ldd, const float* wt, i64 ldw, i64 K, int mt,
                        i64 p0, std::integer_sequence<int, NV...>) {
-  ((nv == NV + 1 ? input_grad_tile<NV + 1>(dcol, ldc, dy, ldd, wt, ldw, K, mt, p0) : void()), ...);
+  ((nv == NV + 1 ? input_grad_tile<MT, NV + 1>(dcol, ldc, dy, ldd, wt, ldw, K, mt, p0) : void()), ...);
+}
+
+// few_pixels_input_grad with tiles of MT taps
+template <int MT>
+void input_grad_by_tiles(float* dcol, i64 ldc, const float* dy, i64 ldd, const float* w, i64 N, i64 K, i64 T, i64 P) {
+  const i64 tiles = (T + MT - 1) / MT;
+  const i64 whole = T / MT * MT;
+  std::vector<float> tail(T > whole ? size_t(K) * MT : 0, 0.0f);  // [K][MT]
+  for (i64 k = 0; k < K && T > whole; ++k)
+    std::memcpy(tail.data() + k * MT, w + k * T + whole, sizeof(float) * size_t(T - whole));
+#pragma omp parallel for num_threads(threads_over(double(N) * K * T * P, N * tiles)) schedule(static)
+  for (i64 job = 0; job < N * tiles; ++job) {
+    const i64 n = job / tiles, t0 = job % tiles * MT;
+    const bool last = t0 == whole;
+    for (i64 p0 = 0; p0 < P;) {
+      const int nv = int(std::min<i64>(kInputNV, (P - p0 + VL - 1) / VL));
+      input_grad_tile_n<MT>(nv, dcol + (n * T + t0) * ldc, ldc, dy + n * K * ldd, ldd, last ? tail.data() : w + t0,
+                            last ? MT : T, K, int(std::min<i64>(MT, T - t0)), p0,
+                            std::make_integer_sequence<int, kInputNV>{});
+      p0 += nv * VL;
+    }
+  }
 }
 
 }  // namespace
@@ -176,26 +199,12 @@ void few_pixels_weight_grad(float* dw, const float* dyt, i64 ldd, const float* r
 
 // dcol_n: [T, ldc] = w^T x dy_n for each image: dcol_n[t][p] = sum_k w[k][t] dy_n[k][p], dy_n's
 // rows ldd apart (ldd and ldc multiples of 16, ldd <= ldc; dy zero past P, and so is dcol). Tiles of
-// kInputRows taps over the threads, with the images; the last, partial tile's columns of w copied
-// into a padded block first (its rows would be read past T).
+// kInputRows taps (kNarrowInputRows for images of up to 2 vectors) over the threads, with the
+// images; the last, partial tile's columns of w copied into a padded block first (its rows would be
+// read past T).
 void few_pixels_input_grad(float* dcol, i64 ldc, const float* dy, i64 ldd, const float* w, i64 N, i64 K, i64 T, i64 P) {
-  const i64 tiles = (T + kInputRows - 1) / kInputRows;
-  const i64 whole = T / kInputRows * kInputRows;
-  std::vector<float> tail(T > whole ? size_t(K) * kInputRows : 0, 0.0f);  // [K][kInputRows]
-  for (i64 k = 0; k < K && T > whole; ++k)
-    std::memcpy(tail.data() + k * kInputRows, w + k * T + whole, sizeof(float) * size_t(T - whole));
-#pragma omp parallel for num_threads(threads_over(double(N) * K * T * P, N * tiles)) schedule(static)
-  for (i64 job = 0; job < N * tiles; ++job) {
-    const i64 n = job / tiles, t0 = job % tiles * kInputRows;
-    const bool last = t0 == whole;
-    for (i64 p0 = 0; p0 < P;) {
-      const int nv = int(std::min<i64>(kInputNV, (P - p0 + VL - 1) / VL));
-      input_grad_tile_n(nv, dcol + (n * T + t0) * ldc, ldc, dy + n * K * ldd, ldd, last ? tail.data() : w + t0,
-                        last ? kInputRows : T, K, int(std::min<i64>(kInputRows, T - t0)), p0,
-                        std::make_integer_sequence<int, kInputNV>{});
-      p0 += nv * VL;
-    }
-  }
+  if (P <= 2 * VL) return input_grad_by_tiles<kNarrowInputRows>(dcol, ldc, dy, ldd, w, N, K, T, P);
+  input_grad_by_tiles<kInputRows>(dcol, ldc, dy, ldd, w, N, K, T, P);
 }
 
 }  // namespace CNNFAST_ISA
