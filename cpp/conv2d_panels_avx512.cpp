@@ -240,6 +240,7 @@ constexpr int kInPlaceMR = 12, kInPlaceNR = 32;  // microkernel_in_place's tile
 // One masked load per run and tap: a 1x1 layer's 12-pixel panel on 8 x 8 images in one run, not 2-3
 // (256->64 at batch 128, one thread: 0.95x the time; 256->128 on 14 x 14 0.94x)
 constexpr bool kMergeRowRuns = true;
+constexpr int kMaskedPackLanes = 16;  // (pack_patch_panel's loads: one zmm of lanes)
 
 #include "conv2d_panels_impl.hpp"
 #include "conv2d_tap_rows_impl.hpp"

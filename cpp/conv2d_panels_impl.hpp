@@ -22,6 +22,7 @@
 //   kNarrowDwTaps, narrow_dw_product(kc, a, b, ldb, c, ldc, m, n, accumulate)
 //                         dW's tile for K <= 16 (AVX-512: 16 taps x 16 channels, B's rows ldb apart;
 //                         kNarrowDwTaps = 0 elsewhere: the ISA's tile serves)
+//   kMaskedPackLanes      the widest panel pack_patch_panel fills with masked vector loads (0: none)
 //   kMergeRowRuns         whether the forward's panel may take consecutive output rows that lie
 //                         end to end in the image (a 1x1 layer's) as one run
 //   kInPlaceMR, kInPlaceNR, microkernel_in_place(kc, a, offsets, b, c, ldc, accumulate)
@@ -258,7 +259,7 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
             runs[nruns++] = {(n - n0) * image + oh * Ws + ow, i, len};
             i += len;
           }
-          if (gm.nr <= 16) {  // (the ISA's panel packing: masked vector loads on AVX-512)
+          if (gm.nr <= kMaskedPackLanes) {  // (the ISA's panel packing: masked vector loads)
             PanelRun lanes[32];
             for (int j = 0; j < nruns; ++j)
               lanes[j] = {runs[j].offset - runs[j].lane, std::uint32_t(((1u << runs[j].len) - 1) << runs[j].lane)};
