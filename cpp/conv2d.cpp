@@ -60,29 +60,34 @@ bool unit_stride_work(const ConvShape& s, i64 N) { return has_work(s, N) && s.st
 // 0.41 ms against the panels' 0.27). The same answer with and without a pool, so that the fused
 // layer gives the separate layers' numbers.
 constexpr i64 kWinogradChannels = 16, kWinogradTiles = 32;
-bool winograd_accepts(const ConvShape& s, i64 N, i64) {
+bool winograd_accepts(const ConvShape& s, i64 N, i64, bool) {
   return unit_stride_work(s, N) && s.R == 3 && s.S == 3 && s.C >= kWinogradChannels && s.K >= kWinogradChannels &&
          s.pad <= 2 && s.Ho % 2 == 0 && s.Wo % 2 == 0 && N * (s.Ho / 2) * (s.Wo / 2) >= kWinogradTiles &&
          s.P() < (i64(1) << 30);
 }
 
-// At most kFewPixels output pixels in the batch, more taps than the direct path's, not 1x1 (a 1x1
-// layer's panels need no patches: 256->64 on 8 x 8 at batch 1 took 0.021 ms there, 0.025 here).
+// At most kFewPixels output pixels in the batch, more taps than the direct path's. A 1x1 layer only
+// forward, and only with a multiple of 16 pixels an image (im2col's rows are then x's own, and x is
+// read as it is): there 256->64 on 8 x 8 at batch 1 took 0.020 ms on the panels and 0.011-0.014
+// here, 512->128 on 4 x 4 0.030 and 0.010-0.016, 64->128 stride 2 to 4 x 4 0.010 and 0.005
+// (AVX-512, 1-2 threads; AVX2 alike); with 36 or 49 pixels, copied into rows of 48 or 64, the panels
+// were faster (0.012 against 0.020 ms, 0.058 against 0.070), and so was their backward (0.037 ms for
+// 256->64 on 8 x 8, 0.056 here: dw needs x transposed either way, and the panels' dx is one GEMM).
 // Measured at batch 1 on AVX-512, one thread, ms forward / backward, panels (or Winograd) -> here:
 // 128->256 on 4 x 4 0.163 / 0.727 -> 0.093 / 0.260; 64->128 stride 2 to 4 x 4 0.037 / 0.159 ->
 // 0.031 / 0.069; 64->128 on 8 x 8 0.075 / 0.238 -> 0.078 / 0.167; but 32->64 on 16 x 16 (256
 // pixels) 0.053 / 0.137 -> 0.077 / 0.177 and conv2 (121) 0.038 / 0.089 -> 0.046 / 0.107. The
 // limit can be changed (set_few_pixels_limit) so that the tests run each layer both ways.
 std::atomic<i64> few_pixels_limit{kFewPixels};
-bool few_pixels_accepts(const ConvShape& s, i64 N, i64) {
-  return has_work(s, N) && s.taps() > kDirectTaps && !pointwise(s) && N * s.P() <= few_pixels_limit.load() &&
-         s.P() < (i64(1) << 30);
+bool few_pixels_accepts(const ConvShape& s, i64 N, i64, bool backward) {
+  return has_work(s, N) && s.taps() > kDirectTaps && (!pointwise(s) || (!backward && s.P() % 16 == 0)) &&
+         N * s.P() <= few_pixels_limit.load() && s.P() < (i64(1) << 30);
 }
 
 struct Conv2dPath {
   const char* name;
-  // Does it take this layer (pool_k = 0: conv2d alone)?
-  bool (*accepts)(const ConvShape& s, i64 N, i64 pool_k);
+  // Does it take this layer (pool_k = 0: conv2d alone), forward or backward?
+  bool (*accepts)(const ConvShape& s, i64 N, i64 pool_k, bool backward);
   bool makes_dx;  // can its backward give the input gradient?
   // y = conv2d(x), or pooled: y, argmax = max_pool2d(conv2d(x), pool_k, relu=true) (argmax may be null)
   void (*forward)(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b, const ConvShape& s,
@@ -94,24 +99,24 @@ struct Conv2dPath {
 
 const Conv2dPath kPaths[] = {
     {"conv3x3_pool2",
-     [](const ConvShape& s, i64 N, i64 pool_k) {
+     [](const ConvShape& s, i64 N, i64 pool_k, bool) {
        return unit_stride_work(s, N) && pool_k == 2 && s.C == 1 && s.R == 3 && s.S == 3 && s.Ho >= 2 && s.Wo >= 2 &&
               s.P() < (i64(1) << 30);
      },
      false, conv3x3_pool2_forward_path, conv3x3_pool2_backward_path},
     {"few_pixels", few_pixels_accepts, true, few_pixels_forward_path, few_pixels_backward_path},
     {"winograd", winograd_accepts, true, winograd_forward_path, winograd_backward_path},
-    {"panels", [](const ConvShape& s, i64 N, i64) { return has_work(s, N) && s.taps() > kDirectTaps; }, true,
+    {"panels", [](const ConvShape& s, i64 N, i64, bool) { return has_work(s, N) && s.taps() > kDirectTaps; }, true,
      panels_forward_path, panels_backward_path},
-    {"direct", [](const ConvShape& s, i64 N, i64) { return has_work(s, N) && s.taps() <= kDirectTaps; }, true,
+    {"direct", [](const ConvShape& s, i64 N, i64, bool) { return has_work(s, N) && s.taps() <= kDirectTaps; }, true,
      direct_forward_path, direct_backward_path},
-    {"reference", [](const ConvShape&, i64, i64) { return true; }, true, reference_forward_path,
+    {"reference", [](const ConvShape&, i64, i64, bool) { return true; }, true, reference_forward_path,
      reference_backward_path},
 };
 
 // The paths that may run, in order: forward, or backward with or without dx
 bool candidate(const Conv2dPath& path, const ConvShape& s, i64 N, i64 pool_k, bool backward, bool dx) {
-  return path.accepts(s, N, pool_k) && !(backward && dx && !path.makes_dx);
+  return path.accepts(s, N, pool_k, backward) && !(backward && dx && !path.makes_dx);
 }
 
 void forward(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b, const ConvShape& s, i64 N,

@@ -65,10 +65,11 @@ void im2col_padded(float* col, i64 ldc, const float* x, const ConvShape& s, i64 
 void few_pixels_forward_path(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
                              const ConvShape& s, i64 N, i64 pool_k) {
   const i64 P = s.P(), T = s.taps(), ldc = round_up(P, 16);
-  ScratchFloats col(size_t(N) * T * ldc);
-  im2col_padded(col.get(), ldc, x, s, N);
+  const bool as_is = pointwise(s) && s.stride == 1 && ldc == P;  // (a 1x1 layer's col is x itself)
+  ScratchFloats col(as_is ? 0 : size_t(N) * T * ldc);
+  if (!as_is) im2col_padded(col.get(), ldc, x, s, N);
   std::unique_ptr<float[]> conv(pool_k > 0 ? new float[size_t(N) * s.K * P] : nullptr);
-  active_isa().few_pixels_forward(pool_k > 0 ? conv.get() : y, col.get(), ldc, w, b, N, s.K, T, P);
+  active_isa().few_pixels_forward(pool_k > 0 ? conv.get() : y, as_is ? x : col.get(), ldc, w, b, N, s.K, T, P);
   if (pool_k > 0) pool_whole(y, argmax, conv.get(), s, N, pool_k);
 }
 

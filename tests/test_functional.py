@@ -66,6 +66,7 @@ CONV_SHAPES = [  # N, C, H, W, K, R, S, padding
     (2, 4, 9, 11, 7, 1, 1, 0),  # 1x1 (dx: one GEMM an image)
     (2, 40, 5, 6, 8, 1, 1, 0),  # 1x1 with more than 32 channels: the panels' dw
     (2, 40, 5, 6, 24, 1, 1, 0),  # the same, 24 out: pixel-major, a panel's rows of 6 one run on AVX-512
+    (1, 48, 8, 4, 20, 1, 1, 0),  # 1x1 on 32 pixels: the few-pixels forward reads x as it is
     (2, 5, 6, 5, 3, 5, 3, 2),
     (4, 32, 13, 13, 64, 3, 3, 0),  # the default model's second layer
     (3, 4, 9, 7, 32, 3, 3, 1),  # padding, dW's A read in place (S*C a multiple of 12, K of 32)
@@ -157,6 +158,7 @@ STRIDED_SHAPES = [  # N, C, H, W, K, R, S, padding, stride
     (1, 1, 4, 4, 2, 2, 2, 2, 4),  # stride larger than the kernel, padding larger than it
     (3, 16, 11, 9, 20, 3, 3, 0, 2),  # the panels' in-place dW (S*C a multiple of 12)
     (2, 4, 6, 6, 3, 3, 3, 1, 1),  # stride 1 through the same entry points
+    (1, 40, 8, 8, 24, 1, 1, 0, 2),  # a 1x1 stride-2 shortcut on 16 pixels: the few-pixels forward
 ]
 
 
@@ -575,7 +577,10 @@ def test_every_kernel_follows_the_forced_isa(isa):
         ((1, 128, 4, 4), (256, 128, 3, 3), 1, 0, False, False, {None: "few_pixels"}),
         ((1, 128, 4, 4), (256, 128, 3, 3), 1, 2, True, True, {None: "few_pixels"}),
         ((2, 64, 8, 8), (128, 64, 3, 3), 1, 0, True, True, {None: "winograd"}),  # 128 pixels: more than it takes
-        ((1, 256, 8, 8), (64, 256, 1, 1), 0, 0, False, False, {}),  # 1x1: the panels need no patches
+        # 1x1 at batch 1 with 16k pixels: x read as it is, forward; backward, or 36 pixels: the panels
+        ((1, 256, 8, 8), (64, 256, 1, 1), 0, 0, False, False, {None: "few_pixels"}),
+        ((1, 256, 8, 8), (64, 256, 1, 1), 0, 0, True, True, {}),
+        ((1, 256, 6, 6), (64, 256, 1, 1), 0, 0, False, False, {}),
         ((8, 32, 13, 13), (64, 32, 3, 3), 0, 0, False, False, {}),  # odd output (11 x 11): the panels
         ((8, 8, 16, 16), (64, 8, 3, 3), 1, 0, False, False, {}),  # 8 input channels: the panels
         ((8, 32, 16, 16), (64, 32, 3, 3), 3, 0, False, False, {}),  # padding 3: the panels
