@@ -67,12 +67,13 @@ bool winograd_accepts(const ConvShape& s, i64 N, i64, bool) {
 }
 
 // At most kFewPixels output pixels in the batch, more taps than the direct path's. A 1x1 layer only
-// forward, and only with a multiple of 16 pixels an image (im2col's rows are then x's own, and x is
-// read as it is): there 256->64 on 8 x 8 at batch 1 took 0.020 ms on the panels and 0.011-0.014
-// here, 512->128 on 4 x 4 0.030 and 0.010-0.016, 64->128 stride 2 to 4 x 4 0.010 and 0.005
-// (AVX-512, 1-2 threads; AVX2 alike); with 36 or 49 pixels, copied into rows of 48 or 64, the panels
-// were faster (0.012 against 0.020 ms, 0.058 against 0.070), and so was their backward (0.037 ms for
-// 256->64 on 8 x 8, 0.056 here: dw needs x transposed either way, and the panels' dx is one GEMM).
+// forward, only with a multiple of 16 pixels an image (im2col's rows are then x's own, and x is
+// read as it is), and up to 8 x kFewPixels pixels: there 256->64 on 8 x 8 at batch 1 took 0.020 ms
+// on the panels and 0.011-0.014 here, 512->128 on 4 x 4 0.030 and 0.010-0.016, 64->128 stride 2 to
+// 4 x 4 0.010 and 0.005, 64->128 on 16 x 32 (512 pixels) 0.049 and 0.029 on two threads (AVX-512,
+// 1-2 threads; AVX2 alike); at 1,024 pixels the two were even. With 36 or 49 pixels, copied into
+// rows of 48 or 64, the panels were faster (0.012 against 0.020 ms, 0.058 against 0.070), and so was
+// their backward (0.037 ms for 256->64 on 8 x 8, 0.056 here: the panels' dx is one GEMM).
 // Measured at batch 1 on AVX-512, one thread, ms forward / backward, panels (or Winograd) -> here:
 // 128->256 on 4 x 4 0.163 / 0.727 -> 0.093 / 0.260; 64->128 stride 2 to 4 x 4 0.037 / 0.159 ->
 // 0.031 / 0.069; 64->128 on 8 x 8 0.075 / 0.238 -> 0.078 / 0.167; but 32->64 on 16 x 16 (256
@@ -81,7 +82,7 @@ bool winograd_accepts(const ConvShape& s, i64 N, i64, bool) {
 std::atomic<i64> few_pixels_limit{kFewPixels};
 bool few_pixels_accepts(const ConvShape& s, i64 N, i64, bool backward) {
   return has_work(s, N) && s.taps() > kDirectTaps && (!pointwise(s) || (!backward && s.P() % 16 == 0)) &&
-         N * s.P() <= few_pixels_limit.load() && s.P() < (i64(1) << 30);
+         N * s.P() <= (pointwise(s) ? 8 : 1) * few_pixels_limit.load() && s.P() < (i64(1) << 30);
 }
 
 struct Conv2dPath {

@@ -581,6 +581,8 @@ def test_every_kernel_follows_the_forced_isa(isa):
         ((1, 256, 8, 8), (64, 256, 1, 1), 0, 0, False, False, {None: "few_pixels"}),
         ((1, 256, 8, 8), (64, 256, 1, 1), 0, 0, True, True, {}),
         ((1, 256, 6, 6), (64, 256, 1, 1), 0, 0, False, False, {}),
+        ((2, 64, 16, 16), (128, 64, 1, 1), 0, 0, False, False, {None: "few_pixels"}),  # 512 pixels
+        ((1, 64, 32, 32), (128, 64, 1, 1), 0, 0, False, False, {}),  # 1,024: the panels
         ((8, 32, 13, 13), (64, 32, 3, 3), 0, 0, False, False, {}),  # odd output (11 x 11): the panels
         ((8, 8, 16, 16), (64, 8, 3, 3), 1, 0, False, False, {}),  # 8 input channels: the panels
         ((8, 32, 16, 16), (64, 32, 3, 3), 3, 0, False, False, {}),  # padding 3: the panels
