@@ -415,6 +415,12 @@ void conv2d_backward_panels(float* dx, float* dw, const float* x, const float* w
   // on another, with a packed A of its own (each the same as made in turn)
   const bool side_by_side = dx && dw && ch.chunks == 1 && threads_over(2.0 * N * K * P * T, 2) > 1;
   ScratchFloats dx_ap(side_by_side ? ap_floats : 0);
+  // A single chunk wanting dW alone (Winograd's dx comes after it): its panels of taps over the
+  // threads, each with a packed A of its own (each panel's rows of dW^T are one thread's)
+  const int dw_inner = dw && !dx && ch.chunks == 1 && double(N) * K * P * T >= kSplitChunkWork
+                           ? threads_over(double(N) * K * P * T, tap_panels)
+                           : 1;
+  ScratchFloats dw_aps(dw_inner > 1 ? size_t(dw_inner) * ap_floats : 0);
   for_each_chunk(ch.chunks, nt, [&](i64 chunk) __attribute__((always_inline)) {
     const i64 n0 = chunk * ch.per_chunk, n1 = std::min(N, n0 + ch.per_chunk), L = (n1 - n0) * P;
     float* xp = scratch.get() + size_t(omp_get_thread_num()) * per_thread;                    // [images][Hp][Wp][C]
@@ -435,24 +441,25 @@ void conv2d_backward_panels(float* dx, float* dw, const float* x, const float* w
       float* out = partial.get() + chunk * T * Kp;  // dW^T [T, Kp]
       for (i64 l0 = 0; l0 < L; l0 += depth) {
         const i64 kb = std::min(depth, L - l0);
-        for (i64 tp = 0; tp < tap_panels; ++tp) {
+        for_each_over(tap_panels, dw_inner, [&](i64 tp) __attribute__((always_inline)) {
           if (in_place) {  // taps tp*mr.. of kernel row r = tap / (S*C), at offset tap % (S*C) in the pixel's row r
             const float* a = xp + (tp * mr) / (S * C) * s.Wp * C + (tp * mr) % (S * C);
             for (i64 j0 = 0; j0 < K; j0 += nr)
               microkernel_in_place(kb, a, offsets + l0, d.by_pixel + j0 * L + l0 * nr, out + tp * mr * Kp + j0, Kp,
                                    l0 > 0);
-            continue;
+            return;
           }
-          pack_patch_panel(ap, xp, &tap_runs[size_t(tp * 16)], tap_nruns[size_t(tp)], offsets + l0, kb, tr);
+          float* a_pack = dw_inner > 1 ? dw_aps.get() + size_t(omp_get_thread_num()) * ap_floats : ap;
+          pack_patch_panel(a_pack, xp, &tap_runs[size_t(tp * 16)], tap_nruns[size_t(tp)], offsets + l0, kb, tr);
           if (narrow) {  // B: dy's first panel of nr channels, of which K <= 16 are used
-            narrow_dw_product(kb, ap, d.by_pixel + l0 * nr, nr, out + tp * tr * Kp, Kp, std::min<i64>(tr, T - tp * tr),
-                              K, l0 > 0);
-            continue;
+            narrow_dw_product(kb, a_pack, d.by_pixel + l0 * nr, nr, out + tp * tr * Kp, Kp,
+                              std::min<i64>(tr, T - tp * tr), K, l0 > 0);
+            return;
           }
           for (i64 j0 = 0; j0 < K; j0 += nr)
-            mk.run(kb, ap, d.by_pixel + j0 * L + l0 * nr, out + tp * mr * Kp + j0, Kp, std::min<i64>(mr, T - tp * mr),
-                   std::min<i64>(nr, K - j0), l0 > 0);
-        }
+            mk.run(kb, a_pack, d.by_pixel + j0 * L + l0 * nr, out + tp * mr * Kp + j0, Kp,
+                   std::min<i64>(mr, T - tp * mr), std::min<i64>(nr, K - j0), l0 > 0);
+        });
       }
     };
     auto dx_of_chunk = [&](float* a_pack) {

@@ -377,9 +377,43 @@ void winograd_weight_grad(float* dw, const float* x, const float* dy, const Conv
   const size_t packed = lines(size_t(ch.L_max) * Kp) + lines(size_t(ch.L_max) * Cp);
   const size_t per_thread = size_t(16 * (vs + es)) + lines(size_t(ch.Hr) * Wr) + packed;
   const int nt = threads_over(double(N) * K * C * 16 * Th * Tw, groups);
-  ScratchFloats scratch(size_t(nt) * per_thread), sums(size_t(groups) * 16 * Kp * Cp);
+  // A single chunk (one image, or a few small ones) is one group, which one thread made while the
+  // other waited: there its transforms go over the channels and its 16 products over the threads
+  // (the same products, each tile's sum in the same order)
+  const int inner = chunks == 1 ? threads_over(double(N) * K * C * 16 * Th * Tw, 16) : 1;
+  ScratchFloats scratch(size_t(inner > 1 ? 0 : nt) * per_thread), sums(size_t(groups) * 16 * Kp * Cp);
+  if (inner > 1) {
+    const size_t mine = lines(size_t(ch.Hr) * Wr) + packed;  // rows, ep, vt: each thread's
+    ScratchFloats planes(size_t(16) * (vs + es)), own(size_t(inner) * mine);
+    float* v = planes.get();  // [16][C][LS]
+    float* e = v + 16 * vs;   // [16][K][LS]
+    const i64 L = ch.rows_total * Tw;
+#pragma omp parallel num_threads(inner)
+    {
+      float* rows = own.get() + size_t(omp_get_thread_num()) * mine;
+      float* ep = rows + lines(size_t(ch.Hr) * Wr);
+      float* vt = ep + lines(size_t(ch.L_max) * Kp);
+#pragma omp for schedule(static)
+      for (i64 j = 0; j < C + K; ++j)  // input channel j, or dy's channel j - C
+        by_image(0, ch.rows_total, Th, Tw, [&](i64 n, i64 th0, i64 th1, i64 l0) {
+          if (j < C)
+            transform_input_rows(v + j * LS + l0, vs, x + (n * C + j) * H * W, H, W, s.pad, th0, th1, Tw, rows, Wr);
+          else
+            transform_dy_rows(e + (j - C) * LS + l0, es, dy + (n * K + j - C) * Ho * Wo, Wo, th0, th1, Tw, rows, Wr);
+        });
+#pragma omp for schedule(static)
+      for (int xi = 0; xi < 16; ++xi) {
+        for (i64 k0 = 0; k0 < Kp; k0 += MR)
+          pack_columns(ep + k0 * L, MR, e + xi * es + k0 * LS, LS, std::max<i64>(0, std::min<i64>(MR, K - k0)), L);
+        pack_columns(vt, Cp, v + xi * vs, LS, C, L);
+        float* mxi = sums.get() + size_t(xi) * Kp * Cp;
+        for (i64 k0 = 0; k0 < Kp; k0 += MR)
+          for (i64 c0 = 0; c0 < Cp; c0 += NR) tile_product(L, ep + k0 * L, vt + c0, Cp, mxi + k0 * Cp + c0, Cp, false);
+      }
+    }
+  }
 #pragma omp parallel for num_threads(nt) schedule(static)
-  for (i64 group = 0; group < groups; ++group) {
+  for (i64 group = 0; group < (inner > 1 ? 0 : groups); ++group) {
     float* v = scratch.get() + size_t(omp_get_thread_num()) * per_thread;  // [16][C][LS], planes vs apart
     float* e = v + 16 * vs;                                                // [16][K][LS], planes es apart
     float* rows = e + 16 * es;                                             // [Hr][Wr]

@@ -486,6 +486,8 @@ def test_linear_narrow_rows_alone_equal_the_batch_bit_for_bit(isa, O):
     [
         ((1, 32, 13, 13), (64, 32, 3, 3), 0, "panels"),  # one image: its panels over the threads, dW beside dx
         ((1, 16, 16, 16), (32, 16, 3, 3), 1, "winograd"),  # one image: its 16 products over the threads
+        # one image, 64 channels: dW alone (the panels' on AVX-512, Winograd's elsewhere) over the threads
+        ((1, 64, 12, 12), (64, 64, 3, 3), 1, "winograd"),
         ((1, 64, 4, 4), (48, 64, 3, 3), 1, "few_pixels"),  # output channels (dx: taps) over the threads
         ((1, 20, 9, 9), (40, 20, 3, 3), 0, "few_pixels"),  # 49 pixels, tiles of taps cut at the end
         # few taps: the product made channel-major, one image's pixel panels over the threads, or images
@@ -501,7 +503,10 @@ def test_one_image_or_a_few_use_the_threads_and_give_the_same_bits(isa, threads,
     for n in (1, 2):
         cnnfast.set_num_threads(n)
         y = F.conv2d(x, w, b, padding=padding)
-        results.append([y, *F.conv2d_backward(x, w, y, padding=padding)])
+        both = F.conv2d_backward(x, w, y, padding=padding)
+        dw_alone = F.conv2d_backward(x, w, y, padding=padding, input_grad=False)
+        np.testing.assert_array_equal(dw_alone[1], both[1])  # (dW the same with and without dx)
+        results.append([y, *both, *dw_alone[1:]])
     assert_close(results[0][0], ref.conv2d(x, w, b, padding))
     for a, b_ in zip(*results):
         np.testing.assert_array_equal(a, b_)
