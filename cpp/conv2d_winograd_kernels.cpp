@@ -331,19 +331,22 @@ void winograd_forward(float* y, const float* x, const float* w, const float* b, 
   const i64 kc = C <= 320 ? C : 256;
   const size_t per_thread = size_t(16 * (vs + ms)) + lines(size_t(ch.Hr) * Wr);
   const int nt = threads_over(double(N) * K * C * 16 * Th * Tw, ch.chunks);
-  // a single chunk (one image): its 16 products over the threads instead
+  // a single chunk (one image): its input transforms (by channel), 16 products and output
+  // transforms (by channel) over the threads instead; one thread's transforms left the other idle
   const int inner = ch.chunks == 1 && double(N) * K * C * 9 * Ho * Wo >= kSplitChunkWork
                         ? threads_over(double(N) * K * C * 16 * Th * Tw, 16)
                         : 1;
-  ScratchFloats scratch(size_t(nt) * per_thread);
+  ScratchFloats scratch(size_t(nt) * per_thread), inner_rows(inner > 1 ? size_t(inner) * lines(size_t(ch.Hr) * Wr) : 0);
   for_each_chunk(ch.chunks, nt, [&](i64 chunk) __attribute__((always_inline)) {
     float* v = scratch.get() + size_t(omp_get_thread_num()) * per_thread;  // [16][C][LS], planes vs apart
     float* m = v + 16 * vs;                                                // [16][Kp][LS], planes ms apart
     float* rows = m + 16 * ms;                                             // [Hr][Wr]
     const i64 r0 = chunk * ch.rows_per_chunk, r1 = std::min(ch.rows_total, r0 + ch.rows_per_chunk);
-    by_image(r0, r1, Th, Tw, [&](i64 n, i64 th0, i64 th1, i64 l0) {
-      for (i64 c = 0; c < C; ++c)
-        transform_input_rows(v + c * LS + l0, vs, x + (n * C + c) * H * W, H, W, s.pad, th0, th1, Tw, rows, Wr);
+    for_each_over(C, inner, [&](i64 c) __attribute__((always_inline)) {
+      float* rows_c = inner > 1 ? inner_rows.get() + size_t(omp_get_thread_num()) * lines(size_t(ch.Hr) * Wr) : rows;
+      by_image(r0, r1, Th, Tw, [&](i64 n, i64 th0, i64 th1, i64 l0) {
+        transform_input_rows(v + c * LS + l0, vs, x + (n * C + c) * H * W, H, W, s.pad, th0, th1, Tw, rows_c, Wr);
+      });
     });
     const i64 L = (r1 - r0) * Tw, panels = (L + NR - 1) / NR;
     for_each_over(16, inner, [&](i64 xi) __attribute__((always_inline)) {
@@ -356,11 +359,12 @@ void winograd_forward(float* y, const float* x, const float* w, const float* b, 
             tile_product(std::min(kc, C - c0), uxi + (k0 * C + c0 * MR), vxi + c0 * LS + p * NR, LS,
                          mxi + k0 * LS + p * NR, LS, c0 > 0);
     });
-    for (i64 r = r0; r < r1; ++r) {
-      const i64 n = r / Th, th = r % Th, l0 = (r - r0) * Tw;
-      for (i64 k = 0; k < K; ++k)
+    for_each_over(K, inner, [&](i64 k) __attribute__((always_inline)) {
+      for (i64 r = r0; r < r1; ++r) {
+        const i64 n = r / Th, th = r % Th, l0 = (r - r0) * Tw;
         transform_output_row(y + (n * K + k) * Ho * Wo, Ho, Wo, m + k * LS + l0, ms, th, Tw, b ? b[k] : 0.0f);
-    }
+      }
+    });
   });
 }
 
