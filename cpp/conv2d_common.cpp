@@ -94,6 +94,8 @@ bool pooled_dconv_chunk(float* kl, float* lk, i64 width, float* lanes, const flo
 void input_grad(float* dx, const float* x, const float* w, const float* dy, const ConvShape& s, i64 N) {
   if (!pointwise(s)) return active_isa().panels_backward_plain(dx, nullptr, nullptr, x, w, dy, s, N);
   const i64 C = s.C, K = s.K, P = s.P(), image = C * s.H * s.W, st = s.stride;
+  if (N == 1 && st == 1)  // one image: its GEMM over the threads (each element's sum the same)
+    return sgemm_parallel(true, false, C, P, K, w, C, dy, P, dx, P, false);
   const int nt = threads_over(double(N) * C * K * P, N);
   ScratchFloats scratch(st > 1 ? size_t(nt) * C * P : 0);
 #pragma omp parallel for num_threads(nt) schedule(static)
