@@ -32,6 +32,10 @@ template <class Body>
 void for_each_chunk(i64 chunks, int nt, Body&& body) {
   (void)nt;  // (unused without OpenMP)
   if (chunks == 1) return body(i64(0));
+  if (nt <= 1) {  // (one thread: no region either, for the parallel loops inside the chunks)
+    for (i64 chunk = 0; chunk < chunks; ++chunk) body(chunk);
+    return;
+  }
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (i64 chunk = 0; chunk < chunks; ++chunk) body(chunk);
 }

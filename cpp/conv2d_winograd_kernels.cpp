@@ -330,12 +330,17 @@ void winograd_forward(float* y, const float* x, const float* w, const float* b, 
   const i64 vs = odd_lines(C * LS), ms = odd_lines(Kp * LS);  // V's and M's planes this far apart
   const i64 kc = C <= 320 ? C : 256;
   const size_t per_thread = size_t(16 * (vs + ms)) + lines(size_t(ch.Hr) * Wr);
-  const int nt = threads_over(double(N) * K * C * 16 * Th * Tw, ch.chunks);
   // a single chunk (one image): its input transforms (by channel), 16 products and output
-  // transforms (by channel) over the threads instead; one thread's transforms left the other idle
-  const int inner = ch.chunks == 1 && double(N) * K * C * 9 * Ho * Wo >= kSplitChunkWork
-                        ? threads_over(double(N) * K * C * 16 * Th * Tw, 16)
-                        : 1;
+  // transforms (by channel) over the threads instead; one thread's transforms left the other idle.
+  // So too every chunk in turn when the transformed weights outgrow half of L2 (16 x 256 x 128
+  // floats, 2 MB, for 128->256) and the chunks are few: chunks side by side each streamed all of
+  // them for a few tiles, where split by product each thread keeps its half (128->256 on 4 x 4 at
+  // batch 32, two threads: 1.19 -> 1.07 ms on AVX-512, 1.53 -> 1.10 on AVX2; at batch 128, 16
+  // chunks, side by side was faster on AVX-512: 3.47 against 3.75 ms)
+  const int threads = threads_over(double(N) * K * C * 16 * Th * Tw, 16);
+  const bool heavy = 16.0 * Kp * C * sizeof(float) > double(1 << 20) && ch.chunks < 4 * threads;
+  const int inner = (ch.chunks == 1 || heavy) && double(N) * K * C * 9 * Ho * Wo >= kSplitChunkWork ? threads : 1;
+  const int nt = inner > 1 ? 1 : threads_over(double(N) * K * C * 16 * Th * Tw, ch.chunks);
   ScratchFloats scratch(size_t(nt) * per_thread), inner_rows(inner > 1 ? size_t(inner) * lines(size_t(ch.Hr) * Wr) : 0);
   for_each_chunk(ch.chunks, nt, [&](i64 chunk) __attribute__((always_inline)) {
     float* v = scratch.get() + size_t(omp_get_thread_num()) * per_thread;  // [16][C][LS], planes vs apart
