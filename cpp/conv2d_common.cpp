@@ -40,10 +40,18 @@ void im2col(float* col, const float* x, const ConvShape& s, i64 ld) {
       }
 }
 
+// (blocks of the elements over the threads, each element's parts added in order: 8 chunks' dW of
+// 128->256 3x3, 2.4M floats, were a twentieth of that layer's backward on one thread of two)
 void sum_parts(float* out, const float* parts, i64 count, i64 n) {
-  std::fill(out, out + n, 0.0f);
-  for (i64 p = 0; p < count; ++p)
-    for (i64 i = 0; i < n; ++i) out[i] += parts[p * n + i];
+  constexpr i64 kBlock = 4096;
+  const i64 blocks = (n + kBlock - 1) / kBlock;
+#pragma omp parallel for num_threads(threads_over(4.0 * count * n, blocks)) schedule(static)
+  for (i64 blk = 0; blk < blocks; ++blk) {
+    const i64 i0 = blk * kBlock, i1 = std::min(n, i0 + kBlock);
+    std::fill(out + i0, out + i1, 0.0f);
+    for (i64 p = 0; p < count; ++p)
+      for (i64 i = i0; i < i1; ++i) out[i] += parts[p * n + i];
+  }
 }
 
 // Blocks of 8 channels over the threads, the 8 sums of a block interleaved (independent chains overlap).
