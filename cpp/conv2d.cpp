@@ -7,7 +7,9 @@
 //   conv3x3_pool2          conv3x3_pool2.cpp (per ISA),                  fused only: 1 channel, 3x3, 2x2 pool
 //                          conv3x3_pool2_avx512.cpp                      (conv1), stride 1, no dx; every ISA
 //   few_pixels             conv2d_few_pixels.cpp,                        <= 64 output pixels in the batch, > 32
-//                          conv2d_few_pixels_kernels.cpp (per ISA)       taps, not 1x1, any stride; every ISA
+//                          conv2d_few_pixels_kernels.cpp (per ISA)       taps, any stride; 1x1 forward only, a
+//                                                                        multiple of 16 pixels an image, <= 512
+//                                                                        in the batch; every ISA
 //   winograd               conv2d_winograd.cpp,                          3x3, >= 16 channels in and out, even
 //                          conv2d_winograd_kernels.cpp (per ISA)         output, >= 32 tiles, stride 1; every ISA
 //   panels                 conv2d_panels.cpp, conv2d_panels_impl.hpp,   > 32 taps (conv2), any stride; every ISA
@@ -82,7 +84,7 @@ bool winograd_accepts(const ConvShape& s, i64 N, i64, bool) {
 std::atomic<i64> few_pixels_limit{kFewPixels};
 bool few_pixels_accepts(const ConvShape& s, i64 N, i64, bool backward) {
   return has_work(s, N) && s.taps() > kDirectTaps && (!pointwise(s) || (!backward && s.P() % 16 == 0)) &&
-         N * s.P() <= (pointwise(s) ? 8 : 1) * few_pixels_limit.load() && s.P() < (i64(1) << 30);
+         (pointwise(s) ? (N * s.P() + 7) / 8 : N * s.P()) <= few_pixels_limit.load() && s.P() < (i64(1) << 30);
 }
 
 struct Conv2dPath {

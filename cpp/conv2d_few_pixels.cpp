@@ -1,12 +1,13 @@
 // conv2d's few-pixels path: a batch with at most 64 output pixels in all (a middle layer at batch 1:
-// 4 x 4 to 8 x 8). The GEMM paths lay the weights out again on every call (packed panels, taps in
-// (r, s, c) order, dw transposed back), which costs as much as the product when there are only 16
-// or 64 pixels to multiply them with (128->256 3x3 on 4 x 4 at batch 1: the weights' re-layout,
-// memsets and dw's transposition were 3/4 of the backward). Here the weights and dw stay in their
-// [K, C*R*S] layout and only the image side is laid out: im2col (taps x pixels) for the forward and
-// for dx (whose columns are then added back into dx: col2im), patch rows (pixels x taps) for dw.
-// The products are the ISA's (conv2d_few_pixels_kernels.cpp), over the output channels (or taps)
-// on the threads, so a single image uses both cores.
+// 4 x 4 to 8 x 8; a 1x1 layer's forward up to 512, its image read as it lies). The GEMM paths lay
+// the weights out again on every call (packed panels, taps in (r, s, c) order, dw transposed
+// back), which costs as much as the product when there are only 16 or 64 pixels to multiply them
+// with (128->256 3x3 on 4 x 4 at batch 1: the weights' re-layout, memsets and dw's transposition
+// were 3/4 of the backward). Here the weights and dw stay in their [K, C*R*S] layout and only the
+// image side is laid out: im2col (taps x pixels) for the forward and for dx (whose columns are
+// then added back into dx: col2im), patch rows (pixels x taps) for dw. The products are the ISA's
+// (conv2d_few_pixels_kernels.cpp), over the output channels (or taps) on the threads, so a single
+// image uses both cores.
 #include <cstring>
 #include <memory>
 

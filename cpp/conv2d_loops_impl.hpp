@@ -5,12 +5,12 @@
 // not be inlined into them (GCC: "target specific option mismatch"), and the default model's
 // second layer ran 4-6% slower through the call. (No include guard: each file includes it once.)
 
-// A single chunk's work (multiply-adds) from which the panels' channel-major forward splits it over
-// the threads, for this ISA's vector width: AVX2 takes twice AVX-512's time over a layer, so half
-// the work pays for waking a thread (1x1 64->128 on 16x16, one image, 2.1M: 0.048 -> 0.037 ms on
-// two AVX2 threads; on AVX-512 a split there cost more than it saved, 0.029 -> 0.032). The others
-// keep kSplitChunkWork: split at 2.2-2.4M on AVX2, the pixel-major product (mnist conv2) gained
-// nothing, and Winograd's 16 products went either way (0.048 -> 0.036 and 0.040 -> 0.052 ms).)
+// A single chunk's work (multiply-adds) from which the panels' forward splits it over the threads,
+// for this ISA's vector width: AVX2 takes twice AVX-512's time over a layer, so half the work pays
+// for waking a thread (1x1 64->128 on 16x16, one image, 2.1M: 0.048 -> 0.037 ms on two AVX2
+// threads; mnist conv2, 2.2M, 0.051 -> 0.034; on AVX-512 a split there cost more than it saved,
+// 0.029 -> 0.032). Winograd keeps kSplitChunkWork: its 16 products split at 2.4M on AVX2 went
+// either way (0.048 -> 0.036 and 0.040 -> 0.052 ms).)
 constexpr double kSplitWork = kSplitChunkWork * CNNFAST_VEC_BYTES / 64;
 
 // body(i) for i in [0, count) over `threads` threads; with one, a plain loop (inside a chunk of a

@@ -176,13 +176,14 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
   // op(B) = w^T [T, K], packed per depth block: panel j0 of block k0 is [kcb][nr], the transpose of
   // w's rows j0.. (zeros past K), through the ISA's register transposes (for a single image the
   // packing is a fifth of the call: generic scalar packing was)
-  ScratchFloats wp(size_t(T) * Kpad);
-  for (i64 k0 = 0; k0 < T; k0 += kc) {
-    const i64 kcb = std::min(kc, T - k0);
-    for (i64 j0 = 0; j0 < Kpad; j0 += nr)
-      transpose_blocks(wp.get() + k0 * Kpad + j0 * kcb, nr, w + std::min(j0, K) * T + k0, T,
-                       std::max<i64>(0, std::min<i64>(nr, K - j0)), kcb, nr);
-  }
+  auto pack_weights = [&](float* wp) {
+    for (i64 k0 = 0; k0 < T; k0 += kc) {
+      const i64 kcb = std::min(kc, T - k0);
+      for (i64 j0 = 0; j0 < Kpad; j0 += nr)
+        transpose_blocks(wp + k0 * Kpad + j0 * kcb, nr, w + std::min(j0, K) * T + k0, T,
+                         std::max<i64>(0, std::min<i64>(nr, K - j0)), kcb, nr);
+    }
+  };
 
   const i64 Hu = pool_k > 0 ? s.Ho / pool_k * pool_k : s.Ho, Wu = pool_k > 0 ? s.Wo / pool_k * pool_k : s.Wo,
             Pu = Hu * Wu;
@@ -217,11 +218,22 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
               scratch.get() + size_t(t) * scratch_per_thread + padded_floats, 0.0f);
   // A single chunk (one image of 512+ pixels, or a few small ones): its panels of pixels over the
   // threads instead, each with a packed A of its own (each panel's product is the same either way;
-  // the channel-major product from less work on narrower vectors: kSplitWork)
-  const int inner = ch.chunks == 1 && double(N) * K * Pu * T >= (by_channels ? kSplitWork : kSplitChunkWork)
+  // from less work on narrower vectors: kSplitWork)
+  const int inner = ch.chunks == 1 && double(N) * K * Pu * T >= kSplitWork
                         ? threads_over(double(N) * K * Pu * T, (N * Pu + mr - 1) / mr)
                         : 1;
   ScratchFloats inner_ap(inner > 1 ? size_t(inner) * T * std::max(mr, gm.nr) : 0);
+  // the pixel-major product's packed weights: split over the threads, one copy each, packed by the
+  // thread that reads it from its own cache (with one copy the split was no faster: mnist conv2 at
+  // batch 1 on two AVX2 threads 0.050 ms; with two, 0.051 -> 0.034)
+  const int copies = by_channels ? 0 : inner;
+  ScratchFloats wp(size_t(copies) * T * Kpad);
+  if (copies > 1) {
+#pragma omp parallel num_threads(copies)
+    pack_weights(wp.get() + size_t(omp_get_thread_num()) * T * Kpad);
+  } else if (copies == 1) {
+    pack_weights(wp.get());
+  }
   ScratchFloats bp(by_channels ? size_t(nt) * T * gm.nr : 0);  // B: a panel of nr pixels, per thread
   for_each_chunk(ch.chunks, nt, [&](i64 chunk) __attribute__((always_inline)) {
     const i64 n0 = chunk * ch.per_chunk, n1 = std::min(N, n0 + ch.per_chunk), L = (n1 - n0) * Pu;
@@ -294,10 +306,11 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
         i += len;
       }
       pack_patch_panel(ap_here, src, runs, nruns, tap_offset.data(), T, mr);
+      const float* w_here = wp.get() + size_t(inner > 1 ? omp_get_thread_num() : 0) * T * Kpad;
       for (i64 k0 = 0; k0 < T; k0 += kc) {
         const i64 kcb = std::min(kc, T - k0);
         for (i64 j0 = 0; j0 < K; j0 += nr)
-          mk.run(kcb, ap_here + k0 * mr, wp.get() + k0 * Kpad + j0 * kcb, out + l0 * K + j0, K, m,
+          mk.run(kcb, ap_here + k0 * mr, w_here + k0 * Kpad + j0 * kcb, out + l0 * K + j0, K, m,
                  std::min<i64>(nr, K - j0), k0 > 0);
       }
     });
@@ -311,8 +324,11 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
     }
     for (i64 n = n0; n < n1; ++n) {  // y_n[k][p] = out[(n - n0)*P + p][k] + b[k]: transposed, then + b
       float* yn = y + n * K * P;
-      transpose_blocks(yn, P, out + (n - n0) * P * K, K, P, K, P);
-      add_bias_rows(yn, b, K, P);
+      for_each_over((K + 15) / 16, inner, [&](i64 blk) __attribute__((always_inline)) {  // (16 channels a time)
+        const i64 k0 = blk * 16, kn = std::min<i64>(16, K - k0);
+        transpose_blocks(yn + k0 * P, P, out + (n - n0) * P * K + k0, K, P, kn, P);
+        add_bias_rows(yn + k0 * P, b + k0, kn, P);
+      });
     }
   });
 }

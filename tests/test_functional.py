@@ -485,6 +485,7 @@ def test_linear_narrow_rows_alone_equal_the_batch_bit_for_bit(isa, O):
     "x_shape, w_shape, padding, path",
     [
         ((1, 32, 13, 13), (64, 32, 3, 3), 0, "panels"),  # one image: its panels over the threads, dW beside dx
+        ((1, 64, 13, 13), (64, 64, 3, 3), 0, "panels"),  # the same from 4M multiply-adds (AVX-512's threshold)
         ((1, 16, 16, 16), (32, 16, 3, 3), 1, "winograd"),  # one image: its 16 products over the threads
         # one image, 64 channels: dW alone (the panels' on AVX-512, Winograd's elsewhere) over the threads
         ((1, 64, 12, 12), (64, 64, 3, 3), 1, "winograd"),
