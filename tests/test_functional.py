@@ -516,6 +516,17 @@ def test_one_image_or_a_few_use_the_threads_and_give_the_same_bits(isa, threads,
         np.testing.assert_array_equal(a, b_)
 
 
+def test_a_strided_first_layer_on_one_image_gives_the_same_bits_on_two_threads(isa, threads):
+    # (tap rows on AVX-512, 9.6M multiply-adds: one image's tiles over the threads; the panels elsewhere)
+    x, w, b = rand(1, 3, 64, 64), rand(64, 3, 7, 7, scale=0.2), rand(64)
+    ys = []
+    for n in (1, 2):
+        cnnfast.set_num_threads(n)
+        ys.append(F.conv2d(x, w, b, padding=3, stride=2))
+    assert_close(ys[0], ref.conv2d(x, w, b, 3, 2))
+    np.testing.assert_array_equal(ys[0], ys[1])
+
+
 def test_results_identical_with_one_and_two_threads(isa, threads):
     x, w, b = rand(16, 8, 12, 12), rand(16, 8, 3, 3), rand(16)
     xl, wl, bl = rand(64, 300), rand(10, 300), rand(10)
