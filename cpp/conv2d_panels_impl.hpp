@@ -212,10 +212,8 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
   const size_t pooled_floats = pool_k > 0 ? size_t(K) * (s.Ho / pool_k) * (s.Wo / pool_k) : 0;
   const size_t scratch_per_thread =
       padded_floats + size_t(T) * mr + chunk_pixels * K + 2 * size_t(K) + 2 * pooled_floats;
-  ScratchFloats scratch(size_t(nt) * scratch_per_thread);  // (each value written before it is read, but:)
-  for (int t = 0; t < nt; ++t)  // each thread's zero-bordered copy of its images, zeroed once
-    std::fill(scratch.get() + size_t(t) * scratch_per_thread,
-              scratch.get() + size_t(t) * scratch_per_thread + padded_floats, 0.0f);
+  ScratchFloats scratch(size_t(nt) * scratch_per_thread);           // (each value written before it is read, but:)
+  zero_each(scratch.get(), nt, scratch_per_thread, padded_floats);  // (each thread's copy of its images)
   // A single chunk (one image of 512+ pixels, or a few small ones): its panels of pixels over the
   // threads instead, each with a packed A of its own (each panel's product is the same either way;
   // from less work on narrower vectors: kSplitWork)

@@ -239,8 +239,7 @@ bool tap_rows_weight_grad(float* dw, float* db, const float* x, const float* dy,
   const size_t per_thread = lines(size_t(C) * plane) + lines(size_t(P) * Kp) + sums_floats;
   ScratchFloats scratch(size_t(nt) * per_thread), partial(size_t(std::max<i64>(N, 1)) * T * Kp),
       lanes(size_t(std::max<i64>(N, 1)) * K * 16);  // (the bias gradient's, as the panels' GatherDyPanels)
-  for (int t = 0; t < nt; ++t)                      // (each thread's image copy: its border zeroed once)
-    std::fill(scratch.get() + size_t(t) * per_thread, scratch.get() + size_t(t) * per_thread + C * plane, 0.0f);
+  zero_each(scratch.get(), nt, per_thread, size_t(C) * plane);
   // image n laid out in xp (x, zero-bordered) and dyt (dy pixel-major), its bias lanes taken
   auto lay_out = [&](i64 n, float* xp, float* dyt, bool bias) {
     copy_into_border(xp, x + n * C * s.H * s.W, C, s);
@@ -333,8 +332,7 @@ bool tap_rows_forward(float* y, const float* x, const float* w, const float* b, 
   const int nt = inner > 1 ? inner : threads_over(double(N) * K * P * T, N);
   const size_t per_thread = lines(size_t(C) * plane) + lines(size_t(P) * Kp);
   ScratchFloats scratch(size_t(nt) * per_thread);
-  for (int t = 0; t < nt && s.pad > 0; ++t)  // (each thread's image copy: its border zeroed once)
-    std::fill(scratch.get() + size_t(t) * per_thread, scratch.get() + size_t(t) * per_thread + C * plane, 0.0f);
+  if (s.pad > 0) zero_each(scratch.get(), nt, per_thread, size_t(C) * plane);
   if (inner > 1) {
     float* out = scratch.get() + lines(size_t(C) * plane);  // [P][Kp], one for all (thread 0's)
 #pragma omp parallel num_threads(inner)

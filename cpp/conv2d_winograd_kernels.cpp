@@ -391,34 +391,38 @@ void winograd_weight_grad(float* dw, const float* x, const float* dy, const Conv
   // (the same products, each tile's sum in the same order)
   const int inner = chunks == 1 ? threads_over(double(N) * K * C * 16 * Th * Tw, 16) : 1;
   ScratchFloats scratch(size_t(inner > 1 ? 0 : nt) * per_thread), sums(size_t(groups) * 16 * Kp * Cp);
+  // channel j (input channel j, or dy's channel j - C) of the tiles of rows r0..r1 -> v or e
+  auto transform = [&](i64 j, i64 r0, i64 r1, float* v, float* e, float* rows) {
+    by_image(r0, r1, Th, Tw, [&](i64 n, i64 th0, i64 th1, i64 l0) {
+      if (j < C)
+        transform_input_rows(v + j * LS + l0, vs, x + (n * C + j) * H * W, H, W, s.pad, th0, th1, Tw, rows, Wr);
+      else
+        transform_dy_rows(e + (j - C) * LS + l0, es, dy + (n * K + j - C) * Ho * Wo, Wo, th0, th1, Tw, rows, Wr);
+    });
+  };
+  // M_xi[K][C] (+)= E_xi[K][L] V_xi[C][L]^T, the L tiles as the depth (ep, vt: the packed operands)
+  auto product = [&](int xi, i64 L, const float* v, const float* e, float* ep, float* vt, float* mxi, bool accumulate) {
+    for (i64 k0 = 0; k0 < Kp; k0 += MR)
+      pack_columns(ep + k0 * L, MR, e + xi * es + k0 * LS, LS, std::max<i64>(0, std::min<i64>(MR, K - k0)), L);
+    pack_columns(vt, Cp, v + xi * vs, LS, C, L);
+    for (i64 k0 = 0; k0 < Kp; k0 += MR)
+      for (i64 c0 = 0; c0 < Cp; c0 += NR) tile_product(L, ep + k0 * L, vt + c0, Cp, mxi + k0 * Cp + c0, Cp, accumulate);
+  };
   if (inner > 1) {
     const size_t mine = lines(size_t(ch.Hr) * Wr) + packed;  // rows, ep, vt: each thread's
     ScratchFloats planes(size_t(16) * (vs + es)), own(size_t(inner) * mine);
     float* v = planes.get();  // [16][C][LS]
     float* e = v + 16 * vs;   // [16][K][LS]
-    const i64 L = ch.rows_total * Tw;
 #pragma omp parallel num_threads(inner)
     {
       float* rows = own.get() + size_t(omp_get_thread_num()) * mine;
       float* ep = rows + lines(size_t(ch.Hr) * Wr);
       float* vt = ep + lines(size_t(ch.L_max) * Kp);
 #pragma omp for schedule(static)
-      for (i64 j = 0; j < C + K; ++j)  // input channel j, or dy's channel j - C
-        by_image(0, ch.rows_total, Th, Tw, [&](i64 n, i64 th0, i64 th1, i64 l0) {
-          if (j < C)
-            transform_input_rows(v + j * LS + l0, vs, x + (n * C + j) * H * W, H, W, s.pad, th0, th1, Tw, rows, Wr);
-          else
-            transform_dy_rows(e + (j - C) * LS + l0, es, dy + (n * K + j - C) * Ho * Wo, Wo, th0, th1, Tw, rows, Wr);
-        });
+      for (i64 j = 0; j < C + K; ++j) transform(j, 0, ch.rows_total, v, e, rows);
 #pragma omp for schedule(static)
-      for (int xi = 0; xi < 16; ++xi) {
-        for (i64 k0 = 0; k0 < Kp; k0 += MR)
-          pack_columns(ep + k0 * L, MR, e + xi * es + k0 * LS, LS, std::max<i64>(0, std::min<i64>(MR, K - k0)), L);
-        pack_columns(vt, Cp, v + xi * vs, LS, C, L);
-        float* mxi = sums.get() + size_t(xi) * Kp * Cp;
-        for (i64 k0 = 0; k0 < Kp; k0 += MR)
-          for (i64 c0 = 0; c0 < Cp; c0 += NR) tile_product(L, ep + k0 * L, vt + c0, Cp, mxi + k0 * Cp + c0, Cp, false);
-      }
+      for (int xi = 0; xi < 16; ++xi)
+        product(xi, ch.rows_total * Tw, v, e, ep, vt, sums.get() + size_t(xi) * Kp * Cp, false);
     }
   }
 #pragma omp parallel for num_threads(nt) schedule(static)
@@ -431,23 +435,9 @@ void winograd_weight_grad(float* dw, const float* x, const float* dy, const Conv
     float* m = sums.get() + size_t(group) * 16 * Kp * Cp;                  // [16][Kp][Cp]
     for (i64 chunk = group * chunks / groups; chunk < (group + 1) * chunks / groups; ++chunk) {
       const i64 r0 = chunk * ch.rows_per_chunk, r1 = std::min(ch.rows_total, r0 + ch.rows_per_chunk);
-      const i64 L = (r1 - r0) * Tw;
-      by_image(r0, r1, Th, Tw, [&](i64 n, i64 th0, i64 th1, i64 l0) {
-        for (i64 c = 0; c < C; ++c)
-          transform_input_rows(v + c * LS + l0, vs, x + (n * C + c) * H * W, H, W, s.pad, th0, th1, Tw, rows, Wr);
-        for (i64 k = 0; k < K; ++k)
-          transform_dy_rows(e + k * LS + l0, es, dy + (n * K + k) * Ho * Wo, Wo, th0, th1, Tw, rows, Wr);
-      });
-      const bool accumulate = chunk > group * chunks / groups;
-      for (int xi = 0; xi < 16; ++xi) {  // M_xi[K][C] (+)= E_xi[K][L] V_xi[C][L]^T, the tiles as the depth
-        for (i64 k0 = 0; k0 < Kp; k0 += MR)
-          pack_columns(ep + k0 * L, MR, e + xi * es + k0 * LS, LS, std::max<i64>(0, std::min<i64>(MR, K - k0)), L);
-        pack_columns(vt, Cp, v + xi * vs, LS, C, L);
-        float* mxi = m + size_t(xi) * Kp * Cp;
-        for (i64 k0 = 0; k0 < Kp; k0 += MR)
-          for (i64 c0 = 0; c0 < Cp; c0 += NR)
-            tile_product(L, ep + k0 * L, vt + c0, Cp, mxi + k0 * Cp + c0, Cp, accumulate);
-      }
+      for (i64 j = 0; j < C + K; ++j) transform(j, r0, r1, v, e, rows);
+      for (int xi = 0; xi < 16; ++xi)
+        product(xi, (r1 - r0) * Tw, v, e, ep, vt, m + size_t(xi) * Kp * Cp, chunk > group * chunks / groups);
     }
   }
   std::vector<float> total(size_t(16) * Kp * Cp);
