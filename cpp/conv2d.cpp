@@ -12,13 +12,13 @@
 //                                                                        in the batch; every ISA
 //   winograd               conv2d_winograd.cpp,                          3x3, >= 16 channels in and out, even
 //                          conv2d_winograd_kernels.cpp (per ISA)         output, >= 32 tiles, stride 1; every ISA
-//   panels                 conv2d_panels.cpp, conv2d_panels_impl.hpp,   > 32 taps (conv2), any stride; every ISA
-//                          conv2d_panels_avx512.cpp (AVX-512),
-//                          conv2d_panels_portable.cpp (per ISA), + the
+//   panels                 conv2d_panels.cpp, conv2d_panels_impl.hpp,   > 32 taps (conv2), any stride, but
+//                          conv2d_panels_avx512.cpp (AVX-512),           not a first layer's forward; every
+//                          conv2d_panels_portable.cpp (per ISA), + the   ISA
 //                          ISA's gemm_microkernel*.cpp
-//   direct                 conv2d_direct.cpp, conv2d_direct_kernels.cpp  <= 32 taps, any stride; every ISA
-//                          (its inner loops compiled per ISA; dx through
-//                          the panels' backward)
+//   direct                 conv2d_direct.cpp, conv2d_direct_kernels.cpp  <= 32 taps, any stride; forward: also
+//                          (its inner loops compiled per ISA; dx through a first layer (<= 4 input channels)
+//                          the panels' backward)                         at any number of taps; every ISA
 //   reference              conv2d_ref.cpp                                every layer (the empty ones
 //                                                                        only reach it)
 // Shared pieces (shape, chunking, scratch, layouts, the bias gradient): conv2d_common.hpp.
@@ -87,6 +87,12 @@ bool few_pixels_accepts(const ConvShape& s, i64 N, i64, bool backward) {
          (pointwise(s) ? (N * s.P() + 7) / 8 : N * s.P()) <= few_pixels_limit.load() && s.P() < (i64(1) << 30);
 }
 
+// Few taps (<= kDirectTaps) either way; a first layer's forward (<= kTapRowsChannels input channels) at any
+// number of taps
+bool direct_takes(const ConvShape& s, bool backward) {
+  return s.taps() <= kDirectTaps || (!backward && s.C <= kTapRowsChannels);
+}
+
 struct Conv2dPath {
   const char* name;
   // Does it take this layer (pool_k = 0: conv2d alone), forward or backward?
@@ -109,9 +115,11 @@ const Conv2dPath kPaths[] = {
      false, conv3x3_pool2_forward_path, conv3x3_pool2_backward_path},
     {"few_pixels", few_pixels_accepts, true, few_pixels_forward_path, few_pixels_backward_path},
     {"winograd", winograd_accepts, true, winograd_forward_path, winograd_backward_path},
-    {"panels", [](const ConvShape& s, i64 N, i64, bool) { return has_work(s, N) && s.taps() > kDirectTaps; }, true,
+    {"panels",
+     [](const ConvShape& s, i64 N, i64, bool backward) { return has_work(s, N) && !direct_takes(s, backward); }, true,
      panels_forward_path, panels_backward_path},
-    {"direct", [](const ConvShape& s, i64 N, i64, bool) { return has_work(s, N) && s.taps() <= kDirectTaps; }, true,
+    {"direct",
+     [](const ConvShape& s, i64 N, i64, bool backward) { return has_work(s, N) && direct_takes(s, backward); }, true,
      direct_forward_path, direct_backward_path},
     {"reference", [](const ConvShape&, i64, i64, bool) { return true; }, true, reference_forward_path,
      reference_backward_path},

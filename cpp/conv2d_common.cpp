@@ -40,6 +40,43 @@ void im2col(float* col, const float* x, const ConvShape& s, i64 ld) {
       }
 }
 
+PhaseLayout::PhaseLayout(const ConvShape& s, i64 slack)
+    : Hs((s.Hp + s.stride - 1) / s.stride),
+      Ws((s.Wp + s.stride - 1) / s.stride),
+      plane(Hs * Ws),
+      floats(s.stride * s.stride * s.C * plane + slack),
+      tap_offset(static_cast<size_t>(s.taps())) {
+  const i64 st = s.stride;
+  for (i64 c = 0; c < s.C; ++c)
+    for (i64 r = 0; r < s.R; ++r)
+      for (i64 q = 0; q < s.S; ++q)
+        tap_offset[size_t((c * s.R + r) * s.S + q)] =
+            (((r % st) * st + q % st) * s.C + c) * plane + r / st * Ws + q / st;
+}
+
+void PhaseLayout::copy(float* dst, const float* x, const ConvShape& s) const {
+  const i64 st = s.stride;
+  for (i64 c = 0; c < s.C; ++c)
+    for (i64 h = 0; h < s.H; ++h) {
+      const i64 hp = h + s.pad;
+      const float* row = x + (c * s.H + h) * s.W;
+      if (st == 1) {
+        std::memcpy(dst + c * plane + hp * Ws + s.pad, row, sizeof(float) * size_t(s.W));
+        continue;
+      }
+      if (hp % st >= s.R) continue;  // (a row phase no tap reads: a 1x1 layer's odd rows at stride 2)
+      for (i64 phase = 0; phase < std::min(st, s.S); ++phase) {  // the columns w with (w + pad) % st == phase
+        const i64 w0 = ((phase - s.pad) % st + st) % st, n = w0 < s.W ? (s.W - w0 + st - 1) / st : 0;
+        float* d = dst + ((hp % st * st + phase) * s.C + c) * plane + hp / st * Ws + (w0 + s.pad) / st;
+        const float* from = row + w0;
+        if (st == 2)  // (a constant stride: the compiler gathers with shuffles)
+          for (i64 i = 0; i < n; ++i) d[i] = from[2 * i];
+        else
+          for (i64 i = 0; i < n; ++i) d[i] = from[i * st];
+      }
+    }
+}
+
 // (blocks of the elements over the threads, each element's parts added in order: 8 chunks' dW of
 // 128->256 3x3, 2.4M floats, were a twentieth of that layer's backward on one thread of two)
 void sum_parts(float* out, const float* parts, i64 count, i64 n) {

@@ -86,6 +86,25 @@ inline int threads_over(double work, i64 units) {
 // x_n: [C, H, W] -> col: [C*R*S, Ho*Wo] with rows ld apart (ld >= Ho*Wo),
 // col[(c*R + r)*S + q][oh*Wo + ow] = x[c][oh*stride + r - pad][ow*stride + q - pad] (0 outside x)
 void im2col(float* col, const float* x, const ConvShape& s, i64 ld);
+// An image laid out so that its taps are read in place at any stride: zero-bordered and split
+// into stride x stride phases (padded row % stride, padded column % stride), each channel's phase
+// a plane of Hs x Ws, [phase][C][Hs][Ws] ([C][Hp][Wp] at stride 1). Output pixel (oh, ow)'s tap
+// t = (c*R + r)*S + q lies at tap_offset[t] + oh*Ws + ow: a tap of a row's consecutive output
+// pixels reads consecutive floats. `floats` counts `slack` floats past the layout too.
+struct PhaseLayout {
+  i64 Hs, Ws, plane, floats;
+  std::vector<i64> tap_offset;
+  PhaseLayout(const ConvShape& s, i64 slack);
+  // x_n: [C, H, W] -> dst, whose border, spare rows and columns and slack are zero (zeroed once:
+  // copy never writes them)
+  void copy(float* dst, const float* x, const ConvShape& s) const;
+};
+
+// The first n floats of each of `copies` regions `stride` floats apart set to 0 (each thread's copy
+// of the zero-bordered image: zeroed once a call, its border never written after)
+inline void zero_each(float* first, int copies, size_t stride, size_t n) {
+  for (int t = 0; t < copies; ++t) std::fill(first + size_t(t) * stride, first + size_t(t) * stride + n, 0.0f);
+}
 // out[i] = 0 + parts[0][i] + parts[1][i] + ... (the parts in order)
 void sum_parts(float* out, const float* parts, i64 count, i64 n);
 

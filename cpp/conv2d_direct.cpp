@@ -1,7 +1,9 @@
-// conv2d's direct path, for patches of few taps (C*R*S <= kDirectTaps = 32: conv1, a first layer
-// on 1-3 channels): with so few taps each output meets too few weights to pay for packing GEMM
-// operands. Per image, col[T, P] (im2col, the image's T shifted copies) is built in L1 and the
-// ISA's inner loops (conv2d_direct_kernels.cpp) combine it row by row with the weights. The input
+// conv2d's direct path: patches of few taps (C*R*S <= kDirectTaps = 32: conv1, a first layer on
+// 1-3 channels), and a first layer's forward (<= kTapRowsChannels input channels) at any number of
+// taps. With so few taps, or so few input channels, packing GEMM operands costs as much as it
+// saves. Forward: each image laid out zero-bordered (PhaseLayout: split into phases when strided)
+// and its taps read where they lie by the ISA's loops (conv2d_direct_kernels.cpp); dW: col[T, P]
+// (im2col, the image's T shifted copies) built in L1 and combined row by row with dy. The input
 // gradient, when wanted, goes through the panels' backward (conv2d_panels_impl.hpp). Images over
 // the threads.
 #include <cstring>
@@ -14,9 +16,6 @@
 
 namespace cnnfast {
 namespace {
-
-// col's rows are this far apart (>= P): whole blocks of 64 (and of 48) pixels never read past a row
-inline i64 direct_ld(i64 P) { return (P + 191) / 192 * 192; }
 
 // dw through the direct path: one partial per image, added in image order.
 void direct_weight_grad(float* dw, const float* x, const float* dy, const ConvShape& s, i64 N) {
@@ -36,29 +35,47 @@ void direct_weight_grad(float* dw, const float* x, const float* dy, const ConvSh
 }  // namespace
 
 // x: [N, C, H, W] -> y: [N, K, Ho, Wo], or pooled: y, argmax: [N, K, Ho/k, Wo/k] (each image
-// convolved into a thread's scratch, in L2, and pooled from there)
+// convolved into a thread's scratch, in L2, and pooled from there). Each image is laid out
+// (PhaseLayout) in a thread's scratch and its taps read in place by the ISA's direct_rows_forward.
+// One image of enough work: its rows over the threads, each with its own copy of the image.
 void direct_forward_path(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
                          const ConvShape& s, i64 N, i64 pool_k) {
-  // strided: the input values broadcast from where they lie (im2col's strided gather costs more)
-  if (tap_rows_strided_forward(y, argmax, x, w, b, s, N, pool_k)) return;
-  const i64 K = s.K, P = s.P(), T = s.taps(), ld = direct_ld(P);  // (col's padding is zeroed once, never written)
+  // strided, with more input channels than a first layer's: the input values broadcast from where
+  // they lie (a stride-2 1x1 16->32 layer's phase split cost more than its product: 1.0-1.5x the time)
+  if (s.C > kTapRowsChannels && tap_rows_strided_forward(y, argmax, x, w, b, s, N, pool_k)) return;
+  const i64 K = s.K, P = s.P(), T = s.taps();
   const i64 pooled = pool_k > 0 ? K * (s.Ho / pool_k) * (s.Wo / pool_k) : 0;
-  const auto kernel = active_isa().direct_forward;
-  const int nt = threads_over(double(N) * K * P * T, N);
-  const size_t per_thread = size_t(T) * ld + (pool_k > 0 ? size_t(K) * P : 0);
-  std::vector<float> scratch(size_t(nt) * per_thread);
+  const auto kernel = active_isa().direct_rows_forward;
+  const PhaseLayout layout(s, 16);  // (a row's last vector may read up to 15 floats past the layout)
+  const int inner =
+      N == 1 && pool_k == 0 && double(K) * P * T >= kSplitChunkWork ? threads_over(double(K) * P * T, s.Ho) : 1;
+  const int nt = inner > 1 ? inner : threads_over(double(N) * K * P * T, N);
+  const size_t per_thread = lines(size_t(layout.floats)) + (pool_k > 0 ? size_t(K) * P : 0);
+  ScratchFloats scratch(size_t(nt) * per_thread);
+  zero_each(scratch.get(), nt, per_thread, size_t(layout.floats));
   std::unique_ptr<std::int32_t[]> unwanted(pool_k > 0 && !argmax ? new std::int32_t[size_t(nt) * pooled] : nullptr);
+  if (inner > 1) {
+#pragma omp parallel num_threads(inner)
+    {
+      const int me = omp_get_thread_num();
+      float* src = scratch.get() + size_t(me) * per_thread;
+      layout.copy(src, x, s);
+      kernel(y, src, layout.Ws, layout.tap_offset.data(), w, b, K, T, s.Wo, P, s.Ho * me / inner,
+             s.Ho * (me + 1) / inner);
+    }
+    return;
+  }
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (i64 n = 0; n < N; ++n) {
-    float* col = scratch.data() + size_t(omp_get_thread_num()) * per_thread;
-    im2col(col, x + n * s.C * s.H * s.W, s, ld);
+    float* src = scratch.get() + size_t(omp_get_thread_num()) * per_thread;
+    layout.copy(src, x + n * s.C * s.H * s.W, s);
     if (pool_k == 0) {
-      kernel(y + n * K * P, col, w, b, K, T, P, ld);
+      kernel(y + n * K * P, src, layout.Ws, layout.tap_offset.data(), w, b, K, T, s.Wo, P, 0, s.Ho);
       continue;
     }
-    float* conv = col + size_t(T) * ld;                                                               // [K, Ho, Wo]
+    float* conv = src + lines(size_t(layout.floats));                                                 // [K, Ho, Wo]
     std::int32_t* a = argmax ? argmax + n * pooled : unwanted.get() + omp_get_thread_num() * pooled;  // (nobody's)
-    kernel(conv, col, w, b, K, T, P, ld);
+    kernel(conv, src, layout.Ws, layout.tap_offset.data(), w, b, K, T, s.Wo, P, 0, s.Ho);
     max_pool2d_planes(y + n * pooled, a, conv, K, s.Ho, s.Wo, pool_k, true);
   }
 }

@@ -1,80 +1,77 @@
 // The direct path's inner loops (conv2d_direct.cpp drives them), in portable vector code compiled
 // once per instruction set, with that ISA's vector width (CNNFAST_VEC_BYTES: 16 baseline/NEON,
-// 32 AVX2, 64 AVX-512) and register tiles chosen for its register file: with so few taps per
-// output (<= 32) each element of y or dy meets too few weights to pay for packing GEMM operands,
-// so col[T, P] (im2col, an image's T shifted copies, in L1) is combined row by row.
+// 32 AVX2, 64 AVX-512) and register tiles chosen for its register file. The forward reads each
+// tap's input values where they lie in the image's zero-bordered layout, nothing packed; the
+// weight gradient (few taps: <= 32) combines col[T, P] (im2col, the image's T shifted copies, in
+// L1) row by row with dy.
 // A forward sum runs in the same order on every ISA (b, then taps in order); a weight-gradient sum
 // runs in VL interleaved lanes, VL the ISA's vector width.
+#include <algorithm>
 #include <utility>
 
 #include "isa.hpp"
 #include "isa_target.hpp"
+#if defined(CNNFAST_ISA_AVX512) || defined(CNNFAST_ISA_AVX2)
+#include <immintrin.h>
+#endif
 
 CNNFAST_TARGET_BEGIN
 namespace cnnfast {
 namespace CNNFAST_ISA {
 namespace {
 
-typedef float v16 __attribute__((vector_size(64)));
 constexpr int VL = CNNFAST_VEC_BYTES / 4;  // floats per vector of this ISA
 #include "vec_impl.hpp"
 
-// The forward for exactly NT taps (conv1's 9): the NT shifted copies of three 16-pixel blocks
-// stay in 3*NT registers (27 of AVX-512's 32) while all K output channels go by, each block
-// taking NT multiply-adds with the weights broadcast from memory: about one load per three FMAs
-// instead of one per FMA (0.40 -> 0.19 ms for conv1 at batch 128, 2 threads). The same sums in
-// the same order as the general loop.
-template <int NT>
-inline void direct_forward_taps(float* y, const float* col, const float* w, const float* b, i64 K, i64 P, i64 ld) {
-  constexpr int PB = 3;  // 16-pixel blocks at a time
-  for (i64 p0 = 0; p0 < P; p0 += 16 * PB) {
-    v16 c[NT][PB];
-    for (int t = 0; t < NT; ++t)
-      for (int j = 0; j < PB; ++j) __builtin_memcpy(&c[t][j], col + t * ld + p0 + 16 * j, sizeof(v16));
-    const i64 n = P - p0 < 16 * PB ? P - p0 : 16 * PB;
-    for (i64 k = 0; k < K; ++k) {
-      v16 acc[PB];
-      for (int j = 0; j < PB; ++j) acc[j] = v16{} + b[k];
-      for (int t = 0; t < NT; ++t) {
-        const float wkt = w[k * NT + t];
-        for (int j = 0; j < PB; ++j) acc[j] += wkt * c[t][j];
-      }
-      float* yk = y + k * P + p0;
-      if (n == 16 * PB) {
-        __builtin_memcpy(yk, acc, sizeof acc);
-      } else {
-        float tail[16 * PB];
-        __builtin_memcpy(tail, acc, sizeof acc);
-        for (i64 p = 0; p < n; ++p) yk[p] = tail[p];
-      }
-    }
-  }
+// ---- the forward read in place: the taps' values where they lie in the image's layout ----
+// y[k][oh*Wo + ow] = b[k] + sum_t w[k][t] src[tap_offset[t] + oh*Ws + ow]: src is the image's
+// zero-bordered layout (PhaseLayout, conv2d_common.hpp), in which a tap of the consecutive output
+// pixels of a row reads consecutive floats at any stride. A tile is MC output channels by NV
+// segments (runs of <= VL pixels of one output row; a tile's segments may come from consecutive
+// rows) in MC*NV accumulators for the whole tap loop: each tap loads NV vectors straight from src
+// and broadcasts MC weights into MC*NV multiply-adds (AVX2: 4 x 3 ymm, 12 FMAs per 7 loads; AVX-512
+// and NEON 6 x 4, 24 per 10; AVX-512's 4 x 4 tile ran at 57% of peak in a loop on L1-resident
+// data, 6 x 4 at 73%). Before, im2col laid out T shifted copies of each image (2.4 MB for 7x7 taps
+// on 3 x 64 x 64, past L2) and first layers of over 32 taps went through the panels' packed GEMM:
+// read in place, 3->16 7x7 on 64 x 64 at batch 128 took 0.69-0.81x the time, 3->64 5x5 on 48 x 48
+// 0.64-0.75x, a 3->32 3x3 layer 0.66-0.98x, LeNet's 1->6 5x5 0.29-0.64x (AVX-512 and AVX2, 1-2
+// threads). Only the lanes past a row's last segment are computed for nothing (none when a row is
+// a multiple of VL).
+// p[0:n] = v[0:n], n < VL: one masked store where the ISA has them (a row's last segment; scalar
+// stores of its 10 pixels on 26-pixel rows took a fifth of a tile's time)
+inline void store_first(float* p, vec v, i64 n) {
+#if defined(CNNFAST_ISA_AVX512)
+  _mm512_mask_storeu_ps(p, __mmask16((1u << n) - 1), reinterpret_cast<__m512&>(v));
+#elif defined(CNNFAST_ISA_AVX2)
+  const __m256i lanes = _mm256_cmpgt_epi32(_mm256_set1_epi32(int(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  _mm256_maskstore_ps(p, lanes, reinterpret_cast<__m256&>(v));
+#else
+  float lanes[VL];
+  store(lanes, v);
+  for (i64 l = 0; l < n; ++l) p[l] = lanes[l];
+#endif
 }
 
-// y[k][p] = b[k] + sum_t w[k][t] col[t][p]     (w: [K, T] in PyTorch's (c, r, s) order; col's rows
-// ld apart, ld a multiple of 192 >= P, zero past P, so whole blocks of up to 192 pixels never read
-// past a row)
-// Blocking: a small GEMM tile, MC output channels by NV vectors of pixels in MC*NV accumulators
-// for the whole tap loop; each tap loads NV vectors of col and broadcasts MC weights for MC*NV
-// multiply-adds (AVX2: 4 x 3 ymm, 12 FMAs per 7 loads; AVX-512 and NEON 6 x 4, 24 per 10; the
-// plain loop, one channel at a time, took 5 loads per 4; AVX-512's earlier 4 x 4 tile ran at 57%
-// of peak in a loop on L1-resident data, 6 x 4 at 73%).
-// Edge blocks of pixels are computed whole (col is zero there) and stored through a buffer.
+struct Segment {
+  i64 in, out, len;  // its first pixel's offset in src (before the tap's) and in y's plane; <= VL pixels
+};
+
 template <int MC, int NV>
-inline void direct_forward_block(float* y, const float* col, const float* wk, const float* bk, i64 T, i64 P, i64 ld,
-                                 i64 p0, i64 n) {
-  // (every loop over the tile unrolled, so that the accumulators stay in registers: with so few
-  // taps a spill of the tile around the tap loop costs a quarter of the block)
-  constexpr int PX = NV * VL;  // pixels per block
+inline void rows_block(float* y, i64 P, const float* src, const i64* tap_offset, const Segment* seg, const float* wk,
+                       const float* bk, i64 T) {
   vec acc[MC][NV];
+  i64 in[NV];
+#pragma GCC unroll 8
+  for (int j = 0; j < NV; ++j) in[j] = seg[j].in;
 #pragma GCC unroll 8
   for (int i = 0; i < MC; ++i)
 #pragma GCC unroll 8
     for (int j = 0; j < NV; ++j) acc[i][j] = vec{} + bk[i];
   for (i64 t = 0; t < T; ++t) {
+    const float* at = src + tap_offset[t];
     vec c[NV];
 #pragma GCC unroll 8
-    for (int j = 0; j < NV; ++j) c[j] = load(col + t * ld + p0 + j * VL);
+    for (int j = 0; j < NV; ++j) c[j] = load(at + in[j]);
 #pragma GCC unroll 8
     for (int i = 0; i < MC; ++i) {
       const float wi = wk[i * T + t];
@@ -82,55 +79,88 @@ inline void direct_forward_block(float* y, const float* col, const float* wk, co
       for (int j = 0; j < NV; ++j) acc[i][j] += wi * c[j];
     }
   }
-  if (n == PX) {
 #pragma GCC unroll 8
-    for (int i = 0; i < MC; ++i)
+  for (int j = 0; j < NV; ++j) {
+    if (seg[j].len == VL) {
 #pragma GCC unroll 8
-      for (int j = 0; j < NV; ++j) store(y + i * P + p0 + j * VL, acc[i][j]);
-    return;
-  }
+      for (int i = 0; i < MC; ++i) store(y + i * P + seg[j].out, acc[i][j]);
+      continue;
+    }
 #pragma GCC unroll 8
-  for (int i = 0; i < MC; ++i) {
-    float tail[PX];
-#pragma GCC unroll 8
-    for (int j = 0; j < NV; ++j) store(tail + j * VL, acc[i][j]);
-    for (i64 p = 0; p < n; ++p) y[i * P + p0 + p] = tail[p];
+    for (int i = 0; i < MC; ++i) store_first(y + i * P + seg[j].out, acc[i][j], seg[j].len);
   }
 }
 
 template <int NV, int... MCS>
-inline void direct_forward_block_n(int mc, float* y, const float* col, const float* wk, const float* bk, i64 T, i64 P,
-                                   i64 ld, i64 p0, i64 n, std::integer_sequence<int, MCS...>) {
-  // (a tile of mc = 1..MC channels, chosen at run time)
-  ((mc == MCS + 1 ? direct_forward_block<MCS + 1, NV>(y, col, wk, bk, T, P, ld, p0, n) : void()), ...);
+inline void rows_block_n(int mc, float* y, i64 P, const float* src, const i64* tap_offset, const Segment* seg,
+                         const float* wk, const float* bk, i64 T, std::integer_sequence<int, MCS...>) {
+  ((mc == MCS + 1 ? rows_block<MCS + 1, NV>(y, P, src, tap_offset, seg, wk, bk, T) : void()), ...);
 }
 
-// K output channels in blocks of near-equal size <= MC (K = 20 on a 6-channel tile: 5 + 5 + 5 + 5,
-// not 6 + 6 + 6 + 2, whose 2-channel tile loads 4 vectors of col per 8 multiply-adds)
-template <int MC, int NV>
-void direct_forward_tile(float* y, const float* col, const float* w, const float* b, i64 K, i64 T, i64 P, i64 ld) {
-  constexpr int PX = NV * VL;
-  const i64 blocks = (K + MC - 1) / MC;
-  for (i64 p0 = 0; p0 < P; p0 += PX) {
-    const i64 n = P - p0 < PX ? P - p0 : PX;
-    for (i64 blk = 0; blk < blocks; ++blk) {
-      const i64 k0 = K * blk / blocks, mc = K * (blk + 1) / blocks - k0;
-      direct_forward_block_n<NV>(int(mc), y + k0 * P, col, w + k0 * T, b + k0, T, P, ld, p0, n,
-                                 std::make_integer_sequence<int, MC>{});
+// The same for exactly NT taps (conv1's 9): the NT taps' vectors of NV segments stay in NT*NV
+// registers (27 of AVX-512's 32) while all K output channels go by, each taking NT multiply-adds a
+// segment with the weights broadcast from memory: one load per NV FMAs. The same sums in the same
+// order as rows_block.
+template <int NT, int NV>
+inline void rows_taps(float* y, i64 P, const float* src, const i64* tap_offset, const Segment* seg, const float* w,
+                      const float* b, i64 K) {
+  vec c[NT][NV];
+#pragma GCC unroll 16
+  for (int t = 0; t < NT; ++t)
+#pragma GCC unroll 8
+    for (int j = 0; j < NV; ++j) c[t][j] = load(src + tap_offset[t] + seg[j].in);
+  for (i64 k = 0; k < K; ++k) {
+    vec acc[NV];
+#pragma GCC unroll 8
+    for (int j = 0; j < NV; ++j) acc[j] = vec{} + b[k];
+#pragma GCC unroll 16
+    for (int t = 0; t < NT; ++t) {
+      const float wkt = w[k * NT + t];
+#pragma GCC unroll 8
+      for (int j = 0; j < NV; ++j) acc[j] += wkt * c[t][j];
+    }
+#pragma GCC unroll 8
+    for (int j = 0; j < NV; ++j) {
+      if (seg[j].len == VL)
+        store(y + k * P + seg[j].out, acc[j]);
+      else
+        store_first(y + k * P + seg[j].out, acc[j], seg[j].len);
     }
   }
 }
 
-void direct_forward(float* y, const float* col, const float* w, const float* b, i64 K, i64 T, i64 P, i64 ld) {
+// The segments s0.. of rows oh0.. (NV of them; past the last, repeats of it that store nothing)
+template <int NV>
+inline void segments_from(Segment* seg, i64 s0, i64 total, i64 per_row, i64 oh0, i64 Ws, i64 Wo) {
+  for (int j = 0; j < NV; ++j) {
+    const i64 i = s0 + j < total ? s0 + j : total - 1, oh = oh0 + i / per_row, ow = i % per_row * VL;
+    seg[j] = {oh * Ws + ow, oh * Wo + ow, s0 + j < total ? std::min<i64>(VL, Wo - ow) : 0};
+  }
+}
+
+template <int MC, int NV>
+void rows_forward(float* y, const float* src, i64 Ws, const i64* tap_offset, const float* w, const float* b, i64 K,
+                  i64 T, i64 Wo, i64 P, i64 oh0, i64 oh1) {
+  const i64 per_row = (Wo + VL - 1) / VL, total = (oh1 - oh0) * per_row, blocks = (K + MC - 1) / MC;
 #if CNNFAST_VEC_BYTES == 64
-  // AVX-512 (32 zmm): conv1's 9 taps held in registers, all channels passing by
-  if (T == 9) return direct_forward_taps<9>(y, col, w, b, K, P, ld);
-  direct_forward_tile<6, 4>(y, col, w, b, K, T, P, ld);  // 24 accumulators of 6 channels x 64 pixels
-#elif defined(CNNFAST_ISA_NEON)
-  direct_forward_tile<6, 4>(y, col, w, b, K, T, P, ld);  // 32 q registers: 24 accumulators, 4 of col
-#else
-  direct_forward_tile<4, 3>(y, col, w, b, K, T, P, ld);  // 16 registers: 12 accumulators, 3 of col
+  if (T == 9) {  // (AVX-512: conv1's 9 taps of 3 segments held in registers, all channels passing by)
+    for (i64 s0 = 0; s0 < total; s0 += 3) {
+      Segment seg[3];
+      segments_from<3>(seg, s0, total, per_row, oh0, Ws, Wo);
+      rows_taps<9, 3>(y, P, src, tap_offset, seg, w, b, K);
+    }
+    return;
+  }
 #endif
+  for (i64 s0 = 0; s0 < total; s0 += NV) {
+    Segment seg[NV];
+    segments_from<NV>(seg, s0, total, per_row, oh0, Ws, Wo);
+    for (i64 blk = 0; blk < blocks; ++blk) {
+      const i64 k0 = K * blk / blocks, mc = K * (blk + 1) / blocks - k0;
+      rows_block_n<NV>(int(mc), y + k0 * P, P, src, tap_offset, seg, w + k0 * T, b + k0, T,
+                       std::make_integer_sequence<int, MC>{});
+    }
+  }
 }
 
 // dw[k][t] = sum_p dy[k][p] col[t][p], each sum in VL interleaved lanes (one vector), added up
@@ -178,8 +208,13 @@ inline void weight_grad_tile_n(int nb, float* dw, i64 T, const float* const* d, 
 
 }  // namespace
 
-void direct_forward_kernel(float* y, const float* col, const float* w, const float* b, i64 K, i64 T, i64 P, i64 ld) {
-  direct_forward(y, col, w, b, K, T, P, ld);
+void direct_rows_forward_kernel(float* y, const float* src, i64 Ws, const i64* tap_offset, const float* w,
+                                const float* b, i64 K, i64 T, i64 Wo, i64 P, i64 oh0, i64 oh1) {
+#if CNNFAST_VEC_BYTES == 64 || defined(CNNFAST_ISA_NEON)
+  rows_forward<6, 4>(y, src, Ws, tap_offset, w, b, K, T, Wo, P, oh0, oh1);
+#else
+  rows_forward<4, 3>(y, src, Ws, tap_offset, w, b, K, T, Wo, P, oh0, oh1);
+#endif
 }
 
 void direct_weight_grad_kernel(float* dw, const float* dy, const float* col, i64 K, i64 T, i64 P) {

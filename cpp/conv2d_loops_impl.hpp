@@ -57,9 +57,3 @@ inline void copy_into_border(float* xp, const float* x, i64 C, const ConvShape& 
   for (i64 c = 0; c < C; ++c)
     for (i64 h = 0; h < s.H; ++h) copy_row(xp + c * plane + (h + s.pad) * s.Wp + s.pad, x + (c * s.H + h) * s.W, s.W);
 }
-
-// The first n floats of each of `copies` regions `stride` floats apart set to 0 (each thread's copy
-// of the zero-bordered image: zeroed once a call, its border never written after)
-inline void zero_each(float* first, int copies, size_t stride, size_t n) {
-  for (int t = 0; t < copies; ++t) std::fill(first + size_t(t) * stride, first + size_t(t) * stride + n, 0.0f);
-}

@@ -189,17 +189,16 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
             Pu = Hu * Wu;
   const Chunking ch(N, Pu);
   const int nt = std::max(1, std::min<int>(threads_for(double(N) * K * Pu * T), int(ch.chunks)));
-  // Few taps (a first layer: 75 for 5x5 on 3 channels), unpooled: the product made channel-major,
-  // y's rows straight from the ISA's GEMM tile (A: mr output channels, B: nr output pixels packed
-  // from the image), where the pixel-major product's transposition into y took half the time of a
-  // 3->64 5x5 layer on 48 x 48 at batch 128. (Deeper patches keep the pixel-major product: the
-  // transposition is a smaller part there; and 16 output channels fill a pixel-major tile exactly,
-  // where channel-major tiles of 6 took 40.8 against 33.4 ms for 3->16 7x7 at batch 128 on AVX2;
-  // and 32 channels are too few too: a stride-2 16->32 layer on 32 x 32, 2.24 -> 2.58 ms, AVX2, batch 128.)
-  // Output channels that fit one tile of the forward's own kernel (AVX-512's 16 x 16 for K <= 16:
-  // a 3->16 first layer, LeNet's 6->16) are made channel-major at any depth: the same product
-  // with its operands' roles swapped (A: w, B: 16 pixels), where the pixel-major product's
-  // transposition into y was a sixth of a 3->16 7x7 layer's time.
+  // Few taps (<= 160: 8->64 3x3, 72), unpooled: the product made channel-major, y's rows straight
+  // from the ISA's GEMM tile (A: mr output channels, B: nr output pixels packed from the image),
+  // where the pixel-major product's transposition into y took half the time of a 3->64 5x5 layer
+  // on 48 x 48 at batch 128 (measured before first layers went to the direct path). (Deeper patches keep the
+  // pixel-major product: the transposition is a smaller part there; and 16 output channels fill a pixel-major tile
+  // exactly, where channel-major tiles of 6 took 40.8 against 33.4 ms for 3->16 7x7 at batch 128 on AVX2; and 32
+  // channels are too few too: a stride-2 16->32 layer on 32 x 32, 2.24 -> 2.58 ms, AVX2, batch 128.) Output channels
+  // that fit one tile of the forward's own kernel (AVX-512's 16 x 16 for K <= 16: LeNet's 6->16) are made channel-major
+  // at any depth: the same product with its operands' roles swapped (A: w, B: 16 pixels), where the pixel-major
+  // product's transposition into y was a sixth of a 3->16 7x7 layer's time.
   const bool one_tile = K <= mk.mr;
   const MicroKernel& gm = one_tile ? mk : gemm_microkernel;
   const bool by_channels = pool_k == 0 && ((T <= kChannelMajorTaps && K >= 64) || one_tile);

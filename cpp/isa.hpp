@@ -48,8 +48,10 @@ struct IsaKernels {
   const MicroKernel* gemm;
 
   // conv2d_direct.cpp: the few-tap convolution (see conv2d.cpp)
-  // y[k][p] = b[k] + sum_t w[k][t] col[t][p]; col: [T, ld]
-  void (*direct_forward)(float* y, const float* col, const float* w, const float* b, i64 K, i64 T, i64 P, i64 ld);
+  // y[k][oh*Wo + ow] = b[k] + sum_t w[k][t] src[tap_offset[t] + oh*Ws + ow] for output rows oh0..oh1
+  // (src: the image's PhaseLayout, read in place)
+  void (*direct_rows_forward)(float* y, const float* src, i64 Ws, const i64* tap_offset, const float* w, const float* b,
+                              i64 K, i64 T, i64 Wo, i64 P, i64 oh0, i64 oh1);
   // dw[k][t] = sum_p dy[k][p] col[t][p]; col: [T, P]
   void (*direct_weight_grad)(float* dw, const float* dy, const float* col, i64 K, i64 T, i64 P);
 

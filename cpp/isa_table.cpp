@@ -8,8 +8,8 @@ namespace CNNFAST_ISA {
 
 // Defined in this instruction set's objects (CMakeLists.txt lists them), all in namespace cnnfast::<isa>
 extern const MicroKernel gemm_microkernel;  // gemm_microkernel.cpp (gemm_microkernel_neon.cpp on AArch64)
-void direct_forward_kernel(float* y, const float* col, const float* w, const float* b, i64 K, i64 T, i64 P,
-                           i64 ld);  // conv2d_direct_kernels.cpp
+void direct_rows_forward_kernel(float* y, const float* src, i64 Ws, const i64* tap_offset, const float* w,
+                                const float* b, i64 K, i64 T, i64 Wo, i64 P, i64 oh0, i64 oh1);
 void direct_weight_grad_kernel(float* dw, const float* dy, const float* col, i64 K, i64 T, i64 P);
 void few_pixels_forward(float* y, const float* col, i64 ld, const float* w, const float* b, i64 N, i64 K, i64 T,
                         i64 P);  // conv2d_few_pixels_kernels.cpp
@@ -56,7 +56,7 @@ void augment_smooth(float* field, float* rows, const float* gw_padded, const flo
 extern const IsaKernels table = {
     CNNFAST_STR(CNNFAST_ISA),
     &gemm_microkernel,
-    direct_forward_kernel,
+    direct_rows_forward_kernel,
     direct_weight_grad_kernel,
     few_pixels_forward,
     few_pixels_weight_grad,

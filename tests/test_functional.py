@@ -78,6 +78,9 @@ CONV_SHAPES = [  # N, C, H, W, K, R, S, padding
     (2, 3, 10, 9, 64, 7, 7, 3),  # a first layer's dw by tap rows, channels in two blocks on AVX-512
     (2, 2, 9, 8, 100, 5, 5, 2),  # the same, 100 channels: in blocks, or too many (the GEMM paths)
     (2, 3, 11, 13, 16, 5, 5, 2),  # 16 channels: one tile, channel-major (panels of 16 pixels over rows of 13)
+    # a first layer's direct forward: rows of 37 in segments of a vector (the last one short), K in blocks of 5-6
+    (2, 3, 12, 41, 20, 5, 5, 0),
+    (1, 1, 9, 36, 7, 3, 3, 1),  # 9 taps: conv1's loop (AVX-512), rows of 36
 ]
 
 
@@ -159,6 +162,8 @@ STRIDED_SHAPES = [  # N, C, H, W, K, R, S, padding, stride
     (3, 16, 11, 9, 20, 3, 3, 0, 2),  # the panels' in-place dW (S*C a multiple of 12)
     (2, 4, 6, 6, 3, 3, 3, 1, 1),  # stride 1 through the same entry points
     (1, 40, 8, 8, 24, 1, 1, 0, 2),  # a 1x1 stride-2 shortcut on 16 pixels: the few-pixels forward
+    (2, 3, 41, 70, 20, 7, 7, 3, 2),  # a first layer's direct forward: rows of 35 from 2 x 2 phases
+    (1, 2, 23, 50, 9, 5, 4, 2, 3),  # the same at stride 3: 3 x 3 phases, rows of 17
 ]
 
 
@@ -495,9 +500,13 @@ def test_linear_narrow_rows_alone_equal_the_batch_bit_for_bit(isa, O):
         ((1, 64, 4, 4), (48, 64, 3, 3), 1, "few_pixels"),  # output channels (dx: taps) over the threads
         ((1, 20, 9, 9), (40, 20, 3, 3), 0, "few_pixels"),  # 49 pixels, tiles of taps cut at the end
         # few taps: the product made channel-major, one image's pixel panels over the threads, or images
-        ((1, 3, 48, 48), (64, 3, 5, 5), 2, "panels"),
-        ((1, 3, 48, 48), (16, 3, 7, 7), 3, "panels"),  # 16 channels: one tile, channel-major too
-        ((3, 3, 40, 40), (64, 3, 5, 5), 2, "panels"),
+        ((1, 8, 48, 48), (64, 8, 3, 3), 1, "panels"),
+        ((1, 6, 40, 40), (16, 6, 5, 5), 2, "panels"),  # 16 channels: one tile, channel-major too
+        ((3, 8, 40, 40), (64, 8, 3, 3), 1, "panels"),
+        # a first layer: the direct forward, one image's rows over the threads; the panels' backward
+        ((1, 3, 48, 48), (64, 3, 5, 5), 2, "direct"),
+        ((1, 3, 48, 48), (16, 3, 7, 7), 3, "direct"),
+        ((3, 3, 40, 40), (64, 3, 5, 5), 2, "direct"),
     ],
 )
 def test_one_image_or_a_few_use_the_threads_and_give_the_same_bits(isa, threads, x_shape, w_shape, padding, path):
@@ -517,7 +526,7 @@ def test_one_image_or_a_few_use_the_threads_and_give_the_same_bits(isa, threads,
 
 
 def test_a_strided_first_layer_on_one_image_gives_the_same_bits_on_two_threads(isa, threads):
-    # (tap rows on AVX-512, 9.6M multiply-adds: one image's tiles over the threads; the panels elsewhere)
+    # (the direct forward, 9.6M multiply-adds: one image's rows over the threads, each with its own copy)
     x, w, b = rand(1, 3, 64, 64), rand(64, 3, 7, 7, scale=0.2), rand(64)
     ys = []
     for n in (1, 2):
@@ -587,7 +596,11 @@ def test_every_kernel_follows_the_forced_isa(isa):
         ((128, 1, 28, 28), (32, 1, 3, 3), 0, 0, False, False, {}),
         # conv2: 288 taps, the panels
         ((128, 32, 13, 13), (64, 32, 3, 3), 0, 2, True, True, {}),
-        ((4, 3, 32, 32), (16, 3, 5, 5), 2, 0, False, False, {}),  # 75 taps: a CIFAR/LeNet-like layer
+        # a first layer (<= 4 input channels): direct forward at any number of taps; its backward by the panels
+        ((4, 3, 32, 32), (16, 3, 5, 5), 2, 0, False, False, {None: "direct"}),
+        ((4, 3, 32, 32), (16, 3, 5, 5), 2, 0, True, False, {None: "panels"}),
+        ((4, 3, 64, 64), (64, 3, 7, 7), 3, 0, False, False, {None: "direct"}),  # (stride 1 here)
+        ((4, 5, 32, 32), (16, 5, 5, 5), 2, 0, False, False, {None: "panels"}),  # 5 input channels
         ((4, 3, 32, 32), (16, 3, 3, 3), 1, 0, True, True, {}),  # 27 taps: direct
         # 3x3, 16+ channels in and out, even output, 32+ tiles of 2x2 outputs: Winograd, pooled or not
         ((8, 32, 16, 16), (64, 32, 3, 3), 1, 2, True, True, {None: "winograd"}),
