@@ -4,6 +4,7 @@
 
 #include <cstring>
 #include <memory>
+#include <vector>
 
 #include "gemm.hpp"
 #include "isa.hpp"
@@ -56,25 +57,37 @@ PhaseLayout::PhaseLayout(const ConvShape& s, i64 slack)
 
 void PhaseLayout::copy(float* dst, const float* x, const ConvShape& s) const {
   const i64 st = s.stride;
-  for (i64 c = 0; c < s.C; ++c)
+  if (st == 1) {
+    for (i64 c = 0; c < s.C; ++c)
+      for (i64 h = 0; h < s.H; ++h)
+        std::memcpy(dst + c * plane + (h + s.pad) * Ws + s.pad, x + (c * s.H + h) * s.W, sizeof(float) * size_t(s.W));
+    return;
+  }
+  // per column phase q < min(st, S) (the ones a tap reads): its first input column, how many, and
+  // where they start in a phase row (no division per row: 64-bit divisions were most of the copy)
+  const i64 phases = std::min(st, s.S);
+  std::vector<i64> first(static_cast<size_t>(phases)), count(first), start(first);
+  for (i64 q = 0; q < phases; ++q) {
+    first[size_t(q)] = ((q - s.pad) % st + st) % st;
+    count[size_t(q)] = first[size_t(q)] < s.W ? (s.W - first[size_t(q)] + st - 1) / st : 0;
+    start[size_t(q)] = (first[size_t(q)] + s.pad) / st;
+  }
+  for (i64 c = 0; c < s.C; ++c) {
+    i64 row_phase = s.pad % st, row = s.pad / st;  // padded row h + pad = row * st + row_phase
     for (i64 h = 0; h < s.H; ++h) {
-      const i64 hp = h + s.pad;
-      const float* row = x + (c * s.H + h) * s.W;
-      if (st == 1) {
-        std::memcpy(dst + c * plane + hp * Ws + s.pad, row, sizeof(float) * size_t(s.W));
-        continue;
-      }
-      if (hp % st >= s.R) continue;  // (a row phase no tap reads: a 1x1 layer's odd rows at stride 2)
-      for (i64 phase = 0; phase < std::min(st, s.S); ++phase) {  // the columns w with (w + pad) % st == phase
-        const i64 w0 = ((phase - s.pad) % st + st) % st, n = w0 < s.W ? (s.W - w0 + st - 1) / st : 0;
-        float* d = dst + ((hp % st * st + phase) * s.C + c) * plane + hp / st * Ws + (w0 + s.pad) / st;
-        const float* from = row + w0;
+      const float* in = x + (c * s.H + h) * s.W;
+      for (i64 q = 0; row_phase < s.R && q < phases; ++q) {  // (a row phase no tap reads is skipped)
+        float* d = dst + ((row_phase * st + q) * s.C + c) * plane + row * Ws + start[size_t(q)];
+        const float* from = in + first[size_t(q)];
+        const i64 n = count[size_t(q)];
         if (st == 2)  // (a constant stride: the compiler gathers with shuffles)
           for (i64 i = 0; i < n; ++i) d[i] = from[2 * i];
         else
           for (i64 i = 0; i < n; ++i) d[i] = from[i * st];
       }
+      if (++row_phase == st) row_phase = 0, ++row;
     }
+  }
 }
 
 // (blocks of the elements over the threads, each element's parts added in order: 8 chunks' dW of
