@@ -299,26 +299,30 @@ bool tap_rows_forward(float* y, const float* x, const float* w, const float* b, 
   if (s.stride > 2 || KV > kMaxKV || pixels_per_tile(KV) < 4 || (!across_rows && s.Wo < pixels_per_tile(KV)))
     return false;
   const i64 plane = s.Hp * s.Wp, most = pixels_per_tile(KV), tiles = (s.Wo + most - 1) / most,
-            even = (s.Wo + tiles - 1) / tiles;           // a row's tiles within a row, as even as they go
-  const i64 cb = std::max<i64>(1, 6144 / (R * S * Kp));  // input channels whose weights fill 24 KB
+            even = (s.Wo + tiles - 1) / tiles;  // a row's tiles within a row, as even as they go
+  // input channels in near-equal blocks whose weights fill at most 24 KB (32 channels of 3x3 by 64:
+  // 8 + 8 + 8 + 8, not 10 + 10 + 10 + 2)
+  const i64 most_c = std::max<i64>(1, 6144 / (R * S * Kp)), cblocks = (C + most_c - 1) / most_c,
+            cb = (C + cblocks - 1) / cblocks;
   const auto& kernels = kPixelKernels[size_t(s.stride - 1)][size_t(KV - 1)];
-  std::vector<float> wt(size_t(T) * Kp, 0.0f), bias(size_t(Kp), 0.0f);  // w^T [T][Kp], zeros past K
-  for (i64 k = 0; k < K; ++k) {
-    bias[size_t(k)] = b[k];
-    for (i64 t = 0; t < T; ++t) wt[size_t(t * Kp + k)] = w[k * T + t];
-  }
+  std::vector<float> wt(size_t(T) * Kp), bias(size_t(Kp), 0.0f);  // w^T [T][Kp], zeros past K
+  transpose_blocks(wt.data(), Kp, w, T, K, T, Kp);
+  std::copy(b, b + K, bias.begin());
   // tile u of channel block c0 -> out [P][Kp] (c0 == 0 adds the bias; each tile's blocks in order)
   const i64 row_tiles = (s.Wo + even - 1) / even, units = across_rows ? (P + most - 1) / most : s.Ho * row_tiles;
+  // (across rows) each output pixel's first input value, once a call (two divisions a pixel, made
+  // again for every tile and block of channels, were a tenth of a stride-2 32->64 layer's time)
+  std::vector<i64> at(across_rows ? size_t(P) : 0);
+  for (i64 oh = 0; across_rows && oh < s.Ho; ++oh)
+    for (i64 ow = 0; ow < s.Wo; ++ow) at[size_t(oh * s.Wo + ow)] = (oh * s.Wp + ow) * s.stride;
   auto tile = [&](i64 u, i64 c0, const float* src, float* out) {
     const float* wc = wt.data() + c0 * R * S * Kp;
     const float* bc = c0 == 0 ? bias.data() : nullptr;
     const i64 cn = std::min(cb, C - c0);
     if (across_rows) {
       const i64 p0 = u * most, jn = std::min<i64>(most, P - p0);
-      i64 at[kMaxAtJ];
-      for (i64 j = 0; j < jn; ++j) at[j] = ((p0 + j) / s.Wo * s.Wp + (p0 + j) % s.Wo) * s.stride;
-      kPixelAtKernels[size_t(KV - kMinAtKV)][size_t(jn - 1)](out + p0 * Kp, Kp, src + c0 * plane, at, wc, bc, cn, R, S,
-                                                             plane, s.Wp, Kp);
+      kPixelAtKernels[size_t(KV - kMinAtKV)][size_t(jn - 1)](out + p0 * Kp, Kp, src + c0 * plane, at.data() + p0, wc,
+                                                             bc, cn, R, S, plane, s.Wp, Kp);
       return;
     }
     const i64 oh = u / row_tiles, ow0 = u % row_tiles * even;  // (a row of 16 in tiles of 8 and 8, not 14 and 2)
