@@ -34,6 +34,10 @@ void direct_weight_grad(float* dw, const float* x, const float* dy, const ConvSh
 
 }  // namespace
 
+bool rows_fill_vectors(const ConvShape& s) {  // (16 at least: measured on AVX2 and AVX-512 only)
+  return s.R * s.S > 1 && s.Wo >= std::max<i64>(16, 2 * i64(active_isa().vector_floats));
+}
+
 // x: [N, C, H, W] -> y: [N, K, Ho, Wo], or pooled: y, argmax: [N, K, Ho/k, Wo/k] (each image
 // convolved into a thread's scratch, in L2, and pooled from there). Each image is laid out
 // (PhaseLayout) in a thread's scratch and its taps read in place by the ISA's direct_rows_forward.
@@ -42,7 +46,8 @@ void direct_forward_path(float* y, std::int32_t* argmax, const float* x, const f
                          const ConvShape& s, i64 N, i64 pool_k) {
   // strided, with more input channels than a first layer's: the input values broadcast from where
   // they lie (a stride-2 1x1 16->32 layer's phase split cost more than its product: 1.0-1.5x the time)
-  if (s.C > kTapRowsChannels && tap_rows_strided_forward(y, argmax, x, w, b, s, N, pool_k)) return;
+  if (s.C > kTapRowsChannels && !rows_fill_vectors(s) && tap_rows_strided_forward(y, argmax, x, w, b, s, N, pool_k))
+    return;
   const i64 K = s.K, P = s.P(), T = s.taps();
   const i64 pooled = pool_k > 0 ? K * (s.Ho / pool_k) * (s.Wo / pool_k) : 0;
   const auto kernel = active_isa().direct_rows_forward;

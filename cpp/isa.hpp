@@ -44,7 +44,8 @@ struct DyPanelsSource {
 };
 
 struct IsaKernels {
-  const char* name;  // "baseline", "avx2", "avx512", "neon"
+  const char* name;   // "baseline", "avx2", "avx512", "neon"
+  int vector_floats;  // floats per vector register: 4 (baseline, NEON), 8 (AVX2), 16 (AVX-512)
   const MicroKernel* gemm;
 
   // conv2d_direct.cpp: the few-tap convolution (see conv2d.cpp)

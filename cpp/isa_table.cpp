@@ -55,6 +55,7 @@ void augment_smooth(float* field, float* rows, const float* gw_padded, const flo
 
 extern const IsaKernels table = {
     CNNFAST_STR(CNNFAST_ISA),
+    CNNFAST_VEC_BYTES / 4,
     &gemm_microkernel,
     direct_rows_forward_kernel,
     direct_weight_grad_kernel,

@@ -81,6 +81,7 @@ CONV_SHAPES = [  # N, C, H, W, K, R, S, padding
     # a first layer's direct forward: rows of 37 in segments of a vector (the last one short), K in blocks of 5-6
     (2, 3, 12, 41, 20, 5, 5, 0),
     (1, 1, 9, 36, 7, 3, 3, 1),  # 9 taps: conv1's loop (AVX-512), rows of 36
+    (2, 8, 7, 40, 12, 5, 5, 2),  # 8 channels, rows of 40 (two vectors or more on every ISA): the direct forward
 ]
 
 
@@ -164,6 +165,7 @@ STRIDED_SHAPES = [  # N, C, H, W, K, R, S, padding, stride
     (1, 40, 8, 8, 24, 1, 1, 0, 2),  # a 1x1 stride-2 shortcut on 16 pixels: the few-pixels forward
     (2, 3, 41, 70, 20, 7, 7, 3, 2),  # a first layer's direct forward: rows of 35 from 2 x 2 phases
     (1, 2, 23, 50, 9, 5, 4, 2, 3),  # the same at stride 3: 3 x 3 phases, rows of 17
+    (2, 16, 9, 70, 20, 3, 3, 1, 2),  # 16 channels, rows of 35: the direct forward too
 ]
 
 
@@ -222,8 +224,10 @@ def test_strided_conv2d_relu_max_pool2d_equals_the_three_kernels(isa, few_pixels
 
 
 def test_strided_conv2d_takes_the_panels_or_direct_and_is_the_same_on_any_thread_count(isa, threads):
-    assert _core.conv2d_path((8, 16, 16, 16), (32, 16, 3, 3), 1, stride=2) == "panels"  # (Winograd: stride 1 only)
+    assert _core.conv2d_path((8, 16, 8, 8), (32, 16, 3, 3), 1, stride=2) == "panels"  # (Winograd: stride 1 only)
     assert _core.conv2d_path((8, 16, 16, 16), (32, 16, 3, 3), 1, 0, True, True, stride=2) == "panels"
+    # output rows of two vectors and 16 pixels or more (40 pixels: on every ISA): the direct forward
+    assert _core.conv2d_path((2, 16, 80, 80), (32, 16, 3, 3), 1, stride=2) == "direct"
     assert _core.conv2d_path((8, 16, 16, 16), (32, 16, 3, 3), 1, stride=1) == "winograd"
     assert _core.conv2d_path((8, 3, 16, 16), (32, 3, 3, 3), 1, stride=2) == "direct"
     assert _core.conv2d_path((8, 1, 28, 28), (32, 1, 3, 3), 0, 2, stride=2) == "direct"  # (conv3x3_pool2: stride 1)
@@ -500,9 +504,10 @@ def test_linear_narrow_rows_alone_equal_the_batch_bit_for_bit(isa, O):
         ((1, 64, 4, 4), (48, 64, 3, 3), 1, "few_pixels"),  # output channels (dx: taps) over the threads
         ((1, 20, 9, 9), (40, 20, 3, 3), 0, "few_pixels"),  # 49 pixels, tiles of taps cut at the end
         # few taps: the product made channel-major, one image's pixel panels over the threads, or images
-        ((1, 8, 48, 48), (64, 8, 3, 3), 1, "panels"),
-        ((1, 6, 40, 40), (16, 6, 5, 5), 2, "panels"),  # 16 channels: one tile, channel-major too
-        ((3, 8, 40, 40), (64, 8, 3, 3), 1, "panels"),
+        # (rows under 16 pixels: wider ones go to the direct forward)
+        ((1, 8, 100, 14), (64, 8, 3, 3), 0, "panels"),
+        ((1, 6, 160, 14), (16, 6, 5, 5), 2, "panels"),  # 16 channels: one tile, channel-major too
+        ((3, 8, 40, 14), (64, 8, 3, 3), 1, "panels"),
         # a first layer: the direct forward, one image's rows over the threads; the panels' backward
         ((1, 3, 48, 48), (64, 3, 5, 5), 2, "direct"),
         ((1, 3, 48, 48), (16, 3, 7, 7), 3, "direct"),
@@ -600,7 +605,9 @@ def test_every_kernel_follows_the_forced_isa(isa):
         ((4, 3, 32, 32), (16, 3, 5, 5), 2, 0, False, False, {None: "direct"}),
         ((4, 3, 32, 32), (16, 3, 5, 5), 2, 0, True, False, {None: "panels"}),
         ((4, 3, 64, 64), (64, 3, 7, 7), 3, 0, False, False, {None: "direct"}),  # (stride 1 here)
-        ((4, 5, 32, 32), (16, 5, 5, 5), 2, 0, False, False, {None: "panels"}),  # 5 input channels
+        ((4, 5, 14, 14), (16, 5, 5, 5), 2, 0, False, False, {None: "panels"}),  # 5 input channels, rows of 14
+        ((4, 5, 32, 32), (16, 5, 5, 5), 2, 0, False, False, {None: "direct"}),  # rows of 32: the direct forward
+        ((4, 64, 32, 32), (16, 64, 1, 1), 0, 0, False, False, {}),  # (not 1x1: the panels)
         ((4, 3, 32, 32), (16, 3, 3, 3), 1, 0, True, True, {}),  # 27 taps: direct
         # 3x3, 16+ channels in and out, even output, 32+ tiles of 2x2 outputs: Winograd, pooled or not
         ((8, 32, 16, 16), (64, 32, 3, 3), 1, 2, True, True, {None: "winograd"}),
@@ -617,8 +624,11 @@ def test_every_kernel_follows_the_forced_isa(isa):
         ((2, 64, 16, 16), (128, 64, 1, 1), 0, 0, False, False, {None: "few_pixels"}),  # 512 pixels
         ((1, 64, 32, 32), (128, 64, 1, 1), 0, 0, False, False, {}),  # 1,024: the panels
         ((8, 32, 13, 13), (64, 32, 3, 3), 0, 0, False, False, {}),  # odd output (11 x 11): the panels
-        ((8, 8, 16, 16), (64, 8, 3, 3), 1, 0, False, False, {}),  # 8 input channels: the panels
-        ((8, 32, 16, 16), (64, 32, 3, 3), 3, 0, False, False, {}),  # padding 3: the panels
+        # 8 input channels, rows of 16 (two vectors but on AVX-512): the direct forward, or the panels
+        ((8, 8, 16, 16), (64, 8, 3, 3), 1, 0, False, False, {None: "direct", "avx512": "panels"}),
+        ((8, 8, 16, 16), (64, 8, 3, 3), 1, 0, True, True, {}),
+        ((8, 32, 16, 16), (64, 32, 3, 3), 3, 0, False, False, {None: "direct", "avx512": "panels"}),  # padding 3
+        ((8, 32, 10, 10), (64, 32, 3, 3), 3, 0, False, False, {}),  # padding 3, rows of 14: the panels
         ((0, 3, 8, 8), (4, 3, 3, 3), 0, 0, False, False, {None: "reference"}),  # no images
         ((2, 0, 8, 8), (4, 0, 3, 3), 0, 0, True, True, {None: "reference"}),  # no input channels
     ],
