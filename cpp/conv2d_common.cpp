@@ -182,10 +182,10 @@ const float* whole_dconv(std::unique_ptr<float[]>& keep, const float* dy, const 
   return keep.get();
 }
 
-bool tap_rows_strided_forward(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
-                              const ConvShape& s, i64 N, i64 pool_k) {
+bool tap_rows_forward_path(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
+                           const ConvShape& s, i64 N, i64 pool_k) {
   const IsaKernels& isa = active_isa();
-  if (s.stride == 1) return false;
+  if (s.stride == 1 && s.R * s.S == 1) return false;
   if (pool_k == 0) return isa.tap_rows_forward(y, x, w, b, s, N);
   std::unique_ptr<float[]> conv(new float[size_t(N) * s.K * s.P()]);
   if (!isa.tap_rows_forward(conv.get(), x, w, b, s, N)) return false;

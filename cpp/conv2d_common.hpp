@@ -150,11 +150,13 @@ const float* whole_dconv(std::unique_ptr<float[]>& keep, const float* dy, const 
 // (pool_k > 0), from the convolution's gradient made whole first. False, computing nothing, if the
 // layer is not such a layer or its kernel does not fit tap_rows (the caller's own backward then runs).
 constexpr i64 kTapRowsChannels = 4;
-// A strided layer's forward through the ISA's tap_rows_forward (conv2d_tap_rows_impl.hpp);
-// pooled, its output whole and then max_pool2d (so that the fused layer gives the separate layers'
-// numbers). False, computing nothing, at stride 1 or where tap_rows_forward declines.
-bool tap_rows_strided_forward(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
-                              const ConvShape& s, i64 N, i64 pool_k);
+// A strided layer's forward, or a stride-1 layer's with few output channels on short rows, through
+// the ISA's tap_rows_forward (conv2d_tap_rows_impl.hpp: pixel-major, the input values broadcast
+// from where they lie); pooled, its output whole and then max_pool2d (so that the fused layer gives
+// the separate layers' numbers). False, computing nothing, for a 1x1 kernel at stride 1 or where
+// tap_rows_forward declines.
+bool tap_rows_forward_path(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
+                           const ConvShape& s, i64 N, i64 pool_k);
 bool tap_rows_backward(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,
                        const std::int32_t* argmax, const ConvShape& s, i64 N, i64 pool_k);
 

@@ -46,7 +46,7 @@ void direct_forward_path(float* y, std::int32_t* argmax, const float* x, const f
                          const ConvShape& s, i64 N, i64 pool_k) {
   // strided, with more input channels than a first layer's: the input values broadcast from where
   // they lie (a stride-2 1x1 16->32 layer's phase split cost more than its product: 1.0-1.5x the time)
-  if (s.C > kTapRowsChannels && !rows_fill_vectors(s) && tap_rows_strided_forward(y, argmax, x, w, b, s, N, pool_k))
+  if (s.C > kTapRowsChannels && !rows_fill_vectors(s) && tap_rows_forward_path(y, argmax, x, w, b, s, N, pool_k))
     return;
   const i64 K = s.K, P = s.P(), T = s.taps();
   const i64 pooled = pool_k > 0 ? K * (s.Ho / pool_k) * (s.Wo / pool_k) : 0;

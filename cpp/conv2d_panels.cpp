@@ -33,7 +33,7 @@ struct RegionDy {
 void panels_forward_path(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
                          const ConvShape& s, i64 N, i64 pool_k) {
   // strided: the input values broadcast from where they lie (no phase-split copy, nothing packed)
-  if (tap_rows_strided_forward(y, argmax, x, w, b, s, N, pool_k)) return;
+  if (tap_rows_forward_path(y, argmax, x, w, b, s, N, pool_k)) return;
   active_isa().panels_forward(y, argmax, x, w, b, s, N, pool_k);
 }
 

@@ -285,7 +285,8 @@ bool tap_rows_weight_grad(float* dw, float* db, const float* x, const float* dy,
 }
 
 // y: [N, K, Ho, Wo] = conv2d(x, w, b) for strides 1 and 2, up to kMaxKV vectors of output channels
-// and rows of output at least a tile of pixels long; false, computing nothing, otherwise. Input channels go in blocks
+// (3 at stride 1) and rows of output at least a tile of pixels long (at stride 1, 8); false,
+// computing nothing, otherwise. Input channels go in blocks
 // whose weights (a block of channels' taps by the output channels) fit in half of L1, each block's sums added to the
 // last's. Images over the threads; each image's output made pixel-major ([P][Kp]) and transposed into place.
 bool tap_rows_forward(float* y, const float* x, const float* w, const float* b, const ConvShape& s, i64 N) {
@@ -296,7 +297,14 @@ bool tap_rows_forward(float* y, const float* x, const float* w, const float* b, 
   // tiles of under 4 pixels, AVX2's with 4 vectors of channels in its 16 registers, no faster)
   // (3-4 vectors: tiles run on from row to row, pixels_forward_at; fewer: tiles within a row)
   const bool across_rows = KV >= kMinAtKV && pixels_per_tile(KV) <= kMaxAtJ;
-  if (s.stride > 2 || KV > kMaxKV || pixels_per_tile(KV) < 4 || (!across_rows && s.Wo < pixels_per_tile(KV)))
+  // At stride 1 (no phase split for the panels to pay), only up to 3 vectors of channels and rows
+  // of 8 pixels or more, in tiles of a whole row where a row is shorter than a tile: LeNet's 6->16
+  // 5x5 on 14 x 14 (rows of 10) at batch 128 0.79x the time of the panels' (their 16 x 16 tile spent a
+  // quarter of its time packing 150 taps for 16 channels), 0.72-0.82x AVX2; 32->48 3x3 on 11 x 11
+  // 0.72x, 16->32 5x5 on 12 x 12 0.87x (AVX-512); but 32->64 on 13 x 13, 4 vectors, 1.04x.
+  const i64 shortest = s.stride == 1 ? std::min(8, pixels_per_tile(KV)) : pixels_per_tile(KV);
+  if (s.stride > 2 || KV > kMaxKV || pixels_per_tile(KV) < 4 || (!across_rows && s.Wo < shortest) ||
+      (s.stride == 1 && KV > 3))
     return false;
   const i64 plane = s.Hp * s.Wp, most = pixels_per_tile(KV), tiles = (s.Wo + most - 1) / most,
             even = (s.Wo + tiles - 1) / tiles;  // a row's tiles within a row, as even as they go

@@ -111,8 +111,9 @@ struct IsaKernels {
   // 4 vectors of K, ...)
   bool (*tap_rows_weight_grad)(float* dw, float* db, const float* x, const float* dy, const ConvShape& s, i64 N);
   // The same file: y = conv2d(x, w, b) for stride 1 or 2, output channels in vectors, the input
-  // values broadcast from where they lie (the strided layers' forward); false (nothing computed)
-  // for a stride over 2, more than 4 vectors of output channels or rows shorter than its tile
+  // values broadcast from where they lie (the strided layers' forward, and stride-1 layers of few
+  // channels on short rows); false (nothing computed) for a stride over 2, more than 4 vectors of
+  // output channels (3 at stride 1) or rows shorter than its tile (8 pixels at stride 1)
   bool (*tap_rows_forward)(float* y, const float* x, const float* w, const float* b, const ConvShape& s, i64 N);
 
   // conv3x3_pool2.cpp (conv3x3_pool2_avx512.cpp on AVX-512): one channel, 3x3, ReLU, 2x2 pool,

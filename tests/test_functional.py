@@ -82,6 +82,9 @@ CONV_SHAPES = [  # N, C, H, W, K, R, S, padding
     (2, 3, 12, 41, 20, 5, 5, 0),
     (1, 1, 9, 36, 7, 3, 3, 1),  # 9 taps: conv1's loop (AVX-512), rows of 36
     (2, 8, 7, 40, 12, 5, 5, 2),  # 8 channels, rows of 40 (two vectors or more on every ISA): the direct forward
+    # stride 1, few channels on rows of 8-15: tap rows' pixel-major forward (AVX-512: K <= 48; AVX2: K <= 16)
+    (2, 6, 14, 14, 16, 5, 5, 0),  # LeNet's second layer: tiles of a whole row of 10
+    (2, 8, 11, 12, 40, 3, 3, 1),  # 3 vectors of channels on AVX-512: tiles of 9 pixels across rows of 12
 ]
 
 
@@ -757,6 +760,7 @@ FUSED_SHAPES = [  # N, C, H, W, K, R, S, padding, k
     (1, 1, 4, 4, 2, 1, 1, 0, 1),
     (4, 16, 16, 16, 32, 3, 3, 1, 2),  # a CIFAR-style block: Winograd, then the pool
     (2, 16, 10, 10, 20, 3, 3, 1, 3),  # Winograd; windows skip the last conv row/column
+    (2, 6, 14, 14, 16, 5, 5, 0, 2),  # LeNet's second layer: tap rows (pixel-major) on AVX2 and AVX-512
 ]
 
 
