@@ -1,11 +1,10 @@
 // conv2d's direct path: patches of few taps (C*R*S <= kDirectTaps = 32: conv1, a first layer on
-// 1-3 channels), and a first layer's forward (<= kTapRowsChannels input channels) at any number of
-// taps. With so few taps, or so few input channels, packing GEMM operands costs as much as it
-// saves. Forward: each image laid out zero-bordered (PhaseLayout: split into phases when strided)
-// and its taps read where they lie by the ISA's loops (conv2d_direct_kernels.cpp); dW: col[T, P]
-// (im2col, the image's T shifted copies) built in L1 and combined row by row with dy. The input
-// gradient, when wanted, goes through the panels' backward (conv2d_panels_impl.hpp). Images over
-// the threads.
+// 1-3 channels), and, forward, at any number of taps, a first layer (<= kTapRowsChannels input
+// channels) or a layer whose output rows fill two vectors (rows_fill_vectors). There packing GEMM
+// operands costs as much as it saves. Forward: each image laid out zero-bordered (PhaseLayout: split into phases when
+// strided) and its taps read where they lie by the ISA's loops (conv2d_direct_kernels.cpp); dW: col[T, P] (im2col, the
+// image's T shifted copies) built in L1 and combined row by row with dy. The input gradient, when wanted, goes through
+// the panels' backward (conv2d_panels_impl.hpp). Images over the threads.
 #include <cstring>
 #include <memory>
 #include <vector>
@@ -44,8 +43,9 @@ bool rows_fill_vectors(const ConvShape& s) {  // (16 at least: measured on AVX2 
 // One image of enough work: its rows over the threads, each with its own copy of the image.
 void direct_forward_path(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
                          const ConvShape& s, i64 N, i64 pool_k) {
-  // strided, with more input channels than a first layer's: the input values broadcast from where
-  // they lie (a stride-2 1x1 16->32 layer's phase split cost more than its product: 1.0-1.5x the time)
+  // more input channels than a first layer's on rows too short to fill vectors: tap rows, the input
+  // values broadcast from where they lie, where they take the layer (a stride-2 1x1 16->32 layer's
+  // phase split cost more than its product: 1.0-1.5x the time)
   if (s.C > kTapRowsChannels && !rows_fill_vectors(s) && tap_rows_forward_path(y, argmax, x, w, b, s, N, pool_k))
     return;
   const i64 K = s.K, P = s.P(), T = s.taps();

@@ -152,8 +152,9 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
   // With a stride st the copy is split into st x st phases (row % st, column % st), each a plane
   // of Hs x Ws: then a tap (r, q) of the consecutive output pixels of a row reads consecutive
   // floats of phase (r % st, q % st), as at stride 1, and the panels are packed the same way.
-  const i64 st = s.stride, Hs = (s.Hp + st - 1) / st, Ws = (s.Wp + st - 1) / st, plane = Hs * Ws;
-  const i64 image = C * st * st * plane;
+  const PhaseLayout layout(s, 0);  // (its tap offsets; the copy is made below, through a table)
+  const i64 st = s.stride, Ws = layout.Ws, plane = layout.plane, image = C * st * st * plane;
+  const std::vector<i64>& tap_offset = layout.tap_offset;
   const bool copied = s.pad > 0 || st > 1;
   // where the copy puts input row h (its phase's first plane, and its row there), and for each
   // column phase b its first input column and that column's place in the phase's rows
@@ -164,12 +165,6 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
   for (i64 h = 0; h < s.H && st > 1; ++h)
     for (i64 w = 0; w < s.W; ++w)
       pixel_place[size_t(h * s.W + w)] = row_place[size_t(h)] + (w + s.pad) % st * C * plane + (w + s.pad) / st;
-  std::vector<i64> tap_offset(static_cast<size_t>(T));
-  for (i64 c = 0; c < C; ++c)
-    for (i64 r = 0; r < s.R; ++r)
-      for (i64 q = 0; q < s.S; ++q)
-        tap_offset[size_t((c * s.R + r) * s.S + q)] =
-            (((r % st) * st + q % st) * C + c) * plane + (r / st) * Ws + q / st;
   // One depth block while a panel's A (T x mr) and B (T x nr) fit L1 and L2 together (conv2:
   // T = 288, measured 3% faster than two blocks of 144); sgemm's blocks beyond that.
   const i64 kc = T <= 512 ? T : depth_block(T), Kpad = (K + nr - 1) / nr * nr;
