@@ -316,6 +316,8 @@ void by_image(i64 r0, i64 r1, i64 Th, i64 Tw, Fn&& fn) {
 
 }  // namespace
 
+extern const int winograd_panel_tiles = NR;  // (the ISA table's: conv2d.cpp's choice of path)
+
 // x: [N, C, H, W], w: [K, C, 3, 3], b: [K] (may be null: no bias) -> y: [N, K, Ho, Wo]
 void winograd_forward(float* y, const float* x, const float* w, const float* b, const ConvShape& s, i64 N) {
   const i64 C = s.C, K = s.K, H = s.H, W = s.W, Ho = s.Ho, Wo = s.Wo;

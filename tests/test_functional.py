@@ -71,7 +71,7 @@ CONV_SHAPES = [  # N, C, H, W, K, R, S, padding
     (4, 32, 13, 13, 64, 3, 3, 0),  # the default model's second layer
     (3, 4, 9, 7, 32, 3, 3, 1),  # padding, dW's A read in place (S*C a multiple of 12, K of 32)
     (5, 1, 28, 28, 32, 3, 3, 0),  # the default model's first layer
-    (2, 16, 8, 10, 24, 3, 3, 1),  # Winograd F(2x2, 3x3): 16+ channels, even output, 40 tiles
+    (2, 16, 8, 14, 24, 3, 3, 1),  # Winograd F(2x2, 3x3): 16+ channels, even output, 56 tiles
     (1, 20, 14, 12, 17, 3, 3, 2),  # Winograd, padding 2 (dx: dy padded by 0), K not a tile multiple
     (8, 33, 6, 6, 16, 3, 3, 0),  # Winograd on 4 x 4 outputs, 32 tiles over 8 images
     (2, 64, 8, 8, 70, 3, 3, 1),  # Winograd's dw too (64+ channels in and out)
@@ -500,7 +500,7 @@ def test_linear_narrow_rows_alone_equal_the_batch_bit_for_bit(isa, O):
         ((1, 64, 13, 13), (64, 64, 3, 3), 0, "panels"),  # the same from 4M multiply-adds (AVX-512's threshold)
         ((1, 16, 16, 16), (32, 16, 3, 3), 1, "winograd"),  # one image: its 16 products over the threads
         # one image, 64 channels: dW alone (the panels' on AVX-512, Winograd's elsewhere) over the threads
-        ((1, 64, 12, 12), (64, 64, 3, 3), 1, "winograd"),
+        ((1, 64, 16, 16), (64, 64, 3, 3), 1, "winograd"),
         ((1, 64, 16, 16), (128, 64, 1, 1), 0, "few_pixels"),  # 1x1: dx one GEMM over the threads
         # transformed weights over 1 MB, 3 chunks of tiles: each chunk in turn over the threads
         ((32, 128, 4, 4), (144, 128, 3, 3), 1, "winograd"),
@@ -616,6 +616,8 @@ def test_every_kernel_follows_the_forced_isa(isa):
         ((8, 32, 16, 16), (64, 32, 3, 3), 1, 2, True, True, {None: "winograd"}),
         ((8, 32, 16, 16), (64, 32, 3, 3), 1, 0, False, False, {None: "winograd"}),
         ((2, 96, 12, 12), (96, 96, 3, 3), 1, 0, True, False, {None: "winograd"}),
+        # 36 tiles: 56% of two panels of 32 on AVX-512 (the panels' GEMM instead), 75% of three of 16 on AVX2
+        ((1, 96, 12, 12), (96, 96, 3, 3), 1, 0, False, False, {None: "winograd", "avx512": "panels"}),
         # 16 output pixels: the weights used as they lie (Winograd's 4 tiles, the panels' packing cost more)
         ((1, 128, 4, 4), (256, 128, 3, 3), 1, 0, False, False, {None: "few_pixels"}),
         ((1, 128, 4, 4), (256, 128, 3, 3), 1, 2, True, True, {None: "few_pixels"}),
