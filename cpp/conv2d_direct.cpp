@@ -33,8 +33,12 @@ void direct_weight_grad(float* dw, const float* x, const float* dy, const ConvSh
 
 }  // namespace
 
-bool rows_fill_vectors(const ConvShape& s) {  // (16 at least: measured on AVX2 and AVX-512 only)
-  return s.R * s.S > 1 && s.Wo >= std::max<i64>(16, 2 * i64(active_isa().vector_floats));
+// (16 pixels at least: measured on AVX2 and AVX-512 only. 3x3 layers of over 32 input channels stay
+// with the panels: stride-2 64->128 and 128->256 on 64 x 64, 128->128 on 33 x 33 took 1.04-1.06x the
+// time on AVX2, 0.99-1.00x AVX-512, where 64->64 5x5 on 32 x 32 took 0.82-0.88x)
+bool rows_fill_vectors(const ConvShape& s) {
+  return s.R * s.S > 1 && s.Wo >= std::max<i64>(16, 2 * i64(active_isa().vector_floats)) &&
+         (s.C <= 32 || s.R * s.S >= 25);
 }
 
 // x: [N, C, H, W] -> y: [N, K, Ho, Wo], or pooled: y, argmax: [N, K, Ho/k, Wo/k] (each image
