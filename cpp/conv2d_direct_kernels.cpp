@@ -37,6 +37,7 @@ constexpr int VL = CNNFAST_VEC_BYTES / 4;  // floats per vector of this ISA
 // 0.64-0.75x, a 3->32 3x3 layer 0.66-0.98x, LeNet's 1->6 5x5 0.29-0.64x (AVX-512 and AVX2, 1-2
 // threads). Only the lanes past a row's last segment are computed for nothing (none when a row is
 // a multiple of VL).
+
 // p[0:n] = v[0:n], n < VL: one masked store where the ISA has them (a row's last segment; scalar
 // stores of its 10 pixels on 26-pixel rows took a fifth of a tile's time)
 inline void store_first(float* p, vec v, i64 n) {
@@ -56,6 +57,8 @@ struct Segment {
   i64 in, out, len;  // its first pixel's offset in src (before the tap's) and in y's plane; <= VL pixels
 };
 
+// One tile: MC channels (wk: their rows of w [K, T], bk: their biases; y: the first one's plane) by
+// the NV segments seg
 template <int MC, int NV>
 inline void rows_block(float* y, i64 P, const float* src, const i64* tap_offset, const Segment* seg, const float* wk,
                        const float* bk, i64 T) {
