@@ -11,14 +11,17 @@
 //                                                                        multiple of 16 pixels an image, <= 512
 //                                                                        in the batch; every ISA
 //   winograd               conv2d_winograd.cpp,                          3x3, >= 16 channels in and out, even
-//                          conv2d_winograd_kernels.cpp (per ISA)         output, >= 32 tiles, stride 1; every ISA
+//                          conv2d_winograd_kernels.cpp (per ISA)         output, >= 32 tiles filling 3/4 of its
+//                                                                        panels, stride 1; every ISA
 //   panels                 conv2d_panels.cpp, conv2d_panels_impl.hpp,   > 32 taps (conv2), any stride, but
-//                          conv2d_panels_avx512.cpp (AVX-512),           not a first layer's forward; every
-//                          conv2d_panels_portable.cpp (per ISA), + the   ISA
+//                          conv2d_panels_avx512.cpp (AVX-512),           not the forwards the direct path
+//                          conv2d_panels_portable.cpp (per ISA), + the   takes; every ISA
 //                          ISA's gemm_microkernel*.cpp
 //   direct                 conv2d_direct.cpp, conv2d_direct_kernels.cpp  <= 32 taps, any stride; forward: also
 //                          (its inner loops compiled per ISA; dx through a first layer (<= 4 input channels)
-//                          the panels' backward)                         at any number of taps; every ISA
+//                          the panels' backward)                         or rows that fill the vectors
+//                                                                        (direct_takes), at any number of
+//                                                                        taps; every ISA
 //   reference              conv2d_ref.cpp                                every layer (the empty ones
 //                                                                        only reach it)
 // Shared pieces (shape, chunking, scratch, layouts, the bias gradient): conv2d_common.hpp.

@@ -63,14 +63,16 @@ void direct_forward_path(float* y, std::int32_t* argmax, const float* x, const f
   ScratchFloats scratch(size_t(nt) * per_thread);
   zero_each(scratch.get(), nt, per_thread, size_t(layout.floats));
   std::unique_ptr<std::int32_t[]> unwanted(pool_k > 0 && !argmax ? new std::int32_t[size_t(nt) * pooled] : nullptr);
+  auto rows = [&](float* out, const float* src, i64 oh0, i64 oh1) {  // out's rows oh0..oh1 from the laid-out image
+    kernel(out, src, layout.Ws, layout.tap_offset.data(), w, b, K, T, s.Wo, P, oh0, oh1);
+  };
   if (inner > 1) {
 #pragma omp parallel num_threads(inner)
     {
       const int me = omp_get_thread_num();
       float* src = scratch.get() + size_t(me) * per_thread;
       layout.copy(src, x, s);
-      kernel(y, src, layout.Ws, layout.tap_offset.data(), w, b, K, T, s.Wo, P, s.Ho * me / inner,
-             s.Ho * (me + 1) / inner);
+      rows(y, src, s.Ho * me / inner, s.Ho * (me + 1) / inner);
     }
     return;
   }
@@ -79,12 +81,12 @@ void direct_forward_path(float* y, std::int32_t* argmax, const float* x, const f
     float* src = scratch.get() + size_t(omp_get_thread_num()) * per_thread;
     layout.copy(src, x + n * s.C * s.H * s.W, s);
     if (pool_k == 0) {
-      kernel(y + n * K * P, src, layout.Ws, layout.tap_offset.data(), w, b, K, T, s.Wo, P, 0, s.Ho);
+      rows(y + n * K * P, src, 0, s.Ho);
       continue;
     }
     float* conv = src + lines(size_t(layout.floats));                                                 // [K, Ho, Wo]
     std::int32_t* a = argmax ? argmax + n * pooled : unwanted.get() + omp_get_thread_num() * pooled;  // (nobody's)
-    kernel(conv, src, layout.Ws, layout.tap_offset.data(), w, b, K, T, s.Wo, P, 0, s.Ho);
+    rows(conv, src, 0, s.Ho);
     max_pool2d_planes(y + n * pooled, a, conv, K, s.Ho, s.Wo, pool_k, true);
   }
 }
