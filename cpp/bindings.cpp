@@ -1113,4 +1113,14 @@ PYBIND11_MODULE(_core, m) {
       "pixels"_a,
       "The most output pixels in a batch (N*Ho*Wo) that conv2d's few_pixels path takes (0: none; for the tests "
       "and benchmarks that run a layer both ways); returns the limit before");
+  m.def(
+      "set_winograd_tile_limit",
+      [](int tile) {
+        CNNFAST_EXPECT(tile == 2 || tile == 4, "tile must be 2 or 4");
+        return set_winograd_tile_limit(tile);
+      },
+      "tile"_a,
+      "The largest m of Winograd's F(m x m, 3x3) that conv2d's winograd path may choose (4: F(4x4) where it "
+      "takes the layer, 2: always F(2x2); for the tests and benchmarks that run a layer both ways); returns the "
+      "limit before");
 }

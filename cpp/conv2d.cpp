@@ -12,7 +12,7 @@
 //                                                                        in the batch; every ISA
 //   winograd               conv2d_winograd.cpp,                          3x3, >= 16 channels in and out, even
 //                          conv2d_winograd_kernels.cpp (per ISA)         output, >= 32 tiles filling 3/4 of its
-//                                                                        panels, stride 1; every ISA
+//                                                                        panels, stride 1 (winograd_tile); every ISA
 //   panels                 conv2d_panels.cpp, conv2d_panels_impl.hpp,   > 32 taps (conv2), any stride, but
 //                          conv2d_panels_avx512.cpp (AVX-512),           not the forwards the direct path
 //                          conv2d_panels_portable.cpp (per ISA), + the   takes; every ISA
@@ -56,24 +56,7 @@ bool has_work(const ConvShape& s, i64 N) { return N > 0 && s.K > 0 && s.taps() >
 // conv3x3_pool2 and winograd are written for stride 1 (the panels and direct take any stride)
 bool unit_stride_work(const ConvShape& s, i64 N) { return has_work(s, N) && s.stride == 1; }
 
-// 3x3 with at least kWinogradChannels channels in and out, padding up to 2 (dx is then a
-// convolution of dy padded by 2 - pad), an even output (an odd one computes a row and a column of
-// tiles to throw away: conv2's 11 x 11 is 144 pixels for 121, and pooled, the panels' fused kernel
-// also skips the 21 no window reads: Winograd measured slower there, 6.4 against 5.1 ms forward
-// and 14 against 10 ms backward, AVX2, batch 128, one thread) and at least 32 tiles of 2 x 2
-// outputs (fewer do not pay for transforming the weights: 128->256 on 4 x 4 at batch 1 took
-// 0.41 ms against the panels' 0.27). The same answer with and without a pool, so that the fused
-// layer gives the separate layers' numbers.
-// The tiles must also fill three quarters of the panels its products take them in (AVX-512: 32
-// tiles a panel): 96->96 on 12 x 12 at batch 1, 36 tiles in two panels of 32, went 0.72-0.77x the
-// time forward and 0.75-0.78x backward through the panels (one AVX-512 thread and two).
-constexpr i64 kWinogradChannels = 16, kWinogradTiles = 32;
-bool winograd_accepts(const ConvShape& s, i64 N, i64, bool) {
-  const i64 tiles = N * (s.Ho / 2) * (s.Wo / 2), panel = active_isa().winograd_panel_tiles;
-  return unit_stride_work(s, N) && s.R == 3 && s.S == 3 && s.C >= kWinogradChannels && s.K >= kWinogradChannels &&
-         s.pad <= 2 && s.Ho % 2 == 0 && s.Wo % 2 == 0 && tiles >= kWinogradTiles &&
-         4 * tiles >= 3 * ((tiles + panel - 1) / panel * panel) && s.P() < (i64(1) << 30);
-}
+bool winograd_accepts(const ConvShape& s, i64 N, i64, bool) { return winograd_tile(s, N) > 0; }
 
 // At most kFewPixels output pixels in the batch, more taps than the direct path's. A 1x1 layer only
 // forward, only with a multiple of 16 pixels an image (im2col's rows are then x's own, and x is

@@ -191,7 +191,9 @@ void panels_forward_path(float* y, std::int32_t* argmax, const float* x, const f
                          const ConvShape& s, i64 N, i64 pool_k);
 bool panels_backward_path(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,
                           const std::int32_t* argmax, const ConvShape& s, i64 N, i64 pool_k);
-// 3x3 with many channels on both sides: Winograd's F(2x2, 3x3) (conv2d_winograd.cpp)
+// 3x3 with many channels on both sides: Winograd's F(4x4, 3x3) or F(2x2, 3x3) (conv2d_winograd.cpp).
+// winograd_tile: the m of F(m x m, 3x3) for this layer, 0 if the path does not take it.
+int winograd_tile(const ConvShape& s, i64 N);
 void winograd_forward_path(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
                            const ConvShape& s, i64 N, i64 pool_k);
 bool winograd_backward_path(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,

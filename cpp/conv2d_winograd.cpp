@@ -1,17 +1,22 @@
 // conv2d's Winograd path, for 3x3 convolutions with many channels on both sides (a CIFAR-style or
-// VGG-style middle layer): F(2x2, 3x3) does 2.25x fewer multiply-adds than any direct method,
-// which is how it beats libraries that already run the direct convolution near the FMA peak.
-// The kernels (the transforms and the 16 products) are per ISA, in conv2d_winograd_kernels.cpp.
+// VGG-style middle layer): F(2x2, 3x3) does 2.25x fewer multiply-adds than any direct method, and
+// F(4x4, 3x3) 4x fewer, which is how it beats libraries that already run the direct convolution
+// near the FMA peak. The kernels (the transforms and the 16 or 36 products) are per ISA, in
+// conv2d_winograd_kernels.cpp. winograd_tile below chooses F(4x4) where the output is whole 4 x 4
+// tiles, enough of them, at least two a row; F(2x2) elsewhere.
 // - Forward: the kernel; with a pool, the convolution's output into scratch, then max_pool2d's
 //   kernel (the same y and argmax as the separate layers, bit for bit).
 // - Backward: dx is a convolution too, of dy (zero-padded by 2 - pad) with the weights
-//   flipped and transposed ([C, K, 3, 3]): the same kernel. dw by F(3x3, 2x2), Winograd's
-//   algorithm transposed (the kernels file says how), with 64+ channels in and out; with fewer,
+//   flipped and transposed ([C, K, 3, 3]): the same kernel (with dx's own tile). dw by
+//   F(3x3, 2x2), Winograd's algorithm transposed (the kernels file says how), with 64+ channels
+//   in and out; with fewer,
 //   and on AVX-512 (whose panels' dw is faster: 2.6 against 3.1 ms on 128->256 4x4, 5.1 against
 //   6.5 on 96->96 12x12), through the panels' backward (without dx).
-// Numbers: the transforms add and subtract up to 16 terms before and after the product, so
-// results differ from the direct paths' by a few float roundings (tests: 1e-4 of the largest).
+// Numbers: the transforms add and subtract up to 16 terms (F(4x4): 36, with factors up to 8 and
+// 1/24) before and after the product, so results differ from the direct paths' by float roundings:
+// about 2e-7 of the largest output for F(2x2), 5e-6 for F(4x4) (tests: 1e-4 of the largest).
 #include <algorithm>
+#include <atomic>
 #include <vector>
 
 #include "conv2d_common.hpp"
@@ -25,12 +30,43 @@ namespace cnnfast {
 // 12x12 6.7 against 7.8; 128->256 on 4x4 3.3 against 4.2)
 constexpr i64 kWinogradWeightGradChannels = 64;
 
+// 3x3 with at least kWinogradChannels channels in and out, padding up to 2 (dx is then a
+// convolution of dy padded by 2 - pad), an output of whole m x m tiles (an odd one computes a row
+// and a column of tiles to throw away: conv2's 11 x 11 is 144 pixels for 121, and pooled, the
+// panels' fused kernel also skips the 21 no window reads: F(2x2) measured slower there, 6.4
+// against 5.1 ms forward and 14 against 10 ms backward, AVX2, batch 128, one thread) and at least
+// 32 tiles (fewer do not pay for transforming the weights: 128->256 on 4 x 4 at batch 1 took
+// 0.41 ms against the panels' 0.27). The same answer with and without a pool, so that the fused
+// layer gives the separate layers' numbers.
+// The tiles must also fill three quarters of the panels its products take them in (AVX-512: 32
+// tiles a panel): 96->96 on 12 x 12 at batch 1, 36 tiles in two panels of 32, went 0.72-0.77x the
+// time forward and 0.75-0.78x backward through the panels (one AVX-512 thread and two).
+// F(4x4) where those hold for 4 x 4 tiles and a row has at least kWinograd4Columns of them, else F(2x2).
+constexpr i64 kWinogradChannels = 16, kWinogradTiles = 32, kWinograd4Columns = 2;
+std::atomic<int> winograd_tile_limit{4};
+
+bool winograd_fits(const ConvShape& s, i64 N, i64 m) {
+  const i64 tiles = N * (s.Ho / m) * (s.Wo / m), panel = active_isa().winograd_panel_tiles;
+  return s.stride == 1 && s.R == 3 && s.S == 3 && s.C >= kWinogradChannels && s.K >= kWinogradChannels && s.pad <= 2 &&
+         s.Ho % m == 0 && s.Wo % m == 0 && tiles >= kWinogradTiles &&
+         4 * tiles >= 3 * ((tiles + panel - 1) / panel * panel) && s.P() < (i64(1) << 30);
+}
+
+int winograd_tile(const ConvShape& s, i64 N) {
+  if (N <= 0 || s.K <= 0 || s.taps() <= 0) return 0;
+  if (winograd_tile_limit.load() >= 4 && s.Wo / 4 >= kWinograd4Columns && winograd_fits(s, N, 4)) return 4;
+  return winograd_fits(s, N, 2) ? 2 : 0;
+}
+
+int set_winograd_tile_limit(int m) { return winograd_tile_limit.exchange(m); }
+
 void winograd_forward_path(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
                            const ConvShape& s, i64 N, i64 pool_k) {
   const IsaKernels& isa = active_isa();
-  if (pool_k == 0) return isa.winograd_forward(y, x, w, b, s, N);
+  const int m = winograd_tile(s, N);
+  if (pool_k == 0) return isa.winograd_forward(y, x, w, b, s, N, m);
   ScratchFloats conv(size_t(N) * s.K * s.P());
-  isa.winograd_forward(conv.get(), x, w, b, s, N);
+  isa.winograd_forward(conv.get(), x, w, b, s, N, m);
   pool_whole(y, argmax, conv.get(), s, N, pool_k);
 }
 
@@ -51,7 +87,10 @@ bool winograd_backward_path(float* dx, float* dw, float* db, const float* x, con
     for (i64 c = 0; c < C; ++c)
       for (i64 k = 0; k < K; ++k)
         for (int t = 0; t < 9; ++t) flipped[size_t((c * K + k) * 9 + t)] = w[(k * C + c) * 9 + (8 - t)];
-    isa.winograd_forward(dx, dy, flipped.data(), nullptr, ConvShape(K, s.Ho, s.Wo, C, 3, 3, 2 - s.pad), N);
+    // (its own tile: dx's shape has other channels and may have another size; F(2x2) at least,
+    // dx being as even as y)
+    const ConvShape dx_shape(K, s.Ho, s.Wo, C, 3, 3, 2 - s.pad);
+    isa.winograd_forward(dx, dy, flipped.data(), nullptr, dx_shape, N, std::max(2, winograd_tile(dx_shape, N)));
   }
   return true;
 }

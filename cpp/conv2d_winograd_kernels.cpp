@@ -1,23 +1,32 @@
 // conv2d's Winograd path, the kernels (conv2d_winograd.cpp chooses when and composes the
 // backward), in portable vector code compiled once per instruction set.
 //
-// Winograd's minimal filtering F(2x2, 3x3) (Lavin & Gray, 2016): a 2x2 block of outputs of a
-// 3x3 convolution from a 4x4 block of input, with 16 multiplications instead of 36:
+// Winograd's minimal filtering F(m x m, 3x3) (Lavin & Gray, 2016): an m x m block of outputs of a
+// 3x3 convolution from an a x a block of input (a = m + 2), with a^2 multiplications instead of
+// 9 m^2:
 //   Y = A^T [ sum_c (G g_kc G^T) .* (B^T d_c B) ] A
+// F(2x2, 3x3): 16 multiplications for 4 outputs (2.25x fewer than direct),
 //   B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1], G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1],
 //   A^T = [1 1 1 0; 0 1 -1 -1].
-// The sum over channels is, for each of the 16 positions xi of the 4x4 transform, a matrix
-// product M_xi[K, tiles] = U_xi[K, C] V_xi[C, tiles]: 2.25x fewer multiply-adds than the direct
-// convolution, the products through the ISA's register tile (MR output channels x NV vectors
-// of tiles). Tiles are the vector lanes of both transforms: VL tiles of one row of tiles at a
-// time, their 4x4 inputs read as even and odd columns of four input rows.
+// F(4x4, 3x3): 36 for 16 (4x fewer), from the points 0, 1, -1, 2, -2 and infinity,
+//   B^T = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0; 0 -2 -1 2 1 0; 0 2 -1 -2 1 0; 0 4 0 -5 0 1],
+//   G = [1/4 0 0; -1/6 -1/6 -1/6; -1/6 1/6 -1/6; 1/24 1/12 1/6; 1/24 -1/12 1/6; 0 0 1],
+//   A^T = [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1].
+// The sum over channels is, for each of the a^2 positions xi of the transform, a matrix product
+// M_xi[K, tiles] = U_xi[K, C] V_xi[C, tiles], through the ISA's register tile (MR output channels
+// x NV vectors of tiles). Tiles are the vector lanes of both transforms. F(2x2): VL tiles of one
+// row of tiles at a time, their inputs read as even and odd columns of four input rows. F(4x4):
+// VL consecutive tiles of the chunk, whatever row they lie in, from staged 6 x 6 input blocks and
+// into staged 4 x 4 output blocks (on a 16 x 16 output its rows of 4 tiles would fill a quarter of
+// AVX-512's lanes), and the chunks sized to fill the products' panels.
 //
-// Chunks of rows of tiles (an image's or several images'), each in L2: V [16][C][LS] and
-// M [16][Kp][LS] for the chunk's L tiles (LS >= L + VL: a row's last vector may run past it and
+// Chunks of rows of tiles (an image's or several images'), each in L2: V [a^2][C][LS] and
+// M [a^2][Kp][LS] for the chunk's L tiles (LS >= L + VL: a row's last vector may run past it and
 // is overwritten by the next row or ignored). The chunking depends on the shapes only, and each
 // output is one fixed sequence of operations: the results do not depend on the thread count.
 #include <algorithm>
 #include <cstring>
+#include <numeric>
 #include <vector>
 
 #include "conv2d_common.hpp"
@@ -129,31 +138,44 @@ void tile_product(i64 kc, const float* a, const float* b, i64 ldb, float* c, i64
     }
 }
 
-// w: [K, C, 3, 3] -> u: [16][Kp / MR][C][MR], planes us apart (u_kc = G g_kc G^T, position
-// xi = 4*i + j; zeros for k >= K); a panel's MR values at a time
+// w: [K, C, 3, 3] -> u: [a^2][Kp / MR][C][MR], planes us apart (u_kc = G g_kc G^T, position
+// xi = a*i + j; zeros for k >= K); a panel's MR values at a time
+template <int M>
 void transform_weights(float* u, i64 us, const float* w, i64 K, i64 C, i64 Kp) {
+  constexpr int A = M + 2;
   const i64 panels = Kp / MR;
-#pragma omp parallel for num_threads(threads_over(double(Kp) * C * 64, panels)) schedule(static)
+#pragma omp parallel for num_threads(threads_over(double(Kp) * C * 4 * A * A, panels)) schedule(static)
   for (i64 kp = 0; kp < panels; ++kp)
     for (i64 c = 0; c < C; ++c) {
-      float g[16][MR] = {};
+      float g[A * A][MR] = {};
       for (i64 i = 0; i < MR && kp * MR + i < K; ++i) {
         const float* f = w + ((kp * MR + i) * C + c) * 9;
-        float t[4][3];
-        for (int q = 0; q < 3; ++q) {  // G g: rows of the 4x3
-          t[0][q] = f[q];
-          t[1][q] = 0.5f * (f[q] + f[3 + q] + f[6 + q]);
-          t[2][q] = 0.5f * (f[q] - f[3 + q] + f[6 + q]);
-          t[3][q] = f[6 + q];
-        }
-        for (int r = 0; r < 4; ++r) {  // (G g) G^T
-          g[4 * r + 0][i] = t[r][0];
-          g[4 * r + 1][i] = 0.5f * (t[r][0] + t[r][1] + t[r][2]);
-          g[4 * r + 2][i] = 0.5f * (t[r][0] - t[r][1] + t[r][2]);
-          g[4 * r + 3][i] = t[r][2];
+        // G v for the 3 values v0, v1, v2 (a kernel column, then a row of G g)
+        auto apply_g = [](float v0, float v1, float v2, float* out) {
+          if constexpr (M == 2) {
+            out[0] = v0;
+            out[1] = 0.5f * (v0 + v1 + v2);
+            out[2] = 0.5f * (v0 - v1 + v2);
+            out[3] = v2;
+          } else {
+            const float even = v0 * (1.0f / 24) + v2 * (1.0f / 6), odd = v1 * (1.0f / 12);
+            out[0] = 0.25f * v0;
+            out[1] = -(1.0f / 6) * (v0 + v1 + v2);
+            out[2] = -(1.0f / 6) * (v0 - v1 + v2);
+            out[3] = even + odd;
+            out[4] = even - odd;
+            out[5] = v2;
+          }
+        };
+        float t[3][A];  // (G g)^T: t[q][r] = (G g)[r][q]
+        for (int q = 0; q < 3; ++q) apply_g(f[q], f[3 + q], f[6 + q], t[q]);
+        for (int r = 0; r < A; ++r) {  // (G g) G^T, a row at a time
+          float row[A];
+          apply_g(t[0][r], t[1][r], t[2][r], row);
+          for (int j = 0; j < A; ++j) g[A * r + j][i] = row[j];
         }
       }
-      for (int xi = 0; xi < 16; ++xi) std::memcpy(u + xi * us + (kp * C + c) * MR, g[xi], sizeof g[xi]);
+      for (int xi = 0; xi < A * A; ++xi) std::memcpy(u + xi * us + (kp * C + c) * MR, g[xi], sizeof g[xi]);
     }
 }
 
@@ -238,6 +260,127 @@ void transform_output_row(float* y, i64 Ho, i64 Wo, const float* m, i64 ms, i64 
   by_width(Tw, [&](auto lanes) { transform_output_row_w<decltype(lanes)>(y, Ho, Wo, m, ms, th, Tw, bias); });
 }
 
+// ---- F(4x4): its tiles in the lanes of whole vectors, whatever row of tiles (or image) they lie in ----
+// The chunk's tiles in order (l: its rows of tiles one after the other, Tw tiles each), VL of them
+// at a time, through staging planes of the chunk's tiles: the 6 x 6 input blocks d[(6i + j)*LS + l]
+// and the 4 x 4 output blocks o[(4i + j)*LS + l]. (F(2x2) above keeps a row of tiles in a vector
+// of its width: on a 16 x 16 output F(4x4) has rows of 4 tiles, a quarter of AVX-512's lanes.)
+
+// B^T d for six values (a column or a row of the 6 x 6 block) -> out[0..5]
+inline void apply_bt6(const vec d[6], vec out[6]) {
+  const vec p = d[4] - 4.0f * d[2], q = d[3] - 4.0f * d[1], r = d[4] - d[2], s = 2.0f * (d[3] - d[1]);
+  out[0] = 4.0f * d[0] - 5.0f * d[2] + d[4];
+  out[1] = p + q;
+  out[2] = p - q;
+  out[3] = r + s;
+  out[4] = r - s;
+  out[5] = 4.0f * d[1] - 5.0f * d[3] + d[5];
+}
+
+// A^T m for six values (a column or a row of the 6 x 6 block) -> out[0..3]
+inline void apply_at6(const vec m[6], vec out[4]) {
+  const vec sum12 = m[1] + m[2], diff12 = m[1] - m[2], sum34 = m[3] + m[4], diff34 = m[3] - m[4];
+  out[0] = m[0] + sum12 + sum34;
+  out[1] = diff12 + 2.0f * diff34;
+  out[2] = sum12 + 4.0f * sum34;
+  out[3] = diff12 + 8.0f * diff34 + m[5];
+}
+
+// The floats between rows of the zero-padded input plane that rows of 4 x 4 tiles read (Twv: a
+// row's tiles rounded up to whole vectors), with room for the last vectors' reads past it
+inline i64 f4_row_floats(i64 Twv) { return 4 * (Twv + VL); }
+
+// Rows of tiles th0..th1 of one input plane (x: [H, W]) -> their input blocks at lanes l0.. of d
+// (a row's lanes past its Tw tiles, up to the next multiple of VL: garbage that the next row
+// overwrites or the products ignore). The rows they read are copied once into padded
+// ([4*(th1-th0)+2][Wp], zero at first: its borders are never written), then each row's columns
+// 4tw + j (j < 6) taken apart by shuffles, VL tiles at a time.
+void gather_input_blocks(float* d, i64 LS, const float* x, i64 H, i64 W, i64 pad, i64 th0, i64 th1, i64 Tw, i64 l0,
+                         float* padded, i64 Wp) {
+  for (i64 i = 0; i < 4 * (th1 - th0) + 2; ++i) {
+    const i64 h = 4 * th0 + i - pad;
+    float* row = padded + i * Wp;
+    if (h < 0 || h >= H)
+      std::fill(row, row + Wp, 0.0f);
+    else
+      std::memcpy(row + pad, x + h * W, sizeof(float) * size_t(W));
+  }
+  for (i64 th = th0; th < th1; ++th)
+    for (int i = 0; i < 6; ++i) {
+      float* out = d + 6 * i * LS + l0 + (th - th0) * Tw;  // plane (i, j) at out + j*LS
+      const float* row = padded + (4 * (th - th0) + i) * Wp;
+      for (i64 tw0 = 0; tw0 < Tw; tw0 += VL) {
+        const float* c = row + 4 * tw0;  // columns 4tw, .., 4tw + 3, then (from c + 4) 4tw + 4, 4tw + 5
+        const vec a0 = load(c), a1 = load(c + VL), a2 = load(c + 2 * VL), a3 = load(c + 3 * VL);
+        const vec b0 = load(c + 4), b1 = load(c + 4 + VL), b2 = load(c + 4 + 2 * VL), b3 = load(c + 4 + 3 * VL);
+        const vec e0 = even(a0, a1), e1 = even(a2, a3), o0 = odd(a0, a1), o1 = odd(a2, a3);
+        store(out + tw0, even(e0, e1));
+        store(out + LS + tw0, even(o0, o1));
+        store(out + 2 * LS + tw0, odd(e0, e1));
+        store(out + 3 * LS + tw0, odd(o0, o1));
+        store(out + 4 * LS + tw0, even(even(b0, b1), even(b2, b3)));
+        store(out + 5 * LS + tw0, even(odd(b0, b1), odd(b2, b3)));
+      }
+    }
+}
+
+// Tiles 0..L of the staged input blocks (d) -> v[xi*vs + l] = (B^T d_l B)[xi], xi = 6i + j
+void transform_input_blocks(float* v, i64 vs, const float* d, i64 LS, i64 L) {
+  for (i64 l = 0; l < L; l += VL) {
+    vec t[6][6];  // t[i][j] = (d B)[i][j]: along the columns first
+    for (int i = 0; i < 6; ++i) {
+      vec row[6];
+      for (int j = 0; j < 6; ++j) row[j] = load(d + (6 * i + j) * LS + l);
+      apply_bt6(row, t[i]);
+    }
+    for (int j = 0; j < 6; ++j) {  // then B^T (d B) along the rows
+      const vec column[6] = {t[0][j], t[1][j], t[2][j], t[3][j], t[4][j], t[5][j]};
+      vec out[6];
+      apply_bt6(column, out);
+      for (int i = 0; i < 6; ++i) store(v + (6 * i + j) * vs + l, out[i]);
+    }
+  }
+}
+
+// Tiles 0..L of one output channel's products (m[xi*ms + l]) -> o[(4i + j)*LS + l] = (A^T M_l A)[i][j] + bias
+void transform_output_blocks(float* o, i64 LS, const float* m, i64 ms, i64 L, float bias) {
+  for (i64 l = 0; l < L; l += VL) {
+    vec s[4][6];  // (A^T M) rows
+    for (int j = 0; j < 6; ++j) {
+      vec column[6], out[4];
+      for (int i = 0; i < 6; ++i) column[i] = load(m + (6 * i + j) * ms + l);
+      apply_at6(column, out);
+      for (int i = 0; i < 4; ++i) s[i][j] = out[i];
+    }
+    for (int i = 0; i < 4; ++i) {
+      vec out[4];
+      apply_at6(s[i], out);
+      for (int j = 0; j < 4; ++j) store(o + (4 * i + j) * LS + l, out[j] + bias);
+    }
+  }
+}
+
+// One row of tiles th (its Tw tiles at lanes l.. of the staged output blocks o) -> y rows
+// 4th..4th+3 of the plane (y: [Ho, Wo]; those inside it): the 4 columns of each tile interleaved
+void scatter_output_blocks(float* y, i64 Ho, i64 Wo, const float* o, i64 LS, i64 th, i64 Tw, i64 l) {
+  for (int i = 0; i < 4 && 4 * th + i < Ho; ++i)
+    for (i64 tw0 = 0; tw0 < Tw; tw0 += VL) {
+      const float* at = o + 4 * i * LS + l + tw0;
+      const vec c0 = load(at), c1 = load(at + LS), c2 = load(at + 2 * LS), c3 = load(at + 3 * LS);
+      const vec lo02 = zip_lo(c0, c2), hi02 = zip_hi(c0, c2), lo13 = zip_lo(c1, c3), hi13 = zip_hi(c1, c3);
+      const vec q[4] = {zip_lo(lo02, lo13), zip_hi(lo02, lo13), zip_lo(hi02, hi13), zip_hi(hi02, hi13)};
+      float* out = y + (4 * th + i) * Wo + 4 * tw0;
+      const i64 width = std::min<i64>(4 * VL, Wo - 4 * tw0);
+      if (width == 4 * VL) {
+        for (int j = 0; j < 4; ++j) store(out + j * VL, q[j]);
+      } else {
+        float quads[4 * VL];
+        for (int j = 0; j < 4; ++j) store(quads + j * VL, q[j]);
+        std::memcpy(out, quads, sizeof(float) * size_t(width));
+      }
+    }
+}
+
 // The weight gradient's side, F(3x3, 2x2) (the same algorithm transposed):
 //   dW_kc = G^T [ sum over tiles (A e_k A^T) .* (B^T d_c B) ] G,
 // e_k a 2x2 block of dy, d_c the 4x4 block of input it met, A = (A^T)^T = [1 0; 1 1; 1 -1; 0 -1].
@@ -287,20 +430,33 @@ void pack_columns(float* packed, i64 width, const float* rows, i64 ld, i64 n, i6
   }
 }
 
-// Chunks of rows of tiles, for N images of Th x Tw tiles whose V and M (or E) hold `channels`
-// planes of 16 positions: about 48 KB a position (768 KB for the 16), at least one row of tiles;
-// over images when an image has fewer tiles. Depends on the shapes only, never on the threads.
+// Chunks of rows of tiles, for N images of Th x Tw tiles of F(M x M) whose V and M (or E) hold
+// `channels` planes of (M + 2)^2 positions: about 768 KB in all, at least one row of tiles; over
+// images when an image has fewer tiles. Depends on the shapes only, never on the threads.
 struct TileChunks {
   i64 rows_total, rows_per_chunk, chunks;
   i64 L_max;  // tiles in a chunk
   i64 Hr;     // input rows a chunk's rows of tiles read, per image
-  TileChunks(i64 N, i64 Th, i64 Tw, i64 channels)
+  // F(4x4), whose transforms take the chunk's tiles whole vectors at a time: rows of tiles rounded
+  // down to fill whole panels of `panel` tiles where they can
+  TileChunks(i64 N, i64 Th, i64 Tw, i64 channels, int M, i64 panel = 0)
       : rows_total(N * Th),
-        rows_per_chunk(
-            std::max<i64>(1, std::min<i64>(rows_total, (i64(768) << 10) / std::max<i64>(16 * channels * Tw * 4, 1)))),
+        rows_per_chunk(whole_panels(
+            M == 4 ? panel : 0, Tw,
+            std::max<i64>(1, std::min<i64>(rows_total,
+                                           (i64(768) << 10) / std::max<i64>((M + 2) * (M + 2) * channels * Tw * 4, 1))),
+            rows_total)),
         chunks((rows_total + rows_per_chunk - 1) / rows_per_chunk),
         L_max(rows_per_chunk * Tw),
-        Hr(2 * std::min(Th, rows_per_chunk) + 2) {}
+        Hr(M * std::min(Th, rows_per_chunk) + 2) {}
+  // rows rounded to a multiple of the rows that fill whole panels, down, or up if that is at most 1.5x
+  // the rows (and the batch has them)
+  static i64 whole_panels(i64 panel, i64 Tw, i64 rows, i64 rows_total) {
+    if (panel <= 0 || rows >= rows_total) return rows;
+    const i64 g = panel / std::gcd(Tw, panel);
+    if (rows >= g) return rows / g * g;
+    return 2 * g <= 3 * rows && g <= rows_total ? g : rows;
+  }
 };
 
 // fn(n, th0, th1, l0) for each image n of the chunk's rows of tiles r0..r1: its rows th0..th1,
@@ -318,45 +474,66 @@ void by_image(i64 r0, i64 r1, i64 Th, i64 Tw, Fn&& fn) {
 
 extern const int winograd_panel_tiles = NR;  // (the ISA table's: conv2d.cpp's choice of path)
 
+namespace {
+
 // x: [N, C, H, W], w: [K, C, 3, 3], b: [K] (may be null: no bias) -> y: [N, K, Ho, Wo]
-void winograd_forward(float* y, const float* x, const float* w, const float* b, const ConvShape& s, i64 N) {
+// by F(M x M, 3x3)
+template <int M>
+void winograd_forward_tiles(float* y, const float* x, const float* w, const float* b, const ConvShape& s, i64 N) {
+  constexpr int X = (M + 2) * (M + 2);  // positions
   const i64 C = s.C, K = s.K, H = s.H, W = s.W, Ho = s.Ho, Wo = s.Wo;
-  const i64 Th = (Ho + 1) / 2, Tw = (Wo + 1) / 2, Twv = (Tw + VL - 1) / VL * VL;
+  const i64 Th = (Ho + M - 1) / M, Tw = (Wo + M - 1) / M, Twv = (Tw + VL - 1) / VL * VL;
   const i64 Kp = (K + MR - 1) / MR * MR, Wr = 2 * Twv + 2;
   const i64 us = odd_lines(Kp * C);
-  ScratchFloats u(size_t(16) * us);
-  transform_weights(u.get(), us, w, K, C, Kp);
+  ScratchFloats u(size_t(X) * us);
+  transform_weights<M>(u.get(), us, w, K, C, Kp);
 
-  const TileChunks ch(N, Th, Tw, C + Kp);
+  const TileChunks ch(N, Th, Tw, C + Kp, M, NR);
   const i64 LS = odd_lines((ch.L_max + VL + NR - 1) / NR * NR);
   const i64 vs = odd_lines(C * LS), ms = odd_lines(Kp * LS);  // V's and M's planes this far apart
   const i64 kc = C <= 320 ? C : 256;
-  const size_t per_thread = size_t(16 * (vs + ms)) + lines(size_t(ch.Hr) * Wr);
-  // a single chunk (one image): its input transforms (by channel), 16 products and output
+  // a thread's staging: F(2x2) the input rows ([Hr][Wr]); F(4x4) the input blocks ([36][LS]) and
+  // the padded input rows ([Hr][Wp], zeroed once), or the output blocks ([16][LS])
+  const i64 Wp = f4_row_floats(Twv);
+  const size_t stage = M == 2 ? lines(size_t(ch.Hr) * Wr) : lines(size_t(36 * LS + ch.Hr * Wp));
+  const size_t per_thread = size_t(X * (vs + ms)) + stage;
+  // a single chunk (one image): its input transforms (by channel), X products and output
   // transforms (by channel) over the threads instead; one thread's transforms left the other idle.
   // So too every chunk in turn when the transformed weights outgrow half of L2 (16 x 256 x 128
   // floats, 2 MB, for 128->256) and the chunks are few: chunks side by side each streamed all of
   // them for a few tiles, where split by product each thread keeps its half (128->256 on 4 x 4 at
   // batch 32, two threads: 1.19 -> 1.07 ms on AVX-512, 1.53 -> 1.10 on AVX2; at batch 128, 16
   // chunks, side by side was faster on AVX-512: 3.47 against 3.75 ms)
-  const int threads = threads_over(double(N) * K * C * 16 * Th * Tw, 16);
-  const bool heavy = 16.0 * Kp * C * sizeof(float) > double(1 << 20) && ch.chunks < 4 * threads;
+  const int threads = threads_over(double(N) * K * C * X * Th * Tw, X);
+  const bool heavy = double(X) * Kp * C * sizeof(float) > double(1 << 20) && ch.chunks < 4 * threads;
   const int inner = (ch.chunks == 1 || heavy) && double(N) * K * C * 9 * Ho * Wo >= kSplitChunkWork ? threads : 1;
-  const int nt = inner > 1 ? 1 : threads_over(double(N) * K * C * 16 * Th * Tw, ch.chunks);
-  ScratchFloats scratch(size_t(nt) * per_thread), inner_rows(inner > 1 ? size_t(inner) * lines(size_t(ch.Hr) * Wr) : 0);
+  const int nt = inner > 1 ? 1 : threads_over(double(N) * K * C * X * Th * Tw, ch.chunks);
+  ScratchFloats scratch(size_t(nt) * per_thread), inner_stage(inner > 1 ? size_t(inner) * stage : 0);
+  if (M == 4) {  // the padded rows' borders
+    for (int t = 0; t < nt; ++t)
+      std::fill_n(scratch.get() + t * per_thread + X * (vs + ms) + 36 * LS, ch.Hr * Wp, 0.0f);
+    for (int t = 0; t < (inner > 1 ? inner : 0); ++t)
+      std::fill_n(inner_stage.get() + t * stage + 36 * LS, ch.Hr * Wp, 0.0f);
+  }
   for_each_chunk(ch.chunks, nt, [&](i64 chunk) __attribute__((always_inline)) {
-    float* v = scratch.get() + size_t(omp_get_thread_num()) * per_thread;  // [16][C][LS], planes vs apart
-    float* m = v + 16 * vs;                                                // [16][Kp][LS], planes ms apart
-    float* rows = m + 16 * ms;                                             // [Hr][Wr]
+    float* v = scratch.get() + size_t(omp_get_thread_num()) * per_thread;  // [X][C][LS], planes vs apart
+    float* m = v + X * vs;                                                 // [X][Kp][LS], planes ms apart
+    float* own_stage = m + X * ms;
+    auto staging = [&]() { return inner > 1 ? inner_stage.get() + size_t(omp_get_thread_num()) * stage : own_stage; };
     const i64 r0 = chunk * ch.rows_per_chunk, r1 = std::min(ch.rows_total, r0 + ch.rows_per_chunk);
-    for_each_over(C, inner, [&](i64 c) __attribute__((always_inline)) {
-      float* rows_c = inner > 1 ? inner_rows.get() + size_t(omp_get_thread_num()) * lines(size_t(ch.Hr) * Wr) : rows;
-      by_image(r0, r1, Th, Tw, [&](i64 n, i64 th0, i64 th1, i64 l0) {
-        transform_input_rows(v + c * LS + l0, vs, x + (n * C + c) * H * W, H, W, s.pad, th0, th1, Tw, rows_c, Wr);
-      });
-    });
     const i64 L = (r1 - r0) * Tw, panels = (L + NR - 1) / NR;
-    for_each_over(16, inner, [&](i64 xi) __attribute__((always_inline)) {
+    for_each_over(C, inner, [&](i64 c) __attribute__((always_inline)) {
+      float* rows = staging();
+      by_image(r0, r1, Th, Tw, [&](i64 n, i64 th0, i64 th1, i64 l0) {
+        const float* plane = x + (n * C + c) * H * W;
+        if constexpr (M == 2)
+          transform_input_rows(v + c * LS + l0, vs, plane, H, W, s.pad, th0, th1, Tw, rows, Wr);
+        else
+          gather_input_blocks(rows, LS, plane, H, W, s.pad, th0, th1, Tw, l0, rows + 36 * LS, Wp);
+      });
+      if constexpr (M == 4) transform_input_blocks(v + c * LS, vs, rows, LS, L);
+    });
+    for_each_over(X, inner, [&](i64 xi) __attribute__((always_inline)) {
       const float* uxi = u.get() + size_t(xi) * us;
       const float* vxi = v + size_t(xi) * vs;
       float* mxi = m + size_t(xi) * ms;
@@ -367,12 +544,26 @@ void winograd_forward(float* y, const float* x, const float* w, const float* b, 
                          mxi + k0 * LS + p * NR, LS, c0 > 0);
     });
     for_each_over(K, inner, [&](i64 k) __attribute__((always_inline)) {
+      const float bias = b ? b[k] : 0.0f;
+      if constexpr (M == 4) transform_output_blocks(staging(), LS, m + k * LS, ms, L, bias);
       for (i64 r = r0; r < r1; ++r) {
         const i64 n = r / Th, th = r % Th, l0 = (r - r0) * Tw;
-        transform_output_row(y + (n * K + k) * Ho * Wo, Ho, Wo, m + k * LS + l0, ms, th, Tw, b ? b[k] : 0.0f);
+        if constexpr (M == 2)
+          transform_output_row(y + (n * K + k) * Ho * Wo, Ho, Wo, m + k * LS + l0, ms, th, Tw, bias);
+        else
+          scatter_output_blocks(y + (n * K + k) * Ho * Wo, Ho, Wo, staging(), LS, th, Tw, l0);
       }
     });
   });
+}
+
+}  // namespace
+
+// x: [N, C, H, W], w: [K, C, 3, 3], b: [K] (may be null: no bias) -> y: [N, K, Ho, Wo], by
+// F(m x m, 3x3), m = 2 or 4
+void winograd_forward(float* y, const float* x, const float* w, const float* b, const ConvShape& s, i64 N, int m) {
+  if (m == 4) return winograd_forward_tiles<4>(y, x, w, b, s, N);
+  winograd_forward_tiles<2>(y, x, w, b, s, N);
 }
 
 // x: [N, C, H, W], dy: [N, K, Ho, Wo] (Ho, Wo even) -> dw: [K, C, 3, 3], by F(3x3, 2x2). Chunks of
@@ -382,7 +573,7 @@ void winograd_weight_grad(float* dw, const float* x, const float* dy, const Conv
   const i64 C = s.C, K = s.K, H = s.H, W = s.W, Ho = s.Ho, Wo = s.Wo;
   const i64 Th = Ho / 2, Tw = Wo / 2, Twv = (Tw + VL - 1) / VL * VL, Wr = 2 * Twv + 2;
   const i64 Kp = (K + MR - 1) / MR * MR, Cp = (C + NR - 1) / NR * NR;
-  const TileChunks ch(N, Th, Tw, C + K);
+  const TileChunks ch(N, Th, Tw, C + K, 2);
   const i64 chunks = ch.chunks, groups = std::min<i64>(chunks, 8), LS = odd_lines(ch.L_max + VL);
   const i64 vs = odd_lines(C * LS), es = odd_lines(K * LS);
   const size_t packed = lines(size_t(ch.L_max) * Kp) + lines(size_t(ch.L_max) * Cp);

@@ -99,9 +99,9 @@ struct IsaKernels {
   // The same files' transpose: dst[j*ldd + i] = src[i*lds + j] (i < rows, j < cols), 0 for rows <= i < rows_out
   void (*transpose)(float* dst, i64 ldd, const float* src, i64 lds, i64 rows, i64 cols, i64 rows_out);
 
-  // conv2d_winograd_kernels.cpp: y = conv2d(x, w, b) for 3x3 kernels by Winograd's F(2x2, 3x3)
-  // (b may be null: no bias); its products take the tiles in panels of winograd_panel_tiles
-  void (*winograd_forward)(float* y, const float* x, const float* w, const float* b, const ConvShape& s, i64 N);
+  // conv2d_winograd_kernels.cpp: y = conv2d(x, w, b) for 3x3 kernels by Winograd's F(m x m, 3x3),
+  // m = 2 or 4 (b may be null: no bias); its products take the tiles in panels of winograd_panel_tiles
+  void (*winograd_forward)(float* y, const float* x, const float* w, const float* b, const ConvShape& s, i64 N, int m);
   int winograd_panel_tiles;
   // dw: [K, C, 3, 3] from x and dy (even Ho and Wo), by F(3x3, 2x2) (null on AVX-512: the panels' dw)
   void (*winograd_weight_grad)(float* dw, const float* x, const float* dy, const ConvShape& s, i64 N);

@@ -34,8 +34,8 @@ void panels_backward_plain(float* dx, float* dw, float* db, const float* x, cons
                            const ConvShape& s, i64 N);
 void transpose(float* dst, i64 ldd, const float* src, i64 lds, i64 rows, i64 cols, i64 rows_out);
 extern const int winograd_panel_tiles;  // conv2d_winograd_kernels.cpp
-void winograd_forward(float* y, const float* x, const float* w, const float* b, const ConvShape& s,
-                      i64 N);  // conv2d_winograd_kernels.cpp
+void winograd_forward(float* y, const float* x, const float* w, const float* b, const ConvShape& s, i64 N,
+                      int m);  // conv2d_winograd_kernels.cpp
 void winograd_weight_grad(float* dw, const float* x, const float* dy, const ConvShape& s, i64 N);
 bool tap_rows_weight_grad(float* dw, float* db, const float* x, const float* dy, const ConvShape& s,
                           i64 N);  // conv2d_tap_rows_impl.hpp, in the panels' files

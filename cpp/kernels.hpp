@@ -48,6 +48,8 @@ const char* conv2d_path(i64 N, i64 C, i64 H, i64 W, i64 K, i64 R, i64 S, i64 pad
 int conv2d_paths(const char** names, int max);
 // The most output pixels (N*Ho*Wo) the few-pixels path takes (0: none); returns the limit before
 i64 set_few_pixels_limit(i64 pixels);
+// The largest tile m of Winograd's F(m x m, 3x3) conv2d may choose (4, or 2); returns the one before
+int set_winograd_tile_limit(int m);
 
 // ---- relu.cpp: any shape, n elements ----
 // y = max(x, 0) (NaN propagates)

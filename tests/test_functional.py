@@ -75,6 +75,10 @@ CONV_SHAPES = [  # N, C, H, W, K, R, S, padding
     (1, 20, 14, 12, 17, 3, 3, 2),  # Winograd, padding 2 (dx: dy padded by 0), K not a tile multiple
     (8, 33, 6, 6, 16, 3, 3, 0),  # Winograd on 4 x 4 outputs, 32 tiles over 8 images
     (2, 64, 8, 8, 70, 3, 3, 1),  # Winograd's dw too (64+ channels in and out)
+    # Winograd F(4x4, 3x3): 48 tiles in rows of 3, K not a tile multiple
+    (4, 16, 16, 12, 20, 3, 3, 1),
+    # F(4x4) on rows of 9 tiles (more than a vector on AVX2) and padding 2; dx (18 x 34) by F(2x2)
+    (2, 24, 18, 34, 16, 3, 3, 2),
     (2, 3, 10, 9, 64, 7, 7, 3),  # a first layer's dw by tap rows, channels in two blocks on AVX-512
     (2, 2, 9, 8, 100, 5, 5, 2),  # the same, 100 channels: in blocks, or too many (the GEMM paths)
     (2, 3, 11, 13, 16, 5, 5, 2),  # 16 channels: one tile, channel-major (panels of 16 pixels over rows of 13)
@@ -109,10 +113,19 @@ def test_conv2d_backward_matches_reference(isa, few_pixels, shape):
     assert_close(db, rdb)
 
 
+# (the last two: Winograd F(2x2) and F(4x4). conv2d is linear in each argument, so the central
+# difference is exact at any eps up to rounding: F(4x4)'s, 1e-5 of the largest output, would swamp
+# one at eps 1e-2, so it takes a larger one)
 @pytest.mark.parametrize(
-    "shape", [(2, 2, 5, 4, 3, 3, 2, 1), (1, 3, 6, 6, 2, 3, 3, 0), (4, 16, 6, 6, 16, 3, 3, 1)]
-)  # (the last: Winograd)
-def test_conv2d_backward_finite_differences(isa, few_pixels, shape):
+    "shape, eps",
+    [
+        ((2, 2, 5, 4, 3, 3, 2, 1), 1e-2),
+        ((1, 3, 6, 6, 2, 3, 3, 0), 1e-2),
+        ((4, 16, 6, 6, 16, 3, 3, 1), 1e-2),
+        ((4, 16, 8, 16, 16, 3, 3, 1), 0.5),
+    ],
+)
+def test_conv2d_backward_finite_differences(isa, few_pixels, shape, eps):
     N, C, H, W, K, R, S, p = shape
     x, w, b = rand(N, C, H, W), rand(K, C, R, S), rand(K)
     probe = rand(N, K, H + 2 * p - R + 1, W + 2 * p - S + 1)  # L = sum(conv2d(x, w, b) * probe)
@@ -123,8 +136,36 @@ def test_conv2d_backward_finite_differences(isa, few_pixels, shape):
     dx, dw, db = F.conv2d_backward(x, w, probe, padding=p)
     for i, grad in enumerate((dx, dw, db)):
         coords = sample(grad)
-        numeric = numeric_grad(loss, [x, w, b], i, coords, eps=1e-2)
+        numeric = numeric_grad(loss, [x, w, b], i, coords, eps=eps)
         np.testing.assert_allclose(grad.flat[coords], numeric, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("shape", [(4, 16, 16, 12, 20, 1), (2, 24, 16, 16, 32, 1), (8, 128, 8, 8, 144, 1)])
+def test_winograd_4x4_and_2x2_tiles_both_match_the_reference(isa, shape):
+    N, C, H, W, K, p = shape
+    x, w, b = rand(N, C, H, W), rand(K, C, 3, 3, scale=0.3), rand(K)
+    dy = rand(N, K, H + 2 * p - 2, W + 2 * p - 2)
+    assert _core.conv2d_path(x.shape, w.shape, p) == "winograd"
+    expected, (rdx, _, _) = ref.conv2d(x, w, b, p), ref.conv2d_backward(x, w, dy, p)
+    results = []
+    for tile in (2, 4):
+        before = _core.set_winograd_tile_limit(tile)
+        try:
+            y, dx = F.conv2d(x, w, b, padding=p), F.conv2d_backward(x, w, dy, padding=p)[0]
+        finally:
+            _core.set_winograd_tile_limit(before)
+        assert_close(y, expected)
+        assert_close(dx, rdx)
+        results.append((y, dx))
+    # (another algorithm ran: other roundings)
+    assert not np.array_equal(results[0][0], results[1][0])
+    assert not np.array_equal(results[0][1], results[1][1])
+
+
+def test_winograd_tile_limit_is_checked():
+    for tile in (0, 3, 8):
+        with pytest.raises(ValueError, match="tile must be 2 or 4"):
+            _core.set_winograd_tile_limit(tile)
 
 
 def test_conv2d_padding_larger_than_kernel(isa):
@@ -499,6 +540,8 @@ def test_linear_narrow_rows_alone_equal_the_batch_bit_for_bit(isa, O):
         ((1, 32, 13, 13), (64, 32, 3, 3), 0, "panels"),  # one image: its panels over the threads, dW beside dx
         ((1, 64, 13, 13), (64, 64, 3, 3), 0, "panels"),  # the same from 4M multiply-adds (AVX-512's threshold)
         ((1, 16, 16, 16), (32, 16, 3, 3), 1, "winograd"),  # one image: its 16 products over the threads
+        ((2, 32, 16, 16), (64, 32, 3, 3), 1, "winograd"),  # F(4x4), one chunk: its 36 products over the threads
+        ((8, 128, 8, 8), (144, 128, 3, 3), 1, "winograd"),  # F(4x4), 2.6 MB of transformed weights
         # one image, 64 channels: dW alone (the panels' on AVX-512, Winograd's elsewhere) over the threads
         ((1, 64, 16, 16), (64, 64, 3, 3), 1, "winograd"),
         ((1, 64, 16, 16), (128, 64, 1, 1), 0, "few_pixels"),  # 1x1: dx one GEMM over the threads
