@@ -31,30 +31,40 @@ namespace cnnfast {
 constexpr i64 kWinogradWeightGradChannels = 64;
 
 // 3x3 with at least kWinogradChannels channels in and out, padding up to 2 (dx is then a
-// convolution of dy padded by 2 - pad), an output of whole m x m tiles (an odd one computes a row
-// and a column of tiles to throw away: conv2's 11 x 11 is 144 pixels for 121, and pooled, the
-// panels' fused kernel also skips the 21 no window reads: F(2x2) measured slower there, 6.4
-// against 5.1 ms forward and 14 against 10 ms backward, AVX2, batch 128, one thread) and at least
-// 32 tiles (fewer do not pay for transforming the weights: 128->256 on 4 x 4 at batch 1 took
-// 0.41 ms against the panels' 0.27). The same answer with and without a pool, so that the fused
-// layer gives the separate layers' numbers.
+// convolution of dy padded by 2 - pad), an even output (an odd one computes a row and a column of
+// F(2x2)'s tiles to throw away: conv2's 11 x 11 is 144 pixels for 121, and pooled, the panels'
+// fused kernel also skips the 21 no window reads: F(2x2) measured slower there, 6.4 against 5.1 ms
+// forward and 14 against 10 ms backward, AVX2, batch 128, one thread) and at least 32 tiles (fewer
+// do not pay for transforming the weights: 128->256 on 4 x 4 at batch 1 took 0.41 ms against the
+// panels' 0.27). The same answer with and without a pool, so that the fused layer gives the
+// separate layers' numbers.
 // The tiles must also fill three quarters of the panels its products take them in (AVX-512: 32
 // tiles a panel): 96->96 on 12 x 12 at batch 1, 36 tiles in two panels of 32, went 0.72-0.77x the
 // time forward and 0.75-0.78x backward through the panels (one AVX-512 thread and two).
-// F(4x4) where those hold for 4 x 4 tiles and a row has at least kWinograd4Columns of them, else F(2x2).
-constexpr i64 kWinogradChannels = 16, kWinogradTiles = 32, kWinograd4Columns = 2;
+// F(4x4) where those hold for 4 x 4 tiles, they cover at most 1.35x the output (14 x 14 in 16 x 16:
+// 1.31x, 0.75-0.83x F(2x2)'s time at batch 32/128 on one thread, AVX2 and AVX-512; 18 x 18 0.78-0.91x,
+// 30 x 30 0.73-0.74x; 10 x 10, 1.44x, not measured) and a panel of them fits its chunks (about 768 KB
+// of transformed input and products, 1.5x that when rounded up to whole panels:
+// conv2d_winograd_kernels.cpp's TileChunks): 128->256 on 4 x 4 at batch 32/128, whose chunks
+// would fill 14 of an AVX-512 panel's 32 tiles, took 1.10-1.34x F(2x2)'s time there (AVX2, 16-tile
+// panels: 0.70-0.90x); else F(2x2).
+constexpr i64 kWinogradChannels = 16, kWinogradTiles = 32;
+constexpr double kWinogradChunkBytes = 1.5 * 768 * 1024;
+constexpr i64 kWinogradWaste = 135;  // percent
 std::atomic<int> winograd_tile_limit{4};
 
 bool winograd_fits(const ConvShape& s, i64 N, i64 m) {
-  const i64 tiles = N * (s.Ho / m) * (s.Wo / m), panel = active_isa().winograd_panel_tiles;
+  const i64 Th = (s.Ho + m - 1) / m, Tw = (s.Wo + m - 1) / m, tiles = N * Th * Tw;
+  const i64 panel = active_isa().winograd_panel_tiles;
   return s.stride == 1 && s.R == 3 && s.S == 3 && s.C >= kWinogradChannels && s.K >= kWinogradChannels && s.pad <= 2 &&
-         s.Ho % m == 0 && s.Wo % m == 0 && tiles >= kWinogradTiles &&
+         s.Ho % 2 == 0 && s.Wo % 2 == 0 && 100 * m * m * Th * Tw <= kWinogradWaste * s.P() && tiles >= kWinogradTiles &&
          4 * tiles >= 3 * ((tiles + panel - 1) / panel * panel) && s.P() < (i64(1) << 30);
 }
 
 int winograd_tile(const ConvShape& s, i64 N) {
   if (N <= 0 || s.K <= 0 || s.taps() <= 0) return 0;
-  if (winograd_tile_limit.load() >= 4 && s.Wo / 4 >= kWinograd4Columns && winograd_fits(s, N, 4)) return 4;
+  const double panel_bytes = 36.0 * double(s.C + s.K) * active_isa().winograd_panel_tiles * sizeof(float);
+  if (winograd_tile_limit.load() >= 4 && panel_bytes <= kWinogradChunkBytes && winograd_fits(s, N, 4)) return 4;
   return winograd_fits(s, N, 2) ? 2 : 0;
 }
 

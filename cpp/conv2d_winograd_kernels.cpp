@@ -305,6 +305,17 @@ void gather_input_blocks(float* d, i64 LS, const float* x, i64 H, i64 W, i64 pad
     else
       std::memcpy(row + pad, x + h * W, sizeof(float) * size_t(W));
   }
+  if (8 * Tw <= VL) {  // rows of 1-2 tiles: a tile's 36 values one by one (a row's shuffles would fill a vector
+                       // for them)
+    for (i64 th = th0; th < th1; ++th)
+      for (i64 tw = 0; tw < Tw; ++tw) {
+        const float* block = padded + 4 * (th - th0) * Wp + 4 * tw;
+        float* out = d + l0 + (th - th0) * Tw + tw;
+        for (int i = 0; i < 6; ++i)
+          for (int j = 0; j < 6; ++j) out[(6 * i + j) * LS] = block[i * Wp + j];
+      }
+    return;
+  }
   for (i64 th = th0; th < th1; ++th)
     for (int i = 0; i < 6; ++i) {
       float* out = d + 6 * i * LS + l0 + (th - th0) * Tw;  // plane (i, j) at out + j*LS
