@@ -56,7 +56,11 @@ bool has_work(const ConvShape& s, i64 N) { return N > 0 && s.K > 0 && s.taps() >
 // conv3x3_pool2 and winograd are written for stride 1 (the panels and direct take any stride)
 bool unit_stride_work(const ConvShape& s, i64 N) { return has_work(s, N) && s.stride == 1; }
 
-bool winograd_accepts(const ConvShape& s, i64 N, i64, bool) { return winograd_tile(s, N) > 0; }
+// (an odd output only forward: its backward stays with the panels, whose fused kernel skips the
+// pixels no pooling window reads; dw by F(3x3, 2x2) takes even outputs only)
+bool winograd_accepts(const ConvShape& s, i64 N, i64, bool backward) {
+  return winograd_tile(s, N) > 0 && !(backward && (s.Ho % 2 || s.Wo % 2));
+}
 
 // At most kFewPixels output pixels in the batch, more taps than the direct path's. A 1x1 layer only
 // forward, only with a multiple of 16 pixels an image (im2col's rows are then x's own, and x is

@@ -41,6 +41,11 @@ constexpr i64 kWinogradWeightGradChannels = 64;
 // The tiles must also fill three quarters of the panels its products take them in (AVX-512: 32
 // tiles a panel): 96->96 on 12 x 12 at batch 1, 36 tiles in two panels of 32, went 0.72-0.77x the
 // time forward and 0.75-0.78x backward through the panels (one AVX-512 thread and two).
+// F(4x4) also on odd outputs, forward (conv2d.cpp), where the ISA's table says so: the default
+// model's conv2 (11 x 11 in 12 x 12) took 0.54-0.62x the panels' time alone and 0.85-0.93x fused
+// with ReLU and pooling (AVX2, batch 32-1,000, 1-2 threads); on AVX-512 0.83-0.98x alone but
+// 1.13-1.26x fused, against its own panels kernel, and the fused layer must give the separate
+// layers' numbers, so AVX-512 keeps the panels there.
 // F(4x4) where those hold for 4 x 4 tiles, they cover at most 1.35x the output (14 x 14 in 16 x 16:
 // 1.31x, 0.75-0.83x F(2x2)'s time at batch 32/128 on one thread, AVX2 and AVX-512; 18 x 18 0.78-0.91x,
 // 30 x 30 0.73-0.74x; 10 x 10, 1.44x, not measured) and a panel of them fits its chunks (about 768 KB
@@ -57,7 +62,8 @@ bool winograd_fits(const ConvShape& s, i64 N, i64 m) {
   const i64 Th = (s.Ho + m - 1) / m, Tw = (s.Wo + m - 1) / m, tiles = N * Th * Tw;
   const i64 panel = active_isa().winograd_panel_tiles;
   return s.stride == 1 && s.R == 3 && s.S == 3 && s.C >= kWinogradChannels && s.K >= kWinogradChannels && s.pad <= 2 &&
-         s.Ho % 2 == 0 && s.Wo % 2 == 0 && 100 * m * m * Th * Tw <= kWinogradWaste * s.P() && tiles >= kWinogradTiles &&
+         ((m == 4 && active_isa().winograd_odd_outputs) || (s.Ho % 2 == 0 && s.Wo % 2 == 0)) &&
+         100 * m * m * Th * Tw <= kWinogradWaste * s.P() && tiles >= kWinogradTiles &&
          4 * tiles >= 3 * ((tiles + panel - 1) / panel * panel) && s.P() < (i64(1) << 30);
 }
 

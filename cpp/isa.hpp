@@ -103,6 +103,8 @@ struct IsaKernels {
   // m = 2 or 4 (b may be null: no bias); its products take the tiles in panels of winograd_panel_tiles
   void (*winograd_forward)(float* y, const float* x, const float* w, const float* b, const ConvShape& s, i64 N, int m);
   int winograd_panel_tiles;
+  // does F(4x4) also take odd outputs (conv2d_winograd.cpp)?
+  bool winograd_odd_outputs;
   // dw: [K, C, 3, 3] from x and dy (even Ho and Wo), by F(3x3, 2x2) (null on AVX-512: the panels' dw)
   void (*winograd_weight_grad)(float* dw, const float* x, const float* dy, const ConvShape& s, i64 N);
 

@@ -80,6 +80,11 @@ extern const IsaKernels table = {
     winograd_forward,
     winograd_panel_tiles,
 #if defined(CNNFAST_ISA_AVX512)
+    false,  // (conv2d_winograd.cpp)
+#else
+    true,
+#endif
+#if defined(CNNFAST_ISA_AVX512)
     nullptr,  // (the panels' dw is faster on AVX-512: conv2d_winograd.cpp)
 #else
     winograd_weight_grad,

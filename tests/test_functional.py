@@ -649,7 +649,9 @@ def test_every_kernel_follows_the_forced_isa(isa):
         ((128, 1, 28, 28), (32, 1, 3, 3), 0, 2, True, False, {None: "conv3x3_pool2"}),
         ((128, 1, 28, 28), (32, 1, 3, 3), 0, 2, True, True, {}),
         ((128, 1, 28, 28), (32, 1, 3, 3), 0, 0, False, False, {}),
-        # conv2: 288 taps, the panels
+        # conv2: 288 taps; forward by Winograd F(4x4) on its odd output but on AVX-512 (whose own panels
+        # kernel fused with the pool was faster), backward by the panels
+        ((128, 32, 13, 13), (64, 32, 3, 3), 0, 2, False, False, {None: "winograd", "avx512": "panels"}),
         ((128, 32, 13, 13), (64, 32, 3, 3), 0, 2, True, True, {}),
         # a first layer (<= 4 input channels): direct forward at any number of taps; its backward by the panels
         ((4, 3, 32, 32), (16, 3, 5, 5), 2, 0, False, False, {None: "direct"}),
@@ -675,7 +677,8 @@ def test_every_kernel_follows_the_forced_isa(isa):
         ((1, 256, 6, 6), (64, 256, 1, 1), 0, 0, False, False, {}),
         ((2, 64, 16, 16), (128, 64, 1, 1), 0, 0, False, False, {None: "few_pixels"}),  # 512 pixels
         ((1, 64, 32, 32), (128, 64, 1, 1), 0, 0, False, False, {}),  # 1,024: the panels
-        ((8, 32, 13, 13), (64, 32, 3, 3), 0, 0, False, False, {}),  # odd output (11 x 11): the panels
+        ((8, 32, 13, 13), (64, 32, 3, 3), 0, 0, False, False, {None: "winograd", "avx512": "panels"}),  # odd: 11 x 11
+        ((8, 32, 13, 13), (64, 32, 3, 3), 0, 0, True, False, {}),
         # 8 input channels, rows of 16 (two vectors but on AVX-512): the direct forward, or the panels
         ((8, 8, 16, 16), (64, 8, 3, 3), 1, 0, False, False, {None: "direct", "avx512": "panels"}),
         ((8, 8, 16, 16), (64, 8, 3, 3), 1, 0, True, True, {}),
