@@ -49,12 +49,13 @@ constexpr i64 kWinogradWeightGradChannels = 64;
 // F(4x4) where those hold for 4 x 4 tiles, they cover at most 1.35x the output (14 x 14 in 16 x 16:
 // 1.31x, 0.75-0.83x F(2x2)'s time at batch 32/128 on one thread, AVX2 and AVX-512; 18 x 18 0.78-0.91x,
 // 30 x 30 0.73-0.74x; 10 x 10, 1.44x, not measured) and a panel of them fits its chunks (about 768 KB
-// of transformed input and products, 1.5x that when rounded up to whole panels:
-// conv2d_winograd_kernels.cpp's TileChunks): 128->256 on 4 x 4 at batch 32/128, whose chunks
-// would fill 14 of an AVX-512 panel's 32 tiles, took 1.10-1.34x F(2x2)'s time there (AVX2, 16-tile
-// panels: 0.70-0.90x); else F(2x2).
+// of transformed input and products, up to 2.5x that when rounded up to whole panels:
+// conv2d_winograd_kernels.cpp's TileChunks). 128->256 on 4 x 4 (a tile an image) at batch 32/128
+// took 1.10-1.34x F(2x2)'s time on AVX-512 with chunks of 14 tiles in panels of 32 (1.5x allowed),
+// 0.75-0.83x with whole panels; 96->96 on 12 x 12 (rows of 3 tiles) 0.80-0.88x (was 0.86-0.90x).
+// Else F(2x2).
 constexpr i64 kWinogradChannels = 16, kWinogradTiles = 32;
-constexpr double kWinogradChunkBytes = 1.5 * 768 * 1024;
+constexpr double kWinogradChunkBytes = 2.5 * 768 * 1024;
 constexpr i64 kWinogradWaste = 135;  // percent
 std::atomic<int> winograd_tile_limit{4};
 

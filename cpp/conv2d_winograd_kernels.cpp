@@ -460,13 +460,13 @@ struct TileChunks {
         chunks((rows_total + rows_per_chunk - 1) / rows_per_chunk),
         L_max(rows_per_chunk * Tw),
         Hr(M * std::min(Th, rows_per_chunk) + 2) {}
-  // rows rounded to a multiple of the rows that fill whole panels, down, or up if that is at most 1.5x
-  // the rows (and the batch has them)
+  // rows rounded to a multiple of the rows that fill whole panels, down, or up if that is at most 2.5x
+  // the rows (and the batch has them; conv2d_winograd.cpp's rule for F(4x4) says why)
   static i64 whole_panels(i64 panel, i64 Tw, i64 rows, i64 rows_total) {
     if (panel <= 0 || rows >= rows_total) return rows;
     const i64 g = panel / std::gcd(Tw, panel);
     if (rows >= g) return rows / g * g;
-    return 2 * g <= 3 * rows && g <= rows_total ? g : rows;
+    return 2 * g <= 5 * rows && g <= rows_total ? g : rows;
   }
 };
 

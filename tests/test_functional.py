@@ -549,8 +549,11 @@ def test_linear_narrow_rows_alone_equal_the_batch_bit_for_bit(isa, O):
         # one image, 64 channels: dW alone (the panels' on AVX-512, Winograd's elsewhere) over the threads
         ((1, 64, 16, 16), (64, 64, 3, 3), 1, "winograd"),
         ((1, 64, 16, 16), (128, 64, 1, 1), 0, "few_pixels"),  # 1x1: dx one GEMM over the threads
-        # transformed weights over 1 MB, 3 chunks of tiles: each chunk in turn over the threads
+        # F(4x4), a tile an image: one chunk of 32, its products over the threads
         ((32, 128, 4, 4), (144, 128, 3, 3), 1, "winograd"),
+        # F(2x2) (6 x 6 outputs: 4 x 4 tiles would cover 1.8x), transformed weights over 1 MB, 4 chunks of
+        # tiles: each chunk in turn over the threads
+        ((16, 128, 6, 6), (144, 128, 3, 3), 1, "winograd"),
         ((1, 64, 4, 4), (48, 64, 3, 3), 1, "few_pixels"),  # output channels (dx: taps) over the threads
         ((1, 20, 9, 9), (40, 20, 3, 3), 0, "few_pixels"),  # 49 pixels, tiles of taps cut at the end
         # few taps: the product made channel-major, one image's pixel panels over the threads, or images
