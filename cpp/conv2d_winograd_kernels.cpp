@@ -374,6 +374,12 @@ void transform_output_blocks(float* o, i64 LS, const float* m, i64 ms, i64 L, fl
 // One row of tiles th (its Tw tiles at lanes l.. of the staged output blocks o) -> y rows
 // 4th..4th+3 of the plane (y: [Ho, Wo]; those inside it): the 4 columns of each tile interleaved
 void scatter_output_blocks(float* y, i64 Ho, i64 Wo, const float* o, i64 LS, i64 th, i64 Tw, i64 l) {
+  if (8 * Tw <= VL) {  // rows of 1-2 tiles: value by value (as gather_input_blocks)
+    for (i64 tw = 0; tw < Tw; ++tw)
+      for (int i = 0; i < 4 && 4 * th + i < Ho; ++i)
+        for (int j = 0; j < 4 && 4 * tw + j < Wo; ++j) y[(4 * th + i) * Wo + 4 * tw + j] = o[(4 * i + j) * LS + l + tw];
+    return;
+  }
   for (int i = 0; i < 4 && 4 * th + i < Ho; ++i)
     for (i64 tw0 = 0; tw0 < Tw; tw0 += VL) {
       const float* at = o + 4 * i * LS + l + tw0;
