@@ -10,9 +10,10 @@
 //                          conv2d_few_pixels_kernels.cpp (per ISA)       taps, any stride; 1x1 forward only, a
 //                                                                        multiple of 16 pixels an image, <= 512
 //                                                                        in the batch; every ISA
-//   winograd               conv2d_winograd.cpp,                          3x3, >= 16 channels in and out, even
-//                          conv2d_winograd_kernels.cpp (per ISA)         output, >= 32 tiles filling 3/4 of its
-//                                                                        panels, stride 1 (winograd_tile); every ISA
+//   winograd               conv2d_winograd.cpp,                          3x3, >= 16 channels in and out, >= 32
+//                          conv2d_winograd_kernels.cpp (per ISA)         tiles filling 3/4 of its panels, stride 1:
+//                                                                        F(4x4) or, on an even output, F(2x2)
+//                                                                        (winograd_tile); every ISA
 //   panels                 conv2d_panels.cpp, conv2d_panels_impl.hpp,   > 32 taps (conv2), any stride, but
 //                          conv2d_panels_avx512.cpp (AVX-512),           not the forwards the direct path
 //                          conv2d_panels_portable.cpp (per ISA), + the   takes; every ISA

@@ -2,8 +2,8 @@
 // VGG-style middle layer): F(2x2, 3x3) does 2.25x fewer multiply-adds than any direct method, and
 // F(4x4, 3x3) 4x fewer, which is how it beats libraries that already run the direct convolution
 // near the FMA peak. The kernels (the transforms and the 16 or 36 products) are per ISA, in
-// conv2d_winograd_kernels.cpp. winograd_tile below chooses F(4x4) where the output is whole 4 x 4
-// tiles, enough of them, at least two a row; F(2x2) elsewhere.
+// conv2d_winograd_kernels.cpp. winograd_tile below chooses F(4x4) where enough 4 x 4 tiles cover
+// the output with little waste; F(2x2) elsewhere.
 // - Forward: the kernel; with a pool, the convolution's output into scratch, then max_pool2d's
 //   kernel (the same y and argmax as the separate layers, bit for bit).
 // - Backward: dx is a convolution too, of dy (zero-padded by 2 - pad) with the weights
@@ -70,7 +70,9 @@ bool winograd_fits(const ConvShape& s, i64 N, i64 m) {
 
 int winograd_tile(const ConvShape& s, i64 N) {
   if (N <= 0 || s.K <= 0 || s.taps() <= 0) return 0;
-  const double panel_bytes = 36.0 * double(s.C + s.K) * active_isa().winograd_panel_tiles * sizeof(float);
+  const IsaKernels& isa = active_isa();
+  const i64 Kp = (s.K + isa.gemm->mr - 1) / isa.gemm->mr * isa.gemm->mr;  // (the products' MR is the GEMM's)
+  const double panel_bytes = 36.0 * double(s.C + Kp) * isa.winograd_panel_tiles * sizeof(float);
   if (winograd_tile_limit.load() >= 4 && panel_bytes <= kWinogradChunkBytes && winograd_fits(s, N, 4)) return 4;
   return winograd_fits(s, N, 2) ? 2 : 0;
 }

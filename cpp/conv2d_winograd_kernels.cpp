@@ -458,18 +458,18 @@ struct TileChunks {
   // down to fill whole panels of `panel` tiles where they can
   TileChunks(i64 N, i64 Th, i64 Tw, i64 channels, int M, i64 panel = 0)
       : rows_total(N * Th),
-        rows_per_chunk(whole_panels(
-            M == 4 ? panel : 0, Tw,
-            std::max<i64>(1, std::min<i64>(rows_total,
-                                           (i64(768) << 10) / std::max<i64>((M + 2) * (M + 2) * channels * Tw * 4, 1))),
-            rows_total)),
+        rows_per_chunk(whole_panels(M == 4 ? panel : 0, Tw,
+                                    (i64(768) << 10) / std::max<i64>((M + 2) * (M + 2) * channels * Tw * 4, 1),
+                                    rows_total)),
         chunks((rows_total + rows_per_chunk - 1) / rows_per_chunk),
         L_max(rows_per_chunk * Tw),
         Hr(M * std::min(Th, rows_per_chunk) + 2) {}
-  // rows rounded to a multiple of the rows that fill whole panels, down, or up if that is at most 2.5x
-  // the rows (and the batch has them; conv2d_winograd.cpp's rule for F(4x4) says why)
-  static i64 whole_panels(i64 panel, i64 Tw, i64 rows, i64 rows_total) {
-    if (panel <= 0 || rows >= rows_total) return rows;
+  // the rows of the budget (at least one, at most the batch's), rounded to a multiple of the rows
+  // that fill whole panels: down, or up if that is at most 2.5x the budget's rows (and the batch
+  // has them; conv2d_winograd.cpp's rule for F(4x4) says why); not when one row exceeds the budget
+  static i64 whole_panels(i64 panel, i64 Tw, i64 budget_rows, i64 rows_total) {
+    const i64 rows = std::max<i64>(1, std::min(rows_total, budget_rows));
+    if (panel <= 0 || budget_rows < 1 || rows >= rows_total) return rows;
     const i64 g = panel / std::gcd(Tw, panel);
     if (rows >= g) return rows / g * g;
     return 2 * g <= 5 * rows && g <= rows_total ? g : rows;

@@ -77,8 +77,12 @@ CONV_SHAPES = [  # N, C, H, W, K, R, S, padding
     (2, 64, 8, 8, 70, 3, 3, 1),  # Winograd's dw too (64+ channels in and out)
     # Winograd F(4x4, 3x3): 48 tiles in rows of 3, K not a tile multiple
     (4, 16, 16, 12, 20, 3, 3, 1),
-    # F(4x4) on rows of 9 tiles (more than a vector on AVX2) and padding 2; dx (18 x 34) by F(2x2)
+    # F(4x4) on rows of 9 tiles (more than a vector on AVX2) and padding 2, dx (18 x 34) too
     (2, 24, 18, 34, 16, 3, 3, 2),
+    (8, 16, 10, 10, 16, 3, 3, 2),  # F(4x4) forward (12 x 12), dx on 10 x 10 by F(2x2) (4 x 4 tiles: 1.44x)
+    # F(4x4) on rows of 1-2 tiles (value by value on AVX-512 / AVX2), the last column or row of tiles partial
+    (16, 16, 8, 6, 16, 3, 3, 1),
+    (16, 16, 7, 4, 16, 3, 3, 1),  # (an odd output: the panels on AVX-512)
     (3, 16, 14, 18, 16, 3, 3, 1),  # F(4x4) on 14 x 18 outputs: tiles past the last row and column
     (2, 3, 10, 9, 64, 7, 7, 3),  # a first layer's dw by tap rows, channels in two blocks on AVX-512
     (2, 2, 9, 8, 100, 5, 5, 2),  # the same, 100 channels: in blocks, or too many (the GEMM paths)
@@ -114,7 +118,8 @@ def test_conv2d_backward_matches_reference(isa, few_pixels, shape):
     assert_close(db, rdb)
 
 
-# (the last two: Winograd F(2x2) and F(4x4). conv2d is linear in each argument, so the central
+# (the last two: Winograd F(2x2), but the panels on AVX-512 (36 tiles in two panels of 32), and
+# F(4x4). conv2d is linear in each argument, so the central
 # difference is exact at any eps up to rounding: F(4x4)'s, 1e-5 of the largest output, would swamp
 # one at eps 1e-2, so it takes a larger one)
 @pytest.mark.parametrize(
@@ -155,6 +160,7 @@ def test_winograd_4x4_and_2x2_tiles_both_match_the_reference(isa, shape):
     for tile in (2, 4):
         before = _core.set_winograd_tile_limit(tile)
         try:
+            assert _core.conv2d_path(x.shape, w.shape, p) == "winograd"
             y, dx = F.conv2d(x, w, b, padding=p), F.conv2d_backward(x, w, dy, padding=p)[0]
         finally:
             _core.set_winograd_tile_limit(before)
@@ -549,7 +555,7 @@ def test_linear_narrow_rows_alone_equal_the_batch_bit_for_bit(isa, O):
         # one image, 64 channels: dW alone (the panels' on AVX-512, Winograd's elsewhere) over the threads
         ((1, 64, 16, 16), (64, 64, 3, 3), 1, "winograd"),
         ((1, 64, 16, 16), (128, 64, 1, 1), 0, "few_pixels"),  # 1x1: dx one GEMM over the threads
-        # F(4x4), a tile an image: one chunk of 32, its products over the threads
+        # F(4x4), a tile an image, 2.7 MB of transformed weights: its products over the threads
         ((32, 128, 4, 4), (144, 128, 3, 3), 1, "winograd"),
         # F(2x2) (6 x 6 outputs: 4 x 4 tiles would cover 1.8x), transformed weights over 1 MB, 4 chunks of
         # tiles: each chunk in turn over the threads
@@ -815,6 +821,8 @@ FUSED_SHAPES = [  # N, C, H, W, K, R, S, padding, k
     (1, 1, 4, 4, 2, 1, 1, 0, 1),
     (4, 16, 16, 16, 32, 3, 3, 1, 2),  # a CIFAR-style block: Winograd, then the pool
     (2, 16, 10, 10, 20, 3, 3, 1, 3),  # Winograd; windows skip the last conv row/column
+    # conv2 at 36 tiles: Winograd F(4x4) on its odd output (but on AVX-512), pooled; backward by the panels
+    (4, 32, 13, 13, 64, 3, 3, 0, 2),
     (2, 6, 14, 14, 16, 5, 5, 0, 2),  # LeNet's second layer: tap rows (pixel-major) on AVX2 and AVX-512
 ]
 
