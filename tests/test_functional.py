@@ -823,6 +823,7 @@ FUSED_SHAPES = [  # N, C, H, W, K, R, S, padding, k
     (2, 16, 10, 10, 20, 3, 3, 1, 3),  # Winograd; windows skip the last conv row/column
     # conv2 at 36 tiles: Winograd F(4x4) on its odd output (but on AVX-512), pooled; backward by the panels
     (4, 32, 13, 13, 64, 3, 3, 0, 2),
+    (2, 16, 14, 14, 24, 3, 3, 1, 2),  # F(4x4) then the pool, 14 x 14 in 4 x 4 tiles (the last row and column cut)
     (2, 6, 14, 14, 16, 5, 5, 0, 2),  # LeNet's second layer: tap rows (pixel-major) on AVX2 and AVX-512
 ]
 
