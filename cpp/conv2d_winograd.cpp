@@ -55,7 +55,6 @@ constexpr i64 kWinogradWeightGradChannels = 64;
 // 0.75-0.83x with whole panels; 96->96 on 12 x 12 (rows of 3 tiles) 0.80-0.88x (was 0.86-0.90x).
 // Else F(2x2).
 constexpr i64 kWinogradChannels = 16, kWinogradTiles = 32;
-constexpr double kWinogradChunkBytes = 2.5 * 768 * 1024;
 constexpr i64 kWinogradWaste = 135;  // percent
 std::atomic<int> winograd_tile_limit{4};
 
@@ -73,7 +72,9 @@ int winograd_tile(const ConvShape& s, i64 N) {
   const IsaKernels& isa = active_isa();
   const i64 Kp = (s.K + isa.gemm->mr - 1) / isa.gemm->mr * isa.gemm->mr;  // (the products' MR is the GEMM's)
   const double panel_bytes = 36.0 * double(s.C + Kp) * isa.winograd_panel_tiles * sizeof(float);
-  if (winograd_tile_limit.load() >= 4 && panel_bytes <= kWinogradChunkBytes && winograd_fits(s, N, 4)) return 4;
+  if (winograd_tile_limit.load() >= 4 && panel_bytes <= kWinogradChunkRoundUp * kWinogradChunkBytes &&
+      winograd_fits(s, N, 4))
+    return 4;
   return winograd_fits(s, N, 2) ? 2 : 0;
 }
 

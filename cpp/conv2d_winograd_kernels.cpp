@@ -290,6 +290,11 @@ inline void apply_at6(const vec m[6], vec out[4]) {
 // row's tiles rounded up to whole vectors), with room for the last vectors' reads past it
 inline i64 f4_row_floats(i64 Twv) { return 4 * (Twv + VL); }
 
+// Rows of 1-2 tiles go value by value through the gather and the scatter: the shuffles of a row
+// would fill a vector for them (64->128 on 8 x 8, rows of 2 tiles, 0.84-0.89x F(2x2)'s time on
+// AVX-512 this way, 0.92-0.97x with the shuffles)
+inline bool value_by_value(i64 Tw) { return 8 * Tw <= VL; }
+
 // Rows of tiles th0..th1 of one input plane (x: [H, W]) -> their input blocks at lanes l0.. of d
 // (a row's lanes past its Tw tiles, up to the next multiple of VL: garbage that the next row
 // overwrites or the products ignore). The rows they read are copied once into padded
@@ -305,8 +310,7 @@ void gather_input_blocks(float* d, i64 LS, const float* x, i64 H, i64 W, i64 pad
     else
       std::memcpy(row + pad, x + h * W, sizeof(float) * size_t(W));
   }
-  if (8 * Tw <= VL) {  // rows of 1-2 tiles: a tile's 36 values one by one (a row's shuffles would fill a vector
-                       // for them)
+  if (value_by_value(Tw)) {
     for (i64 th = th0; th < th1; ++th)
       for (i64 tw = 0; tw < Tw; ++tw) {
         const float* block = padded + 4 * (th - th0) * Wp + 4 * tw;
@@ -374,7 +378,7 @@ void transform_output_blocks(float* o, i64 LS, const float* m, i64 ms, i64 L, fl
 // One row of tiles th (its Tw tiles at lanes l.. of the staged output blocks o) -> y rows
 // 4th..4th+3 of the plane (y: [Ho, Wo]; those inside it): the 4 columns of each tile interleaved
 void scatter_output_blocks(float* y, i64 Ho, i64 Wo, const float* o, i64 LS, i64 th, i64 Tw, i64 l) {
-  if (8 * Tw <= VL) {  // rows of 1-2 tiles: value by value (as gather_input_blocks)
+  if (value_by_value(Tw)) {
     for (i64 tw = 0; tw < Tw; ++tw)
       for (int i = 0; i < 4 && 4 * th + i < Ho; ++i)
         for (int j = 0; j < 4 && 4 * tw + j < Wo; ++j) y[(4 * th + i) * Wo + 4 * tw + j] = o[(4 * i + j) * LS + l + tw];
@@ -454,25 +458,25 @@ struct TileChunks {
   i64 rows_total, rows_per_chunk, chunks;
   i64 L_max;  // tiles in a chunk
   i64 Hr;     // input rows a chunk's rows of tiles read, per image
-  // F(4x4), whose transforms take the chunk's tiles whole vectors at a time: rows of tiles rounded
-  // down to fill whole panels of `panel` tiles where they can
+  // (F(4x4), whose transforms take the chunk's tiles whole vectors at a time: rows of tiles rounded
+  // to fill whole panels of `panel` tiles where they can, whole_panels)
   TileChunks(i64 N, i64 Th, i64 Tw, i64 channels, int M, i64 panel = 0)
       : rows_total(N * Th),
         rows_per_chunk(whole_panels(M == 4 ? panel : 0, Tw,
-                                    (i64(768) << 10) / std::max<i64>((M + 2) * (M + 2) * channels * Tw * 4, 1),
+                                    kWinogradChunkBytes / std::max<i64>((M + 2) * (M + 2) * channels * Tw * 4, 1),
                                     rows_total)),
         chunks((rows_total + rows_per_chunk - 1) / rows_per_chunk),
         L_max(rows_per_chunk * Tw),
         Hr(M * std::min(Th, rows_per_chunk) + 2) {}
   // the rows of the budget (at least one, at most the batch's), rounded to a multiple of the rows
-  // that fill whole panels: down, or up if that is at most 2.5x the budget's rows (and the batch
-  // has them; conv2d_winograd.cpp's rule for F(4x4) says why); not when one row exceeds the budget
+  // that fill whole panels: down, or up by at most kWinogradChunkRoundUp (and if the batch has
+  // them; conv2d_winograd.cpp's rule for F(4x4) says why); not when one row exceeds the budget
   static i64 whole_panels(i64 panel, i64 Tw, i64 budget_rows, i64 rows_total) {
     const i64 rows = std::max<i64>(1, std::min(rows_total, budget_rows));
     if (panel <= 0 || budget_rows < 1 || rows >= rows_total) return rows;
     const i64 g = panel / std::gcd(Tw, panel);
     if (rows >= g) return rows / g * g;
-    return 2 * g <= 5 * rows && g <= rows_total ? g : rows;
+    return double(g) <= kWinogradChunkRoundUp * double(rows) && g <= rows_total ? g : rows;
   }
 };
 
@@ -512,7 +516,8 @@ void winograd_forward_tiles(float* y, const float* x, const float* w, const floa
   // a thread's staging: F(2x2) the input rows ([Hr][Wr]); F(4x4) the input blocks ([36][LS]) and
   // the padded input rows ([Hr][Wp], zeroed once), or the output blocks ([16][LS])
   const i64 Wp = f4_row_floats(Twv);
-  const size_t stage = M == 2 ? lines(size_t(ch.Hr) * Wr) : lines(size_t(36 * LS + ch.Hr * Wp));
+  const i64 blocks = 36 * LS;  // (F(4x4): the input blocks' floats, the padded rows after them)
+  const size_t stage = M == 2 ? lines(size_t(ch.Hr) * Wr) : lines(size_t(blocks + ch.Hr * Wp));
   const size_t per_thread = size_t(X * (vs + ms)) + stage;
   // a single chunk (one image): its input transforms (by channel), X products and output
   // transforms (by channel) over the threads instead; one thread's transforms left the other idle.
@@ -527,10 +532,9 @@ void winograd_forward_tiles(float* y, const float* x, const float* w, const floa
   const int nt = inner > 1 ? 1 : threads_over(double(N) * K * C * X * Th * Tw, ch.chunks);
   ScratchFloats scratch(size_t(nt) * per_thread), inner_stage(inner > 1 ? size_t(inner) * stage : 0);
   if (M == 4) {  // the padded rows' borders
-    for (int t = 0; t < nt; ++t)
-      std::fill_n(scratch.get() + t * per_thread + X * (vs + ms) + 36 * LS, ch.Hr * Wp, 0.0f);
+    for (int t = 0; t < nt; ++t) std::fill_n(scratch.get() + t * per_thread + X * (vs + ms) + blocks, ch.Hr * Wp, 0.0f);
     for (int t = 0; t < (inner > 1 ? inner : 0); ++t)
-      std::fill_n(inner_stage.get() + t * stage + 36 * LS, ch.Hr * Wp, 0.0f);
+      std::fill_n(inner_stage.get() + t * stage + blocks, ch.Hr * Wp, 0.0f);
   }
   for_each_chunk(ch.chunks, nt, [&](i64 chunk) __attribute__((always_inline)) {
     float* v = scratch.get() + size_t(omp_get_thread_num()) * per_thread;  // [X][C][LS], planes vs apart
@@ -546,7 +550,7 @@ void winograd_forward_tiles(float* y, const float* x, const float* w, const floa
         if constexpr (M == 2)
           transform_input_rows(v + c * LS + l0, vs, plane, H, W, s.pad, th0, th1, Tw, rows, Wr);
         else
-          gather_input_blocks(rows, LS, plane, H, W, s.pad, th0, th1, Tw, l0, rows + 36 * LS, Wp);
+          gather_input_blocks(rows, LS, plane, H, W, s.pad, th0, th1, Tw, l0, rows + blocks, Wp);
       });
       if constexpr (M == 4) transform_input_blocks(v + c * LS, vs, rows, LS, L);
     });
