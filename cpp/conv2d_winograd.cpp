@@ -47,7 +47,7 @@ constexpr i64 kWinogradWeightGradChannels = 64;
 // 1.13-1.26x fused, against its own panels kernel, and the fused layer must give the separate
 // layers' numbers, so AVX-512 keeps the panels there.
 // F(4x4) where those hold for 4 x 4 tiles, they cover at most 1.35x the output (14 x 14 in 16 x 16:
-// 1.31x, 0.75-0.83x F(2x2)'s time at batch 32/128 on one thread, AVX2 and AVX-512; 18 x 18 0.78-0.91x,
+// 1.31x, 0.75-0.85x F(2x2)'s time at batch 32/128 on one thread, AVX2 and AVX-512; 18 x 18 0.78-0.91x,
 // 30 x 30 0.73-0.74x; 10 x 10, 1.44x, not measured) and a panel of them fits its chunks (about 768 KB
 // of transformed input and products, up to 2.5x that when rounded up to whole panels:
 // conv2d_winograd_kernels.cpp's TileChunks). 128->256 on 4 x 4 (a tile an image) at batch 32/128
