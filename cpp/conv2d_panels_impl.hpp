@@ -152,19 +152,13 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
   // With a stride st the copy is split into st x st phases (row % st, column % st), each a plane
   // of Hs x Ws: then a tap (r, q) of the consecutive output pixels of a row reads consecutive
   // floats of phase (r % st, q % st), as at stride 1, and the panels are packed the same way.
-  const PhaseLayout layout(s, 0);  // (its tap offsets; the copy is made below, through a table)
+  const PhaseLayout layout(s, 0);  // (its tap offsets and its strided copy)
   const i64 st = s.stride, Ws = layout.Ws, plane = layout.plane, image = C * st * st * plane;
   const std::vector<i64>& tap_offset = layout.tap_offset;
   const bool copied = s.pad > 0 || st > 1;
-  // where the copy puts input row h (its phase's first plane, and its row there), and for each
-  // column phase b its first input column and that column's place in the phase's rows
-  // (strided: every input pixel (h, w)'s place in its channel's planes, one table for all channels:
-  // rows of a few floats split into phases took a fifth of a stride-2 64->128 layer's forward on 8 x 8)
-  std::vector<i64> row_place(static_cast<size_t>(s.H)), pixel_place(st > 1 ? size_t(s.H * s.W) : 0);
-  for (i64 h = 0; h < s.H; ++h) row_place[size_t(h)] = (h + s.pad) % st * st * C * plane + (h + s.pad) / st * Ws;
-  for (i64 h = 0; h < s.H && st > 1; ++h)
-    for (i64 w = 0; w < s.W; ++w)
-      pixel_place[size_t(h * s.W + w)] = row_place[size_t(h)] + (w + s.pad) % st * C * plane + (w + s.pad) / st;
+  // where the copy puts input row h in its channel's plane (stride 1)
+  std::vector<i64> row_place(static_cast<size_t>(s.H));
+  for (i64 h = 0; h < s.H; ++h) row_place[size_t(h)] = (h + s.pad) * Ws;
   // One depth block while a panel's A (T x mr) and B (T x nr) fit L1 and L2 together (conv2:
   // T = 288, measured 3% faster than two blocks of 144); sgemm's blocks beyond that.
   const i64 kc = T <= 512 ? T : depth_block(T), Kpad = (K + nr - 1) / nr * nr;
@@ -234,16 +228,17 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
     float* out = ap + size_t(T) * mr;    // [L, K]
     const float* src = x + n0 * C * s.H * s.W;
     if (copied) {  // (the border and the phases' spare row and column: zeroed once, never written)
-      for (i64 n = n0; n < n1; ++n)
+      for (i64 n = n0; n < n1; ++n) {
+        if (st > 1) {  // (split into its phases)
+          layout.copy(padded + (n - n0) * image, x + n * C * s.H * s.W, s);
+          continue;
+        }
         for (i64 c = 0; c < C; ++c) {
           const float* channel = x + (n * C + c) * s.H * s.W;
           float* to = padded + (n - n0) * image + c * plane;
-          if (st > 1) {
-            for (i64 i = 0; i < s.H * s.W; ++i) to[pixel_place[size_t(i)]] = channel[i];
-            continue;
-          }
           for (i64 h = 0; h < s.H; ++h) copy_row(to + row_place[size_t(h)] + s.pad, channel + h * s.W, s.W);
         }
+      }
       src = padded;
     }
     if (by_channels) {

@@ -55,6 +55,9 @@ struct IsaKernels {
                               i64 K, i64 T, i64 Wo, i64 P, i64 oh0, i64 oh1);
   // dw[k][t] = sum_p dy[k][p] col[t][p]; col: [T, P]
   void (*direct_weight_grad)(float* dw, const float* dy, const float* col, i64 K, i64 T, i64 P);
+  // even[i] = src[2i] (i < n_even), odd[i] = src[2i + 1] (i < n_odd): a row of a stride-2 image's
+  // phase split (PhaseLayout::copy)
+  void (*split_even_odd)(float* even, float* odd, const float* src, i64 n_even, i64 n_odd);
 
   // conv2d_few_pixels_kernels.cpp: the few-pixels path's products (see conv2d_few_pixels.cpp)
   // y: [N, K, P] = b + w [K, T] x col_n [T, ld] (col_n zero past P, ld a multiple of 16)

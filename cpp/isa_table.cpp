@@ -11,6 +11,7 @@ extern const MicroKernel gemm_microkernel;  // gemm_microkernel.cpp (gemm_microk
 void direct_rows_forward_kernel(float* y, const float* src, i64 Ws, const i64* tap_offset, const float* w,
                                 const float* b, i64 K, i64 T, i64 Wo, i64 P, i64 oh0, i64 oh1);
 void direct_weight_grad_kernel(float* dw, const float* dy, const float* col, i64 K, i64 T, i64 P);
+void split_even_odd(float* even, float* odd, const float* src, i64 n_even, i64 n_odd);
 void few_pixels_forward(float* y, const float* col, i64 ld, const float* w, const float* b, i64 N, i64 K, i64 T,
                         i64 P);  // conv2d_few_pixels_kernels.cpp
 void few_pixels_weight_grad(float* dw, const float* dyt, i64 ldd, const float* rows, i64 ldr, i64 K, i64 T, i64 L);
@@ -60,6 +61,7 @@ extern const IsaKernels table = {
     &gemm_microkernel,
     direct_rows_forward_kernel,
     direct_weight_grad_kernel,
+    split_even_odd,
     few_pixels_forward,
     few_pixels_weight_grad,
     few_pixels_input_grad,
