@@ -194,11 +194,15 @@ bool panels_backward_path(float* dx, float* dw, float* db, const float* x, const
 // 3x3 with many channels on both sides: Winograd's F(4x4, 3x3) or F(2x2, 3x3) (conv2d_winograd.cpp).
 // winograd_tile: the m of F(m x m, 3x3) for this layer, 0 if the path does not take it.
 int winograd_tile(const ConvShape& s, i64 N);
+// weight_grad_tile: the m of F(3x3, m x m) for its dw, 0 for the panels' dw
+int weight_grad_tile(const ConvShape& s, i64 N);
 // Its chunks of tiles: about this many bytes of transformed input and products, F(4x4)'s rounded
 // up to whole panels of tiles by up to this factor (conv2d_winograd_kernels.cpp's TileChunks; the
 // F(4x4) rule in conv2d_winograd.cpp takes a layer only if a panel fits)
 constexpr i64 kWinogradChunkBytes = i64(768) << 10;
 constexpr double kWinogradChunkRoundUp = 2.5;
+// F(3x3, 4x4)'s dw: its chunks' tiles are its products' depth
+constexpr i64 kWinogradWeightGradTiles = 64;
 void winograd_forward_path(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
                            const ConvShape& s, i64 N, i64 pool_k);
 bool winograd_backward_path(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,

@@ -8,10 +8,8 @@
 //   kernel (the same y and argmax as the separate layers, bit for bit).
 // - Backward: dx is a convolution too, of dy (zero-padded by 2 - pad) with the weights
 //   flipped and transposed ([C, K, 3, 3]): the same kernel (with dx's own tile). dw by
-//   F(3x3, 2x2), Winograd's algorithm transposed (the kernels file says how), with 64+ channels
-//   in and out; with fewer,
-//   and on AVX-512 (whose panels' dw is faster: 2.6 against 3.1 ms on 128->256 4x4, 5.1 against
-//   6.5 on 96->96 12x12), through the panels' backward (without dx).
+//   F(3x3, 4x4) or F(3x3, 2x2), Winograd's algorithm transposed (the kernels file says how;
+//   weight_grad_tile below says where), else through the panels' backward (without dx).
 // Numbers: the transforms add and subtract up to 16 terms (F(4x4): 36, with factors up to 8 and
 // 1/24) before and after the product, so results differ from the direct paths' by float roundings:
 // about 2e-7 of the largest output for F(2x2), 5e-6 for F(4x4) (tests: 1e-4 of the largest).
@@ -24,7 +22,9 @@
 
 namespace cnnfast {
 
-// dw by F(3x3, 2x2) from this many channels in and out, on the ISAs that have it in their table;
+// dw by F(3x3, 2x2) from this many channels in and out, where F(3x3, 4x4) does not serve, on the
+// ISAs whose table says so (not AVX-512: its panels' dw was faster, 2.6 against 3.1 ms on 128->256
+// 4x4, 5.1 against 6.5 on 96->96 12x12);
 // below, its transforms and packing cost more than the products save (AVX2, batch 32, one thread,
 // dw alone: 16->32 on 32x32 5.0 ms against the panels' 3.3; 32->64 on 16x16 even; 96->96 on
 // 12x12 6.7 against 7.8; 128->256 on 4x4 3.3 against 4.2)
@@ -80,6 +80,23 @@ int winograd_tile(const ConvShape& s, i64 N) {
 
 int set_winograd_tile_limit(int m) { return winograd_tile_limit.exchange(m); }
 
+// dw's m of F(3x3, m x m) on a layer the path took (0: the panels' dw). F(3x3, 4x4) where 4 x 4
+// tiles cover at most 1.35x the output, 32 or more of them, with the ISA's fewest channels in and
+// out (its products' depth is the tiles, not the channels: chunks of 64 tiles and more). Measured
+// against the panels' dw (one thread, batch 32 / 128): AVX2 128->256 on 4 x 4 0.52 / 0.49x,
+// 64->128 on 8 x 8 0.66 / 0.62x, 96->96 on 12 x 12 0.62 / 0.53x, 32->64 on 16 x 16 0.76 / 0.70x
+// (F(3x3, 2x2) took 0.72-1.0x), but 16->32 on 32 x 32 1.06x; AVX-512 0.79-0.92x, 0.97-1.04x,
+// 0.81-0.90x, but 32->64 1.24x and 16->32 1.87x (two threads: 0.79-0.80x, 0.86x, 0.65-0.97x).
+// Else F(3x3, 2x2) where the ISA has it (not AVX-512: its panels' dw was faster) from 64 channels.
+int weight_grad_tile(const ConvShape& s, i64 N) {
+  const IsaKernels& isa = active_isa();
+  const i64 Th = (s.Ho + 3) / 4, Tw = (s.Wo + 3) / 4, channels = std::min(s.C, s.K);
+  if (winograd_tile_limit.load() >= 4 && channels >= isa.winograd_weight_grad_channels &&
+      100 * 16 * Th * Tw <= kWinogradWaste * s.P() && N * Th * Tw >= kWinogradTiles)
+    return 4;
+  return isa.winograd_weight_grad_small_tile && channels >= kWinogradWeightGradChannels ? 2 : 0;
+}
+
 void winograd_forward_path(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
                            const ConvShape& s, i64 N, i64 pool_k) {
   const IsaKernels& isa = active_isa();
@@ -96,8 +113,9 @@ bool winograd_backward_path(float* dx, float* dw, float* db, const float* x, con
   const i64 C = s.C, K = s.K;
   std::unique_ptr<float[]> unpooled;
   if (pool_k) dy = whole_dconv(unpooled, dy, argmax, s, N, pool_k);  // d(conv): each dy routed to its argmax
-  if (isa.winograd_weight_grad && std::min(C, K) >= kWinogradWeightGradChannels) {
-    if (dw) isa.winograd_weight_grad(dw, x, dy, s, N);
+  const int dw_tile = weight_grad_tile(s, N);
+  if (dw_tile > 0) {
+    if (dw) isa.winograd_weight_grad(dw, x, dy, s, N, dw_tile);
     if (db) bias_grad(db, dy, N, K, s.P());
   } else {
     isa.panels_backward_plain(nullptr, dw, db, x, w, dy, s, N);

@@ -441,6 +441,47 @@ void transform_dy_rows(float* e, i64 es, const float* dy, i64 Wo, i64 th0, i64 t
   by_width(Tw, [&](auto lanes) { transform_dy_rows_w<decltype(lanes)>(e, es, dy, Wo, th0, th1, Tw, rows, Wr); });
 }
 
+// F(3x3, 4x4), the weight gradient's side of F(4x4, 3x3): dW_kc = G^T [ sum over tiles
+// (A e_k A^T) .* (B^T d_c B) ] G, e_k a 4 x 4 block of dy (zeros past its plane) and d_c the 6 x 6
+// block of input it met (B^T d B: the forward's input transform, as above).
+// A e for four values (a row or a column of e) -> out[0..5], A = (A^T)^T
+inline void apply_a4(const vec e[4], vec out[6]) {
+  const vec sum02 = e[0] + e[2], sum13 = e[1] + e[3], far02 = e[0] + 4.0f * e[2], far13 = 2.0f * e[1] + 8.0f * e[3];
+  out[0] = e[0];
+  out[1] = sum02 + sum13;
+  out[2] = sum02 - sum13;
+  out[3] = far02 + far13;
+  out[4] = far02 - far13;
+  out[5] = e[3];
+}
+
+// Tiles 0..L of the staged dy blocks (d, as gather_input_blocks stages them: e = its planes
+// (i, j) < 4) -> e_out[xi*es + l] = (A e_l A^T)[xi], xi = 6i + j
+void transform_dy_blocks(float* e_out, i64 es, const float* d, i64 LS, i64 L) {
+  for (i64 l = 0; l < L; l += VL) {
+    vec t[4][6];  // t[i] = A e[i]: along the rows of e first
+    for (int i = 0; i < 4; ++i) {
+      vec row[4];
+      for (int j = 0; j < 4; ++j) row[j] = load(d + (6 * i + j) * LS + l);
+      apply_a4(row, t[i]);
+    }
+    for (int j = 0; j < 6; ++j) {  // then A along the columns
+      const vec column[4] = {t[0][j], t[1][j], t[2][j], t[3][j]};
+      vec out[6];
+      apply_a4(column, out);
+      for (int i = 0; i < 6; ++i) store(e_out + (6 * i + j) * es + l, out[i]);
+    }
+  }
+}
+
+// G^T m for six values -> out[0..2] (G: F(4x4, 3x3)'s, in the file's header)
+inline void apply_gt6(const float m[6], float out[3]) {
+  const float sum12 = m[1] + m[2], sum34 = m[3] + m[4];
+  out[0] = 0.25f * m[0] - sum12 * (1.0f / 6) + sum34 * (1.0f / 24);
+  out[1] = (m[2] - m[1]) * (1.0f / 6) + (m[3] - m[4]) * (1.0f / 12);
+  out[2] = (sum34 - sum12) * (1.0f / 6) + m[5];
+}
+
 // rows: [n][ld] (n rows of `len` values) -> packed: [len][width] (row i's values down column i;
 // columns n..width zero), the layout tile_product reads its operands in
 void pack_columns(float* packed, i64 width, const float* rows, i64 ld, i64 n, i64 len) {
@@ -460,11 +501,10 @@ struct TileChunks {
   i64 Hr;     // input rows a chunk's rows of tiles read, per image
   // (F(4x4), whose transforms take the chunk's tiles whole vectors at a time: rows of tiles rounded
   // to fill whole panels of `panel` tiles where they can, whole_panels)
-  TileChunks(i64 N, i64 Th, i64 Tw, i64 channels, int M, i64 panel = 0)
+  TileChunks(i64 N, i64 Th, i64 Tw, i64 channels, int M, i64 panel = 0, i64 budget = kWinogradChunkBytes)
       : rows_total(N * Th),
         rows_per_chunk(whole_panels(M == 4 ? panel : 0, Tw,
-                                    kWinogradChunkBytes / std::max<i64>((M + 2) * (M + 2) * channels * Tw * 4, 1),
-                                    rows_total)),
+                                    budget / std::max<i64>((M + 2) * (M + 2) * channels * Tw * 4, 1), rows_total)),
         chunks((rows_total + rows_per_chunk - 1) / rows_per_chunk),
         L_max(rows_per_chunk * Tw),
         Hr(M * std::min(Th, rows_per_chunk) + 2) {}
@@ -587,32 +627,60 @@ void winograd_forward(float* y, const float* x, const float* w, const float* b, 
   winograd_forward_tiles<2>(y, x, w, b, s, N);
 }
 
-// x: [N, C, H, W], dy: [N, K, Ho, Wo] (Ho, Wo even) -> dw: [K, C, 3, 3], by F(3x3, 2x2). Chunks of
-// rows of tiles as the forward's; their products summed into a fixed number of groups of
-// consecutive chunks, then the groups in order: the same sums for any number of threads.
-void winograd_weight_grad(float* dw, const float* x, const float* dy, const ConvShape& s, i64 N) {
+namespace {
+
+// x: [N, C, H, W], dy: [N, K, Ho, Wo] -> dw: [K, C, 3, 3], by F(3x3, M x M) (M = 2: Ho, Wo even;
+// M = 4: any, the last tiles' dy zero past the plane). Chunks of rows of tiles (F(3x3, 2x2): the
+// forward's; F(3x3, 4x4): `budget` bytes of transformed input and dy, the tiles being the
+// products' depth); their products summed into a fixed number of groups of consecutive chunks,
+// then the groups in order: the same sums for any number of threads.
+template <int M>
+void weight_grad_tiles(float* dw, const float* x, const float* dy, const ConvShape& s, i64 N, i64 budget) {
+  constexpr int X = (M + 2) * (M + 2);  // positions
   const i64 C = s.C, K = s.K, H = s.H, W = s.W, Ho = s.Ho, Wo = s.Wo;
-  const i64 Th = Ho / 2, Tw = Wo / 2, Twv = (Tw + VL - 1) / VL * VL, Wr = 2 * Twv + 2;
+  const i64 Th = (Ho + M - 1) / M, Tw = (Wo + M - 1) / M, Twv = (Tw + VL - 1) / VL * VL, Wr = 2 * Twv + 2;
   const i64 Kp = (K + MR - 1) / MR * MR, Cp = (C + NR - 1) / NR * NR;
-  const TileChunks ch(N, Th, Tw, C + K, 2);
+  const TileChunks ch(N, Th, Tw, C + K, M, 0, budget);
   const i64 chunks = ch.chunks, groups = std::min<i64>(chunks, 8), LS = odd_lines(ch.L_max + VL);
   const i64 vs = odd_lines(C * LS), es = odd_lines(K * LS);
   const size_t packed = lines(size_t(ch.L_max) * Kp) + lines(size_t(ch.L_max) * Cp);
-  const size_t per_thread = size_t(16 * (vs + es)) + lines(size_t(ch.Hr) * Wr) + packed;
-  const int nt = threads_over(double(N) * K * C * 16 * Th * Tw, groups);
+  // a thread's staging: F(2x2) the rows it transforms ([Hr][Wr]); F(4x4) the 6 x 6 blocks
+  // ([36][LS]) and the padded rows of x and of dy ([Hr][Wp] each, zeroed once: each keeps its own
+  // border)
+  const i64 Wp = f4_row_floats(Twv), blocks = 36 * LS;
+  const size_t stage = M == 2 ? lines(size_t(ch.Hr) * Wr) : lines(size_t(blocks + 2 * ch.Hr * Wp));
+  const size_t per_thread = size_t(X * (vs + es)) + stage + packed;
+  const int nt = threads_over(double(N) * K * C * X * Th * Tw, groups);
   // A single chunk (one image, or a few small ones) is one group, which one thread made while the
-  // other waited: there its transforms go over the channels and its 16 products over the threads
+  // other waited: there its transforms go over the channels and its products over the threads
   // (the same products, each tile's sum in the same order)
-  const int inner = chunks == 1 ? threads_over(double(N) * K * C * 16 * Th * Tw, 16) : 1;
-  ScratchFloats scratch(size_t(inner > 1 ? 0 : nt) * per_thread), sums(size_t(groups) * 16 * Kp * Cp);
+  const int inner = chunks == 1 ? threads_over(double(N) * K * C * X * Th * Tw, X) : 1;
+  ScratchFloats scratch(size_t(inner > 1 ? 0 : nt) * per_thread), sums(size_t(groups) * X * Kp * Cp);
+  auto zero_borders = [&](float* staging) {
+    if (M == 4) std::fill_n(staging + blocks, 2 * ch.Hr * Wp, 0.0f);
+  };
   // channel j (input channel j, or dy's channel j - C) of the tiles of rows r0..r1 -> v or e
-  auto transform = [&](i64 j, i64 r0, i64 r1, float* v, float* e, float* rows) {
-    by_image(r0, r1, Th, Tw, [&](i64 n, i64 th0, i64 th1, i64 l0) {
+  auto transform = [&](i64 j, i64 r0, i64 r1, float* v, float* e, float* staging) {
+    if constexpr (M == 2) {
+      by_image(r0, r1, Th, Tw, [&](i64 n, i64 th0, i64 th1, i64 l0) {
+        if (j < C)
+          transform_input_rows(v + j * LS + l0, vs, x + (n * C + j) * H * W, H, W, s.pad, th0, th1, Tw, staging, Wr);
+        else
+          transform_dy_rows(e + (j - C) * LS + l0, es, dy + (n * K + j - C) * Ho * Wo, Wo, th0, th1, Tw, staging, Wr);
+      });
+    } else {
+      float* padded = staging + blocks + (j < C ? 0 : ch.Hr * Wp);
+      by_image(r0, r1, Th, Tw, [&](i64 n, i64 th0, i64 th1, i64 l0) {
+        if (j < C)
+          gather_input_blocks(staging, LS, x + (n * C + j) * H * W, H, W, s.pad, th0, th1, Tw, l0, padded, Wp);
+        else
+          gather_input_blocks(staging, LS, dy + (n * K + j - C) * Ho * Wo, Ho, Wo, 0, th0, th1, Tw, l0, padded, Wp);
+      });
       if (j < C)
-        transform_input_rows(v + j * LS + l0, vs, x + (n * C + j) * H * W, H, W, s.pad, th0, th1, Tw, rows, Wr);
+        transform_input_blocks(v + j * LS, vs, staging, LS, (r1 - r0) * Tw);
       else
-        transform_dy_rows(e + (j - C) * LS + l0, es, dy + (n * K + j - C) * Ho * Wo, Wo, th0, th1, Tw, rows, Wr);
-    });
+        transform_dy_blocks(e + (j - C) * LS, es, staging, LS, (r1 - r0) * Tw);
+    }
   };
   // M_xi[K][C] (+)= E_xi[K][L] V_xi[C][L]^T, the L tiles as the depth (ep, vt: the packed operands)
   auto product = [&](int xi, i64 L, const float* v, const float* e, float* ep, float* vt, float* mxi, bool accumulate) {
@@ -623,55 +691,80 @@ void winograd_weight_grad(float* dw, const float* x, const float* dy, const Conv
       for (i64 c0 = 0; c0 < Cp; c0 += NR) tile_product(L, ep + k0 * L, vt + c0, Cp, mxi + k0 * Cp + c0, Cp, accumulate);
   };
   if (inner > 1) {
-    const size_t mine = lines(size_t(ch.Hr) * Wr) + packed;  // rows, ep, vt: each thread's
-    ScratchFloats planes(size_t(16) * (vs + es)), own(size_t(inner) * mine);
-    float* v = planes.get();  // [16][C][LS]
-    float* e = v + 16 * vs;   // [16][K][LS]
+    const size_t mine = stage + packed;  // staging, ep, vt: each thread's
+    ScratchFloats planes(size_t(X) * (vs + es)), own(size_t(inner) * mine);
+    float* v = planes.get();  // [X][C][LS]
+    float* e = v + X * vs;    // [X][K][LS]
 #pragma omp parallel num_threads(inner)
     {
-      float* rows = own.get() + size_t(omp_get_thread_num()) * mine;
-      float* ep = rows + lines(size_t(ch.Hr) * Wr);
+      float* staging = own.get() + size_t(omp_get_thread_num()) * mine;
+      float* ep = staging + stage;
       float* vt = ep + lines(size_t(ch.L_max) * Kp);
+      zero_borders(staging);
 #pragma omp for schedule(static)
-      for (i64 j = 0; j < C + K; ++j) transform(j, 0, ch.rows_total, v, e, rows);
+      for (i64 j = 0; j < C + K; ++j) transform(j, 0, ch.rows_total, v, e, staging);
 #pragma omp for schedule(static)
-      for (int xi = 0; xi < 16; ++xi)
+      for (int xi = 0; xi < X; ++xi)
         product(xi, ch.rows_total * Tw, v, e, ep, vt, sums.get() + size_t(xi) * Kp * Cp, false);
     }
   }
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (i64 group = 0; group < (inner > 1 ? 0 : groups); ++group) {
-    float* v = scratch.get() + size_t(omp_get_thread_num()) * per_thread;  // [16][C][LS], planes vs apart
-    float* e = v + 16 * vs;                                                // [16][K][LS], planes es apart
-    float* rows = e + 16 * es;                                             // [Hr][Wr]
-    float* ep = rows + lines(size_t(ch.Hr) * Wr);                          // e^T in panels: [Kp / MR][L][MR]
-    float* vt = ep + lines(size_t(ch.L_max) * Kp);                         // v^T: [L][Cp]
-    float* m = sums.get() + size_t(group) * 16 * Kp * Cp;                  // [16][Kp][Cp]
+    float* v = scratch.get() + size_t(omp_get_thread_num()) * per_thread;  // [X][C][LS], planes vs apart
+    float* e = v + X * vs;                                                 // [X][K][LS], planes es apart
+    float* staging = e + X * es;
+    float* ep = staging + stage;                          // e^T in panels: [Kp / MR][L][MR]
+    float* vt = ep + lines(size_t(ch.L_max) * Kp);        // v^T: [L][Cp]
+    float* m = sums.get() + size_t(group) * X * Kp * Cp;  // [X][Kp][Cp]
+    zero_borders(staging);
     for (i64 chunk = group * chunks / groups; chunk < (group + 1) * chunks / groups; ++chunk) {
       const i64 r0 = chunk * ch.rows_per_chunk, r1 = std::min(ch.rows_total, r0 + ch.rows_per_chunk);
-      for (i64 j = 0; j < C + K; ++j) transform(j, r0, r1, v, e, rows);
-      for (int xi = 0; xi < 16; ++xi)
+      for (i64 j = 0; j < C + K; ++j) transform(j, r0, r1, v, e, staging);
+      for (int xi = 0; xi < X; ++xi)
         product(xi, (r1 - r0) * Tw, v, e, ep, vt, m + size_t(xi) * Kp * Cp, chunk > group * chunks / groups);
     }
   }
-  std::vector<float> total(size_t(16) * Kp * Cp);
-  sum_parts(total.data(), sums.get(), groups, 16 * Kp * Cp);
-  for (i64 k = 0; k < K; ++k)  // dW = G^T M G
+  ScratchFloats summed(groups > 1 ? size_t(X) * Kp * Cp : 0);  // (one group: its sums are the total)
+  if (groups > 1) sum_parts(summed.get(), sums.get(), groups, X * Kp * Cp);
+  const float* total = groups > 1 ? summed.get() : sums.get();
+  // dW = G^T M G (over the threads by output channel: on one, a sixth of 128->256 on 4 x 4 at batch 32)
+#pragma omp parallel for num_threads(threads_over(double(X) * 4 * K * C, K)) schedule(static)
+  for (i64 k = 0; k < K; ++k)
     for (i64 c = 0; c < C; ++c) {
-      float mm[4][4], t[3][4];
-      for (int xi = 0; xi < 16; ++xi) mm[xi / 4][xi % 4] = total[size_t((xi * Kp + k) * Cp + c)];
-      for (int j = 0; j < 4; ++j) {
-        t[0][j] = mm[0][j] + 0.5f * (mm[1][j] + mm[2][j]);
-        t[1][j] = 0.5f * (mm[1][j] - mm[2][j]);
-        t[2][j] = 0.5f * (mm[1][j] + mm[2][j]) + mm[3][j];
-      }
       float* out = dw + (k * C + c) * 9;
-      for (int i = 0; i < 3; ++i) {
-        out[i * 3 + 0] = t[i][0] + 0.5f * (t[i][1] + t[i][2]);
-        out[i * 3 + 1] = 0.5f * (t[i][1] - t[i][2]);
-        out[i * 3 + 2] = 0.5f * (t[i][1] + t[i][2]) + t[i][3];
+      if constexpr (M == 2) {
+        float mm[4][4], t[3][4];
+        for (int xi = 0; xi < 16; ++xi) mm[xi / 4][xi % 4] = total[size_t((xi * Kp + k) * Cp + c)];
+        for (int j = 0; j < 4; ++j) {
+          t[0][j] = mm[0][j] + 0.5f * (mm[1][j] + mm[2][j]);
+          t[1][j] = 0.5f * (mm[1][j] - mm[2][j]);
+          t[2][j] = 0.5f * (mm[1][j] + mm[2][j]) + mm[3][j];
+        }
+        for (int i = 0; i < 3; ++i) {
+          out[i * 3 + 0] = t[i][0] + 0.5f * (t[i][1] + t[i][2]);
+          out[i * 3 + 1] = 0.5f * (t[i][1] - t[i][2]);
+          out[i * 3 + 2] = 0.5f * (t[i][1] + t[i][2]) + t[i][3];
+        }
+      } else {
+        float t[3][6];  // G^T M: along the columns first
+        for (int j = 0; j < 6; ++j) {
+          float column[6], rows3[3];
+          for (int i = 0; i < 6; ++i) column[i] = total[size_t(((6 * i + j) * Kp + k) * Cp + c)];
+          apply_gt6(column, rows3);
+          for (int r = 0; r < 3; ++r) t[r][j] = rows3[r];
+        }
+        for (int r = 0; r < 3; ++r) apply_gt6(t[r], out + 3 * r);  // then (G^T M) G along the rows
       }
     }
+}
+
+}  // namespace
+
+// dw by F(3x3, m x m), m = 2 or 4 (the ISA table's entry)
+void winograd_weight_grad(float* dw, const float* x, const float* dy, const ConvShape& s, i64 N, int m) {
+  const i64 depth_bytes = kWinogradWeightGradTiles * 36 * (s.C + s.K) * i64(sizeof(float));
+  if (m == 4) return weight_grad_tiles<4>(dw, x, dy, s, N, std::max(kWinogradChunkBytes, depth_bytes));
+  weight_grad_tiles<2>(dw, x, dy, s, N, kWinogradChunkBytes);
 }
 
 }  // namespace CNNFAST_ISA

@@ -108,8 +108,11 @@ struct IsaKernels {
   int winograd_panel_tiles;
   // does F(4x4) also take odd outputs (conv2d_winograd.cpp)?
   bool winograd_odd_outputs;
-  // dw: [K, C, 3, 3] from x and dy (even Ho and Wo), by F(3x3, 2x2) (null on AVX-512: the panels' dw)
-  void (*winograd_weight_grad)(float* dw, const float* x, const float* dy, const ConvShape& s, i64 N);
+  // dw: [K, C, 3, 3] from x and dy by F(3x3, m x m), m = 2 (even Ho and Wo) or 4; F(3x3, 4x4) from
+  // this many channels in and out, and whether F(3x3, 2x2) serves where it does not (conv2d_winograd.cpp)
+  void (*winograd_weight_grad)(float* dw, const float* x, const float* dy, const ConvShape& s, i64 N, int m);
+  int winograd_weight_grad_channels;
+  bool winograd_weight_grad_small_tile;
 
   // conv2d_tap_rows_impl.hpp (in the panels' per-ISA files): a first layer's dw [K, C, R, S] and
   // db [K] from x and dy ([N, K, Ho, Wo]), the input values broadcast into multiply-adds with dy

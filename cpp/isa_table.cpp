@@ -37,7 +37,7 @@ void transpose(float* dst, i64 ldd, const float* src, i64 lds, i64 rows, i64 col
 extern const int winograd_panel_tiles;  // conv2d_winograd_kernels.cpp
 void winograd_forward(float* y, const float* x, const float* w, const float* b, const ConvShape& s, i64 N,
                       int m);  // conv2d_winograd_kernels.cpp
-void winograd_weight_grad(float* dw, const float* x, const float* dy, const ConvShape& s, i64 N);
+void winograd_weight_grad(float* dw, const float* x, const float* dy, const ConvShape& s, i64 N, int m);
 bool tap_rows_weight_grad(float* dw, float* db, const float* x, const float* dy, const ConvShape& s,
                           i64 N);  // conv2d_tap_rows_impl.hpp, in the panels' files
 bool tap_rows_forward(float* y, const float* x, const float* w, const float* b, const ConvShape& s, i64 N);
@@ -86,10 +86,13 @@ extern const IsaKernels table = {
 #else
     true,
 #endif
-#if defined(CNNFAST_ISA_AVX512)
-    nullptr,  // (the panels' dw is faster on AVX-512: conv2d_winograd.cpp)
-#else
     winograd_weight_grad,
+#if defined(CNNFAST_ISA_AVX512)
+    64,     // (conv2d_winograd.cpp)
+    false,  // (the panels' dw is faster on AVX-512)
+#else
+    32,
+    true,
 #endif
     tap_rows_weight_grad,
     tap_rows_forward,

@@ -172,6 +172,49 @@ def test_winograd_4x4_and_2x2_tiles_both_match_the_reference(isa, shape):
     assert not np.array_equal(results[0][1], results[1][1])
 
 
+# dw by F(3x3, 4x4) (64 channels: every ISA's): 32 tiles in one chunk (its transforms and products
+# over the threads), 96 tiles in two chunks (summed in order), 14 x 14 outputs (the last tiles' dy
+# zero past the plane), padding 0 and 2
+WEIGHT_GRAD_4X4_SHAPES = [
+    (8, 64, 8, 8, 64, 1),
+    (24, 64, 8, 8, 72, 1),
+    (4, 64, 14, 14, 64, 1),
+    (4, 64, 16, 18, 64, 0),
+    (4, 64, 12, 12, 64, 2),
+]
+
+
+@pytest.mark.parametrize("shape", WEIGHT_GRAD_4X4_SHAPES)
+def test_winograd_weight_gradient_by_4x4_tiles_matches_the_reference(isa, shape):
+    N, C, H, W, K, p = shape
+    x, w = rand(N, C, H, W), rand(K, C, 3, 3, scale=0.1)
+    dy = rand(N, K, H + 2 * p - 2, W + 2 * p - 2)
+    assert _core.conv2d_path(x.shape, w.shape, p) == "winograd"
+    _, rdw, rdb = ref.conv2d_backward(x, w, dy, p)
+    results = []
+    for tile in (2, 4):  # (2: F(3x3, 2x2) or the panels' dw, by the ISA)
+        before = _core.set_winograd_tile_limit(tile)
+        try:
+            _, dw, db = F.conv2d_backward(x, w, dy, padding=p, input_grad=False)
+        finally:
+            _core.set_winograd_tile_limit(before)
+        assert_close(dw, rdw)
+        assert_close(db, rdb)
+        results.append(dw)
+    assert not np.array_equal(results[0], results[1])  # (another algorithm ran: other roundings)
+
+
+@pytest.mark.parametrize("shape", WEIGHT_GRAD_4X4_SHAPES[:2])
+def test_winograd_weight_gradient_by_4x4_tiles_is_the_same_on_any_thread_count(isa, threads, shape):
+    N, C, H, W, K, p = shape
+    x, w, dy = rand(N, C, H, W), rand(K, C, 3, 3, scale=0.1), rand(N, K, H + 2 * p - 2, W + 2 * p - 2)
+    results = []
+    for n in (1, 2):
+        cnnfast.set_num_threads(n)
+        results.append(F.conv2d_backward(x, w, dy, padding=p)[1])
+    np.testing.assert_array_equal(results[0], results[1])
+
+
 def test_winograd_tile_limit_is_checked():
     for tile in (0, 3, 8):
         with pytest.raises(ValueError, match="tile must be 2 or 4"):
