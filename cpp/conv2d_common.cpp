@@ -63,6 +63,8 @@ void PhaseLayout::copy(float* dst, const float* x, const ConvShape& s) const {
         std::memcpy(dst + c * plane + (h + s.pad) * Ws + s.pad, x + (c * s.H + h) * s.W, sizeof(float) * size_t(s.W));
     return;
   }
+  // stride 2 and both column phases read: in the ISA's vectors (split_phases2)
+  if (st == 2 && s.S >= 2) return active_isa().split_phases2(dst, x, s, plane, Ws);
   // per column phase q < min(st, S) (the ones a tap reads): its first input column, how many, and
   // where they start in a phase row (no division per row: 64-bit divisions were most of the copy)
   const i64 phases = std::min(st, s.S);
@@ -71,22 +73,6 @@ void PhaseLayout::copy(float* dst, const float* x, const ConvShape& s) const {
     first[size_t(q)] = ((q - s.pad) % st + st) % st;
     count[size_t(q)] = first[size_t(q)] < s.W ? (s.W - first[size_t(q)] + st - 1) / st : 0;
     start[size_t(q)] = (first[size_t(q)] + s.pad) / st;
-  }
-  // stride 2, both column phases read: each row split by the ISA's vectors, its even columns to
-  // one column phase and its odd ones to the other (the rows in order: a row phase's rows first,
-  // then the other's, took 1.06-1.1x as long for 16->32 on 64 x 64)
-  if (st == 2 && phases == 2) {
-    const i64 even = first[0] == 0 ? 0 : 1;
-    const auto split = active_isa().split_even_odd;
-    for (i64 c = 0; c < s.C; ++c)
-      for (i64 h = 0; h < s.H; ++h) {
-        const i64 row_phase = (h + s.pad) % 2, row = (h + s.pad) / 2;  // padded row h + pad = 2 row + row_phase
-        if (row_phase >= s.R) continue;                                // (a row phase no tap reads)
-        float* at = dst + (row_phase * 2 * s.C + c) * plane + row * Ws;
-        split(at + even * s.C * plane + start[size_t(even)], at + (1 - even) * s.C * plane + start[size_t(1 - even)],
-              x + (c * s.H + h) * s.W, (s.W + 1) / 2, s.W / 2);
-      }
-    return;
   }
   for (i64 c = 0; c < s.C; ++c) {
     i64 row_phase = s.pad % st, row = s.pad / st;  // padded row h + pad = row * st + row_phase

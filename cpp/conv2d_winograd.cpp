@@ -29,6 +29,8 @@ namespace cnnfast {
 // dw alone: 16->32 on 32x32 5.0 ms against the panels' 3.3; 32->64 on 16x16 even; 96->96 on
 // 12x12 6.7 against 7.8; 128->256 on 4x4 3.3 against 4.2)
 constexpr i64 kWinogradWeightGradChannels = 64;
+// dw by F(3x3, 4x4) from this many channels in and out (weight_grad_tile)
+constexpr i64 kWinogradWeightGradTileChannels = 32;
 
 // 3x3 with at least kWinogradChannels channels in and out, padding up to 2 (dx is then a
 // convolution of dy padded by 2 - pad), an even output (an odd one computes a row and a column of
@@ -81,18 +83,19 @@ int winograd_tile(const ConvShape& s, i64 N) {
 int set_winograd_tile_limit(int m) { return winograd_tile_limit.exchange(m); }
 
 // dw's m of F(3x3, m x m) on a layer the path took (0: the panels' dw). F(3x3, 4x4) where 4 x 4
-// tiles cover at most 1.35x the output, 32 or more of them, with the ISA's fewest channels in and
-// out (its products' depth is the tiles, not the channels: chunks of 64 tiles and more). Measured
-// against the panels' dw (one thread, batch 32 / 128): AVX2 128->256 on 4 x 4 0.52 / 0.49x,
-// 64->128 on 8 x 8 0.66 / 0.62x, 96->96 on 12 x 12 0.62 / 0.53x, 32->64 on 16 x 16 0.76 / 0.70x
-// (F(3x3, 2x2) took 0.72-1.0x), but 16->32 on 32 x 32 1.06x; AVX-512 0.79-0.92x, 0.97-1.04x,
-// 0.81-0.90x, but 32->64 1.24x and 16->32 1.87x (two threads: 0.79-0.80x, 0.86x, 0.65-0.97x).
-// Else F(3x3, 2x2) where the ISA has it (not AVX-512: its panels' dw was faster) from 64 channels.
+// tiles cover at most 1.35x the output, 32 or more of them, with 32+ channels in and out and 96+
+// in all (its products' depth is the tiles, not the channels: chunks of 64 tiles and more).
+// Measured against the panels' dw (one thread, batch 32 / 128; AVX2: against F(3x3, 2x2) where it
+// served, from 64 channels): AVX-512 128->256 on 4 x 4 0.76 / 0.71x, 64->128 on 8 x 8 0.78 /
+// 0.77x, 96->96 on 12 x 12 0.67 / 0.60x, 32->64 on 16 x 16 0.83 / 0.77x (two threads 0.82-0.90x);
+// AVX2 0.68 / 0.69x, 0.94 / 0.97x, 0.75 / 0.81x, 0.82 / 0.80x. But 32->32 on 8 x 8: 1.16-1.17x
+// on AVX-512, 1.28-1.73x on AVX2. Else F(3x3, 2x2) where the ISA's table says so, from 64 channels.
 int weight_grad_tile(const ConvShape& s, i64 N) {
   const IsaKernels& isa = active_isa();
   const i64 Th = (s.Ho + 3) / 4, Tw = (s.Wo + 3) / 4, channels = std::min(s.C, s.K);
-  if (winograd_tile_limit.load() >= 4 && channels >= isa.winograd_weight_grad_channels &&
-      100 * 16 * Th * Tw <= kWinogradWaste * s.P() && N * Th * Tw >= kWinogradTiles)
+  if (winograd_tile_limit.load() >= 4 && channels >= kWinogradWeightGradTileChannels &&
+      s.C + s.K >= 3 * kWinogradWeightGradTileChannels && 100 * 16 * Th * Tw <= kWinogradWaste * s.P() &&
+      N * Th * Tw >= kWinogradTiles)
     return 4;
   return isa.winograd_weight_grad_small_tile && channels >= kWinogradWeightGradChannels ? 2 : 0;
 }

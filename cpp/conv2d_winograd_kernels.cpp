@@ -36,6 +36,11 @@
 CNNFAST_TARGET_BEGIN
 namespace cnnfast {
 namespace CNNFAST_ISA {
+
+// dst[j*ldd + i] = src[i*lds + j] (i < rows, j < cols), 0 for rows <= i < rows_out: the ISA's
+// register transposes (conv2d_panels_impl.hpp)
+void transpose(float* dst, i64 ldd, const float* src, i64 lds, i64 rows, i64 cols, i64 rows_out);
+
 namespace {
 
 #include "conv2d_loops_impl.hpp"
@@ -483,13 +488,11 @@ inline void apply_gt6(const float m[6], float out[3]) {
 }
 
 // rows: [n][ld] (n rows of `len` values) -> packed: [len][width] (row i's values down column i;
-// columns n..width zero), the layout tile_product reads its operands in
+// columns n..width zero), the layout tile_product reads its operands in: through the ISA's
+// register transposes (one value at a time, this packing took as long as the products of
+// 96->96's dw by F(3x3, 4x4))
 void pack_columns(float* packed, i64 width, const float* rows, i64 ld, i64 n, i64 len) {
-  for (i64 l = 0; l < len; ++l) {
-    float* out = packed + l * width;
-    for (i64 i = 0; i < n; ++i) out[i] = rows[i * ld + l];
-    for (i64 i = n; i < width; ++i) out[i] = 0.0f;
-  }
+  transpose(packed, width, rows, ld, n, len, width);
 }
 
 // Chunks of rows of tiles, for N images of Th x Tw tiles of F(M x M) whose V and M (or E) hold

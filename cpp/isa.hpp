@@ -55,9 +55,9 @@ struct IsaKernels {
                               i64 K, i64 T, i64 Wo, i64 P, i64 oh0, i64 oh1);
   // dw[k][t] = sum_p dy[k][p] col[t][p]; col: [T, P]
   void (*direct_weight_grad)(float* dw, const float* dy, const float* col, i64 K, i64 T, i64 P);
-  // even[i] = src[2i] (i < n_even), odd[i] = src[2i + 1] (i < n_odd): a row of a stride-2 image's
-  // phase split (PhaseLayout::copy)
-  void (*split_even_odd)(float* even, float* odd, const float* src, i64 n_even, i64 n_odd);
+  // x_n: [C, H, W] -> dst, its PhaseLayout (conv2d_common.hpp) at stride 2 with S >= 2 (planes of
+  // plane floats, rows Ws apart): PhaseLayout::copy's
+  void (*split_phases2)(float* dst, const float* x, const ConvShape& s, i64 plane, i64 Ws);
 
   // conv2d_few_pixels_kernels.cpp: the few-pixels path's products (see conv2d_few_pixels.cpp)
   // y: [N, K, P] = b + w [K, T] x col_n [T, ld] (col_n zero past P, ld a multiple of 16)
@@ -108,10 +108,9 @@ struct IsaKernels {
   int winograd_panel_tiles;
   // does F(4x4) also take odd outputs (conv2d_winograd.cpp)?
   bool winograd_odd_outputs;
-  // dw: [K, C, 3, 3] from x and dy by F(3x3, m x m), m = 2 (even Ho and Wo) or 4; F(3x3, 4x4) from
-  // this many channels in and out, and whether F(3x3, 2x2) serves where it does not (conv2d_winograd.cpp)
+  // dw: [K, C, 3, 3] from x and dy by F(3x3, m x m), m = 2 (even Ho and Wo) or 4, and whether
+  // F(3x3, 2x2) serves where F(3x3, 4x4) does not (conv2d_winograd.cpp)
   void (*winograd_weight_grad)(float* dw, const float* x, const float* dy, const ConvShape& s, i64 N, int m);
-  int winograd_weight_grad_channels;
   bool winograd_weight_grad_small_tile;
 
   // conv2d_tap_rows_impl.hpp (in the panels' per-ISA files): a first layer's dw [K, C, R, S] and

@@ -11,7 +11,7 @@ extern const MicroKernel gemm_microkernel;  // gemm_microkernel.cpp (gemm_microk
 void direct_rows_forward_kernel(float* y, const float* src, i64 Ws, const i64* tap_offset, const float* w,
                                 const float* b, i64 K, i64 T, i64 Wo, i64 P, i64 oh0, i64 oh1);
 void direct_weight_grad_kernel(float* dw, const float* dy, const float* col, i64 K, i64 T, i64 P);
-void split_even_odd(float* even, float* odd, const float* src, i64 n_even, i64 n_odd);
+void split_phases2(float* dst, const float* x, const ConvShape& s, i64 plane, i64 Ws);
 void few_pixels_forward(float* y, const float* col, i64 ld, const float* w, const float* b, i64 N, i64 K, i64 T,
                         i64 P);  // conv2d_few_pixels_kernels.cpp
 void few_pixels_weight_grad(float* dw, const float* dyt, i64 ldd, const float* rows, i64 ldr, i64 K, i64 T, i64 L);
@@ -61,7 +61,7 @@ extern const IsaKernels table = {
     &gemm_microkernel,
     direct_rows_forward_kernel,
     direct_weight_grad_kernel,
-    split_even_odd,
+    split_phases2,
     few_pixels_forward,
     few_pixels_weight_grad,
     few_pixels_input_grad,
@@ -88,10 +88,8 @@ extern const IsaKernels table = {
 #endif
     winograd_weight_grad,
 #if defined(CNNFAST_ISA_AVX512)
-    64,     // (conv2d_winograd.cpp)
-    false,  // (the panels' dw is faster on AVX-512)
+    false,  // (the panels' dw is faster on AVX-512 than F(3x3, 2x2): conv2d_winograd.cpp)
 #else
-    32,
     true,
 #endif
     tap_rows_weight_grad,

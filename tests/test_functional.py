@@ -172,15 +172,16 @@ def test_winograd_4x4_and_2x2_tiles_both_match_the_reference(isa, shape):
     assert not np.array_equal(results[0][1], results[1][1])
 
 
-# dw by F(3x3, 4x4) (64 channels: every ISA's): 32 tiles in one chunk (its transforms and products
-# over the threads), 96 tiles in two chunks (summed in order), 14 x 14 outputs (the last tiles' dy
-# zero past the plane), padding 0 and 2
+# dw by F(3x3, 4x4): 32 tiles in one chunk (its transforms and products over the threads), 96 tiles
+# in two chunks (summed in order), 14 x 14 outputs (the last tiles' dy zero past the plane),
+# padding 0 and 2, 32 channels in (the fewest it takes)
 WEIGHT_GRAD_4X4_SHAPES = [
     (8, 64, 8, 8, 64, 1),
     (24, 64, 8, 8, 72, 1),
     (4, 64, 14, 14, 64, 1),
     (4, 64, 16, 18, 64, 0),
     (4, 64, 12, 12, 64, 2),
+    (2, 32, 16, 16, 64, 1),
 ]
 
 
