@@ -39,21 +39,6 @@ constexpr int VL = CNNFAST_VEC_BYTES / 4;  // floats per vector of this ISA
 // threads). Only the lanes past a row's last segment are computed for nothing (none when a row is
 // a multiple of VL).
 
-// p[0:n] = v[0:n], n < VL: one masked store where the ISA has them (a row's last segment; scalar
-// stores of its 10 pixels on 26-pixel rows took a fifth of a tile's time)
-inline void store_first(float* p, vec v, i64 n) {
-#if defined(CNNFAST_ISA_AVX512)
-  _mm512_mask_storeu_ps(p, __mmask16((1u << n) - 1), reinterpret_cast<__m512&>(v));
-#elif defined(CNNFAST_ISA_AVX2)
-  const __m256i lanes = _mm256_cmpgt_epi32(_mm256_set1_epi32(int(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-  _mm256_maskstore_ps(p, lanes, reinterpret_cast<__m256&>(v));
-#else
-  float lanes[VL];
-  store(lanes, v);
-  for (i64 l = 0; l < n; ++l) p[l] = lanes[l];
-#endif
-}
-
 struct Segment {
   i64 in, out, len;  // its first pixel's offset in src (before the tap's) and in y's plane; <= VL pixels
 };

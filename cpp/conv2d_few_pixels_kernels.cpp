@@ -19,6 +19,10 @@
 #include "isa_target.hpp"
 #include "parallel.hpp"
 
+#if defined(CNNFAST_ISA_AVX512) || defined(CNNFAST_ISA_AVX2)
+#include <immintrin.h>
+#endif
+
 CNNFAST_TARGET_BEGIN
 namespace cnnfast {
 namespace CNNFAST_ISA {

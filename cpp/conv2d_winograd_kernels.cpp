@@ -33,6 +33,10 @@
 #include "isa_target.hpp"
 #include "parallel.hpp"
 
+#if defined(CNNFAST_ISA_AVX512) || defined(CNNFAST_ISA_AVX2)
+#include <immintrin.h>
+#endif
+
 CNNFAST_TARGET_BEGIN
 namespace cnnfast {
 namespace CNNFAST_ISA {
@@ -397,12 +401,11 @@ void scatter_output_blocks(float* y, i64 Ho, i64 Wo, const float* o, i64 LS, i64
       const vec q[4] = {zip_lo(lo02, lo13), zip_hi(lo02, lo13), zip_lo(hi02, hi13), zip_hi(hi02, hi13)};
       float* out = y + (4 * th + i) * Wo + 4 * tw0;
       const i64 width = std::min<i64>(4 * VL, Wo - 4 * tw0);
-      if (width == 4 * VL) {
-        for (int j = 0; j < 4; ++j) store(out + j * VL, q[j]);
-      } else {
-        float quads[4 * VL];
-        for (int j = 0; j < 4; ++j) store(quads + j * VL, q[j]);
-        std::memcpy(out, quads, sizeof(float) * size_t(width));
+      for (int j = 0; j < 4 && j * VL < width; ++j) {  // (a row's last vectors: those it reaches)
+        if ((j + 1) * VL <= width)
+          store(out + j * VL, q[j]);
+        else
+          store_first(out + j * VL, q[j], width - j * VL);
       }
     }
 }
