@@ -303,6 +303,11 @@ inline i64 f4_row_floats(i64 Twv) { return 4 * (Twv + VL); }
 // would fill a vector for them (64->128 on 8 x 8, rows of 2 tiles, 0.84-0.89x F(2x2)'s time on
 // AVX-512 this way, 0.92-0.97x with the shuffles)
 inline bool value_by_value(i64 Tw) { return 8 * Tw <= VL; }
+// Their input blocks laid out tile by tile and transposed (finish_input_blocks) where the ISA
+// has 16 x 16 register transposes: AVX-512's 64->128 on 8 x 8 0.84-0.86x the time with the
+// masked row copies (value by value, the gather was a ninth of that forward); on AVX2 (rows of
+// one tile, 128->256 on 4 x 4) 1.00-1.04x, so it keeps them value by value
+constexpr bool kTransposedBlocks = CNNFAST_VEC_BYTES == 64;
 
 // Rows of tiles th0..th1 of one input plane (x: [H, W]) -> their input blocks at lanes l0.. of d
 // (a row's lanes past its Tw tiles, up to the next multiple of VL: garbage that the next row
@@ -316,16 +321,29 @@ void gather_input_blocks(float* d, i64 LS, const float* x, i64 H, i64 W, i64 pad
     float* row = padded + i * Wp;
     if (h < 0 || h >= H)
       std::fill(row, row + Wp, 0.0f);
+    else if (W <
+             VL)  // (a short row: one masked load and store, where memcpy's calls were a twentieth of 8 x 8's forward)
+      store_first(row + pad, load_first(x + h * W, W), W);
     else
       std::memcpy(row + pad, x + h * W, sizeof(float) * size_t(W));
   }
-  if (value_by_value(Tw)) {
+  if (value_by_value(Tw) && !kTransposedBlocks) {
     for (i64 th = th0; th < th1; ++th)
       for (i64 tw = 0; tw < Tw; ++tw) {
         const float* block = padded + 4 * (th - th0) * Wp + 4 * tw;
         float* out = d + l0 + (th - th0) * Tw + tw;
         for (int i = 0; i < 6; ++i)
           for (int j = 0; j < 6; ++j) out[(6 * i + j) * LS] = block[i * Wp + j];
+      }
+    return;
+  }
+  if (value_by_value(Tw)) {  // (tile by tile into d's second half: finish_input_blocks transposes them)
+    float* tile_major = d + 36 * LS + 36 * l0;
+    for (i64 th = th0; th < th1; ++th)
+      for (i64 tw = 0; tw < Tw; ++tw, tile_major += 36) {
+        const float* block = padded + 4 * (th - th0) * Wp + 4 * tw;
+        for (int i = 0; i < 6; ++i)  // (8 floats a row: the last 2 overwritten by the next)
+          __builtin_memcpy(tile_major + 6 * i, block + i * Wp, 8 * sizeof(float));
       }
     return;
   }
@@ -346,6 +364,17 @@ void gather_input_blocks(float* d, i64 LS, const float* x, i64 H, i64 W, i64 pad
         store(out + 5 * LS + tw0, even(odd(b0, b1), odd(b2, b3)));
       }
     }
+}
+
+// The floats of the staged input blocks d: [36][LS], and for rows of 1-2 tiles (value_by_value)
+// on AVX-512 as many again after them, where gather_input_blocks lays each tile's block out whole
+// ([L][36])
+inline i64 f4_blocks_floats(i64 LS, i64 Tw) { return (value_by_value(Tw) && kTransposedBlocks ? 72 : 36) * LS + 8; }
+
+// After gather_input_blocks for a chunk's L tiles: on AVX-512, rows of 1-2 tiles' blocks ([L][36],
+// in d's second half) transposed into d's planes by its register transposes
+void finish_input_blocks(float* d, i64 LS, i64 L, i64 Tw) {
+  if (value_by_value(Tw) && kTransposedBlocks) transpose(d, LS, d + 36 * LS, 36, L, 36, L);
 }
 
 // Tiles 0..L of the staged input blocks (d) -> v[xi*vs + l] = (B^T d_l B)[xi], xi = 6i + j
@@ -593,7 +622,7 @@ void winograd_forward_tiles(float* y, const float* x, const float* w, const floa
   // a thread's staging: F(2x2) the input rows ([Hr][Wr]); F(4x4) the input blocks ([36][LS]) and
   // the padded input rows ([Hr][Wp], zeroed once), or the output blocks ([16][LS])
   const i64 Wp = f4_row_floats(Twv);
-  const i64 blocks = 36 * LS;  // (F(4x4): the input blocks' floats, the padded rows after them)
+  const i64 blocks = f4_blocks_floats(LS, Tw);  // (F(4x4): the input blocks' floats, the padded rows after them)
   const size_t stage = M == 2 ? lines(size_t(ch.Hr) * Wr) : lines(size_t(blocks + ch.Hr * Wp));
   const size_t per_thread = size_t(X * (vs + ms)) + stage;
   // a single chunk (one image): its input transforms (by channel), X products and output
@@ -629,7 +658,10 @@ void winograd_forward_tiles(float* y, const float* x, const float* w, const floa
         else
           gather_input_blocks(rows, LS, plane, H, W, s.pad, th0, th1, Tw, l0, rows + blocks, Wp);
       });
-      if constexpr (M == 4) transform_input_blocks(v + c * LS, vs, rows, LS, L);
+      if constexpr (M == 4) {
+        finish_input_blocks(rows, LS, L, Tw);
+        transform_input_blocks(v + c * LS, vs, rows, LS, L);
+      }
     });
     for_each_over(X, inner, [&](i64 xi) __attribute__((always_inline)) {
       const float* uxi = u.get() + size_t(xi) * us;
@@ -686,7 +718,7 @@ void weight_grad_tiles(float* dw, const float* x, const float* dy, const ConvSha
   // a thread's staging: F(2x2) the rows it transforms ([Hr][Wr]); F(4x4) the 6 x 6 blocks
   // ([36][LS]) and the padded rows of x and of dy ([Hr][Wp] each, zeroed once: each keeps its own
   // border)
-  const i64 Wp = f4_row_floats(Twv), blocks = 36 * LS;
+  const i64 Wp = f4_row_floats(Twv), blocks = f4_blocks_floats(LS, Tw);
   const size_t stage = M == 2 ? lines(size_t(ch.Hr) * Wr) : lines(size_t(blocks + 2 * ch.Hr * Wp));
   const size_t per_thread = size_t(X * (vs + es)) + stage + packed;
   const int nt = threads_over(double(N) * K * C * X * Th * Tw, groups);
@@ -715,6 +747,7 @@ void weight_grad_tiles(float* dw, const float* x, const float* dy, const ConvSha
         else
           gather_input_blocks(staging, LS, dy + (n * K + j - C) * Ho * Wo, Ho, Wo, 0, th0, th1, Tw, l0, padded, Wp);
       });
+      finish_input_blocks(staging, LS, (r1 - r0) * Tw, Tw);
       if (j < C)
         transform_input_blocks(v + j * LS, vs, staging, LS, (r1 - r0) * Tw);
       else

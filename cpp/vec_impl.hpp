@@ -26,3 +26,19 @@ inline void store_first(float* p, vec v, i64 n) {
   for (i64 l = 0; l < n; ++l) p[l] = lanes[l];
 #endif
 }
+
+// v[0:n] = p[0:n], 0 in the lanes past n (n < VL): one masked load where the ISA has them
+inline vec load_first(const float* p, i64 n) {
+#if defined(CNNFAST_ISA_AVX512)
+  const __m512 v = _mm512_maskz_loadu_ps(__mmask16((1u << n) - 1), p);
+  return reinterpret_cast<const vec&>(v);
+#elif defined(CNNFAST_ISA_AVX2)
+  const __m256i lanes = _mm256_cmpgt_epi32(_mm256_set1_epi32(int(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  const __m256 v = _mm256_maskload_ps(p, lanes);
+  return reinterpret_cast<const vec&>(v);
+#else
+  float lanes[CNNFAST_VEC_BYTES / 4] = {};
+  for (i64 l = 0; l < n; ++l) lanes[l] = p[l];
+  return load(lanes);
+#endif
+}
