@@ -203,6 +203,9 @@ constexpr i64 kWinogradChunkBytes = i64(768) << 10;
 constexpr double kWinogradChunkRoundUp = 2.5;
 // F(3x3, 4x4)'s dw: its chunks' tiles are its products' depth
 constexpr i64 kWinogradWeightGradTiles = 64;
+// The Winograd dw's group sums (a group's dw products, [a^2][K][C] each): at most about this many
+// bytes (512->512 by F(3x3, 4x4) in 8 groups would take 300 MB)
+constexpr i64 kWinogradSumsBytes = i64(64) << 20;
 void winograd_forward_path(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
                            const ConvShape& s, i64 N, i64 pool_k);
 bool winograd_backward_path(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,

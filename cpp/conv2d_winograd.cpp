@@ -84,12 +84,12 @@ int set_winograd_tile_limit(int m) { return winograd_tile_limit.exchange(m); }
 
 // dw's m of F(3x3, m x m) on a layer the path took (0: the panels' dw). F(3x3, 4x4) where 4 x 4
 // tiles cover at most 1.35x the output, 32 or more of them, with 32+ channels in and out and 96+
-// in all (its products' depth is the tiles, not the channels: chunks of 64 tiles and more).
-// Measured against the panels' dw (one thread, batch 32 / 128; AVX2: against F(3x3, 2x2) where it
-// served, from 64 channels): AVX-512 128->256 on 4 x 4 0.76 / 0.71x, 64->128 on 8 x 8 0.78 /
-// 0.77x, 96->96 on 12 x 12 0.67 / 0.60x, 32->64 on 16 x 16 0.83 / 0.77x (two threads 0.82-0.90x);
-// AVX2 0.68 / 0.69x, 0.94 / 0.97x, 0.75 / 0.81x, 0.82 / 0.80x. But 32->32 on 8 x 8: 1.16-1.17x
-// on AVX-512, 1.28-1.73x on AVX2. Else F(3x3, 2x2) where the ISA's table says so, from 64 channels.
+// in all (its products' depth is the tiles, not the channels: chunks of about 64 tiles and more).
+// Measured against the panels' dw (one thread; AVX2: against F(3x3, 2x2) where it served, from 64
+// channels), batch 32: AVX-512 128->256 on 4 x 4 0.62x (batch 128: 0.73x), 64->128 on 8 x 8 0.75x,
+// 96->96 on 12 x 12 0.68x, 32->64 on 16 x 16 0.94x; AVX2 0.59x (0.64x), 0.91x, 0.74x, 0.86x. But
+// 32->32 on 8 x 8: 1.16-1.17x on AVX-512, 1.28-1.73x on AVX2 (measured before the vectorized
+// G^T M G). Else F(3x3, 2x2) where the ISA's table says so, from 64 channels.
 int weight_grad_tile(const ConvShape& s, i64 N) {
   const IsaKernels& isa = active_isa();
   const i64 Th = (s.Ho + 3) / 4, Tw = (s.Wo + 3) / 4, channels = std::min(s.C, s.K);

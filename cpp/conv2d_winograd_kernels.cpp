@@ -714,7 +714,12 @@ void weight_grad_tiles(float* dw, const float* x, const float* dy, const ConvSha
   const i64 Th = (Ho + M - 1) / M, Tw = (Wo + M - 1) / M, Twv = (Tw + VL - 1) / VL * VL, Wr = 2 * Twv + 2;
   const i64 Kp = (K + MR - 1) / MR * MR, Cp = (C + NR - 1) / NR * NR;
   const TileChunks ch(N, Th, Tw, C + K, M, 0, budget);
-  const i64 chunks = ch.chunks, groups = std::min<i64>(chunks, 8), LS = odd_lines(ch.L_max + VL);
+  const i64 chunks = ch.chunks;
+  // (groups: at most 8, fewer where their sums would pass kWinogradSumsBytes, but two at least, for
+  // two threads; from the shapes only)
+  const i64 sum_bytes = i64(X) * Kp * Cp * i64(sizeof(float));
+  const i64 groups = std::min<i64>({chunks, 8, std::max<i64>(2, kWinogradSumsBytes / std::max<i64>(sum_bytes, 1))}),
+            LS = odd_lines(ch.L_max + VL);
   const i64 vs = odd_lines(C * LS), es = odd_lines(K * LS);
   const size_t packed = lines(size_t(ch.L_max) * Kp) + lines(size_t(ch.L_max) * Cp);
   // a thread's staging: F(2x2) the rows it transforms ([Hr][Wr]); F(4x4) the 6 x 6 blocks

@@ -42,7 +42,7 @@ inline ivec load(const std::int32_t* p) {
 }
 // the first n lanes of v to p (all of them in one store when n = VL)
 template <typename V, typename T>
-inline void store_first(T* p, V v, i64 n) {
+inline void store_lanes(T* p, V v, i64 n) {
   if (n == VL) return __builtin_memcpy(p, &v, sizeof v), void();
   T lanes[VL];
   __builtin_memcpy(lanes, &v, sizeof v);
@@ -124,8 +124,8 @@ void image_forward(float* y, std::int32_t* argmax, const float* x, const float* 
       best = best <= zero ? zero : best;
       index = open ? index : ivec{} - 1;
       const i64 n = Q - q0 < VL ? Q - q0 : VL;
-      store_first(y + k * Q + q0, best, n);
-      if (argmax) store_first(argmax + k * Q + q0, index, n);
+      store_lanes(y + k * Q + q0, best, n);
+      if (argmax) store_lanes(argmax + k * Q + q0, index, n);
     }
   }
 }

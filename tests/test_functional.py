@@ -84,6 +84,9 @@ CONV_SHAPES = [  # N, C, H, W, K, R, S, padding
     (16, 16, 8, 6, 16, 3, 3, 1),
     (16, 16, 7, 4, 16, 3, 3, 1),  # (an odd output: the panels on AVX-512)
     (3, 16, 14, 18, 16, 3, 3, 1),  # F(4x4) on 14 x 18 outputs: tiles past the last row and column
+    # F(4x4) on rows of 2 tiles, 3 rows an image (AVX-512: 16-row chunks, the scatter of rows of 1-2 tiles
+    # starting mid-image)
+    (24, 32, 12, 8, 64, 3, 3, 1),
     (2, 3, 10, 9, 64, 7, 7, 3),  # a first layer's dw by tap rows, channels in two blocks on AVX-512
     (2, 2, 9, 8, 100, 5, 5, 2),  # the same, 100 channels: in blocks, or too many (the GEMM paths)
     (2, 3, 11, 13, 16, 5, 5, 2),  # 16 channels: one tile, channel-major (panels of 16 pixels over rows of 13)
@@ -172,9 +175,9 @@ def test_winograd_4x4_and_2x2_tiles_both_match_the_reference(isa, shape):
     assert not np.array_equal(results[0][1], results[1][1])
 
 
-# dw by F(3x3, 4x4): 32 tiles in one chunk (its transforms and products over the threads), 96 tiles
-# in two chunks (summed in order), 14 x 14 outputs (the last tiles' dy zero past the plane),
-# padding 0 and 2, 32 channels in (the fewest it takes)
+# dw by F(3x3, 4x4): 32 tiles in one chunk, 96 tiles in two chunks (summed in order), 14 x 14
+# outputs (the last tiles' dy zero past the plane), padding 0 and 2, 32 channels in (the fewest it
+# takes)
 WEIGHT_GRAD_4X4_SHAPES = [
     (8, 64, 8, 8, 64, 1),
     (24, 64, 8, 8, 72, 1),
@@ -182,6 +185,8 @@ WEIGHT_GRAD_4X4_SHAPES = [
     (4, 64, 16, 18, 64, 0),
     (4, 64, 12, 12, 64, 2),
     (2, 32, 16, 16, 64, 1),
+    (32, 32, 4, 4, 64, 1),  # a tile an image (AVX2: its blocks gathered value by value)
+    (24, 32, 12, 8, 64, 1),  # rows of 2 tiles, 3 an image: chunks of 32 rows start mid-image
 ]
 
 
@@ -205,6 +210,7 @@ def test_winograd_weight_gradient_by_4x4_tiles_matches_the_reference(isa, shape)
     assert not np.array_equal(results[0], results[1])  # (another algorithm ran: other roundings)
 
 
+# (one chunk: its transforms and products over the threads; two chunks: summed in order)
 @pytest.mark.parametrize("shape", WEIGHT_GRAD_4X4_SHAPES[:2])
 def test_winograd_weight_gradient_by_4x4_tiles_is_the_same_on_any_thread_count(isa, threads, shape):
     N, C, H, W, K, p = shape
@@ -245,6 +251,7 @@ def test_conv2d_zero_size_batch_and_channels():
 
 STRIDED_SHAPES = [  # N, C, H, W, K, R, S, padding, stride
     (2, 3, 9, 9, 4, 3, 3, 1, 2),  # a ResNet's 3x3 stride-2 downsampling, odd input
+    (2, 8, 9, 11, 12, 3, 3, 2, 2),  # padding 2: the even columns to phase 0 (split_phases2)
     (3, 8, 8, 8, 16, 1, 1, 0, 2),  # its 1x1 stride-2 shortcut
     (2, 40, 7, 7, 12, 1, 1, 0, 2),  # a 1x1 stride-2 shortcut through the panels
     # rows of output long enough for tap_rows_forward's tiles (AVX-512: 28, 14, 6 pixels for 1, 2, 4
