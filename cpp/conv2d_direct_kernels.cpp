@@ -197,44 +197,27 @@ inline void weight_grad_tile_n(int nb, float* dw, i64 T, const float* const* d, 
 
 // ---- a stride-2 image's phase split (PhaseLayout::copy) ----
 // even[i..i+L) = src[2i], odd[i..i+L) = src[2i + 1]: 2L floats in, two vectors of L out
-typedef float f32x4 __attribute__((vector_size(16)));
-inline void split_lanes(float* even, float* odd, const float* src, f32x4) {
-  f32x4 a, b;
+template <class Lanes, size_t... Is>
+inline void split_lanes(float* even, float* odd, const float* src, std::index_sequence<Is...>) {
+  Lanes a, b;
   __builtin_memcpy(&a, src, sizeof a);
-  __builtin_memcpy(&b, src + 4, sizeof b);
-  const f32x4 e = __builtin_shufflevector(a, b, 0, 2, 4, 6), o = __builtin_shufflevector(a, b, 1, 3, 5, 7);
+  __builtin_memcpy(&b, src + sizeof(Lanes) / sizeof(float), sizeof b);
+  const Lanes e = __builtin_shufflevector(a, b, (2 * Is)...), o = __builtin_shufflevector(a, b, (2 * Is + 1)...);
   __builtin_memcpy(even, &e, sizeof e);
   __builtin_memcpy(odd, &o, sizeof o);
 }
+typedef float f32x4 __attribute__((vector_size(16)));
 #if CNNFAST_VEC_BYTES >= 32
 typedef float f32x8 __attribute__((vector_size(32)));
-inline void split_lanes(float* even, float* odd, const float* src, f32x8) {
-  f32x8 a, b;
-  __builtin_memcpy(&a, src, sizeof a);
-  __builtin_memcpy(&b, src + 8, sizeof b);
-  const f32x8 e = __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14),
-              o = __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15);
-  __builtin_memcpy(even, &e, sizeof e);
-  __builtin_memcpy(odd, &o, sizeof o);
-}
 #endif
 #if CNNFAST_VEC_BYTES >= 64
 typedef float f32x16 __attribute__((vector_size(64)));
-inline void split_lanes(float* even, float* odd, const float* src, f32x16) {
-  f32x16 a, b;
-  __builtin_memcpy(&a, src, sizeof a);
-  __builtin_memcpy(&b, src + 16, sizeof b);
-  const f32x16 e = __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30),
-               o = __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-  __builtin_memcpy(even, &e, sizeof e);
-  __builtin_memcpy(odd, &o, sizeof o);
-}
 #endif
 // the outputs i.. in steps of L lanes while 2L floats of src remain
 template <class Lanes>
 inline i64 split_steps(float* even, float* odd, const float* src, i64 i, i64 n_odd) {
   constexpr i64 L = sizeof(Lanes) / sizeof(float);
-  for (; i + L <= n_odd; i += L) split_lanes(even + i, odd + i, src + 2 * i, Lanes{});
+  for (; i + L <= n_odd; i += L) split_lanes<Lanes>(even + i, odd + i, src + 2 * i, std::make_index_sequence<L>{});
   return i;
 }
 
