@@ -60,12 +60,17 @@ constexpr i64 kWinogradChannels = 16, kWinogradTiles = 32;
 constexpr i64 kWinogradWaste = 135;  // percent
 std::atomic<int> winograd_tile_limit{4};
 
+// m x m tiles cover at most kWinogradWaste percent of the output, and there are kWinogradTiles of them
+// (the forward's rule and dw's)
+bool tiles_cover(const ConvShape& s, i64 N, i64 m) {
+  const i64 Th = (s.Ho + m - 1) / m, Tw = (s.Wo + m - 1) / m;
+  return 100 * m * m * Th * Tw <= kWinogradWaste * s.P() && N * Th * Tw >= kWinogradTiles;
+}
+
 bool winograd_fits(const ConvShape& s, i64 N, i64 m) {
-  const i64 Th = (s.Ho + m - 1) / m, Tw = (s.Wo + m - 1) / m, tiles = N * Th * Tw;
-  const i64 panel = active_isa().winograd_panel_tiles;
+  const i64 tiles = N * ((s.Ho + m - 1) / m) * ((s.Wo + m - 1) / m), panel = active_isa().winograd_panel_tiles;
   return s.stride == 1 && s.R == 3 && s.S == 3 && s.C >= kWinogradChannels && s.K >= kWinogradChannels && s.pad <= 2 &&
-         ((m == 4 && active_isa().winograd_odd_outputs) || (s.Ho % 2 == 0 && s.Wo % 2 == 0)) &&
-         100 * m * m * Th * Tw <= kWinogradWaste * s.P() && tiles >= kWinogradTiles &&
+         ((m == 4 && active_isa().winograd_odd_outputs) || (s.Ho % 2 == 0 && s.Wo % 2 == 0)) && tiles_cover(s, N, m) &&
          4 * tiles >= 3 * ((tiles + panel - 1) / panel * panel) && s.P() < (i64(1) << 30);
 }
 
@@ -91,13 +96,11 @@ int set_winograd_tile_limit(int m) { return winograd_tile_limit.exchange(m); }
 // 32->32 on 8 x 8: 1.16-1.17x on AVX-512, 1.28-1.73x on AVX2 (measured before the vectorized
 // G^T M G). Else F(3x3, 2x2) where the ISA's table says so, from 64 channels.
 int weight_grad_tile(const ConvShape& s, i64 N) {
-  const IsaKernels& isa = active_isa();
-  const i64 Th = (s.Ho + 3) / 4, Tw = (s.Wo + 3) / 4, channels = std::min(s.C, s.K);
+  const i64 channels = std::min(s.C, s.K);
   if (winograd_tile_limit.load() >= 4 && channels >= kWinogradWeightGradTileChannels &&
-      s.C + s.K >= 3 * kWinogradWeightGradTileChannels && 100 * 16 * Th * Tw <= kWinogradWaste * s.P() &&
-      N * Th * Tw >= kWinogradTiles)
+      s.C + s.K >= 3 * kWinogradWeightGradTileChannels && tiles_cover(s, N, 4))
     return 4;
-  return isa.winograd_weight_grad_small_tile && channels >= kWinogradWeightGradChannels ? 2 : 0;
+  return active_isa().winograd_weight_grad_small_tile && channels >= kWinogradWeightGradChannels ? 2 : 0;
 }
 
 void winograd_forward_path(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,

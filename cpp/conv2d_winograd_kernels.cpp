@@ -323,29 +323,21 @@ void gather_input_blocks(float* d, i64 LS, const float* x, i64 H, i64 W, i64 pad
     float* row = padded + i * Wp;
     if (h < 0 || h >= H)
       std::fill(row, row + Wp, 0.0f);
-    else if (W <
-             VL)  // (a short row: one masked load and store, where memcpy's calls were a twentieth of 8 x 8's forward)
+    else if (W < VL)  // (one masked load and store: memcpy's calls were a twentieth of 8 x 8's forward)
       store_first(row + pad, load_first(x + h * W, W), W);
     else
       std::memcpy(row + pad, x + h * W, sizeof(float) * size_t(W));
   }
-  if (value_by_value(Tw) && !kTransposedBlocks) {
+  if (value_by_value(Tw)) {  // (AVX-512: tile by tile into d's second half, finish_input_blocks transposes them)
     for (i64 th = th0; th < th1; ++th)
       for (i64 tw = 0; tw < Tw; ++tw) {
         const float* block = padded + 4 * (th - th0) * Wp + 4 * tw;
-        float* out = d + l0 + (th - th0) * Tw + tw;
+        const i64 l = l0 + (th - th0) * Tw + tw;
         for (int i = 0; i < 6; ++i)
-          for (int j = 0; j < 6; ++j) out[(6 * i + j) * LS] = block[i * Wp + j];
-      }
-    return;
-  }
-  if (value_by_value(Tw)) {  // (tile by tile into d's second half: finish_input_blocks transposes them)
-    float* tile_major = d + 36 * LS + 36 * l0;
-    for (i64 th = th0; th < th1; ++th)
-      for (i64 tw = 0; tw < Tw; ++tw, tile_major += 36) {
-        const float* block = padded + 4 * (th - th0) * Wp + 4 * tw;
-        for (int i = 0; i < 6; ++i)  // (8 floats a row: the last 2 overwritten by the next)
-          __builtin_memcpy(tile_major + 6 * i, block + i * Wp, 8 * sizeof(float));
+          if (kTransposedBlocks)  // (8 floats a row: the last 2 overwritten by the next)
+            __builtin_memcpy(d + 36 * LS + 36 * l + 6 * i, block + i * Wp, 8 * sizeof(float));
+          else
+            for (int j = 0; j < 6; ++j) d[(6 * i + j) * LS + l] = block[i * Wp + j];
       }
     return;
   }

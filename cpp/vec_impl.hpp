@@ -10,6 +10,13 @@ inline vec load(const float* p) {
 }
 inline void store(float* p, vec v) { __builtin_memcpy(p, &v, sizeof v); }
 
+#if defined(CNNFAST_ISA_AVX2)
+// AVX2's lane mask for the first n lanes (store_first, load_first)
+inline __m256i first_lanes(i64 n) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(int(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+#endif
+
 // p[0:n] = v[0:n], n < VL: one masked store where the ISA has them (the direct forward's last
 // segment of a row: scalar stores of its 10 pixels on 26-pixel rows took a fifth of a tile's time;
 // Winograd's partial rows: memcpy's calls, a tenth of F(4x4)'s time on 12 x 12). On x86-64 the file
@@ -18,8 +25,7 @@ inline void store_first(float* p, vec v, i64 n) {
 #if defined(CNNFAST_ISA_AVX512)
   _mm512_mask_storeu_ps(p, __mmask16((1u << n) - 1), reinterpret_cast<__m512&>(v));
 #elif defined(CNNFAST_ISA_AVX2)
-  const __m256i lanes = _mm256_cmpgt_epi32(_mm256_set1_epi32(int(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-  _mm256_maskstore_ps(p, lanes, reinterpret_cast<__m256&>(v));
+  _mm256_maskstore_ps(p, first_lanes(n), reinterpret_cast<__m256&>(v));
 #else
   float lanes[CNNFAST_VEC_BYTES / 4];
   store(lanes, v);
@@ -33,8 +39,7 @@ inline vec load_first(const float* p, i64 n) {
   const __m512 v = _mm512_maskz_loadu_ps(__mmask16((1u << n) - 1), p);
   return reinterpret_cast<const vec&>(v);
 #elif defined(CNNFAST_ISA_AVX2)
-  const __m256i lanes = _mm256_cmpgt_epi32(_mm256_set1_epi32(int(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-  const __m256 v = _mm256_maskload_ps(p, lanes);
+  const __m256 v = _mm256_maskload_ps(p, first_lanes(n));
   return reinterpret_cast<const vec&>(v);
 #else
   float lanes[CNNFAST_VEC_BYTES / 4] = {};
