@@ -14,6 +14,10 @@
 //                          conv2d_winograd_kernels.cpp (per ISA)         tiles filling 3/4 of its panels, stride 1:
 //                                                                        F(4x4) or, on an even output, F(2x2)
 //                                                                        (winograd_tile); every ISA
+//   pointwise              conv2d_pointwise_kernels.cpp (per ISA),       forward only: 1x1, stride 1, 33-256
+//                          tile_product_impl.hpp                         channels in, whole panels of pixels
+//                                                                        wasting <= 35% (pointwise_accepts);
+//                                                                        every ISA
 //   panels                 conv2d_panels.cpp, conv2d_panels_impl.hpp,   > 32 taps (conv2), any stride, but
 //                          conv2d_panels_avx512.cpp (AVX-512),           not the forwards the direct path
 //                          conv2d_panels_portable.cpp (per ISA), + the   takes; every ISA
@@ -82,6 +86,31 @@ bool few_pixels_accepts(const ConvShape& s, i64 N, i64, bool backward) {
          (pointwise(s) ? (N * s.P() + 7) / 8 : N * s.P()) <= few_pixels_limit.load() && s.P() < (i64(1) << 30);
 }
 
+// A 1x1 layer at stride 1 without padding, forward, with more input channels than the direct path's
+// few taps and at most kPointwiseChannels: one product an image, x's rows read in place and y
+// written in place (conv2d_pointwise_kernels.cpp), where the panels packed 12-pixel panels and
+// transposed their result into y. An image's pixels go in whole panels of the products' NR (32 on
+// AVX-512, 16 AVX2), so at most kPointwiseWaste percent of them may be padding. Measured against the
+// panels (AVX-512 / AVX2, one thread; ms): 48->64 on 13 x 13 at batch 128 0.77x / 0.59x the time,
+// 256->64 on 8 x 8 0.80-0.89x / 0.86x, 64->128 on 16 x 16 0.94-1.01x / 0.85-1.00x, 40->40 on 28 x 28
+// at batch 8 0.63x; but 256->512 on 4 x 4 (half of AVX-512's lanes padding) 1.83-1.90x, and 512 input
+// channels 1.16-1.33x (on 7 x 7 and 14 x 14, packing B too was no faster). Its backward stays with
+// the panels (dx one GEMM an image there too).
+constexpr i64 kPointwiseChannels = 256, kPointwiseWaste = 135;  // percent
+bool pointwise_accepts(const ConvShape& s, i64 N, i64, bool backward) {
+  const i64 NR = active_isa().winograd_panel_tiles;  // (the products' NR: tile_product_impl.hpp)
+  return !backward && has_work(s, N) && pointwise(s) && s.stride == 1 && s.taps() > kDirectTaps &&
+         s.C <= kPointwiseChannels && 100 * ((s.P() + NR - 1) / NR * NR) <= kPointwiseWaste * s.P();
+}
+void pointwise_forward_path(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
+                            const ConvShape& s, i64 N, i64 pool_k) {
+  const IsaKernels& isa = active_isa();
+  if (pool_k == 0) return isa.pointwise_forward(y, x, w, b, N, s.C, s.K, s.P());
+  ScratchFloats conv(size_t(N) * s.K * s.P());
+  isa.pointwise_forward(conv.get(), x, w, b, N, s.C, s.K, s.P());
+  pool_whole(y, argmax, conv.get(), s, N, pool_k);
+}
+
 // Few taps (<= kDirectTaps) either way. Forward, at any number of taps: a first layer (<= kTapRowsChannels
 // input channels), and a layer whose output rows fill two vectors or more (rows_fill_vectors: there the direct loop's
 // segments waste no lanes, and it beat the panels' GEMM, packed or transposed: stride-2 16->32 on 32 x 32
@@ -114,6 +143,7 @@ const Conv2dPath kPaths[] = {
      false, conv3x3_pool2_forward_path, conv3x3_pool2_backward_path},
     {"few_pixels", few_pixels_accepts, true, few_pixels_forward_path, few_pixels_backward_path},
     {"winograd", winograd_accepts, true, winograd_forward_path, winograd_backward_path},
+    {"pointwise", pointwise_accepts, true, pointwise_forward_path, panels_backward_path},  // (forward only)
     {"panels",
      [](const ConvShape& s, i64 N, i64, bool backward) { return has_work(s, N) && !direct_takes(s, backward); }, true,
      panels_forward_path, panels_backward_path},

@@ -49,15 +49,8 @@ namespace {
 
 #include "conv2d_loops_impl.hpp"
 
-constexpr int VL = CNNFAST_VEC_BYTES / 4;
-constexpr int MR = CNNFAST_MR;
-#if defined(CNNFAST_ISA_NEON)
-constexpr int NV = 3;  // 8 x 12 in 24 of the 32 q registers, as gemm_microkernel_neon.cpp
-#else
-constexpr int NV = 2;  // MR x 2 vectors, as gemm_microkernel.cpp
-#endif
-constexpr int NR = NV * VL;
 #include "vec_impl.hpp"
+#include "tile_product_impl.hpp"  // VL, MR, NV, NR, tile_product
 
 // The transforms' vectors: tiles are their lanes, so a row of Tw tiles goes in the narrowest of
 // the ISA's vectors that holds it (AVX-512 on a 4 x 4 output: 4 lanes, not 16 of which 14 wasted)
@@ -124,27 +117,6 @@ void by_width(i64 Tw, Fn&& fn) {
 i64 odd_lines(i64 n) {
   const i64 l = (n + 15) / 16;
   return (l % 2 ? l : l + 1) * 16;
-}
-
-// c[i*ldc + j] (+)= sum_k a[k*MR + i] * b[k*ldb + j] for an MR x NR tile (b's rows ldb apart)
-void tile_product(i64 kc, const float* a, const float* b, i64 ldb, float* c, i64 ldc, bool accumulate) {
-  vec acc[MR][NV];
-  for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NV; ++j) acc[i][j] = vec{};
-  for (i64 k = 0; k < kc; ++k) {
-    vec bk[NV];
-    for (int j = 0; j < NV; ++j) bk[j] = load(b + k * ldb + j * VL);
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i) {
-      const float ai = a[k * MR + i];
-      for (int j = 0; j < NV; ++j) acc[i][j] += ai * bk[j];
-    }
-  }
-  for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NV; ++j) {
-      float* cij = c + i * ldc + j * VL;
-      store(cij, accumulate ? load(cij) + acc[i][j] : acc[i][j]);
-    }
 }
 
 // w: [K, C, 3, 3] -> u: [a^2][Kp / MR][C][MR], planes us apart (u_kc = G g_kc G^T, position

@@ -71,6 +71,10 @@ struct IsaKernels {
   void (*few_pixels_input_grad)(float* drows, i64 ldr, const float* dy, i64 ldd, const float* w, i64 N, i64 K, i64 T,
                                 i64 P);
 
+  // conv2d_pointwise_kernels.cpp: a 1x1 stride-1 layer's forward, y: [N, K, P] = b + w [K, C] x_n [C, P]
+  // (b may be null)
+  void (*pointwise_forward)(float* y, const float* x, const float* w, const float* b, i64 N, i64 C, i64 K, i64 P);
+
   // linear_narrow.cpp: y[n][o] = b[o] + x[n] . w[o] for rows n0..n1 of a layer with few outputs
   void (*linear_forward_rows)(float* y, const float* x, const float* w, const float* b, i64 n0, i64 n1, i64 I, i64 O);
 

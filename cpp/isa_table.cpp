@@ -16,6 +16,8 @@ void few_pixels_forward(float* y, const float* col, i64 ld, const float* w, cons
                         i64 P);  // conv2d_few_pixels_kernels.cpp
 void few_pixels_weight_grad(float* dw, const float* dyt, i64 ldd, const float* rows, i64 ldr, i64 K, i64 T, i64 L);
 void few_pixels_input_grad(float* drows, i64 ldr, const float* dy, i64 ldd, const float* w, i64 N, i64 K, i64 T, i64 P);
+void pointwise_forward(float* y, const float* x, const float* w, const float* b, i64 N, i64 C, i64 K,
+                       i64 P);  // conv2d_pointwise_kernels.cpp
 void linear_forward_rows(float* y, const float* x, const float* w, const float* b, i64 n0, i64 n1, i64 I,
                          i64 O);                                                              // linear_narrow.cpp
 void int32_range_block(const std::int32_t* a, i64 n, std::int32_t* low, std::int32_t* high);  // int32_range.cpp
@@ -65,6 +67,7 @@ extern const IsaKernels table = {
     few_pixels_forward,
     few_pixels_weight_grad,
     few_pixels_input_grad,
+    pointwise_forward,
     linear_forward_rows,
     int32_range_block,
     dropout_mask_groups,

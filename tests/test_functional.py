@@ -67,6 +67,10 @@ CONV_SHAPES = [  # N, C, H, W, K, R, S, padding
     (2, 40, 5, 6, 8, 1, 1, 0),  # 1x1 with more than 32 channels: the panels' dw
     (2, 40, 5, 6, 24, 1, 1, 0),  # the same, 24 out: pixel-major, a panel's rows of 6 one run on AVX-512
     (1, 48, 8, 4, 20, 1, 1, 0),  # 1x1 on 32 pixels: the few-pixels forward reads x as it is
+    # 1x1, the pointwise forward: 169 pixels (the last panel partial), K not a tile multiple; 160 channels
+    # (two blocks on AVX-512)
+    (3, 48, 13, 13, 20, 1, 1, 0),
+    (2, 160, 8, 8, 24, 1, 1, 0),
     (2, 5, 6, 5, 3, 5, 3, 2),
     (4, 32, 13, 13, 64, 3, 3, 0),  # the default model's second layer
     (3, 4, 9, 7, 32, 3, 3, 1),  # padding, dW's A read in place (S*C a multiple of 12, K of 32)
@@ -606,6 +610,7 @@ def test_linear_narrow_rows_alone_equal_the_batch_bit_for_bit(isa, O):
         # one image, 64 channels: dW alone (the panels' on AVX-512, Winograd's elsewhere) over the threads
         ((1, 64, 16, 16), (64, 64, 3, 3), 1, "winograd"),
         ((1, 64, 16, 16), (128, 64, 1, 1), 0, "few_pixels"),  # 1x1: dx one GEMM over the threads
+        ((4, 64, 16, 16), (40, 64, 1, 1), 0, "pointwise"),  # 1x1: panels of pixels over the threads
         # F(4x4), a tile an image, 2.7 MB of transformed weights: its products over the threads
         ((32, 128, 4, 4), (144, 128, 3, 3), 1, "winograd"),
         # F(2x2) (6 x 6 outputs: 4 x 4 tiles would cover 1.8x), transformed weights over 1 MB, 4 chunks of
@@ -697,7 +702,15 @@ def test_every_kernel_follows_the_forced_isa(isa):
     )
     assert kernels["conv2d_direct"] == isa and kernels["dropout"] == isa
     assert kernels["linear"].startswith(isa + " ")
-    assert kernels["conv2d"] == ["conv3x3_pool2", "few_pixels", "winograd", "panels", "direct", "reference"]
+    assert kernels["conv2d"] == [
+        "conv3x3_pool2",
+        "few_pixels",
+        "winograd",
+        "pointwise",
+        "panels",
+        "direct",
+        "reference",
+    ]
     assert kernels["max_pool2d"].startswith("avx512") == (isa == "avx512")
 
 
@@ -719,7 +732,7 @@ def test_every_kernel_follows_the_forced_isa(isa):
         ((4, 3, 64, 64), (64, 3, 7, 7), 3, 0, False, False, {None: "direct"}),  # (stride 1 here)
         ((4, 5, 14, 14), (16, 5, 5, 5), 2, 0, False, False, {None: "panels"}),  # 5 input channels, rows of 14
         ((4, 5, 32, 32), (16, 5, 5, 5), 2, 0, False, False, {None: "direct"}),  # rows of 32: the direct forward
-        ((4, 64, 32, 32), (16, 64, 1, 1), 0, 0, False, False, {}),  # (not 1x1: the panels)
+        ((4, 64, 32, 32), (16, 64, 1, 1), 0, 0, False, False, {None: "pointwise"}),  # 1x1, 64 channels
         ((4, 3, 32, 32), (16, 3, 3, 3), 1, 0, True, True, {}),  # 27 taps: direct
         # 3x3, 16+ channels in and out, even output, 32+ tiles of 2x2 outputs: Winograd, pooled or not
         ((8, 32, 16, 16), (64, 32, 3, 3), 1, 2, True, True, {None: "winograd"}),
@@ -731,12 +744,15 @@ def test_every_kernel_follows_the_forced_isa(isa):
         ((1, 128, 4, 4), (256, 128, 3, 3), 1, 0, False, False, {None: "few_pixels"}),
         ((1, 128, 4, 4), (256, 128, 3, 3), 1, 2, True, True, {None: "few_pixels"}),
         ((2, 64, 8, 8), (128, 64, 3, 3), 1, 0, True, True, {None: "winograd"}),  # 128 pixels: more than it takes
-        # 1x1 at batch 1 with 16k pixels: x read as it is, forward; backward, or 36 pixels: the panels
+        # 1x1 at batch 1 with 16k pixels: x read as it is, forward; backward: the panels; 36 pixels: the
+        # pointwise forward, but on AVX-512 (two panels of 32 pixels, 44% padding: the panels)
         ((1, 256, 8, 8), (64, 256, 1, 1), 0, 0, False, False, {None: "few_pixels"}),
         ((1, 256, 8, 8), (64, 256, 1, 1), 0, 0, True, True, {}),
-        ((1, 256, 6, 6), (64, 256, 1, 1), 0, 0, False, False, {}),
+        ((1, 256, 6, 6), (64, 256, 1, 1), 0, 0, False, False, {None: "pointwise", "avx512": "panels"}),
         ((2, 64, 16, 16), (128, 64, 1, 1), 0, 0, False, False, {None: "few_pixels"}),  # 512 pixels
-        ((1, 64, 32, 32), (128, 64, 1, 1), 0, 0, False, False, {}),  # 1,024: the panels
+        ((1, 64, 32, 32), (128, 64, 1, 1), 0, 0, False, False, {None: "pointwise"}),  # 1,024: one product
+        ((1, 64, 32, 32), (128, 64, 1, 1), 0, 2, False, False, {None: "pointwise"}),  # pooled
+        ((4, 512, 14, 14), (128, 512, 1, 1), 0, 0, False, False, {}),  # over 256 channels: the panels
         ((8, 32, 13, 13), (64, 32, 3, 3), 0, 0, False, False, {None: "winograd", "avx512": "panels"}),  # odd: 11 x 11
         ((8, 32, 13, 13), (64, 32, 3, 3), 0, 0, True, False, {}),
         # 8 input channels, rows of 16 (two vectors but on AVX-512): the direct forward, or the panels
