@@ -87,27 +87,18 @@ bool few_pixels_accepts(const ConvShape& s, i64 N, i64, bool backward) {
 }
 
 // A 1x1 layer at stride 1 without padding, forward, with more input channels than the direct path's
-// few taps and at most kPointwiseChannels: one product an image, x's rows read in place and y
-// written in place (conv2d_pointwise_kernels.cpp), where the panels packed 12-pixel panels and
-// transposed their result into y. An image's pixels go in whole panels of the products' NR (32 on
-// AVX-512, 16 AVX2), so at most kPointwiseWaste percent of them may be padding. Measured against the
-// panels (AVX-512 / AVX2, one thread; ms): 48->64 on 13 x 13 at batch 128 0.77x / 0.59x the time,
-// 256->64 on 8 x 8 0.80-0.89x / 0.86x, 64->128 on 16 x 16 0.94-1.01x / 0.85-1.00x, 40->40 on 28 x 28
-// at batch 8 0.63x; but 256->512 on 4 x 4 (half of AVX-512's lanes padding) 1.83-1.90x, and 512 input
-// channels 1.16-1.33x (on 7 x 7 and 14 x 14, packing B too was no faster). Its backward stays with
-// the panels (dx one GEMM an image there too).
-constexpr i64 kPointwiseChannels = 256, kPointwiseWaste = 135;  // percent
+// few taps, where pointwise_product_fits (conv2d_common.cpp): one product an image. Its backward stays
+// with the panels (whose dx, one product an image too, takes the same kernel where it fits).
 bool pointwise_accepts(const ConvShape& s, i64 N, i64, bool backward) {
-  const i64 NR = active_isa().winograd_panel_tiles;  // (the products' NR: tile_product_impl.hpp)
   return !backward && has_work(s, N) && pointwise(s) && s.stride == 1 && s.taps() > kDirectTaps &&
-         s.C <= kPointwiseChannels && 100 * ((s.P() + NR - 1) / NR * NR) <= kPointwiseWaste * s.P();
+         pointwise_product_fits(s.C, s.P());
 }
 void pointwise_forward_path(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
                             const ConvShape& s, i64 N, i64 pool_k) {
   const IsaKernels& isa = active_isa();
-  if (pool_k == 0) return isa.pointwise_forward(y, x, w, b, N, s.C, s.K, s.P());
+  if (pool_k == 0) return isa.pointwise_forward(y, x, w, s.C, 1, b, N, s.C, s.K, s.P());
   ScratchFloats conv(size_t(N) * s.K * s.P());
-  isa.pointwise_forward(conv.get(), x, w, b, N, s.C, s.K, s.P());
+  isa.pointwise_forward(conv.get(), x, w, s.C, 1, b, N, s.C, s.K, s.P());
   pool_whole(y, argmax, conv.get(), s, N, pool_k);
 }
 

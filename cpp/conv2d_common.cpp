@@ -151,9 +151,25 @@ bool pooled_dconv_chunk(float* kl, float* lk, i64 width, float* lanes, const flo
   return !missed;
 }
 
+// x read in place as the product's B and y written in place, where the panels packed 12-pixel
+// panels and transposed their result into y. An image's pixels go in whole panels of the products'
+// NR (32 on AVX-512, 16 AVX2), so at most kPointwiseWaste percent of them may be padding; and at most
+// kPointwiseChannels channels in. Forward, measured against the panels (AVX-512 / AVX2, one thread):
+// 48->64 on 13 x 13 at batch 128 0.67-0.77x / 0.59x the time, 256->64 on 8 x 8 0.80-0.89x / 0.86x,
+// 64->128 on 16 x 16 0.91-1.01x / 0.82-1.00x, 40->40 on 28 x 28 at batch 8 0.63x; but 256->512 on
+// 4 x 4 (half of AVX-512's lanes padding) 1.83-1.90x, and 512 channels in 1.16-1.33x (on 7 x 7 and
+// 14 x 14; packing B too was no faster).
+constexpr i64 kPointwiseChannels = 256, kPointwiseWaste = 135;  // percent
+bool pointwise_product_fits(i64 C, i64 P) {
+  const i64 NR = active_isa().winograd_panel_tiles;  // (the products' NR: tile_product_impl.hpp)
+  return C <= kPointwiseChannels && 100 * ((P + NR - 1) / NR * NR) <= kPointwiseWaste * P;
+}
+
 void input_grad(float* dx, const float* x, const float* w, const float* dy, const ConvShape& s, i64 N) {
   if (!pointwise(s)) return active_isa().panels_backward_plain(dx, nullptr, nullptr, x, w, dy, s, N);
   const i64 C = s.C, K = s.K, P = s.P(), image = C * s.H * s.W, st = s.stride;
+  if (st == 1 && pointwise_product_fits(K, P))  // dx_n = w^T dy_n, w read transposed
+    return active_isa().pointwise_forward(dx, dy, w, 1, C, nullptr, N, K, C, P);
   if (N == 1 && st == 1)  // one image: its GEMM over the threads (each element's sum the same)
     return sgemm_parallel(true, false, C, P, K, w, C, dy, P, dx, P, false);
   const int nt = threads_over(double(N) * C * K * P, N);

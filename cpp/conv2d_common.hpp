@@ -141,6 +141,9 @@ bool pooled_dconv_chunk(float* kl, float* lk, i64 width, float* lanes, const flo
 // pixel, the rest 0); any other layer through the panels' backward
 void input_grad(float* dx, const float* x, const float* w, const float* dy, const ConvShape& s, i64 N);
 inline bool pointwise(const ConvShape& s) { return s.R == 1 && s.S == 1 && s.pad == 0; }
+// Does the ISA's pointwise product (conv2d_pointwise_kernels.cpp) take an image of P pixels with C
+// channels in?
+bool pointwise_product_fits(i64 C, i64 P);
 
 // A whole convolution output's pooling: y, argmax = max_pool2d(conv, pool_k, relu=true) (argmax may be
 // null: not wanted); and the gradient of the whole output from the pooled one's (dy, argmax), kept in `keep`

@@ -29,12 +29,14 @@ namespace {
 
 }  // namespace
 
-// x: [N, C, P], w: [K, C], b: [K] (may be null) -> y: [N, K, P]. Work goes over the threads in
-// units of one image's NR pixels (all K channels). Within a unit, the channels go in blocks whose B
-// panel fits in half of a 32 KB L1 (16 KB: 128 channels of AVX-512's 32 pixels, 256 of AVX2's 16),
-// each block over every tile of the unit before the next: 512->128 on 14 x 14 with its 512
-// channels' panel at once (32 KB on AVX2) took 1.24x the panels' time, every row re-read from L2.
-void pointwise_forward(float* y, const float* x, const float* w, const float* b, i64 N, i64 C, i64 K, i64 P) {
+// x: [N, C, P], w: [K, C] (w[k][c] at w[k*out_stride + c*in_stride]: [K, C] itself, or a [C, K]
+// array read transposed, as the input gradient's w^T), b: [K] (may be null) -> y: [N, K, P]. Work goes over the threads
+// in units of one image's NR pixels (all K channels). Within a unit, the channels go in blocks whose B panel fits in
+// half of a 32 KB L1 (16 KB: 128 channels of AVX-512's 32 pixels, 256 of AVX2's 16), each block over every tile of the
+// unit before the next: 512->128 on 14 x 14 with its 512 channels' panel at once (32 KB on AVX2) took 1.24x the panels'
+// time, every row re-read from L2.
+void pointwise_forward(float* y, const float* x, const float* w, i64 out_stride, i64 in_stride, const float* b, i64 N,
+                       i64 C, i64 K, i64 P) {
   const i64 Kp = (K + MR - 1) / MR * MR;
   const i64 most = std::min<i64>(256, 4096 / NR), blocks = (C + most - 1) / most, kc = (C + blocks - 1) / blocks;
   ScratchFloats packed(size_t(Kp) * C + size_t(Kp));  // [Kp / MR][C][MR], then the bias [Kp]
@@ -42,7 +44,8 @@ void pointwise_forward(float* y, const float* x, const float* w, const float* b,
   float* bias = wp + Kp * C;
   for (i64 k0 = 0; k0 < Kp; k0 += MR)
     for (i64 c = 0; c < C; ++c)
-      for (i64 i = 0; i < MR; ++i) wp[k0 * C + c * MR + i] = k0 + i < K ? w[(k0 + i) * C + c] : 0.0f;
+      for (i64 i = 0; i < MR; ++i)
+        wp[k0 * C + c * MR + i] = k0 + i < K ? w[(k0 + i) * out_stride + c * in_stride] : 0.0f;
   for (i64 k = 0; k < Kp; ++k) bias[k] = b && k < K ? b[k] : 0.0f;
 
   const i64 panels = (P + NR - 1) / NR, units = N * panels;

@@ -72,8 +72,9 @@ struct IsaKernels {
                                 i64 P);
 
   // conv2d_pointwise_kernels.cpp: a 1x1 stride-1 layer's forward, y: [N, K, P] = b + w [K, C] x_n [C, P]
-  // (b may be null)
-  void (*pointwise_forward)(float* y, const float* x, const float* w, const float* b, i64 N, i64 C, i64 K, i64 P);
+  // (w[k][c] at w[k*out_stride + c*in_stride]; b may be null), and so its input gradient (w^T, dy)
+  void (*pointwise_forward)(float* y, const float* x, const float* w, i64 out_stride, i64 in_stride, const float* b,
+                            i64 N, i64 C, i64 K, i64 P);
 
   // linear_narrow.cpp: y[n][o] = b[o] + x[n] . w[o] for rows n0..n1 of a layer with few outputs
   void (*linear_forward_rows)(float* y, const float* x, const float* w, const float* b, i64 n0, i64 n1, i64 I, i64 O);

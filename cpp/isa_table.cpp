@@ -16,8 +16,8 @@ void few_pixels_forward(float* y, const float* col, i64 ld, const float* w, cons
                         i64 P);  // conv2d_few_pixels_kernels.cpp
 void few_pixels_weight_grad(float* dw, const float* dyt, i64 ldd, const float* rows, i64 ldr, i64 K, i64 T, i64 L);
 void few_pixels_input_grad(float* drows, i64 ldr, const float* dy, i64 ldd, const float* w, i64 N, i64 K, i64 T, i64 P);
-void pointwise_forward(float* y, const float* x, const float* w, const float* b, i64 N, i64 C, i64 K,
-                       i64 P);  // conv2d_pointwise_kernels.cpp
+void pointwise_forward(float* y, const float* x, const float* w, i64 out_stride, i64 in_stride, const float* b, i64 N,
+                       i64 C, i64 K, i64 P);  // conv2d_pointwise_kernels.cpp
 void linear_forward_rows(float* y, const float* x, const float* w, const float* b, i64 n0, i64 n1, i64 I,
                          i64 O);                                                              // linear_narrow.cpp
 void int32_range_block(const std::int32_t* a, i64 n, std::int32_t* low, std::int32_t* high);  // int32_range.cpp

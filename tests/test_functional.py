@@ -125,8 +125,8 @@ def test_conv2d_backward_matches_reference(isa, few_pixels, shape):
     assert_close(db, rdb)
 
 
-# (the last two: Winograd F(2x2), but the panels on AVX-512 (36 tiles in two panels of 32), and
-# F(4x4). conv2d is linear in each argument, so the central
+# (the third and fourth: Winograd F(2x2), but the panels on AVX-512 (36 tiles in two panels of 32),
+# and F(4x4). conv2d is linear in each argument, so the central
 # difference is exact at any eps up to rounding: F(4x4)'s, 1e-5 of the largest output, would swamp
 # one at eps 1e-2, so it takes a larger one)
 @pytest.mark.parametrize(
@@ -136,6 +136,7 @@ def test_conv2d_backward_matches_reference(isa, few_pixels, shape):
         ((1, 3, 6, 6, 2, 3, 3, 0), 1e-2),
         ((4, 16, 6, 6, 16, 3, 3, 1), 1e-2),
         ((4, 16, 8, 16, 16, 3, 3, 1), 0.5),
+        ((2, 40, 4, 8, 12, 1, 1, 0), 1e-2),  # 1x1: the pointwise product, forward and dx
     ],
 )
 def test_conv2d_backward_finite_differences(isa, few_pixels, shape, eps):
