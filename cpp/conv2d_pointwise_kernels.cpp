@@ -30,15 +30,15 @@ namespace {
 }  // namespace
 
 // x: [N, C, P], w: [K, C] (w[k][c] at w[k*out_stride + c*in_stride]: [K, C] itself, or a [C, K]
-// array read transposed, as the input gradient's w^T), b: [K] (may be null) -> y: [N, K, P]. Work goes over the threads
-// in units of one image's NR pixels (all K channels). Within a unit, the channels go in blocks whose B panel fits in
-// half of a 32 KB L1 (16 KB: 128 channels of AVX-512's 32 pixels, 256 of AVX2's 16), each block over every tile of the
-// unit before the next: 512->128 on 14 x 14 with its 512 channels' panel at once (32 KB on AVX2) took 1.24x the panels'
-// time, every row re-read from L2.
+// array read transposed, as the input gradient's w^T), b: [K] (may be null) -> y: [N, K, P]. Work
+// goes over the threads in units of one image's NR pixels (all K channels). Within a unit, the
+// channels go in blocks of at most 256 (pointwise_product_fits takes no more: one block), each block
+// over every tile of the unit before the next. (Blocks of 128 on AVX-512, a B panel of 16 KB, were
+// slower: 192->64 on 16 x 16 at batch 32 took 1.37x the time of one block.)
 void pointwise_forward(float* y, const float* x, const float* w, i64 out_stride, i64 in_stride, const float* b, i64 N,
                        i64 C, i64 K, i64 P) {
   const i64 Kp = (K + MR - 1) / MR * MR;
-  const i64 most = std::min<i64>(256, 4096 / NR), blocks = (C + most - 1) / most, kc = (C + blocks - 1) / blocks;
+  const i64 most = 256, blocks = (C + most - 1) / most, kc = (C + blocks - 1) / blocks;
   ScratchFloats packed(size_t(Kp) * C + size_t(Kp));  // [Kp / MR][C][MR], then the bias [Kp]
   float* wp = packed.get();
   float* bias = wp + Kp * C;
