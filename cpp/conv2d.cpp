@@ -95,11 +95,13 @@ bool pointwise_accepts(const ConvShape& s, i64 N, i64, bool backward) {
 }
 void pointwise_forward_path(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
                             const ConvShape& s, i64 N, i64 pool_k) {
-  const IsaKernels& isa = active_isa();
-  if (pool_k == 0) return isa.pointwise_forward(y, x, w, s.C, 1, b, N, s.C, s.K, s.P());
-  ScratchFloats conv(size_t(N) * s.K * s.P());
-  isa.pointwise_forward(conv.get(), x, w, s.C, 1, b, N, s.C, s.K, s.P());
-  pool_whole(y, argmax, conv.get(), s, N, pool_k);
+  conv_then_pool(y, argmax, s, N, pool_k,
+                 [&](float* out) { active_isa().pointwise_forward(out, x, w, s.C, 1, b, N, s.C, s.K, s.P()); });
+}
+// (never called: pointwise_accepts takes no backward)
+bool pointwise_backward_path(float*, float*, float*, const float*, const float*, const float*, const std::int32_t*,
+                             const ConvShape&, i64, i64) {
+  return false;
 }
 
 // Few taps (<= kDirectTaps) either way. Forward, at any number of taps: a first layer (<= kTapRowsChannels
@@ -134,7 +136,7 @@ const Conv2dPath kPaths[] = {
      false, conv3x3_pool2_forward_path, conv3x3_pool2_backward_path},
     {"few_pixels", few_pixels_accepts, true, few_pixels_forward_path, few_pixels_backward_path},
     {"winograd", winograd_accepts, true, winograd_forward_path, winograd_backward_path},
-    {"pointwise", pointwise_accepts, true, pointwise_forward_path, panels_backward_path},  // (forward only)
+    {"pointwise", pointwise_accepts, true, pointwise_forward_path, pointwise_backward_path},  // (forward only)
     {"panels",
      [](const ConvShape& s, i64 N, i64, bool backward) { return has_work(s, N) && !direct_takes(s, backward); }, true,
      panels_forward_path, panels_backward_path},

@@ -153,16 +153,17 @@ bool pooled_dconv_chunk(float* kl, float* lk, i64 width, float* lanes, const flo
 
 // x read in place as the product's B and y written in place, where the panels packed 12-pixel
 // panels and transposed their result into y. An image's pixels go in whole panels of the products'
-// NR (32 on AVX-512, 16 AVX2), so at most kPointwiseWaste percent of them may be padding; and at most
-// kPointwiseChannels channels in. Forward, measured against the panels (AVX-512 / AVX2, one thread):
-// 48->64 on 13 x 13 at batch 128 0.67-0.77x / 0.59x the time, 256->64 on 8 x 8 0.80-0.89x / 0.86x,
-// 64->128 on 16 x 16 0.91-1.01x / 0.82-1.00x, 40->40 on 28 x 28 at batch 8 0.63x; but 256->512 on
-// 4 x 4 (half of AVX-512's lanes padding) 1.83-1.90x, and 512 channels in 1.16-1.33x (on 7 x 7 and
-// 14 x 14; packing B too was no faster).
-constexpr i64 kPointwiseChannels = 256, kPointwiseWaste = 135;  // percent
+// NR (tile_columns: 32 on AVX-512, 16 AVX2), which may hold at most kPointwisePanelPixels percent of
+// its P pixels; and at most kPointwiseChannels channels in (the forward's input channels, dx's output
+// ones). Forward, measured against the panels (AVX-512 / AVX2, one thread): 48->64 on 13 x 13 at
+// batch 128 0.67-0.77x / 0.59x the time, 256->64 on 8 x 8 0.80-0.89x / 0.86x, 64->128 on 16 x 16 at
+// batch 32 0.91-0.94x / 0.82-0.96x, 40->40 on 28 x 28 at batch 8 0.63x; but 256->512 on 4 x 4 (panels
+// of 32 for 16 pixels on AVX-512) 1.83-1.90x, and 512 channels in 1.16-1.33x (on 7 x 7 and 14 x 14;
+// packing B too was no faster).
+constexpr i64 kPointwisePanelPixels = 135;  // percent
 bool pointwise_product_fits(i64 C, i64 P) {
-  const i64 NR = active_isa().winograd_panel_tiles;  // (the products' NR: tile_product_impl.hpp)
-  return C <= kPointwiseChannels && 100 * ((P + NR - 1) / NR * NR) <= kPointwiseWaste * P;
+  const i64 NR = active_isa().tile_columns;
+  return C <= kPointwiseChannels && 100 * ((P + NR - 1) / NR * NR) <= kPointwisePanelPixels * P;
 }
 
 void input_grad(float* dx, const float* x, const float* w, const float* dy, const ConvShape& s, i64 N) {

@@ -137,17 +137,27 @@ bool pooled_dconv_chunk(float* kl, float* lk, i64 width, float* lanes, const flo
                         const ConvShape& s, i64 pool_k, i64 n0, i64 n1, const std::int32_t* index, i64 Pr);
 
 // dx: [N, C, H, W] from w and dy: [N, K, Ho, Wo] alone (no dw): a 1x1 layer without padding by one
-// GEMM an image, dx_n[C, P] = w^T dy_n (strided: into scratch, then spread over every stride-th
-// pixel, the rest 0); any other layer through the panels' backward
+// product an image, dx_n[C, P] = w^T dy_n (the pointwise product where it fits, else a GEMM;
+// strided: into scratch, then spread over every stride-th pixel, the rest 0); any other layer
+// through the panels' backward
 void input_grad(float* dx, const float* x, const float* w, const float* dy, const ConvShape& s, i64 N);
 inline bool pointwise(const ConvShape& s) { return s.R == 1 && s.S == 1 && s.pad == 0; }
 // Does the ISA's pointwise product (conv2d_pointwise_kernels.cpp) take an image of P pixels with C
-// channels in?
+// channels in (at most kPointwiseChannels: its products' depth, in one block)?
+constexpr i64 kPointwiseChannels = 256;
 bool pointwise_product_fits(i64 C, i64 P);
 
 // A whole convolution output's pooling: y, argmax = max_pool2d(conv, pool_k, relu=true) (argmax may be
 // null: not wanted); and the gradient of the whole output from the pooled one's (dy, argmax), kept in `keep`
 void pool_whole(float* y, std::int32_t* argmax, const float* conv, const ConvShape& s, i64 N, i64 pool_k);
+// y = conv(x) by conv_into(y); or pooled (pool_k > 0): the whole convolution into scratch, then pool_whole
+template <class ConvInto>
+void conv_then_pool(float* y, std::int32_t* argmax, const ConvShape& s, i64 N, i64 pool_k, ConvInto&& conv_into) {
+  if (pool_k == 0) return conv_into(y);
+  ScratchFloats conv(size_t(N) * s.K * s.P());
+  conv_into(conv.get());
+  pool_whole(y, argmax, conv.get(), s, N, pool_k);
+}
 const float* whole_dconv(std::unique_ptr<float[]>& keep, const float* dy, const std::int32_t* argmax,
                          const ConvShape& s, i64 N, i64 pool_k);
 

@@ -45,7 +45,7 @@ bool panels_backward_path(float* dx, float* dw, float* db, const float* x, const
   const IsaKernels& isa = active_isa();
   if (pool_k == 0) {
     isa.panels_backward_plain(pointwise(s) ? nullptr : dx, dw, db, x, w, dy, s, N);
-    if (dx && pointwise(s)) input_grad(dx, x, w, dy, s, N);  // (a 1x1 layer's dx: one GEMM an image)
+    if (dx && pointwise(s)) input_grad(dx, x, w, dy, s, N);  // (a 1x1 layer's dx: one product an image)
     return true;
   }
   const i64 P = s.P(), Hu = s.Ho / pool_k * pool_k, Wu = s.Wo / pool_k * pool_k;

@@ -3,11 +3,12 @@
 // rows are the product's B as they lie (NR pixels of each of the C rows, P apart), w is packed once
 // into panels of MR output channels, and each MR x NR tile of y is written in place, its sums
 // started from the bias. No im2col, no transposition into y: the panels' forward packed each
-// 12-pixel panel from x and transposed its [pixels, K] result into y (1x1 64->128 on 16 x 16 at
-// batch 32 on AVX-512: 1.62 ms there, see conv2d.cpp for the measured rule).
+// 12-pixel panel from x and transposed its [pixels, K] result into y (the rule and what it measured:
+// pointwise_product_fits, conv2d_common.cpp). The same product gives a 1x1 layer's input gradient,
+// dx_n = w^T dy_n.
 //
-// Every output is the same tile_product sums in a fixed order (the channel blocks in turn), whatever
-// the thread split: results do not depend on the thread count.
+// Every output is one tile_product's sums, whatever the thread split: results do not depend on the
+// thread count.
 #include <algorithm>
 
 #include "conv2d_common.hpp"
@@ -30,15 +31,13 @@ namespace {
 }  // namespace
 
 // x: [N, C, P], w: [K, C] (w[k][c] at w[k*out_stride + c*in_stride]: [K, C] itself, or a [C, K]
-// array read transposed, as the input gradient's w^T), b: [K] (may be null) -> y: [N, K, P]. Work
-// goes over the threads in units of one image's NR pixels (all K channels). Within a unit, the
-// channels go in blocks of at most 256 (pointwise_product_fits takes no more: one block), each block
-// over every tile of the unit before the next. (Blocks of 128 on AVX-512, a B panel of 16 KB, were
-// slower: 192->64 on 16 x 16 at batch 32 took 1.37x the time of one block.)
+// array read transposed, as the input gradient's w^T), b: [K] (may be null) -> y: [N, K, P], C at most
+// kPointwiseChannels (the products' depth in one block: blocks of 128 channels on AVX-512, a B panel
+// of 16 KB, took 1.37x the time on 192->64 on 16 x 16 at batch 32). Work goes over the threads in
+// units of one image's NR pixels (all K channels).
 void pointwise_forward(float* y, const float* x, const float* w, i64 out_stride, i64 in_stride, const float* b, i64 N,
                        i64 C, i64 K, i64 P) {
   const i64 Kp = (K + MR - 1) / MR * MR;
-  const i64 most = 256, blocks = (C + most - 1) / most, kc = (C + blocks - 1) / blocks;
   ScratchFloats packed(size_t(Kp) * C + size_t(Kp));  // [Kp / MR][C][MR], then the bias [Kp]
   float* wp = packed.get();
   float* bias = wp + Kp * C;
@@ -68,11 +67,9 @@ void pointwise_forward(float* y, const float* x, const float* w, i64 out_stride,
     }
     const i64 ldb = cols < NR ? NR : P;
     auto whole = [&](i64 k0) { return cols == NR && k0 + MR <= K; };
-    for (i64 c0 = 0; c0 < C; c0 += kc)
-      for (i64 k0 = 0; k0 < Kp; k0 += MR)
-        tile_product(std::min(kc, C - c0), wp + k0 * C + c0 * MR, bp + c0 * ldb, ldb,
-                     whole(k0) ? yn + k0 * P : sums + k0 * NR, whole(k0) ? P : NR, c0 > 0,
-                     c0 == 0 ? bias + k0 : nullptr);
+    for (i64 k0 = 0; k0 < Kp; k0 += MR)
+      tile_product(C, wp + k0 * C, bp, ldb, whole(k0) ? yn + k0 * P : sums + k0 * NR, whole(k0) ? P : NR, false,
+                   bias + k0);
     for (i64 k = 0; k < K; ++k)
       if (!whole(k / MR * MR)) std::copy_n(sums + k * NR, cols, yn + k * P);
   });

@@ -68,7 +68,7 @@ bool tiles_cover(const ConvShape& s, i64 N, i64 m) {
 }
 
 bool winograd_fits(const ConvShape& s, i64 N, i64 m) {
-  const i64 tiles = N * ((s.Ho + m - 1) / m) * ((s.Wo + m - 1) / m), panel = active_isa().winograd_panel_tiles;
+  const i64 tiles = N * ((s.Ho + m - 1) / m) * ((s.Wo + m - 1) / m), panel = active_isa().tile_columns;
   return s.stride == 1 && s.R == 3 && s.S == 3 && s.C >= kWinogradChannels && s.K >= kWinogradChannels && s.pad <= 2 &&
          ((m == 4 && active_isa().winograd_odd_outputs) || (s.Ho % 2 == 0 && s.Wo % 2 == 0)) && tiles_cover(s, N, m) &&
          4 * tiles >= 3 * ((tiles + panel - 1) / panel * panel) && s.P() < (i64(1) << 30);
@@ -78,7 +78,7 @@ int winograd_tile(const ConvShape& s, i64 N) {
   if (N <= 0 || s.K <= 0 || s.taps() <= 0) return 0;
   const IsaKernels& isa = active_isa();
   const i64 Kp = (s.K + isa.gemm->mr - 1) / isa.gemm->mr * isa.gemm->mr;  // (the products' MR is the GEMM's)
-  const double panel_bytes = 36.0 * double(s.C + Kp) * isa.winograd_panel_tiles * sizeof(float);
+  const double panel_bytes = 36.0 * double(s.C + Kp) * isa.tile_columns * sizeof(float);
   if (winograd_tile_limit.load() >= 4 && panel_bytes <= kWinogradChunkRoundUp * kWinogradChunkBytes &&
       winograd_fits(s, N, 4))
     return 4;
@@ -105,12 +105,8 @@ int weight_grad_tile(const ConvShape& s, i64 N) {
 
 void winograd_forward_path(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
                            const ConvShape& s, i64 N, i64 pool_k) {
-  const IsaKernels& isa = active_isa();
   const int m = winograd_tile(s, N);
-  if (pool_k == 0) return isa.winograd_forward(y, x, w, b, s, N, m);
-  ScratchFloats conv(size_t(N) * s.K * s.P());
-  isa.winograd_forward(conv.get(), x, w, b, s, N, m);
-  pool_whole(y, argmax, conv.get(), s, N, pool_k);
+  conv_then_pool(y, argmax, s, N, pool_k, [&](float* out) { active_isa().winograd_forward(out, x, w, b, s, N, m); });
 }
 
 bool winograd_backward_path(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,

@@ -565,7 +565,7 @@ void by_image(i64 r0, i64 r1, i64 Th, i64 Tw, Fn&& fn) {
 
 }  // namespace
 
-extern const int winograd_panel_tiles = NR;  // (the ISA table's: conv2d.cpp's choice of path)
+extern const int tile_columns = NR;  // (the ISA table's: the paths' rules, conv2d_winograd.cpp, conv2d_common.cpp)
 
 namespace {
 

@@ -108,9 +108,11 @@ struct IsaKernels {
   void (*transpose)(float* dst, i64 ldd, const float* src, i64 lds, i64 rows, i64 cols, i64 rows_out);
 
   // conv2d_winograd_kernels.cpp: y = conv2d(x, w, b) for 3x3 kernels by Winograd's F(m x m, 3x3),
-  // m = 2 or 4 (b may be null: no bias); its products take the tiles in panels of winograd_panel_tiles
+  // m = 2 or 4 (b may be null: no bias); its products take the tiles in panels of tile_columns
   void (*winograd_forward)(float* y, const float* x, const float* w, const float* b, const ConvShape& s, i64 N, int m);
-  int winograd_panel_tiles;
+  // the columns of the products' register tile (tile_product_impl.hpp's NR): Winograd's panels of
+  // tiles, the pointwise path's panels of pixels
+  int tile_columns;
   // does F(4x4) also take odd outputs (conv2d_winograd.cpp)?
   bool winograd_odd_outputs;
   // dw: [K, C, 3, 3] from x and dy by F(3x3, m x m), m = 2 (even Ho and Wo) or 4, and whether

@@ -36,7 +36,7 @@ void panels_backward(float* dx, float* dw, const float* x, const float* w, DyPan
 void panels_backward_plain(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,
                            const ConvShape& s, i64 N);
 void transpose(float* dst, i64 ldd, const float* src, i64 lds, i64 rows, i64 cols, i64 rows_out);
-extern const int winograd_panel_tiles;  // conv2d_winograd_kernels.cpp
+extern const int tile_columns;  // conv2d_winograd_kernels.cpp
 void winograd_forward(float* y, const float* x, const float* w, const float* b, const ConvShape& s, i64 N,
                       int m);  // conv2d_winograd_kernels.cpp
 void winograd_weight_grad(float* dw, const float* x, const float* dy, const ConvShape& s, i64 N, int m);
@@ -83,7 +83,7 @@ extern const IsaKernels table = {
     panels_backward_plain,
     transpose,
     winograd_forward,
-    winograd_panel_tiles,
+    tile_columns,
 #if defined(CNNFAST_ISA_AVX512)
     false,  // (conv2d_winograd.cpp)
 #else

@@ -13,7 +13,7 @@ constexpr int NV = 2;  // MR x 2 vectors, as gemm_microkernel.cpp
 constexpr int NR = NV * VL;
 
 // c[i*ldc + j] (+)= sum_k a[k*MR + i] * b[k*ldb + j] for an MR x NR tile (b's rows ldb apart); with
-// row_init, each row's sum starts from row_init[i] (a bias) instead of 0 (accumulate then unused)
+// row_init, each row's sum starts from row_init[i] (a bias) instead of 0
 void tile_product(i64 kc, const float* a, const float* b, i64 ldb, float* c, i64 ldc, bool accumulate,
                   const float* row_init = nullptr) {
   vec acc[MR][NV];

@@ -63,14 +63,16 @@ CONV_SHAPES = [  # N, C, H, W, K, R, S, padding
     (2, 1, 5, 5, 3, 3, 3, 0),
     (3, 2, 7, 6, 4, 3, 2, 1),
     (1, 3, 4, 4, 5, 4, 4, 0),  # kernel as large as the input
-    (2, 4, 9, 11, 7, 1, 1, 0),  # 1x1 (dx: one GEMM an image)
+    (2, 4, 9, 11, 7, 1, 1, 0),  # 1x1 (dx: one product an image, the pointwise one)
     (2, 40, 5, 6, 8, 1, 1, 0),  # 1x1 with more than 32 channels: the panels' dw
     (2, 40, 5, 6, 24, 1, 1, 0),  # the same, 24 out: pixel-major, a panel's rows of 6 one run on AVX-512
     (1, 48, 8, 4, 20, 1, 1, 0),  # 1x1 on 32 pixels: the few-pixels forward reads x as it is
     # 1x1, the pointwise forward: 169 pixels (the last panel partial), K not a tile multiple; 160 channels
-    # (two blocks on AVX-512)
     (3, 48, 13, 13, 20, 1, 1, 0),
     (2, 160, 8, 8, 24, 1, 1, 0),
+    # 1x1 with 260 output channels: dx by a GEMM (more than the pointwise product takes), one image or two
+    (1, 40, 6, 6, 260, 1, 1, 0),
+    (2, 36, 5, 5, 260, 1, 1, 0),
     (2, 5, 6, 5, 3, 5, 3, 2),
     (4, 32, 13, 13, 64, 3, 3, 0),  # the default model's second layer
     (3, 4, 9, 7, 32, 3, 3, 1),  # padding, dW's A read in place (S*C a multiple of 12, K of 32)
@@ -136,7 +138,7 @@ def test_conv2d_backward_matches_reference(isa, few_pixels, shape):
         ((1, 3, 6, 6, 2, 3, 3, 0), 1e-2),
         ((4, 16, 6, 6, 16, 3, 3, 1), 1e-2),
         ((4, 16, 8, 16, 16, 3, 3, 1), 0.5),
-        ((2, 40, 4, 8, 12, 1, 1, 0), 1e-2),  # 1x1: the pointwise product, forward and dx
+        ((2, 40, 4, 8, 12, 1, 1, 0), 1e-2),  # 1x1: the pointwise product's dx (forward too, few_pixels off)
     ],
 )
 def test_conv2d_backward_finite_differences(isa, few_pixels, shape, eps):
@@ -610,7 +612,7 @@ def test_linear_narrow_rows_alone_equal_the_batch_bit_for_bit(isa, O):
         ((8, 96, 8, 8), (112, 96, 3, 3), 1, "winograd"),  # F(4x4), 1.5 MB of transformed weights
         # one image, 64 channels: dW alone (the panels' on AVX-512, Winograd's elsewhere) over the threads
         ((1, 64, 16, 16), (64, 64, 3, 3), 1, "winograd"),
-        ((1, 64, 16, 16), (128, 64, 1, 1), 0, "few_pixels"),  # 1x1: dx one GEMM over the threads
+        ((1, 64, 16, 16), (128, 64, 1, 1), 0, "few_pixels"),  # 1x1: dx one product, its panels over the threads
         ((4, 64, 16, 16), (40, 64, 1, 1), 0, "pointwise"),  # 1x1: panels of pixels over the threads
         # F(4x4), a tile an image, 2.7 MB of transformed weights: its products over the threads
         ((32, 128, 4, 4), (144, 128, 3, 3), 1, "winograd"),
@@ -746,7 +748,7 @@ def test_every_kernel_follows_the_forced_isa(isa):
         ((1, 128, 4, 4), (256, 128, 3, 3), 1, 2, True, True, {None: "few_pixels"}),
         ((2, 64, 8, 8), (128, 64, 3, 3), 1, 0, True, True, {None: "winograd"}),  # 128 pixels: more than it takes
         # 1x1 at batch 1 with 16k pixels: x read as it is, forward; backward: the panels; 36 pixels: the
-        # pointwise forward, but on AVX-512 (two panels of 32 pixels, 44% padding: the panels)
+        # pointwise forward, but on AVX-512 (two panels of 32 pixels hold 1.78x the 36: the panels)
         ((1, 256, 8, 8), (64, 256, 1, 1), 0, 0, False, False, {None: "few_pixels"}),
         ((1, 256, 8, 8), (64, 256, 1, 1), 0, 0, True, True, {}),
         ((1, 256, 6, 6), (64, 256, 1, 1), 0, 0, False, False, {None: "pointwise", "avx512": "panels"}),
@@ -893,6 +895,7 @@ FUSED_SHAPES = [  # N, C, H, W, K, R, S, padding, k
     (4, 32, 13, 13, 64, 3, 3, 0, 2),
     (2, 16, 14, 14, 24, 3, 3, 1, 2),  # F(4x4) then the pool, 14 x 14 in 4 x 4 tiles (the last row and column cut)
     (2, 6, 14, 14, 16, 5, 5, 0, 2),  # LeNet's second layer: tap rows (pixel-major) on AVX2 and AVX-512
+    (2, 40, 8, 8, 24, 1, 1, 0, 2),  # 1x1, 40 channels: the pointwise product (few_pixels off), then the pool
 ]
 
 
