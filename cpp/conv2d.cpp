@@ -15,9 +15,9 @@
 //                                                                        F(4x4) or, on an even output, F(2x2)
 //                                                                        (winograd_tile); every ISA
 //   pointwise              conv2d_pointwise_kernels.cpp (per ISA),       forward only: 1x1, stride 1, 33-256
-//                          tile_product_impl.hpp                         channels in, whole panels of pixels
-//                                                                        wasting <= 35% (pointwise_accepts);
-//                                                                        every ISA
+//                          tile_product_impl.hpp                         channels in, whole panels holding at
+//                                                                        most 1.35x an image's pixels
+//                                                                        (pointwise_product_fits); every ISA
 //   panels                 conv2d_panels.cpp, conv2d_panels_impl.hpp,   > 32 taps (conv2), any stride, but
 //                          conv2d_panels_avx512.cpp (AVX-512),           not the forwards the direct path
 //                          conv2d_panels_portable.cpp (per ISA), + the   takes; every ISA
