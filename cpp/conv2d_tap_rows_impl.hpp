@@ -10,6 +10,10 @@
 //                        x_pad[c][oh*stride + r][ow*stride + q] * dy[k][oh][ow]
 // Images over the threads, one partial an image, summed in image order: the same for any
 // thread count.
+// At stride 1 with few taps (pixel_lanes_take), dw the other way round instead: output pixels in
+// the vectors' lanes, dy read in place (no transposition) and each tap's input values laid out
+// consecutively (ShiftedPlanes); per vector of pixels, KB vectors of dy and G of input values make
+// KB*G multiply-adds into sums that are added across their lanes at the end (pixel_lanes).
 //
 // Included, inside namespace cnnfast::<isa> and its target pragmas, after conv2d_panels_impl.hpp,
 // by the panels' per-ISA files (conv2d_panels_avx512.cpp, conv2d_panels_portable.cpp), whose
@@ -208,6 +212,202 @@ int pixels_per_tile(i64 KV) {
   return j;
 }
 
+// ---- dw with output pixels in the vectors' lanes ----
+// sums[kb][g] (a vector of pixel lanes each) over P output pixels: dyk[kb] dy's plane of channel
+// k0 + kb, xg[g] tap g's input value of each output pixel (ShiftedPlanes: P consecutive floats).
+// Per vector of pixels: KB loads of dy held in registers, then G loads of input values, each
+// multiplied by all KB; the last P % kTapVL pixels through zero-filled copies.
+template <int KB, int G>
+void pixel_lanes(float* acc, const float* const* dyk, const float* const* xg, i64 P) {
+  TapVec sums[KB * G];
+#pragma GCC unroll 48
+  for (int i = 0; i < KB * G; ++i) sums[i] = load_tap_vec(acc + i * kTapVL);
+  const i64 vecs = P / kTapVL, tail = P % kTapVL;
+  auto step = [&](const TapVec* dv, auto&& input) {
+    for (int g = 0; g < G; ++g) {
+      TapVec xv = input(g);
+      // (held in a register: else GCC folds the load into each of the KB multiply-adds, KB loads)
+#if defined(__x86_64__) || defined(__i386__)
+      __asm__("" : "+x"(xv));
+#elif defined(__aarch64__)
+      __asm__("" : "+w"(xv));
+#endif
+      for (int k = 0; k < KB; ++k) sums[k * G + g] += dv[k] * xv;
+    }
+  };
+  for (i64 v = 0; v < vecs; ++v) {
+    TapVec dv[KB];
+    for (int k = 0; k < KB; ++k) dv[k] = load_tap_vec(dyk[k] + v * kTapVL);
+    step(dv, [&](int g) { return load_tap_vec(xg[g] + v * kTapVL); });
+  }
+  if (tail > 0) {
+    auto part = [&](const float* p) {
+      float buf[kTapVL] = {};
+      std::memcpy(buf, p + vecs * kTapVL, sizeof(float) * size_t(tail));
+      return load_tap_vec(buf);
+    };
+    TapVec dv[KB];
+    for (int k = 0; k < KB; ++k) dv[k] = part(dyk[k]);
+    step(dv, [&](int g) { return part(xg[g]); });
+  }
+#pragma GCC unroll 48
+  for (int i = 0; i < KB * G; ++i) store_tap_vec(acc + i * kTapVL, sums[i]);
+}
+using PixelLanesKernel = void (*)(float*, const float* const*, const float* const*, i64);
+constexpr int kMaxLaneKB = 6, kMaxLaneG = 8;
+constexpr i64 kLaneChunks = 8;
+constexpr bool lanes_fit(int KB, int G) { return KB * G + KB + 2 <= kRegisters; }
+template <int KB, int G>
+constexpr PixelLanesKernel lanes_kernel_if_fits() {
+  if constexpr (lanes_fit(KB, G))
+    return &pixel_lanes<KB, G>;
+  else
+    return nullptr;
+}
+template <int KB, int... G>
+constexpr auto lanes_over_g(std::integer_sequence<int, G...>) {
+  return std::array<PixelLanesKernel, sizeof...(G)>{lanes_kernel_if_fits<KB, G + 1>()...};
+}
+template <int... KB>
+constexpr auto lanes_over_kb(std::integer_sequence<int, KB...>) {
+  return std::array<std::array<PixelLanesKernel, kMaxLaneG>, sizeof...(KB)>{
+      lanes_over_g<KB + 1>(std::make_integer_sequence<int, kMaxLaneG>())...};
+}
+// kLaneKernels[KB-1][G-1]
+constexpr auto kLaneKernels = lanes_over_kb(std::make_integer_sequence<int, kMaxLaneKB>());
+
+// n items in as few near-equal blocks of at most `most` as go: the blocks' size
+inline i64 even_block(i64 n, i64 most) {
+  const i64 blocks = (n + most - 1) / most;
+  return (n + blocks - 1) / blocks;
+}
+
+// An image laid out so that a tap's input values for the output pixels in order are consecutive
+// floats (stride 1): plane (c, q) for input channel c and kernel column q holds
+// [h][ow] = x_pad[c][h][ow + q] (Hp rows of Wo), and tap (c, r, q) reads plane (c, q) from row r
+// on. Made from the zero-bordered image (PhaseLayout's, [C][Hp][Wp]), a row at a time.
+struct ShiftedPlanes {
+  PhaseLayout padded;
+  i64 plane, floats;
+  explicit ShiftedPlanes(const ConvShape& s) : padded(s, 0), plane(s.Hp * s.Wo), floats(s.C * s.S * plane) {}
+  i64 tap_offset(const ConvShape& s, i64 t) const {
+    const i64 c = t / (s.R * s.S), r = t / s.S % s.R, q = t % s.S;
+    return (c * s.S + q) * plane + r * s.Wo;
+  }
+  // x_n: [C, H, W] -> dst (every float written), through xp (the zero-bordered image; its border
+  // zeroed once)
+  void copy(float* dst, float* xp, const float* x, const ConvShape& s) const {
+    padded.copy(xp, x, s);
+    for (i64 c = 0; c < s.C; ++c)
+      for (i64 q = 0; q < s.S; ++q)
+        for (i64 h = 0; h < s.Hp; ++h)
+          std::memcpy(dst + (c * s.S + q) * plane + h * s.Wo, xp + c * padded.plane + h * s.Wp + q,
+                      sizeof(float) * size_t(s.Wo));
+  }
+};
+
+// Where pixel_lanes_weight_grad serves instead of the tap rows: stride 1 and at most kDirectTaps taps.
+// There the tap rows' transposition of dy is a large part of the work (and with few output channels
+// their vectors of channels run part empty); with more taps it is amortised, and strided, the
+// layout's copies and the short images cost more than they save. Backward without dx, batch 128,
+// one thread, ms, tap rows -> here: AVX-512 3->32 3x3 on 32 x 32 3.45 -> 3.06-3.18, 1->6 5x5 on
+// 32 x 32 (LeNet's) 0.86 -> 0.42-0.50, 1->32 3x3 on 28 x 28 0.95-1.09 -> 0.90-0.98; AVX2 3.33-3.54
+// -> 3.18-3.21, 0.93 -> 0.42, 1.13-1.40 -> 1.01-1.02. Not taken (tap rows faster): 3->64 5x5 on
+// 48 x 48 (batch 32) 7.97 -> 7.82 AVX-512 but 8.95 -> 10.10 AVX2, 3->16 7x7 on 64 x 64 6.15 -> 6.33
+// and 7.09 -> 8.20, strided 3->64 7x7 6.46 -> 7.39 and 7.84 -> 8.75, strided 3->32 3x3 (batch 128)
+// 0.81 -> 1.02 and 0.92 -> 1.07.
+bool pixel_lanes_take(const ConvShape& s) { return s.stride == 1 && s.taps() <= kDirectTaps; }
+
+// dw: [K, C, R, S] and db: [K] from x: [N, C, H, W] and dy: [N, K, Ho, Wo] (stride 1), output pixels
+// in the lanes: dw[k][t] = the lanes' sum of dy[k][pixels] * x_t[pixels] over the image's vectors
+// of pixels, dy read in place and x laid out as ShiftedPlanes. Channels in blocks of KB and taps in
+// groups of G, each (block, group) a pass over the image with its KB*G sums in registers. The
+// images in kLaneChunks chunks (from N alone), over the threads: each chunk's sums kept in vectors
+// over its images, then added across the lanes, and the chunks' sums added in order: the same for
+// any thread count. The bias gradient as everywhere (row_lanes).
+bool pixel_lanes_weight_grad(float* dw, float* db, const float* x, const float* dy, const ConvShape& s, i64 N) {
+  const i64 K = s.K, P = s.P(), T = s.taps();
+  // the blocks: the fewest multiply-adds (channels and taps padded to whole blocks), then the most
+  // multiply-adds per load (a load weighed a quarter of a multiply-add)
+  i64 KB = 0, G = 0;
+  double best = 0;
+  for (int kb = 1; kb <= kMaxLaneKB; ++kb)
+    for (int g = 1; g <= kMaxLaneG; ++g) {
+      if (!lanes_fit(kb, g) || (g < kMaxLaneG && lanes_fit(kb, g + 1))) continue;  // (the most taps for kb)
+      const i64 ke = even_block(K, kb), ge = even_block(T, g);
+      const double cost = double((K + ke - 1) / ke * ke) * double((T + ge - 1) / ge * ge) *
+                          (1.0 + 0.25 * double(ke + ge) / double(ke * ge));
+      if (KB == 0 || cost < best) best = cost, KB = ke, G = ge;
+    }
+  const i64 blocks_k = (K + KB - 1) / KB, groups = (T + G - 1) / G;
+  const ShiftedPlanes layout(s);
+  std::vector<i64> tap_offset(static_cast<size_t>(T));
+  for (i64 t = 0; t < T; ++t) tap_offset[size_t(t)] = layout.tap_offset(s, t);
+  // chunks of consecutive images (at most kLaneChunks, from N only), each with its sums in vectors
+  // of lanes over its images, then added across the lanes once
+  const i64 chunks = std::min<i64>(std::max<i64>(N, 1), kLaneChunks), units = blocks_k * groups;
+  const int inner = N == 1 && double(K) * P * T >= kSplitChunkWork ? threads_over(double(K) * P * T, units) : 1;
+  const int nt = inner > 1 ? inner : threads_over(double(N) * K * P * T, chunks);
+  const size_t per_thread = lines(size_t(layout.floats)) + lines(size_t(layout.padded.floats)),
+               unit_sums = size_t(KB * G * kTapVL);
+  ScratchFloats scratch(size_t(nt) * per_thread), partial(size_t(chunks) * T * K),
+      lanes(size_t(std::max<i64>(N, 1)) * K * 16), sums(size_t(chunks) * units * unit_sums);
+  std::fill(sums.get(), sums.get() + size_t(chunks) * units * unit_sums, 0.0f);
+  zero_each(scratch.get(), nt, per_thread, per_thread);
+  auto lay_out = [&](i64 n, float* xp, bool bias) {
+    layout.copy(xp, xp + lines(size_t(layout.floats)), x + n * s.C * s.H * s.W, s);
+    for (i64 k = 0; bias && k < K; ++k) row_lanes(lanes.get() + (n * K + k) * 16, dy + (n * K + k) * P, P);
+  };
+  // unit u (channel block u / groups, taps (u % groups)*G..) of image n into its sums
+  auto unit = [&](i64 u, const float* xp, i64 n, float* acc) {
+    const i64 k0 = u / groups * KB, t0 = u % groups * G, kb = std::min(KB, K - k0), g = std::min(G, T - t0);
+    const float* dyk[kMaxLaneKB];
+    const float* xg[kMaxLaneG];
+    for (i64 k = 0; k < kb; ++k) dyk[k] = dy + (n * K + k0 + k) * P;
+    for (i64 j = 0; j < g; ++j) xg[j] = xp + tap_offset[size_t(t0 + j)];
+    kLaneKernels[size_t(kb - 1)][size_t(g - 1)](acc, dyk, xg, P);
+  };
+  // unit u's sums across their lanes -> out, dw^T [T][K]
+  auto add_lanes = [&](i64 u, const float* acc, float* out) {
+    const i64 k0 = u / groups * KB, t0 = u % groups * G, kb = std::min(KB, K - k0), g = std::min(G, T - t0);
+    for (i64 k = 0; k < kb; ++k)
+      for (i64 j = 0; j < g; ++j) {
+        const float* lane = acc + (k * g + j) * kTapVL;
+        float total = 0.0f;
+        for (int l = 0; l < kTapVL; ++l) total += lane[l];
+        out[(t0 + j) * K + k0 + k] = total;
+      }
+  };
+  if (inner > 1)
+#pragma omp parallel num_threads(inner)
+  {
+    float* xp = scratch.get() + size_t(omp_get_thread_num()) * per_thread;
+    lay_out(0, xp, omp_get_thread_num() == 0);
+#pragma omp for schedule(static)
+    for (i64 u = 0; u < units; ++u) {
+      float* acc = sums.get() + size_t(u) * unit_sums;
+      unit(u, xp, 0, acc);
+      add_lanes(u, acc, partial.get());
+    }
+  }
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (i64 c = 0; c < (inner > 1 ? 0 : chunks); ++c) {
+    float* xp = scratch.get() + size_t(omp_get_thread_num()) * per_thread;
+    float* acc = sums.get() + size_t(c) * units * unit_sums;
+    for (i64 n = c * N / chunks; n < (c + 1) * N / chunks; ++n) {
+      lay_out(n, xp, true);
+      for (i64 u = 0; u < units; ++u) unit(u, xp, n, acc + u * unit_sums);
+    }
+    for (i64 u = 0; u < units; ++u) add_lanes(u, acc + u * unit_sums, partial.get() + c * T * K);
+  }
+  std::vector<float> total(size_t(T) * K);
+  sum_parts(total.data(), partial.get(), chunks, T * K);
+  for (i64 k = 0; k < K; ++k)
+    for (i64 t = 0; t < T; ++t) dw[k * T + t] = total[size_t(t * K + k)];
+  sum_bias_lanes(db, lanes.get(), N, K);
+  return true;
+}
+
 }  // namespace
 
 // dw: [K, C, R, S] and db: [K] from x: [N, C, H, W] and dy: [N, K, Ho, Wo]; false, computing
@@ -216,6 +416,7 @@ int pixels_per_tile(i64 KV) {
 // GEMM path then serves. More than kMaxKV vectors of channels go in blocks, a pass over the
 // image each.
 bool tap_rows_weight_grad(float* dw, float* db, const float* x, const float* dy, const ConvShape& s, i64 N) {
+  if (pixel_lanes_take(s)) return pixel_lanes_weight_grad(dw, db, x, dy, s, N);
   const i64 C = s.C, K = s.K, R = s.R, S = s.S, P = s.P(), T = s.taps();
   const i64 KV = (K + kTapVL - 1) / kTapVL, Kp = KV * kTapVL;
   if (S > kMaxS || KV > 2 * kMaxKV || rows_per_group(S, 1) == 0) return false;
