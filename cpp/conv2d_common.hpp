@@ -74,8 +74,8 @@ struct Chunking {
 
 // (the work, in multiply-adds, below which a single chunk stays on one thread with AVX-512's
 // 64-byte vectors: waking the second costs more than it saves; mnist conv2 at batch 1, 2.2M, took
-// 0.047 ms on two threads, 0.039 on one. Narrower vectors take longer over the same work, and the
-// per-ISA drivers scale it by their width: kSplitWork in conv2d_loops_impl.hpp)
+// 0.047 ms on two threads, 0.039 on one (an Intel Xeon). Where a core multiplies less per cycle the
+// same work takes longer, and the panels' forward splits from less: split_work in conv2d_loops_impl.hpp)
 constexpr double kSplitChunkWork = 4.0 * (1 << 20);
 
 // Threads for `work` multiply-adds split into `units` pieces (never more threads than pieces)

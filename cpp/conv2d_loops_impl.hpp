@@ -5,13 +5,20 @@
 // not be inlined into them (GCC: "target specific option mismatch"), and the default model's
 // second layer ran 4-6% slower through the call. (No include guard: each file includes it once.)
 
-// A single chunk's work (multiply-adds) from which the panels' forward splits it over the threads,
-// for this ISA's vector width: AVX2 takes twice AVX-512's time over a layer, so half the work pays
-// for waking a thread (1x1 64->128 on 16x16, one image, 2.1M: 0.048 -> 0.037 ms on two AVX2
-// threads; mnist conv2, 2.2M, 0.051 -> 0.034; on AVX-512 a split there cost more than it saved,
-// 0.029 -> 0.032). Winograd keeps kSplitChunkWork: its 16 products split at 2.4M on AVX2 went
-// either way (0.048 -> 0.036 and 0.040 -> 0.052 ms).)
-constexpr double kSplitWork = kSplitChunkWork * CNNFAST_VEC_BYTES / 64;
+// A single chunk's work (multiply-adds) from which the panels' forward splits it over the threads:
+// a thread woken has to pay for itself, so the less a core multiplies per cycle, the less work it
+// takes. With AVX-512's full rate (an Intel Xeon), kSplitChunkWork: mnist conv2 at one image, 2.2M,
+// took 0.029 -> 0.032 ms split. With 32-byte multiply-adds (AVX2, or AVX-512 on AMD's Zen 4,
+// avx512_full_rate), 1.5M: on the Xeon's AVX2, 1x1 64->128 on 16x16 at one image, 2.1M, 0.048 ->
+// 0.037 ms on two threads, mnist conv2 0.051 -> 0.034; on a Zen 4 EPYC the default model's conv2
+// with ReLU and pooling at one image (1.8M: the 100 pixels its windows read) 43 -> 30 us on
+// AVX-512, 46 -> 31-37 on AVX2, and its single-image inference 57 -> 44 us. Narrower vectors:
+// less again, in proportion. Winograd keeps kSplitChunkWork: its 16 products split at 2.4M on AVX2
+// went either way (0.048 -> 0.036 and 0.040 -> 0.052 ms).
+inline double split_work() {
+  const double bytes = CNNFAST_VEC_BYTES == 64 && !avx512_full_rate() ? 32 : CNNFAST_VEC_BYTES;
+  return bytes >= 64 ? kSplitChunkWork : 1.5e6 * bytes / 32;
+}
 
 // body(i) for i in [0, count) over `threads` threads; with one, a plain loop (inside a chunk of a
 // parallel loop even a one-thread region would make a nested team)

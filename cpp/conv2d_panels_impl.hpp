@@ -204,8 +204,8 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
   zero_each(scratch.get(), nt, scratch_per_thread, padded_floats);  // (each thread's copy of its images)
   // A single chunk (one image of 512+ pixels, or a few small ones): its panels of pixels over the
   // threads instead, each with a packed A of its own (each panel's product is the same either way;
-  // from less work on narrower vectors: kSplitWork)
-  const int inner = ch.chunks == 1 && double(N) * K * Pu * T >= kSplitWork
+  // from less work where the core multiplies less per cycle: split_work)
+  const int inner = ch.chunks == 1 && double(N) * K * Pu * T >= split_work()
                         ? threads_over(double(N) * K * Pu * T, (N * Pu + mr - 1) / mr)
                         : 1;
   ScratchFloats inner_ap(inner > 1 ? size_t(inner) * T * std::max(mr, gm.nr) : 0);

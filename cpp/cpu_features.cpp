@@ -4,6 +4,10 @@
 #include <atomic>
 #include <cstring>
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
+#endif
+
 #include "isa.hpp"
 #include "parallel.hpp"
 
@@ -110,6 +114,23 @@ int get_num_threads() {
   n = 1;  // (set_num_threads may have asked for more: there is one thread to give)
 #endif
   return n;
+}
+
+bool avx512_full_rate() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  static const bool full = [] {
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    if (!__get_cpuid(0, &eax, &ebx, &ecx, &edx)) return true;
+    char vendor[13] = {};
+    std::memcpy(vendor, &ebx, 4), std::memcpy(vendor + 4, &edx, 4), std::memcpy(vendor + 8, &ecx, 4);
+    if (std::strcmp(vendor, "AuthenticAMD") != 0 || !__get_cpuid(1, &eax, &ebx, &ecx, &edx)) return true;
+    const unsigned family = ((eax >> 8) & 0xf) + ((eax >> 20) & 0xff);
+    return family != 0x19;  // (Zen 3, family 0x19 too, has no AVX-512: its table is never chosen)
+  }();
+  return full;
+#else
+  return true;
+#endif
 }
 
 int threads_for(double work) {
