@@ -13,6 +13,19 @@ void conv3x3_pool2_forward(float* y, std::int32_t* argmax, const float* x, const
                            const ConvShape& s, i64 N) {
   const Windows win(s);
   const i64 pooled = s.K * win.Q;
+  if (N == 1) {  // one image: its output channels over the threads, each with its own planes
+    const int nt = threads_over(double(s.K) * s.P() * 9, s.K);
+    ScratchFloats scratch(size_t(nt) * win.scratch_floats());
+#pragma omp parallel num_threads(nt)
+    {
+      const int me = omp_get_thread_num();
+      const i64 k0 = s.K * me / nt, k1 = s.K * (me + 1) / nt;
+      const ConvShape part(s.C, s.H, s.W, k1 - k0, s.R, s.S, s.pad, s.stride);
+      image_forward(y + k0 * win.Q, argmax ? argmax + k0 * win.Q : nullptr, x, w + k0 * 9, b + k0, part, win,
+                    scratch.get() + size_t(me) * win.scratch_floats());
+    }
+    return;
+  }
   const int nt = threads_over(double(N) * s.K * s.P() * 9, N);
   ScratchFloats scratch(size_t(nt) * win.scratch_floats());  // (every value written before it is read)
 #pragma omp parallel for num_threads(nt) schedule(static)

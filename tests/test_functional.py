@@ -891,6 +891,9 @@ def test_set_num_threads_rejects_zero():
 
 FUSED_SHAPES = [  # N, C, H, W, K, R, S, padding, k
     (3, 1, 28, 28, 32, 3, 3, 0, 2),  # the default model's first layer: the fused direct path
+    # the default model's two layers at one image: conv1's channels over the threads, conv2's pixel panels
+    (1, 1, 28, 28, 32, 3, 3, 0, 2),
+    (1, 32, 13, 13, 64, 3, 3, 0, 2),
     (2, 2, 7, 9, 3, 3, 2, 1, 2),  # padding, odd sizes, a dropped last row/column
     (2, 4, 9, 9, 5, 3, 3, 0, 3),  # 36 taps: the GEMM path; windows skip the last conv row/column
     (3, 32, 13, 13, 64, 3, 3, 0, 2),  # the default model's second layer (100 of 121 pixels read)
