@@ -897,6 +897,9 @@ class Sequential:
             if not isinstance(layer, Layer):
                 raise TypeError(f"Sequential takes layers (cnnfast.nn.Layer); item {i} is {type(layer).__name__}")
         self.steps = fuse(self.layers)
+        # (infer() folds BatchNorm2d afresh each call, from the current statistics; without one,
+        # it runs `steps` as they are: the scan took a microsecond of a 42-microsecond image)
+        self._has_batch_norm = any(isinstance(layer, BatchNorm2d) for layer in self.layers)
         self.training = True
         # One sample's shape, e.g. (3, 32, 32): given here, or that of the first batch forward()
         # sees; saved in model files, and the input the ONNX export declares.
@@ -971,7 +974,7 @@ class Sequential:
     def inference_steps(self) -> list[Layer]:
         """What infer() runs: `steps`, but with BatchNorm2d folded into the Conv2d before it
         (fold_batch_norms, from the current weights and running statistics) and fused again."""
-        folded = fold_batch_norms(self.layers)
+        folded = fold_batch_norms(self.layers) if self._has_batch_norm else None
         return self.steps if folded is None else fuse(folded)
 
     def backward(self, dy: np.ndarray, input_grad: bool = True):
