@@ -78,6 +78,13 @@ struct Chunking {
 // same work takes longer, and the panels' forward splits from less: split_work in conv2d_loops_impl.hpp)
 constexpr double kSplitChunkWork = 4.0 * (1 << 20);
 
+// n items in as few near-equal blocks of at most `most` as go: the blocks' size (9 by 4: 3, 3, 3,
+// not 4, 4, 1)
+inline i64 even_block(i64 n, i64 most) {
+  const i64 blocks = (n + most - 1) / most;
+  return (n + blocks - 1) / blocks;
+}
+
 // Threads for `work` multiply-adds split into `units` pieces (never more threads than pieces)
 inline int threads_over(double work, i64 units) {
   return std::max(1, std::min<int>(threads_for(work), int(std::max<i64>(units, 1))));

@@ -227,7 +227,9 @@ void pixel_lanes(float* acc, const float* const* dyk, const float* const* xg, i6
     for (int g = 0; g < G; ++g) {
       TapVec xv = input(g);
       // (held in a register: else GCC folds the load into each of the KB multiply-adds, KB loads)
-#if defined(__x86_64__) || defined(__i386__)
+#if defined(CNNFAST_ISA_AVX512)
+      __asm__("" : "+v"(xv));  // (any of the 32 zmm registers)
+#elif defined(__SSE__)
       __asm__("" : "+x"(xv));
 #elif defined(__aarch64__)
       __asm__("" : "+w"(xv));
@@ -255,7 +257,7 @@ void pixel_lanes(float* acc, const float* const* dyk, const float* const* xg, i6
 }
 using PixelLanesKernel = void (*)(float*, const float* const*, const float* const*, i64);
 constexpr int kMaxLaneKB = 6, kMaxLaneG = 8;
-constexpr i64 kLaneChunks = 8;
+constexpr i64 kLaneChunks = 16;
 constexpr bool lanes_fit(int KB, int G) { return KB * G + KB + 2 <= kRegisters; }
 template <int KB, int G>
 constexpr PixelLanesKernel lanes_kernel_if_fits() {
@@ -276,33 +278,35 @@ constexpr auto lanes_over_kb(std::integer_sequence<int, KB...>) {
 // kLaneKernels[KB-1][G-1]
 constexpr auto kLaneKernels = lanes_over_kb(std::make_integer_sequence<int, kMaxLaneKB>());
 
-// n items in as few near-equal blocks of at most `most` as go: the blocks' size
-inline i64 even_block(i64 n, i64 most) {
-  const i64 blocks = (n + most - 1) / most;
-  return (n + blocks - 1) / blocks;
-}
-
 // An image laid out so that a tap's input values for the output pixels in order are consecutive
 // floats (stride 1): plane (c, q) for input channel c and kernel column q holds
-// [h][ow] = x_pad[c][h][ow + q] (Hp rows of Wo), and tap (c, r, q) reads plane (c, q) from row r
-// on. Made from the zero-bordered image (PhaseLayout's, [C][Hp][Wp]), a row at a time.
+// [h][ow] = x_pad[c][h][ow + q] (Hp rows of Wo; zero outside x), and tap (c, r, q) reads plane
+// (c, q) from row r on. Every float written by copy, row by row from x.
 struct ShiftedPlanes {
-  PhaseLayout padded;
   i64 plane, floats;
-  explicit ShiftedPlanes(const ConvShape& s) : padded(s, 0), plane(s.Hp * s.Wo), floats(s.C * s.S * plane) {}
+  explicit ShiftedPlanes(const ConvShape& s) : plane(s.Hp * s.Wo), floats(s.C * s.S * plane) {}
   i64 tap_offset(const ConvShape& s, i64 t) const {
     const i64 c = t / (s.R * s.S), r = t / s.S % s.R, q = t % s.S;
     return (c * s.S + q) * plane + r * s.Wo;
   }
-  // x_n: [C, H, W] -> dst (every float written), through xp (the zero-bordered image; its border
-  // zeroed once)
-  void copy(float* dst, float* xp, const float* x, const ConvShape& s) const {
-    padded.copy(xp, x, s);
+  // x_n: [C, H, W] -> dst
+  void copy(float* dst, const float* x, const ConvShape& s) const {
     for (i64 c = 0; c < s.C; ++c)
-      for (i64 q = 0; q < s.S; ++q)
-        for (i64 h = 0; h < s.Hp; ++h)
-          std::memcpy(dst + (c * s.S + q) * plane + h * s.Wo, xp + c * padded.plane + h * s.Wp + q,
-                      sizeof(float) * size_t(s.Wo));
+      for (i64 q = 0; q < s.S; ++q) {
+        // the output columns whose input column ow + q - pad lies inside [0, W)
+        const i64 lo = std::clamp<i64>(s.pad - q, 0, s.Wo), hi = std::clamp<i64>(s.W + s.pad - q, lo, s.Wo);
+        float* out = dst + (c * s.S + q) * plane;
+        for (i64 h = 0; h < s.Hp; ++h, out += s.Wo) {
+          const i64 ih = h - s.pad;
+          if (ih < 0 || ih >= s.H) {
+            std::fill(out, out + s.Wo, 0.0f);
+            continue;
+          }
+          std::fill(out, out + lo, 0.0f);
+          std::memcpy(out + lo, x + (c * s.H + ih) * s.W + lo + q - s.pad, sizeof(float) * size_t(hi - lo));
+          std::fill(out + hi, out + s.Wo, 0.0f);
+        }
+      }
   }
 };
 
@@ -316,7 +320,11 @@ struct ShiftedPlanes {
 // 48 x 48 (batch 32) 7.97 -> 7.82 AVX-512 but 8.95 -> 10.10 AVX2, 3->16 7x7 on 64 x 64 6.15 -> 6.33
 // and 7.09 -> 8.20, strided 3->64 7x7 6.46 -> 7.39 and 7.84 -> 8.75, strided 3->32 3x3 (batch 128)
 // 0.81 -> 1.02 and 0.92 -> 1.07.
-bool pixel_lanes_take(const ConvShape& s) { return s.stride == 1 && s.taps() <= kDirectTaps; }
+// (The tap rows' limits too: kernels up to kMaxS wide and 2 * kMaxKV vectors of output channels; the
+// GEMM paths take the rest, as before.)
+bool pixel_lanes_take(const ConvShape& s) {
+  return s.stride == 1 && s.taps() <= kDirectTaps && s.S <= kMaxS && s.K <= 2 * kMaxKV * kTapVL;
+}
 
 // dw: [K, C, R, S] and db: [K] from x: [N, C, H, W] and dy: [N, K, Ho, Wo] (stride 1), output pixels
 // in the lanes: dw[k][t] = the lanes' sum of dy[k][pixels] * x_t[pixels] over the image's vectors
@@ -327,8 +335,8 @@ bool pixel_lanes_take(const ConvShape& s) { return s.stride == 1 && s.taps() <= 
 // any thread count. The bias gradient as everywhere (row_lanes).
 bool pixel_lanes_weight_grad(float* dw, float* db, const float* x, const float* dy, const ConvShape& s, i64 N) {
   const i64 K = s.K, P = s.P(), T = s.taps();
-  // the blocks: the fewest multiply-adds (channels and taps padded to whole blocks), then the most
-  // multiply-adds per load (a load weighed a quarter of a multiply-add)
+  // the blocks: the least cost, counting the multiply-adds (channels and taps padded to whole
+  // blocks) and the loads (a quarter of a multiply-add each)
   i64 KB = 0, G = 0;
   double best = 0;
   for (int kb = 1; kb <= kMaxLaneKB; ++kb)
@@ -348,14 +356,12 @@ bool pixel_lanes_weight_grad(float* dw, float* db, const float* x, const float* 
   const i64 chunks = std::min<i64>(std::max<i64>(N, 1), kLaneChunks), units = blocks_k * groups;
   const int inner = N == 1 && double(K) * P * T >= kSplitChunkWork ? threads_over(double(K) * P * T, units) : 1;
   const int nt = inner > 1 ? inner : threads_over(double(N) * K * P * T, chunks);
-  const size_t per_thread = lines(size_t(layout.floats)) + lines(size_t(layout.padded.floats)),
-               unit_sums = size_t(KB * G * kTapVL);
+  const size_t unit_sums = size_t(KB * G * kTapVL), planes = lines(size_t(layout.floats));
+  const size_t per_thread = planes + size_t(units) * unit_sums;  // the image's planes, then every unit's sums
   ScratchFloats scratch(size_t(nt) * per_thread), partial(size_t(chunks) * T * K),
-      lanes(size_t(std::max<i64>(N, 1)) * K * 16), sums(size_t(chunks) * units * unit_sums);
-  std::fill(sums.get(), sums.get() + size_t(chunks) * units * unit_sums, 0.0f);
-  zero_each(scratch.get(), nt, per_thread, per_thread);
+      lanes(size_t(std::max<i64>(N, 1)) * K * 16);
   auto lay_out = [&](i64 n, float* xp, bool bias) {
-    layout.copy(xp, xp + lines(size_t(layout.floats)), x + n * s.C * s.H * s.W, s);
+    layout.copy(xp, x + n * s.C * s.H * s.W, s);
     for (i64 k = 0; bias && k < K; ++k) row_lanes(lanes.get() + (n * K + k) * 16, dy + (n * K + k) * P, P);
   };
   // unit u (channel block u / groups, taps (u % groups)*G..) of image n into its sums
@@ -378,27 +384,31 @@ bool pixel_lanes_weight_grad(float* dw, float* db, const float* x, const float* 
         out[(t0 + j) * K + k0 + k] = total;
       }
   };
-  if (inner > 1)
+  if (inner > 1) {
 #pragma omp parallel num_threads(inner)
-  {
-    float* xp = scratch.get() + size_t(omp_get_thread_num()) * per_thread;
-    lay_out(0, xp, omp_get_thread_num() == 0);
+    {
+      float* xp = scratch.get() + size_t(omp_get_thread_num()) * per_thread;
+      lay_out(0, xp, omp_get_thread_num() == 0);
 #pragma omp for schedule(static)
-    for (i64 u = 0; u < units; ++u) {
-      float* acc = sums.get() + size_t(u) * unit_sums;
-      unit(u, xp, 0, acc);
-      add_lanes(u, acc, partial.get());
+      for (i64 u = 0; u < units; ++u) {
+        float* acc = xp + planes + size_t(u) * unit_sums;
+        std::fill(acc, acc + unit_sums, 0.0f);
+        unit(u, xp, 0, acc);
+        add_lanes(u, acc, partial.get());
+      }
     }
-  }
+  } else {
 #pragma omp parallel for num_threads(nt) schedule(static)
-  for (i64 c = 0; c < (inner > 1 ? 0 : chunks); ++c) {
-    float* xp = scratch.get() + size_t(omp_get_thread_num()) * per_thread;
-    float* acc = sums.get() + size_t(c) * units * unit_sums;
-    for (i64 n = c * N / chunks; n < (c + 1) * N / chunks; ++n) {
-      lay_out(n, xp, true);
-      for (i64 u = 0; u < units; ++u) unit(u, xp, n, acc + u * unit_sums);
+    for (i64 c = 0; c < chunks; ++c) {
+      float* xp = scratch.get() + size_t(omp_get_thread_num()) * per_thread;
+      float* acc = xp + planes;
+      std::fill(acc, acc + size_t(units) * unit_sums, 0.0f);
+      for (i64 n = c * N / chunks; n < (c + 1) * N / chunks; ++n) {
+        lay_out(n, xp, true);
+        for (i64 u = 0; u < units; ++u) unit(u, xp, n, acc + u * unit_sums);
+      }
+      for (i64 u = 0; u < units; ++u) add_lanes(u, acc + u * unit_sums, partial.get() + c * T * K);
     }
-    for (i64 u = 0; u < units; ++u) add_lanes(u, acc + u * unit_sums, partial.get() + c * T * K);
   }
   std::vector<float> total(size_t(T) * K);
   sum_parts(total.data(), partial.get(), chunks, T * K);
@@ -414,7 +424,8 @@ bool pixel_lanes_weight_grad(float* dw, float* db, const float* x, const float* 
 // nothing, when the kernel's rows are too long (S > 7) or its channels too many (more than
 // 2 * kMaxKV vectors; or not one row of taps' sums for a vector of them fits): the caller's
 // GEMM path then serves. More than kMaxKV vectors of channels go in blocks, a pass over the
-// image each.
+// image each. (Where pixel_lanes_take says so, pixel_lanes_weight_grad instead: within the same
+// limits.)
 bool tap_rows_weight_grad(float* dw, float* db, const float* x, const float* dy, const ConvShape& s, i64 N) {
   if (pixel_lanes_take(s)) return pixel_lanes_weight_grad(dw, db, x, dy, s, N);
   const i64 C = s.C, K = s.K, R = s.R, S = s.S, P = s.P(), T = s.taps();
@@ -425,8 +436,7 @@ bool tap_rows_weight_grad(float* dw, float* db, const float* x, const float* dy,
   i64 blocks = 1;
   while ((KV + blocks - 1) / blocks > kMaxKV || rows_per_group(S, (KV + blocks - 1) / blocks) == 0) ++blocks;
   const i64 KB = (KV + blocks - 1) / blocks;
-  const i64 rows = C * R, most = rows_per_group(S, KB),
-            G = (rows + (rows + most - 1) / most - 1) / ((rows + most - 1) / most);
+  const i64 rows = C * R, G = even_block(rows, rows_per_group(S, KB));
   const i64 plane = s.Hp * s.Wp;
   const i64 blocks_k = (KV + KB - 1) / KB, groups = (rows + G - 1) / G;
   // one image: its (channel block, tap row group) units over the threads instead (each unit's rows
@@ -507,12 +517,11 @@ bool tap_rows_forward(float* y, const float* x, const float* w, const float* b, 
   if (s.stride > 2 || KV > kMaxKV || pixels_per_tile(KV) < 4 || (!across_rows && s.Wo < shortest) ||
       (s.stride == 1 && KV > 3))
     return false;
-  const i64 plane = s.Hp * s.Wp, most = pixels_per_tile(KV), tiles = (s.Wo + most - 1) / most,
-            even = (s.Wo + tiles - 1) / tiles;  // a row's tiles within a row, as even as they go
+  const i64 plane = s.Hp * s.Wp, most = pixels_per_tile(KV),
+            even = even_block(s.Wo, most);  // a row's tiles within a row, as even as they go
   // input channels in near-equal blocks whose weights fill at most 24 KB (32 channels of 3x3 by 64:
   // 8 + 8 + 8 + 8, not 10 + 10 + 10 + 2)
-  const i64 most_c = std::max<i64>(1, 6144 / (R * S * Kp)), cblocks = (C + most_c - 1) / most_c,
-            cb = (C + cblocks - 1) / cblocks;
+  const i64 cb = even_block(C, std::max<i64>(1, 6144 / (R * S * Kp)));
   const auto& kernels = kPixelKernels[size_t(s.stride - 1)][size_t(KV - 1)];
   std::vector<float> wt(size_t(T) * Kp), bias(size_t(Kp), 0.0f);  // w^T [T][Kp], zeros past K
   transpose_blocks(wt.data(), Kp, w, T, K, T, Kp);

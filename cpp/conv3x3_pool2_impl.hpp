@@ -18,8 +18,8 @@ void conv3x3_pool2_forward(float* y, std::int32_t* argmax, const float* x, const
     ScratchFloats scratch(size_t(nt) * win.scratch_floats());
 #pragma omp parallel num_threads(nt)
     {
-      const int me = omp_get_thread_num();
-      const i64 k0 = s.K * me / nt, k1 = s.K * (me + 1) / nt;
+      const int me = omp_get_thread_num(), team = omp_get_num_threads();  // (the team OpenMP gave)
+      const i64 k0 = s.K * me / team, k1 = s.K * (me + 1) / team;
       const ConvShape part(s.C, s.H, s.W, k1 - k0, s.R, s.S, s.pad, s.stride);
       image_forward(y + k0 * win.Q, argmax ? argmax + k0 * win.Q : nullptr, x, w + k0 * 9, b + k0, part, win,
                     scratch.get() + size_t(me) * win.scratch_floats());

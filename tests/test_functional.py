@@ -94,10 +94,10 @@ CONV_SHAPES = [  # N, C, H, W, K, R, S, padding
     # starting mid-image)
     (24, 32, 12, 8, 64, 3, 3, 1),
     (2, 3, 10, 9, 64, 7, 7, 3),  # a first layer's dw by tap rows, channels in two blocks on AVX-512
-    # a first layer's dw with pixels in the lanes (stride 1, <= 32 taps): 10 images in 8 chunks, 77 pixels
-    # (the last vector partial), 6 channels (one block), 25 taps in groups
-    (10, 1, 9, 13, 6, 5, 5, 1),
     (2, 2, 9, 8, 100, 5, 5, 2),  # the same, 100 channels: in blocks, or too many (the GEMM paths)
+    # a first layer's dw with pixels in the lanes (stride 1, <= 32 taps): 20 images in 16 chunks, 77 pixels
+    # (the last vector partial), 6 channels in blocks of 2-3, 25 taps in groups of 5
+    (20, 1, 9, 13, 6, 5, 5, 1),
     (2, 3, 11, 13, 16, 5, 5, 2),  # 16 channels: one tile, channel-major (panels of 16 pixels over rows of 13)
     # a first layer's direct forward: rows of 37 in segments of a vector (the last one short), K in blocks of 5-6
     (2, 3, 12, 41, 20, 5, 5, 0),
@@ -633,10 +633,10 @@ def test_linear_narrow_rows_alone_equal_the_batch_bit_for_bit(isa, O):
         ((1, 3, 48, 48), (64, 3, 5, 5), 2, "direct"),
         ((1, 3, 48, 48), (16, 3, 7, 7), 3, "direct"),
         ((3, 3, 40, 40), (64, 3, 5, 5), 2, "direct"),
-        # a first layer's dw with pixels in the lanes: one image's blocks over the threads, or 11 images
-        # in 8 chunks
+        # a first layer's dw with pixels in the lanes: one image's blocks over the threads, or 19 images
+        # in 16 chunks
         ((1, 3, 128, 128), (32, 3, 3, 3), 1, "direct"),
-        ((11, 1, 20, 20), (6, 1, 5, 5), 0, "direct"),
+        ((19, 1, 20, 20), (6, 1, 5, 5), 0, "direct"),
     ],
 )
 def test_one_image_or_a_few_use_the_threads_and_give_the_same_bits(isa, threads, x_shape, w_shape, padding, path):
@@ -651,8 +651,25 @@ def test_one_image_or_a_few_use_the_threads_and_give_the_same_bits(isa, threads,
         np.testing.assert_array_equal(dw_alone[1], both[1])  # (dW the same with and without dx)
         results.append([y, *both, *dw_alone[1:]])
     assert_close(results[0][0], ref.conv2d(x, w, b, padding))
+    rdx, rdw, rdb = ref.conv2d_backward(x, w, results[0][0], padding)
+    assert_close(results[0][1], rdx)
+    assert_close(results[0][2], rdw)
+    assert_close(results[0][3], rdb)
     for a, b_ in zip(*results):
         np.testing.assert_array_equal(a, b_)
+
+
+def test_conv1s_fused_block_at_one_image_gives_the_same_bits_on_two_threads(isa, threads):
+    # (its output channels over the threads: 33 of them, split unevenly)
+    x, w, b = rand(1, 1, 28, 28), rand(33, 1, 3, 3, scale=0.3), rand(33)
+    results = []
+    for n in (1, 2):
+        cnnfast.set_num_threads(n)
+        results.append(F.conv2d_relu_max_pool2d(x, w, b, 2))
+    ry, rargmax = F.max_pool2d(F.conv2d(x, w, b), 2, relu=True)
+    for y, argmax in results:
+        np.testing.assert_array_equal(y, ry)
+        np.testing.assert_array_equal(argmax, rargmax)
 
 
 def test_a_strided_first_layer_on_one_image_gives_the_same_bits_on_two_threads(isa, threads):
