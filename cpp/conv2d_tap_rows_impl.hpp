@@ -278,6 +278,17 @@ constexpr auto lanes_over_kb(std::integer_sequence<int, KB...>) {
 // kLaneKernels[KB-1][G-1]
 constexpr auto kLaneKernels = lanes_over_kb(std::make_integer_sequence<int, kMaxLaneKB>());
 
+// dw: [K, T] from `count` parts of dw^T ([count][T][ld], columns K.. unused), added in order, and db:
+// [K] from the images' bias lanes ([N][K][16], row_lanes')
+void finish_weight_grad(float* dw, float* db, const float* parts, i64 count, i64 T, i64 ld, i64 K, const float* lanes,
+                        i64 N) {
+  std::vector<float> total(size_t(T) * ld);
+  sum_parts(total.data(), parts, count, T * ld);
+  for (i64 k = 0; k < K; ++k)
+    for (i64 t = 0; t < T; ++t) dw[k * T + t] = total[size_t(t * ld + k)];
+  sum_bias_lanes(db, lanes, N, K);
+}
+
 // An image laid out so that a tap's input values for the output pixels in order are consecutive
 // floats (stride 1): plane (c, q) for input channel c and kernel column q holds
 // [h][ow] = x_pad[c][h][ow + q] (Hp rows of Wo; zero outside x), and tap (c, r, q) reads plane
@@ -410,11 +421,7 @@ bool pixel_lanes_weight_grad(float* dw, float* db, const float* x, const float* 
       for (i64 u = 0; u < units; ++u) add_lanes(u, acc + u * unit_sums, partial.get() + c * T * K);
     }
   }
-  std::vector<float> total(size_t(T) * K);
-  sum_parts(total.data(), partial.get(), chunks, T * K);
-  for (i64 k = 0; k < K; ++k)
-    for (i64 t = 0; t < T; ++t) dw[k * T + t] = total[size_t(t * K + k)];
-  sum_bias_lanes(db, lanes.get(), N, K);
+  finish_weight_grad(dw, db, partial.get(), chunks, T, K, K, lanes.get(), N);
   return true;
 }
 
@@ -487,11 +494,7 @@ bool tap_rows_weight_grad(float* dw, float* db, const float* x, const float* dy,
     lay_out(n, xp, dyt, true);
     for (i64 u = 0; u < blocks_k * groups; ++u) unit(u, xp, dyt, sums, partial.get() + n * T * Kp);
   }
-  std::vector<float> total(size_t(T) * Kp);
-  sum_parts(total.data(), partial.get(), N, T * Kp);
-  for (i64 k = 0; k < K; ++k)
-    for (i64 t = 0; t < T; ++t) dw[k * T + t] = total[size_t(t * Kp + k)];
-  sum_bias_lanes(db, lanes.get(), N, K);
+  finish_weight_grad(dw, db, partial.get(), N, T, Kp, K, lanes.get(), N);
   return true;
 }
 
