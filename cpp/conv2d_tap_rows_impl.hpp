@@ -330,7 +330,9 @@ struct ShiftedPlanes {
 // -> 3.18-3.21, 0.93 -> 0.42, 1.13-1.40 -> 1.01-1.02. Not taken (tap rows faster): 3->64 5x5 on
 // 48 x 48 (batch 32) 7.97 -> 7.82 AVX-512 but 8.95 -> 10.10 AVX2, 3->16 7x7 on 64 x 64 6.15 -> 6.33
 // and 7.09 -> 8.20, strided 3->64 7x7 6.46 -> 7.39 and 7.84 -> 8.75, strided 3->32 3x3 (batch 128)
-// 0.81 -> 1.02 and 0.92 -> 1.07.
+// 0.81 -> 1.02 and 0.92 -> 1.07 (the strided ones with a strided version of ShiftedPlanes, made from
+// the image's phases, since dropped: its copies, and each unit's sums loaded and stored around only 16
+// vectors of pixels, cost more than the transposition saved).
 // (The tap rows' limits too: kernels up to kMaxS wide and 2 * kMaxKV vectors of output channels; the
 // GEMM paths take the rest, as before.)
 bool pixel_lanes_take(const ConvShape& s) {
