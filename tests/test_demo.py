@@ -409,6 +409,46 @@ def test_another_host_than_this_machine_gets_a_warning(model_path):
     assert "no MNIST found" in err and process.returncode == 143
 
 
+EARLY_SIGNAL = """
+import os, signal, sys
+import uvicorn
+from cnnfast._cli import run_command
+from cnnfast.demo.__main__ import main
+
+class SignalledWhileFinalized:  # Python prints an exception raised in __del__ and goes on
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+serve = uvicorn.Server.serve
+
+async def serve_after_a_signal(self, sockets=None):  # before uvicorn's own handlers are in place
+    SignalledWhileFinalized()
+    await serve(self, sockets)
+
+uvicorn.Server.serve = serve_after_a_signal
+sys.argv[1:] = ["--model", sys.argv[1], "--port", "0"]
+sys.exit(run_command(main))
+"""
+
+
+def test_a_signal_before_the_server_is_up_still_stops_it(model_path):
+    # (CI once caught SIGTERM where the handler's exception could only be printed, and the
+    # server then served on: the demo's handlers never raise, they ask the server to stop)
+    process = subprocess.Popen(
+        [sys.executable, "-c", EARLY_SIGNAL, str(model_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "python -m cnnfast.demo: stopped by SIGTERM; no file was left half-written"
+    assert "Traceback" not in err and "Exception ignored" not in err
+
+
 def test_the_hosts_answered_are_the_listening_one_and_this_machines_never_any():
     local = ["127.0.0.1", "localhost", "[::1]"]
     assert demo_main.allowed_hosts("127.0.0.2") == [*local, "127.0.0.2"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import signal
 import socket
 import sys
 import textwrap
@@ -11,7 +12,15 @@ import textwrap
 import numpy as np
 
 from .. import datasets
-from .._cli import add_data_arguments, add_model_argument, argument_parser, check_model_arg, load_mnist, load_model
+from .._cli import (
+    Interrupted,
+    add_data_arguments,
+    add_model_argument,
+    argument_parser,
+    check_model_arg,
+    load_mnist,
+    load_model,
+)
 from ..mnist import probabilities
 
 HELP_WIDTH = 78
@@ -199,10 +208,25 @@ def main(argv=None) -> int:
         timeout_graceful_shutdown=2,
         limit_concurrency=MAX_CONNECTIONS,  # (each request may hold a body of up to api.MAX_BODY)
     )
+    server = uvicorn.Server(config)
+    stopped_by = []
+
+    def stop(signum, frame):
+        # Ask the server to finish, never raise: a signal that came before uvicorn put in its own
+        # handlers (or that uvicorn passes on after its shutdown) would otherwise raise inside
+        # asyncio's startup and could leave the server hung.
+        stopped_by.append(signum)
+        server.should_exit = True
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            signal.signal(signum, stop)
     shown = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
     print(f"cnnfast demo: open {_url(shown, port)} in a browser (Ctrl-C stops it)", flush=True)
     with sock:
-        uvicorn.Server(config).run(sockets=[sock])
+        server.run(sockets=[sock])
+    if stopped_by:
+        raise Interrupted(stopped_by[0])
     return 0
 
 
