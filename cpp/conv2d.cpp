@@ -13,7 +13,9 @@
 //   winograd               conv2d_winograd.cpp,                          3x3, >= 16 channels in and out, >= 32
 //                          conv2d_winograd_kernels.cpp (per ISA)         tiles filling 3/4 of its panels, stride 1:
 //                                                                        F(4x4) or, on an even output, F(2x2)
-//                                                                        (winograd_tile); every ISA
+//                                                                        (winograd_tile); stride 2 forward from
+//                                                                        32 channels: F(4x4) through the input's
+//                                                                        phases; every ISA
 //   pointwise              conv2d_pointwise_kernels.cpp (per ISA),       forward only: 1x1, stride 1, 33-256
 //                          tile_product_impl.hpp                         channels in, whole panels holding at
 //                                                                        most 1.35x an image's pixels
@@ -58,13 +60,13 @@ bool conv3x3_pool2_backward_path(float*, float* dw, float* db, const float* x, c
 }
 
 bool has_work(const ConvShape& s, i64 N) { return N > 0 && s.K > 0 && s.taps() > 0; }
-// conv3x3_pool2 and winograd are written for stride 1 (the panels and direct take any stride)
+// conv3x3_pool2 is written for stride 1 (the panels and direct take any stride, winograd's forward 1 and 2)
 bool unit_stride_work(const ConvShape& s, i64 N) { return has_work(s, N) && s.stride == 1; }
 
 // (an odd output only forward: its backward stays with the panels, whose fused kernel skips the
 // pixels no pooling window reads; dw by F(3x3, 2x2) takes even outputs only)
 bool winograd_accepts(const ConvShape& s, i64 N, i64, bool backward) {
-  return winograd_tile(s, N) > 0 && !(backward && (s.Ho % 2 || s.Wo % 2));
+  return winograd_tile(s, N) > 0 && !(backward && (s.Ho % 2 || s.Wo % 2 || s.stride != 1));
 }
 
 // At most kFewPixels output pixels in the batch, more taps than the direct path's. A 1x1 layer only

@@ -10,9 +10,12 @@
 //   flipped and transposed ([C, K, 3, 3]): the same kernel (with dx's own tile). dw by
 //   F(3x3, 4x4) or F(3x3, 2x2), Winograd's algorithm transposed (the kernels file says how;
 //   weight_grad_tile below says where), else through the panels' backward (without dx).
+// - Stride 2, forward only: F(4x4) through the input's four phases (their kernels 2x2, 2x1, 1x2 and
+//   1x1 taps), 81 products a 4 x 4 block of outputs for 144 multiply-adds (the kernels file says how).
 // Numbers: the transforms add and subtract up to 16 terms (F(4x4): 36, with factors up to 8 and
 // 1/24) before and after the product, so results differ from the direct paths' by float roundings:
-// about 2e-7 of the largest output for F(2x2), 5e-6 for F(4x4) (tests: 1e-4 of the largest).
+// about 2e-7 of the largest output for F(2x2), 5e-6 for F(4x4), 3e-6 for stride 2 (tests: 1e-4 of
+// the largest).
 #include <algorithm>
 #include <atomic>
 #include <vector>
@@ -57,6 +60,9 @@ constexpr i64 kWinogradWeightGradTileChannels = 32;
 // 0.75-0.83x with whole panels; 96->96 on 12 x 12 (rows of 3 tiles) 0.80-0.88x (was 0.86-0.90x).
 // Else F(2x2).
 constexpr i64 kWinogradChannels = 16, kWinogradTiles = 32;
+// Stride 2 through the input's phases from this many channels in and out: below, the transforms
+// cost more than the products save (MEASURED)
+constexpr i64 kStride2Channels = 32;
 constexpr i64 kWinogradWaste = 135;  // percent
 std::atomic<int> winograd_tile_limit{4};
 
@@ -67,15 +73,29 @@ bool tiles_cover(const ConvShape& s, i64 N, i64 m) {
   return 100 * m * m * Th * Tw <= kWinogradWaste * s.P() && N * Th * Tw >= kWinogradTiles;
 }
 
-bool winograd_fits(const ConvShape& s, i64 N, i64 m) {
+// 3x3 with kWinogradChannels in and out, whose m x m tiles cover the output (tiles_cover) and fill
+// three quarters of the panels their products take them in
+bool tiles_fill(const ConvShape& s, i64 N, i64 m) {
   const i64 tiles = N * ((s.Ho + m - 1) / m) * ((s.Wo + m - 1) / m), panel = active_isa().tile_columns;
-  return s.stride == 1 && s.R == 3 && s.S == 3 && s.C >= kWinogradChannels && s.K >= kWinogradChannels && s.pad <= 2 &&
-         ((m == 4 && active_isa().winograd_odd_outputs) || (s.Ho % 2 == 0 && s.Wo % 2 == 0)) && tiles_cover(s, N, m) &&
+  return s.R == 3 && s.S == 3 && s.C >= kWinogradChannels && s.K >= kWinogradChannels && tiles_cover(s, N, m) &&
          4 * tiles >= 3 * ((tiles + panel - 1) / panel * panel) && s.P() < (i64(1) << 30);
+}
+
+bool winograd_fits(const ConvShape& s, i64 N, i64 m) {
+  return s.stride == 1 && s.pad <= 2 &&
+         ((m == 4 && active_isa().winograd_odd_outputs) || (s.Ho % 2 == 0 && s.Wo % 2 == 0)) && tiles_fill(s, N, m);
 }
 
 int winograd_tile(const ConvShape& s, i64 N) {
   if (N <= 0 || s.K <= 0 || s.taps() <= 0) return 0;
+  // Stride 2, forward only: F(4x4) through the input's phases (conv2d_winograd_kernels.cpp), 81
+  // products a tile where the panels do 144 multiply-adds, on F(4x4)'s terms, from kStride2Channels
+  // in and twice that out
+  if (s.stride == 2)
+    return winograd_tile_limit.load() >= 4 && s.C >= kStride2Channels && s.K >= 2 * kStride2Channels && s.pad <= 2 &&
+                   tiles_fill(s, N, 4)
+               ? 4
+               : 0;
   const IsaKernels& isa = active_isa();
   const i64 Kp = (s.K + isa.gemm->mr - 1) / isa.gemm->mr * isa.gemm->mr;  // (the products' MR is the GEMM's)
   const double panel_bytes = 36.0 * double(s.C + Kp) * isa.tile_columns * sizeof(float);

@@ -436,6 +436,156 @@ void scatter_output_blocks(float* y, i64 Ho, i64 Wo, const float* o, i64 LS, i64
     }
 }
 
+// ---- Stride 2: F(4x4) through the input's phases ----
+// A stride-2 3x3 convolution is four stride-1 convolutions, one per phase of the padded input (its
+// even and odd rows by its even and odd columns), with kernels of 2 x 2 taps ((0,0), (0,2), (2,0),
+// (2,2)), 2 x 1, 1 x 2 and 1 x 1. Along one dimension, 4 outputs take the even phase's 5 values
+// through F(4, 2) (points 0, 1, -1, 2 and infinity: 5 products) and the odd phase's 4 values as
+// they are (tap 1 alone: 4 products): 9 in all, one transform of a 9 x 9 input block (rows and
+// columns 8t .. 8t + 8 of the padded input), so 81 products for a 4 x 4 block of outputs where a
+// direct method does 144 multiply-adds:
+//   B^T (9 x 9): rows 0-4 F(4, 2)'s B^T on the even values 0, 2, .., 8,
+//     [1 -1/2 -1 1/2 0; 0 1 1/2 -1/2 0; 0 -1/3 1/2 -1/6 0; 0 -1/6 0 1/6 0; 0 2 -1 -2 1];
+//     rows 5-8 the odd values 1, 3, 5, 7;
+//   G (9 x 3): rows 0-4 on taps 0 and 2, [1 0; 1 1; 1 -1; 1 2; 0 1]; rows 5-8 tap 1;
+//   A^T (4 x 9): [1 1 1 1 0; 0 1 -1 2 0; 0 1 1 4 0; 0 1 -1 8 1] on 0-4, the identity on 5-8.
+// The products, tiles and output blocks are F(4x4)'s (above); only the transforms differ.
+
+// B^T d for nine values (a row or a column of the 9 x 9 block) -> out[0..8]
+inline void apply_bt9(const vec d[9], vec out[9]) {
+  const vec e1 = d[2], e2 = d[4], e3 = d[6];  // (even values e_t = d[2t])
+  out[0] = d[0] - e2 + 0.5f * (e3 - e1);
+  out[1] = e1 + 0.5f * (e2 - e3);
+  out[2] = 0.5f * e2 - (1.0f / 3) * e1 - (1.0f / 6) * e3;
+  out[3] = (1.0f / 6) * (e3 - e1);
+  out[4] = 2.0f * (e1 - e3) - e2 + d[8];
+  out[5] = d[1];
+  out[6] = d[3];
+  out[7] = d[5];
+  out[8] = d[7];
+}
+
+// A^T m for nine values -> out[0..3]
+inline void apply_at9(const vec m[9], vec out[4]) {
+  const vec sum12 = m[1] + m[2], diff12 = m[1] - m[2];
+  out[0] = m[0] + sum12 + m[3] + m[5];
+  out[1] = diff12 + 2.0f * m[3] + m[6];
+  out[2] = sum12 + 4.0f * m[3] + m[7];
+  out[3] = diff12 + 8.0f * m[3] + m[4] + m[8];
+}
+
+// w: [K, C, 3, 3] -> u: [36][Kp / MR][C][MR], planes us apart (zeros for k >= K): G g G^T at
+// the positions (i, j) < 6 (G's rows 6-8 are its row 5, tap 1 alone). A panel's taps are first laid
+// out tap by tap (f: [9][C][MR]), so that each position is a loop over C*MR consecutive floats that
+// the compiler vectorizes (a position at a time from each channel's 9 taps, as F(4x4)'s, its stores
+// went value by value, and this transform was a sixth of 64->128 to 4 x 4 at batch 32)
+void transform_weights_stride2(float* u, i64 us, const float* w, i64 K, i64 C, i64 Kp) {
+  const i64 panels = Kp / MR, n = C * MR, nv = (n + VL - 1) / VL * VL;  // (f's rows: whole vectors)
+  const int threads = threads_over(double(Kp) * C * 36 * 4, panels);
+  ScratchFloats taps(size_t(threads) * 9 * nv);
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (i64 kp = 0; kp < panels; ++kp) {
+    float* f = taps.get() + size_t(omp_get_thread_num()) * 9 * nv;
+    for (i64 i = 0; i < MR; ++i)
+      for (i64 c = 0; c < C; ++c)
+        for (int t = 0; t < 9; ++t)
+          f[t * nv + c * MR + i] = kp * MR + i < K ? w[((kp * MR + i) * C + c) * 9 + t] : 0.0f;
+    for (int t = 0; t < 9; ++t) std::fill(f + t * nv + n, f + (t + 1) * nv, 0.0f);
+    for (i64 e = 0; e < n; e += VL) {
+      float* out = u + kp * n + e;
+      auto put = [&](int xi,
+                     vec v) {  // (a panel's last vector: its own lanes only, the next panel's are another thread's)
+        if (e + VL <= n)
+          store(out + xi * us, v);
+        else
+          store_first(out + xi * us, v, n - e);
+      };
+      vec h[3][6];  // g G^T: a row of taps at a time
+      for (int r = 0; r < 3; ++r) {
+        const vec a = load(f + 3 * r * nv + e), b = load(f + (3 * r + 1) * nv + e), c = load(f + (3 * r + 2) * nv + e);
+        h[r][0] = a, h[r][1] = a + c, h[r][2] = a - c, h[r][3] = a + 2.0f * c, h[r][4] = c, h[r][5] = b;
+      }
+      for (int j = 0; j < 6; ++j) {  // then G (g G^T)
+        const vec a = h[0][j], b = h[1][j], c = h[2][j];
+        put(j, a);
+        put(6 + j, a + c);
+        put(12 + j, a - c);
+        put(18 + j, a + 2.0f * c);
+        put(24 + j, c);
+        put(30 + j, b);
+      }
+    }
+  }
+}
+
+// The floats between gather_stride2_blocks' padded rows: 16 zeros, the row, zeros as far as the
+// last block reads (column 8 Tw - pad <= W + pad + 5) and a vector more
+inline i64 stride2_row_floats(i64 W, i64 pad) { return i64(lines(size_t(16 + W + pad + 16 + 16))); }
+
+// Rows of tiles th0..th1 of one input plane (x: [H, W], pad <= 16) -> each tile's 9 x 9 block of the
+// padded input whole, tile l at blocks[81 l ..] (l from l0), through the input rows they read,
+// copied first into padded ([8*(th1-th0)+1][Wp], at column 16 of each: zero at first, its borders
+// are never written). (Copying a row and at once reading the blocks from it, the loads waited on the
+// row's stores: a sixth of 64->128 to 4 x 4 at batch 32.)
+void gather_stride2_blocks(float* blocks, const float* x, i64 H, i64 W, i64 pad, i64 th0, i64 th1, i64 Tw, i64 l0,
+                           float* padded, i64 Wp) {
+  for (i64 i = 0; i < 8 * (th1 - th0) + 1; ++i) {
+    const i64 h = 8 * th0 + i - pad;
+    float* row = padded + i * Wp + 16;
+    if (h < 0 || h >= H) {
+      std::fill(row, row + W, 0.0f);
+      continue;
+    }
+    copy_row(row, x + h * W, W);
+    // the next plane's row (the image's next channel, read next): a chunk's planes are an image
+    // apart, too far for the hardware's prefetch (without this, at batch 128 the copy of 64->128 to
+    // 8 x 8 was a sixth of the forward)
+    for (i64 f = 0; f < W; f += 16) __builtin_prefetch(x + (H + h) * W + f);
+  }
+  for (i64 th = th0; th < th1; ++th)
+    for (i64 tw = 0; tw < Tw; ++tw) {
+      const float* block = padded + 8 * (th - th0) * Wp + 16 - pad + 8 * tw;
+      float* out = blocks + 81 * (l0 + (th - th0) * Tw + tw);
+      for (int i = 0; i < 9; ++i) __builtin_memcpy(out + 9 * i, block + i * Wp, 9 * sizeof(float));
+    }
+}
+
+// Tiles 0..L of the staged 9 x 9 blocks (d: [81][LS], plane 9i + j) -> v[xi*vs + l] = (B^T d_l B)[xi]
+void transform_stride2_blocks(float* v, i64 vs, const float* d, i64 LS, i64 L) {
+  for (i64 l = 0; l < L; l += VL) {
+    vec t[9][9];  // t[i][j] = (d B)[i][j]: along the columns first
+    for (int i = 0; i < 9; ++i) {
+      vec row[9];
+      for (int j = 0; j < 9; ++j) row[j] = load(d + (9 * i + j) * LS + l);
+      apply_bt9(row, t[i]);
+    }
+    for (int j = 0; j < 9; ++j) {  // then B^T (d B) along the rows
+      const vec column[9] = {t[0][j], t[1][j], t[2][j], t[3][j], t[4][j], t[5][j], t[6][j], t[7][j], t[8][j]};
+      vec out[9];
+      apply_bt9(column, out);
+      for (int i = 0; i < 9; ++i) store(v + (9 * i + j) * vs + l, out[i]);
+    }
+  }
+}
+
+// Tiles 0..L of one output channel's 81 products (m[xi*ms + l]) -> o[(4i + j)*LS + l] = (A^T M_l A)[i][j] + bias
+void transform_stride2_outputs(float* o, i64 LS, const float* m, i64 ms, i64 L, float bias) {
+  for (i64 l = 0; l < L; l += VL) {
+    vec s[4][9];  // (A^T M) rows
+    for (int j = 0; j < 9; ++j) {
+      vec column[9], out[4];
+      for (int i = 0; i < 9; ++i) column[i] = load(m + (9 * i + j) * ms + l);
+      apply_at9(column, out);
+      for (int i = 0; i < 4; ++i) s[i][j] = out[i];
+    }
+    for (int i = 0; i < 4; ++i) {
+      vec out[4];
+      apply_at9(s[i], out);
+      for (int j = 0; j < 4; ++j) store(o + (4 * i + j) * LS + l, out[j] + bias);
+    }
+  }
+}
+
 // The weight gradient's side, F(3x3, 2x2) (the same algorithm transposed):
 //   dW_kc = G^T [ sum over tiles (A e_k A^T) .* (B^T d_c B) ] G,
 // e_k a 2x2 block of dy, d_c the 4x4 block of input it met, A = (A^T)^T = [1 0; 1 1; 1 -1; 0 -1].
@@ -655,11 +805,88 @@ void winograd_forward_tiles(float* y, const float* x, const float* w, const floa
   });
 }
 
+// x: [N, C, H, W], w: [K, C, 3, 3], b: [K] (may be null: no bias) -> y: [N, K, Ho, Wo], stride 2, by
+// F(4x4) through the input's phases (above). Chunks of rows of tiles whose transformed input
+// V [81][C][LS] and one block of MR output channels' products [81][MR][LS] take about
+// kWinogradChunkBytes (M is never whole: 81 planes of all the output channels would not stay in
+// L2); each block's products, then its output transforms. Over the threads by chunk, or, for a
+// single chunk, its transforms by channel and its blocks of output channels. The chunks depend on
+// the shapes only: the same results for any thread count.
+void winograd_forward_stride2(float* y, const float* x, const float* w, const float* b, const ConvShape& s, i64 N) {
+  constexpr int X = 81;
+  const i64 C = s.C, K = s.K, H = s.H, W = s.W, Ho = s.Ho, Wo = s.Wo, pad = s.pad;
+  const i64 Th = (Ho + 3) / 4, Tw = (Wo + 3) / 4, Kp = (K + MR - 1) / MR * MR;
+  // G's rows 5-8 are alike (tap 1), so position (i, j) has the transformed weights of (min(i, 5),
+  // min(j, 5)): 36 planes for 81 positions (the 81 made the transform a tenth of 64->128 to 4 x 4
+  // at batch 128, its stores 2.6 MB)
+  const i64 us = odd_lines(Kp * C);
+  ScratchFloats u(size_t(36) * us);
+  transform_weights_stride2(u.get(), us, w, K, C, Kp);
+  auto weights_at = [&](int xi) { return u.get() + size_t(6 * std::min(xi / 9, 5) + std::min(xi % 9, 5)) * us; };
+  const i64 rows_total = N * Th;
+  const double work = double(N) * K * C * X * Th * Tw;
+  const i64 budget_rows =
+      TileChunks::whole_panels(NR, Tw, kWinogradChunkBytes / (i64(X) * (C + MR) * Tw * 4), rows_total);
+  // a few chunks, as many for each thread (3 over two threads was 1.26x the panels' time on AVX2,
+  // 32->64 to 8 x 8 at batch 32); each output's sums are the same in any chunk
+  const i64 few = (rows_total + budget_rows - 1) / budget_rows, team = threads_over(work, few);
+  const i64 rows = few > 1 && few < 8 * team && few % team
+                       ? (rows_total + (few + team - 1) / team * team - 1) / ((few + team - 1) / team * team)
+                       : budget_rows;
+  const i64 chunks = (rows_total + rows - 1) / rows, L_max = rows * Tw;
+  const i64 LS = (L_max + NR - 1) / NR * NR;  // (the products read whole panels; the transforms whole vectors)
+  const i64 vs = odd_lines(C * LS), ms = odd_lines(MR * LS);
+  const i64 kc = C <= 320 ? C : 256;
+  // a thread's own: the tiles' blocks ([L][81]), staged as planes ([81][LS]), a block's products
+  // ([81][MR][LS]) and an output channel's blocks ([16][LS])
+  const size_t blocks = lines(size_t(81) * L_max), planes = lines(size_t(81) * LS), products = size_t(X) * ms,
+               outputs = lines(size_t(16) * LS);
+  const i64 Wp = stride2_row_floats(W, pad);
+  const size_t padded = size_t(8 * std::min(Th, rows) + 1) * Wp, own = blocks + planes + products + outputs + padded;
+  const int inner = chunks == 1 ? threads_over(work, Kp / MR) : 1;
+  const int nt = inner > 1 ? 1 : threads_over(work, chunks);
+  const int owners = std::max(inner, nt);
+  ScratchFloats scratch(size_t(owners) * own), shared_v(size_t(X) * vs * (inner > 1 ? 1 : nt));
+  for (int t = 0; t < owners; ++t) std::fill_n(scratch.get() + (t + 1) * own - padded, padded, 0.0f);  // (the borders)
+  auto mine = [&]() { return scratch.get() + size_t(omp_get_thread_num()) * own; };
+  for_each_chunk(chunks, nt, [&](i64 chunk) __attribute__((always_inline)) {
+    float* v = shared_v.get() + (inner > 1 ? 0 : size_t(omp_get_thread_num()) * X * vs);  // [X][C][LS]
+    const i64 r0 = chunk * rows, r1 = std::min(rows_total, r0 + rows);
+    const i64 L = (r1 - r0) * Tw, panels = (L + NR - 1) / NR;
+    for_each_over(C, inner, [&](i64 c) __attribute__((always_inline)) {
+      float* stage = mine();
+      by_image(r0, r1, Th, Tw, [&](i64 n, i64 th0, i64 th1, i64 l0) {
+        gather_stride2_blocks(stage, x + (n * C + c) * H * W, H, W, pad, th0, th1, Tw, l0, stage + own - padded, Wp);
+      });
+      transpose(stage + blocks, LS, stage, 81, L, 81, (L + VL - 1) / VL * VL);
+      transform_stride2_blocks(v + c * LS, vs, stage + blocks, LS, L);
+    });
+    for_each_over(Kp / MR, inner, [&](i64 kb) __attribute__((always_inline)) {
+      float* m = mine() + blocks + planes;  // [X][MR][LS], planes ms apart
+      float* o = m + products;
+      for (int xi = 0; xi < X; ++xi)
+        for (i64 p = 0; p < panels; ++p)
+          for (i64 c0 = 0; c0 < C; c0 += kc)
+            tile_product(std::min(kc, C - c0), weights_at(xi) + (kb * C + c0) * MR,
+                         v + size_t(xi) * vs + c0 * LS + p * NR, LS, m + size_t(xi) * ms + p * NR, LS, c0 > 0);
+      for (i64 k = kb * MR; k < std::min(K, kb * MR + MR); ++k) {
+        transform_stride2_outputs(o, LS, m + (k - kb * MR) * LS, ms, L, b ? b[k] : 0.0f);
+        if (value_by_value(Tw)) {
+          scatter_small_rows(y + (r0 / Th * K + k) * Ho * Wo, K * Ho * Wo, Ho, Wo, o, LS, r0, L, Th, Tw);
+          continue;
+        }
+        for (i64 r = r0; r < r1; ++r)
+          scatter_output_blocks(y + (r / Th * K + k) * Ho * Wo, Ho, Wo, o, LS, r % Th, Tw, (r - r0) * Tw);
+      }
+    });
+  });
+}
 }  // namespace
 
 // x: [N, C, H, W], w: [K, C, 3, 3], b: [K] (may be null: no bias) -> y: [N, K, Ho, Wo], by
-// F(m x m, 3x3), m = 2 or 4
+// F(m x m, 3x3), m = 2 or 4; stride 2: F(4x4) through the input's phases
 void winograd_forward(float* y, const float* x, const float* w, const float* b, const ConvShape& s, i64 N, int m) {
+  if (s.stride == 2) return winograd_forward_stride2(y, x, w, b, s, N);
   if (m == 4) return winograd_forward_tiles<4>(y, x, w, b, s, N);
   winograd_forward_tiles<2>(y, x, w, b, s, N);
 }

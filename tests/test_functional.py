@@ -185,6 +185,50 @@ def test_winograd_4x4_and_2x2_tiles_both_match_the_reference(isa, shape):
     assert not np.array_equal(results[0][1], results[1][1])
 
 
+# Stride 2 through the input's phases (forward only): 8 x 8 outputs in 4 tiles an image; 16 x 15
+# (the last column of tiles a quarter outside) without padding; a tile an image (its outputs
+# scattered value by value on AVX-512); padding 2; more than 320 channels in (the products' depth
+# in two parts); one chunk of 32 tiles (its transforms and blocks of output channels over the threads)
+STRIDE2_SHAPES = [
+    (32, 32, 16, 16, 64, 1),
+    (2, 36, 33, 31, 65, 0),
+    (48, 32, 8, 8, 64, 1),
+    (8, 32, 21, 21, 64, 2),
+    (8, 330, 16, 16, 64, 1),
+    (2, 32, 32, 32, 64, 1),
+]
+
+
+@pytest.mark.parametrize("shape", STRIDE2_SHAPES)
+def test_stride2_winograd_matches_the_reference_and_the_panels(isa, shape):
+    N, C, H, W, K, p = shape
+    x, w, b = rand(N, C, H, W), rand(K, C, 3, 3, scale=0.3), rand(K)
+    assert _core.conv2d_path(x.shape, w.shape, p, stride=2) == "winograd"
+    assert _core.conv2d_path(x.shape, w.shape, p, stride=2, backward=True) != "winograd"  # (forward only)
+    expected = ref.conv2d(x, w, b, p, stride=2)
+    y = F.conv2d(x, w, b, padding=p, stride=2)
+    assert_close(y, expected)
+    before = _core.set_winograd_tile_limit(2)  # (F(4x4) off: the panels take it)
+    try:
+        assert _core.conv2d_path(x.shape, w.shape, p, stride=2) != "winograd"
+        other = F.conv2d(x, w, b, padding=p, stride=2)
+    finally:
+        _core.set_winograd_tile_limit(before)
+    assert_close(other, expected)
+    assert not np.array_equal(y, other)  # (another algorithm ran: other roundings)
+
+
+@pytest.mark.parametrize("shape", [STRIDE2_SHAPES[0], STRIDE2_SHAPES[5]])
+def test_stride2_winograd_is_the_same_on_any_thread_count(isa, threads, shape):
+    N, C, H, W, K, p = shape
+    x, w, b = rand(N, C, H, W), rand(K, C, 3, 3, scale=0.3), rand(K)
+    results = []
+    for n in (1, 2):
+        cnnfast.set_num_threads(n)
+        results.append(F.conv2d(x, w, b, padding=p, stride=2))
+    np.testing.assert_array_equal(results[0], results[1])
+
+
 # dw by F(3x3, 4x4): 32 tiles in one chunk, 96 tiles in two chunks (summed in order), 14 x 14
 # outputs (the last tiles' dy zero past the plane), padding 0 and 2, 32 channels in (the fewest it
 # takes)
@@ -339,7 +383,7 @@ def test_strided_conv2d_relu_max_pool2d_equals_the_three_kernels(isa, few_pixels
 
 
 def test_strided_conv2d_takes_the_panels_or_direct_and_is_the_same_on_any_thread_count(isa, threads):
-    assert _core.conv2d_path((8, 16, 8, 8), (32, 16, 3, 3), 1, stride=2) == "panels"  # (Winograd: stride 1 only)
+    assert _core.conv2d_path((8, 16, 8, 8), (32, 16, 3, 3), 1, stride=2) == "panels"  # (Winograd: 32 -> 64 and more)
     assert _core.conv2d_path((8, 16, 16, 16), (32, 16, 3, 3), 1, 0, True, True, stride=2) == "panels"
     # output rows of two vectors and 16 pixels or more (40 pixels: on every ISA): the direct forward
     assert _core.conv2d_path((2, 16, 80, 80), (32, 16, 3, 3), 1, stride=2) == "direct"
