@@ -60,8 +60,11 @@ constexpr i64 kWinogradWeightGradTileChannels = 32;
 // 0.75-0.83x with whole panels; 96->96 on 12 x 12 (rows of 3 tiles) 0.80-0.88x (was 0.86-0.90x).
 // Else F(2x2).
 constexpr i64 kWinogradChannels = 16, kWinogradTiles = 32;
-// Stride 2 through the input's phases from this many channels in and out: below, the transforms
-// cost more than the products save (MEASURED)
+// Stride 2 through the input's phases from this many channels in and twice as many out: below, the
+// transforms cost what the products save. Against the panels (AMD EPYC Zen 4, batch 32/128, 1-2
+// threads): AVX-512 64->128 on 8 x 8 0.70-0.78x the time, 32->64 on 16 x 16 0.87-0.90x, but 32->32
+// on 32 x 32 0.99-1.04x (and 16->32 1.1-1.3x, on a busy machine); AVX2 0.73-0.78x, 0.84-0.94x and
+// 0.90-1.00x.
 constexpr i64 kStride2Channels = 32;
 constexpr i64 kWinogradWaste = 135;  // percent
 std::atomic<int> winograd_tile_limit{4};
