@@ -66,7 +66,7 @@ bool unit_stride_work(const ConvShape& s, i64 N) { return has_work(s, N) && s.st
 // (an odd output only forward: its backward stays with the panels, whose fused kernel skips the
 // pixels no pooling window reads; dw by F(3x3, 2x2) takes even outputs only)
 bool winograd_accepts(const ConvShape& s, i64 N, i64, bool backward) {
-  return winograd_tile(s, N) > 0 && !(backward && (s.Ho % 2 || s.Wo % 2 || s.stride != 1));
+  return winograd_tile(s, N) > 0 && !(backward && s.stride == 1 && (s.Ho % 2 || s.Wo % 2));
 }
 
 // At most kFewPixels output pixels in the batch, more taps than the direct path's. A 1x1 layer only

@@ -138,6 +138,11 @@ bool winograd_backward_path(float* dx, float* dw, float* db, const float* x, con
   const i64 C = s.C, K = s.K;
   std::unique_ptr<float[]> unpooled;
   if (pool_k) dy = whole_dconv(unpooled, dy, argmax, s, N, pool_k);  // d(conv): each dy routed to its argmax
+  if (s.stride == 2) {  // dw and db through the panels, dx through the forward's phases transposed
+    isa.panels_backward_plain(nullptr, dw, db, x, w, dy, s, N);
+    if (dx) isa.winograd_input_grad_stride2(dx, dy, w, s, N);
+    return true;
+  }
   const int dw_tile = weight_grad_tile(s, N);
   if (dw_tile > 0) {
     if (dw) isa.winograd_weight_grad(dw, x, dy, s, N, dw_tile);

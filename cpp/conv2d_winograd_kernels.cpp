@@ -25,6 +25,7 @@
 // is overwritten by the next row or ignored). The chunking depends on the shapes only, and each
 // output is one fixed sequence of operations: the results do not depend on the thread count.
 #include <algorithm>
+#include <array>
 #include <cstring>
 #include <numeric>
 #include <vector>
@@ -451,27 +452,34 @@ void scatter_output_blocks(float* y, i64 Ho, i64 Wo, const float* o, i64 LS, i64
 //   A^T (4 x 9): [1 1 1 1 0; 0 1 -1 2 0; 0 1 1 4 0; 0 1 -1 8 1] on 0-4, the identity on 5-8.
 // The products, tiles and output blocks are F(4x4)'s (above); only the transforms differ.
 
-// B^T d for nine values (a row or a column of the 9 x 9 block) -> out[0..8]
-inline void apply_bt9(const vec d[9], vec out[9]) {
-  const vec e1 = d[2], e2 = d[4], e3 = d[6];  // (even values e_t = d[2t])
-  out[0] = d[0] - e2 + 0.5f * (e3 - e1);
+// F(4, 2)'s B^T e for the five values e0..e4 -> out[0..4]
+inline void apply_bt5(vec e0, vec e1, vec e2, vec e3, vec e4, vec out[5]) {
+  out[0] = e0 - e2 + 0.5f * (e3 - e1);
   out[1] = e1 + 0.5f * (e2 - e3);
   out[2] = 0.5f * e2 - (1.0f / 3) * e1 - (1.0f / 6) * e3;
   out[3] = (1.0f / 6) * (e3 - e1);
-  out[4] = 2.0f * (e1 - e3) - e2 + d[8];
-  out[5] = d[1];
-  out[6] = d[3];
-  out[7] = d[5];
-  out[8] = d[7];
+  out[4] = 2.0f * (e1 - e3) - e2 + e4;
+}
+
+// B^T d for nine values (a row or a column of the 9 x 9 block) -> out[0..8]
+inline void apply_bt9(const vec d[9], vec out[9]) {
+  apply_bt5(d[0], d[2], d[4], d[6], d[8], out);
+  for (int t = 0; t < 4; ++t) out[5 + t] = d[2 * t + 1];
+}
+
+// F(4, 2)'s A^T m for five values -> out[0..3]
+inline void apply_at5(const vec m[5], vec out[4]) {
+  const vec sum12 = m[1] + m[2], diff12 = m[1] - m[2];
+  out[0] = m[0] + sum12 + m[3];
+  out[1] = diff12 + 2.0f * m[3];
+  out[2] = sum12 + 4.0f * m[3];
+  out[3] = diff12 + 8.0f * m[3] + m[4];
 }
 
 // A^T m for nine values -> out[0..3]
 inline void apply_at9(const vec m[9], vec out[4]) {
-  const vec sum12 = m[1] + m[2], diff12 = m[1] - m[2];
-  out[0] = m[0] + sum12 + m[3] + m[5];
-  out[1] = diff12 + 2.0f * m[3] + m[6];
-  out[2] = sum12 + 4.0f * m[3] + m[7];
-  out[3] = diff12 + 8.0f * m[3] + m[4] + m[8];
+  apply_at5(m, out);
+  for (int t = 0; t < 4; ++t) out[t] = out[t] + m[5 + t];
 }
 
 // w: [K, C, 3, 3] -> u: [36][Kp / MR][C][MR], planes us apart (zeros for k >= K): G g G^T at
@@ -518,36 +526,46 @@ void transform_weights_stride2(float* u, i64 us, const float* w, i64 K, i64 C, i
   }
 }
 
-// The floats between gather_stride2_blocks' padded rows: 16 zeros, the row, zeros as far as the
-// last block reads (column 8 Tw - pad <= W + pad + 5) and a vector more
+// The floats between the forward's padded rows (gather_blocks): 16 zeros, the row, zeros as far as
+// the last block reads (column 8 Tw - pad <= W + pad + 5) and a vector more
 inline i64 stride2_row_floats(i64 W, i64 pad) { return i64(lines(size_t(16 + W + pad + 16 + 16))); }
 
-// Rows of tiles th0..th1 of one input plane (x: [H, W], pad <= 16) -> each tile's 9 x 9 block of the
-// padded input whole, tile l at blocks[81 l ..] (l from l0), through the input rows they read,
-// copied first into padded ([8*(th1-th0)+1][Wp], at column 16 of each: zero at first, its borders
-// are never written). (Copying a row and at once reading the blocks from it, the loads waited on the
-// row's stores: a sixth of 64->128 to 4 x 4 at batch 32.)
-void gather_stride2_blocks(float* blocks, const float* x, i64 H, i64 W, i64 pad, i64 th0, i64 th1, i64 Tw, i64 l0,
-                           float* padded, i64 Wp) {
-  for (i64 i = 0; i < 8 * (th1 - th0) + 1; ++i) {
-    const i64 h = 8 * th0 + i - pad;
-    float* row = padded + i * Wp + 16;
-    if (h < 0 || h >= H) {
-      std::fill(row, row + W, 0.0f);
-      continue;
+// The tiles of rows of tiles r0..r1 (Th an image, Tw a row) of one channel (plane_of(n): its plane
+// in image n, Hin x Win) -> each tile's B x B block of the zero-padded plane (rows step*th + lead ..,
+// columns step*tw + lead ..; lead >= -16), tile l at blocks[B*B*l ..]. Through the rows they read,
+// all the chunk's copied first into padded (rows Wp floats apart, at column 16 of each; zero at
+// first, its borders never written; at most B rows a row of tiles): copying a row and at once
+// reading the blocks from it, the loads waited on the row's stores (a sixth of stride-2 64->128 to
+// 4 x 4 at batch 32).
+template <int B, int step, class PlaneOf>
+void gather_blocks(float* blocks, PlaneOf&& plane_of, i64 Hin, i64 Win, i64 lead, i64 r0, i64 r1, i64 Th, i64 Tw,
+                   float* padded, i64 Wp) {
+  float* rows = padded + 16;
+  by_image(r0, r1, Th, Tw, [&](i64 n, i64 th0, i64 th1, i64) {
+    const float* x = plane_of(n);
+    for (i64 i = 0; i < step * (th1 - th0) + B - step; ++i, rows += Wp) {
+      const i64 h = step * th0 + lead + i;
+      if (h < 0 || h >= Hin) {
+        std::fill(rows, rows + Win, 0.0f);
+        continue;
+      }
+      copy_row(rows, x + h * Win, Win);
+      // the next plane's row (the image's next channel, read next): a chunk's planes are an image
+      // apart, too far for the hardware's prefetch (without this, at batch 128 the copy of
+      // stride-2 64->128 to 8 x 8 was a sixth of the forward)
+      for (i64 f = 0; f < Win; f += 16) __builtin_prefetch(x + (Hin + h) * Win + f);
     }
-    copy_row(row, x + h * W, W);
-    // the next plane's row (the image's next channel, read next): a chunk's planes are an image
-    // apart, too far for the hardware's prefetch (without this, at batch 128 the copy of 64->128 to
-    // 8 x 8 was a sixth of the forward)
-    for (i64 f = 0; f < W; f += 16) __builtin_prefetch(x + (H + h) * W + f);
-  }
-  for (i64 th = th0; th < th1; ++th)
-    for (i64 tw = 0; tw < Tw; ++tw) {
-      const float* block = padded + 8 * (th - th0) * Wp + 16 - pad + 8 * tw;
-      float* out = blocks + 81 * (l0 + (th - th0) * Tw + tw);
-      for (int i = 0; i < 9; ++i) __builtin_memcpy(out + 9 * i, block + i * Wp, 9 * sizeof(float));
-    }
+  });
+  rows = padded + 16 + lead;
+  by_image(r0, r1, Th, Tw, [&](i64, i64 th0, i64 th1, i64 l0) {
+    for (i64 th = th0; th < th1; ++th)
+      for (i64 tw = 0; tw < Tw; ++tw) {
+        const float* block = rows + step * ((th - th0) * Wp + tw);
+        float* out = blocks + B * B * (l0 + (th - th0) * Tw + tw);
+        for (int i = 0; i < B; ++i) __builtin_memcpy(out + B * i, block + i * Wp, B * sizeof(float));
+      }
+    rows += (step * (th1 - th0) + B - step) * Wp;
+  });
 }
 
 // Tiles 0..L of the staged 9 x 9 blocks (d: [81][LS], plane 9i + j) -> v[xi*vs + l] = (B^T d_l B)[xi]
@@ -584,6 +602,96 @@ void transform_stride2_outputs(float* o, i64 LS, const float* m, i64 ms, i64 L, 
       for (int j = 0; j < 4; ++j) store(o + (4 * i + j) * LS + l, out[j] + bias);
     }
   }
+}
+
+// ---- Stride 2, the input gradient: the same products transposed ----
+// dx of a stride-2 3x3 convolution, in the padded input's coordinates: an even row 2i takes
+// dy[i - 1] w2 + dy[i] w0, an odd one 2i + 1 dy[i] w1 (and so the columns). So 4 even rows of dx
+// are F(4, 2) of dy's rows i0 - 1 .. i0 + 3 with the kernel (w2, w0), 4 odd rows dy's rows
+// i0 .. i0 + 3 times w1: the 9 positions of the forward's transform, with G on the kernel flipped
+// (w2, w1, w0), B^T on a 5 x 5 block of dy (positions 5-8: its values 1-4 as they are), and
+// A^T's two halves giving different outputs: positions 0-4 the even rows, 5-8 the odd ones. A tile
+// is an 8 x 8 block of dx from a 5 x 5 block of dy, 81 products where the panels' GEMM does 144
+// multiply-adds (dx^T = w^T dy, then its rows added into place). The tiles start at dx's rows and
+// columns 0, 8, .. (not the padded input's: with padding 1, 8 x 8 tiles cover an 8 x 8 image, not
+// 9 x 9 of it): with odd padding a tile's first row is an odd row of the padded input, and its
+// 5 x 5 block of dy starts a row later (dy[i0 .. i0 + 4]), the odd rows using values 0-3 and going
+// to the tile's even rows ("odd" below).
+
+// B^T e for a 5 x 5 block's row or column e0..e4 -> out[0..8] (odd: positions 5-8 take e0..e3)
+template <int odd>
+inline void apply_bt5_dy(const vec e[5], vec out[9]) {
+  apply_bt5(e[0], e[1], e[2], e[3], e[4], out);
+  for (int t = 0; t < 4; ++t) out[5 + t] = e[1 - odd + t];
+}
+
+// Both halves of A^T m for nine values -> out[0..7]: out[2t + odd] = F(4, 2)'s A^T m[0..4],
+// out[2t + 1 - odd] = m[5 + t]
+template <int odd>
+inline void apply_at9_dx(const vec m[9], vec out[8]) {
+  vec even[4];
+  apply_at5(m, even);
+  for (int t = 0; t < 4; ++t) out[2 * t + odd] = even[t], out[2 * t + 1 - odd] = m[5 + t];
+}
+
+// The floats between dx's padded dy rows (gather_blocks): 16 zeros, the row, zeros as far as the last
+// block reads (column 4 Tw + lead + 4, lead <= 1) and a vector more
+inline i64 dy_row_floats(i64 Wo, i64 Tw) { return i64(lines(size_t(16 + std::max(Wo, 4 * Tw + 2) + 16))); }
+
+// Tiles 0..L of the staged 5 x 5 dy blocks (d: [25][LS], plane 5i + j) -> v[xi*vs + l], xi = 9i + j
+template <int odd>
+void transform_dy_stride2_blocks(float* v, i64 vs, const float* d, i64 LS, i64 L) {
+  for (i64 l = 0; l < L; l += VL) {
+    vec t[5][9];  // along the columns first
+    for (int i = 0; i < 5; ++i) {
+      vec row[5];
+      for (int j = 0; j < 5; ++j) row[j] = load(d + (5 * i + j) * LS + l);
+      apply_bt5_dy<odd>(row, t[i]);
+    }
+    for (int j = 0; j < 9; ++j) {  // then along the rows
+      const vec column[5] = {t[0][j], t[1][j], t[2][j], t[3][j], t[4][j]};
+      vec out[9];
+      apply_bt5_dy<odd>(column, out);
+      for (int i = 0; i < 9; ++i) store(v + (9 * i + j) * vs + l, out[i]);
+    }
+  }
+}
+
+// Tiles 0..L of one input channel's 81 products (m[xi*ms + l]) -> o[(8i + j)*LS + l]: the 8 x 8 block
+// of dx
+template <int odd>
+void transform_dx_stride2_outputs(float* o, i64 LS, const float* m, i64 ms, i64 L) {
+  for (i64 l = 0; l < L; l += VL) {
+    vec s[8][9];  // the rows first
+    for (int j = 0; j < 9; ++j) {
+      vec column[9], out[8];
+      for (int i = 0; i < 9; ++i) column[i] = load(m + (9 * i + j) * ms + l);
+      apply_at9_dx<odd>(column, out);
+      for (int i = 0; i < 8; ++i) s[i][j] = out[i];
+    }
+    for (int i = 0; i < 8; ++i) {
+      vec out[8];
+      apply_at9_dx<odd>(s[i], out);
+      for (int j = 0; j < 8; ++j) store(o + (8 * i + j) * LS + l, out[j]);
+    }
+  }
+}
+
+// The tiles of rows r0..r1 (blocks: [L][64], each an 8 x 8 block of dx at (8 th, 8 tw)) -> their
+// places in dx (channel c's plane of image 0; images `image` floats apart), what lies inside it
+void scatter_dx_blocks(float* dx, i64 image, i64 H, i64 W, const float* blocks, i64 r0, i64 r1, i64 Th, i64 Tw) {
+  for (i64 r = r0; r < r1; ++r)
+    for (i64 tw = 0; tw < Tw; ++tw) {
+      const float* block = blocks + 64 * ((r - r0) * Tw + tw);
+      float* plane = dx + (r / Th - r0 / Th) * image;
+      const i64 h0 = 8 * (r % Th), w0 = 8 * tw;
+      const i64 j0 = std::max<i64>(0, -w0), j1 = std::min<i64>(8, W - w0);
+      for (i64 i = std::max<i64>(0, -h0); i < std::min<i64>(8, H - h0); ++i)
+        if (j0 == 0 && j1 == 8)
+          __builtin_memcpy(plane + (h0 + i) * W + w0, block + 8 * i, 8 * sizeof(float));
+        else
+          for (i64 j = j0; j < j1; ++j) plane[(h0 + i) * W + w0 + j] = block[8 * i + j];
+    }
 }
 
 // The weight gradient's side, F(3x3, 2x2) (the same algorithm transposed):
@@ -805,81 +913,149 @@ void winograd_forward_tiles(float* y, const float* x, const float* w, const floa
   });
 }
 
-// x: [N, C, H, W], w: [K, C, 3, 3], b: [K] (may be null: no bias) -> y: [N, K, Ho, Wo], stride 2, by
-// F(4x4) through the input's phases (above). Chunks of rows of tiles whose transformed input
-// V [81][C][LS] and one block of MR output channels' products [81][MR][LS] take about
-// kWinogradChunkBytes (M is never whole: 81 planes of all the output channels would not stay in
-// L2); each block's products, then its output transforms. Over the threads by chunk, or, for a
-// single chunk, its transforms by channel and its blocks of output channels. The chunks depend on
-// the shapes only: the same results for any thread count.
-void winograd_forward_stride2(float* y, const float* x, const float* w, const float* b, const ConvShape& s, i64 N) {
+// The stride-2 products, forward and dx alike: Cin planes in, Cout planes out, N images of Th x Tw
+// tiles, 81 positions a tile; u: the transformed weights, 36 planes us apart, each
+// [Coutp / MR][Cin][MR] (position (i, j) has (min(i, 5), min(j, 5))'s: G's rows 5-8 are alike).
+// Chunks of rows of tiles whose transformed input V [81][Cin][LS] and one block of MR output
+// channels' products [81][MR][LS] take about kWinogradChunkBytes (M is never whole: 81 planes of all
+// the output channels would not stay in L2); each block's products, then its output transforms.
+// Over the threads by chunk, or, for a single chunk, its input channels and its blocks of output
+// channels. stage_of(rows, LS): the floats of a thread's own staging for chunks of that many rows of
+// tiles (zeroed once); in(c, r0, r1, LS, v_c, vs, stage) transforms input channel c of the tiles of
+// rows r0..r1 into v_c[xi*vs + l]; out(k, r0, r1, LS, m_k, ms, stage) makes output channel k from
+// its products m_k[xi*ms + l]. Each output is one fixed sequence of operations whatever the chunks:
+// the same results for any thread count.
+template <class StageOf, class In, class Out>
+void stride2_products(const float* u, i64 us, i64 Cin, i64 Cout, i64 N, i64 Th, i64 Tw, StageOf&& stage_of, In&& in,
+                      Out&& out) {
   constexpr int X = 81;
-  const i64 C = s.C, K = s.K, H = s.H, W = s.W, Ho = s.Ho, Wo = s.Wo, pad = s.pad;
-  const i64 Th = (Ho + 3) / 4, Tw = (Wo + 3) / 4, Kp = (K + MR - 1) / MR * MR;
-  // G's rows 5-8 are alike (tap 1), so position (i, j) has the transformed weights of (min(i, 5),
-  // min(j, 5)): 36 planes for 81 positions (the 81 made the transform a tenth of 64->128 to 4 x 4
-  // at batch 128, its stores 2.6 MB)
-  const i64 us = odd_lines(Kp * C);
-  ScratchFloats u(size_t(36) * us);
-  transform_weights_stride2(u.get(), us, w, K, C, Kp);
-  auto weights_at = [&](int xi) { return u.get() + size_t(6 * std::min(xi / 9, 5) + std::min(xi % 9, 5)) * us; };
+  const i64 Coutp = (Cout + MR - 1) / MR * MR;
+  auto weights_at = [&](int xi) { return u + size_t(6 * std::min(xi / 9, 5) + std::min(xi % 9, 5)) * us; };
   const i64 rows_total = N * Th;
-  const double work = double(N) * K * C * X * Th * Tw;
+  const double work = double(N) * Cout * Cin * X * Th * Tw;
   const i64 budget_rows =
-      TileChunks::whole_panels(NR, Tw, kWinogradChunkBytes / (i64(X) * (C + MR) * Tw * 4), rows_total);
+      TileChunks::whole_panels(NR, Tw, kWinogradChunkBytes / (i64(X) * (Cin + MR) * Tw * 4), rows_total);
   // a few chunks, as many for each thread (3 over two threads was 1.26x the panels' time on AVX2,
-  // 32->64 to 8 x 8 at batch 32); each output's sums are the same in any chunk
+  // 32->64 to 8 x 8 at batch 32)
   const i64 few = (rows_total + budget_rows - 1) / budget_rows, team = threads_over(work, few);
   const i64 rows = few > 1 && few < 8 * team && few % team
                        ? (rows_total + (few + team - 1) / team * team - 1) / ((few + team - 1) / team * team)
                        : budget_rows;
-  const i64 chunks = (rows_total + rows - 1) / rows, L_max = rows * Tw;
-  const i64 LS = (L_max + NR - 1) / NR * NR;  // (the products read whole panels; the transforms whole vectors)
-  const i64 vs = odd_lines(C * LS), ms = odd_lines(MR * LS);
-  const i64 kc = C <= 320 ? C : 256;
-  // a thread's own: the tiles' blocks ([L][81]), staged as planes ([81][LS]), a block's products
-  // ([81][MR][LS]) and an output channel's blocks ([16][LS])
-  const size_t blocks = lines(size_t(81) * L_max), planes = lines(size_t(81) * LS), products = size_t(X) * ms,
-               outputs = lines(size_t(16) * LS);
-  const i64 Wp = stride2_row_floats(W, pad);
-  const size_t padded = size_t(8 * std::min(Th, rows) + 1) * Wp, own = blocks + planes + products + outputs + padded;
-  const int inner = chunks == 1 ? threads_over(work, Kp / MR) : 1;
-  const int nt = inner > 1 ? 1 : threads_over(work, chunks);
-  const int owners = std::max(inner, nt);
+  const i64 chunks = (rows_total + rows - 1) / rows;
+  const i64 LS = (rows * Tw + NR - 1) / NR * NR;  // (the products read whole panels; the transforms whole vectors)
+  const i64 vs = odd_lines(Cin * LS), ms = odd_lines(MR * LS);
+  const i64 kc = Cin <= 320 ? Cin : 256;
+  const size_t products = size_t(X) * ms, stage = lines(size_t(stage_of(rows, LS))), own = products + stage;
+  const int inner = chunks == 1 ? threads_over(work, Coutp / MR) : 1;
+  const int nt = inner > 1 ? 1 : threads_over(work, chunks), owners = std::max(inner, nt);
   ScratchFloats scratch(size_t(owners) * own), shared_v(size_t(X) * vs * (inner > 1 ? 1 : nt));
-  for (int t = 0; t < owners; ++t) std::fill_n(scratch.get() + (t + 1) * own - padded, padded, 0.0f);  // (the borders)
+  for (int t = 0; t < owners; ++t) std::fill_n(scratch.get() + t * own + products, stage, 0.0f);
   auto mine = [&]() { return scratch.get() + size_t(omp_get_thread_num()) * own; };
   for_each_chunk(chunks, nt, [&](i64 chunk) __attribute__((always_inline)) {
-    float* v = shared_v.get() + (inner > 1 ? 0 : size_t(omp_get_thread_num()) * X * vs);  // [X][C][LS]
-    const i64 r0 = chunk * rows, r1 = std::min(rows_total, r0 + rows);
-    const i64 L = (r1 - r0) * Tw, panels = (L + NR - 1) / NR;
-    for_each_over(C, inner, [&](i64 c) __attribute__((always_inline)) {
-      float* stage = mine();
-      by_image(r0, r1, Th, Tw, [&](i64 n, i64 th0, i64 th1, i64 l0) {
-        gather_stride2_blocks(stage, x + (n * C + c) * H * W, H, W, pad, th0, th1, Tw, l0, stage + own - padded, Wp);
-      });
-      transpose(stage + blocks, LS, stage, 81, L, 81, (L + VL - 1) / VL * VL);
-      transform_stride2_blocks(v + c * LS, vs, stage + blocks, LS, L);
-    });
-    for_each_over(Kp / MR, inner, [&](i64 kb) __attribute__((always_inline)) {
-      float* m = mine() + blocks + planes;  // [X][MR][LS], planes ms apart
-      float* o = m + products;
+    float* v = shared_v.get() + (inner > 1 ? 0 : size_t(omp_get_thread_num()) * X * vs);  // [X][Cin][LS]
+    const i64 r0 = chunk * rows, r1 = std::min(rows_total, r0 + rows), panels = ((r1 - r0) * Tw + NR - 1) / NR;
+    for_each_over(Cin, inner,
+                  [&](i64 c) __attribute__((always_inline)) { in(c, r0, r1, LS, v + c * LS, vs, mine() + products); });
+    for_each_over(Coutp / MR, inner, [&](i64 kb) __attribute__((always_inline)) {
+      float* m = mine();  // [X][MR][LS], planes ms apart
       for (int xi = 0; xi < X; ++xi)
         for (i64 p = 0; p < panels; ++p)
-          for (i64 c0 = 0; c0 < C; c0 += kc)
-            tile_product(std::min(kc, C - c0), weights_at(xi) + (kb * C + c0) * MR,
+          for (i64 c0 = 0; c0 < Cin; c0 += kc)
+            tile_product(std::min(kc, Cin - c0), weights_at(xi) + (kb * Cin + c0) * MR,
                          v + size_t(xi) * vs + c0 * LS + p * NR, LS, m + size_t(xi) * ms + p * NR, LS, c0 > 0);
-      for (i64 k = kb * MR; k < std::min(K, kb * MR + MR); ++k) {
-        transform_stride2_outputs(o, LS, m + (k - kb * MR) * LS, ms, L, b ? b[k] : 0.0f);
-        if (value_by_value(Tw)) {
-          scatter_small_rows(y + (r0 / Th * K + k) * Ho * Wo, K * Ho * Wo, Ho, Wo, o, LS, r0, L, Th, Tw);
-          continue;
-        }
-        for (i64 r = r0; r < r1; ++r)
-          scatter_output_blocks(y + (r / Th * K + k) * Ho * Wo, Ho, Wo, o, LS, r % Th, Tw, (r - r0) * Tw);
-      }
+      for (i64 k = kb * MR; k < std::min(Cout, kb * MR + MR); ++k)
+        out(k, r0, r1, LS, m + (k - kb * MR) * LS, ms, m + products);
     });
   });
+}
+
+// x: [N, C, H, W], w: [K, C, 3, 3], b: [K] (may be null: no bias) -> y: [N, K, Ho, Wo], stride 2, by
+// F(4x4) through the input's phases (above)
+void winograd_forward_stride2(float* y, const float* x, const float* w, const float* b, const ConvShape& s, i64 N) {
+  const i64 C = s.C, K = s.K, H = s.H, W = s.W, Ho = s.Ho, Wo = s.Wo, pad = s.pad;
+  const i64 Th = (Ho + 3) / 4, Tw = (Wo + 3) / 4, Kp = (K + MR - 1) / MR * MR, Wp = stride2_row_floats(W, pad);
+  // (36 planes for 81 positions: the 81 made the transform a tenth of 64->128 to 4 x 4 at batch
+  // 128, its stores 2.6 MB)
+  const i64 us = odd_lines(Kp * C);
+  ScratchFloats u(size_t(36) * us);
+  transform_weights_stride2(u.get(), us, w, K, C, Kp);
+  // the stage: the tiles' blocks ([L][81]), the same as planes ([81][LS]), the padded input rows;
+  // an output channel's blocks ([16][LS]) at its start
+  auto parts = [&](i64 rows, i64 LS) {
+    const size_t blocks = lines(size_t(81) * rows * Tw), planes = lines(size_t(81) * LS);
+    return std::array<size_t, 3>{blocks, planes, size_t(9 * rows + 1) * Wp};
+  };
+  i64 chunk_rows = 0;  // (the stage's layout follows the chunks stride2_products chose)
+  stride2_products(
+      u.get(), us, C, K, N, Th, Tw,
+      [&](i64 rows, i64 LS) {
+        chunk_rows = rows;
+        const auto p = parts(rows, LS);
+        return p[0] + p[1] + p[2];
+      },
+      [&](i64 c, i64 r0, i64 r1, i64 LS, float* v_c, i64 vs, float* stage) {
+        const auto p = parts(chunk_rows, LS);
+        gather_blocks<9, 8>(
+            stage, [&](i64 n) { return x + (n * C + c) * H * W; }, H, W, -pad, r0, r1, Th, Tw, stage + p[0] + p[1], Wp);
+        const i64 L = (r1 - r0) * Tw;
+        transpose(stage + p[0], LS, stage, 81, L, 81, (L + VL - 1) / VL * VL);
+        transform_stride2_blocks(v_c, vs, stage + p[0], LS, L);
+      },
+      [&](i64 k, i64 r0, i64 r1, i64 LS, const float* m_k, i64 ms, float* o) {
+        const i64 L = (r1 - r0) * Tw;
+        transform_stride2_outputs(o, LS, m_k, ms, L, b ? b[k] : 0.0f);
+        if (value_by_value(Tw))
+          return scatter_small_rows(y + (r0 / Th * K + k) * Ho * Wo, K * Ho * Wo, Ho, Wo, o, LS, r0, L, Th, Tw);
+        for (i64 r = r0; r < r1; ++r)
+          scatter_output_blocks(y + (r / Th * K + k) * Ho * Wo, Ho, Wo, o, LS, r % Th, Tw, (r - r0) * Tw);
+      });
+}
+
+// dy: [N, K, Ho, Wo], w: [K, C, 3, 3] -> dx: [N, C, H, W] of a stride-2 3x3 convolution with
+// padding pad (odd = pad % 2), through the same products (above): dy's K channels in, C out,
+// 8 x 8 tiles of dx
+template <int odd>
+void winograd_input_grad_stride2_tiles(float* dx, const float* dy, const float* w, const ConvShape& s, i64 N) {
+  const i64 C = s.C, K = s.K, H = s.H, W = s.W, Ho = s.Ho, Wo = s.Wo;
+  const i64 lead = (s.pad + odd) / 2 - 1;  // (tile (th, tw)'s dy block at (4th + lead, 4tw + lead))
+  const i64 Th = (H + 7) / 8, Tw = (W + 7) / 8, Cp = (C + MR - 1) / MR * MR, Wq = dy_row_floats(Wo, Tw);
+  std::vector<float> flipped(size_t(C) * K * 9);  // w^T rotated: [C, K, 3, 3]
+  for (i64 c = 0; c < C; ++c)
+    for (i64 k = 0; k < K; ++k)
+      for (int t = 0; t < 9; ++t) flipped[size_t((c * K + k) * 9 + t)] = w[(k * C + c) * 9 + (8 - t)];
+  const i64 us = odd_lines(Cp * K);
+  ScratchFloats u(size_t(36) * us);
+  transform_weights_stride2(u.get(), us, flipped.data(), C, K, Cp);
+  // the stage: the padded dy rows, then the tiles' dy blocks ([L][25]) and the same as planes
+  // ([25][LS]), or an input channel's 8 x 8 blocks as planes ([64][LS]) and tile by tile ([L][64])
+  auto parts = [&](i64 rows, i64 LS) {
+    return std::array<size_t, 3>{lines(size_t(25) * rows * Tw), lines(size_t(25) * LS), size_t(5 * rows + 1) * Wq};
+  };
+  i64 chunk_rows = 0;  // (the stage's layout follows the chunks stride2_products chose)
+  stride2_products(
+      u.get(), us, K, C, N, Th, Tw,
+      [&](i64 rows, i64 LS) {
+        chunk_rows = rows;
+        const auto p = parts(rows, LS);
+        return p[2] + std::max(p[0] + p[1], lines(size_t(64) * LS) + lines(size_t(64) * rows * Tw));
+      },
+      [&](i64 k, i64 r0, i64 r1, i64 LS, float* v_k, i64 vs, float* stage) {
+        const auto p = parts(chunk_rows, LS);
+        float* blocks = stage + p[2];  // (after the padded rows, whose zero borders the output side must not touch)
+        gather_blocks<5, 4>(
+            blocks, [&](i64 n) { return dy + (n * K + k) * Ho * Wo; }, Ho, Wo, lead, r0, r1, Th, Tw, stage, Wq);
+        const i64 L = (r1 - r0) * Tw;
+        transpose(blocks + p[0], LS, blocks, 25, L, 25, (L + VL - 1) / VL * VL);
+        transform_dy_stride2_blocks<odd>(v_k, vs, blocks + p[0], LS, L);
+      },
+      [&](i64 c, i64 r0, i64 r1, i64 LS, const float* m_c, i64 ms, float* stage) {
+        const i64 L = (r1 - r0) * Tw;
+        float* o = stage + parts(chunk_rows, LS)[2];
+        float* tiles = o + lines(size_t(64) * LS);
+        transform_dx_stride2_outputs<odd>(o, LS, m_c, ms, L);
+        transpose(tiles, 64, o, LS, 64, L, 64);
+        scatter_dx_blocks(dx + (r0 / Th * C + c) * H * W, C * H * W, H, W, tiles, r0, r1, Th, Tw);
+      });
 }
 }  // namespace
 
@@ -889,6 +1065,13 @@ void winograd_forward(float* y, const float* x, const float* w, const float* b, 
   if (s.stride == 2) return winograd_forward_stride2(y, x, w, b, s, N);
   if (m == 4) return winograd_forward_tiles<4>(y, x, w, b, s, N);
   winograd_forward_tiles<2>(y, x, w, b, s, N);
+}
+
+// dy: [N, K, Ho, Wo], w: [K, C, 3, 3] -> dx: [N, C, H, W] of a stride-2 3x3 convolution (its
+// padding up to 2), by the forward's phases transposed
+void winograd_input_grad_stride2(float* dx, const float* dy, const float* w, const ConvShape& s, i64 N) {
+  if (s.pad % 2) return winograd_input_grad_stride2_tiles<1>(dx, dy, w, s, N);
+  winograd_input_grad_stride2_tiles<0>(dx, dy, w, s, N);
 }
 
 namespace {

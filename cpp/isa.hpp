@@ -119,6 +119,9 @@ struct IsaKernels {
   // F(3x3, 2x2) serves where F(3x3, 4x4) does not (conv2d_winograd.cpp)
   void (*winograd_weight_grad)(float* dw, const float* x, const float* dy, const ConvShape& s, i64 N, int m);
   bool winograd_weight_grad_small_tile;
+  // dx: [N, C, H, W] of a stride-2 3x3 convolution from dy and w, by the forward's F(4x4) through
+  // the input's phases, transposed
+  void (*winograd_input_grad_stride2)(float* dx, const float* dy, const float* w, const ConvShape& s, i64 N);
 
   // conv2d_tap_rows_impl.hpp (in the panels' per-ISA files): a first layer's dw [K, C, R, S] and
   // db [K] from x and dy ([N, K, Ho, Wo]), the input values broadcast into multiply-adds with dy

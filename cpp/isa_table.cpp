@@ -40,6 +40,7 @@ extern const int tile_columns;  // conv2d_winograd_kernels.cpp
 void winograd_forward(float* y, const float* x, const float* w, const float* b, const ConvShape& s, i64 N,
                       int m);  // conv2d_winograd_kernels.cpp
 void winograd_weight_grad(float* dw, const float* x, const float* dy, const ConvShape& s, i64 N, int m);
+void winograd_input_grad_stride2(float* dx, const float* dy, const float* w, const ConvShape& s, i64 N);
 bool tap_rows_weight_grad(float* dw, float* db, const float* x, const float* dy, const ConvShape& s,
                           i64 N);  // conv2d_tap_rows_impl.hpp, in the panels' files
 bool tap_rows_forward(float* y, const float* x, const float* w, const float* b, const ConvShape& s, i64 N);
@@ -95,6 +96,7 @@ extern const IsaKernels table = {
 #else
     true,
 #endif
+    winograd_input_grad_stride2,
     tap_rows_weight_grad,
     tap_rows_forward,
     conv3x3_pool2_forward,

@@ -185,10 +185,12 @@ def test_winograd_4x4_and_2x2_tiles_both_match_the_reference(isa, shape):
     assert not np.array_equal(results[0][1], results[1][1])
 
 
-# Stride 2 through the input's phases (forward only): 8 x 8 outputs in 4 tiles an image; 16 x 15
-# (the last column of tiles a quarter outside) without padding; a tile an image (its outputs
+# Stride 2 through the input's phases (the forward, and dx by the same products transposed; dw
+# through the panels): 8 x 8 outputs in 4 tiles an image; 16 x 15 (the last column of tiles a
+# quarter outside; dx's 8 x 8 tiles of 33 x 31 too) without padding; a tile an image (its outputs
 # scattered value by value on AVX-512); padding 2; more than 320 channels in (the products' depth
-# in two parts); one chunk of 32 tiles (its transforms and blocks of output channels over the threads)
+# in two parts); one chunk of 32 tiles (its transforms and blocks of output channels over the
+# threads); 17 x 15 with padding 1 (dx's odd tiles, ragged) in chunks that start mid-image
 STRIDE2_SHAPES = [
     (32, 32, 16, 16, 64, 1),
     (2, 36, 33, 31, 65, 0),
@@ -196,6 +198,7 @@ STRIDE2_SHAPES = [
     (8, 32, 21, 21, 64, 2),
     (8, 330, 16, 16, 64, 1),
     (2, 32, 32, 32, 64, 1),
+    (12, 32, 17, 15, 64, 1),
 ]
 
 
@@ -204,29 +207,35 @@ def test_stride2_winograd_matches_the_reference_and_the_panels(isa, shape):
     N, C, H, W, K, p = shape
     x, w, b = rand(N, C, H, W), rand(K, C, 3, 3, scale=0.3), rand(K)
     assert _core.conv2d_path(x.shape, w.shape, p, stride=2) == "winograd"
-    assert _core.conv2d_path(x.shape, w.shape, p, stride=2, backward=True) != "winograd"  # (forward only)
+    assert _core.conv2d_path(x.shape, w.shape, p, stride=2, backward=True) == "winograd"
     expected = ref.conv2d(x, w, b, p, stride=2)
-    y = F.conv2d(x, w, b, padding=p, stride=2)
-    assert_close(y, expected)
+    dy = rand(*expected.shape)
+    rdx, rdw, rdb = ref.conv2d_backward(x, w, dy, p, stride=2)
+    y, (dx, dw, db) = F.conv2d(x, w, b, padding=p, stride=2), F.conv2d_backward(x, w, dy, padding=p, stride=2)
+    for got, want in ((y, expected), (dx, rdx), (dw, rdw), (db, rdb)):
+        assert_close(got, want)
     before = _core.set_winograd_tile_limit(2)  # (F(4x4) off: the panels take it)
     try:
         assert _core.conv2d_path(x.shape, w.shape, p, stride=2) != "winograd"
-        other = F.conv2d(x, w, b, padding=p, stride=2)
+        other, other_dx = F.conv2d(x, w, b, padding=p, stride=2), F.conv2d_backward(x, w, dy, padding=p, stride=2)[0]
     finally:
         _core.set_winograd_tile_limit(before)
     assert_close(other, expected)
     assert not np.array_equal(y, other)  # (another algorithm ran: other roundings)
+    assert not np.array_equal(dx, other_dx)
 
 
-@pytest.mark.parametrize("shape", [STRIDE2_SHAPES[0], STRIDE2_SHAPES[5]])
+@pytest.mark.parametrize("shape", [STRIDE2_SHAPES[0], STRIDE2_SHAPES[5], STRIDE2_SHAPES[6]])
 def test_stride2_winograd_is_the_same_on_any_thread_count(isa, threads, shape):
     N, C, H, W, K, p = shape
     x, w, b = rand(N, C, H, W), rand(K, C, 3, 3, scale=0.3), rand(K)
+    dy = rand(N, K, (H + 2 * p - 3) // 2 + 1, (W + 2 * p - 3) // 2 + 1)
     results = []
     for n in (1, 2):
         cnnfast.set_num_threads(n)
-        results.append(F.conv2d(x, w, b, padding=p, stride=2))
-    np.testing.assert_array_equal(results[0], results[1])
+        results.append([F.conv2d(x, w, b, padding=p, stride=2), *F.conv2d_backward(x, w, dy, padding=p, stride=2)])
+    for one, two in zip(*results):
+        np.testing.assert_array_equal(one, two)
 
 
 # dw by F(3x3, 4x4): 32 tiles in one chunk, 96 tiles in two chunks (summed in order), 14 x 14
@@ -352,18 +361,22 @@ def test_strided_conv2d_forward_and_backward_match_reference(isa, few_pixels, sh
     np.testing.assert_array_equal(db2, db)
 
 
-def test_strided_conv2d_finite_differences(isa, few_pixels):
-    N, C, H, W, K, R, S, p, st = 2, 3, 7, 8, 4, 3, 3, 1, 2
+# (the second: the Winograd path, forward and dx through the input's phases)
+@pytest.mark.parametrize("shape, eps", [((2, 3, 7, 8, 4, 3, 3, 1, 2), 1e-2), ((8, 32, 16, 16, 64, 3, 3, 1, 2), 0.5)])
+def test_strided_conv2d_finite_differences(isa, few_pixels, shape, eps):
+    N, C, H, W, K, R, S, p, st = shape
     x, w, b = rand(N, C, H, W), rand(K, C, R, S), rand(K)
     probe = rand(*strided_output((N, C, H, W, K, R, S, p, st)))
 
     def loss(x, w, b):
         return float((F.conv2d(x, w, b, padding=p, stride=st).astype(np.float64) * probe).sum())
 
+    if C == 32 and few_pixels.endswith("off"):
+        assert _core.conv2d_path(x.shape, w.shape, p, stride=st, backward=True) == "winograd"
     dx, dw, db = F.conv2d_backward(x, w, probe, padding=p, stride=st)
     for i, grad in enumerate((dx, dw, db)):
         coords = sample(grad)
-        numeric = numeric_grad(loss, [x, w, b], i, coords, eps=1e-2)
+        numeric = numeric_grad(loss, [x, w, b], i, coords, eps=eps)
         np.testing.assert_allclose(grad.flat[coords], numeric, rtol=1e-2, atol=1e-2)
 
 
