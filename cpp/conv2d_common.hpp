@@ -211,6 +211,16 @@ void panels_forward_path(float* y, std::int32_t* argmax, const float* x, const f
                          const ConvShape& s, i64 N, i64 pool_k);
 bool panels_backward_path(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,
                           const std::int32_t* argmax, const ConvShape& s, i64 N, i64 pool_k);
+// w: [K, C, 3, 3] -> w^T rotated by 180 degrees, [C, K, 3, 3]: the kernel of dx as a convolution
+// of dy (Winograd's dx at stride 1 and 2)
+inline std::vector<float> flipped_3x3(const float* w, i64 K, i64 C) {
+  std::vector<float> flipped(size_t(C) * K * 9);
+  for (i64 c = 0; c < C; ++c)
+    for (i64 k = 0; k < K; ++k)
+      for (int t = 0; t < 9; ++t) flipped[size_t((c * K + k) * 9 + t)] = w[(k * C + c) * 9 + (8 - t)];
+  return flipped;
+}
+
 // 3x3 with many channels on both sides: Winograd's F(4x4, 3x3) or F(2x2, 3x3) (conv2d_winograd.cpp).
 // winograd_tile: the m of F(m x m, 3x3) for this layer, 0 if the path does not take it.
 int winograd_tile(const ConvShape& s, i64 N);

@@ -10,8 +10,9 @@
 //   flipped and transposed ([C, K, 3, 3]): the same kernel (with dx's own tile). dw by
 //   F(3x3, 4x4) or F(3x3, 2x2), Winograd's algorithm transposed (the kernels file says how;
 //   weight_grad_tile below says where), else through the panels' backward (without dx).
-// - Stride 2, forward only: F(4x4) through the input's four phases (their kernels 2x2, 2x1, 1x2 and
-//   1x1 taps), 81 products a 4 x 4 block of outputs for 144 multiply-adds (the kernels file says how).
+// - Stride 2: F(4x4) through the input's four phases (their kernels 2x2, 2x1, 1x2 and 1x1 taps), 81
+//   products a 4 x 4 block of outputs for 144 multiply-adds, and dx by the same products transposed
+//   (the kernels file says how); dw and db through the panels' backward (without dx).
 // Numbers: the transforms add and subtract up to 16 terms (F(4x4): 36, with factors up to 8 and
 // 1/24) before and after the product, so results differ from the direct paths' by float roundings:
 // about 2e-7 of the largest output for F(2x2), 5e-6 for F(4x4), 3e-6 for stride 2 (tests: 1e-4 of
@@ -91,15 +92,19 @@ bool winograd_fits(const ConvShape& s, i64 N, i64 m) {
 
 int winograd_tile(const ConvShape& s, i64 N) {
   if (N <= 0 || s.K <= 0 || s.taps() <= 0) return 0;
-  // Stride 2, forward only: F(4x4) through the input's phases (conv2d_winograd_kernels.cpp), 81
+  const IsaKernels& isa = active_isa();
+  // Stride 2 (forward and dx): F(4x4) through the input's phases (conv2d_winograd_kernels.cpp), 81
   // products a tile where the panels do 144 multiply-adds, on F(4x4)'s terms, from kStride2Channels
-  // in and twice that out
-  if (s.stride == 2)
+  // in and twice that out, and where a panel of tiles fits a chunk (its 81 planes of the channels,
+  // in or out, within what the chunks may round up to: beyond, the chunks would hold a few tiles
+  // for whole panels; 128->256 and up, not measured)
+  if (s.stride == 2) {
+    const double panel_bytes = 81.0 * double(std::max(s.C, s.K) + isa.gemm->mr) * isa.tile_columns * sizeof(float);
     return winograd_tile_limit.load() >= 4 && s.C >= kStride2Channels && s.K >= 2 * kStride2Channels && s.pad <= 2 &&
-                   tiles_fill(s, N, 4)
+                   panel_bytes <= kWinogradChunkRoundUp * kWinogradChunkBytes && tiles_fill(s, N, 4)
                ? 4
                : 0;
-  const IsaKernels& isa = active_isa();
+  }
   const i64 Kp = (s.K + isa.gemm->mr - 1) / isa.gemm->mr * isa.gemm->mr;  // (the products' MR is the GEMM's)
   const double panel_bytes = 36.0 * double(s.C + Kp) * isa.tile_columns * sizeof(float);
   if (winograd_tile_limit.load() >= 4 && panel_bytes <= kWinogradChunkRoundUp * kWinogradChunkBytes &&
@@ -151,10 +156,7 @@ bool winograd_backward_path(float* dx, float* dw, float* db, const float* x, con
     isa.panels_backward_plain(nullptr, dw, db, x, w, dy, s, N);
   }
   if (dx) {
-    std::vector<float> flipped(size_t(C) * K * 9);  // w^T rotated: [C, K, 3, 3]
-    for (i64 c = 0; c < C; ++c)
-      for (i64 k = 0; k < K; ++k)
-        for (int t = 0; t < 9; ++t) flipped[size_t((c * K + k) * 9 + t)] = w[(k * C + c) * 9 + (8 - t)];
+    const std::vector<float> flipped = flipped_3x3(w, K, C);  // w^T rotated: [C, K, 3, 3]
     // (its own tile: dx's shape has other channels and may have another size; F(2x2) at least,
     // dx being as even as y)
     const ConvShape dx_shape(K, s.Ho, s.Wo, C, 3, 3, 2 - s.pad);

@@ -23,7 +23,8 @@
 // Chunks of rows of tiles (an image's or several images'), each in L2: V [a^2][C][LS] and
 // M [a^2][Kp][LS] for the chunk's L tiles (LS >= L + VL: a row's last vector may run past it and
 // is overwritten by the next row or ignored). The chunking depends on the shapes only, and each
-// output is one fixed sequence of operations: the results do not depend on the thread count.
+// output is one fixed sequence of operations: the results do not depend on the thread count. (The
+// stride-2 transforms, further down, have their own chunking, stride2_products.)
 #include <algorithm>
 #include <array>
 #include <cstring>
@@ -526,9 +527,9 @@ void transform_weights_stride2(float* u, i64 us, const float* w, i64 K, i64 C, i
   }
 }
 
-// The floats between the forward's padded rows (gather_blocks): 16 zeros, the row, zeros as far as
-// the last block reads (column 8 Tw - pad <= W + pad + 5) and a vector more
-inline i64 stride2_row_floats(i64 W, i64 pad) { return i64(lines(size_t(16 + W + pad + 16 + 16))); }
+// The floats between gather_blocks' padded rows: 16 zeros, the row (width floats), zeros as far as
+// the blocks read (reach: one past the last column read) and a vector more
+inline i64 padded_row_floats(i64 width, i64 reach) { return i64(lines(size_t(16 + std::max(width, reach) + 16))); }
 
 // The tiles of rows of tiles r0..r1 (Th an image, Tw a row) of one channel (plane_of(n): its plane
 // in image n, Hin x Win) -> each tile's B x B block of the zero-padded plane (rows step*th + lead ..,
@@ -568,40 +569,36 @@ void gather_blocks(float* blocks, PlaneOf&& plane_of, i64 Hin, i64 Win, i64 lead
   });
 }
 
-// Tiles 0..L of the staged 9 x 9 blocks (d: [81][LS], plane 9i + j) -> v[xi*vs + l] = (B^T d_l B)[xi]
-void transform_stride2_blocks(float* v, i64 vs, const float* d, i64 LS, i64 L) {
+// Tiles 0..L, VL at a time, of In x In planes (src[(In*i + j)*ss + l]) -> Out x Out planes
+// dst[(Out*i + j)*ds + l] = (T s T^T)[i][j] + bias, T applied to a row or a column of values by
+// apply(in[In], out[Out]) (a lambda, so that it is inlined): along the rows first, then the
+// columns (the stride-2 transforms)
+template <int In, int Out, class Apply>
+void transform_planes(float* dst, i64 ds, const float* src, i64 ss, i64 L, Apply apply, float bias = 0.0f) {
   for (i64 l = 0; l < L; l += VL) {
-    vec t[9][9];  // t[i][j] = (d B)[i][j]: along the columns first
-    for (int i = 0; i < 9; ++i) {
-      vec row[9];
-      for (int j = 0; j < 9; ++j) row[j] = load(d + (9 * i + j) * LS + l);
-      apply_bt9(row, t[i]);
+    vec t[In][Out];  // t[i] = T applied along row i
+    for (int i = 0; i < In; ++i) {
+      vec row[In];
+      for (int j = 0; j < In; ++j) row[j] = load(src + (In * i + j) * ss + l);
+      apply(row, t[i]);
     }
-    for (int j = 0; j < 9; ++j) {  // then B^T (d B) along the rows
-      const vec column[9] = {t[0][j], t[1][j], t[2][j], t[3][j], t[4][j], t[5][j], t[6][j], t[7][j], t[8][j]};
-      vec out[9];
-      apply_bt9(column, out);
-      for (int i = 0; i < 9; ++i) store(v + (9 * i + j) * vs + l, out[i]);
+    for (int j = 0; j < Out; ++j) {
+      vec column[In], out[Out];
+      for (int i = 0; i < In; ++i) column[i] = t[i][j];
+      apply(column, out);
+      for (int i = 0; i < Out; ++i) store(dst + (Out * i + j) * ds + l, out[i] + bias);
     }
   }
 }
 
+// Tiles 0..L of the staged 9 x 9 blocks (d: [81][LS], plane 9i + j) -> v[xi*vs + l] = (B^T d_l B)[xi]
+void transform_stride2_blocks(float* v, i64 vs, const float* d, i64 LS, i64 L) {
+  transform_planes<9, 9>(v, vs, d, LS, L, [](const vec* in, vec* out) { apply_bt9(in, out); });
+}
+
 // Tiles 0..L of one output channel's 81 products (m[xi*ms + l]) -> o[(4i + j)*LS + l] = (A^T M_l A)[i][j] + bias
 void transform_stride2_outputs(float* o, i64 LS, const float* m, i64 ms, i64 L, float bias) {
-  for (i64 l = 0; l < L; l += VL) {
-    vec s[4][9];  // (A^T M) rows
-    for (int j = 0; j < 9; ++j) {
-      vec column[9], out[4];
-      for (int i = 0; i < 9; ++i) column[i] = load(m + (9 * i + j) * ms + l);
-      apply_at9(column, out);
-      for (int i = 0; i < 4; ++i) s[i][j] = out[i];
-    }
-    for (int i = 0; i < 4; ++i) {
-      vec out[4];
-      apply_at9(s[i], out);
-      for (int j = 0; j < 4; ++j) store(o + (4 * i + j) * LS + l, out[j] + bias);
-    }
-  }
+  transform_planes<9, 4>(o, LS, m, ms, L, [](const vec* in, vec* out) { apply_at9(in, out); }, bias);
 }
 
 // ---- Stride 2, the input gradient: the same products transposed ----
@@ -634,47 +631,17 @@ inline void apply_at9_dx(const vec m[9], vec out[8]) {
   for (int t = 0; t < 4; ++t) out[2 * t + odd] = even[t], out[2 * t + 1 - odd] = m[5 + t];
 }
 
-// The floats between dx's padded dy rows (gather_blocks): 16 zeros, the row, zeros as far as the last
-// block reads (column 4 Tw + lead + 4, lead <= 1) and a vector more
-inline i64 dy_row_floats(i64 Wo, i64 Tw) { return i64(lines(size_t(16 + std::max(Wo, 4 * Tw + 2) + 16))); }
-
 // Tiles 0..L of the staged 5 x 5 dy blocks (d: [25][LS], plane 5i + j) -> v[xi*vs + l], xi = 9i + j
 template <int odd>
 void transform_dy_stride2_blocks(float* v, i64 vs, const float* d, i64 LS, i64 L) {
-  for (i64 l = 0; l < L; l += VL) {
-    vec t[5][9];  // along the columns first
-    for (int i = 0; i < 5; ++i) {
-      vec row[5];
-      for (int j = 0; j < 5; ++j) row[j] = load(d + (5 * i + j) * LS + l);
-      apply_bt5_dy<odd>(row, t[i]);
-    }
-    for (int j = 0; j < 9; ++j) {  // then along the rows
-      const vec column[5] = {t[0][j], t[1][j], t[2][j], t[3][j], t[4][j]};
-      vec out[9];
-      apply_bt5_dy<odd>(column, out);
-      for (int i = 0; i < 9; ++i) store(v + (9 * i + j) * vs + l, out[i]);
-    }
-  }
+  transform_planes<5, 9>(v, vs, d, LS, L, [](const vec* in, vec* out) { apply_bt5_dy<odd>(in, out); });
 }
 
 // Tiles 0..L of one input channel's 81 products (m[xi*ms + l]) -> o[(8i + j)*LS + l]: the 8 x 8 block
 // of dx
 template <int odd>
 void transform_dx_stride2_outputs(float* o, i64 LS, const float* m, i64 ms, i64 L) {
-  for (i64 l = 0; l < L; l += VL) {
-    vec s[8][9];  // the rows first
-    for (int j = 0; j < 9; ++j) {
-      vec column[9], out[8];
-      for (int i = 0; i < 9; ++i) column[i] = load(m + (9 * i + j) * ms + l);
-      apply_at9_dx<odd>(column, out);
-      for (int i = 0; i < 8; ++i) s[i][j] = out[i];
-    }
-    for (int i = 0; i < 8; ++i) {
-      vec out[8];
-      apply_at9_dx<odd>(s[i], out);
-      for (int j = 0; j < 8; ++j) store(o + (8 * i + j) * LS + l, out[j]);
-    }
-  }
+  transform_planes<9, 8>(o, LS, m, ms, L, [](const vec* in, vec* out) { apply_at9_dx<odd>(in, out); });
 }
 
 // The tiles of rows r0..r1 (blocks: [L][64], each an 8 x 8 block of dx at (8 th, 8 tw)) -> their
@@ -921,10 +888,18 @@ void winograd_forward_tiles(float* y, const float* x, const float* w, const floa
 // the output channels would not stay in L2); each block's products, then its output transforms.
 // Over the threads by chunk, or, for a single chunk, its input channels and its blocks of output
 // channels. stage_of(rows, LS): the floats of a thread's own staging for chunks of that many rows of
-// tiles (zeroed once); in(c, r0, r1, LS, v_c, vs, stage) transforms input channel c of the tiles of
-// rows r0..r1 into v_c[xi*vs + l]; out(k, r0, r1, LS, m_k, ms, stage) makes output channel k from
-// its products m_k[xi*ms + l]. Each output is one fixed sequence of operations whatever the chunks:
-// the same results for any thread count.
+// tiles (zeroed once); in(c, chunk, v_c, vs, stage) transforms input channel c of the chunk's tiles
+// into v_c[xi*vs + l] (every lane up to chunk.lanes: the products read them); out(k, chunk, m_k, ms,
+// stage) makes output channel k from its products m_k[xi*ms + l]. The chunks follow the thread count
+// too (as many for each thread), but each output is one fixed sequence of operations whatever its
+// chunk: the same results for any thread count.
+struct Stride2Chunk {
+  i64 r0, r1;  // its rows of tiles
+  i64 rows;    // the rows of tiles of a chunk (the stage's layout)
+  i64 L;       // its tiles, (r1 - r0) * Tw
+  i64 lanes;   // L rounded up to whole panels of the products
+  i64 LS;      // the floats between planes
+};
 template <class StageOf, class In, class Out>
 void stride2_products(const float* u, i64 us, i64 Cin, i64 Cout, i64 N, i64 Th, i64 Tw, StageOf&& stage_of, In&& in,
                       Out&& out) {
@@ -954,8 +929,9 @@ void stride2_products(const float* u, i64 us, i64 Cin, i64 Cout, i64 N, i64 Th, 
   for_each_chunk(chunks, nt, [&](i64 chunk) __attribute__((always_inline)) {
     float* v = shared_v.get() + (inner > 1 ? 0 : size_t(omp_get_thread_num()) * X * vs);  // [X][Cin][LS]
     const i64 r0 = chunk * rows, r1 = std::min(rows_total, r0 + rows), panels = ((r1 - r0) * Tw + NR - 1) / NR;
+    const Stride2Chunk part{r0, r1, rows, (r1 - r0) * Tw, panels * NR, LS};
     for_each_over(Cin, inner,
-                  [&](i64 c) __attribute__((always_inline)) { in(c, r0, r1, LS, v + c * LS, vs, mine() + products); });
+                  [&](i64 c) __attribute__((always_inline)) { in(c, part, v + c * LS, vs, mine() + products); });
     for_each_over(Coutp / MR, inner, [&](i64 kb) __attribute__((always_inline)) {
       float* m = mine();  // [X][MR][LS], planes ms apart
       for (int xi = 0; xi < X; ++xi)
@@ -964,7 +940,7 @@ void stride2_products(const float* u, i64 us, i64 Cin, i64 Cout, i64 N, i64 Th, 
             tile_product(std::min(kc, Cin - c0), weights_at(xi) + (kb * Cin + c0) * MR,
                          v + size_t(xi) * vs + c0 * LS + p * NR, LS, m + size_t(xi) * ms + p * NR, LS, c0 > 0);
       for (i64 k = kb * MR; k < std::min(Cout, kb * MR + MR); ++k)
-        out(k, r0, r1, LS, m + (k - kb * MR) * LS, ms, m + products);
+        out(k, part, m + (k - kb * MR) * LS, ms, m + products);
     });
   });
 }
@@ -973,7 +949,8 @@ void stride2_products(const float* u, i64 us, i64 Cin, i64 Cout, i64 N, i64 Th, 
 // F(4x4) through the input's phases (above)
 void winograd_forward_stride2(float* y, const float* x, const float* w, const float* b, const ConvShape& s, i64 N) {
   const i64 C = s.C, K = s.K, H = s.H, W = s.W, Ho = s.Ho, Wo = s.Wo, pad = s.pad;
-  const i64 Th = (Ho + 3) / 4, Tw = (Wo + 3) / 4, Kp = (K + MR - 1) / MR * MR, Wp = stride2_row_floats(W, pad);
+  const i64 Th = (Ho + 3) / 4, Tw = (Wo + 3) / 4, Kp = (K + MR - 1) / MR * MR;
+  const i64 Wp = padded_row_floats(W, 8 * Tw - pad + 1);  // (the last block's last column: 8 Tw - pad)
   // (36 planes for 81 positions: the 81 made the transform a tenth of 64->128 to 4 x 4 at batch
   // 128, its stores 2.6 MB)
   const i64 us = odd_lines(Kp * C);
@@ -985,29 +962,27 @@ void winograd_forward_stride2(float* y, const float* x, const float* w, const fl
     const size_t blocks = lines(size_t(81) * rows * Tw), planes = lines(size_t(81) * LS);
     return std::array<size_t, 3>{blocks, planes, size_t(9 * rows + 1) * Wp};
   };
-  i64 chunk_rows = 0;  // (the stage's layout follows the chunks stride2_products chose)
   stride2_products(
       u.get(), us, C, K, N, Th, Tw,
       [&](i64 rows, i64 LS) {
-        chunk_rows = rows;
         const auto p = parts(rows, LS);
         return p[0] + p[1] + p[2];
       },
-      [&](i64 c, i64 r0, i64 r1, i64 LS, float* v_c, i64 vs, float* stage) {
-        const auto p = parts(chunk_rows, LS);
+      [&](i64 c, const Stride2Chunk& ch, float* v_c, i64 vs, float* stage) {
+        const auto p = parts(ch.rows, ch.LS);
         gather_blocks<9, 8>(
-            stage, [&](i64 n) { return x + (n * C + c) * H * W; }, H, W, -pad, r0, r1, Th, Tw, stage + p[0] + p[1], Wp);
-        const i64 L = (r1 - r0) * Tw;
-        transpose(stage + p[0], LS, stage, 81, L, 81, (L + VL - 1) / VL * VL);
-        transform_stride2_blocks(v_c, vs, stage + p[0], LS, L);
+            stage, [&](i64 n) { return x + (n * C + c) * H * W; }, H, W, -pad, ch.r0, ch.r1, Th, Tw,
+            stage + p[0] + p[1], Wp);
+        transpose(stage + p[0], ch.LS, stage, 81, ch.L, 81, ch.lanes);
+        transform_stride2_blocks(v_c, vs, stage + p[0], ch.LS, ch.lanes);
       },
-      [&](i64 k, i64 r0, i64 r1, i64 LS, const float* m_k, i64 ms, float* o) {
-        const i64 L = (r1 - r0) * Tw;
-        transform_stride2_outputs(o, LS, m_k, ms, L, b ? b[k] : 0.0f);
+      [&](i64 k, const Stride2Chunk& ch, const float* m_k, i64 ms, float* o) {
+        transform_stride2_outputs(o, ch.LS, m_k, ms, ch.L, b ? b[k] : 0.0f);
         if (value_by_value(Tw))
-          return scatter_small_rows(y + (r0 / Th * K + k) * Ho * Wo, K * Ho * Wo, Ho, Wo, o, LS, r0, L, Th, Tw);
-        for (i64 r = r0; r < r1; ++r)
-          scatter_output_blocks(y + (r / Th * K + k) * Ho * Wo, Ho, Wo, o, LS, r % Th, Tw, (r - r0) * Tw);
+          return scatter_small_rows(y + (ch.r0 / Th * K + k) * Ho * Wo, K * Ho * Wo, Ho, Wo, o, ch.LS, ch.r0, ch.L, Th,
+                                    Tw);
+        for (i64 r = ch.r0; r < ch.r1; ++r)
+          scatter_output_blocks(y + (r / Th * K + k) * Ho * Wo, Ho, Wo, o, ch.LS, r % Th, Tw, (r - ch.r0) * Tw);
       });
 }
 
@@ -1018,11 +993,9 @@ template <int odd>
 void winograd_input_grad_stride2_tiles(float* dx, const float* dy, const float* w, const ConvShape& s, i64 N) {
   const i64 C = s.C, K = s.K, H = s.H, W = s.W, Ho = s.Ho, Wo = s.Wo;
   const i64 lead = (s.pad + odd) / 2 - 1;  // (tile (th, tw)'s dy block at (4th + lead, 4tw + lead))
-  const i64 Th = (H + 7) / 8, Tw = (W + 7) / 8, Cp = (C + MR - 1) / MR * MR, Wq = dy_row_floats(Wo, Tw);
-  std::vector<float> flipped(size_t(C) * K * 9);  // w^T rotated: [C, K, 3, 3]
-  for (i64 c = 0; c < C; ++c)
-    for (i64 k = 0; k < K; ++k)
-      for (int t = 0; t < 9; ++t) flipped[size_t((c * K + k) * 9 + t)] = w[(k * C + c) * 9 + (8 - t)];
+  const i64 Th = (H + 7) / 8, Tw = (W + 7) / 8, Cp = (C + MR - 1) / MR * MR;
+  const i64 Wq = padded_row_floats(Wo, 4 * Tw + lead + 1);  // (the last block's last column: 4 Tw + lead)
+  const std::vector<float> flipped = flipped_3x3(w, K, C);
   const i64 us = odd_lines(Cp * K);
   ScratchFloats u(size_t(36) * us);
   transform_weights_stride2(u.get(), us, flipped.data(), C, K, Cp);
@@ -1031,30 +1004,26 @@ void winograd_input_grad_stride2_tiles(float* dx, const float* dy, const float* 
   auto parts = [&](i64 rows, i64 LS) {
     return std::array<size_t, 3>{lines(size_t(25) * rows * Tw), lines(size_t(25) * LS), size_t(5 * rows + 1) * Wq};
   };
-  i64 chunk_rows = 0;  // (the stage's layout follows the chunks stride2_products chose)
   stride2_products(
       u.get(), us, K, C, N, Th, Tw,
       [&](i64 rows, i64 LS) {
-        chunk_rows = rows;
         const auto p = parts(rows, LS);
         return p[2] + std::max(p[0] + p[1], lines(size_t(64) * LS) + lines(size_t(64) * rows * Tw));
       },
-      [&](i64 k, i64 r0, i64 r1, i64 LS, float* v_k, i64 vs, float* stage) {
-        const auto p = parts(chunk_rows, LS);
+      [&](i64 k, const Stride2Chunk& ch, float* v_k, i64 vs, float* stage) {
+        const auto p = parts(ch.rows, ch.LS);
         float* blocks = stage + p[2];  // (after the padded rows, whose zero borders the output side must not touch)
         gather_blocks<5, 4>(
-            blocks, [&](i64 n) { return dy + (n * K + k) * Ho * Wo; }, Ho, Wo, lead, r0, r1, Th, Tw, stage, Wq);
-        const i64 L = (r1 - r0) * Tw;
-        transpose(blocks + p[0], LS, blocks, 25, L, 25, (L + VL - 1) / VL * VL);
-        transform_dy_stride2_blocks<odd>(v_k, vs, blocks + p[0], LS, L);
+            blocks, [&](i64 n) { return dy + (n * K + k) * Ho * Wo; }, Ho, Wo, lead, ch.r0, ch.r1, Th, Tw, stage, Wq);
+        transpose(blocks + p[0], ch.LS, blocks, 25, ch.L, 25, ch.lanes);
+        transform_dy_stride2_blocks<odd>(v_k, vs, blocks + p[0], ch.LS, ch.lanes);
       },
-      [&](i64 c, i64 r0, i64 r1, i64 LS, const float* m_c, i64 ms, float* stage) {
-        const i64 L = (r1 - r0) * Tw;
-        float* o = stage + parts(chunk_rows, LS)[2];
-        float* tiles = o + lines(size_t(64) * LS);
-        transform_dx_stride2_outputs<odd>(o, LS, m_c, ms, L);
-        transpose(tiles, 64, o, LS, 64, L, 64);
-        scatter_dx_blocks(dx + (r0 / Th * C + c) * H * W, C * H * W, H, W, tiles, r0, r1, Th, Tw);
+      [&](i64 c, const Stride2Chunk& ch, const float* m_c, i64 ms, float* stage) {
+        float* o = stage + parts(ch.rows, ch.LS)[2];
+        float* tiles = o + lines(size_t(64) * ch.LS);
+        transform_dx_stride2_outputs<odd>(o, ch.LS, m_c, ms, ch.L);
+        transpose(tiles, 64, o, ch.LS, 64, ch.L, 64);
+        scatter_dx_blocks(dx + (ch.r0 / Th * C + c) * H * W, C * H * W, H, W, tiles, ch.r0, ch.r1, Th, Tw);
       });
 }
 }  // namespace

@@ -189,8 +189,10 @@ def test_winograd_4x4_and_2x2_tiles_both_match_the_reference(isa, shape):
 # through the panels): 8 x 8 outputs in 4 tiles an image; 16 x 15 (the last column of tiles a
 # quarter outside; dx's 8 x 8 tiles of 33 x 31 too) without padding; a tile an image (its outputs
 # scattered value by value on AVX-512); padding 2; more than 320 channels in (the products' depth
-# in two parts); one chunk of 32 tiles (its transforms and blocks of output channels over the
-# threads); 17 x 15 with padding 1 (dx's odd tiles, ragged) in chunks that start mid-image
+# in two parts; AVX-512's panels of 32 tiles are too wide for them: the panels take it there); one
+# chunk of 32 tiles (its transforms and blocks of output channels over the threads); 17 x 15 with
+# padding 1 (dx's odd tiles, ragged). Chunks start mid-image in the second (dx: 8 rows of tiles, 5 an
+# image) and the fifth (the forward: 3 rows, 2 an image).
 STRIDE2_SHAPES = [
     (32, 32, 16, 16, 64, 1),
     (2, 36, 33, 31, 65, 0),
@@ -206,6 +208,9 @@ STRIDE2_SHAPES = [
 def test_stride2_winograd_matches_the_reference_and_the_panels(isa, shape):
     N, C, H, W, K, p = shape
     x, w, b = rand(N, C, H, W), rand(K, C, 3, 3, scale=0.3), rand(K)
+    if C > 320 and isa == "avx512":
+        assert _core.conv2d_path(x.shape, w.shape, p, stride=2) != "winograd"
+        pytest.skip("AVX-512's panels of 32 tiles of 330 channels do not fit its chunks: the panels take it")
     assert _core.conv2d_path(x.shape, w.shape, p, stride=2) == "winograd"
     assert _core.conv2d_path(x.shape, w.shape, p, stride=2, backward=True) == "winograd"
     expected = ref.conv2d(x, w, b, p, stride=2)
@@ -380,10 +385,13 @@ def test_strided_conv2d_finite_differences(isa, few_pixels, shape, eps):
         np.testing.assert_allclose(grad.flat[coords], numeric, rtol=1e-2, atol=1e-2)
 
 
-@pytest.mark.parametrize("C", [1, 4])  # the direct path and the panels
-def test_strided_conv2d_relu_max_pool2d_equals_the_three_kernels(isa, few_pixels, C):
-    x, w, b = rand(3, C, 17, 17), rand(8, C, 3, 3, scale=0.3), rand(8)
-    y = F.conv2d(x, w, b, padding=1, stride=2)  # 9 x 9
+# the direct path, the panels and Winograd through the phases (8 x 8 outputs)
+@pytest.mark.parametrize("N, C, H, K", [(3, 1, 17, 8), (3, 4, 17, 8), (8, 32, 16, 64)])
+def test_strided_conv2d_relu_max_pool2d_equals_the_three_kernels(isa, few_pixels, N, C, H, K):
+    x, w, b = rand(N, C, H, H), rand(K, C, 3, 3, scale=0.3), rand(K)
+    if C == 32 and few_pixels.endswith("off"):
+        assert _core.conv2d_path(x.shape, w.shape, 1, 2, True, True, stride=2) == "winograd"
+    y = F.conv2d(x, w, b, padding=1, stride=2)  # 9 x 9 (8 x 8)
     pooled, argmax = F.max_pool2d(y, 2, relu=True)
     fused, fused_argmax = F.conv2d_relu_max_pool2d(x, w, b, 2, padding=1, stride=2)
     np.testing.assert_array_equal(fused, pooled)
