@@ -491,15 +491,19 @@ inline void apply_at9(const vec m[9], vec out[4]) {
 void transform_weights_stride2(float* u, i64 us, const float* w, i64 K, i64 C, i64 Kp) {
   const i64 panels = Kp / MR, n = C * MR, nv = (n + VL - 1) / VL * VL;  // (f's rows: whole vectors)
   const int threads = threads_over(double(Kp) * C * 36 * 4, panels);
-  ScratchFloats taps(size_t(threads) * 9 * nv);
+  ScratchFloats taps(size_t(threads) * 9 * nv), by_tap(size_t(threads) * 9 * n);
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (i64 kp = 0; kp < panels; ++kp) {
+    // f[t][c][i] = w[kp*MR + i][c][t] (0 past K), by two register transposes: [i, c][t] -> [t][i, c],
+    // then each tap's [i][c] -> [c][i] (value by value, a twentieth of 64->128 to 4 x 4 at batch 32)
     float* f = taps.get() + size_t(omp_get_thread_num()) * 9 * nv;
-    for (i64 i = 0; i < MR; ++i)
-      for (i64 c = 0; c < C; ++c)
-        for (int t = 0; t < 9; ++t)
-          f[t * nv + c * MR + i] = kp * MR + i < K ? w[((kp * MR + i) * C + c) * 9 + t] : 0.0f;
-    for (int t = 0; t < 9; ++t) std::fill(f + t * nv + n, f + (t + 1) * nv, 0.0f);
+    float* t_ic = by_tap.get() + size_t(omp_get_thread_num()) * 9 * n;
+    const i64 rows = std::min<i64>(MR, K - kp * MR);
+    transpose(t_ic, n, w + kp * MR * C * 9, 9, rows * C, 9, rows * C);
+    for (int t = 0; t < 9; ++t) {
+      transpose(f + t * nv, MR, t_ic + t * n, C, rows, C, MR);
+      std::fill(f + t * nv + n, f + (t + 1) * nv, 0.0f);
+    }
     for (i64 e = 0; e < n; e += VL) {
       float* out = u + kp * n + e;
       auto put = [&](int xi,
