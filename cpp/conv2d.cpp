@@ -60,10 +60,10 @@ bool conv3x3_pool2_backward_path(float*, float* dw, float* db, const float* x, c
 }
 
 bool has_work(const ConvShape& s, i64 N) { return N > 0 && s.K > 0 && s.taps() > 0; }
-// conv3x3_pool2 is written for stride 1 (the panels and direct take any stride, winograd's forward 1 and 2)
+// conv3x3_pool2 is written for stride 1 (the panels and direct take any stride, winograd strides 1 and 2)
 bool unit_stride_work(const ConvShape& s, i64 N) { return has_work(s, N) && s.stride == 1; }
 
-// (an odd output only forward: its backward stays with the panels, whose fused kernel skips the
+// (at stride 1, an odd output only forward: its backward stays with the panels, whose fused kernel skips the
 // pixels no pooling window reads; dw by F(3x3, 2x2) takes even outputs only)
 bool winograd_accepts(const ConvShape& s, i64 N, i64, bool backward) {
   return winograd_tile(s, N) > 0 && !(backward && s.stride == 1 && (s.Ho % 2 || s.Wo % 2));
