@@ -485,9 +485,9 @@ inline void apply_at9(const vec m[9], vec out[4]) {
 
 // w: [K, C, 3, 3] -> u: [36][Kp / MR][C][MR], planes us apart (zeros for k >= K): G g G^T at
 // the positions (i, j) < 6 (G's rows 6-8 are its row 5, tap 1 alone). A panel's taps are first laid
-// out tap by tap (f: [9][C][MR]), so that each position is a loop over C*MR consecutive floats that
-// the compiler vectorizes (a position at a time from each channel's 9 taps, as F(4x4)'s, its stores
-// went value by value, and this transform was a sixth of 64->128 to 4 x 4 at batch 32)
+// out tap by tap (f: [9][C][MR]), so that each position is computed a vector of C*MR consecutive
+// floats at a time (a position at a time from each channel's 9 taps, as F(4x4)'s, its stores went
+// value by value, and this transform was a sixth of 64->128 to 4 x 4 at batch 32)
 void transform_weights_stride2(float* u, i64 us, const float* w, i64 K, i64 C, i64 Kp) {
   const i64 panels = Kp / MR, n = C * MR, nv = (n + VL - 1) / VL * VL;  // (f's rows: whole vectors)
   const int threads = threads_over(double(Kp) * C * 36 * 4, panels);
@@ -506,8 +506,8 @@ void transform_weights_stride2(float* u, i64 us, const float* w, i64 K, i64 C, i
     }
     for (i64 e = 0; e < n; e += VL) {
       float* out = u + kp * n + e;
-      auto put = [&](int xi,
-                     vec v) {  // (a panel's last vector: its own lanes only, the next panel's are another thread's)
+      // (a panel's last vector: its own lanes only, the next panel's are another thread's)
+      auto put = [&](int xi, vec v) {
         if (e + VL <= n)
           store(out + xi * us, v);
         else
