@@ -960,11 +960,11 @@ void winograd_forward_stride2(float* y, const float* x, const float* w, const fl
   const i64 us = odd_lines(Kp * C);
   ScratchFloats u(size_t(36) * us);
   transform_weights_stride2(u.get(), us, w, K, C, Kp);
-  // the stage: the tiles' blocks ([L][81]), the same as planes ([81][LS]), the padded input rows;
-  // an output channel's blocks ([16][LS]) at its start
+  // the stage, as dx's: the padded input rows (whose zero borders the output side must not
+  // touch), then the tiles' blocks ([L][81]) and the same as planes ([81][LS]), or an output
+  // channel's blocks ([16][LS])
   auto parts = [&](i64 rows, i64 LS) {
-    const size_t blocks = lines(size_t(81) * rows * Tw), planes = lines(size_t(81) * LS);
-    return std::array<size_t, 3>{blocks, planes, size_t(9 * rows + 1) * Wp};
+    return std::array<size_t, 3>{size_t(9 * rows + 1) * Wp, lines(size_t(81) * rows * Tw), lines(size_t(81) * LS)};
   };
   stride2_products(
       u.get(), us, C, K, N, Th, Tw,
@@ -974,13 +974,14 @@ void winograd_forward_stride2(float* y, const float* x, const float* w, const fl
       },
       [&](i64 c, const Stride2Chunk& ch, float* v_c, i64 vs, float* stage) {
         const auto p = parts(ch.rows, ch.LS);
+        float* blocks = stage + p[0];
         gather_blocks<9, 8>(
-            stage, [&](i64 n) { return x + (n * C + c) * H * W; }, H, W, -pad, ch.r0, ch.r1, Th, Tw,
-            stage + p[0] + p[1], Wp);
-        transpose(stage + p[0], ch.LS, stage, 81, ch.L, 81, ch.lanes);
-        transform_stride2_blocks(v_c, vs, stage + p[0], ch.LS, ch.lanes);
+            blocks, [&](i64 n) { return x + (n * C + c) * H * W; }, H, W, -pad, ch.r0, ch.r1, Th, Tw, stage, Wp);
+        transpose(blocks + p[1], ch.LS, blocks, 81, ch.L, 81, ch.lanes);
+        transform_stride2_blocks(v_c, vs, blocks + p[1], ch.LS, ch.lanes);
       },
-      [&](i64 k, const Stride2Chunk& ch, const float* m_k, i64 ms, float* o) {
+      [&](i64 k, const Stride2Chunk& ch, const float* m_k, i64 ms, float* stage) {
+        float* o = stage + parts(ch.rows, ch.LS)[0];
         transform_stride2_outputs(o, ch.LS, m_k, ms, ch.L, b ? b[k] : 0.0f);
         if (value_by_value(Tw))
           return scatter_small_rows(y + (ch.r0 / Th * K + k) * Ho * Wo, K * Ho * Wo, Ho, Wo, o, ch.LS, ch.r0, ch.L, Th,
@@ -1003,27 +1004,28 @@ void winograd_input_grad_stride2_tiles(float* dx, const float* dy, const float* 
   const i64 us = odd_lines(Cp * K);
   ScratchFloats u(size_t(36) * us);
   transform_weights_stride2(u.get(), us, flipped.data(), C, K, Cp);
-  // the stage: the padded dy rows, then the tiles' dy blocks ([L][25]) and the same as planes
-  // ([25][LS]), or an input channel's 8 x 8 blocks as planes ([64][LS]) and tile by tile ([L][64])
+  // the stage: the padded dy rows (whose zero borders the output side must not touch), then the
+  // tiles' dy blocks ([L][25]) and the same as planes ([25][LS]), or an input channel's 8 x 8 blocks
+  // as planes ([64][LS]) and tile by tile ([L][64])
   auto parts = [&](i64 rows, i64 LS) {
-    return std::array<size_t, 3>{lines(size_t(25) * rows * Tw), lines(size_t(25) * LS), size_t(5 * rows + 1) * Wq};
+    return std::array<size_t, 3>{size_t(5 * rows + 1) * Wq, lines(size_t(25) * rows * Tw), lines(size_t(25) * LS)};
   };
   stride2_products(
       u.get(), us, K, C, N, Th, Tw,
       [&](i64 rows, i64 LS) {
         const auto p = parts(rows, LS);
-        return p[2] + std::max(p[0] + p[1], lines(size_t(64) * LS) + lines(size_t(64) * rows * Tw));
+        return p[0] + std::max(p[1] + p[2], lines(size_t(64) * LS) + lines(size_t(64) * rows * Tw));
       },
       [&](i64 k, const Stride2Chunk& ch, float* v_k, i64 vs, float* stage) {
         const auto p = parts(ch.rows, ch.LS);
-        float* blocks = stage + p[2];  // (after the padded rows, whose zero borders the output side must not touch)
+        float* blocks = stage + p[0];
         gather_blocks<5, 4>(
             blocks, [&](i64 n) { return dy + (n * K + k) * Ho * Wo; }, Ho, Wo, lead, ch.r0, ch.r1, Th, Tw, stage, Wq);
-        transpose(blocks + p[0], ch.LS, blocks, 25, ch.L, 25, ch.lanes);
-        transform_dy_stride2_blocks<odd>(v_k, vs, blocks + p[0], ch.LS, ch.lanes);
+        transpose(blocks + p[1], ch.LS, blocks, 25, ch.L, 25, ch.lanes);
+        transform_dy_stride2_blocks<odd>(v_k, vs, blocks + p[1], ch.LS, ch.lanes);
       },
       [&](i64 c, const Stride2Chunk& ch, const float* m_c, i64 ms, float* stage) {
-        float* o = stage + parts(ch.rows, ch.LS)[2];
+        float* o = stage + parts(ch.rows, ch.LS)[0];
         float* tiles = o + lines(size_t(64) * ch.LS);
         transform_dx_stride2_outputs<odd>(o, ch.LS, m_c, ms, ch.L);
         transpose(tiles, 64, o, ch.LS, 64, ch.L, 64);
