@@ -16,10 +16,13 @@
 //                                                                        (winograd_tile); stride 2 from 32
 //                                                                        channels in and 64 out: F(4x4) through
 //                                                                        the input's phases (forward, dx); every ISA
-//   pointwise              conv2d_pointwise_kernels.cpp (per ISA),       forward only: 1x1, stride 1, 33-256
-//                          tile_product_impl.hpp                         channels in, whole panels holding at
-//                                                                        most 1.35x an image's pixels
-//                                                                        (pointwise_product_fits); every ISA
+//   pointwise              conv2d_pointwise_kernels.cpp (per ISA),       1x1, stride 1, over 32 channels in;
+//                          tile_product_impl.hpp                         forward: up to 256 in, whole panels
+//                                                                        holding at most 1.35x an image's
+//                                                                        pixels (pointwise_product_fits), every
+//                                                                        ISA; backward (no pool): AVX-512, whole
+//                                                                        vectors of pixels, 4+ an image, 64+ in
+//                                                                        the batch (pointwise_weight_grad_takes)
 //   panels                 conv2d_panels.cpp, conv2d_panels_impl.hpp,   > 32 taps (conv2), any stride, but
 //                          conv2d_panels_avx512.cpp (AVX-512),           not the forwards the direct path
 //                          conv2d_panels_portable.cpp (per ISA), + the   takes; every ISA
@@ -89,21 +92,23 @@ bool few_pixels_accepts(const ConvShape& s, i64 N, i64, bool backward) {
 }
 
 // A 1x1 layer at stride 1 without padding, forward, with more input channels than the direct path's
-// few taps, where pointwise_product_fits (conv2d_common.cpp): one product an image. Its backward stays
-// with the panels (whose dx, one product an image too, takes the same kernel where it fits).
-bool pointwise_accepts(const ConvShape& s, i64 N, i64, bool backward) {
-  return !backward && has_work(s, N) && pointwise(s) && s.stride == 1 && s.taps() > kDirectTaps &&
-         pointwise_product_fits(s.C, s.P());
+// few taps, where pointwise_product_fits (conv2d_common.cpp): one product an image. Backward where
+// pointwise_weight_grad_takes (conv2d_common.cpp): dw by inner products along the pixels, dx by the
+// forward's product (input_grad); elsewhere the panels' backward serves (its dx the same product).
+bool pointwise_accepts(const ConvShape& s, i64 N, i64 pool_k, bool backward) {
+  if (!has_work(s, N) || !pointwise(s) || s.stride != 1 || s.taps() <= kDirectTaps) return false;
+  return backward ? pool_k == 0 && pointwise_weight_grad_takes(s, N) : pointwise_product_fits(s.C, s.P());
 }
 void pointwise_forward_path(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
                             const ConvShape& s, i64 N, i64 pool_k) {
   conv_then_pool(y, argmax, s, N, pool_k,
                  [&](float* out) { active_isa().pointwise_forward(out, x, w, s.C, 1, b, N, s.C, s.K, s.P()); });
 }
-// (never called: pointwise_accepts takes no backward)
-bool pointwise_backward_path(float*, float*, float*, const float*, const float*, const float*, const std::int32_t*,
-                             const ConvShape&, i64, i64) {
-  return false;
+bool pointwise_backward_path(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,
+                             const std::int32_t*, const ConvShape& s, i64 N, i64) {
+  active_isa().pointwise_weight_grad(dw, db, x, dy, N, s.C, s.K, s.P());
+  if (dx) input_grad(dx, x, w, dy, s, N);
+  return true;
 }
 
 // Few taps (<= kDirectTaps) either way. Forward, at any number of taps: a first layer (<= kTapRowsChannels
@@ -138,7 +143,7 @@ const Conv2dPath kPaths[] = {
      false, conv3x3_pool2_forward_path, conv3x3_pool2_backward_path},
     {"few_pixels", few_pixels_accepts, true, few_pixels_forward_path, few_pixels_backward_path},
     {"winograd", winograd_accepts, true, winograd_forward_path, winograd_backward_path},
-    {"pointwise", pointwise_accepts, true, pointwise_forward_path, pointwise_backward_path},  // (forward only)
+    {"pointwise", pointwise_accepts, true, pointwise_forward_path, pointwise_backward_path},
     {"panels",
      [](const ConvShape& s, i64 N, i64, bool backward) { return has_work(s, N) && !direct_takes(s, backward); }, true,
      panels_forward_path, panels_backward_path},

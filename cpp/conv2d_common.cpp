@@ -167,6 +167,22 @@ bool pointwise_product_fits(i64 C, i64 P) {
   return C <= kPointwiseChannels && 100 * ((P + NR - 1) / NR * NR) <= kPointwisePanelPixels * P;
 }
 
+// The inner products' sums are added across their lanes once per unit (24 sums of KB x NB
+// channels), so they pay where a unit's run along the pixels is long: whole vectors of pixels (a
+// row not a multiple of the vector misaligns every load after it), at least 4 an image, 64 in the
+// batch. Measured against the panels' dw (transposes, then a GEMM) on a 2-core AMD EPYC (Zen 4),
+// AVX-512, ms at one / two threads: 64->128 on 16 x 16 at batch 32 1.49-1.62 against 1.83-2.01
+// (0.8x), 0.73 against 0.88; at batch 128 8.1 against 9.5 / 4.3 against 5.0; 256->64 on 8 x 8 at
+// batch 128 3.6 against 4.3 / 2.0 against 2.0; 64->64 on 32 x 32 at batch 8 0.77 against 1.02 /
+// 0.49 against 0.53. Not taken: one image of 256 pixels (0.092 against 0.062 on one thread), 7 x 7
+// (1.5x the time), 14 x 14 (196 pixels: 1.03-1.06x), 4 x 4 (one vector an image: 1.9x). On AVX2 its
+// 2 x 5 tile (16 registers) took 1.1-2.3x the panels' time: none there.
+bool pointwise_weight_grad_takes(const ConvShape& s, i64 N) {
+  const i64 VL = active_isa().vector_floats, P = s.P();
+  return active_isa().pointwise_weight_grad && pointwise(s) && s.stride == 1 && P % VL == 0 && P >= 4 * VL &&
+         N * P >= 64 * VL;
+}
+
 void input_grad(float* dx, const float* x, const float* w, const float* dy, const ConvShape& s, i64 N) {
   if (!pointwise(s)) return active_isa().panels_backward_plain(dx, nullptr, nullptr, x, w, dy, s, N);
   const i64 C = s.C, K = s.K, P = s.P(), image = C * s.H * s.W, st = s.stride;

@@ -153,6 +153,9 @@ inline bool pointwise(const ConvShape& s) { return s.R == 1 && s.S == 1 && s.pad
 // channels in (at most kPointwiseChannels: its products' depth, in one block)?
 constexpr i64 kPointwiseChannels = 256;
 bool pointwise_product_fits(i64 C, i64 P);
+// Does the ISA's pointwise weight gradient (AVX-512's inner products along the pixels) take a 1x1
+// stride-1 layer's dw at batch N?
+bool pointwise_weight_grad_takes(const ConvShape& s, i64 N);
 
 // A whole convolution output's pooling: y, argmax = max_pool2d(conv, pool_k, relu=true) (argmax may be
 // null: not wanted); and the gradient of the whole output from the pooled one's (dy, argmax), kept in `keep`

@@ -75,6 +75,9 @@ struct IsaKernels {
   // (w[k][c] at w[k*out_stride + c*in_stride]; b may be null), and so its input gradient (w^T, dy)
   void (*pointwise_forward)(float* y, const float* x, const float* w, i64 out_stride, i64 in_stride, const float* b,
                             i64 N, i64 C, i64 K, i64 P);
+  // and, AVX-512 only (null elsewhere), its weight gradient: dw: [K, C] and db: [K] (may be null) from
+  // x: [N, C, P] and dy: [N, K, P]
+  void (*pointwise_weight_grad)(float* dw, float* db, const float* x, const float* dy, i64 N, i64 C, i64 K, i64 P);
 
   // linear_narrow.cpp: y[n][o] = b[o] + x[n] . w[o] for rows n0..n1 of a layer with few outputs
   void (*linear_forward_rows)(float* y, const float* x, const float* w, const float* b, i64 n0, i64 n1, i64 I, i64 O);

@@ -18,6 +18,9 @@ void few_pixels_weight_grad(float* dw, const float* dyt, i64 ldd, const float* r
 void few_pixels_input_grad(float* drows, i64 ldr, const float* dy, i64 ldd, const float* w, i64 N, i64 K, i64 T, i64 P);
 void pointwise_forward(float* y, const float* x, const float* w, i64 out_stride, i64 in_stride, const float* b, i64 N,
                        i64 C, i64 K, i64 P);  // conv2d_pointwise_kernels.cpp
+#if defined(CNNFAST_ISA_AVX512)
+void pointwise_weight_grad(float* dw, float* db, const float* x, const float* dy, i64 N, i64 C, i64 K, i64 P);
+#endif
 void linear_forward_rows(float* y, const float* x, const float* w, const float* b, i64 n0, i64 n1, i64 I,
                          i64 O);                                                              // linear_narrow.cpp
 void int32_range_block(const std::int32_t* a, i64 n, std::int32_t* low, std::int32_t* high);  // int32_range.cpp
@@ -69,6 +72,11 @@ extern const IsaKernels table = {
     few_pixels_weight_grad,
     few_pixels_input_grad,
     pointwise_forward,
+#if defined(CNNFAST_ISA_AVX512)
+    pointwise_weight_grad,
+#else
+    nullptr,  // (the panels' dw: conv2d_common.cpp's pointwise_weight_grad_takes)
+#endif
     linear_forward_rows,
     int32_range_block,
     dropout_mask_groups,

@@ -142,6 +142,7 @@ def test_conv2d_backward_matches_reference(isa, few_pixels, shape):
         ((4, 16, 6, 6, 16, 3, 3, 1), 1e-2),
         ((4, 16, 8, 16, 16, 3, 3, 1), 0.5),
         ((2, 40, 4, 8, 12, 1, 1, 0), 1e-2),  # 1x1: the pointwise product's dx (forward too, few_pixels off)
+        ((16, 40, 8, 8, 12, 1, 1, 0), 1e-2),  # 1x1, 1,024 pixels: AVX-512's dw by inner products too
     ],
 )
 def test_conv2d_backward_finite_differences(isa, few_pixels, shape, eps):
@@ -724,6 +725,30 @@ def test_one_image_or_a_few_use_the_threads_and_give_the_same_bits(isa, threads,
         np.testing.assert_array_equal(a, b_)
 
 
+# 1x1 layers whose backward takes the pointwise path on AVX-512 (dw by inner products along the
+# pixels, in spans of about 1 MB): 16 images in one span, 16 in spans of 14, and images of 2.1 MB,
+# each in three spans of pixels (2,032, 2,032 and 32); K not a multiple of the tile's 4 channels, C in
+# blocks of 5 and 6
+@pytest.mark.parametrize("shape", [(16, 40, 8, 8, 30), (16, 40, 16, 16, 30), (2, 48, 64, 64, 81)])
+def test_a_1x1_layers_backward_matches_the_reference_and_is_the_same_on_any_thread_count(isa, threads, shape):
+    N, C, H, W, K = shape
+    path = _core.conv2d_path((N, C, H, W), (K, C, 1, 1), 0, backward=True)
+    assert path == ("pointwise" if isa == "avx512" else "panels")
+    x, w, dy = rand(N, C, H, W), rand(K, C, 1, 1, scale=0.2), rand(N, K, H, W)
+    results = []
+    for n in (1, 2):
+        cnnfast.set_num_threads(n)
+        both = F.conv2d_backward(x, w, dy)
+        dw_alone = F.conv2d_backward(x, w, dy, input_grad=False)
+        np.testing.assert_array_equal(dw_alone[1], both[1])
+        np.testing.assert_array_equal(dw_alone[2], both[2])
+        results.append(both)
+    for got, expected in zip(results[0], ref.conv2d_backward(x, w, dy, 0)):
+        assert_close(got, expected)
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_conv1s_fused_block_at_one_image_gives_the_same_bits_on_two_threads(isa, threads):
     # (its output channels over the threads: 33 of them, split unevenly)
     x, w, b = rand(1, 1, 28, 28), rand(33, 1, 3, 3, scale=0.3), rand(33)
@@ -845,6 +870,14 @@ def test_every_kernel_follows_the_forced_isa(isa):
         ((1, 64, 32, 32), (128, 64, 1, 1), 0, 0, False, False, {None: "pointwise"}),  # 1,024: one product
         ((1, 64, 32, 32), (128, 64, 1, 1), 0, 2, False, False, {None: "pointwise"}),  # pooled
         ((4, 512, 14, 14), (128, 512, 1, 1), 0, 0, False, False, {}),  # over 256 channels: the panels
+        # 1x1 backward: on AVX-512 dw by inner products along the pixels (whole vectors of them, 4+ an image,
+        # 64+ in the batch), elsewhere the panels
+        ((32, 64, 16, 16), (128, 64, 1, 1), 0, 0, True, True, {"avx512": "pointwise"}),
+        ((32, 64, 16, 16), (128, 64, 1, 1), 0, 0, True, False, {"avx512": "pointwise"}),
+        ((1, 64, 16, 16), (128, 64, 1, 1), 0, 0, True, True, {}),  # one image of 16 vectors
+        ((32, 64, 7, 7), (128, 64, 1, 1), 0, 0, True, True, {}),  # 49 pixels: not whole vectors
+        ((32, 512, 4, 4), (128, 512, 1, 1), 0, 0, True, True, {}),  # one vector an image
+        ((32, 64, 16, 16), (128, 64, 1, 1), 0, 2, True, True, {}),  # pooled
         ((8, 32, 13, 13), (64, 32, 3, 3), 0, 0, False, False, {None: "winograd", "avx512": "panels"}),  # odd: 11 x 11
         ((8, 32, 13, 13), (64, 32, 3, 3), 0, 0, True, False, {}),
         # 8 input channels, rows of 16 (two vectors but on AVX-512): the direct forward, or the panels
