@@ -5,10 +5,10 @@
 // started from the bias. No im2col, no transposition into y: the panels' forward packed each
 // 12-pixel panel from x and transposed its [pixels, K] result into y (the rule and what it measured:
 // pointwise_product_fits, conv2d_common.cpp). The same product gives a 1x1 layer's input gradient,
-// dx_n = w^T dy_n.
+// dx_n = w^T dy_n. On AVX-512 its weight gradient too: inner products along the pixels (below).
 //
-// Every output is one tile_product's sums, whatever the thread split: results do not depend on the
-// thread count.
+// Every output is one tile_product's sums, or one unit's sums of the weight gradient, whatever the
+// thread split: results do not depend on the thread count.
 #include <algorithm>
 #include <utility>
 
@@ -92,8 +92,8 @@ namespace {
 
 // The sums acc[i][j] (from 0 on the first span, else from sums[i*nb + j]) += the lanes of d[i][..] *
 // c[j][..] over `images` images (the rows of the next image dy_image and x_image floats further) of
-// `length` pixels each, the last vector's lanes past `length` zero; then stored back to sums, or after
-// the last span added across their lanes into out[i*ldo + j] for the kb rows that count
+// `length` pixels each (whole vectors: pointwise_weight_grad_takes); then stored back to sums, or
+// after the last span added across their lanes into out[i*ldo + j] for the kb rows that count
 template <int nb>
 void lane_products(vec* sums, bool first, bool last, float* out, i64 ldo, i64 kb, const float* const* d,
                    const float* const* c, i64 dy_image, i64 x_image, i64 images, i64 length) {
@@ -102,7 +102,6 @@ void lane_products(vec* sums, bool first, bool last, float* out, i64 ldo, i64 kb
   for (int i = 0; i < KB; ++i)
 #pragma GCC unroll 8
     for (int j = 0; j < nb; ++j) acc[i][j] = first ? vec{} : sums[i * nb + j];
-  const i64 whole = length / VL * VL, rest = length - whole;
   for (i64 n = 0; n < images; ++n) {
     const float* dn[KB];
     const float* cn[nb];
@@ -110,24 +109,13 @@ void lane_products(vec* sums, bool first, bool last, float* out, i64 ldo, i64 kb
     for (int i = 0; i < KB; ++i) dn[i] = d[i] + n * dy_image;
 #pragma GCC unroll 8
     for (int j = 0; j < nb; ++j) cn[j] = c[j] + n * x_image;
-    for (i64 p = 0; p < whole; p += VL) {
+    for (i64 p = 0; p < length; p += VL) {
       vec dv[KB];
 #pragma GCC unroll 8
       for (int i = 0; i < KB; ++i) dv[i] = load(dn[i] + p);
 #pragma GCC unroll 8
       for (int j = 0; j < nb; ++j) {
         const vec cv = load(cn[j] + p);
-#pragma GCC unroll 8
-        for (int i = 0; i < KB; ++i) acc[i][j] += dv[i] * cv;
-      }
-    }
-    if (rest > 0) {
-      vec dv[KB];
-#pragma GCC unroll 8
-      for (int i = 0; i < KB; ++i) dv[i] = load_first(dn[i] + whole, rest);
-#pragma GCC unroll 8
-      for (int j = 0; j < nb; ++j) {
-        const vec cv = load_first(cn[j] + whole, rest);
 #pragma GCC unroll 8
         for (int i = 0; i < KB; ++i) acc[i][j] += dv[i] * cv;
       }
@@ -193,7 +181,7 @@ void pointwise_weight_grad(float* dw, float* db, const float* x, const float* dy
     vec* between = spans > 1 ? reinterpret_cast<vec*>(sums.get()) + u * KB * NB : nullptr;
     lane_products_n(int(nb), between, span == 0, span == spans - 1, dw + k0 * C + c0, C, kb, d, c, K * P, C * P,
                     n1 - n0, p1 - p0, std::make_integer_sequence<int, NB>{});
-    if (db && j == 0 && p0 == 0)  // (the rows just read, whole)
+    if (db && j == 0 && p0 == 0)  // (each row's lanes once, whole, on its first span)
       for (i64 n = n0; n < n1; ++n)
         for (i64 k = k0; k < k0 + kb; ++k) row_lanes(lanes.get() + (n * K + k) * 16, dy + (n * K + k) * P, P);
   };

@@ -726,7 +726,7 @@ def test_one_image_or_a_few_use_the_threads_and_give_the_same_bits(isa, threads,
 
 
 # 1x1 layers whose backward takes the pointwise path on AVX-512 (dw by inner products along the
-# pixels, in spans of about 1 MB): 16 images in one span, 16 in spans of 14, and images of 2.1 MB,
+# pixels, in spans of about 1 MB): 16 images in one span, 16 in spans of 14 and 2, and images of 2.1 MB,
 # each in three spans of pixels (2,032, 2,032 and 32); K not a multiple of the tile's 4 channels, C in
 # blocks of 5 and 6
 @pytest.mark.parametrize("shape", [(16, 40, 8, 8, 30), (16, 40, 16, 16, 30), (2, 48, 64, 64, 81)])
@@ -877,6 +877,7 @@ def test_every_kernel_follows_the_forced_isa(isa):
         ((1, 64, 16, 16), (128, 64, 1, 1), 0, 0, True, True, {}),  # one image of 16 vectors
         ((32, 64, 7, 7), (128, 64, 1, 1), 0, 0, True, True, {}),  # 49 pixels: not whole vectors
         ((32, 512, 4, 4), (128, 512, 1, 1), 0, 0, True, True, {}),  # one vector an image
+        ((32, 128, 8, 8), (256, 128, 1, 1), 0, 0, True, True, {}),  # over 16,384 weights
         ((32, 64, 16, 16), (128, 64, 1, 1), 0, 2, True, True, {}),  # pooled
         ((8, 32, 13, 13), (64, 32, 3, 3), 0, 0, False, False, {None: "winograd", "avx512": "panels"}),  # odd: 11 x 11
         ((8, 32, 13, 13), (64, 32, 3, 3), 0, 0, True, False, {}),
