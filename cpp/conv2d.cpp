@@ -22,7 +22,8 @@
 //                                                                        pixels (pointwise_product_fits), every
 //                                                                        ISA; backward (no pool): AVX-512, whole
 //                                                                        vectors of pixels, 4+ an image, 64+ in
-//                                                                        the batch (pointwise_weight_grad_takes)
+//                                                                        the batch, up to 16,384 weights
+//                                                                        (pointwise_weight_grad_takes)
 //   panels                 conv2d_panels.cpp, conv2d_panels_impl.hpp,   > 32 taps (conv2), any stride, but
 //                          conv2d_panels_avx512.cpp (AVX-512),           not the forwards the direct path
 //                          conv2d_panels_portable.cpp (per ISA), + the   takes; every ISA
