@@ -871,12 +871,12 @@ def test_every_kernel_follows_the_forced_isa(isa):
         ((1, 64, 32, 32), (128, 64, 1, 1), 0, 2, False, False, {None: "pointwise"}),  # pooled
         ((4, 512, 14, 14), (128, 512, 1, 1), 0, 0, False, False, {}),  # over 256 channels: the panels
         # 1x1 backward: on AVX-512 dw by inner products along the pixels (whole vectors of them, 4+ an image,
-        # 64+ in the batch), elsewhere the panels
+        # 64+ in the batch, up to 16,384 weights), elsewhere the panels
         ((32, 64, 16, 16), (128, 64, 1, 1), 0, 0, True, True, {"avx512": "pointwise"}),
         ((32, 64, 16, 16), (128, 64, 1, 1), 0, 0, True, False, {"avx512": "pointwise"}),
         ((1, 64, 16, 16), (128, 64, 1, 1), 0, 0, True, True, {}),  # one image of 16 vectors
         ((32, 64, 7, 7), (128, 64, 1, 1), 0, 0, True, True, {}),  # 49 pixels: not whole vectors
-        ((32, 512, 4, 4), (128, 512, 1, 1), 0, 0, True, True, {}),  # one vector an image
+        ((64, 64, 4, 4), (128, 64, 1, 1), 0, 0, True, True, {}),  # one vector an image
         ((32, 128, 8, 8), (256, 128, 1, 1), 0, 0, True, True, {}),  # over 16,384 weights
         ((32, 64, 16, 16), (128, 64, 1, 1), 0, 2, True, True, {}),  # pooled
         ((8, 32, 13, 13), (64, 32, 3, 3), 0, 0, False, False, {None: "winograd", "avx512": "panels"}),  # odd: 11 x 11
