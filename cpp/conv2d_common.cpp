@@ -175,7 +175,7 @@ bool pointwise_product_fits(i64 C, i64 P) {
 // (0.8x), 0.73 against 0.88; at batch 128 8.1 against 9.5 / 4.3 against 5.0; 256->64 on 8 x 8 at
 // batch 128 3.6 against 4.3 / 2.0 against 2.0; 64->64 on 32 x 32 at batch 8 0.77 against 1.02 /
 // 0.49 against 0.53. Not taken: one image of 256 pixels (0.092 against 0.062 on one thread), 7 x 7
-// (1.5x the time), 14 x 14 (196 pixels: 1.03-1.06x), 4 x 4 (one vector an image: 1.9x). And at most
+// (1.5x the time), 14 x 14 (196 pixels: 1.03-1.06x), 4 x 4 (one vector an image: 1.5-1.9x). And at most
 // 16,384 weights (128 x 128): between its spans of images each unit stores its sums, 64 bytes a
 // weight, 1 MB for 16,384 (L2's size), and wider layers went the other way, one thread / two, batch
 // 32: 128->256 on 8 x 8 1.06x / 1.16x the panels' time, 256->256 on 16 x 16 1.05x / 1.06x, 512->128
