@@ -185,8 +185,8 @@ bool pointwise_product_fits(i64 C, i64 P) {
 constexpr i64 kPointwiseWeightGradWeights = 16384;
 bool pointwise_weight_grad_takes(const ConvShape& s, i64 N) {
   const i64 VL = active_isa().vector_floats, P = s.P();
-  return active_isa().pointwise_weight_grad && pointwise(s) && s.stride == 1 && P % VL == 0 && P >= 4 * VL &&
-         N * P >= 64 * VL && s.K * s.C <= kPointwiseWeightGradWeights;
+  return active_isa().pointwise_weight_grad && P % VL == 0 && P >= 4 * VL && N * P >= 64 * VL &&
+         s.K * s.C <= kPointwiseWeightGradWeights;
 }
 
 void input_grad(float* dx, const float* x, const float* w, const float* dy, const ConvShape& s, i64 N) {

@@ -154,7 +154,7 @@ inline bool pointwise(const ConvShape& s) { return s.R == 1 && s.S == 1 && s.pad
 constexpr i64 kPointwiseChannels = 256;
 bool pointwise_product_fits(i64 C, i64 P);
 // Does the ISA's pointwise weight gradient (AVX-512's inner products along the pixels) take a 1x1
-// stride-1 layer's dw at batch N?
+// stride-1 layer's dw at batch N? (The caller, pointwise_accepts, has checked 1x1 and stride 1.)
 bool pointwise_weight_grad_takes(const ConvShape& s, i64 N);
 
 // A whole convolution output's pooling: y, argmax = max_pool2d(conv, pool_k, relu=true) (argmax may be
