@@ -95,7 +95,7 @@ void usage(FILE* out) {
                "  --batch N     batch size of the layer shapes (default 128)\n"
                "  --repeat N    timed samples per kernel; the median is reported (default 20)\n"
                "  --isa NAME    force every kernel to one instruction set: baseline, avx2, avx512 (x86-64) or neon "
-               "(AArch64) (default: best supported)\n"
+               "(AArch64) (default: $CNNFAST_ISA if set, as for the package; else the best supported)\n"
                "  --tiny        batch 2, 3 samples, short peak loop, small GEMM: a smoke test for CI\n");
 }
 
@@ -589,6 +589,8 @@ struct PeakResult {
 
 int main(int argc, char** argv) {
   Options o;
+  // CNNFAST_ISA restricts the kernels here as it does in the Python package (--isa overrides it)
+  if (const char* env = std::getenv("CNNFAST_ISA"); env && *env) o.isa = env;
   if (!parse_args(argc, argv, &o)) {
     usage(stderr);
     return 2;
@@ -600,7 +602,8 @@ int main(int argc, char** argv) {
     for (int i = 0; i < n; ++i)
       names += std::string(i ? ", " : "") + compiled[i]->name +
                (cnnfast::cpu_supports_isa(compiled[i]->name) ? "" : " (not supported by this CPU)");
-    std::fprintf(stderr, "bench_kernels: --isa %s is not available; compiled: %s\n", o.isa.c_str(), names.c_str());
+    std::fprintf(stderr, "bench_kernels: --isa / CNNFAST_ISA %s is not available; compiled: %s\n", o.isa.c_str(),
+                 names.c_str());
     return 2;
   }
   if (o.threads > 0) cnnfast::set_num_threads(o.threads);
