@@ -8,10 +8,14 @@
 // A window's four conv outputs (2i+a, 2j+b), a, b in {0, 1}, read x at (2i+a+r-pad, 2j+b+q-pad):
 // only a+r and b+q (0..3 each) matter, so the image is first split into 16 subsampled planes
 // D[u][v][i*Wq + j] = x[2i+u-pad][2j+v-pad] (zero outside x; 11 KB for conv1, in L1). Then, VL
-// windows at a time, a channel's four outputs per window are four accumulators of 9 multiply-adds,
-// and the window's maximum and argmax are picked in registers with max_pool2d's rule (first
-// maximum, a NaN wins; ReLU: a maximum not > 0 gives 0 and argmax -1). Sums in the direct path's
-// order (0 + bias, then taps r, q), so the same numbers as conv2d_forward + max_pool2d_forward.
+// windows at a time (the forward reads the planes interleaved by blocks of VL windows), a
+// channel's four outputs per window are four accumulators of 9 multiply-adds, and the window's
+// maximum and argmax are picked in registers with max_pool2d's rule (first maximum, a NaN wins;
+// ReLU: a maximum not > 0 gives 0 and argmax -1; without a NaN among the four, the same winner as
+// the maximum and the first of the four equal to it, in fewer instructions). Sums in the direct
+// path's order (0 + bias, then taps r, q), so the same numbers as conv2d_forward +
+// max_pool2d_forward. (AVX2, one thread, conv1 at batch 128 on an AMD EPYC Zen 4: 1.04 -> 0.91 ms
+// from the interleaved planes and the shorter rule, 47% of the FMA peak.)
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
@@ -49,6 +53,28 @@ inline void store_lanes(T* p, V v, i64 n) {
   for (i64 i = 0; i < n; ++i) p[i] = lanes[i];
 }
 
+// any lane of a comparison's mask set
+inline bool any_lane(ivec mask) {
+#if defined(CNNFAST_ISA_AVX2)
+  return !_mm256_testz_si256(reinterpret_cast<__m256i&>(mask), reinterpret_cast<__m256i&>(mask));
+#else
+  std::int32_t lanes[VL];
+  __builtin_memcpy(lanes, &mask, sizeof lanes);
+  std::int32_t any = 0;
+  for (int i = 0; i < VL; ++i) any |= lanes[i];
+  return any != 0;
+#endif
+}
+// the larger of a and b, lane by lane, for operands without NaN (either one where they are equal)
+inline vec max(vec a, vec b) {
+#if defined(CNNFAST_ISA_AVX2)
+  const __m256 m = _mm256_max_ps(reinterpret_cast<__m256&>(a), reinterpret_cast<__m256&>(b));
+  return reinterpret_cast<const vec&>(m);
+#else
+  return a > b ? a : b;
+#endif
+}
+
 struct Windows {
   i64 Hq, Wq, Q, Qp;                // windows down and across, their number, rounded up to 16
   std::vector<std::int32_t> first;  // first[i*Wq + j] = (2i)*Wo + 2j, the window's top-left pixel
@@ -57,7 +83,7 @@ struct Windows {
     for (i64 i = 0; i < Hq; ++i)
       for (i64 j = 0; j < Wq; ++j) first[size_t(i * Wq + j)] = std::int32_t(2 * i * s.Wo + 2 * j);
   }
-  i64 scratch_floats() const { return 16 * Qp; }
+  i64 scratch_floats() const { return 32 * Qp; }  // (the planes, and the forward's interleaved copy)
 };
 
 // D[u][v][q] = x[2i+u-pad][2j+v-pad] for window q = i*Wq + j (zero outside x and past Q)
@@ -84,10 +110,21 @@ void build_planes(float* D, const float* x, const ConvShape& s, const Windows& w
     }
 }
 
+// The forward's planes, a block of VL windows at a time: B[q / VL][u*4 + v][q % VL] = D[u][v][q],
+// so that the kernel reaches a block's 16 vectors from one pointer at fixed offsets (with 16
+// plane pointers, AVX2's forward kept them on the stack and reloaded one for every vector it
+// read: 17% of its time; the backward, with fewer values in flight, reads D as it is)
+void interleave_planes(float* B, const float* D, const Windows& win) {
+  for (i64 q0 = 0; q0 < win.Qp; q0 += VL)
+    for (i64 plane = 0; plane < 16; ++plane) store(B + q0 * 16 + plane * VL, load(D + plane * win.Qp + q0));
+}
+
 void image_forward(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b, const ConvShape& s,
-                   const Windows& win, float* D) {
-  const i64 Q = win.Q, Qp = win.Qp;
-  build_planes(D, x, s, win);
+                   const Windows& win, float* scratch) {
+  const i64 Q = win.Q;
+  float* D = scratch + 16 * win.Qp;  // (interleaved)
+  build_planes(scratch, x, s, win);
+  interleave_planes(D, scratch, win);
   const std::int32_t step[4] = {0, 1, std::int32_t(s.Wo),
                                 std::int32_t(s.Wo + 1)};  // (a, b) = (0,0), (0,1), (1,0), (1,1)
   for (i64 k = 0; k < s.K; ++k) {
@@ -95,6 +132,7 @@ void image_forward(float* y, std::int32_t* argmax, const float* x, const float* 
     for (int t = 0; t < 9; ++t) wk[t] = vec{} + w[k * 9 + t];
     const vec bias = vec{} + b[k];  // 0 + b, as the direct path
     for (i64 q0 = 0; q0 < Q; q0 += VL) {
+      const float* block = D + q0 * 16;  // (these VL windows' 16 planes)
       vec out[4] = {bias, bias, bias, bias};
       // each plane (u, v) loaded once and used by every window pixel (a, b) with tap
       // (r, q) = (u - a, v - b) inside 3x3; for a fixed (a, b) the taps come in (r, q) order
@@ -102,7 +140,7 @@ void image_forward(float* y, std::int32_t* argmax, const float* x, const float* 
       for (int u = 0; u < 4; ++u)
 #pragma GCC unroll 4
         for (int v = 0; v < 4; ++v) {
-          const vec d = load(D + (u * 4 + v) * Qp + q0);
+          const vec d = load(block + (u * 4 + v) * VL);
 #pragma GCC unroll 4
           for (int ab = 0; ab < 4; ++ab) {
             const int r = u - (ab >> 1), q = v - (ab & 1);
@@ -112,16 +150,25 @@ void image_forward(float* y, std::int32_t* argmax, const float* x, const float* 
         }
       // max_pool2d's rule over the four, in window order, then the ReLU
       const ivec first = load(win.first.data() + q0);
-      vec best = out[0];
-      ivec index = first + step[0];
-      for (int i = 1; i < 4; ++i) {
-        const ivec take = (out[i] > best) | ((out[i] != out[i]) & (best == best));
-        best = take ? out[i] : best;
-        index = take ? first + step[i] : index;
-      }
       const vec zero = {};
+      vec best;
+      ivec index;
+      const vec sum = (out[0] + out[1]) + (out[2] + out[3]);
+      if (any_lane(sum != sum)) {  // a NaN among the four (or inf - inf): the rule step by step
+        best = out[0];
+        index = first + step[0];
+        for (int i = 1; i < 4; ++i) {
+          const ivec take = (out[i] > best) | ((out[i] != out[i]) & (best == best));
+          best = take ? out[i] : best;
+          index = take ? first + step[i] : index;
+        }
+      } else {  // no NaN: the maximum, then the first of the four equal to it (the rule's winner)
+        best = max(max(out[0], out[1]), max(out[2], out[3]));
+        index = first + step[3];
+        for (int i = 2; i >= 0; --i) index = out[i] == best ? first + step[i] : index;
+      }
       const ivec open = best > zero;
-      best = best <= zero ? zero : best;
+      best = best <= zero ? zero : best;  // (a maximum not > 0 gives +0; NaN stays)
       index = open ? index : ivec{} - 1;
       const i64 n = Q - q0 < VL ? Q - q0 : VL;
       store_lanes(y + k * Q + q0, best, n);
