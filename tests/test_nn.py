@@ -350,13 +350,23 @@ def test_optimizers_reduce_the_loss(make_optimizer):
 
 def test_infer_matches_eval_forward_and_keeps_nothing():
     model = nn.mnist_cnn(seed=1)
-    x = rng.standard_normal((150, 1, 28, 28)).astype(np.float32)  # 64 + 64 + 22: blocks and a tail
-    got = model.infer(x)
+    assert model.infer_block == 128
+    x = rng.standard_normal((150, 1, 28, 28)).astype(np.float32)  # 128 + 22: a block and a tail
+    got, one_block = model.infer(x), model.infer(x[:5])
     assert model.training  # infer() works in eval mode without switching the model
     model.eval()
     np.testing.assert_array_equal(got, model.forward(x))
+    np.testing.assert_array_equal(one_block, model.forward(x[:5]))
     assert model.infer(x[:0]).shape == (0, 10)
     assert model.infer(x[:1]).shape == (1, 10)
+
+
+@pytest.mark.parametrize("n", [3, 300], ids=["one block", "blocks"])
+def test_infer_never_returns_a_view_of_its_input(n):
+    model = nn.Sequential(nn.Flatten(), nn.Dropout(0.5))  # (nothing here copies)
+    x = np.ones((n, 2, 3, 3), np.float32)
+    y = model.infer(x)
+    assert y.shape == (n, 18) and not np.shares_memory(x, y)
 
 
 @pytest.mark.parametrize(
