@@ -6,6 +6,7 @@
     python bench/bench_train.py --limit 10000 --repeats 1      # a quick check
     python bench/bench_train.py --json          # one JSON object on stdout (the table goes to stderr)
     python bench/bench_train.py --json out.json # the table on stdout, the JSON object in out.json
+    python bench/bench_train.py --no-torch --scaling --limit 30000   # cnnfast on 2 threads against 1
 
 What is timed, for both frameworks, on the same data, threads and batch:
 - training: the default model (Conv2d(1,32,3) ReLU MaxPool2d(2) Conv2d(32,64,3) ReLU MaxPool2d(2)
@@ -20,6 +21,8 @@ What is timed, for both frameworks, on the same data, threads and batch:
   under torch.no_grad at batch 1,000).
 Runs are interleaved (cnnfast, torch, cnnfast, torch, ...) so that both see the same machine
 load; medians are reported with the ratio cnnfast / PyTorch (above 1: cnnfast is faster).
+With --scaling, each repeat also runs cnnfast on one thread (interleaved with the rest, in the same
+process), and the table gives --threads' speedup over one thread: the ratio of the medians.
 Keras/TensorFlow and JAX are measured by their own scripts in ../shared/peers (bench/run_peers.sh).
 """
 
@@ -71,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--infer-batch-size", type=int, default=1000, help="inference batch (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="seed for initialisation, shuffling and dropout (default 0)")
     p.add_argument("--no-torch", action="store_true", help="time cnnfast only, even if PyTorch is importable")
+    p.add_argument(
+        "--scaling",
+        action="store_true",
+        help="also time cnnfast on one thread in every repeat and report --threads' speedup over it",
+    )
     p.add_argument(
         "--json",
         nargs="?",
@@ -289,6 +297,8 @@ def print_table(report: dict, out) -> None:
     rows = [("cnnfast", report["cnnfast"])]
     if torch_info.get("version"):
         rows.append(("PyTorch", torch_info))
+    if report.get("one_thread"):
+        rows.append(("cnnfast, 1 thread", report["one_thread"]))
     for name, s in rows:
         runs = "  ".join(f"{r['train_img_s']:,.0f}/{r['infer_img_s']:,.0f}" for r in s["runs"])
         p(
@@ -301,6 +311,9 @@ def print_table(report: dict, out) -> None:
             f"{'cnnfast / PyTorch':<18} {r['train']:>11.2f}x {r['infer']:>11.2f}x {'':>9}  "
             f"{r['train_best']:>9.2f}x {r['infer_best']:>9.2f}x"
         )
+    if report.get("speedup"):
+        r, name = report["speedup"], f"{cfg['threads']} threads / 1"
+        p(f"{name:<18} {r['train']:>11.2f}x {r['infer']:>11.2f}x")
     p(
         "(medians of the runs; best = the fastest run, less hurt by other processes"
         + ("; ratio above 1: cnnfast is faster)" if report.get("ratio") else ")")
@@ -347,7 +360,7 @@ def main(argv=None) -> int:
     cnnfast_warmup(data, args)
     if torch:
         torch_warmup(torch, data, args)
-    cnnfast_runs, torch_runs = [], []
+    cnnfast_runs, torch_runs, one_thread_runs = [], [], []
     for r in range(args.repeats):
         cnnfast_runs.append(cnnfast_run(data, args))
         c = cnnfast_runs[-1]
@@ -361,6 +374,17 @@ def main(argv=None) -> int:
             torch_runs.append(torch_run(torch, data, args))
             t = torch_runs[-1]
             print(f";  PyTorch {t['train_img_s']:,.0f} / {t['infer_img_s']:,.0f}", end="", file=log, flush=True)
+        if args.scaling:
+            cnnfast.set_num_threads(1)
+            one_thread_runs.append(cnnfast_run(data, args))
+            cnnfast.set_num_threads(args.threads)
+            o = one_thread_runs[-1]
+            print(
+                f";  cnnfast on 1 thread {o['train_img_s']:,.0f} / {o['infer_img_s']:,.0f}",
+                end="",
+                file=log,
+                flush=True,
+            )
         print(file=log, flush=True)
 
     report = {
@@ -391,7 +415,12 @@ def main(argv=None) -> int:
             else {"skipped": torch_skipped}
         ),
         "ratio": None,
+        "one_thread": summary(one_thread_runs) if args.scaling else None,
+        "speedup": None,
     }
+    if args.scaling:  # --threads over one thread, cnnfast's medians
+        c, o = report["cnnfast"], report["one_thread"]
+        report["speedup"] = {"train": c["train_img_s"] / o["train_img_s"], "infer": c["infer_img_s"] / o["infer_img_s"]}
     if torch:
         c, t = report["cnnfast"], report["torch"]
         report["ratio"] = {
