@@ -45,6 +45,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cctype>
 #include <cerrno>
 #include <cmath>
 #include <cstdint>
@@ -587,23 +588,40 @@ struct PeakResult {
 
 }  // namespace
 
+// The instruction sets compiled in, each marked where the CPU cannot run it
+std::string compiled_isa_names() {
+  const cnnfast::IsaKernels* compiled[8];
+  const int n = cnnfast::compiled_isas(compiled, 8);
+  std::string names;
+  for (int i = 0; i < n; ++i)
+    names += std::string(i ? ", " : "") + compiled[i]->name +
+             (cnnfast::cpu_supports_isa(compiled[i]->name) ? "" : " (not supported by this CPU)");
+  return names;
+}
+
+// CNNFAST_ISA, read as the Python package reads it (python/cnnfast/__init__.py): spaces trimmed,
+// any case, and a name that is not available warned about and ignored
+void apply_isa_variable() {
+  const char* env = std::getenv("CNNFAST_ISA");
+  std::string name = env ? env : "";
+  name.erase(0, name.find_first_not_of(" \t\n"));
+  name.erase(name.find_last_not_of(" \t\n") + 1);
+  for (char& c : name) c = char(std::tolower(static_cast<unsigned char>(c)));
+  if (!name.empty() && !cnnfast::set_isa(name.c_str()))
+    std::fprintf(stderr, "bench_kernels: warning: CNNFAST_ISA=%s ignored: not available here (compiled: %s)\n",
+                 name.c_str(), compiled_isa_names().c_str());
+}
+
 int main(int argc, char** argv) {
   Options o;
-  // CNNFAST_ISA restricts the kernels here as it does in the Python package (--isa overrides it)
-  if (const char* env = std::getenv("CNNFAST_ISA"); env && *env) o.isa = env;
   if (!parse_args(argc, argv, &o)) {
     usage(stderr);
     return 2;
   }
+  apply_isa_variable();  // (--isa, below, overrides it)
   if (!o.isa.empty() && !cnnfast::set_isa(o.isa.c_str())) {
-    const cnnfast::IsaKernels* compiled[8];
-    const int n = cnnfast::compiled_isas(compiled, 8);
-    std::string names;
-    for (int i = 0; i < n; ++i)
-      names += std::string(i ? ", " : "") + compiled[i]->name +
-               (cnnfast::cpu_supports_isa(compiled[i]->name) ? "" : " (not supported by this CPU)");
-    std::fprintf(stderr, "bench_kernels: --isa / CNNFAST_ISA %s is not available; compiled: %s\n", o.isa.c_str(),
-                 names.c_str());
+    std::fprintf(stderr, "bench_kernels: --isa %s is not available; compiled: %s\n", o.isa.c_str(),
+                 compiled_isa_names().c_str());
     return 2;
   }
   if (o.threads > 0) cnnfast::set_num_threads(o.threads);
