@@ -7,7 +7,8 @@
 //
 // A window's four conv outputs (2i+a, 2j+b), a, b in {0, 1}, read x at (2i+a+r-pad, 2j+b+q-pad):
 // only a+r and b+q (0..3 each) matter, so the image is first split into 16 subsampled planes
-// D[u][v][i*Wq + j] = x[2i+u-pad][2j+v-pad] (zero outside x; 11 KB for conv1, in L1). Then, VL
+// D[u][v][i*Wq + j] = x[2i+u-pad][2j+v-pad] (zero outside x; 11 KB for conv1, and as much again
+// interleaved for the forward: in L1). Then, VL
 // windows at a time (the forward reads the planes interleaved by blocks of VL windows), a
 // channel's four outputs per window are four accumulators of 9 multiply-adds, and the window's
 // maximum and argmax are picked in registers with max_pool2d's rule (first maximum, a NaN wins;
@@ -237,11 +238,7 @@ bool image_backward(float* dw_k, float* lanes, const float* x, const float* dy, 
     __builtin_memcpy(l, &bias, sizeof l);
     for (int j = 0; j < 16; ++j) lanes[k * 16 + j] = j < VL ? l[j] : 0.0f;
   }
-  std::int32_t any[VL];
-  __builtin_memcpy(any, &stray, sizeof any);
-  for (int j = 0; j < VL; ++j)
-    if (any[j]) return false;
-  return true;
+  return !any_lane(stray);
 }
 
 }  // namespace

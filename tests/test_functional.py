@@ -1100,6 +1100,26 @@ def test_conv2d_relu_max_pool2d_ties_nan_and_inf_as_the_separate_kernels(isa, fe
 
 
 @pytest.mark.parametrize("shape", FUSED_SHAPES)
+def test_conv2d_relu_max_pool2d_ties_and_zeros_without_nan_as_the_separate_kernels(isa, shape):
+    # Without a NaN anywhere (the fused kernels then pick a window's maximum and the first of its
+    # candidates equal to it): ties everywhere (a zero image: every output its channel's bias;
+    # integer images: equal sums), -0.0 and +0.0 biases (maxima not > 0: y = +0, argmax -1) and
+    # huge values. (Infinities make NaN in the sums: the test above.)
+    N, C, H, W, K, R, S, p, k = shape
+    w0, b = rand(K, C, R, S, scale=0.3), rand(K)
+    b[::3], b[1::3] = -0.0, 0.0
+    huge = rand(N, C, H, W) * np.float32(1e30)
+    small_integers = np.round(rand(N, C, H, W)), np.round(rand(K, C, R, S))  # (exact sums, many equal)
+    for x, w in ((np.zeros((N, C, H, W), np.float32), w0), (huge, w0), small_integers):
+        y, argmax = F.conv2d_relu_max_pool2d(x, w, b, k, padding=p)
+        ry, rargmax = F.max_pool2d(F.conv2d(x, w, b, padding=p), k, relu=True)
+        assert not np.isnan(ry).any()
+        np.testing.assert_array_equal(y, ry)
+        np.testing.assert_array_equal(argmax, rargmax)
+        assert not np.signbit(y).any()
+
+
+@pytest.mark.parametrize("shape", FUSED_SHAPES)
 def test_conv2d_relu_max_pool2d_backward_with_a_stray_argmax(isa, few_pixels, shape):
     # An argmax the forward pass never makes (the first window naming the plane's last pixel:
     # outside every window, or in another one) must still route its gradient there; the fused
