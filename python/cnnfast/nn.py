@@ -956,21 +956,19 @@ class Sequential:
         x = np.asarray(x)
         self.check_input(x)
         steps = self.inference_steps()
-
-        def run(y):
-            for step in steps:
-                y = step.infer(y)
-            return y
-
-        if len(x) <= self.infer_block:  # one block (one image, or none): its output as it comes
-            y = run(np.ascontiguousarray(x))
-            return y.copy() if np.shares_memory(y, x) else y  # (never a view of the caller's x)
         out = None
         for i in range(0, len(x), self.infer_block):
-            y = run(np.ascontiguousarray(x[i : i + self.infer_block]))
+            y = np.ascontiguousarray(x[i : i + self.infer_block])
+            for step in steps:
+                y = step.infer(y)
             if out is None:
                 out = np.empty((len(x),) + y.shape[1:], y.dtype)
             out[i : i + len(y)] = y
+        if out is None:  # an empty batch: the shapes still come from the layers
+            y = np.ascontiguousarray(x)
+            for step in steps:
+                y = step.infer(y)
+            out = y
         return out
 
     def inference_steps(self) -> list[Layer]:
