@@ -94,6 +94,8 @@ def check_args(parser, args):
     for name in ("threads", "epochs", "repeats", "batch_size", "infer_batch_size"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.scaling and args.threads == 1:
+        parser.error("--scaling compares --threads with one thread: give --threads 2 or more")
     if args.limit is not None and args.limit < 1:
         parser.error(f"--limit must be at least 1, got {args.limit}")
     if args.json not in (None, "-"):
@@ -316,7 +318,9 @@ def print_table(report: dict, out) -> None:
         p(f"{name:<18} {r['train']:>11.2f}x {r['infer']:>11.2f}x")
     p(
         "(medians of the runs; best = the fastest run, less hurt by other processes"
-        + ("; ratio above 1: cnnfast is faster)" if report.get("ratio") else ")")
+        + ("; ratio above 1: cnnfast is faster" if report.get("ratio") else "")
+        + ("; threads / 1: the speedup of cnnfast's medians over one thread" if report.get("speedup") else "")
+        + ")"
     )
 
 
