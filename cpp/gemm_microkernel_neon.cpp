@@ -1,4 +1,4 @@
-// The GEMM micro-kernel for AArch64 NEON: an 8 x 12 tile, as XNNPACK's and OpenBLAS's.
+// The GEMM micro-kernel for AArch64 NEON: an 8 x 12 tile, as BLIS's armv8a sgemm kernel (bli_sgemm_armv8a_asm_8x12).
 //
 // Register budget (32 q registers of 4 floats): C's 8 rows x 3 vectors = 24 accumulators, B's
 // three vectors of a step, A's two vectors (8 rows) of a step: 29. Each depth step loads 5
