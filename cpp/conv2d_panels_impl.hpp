@@ -70,38 +70,56 @@ void dw_from_xp_taps(float* dw, const float* dwt, i64 ld, const ConvShape& s) {
 // columns the windows read: Hu = Ho/k*k, Wu = Wo/k*k) ->
 // y, argmax: [images, K, Ho/k, Wo/k] = max_pool2d(out + b, k, relu=true), the rule of
 // max_pool2d_planes (first maximum, a NaN wins; a maximum not > 0 gives 0 and argmax -1, an
-// index oh*Wo + ow into the whole Ho x Wo plane), with a pixel's channels as the vector lanes;
-// an image's windows are written [Q, K] to window_y / window_argmax, then transposed into place.
+// index oh*Wo + ow into the whole Ho x Wo plane), with a pixel's channels as the vector lanes and
+// each window's maximum and index kept in registers (through memory, AVX2 took 3.7 us of a
+// single image's 40 us conv2 block, on one thread after the product's two); an image's windows
+// are written [Q, K] to window_y / window_argmax, then transposed into place.
 void relu_pool_pixel_major(float* y, std::int32_t* argmax, const float* out, const float* b, i64 images, i64 K, i64 Ho,
-                           i64 Wo, i64 k, float* best, std::int32_t* index, float* window_y,
-                           std::int32_t* window_argmax) {
-  const i64 Hq = Ho / k, Wq = Wo / k, Q = Hq * Wq, Wu = Wq * k, Pu = Hq * k * Wu;
+                           i64 Wo, i64 k, float* window_y, std::int32_t* window_argmax) {
+  constexpr i64 L = CNNFAST_VEC_BYTES / 4;
+  typedef float lanes_f __attribute__((vector_size(CNNFAST_VEC_BYTES)));
+  typedef std::int32_t lanes_i __attribute__((vector_size(CNNFAST_VEC_BYTES)));
+  const i64 Hq = Ho / k, Wq = Wo / k, Q = Hq * Wq, Wu = Wq * k, Pu = Hq * k * Wu, Kv = K / L * L;
   for (i64 n = 0; n < images; ++n) {
     for (i64 oh = 0; oh < Hq; ++oh)
       for (i64 ow = 0; ow < Wq; ++ow) {
-        for (i64 r = 0; r < k; ++r)
-          for (i64 q = 0; q < k; ++q) {
-            const std::int32_t p = std::int32_t((oh * k + r) * Wo + ow * k + q);
-            const float* v = out + (n * Pu + (oh * k + r) * Wu + ow * k + q) * K;
-            if (r == 0 && q == 0) {
-              for (i64 c = 0; c < K; ++c) {
-                best[c] = v[c] + b[c];
-                index[c] = p;
-              }
-              continue;
-            }
-            for (i64 c = 0; c < K; ++c) {
-              const float value = v[c] + b[c];
-              const bool take = value > best[c] || (value != value && best[c] == best[c]);
-              best[c] = take ? value : best[c];
-              index[c] = take ? p : index[c];
-            }
-          }
+        // candidate (r, q): its channels at out + at(r, q), its index in the plane pixel(r, q)
+        auto at = [&](i64 r, i64 q) { return (n * Pu + (oh * k + r) * Wu + ow * k + q) * K; };
+        auto pixel = [&](i64 r, i64 q) { return std::int32_t((oh * k + r) * Wo + ow * k + q); };
         float* yq = window_y + (oh * Wq + ow) * K;  // [Q, K] for now
         std::int32_t* aq = window_argmax + (oh * Wq + ow) * K;
-        for (i64 c = 0; c < K; ++c) {
-          yq[c] = best[c] <= 0.0f ? 0.0f : best[c];
-          aq[c] = best[c] > 0.0f ? index[c] : -1;
+        for (i64 c0 = 0; c0 < Kv; c0 += L) {
+          lanes_f bias, best;
+          __builtin_memcpy(&bias, b + c0, sizeof bias);
+          __builtin_memcpy(&best, out + at(0, 0) + c0, sizeof best);
+          best += bias;
+          lanes_i index = lanes_i{} + pixel(0, 0);
+          for (i64 r = 0; r < k; ++r)
+            for (i64 q = r == 0 ? 1 : 0; q < k; ++q) {
+              lanes_f value;
+              __builtin_memcpy(&value, out + at(r, q) + c0, sizeof value);
+              value += bias;
+              const lanes_i take = (value > best) | ((value != value) & (best == best));
+              best = take ? value : best;
+              index = take ? lanes_i{} + pixel(r, q) : index;
+            }
+          const lanes_f zero = {};
+          const lanes_i open = best > zero;
+          best = best <= zero ? zero : best;
+          index = open ? index : lanes_i{} - 1;
+          __builtin_memcpy(yq + c0, &best, sizeof best);
+          __builtin_memcpy(aq + c0, &index, sizeof index);
+        }
+        for (i64 c = Kv; c < K; ++c) {  // (channels past the last whole vector)
+          float best = out[at(0, 0) + c] + b[c];
+          std::int32_t index = pixel(0, 0);
+          for (i64 r = 0; r < k; ++r)
+            for (i64 q = r == 0 ? 1 : 0; q < k; ++q) {
+              const float value = out[at(r, q) + c] + b[c];
+              if (value > best || (value != value && best == best)) best = value, index = pixel(r, q);
+            }
+          yq[c] = best <= 0.0f ? 0.0f : best;
+          aq[c] = best > 0.0f ? index : -1;
         }
       }
     // [Q, K] -> [K, Q] (argmax's int32 moved as float bit patterns; argmax may be null)
@@ -198,8 +216,7 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
                      std::max<i64>(0, std::min<i64>(gm.mr, K - k0)), T, gm.mr);
   const size_t padded_floats = copied ? size_t(ch.per_chunk) * image : 0, chunk_pixels = size_t(ch.per_chunk) * Pu;
   const size_t pooled_floats = pool_k > 0 ? size_t(K) * (s.Ho / pool_k) * (s.Wo / pool_k) : 0;
-  const size_t scratch_per_thread =
-      padded_floats + size_t(T) * mr + chunk_pixels * K + 2 * size_t(K) + 2 * pooled_floats;
+  const size_t scratch_per_thread = padded_floats + size_t(T) * mr + chunk_pixels * K + 2 * pooled_floats;
   ScratchFloats scratch(size_t(nt) * scratch_per_thread);           // (each value written before it is read, but:)
   zero_each(scratch.get(), nt, scratch_per_thread, padded_floats);  // (each thread's copy of its images)
   // A single chunk (one image of 512+ pixels, or a few small ones): its panels of pixels over the
@@ -303,10 +320,9 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
     });
     if (pool_k > 0) {
       const i64 pooled = K * (s.Ho / pool_k) * (s.Wo / pool_k);
-      float* best = out + chunk_pixels * K;
+      float* window_y = out + chunk_pixels * K;
       relu_pool_pixel_major(y + n0 * pooled, argmax ? argmax + n0 * pooled : nullptr, out, b, n1 - n0, K, s.Ho, s.Wo,
-                            pool_k, best, reinterpret_cast<std::int32_t*>(best + K), best + 2 * K,
-                            reinterpret_cast<std::int32_t*>(best + 2 * K + pooled));
+                            pool_k, window_y, reinterpret_cast<std::int32_t*>(window_y + pooled));
       return;
     }
     for (i64 n = n0; n < n1; ++n) {  // y_n[k][p] = out[(n - n0)*P + p][k] + b[k]: transposed, then + b
