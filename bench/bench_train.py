@@ -365,30 +365,27 @@ def main(argv=None) -> int:
     if torch:
         torch_warmup(torch, data, args)
     cnnfast_runs, torch_runs, one_thread_runs = [], [], []
-    for r in range(args.repeats):
-        cnnfast_runs.append(cnnfast_run(data, args))
-        c = cnnfast_runs[-1]
+
+    def show(label: str, run: dict) -> None:  # (a run's figures, on the repeat's progress line)
         print(
-            f"  run {r + 1}: cnnfast {c['train_img_s']:,.0f} train / {c['infer_img_s']:,.0f} infer img/s",
+            f"{label} {run['train_img_s']:,.0f} train / {run['infer_img_s']:,.0f} infer img/s",
             end="",
             file=log,
             flush=True,
         )
+
+    for r in range(args.repeats):
+        print(f"  run {r + 1}:", end="", file=log)
+        cnnfast_runs.append(cnnfast_run(data, args))
+        show(" cnnfast", cnnfast_runs[-1])
         if torch:
             torch_runs.append(torch_run(torch, data, args))
-            t = torch_runs[-1]
-            print(f";  PyTorch {t['train_img_s']:,.0f} / {t['infer_img_s']:,.0f}", end="", file=log, flush=True)
+            show(";  PyTorch", torch_runs[-1])
         if args.scaling:
             cnnfast.set_num_threads(1)
             one_thread_runs.append(cnnfast_run(data, args))
             cnnfast.set_num_threads(args.threads)
-            o = one_thread_runs[-1]
-            print(
-                f";  cnnfast on 1 thread {o['train_img_s']:,.0f} / {o['infer_img_s']:,.0f}",
-                end="",
-                file=log,
-                flush=True,
-            )
+            show(";  cnnfast on 1 thread", one_thread_runs[-1])
         print(file=log, flush=True)
 
     report = {
