@@ -8,8 +8,7 @@
 // A window's four conv outputs (2i+a, 2j+b), a, b in {0, 1}, read x at (2i+a+r-pad, 2j+b+q-pad):
 // only a+r and b+q (0..3 each) matter, so the image is first split into 16 subsampled planes
 // D[u][v][i*Wq + j] = x[2i+u-pad][2j+v-pad] (zero outside x; 11 KB for conv1, and as much again
-// interleaved for the forward: in L1). Then, VL
-// windows at a time (the forward reads the planes interleaved by blocks of VL windows), a
+// for the forward's copy interleaved by blocks of VL windows: in L1). Then, VL windows at a time, a
 // channel's four outputs per window are four accumulators of 9 multiply-adds, and the window's
 // maximum and argmax are picked in registers with max_pool2d's rule (first maximum, a NaN wins;
 // ReLU: a maximum not > 0 gives 0 and argmax -1; without a NaN among the four, the same winner as
