@@ -106,10 +106,9 @@ void pointwise_forward_path(float* y, std::int32_t* argmax, const float* x, cons
                  [&](float* out) { active_isa().pointwise_forward(out, x, w, s.C, 1, b, N, s.C, s.K, s.P()); });
 }
 bool pointwise_backward_path(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,
-                             const std::int32_t*, const ConvShape& s, i64 N, i64 pool_k) {
-  const IsaKernels& isa = active_isa();
-  if (!isa.pointwise_weight_grad || pool_k > 0) return false;  // (declined: the next path serves)
-  isa.pointwise_weight_grad(dw, db, x, dy, N, s.C, s.K, s.P());
+                             const std::int32_t*, const ConvShape& s, i64 N, i64) {
+  // (pointwise_accepts has checked that the ISA has this kernel and that no pool is asked for)
+  active_isa().pointwise_weight_grad(dw, db, x, dy, N, s.C, s.K, s.P());
   if (dx) input_grad(dx, x, w, dy, s, N);
   return true;
 }
