@@ -749,14 +749,17 @@ def test_a_1x1_layers_backward_matches_the_reference_and_is_the_same_on_any_thre
         np.testing.assert_array_equal(a, b)
 
 
-def test_conv1s_fused_block_at_one_image_gives_the_same_bits_on_two_threads(isa, threads):
-    # (its output channels over the threads: 33 of them, split unevenly)
-    x, w, b = rand(1, 1, 28, 28), rand(33, 1, 3, 3, scale=0.3), rand(33)
+# (its rows of pooling windows over the threads: 13 rows of 13, 4 rows of 20, 15 rows of 3, one row of 1)
+@pytest.mark.parametrize("H, W, padding", [(28, 28, 0), (9, 41, 1), (30, 7, 1), (4, 4, 0)])
+def test_conv1s_fused_block_at_one_image_gives_the_same_bits_on_any_number_of_threads(isa, threads, H, W, padding):
+    x, w, b = rand(1, 1, H, W), rand(33, 1, 3, 3, scale=0.3), rand(33)
+    assert _core.conv2d_path(x.shape, w.shape, padding, 2) == "conv3x3_pool2"
     results = []
-    for n in (1, 2):
+    for n in (1, 2, 3):
         cnnfast.set_num_threads(n)
-        results.append(F.conv2d_relu_max_pool2d(x, w, b, 2))
-    ry, rargmax = F.max_pool2d(F.conv2d(x, w, b), 2, relu=True)
+        results.append(F.conv2d_relu_max_pool2d(x, w, b, 2, padding=padding))
+        np.testing.assert_array_equal(F.conv2d_relu_max_pool2d(x, w, b, 2, padding, False), results[-1][0])
+    ry, rargmax = F.max_pool2d(F.conv2d(x, w, b, padding=padding), 2, relu=True)
     for y, argmax in results:
         np.testing.assert_array_equal(y, ry)
         np.testing.assert_array_equal(argmax, rargmax)
@@ -1007,7 +1010,7 @@ def test_set_num_threads_rejects_zero():
 
 FUSED_SHAPES = [  # N, C, H, W, K, R, S, padding, k
     (3, 1, 28, 28, 32, 3, 3, 0, 2),  # the default model's first layer: the fused direct path
-    # the default model's two layers at one image: conv1's channels over the threads, conv2's pixel panels
+    # the default model's two layers at one image: conv1's windows over the threads, conv2's pixel panels
     (1, 1, 28, 28, 32, 3, 3, 0, 2),
     (1, 32, 13, 13, 64, 3, 3, 0, 2),
     (2, 2, 7, 9, 3, 3, 2, 1, 2),  # padding, odd sizes, a dropped last row/column
