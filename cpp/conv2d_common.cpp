@@ -47,12 +47,14 @@ PhaseLayout::PhaseLayout(const ConvShape& s, i64 slack)
       plane(Hs * Ws),
       floats(s.stride * s.stride * s.C * plane + slack),
       tap_offset(static_cast<size_t>(s.taps())) {
+  // (the divisions once per (r, q), not per tap: with 288 taps they were 2.5% of a single-image
+  // conv2's time on the calling thread, perf on AVX2)
   const i64 st = s.stride;
-  for (i64 c = 0; c < s.C; ++c)
-    for (i64 r = 0; r < s.R; ++r)
-      for (i64 q = 0; q < s.S; ++q)
-        tap_offset[size_t((c * s.R + r) * s.S + q)] =
-            (((r % st) * st + q % st) * s.C + c) * plane + r / st * Ws + q / st;
+  for (i64 r = 0; r < s.R; ++r)
+    for (i64 q = 0; q < s.S; ++q) {
+      const i64 first = ((r % st) * st + q % st) * s.C * plane + r / st * Ws + q / st;  // (channel 0's)
+      for (i64 c = 0; c < s.C; ++c) tap_offset[size_t((c * s.R + r) * s.S + q)] = first + c * plane;
+    }
 }
 
 void PhaseLayout::copy(float* dst, const float* x, const ConvShape& s) const {
