@@ -76,30 +76,26 @@ inline vec max(vec a, vec b) {
 }
 
 struct Windows {
-  static constexpr i64 kBlock = VL;  // windows computed at a time
-  i64 Hq, Wq, Q, Qp;                 // windows down and across, their number; a plane's length (Q rounded
-                                     // up to 16, and 16 more: a thread's windows may start mid-row)
-  std::vector<std::int32_t> first;   // first[i*Wq + j] = (2i)*Wo + 2j, the window's top-left pixel
+  i64 Hq, Wq, Q, Qp;                // windows down and across, their number, rounded up to 16
+  std::vector<std::int32_t> first;  // first[i*Wq + j] = (2i)*Wo + 2j, the window's top-left pixel
   explicit Windows(const ConvShape& s)
-      : Hq(s.Ho / 2), Wq(s.Wo / 2), Q(Hq * Wq), Qp((Q + 15) / 16 * 16 + 16), first(static_cast<size_t>(Qp), 0) {
+      : Hq(s.Ho / 2), Wq(s.Wo / 2), Q(Hq * Wq), Qp((Q + 15) / 16 * 16), first(static_cast<size_t>(Qp), 0) {
     for (i64 i = 0; i < Hq; ++i)
       for (i64 j = 0; j < Wq; ++j) first[size_t(i * Wq + j)] = std::int32_t(2 * i * s.Wo + 2 * j);
   }
   i64 scratch_floats() const { return 32 * Qp; }  // (the planes, and the forward's interleaved copy)
 };
 
-// The windows of rows i0 <= i < i1: D[u][v][q - i0*Wq] = x[2i+u-pad][2j+v-pad] for window
-// q = i*Wq + j (zero outside x, and for a block of VL past the rows' windows)
-void build_planes(float* D, const float* x, const ConvShape& s, const Windows& win, i64 i0, i64 i1) {
-  const i64 count = (i1 - i0) * win.Wq;
+// D[u][v][q] = x[2i+u-pad][2j+v-pad] for window q = i*Wq + j (zero outside x and past Q)
+void build_planes(float* D, const float* x, const ConvShape& s, const Windows& win) {
   for (i64 u = 0; u < 4; ++u)
     for (i64 v = 0; v < 4; ++v) {
       float* d = D + (u * 4 + v) * win.Qp;
       // the windows j whose column 2j+v-pad lies inside x: j0 <= j < j1
       const i64 j0 = std::min(win.Wq, std::max<i64>(0, (s.pad - v + 1) / 2));
       const i64 j1 = std::max(j0, std::min(win.Wq, (s.W + s.pad - v + 1) / 2));
-      for (i64 i = i0; i < i1; ++i) {
-        float* row = d + (i - i0) * win.Wq;
+      for (i64 i = 0; i < win.Hq; ++i) {
+        float* row = d + i * win.Wq;
         const i64 h = 2 * i + u - s.pad;
         if (h < 0 || h >= s.H) {
           for (i64 j = 0; j < win.Wq; ++j) row[j] = 0.0f;
@@ -110,7 +106,7 @@ void build_planes(float* D, const float* x, const ConvShape& s, const Windows& w
         for (i64 j = j0; j < j1; ++j) row[j] = src[2 * j];
         for (i64 j = j1; j < win.Wq; ++j) row[j] = 0.0f;
       }
-      for (i64 q = count; q < count + VL; ++q) d[q] = 0.0f;
+      for (i64 q = win.Q; q < win.Qp; ++q) d[q] = 0.0f;
     }
 }
 
@@ -118,24 +114,24 @@ void build_planes(float* D, const float* x, const ConvShape& s, const Windows& w
 // so that the kernel reaches a block's 16 vectors from one pointer at fixed offsets (with 16
 // plane pointers, AVX2's forward kept them on the stack and reloaded one for every vector it
 // read: 17% of its time; the backward, with fewer values in flight, reads D as it is)
-void interleave_planes(float* B, const float* D, const Windows& win, i64 count) {
-  for (i64 q0 = 0; q0 < count; q0 += VL)
+void interleave_planes(float* B, const float* D, const Windows& win) {
+  for (i64 q0 = 0; q0 < win.Qp; q0 += VL)
     for (i64 plane = 0; plane < 16; ++plane) store(B + q0 * 16 + plane * VL, load(D + plane * win.Qp + q0));
 }
 
 void image_forward(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b, const ConvShape& s,
-                   const Windows& win, i64 qa, i64 qb, float* scratch) {
-  const i64 Q = win.Q, count = qb - qa, i0 = qa / win.Wq;  // (the windows qa + [0, count), from row i0)
-  float* D = scratch + 16 * win.Qp;                        // (interleaved)
-  build_planes(scratch, x, s, win, i0, (qb + win.Wq - 1) / win.Wq);
-  interleave_planes(D, scratch + (qa - i0 * win.Wq), win, count);
+                   const Windows& win, float* scratch) {
+  const i64 Q = win.Q;
+  float* D = scratch + 16 * win.Qp;  // (interleaved)
+  build_planes(scratch, x, s, win);
+  interleave_planes(D, scratch, win);
   const std::int32_t step[4] = {0, 1, std::int32_t(s.Wo),
                                 std::int32_t(s.Wo + 1)};  // (a, b) = (0,0), (0,1), (1,0), (1,1)
   for (i64 k = 0; k < s.K; ++k) {
     vec wk[9];
     for (int t = 0; t < 9; ++t) wk[t] = vec{} + w[k * 9 + t];
     const vec bias = vec{} + b[k];  // 0 + b, as the direct path
-    for (i64 q0 = 0; q0 < count; q0 += VL) {
+    for (i64 q0 = 0; q0 < Q; q0 += VL) {
       const float* block = D + q0 * 16;  // (these VL windows' 16 planes)
       vec out[4] = {bias, bias, bias, bias};
       // each plane (u, v) loaded once and used by every window pixel (a, b) with tap
@@ -153,7 +149,7 @@ void image_forward(float* y, std::int32_t* argmax, const float* x, const float* 
           }
         }
       // max_pool2d's rule over the four, in window order, then the ReLU
-      const ivec first = load(win.first.data() + qa + q0);
+      const ivec first = load(win.first.data() + q0);
       const vec zero = {};
       vec best;
       ivec index;
@@ -174,9 +170,9 @@ void image_forward(float* y, std::int32_t* argmax, const float* x, const float* 
       const ivec open = best > zero;
       best = best <= zero ? zero : best;  // (a maximum not > 0 gives +0; NaN stays)
       index = open ? index : ivec{} - 1;
-      const i64 n = count - q0 < VL ? count - q0 : VL;
-      store_lanes(y + k * Q + qa + q0, best, n);
-      if (argmax) store_lanes(argmax + k * Q + qa + q0, index, n);
+      const i64 n = Q - q0 < VL ? Q - q0 : VL;
+      store_lanes(y + k * Q + q0, best, n);
+      if (argmax) store_lanes(argmax + k * Q + q0, index, n);
     }
   }
 }
@@ -189,7 +185,7 @@ void image_forward(float* y, std::int32_t* argmax, const float* x, const float* 
 bool image_backward(float* dw_k, float* lanes, const float* x, const float* dy, const std::int32_t* argmax,
                     const ConvShape& s, const Windows& win, float* D) {
   const i64 Q = win.Q, Qp = win.Qp;
-  build_planes(D, x, s, win, 0, win.Hq);
+  build_planes(D, x, s, win);
   const std::int32_t step[4] = {0, 1, std::int32_t(s.Wo), std::int32_t(s.Wo + 1)};
   ivec stray = {};  // open windows whose argmax is none of their pixels
   for (i64 k = 0; k < s.K; ++k) {

@@ -3,7 +3,6 @@
 // reached through the ISA table (conv2d.cpp lists the paths).
 #include <immintrin.h>
 
-#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <cstring>
@@ -30,16 +29,14 @@ namespace {
 // (0 + bias, then taps r, q), so the same numbers as conv2d_forward + max_pool2d_forward.
 // (One block of 16 windows at a time: two or three, for more independent sums, measured slower.)
 struct Windows {
-  static constexpr i64 kBlock = 16;  // windows computed at a time
-  i64 Hq, Wq, Q, Qp;                 // windows down and across, their number; a plane's length (Q rounded
-                                     // up to 16, and 16 more: a thread's windows may start mid-row)
-  i64 Hz, Wz;                        // the zero-bordered copy of x: rows, row length
-  std::vector<std::int32_t> first;   // first[i*Wq + j] = (2i)*Wo + 2j, the window's top-left pixel
+  i64 Hq, Wq, Q, Qp;                // windows down and across, their number, rounded up to 16
+  i64 Hz, Wz;                       // the zero-bordered copy of x: rows, row length
+  std::vector<std::int32_t> first;  // first[i*Wq + j] = (2i)*Wo + 2j, the window's top-left pixel
   explicit Windows(const ConvShape& s)
       : Hq(s.Ho / 2),
         Wq(s.Wo / 2),
         Q(Hq * Wq),
-        Qp((Q + 15) / 16 * 16 + 16),
+        Qp((Q + 15) / 16 * 16),
         Hz(2 * Hq + 2),
         Wz((Wq + 15) / 16 * 32 + 16),
         first(static_cast<size_t>(Qp), 0) {
@@ -75,36 +72,35 @@ __attribute__((always_inline)) inline void pool2_relu_16(float* y, std::int32_t*
   _mm512_mask_storeu_epi32(argmax, lanes, index);
 }
 
-// The windows of rows i0 <= i < i1: D[u][v][(i - i0)*Wq + j] = x[2i+u-pad][2j+v-pad] (zero outside
-// x, and for a block of 16 past the rows' windows), u, v in 0..3, planes Qp apart, through xz, a
-// zero-bordered copy of x's rows 2*i0 - pad .. 2*i1 + 1 - pad
-void build_pool2_planes(float* D, const float* x, const ConvShape& s, const Windows& win, i64 i0, i64 i1, float* xz) {
-  const i64 Wq = win.Wq, Qp = win.Qp, Wz = win.Wz, count = (i1 - i0) * Wq;
-  std::fill(xz + 2 * i0 * Wz, xz + (2 * i1 + 2) * Wz, 0.0f);  // xz[h + pad][w + pad] = x[h][w] (what D reads)
-  for (i64 h = std::max<i64>(0, 2 * i0 - s.pad); h < std::min(s.H, 2 * i1 + 2 - s.pad); ++h)
+// D[u][v][i*Wq + j] = x[2i+u-pad][2j+v-pad] (zero outside x), u, v in 0..3, rows Qp apart,
+// through xz, a zero-bordered copy of x
+void build_pool2_planes(float* D, const float* x, const ConvShape& s, const Windows& win, float* xz) {
+  const i64 Wq = win.Wq, Q = win.Q, Qp = win.Qp, Wz = win.Wz;
+  std::fill(xz, xz + win.Hz * Wz, 0.0f);  // xz[h + pad][w + pad] = x[h][w] (only what D reads)
+  for (i64 h = 0; h < std::min(s.H, win.Hz - s.pad); ++h)
     std::memcpy(xz + (h + s.pad) * Wz + s.pad, x + h * s.W, sizeof(float) * std::min(s.W, Wz - s.pad));
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   for (i64 u = 0; u < 4; ++u)
     for (i64 v = 0; v < 4; ++v) {
       float* d = D + (u * 4 + v) * Qp;
-      for (i64 i = i0; i < i1; ++i) {
+      for (i64 i = 0; i < win.Hq; ++i) {
         const float* src = xz + (2 * i + u) * Wz + v;
         for (i64 j0 = 0; j0 < Wq; j0 += 16) {
           const __mmask16 lanes = __mmask16(Wq - j0 >= 16 ? 0xFFFF : (1u << (Wq - j0)) - 1);
           const __m512 picked =
               _mm512_permutex2var_ps(_mm512_loadu_ps(src + 2 * j0), even, _mm512_loadu_ps(src + 2 * j0 + 16));
-          _mm512_mask_storeu_ps(d + (i - i0) * Wq + j0, lanes, picked);
+          _mm512_mask_storeu_ps(d + i * Wq + j0, lanes, picked);
         }
       }
-      std::fill(d + count, d + count + 16, 0.0f);
+      std::fill(d + Q, d + Qp, 0.0f);
     }
 }
 
 void image_forward(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b, const ConvShape& s,
-                   const Windows& win, i64 qa, i64 qb, float* scratch) {
-  const i64 Q = win.Q, Qp = win.Qp, count = qb - qa, i0 = qa / win.Wq;  // (the windows qa + [0, count), from row i0)
-  build_pool2_planes(scratch, x, s, win, i0, (qb + win.Wq - 1) / win.Wq, scratch + 16 * Qp);
-  const float* D = scratch + (qa - i0 * win.Wq);  // (window qa's place in the planes)
+                   const Windows& win, float* scratch) {
+  const i64 Q = win.Q, Qp = win.Qp;
+  float* D = scratch;
+  build_pool2_planes(D, x, s, win, scratch + 16 * Qp);
   const __m512 zero = _mm512_setzero_ps();
   const __m512i step[4] = {_mm512_setzero_si512(), _mm512_set1_epi32(1), _mm512_set1_epi32(std::int32_t(s.Wo)),
                            _mm512_set1_epi32(std::int32_t(s.Wo + 1))};  // (a, b) = (0,0), (0,1), (1,0), (1,1)
@@ -112,7 +108,7 @@ void image_forward(float* y, std::int32_t* argmax, const float* x, const float* 
     __m512 wk[9];
     for (int t = 0; t < 9; ++t) wk[t] = _mm512_set1_ps(w[k * 9 + t]);
     const __m512 bias = _mm512_add_ps(zero, _mm512_set1_ps(b[k]));  // 0 + b, as the direct path
-    for (i64 q0 = 0; q0 < count; q0 += 16) {                        // 16 windows: 4 independent sums
+    for (i64 q0 = 0; q0 < Q; q0 += 16) {                            // 16 windows: 4 independent sums
       __m512 out[4] = {bias, bias, bias, bias};
       // each plane (u, v) loaded once and used by every window pixel (a, b) with tap
       // (r, q) = (u - a, v - b) inside 3x3; for a fixed (a, b) the taps come in (r, q) order
@@ -128,8 +124,8 @@ void image_forward(float* y, std::int32_t* argmax, const float* x, const float* 
             out[ab] = _mm512_fmadd_ps(wk[r * 3 + q], d, out[ab]);
           }
         }
-      pool2_relu_16(y + k * Q + qa + q0, argmax ? argmax + k * Q + qa + q0 : nullptr, out,
-                    _mm512_loadu_si512(win.first.data() + qa + q0), step, count - q0);
+      pool2_relu_16(y + k * Q + q0, argmax ? argmax + k * Q + q0 : nullptr, out,
+                    _mm512_loadu_si512(win.first.data() + q0), step, Q - q0);
     }
   }
 }
@@ -145,7 +141,7 @@ bool image_backward(float* dw_k, float* lanes, const float* x, const float* dy, 
                     const ConvShape& s, const Windows& win, float* scratch) {
   const i64 Q = win.Q, Qp = win.Qp;
   float* D = scratch;
-  build_pool2_planes(D, x, s, win, 0, win.Hq, scratch + 16 * Qp);
+  build_pool2_planes(D, x, s, win, scratch + 16 * Qp);
   const __m512i step[4] = {_mm512_setzero_si512(), _mm512_set1_epi32(1), _mm512_set1_epi32(std::int32_t(s.Wo)),
                            _mm512_set1_epi32(std::int32_t(s.Wo + 1))};
   const __m512i minus_one = _mm512_set1_epi32(-1);

@@ -2,10 +2,8 @@
 // over the threads, for the files that give the image kernels (conv3x3_pool2_avx512.cpp: AVX-512
 // intrinsics; conv3x3_pool2.cpp: portable vectors). Included inside namespace cnnfast::<isa> and
 // its target pragmas after they define:
-//   Windows(s)            the windows' layout: Q (their number), Hq (their rows), kBlock (computed at a
-//                         time), scratch_floats() (per image)
-//   image_forward(y, argmax, x, w, b, s, win, qa, qb, scratch)    one image's y, argmax (may be null)
-//                         for the windows qa <= q < qb (qa a multiple of kBlock)
+//   Windows(s)            the windows' layout: Q (their number), scratch_floats() (per image)
+//   image_forward(y, argmax, x, w, b, s, win, scratch)            one image's y, argmax (may be null)
 //   image_backward(dw_k, lanes, x, dy, argmax, s, win, scratch)   one image's dw [K, 9] and bias
 //                         lanes [K, 16]; false if an argmax lies outside its window
 // (No include guard: each ISA file includes it once, in its own namespace.)
@@ -15,15 +13,15 @@ void conv3x3_pool2_forward(float* y, std::int32_t* argmax, const float* x, const
                            const ConvShape& s, i64 N) {
   const Windows win(s);
   const i64 pooled = s.K * win.Q;
-  if (N == 1) {  // one image: its blocks of windows over the threads, each building only their planes
-    const i64 blocks = (win.Q + Windows::kBlock - 1) / Windows::kBlock;
-    const int nt = threads_over(double(s.K) * s.P() * 9, blocks);
+  if (N == 1) {  // one image: its output channels over the threads, each with its own planes
+    const int nt = threads_over(double(s.K) * s.P() * 9, s.K);
     ScratchFloats scratch(size_t(nt) * win.scratch_floats());
 #pragma omp parallel num_threads(nt)
     {
       const int me = omp_get_thread_num(), team = omp_get_num_threads();  // (the team OpenMP gave)
-      image_forward(y, argmax, x, w, b, s, win, std::min(win.Q, blocks * me / team * Windows::kBlock),
-                    std::min(win.Q, blocks * (me + 1) / team * Windows::kBlock),
+      const i64 k0 = s.K * me / team, k1 = s.K * (me + 1) / team;
+      const ConvShape part(s.C, s.H, s.W, k1 - k0, s.R, s.S, s.pad, s.stride);
+      image_forward(y + k0 * win.Q, argmax ? argmax + k0 * win.Q : nullptr, x, w + k0 * 9, b + k0, part, win,
                     scratch.get() + size_t(me) * win.scratch_floats());
     }
     return;
@@ -32,7 +30,7 @@ void conv3x3_pool2_forward(float* y, std::int32_t* argmax, const float* x, const
   ScratchFloats scratch(size_t(nt) * win.scratch_floats());  // (every value written before it is read)
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (i64 n = 0; n < N; ++n)
-    image_forward(y + n * pooled, argmax ? argmax + n * pooled : nullptr, x + n * s.H * s.W, w, b, s, win, 0, win.Q,
+    image_forward(y + n * pooled, argmax ? argmax + n * pooled : nullptr, x + n * s.H * s.W, w, b, s, win,
                   scratch.get() + size_t(omp_get_thread_num()) * win.scratch_floats());
 }
 

@@ -749,7 +749,7 @@ def test_a_1x1_layers_backward_matches_the_reference_and_is_the_same_on_any_thre
         np.testing.assert_array_equal(a, b)
 
 
-# (its rows of pooling windows over the threads: 13 rows of 13, 4 rows of 20, 15 rows of 3, one row of 1)
+# (its 33 output channels over the threads, split unevenly; windows 13 x 13, 4 x 20 with padding, 15 x 3, 1 x 1)
 @pytest.mark.parametrize("H, W, padding", [(28, 28, 0), (9, 41, 1), (30, 7, 1), (4, 4, 0)])
 def test_conv1s_fused_block_at_one_image_gives_the_same_bits_on_any_number_of_threads(isa, threads, H, W, padding):
     x, w, b = rand(1, 1, H, W), rand(33, 1, 3, 3, scale=0.3), rand(33)
@@ -1010,7 +1010,7 @@ def test_set_num_threads_rejects_zero():
 
 FUSED_SHAPES = [  # N, C, H, W, K, R, S, padding, k
     (3, 1, 28, 28, 32, 3, 3, 0, 2),  # the default model's first layer: the fused direct path
-    # the default model's two layers at one image: conv1's windows over the threads, conv2's pixel panels
+    # the default model's two layers at one image: conv1's channels over the threads, conv2's pixel panels
     (1, 1, 28, 28, 32, 3, 3, 0, 2),
     (1, 32, 13, 13, 64, 3, 3, 0, 2),
     (2, 2, 7, 9, 3, 3, 2, 1, 2),  # padding, odd sizes, a dropped last row/column
