@@ -20,6 +20,13 @@ inline double split_work() {
   return bytes >= 64 ? kSplitChunkWork : 1.5e6 * bytes / 32;
 }
 
+// The two loops below hand out their items one at a time, to whichever thread is free
+// (schedule(dynamic)), so that threads running at different speeds (an efficiency core beside a
+// performance one) finish together, where fixed halves ran at the slower one's pace. Every item's
+// results are its own (per-thread scratch is only scratch), so the bits do not depend on which
+// thread takes which. (On the Zen 4 EPYC, two threads, conv2's block at batch 128: the same time
+// either way; a thread descheduled for a while still holds up every parallel region.)
+
 // body(i) for i in [0, count) over `threads` threads; with one, a plain loop (inside a chunk of a
 // parallel loop even a one-thread region would make a nested team)
 template <class Body>
@@ -28,7 +35,7 @@ void for_each_over(i64 count, int threads, Body&& body) {
     for (i64 i = 0; i < count; ++i) body(i);
     return;
   }
-#pragma omp parallel for num_threads(threads) schedule(static)
+#pragma omp parallel for num_threads(threads) schedule(dynamic)
   for (i64 i = 0; i < count; ++i) body(i);
 }
 
@@ -43,7 +50,7 @@ void for_each_chunk(i64 chunks, int nt, Body&& body) {
     for (i64 chunk = 0; chunk < chunks; ++chunk) body(chunk);
     return;
   }
-#pragma omp parallel for num_threads(nt) schedule(static)
+#pragma omp parallel for num_threads(nt) schedule(dynamic)
   for (i64 chunk = 0; chunk < chunks; ++chunk) body(chunk);
 }
 

@@ -28,7 +28,9 @@ void conv3x3_pool2_forward(float* y, std::int32_t* argmax, const float* x, const
   }
   const int nt = threads_over(double(N) * s.K * s.P() * 9, N);
   ScratchFloats scratch(size_t(nt) * win.scratch_floats());  // (every value written before it is read)
-#pragma omp parallel for num_threads(nt) schedule(static)
+  // (images handed out 4 at a time to whichever thread is free, as conv2d_loops_impl.hpp's loops do:
+  // on the Zen 4 EPYC's two AVX2 threads, batch 128, 0.64 -> 0.59 ms forward, 0.64 -> 0.60 backward)
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 4)
   for (i64 n = 0; n < N; ++n)
     image_forward(y + n * pooled, argmax ? argmax + n * pooled : nullptr, x + n * s.H * s.W, w, b, s, win,
                   scratch.get() + size_t(omp_get_thread_num()) * win.scratch_floats());
@@ -41,7 +43,7 @@ bool conv3x3_pool2_backward(float* dw, float* db, const float* x, const float* d
   const int nt = threads_over(double(N) * K * s.P() * 9, N);
   ScratchFloats scratch(size_t(nt) * win.scratch_floats()), partial(size_t(N) * K * 9), lanes(size_t(N) * K * 16);
   std::atomic<bool> stray{false};
-#pragma omp parallel for num_threads(nt) schedule(static)
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 4)
   for (i64 n = 0; n < N; ++n)
     if (!image_backward(partial.get() + n * K * 9, lanes.get() + n * K * 16, x + n * s.H * s.W, dy + n * pooled,
                         argmax + n * pooled, s, win,
