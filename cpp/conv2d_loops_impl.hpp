@@ -20,28 +20,30 @@ inline double split_work() {
   return bytes >= 64 ? kSplitChunkWork : 1.5e6 * bytes / 32;
 }
 
-// The two loops below hand out their items one at a time, to whichever thread is free
-// (schedule(dynamic)), so that threads running at different speeds (an efficiency core beside a
-// performance one) finish together, where fixed halves ran at the slower one's pace. Every item's
-// results are its own (per-thread scratch is only scratch), so the bits do not depend on which
-// thread takes which. (On the Zen 4 EPYC, two threads, conv2's block at batch 128: the same time
-// either way; a thread descheduled for a while still holds up every parallel region.)
-
-// body(i) for i in [0, count) over `threads` threads; with one, a plain loop (inside a chunk of a
-// parallel loop even a one-thread region would make a nested team)
+// body(i) for i in [0, count) over `threads` threads, each taking a fixed share (a single chunk's
+// pieces: Winograd's heavy layers run their chunks one after another, each thread keeping the same
+// products' weights in its cache; handed out dynamically, 64->128 on 8 x 8 at batch 32 took 1.08x
+// as long on two AVX-512 threads, in one run); with one, a plain loop (inside a chunk of a parallel
+// loop even a one-thread region would make a nested team)
 template <class Body>
 void for_each_over(i64 count, int threads, Body&& body) {
   if (threads <= 1) {
     for (i64 i = 0; i < count; ++i) body(i);
     return;
   }
-#pragma omp parallel for num_threads(threads) schedule(dynamic)
+#pragma omp parallel for num_threads(threads) schedule(static)
   for (i64 i = 0; i < count; ++i) body(i);
 }
 
 // body(chunk) for every chunk, the chunks over nt threads; a single chunk runs outside any parallel
 // region, so that the parallel loops inside it get the threads (a nested region made its team anew
-// on every call: a batch-1 1x1 256->64 layer went from 0.022 to 0.037 ms on two threads)
+// on every call: a batch-1 1x1 256->64 layer went from 0.022 to 0.037 ms on two threads). The chunks
+// go one at a time to whichever thread is free (schedule(dynamic)), so that threads running at
+// different speeds (an efficiency core beside a performance one) finish together, where fixed
+// halves ran at the slower one's pace. Each chunk's results are its own (per-thread scratch is only
+// scratch), so the bits do not depend on which thread takes which. (On the Zen 4 EPYC's two
+// threads, conv2's block at batch 128 took the same time either way; a thread descheduled for a
+// while still holds up every parallel region.)
 template <class Body>
 void for_each_chunk(i64 chunks, int nt, Body&& body) {
   (void)nt;  // (unused without OpenMP)
