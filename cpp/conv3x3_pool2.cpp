@@ -119,8 +119,10 @@ void interleave_planes(float* B, const float* D, const Windows& win) {
     for (i64 plane = 0; plane < 16; ++plane) store(B + q0 * 16 + plane * VL, load(D + plane * win.Qp + q0));
 }
 
-void image_forward(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b, const ConvShape& s,
-                   const Windows& win, float* scratch) {
+// image_forward's body; without kArgmax (inference) the windows' argmax is not made at all
+template <bool kArgmax>
+void forward_windows(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b, const ConvShape& s,
+                     const Windows& win, float* scratch) {
   const i64 Q = win.Q;
   float* D = scratch + 16 * win.Qp;  // (interleaved)
   build_planes(scratch, x, s, win);
@@ -164,17 +166,22 @@ void image_forward(float* y, std::int32_t* argmax, const float* x, const float* 
         }
       } else {  // no NaN: the maximum, then the first of the four equal to it (the rule's winner)
         best = max(max(out[0], out[1]), max(out[2], out[3]));
-        index = first + step[3];
-        for (int i = 2; i >= 0; --i) index = out[i] == best ? first + step[i] : index;
+        if constexpr (kArgmax) {
+          index = first + step[3];
+          for (int i = 2; i >= 0; --i) index = out[i] == best ? first + step[i] : index;
+        }
       }
-      const ivec open = best > zero;
-      best = best <= zero ? zero : best;  // (a maximum not > 0 gives +0; NaN stays)
-      index = open ? index : ivec{} - 1;
       const i64 n = Q - q0 < VL ? Q - q0 : VL;
+      if constexpr (kArgmax) store_lanes(argmax + k * Q + q0, best > zero ? index : ivec{} - 1, n);
+      best = best <= zero ? zero : best;  // (a maximum not > 0 gives +0; NaN stays)
       store_lanes(y + k * Q + q0, best, n);
-      if (argmax) store_lanes(argmax + k * Q + q0, index, n);
     }
   }
+}
+void image_forward(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b, const ConvShape& s,
+                   const Windows& win, float* scratch) {
+  if (argmax) return forward_windows<true>(y, argmax, x, w, b, s, win, scratch);
+  forward_windows<false>(y, argmax, x, w, b, s, win, scratch);
 }
 
 // The backward (dw and the bias-gradient lanes; conv1 needs no dx): a window's dy goes to the one

@@ -47,8 +47,9 @@ struct Windows {
 };
 
 // 16 windows' ReLU + max-pool from their four candidates out[0..3] (window order (0,0), (0,1),
-// (1,0), (1,1); pixel indices first + step[i]) -> y, argmax (the first n lanes stored; argmax
-// may be null)
+// (1,0), (1,1); pixel indices first + step[i]) -> y, argmax (the first n lanes stored; without
+// kArgmax, inference, y only and no index made)
+template <bool kArgmax>
 __attribute__((always_inline)) inline void pool2_relu_16(float* y, std::int32_t* argmax, const __m512* out,
                                                          __m512i first, const __m512i* step, i64 n) {
   const __m512 zero = _mm512_setzero_ps();
@@ -59,15 +60,17 @@ __attribute__((always_inline)) inline void pool2_relu_16(float* y, std::int32_t*
     best = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(best, zero, _CMP_LE_OQ), best, zero);
   } else {  // no NaN: the maximum, then the first of the four equal to it
     best = _mm512_max_ps(_mm512_max_ps(out[0], out[1]), _mm512_max_ps(out[2], out[3]));
-    index = _mm512_add_epi32(first, step[3]);
-    for (int i = 2; i >= 0; --i)
-      index = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(out[i], best, _CMP_EQ_OQ), index,
-                                      _mm512_add_epi32(first, step[i]));
+    if constexpr (kArgmax) {
+      index = _mm512_add_epi32(first, step[3]);
+      for (int i = 2; i >= 0; --i)
+        index = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(out[i], best, _CMP_EQ_OQ), index,
+                                        _mm512_add_epi32(first, step[i]));
+    }
     best = _mm512_max_ps(best, zero);  // (a maximum not > 0 gives +0)
   }
   const __mmask16 lanes = __mmask16(n >= 16 ? 0xFFFF : (1u << n) - 1);
   _mm512_mask_storeu_ps(y, lanes, best);
-  if (!argmax) return;  // (inference: y only)
+  if constexpr (!kArgmax) return;  // (inference: y only)
   index = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(best, zero, _CMP_GT_OQ), _mm512_set1_epi32(-1), index);
   _mm512_mask_storeu_epi32(argmax, lanes, index);
 }
@@ -96,8 +99,10 @@ void build_pool2_planes(float* D, const float* x, const ConvShape& s, const Wind
     }
 }
 
-void image_forward(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b, const ConvShape& s,
-                   const Windows& win, float* scratch) {
+// image_forward's body; without kArgmax (inference) the windows' argmax is not made at all
+template <bool kArgmax>
+void forward_windows(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b, const ConvShape& s,
+                     const Windows& win, float* scratch) {
   const i64 Q = win.Q, Qp = win.Qp;
   float* D = scratch;
   build_pool2_planes(D, x, s, win, scratch + 16 * Qp);
@@ -124,10 +129,15 @@ void image_forward(float* y, std::int32_t* argmax, const float* x, const float* 
             out[ab] = _mm512_fmadd_ps(wk[r * 3 + q], d, out[ab]);
           }
         }
-      pool2_relu_16(y + k * Q + q0, argmax ? argmax + k * Q + q0 : nullptr, out,
-                    _mm512_loadu_si512(win.first.data() + q0), step, Q - q0);
+      pool2_relu_16<kArgmax>(y + k * Q + q0, kArgmax ? argmax + k * Q + q0 : nullptr, out,
+                             _mm512_loadu_si512(win.first.data() + q0), step, Q - q0);
     }
   }
+}
+void image_forward(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b, const ConvShape& s,
+                   const Windows& win, float* scratch) {
+  if (argmax) return forward_windows<true>(y, argmax, x, w, b, s, win, scratch);
+  forward_windows<false>(y, argmax, x, w, b, s, win, scratch);
 }
 
 // The backward of image_forward (dw and the bias-gradient lanes; conv1 needs no dx):

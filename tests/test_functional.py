@@ -1120,6 +1120,8 @@ def test_conv2d_relu_max_pool2d_ties_and_zeros_without_nan_as_the_separate_kerne
         np.testing.assert_array_equal(y, ry)
         np.testing.assert_array_equal(argmax, rargmax)
         assert not np.signbit(y).any()
+        # (inference, no argmax made: the same y)
+        np.testing.assert_array_equal(F.conv2d_relu_max_pool2d(x, w, b, k, padding=p, return_argmax=False), ry)
 
 
 @pytest.mark.parametrize("shape", FUSED_SHAPES)
