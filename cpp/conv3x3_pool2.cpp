@@ -119,7 +119,8 @@ void interleave_planes(float* B, const float* D, const Windows& win) {
     for (i64 plane = 0; plane < 16; ++plane) store(B + q0 * 16 + plane * VL, load(D + plane * win.Qp + q0));
 }
 
-// image_forward's body; without kArgmax (inference) the windows' argmax is not made at all
+// One image's y and, with kArgmax, its argmax (without: windows without a NaN make no index;
+// conv3x3_pool2_impl.hpp's image_forward)
 template <bool kArgmax>
 void forward_windows(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b, const ConvShape& s,
                      const Windows& win, float* scratch) {
@@ -177,11 +178,6 @@ void forward_windows(float* y, std::int32_t* argmax, const float* x, const float
       store_lanes(y + k * Q + q0, best, n);
     }
   }
-}
-void image_forward(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b, const ConvShape& s,
-                   const Windows& win, float* scratch) {
-  if (argmax) return forward_windows<true>(y, argmax, x, w, b, s, win, scratch);
-  forward_windows<false>(y, argmax, x, w, b, s, win, scratch);
 }
 
 // The backward (dw and the bias-gradient lanes; conv1 needs no dx): a window's dy goes to the one

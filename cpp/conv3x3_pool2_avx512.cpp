@@ -48,7 +48,7 @@ struct Windows {
 
 // 16 windows' ReLU + max-pool from their four candidates out[0..3] (window order (0,0), (0,1),
 // (1,0), (1,1); pixel indices first + step[i]) -> y, argmax (the first n lanes stored; without
-// kArgmax, inference, y only and no index made)
+// kArgmax, inference, y alone: windows without a NaN then make no index)
 template <bool kArgmax>
 __attribute__((always_inline)) inline void pool2_relu_16(float* y, std::int32_t* argmax, const __m512* out,
                                                          __m512i first, const __m512i* step, i64 n) {
@@ -70,9 +70,10 @@ __attribute__((always_inline)) inline void pool2_relu_16(float* y, std::int32_t*
   }
   const __mmask16 lanes = __mmask16(n >= 16 ? 0xFFFF : (1u << n) - 1);
   _mm512_mask_storeu_ps(y, lanes, best);
-  if constexpr (!kArgmax) return;  // (inference: y only)
-  index = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(best, zero, _CMP_GT_OQ), _mm512_set1_epi32(-1), index);
-  _mm512_mask_storeu_epi32(argmax, lanes, index);
+  if constexpr (kArgmax) {
+    index = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(best, zero, _CMP_GT_OQ), _mm512_set1_epi32(-1), index);
+    _mm512_mask_storeu_epi32(argmax, lanes, index);
+  }
 }
 
 // D[u][v][i*Wq + j] = x[2i+u-pad][2j+v-pad] (zero outside x), u, v in 0..3, rows Qp apart,
@@ -99,7 +100,7 @@ void build_pool2_planes(float* D, const float* x, const ConvShape& s, const Wind
     }
 }
 
-// image_forward's body; without kArgmax (inference) the windows' argmax is not made at all
+// One image's y and, with kArgmax, its argmax (conv3x3_pool2_impl.hpp's image_forward)
 template <bool kArgmax>
 void forward_windows(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b, const ConvShape& s,
                      const Windows& win, float* scratch) {
@@ -133,11 +134,6 @@ void forward_windows(float* y, std::int32_t* argmax, const float* x, const float
                              _mm512_loadu_si512(win.first.data() + q0), step, Q - q0);
     }
   }
-}
-void image_forward(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b, const ConvShape& s,
-                   const Windows& win, float* scratch) {
-  if (argmax) return forward_windows<true>(y, argmax, x, w, b, s, win, scratch);
-  forward_windows<false>(y, argmax, x, w, b, s, win, scratch);
 }
 
 // The backward of image_forward (dw and the bias-gradient lanes; conv1 needs no dx):
