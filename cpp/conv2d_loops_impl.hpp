@@ -22,9 +22,9 @@ inline double split_work() {
 
 // body(i) for i in [0, count) over `threads` threads, each taking a fixed share (a single chunk's
 // pieces, and the pointwise path's panels: Winograd's heavy layers run their chunks one after
-// another, each thread keeping the same products' weights in its cache; handed out dynamically, 64->128 on 8 x 8 at batch 32 took 1.08x
-// as long on two AVX-512 threads, in one run); with one, a plain loop (inside a chunk of a parallel
-// loop even a one-thread region would make a nested team)
+// another, each thread keeping the same products' weights in its cache; handed out dynamically,
+// 64->128 on 8 x 8 at batch 32 took 1.08x as long on two AVX-512 threads, in one run); with one,
+// a plain loop (inside a chunk of a parallel loop even a one-thread region would make a nested team)
 template <class Body>
 void for_each_over(i64 count, int threads, Body&& body) {
   if (threads <= 1) {
