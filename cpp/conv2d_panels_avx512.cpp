@@ -24,6 +24,8 @@ extern const MicroKernel gemm_microkernel;  // this ISA's (gemm_microkernel.cpp)
 
 namespace {
 
+#include "vec_impl.hpp"  // (for conv2d_panels_impl.hpp's pooling)
+
 // ---- forward: the GEMM's packed A built straight from the image ----
 // For a panel of mr output pixels (mr = 12: the micro-kernel's rows), packed A holds, for each
 // tap t = (c, r, q) in PyTorch's weight order, the mr values x[c][oh+r][ow+q] of those pixels.

@@ -77,9 +77,8 @@ void dw_from_xp_taps(float* dw, const float* dwt, i64 ld, const ConvShape& s) {
 void relu_pool_pixel_major(float* y, std::int32_t* argmax, const float* out, const float* b, i64 images, i64 K, i64 Ho,
                            i64 Wo, i64 k, float* window_y, std::int32_t* window_argmax) {
   constexpr i64 L = CNNFAST_VEC_BYTES / 4;
-  typedef float lanes_f __attribute__((vector_size(CNNFAST_VEC_BYTES)));
   typedef std::int32_t lanes_i __attribute__((vector_size(CNNFAST_VEC_BYTES)));
-  const i64 Hq = Ho / k, Wq = Wo / k, Q = Hq * Wq, Wu = Wq * k, Pu = Hq * k * Wu, Kv = K / L * L;
+  const i64 Hq = Ho / k, Wq = Wo / k, Q = Hq * Wq, Wu = Wq * k, Pu = Hq * k * Wu;
   for (i64 n = 0; n < images; ++n) {
     for (i64 oh = 0; oh < Hq; ++oh)
       for (i64 ow = 0; ow < Wq; ++ow) {
@@ -88,38 +87,29 @@ void relu_pool_pixel_major(float* y, std::int32_t* argmax, const float* out, con
         auto pixel = [&](i64 r, i64 q) { return std::int32_t((oh * k + r) * Wo + ow * k + q); };
         float* yq = window_y + (oh * Wq + ow) * K;  // [Q, K] for now
         std::int32_t* aq = window_argmax + (oh * Wq + ow) * K;
-        for (i64 c0 = 0; c0 < Kv; c0 += L) {
-          lanes_f bias, best;
-          __builtin_memcpy(&bias, b + c0, sizeof bias);
-          __builtin_memcpy(&best, out + at(0, 0) + c0, sizeof best);
-          best += bias;
+        for (i64 c0 = 0; c0 < K; c0 += L) {  // (the channels past the last whole vector: its first m lanes)
+          const i64 m = std::min(L, K - c0);
+          auto get = [&](const float* p) { return m == L ? load(p) : load_first(p, m); };
+          const vec bias = get(b + c0);
+          vec best = get(out + at(0, 0) + c0) + bias;
           lanes_i index = lanes_i{} + pixel(0, 0);
           for (i64 r = 0; r < k; ++r)
             for (i64 q = r == 0 ? 1 : 0; q < k; ++q) {
-              lanes_f value;
-              __builtin_memcpy(&value, out + at(r, q) + c0, sizeof value);
-              value += bias;
+              const vec value = get(out + at(r, q) + c0) + bias;
               const lanes_i take = (value > best) | ((value != value) & (best == best));
               best = take ? value : best;
               index = take ? lanes_i{} + pixel(r, q) : index;
             }
-          const lanes_f zero = {};
+          const vec zero = {};
           const lanes_i open = best > zero;
           best = best <= zero ? zero : best;
           index = open ? index : lanes_i{} - 1;
-          __builtin_memcpy(yq + c0, &best, sizeof best);
-          __builtin_memcpy(aq + c0, &index, sizeof index);
-        }
-        for (i64 c = Kv; c < K; ++c) {  // (channels past the last whole vector)
-          float best = out[at(0, 0) + c] + b[c];
-          std::int32_t index = pixel(0, 0);
-          for (i64 r = 0; r < k; ++r)
-            for (i64 q = r == 0 ? 1 : 0; q < k; ++q) {
-              const float value = out[at(r, q) + c] + b[c];
-              if (value > best || (value != value && best == best)) best = value, index = pixel(r, q);
-            }
-          yq[c] = best <= 0.0f ? 0.0f : best;
-          aq[c] = best > 0.0f ? index : -1;
+          const vec index_bits = reinterpret_cast<const vec&>(index);  // (int32 stored as float bit patterns)
+          if (m == L) {
+            store(yq + c0, best), store(reinterpret_cast<float*>(aq + c0), index_bits);
+          } else {
+            store_first(yq + c0, best, m), store_first(reinterpret_cast<float*>(aq + c0), index_bits, m);
+          }
         }
       }
     // [Q, K] -> [K, Q] (argmax's int32 moved as float bit patterns; argmax may be null)
