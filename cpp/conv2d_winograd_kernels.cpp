@@ -760,12 +760,11 @@ struct TileChunks {
   i64 rows_total, rows_per_chunk, chunks;
   i64 L_max;  // tiles in a chunk
   i64 Hr;     // input rows a chunk's rows of tiles read, per image
-  // (F(4x4), whose transforms take the chunk's tiles whole vectors at a time: rows of tiles rounded
-  // to fill whole panels of `panel` tiles where they can, whole_panels)
+  // (rows of tiles rounded to fill whole panels of `panel` tiles where they can, filled_rows)
   TileChunks(i64 N, i64 Th, i64 Tw, i64 channels, int M, i64 panel = 0, i64 budget = kWinogradChunkBytes)
       : rows_total(N * Th),
-        rows_per_chunk(whole_panels(M == 4 ? panel : 0, Tw,
-                                    budget / std::max<i64>((M + 2) * (M + 2) * channels * Tw * 4, 1), rows_total)),
+        rows_per_chunk(
+            filled_rows(panel, Tw, budget / std::max<i64>((M + 2) * (M + 2) * channels * Tw * 4, 1), rows_total)),
         chunks((rows_total + rows_per_chunk - 1) / rows_per_chunk),
         L_max(rows_per_chunk * Tw),
         Hr(M * std::min(Th, rows_per_chunk) + 2) {}
@@ -778,6 +777,15 @@ struct TileChunks {
     const i64 g = panel / std::gcd(Tw, panel);
     if (rows >= g) return rows / g * g;
     return double(g) <= kWinogradChunkRoundUp * double(rows) && g <= rows_total ? g : rows;
+  }
+  // whole panels where they can be had; else, where the tiles would fill less than 3/4 of their
+  // panels, whole vectors of tiles (the products take a last panel of one vector with a tile of that
+  // width)
+  static i64 filled_rows(i64 panel, i64 Tw, i64 budget_rows, i64 rows_total) {
+    const i64 rows = whole_panels(panel, Tw, budget_rows, rows_total), tiles = rows * Tw;
+    return panel <= 0 || 4 * tiles >= 3 * ((tiles + panel - 1) / panel * panel)
+               ? rows
+               : whole_panels(VL, Tw, budget_rows, rows_total);
   }
 };
 
@@ -862,11 +870,14 @@ void winograd_forward_tiles(float* y, const float* x, const float* w, const floa
       const float* uxi = u.get() + size_t(xi) * us;
       const float* vxi = v + size_t(xi) * vs;
       float* mxi = m + size_t(xi) * ms;
-      for (i64 p = 0; p < panels; ++p)
+      for (i64 p = 0; p < panels; ++p) {
+        // (a last panel of at most VL tiles: a tile of one vector of them, not a whole panel's products)
+        const auto product = L - p * NR <= VL ? tile_product<1> : tile_product<NV>;
         for (i64 k0 = 0; k0 < Kp; k0 += MR)
           for (i64 c0 = 0; c0 < C; c0 += kc)
-            tile_product(std::min(kc, C - c0), uxi + (k0 * C + c0 * MR), vxi + c0 * LS + p * NR, LS,
-                         mxi + k0 * LS + p * NR, LS, c0 > 0);
+            product(std::min(kc, C - c0), uxi + (k0 * C + c0 * MR), vxi + c0 * LS + p * NR, LS, mxi + k0 * LS + p * NR,
+                    LS, c0 > 0, nullptr);
+      }
     });
     for_each_over(K, inner, [&](i64 k) __attribute__((always_inline)) {
       const float bias = b ? b[k] : 0.0f;

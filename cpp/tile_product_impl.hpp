@@ -13,23 +13,25 @@ constexpr int NV = 2;  // MR x 2 vectors, as gemm_microkernel.cpp
 constexpr int NR = NV * VL;
 
 // c[i*ldc + j] (+)= sum_k a[k*MR + i] * b[k*ldb + j] for an MR x NR tile (b's rows ldb apart); with
-// row_init, each row's sum starts from row_init[i] (a bias) instead of 0
+// row_init, each row's sum starts from row_init[i] (a bias) instead of 0. (W = 1: an MR x VL tile,
+// for a last panel of at most VL columns; each column's sums are the same either way.)
+template <int W = NV>
 void tile_product(i64 kc, const float* a, const float* b, i64 ldb, float* c, i64 ldc, bool accumulate,
                   const float* row_init = nullptr) {
-  vec acc[MR][NV];
+  vec acc[MR][W];
   for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NV; ++j) acc[i][j] = row_init ? vec{} + row_init[i] : vec{};
+    for (int j = 0; j < W; ++j) acc[i][j] = row_init ? vec{} + row_init[i] : vec{};
   for (i64 k = 0; k < kc; ++k) {
-    vec bk[NV];
-    for (int j = 0; j < NV; ++j) bk[j] = load(b + k * ldb + j * VL);
+    vec bk[W];
+    for (int j = 0; j < W; ++j) bk[j] = load(b + k * ldb + j * VL);
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
       const float ai = a[k * MR + i];
-      for (int j = 0; j < NV; ++j) acc[i][j] += ai * bk[j];
+      for (int j = 0; j < W; ++j) acc[i][j] += ai * bk[j];
     }
   }
   for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NV; ++j) {
+    for (int j = 0; j < W; ++j) {
       float* cij = c + i * ldc + j * VL;
       store(cij, accumulate ? load(cij) + acc[i][j] : acc[i][j]);
     }
