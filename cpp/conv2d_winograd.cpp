@@ -47,11 +47,13 @@ constexpr i64 kWinogradWeightGradTileChannels = 32;
 // The tiles must also fill three quarters of the panels its products take them in (AVX-512: 32
 // tiles a panel): 96->96 on 12 x 12 at batch 1, 36 tiles in two panels of 32, went 0.72-0.77x the
 // time forward and 0.75-0.78x backward through the panels (one AVX-512 thread and two).
-// F(4x4) also on odd outputs, forward (conv2d.cpp), where the ISA's table says so: the default
-// model's conv2 (11 x 11 in 12 x 12) took 0.54-0.62x the panels' time alone and 0.85-0.93x fused
-// with ReLU and pooling (AVX2, batch 32-1,000, 1-2 threads); on AVX-512 0.83-0.98x alone but
-// 1.13-1.26x fused, against its own panels kernel, and the fused layer must give the separate
-// layers' numbers, so AVX-512 keeps the panels there.
+// F(4x4) also on odd outputs, forward (conv2d.cpp), from as many input channels as the ISA's table
+// says: the default model's conv2 (11 x 11 in 12 x 12) took 0.54-0.62x the panels' time alone and
+// 0.85-0.93x fused with ReLU and pooling (AVX2, batch 32-1,000, 1-2 threads); on AVX-512 0.71-0.76x
+// alone but 0.90-1.03x fused at batch 128-1,000 (1.25x at batch 32 on two threads), against its own
+// panels kernel, and the fused layer must give the separate layers' numbers: AVX-512 keeps the panels
+// below 48 channels in. From 48, F(4x4) took 0.48-0.58x the panels' time there (48->96 and 96->192 on
+// 7 x 7, 48->48 and 64->128 on 15 x 15, 64->64 on 11 x 11; batch 32/128, 1-2 threads).
 // F(4x4) where those hold for 4 x 4 tiles, they cover at most 1.35x the output (14 x 14 in 16 x 16:
 // 1.31x, 0.75-0.85x F(2x2)'s time at batch 32/128 on one thread, AVX2 and AVX-512; 18 x 18 0.78-0.91x,
 // 30 x 30 0.73-0.74x; 10 x 10, 1.44x, not measured) and a panel of them fits its chunks (about 768 KB
@@ -87,7 +89,8 @@ bool tiles_fill(const ConvShape& s, i64 N, i64 m) {
 
 bool winograd_fits(const ConvShape& s, i64 N, i64 m) {
   return s.stride == 1 && s.pad <= 2 &&
-         ((m == 4 && active_isa().winograd_odd_outputs) || (s.Ho % 2 == 0 && s.Wo % 2 == 0)) && tiles_fill(s, N, m);
+         ((m == 4 && s.C >= active_isa().winograd_odd_outputs_channels) || (s.Ho % 2 == 0 && s.Wo % 2 == 0)) &&
+         tiles_fill(s, N, m);
 }
 
 int winograd_tile(const ConvShape& s, i64 N) {

@@ -116,8 +116,8 @@ struct IsaKernels {
   // the columns of the products' register tile (tile_product_impl.hpp's NR): Winograd's panels of
   // tiles, the pointwise path's panels of pixels
   int tile_columns;
-  // does F(4x4) also take odd outputs (conv2d_winograd.cpp)?
-  bool winograd_odd_outputs;
+  // F(4x4) also takes odd outputs from this many input channels (conv2d_winograd.cpp)
+  i64 winograd_odd_outputs_channels;
   // dw: [K, C, 3, 3] from x and dy by F(3x3, m x m), m = 2 (even Ho and Wo) or 4, and whether
   // F(3x3, 2x2) serves where F(3x3, 4x4) does not (conv2d_winograd.cpp)
   void (*winograd_weight_grad)(float* dw, const float* x, const float* dy, const ConvShape& s, i64 N, int m);

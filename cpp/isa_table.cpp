@@ -94,9 +94,9 @@ extern const IsaKernels table = {
     winograd_forward,
     tile_columns,
 #if defined(CNNFAST_ISA_AVX512)
-    false,  // (conv2d_winograd.cpp)
+    48,  // (conv2d_winograd.cpp)
 #else
-    true,
+    0,
 #endif
     winograd_weight_grad,
 #if defined(CNNFAST_ISA_AVX512)
