@@ -198,6 +198,30 @@ void input_grad(float* dx, const float* x, const float* w, const float* dy, cons
     return active_isa().pointwise_forward(dx, dy, w, 1, C, nullptr, N, K, C, P);
   if (N == 1 && st == 1)  // one image: its GEMM over the threads (each element's sum the same)
     return sgemm_parallel(true, false, C, P, K, w, C, dy, P, dx, P, false);
+  // Images of few pixels, unstrided: in groups whose pixels side by side make about kGroupColumns
+  // columns, one product a group (dy's rows copied side by side, dx's copied back; each element's
+  // sum the same). One product an image of 16 pixels filled half of AVX-512's 32 columns and packed
+  // all the weights for it: the backward of 256->256 on 4 x 4 took 2.33 ms at batch 32, 1.47 this
+  // way (9.52 and 6.24 at batch 128; AVX-512, one thread).
+  constexpr i64 kGroupColumns = 256;
+  const i64 group = st == 1 ? std::min(std::max<i64>(1, kGroupColumns / P), (N + 1) / 2) : 1;
+  if (group > 1) {
+    const i64 groups = (N + group - 1) / group;
+    const int nt = threads_over(double(N) * C * K * P, groups);
+    ScratchFloats scratch(size_t(nt) * (K + C) * group * P);
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (i64 g = 0; g < groups; ++g) {
+      const i64 n0 = g * group, n1 = std::min(N, n0 + group), cols = (n1 - n0) * P;
+      float* dys = scratch.get() + size_t(omp_get_thread_num()) * (K + C) * group * P;  // [K][cols]
+      float* dxs = dys + K * cols;                                                      // [C][cols]
+      for (i64 n = n0; n < n1; ++n)
+        for (i64 k = 0; k < K; ++k) std::memcpy(dys + k * cols + (n - n0) * P, dy + (n * K + k) * P, P * sizeof(float));
+      sgemm(true, false, C, cols, K, w, C, dys, cols, dxs, cols, false);
+      for (i64 n = n0; n < n1; ++n)
+        for (i64 c = 0; c < C; ++c) std::memcpy(dx + (n * C + c) * P, dxs + c * cols + (n - n0) * P, P * sizeof(float));
+    }
+    return;
+  }
   const int nt = threads_over(double(N) * C * K * P, N);
   ScratchFloats scratch(st > 1 ? size_t(nt) * C * P : 0);
 #pragma omp parallel for num_threads(nt) schedule(static)
