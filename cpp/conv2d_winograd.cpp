@@ -137,6 +137,8 @@ int weight_grad_tile(const ConvShape& s, i64 N) {
 void winograd_forward_path(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
                            const ConvShape& s, i64 N, i64 pool_k) {
   const int m = winograd_tile(s, N);
+  if (pool_k == 2 && m == 4 && s.stride == 1)  // (pooled from the output transforms, the same numbers)
+    return active_isa().winograd_forward_pool2(y, argmax, x, w, b, s, N);
   conv_then_pool(y, argmax, s, N, pool_k, [&](float* out) { active_isa().winograd_forward(out, x, w, b, s, N, m); });
 }
 

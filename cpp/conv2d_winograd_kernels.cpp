@@ -438,6 +438,67 @@ void scatter_output_blocks(float* y, i64 Ho, i64 Wo, const float* o, i64 LS, i64
     }
 }
 
+// ---- F(4x4) with ReLU and 2x2 max-pooling: the windows pooled from the staged output blocks ----
+// A 4 x 4 tile holds 2 x 2 whole windows; the rule is max_pool2d_planes' (over a window's four
+// values row by row the first maximum wins and a NaN wins; a maximum not > 0 gives 0 and argmax -1),
+// with tiles as the vector lanes. (Through the convolution's whole output and max_pool2d, the
+// pooling was a fifth of the default model's conv2 block on AVX2.)
+typedef std::int32_t ivec __attribute__((vector_size(CNNFAST_VEC_BYTES)));
+
+// Tiles 0..L of the staged output blocks (o) -> p[(2a + b)*LS + l] = window (a, b) of tile l
+// pooled, and c[(2a + b)*LS + l] = which of its values won (2i + j), -1 if none is > 0
+void pool_output_blocks(float* p, std::int32_t* c, const float* o, i64 LS, i64 L) {
+  const vec zero = {};
+  for (i64 l = 0; l < L; l += VL)
+    for (int a = 0; a < 2; ++a)
+      for (int b = 0; b < 2; ++b) {
+        auto value = [&](int v) { return load(o + (4 * (2 * a + v / 2) + 2 * b + v % 2) * LS + l); };
+        vec best = value(0);
+        ivec which = {};
+        for (int v = 1; v < 4; ++v) {
+          const vec candidate = value(v);
+          const ivec take = (candidate > best) | ((candidate != candidate) & (best == best));
+          best = take ? candidate : best;
+          which = take ? ivec{} + v : which;
+        }
+        which = best > zero ? which : ivec{} - 1;
+        best = best <= zero ? zero : best;
+        store(p + (2 * a + b) * LS + l, best);
+        store(reinterpret_cast<float*>(c + (2 * a + b) * LS + l), reinterpret_cast<const vec&>(which));
+      }
+}
+
+// One row of tiles th (its Tw tiles at lanes l.. of p and c) -> rows 2th, 2th + 1 of the pooled plane
+// (y: [Hq, Wq], those inside it; the windows (a, 0) and (a, 1) of consecutive tiles interleaved),
+// and where argmax is wanted, each window's winner as its index oh*Wo + ow in the Ho x Wo plane
+void scatter_pooled_row(float* y, std::int32_t* argmax, i64 Hq, i64 Wq, i64 Wo, const float* p, const std::int32_t* c,
+                        i64 LS, i64 th, i64 Tw, i64 l) {
+  ivec lane = {};
+  for (int i = 0; i < VL; ++i) lane[i] = i;
+  for (int a = 0; a < 2 && 2 * th + a < Hq; ++a)
+    for (i64 tw0 = 0; tw0 < Tw && 2 * tw0 < Wq; tw0 += VL) {
+      const i64 at = 2 * a * LS + l + tw0, q0 = 2 * tw0, width = std::min<i64>(2 * VL, Wq - q0);
+      const vec left = load(p + at), right = load(p + at + LS);
+      const vec values[2] = {zip_lo(left, right), zip_hi(left, right)};
+      const float* codes = reinterpret_cast<const float*>(c);
+      const vec left_code = load(codes + at), right_code = load(codes + at + LS);
+      const vec code_bits[2] = {zip_lo(left_code, right_code), zip_hi(left_code, right_code)};
+      for (int h = 0; h < 2 && h * VL < width; ++h) {
+        const i64 n = std::min<i64>(VL, width - h * VL), offset = (2 * th + a) * Wq + q0 + h * VL;
+        n == VL ? store(y + offset, values[h]) : store_first(y + offset, values[h], n);
+        if (!argmax) continue;
+        // window q's winner 2i + j: output row 4th + 2a + i, column 2q + j
+        const ivec which = reinterpret_cast<const ivec&>(code_bits[h]), q = lane + std::int32_t(q0 + h * VL);
+        const ivec index = which < 0
+                               ? ivec{} - 1
+                               : (std::int32_t(4 * th + 2 * a) + (which >> 1)) * std::int32_t(Wo) + 2 * q + (which & 1);
+        const vec index_bits = reinterpret_cast<const vec&>(index);
+        float* to = reinterpret_cast<float*>(argmax + offset);
+        n == VL ? store(to, index_bits) : store_first(to, index_bits, n);
+      }
+    }
+}
+
 // ---- Stride 2: F(4x4) through the input's phases ----
 // A stride-2 3x3 convolution is four stride-1 convolutions, one per phase of the padded input (its
 // even and odd rows by its even and odd columns), with kernels of 2 x 2 taps ((0,0), (0,2), (2,0),
@@ -807,9 +868,11 @@ extern const int tile_columns = NR;  // (the ISA table's: the paths' rules, conv
 namespace {
 
 // x: [N, C, H, W], w: [K, C, 3, 3], b: [K] (may be null: no bias) -> y: [N, K, Ho, Wo]
-// by F(M x M, 3x3)
+// by F(M x M, 3x3); with pool_k = 2 (F(4x4) only) instead y, argmax: [N, K, Ho/2, Wo/2] =
+// max_pool2d(relu(conv2d(x))), pooled from the staged output blocks (argmax may be null)
 template <int M>
-void winograd_forward_tiles(float* y, const float* x, const float* w, const float* b, const ConvShape& s, i64 N) {
+void winograd_forward_tiles(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
+                            const ConvShape& s, i64 N, i64 pool_k) {
   constexpr int X = (M + 2) * (M + 2);  // positions
   const i64 C = s.C, K = s.K, H = s.H, W = s.W, Ho = s.Ho, Wo = s.Wo;
   const i64 Th = (Ho + M - 1) / M, Tw = (Wo + M - 1) / M, Twv = (Tw + VL - 1) / VL * VL;
@@ -882,6 +945,19 @@ void winograd_forward_tiles(float* y, const float* x, const float* w, const floa
     for_each_over(K, inner, [&](i64 k) __attribute__((always_inline)) {
       const float bias = b ? b[k] : 0.0f;
       if constexpr (M == 4) transform_output_blocks(staging(), LS, m + k * LS, ms, L, bias);
+      if (M == 4 && pool_k > 0) {  // (the staging's 36 planes hold the 16 staged, then the windows' 4 + 4)
+        float* o = staging();
+        float* pooled = o + 16 * LS;
+        std::int32_t* which = reinterpret_cast<std::int32_t*>(o + 20 * LS);
+        pool_output_blocks(pooled, which, o, LS, L);
+        const i64 Hq = Ho / 2, Wq = Wo / 2;
+        for (i64 r = r0; r < r1; ++r) {
+          const i64 plane = (r / Th * K + k) * Hq * Wq;
+          scatter_pooled_row(y + plane, argmax ? argmax + plane : nullptr, Hq, Wq, Wo, pooled, which, LS, r % Th, Tw,
+                             (r - r0) * Tw);
+        }
+        return;
+      }
       if (M == 4 && value_by_value(Tw))
         return scatter_small_rows(y + (r0 / Th * K + k) * Ho * Wo, K * Ho * Wo, Ho, Wo, staging(), LS, r0, L, Th, Tw);
       for (i64 r = r0; r < r1; ++r) {
@@ -1049,8 +1125,15 @@ void winograd_input_grad_stride2_tiles(float* dx, const float* dy, const float* 
 // F(m x m, 3x3), m = 2 or 4; stride 2: F(4x4) through the input's phases
 void winograd_forward(float* y, const float* x, const float* w, const float* b, const ConvShape& s, i64 N, int m) {
   if (s.stride == 2) return winograd_forward_stride2(y, x, w, b, s, N);
-  if (m == 4) return winograd_forward_tiles<4>(y, x, w, b, s, N);
-  winograd_forward_tiles<2>(y, x, w, b, s, N);
+  if (m == 4) return winograd_forward_tiles<4>(y, nullptr, x, w, b, s, N, 0);
+  winograd_forward_tiles<2>(y, nullptr, x, w, b, s, N, 0);
+}
+
+// The same with ReLU and 2x2 max-pooling, F(4x4) at stride 1: y, argmax (may be null): [N, K, Ho/2,
+// Wo/2] = max_pool2d(relu(conv2d(x, w, b)), 2), max_pool2d's numbers
+void winograd_forward_pool2(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
+                            const ConvShape& s, i64 N) {
+  winograd_forward_tiles<4>(y, argmax, x, w, b, s, N, 2);
 }
 
 // dy: [N, K, Ho, Wo], w: [K, C, 3, 3] -> dx: [N, C, H, W] of a stride-2 3x3 convolution (its

@@ -113,6 +113,9 @@ struct IsaKernels {
   // conv2d_winograd_kernels.cpp: y = conv2d(x, w, b) for 3x3 kernels by Winograd's F(m x m, 3x3),
   // m = 2 or 4 (b may be null: no bias); its products take the tiles in panels of tile_columns
   void (*winograd_forward)(float* y, const float* x, const float* w, const float* b, const ConvShape& s, i64 N, int m);
+  // the same by F(4x4) at stride 1, with ReLU and 2x2 max-pooling: y, argmax (may be null) = max_pool2d(relu(...), 2)
+  void (*winograd_forward_pool2)(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
+                                 const ConvShape& s, i64 N);
   // the columns of the products' register tile (tile_product_impl.hpp's NR): Winograd's panels of
   // tiles, the pointwise path's panels of pixels
   int tile_columns;

@@ -42,6 +42,8 @@ void transpose(float* dst, i64 ldd, const float* src, i64 lds, i64 rows, i64 col
 extern const int tile_columns;  // conv2d_winograd_kernels.cpp
 void winograd_forward(float* y, const float* x, const float* w, const float* b, const ConvShape& s, i64 N,
                       int m);  // conv2d_winograd_kernels.cpp
+void winograd_forward_pool2(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
+                            const ConvShape& s, i64 N);  // conv2d_winograd_kernels.cpp
 void winograd_weight_grad(float* dw, const float* x, const float* dy, const ConvShape& s, i64 N, int m);
 void winograd_input_grad_stride2(float* dx, const float* dy, const float* w, const ConvShape& s, i64 N);
 bool tap_rows_weight_grad(float* dw, float* db, const float* x, const float* dy, const ConvShape& s,
@@ -92,6 +94,7 @@ extern const IsaKernels table = {
     panels_backward_plain,
     transpose,
     winograd_forward,
+    winograd_forward_pool2,
     tile_columns,
 #if defined(CNNFAST_ISA_AVX512)
     48,  // (conv2d_winograd.cpp)

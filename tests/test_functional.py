@@ -1031,6 +1031,7 @@ FUSED_SHAPES = [  # N, C, H, W, K, R, S, padding, k
     # conv2 at 36 tiles: Winograd F(4x4) on its odd output (but on AVX-512), pooled; backward by the panels
     (4, 32, 13, 13, 64, 3, 3, 0, 2),
     (2, 16, 14, 14, 24, 3, 3, 1, 2),  # F(4x4) then the pool, 14 x 14 in 4 x 4 tiles (the last row and column cut)
+    (8, 48, 7, 7, 40, 3, 3, 1, 2),  # F(4x4) on every ISA, pooled in its tiles: 7 x 7, the last windows dropped
     (2, 6, 14, 14, 16, 5, 5, 0, 2),  # LeNet's second layer: tap rows (pixel-major) on AVX2 and AVX-512
     (2, 6, 14, 14, 20, 5, 5, 0, 2),  # 20 channels through the panels: the pooling's last vector partly filled
     (2, 40, 8, 8, 24, 1, 1, 0, 2),  # 1x1, 40 channels: the pointwise product (few_pixels off), then the pool
