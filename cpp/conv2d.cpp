@@ -67,12 +67,6 @@ bool has_work(const ConvShape& s, i64 N) { return N > 0 && s.K > 0 && s.taps() >
 // conv3x3_pool2 is written for stride 1 (the panels and direct take any stride, winograd strides 1 and 2)
 bool unit_stride_work(const ConvShape& s, i64 N) { return has_work(s, N) && s.stride == 1; }
 
-// (at stride 1, an odd output only forward: its backward stays with the panels, whose fused kernel skips the
-// pixels no pooling window reads; dw by F(3x3, 2x2) takes even outputs only)
-bool winograd_accepts(const ConvShape& s, i64 N, i64, bool backward) {
-  return winograd_tile(s, N) > 0 && !(backward && s.stride == 1 && (s.Ho % 2 || s.Wo % 2));
-}
-
 // At most kFewPixels output pixels in the batch, more taps than the direct path's. A 1x1 layer only
 // forward, only with a multiple of 16 pixels an image (im2col's rows are then x's own, and x is
 // read as it is), and up to 8 x kFewPixels pixels: there 256->64 on 8 x 8 at batch 1 took 0.020 ms

@@ -229,6 +229,8 @@ inline std::vector<float> flipped_3x3(const float* w, i64 K, i64 C) {
 int winograd_tile(const ConvShape& s, i64 N);
 // weight_grad_tile: the m of F(3x3, m x m) for its dw, 0 for the panels' dw
 int weight_grad_tile(const ConvShape& s, i64 N);
+// Does the path take this layer (pool_k > 0: fused with ReLU and max-pooling), forward or backward?
+bool winograd_accepts(const ConvShape& s, i64 N, i64 pool_k, bool backward);
 // Its chunks of tiles: about this many bytes of transformed input and products, F(4x4)'s rounded
 // up to whole panels of tiles by up to this factor (conv2d_winograd_kernels.cpp's TileChunks; the
 // F(4x4) rule in conv2d_winograd.cpp takes a layer only if a panel fits)

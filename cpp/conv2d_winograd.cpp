@@ -4,8 +4,9 @@
 // near the FMA peak. The kernels (the transforms and the 16 or 36 products) are per ISA, in
 // conv2d_winograd_kernels.cpp. winograd_tile below chooses F(4x4) where enough 4 x 4 tiles cover
 // the output with little waste; F(2x2) elsewhere.
-// - Forward: the kernel; with a pool, the convolution's output into scratch, then max_pool2d's
-//   kernel (the same y and argmax as the separate layers, bit for bit).
+// - Forward: the kernel; with a 2x2 pool, F(4x4) pools its output tiles as it writes them, else
+//   the convolution's output goes into scratch, then through max_pool2d's kernel (either way the
+//   same y and argmax as the separate layers, bit for bit).
 // - Backward: dx is a convolution too, of dy (zero-padded by 2 - pad) with the weights
 //   flipped and transposed ([C, K, 3, 3]): the same kernel (with dx's own tile). dw by
 //   F(3x3, 4x4) or F(3x3, 2x2), Winograd's algorithm transposed (the kernels file says how;
@@ -118,6 +119,20 @@ int winograd_tile(const ConvShape& s, i64 N) {
 
 int set_winograd_tile_limit(int m) { return winograd_tile_limit.exchange(m); }
 
+// dx's convolution: dy padded by 2 - pad, through w flipped and transposed ([C, K, 3, 3])
+ConvShape dx_shape(const ConvShape& s) { return ConvShape(s.K, s.Ho, s.Wo, s.C, 3, 3, 2 - s.pad); }
+
+// At stride 1 an odd output's backward only where dx goes by F(4x4) (the forward's odd outputs'
+// tile; dw by F(3x3, 4x4) or the panels: F(3x3, 2x2) takes even outputs only), pooled or not (the
+// fused layer's dx must be the separate layers'). Against the panels (batch 32/128, one thread):
+// 96->192 on 7 x 7 0.62-0.64x the time on AVX-512, 0.74-0.78x AVX2; 48->48 on 15 x 15 0.58x and 0.63x,
+// 64->64 on 11 x 11 0.81x and 0.68x, 128->128 on 7 x 7 0.66x and 0.78x.
+bool winograd_accepts(const ConvShape& s, i64 N, i64, bool backward) {
+  if (winograd_tile(s, N) == 0) return false;
+  if (!backward || s.stride != 1 || (s.Ho % 2 == 0 && s.Wo % 2 == 0)) return true;
+  return winograd_tile(dx_shape(s), N) == 4;
+}
+
 // dw's m of F(3x3, m x m) on a layer the path took (0: the panels' dw). F(3x3, 4x4) where 4 x 4
 // tiles cover at most 1.35x the output, 32 or more of them, with 32+ channels in and out and 96+
 // in all (its products' depth is the tiles, not the channels: chunks of about 64 tiles and more).
@@ -153,7 +168,8 @@ bool winograd_backward_path(float* dx, float* dw, float* db, const float* x, con
     if (dx) isa.winograd_input_grad_stride2(dx, dy, w, s, N);
     return true;
   }
-  const int dw_tile = weight_grad_tile(s, N);
+  const bool even = s.Ho % 2 == 0 && s.Wo % 2 == 0;
+  const int dw_tile = even || weight_grad_tile(s, N) == 4 ? weight_grad_tile(s, N) : 0;
   if (dw_tile > 0) {
     if (dw) isa.winograd_weight_grad(dw, x, dy, s, N, dw_tile);
     if (db) bias_grad(db, dy, N, K, s.P());
@@ -163,9 +179,8 @@ bool winograd_backward_path(float* dx, float* dw, float* db, const float* x, con
   if (dx) {
     const std::vector<float> flipped = flipped_3x3(w, K, C);  // w^T rotated: [C, K, 3, 3]
     // (its own tile: dx's shape has other channels and may have another size; F(2x2) at least,
-    // dx being as even as y)
-    const ConvShape dx_shape(K, s.Ho, s.Wo, C, 3, 3, 2 - s.pad);
-    isa.winograd_forward(dx, dy, flipped.data(), nullptr, dx_shape, N, std::max(2, winograd_tile(dx_shape, N)));
+    // dx being as even as y; an odd y's dx by F(4x4), winograd_accepts)
+    isa.winograd_forward(dx, dy, flipped.data(), nullptr, dx_shape(s), N, std::max(2, winograd_tile(dx_shape(s), N)));
   }
   return true;
 }

@@ -91,6 +91,8 @@ CONV_SHAPES = [  # N, C, H, W, K, R, S, padding
     (16, 16, 8, 6, 16, 3, 3, 1),
     (16, 16, 7, 4, 16, 3, 3, 1),  # (an odd output: the panels on AVX-512)
     (8, 48, 7, 7, 40, 3, 3, 1),  # an odd output from 48 channels in: F(4x4) on AVX-512 too
+    # the same with 64 out: its backward by Winograd on every ISA (dx by F(4x4), dw by F(3x3, 4x4))
+    (8, 48, 7, 7, 64, 3, 3, 1),
     (3, 16, 14, 18, 16, 3, 3, 1),  # F(4x4) on 14 x 18 outputs: tiles past the last row and column
     # F(4x4) on rows of 2 tiles, 3 rows an image (AVX-512: 16-row chunks, the scatter of rows of 1-2 tiles
     # starting mid-image)
@@ -892,6 +894,9 @@ def test_every_kernel_follows_the_forced_isa(isa):
         ((8, 32, 13, 13), (64, 32, 3, 3), 0, 0, True, False, {}),
         ((8, 48, 7, 7), (64, 48, 3, 3), 1, 0, False, False, {None: "winograd"}),  # odd, 48 channels in: on every ISA
         ((8, 48, 7, 7), (64, 48, 3, 3), 1, 2, False, False, {None: "winograd"}),  # (pooled alike)
+        ((8, 48, 7, 7), (64, 48, 3, 3), 1, 0, True, True, {None: "winograd"}),  # backward: dx by F(4x4)
+        ((8, 48, 7, 7), (64, 48, 3, 3), 1, 2, True, True, {None: "winograd"}),
+        ((8, 48, 7, 7), (40, 48, 3, 3), 1, 0, True, True, {None: "winograd", "avx512": "panels"}),  # (dx: 40 in)
         # 8 input channels, rows of 16 (two vectors but on AVX-512): the direct forward, or the panels
         ((8, 8, 16, 16), (64, 8, 3, 3), 1, 0, False, False, {None: "direct", "avx512": "panels"}),
         ((8, 8, 16, 16), (64, 8, 3, 3), 1, 0, True, True, {}),
