@@ -155,18 +155,21 @@ bool pooled_dconv_chunk(float* kl, float* lk, i64 width, float* lanes, const flo
 
 // x read in place as the product's B and y written in place, where the panels packed 12-pixel
 // panels and transposed their result into y. An image's pixels go in whole panels of the products'
-// NR (tile_columns: 32 on AVX-512, 16 AVX2), which may hold at most kPointwisePanelPixels percent of
-// its P pixels; and at most kPointwiseChannels channels in (the forward's input channels, dx's output
-// ones). Forward, measured against the panels on a 2-core AMD EPYC whose AVX-512 runs at AVX2's rate
-// (AVX-512 / AVX2, one thread): 48->64 on 13 x 13 at
-// batch 128 0.67-0.77x / 0.59x the time, 256->64 on 8 x 8 0.80-0.89x / 0.86x, 64->128 on 16 x 16 at
-// batch 32 0.91-0.94x / 0.82-0.96x, 40->40 on 28 x 28 at batch 8 0.63x; but 256->512 on 4 x 4 (panels
-// of 32 for 16 pixels on AVX-512) 1.83-1.90x, and 512 channels in 1.16-1.33x (on 7 x 7 and 14 x 14;
-// packing B too was no faster).
+// NR (tile_columns: 32 on AVX-512, 16 AVX2), or in one vector where that holds them (tile_product's
+// narrow tile), which may hold at most kPointwisePanelPixels percent of its P pixels; and at most
+// kPointwiseChannels channels in (the forward's input channels, dx's output ones). Forward, measured against the panels
+// on a 2-core AMD EPYC whose AVX-512 runs at AVX2's rate (AVX-512 / AVX2, one thread): 48->64 on 13 x 13 at batch 128
+// 0.67-0.77x / 0.59x the time, 256->64 on 8 x 8 0.80-0.89x / 0.86x, 64->128 on 16 x 16 at batch 32 0.91-0.94x /
+// 0.82-0.96x, 40->40 on 28 x 28 at batch 8 0.63x; but 256->512 on 4 x 4 (panels of 32 for 16 pixels on AVX-512, before
+// the narrow tile) 1.83-1.90x, and 512 channels in 1.16-1.33x (on 7 x 7 and 14 x 14; packing B too was no faster). With
+// the narrow tile, 256->256 on 4 x 4 at batch 128 (AVX-512) 0.89x the panels' time, its backward (dx by this product)
+// 0.93x; but a last panel of one vector holding 4 pixels (256->64 on 6 x 6, batch 1-8) took 1.3-1.5x, so the narrow
+// tile serves only images of at most one vector.
 constexpr i64 kPointwisePanelPixels = 135;  // percent
 bool pointwise_product_fits(i64 C, i64 P) {
-  const i64 NR = active_isa().tile_columns;
-  return C <= kPointwiseChannels && 100 * ((P + NR - 1) / NR * NR) <= kPointwisePanelPixels * P;
+  const i64 NR = active_isa().tile_columns, VL = active_isa().vector_floats;
+  const i64 columns = P <= VL ? VL : (P + NR - 1) / NR * NR;  // (an image of one vector: the narrow tile)
+  return C <= kPointwiseChannels && 100 * columns <= kPointwisePanelPixels * P;
 }
 
 // The inner products' sums are added across their lanes once per unit (24 sums of KB x NB

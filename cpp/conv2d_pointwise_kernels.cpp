@@ -59,20 +59,23 @@ void pointwise_forward(float* y, const float* x, const float* w, i64 out_stride,
     const float* bp = x + n * C * P + p0;
     float* yn = y + n * K * P + p0;
     float* sums = own + lines(size_t(C) * NR);  // [Kp][NR]: the tiles not whole in y, staged
-    if (cols < NR) {                            // the image's last pixels: copied, so that no vector reads past x
+    // (a last panel of at most one vector of pixels: a tile one vector wide)
+    const i64 width = cols <= VL ? VL : NR;
+    if (cols < width) {  // the image's last pixels: copied, so that no vector reads past x
       for (i64 c = 0; c < C; ++c) {
-        std::copy_n(bp + c * P, cols, own + c * NR);
-        std::fill(own + c * NR + cols, own + (c + 1) * NR, 0.0f);
+        std::copy_n(bp + c * P, cols, own + c * width);
+        std::fill(own + c * width + cols, own + (c + 1) * width, 0.0f);
       }
       bp = own;
     }
-    const i64 ldb = cols < NR ? NR : P;
-    auto whole = [&](i64 k0) { return cols == NR && k0 + MR <= K; };
+    const i64 ldb = cols < width ? width : P;
+    auto whole = [&](i64 k0) { return cols == width && k0 + MR <= K; };
+    const auto product = width == VL ? tile_product<1> : tile_product<NV>;
     for (i64 k0 = 0; k0 < Kp; k0 += MR)
-      tile_product(C, wp + k0 * C, bp, ldb, whole(k0) ? yn + k0 * P : sums + k0 * NR, whole(k0) ? P : NR, false,
-                   bias + k0);
+      product(C, wp + k0 * C, bp, ldb, whole(k0) ? yn + k0 * P : sums + k0 * width, whole(k0) ? P : width, false,
+              bias + k0);
     for (i64 k = 0; k < K; ++k)
-      if (!whole(k / MR * MR)) std::copy_n(sums + k * NR, cols, yn + k * P);
+      if (!whole(k / MR * MR)) std::copy_n(sums + k * width, cols, yn + k * P);
   });
 }
 

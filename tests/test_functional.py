@@ -74,6 +74,7 @@ CONV_SHAPES = [  # N, C, H, W, K, R, S, padding
     (1, 40, 6, 6, 260, 1, 1, 0),
     (2, 36, 5, 5, 260, 1, 1, 0),
     (7, 40, 4, 4, 260, 1, 1, 0),  # the same on 16 pixels: dx by one product for 4 images side by side, then 3
+    (3, 40, 4, 4, 20, 1, 1, 0),  # 1x1 on 4 x 4: one vector an image on AVX-512, the pointwise product's narrow tile
     (2, 5, 6, 5, 3, 5, 3, 2),
     (4, 32, 13, 13, 64, 3, 3, 0),  # the default model's second layer
     (3, 4, 9, 7, 32, 3, 3, 1),  # padding, dW's A read in place (S*C a multiple of 12, K of 32)
