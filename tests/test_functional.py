@@ -75,6 +75,7 @@ CONV_SHAPES = [  # N, C, H, W, K, R, S, padding
     (2, 36, 5, 5, 260, 1, 1, 0),
     (7, 40, 4, 4, 260, 1, 1, 0),  # the same on 16 pixels: dx by one product for 4 images side by side, then 3
     (3, 40, 4, 4, 20, 1, 1, 0),  # 1x1 on 4 x 4: one vector an image on AVX-512, the pointwise product's narrow tile
+    (8, 16, 16, 16, 24, 1, 1, 0),  # 1x1, 16 channels in: its backward the pointwise one on AVX-512 (the direct forward)
     (2, 5, 6, 5, 3, 5, 3, 2),
     (4, 32, 13, 13, 64, 3, 3, 0),  # the default model's second layer
     (3, 4, 9, 7, 32, 3, 3, 1),  # padding, dW's A read in place (S*C a multiple of 12, K of 32)
@@ -889,6 +890,7 @@ def test_every_kernel_follows_the_forced_isa(isa):
         ((1, 64, 16, 16), (128, 64, 1, 1), 0, 0, True, True, {}),  # one image of 16 vectors
         ((32, 64, 7, 7), (128, 64, 1, 1), 0, 0, True, True, {}),  # 49 pixels: not whole vectors
         ((64, 64, 4, 4), (128, 64, 1, 1), 0, 0, True, True, {}),  # one vector an image
+        ((32, 16, 16, 16), (64, 16, 1, 1), 0, 0, True, True, {"avx512": "pointwise"}),  # few taps: backward too
         ((32, 128, 8, 8), (256, 128, 1, 1), 0, 0, True, True, {}),  # over 16,384 weights
         ((32, 64, 16, 16), (128, 64, 1, 1), 0, 2, True, True, {}),  # pooled
         ((8, 32, 13, 13), (64, 32, 3, 3), 0, 0, False, False, {None: "winograd", "avx512": "panels"}),  # odd: 11 x 11
