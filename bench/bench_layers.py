@@ -6,6 +6,7 @@ default model's, on the same arrays, threads and instruction set.
     python bench/bench_layers.py               # every shape, batch 1, 32, 128, threads 1 and 2
     python bench/bench_layers.py --batch 32 --threads 1 --only conv
     python bench/bench_layers.py --layer s2         # the strided layers only
+    python bench/bench_layers.py --more --only conv # the second set of convolution shapes
     python bench/bench_layers.py --json out.json
 
 Every row times one call (median of --repeat calls after a warm-up) of the cnnfast kernel and of
@@ -71,6 +72,39 @@ CONV_SHAPES = [
     ("s2 first 3->64 7x7 p3 64x64", 3, 64, 64, 64, 7, 7, 3, 2),
     ("s2 first 3->32 3x3 p1 32x32", 3, 32, 32, 32, 3, 3, 1, 2),
 ]
+# --more: a second set, picked after the first (2026-12-06) in the same families, to check that what
+# was tuned on the first holds elsewhere: deeper middle layers on small images (odd sizes, 4x4 to
+# 15x15 outputs), 1x1 layers from 16 to 512 channels, first layers on 1-3 channels up to 56x56.
+MORE_CONV_SHAPES = [
+    ("first 1->8 3x3 28x28", 1, 28, 28, 8, 3, 3, 0),
+    ("first 1->16 5x5 p2 28x28", 1, 28, 28, 16, 5, 5, 2),
+    ("first 1->32 7x7 p3 28x28", 1, 28, 28, 32, 7, 7, 3),
+    ("first 3->24 3x3 p1 40x40", 3, 40, 40, 24, 3, 3, 1),
+    ("first 3->32 5x5 32x32", 3, 32, 32, 32, 5, 5, 0),
+    ("first 3->48 7x7 p3 56x56", 3, 56, 56, 48, 7, 7, 3),
+    ("first 2->16 3x3 p1 48x48", 2, 48, 48, 16, 3, 3, 1),
+    ("first 3->64 3x3 p1 64x64", 3, 64, 64, 64, 3, 3, 1),
+    ("s2 first 3->32 5x5 p2 64x64", 3, 64, 64, 32, 5, 5, 2, 2),
+    ("s2 first 1->16 3x3 p1 28x28", 1, 28, 28, 16, 3, 3, 1, 2),
+    ("mid 16->16 3x3 p1 32x32", 16, 32, 32, 16, 3, 3, 1),
+    ("mid 24->48 3x3 p1 24x24", 24, 24, 24, 48, 3, 3, 1),
+    ("mid 32->32 3x3 p1 28x28", 32, 28, 28, 32, 3, 3, 1),
+    ("mid 48->96 3x3 p1 12x12", 48, 12, 12, 96, 3, 3, 1),
+    ("mid 64->64 3x3 p1 16x16", 64, 16, 16, 64, 3, 3, 1),
+    ("mid 64->128 3x3 p1 14x14", 64, 14, 14, 128, 3, 3, 1),
+    ("mid 96->192 3x3 p1 7x7", 96, 7, 7, 192, 3, 3, 1),
+    ("mid 128->128 3x3 p1 8x8", 128, 8, 8, 128, 3, 3, 1),
+    ("mid 160->160 3x3 p1 6x6", 160, 6, 6, 160, 3, 3, 1),
+    ("mid 256->256 3x3 p1 4x4", 256, 4, 4, 256, 3, 3, 1),
+    ("mid 32->64 3x3 20x20", 32, 20, 20, 64, 3, 3, 0),
+    ("1x1 32->64 32x32", 32, 32, 32, 64, 1, 1, 0),
+    ("1x1 128->32 16x16", 128, 16, 16, 32, 1, 1, 0),
+    ("1x1 256->256 4x4", 256, 4, 4, 256, 1, 1, 0),
+    ("1x1 16->64 28x28", 16, 28, 28, 64, 1, 1, 0),
+    ("1x1 512->128 7x7", 512, 7, 7, 128, 1, 1, 0),
+    ("s2 32->64 3x3 p1 32x32", 32, 32, 32, 64, 3, 3, 1, 2),
+    ("s2 128->256 3x3 p1 8x8", 128, 8, 8, 256, 3, 3, 1, 2),
+]
 POOL_SHAPES = [("pool2 32x26x26", 32, 26, 26, 2), ("pool2 64x16x16", 64, 16, 16, 2), ("pool3 32x27x27", 32, 27, 27, 3)]
 DENSE_SHAPES = [
     ("dense 1600->10", 1600, 10),
@@ -101,8 +135,8 @@ def side_by_side(ours, theirs, repeat: int):
     return min(a), min(b)
 
 
-def conv_rows(batch: int, repeat: int, rng, match: str = ""):
-    for name, C, H, W, K, R, S, pad, *rest in CONV_SHAPES:
+def conv_rows(batch: int, repeat: int, rng, match: str = "", shapes=CONV_SHAPES):
+    for name, C, H, W, K, R, S, pad, *rest in shapes:
         if match not in name:
             continue
         st = rest[0] if rest else 1
@@ -205,6 +239,12 @@ def main(argv=None) -> int:
     p.add_argument("--layer", default="", metavar="TEXT", help="only the layers whose name contains TEXT (e.g. s2)")
     p.add_argument("--repeat", type=int, default=15, help="timed calls per row and framework (default 15)")
     p.add_argument("--json", metavar="FILE", help="also write every row as JSON to FILE")
+    p.add_argument(
+        "--more",
+        action="store_true",
+        help="the second set of convolution shapes instead of the first (MORE_CONV_SHAPES: picked after the first, "
+        "to check it elsewhere in the same families)",
+    )
     args = p.parse_args(argv)
     if any(b < 1 for b in args.batch) or any(t < 1 for t in args.threads) or args.repeat < 1:
         p.error("--batch, --threads and --repeat need positive values")
@@ -217,15 +257,18 @@ def main(argv=None) -> int:
         "torch": torch.__version__,
         "torch_capability": torch.backends.cpu.get_cpu_capability(),
         "loadavg": os.getloadavg(),
+        "conv_shapes": "more" if args.more else "first",
     }
     print(
         f"bench_layers: {cpu}; cnnfast {info['isa']} ({info['compiler']}); PyTorch {torch.__version__} "
         f"({header['torch_capability']}); ratio = PyTorch time / cnnfast time"
+        + ("; the second set of convolution shapes (--more)" if args.more else "")
     )
     cnnfast.reuse_freed_memory()  # as python -m cnnfast.train and the other benchmarks do
     rng = np.random.default_rng(0)
     rows = []
-    kinds = {"conv": conv_rows, "pool": pool_rows, "dense": dense_rows}
+    conv_shapes = MORE_CONV_SHAPES if args.more else CONV_SHAPES
+    kinds = {"conv": lambda *a: conv_rows(*a, shapes=conv_shapes), "pool": pool_rows, "dense": dense_rows}
     for threads in args.threads:
         cnnfast.set_num_threads(threads)
         torch.set_num_threads(threads)
