@@ -40,8 +40,9 @@
 // Numbers: y, argmax and dx are the same on every path of an instruction set up to float
 // rounding (the fused paths give the separate kernels' y and argmax bit for bit). dw and db are
 // the same sums in another order on some paths; and conv pixels no pooling window reads, whose
-// gradient is 0, are left out by the fused paths, so an inf/NaN in x or w that only they meet
-// gives no 0 * inf = NaN. Winograd's transforms mix a 4 x 4 block of input into each 2 x 2 block of
+// gradient is 0, are left out by the fused panels and direct paths, so an inf/NaN in x or w that
+// only they meet gives no 0 * inf = NaN there (Winograd's fused backward takes the whole d(conv),
+// as the separate layers do: there it does). Winograd's transforms mix a 4 x 4 block of input into each 2 x 2 block of
 // output, so there an inf or NaN in x reaches the whole block (where a direct sum would give a
 // finite neighbour). Every path's result is independent of the thread count.
 #include <atomic>

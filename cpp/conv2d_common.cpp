@@ -163,8 +163,8 @@ bool pooled_dconv_chunk(float* kl, float* lk, i64 width, float* lanes, const flo
 // 0.82-0.96x, 40->40 on 28 x 28 at batch 8 0.63x; but 256->512 on 4 x 4 (panels of 32 for 16 pixels on AVX-512, before
 // the narrow tile) 1.83-1.90x, and 512 channels in 1.16-1.33x (on 7 x 7 and 14 x 14; packing B too was no faster). With
 // the narrow tile, 256->256 on 4 x 4 at batch 128 (AVX-512) 0.89x the panels' time, its backward (dx by this product)
-// 0.93x; but a last panel of one vector holding 4 pixels (256->64 on 6 x 6, batch 1-8) took 1.3-1.5x, so the narrow
-// tile serves only images of at most one vector.
+// 0.93x; but a last panel of one vector holding 4 pixels (256->64 on 6 x 6, batch 1-8) took 1.3-1.5x, so this rule
+// counts the narrow tile only for images of at most one vector.
 constexpr i64 kPointwisePanelPixels = 135;  // percent
 bool pointwise_product_fits(i64 C, i64 P) {
   const i64 NR = active_isa().tile_columns, VL = active_isa().vector_floats;

@@ -231,9 +231,10 @@ int winograd_tile(const ConvShape& s, i64 N);
 int weight_grad_tile(const ConvShape& s, i64 N);
 // Does the path take this layer (pool_k > 0: fused with ReLU and max-pooling), forward or backward?
 bool winograd_accepts(const ConvShape& s, i64 N, i64 pool_k, bool backward);
-// Its chunks of tiles: about this many bytes of transformed input and products, F(4x4)'s rounded
-// up to whole panels of tiles by up to this factor (conv2d_winograd_kernels.cpp's TileChunks; the
-// F(4x4) rule in conv2d_winograd.cpp takes a layer only if a panel fits)
+// Its chunks of tiles: about this many bytes of transformed input and products, the forward's
+// rounded up to whole panels (or whole vectors) of tiles by up to this factor
+// (conv2d_winograd_kernels.cpp's TileChunks; the F(4x4) rule in conv2d_winograd.cpp takes a layer
+// only if a panel fits)
 constexpr i64 kWinogradChunkBytes = i64(768) << 10;
 constexpr double kWinogradChunkRoundUp = 2.5;
 // F(3x3, 4x4)'s dw: its chunks' tiles are its products' depth

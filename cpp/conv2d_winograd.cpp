@@ -4,7 +4,7 @@
 // near the FMA peak. The kernels (the transforms and the 16 or 36 products) are per ISA, in
 // conv2d_winograd_kernels.cpp. winograd_tile below chooses F(4x4) where enough 4 x 4 tiles cover
 // the output with little waste; F(2x2) elsewhere.
-// - Forward: the kernel; with a 2x2 pool, F(4x4) pools its output tiles as it writes them, else
+// - Forward: the kernel; with a 2x2 pool, F(4x4) at stride 1 pools its output tiles as it writes them, else
 //   the convolution's output goes into scratch, then through max_pool2d's kernel (either way the
 //   same y and argmax as the separate layers, bit for bit).
 // - Backward: dx is a convolution too, of dy (zero-padded by 2 - pad) with the weights
@@ -48,7 +48,7 @@ constexpr i64 kWinogradWeightGradTileChannels = 32;
 // The tiles must also fill three quarters of the panels its products take them in (AVX-512: 32
 // tiles a panel): 96->96 on 12 x 12 at batch 1, 36 tiles in two panels of 32, went 0.72-0.77x the
 // time forward and 0.75-0.78x backward through the panels (one AVX-512 thread and two).
-// F(4x4) also on odd outputs, forward (conv2d.cpp), from as many input channels as the ISA's table
+// F(4x4) also on odd outputs (backward: winograd_accepts below), from as many input channels as the ISA's table
 // says: the default model's conv2 (11 x 11 in 12 x 12) took 0.54-0.62x the panels' time alone and
 // 0.85-0.93x fused with ReLU and pooling (AVX2, batch 32-1,000, 1-2 threads); on AVX-512 0.71-0.76x
 // alone but 0.90-1.03x fused at batch 128-1,000 (1.25x at batch 32 on two threads), against its own

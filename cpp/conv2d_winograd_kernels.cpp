@@ -446,7 +446,7 @@ void scatter_output_blocks(float* y, i64 Ho, i64 Wo, const float* o, i64 LS, i64
 typedef std::int32_t ivec __attribute__((vector_size(CNNFAST_VEC_BYTES)));
 
 // Tiles 0..L of the staged output blocks (o) -> p[(2a + b)*LS + l] = window (a, b) of tile l
-// pooled, and c[(2a + b)*LS + l] = which of its values won (2i + j), -1 if none is > 0
+// pooled, and c[(2a + b)*LS + l] = which of its values won (2i + j), -1 unless the winner is > 0
 void pool_output_blocks(float* p, std::int32_t* c, const float* o, i64 LS, i64 L) {
   const vec zero = {};
   for (i64 l = 0; l < L; l += VL)
@@ -488,10 +488,12 @@ void scatter_pooled_row(float* y, std::int32_t* argmax, i64 Hq, i64 Wq, i64 Wo, 
         n == VL ? store(y + offset, values[h]) : store_first(y + offset, values[h], n);
         if (!argmax) continue;
         // window q's winner 2i + j: output row 4th + 2a + i, column 2q + j
-        const ivec which = reinterpret_cast<const ivec&>(code_bits[h]), q = lane + std::int32_t(q0 + h * VL);
-        const ivec index = which < 0
-                               ? ivec{} - 1
-                               : (std::int32_t(4 * th + 2 * a) + (which >> 1)) * std::int32_t(Wo) + 2 * q + (which & 1);
+        // (lanes past the row's last tile hold whatever the staging held: `won` keeps their arithmetic
+        // in range; no such lane is stored)
+        const ivec which = reinterpret_cast<const ivec&>(code_bits[h]), won = which & 3;
+        const ivec q = lane + std::int32_t(q0 + h * VL);
+        const ivec index =
+            which < 0 ? ivec{} - 1 : (std::int32_t(4 * th + 2 * a) + (won >> 1)) * std::int32_t(Wo) + 2 * q + (won & 1);
         const vec index_bits = reinterpret_cast<const vec&>(index);
         float* to = reinterpret_cast<float*>(argmax + offset);
         n == VL ? store(to, index_bits) : store_first(to, index_bits, n);
