@@ -236,6 +236,9 @@ bool winograd_accepts(const ConvShape& s, i64 N, i64 pool_k, bool backward);
 // (conv2d_winograd_kernels.cpp's TileChunks; the F(4x4) rule in conv2d_winograd.cpp takes a layer
 // only if a panel fits)
 constexpr i64 kWinogradChunkBytes = i64(768) << 10;
+// Do `tiles` fill three quarters of the panels of `panel` tiles that hold them? (The Winograd rule's
+// for a layer, conv2d_winograd.cpp, and for its chunks, conv2d_winograd_kernels.cpp)
+inline bool fill_three_quarters(i64 tiles, i64 panel) { return 4 * tiles >= 3 * ((tiles + panel - 1) / panel * panel); }
 constexpr double kWinogradChunkRoundUp = 2.5;
 // F(3x3, 4x4)'s dw: its chunks' tiles are its products' depth
 constexpr i64 kWinogradWeightGradTiles = 64;

@@ -77,7 +77,6 @@ void dw_from_xp_taps(float* dw, const float* dwt, i64 ld, const ConvShape& s) {
 void relu_pool_pixel_major(float* y, std::int32_t* argmax, const float* out, const float* b, i64 images, i64 K, i64 Ho,
                            i64 Wo, i64 k, float* window_y, std::int32_t* window_argmax) {
   constexpr i64 L = CNNFAST_VEC_BYTES / 4;
-  typedef std::int32_t lanes_i __attribute__((vector_size(CNNFAST_VEC_BYTES)));
   const i64 Hq = Ho / k, Wq = Wo / k, Q = Hq * Wq, Wu = Wq * k, Pu = Hq * k * Wu;
   for (i64 n = 0; n < images; ++n) {
     for (i64 oh = 0; oh < Hq; ++oh)
@@ -92,18 +91,15 @@ void relu_pool_pixel_major(float* y, std::int32_t* argmax, const float* out, con
           auto get = [&](const float* p) { return m == L ? load(p) : load_first(p, m); };
           const vec bias = get(b + c0);
           vec best = get(out + at(0, 0) + c0) + bias;
-          lanes_i index = lanes_i{} + pixel(0, 0);
+          ivec index = ivec{} + pixel(0, 0);
           for (i64 r = 0; r < k; ++r)
             for (i64 q = r == 0 ? 1 : 0; q < k; ++q) {
               const vec value = get(out + at(r, q) + c0) + bias;
-              const lanes_i take = (value > best) | ((value != value) & (best == best));
+              const ivec take = pool_takes(value, best);
               best = take ? value : best;
-              index = take ? lanes_i{} + pixel(r, q) : index;
+              index = take ? ivec{} + pixel(r, q) : index;
             }
-          const vec zero = {};
-          const lanes_i open = best > zero;
-          best = best <= zero ? zero : best;
-          index = open ? index : lanes_i{} - 1;
+          pool_relu(best, index);
           const vec index_bits = reinterpret_cast<const vec&>(index);  // (int32 stored as float bit patterns)
           if (m == L) {
             store(yq + c0, best), store(reinterpret_cast<float*>(aq + c0), index_bits);

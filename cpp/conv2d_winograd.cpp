@@ -85,7 +85,7 @@ bool tiles_cover(const ConvShape& s, i64 N, i64 m) {
 bool tiles_fill(const ConvShape& s, i64 N, i64 m) {
   const i64 tiles = N * ((s.Ho + m - 1) / m) * ((s.Wo + m - 1) / m), panel = active_isa().tile_columns;
   return s.R == 3 && s.S == 3 && s.C >= kWinogradChannels && s.K >= kWinogradChannels && tiles_cover(s, N, m) &&
-         4 * tiles >= 3 * ((tiles + panel - 1) / panel * panel) && s.P() < (i64(1) << 30);
+         fill_three_quarters(tiles, panel) && s.P() < (i64(1) << 30);
 }
 
 bool winograd_fits(const ConvShape& s, i64 N, i64 m) {
@@ -168,8 +168,8 @@ bool winograd_backward_path(float* dx, float* dw, float* db, const float* x, con
     if (dx) isa.winograd_input_grad_stride2(dx, dy, w, s, N);
     return true;
   }
-  const bool even = s.Ho % 2 == 0 && s.Wo % 2 == 0;
-  const int dw_tile = even || weight_grad_tile(s, N) == 4 ? weight_grad_tile(s, N) : 0;
+  const int tile = weight_grad_tile(s, N);  // (odd outputs: F(3x3, 4x4) only, F(3x3, 2x2) takes even ones)
+  const int dw_tile = (s.Ho % 2 == 0 && s.Wo % 2 == 0) || tile == 4 ? tile : 0;
   if (dw_tile > 0) {
     if (dw) isa.winograd_weight_grad(dw, x, dy, s, N, dw_tile);
     if (db) bias_grad(db, dy, N, K, s.P());
@@ -180,7 +180,8 @@ bool winograd_backward_path(float* dx, float* dw, float* db, const float* x, con
     const std::vector<float> flipped = flipped_3x3(w, K, C);  // w^T rotated: [C, K, 3, 3]
     // (its own tile: dx's shape has other channels and may have another size; F(2x2) at least,
     // dx being as even as y; an odd y's dx by F(4x4), winograd_accepts)
-    isa.winograd_forward(dx, dy, flipped.data(), nullptr, dx_shape(s), N, std::max(2, winograd_tile(dx_shape(s), N)));
+    const ConvShape d = dx_shape(s);
+    isa.winograd_forward(dx, dy, flipped.data(), nullptr, d, N, std::max(2, winograd_tile(d, N)));
   }
   return true;
 }

@@ -443,12 +443,10 @@ void scatter_output_blocks(float* y, i64 Ho, i64 Wo, const float* o, i64 LS, i64
 // values row by row the first maximum wins and a NaN wins; a maximum not > 0 gives 0 and argmax -1),
 // with tiles as the vector lanes. (Through the convolution's whole output and max_pool2d, the
 // pooling was a fifth of the default model's conv2 block on AVX2.)
-typedef std::int32_t ivec __attribute__((vector_size(CNNFAST_VEC_BYTES)));
 
 // Tiles 0..L of the staged output blocks (o) -> p[(2a + b)*LS + l] = window (a, b) of tile l
 // pooled, and c[(2a + b)*LS + l] = which of its values won (2i + j), -1 unless the winner is > 0
 void pool_output_blocks(float* p, std::int32_t* c, const float* o, i64 LS, i64 L) {
-  const vec zero = {};
   for (i64 l = 0; l < L; l += VL)
     for (int a = 0; a < 2; ++a)
       for (int b = 0; b < 2; ++b) {
@@ -457,12 +455,11 @@ void pool_output_blocks(float* p, std::int32_t* c, const float* o, i64 LS, i64 L
         ivec which = {};
         for (int v = 1; v < 4; ++v) {
           const vec candidate = value(v);
-          const ivec take = (candidate > best) | ((candidate != candidate) & (best == best));
+          const ivec take = pool_takes(candidate, best);
           best = take ? candidate : best;
           which = take ? ivec{} + v : which;
         }
-        which = best > zero ? which : ivec{} - 1;
-        best = best <= zero ? zero : best;
+        pool_relu(best, which);
         store(p + (2 * a + b) * LS + l, best);
         store(reinterpret_cast<float*>(c + (2 * a + b) * LS + l), reinterpret_cast<const vec&>(which));
       }
@@ -846,9 +843,7 @@ struct TileChunks {
   // width)
   static i64 filled_rows(i64 panel, i64 Tw, i64 budget_rows, i64 rows_total) {
     const i64 rows = whole_panels(panel, Tw, budget_rows, rows_total), tiles = rows * Tw;
-    return panel <= 0 || 4 * tiles >= 3 * ((tiles + panel - 1) / panel * panel)
-               ? rows
-               : whole_panels(VL, Tw, budget_rows, rows_total);
+    return panel <= 0 || fill_three_quarters(tiles, panel) ? rows : whole_panels(VL, Tw, budget_rows, rows_total);
   }
 };
 

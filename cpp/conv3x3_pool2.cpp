@@ -36,8 +36,7 @@ namespace CNNFAST_ISA {
 namespace {
 
 constexpr int VL = CNNFAST_VEC_BYTES / 4;
-#include "vec_impl.hpp"
-typedef std::int32_t ivec __attribute__((vector_size(CNNFAST_VEC_BYTES)));
+#include "vec_impl.hpp"  // (vec, ivec, pool_takes)
 
 inline ivec load(const std::int32_t* p) {
   ivec v;
@@ -161,7 +160,7 @@ void forward_windows(float* y, std::int32_t* argmax, const float* x, const float
         best = out[0];
         index = first + step[0];
         for (int i = 1; i < 4; ++i) {
-          const ivec take = (out[i] > best) | ((out[i] != out[i]) & (best == best));
+          const ivec take = pool_takes(out[i], best);
           best = take ? out[i] : best;
           index = take ? first + step[i] : index;
         }

@@ -1,6 +1,7 @@
 // The portable vector of the instruction set a per-ISA file is compiled for (CNNFAST_VEC_BYTES: 16
-// baseline/NEON, 32 AVX2, 64 AVX-512) and its unaligned load and store. Included inside the file's
-// namespace cnnfast::<isa> and target pragmas. (No include guard: each file includes it once.)
+// baseline/NEON, 32 AVX2, 64 AVX-512), its unaligned load and store, and max_pool2d's rule on such
+// vectors (for the kernels that pool). Included inside the file's namespace cnnfast::<isa> and target
+// pragmas. (No include guard: each file includes it once.)
 
 typedef float vec __attribute__((vector_size(CNNFAST_VEC_BYTES)));
 inline vec load(const float* p) {
@@ -46,4 +47,20 @@ inline vec load_first(const float* p, i64 n) {
   for (i64 l = 0; l < n; ++l) lanes[l] = p[l];
   return load(lanes);
 #endif
+}
+
+// The int32 vector of the same lanes (indices, comparisons' results)
+typedef std::int32_t ivec __attribute__((vector_size(CNNFAST_VEC_BYTES)));
+
+// max_pool2d's rule (max_pool2d_planes) for a window's next candidate, lane by lane: does it
+// replace the best so far? It does when larger, or when a NaN where the best is not (a NaN wins).
+inline ivec pool_takes(vec candidate, vec best) {
+  return (candidate > best) | ((candidate != candidate) & (best == best));
+}
+
+// The fused ReLU after the rule: a maximum not > 0 (or NaN) gives index -1, one <= 0 gives +0
+inline void pool_relu(vec& best, ivec& index) {
+  const vec zero = {};
+  index = best > zero ? index : ivec{} - 1;
+  best = best <= zero ? zero : best;
 }
