@@ -26,8 +26,9 @@
 //                                                                        (pointwise_weight_grad_takes)
 //   panels                 conv2d_panels.cpp, conv2d_panels_impl.hpp,   > 32 taps (conv2), any stride, but
 //                          conv2d_panels_avx512.cpp (AVX-512),           not the forwards the direct path
-//                          conv2d_panels_portable.cpp (per ISA), + the   takes; every ISA
-//                          ISA's gemm_microkernel*.cpp
+//                          conv2d_panels_portable.cpp (per ISA), + the   takes (a small padded image's forward
+//                          ISA's gemm_microkernel*.cpp                   without the taps in the padding:
+//                                                                        skips_padding); every ISA
 //   direct                 conv2d_direct.cpp, conv2d_direct_kernels.cpp  <= 32 taps, any stride; forward: also
 //                          (its inner loops compiled per ISA; dx through a first layer (<= 4 input channels)
 //                          the panels' backward)                         or rows that fill the vectors

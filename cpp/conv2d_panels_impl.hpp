@@ -119,6 +119,70 @@ void relu_pool_pixel_major(float* y, std::int32_t* argmax, const float* out, con
 // The most taps for which the forward's product is made channel-major (see conv2d_forward_panels)
 constexpr i64 kChannelMajorTaps = 160;
 
+// A padded layer's pixel-major product without the taps that fall in the padding (zeros): the
+// taps in (r, q, c) order, so that the ones a pixel reads inside the image are runs of consecutive
+// taps, one per kernel row (r0..r1, columns q0..q1). A chunk's pixels go in pieces of an output
+// row that read the same taps; unpooled, grouped by those taps (each group for every image of the
+// chunk), so that a panel of mr pixels mostly reads one set; a panel reads the union of its
+// pieces' (the extra taps read zeros). Pooled, in the rows' order (the pooling reads them so).
+struct PaddedPieces {
+  struct Piece {
+    i64 image, oh, ow, len, l;  // pixels (oh, ow..ow+len) of the chunk's image; l: their first row in the product
+    i64 r0, r1, q0, q1;         // the kernel rows and columns they read inside the image
+  };
+  std::vector<Piece> pieces;  // in the product's order
+  // rows Hu x Wu of `images` images; by_taps: grouped by the taps they read
+  PaddedPieces(const ConvShape& s, i64 images, i64 Hu, i64 Wu, bool by_taps) {
+    std::vector<Piece> image;  // one image's, in row order
+    for (i64 oh = 0; oh < Hu; ++oh) {
+      const i64 top = oh * s.stride - s.pad, r0 = std::max<i64>(0, -top), r1 = std::min(s.R, s.H - top);
+      for (i64 ow = 0; ow < Wu;) {
+        auto columns = [&](i64 o) {
+          const i64 left = o * s.stride - s.pad;
+          return std::pair<i64, i64>(std::max<i64>(0, -left), std::min(s.S, s.W - left));
+        };
+        const auto q = columns(ow);
+        i64 end = ow + 1;
+        while (end < Wu && columns(end) == q) ++end;
+        image.push_back({0, oh, ow, end - ow, 0, r0, std::max(r0, r1), q.first, std::max(q.first, q.second)});
+        ow = end;
+      }
+    }
+    auto taps = [](const Piece& a) { return std::tuple(a.r0, a.r1, a.q0, a.q1); };
+    if (by_taps) std::stable_sort(image.begin(), image.end(), [&](auto& a, auto& b) { return taps(a) < taps(b); });
+    i64 l = 0;
+    for (size_t i = 0; i < image.size();) {  // (by_taps: a group of equal taps for every image, then the next)
+      size_t end = i + 1;
+      while (by_taps && end < image.size() && taps(image[end]) == taps(image[i])) ++end;
+      if (!by_taps) end = image.size();
+      for (i64 n = 0; n < images; ++n)
+        for (size_t j = i; j < end; ++j) {
+          Piece p = image[j];
+          p.image = n, p.l = by_taps ? l : n * Hu * Wu + p.oh * Wu + p.ow;
+          pieces.push_back(p);
+          l += p.len;
+        }
+      i = end;
+    }
+  }
+};
+
+// Whether the pixel-major product skips a padded layer's taps in the padding (PaddedPieces): where they are 30% of the
+// taps or more (3x3 at padding 1 on 4 x 4 or less: 384->384 on 3 x 3 took 0.83-0.90x the time at batch 128, 1-2
+// threads, AVX-512; stride 2 256->512 on 4 x 4, 0.87-0.89x). Where fewer are skipped it was no faster: 192->192 on 5 x
+// 5 (25%) 0.96-1.23x the time, 80->80 on 9 x 9 (14%) 1.04x, 64->64 5x5 on 16 x 16 (14%) 1.13x: the panels' pieces are
+// shorter, packed in more runs. The same rule pooled or not, so that the fused layer keeps the separate layers' sums.
+bool skips_padding(const ConvShape& s) {
+  if (s.pad == 0) return false;
+  auto inside = [&](i64 out, i64 in, i64 k) {  // taps inside the image, over a row or column of outputs
+    i64 n = 0;
+    for (i64 o = 0; o < out; ++o)
+      n += std::max<i64>(0, std::min(k, in + s.pad - o * s.stride) - std::max<i64>(0, s.pad - o * s.stride));
+    return n;
+  };
+  return double(inside(s.Ho, s.H, s.R)) * double(inside(s.Wo, s.W, s.S)) <= 0.7 * double(s.P()) * double(s.R * s.S);
+}
+
 // A run of a B panel's lanes lane..lane+len: the pixels whose patches start at offset.. in the image
 struct PixelRun {
   i64 offset;
@@ -160,6 +224,10 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
   const i64 st = s.stride, Ws = layout.Ws, plane = layout.plane, image = C * st * st * plane;
   const std::vector<i64>& tap_offset = layout.tap_offset;
   const bool copied = s.pad > 0 || st > 1;
+  // (see by_channels below; pixel-major and padded: the taps in the padding skipped (PaddedPieces), w and the tap
+  // offsets in (r, q, c) order)
+  const bool channel_major = (T <= kChannelMajorTaps && K >= 64) || K <= mk.mr,
+             skip = !channel_major && skips_padding(s);
   // where the copy puts input row h in its channel's plane (stride 1)
   std::vector<i64> row_place(static_cast<size_t>(s.H));
   for (i64 h = 0; h < s.H; ++h) row_place[size_t(h)] = (h + s.pad) * Ws;
@@ -170,6 +238,19 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
   // w's rows j0.. (zeros past K), through the ISA's register transposes (for a single image the
   // packing is a fifth of the call: generic scalar packing was)
   auto pack_weights = [&](float* wp) {
+    if (skip) {  // (taps in (r, q, c) order: nr rows of w transposed at once, then their rows of taps moved into place)
+      ScratchFloats panel(size_t(T) * nr);
+      for (i64 j0 = 0; j0 < Kpad; j0 += nr) {
+        transpose_blocks(panel.get(), nr, w + std::min(j0, K) * T, T, std::max<i64>(0, std::min<i64>(nr, K - j0)), T,
+                         nr);
+        for (i64 t = 0; t < T; ++t) {
+          const i64 k0 = t / kc * kc, kcb = std::min(kc, T - k0);
+          std::memcpy(wp + k0 * Kpad + j0 * kcb + (t - k0) * nr, panel.get() + (t % C * s.R * s.S + t / C) * nr,
+                      sizeof(float) * size_t(nr));
+        }
+      }
+      return;
+    }
     for (i64 k0 = 0; k0 < T; k0 += kc) {
       const i64 kcb = std::min(kc, T - k0);
       for (i64 j0 = 0; j0 < Kpad; j0 += nr)
@@ -194,7 +275,10 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
   // product's transposition into y was a sixth of a 3->16 7x7 layer's time.
   const bool one_tile = K <= mk.mr;
   const MicroKernel& gm = one_tile ? mk : gemm_microkernel;
-  const bool by_channels = pool_k == 0 && ((T <= kChannelMajorTaps && K >= 64) || one_tile);
+  const bool by_channels = pool_k == 0 && channel_major;
+  std::vector<i64> rqc_offset(skip ? size_t(T) : 0);
+  for (i64 c = 0; skip && c < C; ++c)
+    for (i64 rq = 0; rq < s.R * s.S; ++rq) rqc_offset[size_t(rq * C + c)] = tap_offset[size_t(c * s.R * s.S + rq)];
   const i64 Ka = (K + gm.mr - 1) / gm.mr * gm.mr;
   ScratchFloats wa(by_channels ? size_t(Ka) * T : 0);  // A: w in panels of mr channels, [Ka/mr][T][mr]
   for (i64 k0 = 0; by_channels && k0 < Ka; k0 += gm.mr)
@@ -223,7 +307,8 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
   } else if (copies == 1) {
     pack_weights(wp.get());
   }
-  ScratchFloats bp(by_channels ? size_t(nt) * T * gm.nr : 0);  // B: a panel of nr pixels, per thread
+  std::vector<i64> box_offset(skip ? size_t(std::max(nt, inner)) * T : 0);  // a panel's taps, per thread
+  ScratchFloats bp(by_channels ? size_t(nt) * T * gm.nr : 0);               // B: a panel of nr pixels, per thread
   for_each_chunk(ch.chunks, nt, [&](i64 chunk) __attribute__((always_inline)) {
     const i64 n0 = chunk * ch.per_chunk, n1 = std::min(N, n0 + ch.per_chunk), L = (n1 - n0) * Pu;
     float* padded = scratch.get() + size_t(omp_get_thread_num()) * scratch_per_thread;
@@ -279,9 +364,47 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
       }
       return;
     }
+    const PaddedPieces pieces = skip ? PaddedPieces(s, n1 - n0, Hu, Wu, pool_k == 0) : PaddedPieces(s, 0, 0, 0, false);
+    // A panel of a padded layer: the pixels l0.. of the pieces, packed with the taps the union of their pieces reads
+    // (box: room for the taps' offsets), the product run over those taps, one run of taps per kernel row
+    auto padded_panel = [&](float* ap_here, const float* w_here, i64* box, i64 l0) __attribute__((always_inline)) {
+      const int m = int(std::min<i64>(mr, L - l0));
+      const std::vector<PaddedPieces::Piece>& all = pieces.pieces;
+      auto piece = std::upper_bound(all.begin(), all.end(), l0, [](i64 l, const auto& p) { return l < p.l; }) - 1;
+      PanelRun runs[16];
+      int nruns = 0;
+      i64 r0 = s.R, r1 = 0, q0 = s.S, q1 = 0;
+      for (; piece != all.end() && piece->l < l0 + m; ++piece) {
+        const i64 from = std::max(l0, piece->l), len = std::min(l0 + m, piece->l + piece->len) - from;
+        const i64 lane = from - l0;
+        runs[nruns++] = {piece->image * image + piece->oh * Ws + piece->ow + (from - piece->l) - lane,
+                         std::uint32_t(((1u << len) - 1) << lane)};
+        if (piece->r0 < piece->r1 && piece->q0 < piece->q1)
+          r0 = std::min(r0, piece->r0), r1 = std::max(r1, piece->r1), q0 = std::min(q0, piece->q0),
+          q1 = std::max(q1, piece->q1);
+      }
+      if (r0 >= r1) {  // (the pixels read nothing but padding: 0, and y = b)
+        std::fill(out + l0 * K, out + (l0 + m) * K, 0.0f);
+        return;
+      }
+      const i64 width = (q1 - q0) * C;  // (the taps of a kernel row the panel reads)
+      for (i64 r = r0; r < r1; ++r) std::copy_n(rqc_offset.data() + (r * s.S + q0) * C, width, box + (r - r0) * width);
+      pack_patch_panel(ap_here, src, runs, nruns, box, (r1 - r0) * width, mr);
+      bool first = true;
+      for (i64 r = r0, a = 0; r < r1; ++r)
+        for (i64 t = (r * s.S + q0) * C, end = t + width; t < end;) {  // (split where w's packed depth blocks end)
+          const i64 k0 = t / kc * kc, kcb = std::min(kc, T - k0), len = std::min(end, k0 + kcb) - t;
+          for (i64 j0 = 0; j0 < K; j0 += nr)
+            mk.run(len, ap_here + a * mr, w_here + k0 * Kpad + j0 * kcb + (t - k0) * nr, out + l0 * K + j0, K, m,
+                   std::min<i64>(nr, K - j0), !first);
+          first = false, t += len, a += len;
+        }
+    };
     for_each_over((L + mr - 1) / mr, inner, [&](i64 panel) __attribute__((always_inline)) {
       const i64 l0 = panel * mr;
       float* ap_here = inner > 1 ? inner_ap.get() + size_t(omp_get_thread_num()) * T * mr : ap;
+      const float* w_here = wp.get() + size_t(inner > 1 ? omp_get_thread_num() : 0) * T * Kpad;
+      if (skip) return padded_panel(ap_here, w_here, box_offset.data() + size_t(omp_get_thread_num()) * T, l0);
       PanelRun runs[16];
       const int m = int(std::min<i64>(mr, L - l0));
       int nruns = 0;
@@ -296,7 +419,6 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
         i += len;
       }
       pack_patch_panel(ap_here, src, runs, nruns, tap_offset.data(), T, mr);
-      const float* w_here = wp.get() + size_t(inner > 1 ? omp_get_thread_num() : 0) * T * Kpad;
       for (i64 k0 = 0; k0 < T; k0 += kc) {
         const i64 kcb = std::min(kc, T - k0);
         for (i64 j0 = 0; j0 < K; j0 += nr)
@@ -309,6 +431,16 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
       float* window_y = out + chunk_pixels * K;
       relu_pool_pixel_major(y + n0 * pooled, argmax ? argmax + n0 * pooled : nullptr, out, b, n1 - n0, K, s.Ho, s.Wo,
                             pool_k, window_y, reinterpret_cast<std::int32_t*>(window_y + pooled));
+      return;
+    }
+    if (skip) {  // (the product in the pieces' order: each piece transposed into its place)
+      for_each_over((K + 15) / 16, inner, [&](i64 blk) __attribute__((always_inline)) {
+        const i64 k0 = blk * 16, kn = std::min<i64>(16, K - k0);
+        for (const PaddedPieces::Piece& p : pieces.pieces)
+          transpose_blocks(y + ((n0 + p.image) * K + k0) * P + p.oh * s.Wo + p.ow, P, out + p.l * K + k0, K, p.len, kn,
+                           p.len);
+        for (i64 n = n0; n < n1; ++n) add_bias_rows(y + (n * K + k0) * P, b + k0, kn, P);
+      });
       return;
     }
     for (i64 n = n0; n < n1; ++n) {  // y_n[k][p] = out[(n - n0)*P + p][k] + b[k]: transposed, then + b

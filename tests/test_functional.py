@@ -410,6 +410,37 @@ def test_strided_conv2d_relu_max_pool2d_equals_the_three_kernels(isa, few_pixels
         assert_close(a, e, rtol=1e-5, atol=1e-5)
 
 
+# Small padded images, where 30% of the taps or more fall in the padding: the panels' pixel-major product leaves those
+# out (taps in (r, q, c) order, the pixels grouped by the taps they read). Padding 3 on 3 x 3: pixels that read only
+# zeros (y = b); 3 x 5; 4 x 4 (also pooled, in the rows' order); stride 2.
+@pytest.mark.parametrize(
+    "N, C, H, W, K, p, st",
+    [
+        (4, 24, 3, 3, 40, 3, 1),
+        (8, 24, 3, 5, 40, 1, 1),
+        (6, 24, 4, 4, 40, 1, 1),
+        (9, 40, 4, 4, 72, 1, 2),
+        (6, 24, 5, 5, 40, 1, 2),
+    ],
+)
+def test_panels_skip_the_taps_in_the_padding(isa, few_pixels, threads, N, C, H, W, K, p, st):
+    x, w, b = rand(N, C, H, W), rand(K, C, 3, 3, scale=0.3), rand(K)
+    if few_pixels.endswith("off"):
+        assert _core.conv2d_path(x.shape, w.shape, p, stride=st) == "panels"
+    y = F.conv2d(x, w, b, padding=p, stride=st)
+    assert_close(y, ref.conv2d(x, w, b, p, st))
+    dy = rand(*y.shape)
+    for got, expected in zip(F.conv2d_backward(x, w, dy, padding=p, stride=st), ref.conv2d_backward(x, w, dy, p, st)):
+        assert_close(got, expected)
+    cnnfast.set_num_threads(1)
+    np.testing.assert_array_equal(F.conv2d(x, w, b, padding=p, stride=st), y)  # (the same on one thread)
+    if y.shape[2] >= 2 and y.shape[3] >= 2:  # pooled: the separate layers' bits
+        fused, fused_argmax = F.conv2d_relu_max_pool2d(x, w, b, 2, padding=p, stride=st)
+        pooled, argmax = F.max_pool2d(y, 2, relu=True)
+        np.testing.assert_array_equal(fused, pooled)
+        np.testing.assert_array_equal(fused_argmax, argmax)
+
+
 def test_strided_conv2d_takes_the_panels_or_direct_and_is_the_same_on_any_thread_count(isa, threads):
     assert _core.conv2d_path((8, 16, 8, 8), (32, 16, 3, 3), 1, stride=2) == "panels"  # (Winograd: 32 -> 64 and more)
     assert _core.conv2d_path((8, 16, 16, 16), (32, 16, 3, 3), 1, 0, True, True, stride=2) == "panels"
