@@ -168,10 +168,11 @@ struct PaddedPieces {
 };
 
 // Whether the pixel-major product skips a padded layer's taps in the padding (PaddedPieces): where they are 30% of the
-// taps or more (3x3 at padding 1 on 4 x 4 or less: 384->384 on 3 x 3 took 0.83-0.90x the time at batch 128, 1-2
-// threads, AVX-512; stride 2 256->512 on 4 x 4, 0.87-0.89x). Where fewer are skipped it was no faster: 192->192 on 5 x
-// 5 (25%) 0.96-1.23x the time, 80->80 on 9 x 9 (14%) 1.04x, 64->64 5x5 on 16 x 16 (14%) 1.13x: the panels' pieces are
-// shorter, packed in more runs. The same rule pooled or not, so that the fused layer keeps the separate layers' sums.
+// taps or more (3x3 at padding 1 on 4 x 4 or less: 384->384 on 3 x 3 took 0.79-0.94x the time at batch 32-128, 1-2
+// threads, AVX-512 and AVX2; stride 2 256->512 on 4 x 4, 0.93-0.96x). Where fewer are skipped it was no faster:
+// 192->192 on 5 x 5 (25%) 0.96-1.23x the time, 80->80 on 9 x 9 (14%) 1.04x, 64->64 5x5 on 16 x 16 (14%) 1.13x: the
+// panels' pieces are shorter, packed in more runs. The same rule pooled or not, so that the fused layer keeps the
+// separate layers' sums.
 bool skips_padding(const ConvShape& s) {
   if (s.pad == 0) return false;
   auto inside = [&](i64 out, i64 in, i64 k) {  // taps inside the image, over a row or column of outputs
@@ -237,10 +238,11 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
   // op(B) = w^T [T, K], packed per depth block: panel j0 of block k0 is [kcb][nr], the transpose of
   // w's rows j0.. (zeros past K), through the ISA's register transposes (for a single image the
   // packing is a fifth of the call: generic scalar packing was)
-  auto pack_weights = [&](float* wp) {
+  auto pack_weights = [&](float* wp, int threads) {
     if (skip) {  // (taps in (r, q, c) order: nr rows of w transposed at once, then their rows of taps moved into place)
-      ScratchFloats panel(size_t(T) * nr);
+#pragma omp parallel for num_threads(threads) if (threads > 1)
       for (i64 j0 = 0; j0 < Kpad; j0 += nr) {
+        ScratchFloats panel(size_t(T) * nr);
         transpose_blocks(panel.get(), nr, w + std::min(j0, K) * T, T, std::max<i64>(0, std::min<i64>(nr, K - j0)), T,
                          nr);
         for (i64 t = 0; t < T; ++t) {
@@ -303,9 +305,9 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
   ScratchFloats wp(size_t(copies) * T * Kpad);
   if (copies > 1) {
 #pragma omp parallel num_threads(copies)
-    pack_weights(wp.get() + size_t(omp_get_thread_num()) * T * Kpad);
+    pack_weights(wp.get() + size_t(omp_get_thread_num()) * T * Kpad, 1);
   } else if (copies == 1) {
-    pack_weights(wp.get());
+    pack_weights(wp.get(), nt);
   }
   std::vector<i64> box_offset(skip ? size_t(std::max(nt, inner)) * T : 0);  // a panel's taps, per thread
   ScratchFloats bp(by_channels ? size_t(nt) * T * gm.nr : 0);               // B: a panel of nr pixels, per thread
