@@ -538,8 +538,15 @@ void conv2d_backward_panels(float* dx, float* dw, const float* x, const float* w
       for (i64 j0 = 0; j0 < Tp; j0 += nr) std::memcpy(wtp.get() + j0 * K + k * nr, wrow.get() + j0, sizeof(float) * nr);
     }
   }
-  ScratchFloats partial(dw ? size_t(ch.chunks) * T * Kp : 0);  // (columns K..Kp are never written)
-  if (dw && Kp > K) std::fill(partial.get(), partial.get() + ch.chunks * T * Kp, 0.0f);
+  // dW's product the other way round where that fills its tiles better: mr output channels (A: dy, transposed from
+  // its channel rows) by nr taps (B: rows of taps copied from xp), dW [K, Tp]. The usual way round, 48 or 80 output
+  // channels leave a quarter or a sixth of the nr = 32 columns of AVX-512's tiles empty; 4 or 7 rows of 12 are whole
+  // or nearly.
+  auto fill = [](i64 n, i64 tile) { return double(n) / double((n + tile - 1) / tile * tile); };
+  const bool channel_rows = dw && !narrow && fill(K, mr) * fill(T, nr) > 1.05 * fill(K, nr) * fill(T, tr);
+  const i64 Ka = (K + mr - 1) / mr * mr, part = channel_rows ? K * Tp : T * Kp;
+  ScratchFloats partial(dw ? size_t(ch.chunks) * part : 0);  // (columns K..Kp, or T..Tp, are never written)
+  if (dw && (channel_rows ? Tp > T : Kp > K)) std::fill(partial.get(), partial.get() + ch.chunks * part, 0.0f);
   const i64 chunk_pixels = ch.per_chunk * P, depth = depth_block(std::max<i64>(chunk_pixels, 1));
   // (every buffer a whole number of cache lines, so that each starts on one: see ScratchFloats)
   const size_t xp_floats = lines(size_t(ch.per_chunk) * image),
@@ -560,6 +567,11 @@ void conv2d_backward_panels(float* dx, float* dw, const float* x, const float* w
                            ? threads_over(double(N) * K * P * T, tap_panels)
                            : 1;
   ScratchFloats dw_aps(dw_inner > 1 ? size_t(dw_inner) * ap_floats : 0);
+  // channel_rows: A, dy's channels for a depth block of pixels, [Ka/mr][depth][mr], per thread; B, [depth][nr] taps,
+  // per thread (or thread of dw_inner)
+  const int dw_threads = std::max(nt, std::max(dw_inner, 2));
+  ScratchFloats rows_a(channel_rows ? size_t(dw_threads) * Ka * depth : 0),
+      rows_b(channel_rows ? size_t(dw_threads) * depth * nr : 0);
   for_each_chunk(ch.chunks, nt, [&](i64 chunk) __attribute__((always_inline)) {
     const i64 n0 = chunk * ch.per_chunk, n1 = std::min(N, n0 + ch.per_chunk), L = (n1 - n0) * P;
     float* xp = scratch.get() + size_t(omp_get_thread_num()) * per_thread;                    // [images][Hp][Wp][C]
@@ -576,7 +588,45 @@ void conv2d_backward_panels(float* dx, float* dw, const float* x, const float* w
     for (i64 n = 0, l = 0; n < n1 - n0; ++n)  // (pixel (oh, ow)'s patch starts at row oh*stride, column ow*stride)
       for (i64 oh = 0; oh < Hu; ++oh)
         for (i64 ow = 0; ow < Wu; ++ow) offsets[l++] = n * image + (oh * s.Wp + ow) * s.stride * C;
+    // dW [K, Tp] (taps in xp's (r, q, c) order): channel_rows' product
+    auto dw_by_channel_rows = [&]() {
+      float* out = partial.get() + chunk * part;
+      float* a_rows = rows_a.get() + size_t(omp_get_thread_num()) * Ka * depth;
+      for (i64 l0 = 0; l0 < L; l0 += depth) {
+        const i64 kb = std::min(depth, L - l0);
+        for (i64 c0 = 0; c0 < K; c0 += mr)  // dy's channels c0.. for pixels l0.., image by image: [kb][mr]
+          for (i64 l = l0; l < l0 + kb;) {
+            const i64 n = l / P, p = l % P, count = std::min(l0 + kb - l, P - p);
+            transpose_blocks(a_rows + c0 * kb + (l - l0) * mr, mr,
+                             d.by_channel + n * d.image_stride + c0 * d.channel_stride + p, d.channel_stride,
+                             std::min<i64>(mr, K - c0), count, mr);
+            l += count;
+          }
+        for_each_over(Tp / nr, dw_inner, [&](i64 tp) __attribute__((always_inline)) {
+          float* b_rows = rows_b.get() + size_t(omp_get_thread_num()) * depth * nr;
+          const i64 t0 = tp * nr, n = std::min<i64>(nr, T - t0), r = t0 / (S * C), within = t0 % (S * C);
+          if (nr == kInPlaceNR && n == nr && within + nr <= S * C) {  // (the taps in one kernel row: a fixed-size copy)
+            const float* from = xp + r * s.Wp * C + within;
+            for (i64 l = 0; l < kb; ++l)
+              __builtin_memcpy(b_rows + l * nr, from + offsets[l0 + l], sizeof(float) * kInPlaceNR);
+          } else {
+            for (i64 l = 0; l < kb; ++l) {
+              float* to = b_rows + l * nr;
+              for (i64 j = 0; j < n;) {
+                const i64 t = t0 + j, at = t % (S * C), len = std::min(n - j, S * C - at);
+                std::memcpy(to + j, xp + offsets[l0 + l] + t / (S * C) * s.Wp * C + at, sizeof(float) * size_t(len));
+                j += len;
+              }
+              std::fill(to + n, to + nr, 0.0f);
+            }
+          }
+          for (i64 c0 = 0; c0 < K; c0 += mr)
+            mk.run(kb, a_rows + c0 * kb, b_rows, out + c0 * Tp + t0, Tp, std::min<i64>(mr, K - c0), n, l0 > 0);
+        });
+      }
+    };
     auto dw_of_chunk = [&]() {
+      if (channel_rows) return dw_by_channel_rows();
       float* out = partial.get() + chunk * T * Kp;  // dW^T [T, Kp]
       for (i64 l0 = 0; l0 < L; l0 += depth) {
         const i64 kb = std::min(depth, L - l0);
@@ -639,9 +689,12 @@ void conv2d_backward_panels(float* dx, float* dw, const float* x, const float* w
     if (dx) dx_of_chunk(ap);
   });
   if (!dw) return;
-  ScratchFloats total(ch.chunks > 1 ? size_t(T) * Kp : 0);
-  if (ch.chunks > 1) sum_parts(total.get(), partial.get(), ch.chunks, T * Kp);  // the chunks' products, in chunk order
-  dw_from_xp_taps(dw, ch.chunks > 1 ? total.get() : partial.get(), Kp, s);
+  ScratchFloats total(ch.chunks > 1 ? size_t(part) : 0);
+  if (ch.chunks > 1) sum_parts(total.get(), partial.get(), ch.chunks, part);  // the chunks' products, in chunk order
+  const float* sum = ch.chunks > 1 ? total.get() : partial.get();
+  if (!channel_rows) return dw_from_xp_taps(dw, sum, Kp, s);
+  for (i64 k = 0; k < K; ++k)  // (row k's [R*S, C] transposed into w's [C, R*S])
+    transpose_blocks(dw + k * T, s.R * S, sum + k * Tp, C, s.R * S, C, s.R * S);
 }
 
 }  // namespace

@@ -112,6 +112,10 @@ CONV_SHAPES = [  # N, C, H, W, K, R, S, padding
     # stride 1, few channels on rows of 8-15: tap rows' pixel-major forward (AVX-512: K <= 48; AVX2: K <= 16)
     (2, 6, 14, 14, 16, 5, 5, 0),  # LeNet's second layer: tiles of a whole row of 10
     (2, 8, 11, 12, 40, 3, 3, 1),  # 3 vectors of channels on AVX-512: tiles of 9 pixels across rows of 12
+    # 48 out, dW through the panels: on AVX-512 its product by rows of output channels (4 rows of 12 fill the tiles,
+    # where the other way 48 of 64 columns would); 5x5 at one image: dW beside dx, or over the threads alone
+    (4, 32, 10, 10, 48, 3, 3, 0),
+    (1, 24, 12, 12, 48, 5, 5, 2),
 ]
 
 
