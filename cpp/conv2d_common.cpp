@@ -133,20 +133,20 @@ bool pooled_dconv_chunk(float* kl, float* lk, i64 width, float* lanes, const flo
                         const ConvShape& s, i64 pool_k, i64 n0, i64 n1, const std::int32_t* index, i64 Pr) {
   const i64 K = s.K, P = s.P(), Hq = s.Ho / pool_k, Wq = s.Wo / pool_k, pooled = K * Hq * Wq;
   const i64 L = (n1 - n0) * Pr, Kp = (K + width - 1) / width * width;
-  std::fill(lk, lk + L * Kp, 0.0f);
+  if (lk) std::fill(lk, lk + L * Kp, 0.0f);
   std::fill(kl, kl + K * L, 0.0f);
   bool missed = false;
   for (i64 n = n0; n < n1; ++n)
     for (i64 kk = 0; kk < K; ++kk) {
       const i64 plane = n * pooled + kk * Hq * Wq;
       float* row = kl + kk * L + (n - n0) * Pr;
-      float* column = lk + (kk / width) * L * width + (n - n0) * Pr * width + kk % width;
+      float* column = lk ? lk + (kk / width) * L * width + (n - n0) * Pr * width + kk % width : nullptr;
       for (i64 q = 0; q < Hq * Wq; ++q) {  // branch-free and bounded, as max_pool2d_backward_planes
         const std::int32_t a = argmax[plane + q], u = a >= 0 && a < P ? index[a] : -1;
         missed |= a >= 0 && u < 0;
         const bool open = u >= 0;
         row[open ? u : 0] += open ? dy[plane + q] : 0.0f;
-        column[(open ? u : 0) * width] += open ? dy[plane + q] : 0.0f;
+        if (column) column[(open ? u : 0) * width] += open ? dy[plane + q] : 0.0f;
       }
       row_lanes(lanes + (n * K + kk) * 16, row, Pr);
     }

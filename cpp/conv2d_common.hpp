@@ -138,8 +138,8 @@ void bias_grad(float* db, const float* dy, i64 N, i64 K, i64 P);
 // Ho x Wo plane) for the images n0..n1, over a region of Pr pixels an image (index[p]: pixel p's
 // place in the region, -1 outside). Written channel-major kl[K, L] and pixel-major lk in panels
 // of `width` channels (zeros up to the next multiple): lk[(k / width)*L*width + l*width + k % width],
-// L = (n1 - n0)*Pr; each row's bias lanes into lanes[N, K, 16]. Returns false if an argmax >= 0
-// pointed outside the region.
+// L = (n1 - n0)*Pr (lk may be null: not wanted); each row's bias lanes into lanes[N, K, 16]. Returns
+// false if an argmax >= 0 pointed outside the region.
 bool pooled_dconv_chunk(float* kl, float* lk, i64 width, float* lanes, const float* dy, const std::int32_t* argmax,
                         const ConvShape& s, i64 pool_k, i64 n0, i64 n1, const std::int32_t* index, i64 Pr);
 

@@ -481,7 +481,7 @@ struct GatherDyPanels {
     const i64 K = g.K, P = g.P, nr = g.nr, L = (n1 - n0) * P;
     float* lanes = g.lanes;
     for (i64 n = n0; n < n1; ++n) {
-      for (i64 k0 = 0; k0 < K; k0 += nr)  // [nr channels, P] -> [P, nr], zeros past K
+      for (i64 k0 = 0; lk && k0 < K; k0 += nr)  // [nr channels, P] -> [P, nr], zeros past K
         transpose_blocks(lk + k0 * L + (n - n0) * P * nr, nr, dy + (n * K + k0) * P, P, std::min<i64>(nr, K - k0), P,
                          nr);
       for (i64 k = 0; k < K; ++k) row_lanes(lanes + (n * K + k) * 16, dy + (n * K + k) * P, P);
@@ -541,9 +541,10 @@ void conv2d_backward_panels(float* dx, float* dw, const float* x, const float* w
   // dW's product the other way round where that fills its tiles better: mr output channels (A: dy, transposed from
   // its channel rows) by nr taps (B: rows of taps copied from xp), dW [K, Tp]. The usual way round, 48 or 80 output
   // channels leave a quarter or a sixth of the nr = 32 columns of AVX-512's tiles empty; 4 or 7 rows of 12 are whole
-  // or nearly.
+  // or nearly. Only on tiles 32 wide (AVX-512), where it was measured: 32->48 on 18 x 18, the whole backward 0.86-0.88x
+  // the time; on AVX2's 16 columns 48 and 80 fill the tiles either way.
   auto fill = [](i64 n, i64 tile) { return double(n) / double((n + tile - 1) / tile * tile); };
-  const bool channel_rows = dw && !narrow && fill(K, mr) * fill(T, nr) > 1.05 * fill(K, nr) * fill(T, tr);
+  const bool channel_rows = dw && !narrow && nr >= 32 && fill(K, mr) * fill(T, nr) > 1.05 * fill(K, nr) * fill(T, tr);
   const i64 Ka = (K + mr - 1) / mr * mr, part = channel_rows ? K * Tp : T * Kp;
   ScratchFloats partial(dw ? size_t(ch.chunks) * part : 0);  // (columns K..Kp, or T..Tp, are never written)
   if (dw && (channel_rows ? Tp > T : Kp > K)) std::fill(partial.get(), partial.get() + ch.chunks * part, 0.0f);
@@ -584,7 +585,7 @@ void conv2d_backward_panels(float* dx, float* dw, const float* x, const float* w
     i64* channel_offsets = offsets + chunk_pixels;                                            // channel k's in dy
     if (dw)  // (dx alone needs only the layout, not x)
       for (i64 n = n0; n < n1; ++n) to_channels_last(xp + (n - n0) * image, x + n * s.C * s.H * s.W, s);
-    const DyPanels d = dy_of.chunk(dy_of.context, n0, n1, kl, lk);
+    const DyPanels d = dy_of.chunk(dy_of.context, n0, n1, kl, channel_rows ? nullptr : lk);  // (by_pixel: dW's B)
     for (i64 n = 0, l = 0; n < n1 - n0; ++n)  // (pixel (oh, ow)'s patch starts at row oh*stride, column ow*stride)
       for (i64 oh = 0; oh < Hu; ++oh)
         for (i64 ow = 0; ow < Wu; ++ow) offsets[l++] = n * image + (oh * s.Wp + ow) * s.stride * C;

@@ -37,7 +37,8 @@ struct DyPanels {
   i64 image_stride, channel_stride;
   const float* by_pixel;
 };
-// Gives the chunk of images n0..n1, using kl and lk as room for the two layouts.
+// Gives the chunk of images n0..n1, using kl and lk as room for the two layouts (lk null: the pixel-major one is
+// not wanted, by_pixel is then null).
 struct DyPanelsSource {
   DyPanels (*chunk)(const void* context, i64 n0, i64 n1, float* kl, float* lk);
   const void* context;

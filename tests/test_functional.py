@@ -416,33 +416,39 @@ def test_strided_conv2d_relu_max_pool2d_equals_the_three_kernels(isa, few_pixels
 
 # Small padded images, where 30% of the taps or more fall in the padding: the panels' pixel-major product leaves those
 # out (taps in (r, q, c) order, the pixels grouped by the taps they read). Padding 3 on 3 x 3: pixels that read only
-# zeros (y = b); 3 x 5; 4 x 4 (also pooled, in the rows' order); stride 2.
+# zeros (y = b); 3 x 5; 4 x 4 (also pooled, in the rows' order); stride 2; 96 channels in (864 taps: w's depth blocks
+# end inside a kernel row's run of taps). 72 channels out, so that no ISA's tap-rows kernel takes the forward.
 @pytest.mark.parametrize(
     "N, C, H, W, K, p, st",
     [
-        (4, 24, 3, 3, 40, 3, 1),
-        (8, 24, 3, 5, 40, 1, 1),
-        (6, 24, 4, 4, 40, 1, 1),
+        (4, 24, 3, 3, 72, 3, 1),
+        (8, 24, 3, 5, 72, 1, 1),
+        (6, 24, 4, 4, 72, 1, 1),
         (9, 40, 4, 4, 72, 1, 2),
-        (6, 24, 5, 5, 40, 1, 2),
+        (6, 24, 5, 5, 72, 1, 2),
+        (4, 96, 3, 3, 72, 1, 1),
     ],
 )
 def test_panels_skip_the_taps_in_the_padding(isa, few_pixels, threads, N, C, H, W, K, p, st):
     x, w, b = rand(N, C, H, W), rand(K, C, 3, 3, scale=0.3), rand(K)
     if few_pixels.endswith("off"):
         assert _core.conv2d_path(x.shape, w.shape, p, stride=st) == "panels"
-    y = F.conv2d(x, w, b, padding=p, stride=st)
-    assert_close(y, ref.conv2d(x, w, b, p, st))
-    dy = rand(*y.shape)
-    for got, expected in zip(F.conv2d_backward(x, w, dy, padding=p, stride=st), ref.conv2d_backward(x, w, dy, p, st)):
+    dy = rand(N, K, (H + 2 * p - 3) // st + 1, (W + 2 * p - 3) // st + 1)
+    results = []
+    for n in (1, 2):
+        cnnfast.set_num_threads(n)
+        y = F.conv2d(x, w, b, padding=p, stride=st)
+        results.append([y, *F.conv2d_backward(x, w, dy, padding=p, stride=st)])
+        if y.shape[2] >= 2 and y.shape[3] >= 2:  # pooled: the separate layers' bits
+            fused, fused_argmax = F.conv2d_relu_max_pool2d(x, w, b, 2, padding=p, stride=st)
+            pooled, argmax = F.max_pool2d(y, 2, relu=True)
+            np.testing.assert_array_equal(fused, pooled)
+            np.testing.assert_array_equal(fused_argmax, argmax)
+    assert_close(results[0][0], ref.conv2d(x, w, b, p, st))
+    for got, expected in zip(results[0][1:], ref.conv2d_backward(x, w, dy, p, st)):
         assert_close(got, expected)
-    cnnfast.set_num_threads(1)
-    np.testing.assert_array_equal(F.conv2d(x, w, b, padding=p, stride=st), y)  # (the same on one thread)
-    if y.shape[2] >= 2 and y.shape[3] >= 2:  # pooled: the separate layers' bits
-        fused, fused_argmax = F.conv2d_relu_max_pool2d(x, w, b, 2, padding=p, stride=st)
-        pooled, argmax = F.max_pool2d(y, 2, relu=True)
-        np.testing.assert_array_equal(fused, pooled)
-        np.testing.assert_array_equal(fused_argmax, argmax)
+    for one, two in zip(*results):  # (the same on one thread and two)
+        np.testing.assert_array_equal(one, two)
 
 
 def test_strided_conv2d_takes_the_panels_or_direct_and_is_the_same_on_any_thread_count(isa, threads):
@@ -747,6 +753,10 @@ def test_linear_narrow_rows_alone_equal_the_batch_bit_for_bit(isa, O):
         # in 16 chunks
         ((1, 3, 128, 128), (32, 3, 3, 3), 1, "direct"),
         ((19, 1, 20, 20), (6, 1, 5, 5), 0, "direct"),
+        # one image, 7x7 at padding 3 on 9 x 9: the panels' forward without the taps in the padding, its pixel panels
+        # over the threads (784 taps: w's depth blocks end inside a kernel row's run); 72 out: on AVX-512 dW by rows
+        # of output channels, alone over the threads or beside dx
+        ((1, 16, 9, 9), (72, 16, 7, 7), 3, "panels"),
     ],
 )
 def test_one_image_or_a_few_use_the_threads_and_give_the_same_bits(isa, threads, x_shape, w_shape, padding, path):
