@@ -585,7 +585,8 @@ void conv2d_backward_panels(float* dx, float* dw, const float* x, const float* w
     i64* channel_offsets = offsets + chunk_pixels;                                            // channel k's in dy
     if (dw)  // (dx alone needs only the layout, not x)
       for (i64 n = n0; n < n1; ++n) to_channels_last(xp + (n - n0) * image, x + n * s.C * s.H * s.W, s);
-    const DyPanels d = dy_of.chunk(dy_of.context, n0, n1, kl, channel_rows ? nullptr : lk);  // (by_pixel: dW's B)
+    // (dy pixel-major is dW's B the usual way round: not made for channel_rows)
+    const DyPanels d = dy_of.chunk(dy_of.context, n0, n1, kl, channel_rows ? nullptr : lk);
     for (i64 n = 0, l = 0; n < n1 - n0; ++n)  // (pixel (oh, ow)'s patch starts at row oh*stride, column ow*stride)
       for (i64 oh = 0; oh < Hu; ++oh)
         for (i64 ow = 0; ow < Wu; ++ow) offsets[l++] = n * image + (oh * s.Wp + ow) * s.stride * C;
@@ -605,24 +606,25 @@ void conv2d_backward_panels(float* dx, float* dw, const float* x, const float* w
           }
         for_each_over(Tp / nr, dw_inner, [&](i64 tp) __attribute__((always_inline)) {
           float* b_rows = rows_b.get() + size_t(omp_get_thread_num()) * depth * nr;
-          const i64 t0 = tp * nr, n = std::min<i64>(nr, T - t0), r = t0 / (S * C), within = t0 % (S * C);
-          if (nr == kInPlaceNR && n == nr && within + nr <= S * C) {  // (the taps in one kernel row: a fixed-size copy)
+          const i64 t0 = tp * nr, taps = std::min<i64>(nr, T - t0), r = t0 / (S * C), within = t0 % (S * C);
+          // (the panel's taps in one kernel row: a fixed-size copy a pixel)
+          if (nr == kInPlaceNR && taps == nr && within + nr <= S * C) {
             const float* from = xp + r * s.Wp * C + within;
             for (i64 l = 0; l < kb; ++l)
               __builtin_memcpy(b_rows + l * nr, from + offsets[l0 + l], sizeof(float) * kInPlaceNR);
           } else {
             for (i64 l = 0; l < kb; ++l) {
               float* to = b_rows + l * nr;
-              for (i64 j = 0; j < n;) {
-                const i64 t = t0 + j, at = t % (S * C), len = std::min(n - j, S * C - at);
+              for (i64 j = 0; j < taps;) {
+                const i64 t = t0 + j, at = t % (S * C), len = std::min(taps - j, S * C - at);
                 std::memcpy(to + j, xp + offsets[l0 + l] + t / (S * C) * s.Wp * C + at, sizeof(float) * size_t(len));
                 j += len;
               }
-              std::fill(to + n, to + nr, 0.0f);
+              std::fill(to + taps, to + nr, 0.0f);
             }
           }
           for (i64 c0 = 0; c0 < K; c0 += mr)
-            mk.run(kb, a_rows + c0 * kb, b_rows, out + c0 * Tp + t0, Tp, std::min<i64>(mr, K - c0), n, l0 > 0);
+            mk.run(kb, a_rows + c0 * kb, b_rows, out + c0 * Tp + t0, Tp, std::min<i64>(mr, K - c0), taps, l0 > 0);
         });
       }
     };
