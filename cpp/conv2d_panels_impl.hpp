@@ -119,6 +119,13 @@ void relu_pool_pixel_major(float* y, std::int32_t* argmax, const float* out, con
 // The most taps for which the forward's product is made channel-major (see conv2d_forward_panels)
 constexpr i64 kChannelMajorTaps = 160;
 
+// The kernel rows (or columns) [first, last) that output row (column) o reads inside an image of `in` rows (columns),
+// for a kernel of k; empty (first == last) where it reads only padding
+std::pair<i64, i64> taps_inside(const ConvShape& s, i64 o, i64 in, i64 k) {
+  const i64 start = o * s.stride - s.pad, first = std::max<i64>(0, -start);
+  return {first, std::max(first, std::min(k, in - start))};
+}
+
 // A padded layer's pixel-major product without the taps that fall in the padding (zeros): the
 // taps in (r, q, c) order, so that the ones a pixel reads inside the image are runs of consecutive
 // taps, one per kernel row (r0..r1, columns q0..q1). A chunk's pixels go in pieces of an output
@@ -135,16 +142,12 @@ struct PaddedPieces {
   PaddedPieces(const ConvShape& s, i64 images, i64 Hu, i64 Wu, bool by_taps) {
     std::vector<Piece> image;  // one image's, in row order
     for (i64 oh = 0; oh < Hu; ++oh) {
-      const i64 top = oh * s.stride - s.pad, r0 = std::max<i64>(0, -top), r1 = std::min(s.R, s.H - top);
+      const auto r = taps_inside(s, oh, s.H, s.R);
       for (i64 ow = 0; ow < Wu;) {
-        auto columns = [&](i64 o) {
-          const i64 left = o * s.stride - s.pad;
-          return std::pair<i64, i64>(std::max<i64>(0, -left), std::min(s.S, s.W - left));
-        };
-        const auto q = columns(ow);
+        const auto q = taps_inside(s, ow, s.W, s.S);
         i64 end = ow + 1;
-        while (end < Wu && columns(end) == q) ++end;
-        image.push_back({0, oh, ow, end - ow, 0, r0, std::max(r0, r1), q.first, std::max(q.first, q.second)});
+        while (end < Wu && taps_inside(s, end, s.W, s.S) == q) ++end;
+        image.push_back({0, oh, ow, end - ow, 0, r.first, r.second, q.first, q.second});
         ow = end;
       }
     }
@@ -177,8 +180,10 @@ bool skips_padding(const ConvShape& s) {
   if (s.pad == 0) return false;
   auto inside = [&](i64 out, i64 in, i64 k) {  // taps inside the image, over a row or column of outputs
     i64 n = 0;
-    for (i64 o = 0; o < out; ++o)
-      n += std::max<i64>(0, std::min(k, in + s.pad - o * s.stride) - std::max<i64>(0, s.pad - o * s.stride));
+    for (i64 o = 0; o < out; ++o) {
+      const auto taps = taps_inside(s, o, in, k);
+      n += taps.second - taps.first;
+    }
     return n;
   };
   return double(inside(s.Ho, s.H, s.R)) * double(inside(s.Wo, s.W, s.S)) <= 0.7 * double(s.P()) * double(s.R * s.S);
@@ -227,7 +232,7 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
   const bool copied = s.pad > 0 || st > 1;
   // (see by_channels below; pixel-major and padded: the taps in the padding skipped (PaddedPieces), w and the tap
   // offsets in (r, q, c) order)
-  const bool channel_major = (T <= kChannelMajorTaps && K >= 64) || K <= mk.mr,
+  const bool one_tile = K <= mk.mr, channel_major = (T <= kChannelMajorTaps && K >= 64) || one_tile,
              skip = !channel_major && skips_padding(s);
   // where the copy puts input row h in its channel's plane (stride 1)
   std::vector<i64> row_place(static_cast<size_t>(s.H));
@@ -275,7 +280,6 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
   // that fit one tile of the forward's own kernel (AVX-512's 16 x 16 for K <= 16: LeNet's 6->16) are made channel-major
   // at any depth: the same product with its operands' roles swapped (A: w, B: 16 pixels), where the pixel-major
   // product's transposition into y was a sixth of a 3->16 7x7 layer's time.
-  const bool one_tile = K <= mk.mr;
   const MicroKernel& gm = one_tile ? mk : gemm_microkernel;
   const bool by_channels = pool_k == 0 && channel_major;
   std::vector<i64> rqc_offset(skip ? size_t(T) : 0);
