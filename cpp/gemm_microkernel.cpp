@@ -25,7 +25,27 @@ constexpr int MR = CNNFAST_MR;
 constexpr int NR = 2 * VLEN;
 #include "vec_impl.hpp"
 
+// An edge tile of at most one vector of columns (80 output channels are 2.5 tiles of 32): the first
+// vector's multiply-adds alone, the same sums in the same order, in half the time
+void run_one_vector(long kc, const float* a, const float* b, float* c, long ldc, long m, long n, int accumulate) {
+  vec acc[MR];
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) acc[i] = vec{};
+  for (long k = 0; k < kc; ++k) {
+    const vec bk = load(b + k * NR);
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) acc[i] += a[k * MR + i] * bk;
+  }
+  for (long i = 0; i < m; ++i) {
+    float row[VLEN];
+    store(row, acc[i]);
+    float* ci = c + i * ldc;
+    for (long j = 0; j < n; ++j) ci[j] = accumulate ? ci[j] + row[j] : row[j];
+  }
+}
+
 void run(long kc, const float* a, const float* b, float* c, long ldc, long m, long n, int accumulate) {
+  if (n <= VLEN) return run_one_vector(kc, a, b, c, ldc, m, n, accumulate);
   vec acc0[MR], acc1[MR];
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i) {
