@@ -494,17 +494,33 @@ struct GatherDyPanels {
   }
 };
 
+// (partial dW^T floats a chunk pixel from which dW is made over the whole batch at once: see conv2d_backward_panels)
+constexpr double kWholeBatchDwFloats = 4096;
+
 // dw and dx (either may be null); chunked likewise, the weight gradient summed
-// chunk by chunk in chunk order, so the results do not depend on the thread count. Only the
+// chunk by chunk in chunk order, so the results do not depend on the thread count (one_chunk: the
+// whole batch as one chunk). Only the
 // output pixels in the first Hu rows and Wu columns count (the fused kernel's dy is zero
 // elsewhere); dy_of's chunks hold P = Hu*Wu pixels an image.
 void conv2d_backward_panels(float* dx, float* dw, const float* x, const float* w, DyPanelsSource dy_of,
-                            const ConvShape& s, i64 N, i64 Hu, i64 Wu) {
+                            const ConvShape& s, i64 N, i64 Hu, i64 Wu, bool one_chunk = false) {
   const MicroKernel& mk = gemm_microkernel;
   const i64 C = s.C, K = s.K, P = Hu * Wu, T = s.taps(), S = s.S;
   const int mr = mk.mr, nr = mk.nr;
   const i64 Kp = (K + nr - 1) / nr * nr, Tp = (T + nr - 1) / nr * nr, image = s.Hp * s.Wp * C;
-  const Chunking ch(N, P);
+  Chunking ch(N, P);
+  // dW over the whole batch as one chunk (its panels of taps over the threads) where each chunk's partial dW^T would
+  // be large against the chunk's pixels: the partials' writing and summing took a fifth of a 384->384 layer's dW on
+  // 3 x 3 images at batch 32, whose chunks are 8 images, 72 pixels, of a 1,327,104-float partial. dx (if asked) is
+  // made chunk by chunk first, alone. Measured (Zen 5, AVX-512, batch 32, time before / after, 1-2 threads): that
+  // layer's backward 1.17-1.19x; stride-2 256->512 on 4 x 4 1.33-1.42x (batch 128 1.06-1.15x); 1x1 1024->256 on
+  // 2 x 2 1.00-1.41x. Below the limit it was mixed: 160->160 on 6 x 6 (800 floats a pixel) 1.05-1.26x, but 1x1
+  // 1024->256 at batch 128 (2,048) 0.85x on two threads, where the whole batch's copies are made on one.
+  if (dw && !one_chunk && ch.chunks > 1 && double(T) * Kp >= kWholeBatchDwFloats * double(ch.per_chunk * P)) {
+    if (dx) conv2d_backward_panels(dx, nullptr, x, w, dy_of, s, N, Hu, Wu);
+    return conv2d_backward_panels(nullptr, dw, x, w, dy_of, s, N, Hu, Wu, true);
+  }
+  if (one_chunk) ch.per_chunk = N, ch.chunks = 1;
   const int nt = std::max(1, std::min<int>(threads_for((dx && dw ? 2.0 : 1.0) * N * K * P * T), int(ch.chunks)));
   // dW's A, tap panel by tap panel: the runs of taps (t = (r*S + q)*C + c) that are contiguous in xp;
   // when no panel straddles two kernel rows r (and tiles are whole), A is read in place instead
@@ -587,10 +603,12 @@ void conv2d_backward_panels(float* dx, float* dw, const float* x, const float* w
     float* kl = lk + lk_floats;                                                               // dy channel-major
     i64* offsets = offset_scratch.get() + size_t(omp_get_thread_num()) * offsets_per_thread;  // pixel l's in xp
     i64* channel_offsets = offsets + chunk_pixels;                                            // channel k's in dy
-    if (dw)  // (dx alone needs only the layout, not x)
-      for (i64 n = n0; n < n1; ++n) to_channels_last(xp + (n - n0) * image, x + n * s.C * s.H * s.W, s);
-    // (dy pixel-major is dW's B the usual way round: not made for channel_rows)
-    const DyPanels d = dy_of.chunk(dy_of.context, n0, n1, kl, channel_rows ? nullptr : lk);
+    if (dw)  // (dx alone needs only the layout, not x; the whole batch's images over the threads)
+      for_each_over(n1 - n0, one_chunk ? dw_inner : 1, [&](i64 n) __attribute__((always_inline)) {
+        to_channels_last(xp + n * image, x + (n0 + n) * s.C * s.H * s.W, s);
+      });
+    // (dy pixel-major is dW's B the usual way round: not made for channel_rows, nor for dx alone)
+    const DyPanels d = dy_of.chunk(dy_of.context, n0, n1, kl, channel_rows || !dw ? nullptr : lk);
     for (i64 n = 0, l = 0; n < n1 - n0; ++n)  // (pixel (oh, ow)'s patch starts at row oh*stride, column ow*stride)
       for (i64 oh = 0; oh < Hu; ++oh)
         for (i64 ow = 0; ow < Wu; ++ow) offsets[l++] = n * image + (oh * s.Wp + ow) * s.stride * C;

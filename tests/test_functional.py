@@ -451,6 +451,43 @@ def test_panels_skip_the_taps_in_the_padding(isa, few_pixels, threads, N, C, H, 
         np.testing.assert_array_equal(one, two)
 
 
+# Deep layers on tiny images: each chunk's partial dW^T would be large against its pixels (4,096 floats a pixel or
+# more), so the panels make dW over the whole batch at once, its panels of taps over the threads, after dx chunk by
+# chunk. 1 x 1 outputs; 3 x 3 at padding 1 (also pooled); stride 2; and Winograd's dx beside the panels' dW.
+@pytest.mark.parametrize(
+    "N, C, H, K, p, st, path",
+    [
+        (72, 64, 3, 128, 0, 1, "panels"),
+        (16, 128, 3, 256, 1, 1, "panels"),
+        (32, 64, 4, 256, 1, 2, "panels"),
+        (32, 128, 2, 128, 1, 1, "winograd"),
+    ],
+)
+def test_panels_make_dw_over_the_whole_batch_where_chunk_partials_are_large(isa, threads, N, C, H, K, p, st, path):
+    x, w, b = rand(N, C, H, H), rand(K, C, 3, 3, scale=0.1), rand(K)
+    assert _core.conv2d_path(x.shape, w.shape, p, 0, True, True, stride=st) == path
+    Ho = (H + 2 * p - 3) // st + 1
+    dy = rand(N, K, Ho, Ho)
+    results = []
+    for n in (1, 2):
+        cnnfast.set_num_threads(n)
+        results.append(F.conv2d_backward(x, w, dy, padding=p, stride=st))
+        results.append(F.conv2d_backward(x, w, dy, padding=p, stride=st, input_grad=False))
+    for got, expected in zip(results[0], ref.conv2d_backward(x, w, dy, p, st)):
+        assert_close(got, expected)
+    np.testing.assert_array_equal(results[1][1], results[0][1])  # (dw alone: the same)
+    for one, two in zip(results[0] + results[1][1:], results[2] + results[3][1:]):  # (one thread and two)
+        np.testing.assert_array_equal(one, two)
+    if st == 1 and Ho >= 2:  # pooled: the separate layers' gradients
+        y = F.conv2d(x, w, b, padding=p)
+        pooled, argmax = F.max_pool2d(y, 2, relu=True)
+        dp = rand(*pooled.shape)
+        expected = F.conv2d_backward(x, w, F.max_pool2d_backward(dp, argmax, y.shape), padding=p)
+        got = F.conv2d_relu_max_pool2d_backward(x, w, dp, argmax, 2, padding=p)
+        for a, e in zip(got, expected):
+            assert_close(a, e, rtol=1e-5, atol=1e-5)
+
+
 def test_strided_conv2d_takes_the_panels_or_direct_and_is_the_same_on_any_thread_count(isa, threads):
     assert _core.conv2d_path((8, 16, 8, 8), (32, 16, 3, 3), 1, stride=2) == "panels"  # (Winograd: 32 -> 64 and more)
     assert _core.conv2d_path((8, 16, 16, 16), (32, 16, 3, 3), 1, 0, True, True, stride=2) == "panels"
