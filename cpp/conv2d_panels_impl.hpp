@@ -52,18 +52,18 @@ void from_channels_last(float* dx, const float* xp, const ConvShape& s) {
 // dwt: [T, ld] (taps in xp's (r, s, c) order) -> dw: [K, C, R, S], 16 channels at a time: their
 // columns of dwt transposed into rows, each row's [R*S, C] then transposed into w's [C, R*S]
 // (a 1x1 layer's rows are dw's)
+// (the blocks of 16 channels over the threads: serial, a 384->384 layer's at batch 32 held back the second thread)
 void dw_from_xp_taps(float* dw, const float* dwt, i64 ld, const ConvShape& s) {
-  const i64 T = s.taps(), RS = s.R * s.S;
-  ScratchFloats rows(RS > 1 ? size_t(16) * T : 0);
-  for (i64 k0 = 0; k0 < s.K; k0 += 16) {
-    const i64 kn = std::min<i64>(16, s.K - k0);
-    if (RS == 1) {
-      transpose_blocks(dw + k0 * T, T, dwt + k0, ld, T, kn, T);
-      continue;
-    }
-    transpose_blocks(rows.get(), T, dwt + k0, ld, T, kn, T);  // rows[k][t] = dwt[t][k0 + k]
-    for (i64 k = 0; k < kn; ++k) transpose_blocks(dw + (k0 + k) * T, RS, rows.get() + k * T, s.C, RS, s.C, RS);
-  }
+  const i64 T = s.taps(), RS = s.R * s.S, blocks = (s.K + 15) / 16;
+  const int threads = threads_over(double(s.K) * T, blocks);
+  ScratchFloats rows(RS > 1 ? size_t(threads) * 16 * T : 0);
+  for_each_over(blocks, threads, [&](i64 block) __attribute__((always_inline)) {
+    const i64 k0 = block * 16, kn = std::min<i64>(16, s.K - k0);
+    if (RS == 1) return transpose_blocks(dw + k0 * T, T, dwt + k0, ld, T, kn, T);
+    float* rows_here = rows.get() + size_t(omp_get_thread_num()) * 16 * T;
+    transpose_blocks(rows_here, T, dwt + k0, ld, T, kn, T);  // rows[k][t] = dwt[t][k0 + k]
+    for (i64 k = 0; k < kn; ++k) transpose_blocks(dw + (k0 + k) * T, RS, rows_here + k * T, s.C, RS, s.C, RS);
+  });
 }
 
 // out: [images * Hu * Wu, K] (a chunk's product, pixel-major, without bias, only the rows and
@@ -550,14 +550,16 @@ void conv2d_backward_panels(float* dx, float* dw, const float* x, const float* w
   // row by row, w's [C, R*S] transposed and cut into the panels (w's layout changed and then
   // packed took two passes over the weights, and a third to zero the room: a fifth of a batch-1
   // 128->256 backward)
-  ScratchFloats wtp(dx ? size_t(Tp) * K : 0), wrow(dx ? size_t(Tp) : 0);
-  if (dx) {
-    std::fill(wrow.get() + T, wrow.get() + Tp, 0.0f);
-    for (i64 k = 0; k < K; ++k) {
-      transpose_blocks(wrow.get(), C, w + k * T, s.R * S, C, s.R * S, C);
-      for (i64 j0 = 0; j0 < Tp; j0 += nr) std::memcpy(wtp.get() + j0 * K + k * nr, wrow.get() + j0, sizeof(float) * nr);
-    }
-  }
+  // (rows over the threads, as dw_from_xp_taps)
+  const int w_threads = threads_over(double(K) * T, K);
+  ScratchFloats wtp(dx ? size_t(Tp) * K : 0), wrow(dx ? size_t(w_threads) * Tp : 0);
+  if (dx)
+    for_each_over(K, w_threads, [&](i64 k) __attribute__((always_inline)) {
+      float* row = wrow.get() + size_t(omp_get_thread_num()) * Tp;
+      std::fill(row + T, row + Tp, 0.0f);
+      transpose_blocks(row, C, w + k * T, s.R * S, C, s.R * S, C);
+      for (i64 j0 = 0; j0 < Tp; j0 += nr) std::memcpy(wtp.get() + j0 * K + k * nr, row + j0, sizeof(float) * nr);
+    });
   // dW's product the other way round where that fills its tiles better: mr output channels (A: dy, transposed from
   // its channel rows) by nr taps (B: rows of taps copied from xp), dW [K, Tp]. The usual way round, 48 or 80 output
   // channels leave a quarter or a sixth of the nr = 32 columns of AVX-512's tiles empty; 4 or 7 rows of 12 are whole
@@ -718,8 +720,9 @@ void conv2d_backward_panels(float* dx, float* dw, const float* x, const float* w
   if (ch.chunks > 1) sum_parts(total.get(), partial.get(), ch.chunks, part);  // the chunks' products, in chunk order
   const float* sum = ch.chunks > 1 ? total.get() : partial.get();
   if (!channel_rows) return dw_from_xp_taps(dw, sum, Kp, s);
-  for (i64 k = 0; k < K; ++k)  // (row k's [R*S, C] transposed into w's [C, R*S])
+  for_each_over(K, w_threads, [&](i64 k) __attribute__((always_inline)) {  // (row k's [R*S, C] into w's [C, R*S])
     transpose_blocks(dw + k * T, s.R * S, sum + k * Tp, C, s.R * S, C, s.R * S);
+  });
 }
 
 }  // namespace
