@@ -5,7 +5,9 @@
 //   from x itself, a copy per run of pixels per tap; with a pool, each chunk's product is pooled
 //   straight from the GEMM's output, and the pixels no window reads are not computed.
 // - Backward (conv2d_backward_panels): dW's A read in place from a channels-last copy of x where
-//   the tiles allow, dx made mr pixels at a time in L1 and added in place.
+//   the tiles allow, dx made mr pixels at a time in L1 and added in place (on padded images
+//   without the taps that land in the padding); dW over the whole batch at once where the
+//   chunks' partial sums would be large.
 //
 // Included, inside namespace cnnfast::<isa> and its target pragmas, by the files that give the
 // ISA's helpers (conv2d_panels_avx512.cpp: AVX-512 intrinsics; conv2d_panels_portable.cpp:
@@ -126,6 +128,19 @@ std::pair<i64, i64> taps_inside(const ConvShape& s, i64 o, i64 in, i64 k) {
   return {first, std::max(first, std::min(k, in - start))};
 }
 
+// The fraction of a layer's taps (over every output pixel) that fall inside the image, not in the padding
+double fraction_inside(const ConvShape& s) {
+  auto inside = [&](i64 out, i64 in, i64 k) {  // taps inside the image, over a row or column of outputs
+    i64 n = 0;
+    for (i64 o = 0; o < out; ++o) {
+      const auto taps = taps_inside(s, o, in, k);
+      n += taps.second - taps.first;
+    }
+    return n;
+  };
+  return double(inside(s.Ho, s.H, s.R)) * double(inside(s.Wo, s.W, s.S)) / (double(s.P()) * double(s.R * s.S));
+}
+
 // A padded layer's pixel-major product without the taps that fall in the padding (zeros): the
 // taps in (r, q, c) order, so that the ones a pixel reads inside the image are runs of consecutive
 // taps, one per kernel row (r0..r1, columns q0..q1). A chunk's pixels go in pieces of an output
@@ -176,18 +191,7 @@ struct PaddedPieces {
 // 192->192 on 5 x 5 (25%) 0.96-1.23x the time, 80->80 on 9 x 9 (14%) 1.04x, 64->64 5x5 on 16 x 16 (14%) 1.13x: the
 // panels' pieces are shorter, packed in more runs. The same rule pooled or not, so that the fused layer keeps the
 // separate layers' sums.
-bool skips_padding(const ConvShape& s) {
-  if (s.pad == 0) return false;
-  auto inside = [&](i64 out, i64 in, i64 k) {  // taps inside the image, over a row or column of outputs
-    i64 n = 0;
-    for (i64 o = 0; o < out; ++o) {
-      const auto taps = taps_inside(s, o, in, k);
-      n += taps.second - taps.first;
-    }
-    return n;
-  };
-  return double(inside(s.Ho, s.H, s.R)) * double(inside(s.Wo, s.W, s.S)) <= 0.7 * double(s.P()) * double(s.R * s.S);
-}
+bool skips_padding(const ConvShape& s) { return s.pad > 0 && fraction_inside(s) <= 0.7; }
 
 // A run of a B panel's lanes lane..lane+len: the pixels whose patches start at offset.. in the image
 struct PixelRun {
@@ -527,6 +531,14 @@ void conv2d_backward_panels(float* dx, float* dw, const float* x, const float* w
   const bool in_place = mr == kInPlaceMR && nr == kInPlaceNR && (S * C) % mr == 0 && K % nr == 0;
   // dx's A likewise, from dy's channel rows, for panels of mr pixels of one image (whole tiles)
   const bool dx_in_place = mr == kInPlaceMR && nr == kInPlaceNR && T % nr == 0;
+  // dx without the taps in the padding where they are a tenth of the taps or more: the chunk's pixels in panels grouped
+  // by the taps they read (PaddedPieces), A packed from dy's rows, and only the blocks of nr taps that hold the panel's
+  // kernel rows and columns computed (the tile's other taps, left from before, land in xdx's border, which dx drops).
+  // Zen 5, one thread, the whole backward's time before / after: AVX-512 384->384 on 3 x 3 1.11-1.28x, 192->192 on
+  // 5 x 5 1.04-1.09x, stride-2 256->512 on 4 x 4 1.04x, 80->80 on 9 x 9 and 64->64 5x5 on 16 x 16 0.99-1.03x (there C
+  // = 80 straddles the 32-tap blocks; 64 fills them); AVX2 1.05-1.13x on each. Two threads, AVX-512: 0.98-1.06x.
+  const bool dx_skip = dx && s.pad > 0 && fraction_inside(s) <= 0.9;
+  const PaddedPieces dx_pieces(s, dx_skip ? ch.per_chunk : 0, Hu, Wu, true);
   // dW's tile: the ISA's (mr taps x nr channels), or for K <= 16 on AVX-512 narrow_dw_product's
   // (16 taps x 16 channels: the wide tile would leave half its lanes empty)
   const bool narrow = kNarrowDwTaps > 0 && K <= 16;
@@ -681,6 +693,40 @@ void conv2d_backward_panels(float* dx, float* dw, const float* x, const float* w
     auto dx_of_chunk = [&](float* a_pack) {
       std::fill(xdx, xdx + (n1 - n0) * image, 0.0f);
       for (i64 k = 0; k < K; ++k) channel_offsets[k] = k * d.channel_stride;
+      if (dx_skip) {
+        std::fill(tile, tile + mr * Tp, 0.0f);  // (the taps no panel computes: zeros, then left from before)
+        const auto& pieces = dx_pieces.pieces;
+        for (size_t next = 0, within = 0;;) {  // (the piece the panel starts in, and how far in)
+          PanelRun runs[16];
+          i64 pixel_offsets[16], r0 = s.R, r1 = 0, q0 = S, q1 = 0;
+          int m = 0, nruns = 0;
+          while (m < mr && next < pieces.size()) {
+            const auto& piece = pieces[next];
+            if (piece.image >= n1 - n0) {  // (the last chunk's fewer images)
+              ++next;
+              continue;
+            }
+            const int len = int(std::min<i64>(mr - m, piece.len - i64(within)));
+            const i64 p = piece.oh * Wu + piece.ow + i64(within);  // (its first pixel in the image)
+            runs[nruns++] = {piece.image * d.image_stride + p - m, std::uint32_t(((1u << len) - 1) << m)};
+            for (int i = 0; i < len; ++i) pixel_offsets[m + i] = offsets[piece.image * P + p + i];
+            if (piece.r0 < piece.r1 && piece.q0 < piece.q1)
+              r0 = std::min(r0, piece.r0), r1 = std::max(r1, piece.r1), q0 = std::min(q0, piece.q0),
+              q1 = std::max(q1, piece.q1);
+            m += len, within += size_t(len);
+            if (i64(within) == piece.len) ++next, within = 0;
+          }
+          if (m == 0) break;
+          if (r0 >= r1) continue;  // (pixels that read only padding give dx nothing)
+          pack_patch_panel(a_pack, d.by_channel, runs, nruns, channel_offsets, K, mr);
+          for (i64 r = r0, j0 = 0; r < r1; ++r)  // (the blocks of nr taps that hold kernel row r's columns q0..q1)
+            for (j0 = std::max(j0, (r * S + q0) * C / nr * nr); j0 < (r * S + q1) * C; j0 += nr)
+              mk.run(K, a_pack, wtp.get() + j0 * K, tile + j0, Tp, m, std::min<i64>(nr, T - j0), 0);
+          add_patch_rows(xdx, tile, Tp, pixel_offsets, m, s);
+        }
+        for (i64 n = n0; n < n1; ++n) from_channels_last(dx + n * s.C * s.H * s.W, xdx + (n - n0) * image, s);
+        return;
+      }
       for (i64 l0 = 0; l0 < L; l0 += mr) {
         const int m = int(std::min<i64>(mr, L - l0));
         PanelRun runs[16];

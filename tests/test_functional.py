@@ -451,6 +451,41 @@ def test_panels_skip_the_taps_in_the_padding(isa, few_pixels, threads, N, C, H, 
         np.testing.assert_array_equal(one, two)
 
 
+# The panels' dx leaves out the taps in the padding where they are a tenth of the taps or more (forward: 30%), its
+# pixels grouped by the taps they read. 5 x 5 (a last chunk of one image; pooled too), 9 x 9 with 40 channels (their
+# taps straddle the blocks of taps), 5x5 kernels at padding 2, stride 2.
+@pytest.mark.parametrize(
+    "N, C, H, K, R, p, st",
+    [
+        (7, 24, 5, 72, 3, 1, 1),
+        (4, 40, 9, 40, 3, 1, 1),
+        (3, 32, 10, 48, 5, 2, 1),
+        (9, 40, 6, 72, 3, 1, 2),
+    ],
+)
+def test_panels_dx_leaves_out_the_taps_in_the_padding(isa, threads, N, C, H, K, R, p, st):
+    x, w, b = rand(N, C, H, H), rand(K, C, R, R, scale=0.2), rand(K)
+    assert _core.conv2d_path(x.shape, w.shape, p, 0, True, True, stride=st) == "panels"
+    Ho = (H + 2 * p - R) // st + 1
+    dy = rand(N, K, Ho, Ho)
+    results = []
+    for n in (1, 2):
+        cnnfast.set_num_threads(n)
+        results.append(F.conv2d_backward(x, w, dy, padding=p, stride=st))
+    for got, expected in zip(results[0], ref.conv2d_backward(x, w, dy, p, st)):
+        assert_close(got, expected)
+    for one, two in zip(*results):  # (the same on one thread and two)
+        np.testing.assert_array_equal(one, two)
+    if st == 1:  # pooled: the separate layers' gradients
+        y = F.conv2d(x, w, b, padding=p)
+        pooled, argmax = F.max_pool2d(y, 2, relu=True)
+        dp = rand(*pooled.shape)
+        expected = F.conv2d_backward(x, w, F.max_pool2d_backward(dp, argmax, y.shape), padding=p)
+        got = F.conv2d_relu_max_pool2d_backward(x, w, dp, argmax, 2, padding=p)
+        for a, e in zip(got, expected):
+            assert_close(a, e, rtol=1e-5, atol=1e-5)
+
+
 # Deep layers on tiny images: each chunk's partial dW^T would be large against its pixels (4,096 floats a pixel or
 # more), so the panels make dW over the whole batch at once, its panels of taps over the threads, after dx chunk by
 # chunk. 1 x 1 outputs; 3 x 3 at padding 1 (also pooled); stride 2; and Winograd's dx beside the panels' dW.
