@@ -538,7 +538,6 @@ void conv2d_backward_panels(float* dx, float* dw, const float* x, const float* w
   // 5 x 5 1.04-1.09x, stride-2 256->512 on 4 x 4 1.04x, 80->80 on 9 x 9 and 64->64 5x5 on 16 x 16 0.99-1.03x (there C
   // = 80 straddles the 32-tap blocks; 64 fills them); AVX2 1.05-1.13x on each. Two threads, AVX-512: 0.98-1.06x.
   const bool dx_skip = dx && s.pad > 0 && fraction_inside(s) <= 0.9;
-  const PaddedPieces dx_pieces(s, dx_skip ? ch.per_chunk : 0, Hu, Wu, true);
   // dW's tile: the ISA's (mr taps x nr channels), or for K <= 16 on AVX-512 narrow_dw_product's
   // (16 taps x 16 channels: the wide tile would leave half its lanes empty)
   const bool narrow = kNarrowDwTaps > 0 && K <= 16;
@@ -579,6 +578,15 @@ void conv2d_backward_panels(float* dx, float* dw, const float* x, const float* w
   // the time; on AVX2's 16 columns 48 and 80 fill the tiles either way.
   auto fill = [](i64 n, i64 tile) { return double(n) / double((n + tile - 1) / tile * tile); };
   const bool channel_rows = dw && !narrow && nr >= 32 && fill(K, mr) * fill(T, nr) > 1.05 * fill(K, nr) * fill(T, tr);
+  // dW without the pixels whose taps land in the padding, where a fifth of the taps or more do and A is read in place:
+  // the chunk's pixels (dW's depth) grouped by the taps they read, as dx's panels, dy's pixel-major rows copied into
+  // that order; each panel of taps then runs over the groups that read one of its taps inside the image. Zen 5, one
+  // thread, the backward's time before / after: 384->384 on 3 x 3 1.11-1.20x (AVX-512), 1.21x (AVX2); 192->192 on
+  // 5 x 5 1.01-1.10x, 1.08x; stride-2 256->512 on 4 x 4 1.06x, 0.97x. Packed (A not in place), and where fewer taps
+  // fall in the padding, it was slower: 22->64 on 5 x 5 0.95-0.97x, 64->64 5x5 on 16 x 16 0.90-0.97x (the groups'
+  // shorter products).
+  const bool dw_skip = dw && in_place && s.pad > 0 && fraction_inside(s) <= 0.8;
+  const PaddedPieces pieces_by_taps(s, dx_skip || dw_skip ? ch.per_chunk : 0, Hu, Wu, true);
   const i64 Ka = (K + mr - 1) / mr * mr, part = channel_rows ? K * Tp : T * Kp;
   ScratchFloats partial(dw ? size_t(ch.chunks) * part : 0);  // (columns K..Kp, or T..Tp, are never written)
   if (dw && (channel_rows ? Tp > T : Kp > K)) std::fill(partial.get(), partial.get() + ch.chunks * part, 0.0f);
@@ -587,9 +595,9 @@ void conv2d_backward_panels(float* dx, float* dw, const float* x, const float* w
   const size_t xp_floats = lines(size_t(ch.per_chunk) * image),
                ap_floats = lines(size_t(std::max(depth, K)) * std::max(mr, tr));
   const size_t tile_floats = dx ? lines(size_t(mr) * Tp) : 0, lk_floats = lines(size_t(chunk_pixels) * Kp);
-  const size_t per_thread =
-      xp_floats * (dx ? 2 : 1) + ap_floats + tile_floats + lk_floats + lines(size_t(chunk_pixels) * K);
-  const size_t offsets_per_thread = size_t(chunk_pixels + K);
+  const size_t per_thread = xp_floats * (dx ? 2 : 1) + ap_floats + tile_floats + lk_floats * (dw_skip ? 2 : 1) +
+                            lines(size_t(chunk_pixels) * K);
+  const size_t offsets_per_thread = size_t(chunk_pixels * (dw_skip ? 2 : 1) + K);
   ScratchFloats scratch(size_t(nt) * per_thread);
   std::unique_ptr<i64[]> offset_scratch(new i64[size_t(nt) * offsets_per_thread]);
   // A single chunk wanting both gradients (a batch of one image): dW on one thread while dx is made
@@ -615,8 +623,10 @@ void conv2d_backward_panels(float* dx, float* dw, const float* x, const float* w
     float* tile = ap + ap_floats;                                                             // drows [mr, Tp]
     float* lk = tile + tile_floats;                                                           // dy pixel-major
     float* kl = lk + lk_floats;                                                               // dy channel-major
+    float* lk_by_taps = kl + lines(size_t(chunk_pixels) * K);                                 // dw_skip's order
     i64* offsets = offset_scratch.get() + size_t(omp_get_thread_num()) * offsets_per_thread;  // pixel l's in xp
     i64* channel_offsets = offsets + chunk_pixels;                                            // channel k's in dy
+    i64* offsets_by_taps = channel_offsets + K;                                               // dw_skip's order
     if (dw)  // (dx alone needs only the layout, not x; the whole batch's images over the threads)
       for_each_over(n1 - n0, one_chunk ? dw_inner : 1, [&](i64 n) __attribute__((always_inline)) {
         to_channels_last(xp + n * image, x + (n0 + n) * s.C * s.H * s.W, s);
@@ -664,9 +674,47 @@ void conv2d_backward_panels(float* dx, float* dw, const float* x, const float* w
         });
       }
     };
+    // dw_skip's: the pixels in pieces_by_taps' order (their offsets in xp, their rows of dy), in groups of equal taps
+    auto dw_without_padding = [&](float* out) {
+      struct Group {
+        i64 r0, r1, q0, q1, start, end;
+      };
+      std::vector<Group> groups;
+      i64 l = 0;
+      for (const auto& piece : pieces_by_taps.pieces) {
+        if (piece.image >= n1 - n0) continue;  // (the last chunk's fewer images)
+        if (groups.empty() || std::tie(groups.back().r0, groups.back().r1, groups.back().q0, groups.back().q1) !=
+                                  std::tie(piece.r0, piece.r1, piece.q0, piece.q1))
+          groups.push_back({piece.r0, piece.r1, piece.q0, piece.q1, l, l});
+        const i64 from = piece.image * P + piece.oh * Wu + piece.ow;
+        for (i64 i = 0; i < piece.len; ++i, ++l) {
+          offsets_by_taps[l] = offsets[from + i];
+          for (i64 j0 = 0; j0 < Kp; j0 += nr)
+            std::memcpy(lk_by_taps + j0 * L + l * nr, d.by_pixel + j0 * L + (from + i) * nr, sizeof(float) * nr);
+        }
+        groups.back().end = l;
+      }
+      std::fill(out, out + T * Kp, 0.0f);  // (every product below adds to it)
+      for (i64 l0 = 0; l0 < L; l0 += depth) {
+        const i64 kb = std::min(depth, L - l0);
+        for_each_over(tap_panels, dw_inner, [&](i64 tp) __attribute__((always_inline)) {
+          // (the panel's mr taps: kernel row r, columns q_first..q_last, in place in the pixel's row r)
+          const i64 t0 = tp * mr, r = t0 / (S * C), q_first = t0 / C % S, q_last = (t0 + mr - 1) / C % S;
+          const float* a = xp + r * s.Wp * C + t0 % (S * C);
+          for (const Group& g : groups) {
+            const i64 from = std::max(g.start, l0), len = std::min(g.end, l0 + kb) - from;
+            if (len > 0 && g.r0 <= r && r < g.r1 && g.q0 <= q_last && q_first < g.q1)  // (a tap inside the image)
+              for (i64 j0 = 0; j0 < K; j0 += nr)
+                microkernel_in_place(len, a, offsets_by_taps + from, lk_by_taps + j0 * L + from * nr,
+                                     out + t0 * Kp + j0, Kp, true);
+          }
+        });
+      }
+    };
     auto dw_of_chunk = [&]() {
       if (channel_rows) return dw_by_channel_rows();
       float* out = partial.get() + chunk * T * Kp;  // dW^T [T, Kp]
+      if (dw_skip) return dw_without_padding(out);
       for (i64 l0 = 0; l0 < L; l0 += depth) {
         const i64 kb = std::min(depth, L - l0);
         for_each_over(tap_panels, dw_inner, [&](i64 tp) __attribute__((always_inline)) {
@@ -695,7 +743,7 @@ void conv2d_backward_panels(float* dx, float* dw, const float* x, const float* w
       for (i64 k = 0; k < K; ++k) channel_offsets[k] = k * d.channel_stride;
       if (dx_skip) {
         std::fill(tile, tile + mr * Tp, 0.0f);  // (the taps no panel computes: zeros, then left from before)
-        const auto& pieces = dx_pieces.pieces;
+        const auto& pieces = pieces_by_taps.pieces;
         for (size_t next = 0, within = 0;;) {  // (the piece the panel starts in, and how far in)
           PanelRun runs[16];
           i64 pixel_offsets[16], r0 = s.R, r1 = 0, q0 = S, q1 = 0;

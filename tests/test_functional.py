@@ -452,12 +452,14 @@ def test_panels_skip_the_taps_in_the_padding(isa, few_pixels, threads, N, C, H, 
 
 
 # The panels' dx leaves out the taps in the padding where they are a tenth of the taps or more (forward: 30%), its
-# pixels grouped by the taps they read. 5 x 5 (a last chunk of one image; pooled too), 9 x 9 with 40 channels (their
-# taps straddle the blocks of taps), 5x5 kernels at padding 2, stride 2.
+# pixels grouped by the taps they read; dW too where a fifth or more are (and A is read in place: 64 channels out).
+# 5 x 5 (a last chunk of one image; pooled too), 9 x 9 with 40 channels (their taps straddle the blocks of taps), 5x5
+# kernels at padding 2, stride 2.
 @pytest.mark.parametrize(
     "N, C, H, K, R, p, st",
     [
         (7, 24, 5, 72, 3, 1, 1),
+        (7, 24, 5, 64, 3, 1, 1),
         (4, 40, 9, 40, 3, 1, 1),
         (3, 32, 10, 48, 5, 2, 1),
         (9, 40, 6, 72, 3, 1, 2),
