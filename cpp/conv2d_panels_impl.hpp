@@ -499,7 +499,7 @@ struct GatherDyPanels {
 };
 
 // (partial dW^T floats a chunk pixel from which dW is made over the whole batch at once: see conv2d_backward_panels)
-constexpr double kWholeBatchDwFloats = 4096;
+constexpr double kWholeBatchDwFloats = 4096, kWholeBatchDwCopies = 8.0 * (1 << 20);
 
 // dw and dx (either may be null); chunked likewise, the weight gradient summed
 // chunk by chunk in chunk order, so the results do not depend on the thread count (one_chunk: the
@@ -519,8 +519,13 @@ void conv2d_backward_panels(float* dx, float* dw, const float* x, const float* w
   // made chunk by chunk first, alone. Measured (Zen 5, AVX-512, batch 32, time before / after, 1-2 threads): that
   // layer's backward 1.17-1.19x; stride-2 256->512 on 4 x 4 1.33-1.42x (batch 128 1.06-1.15x); 1x1 1024->256 on
   // 2 x 2 1.00-1.41x. Below the limit it was mixed: 160->160 on 6 x 6 (800 floats a pixel) 1.05-1.26x, but 1x1
-  // 1024->256 at batch 128 (2,048) 0.85x on two threads, where the whole batch's copies are made on one.
-  if (dw && !one_chunk && ch.chunks > 1 && double(T) * Kp >= kWholeBatchDwFloats * double(ch.per_chunk * P)) {
+  // 1024->256 at batch 128 (2,048) 0.85x on two threads, where dy's copy for the whole batch is made on one. Only while
+  // the whole batch's copies (x channels-last, dy both ways) stay within kWholeBatchDwCopies floats: measured on
+  // images of 2 x 2 to 4 x 4, where they take 1-2M at batch 128; a 512->1024 layer on 14 x 14 at batch 256 would take
+  // 59M (240 MB), where its chunks take 10 MB a thread.
+  const double whole_copies = double(N) * (double(image) + 2.0 * double(P) * double(Kp));
+  if (dw && !one_chunk && ch.chunks > 1 && double(T) * Kp >= kWholeBatchDwFloats * double(ch.per_chunk * P) &&
+      whole_copies <= kWholeBatchDwCopies) {
     if (dx) conv2d_backward_panels(dx, nullptr, x, w, dy_of, s, N, Hu, Wu);
     return conv2d_backward_panels(nullptr, dw, x, w, dy_of, s, N, Hu, Wu, true);
   }
@@ -604,8 +609,8 @@ void conv2d_backward_panels(float* dx, float* dw, const float* x, const float* w
   // on another, with a packed A of its own (each the same as made in turn)
   const bool side_by_side = dx && dw && ch.chunks == 1 && threads_over(2.0 * N * K * P * T, 2) > 1;
   ScratchFloats dx_ap(side_by_side ? ap_floats : 0);
-  // A single chunk wanting dW alone (Winograd's dx comes after it): its panels of taps over the
-  // threads, each with a packed A of its own (each panel's rows of dW^T are one thread's)
+  // A single chunk wanting dW alone (Winograd's dx comes after it, or the whole batch's dW after dx): its panels of
+  // taps over the threads, each with a packed A of its own (each panel's rows of dW^T are one thread's)
   const int dw_inner = dw && !dx && ch.chunks == 1 && double(N) * K * P * T >= kSplitChunkWork
                            ? threads_over(double(N) * K * P * T, tap_panels)
                            : 1;

@@ -5,9 +5,10 @@
 //
 // Blocking: a tile of MR rows x NR = 2 vectors of columns of C lives in 2*MR vector registers
 // for the whole k loop; each step loads two vectors of packed B, broadcasts MR values of packed
-// A, and issues 2*MR fused multiply-adds. Packing (gemm.cpp) makes both loads contiguous and
-// pads edge tiles with zeros, so every tile runs the same instructions: an element's sum does
-// not depend on where its tile falls, which keeps results independent of the thread split.
+// A, and issues 2*MR fused multiply-adds (an edge tile of one vector of columns: that vector's
+// MR). Packing (gemm.cpp) makes both loads contiguous and pads edge tiles with zeros, so every
+// element's sum is the same multiply-adds in the same order wherever its tile falls, which keeps
+// results independent of the thread split.
 #include "isa.hpp"
 #include "isa_target.hpp"
 
