@@ -35,9 +35,13 @@ void direct_weight_grad(float* dw, const float* x, const float* dy, const ConvSh
 
 // (16 pixels at least: measured on AVX2 and AVX-512 only. 3x3 layers of over 32 input channels stay
 // with the panels: stride-2 64->128 and 128->256 on 64 x 64, 128->128 on 33 x 33 took 1.04-1.06x the
-// time on AVX2, 0.99-1.00x AVX-512, where 64->64 5x5 on 32 x 32 took 0.82-0.88x)
+// time on AVX2, 0.99-1.00x AVX-512, where 64->64 5x5 on 32 x 32 took 0.82-0.88x. Rows of exactly one
+// vector too, AVX-512's 16 (Zen 5, against the panels, 1-2 threads, batch 1-128: 64->64 5x5 on 16 x 16
+// 0.83-0.93x the time, stride-2 16->32 on 32 x 32 0.80-0.95x, 8->16 3x3 0.80x); but not rows of 20 or 24,
+// whose second vector is mostly empty: 48->48 5x5 on 20 x 20 1.40x, stride-2 16->32 to 24 x 24 1.16x)
 bool rows_fill_vectors(const ConvShape& s) {
-  return s.R * s.S > 1 && s.Wo >= std::max<i64>(16, 2 * i64(active_isa().vector_floats)) &&
+  const i64 v = active_isa().vector_floats;
+  return s.R * s.S > 1 && (s.Wo >= std::max<i64>(16, 2 * v) || (s.Wo >= 16 && s.Wo % v == 0)) &&
          (s.C <= 32 || s.R * s.S >= 25);
 }
 
