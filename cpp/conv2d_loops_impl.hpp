@@ -6,19 +6,17 @@
 // second layer ran 4-6% slower through the call. (No include guard: each file includes it once.)
 
 // A single chunk's work (multiply-adds) from which the panels' forward splits it over the threads:
-// a thread woken has to pay for itself, so the less a core multiplies per cycle, the less work it
-// takes. With AVX-512's full rate (an Intel Xeon), kSplitChunkWork: mnist conv2 at one image, 2.2M,
-// took 0.029 -> 0.032 ms split. With 32-byte multiply-adds (AVX2, or AVX-512 on AMD's Zen 4,
-// avx512_full_rate), 1.5M: on the Xeon's AVX2, 1x1 64->128 on 16x16 at one image, 2.1M, 0.048 ->
-// 0.037 ms on two threads, mnist conv2 0.051 -> 0.034; on a Zen 4 EPYC the default model's conv2
-// with ReLU and pooling at one image (1.8M: the 100 pixels its windows read) 43 -> 30 us on
-// AVX-512, 46 -> 31-37 on AVX2, and its single-image inference 57 -> 44 us. Narrower vectors:
-// less again, in proportion. Winograd keeps kSplitChunkWork: its 16 products split at 2.4M on AVX2
-// went either way (0.048 -> 0.036 and 0.040 -> 0.052 ms).
-inline double split_work() {
-  const double bytes = CNNFAST_VEC_BYTES == 64 && !avx512_full_rate() ? 32 : CNNFAST_VEC_BYTES;
-  return bytes >= 64 ? kSplitChunkWork : 1.5e6 * bytes / 32;
-}
+// a thread woken has to pay for itself. 1.5M with 32-byte multiply-adds or wider: on an Intel Xeon's
+// AVX2, 1x1 64->128 on 16x16 at one image, 2.1M, 0.048 -> 0.037 ms on two threads, mnist conv2 0.051
+// -> 0.034; on a Zen 4 EPYC the default model's conv2 with ReLU and pooling at one image (1.8M: the
+// 100 pixels its windows read) 43 -> 30 us on AVX-512 (half rate there), 46 -> 31-37 on AVX2, and its
+// single-image inference 57 -> 44 us; on a Zen 5 EPYC with AVX-512 at full rate the same layer 23 ->
+// 17 us, and single-image inference beside ONNX Runtime 0.76-1.01x -> 1.01-1.20x its speed. (With
+// full-rate AVX-512 this waited for kSplitChunkWork, 4M, after an Intel Xeon's conv2 at one image,
+// 2.2M, took 0.029 -> 0.032 ms split: the two CPUs disagree, and the Zen 5 is the one measured last.)
+// Narrower vectors: less again, in proportion. Winograd keeps kSplitChunkWork: its 16 products split
+// at 2.4M on AVX2 went either way (0.048 -> 0.036 and 0.040 -> 0.052 ms).
+inline double split_work() { return 1.5e6 * std::min(CNNFAST_VEC_BYTES, 32) / 32; }
 
 // body(i) for i in [0, count) over `threads` threads, each taking a fixed share (a single chunk's
 // pieces, and the pointwise path's panels: Winograd's heavy layers run their chunks one after

@@ -116,23 +116,6 @@ int get_num_threads() {
   return n;
 }
 
-bool avx512_full_rate() {
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-  static const bool full = [] {
-    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
-    if (!__get_cpuid(0, &eax, &ebx, &ecx, &edx)) return true;
-    char vendor[13] = {};
-    std::memcpy(vendor, &ebx, 4), std::memcpy(vendor + 4, &edx, 4), std::memcpy(vendor + 8, &ecx, 4);
-    if (std::strcmp(vendor, "AuthenticAMD") != 0 || !__get_cpuid(1, &eax, &ebx, &ecx, &edx)) return true;
-    const unsigned family = ((eax >> 8) & 0xf) + ((eax >> 20) & 0xff);
-    return family != 0x19;  // (Zen 3, family 0x19 too, has no AVX-512: its table is never chosen)
-  }();
-  return full;
-#else
-  return true;
-#endif
-}
-
 int threads_for(double work) {
   // A fork/join costs a few microseconds: below ~64k multiply-adds one thread is faster.
   return work < 65536.0 ? 1 : get_num_threads();

@@ -23,10 +23,6 @@ void set_num_threads(int n);  // n >= 1
 int get_num_threads();
 // Threads worth using for `work` multiply-adds: 1 for work too small to pay for a fork/join.
 int threads_for(double work);
-// False on AMD's Zen 4 (family 0x19), which splits each 512-bit operation in two 256-bit halves:
-// there AVX-512 runs the same multiply-adds per cycle as AVX2. True elsewhere (from CPUID, once),
-// though some CPUs with one 512-bit FMA unit are no faster either (Zen 5's mobile parts, some Intel).
-bool avx512_full_rate();
 
 // ---- conv2d.cpp: zero padding `pad` on all four sides, stride `stride` (>= 1) ----
 // Ho = (H + 2*pad - R) / stride + 1, Wo = (W + 2*pad - S) / stride + 1 (both >= 1)
