@@ -1,10 +1,10 @@
 // conv2d's direct path: patches of few taps (C*R*S <= kDirectTaps = 32: conv1, a first layer on
 // 1-3 channels), and, forward, at any number of taps, a first layer (<= kTapRowsChannels input
-// channels) or a layer whose output rows fill two vectors (rows_fill_vectors). There packing GEMM
-// operands costs as much as it saves. Forward: each image laid out zero-bordered (PhaseLayout: split into phases when
-// strided) and its taps read where they lie by the ISA's loops (conv2d_direct_kernels.cpp); dW: col[T, P] (im2col, the
-// image's T shifted copies) built in L1 and combined row by row with dy. The input gradient, when wanted, goes through
-// the panels' backward (conv2d_panels_impl.hpp). Images over the threads.
+// channels) or a layer whose output rows fill two vectors, or one whole one of 16 (rows_fill_vectors). There packing
+// GEMM operands costs as much as it saves. Forward: each image laid out zero-bordered (PhaseLayout: split into phases
+// when strided) and its taps read where they lie by the ISA's loops (conv2d_direct_kernels.cpp); dW: col[T, P] (im2col,
+// the image's T shifted copies) built in L1 and combined row by row with dy. The input gradient, when wanted, goes
+// through the panels' backward (conv2d_panels_impl.hpp). Images over the threads.
 #include <cstring>
 #include <memory>
 #include <vector>
