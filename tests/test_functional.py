@@ -451,6 +451,30 @@ def test_panels_skip_the_taps_in_the_padding(isa, few_pixels, threads, N, C, H, 
         np.testing.assert_array_equal(one, two)
 
 
+def backward_on_one_thread_and_two(x, w, dy, p, st):
+    """conv2d_backward's (dx, dw, db) on one thread, asserted equal to two threads' and close to the reference."""
+    results = []
+    for n in (1, 2):
+        cnnfast.set_num_threads(n)
+        results.append(F.conv2d_backward(x, w, dy, padding=p, stride=st))
+    for one, two in zip(*results):
+        np.testing.assert_array_equal(one, two)
+    for got, expected in zip(results[0], ref.conv2d_backward(x, w, dy, p, st)):
+        assert_close(got, expected)
+    return results[0]
+
+
+def assert_pooled_backward_is_the_separate_layers(x, w, b, p):
+    """conv2d_relu_max_pool2d_backward (stride 1, 2x2 windows) close to the separate layers' gradients."""
+    y = F.conv2d(x, w, b, padding=p)
+    pooled, argmax = F.max_pool2d(y, 2, relu=True)
+    dp = rand(*pooled.shape)
+    expected = F.conv2d_backward(x, w, F.max_pool2d_backward(dp, argmax, y.shape), padding=p)
+    got = F.conv2d_relu_max_pool2d_backward(x, w, dp, argmax, 2, padding=p)
+    for a, e in zip(got, expected):
+        assert_close(a, e, rtol=1e-5, atol=1e-5)
+
+
 # The panels' dx leaves out the taps in the padding where they are a tenth of the taps or more (forward: 30%), its
 # pixels grouped by the taps they read; dW too where a fifth or more are (and A is read in place: 64 channels out).
 # 5 x 5 (a last chunk of one image; pooled too), 9 x 9 with 40 channels (their taps straddle the blocks of taps), 5x5
@@ -469,23 +493,9 @@ def test_panels_dx_leaves_out_the_taps_in_the_padding(isa, threads, N, C, H, K, 
     x, w, b = rand(N, C, H, H), rand(K, C, R, R, scale=0.2), rand(K)
     assert _core.conv2d_path(x.shape, w.shape, p, 0, True, True, stride=st) == "panels"
     Ho = (H + 2 * p - R) // st + 1
-    dy = rand(N, K, Ho, Ho)
-    results = []
-    for n in (1, 2):
-        cnnfast.set_num_threads(n)
-        results.append(F.conv2d_backward(x, w, dy, padding=p, stride=st))
-    for got, expected in zip(results[0], ref.conv2d_backward(x, w, dy, p, st)):
-        assert_close(got, expected)
-    for one, two in zip(*results):  # (the same on one thread and two)
-        np.testing.assert_array_equal(one, two)
-    if st == 1:  # pooled: the separate layers' gradients
-        y = F.conv2d(x, w, b, padding=p)
-        pooled, argmax = F.max_pool2d(y, 2, relu=True)
-        dp = rand(*pooled.shape)
-        expected = F.conv2d_backward(x, w, F.max_pool2d_backward(dp, argmax, y.shape), padding=p)
-        got = F.conv2d_relu_max_pool2d_backward(x, w, dp, argmax, 2, padding=p)
-        for a, e in zip(got, expected):
-            assert_close(a, e, rtol=1e-5, atol=1e-5)
+    backward_on_one_thread_and_two(x, w, rand(N, K, Ho, Ho), p, st)
+    if st == 1:
+        assert_pooled_backward_is_the_separate_layers(x, w, b, p)
 
 
 # Deep layers on tiny images: each chunk's partial dW^T would be large against its pixels (4,096 floats a pixel or
@@ -505,24 +515,14 @@ def test_panels_make_dw_over_the_whole_batch_where_chunk_partials_are_large(isa,
     assert _core.conv2d_path(x.shape, w.shape, p, 0, True, True, stride=st) == path
     Ho = (H + 2 * p - 3) // st + 1
     dy = rand(N, K, Ho, Ho)
-    results = []
-    for n in (1, 2):
+    _, dw, db = backward_on_one_thread_and_two(x, w, dy, p, st)
+    for n in (1, 2):  # (dw alone: the same)
         cnnfast.set_num_threads(n)
-        results.append(F.conv2d_backward(x, w, dy, padding=p, stride=st))
-        results.append(F.conv2d_backward(x, w, dy, padding=p, stride=st, input_grad=False))
-    for got, expected in zip(results[0], ref.conv2d_backward(x, w, dy, p, st)):
-        assert_close(got, expected)
-    np.testing.assert_array_equal(results[1][1], results[0][1])  # (dw alone: the same)
-    for one, two in zip(results[0] + results[1][1:], results[2] + results[3][1:]):  # (one thread and two)
-        np.testing.assert_array_equal(one, two)
-    if st == 1 and Ho >= 2:  # pooled: the separate layers' gradients
-        y = F.conv2d(x, w, b, padding=p)
-        pooled, argmax = F.max_pool2d(y, 2, relu=True)
-        dp = rand(*pooled.shape)
-        expected = F.conv2d_backward(x, w, F.max_pool2d_backward(dp, argmax, y.shape), padding=p)
-        got = F.conv2d_relu_max_pool2d_backward(x, w, dp, argmax, 2, padding=p)
-        for a, e in zip(got, expected):
-            assert_close(a, e, rtol=1e-5, atol=1e-5)
+        _, dw_alone, db_alone = F.conv2d_backward(x, w, dy, padding=p, stride=st, input_grad=False)
+        np.testing.assert_array_equal(dw_alone, dw)
+        np.testing.assert_array_equal(db_alone, db)
+    if st == 1 and Ho >= 2:
+        assert_pooled_backward_is_the_separate_layers(x, w, b, p)
 
 
 def test_strided_conv2d_takes_the_panels_or_direct_and_is_the_same_on_any_thread_count(isa, threads):
