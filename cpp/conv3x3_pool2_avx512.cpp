@@ -3,9 +3,9 @@
 // reached through the ISA table (conv2d.cpp lists the paths).
 #include <immintrin.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
-#include <cstring>
 #include <vector>
 
 #include "conv2d_common.hpp"
@@ -21,29 +21,30 @@ namespace {
 
 // A window's four conv outputs (2i+a, 2j+b), a, b in {0, 1}, read x at (2i+a+r-pad, 2j+b+q-pad):
 // only a+r and b+q (0..3 each) matter, so the image is first split into 16 subsampled planes
-// D[u][v][i*Wq + j] = x[2i+u-pad][2j+v-pad] (zero outside x; 11 KB for conv1, in L1), each row a
-// permute of two vector loads from a zero-bordered copy of x. Then, 16 windows at a time, a
+// D[u][v][i*Wq + j] = x[2i+u-pad][2j+v-pad] (zero outside x). D[u+2][v] is D[u][v] one row of
+// windows on, so 8 planes of Hq + 1 rows hold all 16 (6 KB for conv1, in L1), each row a
+// permute of two masked vector loads from x. Then, 16 windows and two channels at a time, a
 // channel's four outputs per window are four accumulators of 9 multiply-adds (the channel's
 // weights in registers), and the window's maximum and argmax are picked in registers with
 // max_pool2d's rule: the convolution's output is never stored. Sums in the direct path's order
 // (0 + bias, then taps r, q), so the same numbers as conv2d_forward + max_pool2d_forward.
-// (One block of 16 windows at a time: two or three, for more independent sums, measured slower.)
 struct Windows {
   i64 Hq, Wq, Q, Qp;                // windows down and across, their number, rounded up to 16
-  i64 Hz, Wz;                       // the zero-bordered copy of x: rows, row length
+  i64 Pp;                           // the planes' stride: Qp and one more row of windows, rounded up
   std::vector<std::int32_t> first;  // first[i*Wq + j] = (2i)*Wo + 2j, the window's top-left pixel
   explicit Windows(const ConvShape& s)
       : Hq(s.Ho / 2),
         Wq(s.Wo / 2),
         Q(Hq * Wq),
         Qp((Q + 15) / 16 * 16),
-        Hz(2 * Hq + 2),
-        Wz((Wq + 15) / 16 * 32 + 16),
+        Pp((Qp + Wq + 15) / 16 * 16),
         first(static_cast<size_t>(Qp), 0) {
     for (i64 i = 0; i < Hq; ++i)
       for (i64 j = 0; j < Wq; ++j) first[size_t(i * Wq + j)] = std::int32_t(2 * i * s.Wo + 2 * j);
   }
-  i64 scratch_floats() const { return 16 * Qp + Hz * Wz; }
+  i64 scratch_floats() const { return 8 * Pp; }
+  // D[u][v] in the planes built by build_pool2_planes
+  const float* plane(const float* D, int u, int v) const { return D + ((u & 1) * 4 + v) * Pp + (u >> 1) * Wq; }
 };
 
 // 16 windows' ReLU + max-pool from their four candidates out[0..3] (window order (0,0), (0,1),
@@ -76,64 +77,93 @@ __attribute__((always_inline)) inline void pool2_relu_16(float* y, std::int32_t*
   }
 }
 
-// D[u][v][i*Wq + j] = x[2i+u-pad][2j+v-pad] (zero outside x), u, v in 0..3, rows Qp apart,
-// through xz, a zero-bordered copy of x
-void build_pool2_planes(float* D, const float* x, const ConvShape& s, const Windows& win, float* xz) {
-  const i64 Wq = win.Wq, Q = win.Q, Qp = win.Qp, Wz = win.Wz;
-  std::fill(xz, xz + win.Hz * Wz, 0.0f);  // xz[h + pad][w + pad] = x[h][w] (only what D reads)
-  for (i64 h = 0; h < std::min(s.H, win.Hz - s.pad); ++h)
-    std::memcpy(xz + (h + s.pad) * Wz + s.pad, x + h * s.W, sizeof(float) * std::min(s.W, Wz - s.pad));
+// The planes of D[u][v][i*Wq + j] = x[2i+u-pad][2j+v-pad] (zero outside x): for u in 0..1 and
+// v in 0..3, Hq + 1 rows of windows each, Pp apart (zero past the last row), so that
+// win.plane(D, u, v) reads D[u][v] for u in 0..3. Each row of 16 windows is the even lanes of 32
+// floats of x, loaded with a mask that leaves out (and reads no memory for) the columns outside x.
+void build_pool2_planes(float* D, const float* x, const ConvShape& s, const Windows& win) {
+  const i64 Wq = win.Wq, Pp = win.Pp, rows = win.Hq + 1;
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  for (i64 u = 0; u < 4; ++u)
+  for (i64 u = 0; u < 2; ++u)
     for (i64 v = 0; v < 4; ++v) {
-      float* d = D + (u * 4 + v) * Qp;
-      for (i64 i = 0; i < win.Hq; ++i) {
-        const float* src = xz + (2 * i + u) * Wz + v;
+      float* d = D + (u * 4 + v) * Pp;
+      for (i64 i = 0; i < rows; ++i) {
+        const i64 h = 2 * i + u - s.pad;
+        if (h < 0 || h >= s.H) {
+          std::fill(d + i * Wq, d + (i + 1) * Wq, 0.0f);
+          continue;
+        }
         for (i64 j0 = 0; j0 < Wq; j0 += 16) {
-          const __mmask16 lanes = __mmask16(Wq - j0 >= 16 ? 0xFFFF : (1u << (Wq - j0)) - 1);
+          // window j0 + j reads column c0 + 2j; the loads start at column c = max(c0, 0)
+          const i64 c0 = 2 * j0 + v - s.pad, c = std::max<i64>(c0, 0);
+          const i64 n = std::max<i64>(0, std::min<i64>(32, s.W - c));  // columns of x from c on
+          const std::uint64_t in = (1ull << n) - 1;
+          const float* src = x + h * s.W + c;
+          const __m512 lo = _mm512_maskz_loadu_ps(__mmask16(in), src);
+          const __m512 hi = _mm512_maskz_loadu_ps(__mmask16(in >> 16), src + 16);
+          const __m512i pick = _mm512_add_epi32(even, _mm512_set1_epi32(std::int32_t(c0 - c)));  // (<0: left of x)
           const __m512 picked =
-              _mm512_permutex2var_ps(_mm512_loadu_ps(src + 2 * j0), even, _mm512_loadu_ps(src + 2 * j0 + 16));
+              _mm512_maskz_permutex2var_ps(_mm512_cmpge_epi32_mask(pick, _mm512_setzero_si512()), lo, pick, hi);
+          const __mmask16 lanes = __mmask16(Wq - j0 >= 16 ? 0xFFFF : (1u << (Wq - j0)) - 1);
           _mm512_mask_storeu_ps(d + i * Wq + j0, lanes, picked);
         }
       }
-      std::fill(d + Q, d + Qp, 0.0f);
+      std::fill(d + rows * Wq, d + Pp, 0.0f);
     }
+}
+
+// Channels k..k+KB-1 of one image's y (and argmax), from its planes D, 16 windows at a time: a
+// channel's four outputs per window are four accumulators of 9 multiply-adds (its weights in
+// registers), and the window's maximum and argmax are picked in registers with max_pool2d's rule.
+// Two channels at a time (KB = 2) make 8 independent sums: where AVX-512 runs two 512-bit FMAs a
+// cycle (4 cycles each), 4 sums left half the FMA slots idle, and the planes are loaded once for both.
+template <bool kArgmax, int KB>
+inline void forward_channels(float* y, std::int32_t* argmax, const float* D, const float* w, const float* b, i64 k,
+                             const ConvShape& s, const Windows& win) {
+  const i64 Q = win.Q;
+  const __m512 zero = _mm512_setzero_ps();
+  const __m512i step[4] = {_mm512_setzero_si512(), _mm512_set1_epi32(1), _mm512_set1_epi32(std::int32_t(s.Wo)),
+                           _mm512_set1_epi32(std::int32_t(s.Wo + 1))};  // (a, b) = (0,0), (0,1), (1,0), (1,1)
+  __m512 wk[KB][9], bias[KB];
+  for (int c = 0; c < KB; ++c) {
+    for (int t = 0; t < 9; ++t) wk[c][t] = _mm512_set1_ps(w[(k + c) * 9 + t]);
+    bias[c] = _mm512_add_ps(zero, _mm512_set1_ps(b[k + c]));  // 0 + b, as the direct path
+  }
+  for (i64 q0 = 0; q0 < Q; q0 += 16) {
+    __m512 out[KB][4];
+    for (int c = 0; c < KB; ++c)
+      for (int ab = 0; ab < 4; ++ab) out[c][ab] = bias[c];
+    // each plane (u, v) loaded once and used by every window pixel (a, b) with tap
+    // (r, q) = (u - a, v - b) inside 3x3; for a fixed (a, b) the taps come in (r, q) order
+#pragma GCC unroll 4
+    for (int u = 0; u < 4; ++u)
+#pragma GCC unroll 4
+      for (int v = 0; v < 4; ++v) {
+        const __m512 d = _mm512_loadu_ps(win.plane(D, u, v) + q0);
+#pragma GCC unroll 4
+        for (int ab = 0; ab < 4; ++ab) {
+          const int r = u - (ab >> 1), q = v - (ab & 1);
+          if (r < 0 || r > 2 || q < 0 || q > 2) continue;
+#pragma GCC unroll 2
+          for (int c = 0; c < KB; ++c) out[c][ab] = _mm512_fmadd_ps(wk[c][r * 3 + q], d, out[c][ab]);
+        }
+      }
+    const __m512i first = _mm512_loadu_si512(win.first.data() + q0);
+    for (int c = 0; c < KB; ++c)
+      pool2_relu_16<kArgmax>(y + (k + c) * Q + q0, kArgmax ? argmax + (k + c) * Q + q0 : nullptr, out[c], first, step,
+                             Q - q0);
+  }
 }
 
 // One image's y and, with kArgmax, its argmax (conv3x3_pool2_impl.hpp's image_forward)
 template <bool kArgmax>
 void forward_windows(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b, const ConvShape& s,
                      const Windows& win, float* scratch) {
-  const i64 Q = win.Q, Qp = win.Qp;
   float* D = scratch;
-  build_pool2_planes(D, x, s, win, scratch + 16 * Qp);
-  const __m512 zero = _mm512_setzero_ps();
-  const __m512i step[4] = {_mm512_setzero_si512(), _mm512_set1_epi32(1), _mm512_set1_epi32(std::int32_t(s.Wo)),
-                           _mm512_set1_epi32(std::int32_t(s.Wo + 1))};  // (a, b) = (0,0), (0,1), (1,0), (1,1)
-  for (i64 k = 0; k < s.K; ++k) {
-    __m512 wk[9];
-    for (int t = 0; t < 9; ++t) wk[t] = _mm512_set1_ps(w[k * 9 + t]);
-    const __m512 bias = _mm512_add_ps(zero, _mm512_set1_ps(b[k]));  // 0 + b, as the direct path
-    for (i64 q0 = 0; q0 < Q; q0 += 16) {                            // 16 windows: 4 independent sums
-      __m512 out[4] = {bias, bias, bias, bias};
-      // each plane (u, v) loaded once and used by every window pixel (a, b) with tap
-      // (r, q) = (u - a, v - b) inside 3x3; for a fixed (a, b) the taps come in (r, q) order
-#pragma GCC unroll 4
-      for (int u = 0; u < 4; ++u)
-#pragma GCC unroll 4
-        for (int v = 0; v < 4; ++v) {
-          const __m512 d = _mm512_loadu_ps(D + (u * 4 + v) * Qp + q0);
-#pragma GCC unroll 4
-          for (int ab = 0; ab < 4; ++ab) {
-            const int r = u - (ab >> 1), q = v - (ab & 1);
-            if (r < 0 || r > 2 || q < 0 || q > 2) continue;
-            out[ab] = _mm512_fmadd_ps(wk[r * 3 + q], d, out[ab]);
-          }
-        }
-      pool2_relu_16<kArgmax>(y + k * Q + q0, kArgmax ? argmax + k * Q + q0 : nullptr, out,
-                             _mm512_loadu_si512(win.first.data() + q0), step, Q - q0);
-    }
-  }
+  build_pool2_planes(D, x, s, win);
+  i64 k = 0;
+  for (; k + 2 <= s.K; k += 2) forward_channels<kArgmax, 2>(y, argmax, D, w, b, k, s, win);
+  if (k < s.K) forward_channels<kArgmax, 1>(y, argmax, D, w, b, k, s, win);
 }
 
 // The backward of image_forward (dw and the bias-gradient lanes; conv1 needs no dx):
@@ -145,9 +175,9 @@ void forward_windows(float* y, std::int32_t* argmax, const float* x, const float
 // window (argmax made by hand): the caller then takes the general path.
 bool image_backward(float* dw_k, float* lanes, const float* x, const float* dy, const std::int32_t* argmax,
                     const ConvShape& s, const Windows& win, float* scratch) {
-  const i64 Q = win.Q, Qp = win.Qp;
+  const i64 Q = win.Q;
   float* D = scratch;
-  build_pool2_planes(D, x, s, win, scratch + 16 * Qp);
+  build_pool2_planes(D, x, s, win);
   const __m512i step[4] = {_mm512_setzero_si512(), _mm512_set1_epi32(1), _mm512_set1_epi32(std::int32_t(s.Wo)),
                            _mm512_set1_epi32(std::int32_t(s.Wo + 1))};
   const __m512i minus_one = _mm512_set1_epi32(-1);
@@ -173,7 +203,9 @@ bool image_backward(float* dw_k, float* lanes, const float* x, const float* dy, 
       for (int u = 0; u < 4; ++u)
 #pragma GCC unroll 4
         for (int v = 0; v < 4; ++v) {
-          const __m512 plane = _mm512_loadu_ps(D + (u * 4 + v) * Qp + q0);
+          // (0 past Q, as d: win.plane(D, u < 2, v) holds a row of x there, and 0 * x is NaN where x
+          // is not finite)
+          const __m512 plane = _mm512_maskz_loadu_ps(valid, win.plane(D, u, v) + q0);
 #pragma GCC unroll 4
           for (int ab = 0; ab < 4; ++ab) {
             const int r = u - (ab >> 1), q = v - (ab & 1);

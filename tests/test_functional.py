@@ -1153,6 +1153,7 @@ FUSED_SHAPES = [  # N, C, H, W, K, R, S, padding, k
     (2, 4, 9, 9, 5, 3, 3, 0, 3),  # 36 taps: the GEMM path; windows skip the last conv row/column
     (3, 32, 13, 13, 64, 3, 3, 0, 2),  # the default model's second layer (100 of 121 pixels read)
     (2, 1, 11, 9, 5, 3, 3, 1, 2),  # one channel, 3x3 (conv1's kernel) with padding, odd sizes
+    (2, 1, 9, 38, 3, 3, 3, 2, 2),  # one channel, 3x3: rows of 20 windows (two blocks), padding 2 all round
     (1, 1, 4, 4, 2, 1, 1, 0, 1),
     (4, 16, 16, 16, 32, 3, 3, 1, 2),  # a CIFAR-style block: Winograd, then the pool
     (2, 16, 10, 10, 20, 3, 3, 1, 3),  # Winograd; windows skip the last conv row/column
@@ -1262,6 +1263,30 @@ def test_conv2d_relu_max_pool2d_ties_and_zeros_without_nan_as_the_separate_kerne
         y_only = F.conv2d_relu_max_pool2d(x, w, b, k, padding=p, return_argmax=False)
         np.testing.assert_array_equal(y_only, ry)
         assert not np.signbit(y_only).any()
+
+
+@pytest.mark.parametrize("shape", [s for s in FUSED_SHAPES if s[1] == 1 and s[5] == 3])
+def test_conv2d_relu_max_pool2d_backward_with_infinities_in_x_as_the_separate_kernels(isa, shape):
+    # The separate kernels multiply each pixel a tap reads by its d(conv), 0 where no window's
+    # argmax is: an infinity or NaN in x makes NaN (0 * inf) or an infinity in the taps that read
+    # it, and only there. The one-channel 3x3 kernel reads x through planes that go on past the
+    # last window with x's last rows: those lanes must not reach dw. (Every conv output pooled:
+    # the same products, so the same NaN and infinities.)
+    N, C, H, W, K, R, S, p, k = shape
+    H, W = H - (H + 2 * p - R + 1) % 2, W - (W + 2 * p - S + 1) % 2  # (even conv outputs)
+    x, w, b = rand(N, C, H, W), rand(K, C, R, S, scale=0.3), rand(K)
+    x[-1, 0, -1, 1], x[-1, 0, -2, -1], x[0, 0, -2, W // 2] = np.inf, -np.inf, np.nan
+    y, argmax = F.conv2d_relu_max_pool2d(x, w, b, k, padding=p)
+    dy = rand(*y.shape)
+    dconv = F.max_pool2d_backward(dy, argmax, F.conv2d(x, w, b, padding=p).shape)
+    _, rdw, rdb = F.conv2d_backward(x, w, dconv, padding=p, input_grad=False)
+    _, dw, db = F.conv2d_relu_max_pool2d_backward(x, w, dy, argmax, k, padding=p, input_grad=False)
+    assert np.isnan(rdw).any()
+    np.testing.assert_array_equal(np.isnan(dw), np.isnan(rdw))
+    np.testing.assert_array_equal(np.where(np.isinf(rdw), rdw, 0), np.where(np.isinf(dw), dw, 0))
+    finite = np.isfinite(rdw)
+    assert_close(dw[finite], rdw[finite], rtol=1e-5, atol=1e-5)
+    assert_close(db, rdb, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("shape", FUSED_SHAPES)
