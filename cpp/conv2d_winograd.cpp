@@ -38,13 +38,20 @@ constexpr i64 kWinogradWeightGradChannels = 64;
 constexpr i64 kWinogradWeightGradTileChannels = 32;
 
 // 3x3 with at least kWinogradChannels channels in and out, padding up to 2 (dx is then a
-// convolution of dy padded by 2 - pad), an even output (an odd one computes a row and a column of
-// F(2x2)'s tiles to throw away: conv2's 11 x 11 is 144 pixels for 121, and pooled, the panels'
-// fused kernel also skips the 21 no window reads: F(2x2) measured slower there, 6.4 against 5.1 ms
-// forward and 14 against 10 ms backward, AVX2, batch 128, one thread) and at least 32 tiles (fewer
-// do not pay for transforming the weights: 128->256 on 4 x 4 at batch 1 took 0.41 ms against the
-// panels' 0.27). The same answer with and without a pool, so that the fused layer gives the
-// separate layers' numbers.
+// convolution of dy padded by 2 - pad) and at least 32 tiles (fewer do not pay for transforming
+// the weights: 128->256 on 4 x 4 at batch 1 took 0.41 ms against the panels' 0.27). The same
+// answer with and without a pool, so that the fused layer gives the separate layers' numbers.
+// An odd output computes a row and a column of tiles to throw away: F(2x2) takes one (where F(4x4)
+// does not) from as many input channels as F(4x4) does (below) and kWinogradOddTiles tiles. AVX-512
+// and AVX2 on the Zen 5, one thread, against the panels: 80->80 on 9 x 9 at batch 2, 4, 8 and 128
+// 0.78x, 0.96x, 1.25x and 1.30x the speed on AVX-512 (0.96x, 1.17x, 1.26x, 1.41x on AVX2); 64->64
+// on 13 x 13 at batch 2 and 128 1.10x, 1.31x (1.28x, 1.39x); 128->128 on 17 x 17 at batch 32 1.35x
+// (1.63x); 256->256 on 9 x 9 at batch 4 and 32 0.87x, 0.99x (1.27x, 1.49x); on two threads, batch
+// 32 and 128, 0.91-1.30x on AVX-512 (within its noise but 128->128 on 13 x 13, 1.30x), 1.17-1.51x on
+// AVX2. Its backward stays the panels' (winograd_accepts). But the default model's
+// conv2 (11 x 11, pooled) on AVX2 at batch 1 0.37-0.68x: its 36 tiles are too few (and from 4
+// images F(4x4) takes it; on AVX2 at batch 128 F(2x2) was slower there, 6.4 against 5.1 ms forward
+// and 14 against 10 ms backward, than the panels before F(4x4) served odd outputs).
 // The tiles must also fill three quarters of the panels its products take them in (AVX-512: 32
 // tiles a panel): 96->96 on 12 x 12 at batch 1, 36 tiles in two panels of 32, went 0.72-0.77x the
 // time forward and 0.75-0.78x backward through the panels (one AVX-512 thread and two).
@@ -63,7 +70,7 @@ constexpr i64 kWinogradWeightGradTileChannels = 32;
 // took 1.10-1.34x F(2x2)'s time on AVX-512 with chunks of 14 tiles in panels of 32 (1.5x allowed),
 // 0.75-0.83x with whole panels; 96->96 on 12 x 12 (rows of 3 tiles) 0.80-0.88x (was 0.86-0.90x).
 // Else F(2x2).
-constexpr i64 kWinogradChannels = 16, kWinogradTiles = 32;
+constexpr i64 kWinogradChannels = 16, kWinogradTiles = 32, kWinogradOddTiles = 128;
 // Stride 2 through the input's phases from this many channels in and twice as many out: below, the
 // transforms cost what the products save. Against the panels (AMD EPYC Zen 4, batch 32/128, 1-2
 // threads): AVX-512 64->128 on 8 x 8 0.70-0.78x the time, 32->64 on 16 x 16 0.87-0.90x, but 32->32
@@ -89,9 +96,10 @@ bool tiles_fill(const ConvShape& s, i64 N, i64 m) {
 }
 
 bool winograd_fits(const ConvShape& s, i64 N, i64 m) {
-  return s.stride == 1 && s.pad <= 2 &&
-         ((m == 4 && s.C >= active_isa().winograd_odd_outputs_channels) || (s.Ho % 2 == 0 && s.Wo % 2 == 0)) &&
-         tiles_fill(s, N, m);
+  const bool even = s.Ho % 2 == 0 && s.Wo % 2 == 0;
+  const bool odd = s.C >= active_isa().winograd_odd_outputs_channels &&
+                   (m == 4 || N * ((s.Ho + 1) / 2) * ((s.Wo + 1) / 2) >= kWinogradOddTiles);
+  return s.stride == 1 && s.pad <= 2 && (even || odd) && tiles_fill(s, N, m);
 }
 
 int winograd_tile(const ConvShape& s, i64 N) {
@@ -122,15 +130,15 @@ int set_winograd_tile_limit(int m) { return winograd_tile_limit.exchange(m); }
 // dx's convolution: dy padded by 2 - pad, through w flipped and transposed ([C, K, 3, 3])
 ConvShape dx_shape(const ConvShape& s) { return ConvShape(s.K, s.Ho, s.Wo, s.C, 3, 3, 2 - s.pad); }
 
-// At stride 1 an odd output's backward only where dx goes by F(4x4) (the forward's odd outputs'
-// tile; dw by F(3x3, 4x4) or the panels: F(3x3, 2x2) takes even outputs only), pooled or not (the
+// At stride 1 an odd output's backward only where its tile and dx's are F(4x4) (dw by F(3x3, 4x4)
+// or the panels: F(3x3, 2x2) takes even outputs only), pooled or not (the
 // fused layer's dx must be the separate layers'). Against the panels (batch 32/128, one thread):
 // 96->192 on 7 x 7 0.62-0.64x the time on AVX-512, 0.74-0.78x AVX2; 48->48 on 15 x 15 0.58x and 0.63x,
 // 64->64 on 11 x 11 0.81x and 0.68x, 128->128 on 7 x 7 0.66x and 0.78x.
 bool winograd_accepts(const ConvShape& s, i64 N, i64, bool backward) {
   if (winograd_tile(s, N) == 0) return false;
   if (!backward || s.stride != 1 || (s.Ho % 2 == 0 && s.Wo % 2 == 0)) return true;
-  return winograd_tile(dx_shape(s), N) == 4;
+  return winograd_tile(s, N) == 4 && winograd_tile(dx_shape(s), N) == 4;
 }
 
 // dw's m of F(3x3, m x m) on a layer the path took (0: the panels' dw). F(3x3, 4x4) where 4 x 4
