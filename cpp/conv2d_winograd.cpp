@@ -78,28 +78,34 @@ constexpr i64 kWinogradChannels = 16, kWinogradTiles = 32, kWinogradOddTiles = 1
 // 0.90-1.00x.
 constexpr i64 kStride2Channels = 32;
 constexpr i64 kWinogradWaste = 135;  // percent
+// F(2x2)'s tiles may cover up to 1.5x an odd output (5 x 5 in 6 x 6: 1.44x) from twice the ISA's
+// odd-output channels. Against the panels, batch 32 and 128, on the Zen 5: AVX2 64->64 to 384->384
+// on 5 x 5 1.09-1.35x the speed on one thread, 1.09-1.37x on two; AVX-512 128->128 to 384->384
+// 1.08-1.13x and 0.94-1.19x, but 64->64 0.87x and 0.93x (so from 96 channels there).
+constexpr i64 kWinogradWaste2x2 = 150;
 std::atomic<int> winograd_tile_limit{4};
 
-// m x m tiles cover at most kWinogradWaste percent of the output, and there are kWinogradTiles of them
+// m x m tiles cover at most `waste` percent of the output, and there are kWinogradTiles of them
 // (the forward's rule and dw's)
-bool tiles_cover(const ConvShape& s, i64 N, i64 m) {
+bool tiles_cover(const ConvShape& s, i64 N, i64 m, i64 waste = kWinogradWaste) {
   const i64 Th = (s.Ho + m - 1) / m, Tw = (s.Wo + m - 1) / m;
-  return 100 * m * m * Th * Tw <= kWinogradWaste * s.P() && N * Th * Tw >= kWinogradTiles;
+  return 100 * m * m * Th * Tw <= waste * s.P() && N * Th * Tw >= kWinogradTiles;
 }
 
 // 3x3 with kWinogradChannels in and out, whose m x m tiles cover the output (tiles_cover) and fill
 // three quarters of the panels their products take them in
-bool tiles_fill(const ConvShape& s, i64 N, i64 m) {
+bool tiles_fill(const ConvShape& s, i64 N, i64 m, i64 waste = kWinogradWaste) {
   const i64 tiles = N * ((s.Ho + m - 1) / m) * ((s.Wo + m - 1) / m), panel = active_isa().tile_columns;
-  return s.R == 3 && s.S == 3 && s.C >= kWinogradChannels && s.K >= kWinogradChannels && tiles_cover(s, N, m) &&
+  return s.R == 3 && s.S == 3 && s.C >= kWinogradChannels && s.K >= kWinogradChannels && tiles_cover(s, N, m, waste) &&
          fill_three_quarters(tiles, panel) && s.P() < (i64(1) << 30);
 }
 
 bool winograd_fits(const ConvShape& s, i64 N, i64 m) {
+  const i64 odd_channels = active_isa().winograd_odd_outputs_channels;
   const bool even = s.Ho % 2 == 0 && s.Wo % 2 == 0;
-  const bool odd = s.C >= active_isa().winograd_odd_outputs_channels &&
-                   (m == 4 || N * ((s.Ho + 1) / 2) * ((s.Wo + 1) / 2) >= kWinogradOddTiles);
-  return s.stride == 1 && s.pad <= 2 && (even || odd) && tiles_fill(s, N, m);
+  const bool odd = s.C >= odd_channels && (m == 4 || N * ((s.Ho + 1) / 2) * ((s.Wo + 1) / 2) >= kWinogradOddTiles);
+  const i64 waste = m == 2 && s.C >= 2 * odd_channels ? kWinogradWaste2x2 : kWinogradWaste;
+  return s.stride == 1 && s.pad <= 2 && (even || odd) && tiles_fill(s, N, m, waste);
 }
 
 int winograd_tile(const ConvShape& s, i64 N) {
