@@ -77,6 +77,11 @@ constexpr i64 kWinogradChannels = 16, kWinogradTiles = 32, kWinogradOddTiles = 1
 // on 32 x 32 0.99-1.04x (and 16->32 1.1-1.3x, on a busy machine); AVX2 0.73-0.78x, 0.84-0.94x and
 // 0.90-1.00x.
 constexpr i64 kStride2Channels = 32;
+// The forward takes stride 2 where a panel of its tiles fits twice what the chunks may round up to:
+// 128->256 to 4 x 4 and 8 x 8 and 96->192 to 7 x 7 (panels of 2.8 and 2.1 MB on AVX-512) took
+// 0.68-0.86x the panels' time (Zen 5, batch 32/128, 1-2 threads). Its backward (dx by the phases
+// transposed) keeps to the chunks: there it took 1.67-1.85x the panels' time.
+constexpr double kStride2PanelRoundUp = 2.0;
 constexpr i64 kWinogradWaste = 135;  // percent
 // F(2x2)'s tiles may cover up to 1.5x an odd output (5 x 5 in 6 x 6: 1.44x) from twice the ISA's
 // odd-output channels. Against the panels, batch 32 and 128, on the Zen 5: AVX2 64->64 to 384->384
@@ -108,18 +113,24 @@ bool winograd_fits(const ConvShape& s, i64 N, i64 m) {
   return s.stride == 1 && s.pad <= 2 && (even || odd) && tiles_fill(s, N, m, waste);
 }
 
+// The bytes of a panel of stride-2 tiles: its 81 planes of the channels, in or out
+double stride2_panel_bytes(const ConvShape& s) {
+  return 81.0 * double(std::max(s.C, s.K) + active_isa().gemm->mr) * active_isa().tile_columns * sizeof(float);
+}
+
 int winograd_tile(const ConvShape& s, i64 N) {
   if (N <= 0 || s.K <= 0 || s.taps() <= 0) return 0;
   const IsaKernels& isa = active_isa();
   // Stride 2 (forward and dx): F(4x4) through the input's phases (conv2d_winograd_kernels.cpp), 81
   // products a tile where the panels do 144 multiply-adds, on F(4x4)'s terms, from kStride2Channels
   // in and twice that out, and where a panel of tiles fits a chunk (its 81 planes of the channels,
-  // in or out, within what the chunks may round up to: beyond, the chunks would hold a few tiles
-  // for whole panels; 128->256 and up, not measured)
+  // in or out, within kStride2PanelRoundUp times what the chunks may round up to: beyond, the
+  // chunks would hold a few tiles for whole panels; the backward within what they round up to,
+  // winograd_accepts)
   if (s.stride == 2) {
-    const double panel_bytes = 81.0 * double(std::max(s.C, s.K) + isa.gemm->mr) * isa.tile_columns * sizeof(float);
     return winograd_tile_limit.load() >= 4 && s.C >= kStride2Channels && s.K >= 2 * kStride2Channels && s.pad <= 2 &&
-                   panel_bytes <= kWinogradChunkRoundUp * kWinogradChunkBytes && tiles_fill(s, N, 4)
+                   stride2_panel_bytes(s) <= kStride2PanelRoundUp * kWinogradChunkRoundUp * kWinogradChunkBytes &&
+                   tiles_fill(s, N, 4)
                ? 4
                : 0;
   }
@@ -143,6 +154,7 @@ ConvShape dx_shape(const ConvShape& s) { return ConvShape(s.K, s.Ho, s.Wo, s.C, 
 // 64->64 on 11 x 11 0.81x and 0.68x, 128->128 on 7 x 7 0.66x and 0.78x.
 bool winograd_accepts(const ConvShape& s, i64 N, i64, bool backward) {
   if (winograd_tile(s, N) == 0) return false;
+  if (backward && s.stride == 2) return stride2_panel_bytes(s) <= kWinogradChunkRoundUp * kWinogradChunkBytes;
   if (!backward || s.stride != 1 || (s.Ho % 2 == 0 && s.Wo % 2 == 0)) return true;
   return winograd_tile(s, N) == 4 && winograd_tile(dx_shape(s), N) == 4;
 }
