@@ -71,6 +71,12 @@ constexpr i64 kWinogradWeightGradTileChannels = 32;
 // 0.75-0.83x with whole panels; 96->96 on 12 x 12 (rows of 3 tiles) 0.80-0.88x (was 0.86-0.90x).
 // Else F(2x2).
 constexpr i64 kWinogradChannels = 16, kWinogradTiles = 32, kWinogradOddTiles = 128;
+// F(4x4)'s panels may be 1.25x that (2.4 MB of AVX-512's 32 tiles) where the products take all the
+// input channels at once (up to 320): against F(2x2), Zen 5, AVX-512, batch 32/128, 1-2 threads,
+// 256->256 on 4 x 4 1.18-1.54x the speed forward and 0.95-1.34x backward, on 8 x 8 1.11-1.37x and
+// 1.09-1.10x, 192->256 on 8 x 8 1.27-1.46x and 1.07-1.08x. Not beyond: 320->320 on 4 x 4 (3 MB)
+// ran 0.86-0.87x at batch 32; nor past 320 channels: AVX2's 512->512 (2.4 MB) 0.82x.
+constexpr double kWinogradPanelRoundUp = 1.25;
 // Stride 2 through the input's phases from this many channels in and twice as many out: below, the
 // transforms cost what the products save. Against the panels (AMD EPYC Zen 4, batch 32/128, 1-2
 // threads): AVX-512 64->128 on 8 x 8 0.70-0.78x the time, 32->64 on 16 x 16 0.87-0.90x, but 32->32
@@ -136,8 +142,8 @@ int winograd_tile(const ConvShape& s, i64 N) {
   }
   const i64 Kp = (s.K + isa.gemm->mr - 1) / isa.gemm->mr * isa.gemm->mr;  // (the products' MR is the GEMM's)
   const double panel_bytes = 36.0 * double(s.C + Kp) * isa.tile_columns * sizeof(float);
-  if (winograd_tile_limit.load() >= 4 && panel_bytes <= kWinogradChunkRoundUp * kWinogradChunkBytes &&
-      winograd_fits(s, N, 4))
+  const double round_up = (s.C <= 320 ? kWinogradPanelRoundUp : 1.0) * kWinogradChunkRoundUp;
+  if (winograd_tile_limit.load() >= 4 && panel_bytes <= round_up * kWinogradChunkBytes && winograd_fits(s, N, 4))
     return 4;
   return winograd_fits(s, N, 2) ? 2 : 0;
 }
