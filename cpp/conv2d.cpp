@@ -12,10 +12,12 @@
 //                                                                        in the batch; every ISA
 //   winograd               conv2d_winograd.cpp,                          3x3, >= 16 channels in and out, >= 32
 //                          conv2d_winograd_kernels.cpp (per ISA)         tiles filling 3/4 of its panels, stride 1:
-//                                                                        F(4x4) or, on an even output, F(2x2)
-//                                                                        (winograd_tile); stride 2 from 32
-//                                                                        channels in and 64 out: F(4x4) through
-//                                                                        the input's phases (forward, dx); every ISA
+//                                                                        F(4x4) or F(2x2), an odd output from
+//                                                                        the ISA's channels (winograd_tile);
+//                                                                        stride 2 from 32 channels in and 64 out:
+//                                                                        F(4x4) through the input's phases
+//                                                                        (forward; dx where its panels fit the
+//                                                                        chunks); every ISA
 //   pointwise              conv2d_pointwise_kernels.cpp (per ISA),       1x1, stride 1; forward: 33 to 256
 //                          tile_product_impl.hpp                         channels in, whole panels
 //                                                                        holding at most 1.35x an image's

@@ -155,9 +155,10 @@ void transform_weights(float* u, i64 us, const float* w, i64 K, i64 C, i64 Kp) {
       const i64 cb = std::min(CB, C - c0);
       float f[CB][9][MR];  // f[cc][t][i]: tap t of input channel c0 + cc, output channel kp*MR + i (0 past K)
       for (int i = 0; i < MR; ++i) {
-        const float* wk = w + ((kp * MR + i) * C + c0) * 9;
+        const bool inside = kp * MR + i < K;
+        const float* wk = inside ? w + ((kp * MR + i) * C + c0) * 9 : w;
         for (i64 cc = 0; cc < cb; ++cc)
-          for (int t = 0; t < 9; ++t) f[cc][t][i] = kp * MR + i < K ? wk[cc * 9 + t] : 0.0f;
+          for (int t = 0; t < 9; ++t) f[cc][t][i] = inside ? wk[cc * 9 + t] : 0.0f;
       }
       for (i64 cc = 0; cc < cb; ++cc) {
         const i64 c = c0 + cc;

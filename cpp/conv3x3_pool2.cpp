@@ -8,7 +8,7 @@
 // A window's four conv outputs (2i+a, 2j+b), a, b in {0, 1}, read x at (2i+a+r-pad, 2j+b+q-pad):
 // only a+r and b+q (0..3 each) matter, so the image is first split into 16 subsampled planes
 // D[u][v][i*Wq + j] = x[2i+u-pad][2j+v-pad] (zero outside x), 8 of them built (D[u+2][v] is D[u][v]
-// one row of windows on; 7 KB for conv1, and 11 KB for the forward's copy of the 16 interleaved by
+// one row of windows on; 6.5 KB for conv1, and 11 KB for the forward's copy of the 16 interleaved by
 // blocks of VL windows: in L1). Then, VL windows at a time, a channel's four outputs per window
 // are four accumulators of 9 multiply-adds, and the window's maximum and argmax are picked in
 // registers with max_pool2d's rule (first maximum, a NaN wins;

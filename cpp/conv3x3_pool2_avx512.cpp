@@ -98,7 +98,7 @@ void build_pool2_planes(float* D, const float* x, const ConvShape& s, const Wind
           const i64 c0 = 2 * j0 + v - s.pad, c = std::max<i64>(c0, 0);
           const i64 n = std::max<i64>(0, std::min<i64>(32, s.W - c));  // columns of x from c on
           const std::uint64_t in = (1ull << n) - 1;
-          const float* src = x + h * s.W + c;
+          const float* src = n > 0 ? x + h * s.W + c : x;  // (nothing read where n = 0)
           const __m512 lo = _mm512_maskz_loadu_ps(__mmask16(in), src);
           const __m512 hi = _mm512_maskz_loadu_ps(__mmask16(in >> 16), src + 16);
           const __m512i pick = _mm512_add_epi32(even, _mm512_set1_epi32(std::int32_t(c0 - c)));  // (<0: left of x)

@@ -120,7 +120,8 @@ struct IsaKernels {
   // the columns of the products' register tile (tile_product_impl.hpp's NR): Winograd's panels of
   // tiles, the pointwise path's panels of pixels
   int tile_columns;
-  // F(4x4) also takes odd outputs from this many input channels (conv2d_winograd.cpp)
+  // Winograd takes odd outputs from this many input channels (F(2x2) from 128 tiles, and where its tiles
+  // cover up to 1.5x the output from twice this many: conv2d_winograd.cpp)
   i64 winograd_odd_outputs_channels;
   // dw: [K, C, 3, 3] from x and dy by F(3x3, m x m), m = 2 (even Ho and Wo) or 4, and whether
   // F(3x3, 2x2) serves where F(3x3, 4x4) does not (conv2d_winograd.cpp)

@@ -196,18 +196,19 @@ def test_winograd_4x4_and_2x2_tiles_both_match_the_reference(isa, shape):
     assert not np.array_equal(results[0][1], results[1][1])
 
 
-@pytest.mark.parametrize("N, C, H", [(6, 48, 9), (15, 96, 5)])
-def test_winograd_2x2_tiles_on_an_odd_output_match_the_reference(isa, N, C, H):
+@pytest.mark.parametrize("N, C, H, K, p", [(6, 48, 9, 16, 1), (15, 96, 5, 16, 1), (6, 48, 11, 48, 0)])
+def test_winograd_2x2_tiles_on_an_odd_output_match_the_reference(isa, N, C, H, K, p):
     # 9 x 9: F(4x4)'s tiles would cover 12 x 12, F(2x2)'s 10 x 10 (its last row and column of tiles
     # half outside); 5 x 5 in 6 x 6 (from 96 channels). From 128 tiles: 150 and 135 here, one image
-    # fewer too few.
-    x, w, b = rand(N, C, H, H), rand(16, C, 3, 3, scale=0.3), rand(16)
-    assert _core.conv2d_path(x.shape, w.shape, 1) == "winograd"
-    assert _core.conv2d_path(x[1:].shape, w.shape, 1) != "winograd"
-    y = F.conv2d(x, w, b, padding=1)
-    assert_close(y, ref.conv2d(x, w, b, 1))
-    assert_close(F.conv2d(x[1:], w, b, padding=1), y[1:])
-    pooled, argmax = F.conv2d_relu_max_pool2d(x, w, b, 2, padding=1)  # (the last row and column dropped)
+    # fewer too few. Their backward through the panels, even where dx (11 x 11) would go by F(4x4).
+    x, w, b = rand(N, C, H, H), rand(K, C, 3, 3, scale=0.3), rand(K)
+    assert _core.conv2d_path(x.shape, w.shape, p) == "winograd"
+    assert _core.conv2d_path(x.shape, w.shape, p, backward=True) == "panels"
+    assert _core.conv2d_path(x[1:].shape, w.shape, p) != "winograd"
+    y = F.conv2d(x, w, b, padding=p)
+    assert_close(y, ref.conv2d(x, w, b, p))
+    assert_close(F.conv2d(x[1:], w, b, padding=p), y[1:])
+    pooled, argmax = F.conv2d_relu_max_pool2d(x, w, b, 2, padding=p)  # (the last row and column dropped)
     ry, rargmax = F.max_pool2d(y, 2, relu=True)
     np.testing.assert_array_equal(pooled, ry)
     np.testing.assert_array_equal(argmax, rargmax)
@@ -1292,7 +1293,8 @@ def test_conv2d_relu_max_pool2d_backward_with_infinities_in_x_as_the_separate_ke
     N, C, H, W, K, R, S, p, k = shape
     H, W = H - (H + 2 * p - R + 1) % 2, W - (W + 2 * p - S + 1) % 2  # (even conv outputs)
     x, w, b = rand(N, C, H, W), rand(K, C, R, S, scale=0.3), rand(K)
-    x[-1, 0, -1, 1], x[-1, 0, -2, -1], x[0, 0, -2, W // 2] = np.inf, -np.inf, np.nan
+    held = min(H - 1, (H + 2 * p - R + 1) // 2 * 2 - p)  # (the row of x the planes hold past the last window)
+    x[-1, 0, -1, 1], x[-1, 0, -2, -1], x[0, 0, held, 1] = np.inf, -np.inf, np.nan
     y, argmax = F.conv2d_relu_max_pool2d(x, w, b, k, padding=p)
     dy = rand(*y.shape)
     dconv = F.max_pool2d_backward(dy, argmax, F.conv2d(x, w, b, padding=p).shape)
