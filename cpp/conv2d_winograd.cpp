@@ -42,7 +42,8 @@ constexpr i64 kWinogradWeightGradTileChannels = 32;
 // the weights: 128->256 on 4 x 4 at batch 1 took 0.41 ms against the panels' 0.27). The same
 // answer with and without a pool, so that the fused layer gives the separate layers' numbers.
 // An odd output computes a row and a column of tiles to throw away: F(2x2) takes one (where F(4x4)
-// does not) from as many input channels as F(4x4) does (below) and kWinogradOddTiles tiles. AVX-512
+// does not) from as many input channels as F(4x4) does (below), 32 at least, and kWinogradOddTiles
+// tiles (AVX2 at batch 128 on 9 x 9: 16->16 0.78-0.87x the panels' speed, 32->32 1.14-1.17x). AVX-512
 // and AVX2 on the Zen 5, one thread, against the panels: 80->80 on 9 x 9 at batch 2, 4, 8 and 128
 // 0.78x, 0.96x, 1.25x and 1.30x the speed on AVX-512 (0.96x, 1.17x, 1.26x, 1.41x on AVX2); 64->64
 // on 13 x 13 at batch 2 and 128 1.10x, 1.31x (1.28x, 1.39x); 128->128 on 17 x 17 at batch 32 1.35x
@@ -89,11 +90,11 @@ constexpr i64 kStride2Channels = 32;
 // transposed) keeps to the chunks: there it took 1.67-1.85x the panels' time.
 constexpr double kStride2PanelRoundUp = 2.0;
 constexpr i64 kWinogradWaste = 135;  // percent
-// F(2x2)'s tiles may cover up to 1.5x an odd output (5 x 5 in 6 x 6: 1.44x) from twice the ISA's
-// odd-output channels. Against the panels, batch 32 and 128, on the Zen 5: AVX2 64->64 to 384->384
-// on 5 x 5 1.09-1.35x the speed on one thread, 1.09-1.37x on two; AVX-512 128->128 to 384->384
-// 1.08-1.13x and 0.94-1.19x, but 64->64 0.87x and 0.93x (so from 96 channels there).
-constexpr i64 kWinogradWaste2x2 = 150;
+// F(2x2)'s tiles may cover up to 1.5x an odd output (5 x 5 in 6 x 6: 1.44x) from twice the channels
+// it takes odd outputs from. Against the panels, batch 32 and 128, on the Zen 5: AVX2 64->64 to
+// 384->384 on 5 x 5 1.09-1.35x the speed on one thread, 1.09-1.37x on two, but 32->32 0.85-0.87x;
+// AVX-512 128->128 to 384->384 1.08-1.13x and 0.94-1.19x, but 64->64 0.87x and 0.93x.
+constexpr i64 kWinogradOdd2x2Channels = 32, kWinogradWaste2x2 = 150;
 std::atomic<int> winograd_tile_limit{4};
 
 // m x m tiles cover at most `waste` percent of the output, and there are kWinogradTiles of them
@@ -113,9 +114,11 @@ bool tiles_fill(const ConvShape& s, i64 N, i64 m, i64 waste = kWinogradWaste) {
 
 bool winograd_fits(const ConvShape& s, i64 N, i64 m) {
   const i64 odd_channels = active_isa().winograd_odd_outputs_channels;
+  const i64 odd_2x2 = std::max(odd_channels, kWinogradOdd2x2Channels);
   const bool even = s.Ho % 2 == 0 && s.Wo % 2 == 0;
-  const bool odd = s.C >= odd_channels && (m == 4 || N * ((s.Ho + 1) / 2) * ((s.Wo + 1) / 2) >= kWinogradOddTiles);
-  const i64 waste = m == 2 && s.C >= 2 * odd_channels ? kWinogradWaste2x2 : kWinogradWaste;
+  const bool odd =
+      m == 4 ? s.C >= odd_channels : s.C >= odd_2x2 && N * ((s.Ho + 1) / 2) * ((s.Wo + 1) / 2) >= kWinogradOddTiles;
+  const i64 waste = m == 2 && s.C >= 2 * odd_2x2 ? kWinogradWaste2x2 : kWinogradWaste;
   return s.stride == 1 && s.pad <= 2 && (even || odd) && tiles_fill(s, N, m, waste);
 }
 
