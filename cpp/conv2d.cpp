@@ -117,8 +117,8 @@ bool pointwise_backward_path(float* dx, float* dw, float* db, const float* x, co
 }
 
 // Few taps (<= kDirectTaps) either way. Forward, at any number of taps: a first layer (<= kTapRowsChannels
-// input channels), and a layer whose output rows fill two vectors or more, or exactly one of 16 (rows_fill_vectors:
-// there the direct loop's segments waste no lanes, and it beat the panels' GEMM, packed or transposed: stride-2 16->32
+// input channels), and a layer whose output rows fill two vectors or more, or 7/8 of theirs (rows_fill_vectors:
+// there the direct loop's segments waste few lanes, and it beat the panels' GEMM, packed or transposed: stride-2 16->32
 // on 32 x 32 0.86x the time on AVX2; 32->64 5x5 on 32 x 32 0.86x AVX-512 and 0.85x AVX2, 16->32 5x5 0.77-0.80x;
 // 1.0-1.1x on rows of 10-15 pixels and 1.7-3.3x AVX-512 on strided rows of 4-8, left to the panels;
 // and 1x1 layers, 1.04-1.09x on AVX2, whose panels read x in place)

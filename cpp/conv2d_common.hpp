@@ -194,9 +194,9 @@ bool tap_rows_backward(float* dx, float* dw, float* db, const float* x, const fl
 
 // Few taps (C*R*S <= kDirectTaps): im2col of one image into L1, register-blocked loops (conv2d_direct.cpp)
 constexpr i64 kDirectTaps = 32;
-// Output rows of two vectors or more (of the ISA in use) and of 16 pixels or more, a kernel wider than
-// 1x1, and up to 32 input channels or a kernel of 5x5 or more: the direct forward's segments then
-// waste no lanes and it takes the layer at any number of taps (conv2d.cpp)
+// Output rows of 16 pixels or more filling two vectors (of the ISA in use) or 7/8 of their vectors, a
+// kernel wider than 1x1, and up to 32 input channels or a kernel of 5x5 or more: the direct forward's
+// segments then waste few lanes and it takes the layer at any number of taps (conv2d.cpp)
 bool rows_fill_vectors(const ConvShape& s);
 void direct_forward_path(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
                          const ConvShape& s, i64 N, i64 pool_k);

@@ -1,6 +1,6 @@
 // conv2d's direct path: patches of few taps (C*R*S <= kDirectTaps = 32: conv1, a first layer on
 // 1-3 channels), and, forward, at any number of taps, a first layer (<= kTapRowsChannels input
-// channels) or a layer whose output rows fill two vectors, or one whole one of 16 (rows_fill_vectors). There packing
+// channels) or a layer whose output rows fill two vectors, or 7/8 of theirs (rows_fill_vectors). There packing
 // GEMM operands costs as much as it saves. Forward: each image laid out zero-bordered (PhaseLayout: split into phases
 // when strided) and its taps read where they lie by the ISA's loops (conv2d_direct_kernels.cpp); dW: col[T, P] (im2col,
 // the image's T shifted copies) built in L1 and combined row by row with dy. The input gradient, when wanted, goes
@@ -35,14 +35,15 @@ void direct_weight_grad(float* dw, const float* x, const float* dy, const ConvSh
 
 // (16 pixels at least: measured on AVX2 and AVX-512 only. 3x3 layers of over 32 input channels stay
 // with the panels: stride-2 64->128 and 128->256 on 64 x 64, 128->128 on 33 x 33 took 1.04-1.06x the
-// time on AVX2, 0.99-1.00x AVX-512, where 64->64 5x5 on 32 x 32 took 0.82-0.88x. Rows of exactly one
-// vector too, AVX-512's 16 (Zen 5, against the panels, 1-2 threads, batch 1-128: 64->64 5x5 on 16 x 16
-// 0.83-0.93x the time, stride-2 16->32 on 32 x 32 0.80-0.95x, 8->16 3x3 0.80x); but not rows of 20 or 24,
-// whose second vector is mostly empty: 48->48 5x5 on 20 x 20 1.40x, stride-2 16->32 to 24 x 24 1.16x)
+// time on AVX2, 0.99-1.00x AVX-512, where 64->64 5x5 on 32 x 32 took 0.82-0.88x. Rows of one vector
+// too, AVX-512's 16 (Zen 5, against the panels, 1-2 threads, batch 1-128: 64->64 5x5 on 16 x 16
+// 0.83-0.93x the time, stride-2 16->32 on 32 x 32 0.80-0.95x, 8->16 3x3 0.80x), and rows filling 7/8
+// of their vectors or more, AVX-512's 28-31 (8->16 3x3 on 28 x 28 0.66-0.83x the time of the tap rows',
+// 16->32 and 32->32 there, 24->48 on 30 x 30, 0.93-1.21x, even); but not rows of 20 or 24, whose
+// second vector is mostly empty: 48->48 5x5 on 20 x 20 1.40x, stride-2 16->32 to 24 x 24 1.16x)
 bool rows_fill_vectors(const ConvShape& s) {
-  const i64 v = active_isa().vector_floats;
-  return s.R * s.S > 1 && (s.Wo >= std::max<i64>(16, 2 * v) || (s.Wo >= 16 && s.Wo % v == 0)) &&
-         (s.C <= 32 || s.R * s.S >= 25);
+  const i64 v = active_isa().vector_floats, lanes = (s.Wo + v - 1) / v * v;
+  return s.R * s.S > 1 && s.Wo >= 16 && (s.Wo >= 2 * v || 8 * s.Wo >= 7 * lanes) && (s.C <= 32 || s.R * s.S >= 25);
 }
 
 // x: [N, C, H, W] -> y: [N, K, Ho, Wo], or pooled: y, argmax: [N, K, Ho/k, Wo/k] (each image
