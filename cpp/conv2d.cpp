@@ -12,7 +12,9 @@
 //                                                                        in the batch; every ISA
 //   winograd               conv2d_winograd.cpp,                          3x3, >= 16 channels in and out, >= 32
 //                          conv2d_winograd_kernels.cpp (per ISA)         tiles filling 3/4 of its panels, stride 1:
-//                                                                        F(4x4) or F(2x2), an odd output from
+//                                                                        F(4x4) or F(2x2) where it does at most
+//                                                                        3/4 of the panels' multiplies (not 2 x 2
+//                                                                        outputs at padding 1), an odd output from
 //                                                                        the ISA's channels (winograd_tile);
 //                                                                        stride 2 from 32 channels in and 64 out:
 //                                                                        F(4x4) through the input's phases

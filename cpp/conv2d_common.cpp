@@ -153,6 +153,25 @@ bool pooled_dconv_chunk(float* kl, float* lk, i64 width, float* lanes, const flo
   return !missed;
 }
 
+std::pair<i64, i64> taps_inside(const ConvShape& s, i64 o, i64 in, i64 k) {
+  const i64 start = o * s.stride - s.pad, first = std::max<i64>(0, -start);
+  return {first, std::max(first, std::min(k, in - start))};
+}
+
+double fraction_inside(const ConvShape& s) {
+  auto inside = [&](i64 out, i64 in, i64 k) {  // taps inside the image, over a row or column of outputs
+    i64 n = 0;
+    for (i64 o = 0; o < out; ++o) {
+      const auto taps = taps_inside(s, o, in, k);
+      n += taps.second - taps.first;
+    }
+    return n;
+  };
+  return double(inside(s.Ho, s.H, s.R)) * double(inside(s.Wo, s.W, s.S)) / (double(s.P()) * double(s.R * s.S));
+}
+
+bool skips_padding(const ConvShape& s) { return s.pad > 0 && fraction_inside(s) <= 0.7; }
+
 // x read in place as the product's B and y written in place, where the panels packed 12-pixel
 // panels and transposed their result into y. An image's pixels go in whole panels of the products'
 // NR (tile_columns: 32 on AVX-512, 16 AVX2), or in one vector where that holds them (tile_product's

@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <memory>
 #include <new>
+#include <utility>
 #include <vector>
 
 #include "kernels.hpp"
@@ -149,6 +150,18 @@ bool pooled_dconv_chunk(float* kl, float* lk, i64 width, float* lanes, const flo
 // through the panels' backward
 void input_grad(float* dx, const float* x, const float* w, const float* dy, const ConvShape& s, i64 N);
 inline bool pointwise(const ConvShape& s) { return s.R == 1 && s.S == 1 && s.pad == 0; }
+// The kernel rows (or columns) [first, last) that output row (column) o reads inside an image of `in` rows (columns),
+// for a kernel of k; empty (first == last) where it reads only padding
+std::pair<i64, i64> taps_inside(const ConvShape& s, i64 o, i64 in, i64 k);
+// The fraction of a layer's taps (over every output pixel) that fall inside the image, not in the padding
+double fraction_inside(const ConvShape& s);
+// Whether the pixel-major product skips a padded layer's taps in the padding (conv2d_panels_impl.hpp's PaddedPieces):
+// where they are 30% of the taps or more (3x3 at padding 1 on 4 x 4 or less: 384->384 on 3 x 3 took 0.79-0.94x the time
+// at batch 32-128, 1-2 threads, AVX-512 and AVX2; stride 2 256->512 on 4 x 4, 0.93-0.96x). Where fewer are skipped it
+// was no faster: 192->192 on 5 x 5 (25%) 0.96-1.23x the time, 80->80 on 9 x 9 (14%) 1.04x, 64->64 5x5 on 16 x 16
+// (14%) 1.13x: the panels' pieces are shorter, packed in more runs. The same rule pooled or not, so that the fused
+// layer keeps the separate layers' sums.
+bool skips_padding(const ConvShape& s);
 // Does the ISA's pointwise product (conv2d_pointwise_kernels.cpp) take an image of P pixels with C
 // channels in (at most kPointwiseChannels: its products' depth, in one block)?
 constexpr i64 kPointwiseChannels = 256;

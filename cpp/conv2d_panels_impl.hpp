@@ -121,26 +121,6 @@ void relu_pool_pixel_major(float* y, std::int32_t* argmax, const float* out, con
 // The most taps for which the forward's product is made channel-major (see conv2d_forward_panels)
 constexpr i64 kChannelMajorTaps = 160;
 
-// The kernel rows (or columns) [first, last) that output row (column) o reads inside an image of `in` rows (columns),
-// for a kernel of k; empty (first == last) where it reads only padding
-std::pair<i64, i64> taps_inside(const ConvShape& s, i64 o, i64 in, i64 k) {
-  const i64 start = o * s.stride - s.pad, first = std::max<i64>(0, -start);
-  return {first, std::max(first, std::min(k, in - start))};
-}
-
-// The fraction of a layer's taps (over every output pixel) that fall inside the image, not in the padding
-double fraction_inside(const ConvShape& s) {
-  auto inside = [&](i64 out, i64 in, i64 k) {  // taps inside the image, over a row or column of outputs
-    i64 n = 0;
-    for (i64 o = 0; o < out; ++o) {
-      const auto taps = taps_inside(s, o, in, k);
-      n += taps.second - taps.first;
-    }
-    return n;
-  };
-  return double(inside(s.Ho, s.H, s.R)) * double(inside(s.Wo, s.W, s.S)) / (double(s.P()) * double(s.R * s.S));
-}
-
 // A padded layer's pixel-major product without the taps that fall in the padding (zeros): the
 // taps in (r, q, c) order, so that the ones a pixel reads inside the image are runs of consecutive
 // taps, one per kernel row (r0..r1, columns q0..q1). A chunk's pixels go in pieces of an output
@@ -184,14 +164,6 @@ struct PaddedPieces {
     }
   }
 };
-
-// Whether the pixel-major product skips a padded layer's taps in the padding (PaddedPieces): where they are 30% of the
-// taps or more (3x3 at padding 1 on 4 x 4 or less: 384->384 on 3 x 3 took 0.79-0.94x the time at batch 32-128, 1-2
-// threads, AVX-512 and AVX2; stride 2 256->512 on 4 x 4, 0.93-0.96x). Where fewer are skipped it was no faster:
-// 192->192 on 5 x 5 (25%) 0.96-1.23x the time, 80->80 on 9 x 9 (14%) 1.04x, 64->64 5x5 on 16 x 16 (14%) 1.13x: the
-// panels' pieces are shorter, packed in more runs. The same rule pooled or not, so that the fused layer keeps the
-// separate layers' sums.
-bool skips_padding(const ConvShape& s) { return s.pad > 0 && fraction_inside(s) <= 0.7; }
 
 // A run of a B panel's lanes lane..lane+len: the pixels whose patches start at offset.. in the image
 struct PixelRun {

@@ -112,6 +112,18 @@ bool tiles_fill(const ConvShape& s, i64 N, i64 m, i64 waste = kWinogradWaste) {
          fill_three_quarters(tiles, panel) && s.P() < (i64(1) << 30);
 }
 
+// F(m x m)'s multiplies an output (its tiles' (m + 2)^2 each, over the output they cover) at most 3/4 of the
+// panels' taps (9, or those inside the image where the panels skip the padding, skips_padding). On a 2 x 2 output at
+// padding 1 an F(2x2) tile does the 4 multiplies an output that the panels do, and transforms the weights into 16 per
+// input and output channel besides (4 MB of 512->512 made 16 MB): 512->512 there ran 0.41-0.55x PyTorch's speed by
+// F(2x2) on AVX-512 at batch 32/128 (0.73-0.94x AVX2).
+bool fewer_multiplies(const ConvShape& s, i64 m) {
+  const double tiles = double((s.Ho + m - 1) / m) * double((s.Wo + m - 1) / m);
+  const double winograd = double((m + 2) * (m + 2)) * tiles / double(s.P());
+  const double panels = 9.0 * (skips_padding(s) ? fraction_inside(s) : 1.0);
+  return 4.0 * winograd <= 3.0 * panels;
+}
+
 bool winograd_fits(const ConvShape& s, i64 N, i64 m) {
   const i64 odd_channels = active_isa().winograd_odd_outputs_channels;
   const i64 odd_2x2 = std::max(odd_channels, kWinogradOdd2x2Channels);
@@ -119,7 +131,7 @@ bool winograd_fits(const ConvShape& s, i64 N, i64 m) {
   const bool odd =
       m == 4 ? s.C >= odd_channels : s.C >= odd_2x2 && N * ((s.Ho + 1) / 2) * ((s.Wo + 1) / 2) >= kWinogradOddTiles;
   const i64 waste = m == 2 && s.C >= 2 * odd_2x2 ? kWinogradWaste2x2 : kWinogradWaste;
-  return s.stride == 1 && s.pad <= 2 && (even || odd) && tiles_fill(s, N, m, waste);
+  return s.stride == 1 && s.pad <= 2 && (even || odd) && tiles_fill(s, N, m, waste) && fewer_multiplies(s, m);
 }
 
 // The bytes of a panel of stride-2 tiles: its 81 planes of the channels, in or out

@@ -518,14 +518,16 @@ def test_panels_dx_leaves_out_the_taps_in_the_padding(isa, threads, N, C, H, K, 
 
 # Deep layers on tiny images: each chunk's partial dW^T would be large against its pixels (4,096 floats a pixel or
 # more), so the panels make dW over the whole batch at once, its panels of taps over the threads, after dx chunk by
-# chunk. 1 x 1 outputs; 3 x 3 at padding 1 (also pooled); stride 2; and Winograd's dx beside the panels' dW.
+# chunk. 1 x 1 outputs; 3 x 3 at padding 1 (also pooled); stride 2; and Winograd's dx beside the panels' dW
+# (2 x 2 outputs without padding: at padding 1 the panels take them, Winograd's tiles doing no fewer multiplies).
 @pytest.mark.parametrize(
     "N, C, H, K, p, st, path",
     [
         (72, 64, 3, 128, 0, 1, "panels"),
         (16, 128, 3, 256, 1, 1, "panels"),
         (32, 64, 4, 256, 1, 2, "panels"),
-        (32, 128, 2, 128, 1, 1, "winograd"),
+        (32, 128, 4, 128, 0, 1, "winograd"),
+        (32, 128, 2, 128, 1, 1, "panels"),
     ],
 )
 def test_panels_make_dw_over_the_whole_batch_where_chunk_partials_are_large(isa, threads, N, C, H, K, p, st, path):
