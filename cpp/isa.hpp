@@ -80,8 +80,10 @@ struct IsaKernels {
   // x: [N, C, P] and dy: [N, K, P]
   void (*pointwise_weight_grad)(float* dw, float* db, const float* x, const float* dy, i64 N, i64 C, i64 K, i64 P);
 
-  // linear_narrow.cpp: y[n][o] = b[o] + x[n] . w[o] for rows n0..n1 of a layer with few outputs
-  void (*linear_forward_rows)(float* y, const float* x, const float* w, const float* b, i64 n0, i64 n1, i64 I, i64 O);
+  // linear_narrow.cpp: y[n*ldy + o] = b[o] + x[n] . w[o] (o < O) for rows n0..n1: a layer with few outputs, or a
+  // block of a wider layer's outputs at a small batch
+  void (*linear_forward_rows)(float* y, i64 ldy, const float* x, const float* w, const float* b, i64 n0, i64 n1, i64 I,
+                              i64 O);
 
   // int32_range.cpp: low = min(low, a[0:n]), high = max(high, a[0:n])
   void (*int32_range_block)(const std::int32_t* a, i64 n, std::int32_t* low, std::int32_t* high);

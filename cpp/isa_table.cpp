@@ -21,7 +21,7 @@ void pointwise_forward(float* y, const float* x, const float* w, i64 out_stride,
 #if defined(CNNFAST_ISA_AVX512)
 void pointwise_weight_grad(float* dw, float* db, const float* x, const float* dy, i64 N, i64 C, i64 K, i64 P);
 #endif
-void linear_forward_rows(float* y, const float* x, const float* w, const float* b, i64 n0, i64 n1, i64 I,
+void linear_forward_rows(float* y, i64 ldy, const float* x, const float* w, const float* b, i64 n0, i64 n1, i64 I,
                          i64 O);                                                              // linear_narrow.cpp
 void int32_range_block(const std::int32_t* a, i64 n, std::int32_t* low, std::int32_t* high);  // int32_range.cpp
 void dropout_mask_groups(std::uint8_t* mask, i64 g0, i64 g1, std::uint64_t seed,

@@ -65,7 +65,8 @@ constexpr auto kRowKernels = row_kernels(std::make_integer_sequence<int, kMaxOut
 // vector width, so 4 accumulators and 2 operands fit any register file), added up in lane order,
 // then b. Rows left over (fewer than 4: a single image) take their outputs up to kMaxOutputs at
 // a time instead, in the same order.
-void linear_forward_rows(float* y, const float* x, const float* w, const float* b, i64 n0, i64 n1, i64 I, i64 O) {
+void linear_forward_rows(float* y, i64 ldy, const float* x, const float* w, const float* b, i64 n0, i64 n1, i64 I,
+                         i64 O) {
   const i64 IV = I / VL * VL;
   i64 r0 = n0;
   for (; r0 + 4 <= n1; r0 += 4) {
@@ -83,13 +84,13 @@ void linear_forward_rows(float* y, const float* x, const float* w, const float* 
           acc[r] += xv * wv;
         }
       }
-      for (i64 r = 0; r < 4; ++r) y[(r0 + r) * O + o] = finish(acc[r], xr[r], wo, IV, I, b[o]);
+      for (i64 r = 0; r < 4; ++r) y[(r0 + r) * ldy + o] = finish(acc[r], xr[r], wo, IV, I, b[o]);
     }
   }
   for (; r0 < n1; ++r0)
     for (i64 o0 = 0; o0 < O; o0 += kMaxOutputs) {
       const i64 ob = O - o0 < kMaxOutputs ? O - o0 : kMaxOutputs;
-      kRowKernels[std::size_t(ob - 1)](y + r0 * O, x + r0 * I, w, b, o0, I);
+      kRowKernels[std::size_t(ob - 1)](y + r0 * ldy, x + r0 * I, w, b, o0, I);
     }
 }
 

@@ -797,10 +797,11 @@ def test_adam_step_matches_update_rule(weight_decay):
     assert_close(v, v64, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("O", [3, 10, 16])
+@pytest.mark.parametrize("O", [3, 10, 16, 65, 200])
 def test_linear_narrow_rows_alone_equal_the_batch_bit_for_bit(isa, O):
     """A row computed alone (a single image) or among fewer than 4 takes its outputs several at a
-    time, blocks of 4 rows one output at a time: the same sums in the same order either way."""
+    time, blocks of 4 rows one output at a time: the same sums in the same order either way. (Wider
+    layers take these dot products up to 8 rows, in blocks of 64 outputs: 65 and 200 outputs.)"""
     x, w, b = rand(7, 1603), rand(O, 1603, scale=0.1), rand(O)
     batch = F.linear(x, w, b)
     for n in range(7):
