@@ -22,7 +22,9 @@ void pointwise_forward(float* y, const float* x, const float* w, i64 out_stride,
 void pointwise_weight_grad(float* dw, float* db, const float* x, const float* dy, i64 N, i64 C, i64 K, i64 P);
 #endif
 void linear_forward_rows(float* y, i64 ldy, const float* x, const float* w, const float* b, i64 n0, i64 n1, i64 I,
-                         i64 O);                                                              // linear_narrow.cpp
+                         i64 O);  // linear_narrow.cpp
+void linear_input_grad_columns(float* dx, const float* dy, const float* w, i64 N, i64 I, i64 O, i64 i0, i64 i1);
+void linear_weight_grad_rows(float* dw, const float* dy, const float* x, i64 N, i64 I, i64 O, i64 o0, i64 o1);
 void int32_range_block(const std::int32_t* a, i64 n, std::int32_t* low, std::int32_t* high);  // int32_range.cpp
 void dropout_mask_groups(std::uint8_t* mask, i64 g0, i64 g1, std::uint64_t seed,
                          std::uint32_t threshold);  // dropout_mask.cpp
@@ -80,6 +82,8 @@ extern const IsaKernels table = {
     nullptr,  // (the panels' dw: conv2d_common.cpp's pointwise_weight_grad_takes)
 #endif
     linear_forward_rows,
+    linear_input_grad_columns,
+    linear_weight_grad_rows,
     int32_range_block,
     dropout_mask_groups,
 #if defined(CNNFAST_ISA_AVX512)

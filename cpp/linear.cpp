@@ -18,6 +18,10 @@ namespace cnnfast {
 // (512->4096 0.87 -> 0.13 ms on one thread, PyTorch 0.12), batch 4 0.14-0.70x (1600->128 too), 8 0.38-0.76x; at 16
 // 0.47-1.07x, at 32 0.84-1.36x, at 64 the GEMM is faster (1.5-2.2x).
 constexpr i64 kDotRows = 8, kDotOutputs = 64;
+// The backward of up to kGradRows rows: dx with w read once in blocks of columns, dw row by row (linear_narrow.cpp).
+// Against the GEMMs (as above, 1-2 threads): at batch 1 0.41-0.75x the time on 400->120, 512->4096, 4096->1000,
+// 1600->10 and 120->84; at 4 0.68-0.87x (but 400->120 and 120->84 0.86-1.11x); at 8 even.
+constexpr i64 kGradRows = 4;
 
 // x: [N, I], w: [O, I], b: [O] -> y: [N, O] = x w^T + b
 void linear_forward(float* y, const float* x, const float* w, const float* b, i64 N, i64 I, i64 O) {
@@ -48,8 +52,27 @@ void linear_forward(float* y, const float* x, const float* w, const float* b, i6
 // x: [N, I], w: [O, I], dy: [N, O] -> dx: [N, I] = dy w, dw: [O, I] = dy^T x, db: [O] = sum_n dy
 void linear_backward(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy, i64 N, i64 I,
                      i64 O) {
-  sgemm_parallel(false, false, N, I, O, dy, O, w, I, dx, I, false);
-  sgemm_parallel(true, false, O, I, N, dy, O, x, I, dw, I, false);
+  if (N >= 1 && N <= kGradRows) {  // a few rows: dx with w read once (the GEMM packed it), dw row by row
+    const IsaKernels& isa = active_isa();
+    const i64 column_blocks = (I + 63) / 64;
+    const int nt = std::max(1, std::min<int>(threads_for(double(N) * I * O), int(std::min(column_blocks, O))));
+    if (nt == 1) {  // (no parallel region: a small layer's backward took 1.5x as long in one)
+      isa.linear_input_grad_columns(dx, dy, w, N, I, O, 0, I);
+      isa.linear_weight_grad_rows(dw, dy, x, N, I, O, 0, O);
+    } else {
+#pragma omp parallel num_threads(nt)
+      {
+#pragma omp for schedule(static)
+        for (i64 blk = 0; blk < column_blocks; ++blk)
+          isa.linear_input_grad_columns(dx, dy, w, N, I, O, blk * 64, std::min(I, blk * 64 + 64));
+#pragma omp for schedule(static)
+        for (i64 o = 0; o < O; ++o) isa.linear_weight_grad_rows(dw, dy, x, N, I, O, o, o + 1);
+      }
+    }
+  } else {
+    sgemm_parallel(false, false, N, I, O, dy, O, w, I, dx, I, false);
+    sgemm_parallel(true, false, O, I, N, dy, O, x, I, dw, I, false);
+  }
   for (i64 o = 0; o < O; ++o) {
     double sum = 0.0;
     for (i64 n = 0; n < N; ++n) sum += dy[n * O + o];

@@ -675,11 +675,29 @@ def test_max_pool2d_ties_pick_first_and_nan_propagates():
 # ------------------------------------------------------------------ linear
 
 
-@pytest.mark.parametrize("N,I,O", [(1, 1, 1), (3, 5, 2), (128, 1600, 10), (6, 37, 16), (7, 33, 65), (300, 40, 20)])
+@pytest.mark.parametrize(
+    "N,I,O",
+    [(1, 1, 1), (3, 5, 2), (128, 1600, 10), (6, 37, 16), (7, 33, 65), (300, 40, 20), (4, 150, 70), (1, 1030, 40)],
+)
 def test_linear_matches_reference(isa, N, I, O):
     x, w, b, dy = rand(N, I), rand(O, I, scale=0.1), rand(O), rand(N, O)
     assert_close(F.linear(x, w, b), ref.linear(x, w, b))
     for got, expected in zip(F.linear_backward(x, w, dy), ref.linear_backward(x, w, dy)):
+        assert_close(got, expected)
+
+
+@pytest.mark.parametrize("N", [1, 3, 4, 5, 9])
+def test_linear_is_the_same_on_one_thread_and_two(isa, threads, N):
+    """A few rows (up to 8 forward, 4 backward) go by dot products, w's outputs or columns over the threads."""
+    x, w, b, dy = rand(N, 1000), rand(300, 1000, scale=0.05), rand(300), rand(N, 300)
+    results = []
+    for n in (1, 2):
+        cnnfast.set_num_threads(n)
+        results.append((F.linear(x, w, b), *F.linear_backward(x, w, dy)))
+    for one, two in zip(*results):
+        np.testing.assert_array_equal(one, two)
+    assert_close(results[0][0], ref.linear(x, w, b))
+    for got, expected in zip(results[0][1:], ref.linear_backward(x, w, dy)):
         assert_close(got, expected)
 
 
