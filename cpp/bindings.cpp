@@ -937,14 +937,14 @@ py::dict build_info() {
   const std::string own = isa.name;
   py::dict kernels;
   kernels["gemm"] = own + " " + std::to_string(isa.gemm->mr) + "x" + std::to_string(isa.gemm->nr);
-  const char* paths[8];
-  const int np = conv2d_paths(paths, 8);
+  const char* paths[16];
+  const int np = conv2d_paths(paths, 16);
   py::list conv2d;
   for (int i = 0; i < np; ++i) conv2d.append(paths[i]);
   kernels["conv2d"] = conv2d;
   kernels["conv2d_direct"] = own;
   kernels["max_pool2d"] = isa.pool2_plane ? own + " (2x2), portable (other windows)" : std::string("portable");
-  kernels["linear"] = own + " (narrow layers), gemm";
+  kernels["linear"] = own + " (narrow layers, a few rows), gemm";
   kernels["dropout"] = own;
   kernels["relu"] = std::string("portable");
   kernels["cross_entropy"] = std::string("portable");

@@ -119,7 +119,7 @@ void augment_forward(float* y, const float* x, i64 N, i64 C, i64 H, i64 W, float
 // ---- linear.cpp ----
 // x: [N, I], w: [O, I], b: [O] -> y: [N, O] = x w^T + b
 void linear_forward(float* y, const float* x, const float* w, const float* b, i64 N, i64 I, i64 O);
-// x: [N, I], w: [O, I], dy: [N, O] -> dx: [N, I], dw: [O, I], db: [O]
+// x: [N, I], w: [O, I], dy: [N, O] -> dx: [N, I] (skipped if null), dw: [O, I], db: [O]
 void linear_backward(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy, i64 N, i64 I,
                      i64 O);
 

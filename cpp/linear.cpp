@@ -49,7 +49,7 @@ void linear_forward(float* y, const float* x, const float* w, const float* b, i6
   sgemm_parallel(false, true, N, O, I, x, I, w, I, y, O, /*accumulate=*/true);
 }
 
-// x: [N, I], w: [O, I], dy: [N, O] -> dx: [N, I] = dy w, dw: [O, I] = dy^T x, db: [O] = sum_n dy
+// x: [N, I], w: [O, I], dy: [N, O] -> dx: [N, I] = dy w (skipped if null), dw: [O, I] = dy^T x, db: [O] = sum_n dy
 void linear_backward(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy, i64 N, i64 I,
                      i64 O) {
   if (N >= 1 && N <= kGradRows) {  // a few rows: dx with w read once (the GEMM packed it), dw row by row
@@ -57,20 +57,20 @@ void linear_backward(float* dx, float* dw, float* db, const float* x, const floa
     const i64 column_blocks = (I + 63) / 64;
     const int nt = std::max(1, std::min<int>(threads_for(double(N) * I * O), int(std::min(column_blocks, O))));
     if (nt == 1) {  // (no parallel region: a small layer's backward took 1.5x as long in one)
-      isa.linear_input_grad_columns(dx, dy, w, N, I, O, 0, I);
+      if (dx) isa.linear_input_grad_columns(dx, dy, w, N, I, O, 0, I);
       isa.linear_weight_grad_rows(dw, dy, x, N, I, O, 0, O);
     } else {
 #pragma omp parallel num_threads(nt)
       {
 #pragma omp for schedule(static)
-        for (i64 blk = 0; blk < column_blocks; ++blk)
+        for (i64 blk = 0; blk < (dx ? column_blocks : 0); ++blk)
           isa.linear_input_grad_columns(dx, dy, w, N, I, O, blk * 64, std::min(I, blk * 64 + 64));
 #pragma omp for schedule(static)
         for (i64 o = 0; o < O; ++o) isa.linear_weight_grad_rows(dw, dy, x, N, I, O, o, o + 1);
       }
     }
   } else {
-    sgemm_parallel(false, false, N, I, O, dy, O, w, I, dx, I, false);
+    if (dx) sgemm_parallel(false, false, N, I, O, dy, O, w, I, dx, I, false);
     sgemm_parallel(true, false, O, I, N, dy, O, x, I, dw, I, false);
   }
   for (i64 o = 0; o < O; ++o) {

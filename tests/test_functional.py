@@ -482,6 +482,27 @@ def backward_on_one_thread_and_two(x, w, dy, p, st):
     return results[0]
 
 
+# A kernel covering the whole unpadded image: one output pixel, a dense layer over C*R*S inputs (linear's kernels:
+# dot products up to 8 images forward and 4 backward, GEMMs beyond), any stride.
+@pytest.mark.parametrize(
+    "N, C, H, K, st", [(1, 512, 1, 256, 1), (3, 16, 5, 120, 1), (5, 16, 5, 120, 2), (12, 7, 3, 33, 1)]
+)
+def test_dense_conv2d_matches_the_reference(isa, threads, N, C, H, K, st):
+    x, w, b = rand(N, C, H, H), rand(K, C, H, H, scale=0.1), rand(K)
+    assert _core.conv2d_path(x.shape, w.shape, 0, 0, True, True, stride=st) == "dense"
+    ys = []
+    for n in (1, 2):
+        cnnfast.set_num_threads(n)
+        ys.append(F.conv2d(x, w, b, stride=st))
+    np.testing.assert_array_equal(ys[0], ys[1])
+    assert_close(ys[0], ref.conv2d(x, w, b, 0, st))
+    dy = rand(N, K, 1, 1)
+    _, dw, db = backward_on_one_thread_and_two(x, w, dy, 0, st)
+    _, dw_alone, db_alone = F.conv2d_backward(x, w, dy, stride=st, input_grad=False)  # (no dx: the same dw, db)
+    np.testing.assert_array_equal(dw_alone, dw)
+    np.testing.assert_array_equal(db_alone, db)
+
+
 def assert_pooled_backward_is_the_separate_layers(x, w, b, p):
     """conv2d_relu_max_pool2d_backward (stride 1, 2x2 windows) close to the separate layers' gradients."""
     y = F.conv2d(x, w, b, padding=p)
@@ -523,7 +544,7 @@ def test_panels_dx_leaves_out_the_taps_in_the_padding(isa, threads, N, C, H, K, 
 @pytest.mark.parametrize(
     "N, C, H, K, p, st, path",
     [
-        (72, 64, 3, 128, 0, 1, "panels"),
+        (72, 64, 4, 128, 0, 2, "panels"),  # (3x3 on 3 x 3 unpadded: the dense path)
         (16, 128, 3, 256, 1, 1, "panels"),
         (32, 64, 4, 256, 1, 2, "panels"),
         (32, 128, 4, 128, 0, 1, "winograd"),
@@ -992,6 +1013,7 @@ def test_every_kernel_follows_the_forced_isa(isa):
     assert kernels["linear"].startswith(isa + " ")
     assert kernels["conv2d"] == [
         "conv3x3_pool2",
+        "dense",
         "few_pixels",
         "winograd",
         "pointwise",
@@ -1041,6 +1063,10 @@ def test_every_kernel_follows_the_forced_isa(isa):
         ((1, 64, 32, 32), (128, 64, 1, 1), 0, 0, False, False, {None: "pointwise"}),  # 1,024: one product
         ((1, 64, 32, 32), (128, 64, 1, 1), 0, 2, False, False, {None: "pointwise"}),  # pooled
         ((4, 512, 14, 14), (128, 512, 1, 1), 0, 0, False, False, {}),  # over 256 channels: the panels
+        # a kernel covering the whole unpadded image (one output pixel): a dense layer, but pooled
+        ((1, 512, 1, 1), (256, 512, 1, 1), 0, 0, False, False, {None: "dense"}),
+        ((3, 16, 5, 5), (120, 16, 5, 5), 0, 0, True, True, {None: "dense"}),
+        ((3, 16, 5, 5), (120, 16, 5, 5), 1, 0, False, False, {None: "few_pixels"}),  # padded: 27 pixels
         # 1x1 backward: on AVX-512 dw by inner products along the pixels (whole vectors of them, 4+ an image,
         # 64+ in the batch, up to 16,384 weights), elsewhere the panels
         ((32, 64, 16, 16), (128, 64, 1, 1), 0, 0, True, True, {"avx512": "pointwise"}),
