@@ -23,11 +23,13 @@
 //                                                                        F(4x4) through the input's phases
 //                                                                        (forward; dx where its panels fit the
 //                                                                        chunks); every ISA
-//   pointwise              conv2d_pointwise_kernels.cpp (per ISA),       1x1, stride 1; forward: 33 to 256
+//   pointwise              conv2d_pointwise_kernels.cpp (per ISA),       1x1, unpadded; forward: 33 to 256
 //                          tile_product_impl.hpp                         channels in, whole panels
 //                                                                        holding at most 1.35x an image's
 //                                                                        pixels (pointwise_product_fits), every
-//                                                                        ISA; backward (no pool): AVX-512, whole
+//                                                                        ISA, any stride (x's picked pixels
+//                                                                        copied out); backward (stride 1, no
+//                                                                        pool): AVX-512, whole
 //                                                                        vectors of pixels, 4+ an image, 64+ in
 //                                                                        the batch, up to 16,384 weights
 //                                                                        (pointwise_weight_grad_takes)
@@ -103,15 +105,29 @@ bool few_pixels_accepts(const ConvShape& s, i64 N, i64, bool backward) {
 // forward's product (input_grad); elsewhere the panels' backward serves (its dx the same product).
 // Backward at few taps too: against the direct path's (AVX-512, batch 32/128, 1-2 threads) 16->64 on
 // 28 x 28 0.85-0.96x the time, 32->64 on 32 x 32 0.88-0.94x, on 16 x 16 0.65-0.69x, 8->32 0.90-0.98x.
+// Strided, forward only: the product on x's pixels the stride picks, copied out first (the panels split x into
+// its phases and packed them: 128->256 to 4 x 4 at batch 128 ran 0.66-0.78x PyTorch's speed on AVX-512).
 bool pointwise_accepts(const ConvShape& s, i64 N, i64 pool_k, bool backward) {
-  if (!has_work(s, N) || !pointwise(s) || s.stride != 1) return false;
+  if (!has_work(s, N) || !pointwise(s) || (backward && s.stride != 1)) return false;
   if (backward) return pool_k == 0 && pointwise_weight_grad_takes(s, N);
   return s.taps() > kDirectTaps && pointwise_product_fits(s.C, s.P());
 }
 void pointwise_forward_path(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
                             const ConvShape& s, i64 N, i64 pool_k) {
+  const i64 P = s.P(), st = s.stride;
+  ScratchFloats picked(st > 1 ? size_t(N) * s.C * P : 0);
+  if (st > 1) {  // x[n][c][oh*st][ow*st] -> picked[n][c][oh*Wo + ow]
+#pragma omp parallel for num_threads(threads_for(double(N) * s.C * P)) schedule(static)
+    for (i64 nc = 0; nc < N * s.C; ++nc)
+      for (i64 oh = 0; oh < s.Ho; ++oh) {
+        const float* from = x + (nc * s.H + oh * st) * s.W;
+        float* to = picked.get() + nc * P + oh * s.Wo;
+        for (i64 ow = 0; ow < s.Wo; ++ow) to[ow] = from[ow * st];
+      }
+    x = picked.get();
+  }
   conv_then_pool(y, argmax, s, N, pool_k,
-                 [&](float* out) { active_isa().pointwise_forward(out, x, w, s.C, 1, b, N, s.C, s.K, s.P()); });
+                 [&](float* out) { active_isa().pointwise_forward(out, x, w, s.C, 1, b, N, s.C, s.K, P); });
 }
 bool pointwise_backward_path(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,
                              const std::int32_t*, const ConvShape& s, i64 N, i64) {

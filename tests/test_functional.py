@@ -503,6 +503,25 @@ def test_dense_conv2d_matches_the_reference(isa, threads, N, C, H, K, st):
     np.testing.assert_array_equal(db_alone, db)
 
 
+# A strided 1x1 layer's forward with more taps than the direct path's: the pointwise product on the pixels the stride
+# picks (backward: the panels), pooled or not.
+@pytest.mark.parametrize("N, C, H, K, st", [(40, 64, 16, 128, 2), (3, 48, 13, 40, 3)])
+def test_strided_pointwise_forward_matches_the_reference(isa, threads, N, C, H, K, st):
+    x, w, b = rand(N, C, H, H), rand(K, C, 1, 1, scale=0.2), rand(K)
+    assert _core.conv2d_path(x.shape, w.shape, 0, 0, stride=st) == "pointwise"
+    assert _core.conv2d_path(x.shape, w.shape, 0, 0, True, True, stride=st) != "pointwise"
+    ys = []
+    for n in (1, 2):
+        cnnfast.set_num_threads(n)
+        ys.append(F.conv2d(x, w, b, stride=st))
+    np.testing.assert_array_equal(ys[0], ys[1])
+    assert_close(ys[0], ref.conv2d(x, w, b, 0, st))
+    pooled, argmax = F.conv2d_relu_max_pool2d(x, w, b, 2, stride=st)
+    expected, expected_argmax = F.max_pool2d(ys[0], 2, relu=True)
+    np.testing.assert_array_equal(pooled, expected)
+    np.testing.assert_array_equal(argmax, expected_argmax)
+
+
 def assert_pooled_backward_is_the_separate_layers(x, w, b, p):
     """conv2d_relu_max_pool2d_backward (stride 1, 2x2 windows) close to the separate layers' gradients."""
     y = F.conv2d(x, w, b, padding=p)
