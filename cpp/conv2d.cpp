@@ -54,7 +54,8 @@
 // only they meet gives no 0 * inf = NaN there (Winograd's fused backward takes the whole d(conv),
 // as the separate layers do: there it does). Likewise the panels' forward on small padded images
 // (skips_padding) leaves out some taps in the padding and not others, by how its panels group the
-// pixels: an inf or NaN in w there may or may not meet a padded 0 (finite weights: the same bits). Winograd's
+// pixels: an inf or NaN in w there may or may not meet a padded 0 (finite weights: the same bits); so does the tap
+// rows' forward (conv2d_tap_rows_impl.hpp), which leaves out the kernel rows above and below the image. Winograd's
 // transforms mix a 4 x 4 block of input into each 2 x 2 block of output, so there an inf or NaN in x reaches the whole
 // block (where a direct sum would give a finite neighbour). Every path's result is independent of the thread count.
 #include <atomic>

@@ -112,9 +112,11 @@ int rows_per_group(i64 S, i64 KV) {
 #else
 #define CNNFAST_NO_PREDICTIVE_COMMONING
 #endif
+// Only the kernel rows r0..r1 (of R) are read: the others fall in the padding above or below for every pixel of the
+// tile, whose zeros add nothing (so the sums are the same with finite weights).
 template <int J, int KV, int ST>
 CNNFAST_NO_PREDICTIVE_COMMONING void pixels_forward(float* out, i64 ld, const float* x, const float* wt, const float* b,
-                                                    i64 C, i64 R, i64 S, i64 plane, i64 Wp, i64 Kp) {
+                                                    i64 C, i64 R, i64 r0, i64 r1, i64 S, i64 plane, i64 Wp, i64 Kp) {
   TapVec acc[J * KV];  // b (null: out's sums so far) + the taps of these C channels
   for (int kv = 0; kv < KV; ++kv) {
     const TapVec bias = b ? load_tap_vec(b + kv * kTapVL) : TapVec{};
@@ -122,7 +124,7 @@ CNNFAST_NO_PREDICTIVE_COMMONING void pixels_forward(float* out, i64 ld, const fl
     for (int j = 0; j < J; ++j) acc[j * KV + kv] = b ? bias : load_tap_vec(out + j * ld + kv * kTapVL);
   }
   for (i64 c = 0; c < C; ++c)
-    for (i64 r = 0; r < R; ++r) {
+    for (i64 r = r0; r < r1; ++r) {
       const float* xr = x + c * plane + r * Wp;
       const float* w = wt + (c * R + r) * S * Kp;
       for (i64 q = 0; q < S; ++q, w += Kp) {
@@ -142,11 +144,11 @@ CNNFAST_NO_PREDICTIVE_COMMONING void pixels_forward(float* out, i64 ld, const fl
 
 // The same for J pixels anywhere in the image (a tile may run on into the next row: with 3-4
 // vectors of channels a tile is 6-9 pixels, and rows of 8 would leave tiles of 2 that multiply-add
-// at half the rate): pixel j's first input value at x + at[j], the J pointers in registers.
+// at half the rate): pixel j's first input value at x + at[j], the J pointers in registers; kernel rows r0..r1.
 template <int J, int KV>
 CNNFAST_NO_PREDICTIVE_COMMONING void pixels_forward_at(float* out, i64 ld, const float* x, const i64* at,
-                                                       const float* wt, const float* b, i64 C, i64 R, i64 S, i64 plane,
-                                                       i64 Wp, i64 Kp) {
+                                                       const float* wt, const float* b, i64 C, i64 R, i64 r0, i64 r1,
+                                                       i64 S, i64 plane, i64 Wp, i64 Kp) {
   TapVec acc[J * KV];
   for (int kv = 0; kv < KV; ++kv) {
     const TapVec bias = b ? load_tap_vec(b + kv * kTapVL) : TapVec{};
@@ -156,7 +158,7 @@ CNNFAST_NO_PREDICTIVE_COMMONING void pixels_forward_at(float* out, i64 ld, const
   const float* px[J];
   for (int j = 0; j < J; ++j) px[j] = x + at[j];
   for (i64 c = 0; c < C; ++c)
-    for (i64 r = 0; r < R; ++r) {
+    for (i64 r = r0; r < r1; ++r) {
       const i64 row = c * plane + r * Wp;
       const float* w = wt + (c * R + r) * S * Kp;
       for (i64 q = 0; q < S; ++q, w += Kp) {
@@ -174,9 +176,10 @@ CNNFAST_NO_PREDICTIVE_COMMONING void pixels_forward_at(float* out, i64 ld, const
     for (int kv = 0; kv < KV; ++kv) store_tap_vec(out + j * ld + kv * kTapVL, acc[j * KV + kv]);
 }
 
-using PixelsKernel = void (*)(float*, i64, const float*, const float*, const float*, i64, i64, i64, i64, i64, i64);
+using PixelsKernel = void (*)(float*, i64, const float*, const float*, const float*, i64, i64, i64, i64, i64, i64, i64,
+                              i64);
 using PixelsAtKernel = void (*)(float*, i64, const float*, const i64*, const float*, const float*, i64, i64, i64, i64,
-                                i64, i64);
+                                i64, i64, i64, i64);
 constexpr int kMaxAtJ = 9, kMinAtKV = 3;  // tiles of at most 9 pixels: 3 or 4 vectors of channels
 template <int J, int KV>
 constexpr PixelsAtKernel pixels_at_kernel_if_fits() {
@@ -553,14 +556,17 @@ bool tap_rows_forward(float* y, const float* x, const float* w, const float* b, 
     const i64 cn = std::min(cb, C - c0);
     if (across_rows) {
       const i64 p0 = u * most, jn = std::min<i64>(most, P - p0);
+      // (the kernel rows some pixel of the tile reads inside the image: the last row's first, the first row's last)
+      const i64 r0 = taps_inside(s, (p0 + jn - 1) / s.Wo, s.H, R).first, r1 = taps_inside(s, p0 / s.Wo, s.H, R).second;
       kPixelAtKernels[size_t(KV - kMinAtKV)][size_t(jn - 1)](out + p0 * Kp, Kp, src + c0 * plane, at.data() + p0, wc,
-                                                             bc, cn, R, S, plane, s.Wp, Kp);
+                                                             bc, cn, R, r0, r1, S, plane, s.Wp, Kp);
       return;
     }
     const i64 oh = u / row_tiles, ow0 = u % row_tiles * even;  // (a row of 16 in tiles of 8 and 8, not 14 and 2)
     const i64 jn = std::min<i64>(even, s.Wo - ow0);
+    const auto rows = taps_inside(s, oh, s.H, R);  // (the kernel rows inside the image)
     kernels[size_t(jn - 1)](out + (oh * s.Wo + ow0) * Kp, Kp, src + c0 * plane + oh * s.stride * s.Wp + ow0 * s.stride,
-                            wc, bc, cn, R, S, plane, s.Wp, Kp);
+                            wc, bc, cn, R, rows.first, rows.second, S, plane, s.Wp, Kp);
   };
   auto tiles_of = [&](i64 u0, i64 u1, const float* src, float* out) {  // tiles u0..u1, each channel block in turn
     for (i64 c0 = 0; c0 < C; c0 += cb)
