@@ -530,7 +530,11 @@ bool tap_rows_forward(float* y, const float* x, const float* w, const float* b, 
   // 5x5 on 14 x 14 (rows of 10) at batch 128 0.79x the time of the panels' (their 16 x 16 tile spent a
   // quarter of its time packing 150 taps for 16 channels), 0.72-0.82x AVX2; 32->48 3x3 on 11 x 11
   // 0.72x, 16->32 5x5 on 12 x 12 0.87x (AVX-512); but 32->64 on 13 x 13, 4 vectors, 1.04x.
-  const i64 shortest = s.stride == 1 ? std::min(8, pixels_per_tile(KV)) : pixels_per_tile(KV);
+  // At stride 2 too, rows of 8 pixels or more (they needed a whole tile: AVX-512's tiles of one and two
+  // vectors are 28 and 14 pixels): stride-2 16->16 to 14 x 14, 8->16 to 10 x 10, 16->32 to 8 x 8 and
+  // 10 x 10, 24->32 to 12 x 12 (3x3 at padding 1) and 32->32 5x5 to 8 x 8 took 0.49-0.93x the panels'
+  // time (Zen 5, batch 32/128, 1-2 threads); AVX2's 16->8 and 8->8 to 10 x 10 and 12 x 12 0.52-0.82x.
+  const i64 shortest = std::min(8, pixels_per_tile(KV));
   if (s.stride > 2 || KV > kMaxKV || pixels_per_tile(KV) < 4 || (!across_rows && s.Wo < shortest) ||
       (s.stride == 1 && KV > 3))
     return false;
