@@ -1,6 +1,7 @@
-// linear's forward for narrow layers (few outputs, as the default model's 10 classes), compiled
-// once per instruction set: a GEMM would pad 10 outputs to its 32-column tile and spend more time
-// packing than multiplying (0.078 -> 0.020 ms for the 1600 -> 10 layer at batch 128).
+// linear's forward for narrow layers (few outputs, as the default model's 10 classes) and for a few
+// rows of any layer, and its backward for a few rows, compiled once per instruction set: a GEMM would
+// pad 10 outputs to its 32-column tile and spend more time packing than multiplying (0.078 -> 0.020
+// ms for the 1600 -> 10 layer at batch 128), and for a single image it packed all of w (linear.cpp).
 #include <algorithm>
 #include <array>
 #include <cstddef>
@@ -84,16 +85,15 @@ constexpr auto input_grad_kernels(std::integer_sequence<int, NR...>) {
   return std::array<void (*)(float*, const float*, const float*, i64, i64, i64, i64, i64), sizeof...(NR)>{
       &input_grad_block<NR + 1>...};
 }
-constexpr int kGradRows = 8;
-constexpr auto kInputGradKernels = input_grad_kernels(std::make_integer_sequence<int, kGradRows>());
+constexpr int kMaxGradRows = 8;
+constexpr auto kInputGradKernels = input_grad_kernels(std::make_integer_sequence<int, kMaxGradRows>());
 
 }  // namespace
 
-// dx[n][i] = sum_o dy[n][o] w[o][i] for n < N (1 to 8) and the columns i0..i1 (i0 a multiple of 64, so that the
-// same columns fall in whole blocks however the threads split them): w read once, in blocks of columns, each sum in
-// o's order
-// Rows of w go in tiles of kGradRowTile (their blocks of columns stay in L2 from one block to the next; a block's
-// walk down all of w's rows missed the caches), each sum carried from tile to tile through dx in the same order.
+// dx[n][i] = sum_o dy[n][o] w[o][i] for n < N (1 to kMaxGradRows) and the columns i0..i1 (i0 a multiple of 64, so
+// that the same columns fall in whole blocks however the threads split them): w read once, in blocks of columns, each
+// sum in o's order. Rows of w go in tiles of kGradRowTile (their blocks of columns stay in L2 from one block to the
+// next; a block's walk down all of w's rows missed the caches), each sum carried from tile to tile through dx.
 void linear_input_grad_columns(float* dx, const float* dy, const float* w, i64 N, i64 I, i64 O, i64 i0, i64 i1) {
   constexpr i64 step = kGradColumnVectors * VL, kGradRowTile = 16;
   const i64 whole = i0 + (i1 - i0) / step * step;
@@ -102,7 +102,7 @@ void linear_input_grad_columns(float* dx, const float* dy, const float* w, i64 N
     for (i64 i = i0; i < whole; i += step) kInputGradKernels[std::size_t(N - 1)](dx, dy, w, I, O, i, o0, o1);
   }
   // (the last columns, fewer than a block: the same order, the columns' sums side by side)
-  float sums[kGradRows][kGradColumnVectors * VL] = {};
+  float sums[kMaxGradRows][kGradColumnVectors * VL] = {};
   for (i64 o = 0; o < O; ++o)
     for (i64 n = 0; n < N; ++n) {
       const float g = dy[n * O + o];
@@ -111,12 +111,13 @@ void linear_input_grad_columns(float* dx, const float* dy, const float* w, i64 N
   for (i64 n = 0; n < N; ++n)
     for (i64 i = whole; i < i1; ++i) dx[n * I + i] = sums[n][i - whole];
 }
-// dw[o][i] = sum_n dy[n][o] x[n][i] for the rows o0..o1 (n in order; N up to 8), a vector of a row at a time
+// dw[o][i] = sum_n dy[n][o] x[n][i] for the rows o0..o1 (n in order; N up to kMaxGradRows), a vector of a row at a
+// time
 void linear_weight_grad_rows(float* dw, const float* dy, const float* x, i64 N, i64 I, i64 O, i64 o0, i64 o1) {
   const i64 IV = I / VL * VL;
   for (i64 o = o0; o < o1; ++o) {
     float* d = dw + o * I;
-    float g[kGradRows];
+    float g[kMaxGradRows];
     for (i64 n = 0; n < N; ++n) g[n] = dy[n * O + o];
     for (i64 i = 0; i < IV; i += VL) {
       vec xv;
