@@ -469,6 +469,17 @@ def test_panels_skip_the_taps_in_the_padding(isa, few_pixels, threads, N, C, H, 
         np.testing.assert_array_equal(one, two)
 
 
+def forward_on_one_thread_and_two(x, w, b, p, st):
+    """conv2d's y on one thread, asserted equal to two threads' and close to the reference."""
+    ys = []
+    for n in (1, 2):
+        cnnfast.set_num_threads(n)
+        ys.append(F.conv2d(x, w, b, padding=p, stride=st))
+    np.testing.assert_array_equal(ys[0], ys[1])
+    assert_close(ys[0], ref.conv2d(x, w, b, p, st))
+    return ys[0]
+
+
 def backward_on_one_thread_and_two(x, w, dy, p, st):
     """conv2d_backward's (dx, dw, db) on one thread, asserted equal to two threads' and close to the reference."""
     results = []
@@ -490,12 +501,7 @@ def backward_on_one_thread_and_two(x, w, dy, p, st):
 def test_dense_conv2d_matches_the_reference(isa, threads, N, C, H, K, st):
     x, w, b = rand(N, C, H, H), rand(K, C, H, H, scale=0.1), rand(K)
     assert _core.conv2d_path(x.shape, w.shape, 0, 0, True, True, stride=st) == "dense"
-    ys = []
-    for n in (1, 2):
-        cnnfast.set_num_threads(n)
-        ys.append(F.conv2d(x, w, b, stride=st))
-    np.testing.assert_array_equal(ys[0], ys[1])
-    assert_close(ys[0], ref.conv2d(x, w, b, 0, st))
+    forward_on_one_thread_and_two(x, w, b, 0, st)
     dy = rand(N, K, 1, 1)
     _, dw, db = backward_on_one_thread_and_two(x, w, dy, 0, st)
     _, dw_alone, db_alone = F.conv2d_backward(x, w, dy, stride=st, input_grad=False)  # (no dx: the same dw, db)
@@ -510,14 +516,9 @@ def test_strided_pointwise_forward_matches_the_reference(isa, threads, N, C, H, 
     x, w, b = rand(N, C, H, H), rand(K, C, 1, 1, scale=0.2), rand(K)
     assert _core.conv2d_path(x.shape, w.shape, 0, 0, stride=st) == "pointwise"
     assert _core.conv2d_path(x.shape, w.shape, 0, 0, True, True, stride=st) != "pointwise"
-    ys = []
-    for n in (1, 2):
-        cnnfast.set_num_threads(n)
-        ys.append(F.conv2d(x, w, b, stride=st))
-    np.testing.assert_array_equal(ys[0], ys[1])
-    assert_close(ys[0], ref.conv2d(x, w, b, 0, st))
+    y = forward_on_one_thread_and_two(x, w, b, 0, st)
     pooled, argmax = F.conv2d_relu_max_pool2d(x, w, b, 2, stride=st)
-    expected, expected_argmax = F.max_pool2d(ys[0], 2, relu=True)
+    expected, expected_argmax = F.max_pool2d(y, 2, relu=True)
     np.testing.assert_array_equal(pooled, expected)
     np.testing.assert_array_equal(argmax, expected_argmax)
 
