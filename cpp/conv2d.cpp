@@ -6,7 +6,7 @@
 //   path                   file(s)                                       takes
 //   conv3x3_pool2          conv3x3_pool2.cpp (per ISA),                  fused only: 1 channel, 3x3, 2x2 pool
 //                          conv3x3_pool2_avx512.cpp                      (conv1), stride 1, no dx; every ISA
-//   dense                  linear.cpp                                    a kernel covering the whole unpadded
+//   dense                  linear.cpp, linear_narrow.cpp (per ISA)       a kernel covering the whole unpadded
 //                                                                        image (one output pixel), unpooled;
 //                                                                        every ISA
 //   few_pixels             conv2d_few_pixels.cpp,                        <= 64 output pixels in the batch, > 32
@@ -100,7 +100,7 @@ bool few_pixels_accepts(const ConvShape& s, i64 N, i64, bool backward) {
          (pointwise(s) ? (N * s.P() + 7) / 8 : N * s.P()) <= few_pixels_limit.load() && s.P() < (i64(1) << 30);
 }
 
-// A 1x1 layer at stride 1 without padding, forward, with more input channels than the direct path's
+// A 1x1 layer without padding, forward (any stride), with more input channels than the direct path's
 // few taps, where pointwise_product_fits (conv2d_common.cpp): one product an image. Backward where
 // pointwise_weight_grad_takes (conv2d_common.cpp): dw by inner products along the pixels, dx by the
 // forward's product (input_grad); elsewhere the panels' backward serves (its dx the same product).

@@ -513,16 +513,16 @@ bool tap_rows_weight_grad(float* dw, float* db, const float* x, const float* dy,
 }
 
 // y: [N, K, Ho, Wo] = conv2d(x, w, b) for strides 1 and 2, up to kMaxKV vectors of output channels
-// (3 at stride 1) and rows of output at least a tile of pixels long (at stride 1, 8); false,
+// (3 at stride 1) and rows of output of 8 pixels or more (or a whole tile, where that is shorter); false,
 // computing nothing, otherwise. Input channels go in blocks
 // whose weights (a block of channels' taps by the output channels) fit in half of L1, each block's sums added to the
 // last's. Images over the threads; each image's output made pixel-major ([P][Kp]) and transposed into place.
 bool tap_rows_forward(float* y, const float* x, const float* w, const float* b, const ConvShape& s, i64 N) {
   const i64 C = s.C, K = s.K, R = s.R, S = s.S, P = s.P(), T = s.taps();
   const i64 KV = (K + kTapVL - 1) / kTapVL, Kp = KV * kTapVL;
-  // (more channels, or rows of output too short for a whole tile of pixels: the panels' GEMM
-  // measured faster, 64->128 3x3 stride 2 on 8x8: 0.55 against 0.79 ms at batch 32 on AVX-512;
-  // tiles of under 4 pixels, AVX2's with 4 vectors of channels in its 16 registers, no faster)
+  // (more channels: the panels' GEMM measured faster, 64->128 3x3 stride 2 on 8x8: 0.55 against
+  // 0.79 ms at batch 32 on AVX-512; tiles of under 4 pixels, AVX2's with 4 vectors of channels in
+  // its 16 registers, no faster)
   // (3-4 vectors: tiles run on from row to row, pixels_forward_at; fewer: tiles within a row)
   const bool across_rows = KV >= kMinAtKV && pixels_per_tile(KV) <= kMaxAtJ;
   // At stride 1 (no phase split for the panels to pay), only up to 3 vectors of channels and rows
@@ -560,8 +560,10 @@ bool tap_rows_forward(float* y, const float* x, const float* w, const float* b, 
     const i64 cn = std::min(cb, C - c0);
     if (across_rows) {
       const i64 p0 = u * most, jn = std::min<i64>(most, P - p0);
-      // (the kernel rows some pixel of the tile reads inside the image: the last row's first, the first row's last)
-      const i64 r0 = taps_inside(s, (p0 + jn - 1) / s.Wo, s.H, R).first, r1 = taps_inside(s, p0 / s.Wo, s.H, R).second;
+      // (the kernel rows some pixel of the tile reads inside the image: the last row's first, the first row's last;
+      // within 0..R: a row reading only the padding above has an empty range that starts past R when pad > R)
+      const i64 r1 = std::min(R, taps_inside(s, p0 / s.Wo, s.H, R).second),
+                r0 = std::min(r1, taps_inside(s, (p0 + jn - 1) / s.Wo, s.H, R).first);
       kPixelAtKernels[size_t(KV - kMinAtKV)][size_t(jn - 1)](out + p0 * Kp, Kp, src + c0 * plane, at.data() + p0, wc,
                                                              bc, cn, R, r0, r1, S, plane, s.Wp, Kp);
       return;

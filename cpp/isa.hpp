@@ -84,8 +84,8 @@ struct IsaKernels {
   // block of a wider layer's outputs at a small batch
   void (*linear_forward_rows)(float* y, i64 ldy, const float* x, const float* w, const float* b, i64 n0, i64 n1, i64 I,
                               i64 O);
-  // and the backward at a small batch (N of 1 to 8): dx [N, I] = dy w for the columns i0..i1 (i0 a multiple of 64),
-  // dw [O, I] = dy^T x for the rows o0..o1
+  // and the backward at a small batch (N of 1 to 8, O > 0): dx [N, I] = dy w for the columns i0..i1 (i0 a multiple of
+  // 64), dw [O, I] = dy^T x for the rows o0..o1
   void (*linear_input_grad_columns)(float* dx, const float* dy, const float* w, i64 N, i64 I, i64 O, i64 i0, i64 i1);
   void (*linear_weight_grad_rows)(float* dw, const float* dy, const float* x, i64 N, i64 I, i64 O, i64 o0, i64 o1);
 

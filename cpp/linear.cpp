@@ -22,7 +22,9 @@ constexpr i64 kDotRows = 8, kDotOutputs = 64;
 // The backward of up to kGradRows rows: dx with w read once in blocks of columns, dw row by row (linear_narrow.cpp).
 // Against the GEMMs (as above, 1-2 threads): at batch 1 0.41-0.75x the time on 400->120, 512->4096, 4096->1000,
 // 1600->10 and 120->84; at 4 0.68-0.87x (but 400->120 and 120->84 0.86-1.11x); at 8 even.
-constexpr i64 kGradRows = 4;
+// (at most linear_narrow.cpp's kMaxGradRows), dx's columns over the threads in blocks of kGradColumns, a multiple of
+// every ISA's block of columns there (so that each column takes the same code however the threads split them)
+constexpr i64 kGradRows = 4, kGradColumns = 64;
 
 // x: [N, I], w: [O, I], b: [O] -> y: [N, O] = x w^T + b
 void linear_forward(float* y, const float* x, const float* w, const float* b, i64 N, i64 I, i64 O) {
@@ -53,10 +55,10 @@ void linear_forward(float* y, const float* x, const float* w, const float* b, i6
 // x: [N, I], w: [O, I], dy: [N, O] -> dx: [N, I] = dy w (skipped if null), dw: [O, I] = dy^T x, db: [O] = sum_n dy
 void linear_backward(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy, i64 N, i64 I,
                      i64 O) {
-  if (N >= 1 && N <= kGradRows) {  // a few rows: dx with w read once (the GEMM packed it), dw row by row
+  if (N >= 1 && N <= kGradRows && O > 0) {  // a few rows: dx with w read once (the GEMM packed it), dw row by row
     const IsaKernels& isa = active_isa();
-    const i64 column_blocks = (I + 63) / 64;
-    const int nt = std::max(1, std::min<int>(threads_for(double(N) * I * O), int(std::min(column_blocks, O))));
+    const i64 column_blocks = (I + kGradColumns - 1) / kGradColumns;
+    const int nt = std::max(1, std::min<int>(threads_for(double(N) * I * O), int(dx ? std::min(column_blocks, O) : O)));
     if (nt == 1) {  // (no parallel region: a small layer's backward took 1.5x as long in one)
       if (dx) isa.linear_input_grad_columns(dx, dy, w, N, I, O, 0, I);
       isa.linear_weight_grad_rows(dw, dy, x, N, I, O, 0, O);
@@ -65,7 +67,7 @@ void linear_backward(float* dx, float* dw, float* db, const float* x, const floa
       {
 #pragma omp for schedule(static)
         for (i64 blk = 0; blk < (dx ? column_blocks : 0); ++blk)
-          isa.linear_input_grad_columns(dx, dy, w, N, I, O, blk * 64, std::min(I, blk * 64 + 64));
+          isa.linear_input_grad_columns(dx, dy, w, N, I, O, blk * kGradColumns, std::min(I, (blk + 1) * kGradColumns));
 #pragma omp for schedule(static)
         for (i64 o = 0; o < O; ++o) isa.linear_weight_grad_rows(dw, dy, x, N, I, O, o, o + 1);
       }

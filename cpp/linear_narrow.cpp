@@ -86,6 +86,7 @@ constexpr auto input_grad_kernels(std::integer_sequence<int, NR...>) {
       &input_grad_block<NR + 1>...};
 }
 constexpr int kMaxGradRows = 8;
+static_assert(64 % (kGradColumnVectors * VL) == 0, "linear.cpp splits dx's columns in blocks of 64 (kGradColumns)");
 constexpr auto kInputGradKernels = input_grad_kernels(std::make_integer_sequence<int, kMaxGradRows>());
 
 }  // namespace

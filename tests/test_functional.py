@@ -351,7 +351,7 @@ STRIDED_SHAPES = [  # N, C, H, W, K, R, S, padding, stride
     (2, 8, 9, 11, 12, 3, 3, 2, 2),  # padding 2: the even columns to phase 0 (split_phases2)
     (3, 8, 8, 8, 16, 1, 1, 0, 2),  # its 1x1 stride-2 shortcut
     (2, 40, 7, 7, 12, 1, 1, 0, 2),  # a 1x1 stride-2 shortcut through the panels
-    # rows of output long enough for tap_rows_forward's tiles (AVX-512: 28, 14, 6 pixels for 1, 2, 4
+    # rows of output of 8 pixels or more for tap_rows_forward (AVX-512's tiles: 28, 14, 6 pixels for 1, 2, 4
     # vectors of output channels), input channels in blocks (the last shape's weights exceed 24 KB)
     (2, 3, 60, 58, 16, 3, 3, 1, 2),
     (2, 8, 30, 30, 32, 3, 3, 1, 2),
@@ -368,6 +368,10 @@ STRIDED_SHAPES = [  # N, C, H, W, K, R, S, padding, stride
     (2, 3, 41, 70, 20, 7, 7, 3, 2),  # a first layer's direct forward: rows of 35 from 2 x 2 phases
     (1, 2, 23, 50, 9, 5, 4, 2, 3),  # the same at stride 3: 3 x 3 phases, rows of 17
     (2, 16, 9, 70, 20, 3, 3, 1, 2),  # 16 channels, rows of 35: the direct forward too
+    (2, 16, 28, 28, 16, 3, 3, 1, 2),  # rows of 14, shorter than a tile of one vector of channels: tap rows
+    # padding past the kernel: a tile's kernel rows (inside the image) kept within 0..R (tap rows, across rows)
+    (4, 8, 4, 4, 48, 1, 5, 2, 1),
+    (2, 8, 3, 3, 40, 3, 3, 4, 1),
 ]
 
 
@@ -510,8 +514,8 @@ def test_dense_conv2d_matches_the_reference(isa, threads, N, C, H, K, st):
 
 
 # A strided 1x1 layer's forward with more taps than the direct path's: the pointwise product on the pixels the stride
-# picks (backward: the panels), pooled or not.
-@pytest.mark.parametrize("N, C, H, K, st", [(40, 64, 16, 128, 2), (3, 48, 13, 40, 3)])
+# picks (backward: the panels), pooled or not. (64 pixels an image: whole panels on every ISA, NEON's of 12 too.)
+@pytest.mark.parametrize("N, C, H, K, st", [(40, 64, 16, 128, 2), (9, 48, 23, 40, 3)])
 def test_strided_pointwise_forward_matches_the_reference(isa, threads, N, C, H, K, st):
     x, w, b = rand(N, C, H, H), rand(K, C, 1, 1, scale=0.2), rand(K)
     assert _core.conv2d_path(x.shape, w.shape, 0, 0, stride=st) == "pointwise"
@@ -762,6 +766,14 @@ def test_linear_empty_batch():
     assert y.shape == (0, 3)
     dx, dw, db = F.linear_backward(np.zeros((0, 4), np.float32), rand(3, 4), np.zeros((0, 3), np.float32))
     assert dx.shape == (0, 4) and not dw.any() and not db.any()
+
+
+@pytest.mark.parametrize("N", [2, 40])  # (a few rows: the dot products' path; more: the GEMM's)
+def test_linear_without_outputs(isa, N):
+    y = F.linear(rand(N, 300), np.zeros((0, 300), np.float32), np.zeros(0, np.float32))
+    assert y.shape == (N, 0)
+    dx, dw, db = F.linear_backward(rand(N, 300), np.zeros((0, 300), np.float32), np.zeros((N, 0), np.float32))
+    assert dx.shape == (N, 300) and not dx.any() and dw.shape == (0, 300) and db.shape == (0,)
 
 
 # ------------------------------------------------------------------ softmax cross-entropy
@@ -1062,6 +1074,7 @@ def test_every_kernel_follows_the_forced_isa(isa):
         ((4, 3, 64, 64), (64, 3, 7, 7), 3, 0, False, False, {None: "direct"}),  # (stride 1 here)
         ((4, 5, 14, 14), (16, 5, 5, 5), 2, 0, False, False, {None: "panels"}),  # 5 input channels, rows of 14
         ((4, 5, 32, 32), (16, 5, 5, 5), 2, 0, False, False, {None: "direct"}),  # rows of 32: the direct forward
+        ((2, 8, 28, 28), (16, 8, 3, 3), 1, 0, False, False, {None: "direct"}),  # rows of 28: 7/8 of AVX-512's two
         ((4, 64, 32, 32), (16, 64, 1, 1), 0, 0, False, False, {None: "pointwise"}),  # 1x1, 64 channels
         ((4, 3, 32, 32), (16, 3, 3, 3), 1, 0, True, True, {}),  # 27 taps: direct
         # 3x3, 16+ channels in and out, even output, 32+ tiles of 2x2 outputs: Winograd, pooled or not
@@ -1083,7 +1096,7 @@ def test_every_kernel_follows_the_forced_isa(isa):
         ((1, 64, 32, 32), (128, 64, 1, 1), 0, 0, False, False, {None: "pointwise"}),  # 1,024: one product
         ((1, 64, 32, 32), (128, 64, 1, 1), 0, 2, False, False, {None: "pointwise"}),  # pooled
         ((4, 512, 14, 14), (128, 512, 1, 1), 0, 0, False, False, {}),  # over 256 channels: the panels
-        # a kernel covering the whole unpadded image (one output pixel): a dense layer, but pooled
+        # a kernel covering the whole unpadded image (one output pixel): a dense layer, but padded
         ((1, 512, 1, 1), (256, 512, 1, 1), 0, 0, False, False, {None: "dense"}),
         ((3, 16, 5, 5), (120, 16, 5, 5), 0, 0, True, True, {None: "dense"}),
         ((3, 16, 5, 5), (120, 16, 5, 5), 1, 0, False, False, {None: "few_pixels"}),  # padded: 27 pixels
