@@ -28,7 +28,10 @@
 //                                                                        holding at most 1.35x an image's
 //                                                                        pixels (pointwise_product_fits), every
 //                                                                        ISA, any stride (x's picked pixels
-//                                                                        copied out); backward (stride 1, no
+//                                                                        copied out), and a first layer's
+//                                                                        patches (kernel = stride) on rows
+//                                                                        short of the direct's vectors, over
+//                                                                        C*R*S channels; backward (stride 1, no
 //                                                                        pool): AVX-512, whole
 //                                                                        vectors of pixels, 4+ an image, 64+ in
 //                                                                        the batch, up to 16,384 weights
@@ -108,27 +111,37 @@ bool few_pixels_accepts(const ConvShape& s, i64 N, i64, bool backward) {
 // 28 x 28 0.85-0.96x the time, 32->64 on 32 x 32 0.88-0.94x, on 16 x 16 0.65-0.69x, 8->32 0.90-0.98x.
 // Strided, forward only: the product on x's pixels the stride picks, copied out first (the panels split x into
 // its phases and packed them: 128->256 to 4 x 4 at batch 128 ran 0.66-0.78x PyTorch's speed on AVX-512).
+// Patches (a kernel as large as its stride, unpadded: a patchify stem's 4x4 at stride 4), forward: the same product
+// over C*R*S channels, x's patches copied out as [C*R*S, pixels] (each input value once, nothing repeated), which is
+// w's [K, C*R*S] order. The direct path's rows of phases were 8 pixels on AVX-512's 16 lanes: 3->96 4x4 at stride 4
+// on 32 x 32 ran 0.64-0.79x PyTorch's speed.
+bool patches(const ConvShape& s) {
+  return s.pad == 0 && s.R == s.stride && s.S == s.stride && s.stride > 1 && s.C <= kTapRowsChannels &&
+         !rows_fill_vectors(s);
+}
 bool pointwise_accepts(const ConvShape& s, i64 N, i64 pool_k, bool backward) {
-  if (!has_work(s, N) || !pointwise(s) || (backward && s.stride != 1)) return false;
+  if (!has_work(s, N) || !(pointwise(s) || (!backward && patches(s))) || (backward && s.stride != 1)) return false;
   if (backward) return pool_k == 0 && pointwise_weight_grad_takes(s, N);
-  return s.taps() > kDirectTaps && pointwise_product_fits(s.C, s.P());
+  return s.taps() > kDirectTaps && pointwise_product_fits(s.taps(), s.P());
 }
 void pointwise_forward_path(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
                             const ConvShape& s, i64 N, i64 pool_k) {
-  const i64 P = s.P(), st = s.stride;
-  ScratchFloats picked(st > 1 ? size_t(N) * s.C * P : 0);
-  if (st > 1) {  // x[n][c][oh*st][ow*st] -> picked[n][c][oh*Wo + ow]
-#pragma omp parallel for num_threads(threads_for(double(N) * s.C * P)) schedule(static)
+  const i64 P = s.P(), st = s.stride, T = s.taps(), R = s.R, S = s.S;
+  ScratchFloats picked(st > 1 ? size_t(N) * T * P : 0);
+  if (st > 1) {  // x[n][c][oh*st + r][ow*st + q] -> picked[n][(c*R + r)*S + q][oh*Wo + ow] (1x1: r = q = 0)
+#pragma omp parallel for num_threads(threads_for(double(N) * T * P)) schedule(static)
     for (i64 nc = 0; nc < N * s.C; ++nc)
-      for (i64 oh = 0; oh < s.Ho; ++oh) {
-        const float* from = x + (nc * s.H + oh * st) * s.W;
-        float* to = picked.get() + nc * P + oh * s.Wo;
-        for (i64 ow = 0; ow < s.Wo; ++ow) to[ow] = from[ow * st];
-      }
+      for (i64 r = 0; r < R; ++r)
+        for (i64 q = 0; q < S; ++q)
+          for (i64 oh = 0; oh < s.Ho; ++oh) {
+            const float* from = x + (nc * s.H + oh * st + r) * s.W + q;
+            float* to = picked.get() + ((nc * R + r) * S + q) * P + oh * s.Wo;
+            for (i64 ow = 0; ow < s.Wo; ++ow) to[ow] = from[ow * st];
+          }
     x = picked.get();
   }
   conv_then_pool(y, argmax, s, N, pool_k,
-                 [&](float* out) { active_isa().pointwise_forward(out, x, w, s.C, 1, b, N, s.C, s.K, P); });
+                 [&](float* out) { active_isa().pointwise_forward(out, x, w, T, 1, b, N, T, s.K, P); });
 }
 bool pointwise_backward_path(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,
                              const std::int32_t*, const ConvShape& s, i64 N, i64) {

@@ -514,10 +514,11 @@ def test_dense_conv2d_matches_the_reference(isa, threads, N, C, H, K, st):
 
 
 # A strided 1x1 layer's forward with more taps than the direct path's: the pointwise product on the pixels the stride
-# picks (backward: the panels), pooled or not. (64 pixels an image: whole panels on every ISA, NEON's of 12 too.)
-@pytest.mark.parametrize("N, C, H, K, st", [(40, 64, 16, 128, 2), (9, 48, 23, 40, 3)])
-def test_strided_pointwise_forward_matches_the_reference(isa, threads, N, C, H, K, st):
-    x, w, b = rand(N, C, H, H), rand(K, C, 1, 1, scale=0.2), rand(K)
+# picks (backward: the panels), pooled or not; and a first layer's patches (a kernel as large as its stride) on rows
+# too short for the direct forward's vectors, over C*R*S channels. (64 pixels an image: whole panels on every ISA.)
+@pytest.mark.parametrize("N, C, H, K, R, st", [(40, 64, 16, 128, 1, 2), (9, 48, 23, 40, 1, 3), (8, 3, 32, 96, 4, 4)])
+def test_strided_pointwise_forward_matches_the_reference(isa, threads, N, C, H, K, R, st):
+    x, w, b = rand(N, C, H, H), rand(K, C, R, R, scale=0.2), rand(K)
     assert _core.conv2d_path(x.shape, w.shape, 0, 0, stride=st) == "pointwise"
     assert _core.conv2d_path(x.shape, w.shape, 0, 0, True, True, stride=st) != "pointwise"
     y = forward_on_one_thread_and_two(x, w, b, 0, st)
