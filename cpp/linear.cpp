@@ -19,11 +19,11 @@ namespace cnnfast {
 // (512->4096 0.87 -> 0.13 ms on one thread, PyTorch 0.12), batch 4 0.14-0.70x (1600->128 too), 8 0.38-0.76x; at 16
 // 0.47-1.07x, at 32 0.84-1.36x, at 64 the GEMM is faster (1.5-2.2x).
 constexpr i64 kDotRows = 8, kDotOutputs = 64;
-// The backward of up to kGradRows rows: dx with w read once in blocks of columns, dw row by row (linear_narrow.cpp).
-// Against the GEMMs (as above, 1-2 threads): at batch 1 0.41-0.75x the time on 400->120, 512->4096, 4096->1000,
-// 1600->10 and 120->84; at 4 0.68-0.87x (but 400->120 and 120->84 0.86-1.11x); at 8 even.
-// (at most linear_narrow.cpp's kMaxGradRows), dx's columns over the threads in blocks of kGradColumns, a multiple of
-// every ISA's block of columns there (so that each column takes the same code however the threads split them)
+// The backward of up to kGradRows rows (at most linear_narrow.cpp's kMaxGradRows): dx with w read once, its columns
+// over the threads in blocks of kGradColumns (a multiple of every ISA's block of columns there, so that each column
+// takes the same code however the threads split them), dw row by row. Against the GEMMs (as above, 1-2 threads): at
+// batch 1 0.41-0.75x the time on 400->120, 512->4096, 4096->1000, 1600->10 and 120->84; at 4 0.68-0.87x (but 400->120
+// and 120->84 0.86-1.11x); at 8 even.
 constexpr i64 kGradRows = 4, kGradColumns = 64;
 
 // x: [N, I], w: [O, I], b: [O] -> y: [N, O] = x w^T + b
