@@ -84,6 +84,10 @@ constexpr double kWinogradPanelRoundUp = 1.25;
 // on 32 x 32 0.99-1.04x (and 16->32 1.1-1.3x, on a busy machine); AVX2 0.73-0.78x, 0.84-0.94x and
 // 0.90-1.00x.
 constexpr i64 kStride2Channels = 32;
+// and up to this many channels in: beyond, AVX2's products take the channels in two passes and a panel of tiles
+// is past 2 MB (Zen 5, batch 32/128, one thread, against the panels: 384->384 and 448->448 to 4 x 4 0.93-1.07x,
+// 512->512 0.6-1.04x; up to 352->352 1.03-1.4x on AVX-512 and AVX2)
+constexpr i64 kStride2MaxChannels = 352;
 // The forward takes stride 2 where a panel of its tiles fits twice what the chunks may round up to:
 // 128->256 to 4 x 4 and 8 x 8 and 96->192 to 7 x 7 (panels of 2.8 and 2.1 MB on AVX-512) took
 // 0.68-0.86x the panels' time (Zen 5, batch 32/128, 1-2 threads). Its backward (dx by the phases
@@ -144,12 +148,13 @@ int winograd_tile(const ConvShape& s, i64 N) {
   const IsaKernels& isa = active_isa();
   // Stride 2 (forward and dx): F(4x4) through the input's phases (conv2d_winograd_kernels.cpp), 81
   // products a tile where the panels do 144 multiply-adds, on F(4x4)'s terms, from kStride2Channels
-  // in and twice that out, and where a panel of tiles fits a chunk (its 81 planes of the channels,
-  // in or out, within kStride2PanelRoundUp times what the chunks may round up to: beyond, the
-  // chunks would hold a few tiles for whole panels; the backward within what they round up to,
-  // winograd_accepts)
+  // to kStride2MaxChannels in and twice kStride2Channels out, and where a panel of tiles fits a chunk
+  // (its 81 planes of the channels, in or out, within kStride2PanelRoundUp times what the chunks may
+  // round up to: beyond, the chunks' whole panels of tiles would be far past the L2; the backward
+  // within what they round up to, winograd_accepts)
   if (s.stride == 2) {
-    return winograd_tile_limit.load() >= 4 && s.C >= kStride2Channels && s.K >= 2 * kStride2Channels && s.pad <= 2 &&
+    return winograd_tile_limit.load() >= 4 && s.C >= kStride2Channels && s.C <= kStride2MaxChannels &&
+                   s.K >= 2 * kStride2Channels && s.pad <= 2 &&
                    stride2_panel_bytes(s) <= kStride2PanelRoundUp * kWinogradChunkRoundUp * kWinogradChunkBytes &&
                    tiles_fill(s, N, 4)
                ? 4

@@ -1015,8 +1015,12 @@ void stride2_products(const float* u, i64 us, i64 Cin, i64 Cout, i64 N, i64 Th, 
   auto weights_at = [&](int xi) { return u + size_t(6 * std::min(xi / 9, 5) + std::min(xi % 9, 5)) * us; };
   const i64 rows_total = N * Th;
   const double work = double(N) * Cout * Cin * X * Th * Tw;
+  // at least a whole panel of tiles (where the batch has one) even past the chunk's bytes: below that a
+  // panel's columns are partly empty, 192->192 at stride 2 to 4 x 4 on AVX-512 put 11 tiles in a panel of
+  // 32 and ran at 0.4x the panels' speed; with whole panels 1.4x (V a little past the L2: 2 MB)
   const i64 budget_rows =
-      TileChunks::whole_panels(NR, Tw, kWinogradChunkBytes / (i64(X) * (Cin + MR) * Tw * 4), rows_total);
+      std::max(TileChunks::whole_panels(NR, Tw, kWinogradChunkBytes / (i64(X) * (Cin + MR) * Tw * 4), rows_total),
+               std::min(rows_total, NR / std::gcd(Tw, i64(NR))));
   // a few chunks, as many for each thread (3 over two threads was 1.26x the panels' time on AVX2,
   // 32->64 to 8 x 8 at batch 32)
   const i64 few = (rows_total + budget_rows - 1) / budget_rows, team = threads_over(work, few);
