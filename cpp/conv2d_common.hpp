@@ -227,13 +227,13 @@ void panels_forward_path(float* y, std::int32_t* argmax, const float* x, const f
                          const ConvShape& s, i64 N, i64 pool_k);
 bool panels_backward_path(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,
                           const std::int32_t* argmax, const ConvShape& s, i64 N, i64 pool_k);
-// w: [K, C, 3, 3] -> w^T rotated by 180 degrees, [C, K, 3, 3]: the kernel of dx as a convolution
-// of dy (Winograd's dx at stride 1 and 2)
-inline std::vector<float> flipped_3x3(const float* w, i64 K, i64 C) {
-  std::vector<float> flipped(size_t(C) * K * 9);
+// w: [K, C, R, S] -> w^T rotated by 180 degrees, [C, K, R, S] (taps = R*S): the kernel of dx as a
+// convolution of dy (Winograd's dx at stride 1 and 2, the direct forward's dx at stride 1)
+inline std::vector<float> flipped_transposed(const float* w, i64 K, i64 C, i64 taps) {
+  std::vector<float> flipped(size_t(C) * K * taps);
   for (i64 c = 0; c < C; ++c)
     for (i64 k = 0; k < K; ++k)
-      for (int t = 0; t < 9; ++t) flipped[size_t((c * K + k) * 9 + t)] = w[(k * C + c) * 9 + (8 - t)];
+      for (i64 t = 0; t < taps; ++t) flipped[size_t((c * K + k) * taps + t)] = w[(k * C + c) * taps + (taps - 1 - t)];
   return flipped;
 }
 

@@ -230,7 +230,7 @@ bool winograd_backward_path(float* dx, float* dw, float* db, const float* x, con
     isa.panels_backward_plain(nullptr, dw, db, x, w, dy, s, N);
   }
   if (dx) {
-    const std::vector<float> flipped = flipped_3x3(w, K, C);  // w^T rotated: [C, K, 3, 3]
+    const std::vector<float> flipped = flipped_transposed(w, K, C, 9);  // w^T rotated: [C, K, 3, 3]
     // (its own tile: dx's shape has other channels and may have another size; F(2x2) at least,
     // dx being as even as y; an odd y's dx by F(4x4), winograd_accepts)
     const ConvShape d = dx_shape(s);

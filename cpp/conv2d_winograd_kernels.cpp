@@ -1107,7 +1107,7 @@ void winograd_input_grad_stride2_tiles(float* dx, const float* dy, const float* 
   const i64 lead = (s.pad + odd) / 2 - 1;  // (tile (th, tw)'s dy block at (4th + lead, 4tw + lead))
   const i64 Th = (H + 7) / 8, Tw = (W + 7) / 8, Cp = (C + MR - 1) / MR * MR;
   const i64 Wq = padded_row_floats(Wo, 4 * Tw + lead + 1);  // (the last block's last column: 4 Tw + lead)
-  const std::vector<float> flipped = flipped_3x3(w, K, C);
+  const std::vector<float> flipped = flipped_transposed(w, K, C, 9);
   const i64 us = odd_lines(Cp * K);
   ScratchFloats u(size_t(36) * us);
   transform_weights_stride2(u.get(), us, flipped.data(), C, K, Cp);

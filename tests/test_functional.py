@@ -436,6 +436,39 @@ def test_strided_conv2d_relu_max_pool2d_equals_the_three_kernels(isa, few_pixels
         assert_close(a, e, rtol=1e-5, atol=1e-5)
 
 
+# dx at stride 1 as the direct path's forward of dy through w flipped and transposed, where the layer's dx would be the
+# panels': few channels (too few for Winograd) on rows filling every ISA's vectors; padding 1, 0 (dy padded by 2) and
+# a 2x2 kernel (24 taps: the direct path's backward). Pooled, dx is the forward of the unpooled gradient. A 5x5 layer
+# keeps the panels' dx.
+@pytest.mark.parametrize(
+    "N, C, H, K, R, p", [(2, 8, 48, 8, 3, 1), (3, 12, 16, 6, 3, 1), (2, 8, 30, 16, 3, 0), (2, 6, 32, 10, 2, 1)]
+)
+def test_input_gradient_by_the_direct_forward_of_dy(isa, N, C, H, K, R, p):
+    x, w, b = rand(N, C, H, H), rand(K, C, R, R, scale=0.3), rand(K)
+    y = F.conv2d(x, w, b, padding=p)
+    dy = rand(*y.shape)
+    few_taps = C * R * R <= 32  # (the direct path's backward, whose dx was the panels' too)
+    assert _core.conv2d_path(x.shape, w.shape, p, 0, True, True) == ("direct" if few_taps else "panels, dx direct")
+    assert _core.conv2d_path(x.shape, w.shape, p, 0, True, False) == ("direct" if few_taps else "panels")
+    flipped = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+    assert _core.conv2d_path(dy.shape, flipped.shape, R - 1 - p) == "direct"
+    dx, dw, db = F.conv2d_backward(x, w, dy, padding=p)
+    np.testing.assert_array_equal(dx, F.conv2d(dy, flipped, np.zeros(C, np.float32), padding=R - 1 - p))
+    rdx, rdw, rdb = ref.conv2d_backward(x, w, dy, p)
+    for got, want in ((dx, rdx), (dw, rdw), (db, rdb)):
+        assert_close(got, want)
+    np.testing.assert_array_equal(F.conv2d_backward(x, w, dy, padding=p, input_grad=False)[1], dw)
+    pooled, argmax = F.conv2d_relu_max_pool2d(x, w, b, 2, padding=p)
+    dp = rand(*pooled.shape)
+    dconv = F.max_pool2d_backward(dp, argmax, y.shape)
+    fused = F.conv2d_relu_max_pool2d_backward(x, w, dp, argmax, 2, padding=p)
+    np.testing.assert_array_equal(fused[0], F.conv2d(dconv, flipped, np.zeros(C, np.float32), padding=R - 1 - p))
+    for got, want in zip(fused, ref.conv2d_backward(x, w, dconv, p)):
+        assert_close(got, want)
+    w5 = rand(K, C, 5, 5, scale=0.3)
+    assert _core.conv2d_path(x.shape, w5.shape, 2, 0, True, True) == "panels"
+
+
 # Small padded images, where 30% of the taps or more fall in the padding: the panels' pixel-major product leaves those
 # out (taps in (r, q, c) order, the pixels grouped by the taps they read). Padding 3 on 3 x 3: pixels that read only
 # zeros (y = b); 3 x 5; 4 x 4 (also pooled, in the rows' order); stride 2; 96 channels in (864 taps: w's depth blocks
