@@ -35,7 +35,7 @@ namespace {
 // array read transposed, as the input gradient's w^T), b: [K] (may be null) -> y: [N, K, P], C at most
 // kPointwiseChannels (the products' depth in one block: blocks of 128 channels on AVX-512, a B panel
 // of 16 KB, took 1.37x the time on 192->64 on 16 x 16 at batch 32). Work goes over the threads in
-// units of one image's NR pixels (all K channels).
+// units of NR pixels of the batch (all K channels).
 void pointwise_forward(float* y, const float* x, const float* w, i64 out_stride, i64 in_stride, const float* b, i64 N,
                        i64 C, i64 K, i64 P) {
   const i64 Kp = (K + MR - 1) / MR * MR;
@@ -48,34 +48,48 @@ void pointwise_forward(float* y, const float* x, const float* w, i64 out_stride,
         wp[k0 * C + c * MR + i] = k0 + i < K ? w[(k0 + i) * out_stride + c * in_stride] : 0.0f;
   for (i64 k = 0; k < Kp; ++k) bias[k] = b && k < K ? b[k] : 0.0f;
 
-  const i64 panels = (P + NR - 1) / NR, units = N * panels;
+  // units of NR consecutive pixels of the batch's N * P, the images' side by side: one within an image reads x and
+  // writes y in place; one across images (or the batch's last, short) is staged. (A unit an image's NR pixels left
+  // the last panel of each image part empty: 49 pixels took two panels of AVX-512's 32.)
+  const i64 total = N * P, units = (total + NR - 1) / NR;
   const int nt = threads_over(double(N) * K * C * P, units);
-  // a thread's staging: a partial panel's B ([C][NR], zero-padded) and its sums ([Kp][NR])
+  // a thread's staging: a staged unit's B ([C][NR], zero-padded) and its sums ([Kp][NR])
   const size_t stage = lines(size_t(C) * NR) + size_t(Kp) * NR;
   ScratchFloats scratch(size_t(nt) * stage);
   for_each_over(units, nt, [&](i64 u) {
-    const i64 n = u / panels, p0 = u % panels * NR, cols = std::min<i64>(NR, P - p0);
+    const i64 q0 = u * NR, cols = std::min<i64>(NR, total - q0), n0 = q0 / P, p0 = q0 % P;
     float* own = scratch.get() + size_t(omp_get_thread_num()) * stage;
-    const float* bp = x + n * C * P + p0;
-    float* yn = y + n * K * P + p0;
-    float* sums = own + lines(size_t(C) * NR);  // [Kp][NR]: the tiles not whole in y, staged
-    // (a last panel of at most one vector of pixels: a tile one vector wide)
+    float* sums = own + lines(size_t(C) * NR);  // [Kp][width]: the tiles not written in place
+    // (a last unit of at most one vector of pixels: a tile one vector wide)
     const i64 width = cols <= VL ? VL : NR;
-    if (cols < width) {  // the image's last pixels: copied, so that no vector reads past x
-      for (i64 c = 0; c < C; ++c) {
-        std::copy_n(bp + c * P, cols, own + c * width);
-        std::fill(own + c * width + cols, own + (c + 1) * width, 0.0f);
+    const bool in_place = cols == width && p0 + cols <= P;
+    // fn(n, p, j, len) for each image's run of the unit's pixels: pixels p.. of image n, the unit's j..
+    auto runs = [&](auto&& fn) {
+      for (i64 j = 0; j < cols;) {
+        const i64 q = q0 + j, len = std::min(cols - j, P - q % P);
+        fn(q / P, q % P, j, len);
+        j += len;
       }
+    };
+    const float* bp = x + n0 * C * P + p0;
+    if (!in_place) {
+      runs([&](i64 n, i64 p, i64 j, i64 len) {
+        for (i64 c = 0; c < C; ++c) std::copy_n(x + (n * C + c) * P + p, len, own + c * width + j);
+      });
+      for (i64 c = 0; c < C; ++c) std::fill(own + c * width + cols, own + (c + 1) * width, 0.0f);
       bp = own;
     }
-    const i64 ldb = cols < width ? width : P;
-    auto whole = [&](i64 k0) { return cols == width && k0 + MR <= K; };
+    const i64 ldb = in_place ? P : width;
+    float* yn = y + n0 * K * P + p0;
+    auto whole = [&](i64 k0) { return in_place && k0 + MR <= K; };
     const auto product = width == VL ? tile_product<1> : tile_product<NV>;
     for (i64 k0 = 0; k0 < Kp; k0 += MR)
       product(C, wp + k0 * C, bp, ldb, whole(k0) ? yn + k0 * P : sums + k0 * width, whole(k0) ? P : width, false,
               bias + k0);
-    for (i64 k = 0; k < K; ++k)
-      if (!whole(k / MR * MR)) std::copy_n(sums + k * width, cols, yn + k * P);
+    runs([&](i64 n, i64 p, i64 j, i64 len) {
+      for (i64 k = 0; k < K; ++k)
+        if (!whole(k / MR * MR)) std::copy_n(sums + k * width + j, len, y + (n * K + k) * P + p);
+    });
   });
 }
 
