@@ -173,6 +173,10 @@ int set_winograd_tile_limit(int m) { return winograd_tile_limit.exchange(m); }
 // dx's convolution: dy padded by 2 - pad, through w flipped and transposed ([C, K, 3, 3])
 ConvShape dx_shape(const ConvShape& s) { return ConvShape(s.K, s.Ho, s.Wo, s.C, 3, 3, 2 - s.pad); }
 
+// The forward at stride 1 from the ISA's winograd_forward_channels in and out together: on AVX-512 not 16->16, whose
+// transforms weigh as much as its products (Zen 5, batch 32/128, 1-2 threads, against the direct path or the panels:
+// 16->16 at padding 2 on 12 x 12 0.65-0.87x the time, 14 x 14 0.71-0.76x, 32 x 32 0.89-0.93x; pooled 0.75-1.04x;
+// on 8 x 8 0.93-1.2x), but 16->32 and 16->64 1.12-1.9x the speed with Winograd (AVX2: 16->16 too, 1.07-2.2x).
 // At stride 1 an odd output's backward only where its tile and dx's are F(4x4) (dw by F(3x3, 4x4)
 // or the panels: F(3x3, 2x2) takes even outputs only), pooled or not (the
 // fused layer's dx must be the separate layers'). Against the panels (batch 32/128, one thread):
@@ -180,7 +184,7 @@ ConvShape dx_shape(const ConvShape& s) { return ConvShape(s.K, s.Ho, s.Wo, s.C, 
 // 64->64 on 11 x 11 0.81x and 0.68x, 128->128 on 7 x 7 0.66x and 0.78x.
 bool winograd_accepts(const ConvShape& s, i64 N, i64, bool backward) {
   const int tile = winograd_tile(s, N);
-  if (tile == 0) return false;
+  if (tile == 0 || (!backward && s.stride == 1 && s.C + s.K < active_isa().winograd_forward_channels)) return false;
   if (backward && s.stride == 2) return stride2_panel_bytes(s) <= kWinogradChunkRoundUp * kWinogradChunkBytes;
   if (!backward || s.stride != 1 || (s.Ho % 2 == 0 && s.Wo % 2 == 0)) return true;
   return tile == 4 && winograd_tile(dx_shape(s), N) == 4;

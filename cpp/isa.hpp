@@ -129,6 +129,9 @@ struct IsaKernels {
   // Winograd takes odd outputs from this many input channels (F(2x2) from 128 tiles, and where its tiles
   // cover up to 1.5x the output from twice this many: conv2d_winograd.cpp)
   i64 winograd_odd_outputs_channels;
+  // Winograd's forward at stride 1 takes layers of at least this many channels in and out together
+  // (conv2d_winograd.cpp)
+  i64 winograd_forward_channels;
   // dw: [K, C, 3, 3] from x and dy by F(3x3, m x m), m = 2 (even Ho and Wo) or 4, and whether
   // F(3x3, 2x2) serves where F(3x3, 4x4) does not (conv2d_winograd.cpp)
   void (*winograd_weight_grad)(float* dw, const float* x, const float* dy, const ConvShape& s, i64 N, int m);

@@ -102,8 +102,10 @@ extern const IsaKernels table = {
     tile_columns,
 #if defined(CNNFAST_ISA_AVX512)
     48,  // (conv2d_winograd.cpp)
+    33,  // (not 16->16: conv2d_winograd.cpp)
 #else
     0,
+    32,
 #endif
     winograd_weight_grad,
 #if defined(CNNFAST_ISA_AVX512)
