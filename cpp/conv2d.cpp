@@ -18,8 +18,10 @@
 //                                                                        F(4x4) or F(2x2) where it does at most
 //                                                                        3/4 of the panels' multiplies (not 2 x 2
 //                                                                        outputs at padding 1), an odd output from
-//                                                                        the ISA's channels (winograd_tile);
-//                                                                        stride 2 from 32 channels in and 64 out:
+//                                                                        the ISA's channels (winograd_tile); the
+//                                                                        forward not 16->16 on AVX-512;
+//                                                                        stride 2 from 32 to 352 channels in and
+//                                                                        64 out:
 //                                                                        F(4x4) through the input's phases
 //                                                                        (forward; dx where its panels fit the
 //                                                                        chunks); every ISA
