@@ -52,20 +52,21 @@
 //                                                                        only reach it)
 // Shared pieces (shape, chunking, scratch, layouts, the bias gradient): conv2d_common.hpp.
 // dx at stride 1 where the panels' dx would serve (the panels' backward, or the direct path's) may instead be the
-// direct path's or Winograd's forward of dy through w flipped and transposed (dx_forward_path; conv2d_path: "panels, dx
-// direct" or "panels, dx winograd").
+// direct path's forward of dy through w flipped and transposed (dx_by_direct_forward; conv2d_path: "panels, dx
+// direct"); pooled, dw is then the unpooled path's on the whole d(conv), as the direct path's with dx always was.
 //
 // Numbers: y, argmax and dx are the same on every path of an instruction set up to float
 // rounding (the fused paths give the separate kernels' y and argmax bit for bit). dw and db are
 // the same sums in another order on some paths; and conv pixels no pooling window reads, whose
-// gradient is 0, are left out by the fused panels and direct paths, so an inf/NaN in x or w that
-// only they meet gives no 0 * inf = NaN there (Winograd's fused backward takes the whole d(conv),
-// as the separate layers do: there it does). Likewise the panels' forward on small padded images
-// (skips_padding) leaves out some taps in the padding and not others, by how its panels group the
-// pixels: an inf or NaN in w there may or may not meet a padded 0 (finite weights: the same bits); so does the tap
-// rows' forward (conv2d_tap_rows_impl.hpp), which leaves out the kernel rows above and below the image. Winograd's
-// transforms mix a 4 x 4 block of input into each 2 x 2 block of output, so there an inf or NaN in x reaches the whole
-// block (where a direct sum would give a finite neighbour). Every path's result is independent of the thread count.
+// gradient is 0, are left out by the fused panels and direct paths (without dx; the panels' with dx
+// too, but not where dx_by_direct_forward), so an inf/NaN in x or w that only they meet gives no 0 * inf = NaN there
+// (Winograd's fused backward takes the whole d(conv), as the separate layers do: there it does). Likewise the panels'
+// forward on small padded images (skips_padding) leaves out some taps in the padding and not others, by how its panels
+// group the pixels: an inf or NaN in w there may or may not meet a padded 0 (finite weights: the same bits); so does
+// the tap rows' forward (conv2d_tap_rows_impl.hpp), which leaves out the kernel rows above and below the image.
+// Winograd's transforms mix a 4 x 4 block of input into each 2 x 2 block of output, so there an inf or NaN in x reaches
+// the whole block (where a direct sum would give a finite neighbour). Every path's result is independent of the thread
+// count.
 #include <atomic>
 #include <memory>
 #include <vector>
@@ -234,30 +235,21 @@ const Conv2dPath* chosen(const ConvShape& s, i64 N, i64 pool_k, bool backward, b
 // ([C, K, R, S]), output [N, C, H, W]
 ConvShape transposed_shape(const ConvShape& s) { return ConvShape(s.K, s.Ho, s.Wo, s.C, s.R, s.S, s.R - 1 - s.pad); }
 
-// The path whose forward of transposed_shape gives dx, where the layer's dx would be the panels' (the panels' backward,
-// or the direct path's, which takes the panels' dx); null: none. A square kernel of 3x3 or less (pad < R), and
-// - the direct path's forward: few channels on rows that fill its vectors. Against the panels' dx, batch 32, one
-//   thread, Zen 5, AVX-512 / AVX2: 8->8 3x3 p1 on 48 x 48 3.9x / 2.0x the speed, 32->8 p1 on 16 x 16 2.1x / 1.5x,
-//   8->16 p1 on 32 x 32 2.6x / 1.4x; but 5x5 layers even (64->64 p2 on 16 x 16 1.07x / 0.93x, 32->64 p2 on 28 x 28
-//   1.04x / 0.91x): none there;
-// - Winograd's forward on an odd output of 11 x 11 or more at padding 1 (whose backward Winograd leaves to the panels,
-//   winograd_accepts), unpooled: dx alone 96->96 on 13 x 13 1.38x / 1.66x, 64->128 on 13 x 13 1.13x / 1.55x; but 9 x 9
-//   even (48->96 1.01x / 1.14x, 32->64 at batch 128 0.89x / 1.07x), 192->96 on 5 x 5 0.91x / 1.04x, and unpadded 32->64
-//   on 13 x 13 (conv2, dy padded by 2) 0.73x / 0.85x. The whole backward (dw then on its own), batch 8-128, 1-2
-//   threads: 1.01-1.17x / 1.07-1.22x; pooled 0.87-0.97x on AVX-512 (the panels' dw and dx from one packing, of the
-//   pixels the windows read): not pooled.
-const Conv2dPath* dx_forward_path(const ConvShape& s, i64 N, i64 pool_k) {
-  if (s.stride != 1 || s.R != s.S || s.R * s.S > 9 || pointwise(s) || s.pad >= s.R) return nullptr;
+// dx by the direct path's forward of transposed_shape, where the layer's dx would be the panels' (the panels' backward,
+// or the direct path's, which takes the panels' dx): a square kernel of 3x3 or less (pad < R) whose transposed layer
+// has rows that fill the direct path's vectors (rows_fill_vectors; few channels, so not Winograd's). Against the
+// panels' dx, batch 32, one thread, Zen 5, AVX-512 / AVX2: 8->8 3x3 p1 on 48 x 48 3.9x / 2.0x the speed, 32->8 p1 on
+// 16 x 16 2.1x / 1.5x, 8->16 p1 on 32 x 32 2.6x / 1.4x; but 5x5 layers even (64->64 p2 on 16 x 16 1.07x / 0.93x,
+// 32->64 p2 on 28 x 28 1.04x / 0.91x): none there. Pooled or not alike, so that the fused layer's dx stays the
+// separate layers'. (Winograd's forward as dx on odd outputs, whose backward Winograd leaves to the panels, was
+// 1.01-1.22x faster unpooled, 96->96 on 13 x 13, but 0.87-0.97x pooled on AVX-512, where the panels make dw and dx
+// from one packing: not taken.)
+bool dx_by_direct_forward(const ConvShape& s, i64 N, i64 pool_k) {
+  if (s.stride != 1 || s.R != s.S || s.R * s.S > 9 || pointwise(s) || s.pad >= s.R) return false;
   const Conv2dPath* dx_path = chosen(s, N, pool_k, true, true);
-  if (dx_path->backward != panels_backward_path && dx_path->backward != direct_backward_path) return nullptr;
-  const Conv2dPath* path = chosen(transposed_shape(s), N, 0, false, false);
-  if (path->forward == direct_forward_path) return path;
-  constexpr i64 kWinogradDxOutput = 11;
-  const bool odd_output = s.Ho % 2 == 1 || s.Wo % 2 == 1;
-  return path->forward == winograd_forward_path && pool_k == 0 && s.pad == 1 && odd_output &&
-                 std::min(s.Ho, s.Wo) >= kWinogradDxOutput
-             ? path
-             : nullptr;
+  if (dx_path->backward != panels_backward_path && dx_path->backward != direct_backward_path) return false;
+  const ConvShape t = transposed_shape(s);
+  return rows_fill_vectors(t) && chosen(t, N, 0, false, false)->forward == direct_forward_path;
 }
 
 void forward(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b, const ConvShape& s, i64 N,
@@ -267,12 +259,12 @@ void forward(float* y, std::int32_t* argmax, const float* x, const float* w, con
 
 void backward(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,
               const std::int32_t* argmax, const ConvShape& s, i64 N, i64 pool_k) {
-  if (const Conv2dPath* dx_path = dx ? dx_forward_path(s, N, pool_k) : nullptr) {
+  if (dx && dx_by_direct_forward(s, N, pool_k)) {
     std::unique_ptr<float[]> dconv;
     if (pool_k > 0) dy = whole_dconv(dconv, dy, argmax, s, N, pool_k);
     backward(nullptr, dw, db, x, w, dy, nullptr, s, N, 0);
     const std::vector<float> flipped = flipped_transposed(w, s.K, s.C, s.R * s.S), zeros(size_t(s.C), 0.0f);
-    return dx_path->forward(dx, nullptr, dy, flipped.data(), zeros.data(), transposed_shape(s), N, 0);
+    return direct_forward_path(dx, nullptr, dy, flipped.data(), zeros.data(), transposed_shape(s), N, 0);
   }
   for (const Conv2dPath& path : kPaths)
     if (candidate(path, s, N, pool_k, true, dx != nullptr) && path.backward(dx, dw, db, x, w, dy, argmax, s, N, pool_k))
@@ -311,9 +303,8 @@ const char* conv2d_path(i64 N, i64 C, i64 H, i64 W, i64 K, i64 R, i64 S, i64 pad
                         bool input_grad, i64 stride) {
   const ConvShape s(C, H, W, K, R, S, pad, stride);
   const Conv2dPath* path = chosen(s, N, pool_k, backward, input_grad);
-  const Conv2dPath* dx_path = backward && input_grad ? dx_forward_path(s, N, pool_k) : nullptr;
-  if (dx_path && path->backward == panels_backward_path)  // (the direct path's backward: too few channels for Winograd)
-    return dx_path->forward == direct_forward_path ? "panels, dx direct" : "panels, dx winograd";
+  if (backward && input_grad && path->backward == panels_backward_path && dx_by_direct_forward(s, N, pool_k))
+    return "panels, dx direct";
   return path->name;
 }
 

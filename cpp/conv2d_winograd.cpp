@@ -84,9 +84,9 @@ constexpr double kWinogradPanelRoundUp = 1.25;
 // on 32 x 32 0.99-1.04x (and 16->32 1.1-1.3x, on a busy machine); AVX2 0.73-0.78x, 0.84-0.94x and
 // 0.90-1.00x.
 constexpr i64 kStride2Channels = 32;
-// and up to this many channels in: beyond, AVX2's products take the channels in two passes and a panel of tiles
-// is past 2 MB (Zen 5, batch 32/128, one thread, against the panels: 384->384 and 448->448 to 4 x 4 0.93-1.07x,
-// 512->512 0.6-1.04x; up to 352->352 1.03-1.4x on AVX-512 and AVX2)
+// and up to this many channels in: beyond, a panel of tiles is past 2 MB on AVX2 (and 3.5 MB on AVX-512, which the
+// panel rule below leaves out) (Zen 5, batch 32/128, one thread, against the panels: 384->384 and 448->448 to 4 x 4
+// 0.93-1.07x, 512->512 0.6-1.04x; up to 352->352 1.03-1.4x on AVX-512 and AVX2)
 constexpr i64 kStride2MaxChannels = 352;
 // The forward takes stride 2 where a panel of its tiles fits twice what the chunks may round up to:
 // 128->256 to 4 x 4 and 8 x 8 and 96->192 to 7 x 7 (panels of 2.8 and 2.1 MB on AVX-512) took

@@ -1015,12 +1015,17 @@ void stride2_products(const float* u, i64 us, i64 Cin, i64 Cout, i64 N, i64 Th, 
   auto weights_at = [&](int xi) { return u + size_t(6 * std::min(xi / 9, 5) + std::min(xi % 9, 5)) * us; };
   const i64 rows_total = N * Th;
   const double work = double(N) * Cout * Cin * X * Th * Tw;
-  // at least a whole panel of tiles (where the batch has one) even past the chunk's bytes: below that a
-  // panel's columns are partly empty, 192->192 at stride 2 to 4 x 4 on AVX-512 put 11 tiles in a panel of
-  // 32 and ran at 0.4x the panels' speed; with whole panels 1.4x (V a little past the L2: 2 MB)
-  const i64 budget_rows =
-      std::max(TileChunks::whole_panels(NR, Tw, kWinogradChunkBytes / (i64(X) * (Cin + MR) * Tw * 4), rows_total),
-               std::min(rows_total, NR / std::gcd(Tw, i64(NR))));
+  // at least the rows whose tiles fill whole panels (lcm(Tw, NR) tiles; where the batch has them) even past the
+  // chunk's bytes, up to kStride2WholePanelsBytes of V: below, a panel's columns are partly empty. 192->192 at stride 2
+  // to 4 x 4 on AVX-512 put 11 tiles in a panel of 32 and ran at 0.4x the panels path's speed, 2.2x faster with 32
+  // (V 2 MB); 96->192 to 12 x 12, 21 tiles in a panel, 1.3-1.6x faster with 3 whole panels (3 MB); 128->128 to 20 x 20
+  // at batch 8 1.5x (7.3 MB); 64->128 to 28 x 28 (7 panels, 5.5 MB) even. (One panel's worth of tiles, 35 for a panel
+  // of 32, was 0.57-0.75x.)
+  constexpr double kStride2WholePanelsBytes = 8.0 * (1 << 20);
+  const i64 budget = TileChunks::whole_panels(NR, Tw, kWinogradChunkBytes / (i64(X) * (Cin + MR) * Tw * 4), rows_total);
+  const i64 whole = std::min(rows_total, NR / std::gcd(Tw, i64(NR)));
+  const bool whole_fits = double(whole) * double(Tw) * X * double(Cin + MR) * 4.0 <= kStride2WholePanelsBytes;
+  const i64 budget_rows = whole_fits ? std::max(budget, whole) : budget;
   // a few chunks, as many for each thread (3 over two threads was 1.26x the panels' time on AVX2,
   // 32->64 to 8 x 8 at batch 32)
   const i64 few = (rows_total + budget_rows - 1) / budget_rows, team = threads_over(work, few);
