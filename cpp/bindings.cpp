@@ -1103,7 +1103,8 @@ PYBIND11_MODULE(_core, m) {
       },
       "x_shape"_a, "w_shape"_a, "padding"_a = 0, "pool"_a = 0, "backward"_a = false, "input_grad"_a = true,
       "stride"_a = 1,
-      "Which of conv2d's paths (cpp/conv2d.cpp's list) runs for this layer with the instruction set in use");
+      "Which of conv2d's paths (cpp/conv2d.cpp's list) runs for this layer with the instruction set in use "
+      "(\"panels, dx direct\": the panels' backward with dx by the direct path's forward of dy)");
   m.def(
       "set_few_pixels_limit",
       [](i64 pixels) {
