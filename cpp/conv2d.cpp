@@ -136,6 +136,8 @@ void pointwise_forward_path(float* y, std::int32_t* argmax, const float* x, cons
                             const ConvShape& s, i64 N, i64 pool_k) {
   const i64 P = s.P(), st = s.stride, T = s.taps(), R = s.R, S = s.S;
   ScratchFloats picked(st > 1 ? size_t(N) * T * P : 0);
+  // (im2col_padded makes the same rows, through im2col's padding-aware loop: 0.82-0.87x this one's speed on strided
+  // 1x1 layers and 4x4 patches at one thread, Zen 5)
   if (st > 1) {  // x[n][c][oh*st + r][ow*st + q] -> picked[n][(c*R + r)*S + q][oh*Wo + ow] (1x1: r = q = 0)
 #pragma omp parallel for num_threads(threads_for(double(N) * T * P)) schedule(static)
     for (i64 nc = 0; nc < N * s.C; ++nc)
