@@ -28,7 +28,9 @@
 //   pointwise              conv2d_pointwise_kernels.cpp (per ISA),       1x1, unpadded; forward: 33 to 256
 //                          tile_product_impl.hpp                         channels in, whole panels
 //                                                                        holding at most 1.35x an image's
-//                                                                        pixels (pointwise_product_fits), every
+//                                                                        pixels (pointwise_product_fits), or
+//                                                                        the batch's where the panels' product
+//                                                                        would be channel-major, every
 //                                                                        ISA, any stride (x's picked pixels
 //                                                                        copied out), and a first layer's
 //                                                                        patches (kernel = stride) on rows
@@ -130,7 +132,10 @@ bool patches(const ConvShape& s) {
 bool pointwise_accepts(const ConvShape& s, i64 N, i64 pool_k, bool backward) {
   if (!has_work(s, N) || !(pointwise(s) || (!backward && patches(s))) || (backward && s.stride != 1)) return false;
   if (backward) return pool_k == 0 && pointwise_weight_grad_takes(s, N);
-  return s.taps() > kDirectTaps && pointwise_product_fits(s.taps(), s.P());
+  // (or where the panels would make their product channel-major: their panels then go image by image, and one image's
+  // pixels waste more of them than the batch's do of this product's units)
+  return s.taps() > kDirectTaps && (pointwise_product_fits(s.taps(), s.P()) ||
+                                    (panels_channel_major(s) && pointwise_product_fits(s.taps(), N * s.P())));
 }
 void pointwise_forward_path(float* y, std::int32_t* argmax, const float* x, const float* w, const float* b,
                             const ConvShape& s, i64 N, i64 pool_k) {

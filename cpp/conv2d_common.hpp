@@ -166,6 +166,12 @@ bool skips_padding(const ConvShape& s);
 // channels in (at most kPointwiseChannels: its products' depth, in one block)?
 constexpr i64 kPointwiseChannels = 256;
 bool pointwise_product_fits(i64 C, i64 P);
+// Does the panels' forward make its product channel-major, image by image, for its few taps and many output channels
+// (conv2d_forward_panels; it also does where one tile of its kernel holds every output channel)?
+constexpr i64 kChannelMajorTaps = 160, kChannelMajorChannels = 64;
+inline bool panels_channel_major(const ConvShape& s) {
+  return s.taps() <= kChannelMajorTaps && s.K >= kChannelMajorChannels;
+}
 // Does the ISA's pointwise weight gradient (AVX-512's inner products along the pixels) take a 1x1
 // stride-1 layer's dw at batch N? (The caller, pointwise_accepts, has checked 1x1 and stride 1.)
 bool pointwise_weight_grad_takes(const ConvShape& s, i64 N);

@@ -118,9 +118,6 @@ void relu_pool_pixel_major(float* y, std::int32_t* argmax, const float* out, con
   }
 }
 
-// The most taps for which the forward's product is made channel-major (see conv2d_forward_panels)
-constexpr i64 kChannelMajorTaps = 160;
-
 // A padded layer's pixel-major product without the taps that fall in the padding (zeros): the
 // taps in (r, q, c) order, so that the ones a pixel reads inside the image are runs of consecutive
 // taps, one per kernel row (r0..r1, columns q0..q1). A chunk's pixels go in pieces of an output
@@ -208,7 +205,7 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
   const bool copied = s.pad > 0 || st > 1;
   // (see by_channels below; pixel-major and padded: the taps in the padding skipped (PaddedPieces), w and the tap
   // offsets in (r, q, c) order)
-  const bool one_tile = K <= mk.mr, channel_major = (T <= kChannelMajorTaps && K >= 64) || one_tile,
+  const bool one_tile = K <= mk.mr, channel_major = panels_channel_major(s) || one_tile,
              skip = !channel_major && skips_padding(s);
   // where the copy puts input row h in its channel's plane (stride 1)
   std::vector<i64> row_place(static_cast<size_t>(s.H));

@@ -53,13 +53,13 @@ void pointwise_forward(float* y, const float* x, const float* w, i64 out_stride,
   // the last panel of each image part empty: 49 pixels took two panels of AVX-512's 32.)
   const i64 total = N * P, units = (total + NR - 1) / NR;
   const int nt = threads_over(double(N) * K * C * P, units);
-  // a thread's staging: a staged unit's B ([C][NR], zero-padded) and its sums ([Kp][NR])
-  const size_t stage = lines(size_t(C) * NR) + size_t(Kp) * NR;
+  // a thread's staging: a staged unit's B ([C][NR], zero-padded) and a tile's sums ([MR][NR])
+  const size_t stage = lines(size_t(C) * NR) + size_t(MR) * NR;
   ScratchFloats scratch(size_t(nt) * stage);
   for_each_over(units, nt, [&](i64 u) {
     const i64 q0 = u * NR, cols = std::min<i64>(NR, total - q0), n0 = q0 / P, p0 = q0 % P;
     float* own = scratch.get() + size_t(omp_get_thread_num()) * stage;
-    float* sums = own + lines(size_t(C) * NR);  // [Kp][width]: the tiles not written in place
+    float* sums = own + lines(size_t(C) * NR);  // [MR][width]: a tile not written in place
     // (a last unit of at most one vector of pixels: a tile one vector wide)
     const i64 width = cols <= VL ? VL : NR;
     const bool in_place = cols == width && p0 + cols <= P;
@@ -74,7 +74,7 @@ void pointwise_forward(float* y, const float* x, const float* w, i64 out_stride,
     const float* bp = x + n0 * C * P + p0;
     if (!in_place) {
       runs([&](i64 n, i64 p, i64 j, i64 len) {
-        for (i64 c = 0; c < C; ++c) std::copy_n(x + (n * C + c) * P + p, len, own + c * width + j);
+        for (i64 c = 0; c < C; ++c) copy_short(own + c * width + j, x + (n * C + c) * P + p, len);
       });
       for (i64 c = 0; c < C; ++c) std::fill(own + c * width + cols, own + (c + 1) * width, 0.0f);
       bp = own;
@@ -83,13 +83,18 @@ void pointwise_forward(float* y, const float* x, const float* w, i64 out_stride,
     float* yn = y + n0 * K * P + p0;
     auto whole = [&](i64 k0) { return in_place && k0 + MR <= K; };
     const auto product = width == VL ? tile_product<1> : tile_product<NV>;
-    for (i64 k0 = 0; k0 < Kp; k0 += MR)
-      product(C, wp + k0 * C, bp, ldb, whole(k0) ? yn + k0 * P : sums + k0 * width, whole(k0) ? P : width, false,
-              bias + k0);
-    runs([&](i64 n, i64 p, i64 j, i64 len) {
-      for (i64 k = 0; k < K; ++k)
-        if (!whole(k / MR * MR)) std::copy_n(sums + k * width + j, len, y + (n * K + k) * P + p);
-    });
+    for (i64 k0 = 0; k0 < Kp; k0 += MR) {
+      if (whole(k0)) {
+        product(C, wp + k0 * C, bp, ldb, yn + k0 * P, P, false, bias + k0);
+        continue;
+      }
+      // (a staged tile copied out while it is in L1: all of a 96->576 unit's sums staged first were 72 KB)
+      product(C, wp + k0 * C, bp, ldb, sums, width, false, bias + k0);
+      runs([&](i64 n, i64 p, i64 j, i64 len) {
+        for (i64 k = k0; k < std::min(K, k0 + MR); ++k)
+          copy_short(y + (n * K + k) * P + p, sums + (k - k0) * width + j, len);
+      });
+    }
   });
 }
 
