@@ -79,6 +79,27 @@ void pack_patch_panel(float* ap, const float* src, const PanelRun* runs, int nru
       break;
   }
   const __mmask16 store_mask = __mmask16((1u << mr) - 1);
+  // More runs (pixels of several images, a few each: small padded images' panels): one gather a tap, each lane's
+  // pixel at its offset from the tap's first value
+  alignas(64) std::int32_t lane_offset[16] = {};
+  std::uint32_t filled = 0;
+  bool fits = true;
+  for (int j = 0; j < nruns; ++j)
+    for (int l = 0; l < 16; ++l)
+      if (runs[j].lanes >> l & 1) {
+        const i64 at = runs[j].offset + l;
+        fits = fits && at >= 0 && at <= INT32_MAX;
+        lane_offset[l] = std::int32_t(at);
+      }
+  for (int j = 0; j < nruns; ++j) filled |= runs[j].lanes;
+  if (fits) {
+    const __m512i index = _mm512_load_si512(lane_offset);
+    for (i64 t = 0; t < T; ++t)
+      _mm512_mask_storeu_ps(
+          ap + t * mr, store_mask,
+          _mm512_mask_i32gather_ps(_mm512_setzero_ps(), __mmask16(filled), index, src + tap_offset[t], 4));
+    return;
+  }
   const std::uintptr_t base = reinterpret_cast<std::uintptr_t>(src);
   for (i64 t = 0; t < T; ++t) {
     __m512 v = _mm512_setzero_ps();

@@ -77,6 +77,9 @@ CONV_SHAPES = [  # N, C, H, W, K, R, S, padding
     (3, 40, 4, 4, 20, 1, 1, 0),  # 1x1 on 4 x 4: one vector an image on AVX-512, the pointwise product's narrow tile
     # 1x1 on 3 x 3, 70 out: the pointwise forward over the batch (units across images, staged; K not a tile multiple)
     (6, 40, 3, 3, 70, 1, 1, 0),
+    # 3 x 3 at padding 1, 8 images: the panels without the padding's taps, a panel's pixels one an image (AVX-512:
+    # packed by a gather a tap)
+    (8, 40, 3, 3, 20, 3, 3, 1),
     (8, 16, 16, 16, 24, 1, 1, 0),  # 1x1, 16 channels in: its backward the pointwise one on AVX-512 (the direct forward)
     (2, 5, 6, 5, 3, 5, 3, 2),
     (4, 32, 13, 13, 64, 3, 3, 0),  # the default model's second layer
