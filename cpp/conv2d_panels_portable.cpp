@@ -71,6 +71,28 @@ void pack_patch_panel(float* ap, const float* src, const PanelRun* runs, int nru
     return pack_two_runs_n(a, ap, src + runs[0].offset, src + runs[1].offset + a, tap_offset, T,
                            std::make_integer_sequence<int, CNNFAST_MR - 1>{});
   }
+#if defined(CNNFAST_ISA_AVX2)
+  if (nruns > 2 && mr <= VL) {  // (pixels of several images, one or a few each: one gather a tap, as on AVX-512)
+    alignas(32) std::int32_t lane_offset[VL] = {}, lane_on[VL] = {};
+    bool fits = true;
+    for (int j = 0; j < nruns; ++j)
+      for (int l = 0; l < mr; ++l)
+        if (runs[j].lanes >> l & 1) {
+          const i64 at = runs[j].offset + l;
+          fits = fits && at >= 0 && at <= INT32_MAX;
+          lane_offset[l] = std::int32_t(at), lane_on[l] = -1;
+        }
+    if (fits) {
+      const __m256i index = _mm256_load_si256(reinterpret_cast<const __m256i*>(lane_offset));
+      const __m256 on = _mm256_castsi256_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(lane_on)));
+      for (i64 t = 0; t < T; ++t) {
+        const __m256 v = _mm256_mask_i32gather_ps(_mm256_setzero_ps(), src + tap_offset[t], index, on, 4);
+        store_first(ap + t * mr, reinterpret_cast<const vec&>(v), mr);
+      }
+      return;
+    }
+  }
+#endif
   int first[32], len[32];
   std::uint32_t covered = 0;
   for (int j = 0; j < nruns; ++j) {
