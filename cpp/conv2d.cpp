@@ -114,7 +114,12 @@ bool few_pixels_accepts(const ConvShape& s, i64 N, i64, bool backward) {
 }
 
 // A 1x1 layer without padding, forward (any stride), with more input channels than the direct path's
-// few taps, where pointwise_product_fits (conv2d_common.cpp): one product an image. Backward where
+// few taps, where pointwise_product_fits (conv2d_common.cpp) an image's pixels, or the batch's side by side where the
+// panels' product would be channel-major (panels_channel_major): their panels go image by image, and one image's
+// pixels waste more of them than the batch's do of this product's units. A/B against the panels (Zen 5, batch 32-128,
+// one thread): AVX-512 96->576 on 6 x 6 1.44-1.54x faster, 128->64 1.67x, 160->640 on 3 x 3 2.15x; AVX2 on 3 x 3
+// 1.75-1.83x (its 36 pixels already fit); where the panels are pixel-major (256->64 on 6 x 6) 0.70-0.93x, not taken.
+// Pooled likewise (unmeasured), so that the fused layer keeps the separate layers' sums. Backward where
 // pointwise_weight_grad_takes (conv2d_common.cpp): dw by inner products along the pixels, dx by the
 // forward's product (input_grad); elsewhere the panels' backward serves (its dx the same product).
 // Backward at few taps too: against the direct path's (AVX-512, batch 32/128, 1-2 threads) 16->64 on
@@ -124,7 +129,8 @@ bool few_pixels_accepts(const ConvShape& s, i64 N, i64, bool backward) {
 // Patches (a kernel as large as its stride, unpadded: a patchify stem's 4x4 at stride 4), forward: the same product
 // over C*R*S channels, x's patches copied out as [C*R*S, pixels] (each input value once, nothing repeated), which is
 // w's [K, C*R*S] order. The direct path's rows of phases were 8 pixels on AVX-512's 16 lanes: 3->96 4x4 at stride 4
-// on 32 x 32 ran 0.64-0.79x PyTorch's speed.
+// on 32 x 32 ran 0.64-0.79x PyTorch's speed. (Patches take the batch's rule too: 3->96 4x4 at stride 4 to 6 x 6 at
+// batch 32, 1.46-2.58x faster than the direct path on AVX-512, 1.04-1.08x on AVX2.)
 bool patches(const ConvShape& s) {
   return s.pad == 0 && s.R == s.stride && s.S == s.stride && s.stride > 1 && s.C <= kTapRowsChannels &&
          !rows_fill_vectors(s);
@@ -132,8 +138,6 @@ bool patches(const ConvShape& s) {
 bool pointwise_accepts(const ConvShape& s, i64 N, i64 pool_k, bool backward) {
   if (!has_work(s, N) || !(pointwise(s) || (!backward && patches(s))) || (backward && s.stride != 1)) return false;
   if (backward) return pool_k == 0 && pointwise_weight_grad_takes(s, N);
-  // (or where the panels would make their product channel-major: their panels then go image by image, and one image's
-  // pixels waste more of them than the batch's do of this product's units)
   return s.taps() > kDirectTaps && (pointwise_product_fits(s.taps(), s.P()) ||
                                     (panels_channel_major(s) && pointwise_product_fits(s.taps(), N * s.P())));
 }

@@ -162,12 +162,27 @@ double fraction_inside(const ConvShape& s);
 // (14%) 1.13x: the panels' pieces are shorter, packed in more runs. The same rule pooled or not, so that the fused
 // layer keeps the separate layers' sums.
 bool skips_padding(const ConvShape& s);
-// Does the ISA's pointwise product (conv2d_pointwise_kernels.cpp) take an image of P pixels with C
-// channels in (at most kPointwiseChannels: its products' depth, in one block)?
+// A panel's runs of pixels (each {offset, lanes}: lane l of the run reads element offset + l) as one gather's
+// indices: lane_offset[l] for the first `lanes` lanes, and the lanes filled; false where an offset does not fit an
+// int32 (the panels' packing on AVX-512 and AVX2, where many short runs took a masked load or copy each a tap)
+template <class Run>
+bool gather_offsets(const Run* runs, int nruns, int lanes, std::int32_t* lane_offset, std::uint32_t& filled) {
+  filled = 0;
+  for (int j = 0; j < nruns; ++j)
+    for (int l = 0; l < lanes; ++l)
+      if (runs[j].lanes >> l & 1) {
+        const i64 at = runs[j].offset + l;
+        if (at < 0 || at > INT32_MAX) return false;
+        lane_offset[l] = std::int32_t(at), filled |= 1u << l;
+      }
+  return true;
+}
+// Does the ISA's pointwise product (conv2d_pointwise_kernels.cpp) take P pixels (an image's, or a batch's side by
+// side) with C channels in (at most kPointwiseChannels: its products' depth, in one block)?
 constexpr i64 kPointwiseChannels = 256;
 bool pointwise_product_fits(i64 C, i64 P);
 // Does the panels' forward make its product channel-major, image by image, for its few taps and many output channels
-// (conv2d_forward_panels; it also does where one tile of its kernel holds every output channel)?
+// (conv2d_forward_panels, unpooled; it also does where one tile of its kernel holds every output channel)?
 constexpr i64 kChannelMajorTaps = 160, kChannelMajorChannels = 64;
 inline bool panels_channel_major(const ConvShape& s) {
   return s.taps() <= kChannelMajorTaps && s.K >= kChannelMajorChannels;

@@ -1,5 +1,6 @@
 // conv2d's panel path on AVX-512 (the drivers: conv2d_panels_impl.hpp): its helpers in AVX-512
-// intrinsics. A panel's runs of pixels are packed with masked vector loads (one per run per tap),
+// intrinsics. A panel's runs of pixels are packed with masked vector loads (one per run per tap; past 6 runs, one
+// gather a tap),
 // transposes go in 16 x 16 register blocks, and the 12 x 32 micro-kernel reads dW's A in place.
 // Compiled for AVX-512 only; reached through the ISA table (conv2d.cpp lists the paths).
 #include <immintrin.h>
@@ -79,20 +80,10 @@ void pack_patch_panel(float* ap, const float* src, const PanelRun* runs, int nru
       break;
   }
   const __mmask16 store_mask = __mmask16((1u << mr) - 1);
-  // More runs (pixels of several images, a few each: small padded images' panels): one gather a tap, each lane's
-  // pixel at its offset from the tap's first value
+  // More runs (pixels of several images, a few each: small padded images' panels): one gather a tap
   alignas(64) std::int32_t lane_offset[16] = {};
-  std::uint32_t filled = 0;
-  bool fits = true;
-  for (int j = 0; j < nruns; ++j)
-    for (int l = 0; l < 16; ++l)
-      if (runs[j].lanes >> l & 1) {
-        const i64 at = runs[j].offset + l;
-        fits = fits && at >= 0 && at <= INT32_MAX;
-        lane_offset[l] = std::int32_t(at);
-      }
-  for (int j = 0; j < nruns; ++j) filled |= runs[j].lanes;
-  if (fits) {
+  std::uint32_t filled;
+  if (gather_offsets(runs, nruns, 16, lane_offset, filled)) {
     const __m512i index = _mm512_load_si512(lane_offset);
     for (i64 t = 0; t < T; ++t)
       _mm512_mask_storeu_ps(

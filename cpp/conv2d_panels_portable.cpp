@@ -1,7 +1,8 @@
 // conv2d's panel path (the drivers: conv2d_panels_impl.hpp) with portable helpers, compiled once
 // per instruction set that has no panel helpers of its own (baseline, AVX2, NEON; AVX-512:
-// conv2d_panels_avx512.cpp): a panel's runs of pixels are packed by plain copies, transposes go in
-// 8 x 8 blocks, and dW's A is read in place by the ISA's micro-kernel tile in vector code.
+// conv2d_panels_avx512.cpp): a panel's runs of pixels are packed by plain copies (AVX2: past 2 runs,
+// one gather a tap), transposes go in 8 x 8 blocks, and dW's A is read in place by the ISA's
+// micro-kernel tile in vector code.
 #include <algorithm>
 #include <array>
 #include <cstdint>
@@ -72,25 +73,19 @@ void pack_patch_panel(float* ap, const float* src, const PanelRun* runs, int nru
                            std::make_integer_sequence<int, CNNFAST_MR - 1>{});
   }
 #if defined(CNNFAST_ISA_AVX2)
-  if (nruns > 2 && mr <= VL) {  // (pixels of several images, one or a few each: one gather a tap, as on AVX-512)
-    alignas(32) std::int32_t lane_offset[VL] = {}, lane_on[VL] = {};
-    bool fits = true;
-    for (int j = 0; j < nruns; ++j)
-      for (int l = 0; l < mr; ++l)
-        if (runs[j].lanes >> l & 1) {
-          const i64 at = runs[j].offset + l;
-          fits = fits && at >= 0 && at <= INT32_MAX;
-          lane_offset[l] = std::int32_t(at), lane_on[l] = -1;
-        }
-    if (fits) {
-      const __m256i index = _mm256_load_si256(reinterpret_cast<const __m256i*>(lane_offset));
-      const __m256 on = _mm256_castsi256_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(lane_on)));
-      for (i64 t = 0; t < T; ++t) {
-        const __m256 v = _mm256_mask_i32gather_ps(_mm256_setzero_ps(), src + tap_offset[t], index, on, 4);
-        store_first(ap + t * mr, reinterpret_cast<const vec&>(v), mr);
-      }
-      return;
+  alignas(32) std::int32_t lane_offset[VL] = {};
+  std::uint32_t filled;
+  // (pixels of several images, one or a few each: one gather a tap, as on AVX-512)
+  if (nruns > 2 && mr <= VL && gather_offsets(runs, nruns, mr, lane_offset, filled)) {
+    const __m256i index = _mm256_load_si256(reinterpret_cast<const __m256i*>(lane_offset));
+    const __m256 on = _mm256_castsi256_ps(_mm256_cmpgt_epi32(
+        _mm256_and_si256(_mm256_set1_epi32(int(filled)), _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128)),
+        _mm256_setzero_si256()));
+    for (i64 t = 0; t < T; ++t) {
+      const __m256 v = _mm256_mask_i32gather_ps(_mm256_setzero_ps(), src + tap_offset[t], index, on, 4);
+      store_first(ap + t * mr, reinterpret_cast<const vec&>(v), mr);
     }
+    return;
   }
 #endif
   int first[32], len[32];

@@ -2,10 +2,11 @@
 // instruction set. Image by image it is one matrix product, y_n[K, P] = w[K, C] x_n[C, P] + b: x_n's
 // rows are the product's B as they lie (NR pixels of each of the C rows, P apart), w is packed once
 // into panels of MR output channels, and each MR x NR tile of y is written in place, its sums
-// started from the bias. No im2col, no transposition into y: the panels' forward packed each
+// started from the bias; a unit of NR pixels across two images is staged (its B copied out, each tile
+// copied into y once made). No im2col, no transposition into y: the panels' forward packed each
 // 12-pixel panel from x and transposed its [pixels, K] result into y (the rule and what it measured:
-// pointwise_product_fits, conv2d_common.cpp). The same product gives a 1x1 layer's input gradient,
-// dx_n = w^T dy_n. On AVX-512 its weight gradient too: inner products along the pixels (below).
+// pointwise_product_fits, conv2d_common.cpp, and pointwise_accepts, conv2d.cpp). The same product gives a 1x1 layer's
+// input gradient, dx_n = w^T dy_n. On AVX-512 its weight gradient too: inner products along the pixels (below).
 //
 // Every output is one tile_product's sums, or one unit's sums of the weight gradient, whatever the
 // thread split: results do not depend on the thread count.

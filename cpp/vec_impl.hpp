@@ -18,7 +18,7 @@ inline __m256i first_lanes(i64 n) {
 }
 #endif
 
-// p[0:n] = v[0:n], n < VL: one masked store where the ISA has them (the direct forward's last
+// p[0:n] = v[0:n], n <= VL: one masked store where the ISA has them (the direct forward's last
 // segment of a row: scalar stores of its 10 pixels on 26-pixel rows took a fifth of a tile's time;
 // Winograd's partial rows: memcpy's calls, a tenth of F(4x4)'s time on 12 x 12). On x86-64 the file
 // includes <immintrin.h> before its namespace.

@@ -77,8 +77,8 @@ CONV_SHAPES = [  # N, C, H, W, K, R, S, padding
     (3, 40, 4, 4, 20, 1, 1, 0),  # 1x1 on 4 x 4: one vector an image on AVX-512, the pointwise product's narrow tile
     # 1x1 on 3 x 3, 70 out: the pointwise forward over the batch (units across images, staged; K not a tile multiple)
     (6, 40, 3, 3, 70, 1, 1, 0),
-    # 3 x 3 at padding 1, 8 images: the panels without the padding's taps, a panel's pixels one an image (AVX-512:
-    # packed by a gather a tap)
+    # 3 x 3 at padding 1, 8 images: the panels without the padding's taps, a panel's pixels one an image (AVX-512 and
+    # AVX2: packed by a gather a tap)
     (8, 40, 3, 3, 20, 3, 3, 1),
     (8, 16, 16, 16, 24, 1, 1, 0),  # 1x1, 16 channels in: its backward the pointwise one on AVX-512 (the direct forward)
     (2, 5, 6, 5, 3, 5, 3, 2),
@@ -1141,11 +1141,11 @@ def test_every_kernel_follows_the_forced_isa(isa):
         ((1, 256, 8, 8), (64, 256, 1, 1), 0, 0, False, False, {None: "few_pixels"}),
         ((1, 256, 8, 8), (64, 256, 1, 1), 0, 0, True, True, {}),
         ((1, 256, 6, 6), (64, 256, 1, 1), 0, 0, False, False, {None: "pointwise", "avx512": "panels"}),
-        # 9 pixels an image, 64 out: one image wastes a panel, the batch's 72 side by side fill the pointwise
-        # product's units (where the panels' product, channel-major, would go image by image)
-        ((1, 64, 3, 3), (64, 64, 1, 1), 0, 0, False, False, {"avx512": "panels", "avx2": "panels"}),
+        # 9 pixels an image, 64 out: one image wastes a panel (not NEON's 12 pixels), the batch's 72 side by side
+        # fill the pointwise product's units (where the panels' product, channel-major, would go image by image)
+        ((1, 64, 3, 3), (64, 64, 1, 1), 0, 0, False, False, {None: "panels", "neon": "pointwise"}),
         ((8, 64, 3, 3), (64, 64, 1, 1), 0, 0, False, False, {None: "pointwise"}),
-        ((8, 256, 3, 3), (64, 256, 1, 1), 0, 0, False, False, {"avx512": "panels", "avx2": "panels"}),  # 256 taps
+        ((8, 256, 3, 3), (64, 256, 1, 1), 0, 0, False, False, {None: "panels", "neon": "pointwise"}),  # 256 taps
         ((2, 64, 16, 16), (128, 64, 1, 1), 0, 0, False, False, {None: "few_pixels"}),  # 512 pixels
         ((1, 64, 32, 32), (128, 64, 1, 1), 0, 0, False, False, {None: "pointwise"}),  # 1,024: one product
         ((1, 64, 32, 32), (128, 64, 1, 1), 0, 2, False, False, {None: "pointwise"}),  # pooled
