@@ -1,7 +1,7 @@
 // conv2d's panel path on AVX-512 (the drivers: conv2d_panels_impl.hpp): its helpers in AVX-512
-// intrinsics. A panel's runs of pixels are packed with masked vector loads (one per run per tap; past 6 runs, one
-// gather a tap),
-// transposes go in 16 x 16 register blocks, and the 12 x 32 micro-kernel reads dW's A in place.
+// intrinsics. A panel's runs of pixels are packed with masked vector loads (one per run per tap;
+// past 6 runs, one gather a tap), transposes go in 16 x 16 register blocks, and the 12 x 32
+// micro-kernel reads dW's A in place.
 // Compiled for AVX-512 only; reached through the ISA table (conv2d.cpp lists the paths).
 #include <immintrin.h>
 
