@@ -26,8 +26,8 @@ namespace cnnfast {
 namespace CNNFAST_ISA {
 namespace {
 
-#include "conv2d_loops_impl.hpp"  // for_each_over
 #include "vec_impl.hpp"
+#include "conv2d_loops_impl.hpp"  // for_each_over, copy_row
 #include "tile_product_impl.hpp"  // VL, MR, NV, NR, tile_product
 
 }  // namespace
@@ -75,7 +75,7 @@ void pointwise_forward(float* y, const float* x, const float* w, i64 out_stride,
     const float* bp = x + n0 * C * P + p0;
     if (!in_place) {
       runs([&](i64 n, i64 p, i64 j, i64 len) {
-        for (i64 c = 0; c < C; ++c) copy_short(own + c * width + j, x + (n * C + c) * P + p, len);
+        for (i64 c = 0; c < C; ++c) copy_row(own + c * width + j, x + (n * C + c) * P + p, len);
       });
       for (i64 c = 0; c < C; ++c) std::fill(own + c * width + cols, own + (c + 1) * width, 0.0f);
       bp = own;
@@ -93,7 +93,7 @@ void pointwise_forward(float* y, const float* x, const float* w, i64 out_stride,
       product(C, wp + k0 * C, bp, ldb, sums, width, false, bias + k0);
       runs([&](i64 n, i64 p, i64 j, i64 len) {
         for (i64 k = k0; k < std::min(K, k0 + MR); ++k)
-          copy_short(y + (n * K + k) * P + p, sums + (k - k0) * width + j, len);
+          copy_row(y + (n * K + k) * P + p, sums + (k - k0) * width + j, len);
       });
     }
   });

@@ -49,9 +49,8 @@ void transpose(float* dst, i64 ldd, const float* src, i64 lds, i64 rows, i64 col
 
 namespace {
 
-#include "conv2d_loops_impl.hpp"
-
 #include "vec_impl.hpp"
+#include "conv2d_loops_impl.hpp"  // (after vec_impl.hpp: copy_row's masked tail)
 #include "tile_product_impl.hpp"  // VL, MR, NV, NR, tile_product
 
 // The transforms' vectors: tiles are their lanes, so a row of Tw tiles goes in the narrowest of

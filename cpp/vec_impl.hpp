@@ -49,15 +49,6 @@ inline vec load_first(const float* p, i64 n) {
 #endif
 }
 
-// to[0:n] = from[0:n] by whole vectors and one masked one (runs of a few to a few dozen floats, where memcpy's calls
-// cost as much as the copying: the pointwise forward's staged units of 6 x 6 and 3 x 3 images)
-inline void copy_short(float* to, const float* from, i64 n) {
-  constexpr i64 L = CNNFAST_VEC_BYTES / 4;
-  i64 l = 0;
-  for (; l + L <= n; l += L) store(to + l, load(from + l));
-  if (l < n) store_first(to + l, load_first(from + l, n - l), n - l);
-}
-
 // The int32 vector of the same lanes (indices, comparisons' results)
 typedef std::int32_t ivec __attribute__((vector_size(CNNFAST_VEC_BYTES)));
 
