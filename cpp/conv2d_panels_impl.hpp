@@ -121,17 +121,20 @@ void relu_pool_pixel_major(float* y, std::int32_t* argmax, const float* out, con
 // A padded layer's pixel-major product without the taps that fall in the padding (zeros): the
 // taps in (r, q, c) order, so that the ones a pixel reads inside the image are runs of consecutive
 // taps, one per kernel row (r0..r1, columns q0..q1). A chunk's pixels go in pieces of an output
-// row that read the same taps; unpooled, grouped by those taps (each group for every image of the
-// chunk), so that a panel of mr pixels mostly reads one set; a panel reads the union of its
-// pieces' (the extra taps read zeros). Pooled, in the rows' order (the pooling reads them so).
+// row that read the same taps, grouped by those taps (each group for every image of the chunk), so
+// that a panel of mr pixels mostly reads one set; a panel reads the union of its pieces' (the extra
+// taps read zeros). (Pooled too, the product then put back in the rows' order for the pooling:
+// packed in the rows' order, 3x3 at padding 1 on 2 x 2 and 4 x 4, 5x5 on 6 x 6 and 8 x 8 and 7x7
+// on 6 x 6 took 1.03-1.39x the time at batch 32-128 on AVX2; on AVX-512 1.22-1.28x (256->256 on
+// 2 x 2, 32->64 5x5 on 6 x 6), 0.93-1.01x the others; one thread, the same bits; batch 1 the same.)
 struct PaddedPieces {
   struct Piece {
     i64 image, oh, ow, len, l;  // pixels (oh, ow..ow+len) of the chunk's image; l: their first row in the product
     i64 r0, r1, q0, q1;         // the kernel rows and columns they read inside the image
   };
   std::vector<Piece> pieces;  // in the product's order
-  // rows Hu x Wu of `images` images; by_taps: grouped by the taps they read
-  PaddedPieces(const ConvShape& s, i64 images, i64 Hu, i64 Wu, bool by_taps) {
+  // rows Hu x Wu of `images` images
+  PaddedPieces(const ConvShape& s, i64 images, i64 Hu, i64 Wu) {
     std::vector<Piece> image;  // one image's, in row order
     for (i64 oh = 0; oh < Hu; ++oh) {
       const auto r = taps_inside(s, oh, s.H, s.R);
@@ -144,16 +147,15 @@ struct PaddedPieces {
       }
     }
     auto taps = [](const Piece& a) { return std::tuple(a.r0, a.r1, a.q0, a.q1); };
-    if (by_taps) std::stable_sort(image.begin(), image.end(), [&](auto& a, auto& b) { return taps(a) < taps(b); });
+    std::stable_sort(image.begin(), image.end(), [&](auto& a, auto& b) { return taps(a) < taps(b); });
     i64 l = 0;
-    for (size_t i = 0; i < image.size();) {  // (by_taps: a group of equal taps for every image, then the next)
+    for (size_t i = 0; i < image.size();) {  // (a group of equal taps for every image, then the next)
       size_t end = i + 1;
-      while (by_taps && end < image.size() && taps(image[end]) == taps(image[i])) ++end;
-      if (!by_taps) end = image.size();
+      while (end < image.size() && taps(image[end]) == taps(image[i])) ++end;
       for (i64 n = 0; n < images; ++n)
         for (size_t j = i; j < end; ++j) {
           Piece p = image[j];
-          p.image = n, p.l = by_taps ? l : n * Hu * Wu + p.oh * Wu + p.ow;
+          p.image = n, p.l = l;
           pieces.push_back(p);
           l += p.len;
         }
@@ -266,7 +268,7 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
   const size_t padded_floats = copied ? size_t(ch.per_chunk) * image : 0, chunk_pixels = size_t(ch.per_chunk) * Pu;
   const size_t pooled_floats = pool_k > 0 ? size_t(K) * (s.Ho / pool_k) * (s.Wo / pool_k) : 0;
   const size_t scratch_per_thread =
-      padded_floats + size_t(T) * mr + chunk_pixels * K * (skip && pool_k == 0 ? 2 : 1) + 2 * pooled_floats;
+      padded_floats + size_t(T) * mr + chunk_pixels * K * (skip ? 2 : 1) + 2 * pooled_floats;
   ScratchFloats scratch(size_t(nt) * scratch_per_thread);           // (each value written before it is read, but:)
   zero_each(scratch.get(), nt, scratch_per_thread, padded_floats);  // (each thread's copy of its images)
   // A single chunk (one image of 512+ pixels, or a few small ones): its panels of pixels over the
@@ -344,7 +346,7 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
       }
       return;
     }
-    const PaddedPieces pieces = skip ? PaddedPieces(s, n1 - n0, Hu, Wu, pool_k == 0) : PaddedPieces(s, 0, 0, 0, false);
+    const PaddedPieces pieces = skip ? PaddedPieces(s, n1 - n0, Hu, Wu) : PaddedPieces(s, 0, 0, 0);
     // A panel of a padded layer: the pixels l0.. of the pieces, packed with the taps the union of their pieces reads
     // (box: room for the taps' offsets), the product run over those taps, one run of taps per kernel row
     auto padded_panel = [&](float* ap_here, const float* w_here, i64* box, i64 l0) __attribute__((always_inline)) {
@@ -406,21 +408,22 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
                  std::min<i64>(nr, K - j0), k0 > 0);
       }
     });
-    if (pool_k > 0) {
-      const i64 pooled = K * (s.Ho / pool_k) * (s.Wo / pool_k);
-      float* window_y = out + chunk_pixels * K;
-      relu_pool_pixel_major(y + n0 * pooled, argmax ? argmax + n0 * pooled : nullptr, out, b, n1 - n0, K, s.Ho, s.Wo,
-                            pool_k, window_y, reinterpret_cast<std::int32_t*>(window_y + pooled));
-      return;
-    }
-    // (skip: the product in the pieces' order, put back in the rows' order first: each piece transposed into its place,
-    // pieces of 1-3 pixels, took 12% of a 192->192 layer's forward on 5 x 5 under a wider rule)
+    // (skip: the product in the pieces' order, put back in the rows' order first, for the pooling too: each piece
+    // transposed into its place, pieces of 1-3 pixels, took 12% of a 192->192 layer's forward on 5 x 5 under a wider
+    // rule)
     const float* rows = out;
     if (skip) {
       float* in_order = out + chunk_pixels * K;
       for (const PaddedPieces::Piece& p : pieces.pieces)
-        std::memcpy(in_order + (p.image * P + p.oh * s.Wo + p.ow) * K, out + p.l * K, sizeof(float) * p.len * K);
+        std::memcpy(in_order + (p.image * Pu + p.oh * Wu + p.ow) * K, out + p.l * K, sizeof(float) * p.len * K);
       rows = in_order;
+    }
+    if (pool_k > 0) {
+      const i64 pooled = K * (s.Ho / pool_k) * (s.Wo / pool_k);
+      float* window_y = out + chunk_pixels * K * (skip ? 2 : 1);
+      relu_pool_pixel_major(y + n0 * pooled, argmax ? argmax + n0 * pooled : nullptr, rows, b, n1 - n0, K, s.Ho, s.Wo,
+                            pool_k, window_y, reinterpret_cast<std::int32_t*>(window_y + pooled));
+      return;
     }
     for (i64 n = n0; n < n1; ++n) {  // y_n[k][p] = rows[(n - n0)*P + p][k] + b[k]: transposed, then + b
       float* yn = y + n * K * P;
@@ -560,7 +563,7 @@ void conv2d_backward_panels(float* dx, float* dw, const float* x, const float* w
   // fall in the padding, it was slower: 22->64 on 5 x 5 0.95-0.97x, 64->64 5x5 on 16 x 16 0.90-0.97x (the groups'
   // shorter products).
   const bool dw_skip = dw && in_place && s.pad > 0 && fraction_inside(s) <= 0.8;
-  const PaddedPieces pieces_by_taps(s, dx_skip || dw_skip ? ch.per_chunk : 0, Hu, Wu, true);
+  const PaddedPieces pieces_by_taps(s, dx_skip || dw_skip ? ch.per_chunk : 0, Hu, Wu);
   const i64 Ka = (K + mr - 1) / mr * mr, part = channel_rows ? K * Tp : T * Kp;
   ScratchFloats partial(dw ? size_t(ch.chunks) * part : 0);  // (columns K..Kp, or T..Tp, are never written)
   if (dw && (channel_rows ? Tp > T : Kp > K)) std::fill(partial.get(), partial.get() + ch.chunks * part, 0.0f);
