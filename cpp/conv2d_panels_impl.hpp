@@ -3,7 +3,8 @@
 // (im2col's way, which writes a patch row of every pixel out to memory and reads it back).
 // - Forward (conv2d_forward_panels): packed A, a panel of mr output pixels by the taps, is built
 //   from x itself, a copy per run of pixels per tap; with a pool, each chunk's product is pooled
-//   straight from the GEMM's output, and the pixels no window reads are not computed.
+//   from the GEMM's output (put back in the rows' order first where the padding's taps are left
+//   out), and the pixels no window reads are not computed.
 // - Backward (conv2d_backward_panels): dW's A read in place from a channels-last copy of x where
 //   the tiles allow, dx made mr pixels at a time in L1 and added in place (on padded images
 //   without the taps that land in the padding); dW over the whole batch at once where the
@@ -124,9 +125,10 @@ void relu_pool_pixel_major(float* y, std::int32_t* argmax, const float* out, con
 // row that read the same taps, grouped by those taps (each group for every image of the chunk), so
 // that a panel of mr pixels mostly reads one set; a panel reads the union of its pieces' (the extra
 // taps read zeros). (Pooled too, the product then put back in the rows' order for the pooling:
-// packed in the rows' order, 3x3 at padding 1 on 2 x 2 and 4 x 4, 5x5 on 6 x 6 and 8 x 8 and 7x7
-// on 6 x 6 took 1.03-1.39x the time at batch 32-128 on AVX2; on AVX-512 1.22-1.28x (256->256 on
-// 2 x 2, 32->64 5x5 on 6 x 6), 0.93-1.01x the others; one thread, the same bits; batch 1 the same.)
+// packed in the rows' order, 3x3 at padding 1 on 2 x 2 and 4 x 4, 5x5 and 7x7 on 6 x 6 took
+// 1.03-1.40x the time at batch 32-128 on AVX2; on AVX-512 1.22-1.28x (256->256 on 2 x 2, 32->64 5x5
+// on 6 x 6), 0.93-1.09x the others (7x7: 0.88x, then 0.99x over 15 rounds); one thread, Zen 5, the
+// same bits; batch 1 the same.)
 struct PaddedPieces {
   struct Piece {
     i64 image, oh, ow, len, l;  // pixels (oh, ow..ow+len) of the chunk's image; l: their first row in the product
@@ -190,7 +192,7 @@ void pack_pixel_panel(float* bp, int nb, const float* src, const PixelRun* runs,
 
 // x: [N, C, H, W], w: [K, C, R, S], b: [K] -> y: [N, K, Ho, Wo], chunked (conv2d_common.hpp's Chunking);
 // with pool_k > 0 instead y, argmax: [N, K, Ho/k, Wo/k] = max_pool2d(y, pool_k, relu=true), each
-// chunk pooled straight from its product (the convolution's output is never stored, and the
+// chunk pooled from its product (the convolution's output is never stored whole, and the
 // pixels no window reads, conv2's last row and column, 21 of 121, are not computed)
 void conv2d_forward_panels(float* y, const float* x, const float* w, const float* b, const ConvShape& s, i64 N,
                            std::int32_t* argmax, i64 pool_k) {
@@ -267,8 +269,9 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
                      std::max<i64>(0, std::min<i64>(gm.mr, K - k0)), T, gm.mr);
   const size_t padded_floats = copied ? size_t(ch.per_chunk) * image : 0, chunk_pixels = size_t(ch.per_chunk) * Pu;
   const size_t pooled_floats = pool_k > 0 ? size_t(K) * (s.Ho / pool_k) * (s.Wo / pool_k) : 0;
+  const size_t product_floats = chunk_pixels * K;  // (a chunk's product; skip: its copy in the rows' order after it)
   const size_t scratch_per_thread =
-      padded_floats + size_t(T) * mr + chunk_pixels * K * (skip ? 2 : 1) + 2 * pooled_floats;
+      padded_floats + size_t(T) * mr + product_floats * (skip ? 2 : 1) + 2 * pooled_floats;
   ScratchFloats scratch(size_t(nt) * scratch_per_thread);           // (each value written before it is read, but:)
   zero_each(scratch.get(), nt, scratch_per_thread, padded_floats);  // (each thread's copy of its images)
   // A single chunk (one image of 512+ pixels, or a few small ones): its panels of pixels over the
@@ -408,19 +411,19 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
                  std::min<i64>(nr, K - j0), k0 > 0);
       }
     });
-    // (skip: the product in the pieces' order, put back in the rows' order first, for the pooling too: each piece
-    // transposed into its place, pieces of 1-3 pixels, took 12% of a 192->192 layer's forward on 5 x 5 under a wider
-    // rule)
+    // (skip: the product in the pieces' order, put back in the rows' order first, pooled or not; each piece transposed
+    // straight into its place in y instead, pieces of 1-3 pixels, took 12% of a 192->192 layer's forward on 5 x 5 under
+    // a wider rule)
     const float* rows = out;
     if (skip) {
-      float* in_order = out + chunk_pixels * K;
+      float* in_order = out + product_floats;
       for (const PaddedPieces::Piece& p : pieces.pieces)
         std::memcpy(in_order + (p.image * Pu + p.oh * Wu + p.ow) * K, out + p.l * K, sizeof(float) * p.len * K);
       rows = in_order;
     }
     if (pool_k > 0) {
       const i64 pooled = K * (s.Ho / pool_k) * (s.Wo / pool_k);
-      float* window_y = out + chunk_pixels * K * (skip ? 2 : 1);
+      float* window_y = out + product_floats * (skip ? 2 : 1);
       relu_pool_pixel_major(y + n0 * pooled, argmax ? argmax + n0 * pooled : nullptr, rows, b, n1 - n0, K, s.Ho, s.Wo,
                             pool_k, window_y, reinterpret_cast<std::int32_t*>(window_y + pooled));
       return;

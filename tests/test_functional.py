@@ -486,8 +486,9 @@ def test_input_gradient_by_the_direct_forward_of_dy(isa, N, C, H, K, R, p):
 
 # Small padded images, where 30% of the taps or more fall in the padding: the panels' pixel-major product leaves those
 # out (taps in (r, q, c) order, the pixels grouped by the taps they read). Padding 3 on 3 x 3: pixels that read only
-# zeros (y = b); 3 x 5; 4 x 4 (also pooled, in the rows' order); stride 2; 96 channels in (864 taps: w's depth blocks
-# end inside a kernel row's run of taps). 72 channels out, so that no ISA's tap-rows kernel takes the forward.
+# zeros (y = b); 3 x 5; 4 x 4 (also pooled: the product put back in the rows' order); stride 2; 96 channels in (864
+# taps: w's depth blocks end inside a kernel row's run of taps). 72 channels out, so that no ISA's tap-rows kernel takes
+# the forward.
 @pytest.mark.parametrize(
     "N, C, H, W, K, p, st",
     [
