@@ -422,10 +422,9 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
       rows = in_order;
     }
     if (pool_k > 0) {
-      const i64 pooled = K * (s.Ho / pool_k) * (s.Wo / pool_k);
-      float* window_y = out + product_floats * (skip ? 2 : 1);
-      relu_pool_pixel_major(y + n0 * pooled, argmax ? argmax + n0 * pooled : nullptr, rows, b, n1 - n0, K, s.Ho, s.Wo,
-                            pool_k, window_y, reinterpret_cast<std::int32_t*>(window_y + pooled));
+      float* window_y = out + product_floats * (skip ? 2 : 1);  // (then the windows' argmax, as scratch_per_thread)
+      relu_pool_pixel_major(y + n0 * pooled_floats, argmax ? argmax + n0 * pooled_floats : nullptr, rows, b, n1 - n0, K,
+                            s.Ho, s.Wo, pool_k, window_y, reinterpret_cast<std::int32_t*>(window_y + pooled_floats));
       return;
     }
     for (i64 n = n0; n < n1; ++n) {  // y_n[k][p] = rows[(n - n0)*P + p][k] + b[k]: transposed, then + b
