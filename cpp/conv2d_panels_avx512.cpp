@@ -101,10 +101,14 @@ void pack_patch_panel(float* ap, const float* src, const PanelRun* runs, int nru
   }
 }
 
-// out[j*ldd + i] = in[i*lds + j] for a 16 x 16 block: rows loaded in pairs and interleaved as
+// out[j*ldd + i] = in[i*lds + j] (+ plus[j], if given) for a 16 x 16 block: rows loaded in pairs and interleaved as
 // pairs of floats, then of doubles, then 128-bit lanes, each column stored as soon as it is
 // made (so no more than ~20 vectors are live: the compiler keeps them all in registers).
-__attribute__((always_inline)) inline void transpose16(float* out, i64 ldd, const float* in, i64 lds) {
+__attribute__((always_inline)) inline void transpose16(float* out, i64 ldd, const float* in, i64 lds,
+                                                       const float* plus = nullptr) {
+  auto put = [&](int j, __m512 v) {
+    _mm512_storeu_ps(out + j * ldd, plus ? _mm512_add_ps(v, _mm512_set1_ps(plus[j])) : v);
+  };
   __m512 t[16], u[16];
   for (int i = 0; i < 8; ++i) {  // per 128-bit lane j: (r0[4j], r1[4j], r0[4j+1], r1[4j+1]) ...
     const __m512 a = _mm512_loadu_ps(in + 2 * i * lds), b = _mm512_loadu_ps(in + (2 * i + 1) * lds);
@@ -123,24 +127,25 @@ __attribute__((always_inline)) inline void transpose16(float* out, i64 ldd, cons
     const __m512 v0 = _mm512_shuffle_f32x4(u[m], u[4 + m], 0x44), v1 = _mm512_shuffle_f32x4(u[m], u[4 + m], 0xEE);
     const __m512 v2 = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0x44),
                  v3 = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0xEE);
-    _mm512_storeu_ps(out + m * ldd, _mm512_shuffle_f32x4(v0, v2, 0x88));
-    _mm512_storeu_ps(out + (4 + m) * ldd, _mm512_shuffle_f32x4(v0, v2, 0xDD));
-    _mm512_storeu_ps(out + (8 + m) * ldd, _mm512_shuffle_f32x4(v1, v3, 0x88));
-    _mm512_storeu_ps(out + (12 + m) * ldd, _mm512_shuffle_f32x4(v1, v3, 0xDD));
+    put(m, _mm512_shuffle_f32x4(v0, v2, 0x88));
+    put(4 + m, _mm512_shuffle_f32x4(v0, v2, 0xDD));
+    put(8 + m, _mm512_shuffle_f32x4(v1, v3, 0x88));
+    put(12 + m, _mm512_shuffle_f32x4(v1, v3, 0xDD));
   }
 }
 
-// dst[j*ldd + i] = src[i*lds + j] for i < rows, j < cols, and 0 for rows <= i < rows_out: a
-// transpose in 16 x 16 blocks (whole blocks straight from src to dst, edge blocks through a
+// dst[j*ldd + i] = src[i*lds + j] (+ plus[j], if given) for i < rows, j < cols, and 0 for rows <= i < rows_out (plus
+// given: rows_out = rows): a transpose in 16 x 16 blocks (whole blocks straight from src to dst, edge blocks through a
 // zero-padded copy, stored masked).
-void transpose_blocks(float* dst, i64 ldd, const float* src, i64 lds, i64 rows, i64 cols, i64 rows_out) {
+void transpose_blocks(float* dst, i64 ldd, const float* src, i64 lds, i64 rows, i64 cols, i64 rows_out,
+                      const float* plus = nullptr) {
   auto mask = [](i64 n) { return __mmask16(n >= 16 ? 0xFFFF : (1u << n) - 1); };
   for (i64 i0 = 0; i0 < rows_out; i0 += 16)
     for (i64 j0 = 0; j0 < cols; j0 += 16) {
       const i64 ni = std::clamp<i64>(rows - i0, 0, 16), nj = std::min<i64>(16, cols - j0),
                 no = std::min<i64>(16, rows_out - i0);
       if (ni == 16 && nj == 16 && no == 16) {
-        transpose16(dst + j0 * ldd + i0, ldd, src + i0 * lds + j0, lds);
+        transpose16(dst + j0 * ldd + i0, ldd, src + i0 * lds + j0, lds, plus ? plus + j0 : nullptr);
         continue;
       }
       alignas(64) float block[16 * 16], flipped[16 * 16];
@@ -149,8 +154,11 @@ void transpose_blocks(float* dst, i64 ldd, const float* src, i64 lds, i64 rows, 
         _mm512_store_ps(block + 16 * i,
                         i < ni ? _mm512_maskz_loadu_ps(columns, src + (i0 + i) * lds + j0) : _mm512_setzero_ps());
       transpose16(flipped, 16, block, 16);
-      for (i64 j = 0; j < nj; ++j)
-        _mm512_mask_storeu_ps(dst + (j0 + j) * ldd + i0, rows_stored, _mm512_load_ps(flipped + 16 * j));
+      for (i64 j = 0; j < nj; ++j) {
+        const __m512 v = _mm512_load_ps(flipped + 16 * j);
+        _mm512_mask_storeu_ps(dst + (j0 + j) * ldd + i0, rows_stored,
+                              plus ? _mm512_add_ps(v, _mm512_set1_ps(plus[j0 + j])) : v);
+      }
     }
 }
 

@@ -107,9 +107,10 @@ void pack_patch_panel(float* ap, const float* src, const PanelRun* runs, int nru
 }
 
 #if CNNFAST_VEC_BYTES == 32
-// out[j*ldd + i] = in[i*lds + j] for an 8 x 8 block in registers: rows interleaved in pairs of
+// out[j*ldd + i] = in[i*lds + j] (+ plus[j], if given) for an 8 x 8 block in registers: rows interleaved in pairs of
 // floats, then of float pairs, then of halves (AVX2's unpack, shuffle and permute2f128)
-inline void transpose8(float* out, i64 ldd, const float* in, i64 lds) {
+inline void transpose8(float* out, i64 ldd, const float* in, i64 lds, const float* plus) {
+  auto put = [&](int j, vec v) { store(out + j * ldd, plus ? v + plus[j] : v); };
   vec r[8], t[8], u[8];
   for (int i = 0; i < 8; ++i) r[i] = load(in + i * lds);
   for (int i = 0; i < 8; i += 2) {
@@ -122,24 +123,26 @@ inline void transpose8(float* out, i64 ldd, const float* in, i64 lds) {
       u[i + 2 * h + 1] = __builtin_shufflevector(t[i + h], t[i + h + 2], 2, 3, 10, 11, 6, 7, 14, 15);
     }
   for (int c = 0; c < 4; ++c) {
-    store(out + c * ldd, __builtin_shufflevector(u[c], u[c + 4], 0, 1, 2, 3, 8, 9, 10, 11));
-    store(out + (c + 4) * ldd, __builtin_shufflevector(u[c], u[c + 4], 4, 5, 6, 7, 12, 13, 14, 15));
+    put(c, __builtin_shufflevector(u[c], u[c + 4], 0, 1, 2, 3, 8, 9, 10, 11));
+    put(c + 4, __builtin_shufflevector(u[c], u[c + 4], 4, 5, 6, 7, 12, 13, 14, 15));
   }
 }
 #endif
 
-void transpose_blocks(float* dst, i64 ldd, const float* src, i64 lds, i64 rows, i64 cols, i64 rows_out) {
+void transpose_blocks(float* dst, i64 ldd, const float* src, i64 lds, i64 rows, i64 cols, i64 rows_out,
+                      const float* plus = nullptr) {
   for (i64 i0 = 0; i0 < rows_out; i0 += 8)
     for (i64 j0 = 0; j0 < cols; j0 += 8) {
       const i64 i1 = i0 + 8 < rows_out ? i0 + 8 : rows_out, j1 = j0 + 8 < cols ? j0 + 8 : cols;
 #if CNNFAST_VEC_BYTES == 32
       if (i1 - i0 == 8 && j1 - j0 == 8 && i0 + 8 <= rows) {  // a whole block
-        transpose8(dst + j0 * ldd + i0, ldd, src + i0 * lds + j0, lds);
+        transpose8(dst + j0 * ldd + i0, ldd, src + i0 * lds + j0, lds, plus ? plus + j0 : nullptr);
         continue;
       }
 #endif
       for (i64 j = j0; j < j1; ++j)
-        for (i64 i = i0; i < i1; ++i) dst[j * ldd + i] = i < rows ? src[i * lds + j] : 0.0f;
+        for (i64 i = i0; i < i1; ++i)
+          dst[j * ldd + i] = i >= rows ? 0.0f : plus ? src[i * lds + j] + plus[j] : src[i * lds + j];
     }
 }
 
