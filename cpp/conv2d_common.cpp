@@ -123,6 +123,19 @@ void sum_bias_lanes(float* db, const float* lanes, i64 N, i64 K) {
 }
 
 void bias_grad(float* db, const float* dy, i64 N, i64 K, i64 P) {
+  if (P <= 16) {  // (a row's lanes are then its values and +0s, which add nothing: the same sums from dy itself)
+    const i64 blocks = (K + 7) / 8;
+#pragma omp parallel for num_threads(threads_over(double(N) * K * P, blocks)) schedule(static)
+    for (i64 blk = 0; blk < blocks; ++blk) {
+      const i64 k0 = 8 * blk, kn = std::min<i64>(8, K - k0);
+      double sums[8] = {};
+      for (i64 n = 0; n < N; ++n)
+        for (i64 kk = 0; kk < kn; ++kk)
+          for (i64 p = 0; p < P; ++p) sums[kk] += dy[(n * K + k0 + kk) * P + p];
+      for (i64 kk = 0; kk < kn; ++kk) db[k0 + kk] = float(sums[kk]);
+    }
+    return;
+  }
   std::vector<float> lanes(size_t(N) * K * 16);
 #pragma omp parallel for num_threads(threads_for(double(N) * K * P)) schedule(static)
   for (i64 row = 0; row < N * K; ++row) row_lanes(lanes.data() + row * 16, dy + row * P, P);

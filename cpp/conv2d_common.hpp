@@ -132,7 +132,7 @@ inline void row_lanes(float lanes[16], const float* d, i64 P) {
 }
 // lanes: [N, K, 16] -> db: [K]
 void sum_bias_lanes(float* db, const float* lanes, i64 N, i64 K);
-// db from dy: [N, K, P] through row_lanes and sum_bias_lanes
+// db from dy: [N, K, P] through row_lanes and sum_bias_lanes (P <= 16: the same sums straight from dy)
 void bias_grad(float* db, const float* dy, i64 N, i64 K, i64 P);
 
 // The fused backward's d(conv): dy routed through argmax ([N, K, Hq, Wq], indices into the
