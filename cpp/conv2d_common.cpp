@@ -108,34 +108,33 @@ void sum_parts(float* out, const float* parts, i64 count, i64 n) {
   }
 }
 
-// Blocks of 8 channels over the threads, the 8 sums of a block interleaved (independent chains overlap).
-void sum_bias_lanes(float* db, const float* lanes, i64 N, i64 K) {
-  const i64 blocks = (K + 7) / 8;
-#pragma omp parallel for num_threads(threads_over(16.0 * N * K, blocks)) schedule(static)
-  for (i64 blk = 0; blk < blocks; ++blk) {
-    const i64 k0 = 8 * blk, kn = std::min<i64>(8, K - k0);
-    double sums[8] = {};
+// db[k] = sum over n, then j < W, of rows[(n*K + k)*W + j], in double: the channels in one range a thread, each
+// thread's images read in order (its part of each image's rows contiguous), a sum per channel. (Blocks of 8 channels
+// over the threads, each block's rows a strip of every image, were bound by memory's latency: 16% of a 1x1 224->672
+// layer's dW on 3 x 3 at batch 128, AVX-512.)
+static void sum_rows_by_channel(float* db, const float* rows, i64 N, i64 K, i64 W) {
+  const int nt = threads_over(double(N) * K * W, (K + 7) / 8);
+  const i64 per = (K + nt - 1) / nt;
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int t = 0; t < nt; ++t) {
+    const i64 k0 = t * per, k1 = std::min(K, k0 + per);
+    std::vector<double> sums(size_t(std::max<i64>(0, k1 - k0)));
     for (i64 n = 0; n < N; ++n)
-      for (i64 kk = 0; kk < kn; ++kk)
-        for (int j = 0; j < 16; ++j) sums[kk] += lanes[(n * K + k0 + kk) * 16 + j];
-    for (i64 kk = 0; kk < kn; ++kk) db[k0 + kk] = float(sums[kk]);
+      for (i64 k = k0; k < k1; ++k) {
+        const float* row = rows + (n * K + k) * W;
+        double sum = sums[size_t(k - k0)];
+        for (i64 j = 0; j < W; ++j) sum += row[j];
+        sums[size_t(k - k0)] = sum;
+      }
+    for (i64 k = k0; k < k1; ++k) db[k] = float(sums[size_t(k - k0)]);
   }
 }
 
+void sum_bias_lanes(float* db, const float* lanes, i64 N, i64 K) { sum_rows_by_channel(db, lanes, N, K, 16); }
+
 void bias_grad(float* db, const float* dy, i64 N, i64 K, i64 P) {
-  if (P <= 16) {  // (a row's lanes are then its values and +0s, which add nothing: the same sums from dy itself)
-    const i64 blocks = (K + 7) / 8;
-#pragma omp parallel for num_threads(threads_over(double(N) * K * P, blocks)) schedule(static)
-    for (i64 blk = 0; blk < blocks; ++blk) {
-      const i64 k0 = 8 * blk, kn = std::min<i64>(8, K - k0);
-      double sums[8] = {};
-      for (i64 n = 0; n < N; ++n)
-        for (i64 kk = 0; kk < kn; ++kk)
-          for (i64 p = 0; p < P; ++p) sums[kk] += dy[(n * K + k0 + kk) * P + p];
-      for (i64 kk = 0; kk < kn; ++kk) db[k0 + kk] = float(sums[kk]);
-    }
-    return;
-  }
+  // (rows of 16 or fewer: a row's lanes are then its values and +0s, which add nothing: the same sums from dy itself)
+  if (P <= 16) return sum_rows_by_channel(db, dy, N, K, P);
   std::vector<float> lanes(size_t(N) * K * 16);
 #pragma omp parallel for num_threads(threads_for(double(N) * K * P)) schedule(static)
   for (i64 row = 0; row < N * K; ++row) row_lanes(lanes.data() + row * 16, dy + row * P, P);
