@@ -108,22 +108,22 @@ void sum_parts(float* out, const float* parts, i64 count, i64 n) {
   }
 }
 
-// db[k] = sum over n, then j < W, of rows[(n*K + k)*W + j], in double: the channels in one range a thread, each
-// thread's images read in order (its part of each image's rows contiguous), a sum per channel. (Blocks of 8 channels
-// over the threads, each block's rows a strip of every image, were bound by memory's latency: 16% of a 1x1 224->672
-// layer's dW on 3 x 3 at batch 128, AVX-512.)
-static void sum_rows_by_channel(float* db, const float* rows, i64 N, i64 K, i64 W) {
-  const int nt = threads_over(double(N) * K * W, (K + 7) / 8);
-  const i64 per = (K + nt - 1) / nt;
+// db[k] = sum over n, then j < row_length, of rows[(n*K + k)*row_length + j], in double: the channels in one range a
+// thread, each thread's images read in order (its part of each image's rows contiguous), a sum per channel. (Blocks of
+// 8 channels over the threads, each block's rows a strip of every image, were bound by memory's latency: 16% of a 1x1
+// 224->672 layer's dW on 3 x 3 at batch 128, AVX-512; 9% after.)
+static void sum_rows_by_channel(float* db, const float* rows, i64 N, i64 K, i64 row_length) {
+  const int nt = threads_over(double(N) * K * row_length, (K + 7) / 8);
+  const i64 channels_per_thread = (K + nt - 1) / nt;
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (int t = 0; t < nt; ++t) {
-    const i64 k0 = t * per, k1 = std::min(K, k0 + per);
+    const i64 k0 = t * channels_per_thread, k1 = std::min(K, k0 + channels_per_thread);
     std::vector<double> sums(size_t(std::max<i64>(0, k1 - k0)));
     for (i64 n = 0; n < N; ++n)
       for (i64 k = k0; k < k1; ++k) {
-        const float* row = rows + (n * K + k) * W;
+        const float* row = rows + (n * K + k) * row_length;
         double sum = sums[size_t(k - k0)];
-        for (i64 j = 0; j < W; ++j) sum += row[j];
+        for (i64 j = 0; j < row_length; ++j) sum += row[j];
         sums[size_t(k - k0)] = sum;
       }
     for (i64 k = k0; k < k1; ++k) db[k] = float(sums[size_t(k - k0)]);
@@ -133,8 +133,7 @@ static void sum_rows_by_channel(float* db, const float* rows, i64 N, i64 K, i64 
 void sum_bias_lanes(float* db, const float* lanes, i64 N, i64 K) { sum_rows_by_channel(db, lanes, N, K, 16); }
 
 void bias_grad(float* db, const float* dy, i64 N, i64 K, i64 P) {
-  // (rows of 16 or fewer: a row's lanes are then its values and +0s, which add nothing: the same sums from dy itself)
-  if (P <= 16) return sum_rows_by_channel(db, dy, N, K, P);
+  if (bias_from_dy(P)) return sum_rows_by_channel(db, dy, N, K, P);
   std::vector<float> lanes(size_t(N) * K * 16);
 #pragma omp parallel for num_threads(threads_for(double(N) * K * P)) schedule(static)
   for (i64 row = 0; row < N * K; ++row) row_lanes(lanes.data() + row * 16, dy + row * P, P);
@@ -240,20 +239,18 @@ void input_grad(float* dx, const float* x, const float* w, const float* dy, cons
   // 256->64 on 6 x 6 0.76x / 0.87x, 64->300 on 7 x 7 0.89x / 1.02x. (256->256 on 4 x 4, 0.63x before
   // the pointwise product took images of one vector, now goes there.)
   constexpr i64 kGroupColumns = 256;
-  i64 group = st == 1 ? std::min(std::max<i64>(1, kGroupColumns / P), (N + 1) / 2) : 1;
+  const i64 group = st == 1 ? std::min(std::max<i64>(1, kGroupColumns / P), (N + 1) / 2) : 1;
   if (group > 1) {
-    i64 groups = (N + group - 1) / group;
-    const int nt = threads_over(double(N) * C * K * P, groups);
-    // (groups in whole rounds over the threads, a little smaller: 5 groups of 28 images on 2 threads, 1x1 224->672 on
+    const int nt = threads_over(double(N) * C * K * P, (N + group - 1) / group);
+    // (the groups in whole rounds over the threads, near-equal: 5 groups of 28 images on 2 threads, 1x1 224->672 on
     // 3 x 3 at batch 128, left one thread idle for a fifth of the product's time)
-    if (groups % nt != 0) group = (N + (groups + nt - 1) / nt * nt - 1) / ((groups + nt - 1) / nt * nt);
-    groups = (N + group - 1) / group;
-    ScratchFloats scratch(size_t(nt) * (K + C) * group * P);
+    const i64 groups = std::min(N, round_up((N + group - 1) / group, nt)), most = (N + groups - 1) / groups;
+    ScratchFloats scratch(size_t(nt) * (K + C) * most * P);
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (i64 g = 0; g < groups; ++g) {
-      const i64 n0 = g * group, n1 = std::min(N, n0 + group), cols = (n1 - n0) * P;
-      float* dys = scratch.get() + size_t(omp_get_thread_num()) * (K + C) * group * P;  // [K][cols]
-      float* dxs = dys + K * cols;                                                      // [C][cols]
+      const i64 n0 = g * N / groups, n1 = (g + 1) * N / groups, cols = (n1 - n0) * P;
+      float* dys = scratch.get() + size_t(omp_get_thread_num()) * (K + C) * most * P;  // [K][cols]
+      float* dxs = dys + K * cols;                                                     // [C][cols]
       for (i64 n = n0; n < n1; ++n)
         for (i64 k = 0; k < K; ++k) std::memcpy(dys + k * cols + (n - n0) * P, dy + (n * K + k) * P, P * sizeof(float));
       sgemm(true, false, C, cols, K, w, C, dys, cols, dxs, cols, false);

@@ -79,6 +79,9 @@ struct Chunking {
 // same work takes longer, and the panels' forward splits from less: split_work in conv2d_loops_impl.hpp)
 constexpr double kSplitChunkWork = 4.0 * (1 << 20);
 
+// n rounded up to a multiple of m
+inline i64 round_up(i64 n, i64 m) { return (n + m - 1) / m * m; }
+
 // n items in as few near-equal blocks of at most `most` as go: the blocks' size (9 by 4: 3, 3, 3,
 // not 4, 4, 1)
 inline i64 even_block(i64 n, i64 most) {
@@ -121,7 +124,10 @@ void sum_parts(float* out, const float* parts, i64 count, i64 n);
 
 // The bias gradient in two steps, the same everywhere: each row d[0:P] (one image, one channel)
 // into 16 interleaved float lanes (so it vectorises), then db[k] = the lanes of every image,
-// added in image order in double.
+// added in image order in double. Rows of 16 pixels or fewer (bias_from_dy) may skip the lanes: a row's lanes are then
+// its values (-0 made +0) and +0s, and a double sum that starts at +0 is never -0, so adding +0 or -0 leaves it as it
+// is: dy's rows summed in the same order give the same bits, without writing and reading back 16 lanes a row.
+inline bool bias_from_dy(i64 P) { return P <= 16; }
 inline void row_lanes(float lanes[16], const float* d, i64 P) {
   float acc[16] = {};  // a local array, so the sums stay in registers (lanes may alias d)
   i64 p = 0;
@@ -132,7 +138,7 @@ inline void row_lanes(float lanes[16], const float* d, i64 P) {
 }
 // lanes: [N, K, 16] -> db: [K]
 void sum_bias_lanes(float* db, const float* lanes, i64 N, i64 K);
-// db from dy: [N, K, P] through row_lanes and sum_bias_lanes (P <= 16: the same sums straight from dy)
+// db from dy: [N, K, P] through row_lanes and sum_bias_lanes (bias_from_dy: the same sums straight from dy)
 void bias_grad(float* db, const float* dy, i64 N, i64 K, i64 P);
 
 // The fused backward's d(conv): dy routed through argmax ([N, K, Hq, Wq], indices into the

@@ -18,8 +18,6 @@
 namespace cnnfast {
 namespace {
 
-inline i64 round_up(i64 n, i64 m) { return (n + m - 1) / m * m; }
-
 // Both below go over (image, input channel) pairs: at batch 1 over the images alone they ran on one
 // thread while the other waited (64->128 on 8 x 8: im2col a fifth of the forward on two threads).
 // A float copied (or added) with its index arithmetic takes about as long as 8 multiply-adds: the

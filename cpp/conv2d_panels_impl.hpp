@@ -19,7 +19,7 @@
 //                         0 in lanes no run fills
 //   transpose_blocks(dst, ldd, src, lds, rows, cols, rows_out, plus = nullptr)
 //                         dst[j*ldd + i] = src[i*lds + j] (+ plus[j], if given) (i < rows, j < cols), 0 for
-//                         rows <= i < rows_out (plus given: rows_out = rows)
+//                         rows <= i < rows_out
 //   add_bias_rows(y, b, K, P), add_patch_rows(xp, rows, ld, offsets, m, s)
 //                         y[k][p] += b[k]; xp[offsets[i] + (r*Wp + q)*C + c] += rows[i*ld + (r*S + q)*C + c]
 //   forward_microkernel(K)  the forward's MicroKernel for K output channels (AVX-512: 16 x 16 for K <= 16)
@@ -822,9 +822,9 @@ void panels_backward(float* dx, float* dw, const float* x, const float* w, DyPan
 void panels_backward_plain(float* dx, float* dw, float* db, const float* x, const float* w, const float* dy,
                            const ConvShape& s, i64 N) {
   // the bias gradient's lanes, taken as dy is transposed (every lane written); for rows of 16 pixels or fewer, db from
-  // dy itself after it (bias_grad: the same sums, without writing and reading back 16 lanes a row, 64 bytes against a
-  // 1x1 layer's 16 on 2 x 2 images: a quarter of a 224->672 layer's dW on 3 x 3, AVX-512, batch 128)
-  const bool lanes_wanted = db && s.P() > 16;
+  // dy itself after it (bias_from_dy: the same sums, without writing and reading back 16 lanes a row, 64 bytes against
+  // a 1x1 layer's 36 on 3 x 3 images: a quarter of a 224->672 layer's dW there, AVX-512, batch 128)
+  const bool lanes_wanted = db && !bias_from_dy(s.P());
   ScratchFloats lanes(lanes_wanted ? size_t(N) * s.K * 16 : 0);
   const GatherDyPanels gather{dy, s.K, s.P(), gemm_microkernel.nr, lanes_wanted ? lanes.get() : nullptr};
   conv2d_backward_panels(dx, dw, x, w, DyPanelsSource{&GatherDyPanels::chunk, &gather}, s, N, s.Ho, s.Wo);
