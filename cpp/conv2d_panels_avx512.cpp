@@ -133,8 +133,8 @@ __attribute__((always_inline)) inline void transpose16(Load load, Put put) {
 
 // dst[j*ldd + i] = src[i*lds + j] (+ plus[j], if given) for i < rows, j < cols, and 0 for rows <= i < rows_out: a
 // transpose in 16 x 16 blocks in registers, an edge block's rows loaded and its columns stored masked. (Edge blocks
-// went through a zero-padded copy in memory and back: in registers, 1x1 layers on 2 x 2 and 3 x 3 images, all edge
-// blocks, took 0.93-0.99x the time of their backward, AVX-512, batch 128.)
+// went through a zero-padded copy in memory and back: in registers, the backward of 1x1 layers on 2 x 2 and 3 x 3
+// images, whose blocks are all edge ones, took 0.93-0.99x the time, AVX-512, batch 128.)
 void transpose_blocks(float* dst, i64 ldd, const float* src, i64 lds, i64 rows, i64 cols, i64 rows_out,
                       const float* plus = nullptr) {
   auto mask = [](i64 n) { return __mmask16(n >= 16 ? 0xFFFF : (1u << n) - 1); };
