@@ -270,9 +270,9 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
                      std::max<i64>(0, std::min<i64>(gm.mr, K - k0)), T, gm.mr);
   const size_t padded_floats = copied ? size_t(ch.per_chunk) * image : 0, chunk_pixels = size_t(ch.per_chunk) * Pu;
   const size_t pooled_floats = pool_k > 0 ? size_t(K) * (s.Ho / pool_k) * (s.Wo / pool_k) : 0;
-  const size_t product_floats = chunk_pixels * K;  // (a chunk's product; skip: its copy in the rows' order after it)
-  const size_t scratch_per_thread =
-      padded_floats + size_t(T) * mr + product_floats * (skip ? 2 : 1) + 2 * pooled_floats;
+  // a chunk's product, and (skip) its copy in the rows' order after it
+  const size_t product_floats = chunk_pixels * K, products_floats = product_floats * (skip ? 2 : 1);
+  const size_t scratch_per_thread = padded_floats + size_t(T) * mr + products_floats + 2 * pooled_floats;
   ScratchFloats scratch(size_t(nt) * scratch_per_thread);           // (each value written before it is read, but:)
   zero_each(scratch.get(), nt, scratch_per_thread, padded_floats);  // (each thread's copy of its images)
   // A single chunk (one image of 512+ pixels, or a few small ones): its panels of pixels over the
@@ -423,7 +423,7 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
       rows = in_order;
     }
     if (pool_k > 0) {
-      float* window_y = out + product_floats * (skip ? 2 : 1);  // (then the windows' argmax, as scratch_per_thread)
+      float* window_y = out + products_floats;  // (then the windows' argmax, as scratch_per_thread)
       relu_pool_pixel_major(y + n0 * pooled_floats, argmax ? argmax + n0 * pooled_floats : nullptr, rows, b, n1 - n0, K,
                             s.Ho, s.Wo, pool_k, window_y, reinterpret_cast<std::int32_t*>(window_y + pooled_floats));
       return;
