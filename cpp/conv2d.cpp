@@ -149,10 +149,10 @@ void pointwise_forward_path(float* y, std::int32_t* argmax, const float* x, cons
   // (im2col_padded makes the same rows, through im2col's padding-aware loop: 0.82-0.87x the speed of this loop with
   // every stride a variable, on strided 1x1 layers and 4x4 patches at one thread, Zen 5)
   // x[n][c][oh*st + r][ow*st + q] -> picked[n][(c*R + r)*S + q][oh*Wo + ow] (1x1: r = q = 0), the stride a constant
-  // where it is 2: the compiler's shuffles (this file's baseline SSE2) then pick four floats at a time. The variable
-  // stride's scalar loop was 21-46% of 96->192 at stride 2 on 16 x 16 at batch 128 (one thread, AVX-512's product),
-  // this one 19-20%; A/B at batch 128, 21 rounds, Zen 5, the same bits: 64->128 on 32 x 32 1.62x faster on AVX-512 and
-  // 1.44x on AVX2 at one thread, 0.94x and 1.21x at two; 96->192 on 16 x 16 0.92-1.03x)
+  // where it is 2: the compiler's shuffles (this file is built for the baseline: SSE2 on x86-64) then pick four floats
+  // at a time. The variable stride's scalar loop was 21-46% of 96->192 at stride 2 on 16 x 16 at batch 128 (one thread,
+  // AVX-512's product), this one 19-20%; A/B at batch 128, 21 rounds, Zen 5, the same bits: 64->128 on 32 x 32 1.62x
+  // faster on AVX-512 and 1.44x on AVX2 at one thread, 0.94x and 1.21x at two; 96->192 on 16 x 16 0.92-1.03x)
   auto pick = [&](auto stride) {
 #pragma omp parallel for num_threads(threads_for(double(N) * T * P)) schedule(static)
     for (i64 nc = 0; nc < N * s.C; ++nc)
