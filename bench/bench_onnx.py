@@ -14,16 +14,26 @@ rest of the machine disturbed least):
 - batch 1,000: the first 1,000 test images in one call, images/s.
 The model is the default one (`cnnfast.nn.mnist_cnn`), freshly initialised unless --model names a
 trained file: the time of a forward pass does not depend on the weights' values. Before timing,
-both give the same logits (to 1e-4) on the batch. onnxruntime gets intra_op_num_threads = --threads;
-it cannot be restricted to AVX2 the way `CNNFAST_ISA=avx2` restricts cnnfast.
+both give the same logits (to 1e-4) on the batch. onnxruntime gets intra_op_num_threads = --threads.
+
+Both on the same instruction set: onnxruntime has no switch like `CNNFAST_ISA`; its kernels (MLAS)
+follow what CPUID reports. So where cnnfast runs on AVX2 on a machine with AVX-512
+(`CNNFAST_ISA=avx2`), this script compiles bench/cpuid_avx2.c (a C compiler is needed) and runs
+itself again under it (LD_PRELOAD): CPUID then reports no AVX-512 to the whole process, onnxruntime
+included. That takes the kernel's CPUID faulting (Linux on x86-64, `cpuid_fault` in
+/proc/cpuinfo); where it is missing, the script says so and stops, unless --onnxruntime-isa native
+lets onnxruntime use every instruction the machine has (and the report says that it did).
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,6 +50,61 @@ try:
     from cnnfast.nn import load_model, mnist_cnn
 except ImportError as error:  # pragma: no cover - a set-up problem
     sys.exit(f"bench_onnx: cannot import cnnfast ({error}); pip install . first")
+HERE = os.path.dirname(os.path.abspath(__file__))
+SHIM_SOURCE = os.path.join(HERE, "cpuid_avx2.c")
+SHIM_LOADED = "CNNFAST_CPUID_AVX2_SHIM"  # (set in the environment of the run under the shim: its path)
+
+
+def host_has_avx512() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and " avx512f" in line for line in f)
+    except OSError:
+        return False
+
+
+def onnxruntime_isa(choice: str) -> str:
+    """The instruction set onnxruntime runs on: "avx2" (CPUID masked for the whole process) or "native"; auto: the same
+    as cnnfast's where cnnfast is held to AVX2 on a machine with AVX-512, native otherwise."""
+    if choice != "auto":
+        return choice
+    return "avx2" if cnnfast.build_info()["isa"] == "avx2" and host_has_avx512() else "native"
+
+
+def run_again_under_the_shim() -> None:
+    """Compile bench/cpuid_avx2.c into cnnfast's cache and run this script again with it preloaded (never returns)."""
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if not compiler:
+        sys.exit("bench_onnx: holding onnxruntime to AVX2 needs a C compiler (cc) for bench/cpuid_avx2.c")
+    cache = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "cnnfast")
+    os.makedirs(cache, exist_ok=True)
+    shim = os.path.join(cache, "cpuid_avx2.so")
+    command = [compiler, "-O2", "-shared", "-fPIC", "-o", shim, SHIM_SOURCE]
+    built = subprocess.run(command, capture_output=True, text=True)
+    if built.returncode != 0:
+        sys.exit(f"bench_onnx: could not compile {SHIM_SOURCE}:\n{built.stderr}")
+    env = dict(os.environ, **{SHIM_LOADED: shim})
+    env["LD_PRELOAD"] = " ".join(filter(None, [shim, os.environ.get("LD_PRELOAD")]))
+    env.pop("PYTHONFAULTHANDLER", None)  # (its SIGSEGV handler would take the place of the shim's)
+    sys.stdout.flush()
+    os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *sys.argv[1:]], env)
+
+
+def shim_counter():
+    """The shim's count of CPUIDs answered (None when this process does not run under it); exits when the shim is
+    loaded but could not make CPUID fault."""
+    if SHIM_LOADED not in os.environ:
+        return None
+    library = ctypes.CDLL(os.environ[SHIM_LOADED])
+    if not ctypes.c_int.in_dll(library, "cnnfast_cpuid_masked").value:
+        sys.exit(
+            "bench_onnx: this machine cannot hide AVX-512 from onnxruntime (no CPUID faulting: see `cpuid_fault` in "
+            "/proc/cpuinfo); run with --onnxruntime-isa native to compare against onnxruntime's own choice"
+        )
+    calls = ctypes.c_long.in_dll(library, "cnnfast_cpuid_calls")
+    return lambda: calls.value
+
+
 try:
     import onnxruntime
 except ImportError:  # pragma: no cover - a set-up problem
@@ -52,6 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2, help="threads for both (default 2)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     p.add_argument("--data-dir", help="MNIST's directory (default: $CNNFAST_DATA, ../shared/data/mnist, the cache)")
+    p.add_argument(
+        "--onnxruntime-isa",
+        choices=("auto", "avx2", "native"),
+        default="auto",
+        help="avx2: hide AVX-512 from the process (bench/cpuid_avx2.c) so that onnxruntime runs its AVX2 kernels; "
+        "native: whatever the machine has; auto (default): avx2 where cnnfast itself is held to AVX2 "
+        "(CNNFAST_ISA=avx2) on a machine with AVX-512",
+    )
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON to FILE")
     return p
 
@@ -80,6 +153,12 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.threads < 1 or args.rounds < 1:
         sys.exit("bench_onnx: --threads and --rounds must be at least 1")
+    peer_isa = onnxruntime_isa(args.onnxruntime_isa)
+    if peer_isa == "avx2" and SHIM_LOADED not in os.environ and host_has_avx512():
+        run_again_under_the_shim()
+    cpuid_calls = shim_counter()
+    if peer_isa == "avx2" and cpuid_calls is None:
+        peer_isa = "native (no AVX-512 to hide on this machine)"
     cnnfast.set_num_threads(args.threads)
     model = load_model(args.model) if args.model else mnist_cnn(0)
     model.eval()
@@ -106,12 +185,16 @@ def main(argv=None) -> int:
         for v in singles[:20]:
             fn(v)
 
+    calls_before = cpuid_calls() if cpuid_calls else 0
     one = {"cnnfast": [], "onnxruntime": []}
     full = {"cnnfast": [], "onnxruntime": []}
     for _ in range(args.rounds):
         for name, fn in (("cnnfast", model.infer), ("onnxruntime", ort)):
             one[name].append(median_ms(fn, singles))
             full[name].append(median_ms(fn, [batch] * 5))
+    calls_timed = (cpuid_calls() if cpuid_calls else 0) - calls_before
+    if cpuid_calls:
+        peer_isa = f"avx2 (AVX-512 hidden from CPUID by bench/cpuid_avx2.c; {cpuid_calls()} CPUIDs answered)"
     best_one = {k: min(v) for k, v in one.items()}
     best_full = {k: 1000 / (min(v) / 1e3) for k, v in full.items()}
     info = cnnfast.build_info()
@@ -120,6 +203,8 @@ def main(argv=None) -> int:
         "machine": cpu_model(),
         "isa": info["isa"],
         "onnxruntime": onnxruntime.__version__,
+        "onnxruntime_isa": peer_isa,
+        "cpuid_calls_while_timed": calls_timed,
         "threads": args.threads,
         "images": source,
         "model": args.model or "mnist_cnn(0), untrained",
@@ -131,9 +216,11 @@ def main(argv=None) -> int:
         "loadavg": loadavg(),
     }
     print(
-        f"bench_onnx: {report['machine']}; cnnfast {info['isa']}; onnxruntime {report['onnxruntime']}; "
+        f"bench_onnx: {report['machine']}; cnnfast {info['isa']}; onnxruntime {report['onnxruntime']} on {peer_isa}; "
         f"{args.threads} thread(s); {source}; logits within {difference:.1e}"
     )
+    if calls_timed:  # (each one a trap into the shim: the timings include them)
+        print(f"bench_onnx: warning: {calls_timed} CPUIDs ran while timing, each trapped by the shim")
     print(f"{'':12s} {'one image ms':>13s} {'batch 1,000 img/s':>18s}")
     for name in ("cnnfast", "onnxruntime"):
         print(f"{name:12s} {best_one[name]:13.4f} {best_full[name]:18,.0f}")
