@@ -54,6 +54,36 @@ void for_each_chunk(i64 chunks, int nt, Body&& body) {
   for (i64 chunk = 0; chunk < chunks; ++chunk) body(chunk);
 }
 
+// body(chunk, over) for every chunk, where over(count, f, wait = true) runs f(i) for i in [0, count): with inner > 1,
+// the chunks one after another inside one region of `inner` threads, each `over` a worksharing loop among them (a
+// fixed share each, as for_each_over), with a barrier after it unless wait is false (for a loop whose results the
+// next loop of its chunk does not read); otherwise the chunks over nt threads (for_each_chunk) and `over` a plain
+// loop. One region for the whole call, where a region per loop woke the other thread three times a chunk: under
+// OMP_WAIT_POLICY=passive each wake is a system call, and Winograd's 112->224 on 5 x 5 at batch 32 took 2.70 ms on two
+// threads (AVX-512), more than one thread's 2.58 and 2.3x the 1.16 with spinning threads.
+template <class Body>
+void for_each_chunk_shared(i64 chunks, int nt, int inner, Body&& body) {
+  if (inner > 1) {
+#pragma omp parallel num_threads(inner)
+    for (i64 chunk = 0; chunk < chunks; ++chunk)
+      body(chunk, [](i64 count, auto&& f, bool wait = true) __attribute__((always_inline)) {
+        if (wait) {
+#pragma omp for schedule(static)
+          for (i64 i = 0; i < count; ++i) f(i);
+        } else {
+#pragma omp for schedule(static) nowait
+          for (i64 i = 0; i < count; ++i) f(i);
+        }
+      });
+    return;
+  }
+  for_each_chunk(chunks, nt, [&](i64 chunk) __attribute__((always_inline)) {
+    body(chunk, [](i64 count, auto&& f, bool = true) __attribute__((always_inline)) {
+      for (i64 i = 0; i < count; ++i) f(i);
+    });
+  });
+}
+
 // dst[0:n] = src[0:n] for an image's rows (8-64 floats: memcpy's call and dispatch were a tenth of a
 // strided 32->64 layer's forward on 16 x 16), in whole vectors of the ISA, then one masked one
 // (vec_impl.hpp's, included before this file; a quarter at a time and then floats, the pointwise

@@ -922,14 +922,14 @@ void winograd_forward_tiles(float* y, std::int32_t* argmax, const float* x, cons
     for (int t = 0; t < (inner > 1 ? inner : 0); ++t)
       std::fill_n(inner_stage.get() + t * stage + blocks, ch.Hr * Wp, 0.0f);
   }
-  for_each_chunk(ch.chunks, nt, [&](i64 chunk) __attribute__((always_inline)) {
-    float* v = scratch.get() + size_t(omp_get_thread_num()) * per_thread;  // [X][C][LS], planes vs apart
-    float* m = v + X * vs;                                                 // [X][Kp][LS], planes ms apart
+  for_each_chunk_shared(ch.chunks, nt, inner, [&](i64 chunk, auto&& over) __attribute__((always_inline)) {
+    float* v = scratch.get() + size_t(inner > 1 ? 0 : omp_get_thread_num()) * per_thread;  // [X][C][LS], vs apart
+    float* m = v + X * vs;  // [X][Kp][LS], planes ms apart
     float* own_stage = m + X * ms;
     auto staging = [&]() { return inner > 1 ? inner_stage.get() + size_t(omp_get_thread_num()) * stage : own_stage; };
     const i64 r0 = chunk * ch.rows_per_chunk, r1 = std::min(ch.rows_total, r0 + ch.rows_per_chunk);
     const i64 L = (r1 - r0) * Tw, panels = (L + NR - 1) / NR;
-    for_each_over(C, inner, [&](i64 c) __attribute__((always_inline)) {
+    over(C, [&](i64 c) __attribute__((always_inline)) {
       float* rows = staging();
       by_image(r0, r1, Th, Tw, [&](i64 n, i64 th0, i64 th1, i64 l0) {
         const float* plane = x + (n * C + c) * H * W;
@@ -944,7 +944,7 @@ void winograd_forward_tiles(float* y, std::int32_t* argmax, const float* x, cons
         transform_input_blocks(v + c * LS, vs, rows, LS, L);
       }
     });
-    for_each_over(X, inner, [&](i64 xi) __attribute__((always_inline)) {
+    over(X, [&](i64 xi) __attribute__((always_inline)) {
       const float* uxi = u.get() + size_t(xi) * us;
       const float* vxi = v + size_t(xi) * vs;
       float* mxi = m + size_t(xi) * ms;
@@ -957,32 +957,36 @@ void winograd_forward_tiles(float* y, std::int32_t* argmax, const float* x, cons
                     LS, c0 > 0, nullptr);
       }
     });
-    for_each_over(K, inner, [&](i64 k) __attribute__((always_inline)) {
-      const float bias = b ? b[k] : 0.0f;
-      if constexpr (M == 4) transform_output_blocks(staging(), LS, m + k * LS, ms, L, bias);
-      if (M == 4 && pool_k > 0) {  // (the staging's 36 planes hold the 16 staged, then the windows' 4 + 4)
-        float* o = staging();
-        float* pooled = o + 16 * LS;
-        std::int32_t* which = reinterpret_cast<std::int32_t*>(o + 20 * LS);
-        pool_output_blocks(pooled, which, o, LS, L);
-        const i64 Hq = Ho / 2, Wq = Wo / 2;
-        for (i64 r = r0; r < r1; ++r) {
-          const i64 plane = (r / Th * K + k) * Hq * Wq;
-          scatter_pooled_row(y + plane, argmax ? argmax + plane : nullptr, Hq, Wq, Wo, pooled, which, LS, r % Th, Tw,
-                             (r - r0) * Tw);
-        }
-        return;
-      }
-      if (M == 4 && value_by_value(Tw))
-        return scatter_small_rows(y + (r0 / Th * K + k) * Ho * Wo, K * Ho * Wo, Ho, Wo, staging(), LS, r0, L, Th, Tw);
-      for (i64 r = r0; r < r1; ++r) {
-        const i64 n = r / Th, th = r % Th, l0 = (r - r0) * Tw;
-        if constexpr (M == 2)
-          transform_output_row(y + (n * K + k) * Ho * Wo, Ho, Wo, m + k * LS + l0, ms, th, Tw, bias);
-        else
-          scatter_output_blocks(y + (n * K + k) * Ho * Wo, Ho, Wo, staging(), LS, th, Tw, l0);
-      }
-    });
+    over(
+        K,
+        [&](i64 k) __attribute__((always_inline)) {
+          const float bias = b ? b[k] : 0.0f;
+          if constexpr (M == 4) transform_output_blocks(staging(), LS, m + k * LS, ms, L, bias);
+          if (M == 4 && pool_k > 0) {  // (the staging's 36 planes hold the 16 staged, then the windows' 4 + 4)
+            float* o = staging();
+            float* pooled = o + 16 * LS;
+            std::int32_t* which = reinterpret_cast<std::int32_t*>(o + 20 * LS);
+            pool_output_blocks(pooled, which, o, LS, L);
+            const i64 Hq = Ho / 2, Wq = Wo / 2;
+            for (i64 r = r0; r < r1; ++r) {
+              const i64 plane = (r / Th * K + k) * Hq * Wq;
+              scatter_pooled_row(y + plane, argmax ? argmax + plane : nullptr, Hq, Wq, Wo, pooled, which, LS, r % Th,
+                                 Tw, (r - r0) * Tw);
+            }
+            return;
+          }
+          if (M == 4 && value_by_value(Tw))
+            return scatter_small_rows(y + (r0 / Th * K + k) * Ho * Wo, K * Ho * Wo, Ho, Wo, staging(), LS, r0, L, Th,
+                                      Tw);
+          for (i64 r = r0; r < r1; ++r) {
+            const i64 n = r / Th, th = r % Th, l0 = (r - r0) * Tw;
+            if constexpr (M == 2)
+              transform_output_row(y + (n * K + k) * Ho * Wo, Ho, Wo, m + k * LS + l0, ms, th, Tw, bias);
+            else
+              scatter_output_blocks(y + (n * K + k) * Ho * Wo, Ho, Wo, staging(), LS, th, Tw, l0);
+          }
+        },
+        false);  // (no barrier: the next chunk writes m only after its input transforms' barrier)
   });
 }
 
@@ -1041,13 +1045,12 @@ void stride2_products(const float* u, i64 us, i64 Cin, i64 Cout, i64 N, i64 Th, 
   ScratchFloats scratch(size_t(owners) * own), shared_v(size_t(X) * vs * (inner > 1 ? 1 : nt));
   for (int t = 0; t < owners; ++t) std::fill_n(scratch.get() + t * own + products, stage, 0.0f);
   auto mine = [&]() { return scratch.get() + size_t(omp_get_thread_num()) * own; };
-  for_each_chunk(chunks, nt, [&](i64 chunk) __attribute__((always_inline)) {
+  for_each_chunk_shared(chunks, nt, inner, [&](i64 chunk, auto&& over) __attribute__((always_inline)) {
     float* v = shared_v.get() + (inner > 1 ? 0 : size_t(omp_get_thread_num()) * X * vs);  // [X][Cin][LS]
     const i64 r0 = chunk * rows, r1 = std::min(rows_total, r0 + rows), panels = ((r1 - r0) * Tw + NR - 1) / NR;
     const Stride2Chunk part{r0, r1, rows, (r1 - r0) * Tw, panels * NR, LS};
-    for_each_over(Cin, inner,
-                  [&](i64 c) __attribute__((always_inline)) { in(c, part, v + c * LS, vs, mine() + products); });
-    for_each_over(Coutp / MR, inner, [&](i64 kb) __attribute__((always_inline)) {
+    over(Cin, [&](i64 c) __attribute__((always_inline)) { in(c, part, v + c * LS, vs, mine() + products); });
+    over(Coutp / MR, [&](i64 kb) __attribute__((always_inline)) {
       float* m = mine();  // [X][MR][LS], planes ms apart
       for (int xi = 0; xi < X; ++xi)
         for (i64 p = 0; p < panels; ++p)

@@ -958,6 +958,9 @@ def test_linear_narrow_rows_alone_equal_the_batch_bit_for_bit(isa, O):
         # F(2x2) in chunks of 16 rows of 3 tiles, then 2 (AVX-512: 48 tiles, a panel of 32 and a vector of
         # 16, then 6): a last panel of at most a vector goes through the products' narrower tile
         ((6, 160, 6, 6), (160, 160, 3, 3), 1, "winograd"),
+        # F(4x4) whose transformed weights outgrow half of L2: 2-3 chunks in turn, each over both threads (one region,
+        # the output transforms without a barrier before the next chunk's input transforms)
+        ((8, 128, 12, 12), (64, 128, 3, 3), 1, "winograd"),
         ((1, 64, 4, 4), (48, 64, 3, 3), 1, "few_pixels"),  # output channels (dx: taps) over the threads
         ((1, 20, 9, 9), (40, 20, 3, 3), 0, "few_pixels"),  # 49 pixels, tiles of taps cut at the end
         # few taps: the product made channel-major, one image's pixel panels over the threads, or images
