@@ -53,14 +53,14 @@ except ImportError as error:  # pragma: no cover - a set-up problem
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHIM_SOURCE = os.path.join(HERE, "cpuid_avx2.c")
 SHIM_LOADED = "CNNFAST_CPUID_AVX2_SHIM"  # (set in the environment of the run under the shim: its path)
+NO_CPUID_FAULT = (
+    "bench_onnx: this machine cannot hide AVX-512 from onnxruntime (it needs the kernel's CPUID faulting: "
+    "`cpuid_fault` in /proc/cpuinfo); run with --onnxruntime-isa native to compare against onnxruntime's own choice"
+)
 
 
 def host_has_avx512() -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return any(line.startswith("flags") and " avx512f" in line for line in f)
-    except OSError:
-        return False
+    return "avx512f" in cpu_flags()
 
 
 def onnxruntime_isa(choice: str) -> str:
@@ -71,21 +71,40 @@ def onnxruntime_isa(choice: str) -> str:
     return "avx2" if cnnfast.build_info()["isa"] == "avx2" and host_has_avx512() else "native"
 
 
+NO_AVX512_IN_GLIBC = "glibc.cpu.hwcaps=-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ,-AVX512CD"
+
+
+def cpu_flags() -> set:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
+    except OSError:
+        return set()
+
+
 def run_again_under_the_shim() -> None:
     """Compile bench/cpuid_avx2.c into cnnfast's cache and run this script again with it preloaded (never returns)."""
+    if "cpuid_fault" not in cpu_flags():
+        sys.exit(NO_CPUID_FAULT)
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if not compiler:
         sys.exit("bench_onnx: holding onnxruntime to AVX2 needs a C compiler (cc) for bench/cpuid_avx2.c")
     cache = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "cnnfast")
     os.makedirs(cache, exist_ok=True)
     shim = os.path.join(cache, "cpuid_avx2.so")
-    command = [compiler, "-O2", "-shared", "-fPIC", "-o", shim, SHIM_SOURCE]
-    built = subprocess.run(command, capture_output=True, text=True)
+    building = f"{shim}.{os.getpid()}"  # (then renamed: runs side by side never load a half-written file)
+    built = subprocess.run(
+        [compiler, "-O2", "-shared", "-fPIC", "-o", building, SHIM_SOURCE], capture_output=True, text=True
+    )
     if built.returncode != 0:
         sys.exit(f"bench_onnx: could not compile {SHIM_SOURCE}:\n{built.stderr}")
+    os.replace(building, shim)
     env = dict(os.environ, **{SHIM_LOADED: shim})
     env["LD_PRELOAD"] = " ".join(filter(None, [shim, os.environ.get("LD_PRELOAD")]))
-    env.pop("PYTHONFAULTHANDLER", None)  # (its SIGSEGV handler would take the place of the shim's)
+    # (glibc chose its own functions before the shim loads: its tunables hold them to AVX2 too)
+    env["GLIBC_TUNABLES"] = ":".join(filter(None, [os.environ.get("GLIBC_TUNABLES"), NO_AVX512_IN_GLIBC]))
+    for name in ("PYTHONFAULTHANDLER", "PYTHONDEVMODE"):  # (a SIGSEGV handler of its own would replace the shim's)
+        env.pop(name, None)
     sys.stdout.flush()
     os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *sys.argv[1:]], env)
 
@@ -96,12 +115,9 @@ def shim_counter():
     if SHIM_LOADED not in os.environ:
         return None
     library = ctypes.CDLL(os.environ[SHIM_LOADED])
-    if not ctypes.c_int.in_dll(library, "cnnfast_cpuid_masked").value:
-        sys.exit(
-            "bench_onnx: this machine cannot hide AVX-512 from onnxruntime (no CPUID faulting: see `cpuid_fault` in "
-            "/proc/cpuinfo); run with --onnxruntime-isa native to compare against onnxruntime's own choice"
-        )
     calls = ctypes.c_long.in_dll(library, "cnnfast_cpuid_calls")
+    if not ctypes.c_int.in_dll(library, "cnnfast_cpuid_masked").value or calls.value == 0:
+        sys.exit(NO_CPUID_FAULT)  # (faulting refused, or the shim loaded after numpy and cnnfast had asked)
     return lambda: calls.value
 
 
@@ -121,9 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--onnxruntime-isa",
         choices=("auto", "avx2", "native"),
         default="auto",
-        help="avx2: hide AVX-512 from the process (bench/cpuid_avx2.c) so that onnxruntime runs its AVX2 kernels; "
-        "native: whatever the machine has; auto (default): avx2 where cnnfast itself is held to AVX2 "
-        "(CNNFAST_ISA=avx2) on a machine with AVX-512",
+        help="avx2: hide AVX-512 from the process (bench/cpuid_avx2.c) so that onnxruntime runs its AVX2 kernels "
+        "(and cnnfast too, whatever CNNFAST_ISA says); native: whatever the machine has; auto (default): avx2 where "
+        "cnnfast itself is held to AVX2 (CNNFAST_ISA=avx2) on a machine with AVX-512",
     )
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON to FILE")
     return p
@@ -192,7 +208,7 @@ def main(argv=None) -> int:
         for name, fn in (("cnnfast", model.infer), ("onnxruntime", ort)):
             one[name].append(median_ms(fn, singles))
             full[name].append(median_ms(fn, [batch] * 5))
-    calls_timed = (cpuid_calls() if cpuid_calls else 0) - calls_before
+    calls_timed = cpuid_calls() - calls_before if cpuid_calls else None
     if cpuid_calls:
         peer_isa = f"avx2 (AVX-512 hidden from CPUID by bench/cpuid_avx2.c; {cpuid_calls()} CPUIDs answered)"
     best_one = {k: min(v) for k, v in one.items()}

@@ -8,9 +8,11 @@
 // inherited by every thread created later). Each CPUID then raises SIGSEGV; the handler runs the
 // real instruction (faulting off for a moment, in that thread only), clears the AVX-512, AVX10 and
 // AMX bits of leaf 7 and leaf 0x24, writes the registers back and steps over the two-byte
-// instruction. Everything else the CPU reports (AVX2, FMA, AVX-VNNI, the caches) is left as it is:
-// the program sees a machine like an AVX2 laptop's. (XGETBV still says the OS saves the zmm state;
-// a program that checked that alone would still find AVX-512. MLAS, numpy and oneDNN check CPUID.)
+// instruction. Everything else the CPU reports (AVX2, FMA, AVX-VNNI, the caches) is left as it is.
+// glibc reads CPUID before any preloaded library runs: its own AVX-512 variants (memcpy, libm) are
+// held back by GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX512F,... instead (bench_onnx.py sets both). (XGETBV
+// still says the OS saves the zmm state; a program that checked that alone would still find AVX-512.
+// MLAS, numpy and oneDNN check CPUID.)
 //
 //   cc -O2 -shared -fPIC -o cpuid_avx2.so bench/cpuid_avx2.c
 //   LD_PRELOAD=$PWD/cpuid_avx2.so python -c "import numpy; numpy.show_runtime()"
@@ -18,8 +20,8 @@
 // cnnfast_cpuid_masked: 1 once faulting is on; cnnfast_cpuid_calls: the CPUIDs answered (a caller
 // can read both through ctypes, to check the shim took effect and that no CPUID ran in a timed
 // loop). A SIGSEGV that is not a CPUID is handed to the default action (the process dies as it
-// would have), so a program that installs its own SIGSEGV handler later (Python's faulthandler)
-// must not be run under this shim.
+// would have), so a program that installs its own SIGSEGV handler later (Python's faulthandler:
+// PYTHONFAULTHANDLER, PYTHONDEVMODE, -X faulthandler) must not be run under this shim.
 #if !defined(__x86_64__) || !defined(__linux__)
 #error "cpuid_avx2.c is for Linux on x86-64"
 #endif
@@ -33,7 +35,7 @@
 #include <unistd.h>
 
 int cnnfast_cpuid_masked = 0;
-volatile long cnnfast_cpuid_calls = 0;
+long cnnfast_cpuid_calls = 0;
 
 static long set_cpuid(int enabled) { return syscall(SYS_arch_prctl, ARCH_SET_CPUID, enabled); }
 
@@ -53,7 +55,8 @@ static void on_segv(int sig, siginfo_t* info, void* context) {
   const unsigned char* ip = (const unsigned char*)regs[REG_RIP];
   // (CPUID's fault is a general-protection fault: si_code SI_KERNEL, RIP at the instruction)
   if (info->si_code != SI_KERNEL || ip[0] != 0x0F || ip[1] != 0xA2) {
-    signal(sig, SIG_DFL);  // (returning re-runs the faulting instruction, which now ends the process)
+    signal(sig, SIG_DFL);                // (returning re-runs a faulting instruction, which now ends the process)
+    if (info->si_code <= 0) raise(sig);  // (a signal sent by a program: sent again)
     return;
   }
   unsigned leaf = (unsigned)regs[REG_RAX], sub = (unsigned)regs[REG_RCX], a, b, c, d;
@@ -65,7 +68,7 @@ static void on_segv(int sig, siginfo_t* info, void* context) {
   if (leaf == 0x24) a = b = c = d = 0;  // (AVX10's own leaf)
   regs[REG_RAX] = a, regs[REG_RBX] = b, regs[REG_RCX] = c, regs[REG_RDX] = d;
   regs[REG_RIP] += 2;
-  cnnfast_cpuid_calls = cnnfast_cpuid_calls + 1;
+  __atomic_fetch_add(&cnnfast_cpuid_calls, 1, __ATOMIC_RELAXED);
 }
 
 __attribute__((constructor)) static void mask_avx512(void) {

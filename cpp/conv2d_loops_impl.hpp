@@ -19,10 +19,11 @@
 inline double split_work() { return 1.5e6 * std::min(CNNFAST_VEC_BYTES, 32) / 32; }
 
 // body(i) for i in [0, count) over `threads` threads, each taking a fixed share (a single chunk's
-// pieces, and the pointwise path's panels: Winograd's heavy layers run their chunks one after
-// another, each thread keeping the same products' weights in its cache; handed out dynamically,
-// 64->128 on 8 x 8 at batch 32 took 1.08x as long on two AVX-512 threads, in one run); with one,
-// a plain loop (inside a chunk of a parallel loop even a one-thread region would make a nested team)
+// pieces, and the pointwise path's panels; as for_each_chunk_shared's loops, whose fixed shares let
+// Winograd's heavy layers run their chunks one after another, each thread keeping the same products'
+// weights in its cache: handed out dynamically, 64->128 on 8 x 8 at batch 32 took 1.08x as long on two
+// AVX-512 threads, in one run); with one, a plain loop (inside a chunk of a parallel loop even a
+// one-thread region would make a nested team)
 template <class Body>
 void for_each_over(i64 count, int threads, Body&& body) {
   if (threads <= 1) {
@@ -54,34 +55,48 @@ void for_each_chunk(i64 chunks, int nt, Body&& body) {
   for (i64 chunk = 0; chunk < chunks; ++chunk) body(chunk);
 }
 
-// body(chunk, over) for every chunk, where over(count, f, wait = true) runs f(i) for i in [0, count): with inner > 1,
-// the chunks one after another inside one region of `inner` threads, each `over` a worksharing loop among them (a
-// fixed share each, as for_each_over), with a barrier after it unless wait is false (for a loop whose results the
-// next loop of its chunk does not read); otherwise the chunks over nt threads (for_each_chunk) and `over` a plain
-// loop. One region for the whole call, where a region per loop woke the other thread three times a chunk: under
-// OMP_WAIT_POLICY=passive each wake is a system call, and Winograd's 112->224 on 5 x 5 at batch 32 took 2.70 ms on two
-// threads (AVX-512), more than one thread's 2.58 and 2.3x the 1.16 with spinning threads.
+// A chunk's loops, over(count, f): f(i) for i in [0, count). SharedLoops, inside a parallel region: a worksharing loop
+// among its threads (a fixed share each, as for_each_over) and a barrier after it; over.nowait(count, f) without the
+// barrier, for a chunk's last loop, where what comes next up to its own barrier neither writes what this loop reads
+// nor touches what it writes. Every thread of the region must make the same calls in the same order. PlainLoops: one
+// thread's plain loops.
+struct SharedLoops {
+  template <class F>
+  __attribute__((always_inline)) void operator()(i64 count, F&& f) const {
+#pragma omp for schedule(static)
+    for (i64 i = 0; i < count; ++i) f(i);
+  }
+  template <class F>
+  __attribute__((always_inline)) void nowait(i64 count, F&& f) const {
+#pragma omp for schedule(static) nowait
+    for (i64 i = 0; i < count; ++i) f(i);
+  }
+};
+struct PlainLoops {
+  template <class F>
+  __attribute__((always_inline)) void operator()(i64 count, F&& f) const {
+    for (i64 i = 0; i < count; ++i) f(i);
+  }
+  template <class F>
+  __attribute__((always_inline)) void nowait(i64 count, F&& f) const {
+    for (i64 i = 0; i < count; ++i) f(i);
+  }
+};
+
+// body(chunk, over) for every chunk: with inner > 1, the chunks one after another inside one region of `inner`
+// threads, which share each of a chunk's loops (over: SharedLoops); otherwise the chunks over nt threads
+// (for_each_chunk), each chunk's loops on its thread (PlainLoops). One region for the whole call, where a region per
+// loop woke the other thread three times a chunk: under OMP_WAIT_POLICY=passive, where each wake and each barrier is a
+// system call, Winograd's 112->224 on 5 x 5 at batch 32 took 2.52 ms on two threads (AVX-512), no faster than one
+// thread, and takes 1.60 now (76 such calls a forward then, 32 now).
 template <class Body>
 void for_each_chunk_shared(i64 chunks, int nt, int inner, Body&& body) {
   if (inner > 1) {
 #pragma omp parallel num_threads(inner)
-    for (i64 chunk = 0; chunk < chunks; ++chunk)
-      body(chunk, [](i64 count, auto&& f, bool wait = true) __attribute__((always_inline)) {
-        if (wait) {
-#pragma omp for schedule(static)
-          for (i64 i = 0; i < count; ++i) f(i);
-        } else {
-#pragma omp for schedule(static) nowait
-          for (i64 i = 0; i < count; ++i) f(i);
-        }
-      });
+    for (i64 chunk = 0; chunk < chunks; ++chunk) body(chunk, SharedLoops{});
     return;
   }
-  for_each_chunk(chunks, nt, [&](i64 chunk) __attribute__((always_inline)) {
-    body(chunk, [](i64 count, auto&& f, bool = true) __attribute__((always_inline)) {
-      for (i64 i = 0; i < count; ++i) f(i);
-    });
-  });
+  for_each_chunk(chunks, nt, [&](i64 chunk) __attribute__((always_inline)) { body(chunk, PlainLoops{}); });
 }
 
 // dst[0:n] = src[0:n] for an image's rows (8-64 floats: memcpy's call and dispatch were a tenth of a

@@ -957,36 +957,34 @@ void winograd_forward_tiles(float* y, std::int32_t* argmax, const float* x, cons
                     LS, c0 > 0, nullptr);
       }
     });
-    over(
-        K,
-        [&](i64 k) __attribute__((always_inline)) {
-          const float bias = b ? b[k] : 0.0f;
-          if constexpr (M == 4) transform_output_blocks(staging(), LS, m + k * LS, ms, L, bias);
-          if (M == 4 && pool_k > 0) {  // (the staging's 36 planes hold the 16 staged, then the windows' 4 + 4)
-            float* o = staging();
-            float* pooled = o + 16 * LS;
-            std::int32_t* which = reinterpret_cast<std::int32_t*>(o + 20 * LS);
-            pool_output_blocks(pooled, which, o, LS, L);
-            const i64 Hq = Ho / 2, Wq = Wo / 2;
-            for (i64 r = r0; r < r1; ++r) {
-              const i64 plane = (r / Th * K + k) * Hq * Wq;
-              scatter_pooled_row(y + plane, argmax ? argmax + plane : nullptr, Hq, Wq, Wo, pooled, which, LS, r % Th,
-                                 Tw, (r - r0) * Tw);
-            }
-            return;
-          }
-          if (M == 4 && value_by_value(Tw))
-            return scatter_small_rows(y + (r0 / Th * K + k) * Ho * Wo, K * Ho * Wo, Ho, Wo, staging(), LS, r0, L, Th,
-                                      Tw);
-          for (i64 r = r0; r < r1; ++r) {
-            const i64 n = r / Th, th = r % Th, l0 = (r - r0) * Tw;
-            if constexpr (M == 2)
-              transform_output_row(y + (n * K + k) * Ho * Wo, Ho, Wo, m + k * LS + l0, ms, th, Tw, bias);
-            else
-              scatter_output_blocks(y + (n * K + k) * Ho * Wo, Ho, Wo, staging(), LS, th, Tw, l0);
-          }
-        },
-        false);  // (no barrier: the next chunk writes m only after its input transforms' barrier)
+    // (no barrier after: these read m and a thread's own staging, never v, and write y; the next chunk's input
+    // transforms write v and a thread's own staging, and its products m only after their barrier)
+    over.nowait(K, [&](i64 k) __attribute__((always_inline)) {
+      const float bias = b ? b[k] : 0.0f;
+      if constexpr (M == 4) transform_output_blocks(staging(), LS, m + k * LS, ms, L, bias);
+      if (M == 4 && pool_k > 0) {  // (the staging's 36 planes hold the 16 staged, then the windows' 4 + 4)
+        float* o = staging();
+        float* pooled = o + 16 * LS;
+        std::int32_t* which = reinterpret_cast<std::int32_t*>(o + 20 * LS);
+        pool_output_blocks(pooled, which, o, LS, L);
+        const i64 Hq = Ho / 2, Wq = Wo / 2;
+        for (i64 r = r0; r < r1; ++r) {
+          const i64 plane = (r / Th * K + k) * Hq * Wq;
+          scatter_pooled_row(y + plane, argmax ? argmax + plane : nullptr, Hq, Wq, Wo, pooled, which, LS, r % Th, Tw,
+                             (r - r0) * Tw);
+        }
+        return;
+      }
+      if (M == 4 && value_by_value(Tw))
+        return scatter_small_rows(y + (r0 / Th * K + k) * Ho * Wo, K * Ho * Wo, Ho, Wo, staging(), LS, r0, L, Th, Tw);
+      for (i64 r = r0; r < r1; ++r) {
+        const i64 n = r / Th, th = r % Th, l0 = (r - r0) * Tw;
+        if constexpr (M == 2)
+          transform_output_row(y + (n * K + k) * Ho * Wo, Ho, Wo, m + k * LS + l0, ms, th, Tw, bias);
+        else
+          scatter_output_blocks(y + (n * K + k) * Ho * Wo, Ho, Wo, staging(), LS, th, Tw, l0);
+      }
+    });
   });
 }
 

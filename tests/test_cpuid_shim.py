@@ -36,13 +36,21 @@ def shim(tmp_path_factory):
 
 def run_under(shim, code):
     env = dict(os.environ, LD_PRELOAD=shim)
-    env.pop("PYTHONFAULTHANDLER", None)
+    for name in (
+        "PYTHONFAULTHANDLER",
+        "PYTHONDEVMODE",
+        "CNNFAST_ISA",
+    ):  # (the shim's SIGSEGV handler; cnnfast's own pick)
+        env.pop(name, None)
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
 
 
 SEEN = """
 import ctypes, json
-from numpy._core._multiarray_umath import __cpu_features__ as features
+try:
+    from numpy._core._multiarray_umath import __cpu_features__ as features
+except ImportError:  # (numpy 1.x)
+    from numpy.core._multiarray_umath import __cpu_features__ as features
 import cnnfast
 shim = ctypes.CDLL({shim!r})
 print(json.dumps({{"masked": ctypes.c_int.in_dll(shim, "cnnfast_cpuid_masked").value,
@@ -61,7 +69,10 @@ def test_the_process_sees_no_avx512(shim):
         assert seen["masked"] == 0 and seen["calls"] == 0
         assert seen["avx512f"] == ("avx512f" in flags)
         pytest.skip("this machine has no CPUID faulting: only checked that the shim leaves it alone")
-    assert seen["masked"] == 1 and seen["calls"] > 0
+    if seen["masked"] == 0:  # (listed, but refused here: a sandbox that filters arch_prctl)
+        assert seen["avx512f"] == ("avx512f" in flags)
+        pytest.skip("CPUID faulting is listed but refused here: only checked that the shim leaves the process alone")
+    assert seen["calls"] > 0
     assert not seen["avx512f"]
     assert seen["avx2"] == ("avx2" in flags) and seen["fma3"] == ("fma" in flags)
     if "avx2" in flags and "fma" in flags:  # (cnnfast's own dispatch reads CPUID too)
