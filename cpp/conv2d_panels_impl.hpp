@@ -315,6 +315,21 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
       }
       src = padded;
     }
+    // x read in place and past L2: the chunk's next image asked into the cache while this one's panels are made, the
+    // slice of its lines as far through it as the panel's m pixels from at are through this image (80->80 1x3 on
+    // 11 x 11 at batch 128, x 5 MB: the packing waited on memory, 1.2x the time per image of batch 32; 1.08-1.53x
+    // faster now on one and two threads, AVX-512 and AVX2; the default model's conv2 at batch 128 1.03-1.14x. An x that
+    // fits L2 is left to the cache: the same conv2 at batch 32, 0.7 MB, gained nothing from it). The channel-major
+    // panels likewise: 1x3 48->64 on 12 x 12 at batch 128 (x 3.5 MB), 1.22-1.27x faster on AVX2, one thread (Zen 3; 38%
+    // of its time had been the packing's loads, waiting on memory, a masked vector load a run no faster than the
+    // copies)
+    const bool fetch_ahead = !copied && double(N) * double(image) * sizeof(float) > double(1 << 20);
+    auto fetch_next_image = [&](const float* next, i64 at, i64 m) __attribute__((always_inline)) {
+      if (!fetch_ahead) return;
+      const i64 lines = image * i64(sizeof(float)) / 64 + 1;
+      for (i64 i = at * lines / Pu, end = std::min(lines, (at + m) * lines / Pu + 1); i < end; ++i)
+        __builtin_prefetch(reinterpret_cast<const char*>(next) + i * 64);
+    };
     if (by_channels) {
       float* b_mine = bp.get() + size_t(omp_get_thread_num()) * T * gm.nr;  // (this chunk's thread's)
       for (i64 n = n0; n < n1; ++n) {
@@ -332,6 +347,7 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
             runs[nruns++] = {(n - n0) * image + oh * Ws + ow, i, len};
             i += len;
           }
+          if (n + 1 < n1) fetch_next_image(src + (n + 1 - n0) * image, p0, m);
           if (gm.nr <= kMaskedPackLanes) {  // (the ISA's panel packing: masked vector loads)
             PanelRun lanes[32];
             for (int j = 0; j < nruns; ++j)
@@ -386,7 +402,6 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
           first = false, t += len, a += len;
         }
     };
-    const bool fetch_ahead = !copied && double(N) * double(image) * sizeof(float) > double(1 << 20);
     for_each_over((L + mr - 1) / mr, inner, [&](i64 panel) __attribute__((always_inline)) {
       const i64 l0 = panel * mr;
       float* ap_here = inner > 1 ? inner_ap.get() + size_t(omp_get_thread_num()) * T * mr : ap;
@@ -394,17 +409,7 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
       if (skip) return padded_panel(ap_here, w_here, box_offset.data() + size_t(omp_get_thread_num()) * T, l0);
       PanelRun runs[16];
       const int m = int(std::min<i64>(mr, L - l0));
-      // x read in place and past L2: the chunk's next image asked into the cache while this one's panels are made, the
-      // slice of its lines as far through it as this panel is through this image (80->80 1x3 on 11 x 11 at batch 128,
-      // x 5 MB: the packing waited on memory, 1.2x the time per image of batch 32; 1.08-1.53x faster now on one and two
-      // threads, AVX-512 and AVX2; the default model's conv2 at batch 128 1.03-1.14x. An x that fits L2 is left to the
-      // cache: the same conv2 at batch 32, 0.7 MB, gained nothing from it)
-      if (fetch_ahead && l0 / Pu + 1 < n1 - n0) {
-        const i64 at = l0 % Pu, lines = image * i64(sizeof(float)) / 64 + 1;
-        const char* next = reinterpret_cast<const char*>(src + (l0 / Pu + 1) * image);
-        for (i64 i = at * lines / Pu, end = std::min(lines, (at + m) * lines / Pu + 1); i < end; ++i)
-          __builtin_prefetch(next + i * 64);
-      }
+      if (l0 / Pu + 1 < n1 - n0) fetch_next_image(src + (l0 / Pu + 1) * image, l0 % Pu, m);
       int nruns = 0;
       for (int i = 0; i < m;) {  // lanes i.. of one (image, output row)
         const i64 l = l0 + i, n = l / Pu, oh = l % Pu / Wu, ow = l % Pu % Wu;
