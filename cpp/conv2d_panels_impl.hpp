@@ -315,20 +315,21 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
       }
       src = padded;
     }
-    // x read in place and past L2: the chunk's next image asked into the cache while this one's panels are made, the
-    // slice of its lines as far through it as the panel's m pixels from at are through this image (80->80 1x3 on
-    // 11 x 11 at batch 128, x 5 MB: the packing waited on memory, 1.2x the time per image of batch 32; 1.08-1.53x
-    // faster now on one and two threads, AVX-512 and AVX2; the default model's conv2 at batch 128 1.03-1.14x. An x that
-    // fits L2 is left to the cache: the same conv2 at batch 32, 0.7 MB, gained nothing from it). The channel-major
-    // panels likewise: 1x3 48->64 on 12 x 12 at batch 128 (x 3.5 MB), 1.22-1.27x faster on AVX2, one thread (Zen 3; 38%
-    // of its time had been the packing's loads, waiting on memory, a masked vector load a run no faster than the
-    // copies)
+    // x read in place and the batch's x past 1 MB: the chunk's next image (next: its index in the chunk) asked into the
+    // cache while this one's panels are made, the slice of its lines as far through it as the panel's m pixels from at
+    // are through this image (80->80 1x3 on 11 x 11 at batch 128, x 5 MB: the packing waited on memory, 1.2x the time
+    // per image of batch 32; 1.08-1.53x faster now on one and two threads, AVX-512 and AVX2; the default model's conv2
+    // at batch 128 1.03-1.14x. A smaller x is left to the cache: the same conv2 at batch 32, 0.7 MB, gained nothing
+    // from it). The channel-major panels likewise: 1x3 48->64 on 12 x 12 at batch 128 (x 3.5 MB), 1.22-1.27x faster on
+    // AVX2, one thread (Zen 3, where its pack_pixel_panel had been 38% of the time, most of it waiting on the loads;
+    // two threads and AVX-512 unmeasured)
     const bool fetch_ahead = !copied && double(N) * double(image) * sizeof(float) > double(1 << 20);
-    auto fetch_next_image = [&](const float* next, i64 at, i64 m) __attribute__((always_inline)) {
-      if (!fetch_ahead) return;
+    auto fetch_next_image = [&](i64 next, i64 at, i64 m) __attribute__((always_inline)) {
+      if (!fetch_ahead || next >= n1 - n0) return;
+      const char* from = reinterpret_cast<const char*>(src + next * image);
       const i64 lines = image * i64(sizeof(float)) / 64 + 1;
       for (i64 i = at * lines / Pu, end = std::min(lines, (at + m) * lines / Pu + 1); i < end; ++i)
-        __builtin_prefetch(reinterpret_cast<const char*>(next) + i * 64);
+        __builtin_prefetch(from + i * 64);
     };
     if (by_channels) {
       float* b_mine = bp.get() + size_t(omp_get_thread_num()) * T * gm.nr;  // (this chunk's thread's)
@@ -347,8 +348,10 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
             runs[nruns++] = {(n - n0) * image + oh * Ws + ow, i, len};
             i += len;
           }
-          if (n + 1 < n1) fetch_next_image(src + (n + 1 - n0) * image, p0, m);
-          if (gm.nr <= kMaskedPackLanes) {  // (the ISA's panel packing: masked vector loads)
+          fetch_next_image(n + 1 - n0, p0, m);
+          // (the ISA's panel packing: masked vector loads; AVX2's masked loads a run, tried in pack_pixel_panel's place
+          // for 1x3 48->64 on 12 x 12, took 1.2-1.5x its copies' time at batch 32, Zen 3)
+          if (gm.nr <= kMaskedPackLanes) {
             PanelRun lanes[32];
             for (int j = 0; j < nruns; ++j)
               lanes[j] = {runs[j].offset - runs[j].lane, std::uint32_t(((1u << runs[j].len) - 1) << runs[j].lane)};
@@ -409,7 +412,7 @@ void conv2d_forward_panels(float* y, const float* x, const float* w, const float
       if (skip) return padded_panel(ap_here, w_here, box_offset.data() + size_t(omp_get_thread_num()) * T, l0);
       PanelRun runs[16];
       const int m = int(std::min<i64>(mr, L - l0));
-      if (l0 / Pu + 1 < n1 - n0) fetch_next_image(src + (l0 / Pu + 1) * image, l0 % Pu, m);
+      fetch_next_image(l0 / Pu + 1, l0 % Pu, m);
       int nruns = 0;
       for (int i = 0; i < m;) {  // lanes i.. of one (image, output row)
         const i64 l = l0 + i, n = l / Pu, oh = l % Pu / Wu, ow = l % Pu % Wu;
