@@ -148,9 +148,9 @@ void rows_forward(float* y, const float* src, i64 Ws, const i64* tap_offset, con
   // batch 32-128, the same bits): that layer 1.21-1.58x faster on one and two threads, conv1 alone (1->32 3x3 on
   // 28 x 28) 1.96x, 3->40 7x7 at stride 2 on 44 x 44 1.15x, 1->48 3x3 on 60 x 60 1.08x, LeNet's 1->6 5x5 1.13x, 3->64
   // 5x5 on 48 x 48 1.05x; deeper layers, whose chunk's rows are past L1, even (64->64 5x5 on 32 x 32 and 16 x 16,
-  // 32->64, 16->32 and 24->40 5x5: 0.98-1.05x, one thread); chunks of 3 groups were slower than 8 (0.72-0.92x), 24 as
-  // fast. (AVX-512's 8 groups of 4 x 16 pixels and NEON's of 4 x 4 unmeasured; AVX-512's 9 taps above keep the order
-  // of before)
+  // 32->64, 16->32 and 24->40 5x5: 0.98-1.05x, one thread); chunks of 3 groups ran at 0.72-1.01x the speed of 8, 24 at
+  // 0.97-1.12x. (AVX-512's 8 groups of 4 x 16 pixels and NEON's of 4 x 4 unmeasured; AVX-512's 9 taps above keep the
+  // order of before)
   constexpr i64 kGroups = 8;
   for (i64 c0 = 0; c0 < total; c0 += kGroups * NV) {
     const i64 groups = std::min(kGroups, (total - c0 + NV - 1) / NV);
